@@ -1,0 +1,170 @@
+//! AT Protocol JSON <-> IPLD: `{"$link": cid}` is a link, `{"$bytes": base64}` is bytes, blob
+//! objects are maps with a link under `ref`; floats are refused (an integer written as `1.0` is
+//! an integer), `$type` must be a non-empty string wherever it appears.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use cid::Cid;
+use serde_json::{Map, Number, Value};
+
+use crate::Ipld;
+
+/// Why JSON is not valid AT Protocol data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JsonError {
+    /// The top level of a record must be an object.
+    #[error("the top level is not an object")]
+    NotAnObject,
+    /// A non-integer number.
+    #[error("{path}: floats are not allowed")]
+    Float {
+        /// Where.
+        path: String,
+    },
+    /// An integer outside the signed 64-bit range.
+    #[error("{path}: integer out of range")]
+    IntegerRange {
+        /// Where.
+        path: String,
+    },
+    /// A malformed `$link`, `$bytes`, `$type` or blob object.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// Where.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(path: &str, reason: impl Into<String>) -> JsonError {
+    JsonError::Invalid { path: path.to_string(), reason: reason.into() }
+}
+
+/// Converts a record (a JSON object) to IPLD, validating the AT Protocol data model.
+pub fn record_from_json(value: &Value) -> Result<Ipld, JsonError> {
+    if !value.is_object() {
+        return Err(JsonError::NotAnObject);
+    }
+    from_json(value)
+}
+
+/// Converts any JSON value to IPLD, validating the AT Protocol data model.
+pub fn from_json(value: &Value) -> Result<Ipld, JsonError> {
+    convert(value, "$", 0)
+}
+
+const MAX_DEPTH: usize = 128;
+
+fn convert(value: &Value, path: &str, depth: usize) -> Result<Ipld, JsonError> {
+    if depth > MAX_DEPTH {
+        return Err(invalid(path, "nested too deeply"));
+    }
+    Ok(match value {
+        Value::Null => Ipld::Null,
+        Value::Bool(b) => Ipld::Bool(*b),
+        Value::Number(n) => Ipld::Integer(integer(n, path)?),
+        Value::String(s) => Ipld::String(s.clone()),
+        Value::Array(items) => Ipld::List(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| convert(v, &format!("{path}[{i}]"), depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => object(map, path, depth)?,
+    })
+}
+
+fn integer(n: &Number, path: &str) -> Result<i128, JsonError> {
+    if let Some(i) = n.as_i64() {
+        return Ok(i as i128);
+    }
+    if n.as_u64().is_some() {
+        return Err(JsonError::IntegerRange { path: path.to_string() });
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 => Ok(f as i128),
+        Some(f) if f.fract() == 0.0 && f.is_finite() => Err(JsonError::IntegerRange { path: path.to_string() }),
+        _ => Err(JsonError::Float { path: path.to_string() }),
+    }
+}
+
+fn object(map: &Map<String, Value>, path: &str, depth: usize) -> Result<Ipld, JsonError> {
+    if let Some(link) = map.get("$link") {
+        if map.len() != 1 {
+            return Err(invalid(path, "$link object with extra fields"));
+        }
+        let s = link.as_str().ok_or_else(|| invalid(path, "$link is not a string"))?;
+        let cid = Cid::try_from(s).map_err(|e| invalid(path, format!("$link is not a CID: {e}")))?;
+        return Ok(Ipld::Link(cid));
+    }
+    if let Some(bytes) = map.get("$bytes") {
+        if map.len() != 1 {
+            return Err(invalid(path, "$bytes object with extra fields"));
+        }
+        let s = bytes.as_str().ok_or_else(|| invalid(path, "$bytes is not a string"))?;
+        let decoded = decode_base64(s).ok_or_else(|| invalid(path, "$bytes is not base64"))?;
+        return Ok(Ipld::Bytes(decoded));
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        out.insert(k.clone(), convert(v, &format!("{path}.{k}"), depth + 1)?);
+    }
+    if let Some(t) = map.get("$type") {
+        match t.as_str() {
+            Some("") => return Err(invalid(path, "$type is empty")),
+            Some("blob") => check_blob(&out, path)?,
+            Some(_) => {}
+            None => return Err(invalid(path, "$type is not a string")),
+        }
+    }
+    Ok(Ipld::Map(out))
+}
+
+fn check_blob(m: &BTreeMap<String, Ipld>, path: &str) -> Result<(), JsonError> {
+    if !matches!(m.get("ref"), Some(Ipld::Link(_))) {
+        return Err(invalid(path, "blob without a ref link"));
+    }
+    if !matches!(m.get("mimeType"), Some(Ipld::String(_))) {
+        return Err(invalid(path, "blob without a mimeType string"));
+    }
+    match m.get("size") {
+        Some(Ipld::Integer(n)) if *n >= 0 => Ok(()),
+        _ => Err(invalid(path, "blob without an integer size")),
+    }
+}
+
+/// Converts IPLD to AT Protocol JSON (links as `$link`, bytes as unpadded base64 `$bytes`).
+pub fn to_json(value: &Ipld) -> Value {
+    match value {
+        Ipld::Null => Value::Null,
+        Ipld::Bool(b) => Value::Bool(*b),
+        Ipld::Integer(i) => match i64::try_from(*i) {
+            Ok(n) => Value::from(n),
+            Err(_) => Value::from(*i as u64),
+        },
+        Ipld::Float(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        Ipld::String(s) => Value::String(s.clone()),
+        Ipld::Bytes(b) => {
+            let mut m = Map::new();
+            m.insert("$bytes".into(), Value::String(STANDARD_NO_PAD.encode(b)));
+            Value::Object(m)
+        }
+        Ipld::List(items) => Value::Array(items.iter().map(to_json).collect()),
+        Ipld::Map(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        Ipld::Link(cid) => {
+            let mut m = Map::new();
+            m.insert("$link".into(), Value::String(cid.to_string()));
+            Value::Object(m)
+        }
+    }
+}
+
+/// Decodes base64 as AT Protocol writes it (standard alphabet, padding optional).
+pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    STANDARD_NO_PAD.decode(s.trim_end_matches('=')).ok().or_else(|| STANDARD.decode(s).ok())
+}

@@ -1,0 +1,55 @@
+use std::collections::BTreeMap;
+
+use cid::Cid;
+
+/// A value of the IPLD data model, as DAG-CBOR carries it.
+///
+/// Maps hold string keys; [`BTreeMap`] orders them bytewise, and the encoder writes them in
+/// DAG-CBOR's canonical order (length first, then bytes).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ipld {
+    /// null
+    Null,
+    /// true / false
+    Bool(bool),
+    /// An integer in CBOR's range (-2^64 .. 2^64-1).
+    Integer(i128),
+    /// A 64-bit float (refused in AT Protocol data by the default decoder).
+    Float(f64),
+    /// A UTF-8 string.
+    String(String),
+    /// A byte string.
+    Bytes(Vec<u8>),
+    /// A list.
+    List(Vec<Ipld>),
+    /// A map with string keys.
+    Map(BTreeMap<String, Ipld>),
+    /// A link (CBOR tag 42).
+    Link(Cid),
+}
+
+impl Ipld {
+    /// The map's value under `key`, if this is a map and the key is present.
+    pub fn get(&self, key: &str) -> Option<&Ipld> {
+        match self {
+            Ipld::Map(m) => m.get(key),
+            _ => None,
+        }
+    }
+
+    /// The string, if this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Ipld::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The link, if this is one.
+    pub fn as_link(&self) -> Option<&Cid> {
+        match self {
+            Ipld::Link(c) => Some(c),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! # ues-repo: layer 3 of the UES node
+//!
+//! Identities (DIDs, handles, keys), signed repositories (v3 commits over the MST), records,
+//! blobs, the Lexicon engine and the SQLite collection indexes.
+//!
+//! ## Layer contract
+//! Depends only on `ues-ipld`. Knows accounts and repositories of one node; does not know
+//! replication between nodes (layer 4) or any wire protocol (layer 5).
+//!
+//! Not built yet: this crate holds its contract and re-exports the layer below.
+
+pub use ues_ipld as ipld;

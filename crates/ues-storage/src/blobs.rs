@@ -1,0 +1,291 @@
+//! Large blobs as content-addressed chunks plus a manifest.
+//!
+//! A blob is addressed by the CID AT Protocol uses for it: CIDv1, raw codec, sha2-256 of the
+//! whole content. Its bytes are cut into [`CHUNK_SIZE`] chunks, each stored as a BLAKE3 raw
+//! block (so identical chunks of different blobs are stored once), and a manifest block lists
+//! them. The index `blob/<cid> -> manifest cid` lives in a [`Kv`].
+//!
+//! Manifest layout (version 1): `b"UESM"`, `1u8`, total size `u64` BE, chunk size `u32` BE,
+//! chunk count `u32` BE, then per chunk: CID length `u8` and the CID bytes.
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+use cid::Cid;
+use sha2::Digest;
+
+use crate::{BLAKE3, Blockstore, Error, Kv, RAW, Result, SHA2_256, cid_for, verify_block};
+
+/// Size of every chunk but the last.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+/// Chunks written per atomic batch.
+const BATCH_CHUNKS: usize = 16;
+const MAGIC: &[u8; 4] = b"UESM";
+const INDEX_PREFIX: &[u8] = b"blob/";
+
+/// A stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// sha2-256 raw CID of the whole content (the AT Protocol blob CID).
+    pub cid: Cid,
+    /// Size in bytes.
+    pub size: u64,
+    /// The manifest block.
+    pub manifest: Cid,
+}
+
+struct Manifest {
+    size: u64,
+    chunk_size: u32,
+    chunks: Vec<Cid>,
+}
+
+impl Manifest {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(21 + self.chunks.len() * 37);
+        out.extend_from_slice(MAGIC);
+        out.push(1);
+        out.extend_from_slice(&self.size.to_be_bytes());
+        out.extend_from_slice(&self.chunk_size.to_be_bytes());
+        out.extend_from_slice(&(self.chunks.len() as u32).to_be_bytes());
+        for c in &self.chunks {
+            let b = c.to_bytes();
+            out.push(b.len() as u8);
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    fn decode(cid: &Cid, bytes: &[u8]) -> Result<Self> {
+        let bad = |reason| Error::BadManifest { cid: *cid, reason };
+        if bytes.len() < 21 || &bytes[..4] != MAGIC || bytes[4] != 1 {
+            return Err(bad("unknown header"));
+        }
+        let size = u64::from_be_bytes(bytes[5..13].try_into().expect("8"));
+        let chunk_size = u32::from_be_bytes(bytes[13..17].try_into().expect("4"));
+        let count = u32::from_be_bytes(bytes[17..21].try_into().expect("4")) as usize;
+        if chunk_size == 0 || size.div_ceil(chunk_size as u64) != count as u64 {
+            return Err(bad("size and chunk count disagree"));
+        }
+        let mut rest = &bytes[21..];
+        let mut chunks = Vec::with_capacity(count.min(1 << 16));
+        for _ in 0..count {
+            let (&len, tail) = rest.split_first().ok_or(bad("truncated"))?;
+            let raw = tail.get(..len as usize).ok_or(bad("truncated"))?;
+            chunks.push(Cid::try_from(raw).map_err(|_| bad("chunk is not a CID"))?);
+            rest = &tail[len as usize..];
+        }
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Self { size, chunk_size, chunks })
+    }
+}
+
+fn index_key(cid: &Cid) -> Vec<u8> {
+    let mut k = INDEX_PREFIX.to_vec();
+    k.extend_from_slice(&cid.to_bytes());
+    k
+}
+
+/// Chunked blob storage over a blockstore and an index.
+pub struct Blobs<B, K> {
+    blocks: B,
+    index: K,
+}
+
+impl<B: Blockstore, K: Kv> Blobs<B, K> {
+    /// Blob storage over `blocks`, indexed in `index`.
+    pub fn new(blocks: B, index: K) -> Self {
+        Self { blocks, index }
+    }
+
+    /// Streams `reader` into the store. Fails with [`Error::TooLarge`] as soon as more than
+    /// `limit` bytes have been read; chunks already written then stay behind as unreferenced
+    /// blocks for the garbage collector (they may be shared with other blobs).
+    pub fn put(&self, reader: &mut dyn Read, limit: u64) -> Result<BlobInfo> {
+        let mut sha = sha2::Sha256::new();
+        let mut chunks = Vec::new();
+        let mut batch: Vec<(Cid, Vec<u8>)> = Vec::with_capacity(BATCH_CHUNKS);
+        let mut size = 0u64;
+        loop {
+            let chunk = read_chunk(reader)?;
+            if chunk.is_empty() {
+                break;
+            }
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(Error::TooLarge { what: "blob", size, limit });
+            }
+            sha.update(&chunk);
+            let cid = cid_for(RAW, BLAKE3, &chunk)?;
+            chunks.push(cid);
+            batch.push((cid, chunk));
+            if batch.len() == BATCH_CHUNKS {
+                self.blocks.put_many(&batch)?;
+                batch.clear();
+            }
+        }
+        let manifest = Manifest { size, chunk_size: CHUNK_SIZE as u32, chunks }.encode();
+        let manifest_cid = cid_for(RAW, BLAKE3, &manifest)?;
+        batch.push((manifest_cid, manifest));
+        self.blocks.put_many(&batch)?;
+        let digest = sha.finalize();
+        let cid = Cid::new_v1(RAW, multihash::Multihash::<64>::wrap(SHA2_256, &digest).expect("32 bytes"));
+        // The index entry goes last: a blob is visible only once every block is durable.
+        self.index.put(&index_key(&cid), &manifest_cid.to_bytes(), None)?;
+        Ok(BlobInfo { cid, size, manifest: manifest_cid })
+    }
+
+    /// The stored blob's size and manifest, if present.
+    pub fn info(&self, cid: &Cid) -> Result<Option<BlobInfo>> {
+        Ok(self.load(cid)?.map(|(manifest_cid, m)| BlobInfo { cid: *cid, size: m.size, manifest: manifest_cid }))
+    }
+
+    /// A streaming, seekable reader of the blob's bytes. Every chunk is verified against its
+    /// BLAKE3 CID as it is read.
+    pub fn open(&self, cid: &Cid) -> Result<Option<BlobReader<'_, B>>> {
+        Ok(self.load(cid)?.map(|(_, manifest)| BlobReader { blocks: &self.blocks, manifest, pos: 0, current: None }))
+    }
+
+    /// Forgets a blob: its index entry and manifest go; chunks are left to garbage collection
+    /// because other blobs may share them.
+    pub fn delete(&self, cid: &Cid) -> Result<bool> {
+        let Some((manifest_cid, _)) = self.load(cid)? else { return Ok(false) };
+        self.index.delete(&index_key(cid))?;
+        self.blocks.delete(&manifest_cid)?;
+        Ok(true)
+    }
+
+    fn load(&self, cid: &Cid) -> Result<Option<(Cid, Manifest)>> {
+        let Some(raw) = self.index.get(&index_key(cid))? else { return Ok(None) };
+        let manifest_cid = Cid::try_from(&raw[..]).map_err(|e| Error::InvalidKey(e.to_string()))?;
+        let bytes = self.blocks.get(&manifest_cid)?.ok_or(Error::MissingBlock { cid: manifest_cid })?;
+        verify_block(&manifest_cid, &bytes)?;
+        Ok(Some((manifest_cid, Manifest::decode(&manifest_cid, &bytes)?)))
+    }
+}
+
+/// Fills a buffer of up to [`CHUNK_SIZE`] bytes (short only at end of input).
+fn read_chunk(reader: &mut dyn Read) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(CHUNK_SIZE);
+    reader.take(CHUNK_SIZE as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Reads a blob chunk by chunk; implements [`Read`] and [`Seek`] (for HTTP range requests).
+pub struct BlobReader<'a, B> {
+    blocks: &'a B,
+    manifest: Manifest,
+    pos: u64,
+    current: Option<(usize, Vec<u8>)>,
+}
+
+impl<B: Blockstore> BlobReader<'_, B> {
+    /// The blob's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.manifest.size
+    }
+
+    fn chunk(&mut self, index: usize) -> Result<&[u8]> {
+        if self.current.as_ref().is_none_or(|(i, _)| *i != index) {
+            let cid = self.manifest.chunks[index];
+            let data = self.blocks.get(&cid)?.ok_or(Error::MissingBlock { cid })?;
+            verify_block(&cid, &data)?;
+            self.current = Some((index, data));
+        }
+        Ok(&self.current.as_ref().expect("just loaded").1)
+    }
+}
+
+impl<B: Blockstore> Read for BlobReader<'_, B> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.manifest.size || out.is_empty() {
+            return Ok(0);
+        }
+        let cs = self.manifest.chunk_size as u64;
+        let index = (self.pos / cs) as usize;
+        let offset = (self.pos % cs) as usize;
+        let chunk = self.chunk(index).map_err(io::Error::other)?;
+        if offset >= chunk.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk shorter than its manifest says"));
+        }
+        let n = out.len().min(chunk.len() - offset);
+        out[..n].copy_from_slice(&chunk[offset..offset + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<B: Blockstore> Seek for BlobReader<'_, B> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.manifest.size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?;
+        Ok(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryBlockstore, MemoryKv};
+
+    fn sample(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn round_trip_seek_and_cid_matches_whole_content_hash() {
+        let blobs = Blobs::new(MemoryBlockstore::new(), MemoryKv::new());
+        for size in [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, 3 * CHUNK_SIZE + 17] {
+            let data = sample(size);
+            let info = blobs.put(&mut &data[..], 1 << 30).unwrap();
+            assert_eq!(info.cid, cid_for(RAW, SHA2_256, &data).unwrap());
+            assert_eq!(info.size, size as u64);
+            let mut back = Vec::new();
+            blobs.open(&info.cid).unwrap().unwrap().read_to_end(&mut back).unwrap();
+            assert_eq!(back, data);
+            if size > 100 {
+                let mut r = blobs.open(&info.cid).unwrap().unwrap();
+                r.seek(SeekFrom::Start(size as u64 - 50)).unwrap();
+                let mut tail = Vec::new();
+                r.read_to_end(&mut tail).unwrap();
+                assert_eq!(tail, data[size - 50..]);
+            }
+        }
+    }
+
+    #[test]
+    fn over_limit_is_refused_and_not_indexed() {
+        let blobs = Blobs::new(MemoryBlockstore::new(), MemoryKv::new());
+        let data = sample(CHUNK_SIZE * 2);
+        let err = blobs.put(&mut &data[..], CHUNK_SIZE as u64).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }));
+        assert!(blobs.info(&cid_for(RAW, SHA2_256, &data).unwrap()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_corrupt_chunk_is_an_error_not_data() {
+        let store = MemoryBlockstore::new();
+        let blobs = Blobs::new(&store, MemoryKv::new());
+        let data = sample(CHUNK_SIZE + 10);
+        let info = blobs.put(&mut &data[..], 1 << 30).unwrap();
+        let first = cid_for(RAW, BLAKE3, &data[..CHUNK_SIZE]).unwrap();
+        store.corrupt_block_for_test(&first, &data[1..CHUNK_SIZE + 1]);
+        let mut out = Vec::new();
+        let err = blobs.open(&info.cid).unwrap().unwrap().read_to_end(&mut out).unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn identical_chunks_are_stored_once() {
+        let store = MemoryBlockstore::new();
+        let blobs = Blobs::new(&store, MemoryKv::new());
+        let data = vec![7u8; CHUNK_SIZE * 4];
+        blobs.put(&mut &data[..], 1 << 30).unwrap();
+        assert_eq!(store.len(), 2, "one distinct chunk plus the manifest");
+    }
+}

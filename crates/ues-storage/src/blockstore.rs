@@ -1,0 +1,114 @@
+use std::sync::Arc;
+
+use cid::Cid;
+
+use crate::{ByteLru, Result};
+
+/// A content-addressed block store: CID -> bytes.
+///
+/// Implementations are synchronous (RocksDB is); async callers wrap calls in
+/// `spawn_blocking`. Every method takes `&self` so one store is shared across threads.
+pub trait Blockstore: Send + Sync {
+    /// Stores one block. Storing a block that is already present is a cheap no-op in effect.
+    fn put(&self, cid: &Cid, data: &[u8]) -> Result<()>;
+    /// Stores many blocks atomically: after a crash either all are present or none is.
+    fn put_many(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<()>;
+    /// Reads a block; `Ok(None)` when absent, [`crate::Error::Corrupt`] when verification is on
+    /// and the bytes do not match the CID.
+    fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>>;
+    /// Whether a block is present (cheap for absent CIDs: bloom filters answer first).
+    fn has(&self, cid: &Cid) -> Result<bool>;
+    /// Removes a block (absent is not an error).
+    fn delete(&self, cid: &Cid) -> Result<()>;
+    /// Every stored block, in key order. Reads are streamed, not collected.
+    fn iter(&self) -> Box<dyn Iterator<Item = Result<(Cid, Vec<u8>)>> + '_>;
+}
+
+macro_rules! forward_blockstore {
+    ($($ptr:ty),*) => {$(
+        impl<T: Blockstore + ?Sized> Blockstore for $ptr {
+            fn put(&self, cid: &Cid, data: &[u8]) -> Result<()> {
+                (**self).put(cid, data)
+            }
+            fn put_many(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
+                (**self).put_many(blocks)
+            }
+            fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
+                (**self).get(cid)
+            }
+            fn has(&self, cid: &Cid) -> Result<bool> {
+                (**self).has(cid)
+            }
+            fn delete(&self, cid: &Cid) -> Result<()> {
+                (**self).delete(cid)
+            }
+            fn iter(&self) -> Box<dyn Iterator<Item = Result<(Cid, Vec<u8>)>> + '_> {
+                (**self).iter()
+            }
+        }
+    )*};
+}
+forward_blockstore!(&T, Arc<T>, Box<T>);
+
+/// A read-through cache in front of another blockstore, bounded by bytes.
+///
+/// Blocks are immutable, so a cached block never goes stale; `delete` evicts.
+pub struct CachedBlockstore<B> {
+    inner: B,
+    cache: ByteLru<Cid, Arc<[u8]>>,
+}
+
+impl<B: Blockstore> CachedBlockstore<B> {
+    /// Wraps `inner` with a cache holding at most `capacity_bytes` of block data.
+    pub fn new(inner: B, capacity_bytes: usize) -> Self {
+        Self { inner, cache: ByteLru::new(capacity_bytes) }
+    }
+
+    /// The cache, for its counters.
+    pub fn cache(&self) -> &ByteLru<Cid, Arc<[u8]>> {
+        &self.cache
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B: Blockstore> Blockstore for CachedBlockstore<B> {
+    fn put(&self, cid: &Cid, data: &[u8]) -> Result<()> {
+        self.inner.put(cid, data)?;
+        self.cache.insert(*cid, Arc::from(data));
+        Ok(())
+    }
+    fn put_many(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
+        self.inner.put_many(blocks)?;
+        for (cid, data) in blocks {
+            self.cache.insert(*cid, Arc::from(data.as_slice()));
+        }
+        Ok(())
+    }
+    fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
+        if let Some(hit) = self.cache.get(cid) {
+            return Ok(Some(hit.to_vec()));
+        }
+        let found = self.inner.get(cid)?;
+        if let Some(data) = &found {
+            self.cache.insert(*cid, Arc::from(data.as_slice()));
+        }
+        Ok(found)
+    }
+    fn has(&self, cid: &Cid) -> Result<bool> {
+        if self.cache.contains(cid) {
+            return Ok(true);
+        }
+        self.inner.has(cid)
+    }
+    fn delete(&self, cid: &Cid) -> Result<()> {
+        self.cache.remove(cid);
+        self.inner.delete(cid)
+    }
+    fn iter(&self) -> Box<dyn Iterator<Item = Result<(Cid, Vec<u8>)>> + '_> {
+        self.inner.iter()
+    }
+}

@@ -1,0 +1,236 @@
+//! SQLite for the upper layers' indexes: one writer connection, a small pool of readers (WAL
+//! lets them read while the writer writes), migrations that upper layers register.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::{Error, Result};
+
+/// SQLite's `synchronous` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// No fsync at all (tests, throwaway indexes).
+    Off,
+    /// In WAL mode: survives a process crash; a power cut may lose the last transactions.
+    #[default]
+    Normal,
+    /// fsync at every commit.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+/// How to open a [`Sqlite`] database.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// Durability of commits.
+    pub synchronous: Synchronous,
+    /// How long a connection waits for a lock before `SQLITE_BUSY`.
+    pub busy_timeout: Duration,
+    /// Prepared statements cached per connection.
+    pub statement_cache: usize,
+    /// Reader connections in the pool.
+    pub readers: usize,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+            busy_timeout: Duration::from_secs(5),
+            statement_cache: 128,
+            readers: 4,
+        }
+    }
+}
+
+/// A schema migration an upper layer registers. Ids are applied once, in the order given, each
+/// in its own transaction; an id already applied is skipped.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Unique, stable id, conventionally `"<crate>/<nnnn>_<name>"`.
+    pub id: &'static str,
+    /// The SQL to run (may hold several statements).
+    pub sql: &'static str,
+}
+
+/// An SQLite database in WAL mode with FTS5 and JSON1 available.
+pub struct Sqlite {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+}
+
+fn configure(conn: &Connection, cfg: &SqliteConfig) -> Result<()> {
+    conn.busy_timeout(cfg.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(cfg.statement_cache);
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", cfg.synchronous.pragma())?;
+    Ok(())
+}
+
+impl Sqlite {
+    /// Opens (creating if missing) the database file at `path`.
+    pub fn open(path: impl AsRef<Path>, cfg: &SqliteConfig) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let writer = Connection::open(&path)?;
+        let mode: String = writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "sqlite did not switch to WAL");
+        }
+        configure(&writer, cfg)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let readers = (0..cfg.readers.max(1))
+            .map(|_| {
+                let conn = Connection::open_with_flags(&path, flags)?;
+                configure(&conn, cfg)?;
+                Ok(Mutex::new(conn))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { path, writer: Mutex::new(writer), readers })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies the migrations not applied yet, in order. Returns how many ran.
+    pub fn migrate(&self, migrations: &[Migration]) -> Result<usize> {
+        let mut conn = self.writer.lock();
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _ues_migrations (
+                id TEXT PRIMARY KEY, applied_at INTEGER NOT NULL DEFAULT (unixepoch()))",
+        )?;
+        let mut ran = 0;
+        for m in migrations {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let done: bool =
+                tx.query_row("SELECT EXISTS(SELECT 1 FROM _ues_migrations WHERE id = ?1)", [m.id], |r| r.get(0))?;
+            if done {
+                continue;
+            }
+            let fail = |source| Error::Migration { id: m.id.to_string(), source };
+            tx.execute_batch(m.sql).map_err(fail)?;
+            tx.execute("INSERT INTO _ues_migrations (id) VALUES (?1)", [m.id]).map_err(fail)?;
+            tx.commit()?;
+            tracing::info!(id = m.id, "sqlite migration applied");
+            ran += 1;
+        }
+        Ok(ran)
+    }
+
+    /// Runs `f` in an immediate write transaction, committed when `f` returns `Ok` and rolled
+    /// back otherwise.
+    pub fn write<T, E>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::from)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(Error::from)?;
+        Ok(out)
+    }
+
+    /// Runs `f` on a reader connection (a consistent snapshot per statement, or per explicit
+    /// transaction inside `f`).
+    pub fn read<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+        // Take a free reader if there is one; otherwise wait on one chosen by thread.
+        for slot in &self.readers {
+            if let Some(conn) = slot.try_lock() {
+                return f(&conn);
+            }
+        }
+        let i = thread_slot() % self.readers.len();
+        let conn = self.readers[i].lock();
+        f(&conn)
+    }
+}
+
+fn thread_slot() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::thread::current().id().hash(&mut h);
+    h.finish() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(dir: &tempfile::TempDir) -> Sqlite {
+        Sqlite::open(dir.path().join("t.sqlite"), &SqliteConfig::default()).unwrap()
+    }
+
+    const MIGRATIONS: &[Migration] = &[
+        Migration { id: "test/0001_notes", sql: "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);" },
+        Migration {
+            id: "test/0002_fts",
+            sql: "CREATE VIRTUAL TABLE notes_fts USING fts5(body, content='notes', content_rowid='id');",
+        },
+    ];
+
+    #[test]
+    fn migrations_run_once_and_fts5_json1_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(&dir);
+        assert_eq!(db.migrate(MIGRATIONS).unwrap(), 2);
+        assert_eq!(db.migrate(MIGRATIONS).unwrap(), 0);
+        db.write(|tx| {
+            for (i, body) in ["the quick brown fox", "lazy dogs sleep", "quick thinking"].iter().enumerate() {
+                tx.execute("INSERT INTO notes (id, body) VALUES (?1, ?2)", (i as i64 + 1, body))?;
+                tx.execute("INSERT INTO notes_fts (rowid, body) VALUES (?1, ?2)", (i as i64 + 1, body))?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let hits: Vec<i64> = db
+            .read(|c| {
+                let mut st =
+                    c.prepare_cached("SELECT rowid FROM notes_fts WHERE notes_fts MATCH ?1 ORDER BY bm25(notes_fts)")?;
+                let rows = st.query_map(["quick"], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok::<_, rusqlite::Error>(rows)
+            })
+            .unwrap();
+        assert_eq!(hits.len(), 2);
+        let v: String = db
+            .read(|c| {
+                c.query_row("SELECT json_extract('{\"a\":[1,2]}', '$.a[1]')", [], |r| {
+                    r.get::<_, i64>(0).map(|n| n.to_string())
+                })
+            })
+            .unwrap();
+        assert_eq!(v, "2");
+        let mode: String = db.read(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0))).unwrap();
+        assert_eq!(mode.to_lowercase(), "wal");
+    }
+
+    #[test]
+    fn failed_write_rolls_back_and_bad_migration_is_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(&dir);
+        db.migrate(&MIGRATIONS[..1]).unwrap();
+        let r: Result<(), Error> = db.write(|tx| {
+            tx.execute("INSERT INTO notes (id, body) VALUES (1, 'kept?')", [])?;
+            Err(Error::Injected { op: "test" })
+        });
+        assert!(r.is_err());
+        let n: i64 = db.read(|c| c.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))).unwrap();
+        assert_eq!(n, 0);
+        let bad = [Migration { id: "test/0003_bad", sql: "CREATE TABLE oops (;" }];
+        assert!(matches!(db.migrate(&bad), Err(Error::Migration { .. })));
+        assert_eq!(db.migrate(&MIGRATIONS[..1]).unwrap(), 0);
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing UES needs on a fresh Debian machine with a Rust toolchain:
+# system packages (libclang for RocksDB's bindings, a C++ compiler) and the npm/PyPI packages the
+# interoperability tests use. Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+    need_apt+=(libclang-dev)
+fi
+command -v g++ >/dev/null || need_apt+=(g++)
+command -v python3 >/dev/null || need_apt+=(python3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing ${need_apt[*]}" >&2
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# rustfmt and clippy ship as rustup components; add them when missing (CI runs both).
+if command -v rustup >/dev/null; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+echo "setup: ok" >&2

@@ -1,0 +1,168 @@
+//! `node.toml`, deserialised once into a typed [`Config`]. Nothing below `main` reads files or
+//! environment variables for configuration: it gets these structs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+use ues_storage::{Durability, RocksConfig, SqliteConfig, StorageConfig, Synchronous};
+
+/// The commented default configuration, embedded in the binary and written by `ues init`.
+pub(crate) const DEFAULT_TOML: &str = include_str!("../node.toml");
+
+/// The node's whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Where the databases and the identity key live.
+    pub(crate) data_dir: PathBuf,
+    /// The HTTP server.
+    pub(crate) http: HttpConfig,
+    /// Storage tuning.
+    pub(crate) storage: StorageSection,
+    /// Logging.
+    pub(crate) log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            http: HttpConfig::default(),
+            storage: StorageSection::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct HttpConfig {
+    /// Listen address.
+    pub(crate) listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 2583)) }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct StorageSection {
+    /// "process" or "fsync".
+    pub(crate) durability: DurabilitySetting,
+    /// Verify blocks on read.
+    pub(crate) verify_reads: bool,
+    /// RocksDB block cache in MiB.
+    pub(crate) block_cache_mib: usize,
+    /// SQLite synchronous level.
+    pub(crate) sqlite_synchronous: SyncSetting,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            durability: DurabilitySetting::Process,
+            verify_reads: true,
+            block_cache_mib: 256,
+            sqlite_synchronous: SyncSetting::Normal,
+        }
+    }
+}
+
+/// Durability of writes, as spelled in `node.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum DurabilitySetting {
+    /// Survives kill -9.
+    Process,
+    /// Survives power loss.
+    Fsync,
+}
+
+/// SQLite `synchronous`, as spelled in `node.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SyncSetting {
+    /// OFF
+    Off,
+    /// NORMAL
+    Normal,
+    /// FULL
+    Full,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LogConfig {
+    /// tracing env-filter directive.
+    pub(crate) filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info".into() }
+    }
+}
+
+impl Config {
+    /// Parses a `node.toml` text.
+    pub(crate) fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Reads and parses a `node.toml` file.
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The storage layer's settings.
+    pub(crate) fn storage_config(&self) -> StorageConfig {
+        let s = &self.storage;
+        StorageConfig {
+            rocks: RocksConfig {
+                durability: match s.durability {
+                    DurabilitySetting::Process => Durability::Process,
+                    DurabilitySetting::Fsync => Durability::Fsync,
+                },
+                verify_reads: s.verify_reads,
+                block_cache_bytes: s.block_cache_mib << 20,
+                ..RocksConfig::default()
+            },
+            sqlite: SqliteConfig {
+                synchronous: match s.sqlite_synchronous {
+                    SyncSetting::Off => Synchronous::Off,
+                    SyncSetting::Normal => Synchronous::Normal,
+                    SyncSetting::Full => Synchronous::Full,
+                },
+                ..SqliteConfig::default()
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_node_toml_is_exactly_the_defaults() {
+        assert_eq!(Config::from_toml(DEFAULT_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_means_defaults_and_unknown_keys_are_refused() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        let err = Config::from_toml("[http]\nlisten_on = \"x\"").unwrap_err();
+        assert!(format!("{err:#}").contains("listen_on"), "{err:#}");
+        let cfg = Config::from_toml("[storage]\ndurability = \"fsync\"").unwrap();
+        assert_eq!(cfg.storage_config().rocks.durability, Durability::Fsync);
+    }
+}

@@ -1,0 +1,145 @@
+//! `ues`: the Universal Entity Streams node.
+//!
+//! This binary is the composition root: it parses the command line and `node.toml` into a typed
+//! [`config::Config`], opens storage, and wires the layers together.
+
+mod config;
+mod identity;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+/// Universal Entity Streams: a personal data server, a P2P node and an application host.
+#[derive(Debug, Parser)]
+#[command(name = "ues", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a data directory: a commented node.toml and the node's Ed25519 identity key.
+    Init(NodeArgs),
+    /// Run the node (initialising the data directory first if it is missing or empty).
+    Run(NodeArgs),
+}
+
+/// Options shared by the commands that work on a node's data directory.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// node.toml to read (default: <data-dir>/node.toml when present, else built-in defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir` in the config).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address (overrides `[http] listen`).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+impl NodeArgs {
+    /// Flags over file over defaults.
+    fn resolve(&self) -> anyhow::Result<Config> {
+        let data_dir_hint = self.data_dir.clone().unwrap_or_else(|| Config::default().data_dir);
+        let in_data_dir = data_dir_hint.join("node.toml");
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path)?,
+            None if in_data_dir.is_file() => Config::load(&in_data_dir)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            cfg.data_dir = dir.clone();
+        }
+        if let Some(listen) = self.listen {
+            cfg.http.listen = listen;
+        }
+        Ok(cfg)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init(args) => {
+            let cfg = args.resolve()?;
+            init_logging(&cfg);
+            init(&cfg.data_dir)?;
+            println!("initialised {}", cfg.data_dir.display());
+            Ok(())
+        }
+        Command::Run(args) => {
+            let cfg = args.resolve()?;
+            init_logging(&cfg);
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cfg))
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    // RUST_LOG wins over the config file, as every Rust operator expects.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+}
+
+/// Whether `dir` holds an initialised node.
+fn is_initialised(dir: &Path) -> bool {
+    identity::key_path(dir).is_file()
+}
+
+/// Writes node.toml (unless one is there) and a fresh identity key into `dir`.
+fn init(dir: &Path) -> anyhow::Result<()> {
+    if is_initialised(dir) {
+        anyhow::bail!("{} is already initialised (it holds {})", dir.display(), identity::KEY_FILE);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let toml_path = dir.join("node.toml");
+    if !toml_path.exists() {
+        std::fs::write(&toml_path, config::DEFAULT_TOML)?;
+    }
+    let key = identity::generate(dir)?;
+    tracing::info!(dir = %dir.display(), node_key = %hex::encode(key.verifying_key().as_bytes()), "node initialised");
+    Ok(())
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    if !is_initialised(&cfg.data_dir) {
+        init(&cfg.data_dir)?;
+    }
+    let storage = ues_storage::Storage::open(&cfg.data_dir, &cfg.storage_config())
+        .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?;
+    let key = identity::load(&cfg.data_dir)?;
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        node_key = %hex::encode(key.verifying_key().as_bytes()),
+        "storage open"
+    );
+
+    let info = Arc::new(ues_protocol::http::NodeInfo::now());
+    let app = ues_protocol::http::router(info);
+    let listener =
+        tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ues listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("http server stopped; closing storage");
+    drop(storage);
+    tracing::info!("ues stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,125 @@
+//! `ues run` as a user runs it: a real process, a real socket on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// One HTTP/1.1 GET, answered as (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn spawn_node(data_dir: &std::path::Path, addr: SocketAddr) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ues"))
+        .args(["run", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen", &addr.to_string()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_healthy(addr: SocketAddr) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(answer) = http_get(addr, "/xrpc/_health") {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "node never answered on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn first_run_initialises_serves_health_refuses_a_second_node_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = free_port();
+    let mut node = spawn_node(&data, addr);
+
+    let (status, body) = wait_healthy(addr);
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    let (status, body) = http_get(addr, "/health").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"ok\""), "{body}");
+
+    // First run initialised the data directory.
+    let key = data.join("identity.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&key).unwrap().len(), 32);
+    assert!(std::fs::read_to_string(data.join("node.toml")).unwrap().contains("[storage]"));
+
+    // A second node on the same data directory is refused with a clear message.
+    let second = Command::new(env!("CARGO_BIN_EXE_ues"))
+        .args(["run", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &free_port().to_string()])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("locked"), "stderr: {err}");
+
+    let status = terminate(&mut node);
+    assert!(status.success(), "graceful shutdown exits 0, got {status:?}");
+    let mut log = String::new();
+    node.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("ues stopped"), "{log}");
+
+    // The same data directory starts again, with the same identity.
+    let before = std::fs::read(&key).unwrap();
+    let mut again = spawn_node(&data, addr);
+    assert_eq!(wait_healthy(addr).0, 200);
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    assert!(terminate(&mut again).success());
+}
+
+#[test]
+fn init_writes_config_and_key_and_refuses_to_run_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let out = Command::new(env!("CARGO_BIN_EXE_ues")).args(["init", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(data.join("node.toml").is_file() && data.join("identity.key").is_file());
+    let again = Command::new(env!("CARGO_BIN_EXE_ues")).args(["init", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(!again.status.success(), "init must not overwrite an identity");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[http]\nlisten = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ues")).args(["run", "--config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
+    let help = Command::new(env!("CARGO_BIN_EXE_ues")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("init") && help.contains("run"), "{help}");
+}

@@ -1,0 +1,34 @@
+//! Locates `../shared` (the conformance vectors) beside the repository.
+//!
+//! Included by path from every crate's tests: `#[path = ".../tests/support/shared.rs"] mod shared;`
+//! On a user's machine the folder may be absent: tests then skip with a loud message. Under CI
+//! (`CI=true`) it is always there, so absence fails.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+
+/// `<repo>/../shared/<rel>`, or `None` (after a loud message) when absent outside CI.
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|p| p.join(".ci").is_dir() && p.join("crates").is_dir())
+        .expect("the workspace root")
+        .to_path_buf();
+    let path = repo.join("..").join("shared").join(rel);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true but the conformance vectors are missing: {} does not exist", path.display());
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {} is absent; conformance vectors not checked !!!!!!!!\n", path.display());
+    None
+}
+
+/// Reads a JSON file under `../shared`.
+pub fn json(rel: &str) -> Option<serde_json::Value> {
+    let path = shared(rel)?;
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
