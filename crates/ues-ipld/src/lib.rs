@@ -8,6 +8,7 @@
 //! Depends only on `ues-storage`. Knows the IPLD data model and the MST; does not know
 //! repositories, accounts, signatures or lexicons (layer 3).
 
+pub mod car;
 pub mod dagcbor;
 pub mod json;
 pub mod mst;

@@ -4,12 +4,13 @@
 #[path = "../../../tests/support/shared.rs"]
 mod shared;
 
+use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use base64::Engine;
 use cid::Cid;
-use ues_ipld::mst::{common_prefix_len, key_height};
-use ues_ipld::storage::MemoryBlockstore;
+use ues_ipld::mst::{RecordOp, common_prefix_len, covering_proof, diff, invert, key_height};
+use ues_ipld::storage::{Blockstore, MemoryBlockstore};
 use ues_ipld::{DAG_CBOR, Mst, cid_sha256, dagcbor, json};
 
 fn cases(rel: &str, expected: usize) -> Option<Vec<serde_json::Value>> {
@@ -117,6 +118,33 @@ fn commit_proof_cases(rel: &str, expected: usize) {
         }
         let after = mst.root().unwrap();
         assert_eq!(after.to_string(), c["rootAfterCommit"].as_str().unwrap(), "{name}: root after");
+
+        // The diff finds exactly the commit's operations.
+        let mut expected_ops: Vec<RecordOp> = strs("adds")
+            .into_iter()
+            .map(|path| RecordOp { path, old: None, new: Some(leaf) })
+            .chain(strs("dels").into_iter().map(|path| RecordOp { path, old: Some(leaf), new: None }))
+            .collect();
+        expected_ops.sort();
+        let d = diff(&store, Some(before), after).unwrap();
+        assert_eq!(d.ops, expected_ops, "{name}: diff");
+
+        // The covering proof of the touched keys is exactly the fixture's proof blocks.
+        let want: BTreeSet<Cid> = strs("blocksInProof").iter().map(|s| Cid::from_str(s).unwrap()).collect();
+        let keys: Vec<&str> = expected_ops.iter().map(|o| o.path.as_str()).collect();
+        assert_eq!(covering_proof(&store, after, &keys).unwrap(), want, "{name}: blocks in proof");
+
+        // Inversion on the proof blocks alone, in every order of the ops, reaches the old root.
+        let proof_only = MemoryBlockstore::verifying();
+        for cid in &want {
+            proof_only.put(cid, &store.get(cid).unwrap().unwrap()).unwrap();
+        }
+        for order in permutations(expected_ops.len()) {
+            let ops: Vec<RecordOp> = order.iter().map(|&i| expected_ops[i].clone()).collect();
+            let (root, _) =
+                invert(&proof_only, after, &ops).unwrap_or_else(|e| panic!("{name}: invert {order:?}: {e}"));
+            assert_eq!(root, before, "{name}: inversion in order {order:?}");
+        }
         // And undoing the commit gives the old root back.
         for k in strs("adds") {
             mst.remove(&k).unwrap();
@@ -128,12 +156,58 @@ fn commit_proof_cases(rel: &str, expected: usize) {
     }
 }
 
+/// Every ordering of 0..n (n is at most 3 in the fixtures).
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![vec![]];
+    }
+    let mut out = Vec::new();
+    for p in permutations(n - 1) {
+        for at in 0..=p.len() {
+            let mut q = p.clone();
+            q.insert(at, n - 1);
+            out.push(q);
+        }
+    }
+    out
+}
+
 #[test]
-fn firehose_commit_proof_fixture_roots() {
+fn firehose_commit_proof_fixtures() {
     commit_proof_cases("interop/atproto-interop-tests/firehose/commit-proof-fixtures.json", 6);
 }
 
 #[test]
-fn repo_fixture_commit_proof_roots() {
+fn repo_fixture_commit_proofs() {
     commit_proof_cases("interop/atproto-repo-fixtures/commit-proof-fixtures.json", 6);
+}
+
+#[test]
+fn sample_repository_car_reads_and_verifies() {
+    let Some(path) = shared::shared("interop/sample-repos/valid_repo.car") else { return };
+    let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+    let mut car = ues_ipld::car::CarReader::new(file).unwrap();
+    assert_eq!(car.roots().len(), 1);
+    let root = car.roots()[0];
+    let store = MemoryBlockstore::verifying();
+    let mut blocks = 0;
+    for block in &mut car {
+        let (cid, data) = block.unwrap();
+        store.put(&cid, &data).unwrap();
+        blocks += 1;
+    }
+    assert!(blocks > 1);
+    let commit = dagcbor::decode_atproto(&store.get(&root).unwrap().unwrap()).unwrap();
+    assert_eq!(commit.get("version"), Some(&ues_ipld::Ipld::Integer(3)));
+    assert!(commit.get("did").and_then(|d| d.as_str()).unwrap().starts_with("did:"));
+    let data = *commit.get("data").and_then(|d| d.as_link()).unwrap();
+    let stats = ues_ipld::mst::verify_tree(&store, data).unwrap();
+    assert!(stats.entries > 0);
+    assert_eq!(stats.missing_records, 0, "every record of the sample repo is in the CAR");
+    // Rebuilding the tree from its entries gives the same root.
+    let mut mst = Mst::load(&store, data).unwrap();
+    let entries = mst.list(None, usize::MAX).unwrap();
+    assert_eq!(entries.len(), stats.entries);
+    let rebuilt = Mst::from_entries(MemoryBlockstore::new(), entries).unwrap().root().unwrap();
+    assert_eq!(rebuilt, data);
 }

@@ -77,3 +77,95 @@ proptest! {
         }
     }
 }
+
+fn tree(store: &MemoryBlockstore, entries: &BTreeMap<String, u32>) -> cid::Cid {
+    let mut m = Mst::new(store);
+    for (k, v) in entries {
+        m.insert(k, value(*v)).unwrap();
+    }
+    m.root().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn diff_applied_to_a_gives_b_and_inverts_back(
+        a in prop::collection::btree_map(key_strategy(), 0u32..5, 0..100),
+        b in prop::collection::btree_map(key_strategy(), 0u32..5, 0..100),
+    ) {
+        use ues_ipld::mst::{covering_proof, diff, invert};
+        use ues_ipld::storage::Blockstore;
+        let store = MemoryBlockstore::new();
+        let (ra, rb) = (tree(&store, &a), tree(&store, &b));
+        let d = diff(&store, Some(ra), rb).unwrap();
+        // Apply the ops to a: we get b.
+        let mut m = Mst::load(&store, ra).unwrap();
+        for op in &d.ops {
+            match op.new {
+                Some(v) => { m.insert(&op.path, v).unwrap(); }
+                None => { prop_assert!(m.remove(&op.path).unwrap().is_some()); }
+            }
+        }
+        prop_assert_eq!(m.root().unwrap(), rb);
+        // Every op is a real difference.
+        for op in &d.ops {
+            prop_assert_ne!(op.old, op.new);
+        }
+        let changed = a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).count()
+            + b.keys().filter(|k| !a.contains_key(*k)).count();
+        prop_assert_eq!(d.ops.len(), changed);
+        // Created nodes are exactly the new tree's nodes the old tree lacks.
+        let nodes = |root| -> std::collections::BTreeSet<cid::Cid> {
+            let mut all = std::collections::BTreeSet::new();
+            collect_nodes(&store, root, &mut all);
+            all
+        };
+        let (na, nb) = (nodes(ra), nodes(rb));
+        prop_assert_eq!(&d.created_nodes, &nb.difference(&na).copied().collect());
+        prop_assert_eq!(&d.deleted_nodes, &na.difference(&nb).copied().collect());
+        // Inverting on the covering proof alone gives a back.
+        let keys: Vec<&str> = d.ops.iter().map(|o| o.path.as_str()).collect();
+        let proof = covering_proof(&store, rb, &keys).unwrap();
+        let only = MemoryBlockstore::verifying();
+        for c in &proof { only.put(c, &store.get(c).unwrap().unwrap()).unwrap(); }
+        let (back, _) = invert(&only, rb, &d.ops).unwrap();
+        prop_assert_eq!(back, ra);
+    }
+
+    #[test]
+    fn proofs_verify_and_tampering_fails(entries in prop::collection::btree_map(key_strategy(), 0u32..1000, 1..100), probe in key_strategy(), flip in any::<usize>()) {
+        use ues_ipld::mst::covering_proof;
+        use ues_ipld::storage::Blockstore;
+        let store = MemoryBlockstore::new();
+        let root = tree(&store, &entries);
+        let key = entries.keys().nth(flip % entries.len()).unwrap().clone();
+        for k in [key.as_str(), probe.as_str()] {
+            let proof = covering_proof(&store, root, [k]).unwrap();
+            let only = MemoryBlockstore::verifying();
+            for c in &proof { only.put(c, &store.get(c).unwrap().unwrap()).unwrap(); }
+            // The proof alone answers the lookup: present with its value, or absent.
+            let got = Mst::load(&only, root).unwrap().get(k).unwrap();
+            prop_assert_eq!(got, entries.get(k).map(|v| value(*v)));
+            // Flip one byte of a block on the search path: the lookup must fail, never answer.
+            let path = ues_ipld::mst::proof_nodes(&store, root, [k]).unwrap();
+            prop_assert!(path.is_subset(&proof));
+            let victim = *path.iter().nth(flip % path.len()).unwrap();
+            let mut bytes = store.get(&victim).unwrap().unwrap();
+            let at = flip % bytes.len();
+            bytes[at] ^= 0x01;
+            only.corrupt_block_for_test(&victim, &bytes);
+            prop_assert!(Mst::load(&only, root).and_then(|mut m| m.get(k)).is_err());
+        }
+    }
+}
+
+fn collect_nodes(store: &MemoryBlockstore, root: cid::Cid, out: &mut std::collections::BTreeSet<cid::Cid>) {
+    use ues_ipld::storage::Blockstore;
+    let bytes = store.get(&root).unwrap().unwrap();
+    out.insert(root);
+    let node = ues_ipld::mst::decode_node(&bytes, 4096).unwrap();
+    for c in node.left.iter().chain(node.entries.iter().filter_map(|e| e.2.as_ref())) {
+        collect_nodes(store, *c, out);
+    }
+}

@@ -5,6 +5,7 @@
 //! CIDs and are never touched. The shape is a pure function of the key/value set, so the root
 //! CID matches Bluesky's `@atproto/repo` bit for bit.
 
+mod diff;
 mod node;
 
 use std::cmp::Ordering;
@@ -12,6 +13,7 @@ use std::cmp::Ordering;
 use cid::Cid;
 use ues_storage::Blockstore;
 
+pub use diff::{MstDiff, RecordOp, TreeStats, covering_proof, diff, invert, proof_nodes, verify_tree};
 pub use node::{WireNode, common_prefix_len, decode as decode_node, encode as encode_node, key_height, node_cid};
 
 use crate::MstError;
@@ -280,6 +282,29 @@ fn get<B: Blockstore>(ctx: &Ctx<'_, B>, node: &mut Node, key: &[u8], height: u8)
     }
 }
 
+/// Descends toward `key` the way a proof of its left neighbour does: at every node, into the
+/// subtree just before the first entry >= `key` (loading it, which the store may record).
+fn walk_left_neighbour<B: Blockstore>(ctx: &Ctx<'_, B>, node: &mut Node, key: &[u8]) -> Result<(), MstError> {
+    let i = node.entries.partition_point(|e| &*e.key < key);
+    if let Some(l) = node.layer.checked_sub(1)
+        && let Some(child) = ctx.resolve(node.link_mut(i), l)?
+    {
+        walk_left_neighbour(ctx, child, key)?;
+    }
+    Ok(())
+}
+
+/// The mirror of [`walk_left_neighbour`]: into the subtree just after the last entry <= `key`.
+fn walk_right_neighbour<B: Blockstore>(ctx: &Ctx<'_, B>, node: &mut Node, key: &[u8]) -> Result<(), MstError> {
+    let i = node.entries.partition_point(|e| &*e.key <= key);
+    if let Some(l) = node.layer.checked_sub(1)
+        && let Some(child) = ctx.resolve(node.link_mut(i), l)?
+    {
+        walk_right_neighbour(ctx, child, key)?;
+    }
+    Ok(())
+}
+
 /// Encodes every changed node under `node` (children first), appending new blocks to `out`.
 fn encode_dirty(node: &mut Node, out: &mut Vec<(Cid, Vec<u8>)>) -> Cid {
     if let Some(cid) = node.cid {
@@ -512,6 +537,14 @@ impl<B: Blockstore> Mst<B> {
                 return Ok(out);
             }
         }
+    }
+
+    /// Loads every node a covering proof of `key` needs: the search path of `key` and the
+    /// paths to its neighbouring keys on both sides. Readers of the store see which ones.
+    pub fn touch_covering_path(&mut self, key: &str) -> Result<(), MstError> {
+        let ctx = Ctx { store: &self.store, limits: self.limits };
+        walk_left_neighbour(&ctx, &mut self.root, key.as_bytes())?;
+        walk_right_neighbour(&ctx, &mut self.root, key.as_bytes())
     }
 
     /// Number of entries (walks the whole tree).
