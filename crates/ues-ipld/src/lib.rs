@@ -1,8 +1,8 @@
 //! # ues-ipld: layer 2 of the UES node
 //!
-//! CIDs, strict canonical DAG-CBOR ([`dagcbor`]), AT Protocol JSON <-> IPLD ([`json`]), and the
-//! AT Protocol Merkle Search Tree ([`mst`]) over the blockstore, bit-exact with Bluesky's
-//! implementation.
+//! CIDs, strict canonical DAG-CBOR ([`dagcbor`]), AT Protocol JSON <-> IPLD ([`json`]), CAR v1
+//! streams ([`car`]), a typed IPLD store with path resolution ([`IpldStore`]), and the AT Protocol
+//! Merkle Search Tree ([`mst`]) over the blockstore, bit-exact with Bluesky's implementation.
 //!
 //! ## Layer contract
 //! Depends only on `ues-storage`. Knows the IPLD data model and the MST; does not know
@@ -12,6 +12,7 @@ pub mod car;
 pub mod dagcbor;
 pub mod json;
 pub mod mst;
+mod store;
 mod value;
 
 use cid::Cid;
@@ -20,6 +21,7 @@ use sha2::Digest;
 
 pub use dagcbor::{CborError, DecodeOptions};
 pub use mst::{Mst, MstLimits};
+pub use store::{IpldStore, StoreError};
 pub use ues_storage as storage;
 pub use value::Ipld;
 

@@ -69,6 +69,7 @@ pub enum Error {
         op: &'static str,
     },
     /// RocksDB failed.
+    #[cfg(feature = "rocksdb")]
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
     /// SQLite failed.

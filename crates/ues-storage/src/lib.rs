@@ -27,8 +27,10 @@ mod error;
 mod faulty;
 mod kv;
 mod memory;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 mod sqlite;
+#[cfg(feature = "rocksdb")]
 mod storage;
 mod verify;
 
@@ -40,8 +42,10 @@ pub use error::{Error, Result};
 pub use faulty::{FaultMode, FaultyBlockstore};
 pub use kv::Kv;
 pub use memory::{MemoryBlockstore, MemoryKv};
+#[cfg(feature = "rocksdb")]
 pub use rocks::{Durability, RocksBlockstore, RocksConfig, RocksKv, RocksStore, tuned_db_options};
 pub use sqlite::{Migration, Sqlite, SqliteConfig, Synchronous};
+#[cfg(feature = "rocksdb")]
 pub use storage::{Storage, StorageConfig};
 pub use verify::{BLAKE3, IDENTITY, RAW, SHA2_256, cid_for, verify_block};
 

@@ -5,6 +5,8 @@
 //! SIGKILLs it at a random moment, reopens the data directory and checks that every
 //! acknowledged write is there. Several rounds, each appending to the same directory.
 
+#![cfg(feature = "rocksdb")]
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! The RocksDB stores against their contracts: corruption, locking, TTL, atomic batches.
 
+#![cfg(feature = "rocksdb")]
+
 use std::time::Duration;
 
 use ues_storage::{
