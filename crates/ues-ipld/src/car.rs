@@ -123,6 +123,9 @@ fn split_section(section: Vec<u8>, index: u64) -> Result<(Cid, Vec<u8>), CarErro
     let mut cursor = std::io::Cursor::new(&section[..]);
     let cid = Cid::read_bytes(&mut cursor).map_err(|e| CarError::Cid(index, e.to_string()))?;
     let at = cursor.position() as usize;
+    if cid.to_bytes() != section[..at] {
+        return Err(CarError::Cid(index, "CID bytes are not in canonical form".into()));
+    }
     let data = section[at..].to_vec();
     match verify_block(&cid, &data) {
         Ok(()) => Ok((cid, data)),

@@ -341,8 +341,9 @@ impl<'a> Reader<'a> {
             return Err(CborError::BadLink("missing 0x00 multibase prefix".into()));
         };
         let cid = Cid::try_from(cid_bytes).map_err(|e| CborError::BadLink(e.to_string()))?;
-        if cid.encoded_len() != cid_bytes.len() {
-            return Err(CborError::BadLink("trailing bytes after the CID".into()));
+        // Byte equality, not just length: it also refuses overlong or overflowing varints.
+        if cid.to_bytes() != cid_bytes {
+            return Err(CborError::BadLink("CID bytes are not in canonical form".into()));
         }
         Ok(cid)
     }
@@ -461,6 +462,16 @@ mod tests {
         assert!(matches!(strict(&[0xf7]), Err(CborError::ForbiddenSimple(23))));
         // a huge declared length
         assert!(matches!(strict(&[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), Err(CborError::TooLong(_))));
+    }
+
+    #[test]
+    fn a_link_with_an_overflowing_varint_is_refused() {
+        // Found by the fuzzer: a 10-byte multihash-code varint whose high bits overflow u64.
+        let bytes = [
+            0xd8, 0x2a, 0x56, 0x00, 0x01, 0x6e, 0x9a, 0x9a, 0x92, 0x97, 0xff, 0xff, 0xfb, 0x96, 0x80, 0x05, 0x08, 0x00,
+            0xff, 0x00, 0xff, 0xff, 0xff, 0xff, 0x00,
+        ];
+        assert!(matches!(strict(&bytes), Err(CborError::BadLink(_))));
     }
 
     #[test]
