@@ -168,3 +168,70 @@ pub fn to_json(value: &Ipld) -> Value {
 pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
     STANDARD_NO_PAD.decode(s.trim_end_matches('=')).ok().or_else(|| STANDARD.decode(s).ok())
 }
+
+/// A reference to a blob from a record, in either form AT Protocol has used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    /// The blob's CID (raw codec, sha2-256 for blobs written today).
+    pub cid: Cid,
+    /// The declared MIME type.
+    pub mime_type: String,
+    /// The declared size; `None` in the legacy form, which did not carry it.
+    pub size: Option<u64>,
+}
+
+impl BlobRef {
+    /// Reads `{"$type": "blob", "ref": link, "mimeType", "size"}` or the legacy
+    /// `{"cid": "<cid string>", "mimeType"}`; `None` for anything else.
+    pub fn from_ipld(value: &Ipld) -> Option<Self> {
+        let Ipld::Map(m) = value else { return None };
+        let mime_type = m.get("mimeType")?.as_str()?.to_string();
+        if m.get("$type").and_then(Ipld::as_str) == Some("blob") {
+            let cid = *m.get("ref")?.as_link()?;
+            let size = match m.get("size")? {
+                Ipld::Integer(n) => u64::try_from(*n).ok()?,
+                _ => return None,
+            };
+            return Some(Self { cid, mime_type, size: Some(size) });
+        }
+        if m.len() == 2 {
+            let cid = Cid::try_from(m.get("cid")?.as_str()?).ok()?;
+            return Some(Self { cid, mime_type, size: None });
+        }
+        None
+    }
+
+    /// The current (typed) form.
+    pub fn to_ipld(&self) -> Ipld {
+        Ipld::Map(
+            [
+                ("$type".to_string(), Ipld::String("blob".into())),
+                ("ref".to_string(), Ipld::Link(self.cid)),
+                ("mimeType".to_string(), Ipld::String(self.mime_type.clone())),
+                ("size".to_string(), Ipld::Integer(self.size.unwrap_or(0) as i128)),
+            ]
+            .into(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_refs_in_both_forms() {
+        let cid = "bafkreiccldh766hwcnuxnf2wh6jgzepf2nlu2lvcllt63eww5p6chi4ity";
+        let typed = from_json(&serde_json::json!({
+            "$type": "blob", "ref": {"$link": cid}, "mimeType": "image/png", "size": 42
+        }))
+        .unwrap();
+        let b = BlobRef::from_ipld(&typed).unwrap();
+        assert_eq!((b.cid.to_string().as_str(), b.size), (cid, Some(42)));
+        assert_eq!(b.to_ipld(), typed);
+        let legacy = from_json(&serde_json::json!({"cid": cid, "mimeType": "image/png"})).unwrap();
+        let l = BlobRef::from_ipld(&legacy).unwrap();
+        assert_eq!((l.cid, l.size, l.mime_type.as_str()), (b.cid, None, "image/png"));
+        assert!(BlobRef::from_ipld(&from_json(&serde_json::json!({"cid": 1, "mimeType": "x"})).unwrap()).is_none());
+    }
+}

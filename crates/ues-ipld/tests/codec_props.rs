@@ -77,3 +77,32 @@ fn car_reader_refuses_a_changed_block_and_a_truncated_stream() {
     let err = CarReader::new(&huge[..]).unwrap().next().unwrap().unwrap_err();
     assert!(matches!(err, ues_ipld::car::CarError::TooLarge { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn async_car_writer_and_reader_stream() {
+    use ues_ipld::car::{AsyncCarReader, AsyncCarWriter, CarLimits};
+    let blocks: Vec<_> = (0..1000u32)
+        .map(|i| {
+            let d = i.to_be_bytes().repeat(50);
+            (cid_sha256(0x55, &d), d)
+        })
+        .collect();
+    let (client, server) = tokio::io::duplex(4096); // a small pipe: both sides must stream
+    let roots = vec![blocks[0].0];
+    let to_write = blocks.clone();
+    let writer = tokio::spawn(async move {
+        let mut w = AsyncCarWriter::new(client, &roots).await.unwrap();
+        for (c, d) in &to_write {
+            w.write_block(c, d).await.unwrap();
+        }
+        w.finish().await.unwrap();
+    });
+    let mut r = AsyncCarReader::new(server, CarLimits::default()).await.unwrap();
+    assert_eq!(r.roots(), &[blocks[0].0]);
+    let mut got = Vec::new();
+    while let Some(b) = r.next_block().await.unwrap() {
+        got.push(b);
+    }
+    writer.await.unwrap();
+    assert_eq!(got, blocks);
+}
