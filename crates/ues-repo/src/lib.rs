@@ -3,10 +3,12 @@
 //! Identities (DIDs, handles, keys), signed repositories (v3 commits over the MST), records,
 //! blobs, the Lexicon engine and the SQLite collection indexes.
 //!
+//! Built so far: the validated identifier types ([`syntax`]).
+//!
 //! ## Layer contract
 //! Depends only on `ues-ipld`. Knows accounts and repositories of one node; does not know
 //! replication between nodes (layer 4) or any wire protocol (layer 5).
-//!
-//! Not built yet: this crate holds its contract and re-exports the layer below.
+
+pub mod syntax;
 
 pub use ues_ipld as ipld;
