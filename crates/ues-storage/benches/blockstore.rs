@@ -67,9 +67,15 @@ fn bench(c: &mut Criterion) {
         });
         g.finish();
 
-        // Both stores now hold every block; flush so reads come from SST files and the cache.
+        // Make sure both stores hold every block (the put bench may have run only a few
+        // iterations), then flush so reads come from SST files and the cache.
+        bs.put_many(&data).unwrap();
+        for (cid, d) in &data {
+            raw.put_opt(cid.to_bytes(), d, &wo).unwrap();
+        }
         ues_verify.compact().unwrap();
         raw.flush().unwrap();
+        drop(bs); // the blockstore view shares the database handle
         drop(ues_verify);
         let ues_verify = RocksStore::open(ues_dir.path(), &RocksConfig::default()).unwrap();
         let noverify_cfg = RocksConfig { verify_reads: false, ..RocksConfig::default() };
