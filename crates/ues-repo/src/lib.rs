@@ -9,7 +9,9 @@
 //! Depends only on `ues-ipld`. Knows accounts and repositories of one node; does not know
 //! replication between nodes (layer 4) or any wire protocol (layer 5).
 
+pub mod commit;
 pub mod crypto;
+pub mod repo;
 pub mod syntax;
 
 pub use ues_ipld as ipld;

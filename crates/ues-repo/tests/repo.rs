@@ -1,0 +1,121 @@
+//! Repositories: signed commits, atomic batches with swaps, CAR export and verified import.
+
+use ues_ipld::Ipld;
+use ues_ipld::storage::{Blockstore, FaultMode, FaultyBlockstore, MemoryBlockstore};
+use ues_repo::crypto::{KeyType, Keypair};
+use ues_repo::repo::{Action, Repo, RepoError, Write, import_car};
+use ues_repo::syntax::{Did, Nsid, RecordKey, TidGenerator};
+
+fn post(text: &str) -> Ipld {
+    Ipld::Map(
+        [
+            ("$type".to_string(), Ipld::String("app.bsky.feed.post".into())),
+            ("text".to_string(), Ipld::String(text.into())),
+            ("createdAt".to_string(), Ipld::String("2026-11-24T00:00:00.000Z".into())),
+        ]
+        .into(),
+    )
+}
+
+fn coll() -> Nsid {
+    Nsid::new("app.bsky.feed.post").unwrap()
+}
+
+fn create(rkey: &str, text: &str) -> Write {
+    Write::Create { collection: coll(), rkey: RecordKey::new(rkey).unwrap(), record: post(text) }
+}
+
+struct Fixture {
+    key: Keypair,
+    did: Did,
+    tids: TidGenerator,
+}
+
+fn fixture() -> Fixture {
+    Fixture {
+        key: Keypair::generate(KeyType::K256),
+        did: Did::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz").unwrap(),
+        tids: TidGenerator::new(1),
+    }
+}
+
+#[test]
+fn writes_commit_and_read_back() {
+    let f = fixture();
+    let (mut repo, first) = Repo::create(MemoryBlockstore::new(), f.did.clone(), &f.key, f.tids.next()).unwrap();
+    first.commit.verify(&f.key.public()).unwrap();
+    let writes: Vec<Write> = (0..100).map(|i| create(&format!("r{i:03}"), &format!("post {i}"))).collect();
+    let res = repo.apply_writes(&writes, &f.key, f.tids.next(), Some(first.cid)).unwrap();
+    assert_eq!(res.ops.len(), 100);
+    assert!(res.ops.iter().all(|o| o.action == Action::Create));
+    assert_eq!(res.prev_data, Some(first.commit.data));
+    assert!(res.commit.rev > first.commit.rev);
+    res.commit.verify(&f.key.public()).unwrap();
+    let (cid, value) = repo.get_record(&coll(), &RecordKey::new("r042").unwrap()).unwrap().unwrap();
+    assert_eq!(value, post("post 42"));
+    assert_eq!(res.ops[42].cid, Some(cid));
+    let page = repo.list_records(&coll(), Some(&RecordKey::new("r010").unwrap()), 5).unwrap();
+    assert_eq!(page.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["r011", "r012", "r013", "r014", "r015"]);
+
+    // Update with the right swap, delete, and the refusals.
+    let rk = RecordKey::new("r001").unwrap();
+    let old = repo.get_record(&coll(), &rk).unwrap().unwrap().0;
+    let upd = Write::Update { collection: coll(), rkey: rk.clone(), record: post("edited"), swap: Some(Some(old)) };
+    let r = repo.apply_writes(&[upd], &f.key, f.tids.next(), None).unwrap();
+    assert_eq!((r.ops[0].action, r.ops[0].prev), (Action::Update, Some(old)));
+    let head = repo.head();
+    let stale = Write::Update { collection: coll(), rkey: rk.clone(), record: post("again"), swap: Some(Some(old)) };
+    assert!(matches!(repo.apply_writes(&[stale], &f.key, f.tids.next(), None), Err(RepoError::InvalidSwap(_))));
+    assert!(matches!(repo.apply_writes(&[create("r001", "dup")], &f.key, f.tids.next(), None), Err(RepoError::RecordExists(_))));
+    assert!(matches!(repo.apply_writes(&[create("zzz", "x")], &f.key, f.tids.next(), Some(first.cid)), Err(RepoError::InvalidSwap(_))));
+    let missing = Write::Delete { collection: coll(), rkey: RecordKey::new("nope").unwrap(), swap: None };
+    assert!(matches!(repo.apply_writes(&[missing], &f.key, f.tids.next(), None), Err(RepoError::RecordNotFound(_))));
+    let not_a_map = Write::Create { collection: coll(), rkey: RecordKey::new("bad").unwrap(), record: Ipld::Integer(1) };
+    assert!(matches!(repo.apply_writes(&[create("ok1", "fine"), not_a_map], &f.key, f.tids.next(), None), Err(RepoError::InvalidRecord { .. })));
+    assert_eq!(repo.head(), head, "refused batches change nothing");
+    assert!(repo.get_record(&coll(), &RecordKey::new("ok1").unwrap()).unwrap().is_none(), "a batch is all or nothing");
+    let del = Write::Delete { collection: coll(), rkey: rk.clone(), swap: None };
+    let r = repo.apply_writes(&[del], &f.key, f.tids.next(), None).unwrap();
+    assert_eq!(r.ops[0].action, Action::Delete);
+    assert!(repo.get_record(&coll(), &rk).unwrap().is_none());
+}
+
+#[test]
+fn export_import_round_trip_and_refusals() {
+    let f = fixture();
+    let (mut repo, _) = Repo::create(MemoryBlockstore::new(), f.did.clone(), &f.key, f.tids.next()).unwrap();
+    for batch in 0..5 {
+        let writes: Vec<Write> = (0..50).map(|i| create(&format!("b{batch}r{i:02}"), "hello")).collect();
+        repo.apply_writes(&writes, &f.key, f.tids.next(), None).unwrap();
+    }
+    let car = repo.export_car(Vec::new()).unwrap();
+
+    let imported = import_car(MemoryBlockstore::new(), &car[..], &f.did, &f.key.public()).unwrap();
+    assert_eq!(imported.head(), repo.head());
+    assert_eq!(imported.mst().unwrap().len().unwrap(), 250);
+
+    // Another DID, another key, a changed byte: refused, nothing stored.
+    let other_did = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+    let store = MemoryBlockstore::new();
+    assert!(matches!(import_car(&store, &car[..], &other_did, &f.key.public()), Err(RepoError::WrongDid { .. })));
+    let other_key = Keypair::generate(KeyType::K256);
+    assert!(matches!(import_car(&store, &car[..], &f.did, &other_key.public()), Err(RepoError::Commit(_))));
+    let mut tampered = car.clone();
+    let at = tampered.len() - 10;
+    tampered[at] ^= 0x01;
+    assert!(import_car(&store, &tampered[..], &f.did, &f.key.public()).is_err());
+    assert!(store.is_empty(), "a refused import writes nothing");
+}
+
+#[test]
+fn a_failed_block_write_leaves_the_previous_commit() {
+    let f = fixture();
+    let faulty = FaultyBlockstore::new(MemoryBlockstore::new(), u64::MAX, FaultMode::Fail);
+    let (mut repo, first) = Repo::create(&faulty, f.did.clone(), &f.key, f.tids.next()).unwrap();
+    faulty.fail_after(1);
+    assert!(repo.apply_writes(&[create("a", "x")], &f.key, f.tids.next(), None).is_err());
+    assert_eq!(repo.head(), first.cid);
+    let reopened = Repo::load(&faulty, first.cid).unwrap();
+    assert!(reopened.get_record(&coll(), &RecordKey::new("a").unwrap()).unwrap().is_none());
+    assert!(faulty.inner().has(&first.cid).unwrap());
+}
