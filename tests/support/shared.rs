@@ -32,3 +32,22 @@ pub fn json(rel: &str) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
+
+/// `<repo>/tests/js` with its `node_modules` installed (by `scripts/setup.sh`), or `None` after a
+/// loud message when absent outside CI.
+pub fn node_tests() -> Option<PathBuf> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|p| p.join(".ci").is_dir() && p.join("crates").is_dir())
+        .expect("the workspace root")
+        .to_path_buf();
+    let dir = repo.join("tests").join("js");
+    if dir.join("node_modules").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true but {} has no node_modules: scripts/setup.sh should have installed them", dir.display());
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {} has no node_modules (run scripts/setup.sh) !!!!!!!!\n", dir.display());
+    None
+}

@@ -88,9 +88,11 @@ impl Commit {
             Some(Ipld::Integer(n)) => return Err(CommitError::Version(*n)),
             _ => return Err(CommitError::Field("version")),
         }
-        let did = m.get("did").and_then(Ipld::as_str).and_then(|s| Did::new(s).ok()).ok_or(CommitError::Field("did"))?;
+        let did =
+            m.get("did").and_then(Ipld::as_str).and_then(|s| Did::new(s).ok()).ok_or(CommitError::Field("did"))?;
         let data = *m.get("data").and_then(Ipld::as_link).ok_or(CommitError::Field("data"))?;
-        let rev = m.get("rev").and_then(Ipld::as_str).and_then(|s| Tid::new(s).ok()).ok_or(CommitError::Field("rev"))?;
+        let rev =
+            m.get("rev").and_then(Ipld::as_str).and_then(|s| Tid::new(s).ok()).ok_or(CommitError::Field("rev"))?;
         let prev = match m.get("prev") {
             Some(Ipld::Null) => None,
             Some(Ipld::Link(c)) => Some(*c),

@@ -204,15 +204,18 @@ impl<B: Blockstore> Repo<B> {
     pub fn get_record(&self, collection: &Nsid, rkey: &RecordKey) -> Result<Option<(Cid, Ipld)>, RepoError> {
         let Some(cid) = self.mst()?.get(&path(collection, rkey))? else { return Ok(None) };
         let bytes = self.store.get(&cid)?.ok_or(RepoError::MissingBlock(cid))?;
-        let value = dagcbor::decode_atproto(&bytes).map_err(|e| RepoError::InvalidRecord {
-            path: path(collection, rkey),
-            reason: e.to_string(),
-        })?;
+        let value = dagcbor::decode_atproto(&bytes)
+            .map_err(|e| RepoError::InvalidRecord { path: path(collection, rkey), reason: e.to_string() })?;
         Ok(Some((cid, value)))
     }
 
     /// Up to `limit` (rkey, CID) pairs of a collection after `cursor` (an rkey), in key order.
-    pub fn list_records(&self, collection: &Nsid, cursor: Option<&RecordKey>, limit: usize) -> Result<Vec<(String, Cid)>, RepoError> {
+    pub fn list_records(
+        &self,
+        collection: &Nsid,
+        cursor: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<Vec<(String, Cid)>, RepoError> {
         let prefix = format!("{collection}/");
         let after = cursor.map(|c| format!("{prefix}{c}"));
         let entries = self.mst()?.list_prefix(&prefix, after.as_deref(), limit)?;
@@ -221,7 +224,13 @@ impl<B: Blockstore> Repo<B> {
 
     /// Applies a batch atomically as one signed commit. With `swap_commit`, only if the head
     /// is that commit.
-    pub fn apply_writes(&mut self, writes: &[Write], key: &Keypair, rev: Tid, swap_commit: Option<Cid>) -> Result<CommitResult, RepoError> {
+    pub fn apply_writes(
+        &mut self,
+        writes: &[Write],
+        key: &Keypair,
+        rev: Tid,
+        swap_commit: Option<Cid>,
+    ) -> Result<CommitResult, RepoError> {
         if let Some(expected) = swap_commit
             && expected != self.head
         {
@@ -296,7 +305,12 @@ impl<B: Blockstore> Repo<B> {
         Ok(car.finish()?)
     }
 
-    fn write_subtree<W: std::io::Write>(&self, car: &mut CarWriter<W>, node: Cid, depth: usize) -> Result<(), RepoError> {
+    fn write_subtree<W: std::io::Write>(
+        &self,
+        car: &mut CarWriter<W>,
+        node: Cid,
+        depth: usize,
+    ) -> Result<(), RepoError> {
         if depth > 256 {
             return Err(MstError::Malformed("tree deeper than 256 layers".into()).into());
         }
@@ -341,4 +355,3 @@ pub fn import_car<B: Blockstore>(store: B, car: impl Read, did: &Did, key: &Publ
     store.put_many(&blocks)?;
     Repo::load(store, root)
 }
-

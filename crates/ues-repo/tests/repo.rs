@@ -66,12 +66,22 @@ fn writes_commit_and_read_back() {
     let head = repo.head();
     let stale = Write::Update { collection: coll(), rkey: rk.clone(), record: post("again"), swap: Some(Some(old)) };
     assert!(matches!(repo.apply_writes(&[stale], &f.key, f.tids.next(), None), Err(RepoError::InvalidSwap(_))));
-    assert!(matches!(repo.apply_writes(&[create("r001", "dup")], &f.key, f.tids.next(), None), Err(RepoError::RecordExists(_))));
-    assert!(matches!(repo.apply_writes(&[create("zzz", "x")], &f.key, f.tids.next(), Some(first.cid)), Err(RepoError::InvalidSwap(_))));
+    assert!(matches!(
+        repo.apply_writes(&[create("r001", "dup")], &f.key, f.tids.next(), None),
+        Err(RepoError::RecordExists(_))
+    ));
+    assert!(matches!(
+        repo.apply_writes(&[create("zzz", "x")], &f.key, f.tids.next(), Some(first.cid)),
+        Err(RepoError::InvalidSwap(_))
+    ));
     let missing = Write::Delete { collection: coll(), rkey: RecordKey::new("nope").unwrap(), swap: None };
     assert!(matches!(repo.apply_writes(&[missing], &f.key, f.tids.next(), None), Err(RepoError::RecordNotFound(_))));
-    let not_a_map = Write::Create { collection: coll(), rkey: RecordKey::new("bad").unwrap(), record: Ipld::Integer(1) };
-    assert!(matches!(repo.apply_writes(&[create("ok1", "fine"), not_a_map], &f.key, f.tids.next(), None), Err(RepoError::InvalidRecord { .. })));
+    let not_a_map =
+        Write::Create { collection: coll(), rkey: RecordKey::new("bad").unwrap(), record: Ipld::Integer(1) };
+    assert!(matches!(
+        repo.apply_writes(&[create("ok1", "fine"), not_a_map], &f.key, f.tids.next(), None),
+        Err(RepoError::InvalidRecord { .. })
+    ));
     assert_eq!(repo.head(), head, "refused batches change nothing");
     assert!(repo.get_record(&coll(), &RecordKey::new("ok1").unwrap()).unwrap().is_none(), "a batch is all or nothing");
     let del = Write::Delete { collection: coll(), rkey: rk.clone(), swap: None };
