@@ -1,0 +1,276 @@
+//! did:plc: operations built and signed locally, the DID derived from the genesis operation,
+//! and validation of a DID's audit log (signatures by the right rotation keys, strict signature
+//! encoding, nullification within the 72-hour recovery window, nothing after a tombstone).
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cid::Cid;
+use serde_json::{Map, Value, json};
+use ues_ipld::{DAG_CBOR, cid_sha256, dagcbor, json as atjson};
+
+use crate::crypto::{Keypair, PublicKey};
+use crate::syntax::Datetime;
+
+/// Why a PLC operation or log was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlcError {
+    /// The operation is not a well-formed PLC operation.
+    #[error("malformed operation {index}: {reason}")]
+    Malformed {
+        /// Position in the log.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No allowed rotation key produced the signature.
+    #[error("operation {0}: signature does not verify with any allowed rotation key")]
+    BadSignature(usize),
+    /// The log's claimed CID or DID does not match the operation.
+    #[error("operation {index}: {what} mismatch")]
+    Mismatch {
+        /// Position in the log.
+        index: usize,
+        /// "cid" or "did".
+        what: &'static str,
+    },
+    /// The chain of active operations or a nullification breaks the rules.
+    #[error("operation {index}: {reason}")]
+    Chain {
+        /// Position in the log.
+        index: usize,
+        /// Which rule.
+        reason: String,
+    },
+}
+
+/// The CID of an operation (signed, as JSON).
+pub fn operation_cid(op: &Value) -> Result<Cid, String> {
+    let ipld = atjson::from_json(op).map_err(|e| e.to_string())?;
+    Ok(cid_sha256(DAG_CBOR, &dagcbor::encode(&ipld)))
+}
+
+/// The DID a genesis operation creates: `did:plc:` + the first 24 characters of
+/// base32(sha256(DAG-CBOR of the signed operation)).
+pub fn did_for_genesis(op: &Value) -> Result<String, String> {
+    let ipld = atjson::from_json(op).map_err(|e| e.to_string())?;
+    let hash = sha2_256(&dagcbor::encode(&ipld));
+    let b32 = data_encoding::BASE32_NOPAD.encode(&hash).to_ascii_lowercase();
+    Ok(format!("did:plc:{}", &b32[..24]))
+}
+
+fn sha2_256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+fn unsigned_bytes(op: &Value) -> Result<Vec<u8>, String> {
+    let mut m = op.as_object().ok_or("operation is not an object")?.clone();
+    m.remove("sig");
+    let ipld = atjson::from_json(&Value::Object(m)).map_err(|e| e.to_string())?;
+    Ok(dagcbor::encode(&ipld))
+}
+
+/// Signs an unsigned operation: adds `sig` (base64url, no padding, low-S).
+pub fn sign_operation(mut op: Map<String, Value>, key: &Keypair) -> Result<Value, String> {
+    op.remove("sig");
+    let bytes = unsigned_bytes(&Value::Object(op.clone()))?;
+    op.insert("sig".into(), Value::String(URL_SAFE_NO_PAD.encode(key.sign(&bytes))));
+    Ok(Value::Object(op))
+}
+
+/// What a new account's genesis operation says.
+#[derive(Debug, Clone)]
+pub struct Genesis {
+    /// Rotation keys (did:key), most authoritative first.
+    pub rotation_keys: Vec<String>,
+    /// The repository signing key (did:key), published as `verificationMethods.atproto`.
+    pub signing_key: String,
+    /// The handle (without `at://`).
+    pub handle: String,
+    /// The PDS endpoint URL.
+    pub pds_endpoint: String,
+}
+
+impl Genesis {
+    /// Builds and signs the genesis operation with `rotation_key` (which must be listed);
+    /// returns the operation and the DID it creates.
+    pub fn sign(&self, rotation_key: &Keypair) -> Result<(Value, String), String> {
+        let op = json!({
+            "type": "plc_operation",
+            "rotationKeys": self.rotation_keys,
+            "verificationMethods": { "atproto": self.signing_key },
+            "alsoKnownAs": [format!("at://{}", self.handle)],
+            "services": { "atproto_pds": { "type": "AtprotoPersonalDataServer", "endpoint": self.pds_endpoint } },
+            "prev": null,
+        });
+        let Value::Object(m) = op else { unreachable!() };
+        let signed = sign_operation(m, rotation_key)?;
+        let did = did_for_genesis(&signed)?;
+        Ok((signed, did))
+    }
+}
+
+/// The keys allowed to sign the operation that follows `op`, most authoritative first.
+fn rotation_keys_of(op: &Value) -> Vec<String> {
+    match op.get("type").and_then(Value::as_str) {
+        Some("plc_operation") => op
+            .get("rotationKeys")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+        // Legacy genesis: the recovery key outranks the signing key.
+        Some("create") => ["recoveryKey", "signingKey"]
+            .iter()
+            .filter_map(|f| op.get(*f).and_then(Value::as_str).map(str::to_string))
+            .collect(),
+        _ => vec![], // a tombstone allows nothing after it
+    }
+}
+
+/// Decodes a signature strictly: base64url, no padding, no stray characters, zero trailing
+/// bits, 64 bytes.
+fn decode_sig(s: &str) -> Option<Vec<u8>> {
+    let bytes = URL_SAFE_NO_PAD.decode(s).ok()?;
+    // Re-encoding must give the same text (rejects non-zero trailing bits).
+    (bytes.len() == 64 && URL_SAFE_NO_PAD.encode(&bytes) == s).then_some(bytes)
+}
+
+/// Index of the first key in `keys` that verifies `op`'s signature.
+fn signer_index(op: &Value, keys: &[String], index: usize) -> Result<usize, PlcError> {
+    let malformed = |reason: String| PlcError::Malformed { index, reason };
+    let sig = op.get("sig").and_then(Value::as_str).ok_or_else(|| malformed("no sig".into()))?;
+    let sig = decode_sig(sig).ok_or(PlcError::BadSignature(index))?;
+    let bytes = unsigned_bytes(op).map_err(malformed)?;
+    keys.iter()
+        .position(|k| PublicKey::from_did_key(k).is_ok_and(|pk| pk.verify(&bytes, &sig).is_ok()))
+        .ok_or(PlcError::BadSignature(index))
+}
+
+const RECOVERY_WINDOW_MS: i64 = 72 * 3600 * 1000;
+
+fn millis(index: usize, entry: &Value) -> Result<i64, PlcError> {
+    let s = entry.get("createdAt").and_then(Value::as_str).unwrap_or("");
+    Datetime::new(s).map_err(|e| PlcError::Malformed { index, reason: e.to_string() })?;
+    // Audit logs use `YYYY-MM-DDTHH:MM:SS.sssZ`.
+    let p = |a: usize, b: usize| s.get(a..b).and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
+    let (y, mo, d) = (p(0, 4), p(5, 7), p(8, 10));
+    let days = days_from_civil(y, mo, d);
+    let ms = if s.len() >= 23 { p(20, 23) } else { 0 };
+    Ok((((days * 24 + p(11, 13)) * 60 + p(14, 16)) * 60 + p(17, 19)) * 1000 + ms)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Validates a DID's full audit log (as `/:did/log/audit` returns it).
+pub fn validate_audit_log(entries: &[Value]) -> Result<(), PlcError> {
+    let mut by_cid: HashMap<String, usize> = HashMap::new();
+    let mut signers = Vec::with_capacity(entries.len());
+    let did = entries.first().and_then(|e| e.get("did")).and_then(Value::as_str).unwrap_or("");
+    for (i, entry) in entries.iter().enumerate() {
+        let malformed = |reason: String| PlcError::Malformed { index: i, reason };
+        let op = entry.get("operation").ok_or_else(|| malformed("no operation".into()))?;
+        let cid = operation_cid(op).map_err(malformed)?;
+        if entry.get("cid").and_then(Value::as_str) != Some(cid.to_string().as_str()) {
+            return Err(PlcError::Mismatch { index: i, what: "cid" });
+        }
+        if entry.get("did").and_then(Value::as_str) != Some(did) {
+            return Err(PlcError::Mismatch { index: i, what: "did" });
+        }
+        let keys = match op.get("prev") {
+            None | Some(Value::Null) => {
+                if i != 0 {
+                    return Err(PlcError::Chain { index: i, reason: "a second genesis operation".into() });
+                }
+                if did_for_genesis(op).map_err(malformed)? != did {
+                    return Err(PlcError::Mismatch { index: i, what: "did" });
+                }
+                rotation_keys_of(op)
+            }
+            Some(Value::String(prev)) => {
+                let &p = by_cid
+                    .get(prev)
+                    .ok_or_else(|| PlcError::Chain { index: i, reason: "prev is not an earlier operation".into() })?;
+                rotation_keys_of(&entries[p]["operation"])
+            }
+            Some(_) => return Err(malformed("prev is not a CID string".into())),
+        };
+        signers.push(signer_index(op, &keys, i)?);
+        by_cid.insert(cid.to_string(), i);
+    }
+
+    // The active (not nullified) operations form one chain from the genesis.
+    let nullified = |i: usize| entries[i].get("nullified").and_then(Value::as_bool).unwrap_or(false);
+    let prev_of = |i: usize| entries[i]["operation"].get("prev").and_then(Value::as_str).map(|p| by_cid[p]);
+    let mut head: Option<usize> = None;
+    for i in (0..entries.len()).filter(|&i| !nullified(i)) {
+        if prev_of(i) != head {
+            return Err(PlcError::Chain {
+                index: i,
+                reason: "active operation does not extend the active chain".into(),
+            });
+        }
+        head = Some(i);
+    }
+    // Every nullified operation was overridden by a later, more authoritative operation on the
+    // same prev within the recovery window (or descends from one that was).
+    for x in (0..entries.len()).filter(|&i| nullified(i)) {
+        let p = prev_of(x);
+        if p.is_some_and(nullified) {
+            continue; // nullified because its ancestor was
+        }
+        let winner = (x + 1..entries.len()).find(|&z| !nullified(z) && prev_of(z) == p);
+        let Some(z) = winner else {
+            return Err(PlcError::Chain { index: x, reason: "nullified without a recovery operation".into() });
+        };
+        if signers[z] >= signers[x] {
+            return Err(PlcError::Chain {
+                index: z,
+                reason: "recovery signed by a key without higher authority".into(),
+            });
+        }
+        if millis(z, &entries[z])? - millis(x, &entries[x])? > RECOVERY_WINDOW_MS {
+            return Err(PlcError::Chain { index: z, reason: "recovery after the 72-hour window".into() });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyType;
+
+    #[test]
+    fn genesis_signs_derives_a_did_and_validates_as_a_log() {
+        let rotation = Keypair::generate(KeyType::K256);
+        let signing = Keypair::generate(KeyType::K256);
+        let g = Genesis {
+            rotation_keys: vec![rotation.public().did_key()],
+            signing_key: signing.public().did_key(),
+            handle: "alice.test".into(),
+            pds_endpoint: "https://pds.example".into(),
+        };
+        let (op, did) = g.sign(&rotation).unwrap();
+        assert!(did.starts_with("did:plc:") && did.len() == 32, "{did}");
+        let log = vec![json!({
+            "did": did, "operation": op, "cid": operation_cid(&op).unwrap().to_string(),
+            "nullified": false, "createdAt": "2026-11-24T00:00:00.000Z",
+        })];
+        validate_audit_log(&log).unwrap();
+        let mut forged = log.clone();
+        forged[0]["operation"]["alsoKnownAs"] = json!(["at://mallory.test"]);
+        assert!(validate_audit_log(&forged).is_err());
+    }
+}
