@@ -11,6 +11,7 @@
 
 pub mod commit;
 pub mod crypto;
+pub mod identity;
 pub mod plc;
 pub mod repo;
 pub mod syntax;
