@@ -9,6 +9,7 @@
 //! Depends only on `ues-ipld`. Knows accounts and repositories of one node; does not know
 //! replication between nodes (layer 4) or any wire protocol (layer 5).
 
+pub mod accounts;
 pub mod commit;
 pub mod crypto;
 pub mod identity;

@@ -1,0 +1,400 @@
+//! Many repositories on one node: account records and repository heads in SQLite, blocks in the
+//! blockstore, and the collection index (records by author, collection, time; backlinks; full
+//! text with FTS5) kept in the same SQLite transaction that moves a repository's head.
+//!
+//! Crash consistency: a commit's blocks are written first (one atomic batch), then one SQLite
+//! transaction moves the head and updates the index. A crash in between leaves unreferenced
+//! blocks and the previous head: the repository and its index always agree.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cid::Cid;
+use parking_lot::Mutex;
+use ues_ipld::storage::rusqlite::{self, OptionalExtension, params};
+use ues_ipld::storage::{Blockstore, Migration, Sqlite};
+use ues_ipld::{Ipld, json as atjson};
+
+use crate::crypto::{KeyType, Keypair};
+use crate::repo::{Action, CommitResult, Repo, RepoError, Write};
+use crate::syntax::{Did, Handle, Nsid, RecordKey, TidGenerator};
+
+/// SQLite schema of this module.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    id: "repo/0001_accounts_and_index",
+    sql: "
+CREATE TABLE account (
+    did TEXT PRIMARY KEY,
+    handle TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    signing_key_type TEXT NOT NULL,
+    signing_key BLOB NOT NULL,
+    head TEXT NOT NULL,
+    rev TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',
+    created_at INTEGER NOT NULL DEFAULT (unixepoch('subsec') * 1000)
+);
+CREATE TABLE record (
+    did TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    rkey TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    created_at TEXT,
+    indexed_at INTEGER NOT NULL,
+    rev TEXT NOT NULL,
+    PRIMARY KEY (did, collection, rkey)
+) WITHOUT ROWID;
+CREATE INDEX record_by_collection_time ON record (collection, indexed_at);
+CREATE INDEX record_by_author_time ON record (did, indexed_at);
+CREATE TABLE backlink (
+    src_did TEXT NOT NULL, src_collection TEXT NOT NULL, src_rkey TEXT NOT NULL,
+    target TEXT NOT NULL,
+    PRIMARY KEY (target, src_did, src_collection, src_rkey)
+) WITHOUT ROWID;
+CREATE INDEX backlink_by_src ON backlink (src_did, src_collection, src_rkey);
+CREATE TABLE record_text (id INTEGER PRIMARY KEY, did TEXT NOT NULL, collection TEXT NOT NULL, rkey TEXT NOT NULL,
+    UNIQUE (did, collection, rkey));
+CREATE VIRTUAL TABLE record_fts USING fts5(body, tokenize = 'unicode61 remove_diacritics 2');
+",
+}];
+
+/// An account hosted here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Its DID.
+    pub did: Did,
+    /// Its handle.
+    pub handle: Handle,
+    /// Head commit.
+    pub head: Cid,
+    /// Head revision.
+    pub rev: String,
+    /// `active`, `deactivated`, `takendown`, `deleted`.
+    pub status: String,
+}
+
+/// A row of the collection index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedRecord {
+    /// Author.
+    pub did: String,
+    /// Collection.
+    pub collection: String,
+    /// Record key.
+    pub rkey: String,
+    /// Record CID.
+    pub cid: String,
+}
+
+/// Errors of the account store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccountError {
+    /// No such account.
+    #[error("account {0} not found")]
+    NotFound(String),
+    /// The handle or DID is taken.
+    #[error("{0} is already taken")]
+    Taken(String),
+    /// The repository refused the operation.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// SQLite failed.
+    #[error(transparent)]
+    Storage(#[from] ues_ipld::storage::Error),
+}
+
+impl From<rusqlite::Error> for AccountError {
+    fn from(e: rusqlite::Error) -> Self {
+        AccountError::Storage(e.into())
+    }
+}
+
+/// Accounts and repositories of one node.
+pub struct Accounts<B> {
+    blocks: B,
+    db: Arc<Sqlite>,
+    tids: TidGenerator,
+    /// One writer per repository at a time: commits to one repo are serialised.
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Concatenated string values of a record, for full-text search (`$type` and links excluded).
+fn record_text(v: &Ipld, out: &mut String) {
+    match v {
+        Ipld::String(s) => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        Ipld::List(items) => items.iter().for_each(|i| record_text(i, out)),
+        Ipld::Map(m) => {
+            m.iter().filter(|(k, _)| !k.starts_with('$') && *k != "createdAt").for_each(|(_, v)| record_text(v, out))
+        }
+        _ => {}
+    }
+}
+
+/// AT-URIs and CIDs a record references (`uri` strings that are AT-URIs, `subject` DIDs, links).
+fn record_refs(v: &Ipld, out: &mut Vec<String>) {
+    match v {
+        Ipld::String(s) if s.starts_with("at://") || s.starts_with("did:") => out.push(s.clone()),
+        Ipld::List(items) => items.iter().for_each(|i| record_refs(i, out)),
+        Ipld::Map(m) => m.values().for_each(|v| record_refs(v, out)),
+        _ => {}
+    }
+}
+
+impl<B: Blockstore> Accounts<B> {
+    /// Opens the store (applying its migrations). `clock_id` tells this node's TIDs apart.
+    pub fn open(blocks: B, db: Arc<Sqlite>, clock_id: u16) -> Result<Self, AccountError> {
+        db.migrate(MIGRATIONS)?;
+        Ok(Self { blocks, db, tids: TidGenerator::new(clock_id), locks: Mutex::new(HashMap::new()) })
+    }
+
+    /// The blockstore.
+    pub fn blocks(&self) -> &B {
+        &self.blocks
+    }
+
+    /// The index database.
+    pub fn db(&self) -> &Arc<Sqlite> {
+        &self.db
+    }
+
+    fn lock(&self, did: &str) -> Arc<Mutex<()>> {
+        self.locks.lock().entry(did.to_string()).or_default().clone()
+    }
+
+    /// Creates an account with a fresh signing key and an empty repository.
+    pub fn create(
+        &self,
+        did: Did,
+        handle: Handle,
+        key_type: KeyType,
+    ) -> Result<(Account, Keypair, CommitResult), AccountError> {
+        let key = Keypair::generate(key_type);
+        let taken: bool = self.db.read(|c| {
+            c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM account WHERE did = ?1 OR handle = ?2)",
+                params![did.as_str(), handle.as_str()],
+                |r| r.get(0),
+            )
+        })?;
+        if taken {
+            return Err(AccountError::Taken(format!("{did} / {handle}")));
+        }
+        let (_, res) = Repo::create(&self.blocks, did.clone(), &key, self.tids.next())?;
+        let kt = match key_type {
+            KeyType::K256 => "k256",
+            KeyType::P256 => "p256",
+        };
+        self.db.write(|tx| {
+            tx.execute(
+                "INSERT INTO account (did, handle, signing_key_type, signing_key, head, rev) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![did.as_str(), handle.normalized().as_str(), kt, key.to_bytes(), res.cid.to_string(), res.commit.rev.as_str()],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    AccountError::Taken(format!("{did} / {handle}"))
+                }
+                e => e.into(),
+            })
+        })?;
+        let account = self.get(&did)?.expect("just inserted");
+        Ok((account, key, res))
+    }
+
+    /// An account by DID.
+    pub fn get(&self, did: &Did) -> Result<Option<Account>, AccountError> {
+        self.find("did", did.as_str())
+    }
+
+    /// An account by handle (case-insensitive).
+    pub fn by_handle(&self, handle: &Handle) -> Result<Option<Account>, AccountError> {
+        self.find("handle", handle.as_str())
+    }
+
+    fn find(&self, column: &str, value: &str) -> Result<Option<Account>, AccountError> {
+        let sql = format!("SELECT did, handle, head, rev, status FROM account WHERE {column} = ?1");
+        let row = self.db.read(|c| {
+            c.prepare_cached(&sql)?
+                .query_row([value], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .optional()
+        })?;
+        Ok(row.map(|(did, handle, head, rev, status)| Account {
+            did: Did::new(did).expect("stored valid"),
+            handle: Handle::new(handle).expect("stored valid"),
+            head: head.parse().expect("stored valid"),
+            rev,
+            status,
+        }))
+    }
+
+    /// The account's signing key.
+    pub fn signing_key(&self, did: &Did) -> Result<Keypair, AccountError> {
+        let row: Option<(String, Vec<u8>)> = self.db.read(|c| {
+            c.query_row("SELECT signing_key_type, signing_key FROM account WHERE did = ?1", [did.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })?;
+        let (kt, bytes) = row.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
+        let kind = if kt == "p256" { KeyType::P256 } else { KeyType::K256 };
+        Ok(Keypair::from_bytes(kind, &bytes).expect("stored valid"))
+    }
+
+    /// The account's repository at its head.
+    pub fn repo(&self, did: &Did) -> Result<Repo<&B>, AccountError> {
+        let account = self.get(did)?.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
+        Ok(Repo::load(&self.blocks, account.head)?)
+    }
+
+    /// Applies a batch of writes as one commit, moves the head and updates the index.
+    pub fn apply_writes(
+        &self,
+        did: &Did,
+        writes: &[Write],
+        swap_commit: Option<Cid>,
+    ) -> Result<CommitResult, AccountError> {
+        let lock = self.lock(did.as_str());
+        let _guard = lock.lock();
+        let key = self.signing_key(did)?;
+        let mut repo = self.repo(did)?;
+        let res = repo.apply_writes(writes, &key, self.tids.next(), swap_commit)?;
+        let records: HashMap<&str, &Ipld> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Create { record, .. } | Write::Update { record, .. } => Some(record),
+                Write::Delete { .. } => None,
+            })
+            .zip(res.ops.iter().filter(|o| o.action != Action::Delete))
+            .map(|(rec, op)| (op.path.as_str(), rec))
+            .collect();
+        let now = now_ms();
+        self.db.write(|tx| {
+            tx.execute("UPDATE account SET head = ?1, rev = ?2 WHERE did = ?3", params![res.cid.to_string(), res.commit.rev.as_str(), did.as_str()])?;
+            for op in &res.ops {
+                let (collection, rkey) = op.path.split_once('/').expect("paths are collection/rkey");
+                let key = params![did.as_str(), collection, rkey];
+                tx.prepare_cached("DELETE FROM backlink WHERE src_did = ?1 AND src_collection = ?2 AND src_rkey = ?3")?.execute(key)?;
+                let old_text: Option<i64> = tx
+                    .prepare_cached("SELECT id FROM record_text WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?
+                    .query_row(key, |r| r.get(0))
+                    .optional()?;
+                if let Some(id) = old_text {
+                    tx.prepare_cached("DELETE FROM record_fts WHERE rowid = ?1")?.execute([id])?;
+                    tx.prepare_cached("DELETE FROM record_text WHERE id = ?1")?.execute([id])?;
+                }
+                match (op.action, op.cid) {
+                    (Action::Delete, _) | (_, None) => {
+                        tx.prepare_cached("DELETE FROM record WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?.execute(key)?;
+                    }
+                    (_, Some(cid)) => {
+                        let record = records.get(op.path.as_str()).copied();
+                        let created_at = record.and_then(|r| r.get("createdAt")).and_then(Ipld::as_str);
+                        tx.prepare_cached(
+                            "INSERT INTO record (did, collection, rkey, cid, created_at, indexed_at, rev) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                             ON CONFLICT (did, collection, rkey) DO UPDATE SET cid = excluded.cid, created_at = excluded.created_at, rev = excluded.rev",
+                        )?
+                        .execute(params![did.as_str(), collection, rkey, cid.to_string(), created_at, now, res.commit.rev.as_str()])?;
+                        if let Some(rec) = record {
+                            let mut refs = Vec::new();
+                            record_refs(rec, &mut refs);
+                            for target in refs {
+                                tx.prepare_cached("INSERT OR IGNORE INTO backlink VALUES (?1, ?2, ?3, ?4)")?.execute(params![did.as_str(), collection, rkey, target])?;
+                            }
+                            let mut text = String::new();
+                            record_text(rec, &mut text);
+                            if !text.is_empty() {
+                                tx.prepare_cached("INSERT INTO record_text (did, collection, rkey) VALUES (?1, ?2, ?3)")?.execute(key)?;
+                                let id = tx.last_insert_rowid();
+                                tx.prepare_cached("INSERT INTO record_fts (rowid, body) VALUES (?1, ?2)")?.execute(params![id, text])?;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok::<_, AccountError>(())
+        })?;
+        Ok(res)
+    }
+
+    /// Records of a collection in one repository, by record key, after `cursor`, optionally
+    /// newest key first.
+    pub fn list_records(
+        &self,
+        did: &Did,
+        collection: &Nsid,
+        cursor: Option<&RecordKey>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<IndexedRecord>, AccountError> {
+        let (cmp, order) = if reverse { ("<", "DESC") } else { (">", "ASC") };
+        let sql = format!(
+            "SELECT did, collection, rkey, cid FROM record WHERE did = ?1 AND collection = ?2 AND (?3 IS NULL OR rkey {cmp} ?3) ORDER BY rkey {order} LIMIT ?4"
+        );
+        let rows = self.db.read(|c| {
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(
+                params![did.as_str(), collection.as_str(), cursor.map(RecordKey::as_str), limit as i64],
+                row_to_record,
+            )?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows)
+    }
+
+    /// Full-text search over every record's strings, best match first (FTS5 bm25).
+    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<IndexedRecord>, AccountError> {
+        // Quote each term so user input cannot inject FTS5 query syntax.
+        let fts_query: String =
+            query.split_whitespace().map(|t| format!("\"{}\"", t.replace('"', "\"\""))).collect::<Vec<_>>().join(" ");
+        if fts_query.is_empty() {
+            return Ok(vec![]);
+        }
+        let rows = self.db.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT t.did, t.collection, t.rkey, r.cid FROM record_fts f JOIN record_text t ON t.id = f.rowid
+                 JOIN record r ON r.did = t.did AND r.collection = t.collection AND r.rkey = t.rkey
+                 WHERE record_fts MATCH ?1 ORDER BY bm25(record_fts) LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![fts_query, limit as i64], row_to_record)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows)
+    }
+
+    /// Records that reference `target` (an AT-URI or DID).
+    pub fn backlinks(&self, target: &str, limit: usize) -> Result<Vec<IndexedRecord>, AccountError> {
+        let rows = self.db.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT b.src_did, b.src_collection, b.src_rkey, r.cid FROM backlink b
+                 JOIN record r ON r.did = b.src_did AND r.collection = b.src_collection AND r.rkey = b.src_rkey
+                 WHERE b.target = ?1 LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![target, limit as i64], row_to_record)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows)
+    }
+
+    /// Converts a JSON record (as XRPC clients send it) to IPLD, checking the data model.
+    pub fn record_from_json(value: &serde_json::Value) -> Result<Ipld, atjson::JsonError> {
+        atjson::record_from_json(value)
+    }
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedRecord> {
+    Ok(IndexedRecord { did: r.get(0)?, collection: r.get(1)?, rkey: r.get(2)?, cid: r.get(3)? })
+}

@@ -1,0 +1,121 @@
+//! Many accounts on one node, their heads in SQLite, and the collection index.
+
+use std::sync::Arc;
+
+use ues_ipld::Ipld;
+use ues_ipld::storage::{MemoryBlockstore, Sqlite, SqliteConfig};
+use ues_repo::accounts::{AccountError, Accounts};
+use ues_repo::crypto::KeyType;
+use ues_repo::repo::{RepoError, Write};
+use ues_repo::syntax::{Did, Handle, Nsid, RecordKey};
+
+fn rec(fields: &[(&str, Ipld)]) -> Ipld {
+    Ipld::Map(fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+}
+
+fn s(v: &str) -> Ipld {
+    Ipld::String(v.into())
+}
+
+#[test]
+fn accounts_writes_and_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
+    let store = MemoryBlockstore::new();
+    let accts = Accounts::open(&store, db.clone(), 1).unwrap();
+    let alice = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+    let bob = Did::new("did:plc:bbbbbbbbbbbbbbbbbbbbbbbb").unwrap();
+    let (a, _, first) = accts.create(alice.clone(), Handle::new("Alice.test").unwrap(), KeyType::K256).unwrap();
+    assert_eq!(a.handle.as_str(), "alice.test");
+    assert_eq!(a.head, first.cid);
+    accts.create(bob.clone(), Handle::new("bob.test").unwrap(), KeyType::P256).unwrap();
+    assert!(matches!(
+        accts.create(
+            Did::new("did:plc:cccccccccccccccccccccccc").unwrap(),
+            Handle::new("ALICE.test").unwrap(),
+            KeyType::K256
+        ),
+        Err(AccountError::Taken(_))
+    ));
+    assert_eq!(accts.by_handle(&Handle::new("alice.TEST").unwrap()).unwrap().unwrap().did, alice);
+
+    let post = Nsid::new("app.bsky.feed.post").unwrap();
+    let like = Nsid::new("app.bsky.feed.like").unwrap();
+    let writes: Vec<Write> = (0..30)
+        .map(|i| Write::Create {
+            collection: post.clone(),
+            rkey: RecordKey::new(format!("p{i:02}")).unwrap(),
+            record: rec(&[
+                ("$type", s("app.bsky.feed.post")),
+                ("text", s(&format!("post number {i} about {}", if i % 3 == 0 { "rust" } else { "cats" }))),
+                ("createdAt", s("2026-11-24T00:00:00Z")),
+            ]),
+        })
+        .collect();
+    let res = accts.apply_writes(&alice, &writes, None).unwrap();
+    assert_eq!(accts.get(&alice).unwrap().unwrap().head, res.cid);
+
+    let page = accts.list_records(&alice, &post, None, 10, false).unwrap();
+    assert_eq!(page.first().unwrap().rkey, "p00");
+    let next = accts
+        .list_records(&alice, &post, Some(&RecordKey::new(page.last().unwrap().rkey.clone()).unwrap()), 100, false)
+        .unwrap();
+    assert_eq!(next.len(), 20);
+    let rev = accts.list_records(&alice, &post, None, 3, true).unwrap();
+    assert_eq!(rev.iter().map(|r| r.rkey.as_str()).collect::<Vec<_>>(), ["p29", "p28", "p27"]);
+
+    assert_eq!(accts.search("rust", 100).unwrap().len(), 10);
+    assert_eq!(accts.search("RUST post", 100).unwrap().len(), 10);
+    assert!(accts.search("\"; DROP TABLE record; --", 10).unwrap().is_empty(), "query syntax is inert");
+
+    // Bob likes one of Alice's posts: a backlink.
+    let target = format!("at://{alice}/app.bsky.feed.post/p03");
+    let like_rec = rec(&[
+        ("$type", s("app.bsky.feed.like")),
+        ("subject", rec(&[("uri", s(&target)), ("cid", s(&res.ops[3].cid.unwrap().to_string()))])),
+        ("createdAt", s("2026-11-24T00:00:00Z")),
+    ]);
+    accts
+        .apply_writes(
+            &bob,
+            &[Write::Create { collection: like.clone(), rkey: RecordKey::new("l1").unwrap(), record: like_rec }],
+            None,
+        )
+        .unwrap();
+    let links = accts.backlinks(&target, 10).unwrap();
+    assert_eq!((links.len(), links[0].did.as_str()), (1, bob.as_str()));
+
+    // Update re-indexes the text; delete removes it everywhere.
+    let p03 = RecordKey::new("p03").unwrap();
+    let upd = Write::Update {
+        collection: post.clone(),
+        rkey: p03.clone(),
+        record: rec(&[("text", s("now about zebras"))]),
+        swap: None,
+    };
+    accts.apply_writes(&alice, &[upd], None).unwrap();
+    assert_eq!(accts.search("rust", 100).unwrap().len(), 9);
+    assert_eq!(accts.search("zebras", 100).unwrap().len(), 1);
+    accts
+        .apply_writes(&alice, &[Write::Delete { collection: post.clone(), rkey: p03.clone(), swap: None }], None)
+        .unwrap();
+    assert!(accts.search("zebras", 100).unwrap().is_empty());
+    assert_eq!(accts.list_records(&alice, &post, None, 100, false).unwrap().len(), 29);
+
+    // A refused batch leaves head and index alone.
+    let head = accts.get(&alice).unwrap().unwrap().head;
+    let dup = Write::Create {
+        collection: post.clone(),
+        rkey: RecordKey::new("p01").unwrap(),
+        record: rec(&[("text", s("dup"))]),
+    };
+    assert!(matches!(accts.apply_writes(&alice, &[dup], None), Err(AccountError::Repo(RepoError::RecordExists(_)))));
+    assert_eq!(accts.get(&alice).unwrap().unwrap().head, head);
+
+    // Reopening sees the same heads and index, and the repo's MST agrees with the index.
+    drop(accts);
+    let accts = Accounts::open(&store, db, 2).unwrap();
+    assert_eq!(accts.get(&alice).unwrap().unwrap().head, head);
+    let repo = accts.repo(&alice).unwrap();
+    assert_eq!(repo.mst().unwrap().len().unwrap(), 29);
+}
