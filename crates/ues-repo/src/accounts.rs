@@ -95,12 +95,18 @@ pub enum AccountError {
     /// The handle or DID is taken.
     #[error("{0} is already taken")]
     Taken(String),
-    /// The repository refused the operation.
+    /// The repository refused the operation (boxed: repository errors carry CIDs).
     #[error(transparent)]
-    Repo(#[from] RepoError),
+    Repo(Box<RepoError>),
     /// SQLite failed.
     #[error(transparent)]
     Storage(#[from] ues_ipld::storage::Error),
+}
+
+impl From<RepoError> for AccountError {
+    fn from(e: RepoError) -> Self {
+        AccountError::Repo(Box::new(e))
+    }
 }
 
 impl From<rusqlite::Error> for AccountError {
