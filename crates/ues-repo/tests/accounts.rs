@@ -109,7 +109,9 @@ fn accounts_writes_and_the_index() {
         rkey: RecordKey::new("p01").unwrap(),
         record: rec(&[("text", s("dup"))]),
     };
-    assert!(matches!(accts.apply_writes(&alice, &[dup], None), Err(AccountError::Repo(e)) if matches!(*e, RepoError::RecordExists(_))));
+    assert!(
+        matches!(accts.apply_writes(&alice, &[dup], None), Err(AccountError::Repo(e)) if matches!(*e, RepoError::RecordExists(_)))
+    );
     assert_eq!(accts.get(&alice).unwrap().unwrap().head, head);
 
     // Reopening sees the same heads and index, and the repo's MST agrees with the index.
