@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use cid::Cid;
 use serde_json::{Map, Number, Value};
 
@@ -164,9 +164,18 @@ pub fn to_json(value: &Ipld) -> Value {
     }
 }
 
+/// Lenient base64 for `$bytes`: standard alphabet, padding optional, trailing bits ignored (as
+/// the reference implementation accepts).
+const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// Decodes base64 as AT Protocol writes it (standard alphabet, padding optional).
 pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    STANDARD_NO_PAD.decode(s.trim_end_matches('=')).ok().or_else(|| STANDARD.decode(s).ok())
+    LENIENT.decode(s).ok()
 }
 
 /// A reference to a blob from a record, in either form AT Protocol has used.

@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod commit;
 pub mod crypto;
 pub mod identity;
+pub mod lexicon;
 pub mod plc;
 pub mod repo;
 pub mod syntax;
