@@ -37,6 +37,21 @@ enum Command {
     /// Merkle Search Tree tools.
     #[command(subcommand)]
     Mst(MstCommand),
+    /// Lexicon tools.
+    #[command(subcommand)]
+    Lexicon(LexiconCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LexiconCommand {
+    /// Refuse incompatible changes between two versions of a Lexicon document (exit 1 and a
+    /// JSON list of the incompatibilities); accept compatible ones.
+    Check {
+        /// The published version.
+        old: PathBuf,
+        /// The proposed version.
+        new: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +127,14 @@ fn main() -> anyhow::Result<()> {
         Command::Car(CarCommand::Inspect { file }) => print_json(tools::car_inspect(&file)?),
         Command::Car(CarCommand::Verify { file }) => print_json(tools::car_verify(&file)?),
         Command::Mst(MstCommand::Diff { a, b }) => print_json(tools::mst_diff(&a, &b)?),
+        Command::Lexicon(LexiconCommand::Check { old, new }) => {
+            let (report, compatible) = tools::lexicon_check(&old, &new)?;
+            print_json(report)?;
+            if !compatible {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Run(args) => {
             let cfg = args.resolve()?;
             init_logging(&cfg);

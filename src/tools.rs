@@ -125,3 +125,22 @@ pub(crate) fn mst_diff(a: &Path, b: &Path) -> anyhow::Result<Value> {
         "inductive_proof_nodes": sorted(&inductive),
     }))
 }
+
+/// `ues lexicon check OLD NEW`: returns the report and whether the change is compatible.
+pub(crate) fn lexicon_check(old: &Path, new: &Path) -> anyhow::Result<(Value, bool)> {
+    let read = |p: &Path| -> anyhow::Result<Value> {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        // Both versions must be valid documents on their own.
+        ues_repo::lexicon::Lexicons::new()
+            .add(&v)
+            .with_context(|| format!("{} is not a valid lexicon", p.display()))?;
+        Ok(v)
+    };
+    let issues = ues_repo::lexicon_evolution::check_evolution(&read(old)?, &read(new)?);
+    let report = json!({
+        "compatible": issues.is_empty(),
+        "incompatibilities": issues.iter().map(|i| json!({"path": i.path, "reason": i.reason})).collect::<Vec<_>>(),
+    });
+    Ok((report, issues.is_empty()))
+}

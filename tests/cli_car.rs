@@ -80,3 +80,26 @@ fn inspect_verify_and_diff() {
     assert!(!ok);
     assert!(err.contains("does not match its CID"), "{err}");
 }
+
+#[test]
+fn lexicon_check_refuses_incompatible_evolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, max: u32, extra_required: bool| {
+        let required = if extra_required { serde_json::json!(["text", "lang"]) } else { serde_json::json!(["text"]) };
+        let doc = serde_json::json!({"lexicon": 1, "id": "com.example.note", "defs": {"main": {
+            "type": "record", "key": "tid", "record": {"type": "object", "required": required,
+            "properties": {"text": {"type": "string", "maxLength": max}, "lang": {"type": "string"}}}}}});
+        let p = dir.path().join(name);
+        std::fs::write(&p, doc.to_string()).unwrap();
+        p
+    };
+    let v1 = write("v1.json", 300, false);
+    let wider = write("v2.json", 600, false);
+    let narrower = write("v3.json", 100, true);
+    let (ok, report, err) = ues(&["lexicon", "check", v1.to_str().unwrap(), wider.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(report["compatible"], true);
+    let (ok, report, _) = ues(&["lexicon", "check", v1.to_str().unwrap(), narrower.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(report["incompatibilities"].as_array().unwrap().len(), 2, "{report}");
+}

@@ -14,6 +14,7 @@ pub mod commit;
 pub mod crypto;
 pub mod identity;
 pub mod lexicon;
+pub mod lexicon_evolution;
 pub mod plc;
 pub mod repo;
 pub mod syntax;
