@@ -294,6 +294,20 @@ impl<B: Blockstore> Repo<B> {
         Ok(CommitResult { commit, cid, prev_data: Some(prev_data), since, ops, blocks })
     }
 
+    /// The blocks a `#commit` firehose event for `res` carries: the commit, the new records and
+    /// MST nodes, plus the covering proof of every touched key, so that a consumer holding only
+    /// these blocks can verify each op and invert the commit back to `prev_data`.
+    pub fn commit_event_blocks(&self, res: &CommitResult) -> Result<Vec<(Cid, Vec<u8>)>, RepoError> {
+        let paths: Vec<&str> = res.ops.iter().map(|o| o.path.as_str()).collect();
+        let proof = ues_ipld::mst::covering_proof(&self.store, res.commit.data, &paths)?;
+        let mut blocks = res.blocks.clone();
+        let have: std::collections::HashSet<Cid> = blocks.iter().map(|b| b.0).collect();
+        for cid in proof.into_iter().filter(|c| !have.contains(c)) {
+            blocks.push((cid, self.store.get(&cid)?.ok_or(RepoError::MissingBlock(cid))?));
+        }
+        Ok(blocks)
+    }
+
     /// Writes the whole repository as a CAR: the commit, then the tree depth-first with each
     /// node's records right after it (the streamable order). Reads block by block; memory use
     /// does not grow with the repository.

@@ -129,3 +129,34 @@ fn a_failed_block_write_leaves_the_previous_commit() {
     assert!(reopened.get_record(&coll(), &RecordKey::new("a").unwrap()).unwrap().is_none());
     assert!(faulty.inner().has(&first.cid).unwrap());
 }
+
+#[test]
+fn commit_event_blocks_suffice_to_invert_the_commit() {
+    use ues_ipld::mst::{RecordOp, invert};
+    let f = fixture();
+    let (mut repo, _) = Repo::create(MemoryBlockstore::new(), f.did.clone(), &f.key, f.tids.next()).unwrap();
+    let writes: Vec<Write> = (0..500).map(|i| create(&format!("k{i:04}"), "x")).collect();
+    repo.apply_writes(&writes, &f.key, f.tids.next(), None).unwrap();
+    let batch = vec![
+        create("k0100a", "new"),
+        Write::Delete { collection: coll(), rkey: RecordKey::new("k0300").unwrap(), swap: None },
+        Write::Update {
+            collection: coll(),
+            rkey: RecordKey::new("k0042").unwrap(),
+            record: post("changed"),
+            swap: None,
+        },
+    ];
+    let res = repo.apply_writes(&batch, &f.key, f.tids.next(), None).unwrap();
+    let blocks = repo.commit_event_blocks(&res).unwrap();
+    let only = MemoryBlockstore::verifying();
+    for (c, d) in &blocks {
+        only.put(c, d).unwrap();
+    }
+    let ops: Vec<RecordOp> =
+        res.ops.iter().map(|o| RecordOp { path: o.path.clone(), old: o.prev, new: o.cid }).collect();
+    let (back, _) = invert(&only, res.commit.data, &ops).unwrap();
+    assert_eq!(Some(back), res.prev_data);
+    // Far fewer blocks than the repository holds.
+    assert!(blocks.len() < 40, "{} blocks", blocks.len());
+}
