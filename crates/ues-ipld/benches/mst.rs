@@ -71,6 +71,12 @@ fn bench(c: &mut Criterion) {
             black_box(m.root_and_blocks().0)
         })
     });
+    g.bench_function("from_entries(sort+bulk)+root/1000000", |b| {
+        b.iter(|| {
+            let mut m = Mst::from_entries(MemoryBlockstore::new(), ks.iter().map(|k| (k.clone(), value))).unwrap();
+            black_box(m.root_and_blocks().0)
+        })
+    });
     g.finish();
 
     // Diff of two 100k-key trees that differ in 100 keys (50 updated, 50 added).

@@ -169,3 +169,17 @@ fn collect_nodes(store: &MemoryBlockstore, root: cid::Cid, out: &mut std::collec
         collect_nodes(store, *c, out);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn bulk_build_equals_inserts(entries in prop::collection::vec((key_strategy(), 0u32..1000), 0..150)) {
+        let mut inserted = Mst::new(MemoryBlockstore::new());
+        for (k, v) in &entries {
+            inserted.insert(k, value(*v)).unwrap();
+        }
+        let mut bulk = Mst::from_entries(MemoryBlockstore::new(), entries.iter().map(|(k, v)| (k.clone(), value(*v)))).unwrap();
+        prop_assert_eq!(bulk.root().unwrap(), inserted.root().unwrap());
+    }
+}

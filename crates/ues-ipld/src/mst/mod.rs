@@ -51,9 +51,13 @@ impl Link {
     }
 }
 
+/// Keys up to 48 bytes (every AT Protocol path in practice) live inside the entry, so a binary
+/// search over a node touches only the node's own memory, not a heap allocation per key.
+type Key = smallvec::SmallVec<[u8; 48]>;
+
 #[derive(Debug, Clone)]
 struct Entry {
-    key: Box<[u8]>,
+    key: Key,
     value: Cid,
     right: Link,
 }
@@ -140,7 +144,7 @@ fn from_wire(cid: Cid, wire: WireNode, expected: Option<u8>) -> Result<Box<Node>
         if h != layer {
             return Err(MstError::WrongHeight { key: String::from_utf8_lossy(&key).into_owned(), height: h, layer });
         }
-        entries.push(Entry { key: key.into_boxed_slice(), value, right: right.map_or(Link::Empty, Link::Stored) });
+        entries.push(Entry { key: Key::from_vec(key), value, right: right.map_or(Link::Empty, Link::Stored) });
     }
     Ok(Box::new(Node { layer, left: wire.left.map_or(Link::Empty, Link::Stored), entries, cid: Some(cid) }))
 }
@@ -219,7 +223,7 @@ fn insert<B: Blockstore>(
                 None => (None, None),
             };
             *node.link_mut(i) = into_link(lo);
-            node.entries.insert(i, Entry { key: key.into(), value, right: into_link(hi) });
+            node.entries.insert(i, Entry { key: Key::from_slice(key), value, right: into_link(hi) });
             Ok(None)
         }
         Err(i) => {
@@ -303,6 +307,34 @@ fn walk_right_neighbour<B: Blockstore>(ctx: &Ctx<'_, B>, node: &mut Node, key: &
         walk_right_neighbour(ctx, child, key)?;
     }
     Ok(())
+}
+
+/// Builds the subtree on `layer` holding `items` (all of height <= `layer`), taking their keys.
+fn build_sorted(items: &mut [(Key, Cid, u8)], layer: u8) -> Option<Box<Node>> {
+    if items.is_empty() {
+        return None;
+    }
+    let mut node = Box::new(Node::empty(layer));
+    let mut start = 0;
+    for i in 0..items.len() {
+        if items[i].2 != layer {
+            continue;
+        }
+        let sub = match layer.checked_sub(1) {
+            Some(l) => build_sorted(&mut items[start..i], l),
+            None => None,
+        };
+        let at = node.entries.len();
+        *node.link_mut(at) = into_link(sub);
+        let key = std::mem::take(&mut items[i].0);
+        node.entries.push(Entry { key, value: items[i].1, right: Link::Empty });
+        start = i + 1;
+    }
+    if let Some(l) = layer.checked_sub(1) {
+        let at = node.entries.len();
+        *node.link_mut(at) = into_link(build_sorted(&mut items[start..], l));
+    }
+    normalize(node)
 }
 
 /// Encodes every changed node under `node` (children first), appending new blocks to `out`.
@@ -397,13 +429,37 @@ impl<B: Blockstore> Mst<B> {
         Ok(Self { store, root, limits })
     }
 
-    /// Builds a tree from entries in any order (duplicates: the last value wins).
+    /// Builds a tree from entries in any order (duplicates: the last value wins): sorts, then
+    /// builds in one pass with [`Mst::from_sorted`].
     pub fn from_entries(store: B, entries: impl IntoIterator<Item = (String, Cid)>) -> Result<Self, MstError> {
-        let mut mst = Self::new(store);
-        for (k, v) in entries {
-            mst.insert(&k, v)?;
+        let mut all: Vec<(String, Cid)> = entries.into_iter().collect();
+        // Stable sort keeps insertion order among equal keys; keep the last of each run.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut deduped: Vec<(String, Cid)> = Vec::with_capacity(all.len());
+        for e in all {
+            match deduped.last_mut() {
+                Some(last) if last.0 == e.0 => *last = e,
+                _ => deduped.push(e),
+            }
         }
-        Ok(mst)
+        Self::from_sorted(store, deduped)
+    }
+
+    /// Builds a tree in one pass from entries in strictly ascending key order (O(n · depth),
+    /// no rebalancing): the fast path for imports and benchmarks.
+    pub fn from_sorted(store: B, entries: impl IntoIterator<Item = (String, Cid)>) -> Result<Self, MstError> {
+        let mut items: Vec<(Key, Cid, u8)> = Vec::new();
+        for (k, v) in entries {
+            check_key(&k)?;
+            if items.last().is_some_and(|(prev, _, _)| **prev >= *k.as_bytes()) {
+                return Err(MstError::UnsortedKeys(k));
+            }
+            let h = key_height(k.as_bytes());
+            items.push((Key::from_vec(k.into_bytes()), v, h));
+        }
+        let Some(top) = items.iter().map(|i| i.2).max() else { return Ok(Self::new(store)) };
+        let root = build_sorted(&mut items, top).expect("non-empty input gives a root");
+        Ok(Self { store, root, limits: MstLimits::default() })
     }
 
     fn ctx(&self) -> Ctx<'_, B> {
