@@ -122,6 +122,8 @@ pub struct Accounts<B> {
     tids: TidGenerator,
     /// One writer per repository at a time: commits to one repo are serialised.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Parsed signing keys (parsing derives the public point: too slow to repeat per commit).
+    keys: Mutex<HashMap<String, Keypair>>,
 }
 
 fn now_ms() -> i64 {
@@ -157,7 +159,13 @@ impl<B: Blockstore> Accounts<B> {
     /// Opens the store (applying its migrations). `clock_id` tells this node's TIDs apart.
     pub fn open(blocks: B, db: Arc<Sqlite>, clock_id: u16) -> Result<Self, AccountError> {
         db.migrate(MIGRATIONS)?;
-        Ok(Self { blocks, db, tids: TidGenerator::new(clock_id), locks: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            blocks,
+            db,
+            tids: TidGenerator::new(clock_id),
+            locks: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The blockstore.
@@ -249,6 +257,9 @@ impl<B: Blockstore> Accounts<B> {
 
     /// The account's signing key.
     pub fn signing_key(&self, did: &Did) -> Result<Keypair, AccountError> {
+        if let Some(k) = self.keys.lock().get(did.as_str()) {
+            return Ok(k.clone());
+        }
         let row: Option<(String, Vec<u8>)> = self.db.read(|c| {
             c.query_row("SELECT signing_key_type, signing_key FROM account WHERE did = ?1", [did.as_str()], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -257,7 +268,9 @@ impl<B: Blockstore> Accounts<B> {
         })?;
         let (kt, bytes) = row.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
         let kind = if kt == "p256" { KeyType::P256 } else { KeyType::K256 };
-        Ok(Keypair::from_bytes(kind, &bytes).expect("stored valid"))
+        let key = Keypair::from_bytes(kind, &bytes).expect("stored valid");
+        self.keys.lock().insert(did.to_string(), key.clone());
+        Ok(key)
     }
 
     /// The account's repository at its head.
