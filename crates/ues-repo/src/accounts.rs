@@ -20,9 +20,10 @@ use crate::repo::{Action, CommitResult, Repo, RepoError, Write};
 use crate::syntax::{Did, Handle, Nsid, RecordKey, TidGenerator};
 
 /// SQLite schema of this module.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    id: "repo/0001_accounts_and_index",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        id: "repo/0001_accounts_and_index",
+        sql: "
 CREATE TABLE account (
     did TEXT PRIMARY KEY,
     handle TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -55,7 +56,28 @@ CREATE TABLE record_text (id INTEGER PRIMARY KEY, did TEXT NOT NULL, collection 
     UNIQUE (did, collection, rkey));
 CREATE VIRTUAL TABLE record_fts USING fts5(body, tokenize = 'unicode61 remove_diacritics 2');
 ",
-}];
+    },
+    Migration {
+        id: "repo/0002_blobs",
+        sql: "
+CREATE TABLE blob (
+    did TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    mime_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (did, cid)
+) WITHOUT ROWID;
+CREATE TABLE record_blob (
+    did TEXT NOT NULL,
+    path TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    PRIMARY KEY (did, path, cid)
+) WITHOUT ROWID;
+CREATE INDEX record_blob_by_cid ON record_blob (did, cid);
+",
+    },
+];
 
 /// An account hosted here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +117,9 @@ pub enum AccountError {
     /// The handle or DID is taken.
     #[error("{0} is already taken")]
     Taken(String),
+    /// A record references a blob this account has not uploaded.
+    #[error("blob {0} not found: upload it before referencing it")]
+    BlobNotFound(String),
     /// The repository refused the operation (boxed: repository errors carry CIDs).
     #[error(transparent)]
     Repo(Box<RepoError>),
@@ -141,6 +166,19 @@ fn record_text(v: &Ipld, out: &mut String) {
         Ipld::Map(m) => {
             m.iter().filter(|(k, _)| !k.starts_with('$') && *k != "createdAt").for_each(|(_, v)| record_text(v, out))
         }
+        _ => {}
+    }
+}
+
+/// Blobs a record references (typed or legacy form), anywhere inside it.
+pub fn record_blobs(v: &Ipld, out: &mut Vec<atjson::BlobRef>) {
+    if let Some(b) = atjson::BlobRef::from_ipld(v) {
+        out.push(b);
+        return;
+    }
+    match v {
+        Ipld::List(items) => items.iter().for_each(|i| record_blobs(i, out)),
+        Ipld::Map(m) => m.values().for_each(|v| record_blobs(v, out)),
         _ => {}
     }
 }
@@ -289,6 +327,23 @@ impl<B: Blockstore> Accounts<B> {
         let lock = self.lock(did.as_str());
         let _guard = lock.lock();
         let key = self.signing_key(did)?;
+        let mut blob_refs: Vec<(String, String)> = Vec::new(); // (record path, blob cid)
+        for w in writes {
+            if let Write::Create { collection, rkey, record } | Write::Update { collection, rkey, record, .. } = w {
+                let mut refs = Vec::new();
+                record_blobs(record, &mut refs);
+                blob_refs.extend(refs.into_iter().map(|b| (format!("{collection}/{rkey}"), b.cid.to_string())));
+            }
+        }
+        for (_, cid) in &blob_refs {
+            let known: bool = self.db.read(|c| {
+                c.prepare_cached("SELECT EXISTS(SELECT 1 FROM blob WHERE did = ?1 AND cid = ?2)")?
+                    .query_row(params![did.as_str(), cid], |r| r.get(0))
+            })?;
+            if !known {
+                return Err(AccountError::BlobNotFound(cid.clone()));
+            }
+        }
         let mut repo = self.repo(did)?;
         let res = repo.apply_writes(writes, &key, self.tids.next(), swap_commit)?;
         let records: HashMap<&str, &Ipld> = writes
@@ -307,6 +362,7 @@ impl<B: Blockstore> Accounts<B> {
                 let (collection, rkey) = op.path.split_once('/').expect("paths are collection/rkey");
                 let key = params![did.as_str(), collection, rkey];
                 tx.prepare_cached("DELETE FROM backlink WHERE src_did = ?1 AND src_collection = ?2 AND src_rkey = ?3")?.execute(key)?;
+                tx.prepare_cached("DELETE FROM record_blob WHERE did = ?1 AND path = ?2")?.execute(params![did.as_str(), op.path])?;
                 let old_text: Option<i64> = tx
                     .prepare_cached("SELECT id FROM record_text WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?
                     .query_row(key, |r| r.get(0))
@@ -343,6 +399,10 @@ impl<B: Blockstore> Accounts<B> {
                         }
                     }
                 }
+            }
+            for (path, cid) in &blob_refs {
+                tx.prepare_cached("INSERT OR IGNORE INTO record_blob (did, path, cid) VALUES (?1, ?2, ?3)")?
+                    .execute(params![did.as_str(), path, cid])?;
             }
             Ok::<_, AccountError>(())
         })?;

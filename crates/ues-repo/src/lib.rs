@@ -10,6 +10,7 @@
 //! replication between nodes (layer 4) or any wire protocol (layer 5).
 
 pub mod accounts;
+pub mod blobs;
 pub mod commit;
 pub mod crypto;
 pub mod identity;

@@ -1,0 +1,163 @@
+//! Blobs of hosted accounts: uploads with size and MIME limits, streamed reads, the references
+//! records hold (kept by [`crate::accounts::Accounts`] in `record_blob`), listings for sync, and
+//! garbage collection of blobs no record references once their grace period has passed.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cid::Cid;
+use ues_ipld::json::BlobRef;
+use ues_ipld::storage::rusqlite::{OptionalExtension, params};
+use ues_ipld::storage::{BlobReader, Blobs, Blockstore, Kv, Sqlite};
+
+use crate::syntax::Did;
+
+/// Limits on uploads.
+#[derive(Debug, Clone)]
+pub struct BlobLimits {
+    /// Largest blob accepted, in bytes (default 100 MB: large enough for video).
+    pub max_size: u64,
+    /// Accepted MIME patterns (`*/*`, `image/*`, `video/mp4`).
+    pub accept: Vec<String>,
+}
+
+impl Default for BlobLimits {
+    fn default() -> Self {
+        Self { max_size: 100 * 1000 * 1000, accept: vec!["*/*".into()] }
+    }
+}
+
+/// Why a blob operation was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// Over the size limit.
+    #[error("blob is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// A MIME type the node does not accept.
+    #[error("MIME type {0} is not accepted")]
+    MimeType(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] ues_ipld::storage::Error),
+}
+
+impl From<ues_ipld::storage::rusqlite::Error> for BlobError {
+    fn from(e: ues_ipld::storage::rusqlite::Error) -> Self {
+        BlobError::Storage(e.into())
+    }
+}
+
+fn mime_ok(accept: &[String], mime: &str) -> bool {
+    accept
+        .iter()
+        .any(|p| p == "*/*" || p == mime || p.strip_suffix("/*").is_some_and(|pre| mime.split('/').next() == Some(pre)))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The blob side of the account store.
+pub struct BlobStore<B, K> {
+    blobs: Blobs<B, K>,
+    db: Arc<Sqlite>,
+    limits: BlobLimits,
+}
+
+impl<B: Blockstore, K: Kv> BlobStore<B, K> {
+    /// Blob storage over `blocks` (chunks) and `index` (blob -> manifest), with metadata in `db`
+    /// (the account store's database, whose migrations create the tables).
+    pub fn new(blocks: B, index: K, db: Arc<Sqlite>, limits: BlobLimits) -> Self {
+        Self { blobs: Blobs::new(blocks, index), db, limits }
+    }
+
+    /// Streams an upload into the store for `did`. Until a record references it, the blob is
+    /// temporary and [`BlobStore::gc`] removes it after the grace period.
+    pub fn upload(&self, did: &Did, mime_type: &str, body: &mut dyn Read) -> Result<BlobRef, BlobError> {
+        if !mime_ok(&self.limits.accept, mime_type) {
+            return Err(BlobError::MimeType(mime_type.to_string()));
+        }
+        let info = self.blobs.put(body, self.limits.max_size).map_err(|e| match e {
+            ues_ipld::storage::Error::TooLarge { limit, .. } => BlobError::TooLarge { limit },
+            e => BlobError::Storage(e),
+        })?;
+        self.db.write(|tx| {
+            tx.execute(
+                "INSERT INTO blob (did, cid, mime_type, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (did, cid) DO NOTHING",
+                params![did.as_str(), info.cid.to_string(), mime_type, info.size as i64, now_ms()],
+            )?;
+            Ok::<_, BlobError>(())
+        })?;
+        Ok(BlobRef { cid: info.cid, mime_type: mime_type.to_string(), size: Some(info.size) })
+    }
+
+    /// A blob of `did` as a seekable stream, with its MIME type.
+    pub fn open(&self, did: &Did, cid: &Cid) -> Result<Option<(String, BlobReader<'_, B>)>, BlobError> {
+        let mime: Option<String> = self.db.read(|c| {
+            c.prepare_cached("SELECT mime_type FROM blob WHERE did = ?1 AND cid = ?2")?
+                .query_row(params![did.as_str(), cid.to_string()], |r| r.get(0))
+                .optional()
+        })?;
+        let Some(mime) = mime else { return Ok(None) };
+        Ok(self.blobs.open(cid)?.map(|r| (mime, r)))
+    }
+
+    /// CIDs of `did`'s blobs that records reference, after `cursor`, in CID order.
+    pub fn list(&self, did: &Did, cursor: Option<&str>, limit: usize) -> Result<Vec<String>, BlobError> {
+        Ok(self.db.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT DISTINCT cid FROM record_blob WHERE did = ?1 AND (?2 IS NULL OR cid > ?2)
+                 AND cid IN (SELECT cid FROM blob WHERE did = ?1) ORDER BY cid LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![did.as_str(), cursor, limit as i64], |r| r.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()
+        })?)
+    }
+
+    /// Blobs `did`'s records reference that this node does not hold: (blob CID, record path).
+    pub fn missing(&self, did: &Did, limit: usize) -> Result<Vec<(String, String)>, BlobError> {
+        Ok(self.db.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT rb.cid, MIN(rb.path) FROM record_blob rb WHERE rb.did = ?1
+                 AND NOT EXISTS (SELECT 1 FROM blob b WHERE b.did = rb.did AND b.cid = rb.cid)
+                 GROUP BY rb.cid ORDER BY rb.cid LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![did.as_str(), limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<Vec<_>, _>>()
+        })?)
+    }
+
+    /// Deletes blobs no record references that are older than `grace`. Returns how many went.
+    /// Their chunks stay until a chunk-level sweep (chunks can be shared between blobs).
+    pub fn gc(&self, grace: Duration) -> Result<usize, BlobError> {
+        let cutoff = now_ms() - grace.as_millis() as i64;
+        let doomed: Vec<(String, String)> = self.db.read(|c| {
+            let mut st = c.prepare(
+                "SELECT did, cid FROM blob b WHERE created_at <= ?1
+                 AND NOT EXISTS (SELECT 1 FROM record_blob rb WHERE rb.did = b.did AND rb.cid = b.cid)",
+            )?;
+            let rows = st.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<Vec<_>, _>>()
+        })?;
+        for (did, cid) in &doomed {
+            self.db.write(|tx| {
+                tx.execute("DELETE FROM blob WHERE did = ?1 AND cid = ?2", params![did, cid])?;
+                Ok::<_, BlobError>(())
+            })?;
+            // Another account may hold the same content: keep the data while anyone does.
+            let still_held: bool = self
+                .db
+                .read(|c| c.query_row("SELECT EXISTS(SELECT 1 FROM blob WHERE cid = ?1)", [cid], |r| r.get(0)))?;
+            if !still_held && let Ok(c) = cid.parse::<Cid>() {
+                self.blobs.delete(&c)?;
+            }
+        }
+        Ok(doomed.len())
+    }
+}
