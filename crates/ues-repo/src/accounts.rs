@@ -77,6 +77,18 @@ CREATE TABLE record_blob (
 CREATE INDEX record_blob_by_cid ON record_blob (did, cid);
 ",
     },
+    Migration {
+        id: "repo/0003_repo_blocks",
+        sql: "
+CREATE TABLE repo_block (
+    did TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    rev TEXT NOT NULL,
+    PRIMARY KEY (did, cid)
+) WITHOUT ROWID;
+CREATE INDEX repo_block_by_rev ON repo_block (did, rev);
+",
+    },
 ];
 
 /// An account hosted here.
@@ -400,6 +412,12 @@ impl<B: Blockstore> Accounts<B> {
                     }
                 }
             }
+            // Which commit introduced which block: what `getRepo?since=` exports.
+            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO repo_block (did, cid, rev) VALUES (?1, ?2, ?3)")?;
+            for (cid, _) in &res.blocks {
+                st.execute(params![did.as_str(), cid.to_string(), res.commit.rev.as_str()])?;
+            }
+            drop(st);
             for (path, cid) in &blob_refs {
                 tx.prepare_cached("INSERT OR IGNORE INTO record_blob (did, path, cid) VALUES (?1, ?2, ?3)")?
                     .execute(params![did.as_str(), path, cid])?;
@@ -407,6 +425,32 @@ impl<B: Blockstore> Accounts<B> {
             Ok::<_, AccountError>(())
         })?;
         Ok(res)
+    }
+
+    /// Writes a CAR rooted at the head holding the blocks commits after revision `since`
+    /// introduced (the head commit always included), oldest first. `None` exports everything.
+    pub fn export_car<W: std::io::Write>(&self, did: &Did, since: Option<&str>, out: W) -> Result<W, AccountError> {
+        let repo = self.repo(did)?;
+        let Some(since) = since else { return Ok(repo.export_car(out)?) };
+        let cids: Vec<String> = self.db.read(|c| {
+            let mut st =
+                c.prepare_cached("SELECT cid FROM repo_block WHERE did = ?1 AND rev > ?2 ORDER BY rev, cid")?;
+            let rows = st.query_map(params![did.as_str(), since], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+        })?;
+        let head = repo.head();
+        let mut car = ues_ipld::car::CarWriter::new(out, &[head]).map_err(RepoError::from)?;
+        let head_bytes = self.blocks.get(&head)?.ok_or(RepoError::MissingBlock(head))?;
+        car.write_block(&head, &head_bytes).map_err(RepoError::from)?;
+        for c in cids {
+            let cid: Cid = c.parse().expect("stored valid");
+            if cid == head {
+                continue;
+            }
+            let bytes = self.blocks.get(&cid)?.ok_or(RepoError::MissingBlock(cid))?;
+            car.write_block(&cid, &bytes).map_err(RepoError::from)?;
+        }
+        Ok(car.finish().map_err(RepoError::from)?)
     }
 
     /// Records of a collection in one repository, by record key, after `cursor`, optionally

@@ -121,3 +121,35 @@ fn accounts_writes_and_the_index() {
     let repo = accts.repo(&alice).unwrap();
     assert_eq!(repo.mst().unwrap().len().unwrap(), 29);
 }
+
+#[test]
+fn export_since_a_revision_holds_only_newer_blocks() {
+    use ues_ipld::car::CarReader;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
+    let store = MemoryBlockstore::new();
+    let accts = Accounts::open(&store, db, 1).unwrap();
+    let did = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+    accts.create(did.clone(), Handle::new("a.test").unwrap(), KeyType::K256).unwrap();
+    let post = Nsid::new("app.bsky.feed.post").unwrap();
+    let mk = |i: usize| Write::Create {
+        collection: post.clone(),
+        rkey: RecordKey::new(format!("r{i:03}")).unwrap(),
+        record: rec(&[("text", s(&format!("t{i}")))]),
+    };
+    accts.apply_writes(&did, &(0..100).map(mk).collect::<Vec<_>>(), None).unwrap();
+    let mid = accts.get(&did).unwrap().unwrap().rev;
+    let res = accts.apply_writes(&did, &[mk(500)], None).unwrap();
+
+    let full = accts.export_car(&did, None, Vec::new()).unwrap();
+    let partial = accts.export_car(&did, Some(&mid), Vec::new()).unwrap();
+    let blocks = |car: &[u8]| CarReader::new(car).unwrap().map(|b| b.unwrap().0).collect::<Vec<_>>();
+    let (all, newer) = (blocks(&full), blocks(&partial));
+    assert!(newer.len() < 15 && all.len() > 100, "{} vs {}", newer.len(), all.len());
+    let mut expected: Vec<_> = res.blocks.iter().map(|b| b.0).collect();
+    expected.sort();
+    let mut got = newer.clone();
+    got.sort();
+    assert_eq!(got, expected, "exactly the last commit's blocks");
+    assert_eq!(newer[0], res.cid, "the head commit first");
+}
