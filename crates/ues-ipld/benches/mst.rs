@@ -16,28 +16,9 @@ use ues_ipld::storage::Blockstore;
 use ues_ipld::storage::MemoryBlockstore;
 use ues_ipld::{DAG_CBOR, Mst, cid_sha256};
 
-const B32: &[u8; 32] = b"234567abcdefghijklmnopqrstuvwxyz";
-
-/// Random TID-shaped record keys (13 chars of base32-sortable), deterministic per seed.
-fn keys(n: usize, seed: u64) -> Vec<String> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut v = x;
-            let tid: String = (0..13)
-                .map(|_| {
-                    let c = B32[(v & 31) as usize] as char;
-                    v >>= 5;
-                    c
-                })
-                .collect();
-            format!("app.bsky.feed.post/{tid}")
-        })
-        .collect()
-}
+#[path = "support/keys.rs"]
+mod support;
+use support::keys;
 
 fn bench(c: &mut Criterion) {
     let value = cid_sha256(DAG_CBOR, b"record");

@@ -2,29 +2,15 @@
 //! time goes. Run: `cargo run --release -p ues-ipld --no-default-features --example mst_phases -- 1000000`
 use std::time::Instant;
 
+#[path = "../benches/support/keys.rs"]
+mod support;
+
 use ues_ipld::storage::MemoryBlockstore;
 use ues_ipld::{DAG_CBOR, Mst, cid_sha256};
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let b32 = b"234567abcdefghijklmnopqrstuvwxyz";
-    let mut x = 7u64;
-    let keys: Vec<String> = (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut v = x;
-            let tid: String = (0..13)
-                .map(|_| {
-                    let c = b32[(v & 31) as usize] as char;
-                    v >>= 5;
-                    c
-                })
-                .collect();
-            format!("app.bsky.feed.post/{tid}")
-        })
-        .collect();
+    let keys = support::keys(n, 7);
     let value = cid_sha256(DAG_CBOR, b"record");
     let t = Instant::now();
     let mut m = Mst::new(MemoryBlockstore::new());

@@ -115,24 +115,10 @@ impl<B: Blockstore> IpldStore<B> {
                     }
                     l.swap_remove(i)
                 }
-                other => return Err(bad(format!("cannot step into {}", kind(&other)))),
+                other => return Err(bad(format!("cannot step into {}", other.kind_name()))),
             };
         }
         Ok(current)
-    }
-}
-
-fn kind(v: &Ipld) -> &'static str {
-    match v {
-        Ipld::Null => "null",
-        Ipld::Bool(_) => "a boolean",
-        Ipld::Integer(_) => "an integer",
-        Ipld::Float(_) => "a float",
-        Ipld::String(_) => "a string",
-        Ipld::Bytes(_) => "bytes",
-        Ipld::List(_) => "a list",
-        Ipld::Map(_) => "a map",
-        Ipld::Link(_) => "a link",
     }
 }
 

@@ -45,6 +45,21 @@ impl Ipld {
         }
     }
 
+    /// The kind's name with an article, for error messages (`"a string"`, `"an object"`).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Ipld::Null => "null",
+            Ipld::Bool(_) => "a boolean",
+            Ipld::Integer(_) => "an integer",
+            Ipld::Float(_) => "a float",
+            Ipld::String(_) => "a string",
+            Ipld::Bytes(_) => "bytes",
+            Ipld::List(_) => "a list",
+            Ipld::Map(_) => "an object",
+            Ipld::Link(_) => "a link",
+        }
+    }
+
     /// The link, if this is one.
     pub fn as_link(&self) -> Option<&Cid> {
         match self {

@@ -406,20 +406,6 @@ fn fail<T>(path: &str, message: impl Into<String>) -> Result<T, ValidationError>
     Err(ValidationError { path: path.to_string(), message: message.into() })
 }
 
-fn kind(v: &Ipld) -> &'static str {
-    match v {
-        Ipld::Null => "null",
-        Ipld::Bool(_) => "a boolean",
-        Ipld::Integer(_) => "an integer",
-        Ipld::Float(_) => "a float",
-        Ipld::String(_) => "a string",
-        Ipld::Bytes(_) => "bytes",
-        Ipld::List(_) => "an array",
-        Ipld::Map(_) => "an object",
-        Ipld::Link(_) => "a cid-link",
-    }
-}
-
 fn mime_matches(pattern: &str, mime: &str) -> bool {
     pattern == "*/*" || pattern == mime || pattern.strip_suffix("/*").is_some_and(|p| mime.split('/').next() == Some(p))
 }
@@ -469,7 +455,7 @@ impl Validator<'_> {
     }
 
     fn object(&self, o: &ObjectDef, value: &Ipld, path: &str, depth: usize) -> Result<(), ValidationError> {
-        let Ipld::Map(m) = value else { return fail(path, format!("must be an object, not {}", kind(value))) };
+        let Ipld::Map(m) = value else { return fail(path, format!("must be an object, not {}", value.kind_name())) };
         for req in &o.required {
             if !m.contains_key(req) {
                 return fail(&format!("{path}.{req}"), "is required");
@@ -496,16 +482,16 @@ impl Validator<'_> {
         match f {
             Field::Null => match value {
                 Ipld::Null => Ok(()),
-                v => fail(path, format!("must be null, not {}", kind(v))),
+                v => fail(path, format!("must be null, not {}", v.kind_name())),
             },
             Field::Boolean { konst } => match value {
                 Ipld::Bool(b) if konst.is_none_or(|k| k == *b) => Ok(()),
                 Ipld::Bool(_) => fail(path, format!("must be {}", konst.unwrap_or_default())),
-                v => fail(path, format!("must be a boolean, not {}", kind(v))),
+                v => fail(path, format!("must be a boolean, not {}", v.kind_name())),
             },
             Field::Integer { minimum, maximum, allowed, konst } => {
                 let Ipld::Integer(n) = value else {
-                    return fail(path, format!("must be an integer, not {}", kind(value)));
+                    return fail(path, format!("must be an integer, not {}", value.kind_name()));
                 };
                 let n = *n;
                 if konst.is_some_and(|k| k as i128 != n) {
@@ -524,7 +510,7 @@ impl Validator<'_> {
             }
             Field::String { format, min_length, max_length, min_graphemes, max_graphemes, allowed, konst, .. } => {
                 let Ipld::String(s) = value else {
-                    return fail(path, format!("must be a string, not {}", kind(value)));
+                    return fail(path, format!("must be a string, not {}", value.kind_name()));
                 };
                 if konst.as_ref().is_some_and(|k| k != s) {
                     return fail(path, format!("must be {:?}", konst.as_deref().unwrap_or_default()));
@@ -553,7 +539,9 @@ impl Validator<'_> {
                 Ok(())
             }
             Field::Bytes { min_length, max_length } => {
-                let Ipld::Bytes(b) = value else { return fail(path, format!("must be bytes, not {}", kind(value))) };
+                let Ipld::Bytes(b) = value else {
+                    return fail(path, format!("must be bytes, not {}", value.kind_name()));
+                };
                 if min_length.is_some_and(|m| b.len() < m) || max_length.is_some_and(|m| b.len() > m) {
                     return fail(path, format!("{} bytes is outside {min_length:?}..{max_length:?}", b.len()));
                 }
@@ -561,7 +549,7 @@ impl Validator<'_> {
             }
             Field::CidLink => match value {
                 Ipld::Link(_) => Ok(()),
-                v => fail(path, format!("must be a cid-link, not {}", kind(v))),
+                v => fail(path, format!("must be a cid-link, not {}", v.kind_name())),
             },
             Field::Blob { accept, max_size } => {
                 let blob = BlobRef::from_ipld(value)
@@ -580,7 +568,7 @@ impl Validator<'_> {
             }
             Field::Array { items, min_length, max_length } => {
                 let Ipld::List(list) = value else {
-                    return fail(path, format!("must be an array, not {}", kind(value)));
+                    return fail(path, format!("must be an array, not {}", value.kind_name()));
                 };
                 if min_length.is_some_and(|m| list.len() < m) || max_length.is_some_and(|m| list.len() > m) {
                     return fail(path, format!("{} elements is outside {min_length:?}..{max_length:?}", list.len()));
@@ -594,7 +582,9 @@ impl Validator<'_> {
             Field::Token => fail(path, "a token is not a value type"),
             Field::Ref { target } => self.reference(target, value, path, depth + 1),
             Field::Union { refs, closed } => {
-                let Ipld::Map(m) = value else { return fail(path, format!("must be an object, not {}", kind(value))) };
+                let Ipld::Map(m) = value else {
+                    return fail(path, format!("must be an object, not {}", value.kind_name()));
+                };
                 let Some(t) = m.get("$type").and_then(Ipld::as_str) else {
                     return fail(path, "a union member needs $type");
                 };
@@ -612,7 +602,7 @@ impl Validator<'_> {
                     fail(path, "must be an object, not a blob")
                 }
                 Ipld::Map(_) => Ok(()),
-                v => fail(path, format!("must be an object, not {}", kind(v))),
+                v => fail(path, format!("must be an object, not {}", v.kind_name())),
             },
         }
     }

@@ -206,11 +206,22 @@ pub fn proof_nodes<B: Blockstore>(
     root: Cid,
     keys: impl IntoIterator<Item = impl AsRef<str>>,
 ) -> Result<BTreeSet<Cid>, MstError> {
+    tracked(store, root, |mst| {
+        for k in keys {
+            mst.get(k.as_ref())?;
+        }
+        Ok(())
+    })
+}
+
+/// Runs `f` on the tree at `root` read through a tracking view; returns the nodes it read.
+fn tracked<B: Blockstore>(
+    store: &B,
+    root: Cid,
+    f: impl FnOnce(&mut Mst<&Tracking<'_, B>>) -> Result<(), MstError>,
+) -> Result<BTreeSet<Cid>, MstError> {
     let tracking = Tracking { inner: store, read: Mutex::new(BTreeSet::new()) };
-    let mut mst = Mst::load(&tracking, root)?;
-    for k in keys {
-        mst.get(k.as_ref())?;
-    }
+    f(&mut Mst::load(&tracking, root)?)?;
     Ok(tracking.read.into_inner())
 }
 
@@ -222,12 +233,12 @@ pub fn covering_proof<B: Blockstore>(
     root: Cid,
     keys: impl IntoIterator<Item = impl AsRef<str>>,
 ) -> Result<BTreeSet<Cid>, MstError> {
-    let tracking = Tracking { inner: store, read: Mutex::new(BTreeSet::new()) };
-    let mut mst = Mst::load(&tracking, root)?;
-    for k in keys {
-        mst.touch_covering_path(k.as_ref())?;
-    }
-    Ok(tracking.read.into_inner())
+    tracked(store, root, |mst| {
+        for k in keys {
+            mst.touch_covering_path(k.as_ref())?;
+        }
+        Ok(())
+    })
 }
 
 /// Applies `ops` in reverse to the tree at `new` (reading only from `store`) and returns the
