@@ -58,18 +58,24 @@ fn acknowledged_writes_survive_kill_9() {
             .spawn()
             .unwrap();
         let stdout = proc.stdout.take().unwrap();
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut acked = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(n) = line.strip_prefix("ack ") {
                     acked.push(n.parse::<u64>().unwrap());
+                    if acked.len() == 1 {
+                        let _ = first_tx.send(());
+                    }
                 }
             }
             acked
         });
-        // Let the child open the store and write for a random while, then kill it mid-write.
-        std::thread::sleep(Duration::from_millis(rng.gen_range(300..900)));
+        // Wait (bounded) until the child is writing, let it write for a random while, then kill
+        // it mid-write.
+        let _ = first_rx.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..600)));
         proc.kill().unwrap(); // SIGKILL on Unix
         proc.wait().unwrap();
         let acked = reader.join().unwrap();
