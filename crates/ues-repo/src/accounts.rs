@@ -91,6 +91,9 @@ CREATE INDEX repo_block_by_rev ON repo_block (did, rev);
     },
 ];
 
+/// How many of the most recent matches a search ranks.
+pub const SEARCH_WINDOW: i64 = 1_000;
+
 /// An account hosted here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -479,6 +482,10 @@ impl<B: Blockstore> Accounts<B> {
     }
 
     /// Full-text search over every record's strings, best match first (FTS5 bm25).
+    ///
+    /// Ranking is bounded: bm25 orders the [`SEARCH_WINDOW`] most recently indexed matches, so
+    /// a query whose words appear in half the corpus costs the same as a rare one. For a social
+    /// data server recent matches are the ones people look for.
     pub fn search(&self, query: &str, limit: usize) -> Result<Vec<IndexedRecord>, AccountError> {
         // Quote each term so user input cannot inject FTS5 query syntax.
         let fts_query: String =
@@ -488,11 +495,17 @@ impl<B: Blockstore> Accounts<B> {
         }
         let rows = self.db.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT t.did, t.collection, t.rkey, r.cid FROM record_fts f JOIN record_text t ON t.id = f.rowid
+                "SELECT t.did, t.collection, t.rkey, r.cid FROM (
+                     SELECT rowid, score FROM (
+                         SELECT rowid, bm25(record_fts) AS score FROM record_fts WHERE record_fts MATCH ?1
+                         ORDER BY rowid DESC LIMIT ?3
+                     ) ORDER BY score LIMIT ?2
+                 ) m
+                 JOIN record_text t ON t.id = m.rowid
                  JOIN record r ON r.did = t.did AND r.collection = t.collection AND r.rkey = t.rkey
-                 WHERE record_fts MATCH ?1 ORDER BY bm25(record_fts) LIMIT ?2",
+                 ORDER BY m.score",
             )?;
-            let rows = st.query_map(params![fts_query, limit as i64], row_to_record)?;
+            let rows = st.query_map(params![fts_query, limit as i64, SEARCH_WINDOW], row_to_record)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
         Ok(rows)
