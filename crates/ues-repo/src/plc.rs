@@ -98,18 +98,28 @@ impl Genesis {
     /// Builds and signs the genesis operation with `rotation_key` (which must be listed);
     /// returns the operation and the DID it creates.
     pub fn sign(&self, rotation_key: &Keypair) -> Result<(Value, String), String> {
+        let signed = sign_operation(self.unsigned(None), rotation_key)?;
+        let did = did_for_genesis(&signed)?;
+        Ok((signed, did))
+    }
+
+    /// The unsigned operation stating this identity, after `prev` (`None`: a genesis).
+    fn unsigned(&self, prev: Option<&str>) -> Map<String, Value> {
         let op = json!({
             "type": "plc_operation",
             "rotationKeys": self.rotation_keys,
             "verificationMethods": { "atproto": self.signing_key },
             "alsoKnownAs": [format!("at://{}", self.handle)],
             "services": { "atproto_pds": { "type": "AtprotoPersonalDataServer", "endpoint": self.pds_endpoint } },
-            "prev": null,
+            "prev": prev,
         });
-        let Value::Object(m) = op else { unreachable!() };
-        let signed = sign_operation(m, rotation_key)?;
-        let did = did_for_genesis(&signed)?;
-        Ok((signed, did))
+        let Value::Object(m) = op else { unreachable!("a JSON object literal") };
+        m
+    }
+
+    /// Builds and signs an update operation after `prev_cid` that states this identity.
+    pub fn update(&self, prev_cid: &str, rotation_key: &Keypair) -> Result<Value, String> {
+        sign_operation(self.unsigned(Some(prev_cid)), rotation_key)
     }
 }
 
@@ -272,5 +282,95 @@ mod tests {
         let mut forged = log.clone();
         forged[0]["operation"]["alsoKnownAs"] = json!(["at://mallory.test"]);
         assert!(validate_audit_log(&forged).is_err());
+    }
+}
+
+/// A did:plc directory over HTTP (`plc.directory`, or one configured for the node).
+#[derive(Debug, Clone)]
+pub struct PlcClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// Why a directory request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlcClientError {
+    /// The directory answered with an error status (its message included).
+    #[error("PLC directory refused ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The directory's message.
+        message: String,
+    },
+    /// The directory could not be reached or answered nonsense.
+    #[error("PLC directory unreachable: {0}")]
+    Transport(String),
+    /// The audit log the directory returned does not validate.
+    #[error("PLC audit log invalid: {0}")]
+    Invalid(#[from] PlcError),
+}
+
+impl PlcClient {
+    /// A client for the directory at `base` (`https://plc.directory`), with a 10 s timeout.
+    pub fn new(base: &str) -> Self {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build();
+        Self { base: base.trim_end_matches('/').to_string(), agent: config.into() }
+    }
+
+    /// The body of a successful response; the directory's message for an error status.
+    fn text(mut resp: ureq::http::Response<ureq::Body>) -> Result<String, PlcClientError> {
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().map_err(|e| PlcClientError::Transport(e.to_string()))?;
+        if status >= 400 {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or(text);
+            return Err(PlcClientError::Refused { status, message });
+        }
+        Ok(text)
+    }
+
+    fn json(resp: ureq::http::Response<ureq::Body>) -> Result<Value, PlcClientError> {
+        serde_json::from_str(&Self::text(resp)?).map_err(|e| PlcClientError::Transport(e.to_string()))
+    }
+
+    /// Submits a signed operation for `did`.
+    pub fn submit(&self, did: &str, op: &Value) -> Result<(), PlcClientError> {
+        let resp = self
+            .agent
+            .post(&format!("{}/{did}", self.base))
+            .send_json(op)
+            .map_err(|e| PlcClientError::Transport(e.to_string()))?;
+        Self::text(resp).map(drop)
+    }
+
+    /// The DID document the directory serves.
+    pub fn resolve(&self, did: &str) -> Result<Value, PlcClientError> {
+        let resp = self
+            .agent
+            .get(&format!("{}/{did}", self.base))
+            .call()
+            .map_err(|e| PlcClientError::Transport(e.to_string()))?;
+        Self::json(resp)
+    }
+
+    /// The full audit log, validated before it is returned.
+    pub fn audit_log(&self, did: &str) -> Result<Vec<Value>, PlcClientError> {
+        let resp = self
+            .agent
+            .get(&format!("{}/{did}/log/audit", self.base))
+            .call()
+            .map_err(|e| PlcClientError::Transport(e.to_string()))?;
+        let log = Self::json(resp)?;
+        let entries =
+            log.as_array().cloned().ok_or_else(|| PlcClientError::Transport("audit log is not an array".into()))?;
+        validate_audit_log(&entries)?;
+        Ok(entries)
     }
 }
