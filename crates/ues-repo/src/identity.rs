@@ -116,3 +116,85 @@ mod tests {
         assert_eq!(did_web("localhost:2583").unwrap().as_str(), "did:web:localhost%3A2583");
     }
 }
+
+/// Why a handle did not resolve.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandleError {
+    /// Nothing answered, or the answer was not a DID.
+    #[error("handle {handle} did not resolve: {reason}")]
+    Unresolved {
+        /// The handle.
+        handle: String,
+        /// Why.
+        reason: String,
+    },
+    /// The handle resolves to another DID than the one claiming it.
+    #[error("handle {handle} resolves to {found}, not {expected}")]
+    Mismatch {
+        /// The handle.
+        handle: String,
+        /// The DID it resolved to.
+        found: String,
+        /// The DID that claimed it.
+        expected: String,
+    },
+}
+
+/// Resolves handles through `https://<handle>/.well-known/atproto-did`.
+///
+/// DNS TXT (`_atproto.<handle>`) is not consulted yet: the node has no DNS resolver dependency.
+#[derive(Debug, Clone)]
+pub struct HandleResolver {
+    agent: ureq::Agent,
+    /// `https://{handle}` unless overridden (tests point it at a local server).
+    base_for: fn(&str) -> String,
+}
+
+fn https_base(handle: &str) -> String {
+    format!("https://{handle}")
+}
+
+impl Default for HandleResolver {
+    fn default() -> Self {
+        Self::with_base(https_base)
+    }
+}
+
+impl HandleResolver {
+    /// A resolver that fetches from `base_for(handle)` + `/.well-known/atproto-did`.
+    pub fn with_base(base_for: fn(&str) -> String) -> Self {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build();
+        Self { agent: config.into(), base_for }
+    }
+
+    /// The DID a handle names.
+    pub fn resolve(&self, handle: &Handle) -> Result<Did, HandleError> {
+        let unresolved = |reason: String| HandleError::Unresolved { handle: handle.to_string(), reason };
+        let url = format!("{}/.well-known/atproto-did", (self.base_for)(handle.as_str()));
+        let mut resp = self.agent.get(&url).call().map_err(|e| unresolved(e.to_string()))?;
+        if resp.status().as_u16() != 200 {
+            return Err(unresolved(format!("HTTP {}", resp.status().as_u16())));
+        }
+        // A DID is at most 2 KiB; anything longer is not an answer.
+        let body = resp.body_mut().with_config().limit(4096).read_to_string().map_err(|e| unresolved(e.to_string()))?;
+        Did::new(body.trim()).map_err(|e| unresolved(e.to_string()))
+    }
+
+    /// Checks that `handle` resolves to `did` (bidirectional verification's second half).
+    pub fn verify(&self, handle: &Handle, did: &Did) -> Result<(), HandleError> {
+        let found = self.resolve(handle)?;
+        if &found != did {
+            return Err(HandleError::Mismatch {
+                handle: handle.to_string(),
+                found: found.to_string(),
+                expected: did.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
