@@ -8,6 +8,8 @@
 //! routes and event topics in through registries this crate defines; this crate never names them.
 //! Every server here is a plain `fn router(state) -> Router`, testable without sockets.
 //!
-//! Built so far: the HTTP server's operational endpoints ([`http`]).
+//! Built so far: the HTTP server's operational endpoints ([`http`]) and the first XRPC methods
+//! ([`xrpc`]): server/session, identity.resolveHandle and the record endpoints.
 
 pub mod http;
+pub mod xrpc;

@@ -242,7 +242,18 @@ impl<B: Blockstore> Accounts<B> {
         handle: Handle,
         key_type: KeyType,
     ) -> Result<(Account, Keypair, CommitResult), AccountError> {
-        let key = Keypair::generate(key_type);
+        self.create_with_key(did, handle, Keypair::generate(key_type))
+    }
+
+    /// Creates an account with a given signing key (when the DID was derived from it, as a
+    /// did:plc genesis operation's is) and an empty repository.
+    pub fn create_with_key(
+        &self,
+        did: Did,
+        handle: Handle,
+        key: Keypair,
+    ) -> Result<(Account, Keypair, CommitResult), AccountError> {
+        let key_type = key.key_type();
         let taken: bool = self.db.read(|c| {
             c.query_row(
                 "SELECT EXISTS(SELECT 1 FROM account WHERE did = ?1 OR handle = ?2)",

@@ -1,0 +1,132 @@
+//! The XRPC server AT Protocol clients talk to (`/xrpc/<nsid>`).
+//!
+//! Built so far: server (describe, accounts, sessions), identity.resolveHandle, and the record
+//! endpoints of com.atproto.repo. Every error is `{"error", "message"}` with the reference
+//! PDS's names and statuses; internals are logged, never sent.
+
+mod auth;
+mod error;
+mod extract;
+mod repo;
+mod server;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use ues_sync::repo::accounts::Accounts;
+use ues_sync::repo::ipld::storage::{Blockstore, Kv, Migration};
+use ues_sync::repo::lexicon::Lexicons;
+use ues_sync::repo::syntax::TidGenerator;
+
+pub use auth::{Claims, check_password, hash_password};
+pub use error::XrpcError;
+
+/// Configuration of the XRPC server (from `node.toml`).
+#[derive(Debug, Clone)]
+pub struct XrpcConfig {
+    /// The URL clients reach this node at (published as `#atproto_pds` in DID documents).
+    pub public_url: String,
+    /// The node's service DID (`did:web:<host>`), the audience of session tokens.
+    pub service_did: String,
+    /// Handle suffixes accounts may use (`.test` on a node with no configuration).
+    pub user_domains: Vec<String>,
+    /// HMAC key of session tokens (persisted, so sessions survive restarts).
+    pub jwt_secret: Vec<u8>,
+    /// A did:plc directory to submit genesis operations to, when one is configured.
+    pub plc_url: Option<String>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// What every handler shares.
+pub struct XrpcState {
+    /// Accounts and repositories.
+    pub accounts: Accounts<Arc<dyn Blockstore>>,
+    /// Schemas records and bodies are validated against.
+    pub lexicons: Lexicons,
+    /// Session state (refresh tokens) with TTLs.
+    pub kv: Arc<dyn Kv>,
+    /// Configuration.
+    pub cfg: XrpcConfig,
+    /// Record keys for createRecord without an rkey.
+    pub tids: TidGenerator,
+}
+
+/// SQLite schema the XRPC layer adds (credentials are a protocol concern).
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    id: "protocol/0001_credentials",
+    sql: "CREATE TABLE credential (
+        did TEXT PRIMARY KEY,
+        email TEXT UNIQUE COLLATE NOCASE,
+        password_hash TEXT
+    );",
+}];
+
+impl XrpcState {
+    /// Builds the state, applying the XRPC layer's migrations.
+    pub fn new(
+        accounts: Accounts<Arc<dyn Blockstore>>,
+        lexicons: Lexicons,
+        kv: Arc<dyn Kv>,
+        cfg: XrpcConfig,
+    ) -> Result<Self, XrpcError> {
+        accounts.db().migrate(MIGRATIONS).map_err(XrpcError::internal)?;
+        Ok(Self { accounts, lexicons, kv, cfg, tids: TidGenerator::new(7) })
+    }
+
+    /// The claims of a valid, unexpired access token in `Authorization: Bearer`.
+    pub(crate) fn access(&self, headers: &HeaderMap) -> Result<Claims, XrpcError> {
+        let token = bearer(headers)?;
+        let claims = auth::verify(&self.cfg.jwt_secret, token, "at+jwt")?;
+        if claims.scope != "com.atproto.access" || claims.aud != self.cfg.service_did {
+            return Err(XrpcError::new(axum::http::StatusCode::UNAUTHORIZED, "InvalidToken", "Bad token scope"));
+        }
+        if claims.exp <= auth::now_secs() {
+            // What the reference PDS sends; clients take it as the signal to refresh.
+            return Err(XrpcError::bad("ExpiredToken", "Token has expired"));
+        }
+        Ok(claims)
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, XrpcError> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| XrpcError::auth_required("Authentication Required"))
+}
+
+/// The XRPC routes.
+pub fn router(state: Arc<XrpcState>) -> Router {
+    let limit = state.cfg.max_body_bytes;
+    Router::new()
+        .route("/xrpc/com.atproto.server.describeServer", get(server::describe_server))
+        .route("/xrpc/com.atproto.server.createAccount", post(server::create_account))
+        .route("/xrpc/com.atproto.server.createSession", post(server::create_session))
+        .route("/xrpc/com.atproto.server.refreshSession", post(server::refresh_session))
+        .route("/xrpc/com.atproto.server.getSession", get(server::get_session))
+        .route("/xrpc/com.atproto.server.deleteSession", post(server::delete_session))
+        .route("/xrpc/com.atproto.identity.resolveHandle", get(server::resolve_handle))
+        .route("/xrpc/com.atproto.repo.describeRepo", get(repo::describe_repo))
+        .route("/xrpc/com.atproto.repo.createRecord", post(repo::create_record))
+        .route("/xrpc/com.atproto.repo.putRecord", post(repo::put_record))
+        .route("/xrpc/com.atproto.repo.deleteRecord", post(repo::delete_record))
+        .route("/xrpc/com.atproto.repo.getRecord", get(repo::get_record))
+        .route("/xrpc/com.atproto.repo.listRecords", get(repo::list_records))
+        .route(
+            "/xrpc/{*method}",
+            axum::routing::any(|| async {
+                XrpcError::new(
+                    axum::http::StatusCode::NOT_IMPLEMENTED,
+                    "MethodNotImplemented",
+                    "Method Not Implemented",
+                )
+            }),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

@@ -1,0 +1,304 @@
+//! com.atproto.repo.*: records.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use ues_sync::repo::accounts::Account;
+use ues_sync::repo::ipld::{Ipld, json as atjson};
+use ues_sync::repo::lexicon::ValidationStatus;
+use ues_sync::repo::repo::{CommitResult, Write};
+use ues_sync::repo::syntax::{AtIdentifier, Nsid, RecordKey};
+
+use super::extract::{XJson, XQuery};
+use super::{XrpcError, XrpcState};
+
+type Res = Result<Json<Value>, XrpcError>;
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, XrpcError> + Send + 'static,
+) -> Result<T, XrpcError> {
+    tokio::task::spawn_blocking(f).await.map_err(XrpcError::internal)?
+}
+
+fn find_repo(st: &XrpcState, repo: &str) -> Result<Account, XrpcError> {
+    let id: AtIdentifier =
+        repo.parse().map_err(|e: ues_sync::repo::syntax::SyntaxError| XrpcError::invalid(e.to_string()))?;
+    let found = match &id {
+        AtIdentifier::Did(d) => st.accounts.get(d)?,
+        AtIdentifier::Handle(h) => st.accounts.by_handle(h)?,
+    };
+    found.ok_or_else(|| XrpcError::bad("RepoNotFound", format!("Could not find repo: {repo}")))
+}
+
+/// The account an authenticated write targets; it must be the token's own.
+fn writable(st: &XrpcState, headers: &HeaderMap, repo: &str) -> Result<Account, XrpcError> {
+    let claims = st.access(headers)?;
+    let account = find_repo(st, repo)?;
+    if account.did.as_str() != claims.sub {
+        return Err(XrpcError::new(
+            StatusCode::FORBIDDEN,
+            "InvalidRequest",
+            "Token does not grant access to this repository",
+        ));
+    }
+    Ok(account)
+}
+
+fn nsid(s: &str) -> Result<Nsid, XrpcError> {
+    Nsid::new(s).map_err(|e| XrpcError::invalid(e.to_string()))
+}
+
+fn rkey(s: &str) -> Result<RecordKey, XrpcError> {
+    RecordKey::new(s).map_err(|e| XrpcError::invalid(e.to_string()))
+}
+
+fn cid_param(s: &Option<String>) -> Result<Option<cid::Cid>, XrpcError> {
+    s.as_deref().map(|c| c.parse::<cid::Cid>().map_err(|e| XrpcError::invalid(format!("bad CID {c}: {e}")))).transpose()
+}
+
+/// Converts and validates a record: `$type` set to the collection when absent, refused when it
+/// names another; validated against the collection's lexicon when one is known.
+fn prepare_record(
+    st: &XrpcState,
+    collection: &Nsid,
+    rkey: &str,
+    record: Value,
+    validate: Option<bool>,
+) -> Result<(Ipld, ValidationStatus), XrpcError> {
+    let mut record = record;
+    let obj = record.as_object_mut().ok_or_else(|| XrpcError::invalid("Record must be an object"))?;
+    match obj.get("$type").and_then(Value::as_str) {
+        None => {
+            obj.insert("$type".into(), Value::String(collection.to_string()));
+        }
+        Some(t) if t != collection.as_str() => {
+            return Err(XrpcError::invalid(format!("Invalid $type: expected {collection}, got {t}")));
+        }
+        Some(_) => {}
+    }
+    let ipld = atjson::record_from_json(&record).map_err(|e| XrpcError::invalid(format!("Invalid record: {e}")))?;
+    if validate == Some(false) {
+        return Ok((ipld, ValidationStatus::Unknown));
+    }
+    let status = st
+        .lexicons
+        .validate_record(collection.as_str(), rkey, &ipld)
+        .map_err(|e| XrpcError::invalid(format!("Invalid {collection} record: {e}")))?;
+    if status == ValidationStatus::Unknown && validate == Some(true) {
+        return Err(XrpcError::invalid(format!("Lexicon not found: {collection}")));
+    }
+    Ok((ipld, status))
+}
+
+fn commit_json(res: &CommitResult) -> Value {
+    json!({ "cid": res.cid.to_string(), "rev": res.commit.rev.as_str() })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreateRecord {
+    repo: String,
+    collection: String,
+    rkey: Option<String>,
+    validate: Option<bool>,
+    record: Value,
+    swap_commit: Option<String>,
+}
+
+pub(crate) async fn create_record(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<CreateRecord>,
+) -> Res {
+    blocking(move || {
+        let account = writable(&st, &headers, &b.repo)?;
+        let collection = nsid(&b.collection)?;
+        let rkey = match &b.rkey {
+            Some(r) => rkey(r)?,
+            None => RecordKey::new(st.tids.next().to_string()).map_err(XrpcError::internal)?,
+        };
+        let (record, status) = prepare_record(&st, &collection, rkey.as_str(), b.record, b.validate)?;
+        let write = Write::Create { collection: collection.clone(), rkey: rkey.clone(), record };
+        let res = st.accounts.apply_writes(&account.did, &[write], cid_param(&b.swap_commit)?)?;
+        Ok(Json(json!({
+            "uri": format!("at://{}/{collection}/{rkey}", account.did),
+            "cid": res.ops[0].cid.map(|c| c.to_string()),
+            "commit": commit_json(&res),
+            "validationStatus": status.as_str(),
+        })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PutRecord {
+    repo: String,
+    collection: String,
+    rkey: String,
+    validate: Option<bool>,
+    record: Value,
+    swap_record: Option<Value>,
+    swap_commit: Option<String>,
+}
+
+pub(crate) async fn put_record(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<PutRecord>,
+) -> Res {
+    blocking(move || {
+        let account = writable(&st, &headers, &b.repo)?;
+        let collection = nsid(&b.collection)?;
+        let rkey = rkey(&b.rkey)?;
+        let (record, status) = prepare_record(&st, &collection, rkey.as_str(), b.record, b.validate)?;
+        // swapRecord: absent = no check; null = must not exist; a CID = must be that.
+        let swap = match &b.swap_record {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(Value::String(c)) => Some(Some(c.parse::<cid::Cid>().map_err(|e| XrpcError::invalid(e.to_string()))?)),
+            Some(_) => return Err(XrpcError::invalid("swapRecord must be a CID or null")),
+        };
+        let write = Write::Update { collection: collection.clone(), rkey: rkey.clone(), record, swap };
+        let res = st.accounts.apply_writes(&account.did, &[write], cid_param(&b.swap_commit)?)?;
+        Ok(Json(json!({
+            "uri": format!("at://{}/{collection}/{rkey}", account.did),
+            "cid": res.ops[0].cid.map(|c| c.to_string()),
+            "commit": commit_json(&res),
+            "validationStatus": status.as_str(),
+        })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeleteRecord {
+    repo: String,
+    collection: String,
+    rkey: String,
+    swap_record: Option<String>,
+    swap_commit: Option<String>,
+}
+
+pub(crate) async fn delete_record(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<DeleteRecord>,
+) -> Res {
+    blocking(move || {
+        let account = writable(&st, &headers, &b.repo)?;
+        let write =
+            Write::Delete { collection: nsid(&b.collection)?, rkey: rkey(&b.rkey)?, swap: cid_param(&b.swap_record)? };
+        match st.accounts.apply_writes(&account.did, &[write], cid_param(&b.swap_commit)?) {
+            Ok(res) => Ok(Json(json!({ "commit": commit_json(&res) }))),
+            // Deleting what is not there is not an error to the reference PDS: no commit.
+            Err(ues_sync::repo::accounts::AccountError::Repo(e))
+                if matches!(*e, ues_sync::repo::repo::RepoError::RecordNotFound(_)) =>
+            {
+                Ok(Json(json!({})))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct GetRecord {
+    repo: String,
+    collection: String,
+    rkey: String,
+    cid: Option<String>,
+}
+
+pub(crate) async fn get_record(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<GetRecord>) -> Res {
+    blocking(move || {
+        let account = find_repo(&st, &q.repo)?;
+        let (collection, rk) = (nsid(&q.collection)?, rkey(&q.rkey)?);
+        let repo = st.accounts.repo(&account.did)?;
+        let found = repo.get_record(&collection, &rk)?;
+        let wanted = cid_param(&q.cid)?;
+        match found {
+            Some((cid, value)) if wanted.is_none_or(|w| w == cid) => Ok(Json(json!({
+                "uri": format!("at://{}/{collection}/{rk}", account.did),
+                "cid": cid.to_string(),
+                "value": atjson::to_json(&value),
+            }))),
+            _ => Err(XrpcError::bad(
+                "RecordNotFound",
+                format!("Could not locate record: at://{}/{collection}/{rk}", account.did),
+            )),
+        }
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ListRecords {
+    repo: String,
+    collection: String,
+    limit: Option<String>,
+    cursor: Option<String>,
+    reverse: Option<String>,
+}
+
+pub(crate) async fn list_records(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<ListRecords>) -> Res {
+    blocking(move || {
+        let limit: usize = match q.limit.as_deref() {
+            None => 50,
+            Some(l) => l.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| XrpcError::invalid("limit must be an integer from 1 to 100"))?,
+        };
+        let reverse = matches!(q.reverse.as_deref(), Some("true"));
+        let account = find_repo(&st, &q.repo)?;
+        let collection = nsid(&q.collection)?;
+        let cursor = q.cursor.as_deref().map(rkey).transpose()?;
+        // Newest first by default, as the reference PDS lists (record keys are TIDs).
+        let rows = st.accounts.list_records(&account.did, &collection, cursor.as_ref(), limit, !reverse)?;
+        let repo = st.accounts.repo(&account.did)?;
+        let mut records = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let cid: cid::Cid = r.cid.parse().map_err(XrpcError::internal)?;
+            let bytes = repo.store().get(&cid).map_err(XrpcError::internal)?.ok_or_else(|| XrpcError::internal("record block missing"))?;
+            let value = ues_sync::repo::ipld::dagcbor::decode_atproto(&bytes).map_err(XrpcError::internal)?;
+            records.push(json!({ "uri": format!("at://{}/{}/{}", account.did, r.collection, r.rkey), "cid": r.cid, "value": atjson::to_json(&value) }));
+        }
+        let cursor = (rows.len() == limit).then(|| rows.last().map(|r| r.rkey.clone())).flatten();
+        Ok(Json(json!({ "records": records, "cursor": cursor })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DescribeRepo {
+    repo: String,
+}
+
+pub(crate) async fn describe_repo(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<DescribeRepo>) -> Res {
+    blocking(move || {
+        let account = find_repo(&st, &q.repo)?;
+        let key = st.accounts.signing_key(&account.did)?;
+        let collections: Vec<String> = st
+            .accounts
+            .db()
+            .read(|c| {
+                let mut s = c.prepare_cached("SELECT DISTINCT collection FROM record WHERE did = ?1 ORDER BY collection")?;
+                let rows = s.query_map([account.did.as_str()], |r| r.get(0))?;
+                rows.collect::<Result<Vec<String>, _>>()
+            })
+            .map_err(XrpcError::internal)?;
+        Ok(Json(json!({
+            "handle": account.handle.as_str(),
+            "did": account.did.as_str(),
+            "didDoc": ues_sync::repo::identity::did_document(&account.did, &account.handle, &key.public(), &st.cfg.public_url),
+            "collections": collections,
+            "handleIsCorrect": true,
+        })))
+    })
+    .await
+}

@@ -1,0 +1,285 @@
+//! com.atproto.server.* and com.atproto.identity.resolveHandle.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use ues_sync::repo::accounts::Account;
+use ues_sync::repo::crypto::{KeyType, Keypair};
+use ues_sync::repo::identity::did_document;
+use ues_sync::repo::ipld::storage::rusqlite::{OptionalExtension, params};
+use ues_sync::repo::plc::{Genesis, PlcClient};
+use ues_sync::repo::syntax::{Did, Handle};
+
+use super::auth::{self, ACCESS_TTL_SECS, Claims, REFRESH_GRACE_SECS, REFRESH_TTL_SECS, now_secs};
+use super::extract::{XJson, XQuery};
+use super::{XrpcError, XrpcState, bearer};
+
+type Res = Result<Json<Value>, XrpcError>;
+
+pub(crate) async fn describe_server(State(st): State<Arc<XrpcState>>) -> Json<Value> {
+    Json(json!({
+        "did": st.cfg.service_did,
+        "availableUserDomains": st.cfg.user_domains,
+        "inviteCodeRequired": false,
+        "phoneVerificationRequired": false,
+        "links": {},
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreateAccount {
+    handle: String,
+    email: Option<String>,
+    password: Option<String>,
+}
+
+fn did_doc(st: &XrpcState, account: &Account) -> Result<Value, XrpcError> {
+    let key = st.accounts.signing_key(&account.did)?;
+    Ok(did_document(&account.did, &account.handle, &key.public(), &st.cfg.public_url))
+}
+
+/// Issues a fresh access/refresh pair for `did` and records the refresh token.
+fn issue(st: &XrpcState, did: &Did) -> Result<(String, String), XrpcError> {
+    let now = now_secs();
+    let access = Claims {
+        scope: "com.atproto.access".into(),
+        sub: did.to_string(),
+        aud: st.cfg.service_did.clone(),
+        iat: now,
+        exp: now + ACCESS_TTL_SECS,
+        jti: None,
+    };
+    let jti = hex_id();
+    let refresh = Claims {
+        scope: "com.atproto.refresh".into(),
+        sub: did.to_string(),
+        aud: st.cfg.service_did.clone(),
+        iat: now,
+        exp: now + REFRESH_TTL_SECS,
+        jti: Some(jti.clone()),
+    };
+    let entry = json!({ "did": did.as_str() }).to_string();
+    st.kv
+        .put(
+            format!("refresh/{jti}").as_bytes(),
+            entry.as_bytes(),
+            Some(std::time::Duration::from_secs(REFRESH_TTL_SECS)),
+        )
+        .map_err(XrpcError::internal)?;
+    Ok((auth::sign(&st.cfg.jwt_secret, "at+jwt", &access), auth::sign(&st.cfg.jwt_secret, "refresh+jwt", &refresh)))
+}
+
+fn hex_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn session_json(st: &XrpcState, account: &Account, access: &str, refresh: &str) -> Result<Value, XrpcError> {
+    let email: Option<String> = st
+        .accounts
+        .db()
+        .read(|c| {
+            c.query_row("SELECT email FROM credential WHERE did = ?1", [account.did.as_str()], |r| r.get(0)).optional()
+        })
+        .map_err(XrpcError::internal)?
+        .flatten();
+    Ok(json!({
+        "accessJwt": access,
+        "refreshJwt": refresh,
+        "handle": account.handle.as_str(),
+        "did": account.did.as_str(),
+        "didDoc": did_doc(st, account)?,
+        "email": email,
+        "emailConfirmed": false,
+        "active": account.status == "active",
+    }))
+}
+
+pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body): XJson<CreateAccount>) -> Res {
+    let handle = Handle::new(&body.handle).map_err(|e| XrpcError::bad("InvalidHandle", e.to_string()))?.normalized();
+    if !st.cfg.user_domains.iter().any(|d| handle.as_str().ends_with(d.as_str())) {
+        return Err(XrpcError::bad(
+            "UnsupportedDomain",
+            format!("Not a supported handle domain: {}", st.cfg.user_domains.join(", ")),
+        ));
+    }
+    if st.accounts.by_handle(&handle)?.is_some() {
+        return Err(XrpcError::bad("HandleNotAvailable", "Handle already taken"));
+    }
+    if let Some(p) = &body.password
+        && p.len() < 8
+    {
+        return Err(XrpcError::bad("InvalidPassword", "Password must be at least 8 characters"));
+    }
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let key = Keypair::generate(KeyType::K256);
+        let genesis = Genesis {
+            rotation_keys: vec![key.public().did_key()],
+            signing_key: key.public().did_key(),
+            handle: handle.to_string(),
+            pds_endpoint: st2.cfg.public_url.clone(),
+        };
+        let (op, did) = genesis.sign(&key).map_err(XrpcError::internal)?;
+        if let Some(url) = &st2.cfg.plc_url {
+            PlcClient::new(url).submit(&did, &op).map_err(|e| XrpcError::bad("UnresolvableDid", e.to_string()))?;
+        }
+        let did = Did::new(did).map_err(XrpcError::internal)?;
+        let password_hash = body.password.as_deref().map(auth::hash_password);
+        let (account, _, _) = st2.accounts.create_with_key(did.clone(), handle, key)?;
+        st2.accounts
+            .db()
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO credential (did, email, password_hash) VALUES (?1, ?2, ?3)",
+                    params![did.as_str(), body.email, password_hash],
+                )?;
+                Ok::<_, ues_sync::repo::ipld::storage::Error>(())
+            })
+            .map_err(|e| XrpcError::bad("InvalidRequest", format!("Could not store credentials: {e}")))?;
+        st2.kv.put(format!("plc/{did}").as_bytes(), op.to_string().as_bytes(), None).map_err(XrpcError::internal)?;
+        let (access, refresh) = issue(&st2, &did)?;
+        let mut out = session_json(&st2, &account, &access, &refresh)?;
+        if let Some(o) = out.as_object_mut() {
+            o.retain(|k, _| ["accessJwt", "refreshJwt", "handle", "did", "didDoc"].contains(&k.as_str()));
+        }
+        Ok(Json(out))
+    })
+    .await
+    .map_err(XrpcError::internal)?
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CreateSession {
+    identifier: String,
+    password: String,
+}
+
+pub(crate) async fn create_session(State(st): State<Arc<XrpcState>>, XJson(body): XJson<CreateSession>) -> Res {
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let denied = || XrpcError::auth_required("Invalid identifier or password");
+        let ident = body.identifier.trim().to_ascii_lowercase();
+        let account = if ident.starts_with("did:") {
+            Did::new(&ident).ok().and_then(|d| st2.accounts.get(&d).transpose())
+        } else if ident.contains('@') {
+            let did: Option<String> = st2
+                .accounts
+                .db()
+                .read(|c| c.query_row("SELECT did FROM credential WHERE email = ?1", [&ident], |r| r.get(0)).optional())
+                .map_err(XrpcError::internal)?;
+            did.and_then(|d| Did::new(d).ok()).and_then(|d| st2.accounts.get(&d).transpose())
+        } else {
+            Handle::new(&ident).ok().and_then(|h| st2.accounts.by_handle(&h).transpose())
+        };
+        let account = account.transpose()?.ok_or_else(denied)?;
+        let hash: Option<String> = st2
+            .accounts
+            .db()
+            .read(|c| {
+                c.query_row("SELECT password_hash FROM credential WHERE did = ?1", [account.did.as_str()], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(XrpcError::internal)?
+            .flatten();
+        if !hash.is_some_and(|h| auth::check_password(&body.password, &h)) {
+            return Err(denied());
+        }
+        if account.status == "takendown" {
+            return Err(XrpcError::bad("AccountTakedown", "Account has been taken down"));
+        }
+        let (access, refresh) = issue(&st2, &account.did)?;
+        Ok(Json(session_json(&st2, &account, &access, &refresh)?))
+    })
+    .await
+    .map_err(XrpcError::internal)?
+}
+
+/// Verifies a refresh token and returns its claims (expired: `ExpiredToken`).
+fn refresh_claims(st: &XrpcState, headers: &HeaderMap) -> Result<Claims, XrpcError> {
+    let claims = auth::verify(&st.cfg.jwt_secret, bearer(headers)?, "refresh+jwt")?;
+    if claims.scope != "com.atproto.refresh" || claims.aud != st.cfg.service_did {
+        return Err(XrpcError::new(StatusCode::UNAUTHORIZED, "InvalidToken", "Bad token scope"));
+    }
+    if claims.exp <= now_secs() {
+        return Err(XrpcError::bad("ExpiredToken", "Token has expired"));
+    }
+    Ok(claims)
+}
+
+pub(crate) async fn refresh_session(State(st): State<Arc<XrpcState>>, headers: HeaderMap) -> Res {
+    let claims = refresh_claims(&st, &headers)?;
+    let jti = claims.jti.clone().unwrap_or_default();
+    let key = format!("refresh/{jti}");
+    let entry = st.kv.get(key.as_bytes()).map_err(XrpcError::internal)?;
+    let Some(entry) = entry else {
+        return Err(XrpcError::bad("ExpiredToken", "Token has been revoked"));
+    };
+    let entry: Value = serde_json::from_slice(&entry).map_err(XrpcError::internal)?;
+    let did = Did::new(claims.sub.clone()).map_err(XrpcError::internal)?;
+    let account = st.accounts.get(&did)?.ok_or_else(|| XrpcError::bad("InvalidToken", "Account not found"))?;
+    // A token used within the grace period yields the same successor (clients race).
+    if let Some(next) = entry.get("next").and_then(Value::as_str) {
+        let access = auth::sign(
+            &st.cfg.jwt_secret,
+            "at+jwt",
+            &Claims {
+                scope: "com.atproto.access".into(),
+                sub: did.to_string(),
+                aud: st.cfg.service_did.clone(),
+                iat: now_secs(),
+                exp: now_secs() + ACCESS_TTL_SECS,
+                jti: None,
+            },
+        );
+        return Ok(Json(session_json(&st, &account, &access, next)?));
+    }
+    let (access, refresh) = issue(&st, &did)?;
+    let successor = json!({ "did": did.as_str(), "next": refresh }).to_string();
+    st.kv
+        .put(key.as_bytes(), successor.as_bytes(), Some(std::time::Duration::from_secs(REFRESH_GRACE_SECS)))
+        .map_err(XrpcError::internal)?;
+    Ok(Json(session_json(&st, &account, &access, &refresh)?))
+}
+
+pub(crate) async fn get_session(State(st): State<Arc<XrpcState>>, headers: HeaderMap) -> Res {
+    let claims = st.access(&headers)?;
+    let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
+    let account = st.accounts.get(&did)?.ok_or_else(|| XrpcError::bad("InvalidToken", "Account not found"))?;
+    let mut out = session_json(&st, &account, "", "")?;
+    if let Some(o) = out.as_object_mut() {
+        o.remove("accessJwt");
+        o.remove("refreshJwt");
+    }
+    Ok(Json(out))
+}
+
+pub(crate) async fn delete_session(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+) -> Result<StatusCode, XrpcError> {
+    let claims = refresh_claims(&st, &headers)?;
+    let jti = claims.jti.unwrap_or_default();
+    st.kv.delete(format!("refresh/{jti}").as_bytes()).map_err(XrpcError::internal)?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ResolveHandle {
+    handle: String,
+}
+
+pub(crate) async fn resolve_handle(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<ResolveHandle>) -> Res {
+    let handle = Handle::new(&q.handle).map_err(|e| XrpcError::invalid(e.to_string()))?;
+    match st.accounts.by_handle(&handle)? {
+        Some(a) => Ok(Json(json!({ "did": a.did.as_str() }))),
+        None => Err(XrpcError::bad("HandleNotFound", "Unable to resolve handle")),
+    }
+}

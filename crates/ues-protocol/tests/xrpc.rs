@@ -1,0 +1,306 @@
+//! XRPC endpoints over the router (no sockets), as AT Protocol clients call them, including the
+//! error paths: names and statuses as the reference PDS returns them.
+
+#[path = "../../../tests/support/shared.rs"]
+mod shared;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use ues_protocol::xrpc::{XrpcConfig, XrpcState, router};
+use ues_sync::repo::accounts::Accounts;
+use ues_sync::repo::ipld::storage::{Blockstore, MemoryBlockstore, MemoryKv, Sqlite, SqliteConfig};
+use ues_sync::repo::lexicon::Lexicons;
+
+struct Node {
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+fn node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
+    let blocks: Arc<dyn Blockstore> = Arc::new(MemoryBlockstore::new());
+    let accounts = Accounts::open(blocks, db, 3).unwrap();
+    let mut lexicons = Lexicons::new();
+    if let Some(dir) = shared::shared("reference/atproto-lexicons") {
+        lexicons.load_dir(&dir).unwrap();
+    }
+    let cfg = XrpcConfig {
+        public_url: "http://127.0.0.1:2583".into(),
+        service_did: "did:web:localhost".into(),
+        user_domains: vec![".test".into()],
+        jwt_secret: b"test secret".to_vec(),
+        plc_url: None,
+        max_body_bytes: 64 * 1024,
+    };
+    let state = XrpcState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap();
+    Node { app: router(Arc::new(state)), _dir: dir }
+}
+
+async fn call(n: &Node, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())).unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    let resp = n.app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn account(n: &Node, handle: &str) -> Value {
+    let (s, v) = call(
+        n,
+        "POST",
+        "/xrpc/com.atproto.server.createAccount",
+        None,
+        Some(json!({"handle": handle, "password": "correct horse", "email": format!("{handle}@mail.test")})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn accounts_and_sessions() {
+    let n = node();
+    let (s, d) = call(&n, "GET", "/xrpc/com.atproto.server.describeServer", None, None).await;
+    assert_eq!((s, d["availableUserDomains"][0].as_str()), (StatusCode::OK, Some(".test")));
+
+    let alice = account(&n, "alice.test").await;
+    assert!(alice["did"].as_str().unwrap().starts_with("did:plc:"));
+    assert_eq!(alice["didDoc"]["service"][0]["serviceEndpoint"], "http://127.0.0.1:2583");
+    for (handle, pw, err) in [
+        ("alice.test", "long enough", "HandleNotAvailable"),
+        ("bob.example.com", "long enough", "UnsupportedDomain"),
+        ("bob.test", "short", "InvalidPassword"),
+        ("-bad-.test", "long enough", "InvalidHandle"),
+    ] {
+        let (s, v) = call(
+            &n,
+            "POST",
+            "/xrpc/com.atproto.server.createAccount",
+            None,
+            Some(json!({"handle": handle, "password": pw})),
+        )
+        .await;
+        assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some(err)), "{handle}");
+    }
+
+    // Sessions: by handle, by email; wrong password refused.
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.server.createSession",
+        None,
+        Some(json!({"identifier": "alice.test", "password": "wrong password"})),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("AuthenticationRequired")));
+    let (s, sess) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.server.createSession",
+        None,
+        Some(json!({"identifier": "alice.test@mail.test", "password": "correct horse"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{sess}");
+    let access = sess["accessJwt"].as_str().unwrap();
+    let refresh = sess["refreshJwt"].as_str().unwrap();
+    let (s, me) = call(&n, "GET", "/xrpc/com.atproto.server.getSession", Some(access), None).await;
+    assert_eq!((s, me["handle"].as_str()), (StatusCode::OK, Some("alice.test")));
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.server.getSession", None, None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("AuthenticationRequired")));
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.server.getSession", Some(refresh), None).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("InvalidToken")),
+        "a refresh token is not an access token"
+    );
+
+    // Refresh rotates; reusing the old token within the grace period gives the same successor.
+    let (s, r1) = call(&n, "POST", "/xrpc/com.atproto.server.refreshSession", Some(refresh), None).await;
+    assert_eq!(s, StatusCode::OK, "{r1}");
+    let (_, r2) = call(&n, "POST", "/xrpc/com.atproto.server.refreshSession", Some(refresh), None).await;
+    assert_eq!(r1["refreshJwt"], r2["refreshJwt"]);
+    let (s, _) =
+        call(&n, "POST", "/xrpc/com.atproto.server.deleteSession", Some(r1["refreshJwt"].as_str().unwrap()), None)
+            .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) =
+        call(&n, "POST", "/xrpc/com.atproto.server.refreshSession", Some(r1["refreshJwt"].as_str().unwrap()), None)
+            .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("ExpiredToken")));
+
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.identity.resolveHandle?handle=alice.test", None, None).await;
+    assert_eq!((s, &v["did"]), (StatusCode::OK, &alice["did"]));
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.server.nothingHere", None, None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::NOT_IMPLEMENTED, Some("MethodNotImplemented")));
+}
+
+#[tokio::test]
+async fn records_crud_listing_validation_and_refusals() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let bob = account(&n, "bob.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let post =
+        |text: &str| json!({"$type": "app.bsky.feed.post", "text": text, "createdAt": "2026-11-24T12:00:00.000Z"});
+
+    let mut uris = Vec::new();
+    for i in 0..12 {
+        let (s, v) = call(
+            &n,
+            "POST",
+            "/xrpc/com.atproto.repo.createRecord",
+            Some(token),
+            Some(json!({"repo": did, "collection": "app.bsky.feed.post", "record": post(&format!("hello {i}"))})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["validationStatus"], "valid");
+        uris.push(v["uri"].as_str().unwrap().to_string());
+    }
+    let rkey = uris[3].rsplit('/').next().unwrap().to_string();
+    let (s, v) = call(
+        &n,
+        "GET",
+        &format!("/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={rkey}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((s, v["value"]["text"].as_str()), (StatusCode::OK, Some("hello 3")));
+
+    // Paging, newest first by default.
+    let (_, p1) = call(
+        &n,
+        "GET",
+        "/xrpc/com.atproto.repo.listRecords?repo=alice.test&collection=app.bsky.feed.post&limit=5",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(p1["records"].as_array().unwrap().len(), 5);
+    assert_eq!(p1["records"][0]["value"]["text"], "hello 11");
+    let cursor = p1["cursor"].as_str().unwrap();
+    let (_, p2) = call(
+        &n,
+        "GET",
+        &format!(
+            "/xrpc/com.atproto.repo.listRecords?repo=alice.test&collection=app.bsky.feed.post&limit=100&cursor={cursor}"
+        ),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(p2["records"].as_array().unwrap().len(), 7);
+    assert!(p2["cursor"].is_null());
+    let (s, v) = call(
+        &n,
+        "GET",
+        "/xrpc/com.atproto.repo.listRecords?repo=alice.test&collection=app.bsky.feed.post&limit=101",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")));
+
+    // Update with a swap, then a stale swap.
+    let (_, cur) = call(
+        &n,
+        "GET",
+        &format!("/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={rkey}"),
+        None,
+        None,
+    )
+    .await;
+    let (s, v) = call(&n, "POST", "/xrpc/com.atproto.repo.putRecord", Some(token), Some(json!({"repo": did, "collection": "app.bsky.feed.post", "rkey": rkey, "record": post("edited"), "swapRecord": cur["cid"]}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(&n, "POST", "/xrpc/com.atproto.repo.putRecord", Some(token), Some(json!({"repo": did, "collection": "app.bsky.feed.post", "rkey": rkey, "record": post("again"), "swapRecord": cur["cid"]}))).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidSwap")));
+
+    // An invalid record: refused with the lexicon path, nothing written.
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.createRecord",
+        Some(token),
+        Some(json!({"repo": did, "collection": "app.bsky.feed.post", "record": post(&"x".repeat(3001))})),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")));
+    assert!(v["message"].as_str().unwrap().contains("$.text"), "{v}");
+    let (s, v) = call(&n, "POST", "/xrpc/com.atproto.repo.createRecord", Some(token), Some(json!({"repo": did, "collection": "app.bsky.feed.post", "record": {"$type": "app.bsky.feed.like", "subject": 1}}))).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")));
+    let (_, all) = call(
+        &n,
+        "GET",
+        "/xrpc/com.atproto.repo.listRecords?repo=alice.test&collection=app.bsky.feed.post&limit=100",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(all["records"].as_array().unwrap().len(), 12);
+
+    // Another account's token cannot write here; malformed JSON and oversize bodies are refused.
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.createRecord",
+        Some(bob["accessJwt"].as_str().unwrap()),
+        Some(json!({"repo": did, "collection": "app.bsky.feed.post", "record": post("intruder")})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let req = Request::post("/xrpc/com.atproto.repo.createRecord")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
+    let resp = n.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"], "InvalidRequest");
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.createRecord",
+        Some(token),
+        Some(json!({"repo": did, "collection": "app.bsky.feed.post", "record": post(&"y".repeat(70_000))})),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("PayloadTooLarge")));
+
+    // Delete, describeRepo.
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.deleteRecord",
+        Some(token),
+        Some(json!({"repo": did, "collection": "app.bsky.feed.post", "rkey": rkey})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = call(
+        &n,
+        "GET",
+        &format!("/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={rkey}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("RecordNotFound")));
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.repo.describeRepo?repo=alice.test", None, None).await;
+    assert_eq!((s, v["collections"][0].as_str()), (StatusCode::OK, Some("app.bsky.feed.post")));
+}
