@@ -19,6 +19,8 @@ pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     /// The HTTP server.
     pub(crate) http: HttpConfig,
+    /// The XRPC server.
+    pub(crate) xrpc: XrpcSection,
     /// Storage tuning.
     pub(crate) storage: StorageSection,
     /// Logging.
@@ -30,6 +32,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./data"),
             http: HttpConfig::default(),
+            xrpc: XrpcSection::default(),
             storage: StorageSection::default(),
             log: LogConfig::default(),
         }
@@ -47,6 +50,34 @@ pub(crate) struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self { listen: SocketAddr::from(([127, 0, 0, 1], 2583)) }
+    }
+}
+
+/// `[xrpc]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct XrpcSection {
+    /// Public URL; empty: derived from the listen address.
+    pub(crate) public_url: String,
+    /// Handle suffixes for new accounts.
+    pub(crate) user_domains: Vec<String>,
+    /// PLC directory URL; empty: none.
+    pub(crate) plc_url: String,
+    /// Where Lexicon files are loaded from.
+    pub(crate) lexicons_dir: PathBuf,
+    /// Largest request body in MiB.
+    pub(crate) max_body_mib: usize,
+}
+
+impl Default for XrpcSection {
+    fn default() -> Self {
+        Self {
+            public_url: String::new(),
+            user_domains: vec![".test".into()],
+            plc_url: String::new(),
+            lexicons_dir: PathBuf::from("./lexicons"),
+            max_body_mib: 16,
+        }
     }
 }
 

@@ -48,6 +48,21 @@ pub(crate) fn load(data_dir: &Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&secret))
 }
 
+/// The session-token secret: 32 random bytes in `<data_dir>/jwt.secret` (mode 0600), created on
+/// first use so that sessions survive restarts.
+pub(crate) fn jwt_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("jwt.secret");
+    if !path.exists() {
+        use rand::RngCore;
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        file.write_all(&secret)?;
+        file.sync_all()?;
+    }
+    Ok(std::fs::read(&path)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,7 +188,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     let info = Arc::new(ues_protocol::http::NodeInfo::now());
-    let app = ues_protocol::http::router(info);
+    let xrpc = xrpc_state(&cfg, &storage)?;
+    let app = ues_protocol::http::router(info).merge(ues_protocol::xrpc::router(Arc::new(xrpc)));
     let listener =
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
     tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ues listening");
@@ -197,6 +198,34 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     drop(storage);
     tracing::info!("ues stopped");
     Ok(())
+}
+
+/// Composes the XRPC server's state from the opened storage and the configuration.
+fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ues_protocol::xrpc::XrpcState> {
+    use ues_repo::ipld::storage::{Blockstore, Kv};
+    let blocks: Arc<dyn Blockstore> = Arc::new(storage.rocks.blockstore());
+    let kv: Arc<dyn Kv> = Arc::new(storage.rocks.kv());
+    let accounts = ues_repo::accounts::Accounts::open(blocks, storage.sqlite.clone(), 0)?;
+    let mut lexicons = ues_repo::lexicon::Lexicons::new();
+    if cfg.xrpc.lexicons_dir.is_dir() {
+        let n = lexicons.load_dir(&cfg.xrpc.lexicons_dir)?;
+        tracing::info!(n, dir = %cfg.xrpc.lexicons_dir.display(), "lexicons loaded");
+    }
+    let public_url = if cfg.xrpc.public_url.is_empty() {
+        format!("http://{}", cfg.http.listen)
+    } else {
+        cfg.xrpc.public_url.clone()
+    };
+    let host = public_url.split("://").nth(1).unwrap_or("localhost").trim_end_matches('/').to_string();
+    let xcfg = ues_protocol::xrpc::XrpcConfig {
+        service_did: format!("did:web:{}", host.replace(':', "%3A")),
+        public_url,
+        user_domains: cfg.xrpc.user_domains.clone(),
+        jwt_secret: identity::jwt_secret(&cfg.data_dir)?,
+        plc_url: (!cfg.xrpc.plc_url.is_empty()).then(|| cfg.xrpc.plc_url.clone()),
+        max_body_bytes: cfg.xrpc.max_body_mib << 20,
+    };
+    ues_protocol::xrpc::XrpcState::new(accounts, lexicons, kv, xcfg).map_err(|e| anyhow::anyhow!("{}", e.message))
 }
 
 async fn shutdown_signal() {

@@ -12,9 +12,26 @@ fn free_port() -> SocketAddr {
 
 /// One HTTP/1.1 GET, answered as (status, body).
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http(addr, "GET", path, None, None)
+}
+
+/// One HTTP/1.1 request with an optional bearer token and JSON body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -122,4 +139,47 @@ fn init_writes_config_and_key_and_refuses_to_run_twice() {
     let help = Command::new(env!("CARGO_BIN_EXE_ues")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("init") && help.contains("run"), "{help}");
+}
+
+fn json(answer: (u16, String)) -> (u16, serde_json::Value) {
+    (answer.0, serde_json::from_str(&answer.1).unwrap_or(serde_json::Value::Null))
+}
+
+#[test]
+fn accounts_records_and_sessions_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = free_port();
+    let mut node = spawn_node(&data, addr);
+    wait_healthy(addr);
+    let (s, acct) = json(
+        http(
+            addr,
+            "POST",
+            "/xrpc/com.atproto.server.createAccount",
+            None,
+            Some(&serde_json::json!({"handle": "alice.test", "password": "correct horse"})),
+        )
+        .unwrap(),
+    );
+    assert_eq!(s, 200, "{acct}");
+    let (did, token) = (acct["did"].as_str().unwrap().to_string(), acct["accessJwt"].as_str().unwrap().to_string());
+    assert_eq!(acct["didDoc"]["service"][0]["serviceEndpoint"], format!("http://{addr}"));
+    let record = serde_json::json!({"repo": did, "collection": "com.example.note", "rkey": "first", "record": {"text": "kept across restarts"}});
+    let (s, created) =
+        json(http(addr, "POST", "/xrpc/com.atproto.repo.createRecord", Some(&token), Some(&record)).unwrap());
+    assert_eq!((s, created["validationStatus"].as_str()), (200, Some("unknown")), "{created}");
+    assert!(terminate(&mut node).success());
+
+    let mut node = spawn_node(&data, addr);
+    wait_healthy(addr);
+    let (s, got) = json(
+        http_get(addr, &format!("/xrpc/com.atproto.repo.getRecord?repo={did}&collection=com.example.note&rkey=first"))
+            .unwrap(),
+    );
+    assert_eq!((s, got["value"]["text"].as_str()), (200, Some("kept across restarts")));
+    assert_eq!(got["cid"], created["cid"]);
+    let (s, me) = json(http(addr, "GET", "/xrpc/com.atproto.server.getSession", Some(&token), None).unwrap());
+    assert_eq!((s, me["handle"].as_str()), (200, Some("alice.test")), "the session secret is persisted");
+    assert!(terminate(&mut node).success());
 }
