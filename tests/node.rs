@@ -183,3 +183,30 @@ fn accounts_records_and_sessions_survive_a_restart() {
     assert_eq!((s, me["handle"].as_str()), (200, Some("alice.test")), "the session secret is persisted");
     assert!(terminate(&mut node).success());
 }
+
+#[test]
+fn the_official_client_drives_the_node() {
+    // Bluesky's @atproto/api (AtpAgent), unchanged, against `ues run` over real HTTP.
+    #[path = "support/shared.rs"]
+    mod shared;
+    let Some(js) = shared::node_tests() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let mut node = spawn_node(&dir.path().join("data"), addr);
+    wait_healthy(addr);
+    let out = Command::new("node")
+        .arg(js.join("client_smoke.mjs"))
+        .args([format!("http://{addr}"), "60".to_string()])
+        .current_dir(&js)
+        .output()
+        .expect("node runs");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    assert!(terminate(&mut node).success());
+    assert_eq!(
+        report["ok"],
+        true,
+        "client said: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -268,8 +268,14 @@ pub(crate) async fn list_records(State(st): State<Arc<XrpcState>>, XQuery(q): XQ
             let value = ues_sync::repo::ipld::dagcbor::decode_atproto(&bytes).map_err(XrpcError::internal)?;
             records.push(json!({ "uri": format!("at://{}/{}/{}", account.did, r.collection, r.rkey), "cid": r.cid, "value": atjson::to_json(&value) }));
         }
-        let cursor = (rows.len() == limit).then(|| rows.last().map(|r| r.rkey.clone())).flatten();
-        Ok(Json(json!({ "records": records, "cursor": cursor })))
+        let mut out = json!({ "records": records });
+        // An absent cursor is omitted, never null: clients validate `cursor` as a string.
+        if rows.len() == limit
+            && let Some(last) = rows.last()
+        {
+            out["cursor"] = Value::String(last.rkey.clone());
+        }
+        Ok(Json(out))
     })
     .await
 }

@@ -90,16 +90,20 @@ fn session_json(st: &XrpcState, account: &Account, access: &str, refresh: &str) 
         })
         .map_err(XrpcError::internal)?
         .flatten();
-    Ok(json!({
+    let mut out = json!({
         "accessJwt": access,
         "refreshJwt": refresh,
         "handle": account.handle.as_str(),
         "did": account.did.as_str(),
         "didDoc": did_doc(st, account)?,
-        "email": email,
         "emailConfirmed": false,
         "active": account.status == "active",
-    }))
+    });
+    // Optional fields are omitted when absent: clients validate them as strings.
+    if let Some(e) = email {
+        out["email"] = Value::String(e);
+    }
+    Ok(out)
 }
 
 pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body): XJson<CreateAccount>) -> Res {

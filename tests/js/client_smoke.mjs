@@ -1,0 +1,53 @@
+// Drives a UES node with Bluesky's official client (@atproto/api AtpAgent):
+//   node client_smoke.mjs http://127.0.0.1:PORT N
+// Prints one JSON line with what it did and exits non-zero on the first failure.
+import api from '@atproto/api'
+
+const [service, nArg] = process.argv.slice(2)
+const n = parseInt(nArg || '20', 10)
+const agent = new api.AtpAgent({ service })
+const handle = `u${Date.now().toString(36)}.test`
+const out = { handle }
+const check = (cond, what) => { if (!cond) throw new Error(`check failed: ${what}`) }
+
+try {
+  const desc = await agent.com.atproto.server.describeServer()
+  check(desc.data.availableUserDomains.includes('.test'), 'describeServer')
+  await agent.createAccount({ handle, password: 'correct horse battery', email: `${handle}@mail.test` })
+  out.did = agent.session.did
+  await agent.login({ identifier: handle, password: 'correct horse battery' })
+  const uris = []
+  const t0 = Date.now()
+  for (let i = 0; i < n; i++) {
+    const r = await agent.com.atproto.repo.createRecord({
+      repo: agent.session.did, collection: 'app.bsky.feed.post',
+      record: { $type: 'app.bsky.feed.post', text: `post ${i}`, createdAt: new Date().toISOString() },
+    })
+    uris.push(r.data.uri)
+  }
+  out.createMs = Date.now() - t0
+  const rkey = uris[0].split('/').pop()
+  const got = await agent.com.atproto.repo.getRecord({ repo: handle, collection: 'app.bsky.feed.post', rkey })
+  check(got.data.value.text === 'post 0', 'getRecord')
+  let cursor, listed = 0
+  do {
+    const page = await agent.com.atproto.repo.listRecords({ repo: agent.session.did, collection: 'app.bsky.feed.post', limit: 7, cursor })
+    listed += page.data.records.length
+    cursor = page.data.cursor
+  } while (cursor)
+  check(listed === n, `listRecords paging saw ${listed}`)
+  await agent.com.atproto.repo.putRecord({ repo: agent.session.did, collection: 'app.bsky.feed.post', rkey, record: { $type: 'app.bsky.feed.post', text: 'edited', createdAt: new Date().toISOString() } })
+  await agent.com.atproto.repo.deleteRecord({ repo: agent.session.did, collection: 'app.bsky.feed.post', rkey })
+  const d = await agent.com.atproto.repo.describeRepo({ repo: handle })
+  check(d.data.collections.includes('app.bsky.feed.post'), 'describeRepo')
+  await agent.sessionManager?.refreshSession?.()
+  const s = await agent.com.atproto.server.getSession()
+  check(s.data.handle === handle, 'getSession after refresh')
+  out.ok = true
+  console.log(JSON.stringify(out))
+} catch (err) {
+  out.ok = false
+  out.error = String(err && (err.stack || err.message) || err) + ' cause: ' + String(err && err.cause && (err.cause.message || err.cause))
+  console.log(JSON.stringify(out))
+  process.exit(1)
+}
