@@ -18,6 +18,7 @@ use ues_sync::repo::lexicon::Lexicons;
 
 struct Node {
     app: axum::Router,
+    state: Arc<XrpcState>,
     _dir: tempfile::TempDir,
 }
 
@@ -38,8 +39,8 @@ fn node() -> Node {
         plc_url: None,
         max_body_bytes: 64 * 1024,
     };
-    let state = XrpcState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap();
-    Node { app: router(Arc::new(state)), _dir: dir }
+    let state = Arc::new(XrpcState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap());
+    Node { app: router(state.clone()), state, _dir: dir }
 }
 
 async fn call(n: &Node, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
@@ -140,6 +141,11 @@ async fn accounts_and_sessions() {
     let (s, v) =
         call(&n, "POST", "/xrpc/com.atproto.server.refreshSession", Some(r1["refreshJwt"].as_str().unwrap()), None)
             .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("ExpiredToken")));
+
+    // An expired access token: 400 ExpiredToken, the client's signal to refresh.
+    let expired = n.state.access_token_expiring_at(alice["did"].as_str().unwrap(), 1_000);
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.server.getSession", Some(&expired), None).await;
     assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("ExpiredToken")));
 
     let (s, v) = call(&n, "GET", "/xrpc/com.atproto.identity.resolveHandle?handle=alice.test", None, None).await;

@@ -77,6 +77,20 @@ impl XrpcState {
         Ok(Self { accounts, lexicons, kv, cfg, tids: TidGenerator::new(7) })
     }
 
+    /// An access token for `did` expiring at `exp` (Unix seconds): lets tests force expiry.
+    #[doc(hidden)]
+    pub fn access_token_expiring_at(&self, did: &str, exp: u64) -> String {
+        let claims = Claims {
+            scope: "com.atproto.access".into(),
+            sub: did.to_string(),
+            aud: self.cfg.service_did.clone(),
+            iat: exp.saturating_sub(auth::ACCESS_TTL_SECS),
+            exp,
+            jti: None,
+        };
+        auth::sign(&self.cfg.jwt_secret, "at+jwt", &claims)
+    }
+
     /// The claims of a valid, unexpired access token in `Authorization: Bearer`.
     pub(crate) fn access(&self, headers: &HeaderMap) -> Result<Claims, XrpcError> {
         let token = bearer(headers)?;
