@@ -2,6 +2,8 @@
 //   node client_smoke.mjs http://127.0.0.1:PORT N
 // Prints one JSON line with what it did and exits non-zero on the first failure.
 import api from '@atproto/api'
+import repo from '@atproto/repo'
+import { CID } from 'multiformats/cid'
 
 const [service, nArg] = process.argv.slice(2)
 const n = parseInt(nArg || '20', 10)
@@ -40,6 +42,27 @@ try {
   await agent.com.atproto.repo.deleteRecord({ repo: agent.session.did, collection: 'app.bsky.feed.post', rkey })
   const d = await agent.com.atproto.repo.describeRepo({ repo: handle })
   check(d.data.collections.includes('app.bsky.feed.post'), 'describeRepo')
+  // applyWrites: three creates and a delete in one commit.
+  const aw = await agent.com.atproto.repo.applyWrites({
+    repo: agent.session.did,
+    writes: [0, 1, 2].map((i) => ({ $type: 'com.atproto.repo.applyWrites#create', collection: 'app.bsky.feed.like', rkey: `l${i}`, value: { $type: 'app.bsky.feed.like', subject: { uri: uris[1], cid: got.data.cid }, createdAt: new Date().toISOString() } }))
+      .concat([{ $type: 'com.atproto.repo.applyWrites#delete', collection: 'app.bsky.feed.post', rkey: uris[2].split('/').pop() }]),
+  })
+  check(aw.data.results.length === 4, 'applyWrites results')
+  // The whole repository, verified by @atproto/repo against the DID document's key.
+  const didDoc = agent.session.didDoc ?? (await agent.com.atproto.server.getSession()).data.didDoc
+  const key = 'did:key:' + didDoc.verificationMethod[0].publicKeyMultibase
+  const car = await agent.com.atproto.sync.getRepo({ did: agent.session.did })
+  const verified = await repo.verifyRepoCar(car.data, agent.session.did, key)
+  check(verified.creates.length === n - 2 + 3, `verifyRepoCar saw ${verified.creates.length} records`)
+  // One record with its proof, verified by @atproto/repo.
+  const likeCid = aw.data.results[0].cid
+  const proof = await agent.com.atproto.sync.getRecord({ did: agent.session.did, collection: 'app.bsky.feed.like', rkey: 'l0' })
+  const res = await repo.verifyProofs(proof.data, [{ collection: 'app.bsky.feed.like', rkey: 'l0', cid: CID.parse(likeCid) }], agent.session.did, key)
+  check(res.verified.length === 1 && res.unverified.length === 0, 'verifyProofs')
+  const latest = await agent.com.atproto.sync.getLatestCommit({ did: agent.session.did })
+  check(latest.data.cid === aw.data.commit.cid, 'getLatestCommit')
+  out.verifiedRecords = verified.creates.length
   await agent.sessionManager?.refreshSession?.()
   const s = await agent.com.atproto.server.getSession()
   check(s.data.handle === handle, 'getSession after refresh')

@@ -9,6 +9,7 @@ mod error;
 mod extract;
 mod repo;
 mod server;
+mod sync;
 
 use std::sync::Arc;
 
@@ -131,6 +132,10 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/xrpc/com.atproto.repo.deleteRecord", post(repo::delete_record))
         .route("/xrpc/com.atproto.repo.getRecord", get(repo::get_record))
         .route("/xrpc/com.atproto.repo.listRecords", get(repo::list_records))
+        .route("/xrpc/com.atproto.repo.applyWrites", post(repo::apply_writes))
+        .route("/xrpc/com.atproto.sync.getRepo", get(sync::get_repo))
+        .route("/xrpc/com.atproto.sync.getLatestCommit", get(sync::get_latest_commit))
+        .route("/xrpc/com.atproto.sync.getRecord", get(sync::get_record))
         .route(
             "/xrpc/{*method}",
             axum::routing::any(|| async {

@@ -308,3 +308,76 @@ pub(crate) async fn describe_repo(State(st): State<Arc<XrpcState>>, XQuery(q): X
     })
     .await
 }
+
+/// Most writes one applyWrites call may carry (the reference PDS's limit).
+pub(crate) const MAX_WRITES: usize = 200;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ApplyWrites {
+    repo: String,
+    validate: Option<bool>,
+    writes: Vec<Value>,
+    swap_commit: Option<String>,
+}
+
+pub(crate) async fn apply_writes(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<ApplyWrites>,
+) -> Res {
+    blocking(move || {
+        let account = writable(&st, &headers, &b.repo)?;
+        if b.writes.len() > MAX_WRITES {
+            return Err(XrpcError::invalid(format!("Too many writes. Max: {MAX_WRITES}")));
+        }
+        let mut writes = Vec::with_capacity(b.writes.len());
+        let mut statuses = Vec::with_capacity(b.writes.len());
+        for (i, w) in b.writes.iter().enumerate() {
+            let ty = w.get("$type").and_then(Value::as_str).unwrap_or("");
+            let field = |k: &str| w.get(k).and_then(Value::as_str).ok_or_else(|| XrpcError::invalid(format!("writes[{i}].{k} is required")));
+            let collection = nsid(field("collection")?)?;
+            match ty {
+                "com.atproto.repo.applyWrites#create" => {
+                    let rkey = match w.get("rkey").and_then(Value::as_str) {
+                        Some(r) => rkey(r)?,
+                        None => RecordKey::new(st.tids.next().to_string()).map_err(XrpcError::internal)?,
+                    };
+                    let value = w.get("value").cloned().ok_or_else(|| XrpcError::invalid(format!("writes[{i}].value is required")))?;
+                    let (record, status) = prepare_record(&st, &collection, rkey.as_str(), value, b.validate)?;
+                    statuses.push(Some(status));
+                    writes.push(Write::Create { collection, rkey, record });
+                }
+                "com.atproto.repo.applyWrites#update" => {
+                    let rkey = rkey(field("rkey")?)?;
+                    let value = w.get("value").cloned().ok_or_else(|| XrpcError::invalid(format!("writes[{i}].value is required")))?;
+                    let (record, status) = prepare_record(&st, &collection, rkey.as_str(), value, b.validate)?;
+                    statuses.push(Some(status));
+                    writes.push(Write::Update { collection, rkey, record, swap: None });
+                }
+                "com.atproto.repo.applyWrites#delete" => {
+                    statuses.push(None);
+                    writes.push(Write::Delete { collection, rkey: rkey(field("rkey")?)?, swap: None });
+                }
+                other => return Err(XrpcError::invalid(format!("writes[{i}]: unknown write type {other:?}"))),
+            }
+        }
+        let res = st.accounts.apply_writes(&account.did, &writes, cid_param(&b.swap_commit)?)?;
+        let results: Vec<Value> = res
+            .ops
+            .iter()
+            .zip(&statuses)
+            .map(|(op, status)| match (op.cid, status) {
+                (Some(cid), Some(status)) => json!({
+                    "$type": if op.prev.is_some() { "com.atproto.repo.applyWrites#updateResult" } else { "com.atproto.repo.applyWrites#createResult" },
+                    "uri": format!("at://{}/{}", account.did, op.path),
+                    "cid": cid.to_string(),
+                    "validationStatus": status.as_str(),
+                }),
+                _ => json!({ "$type": "com.atproto.repo.applyWrites#deleteResult" }),
+            })
+            .collect();
+        Ok(Json(json!({ "commit": commit_json(&res), "results": results })))
+    })
+    .await
+}
