@@ -310,3 +310,69 @@ async fn records_crud_listing_validation_and_refusals() {
     let (s, v) = call(&n, "GET", "/xrpc/com.atproto.repo.describeRepo?repo=alice.test", None, None).await;
     assert_eq!((s, v["collections"][0].as_str()), (StatusCode::OK, Some("app.bsky.feed.post")));
 }
+
+#[tokio::test]
+async fn apply_writes_limits_and_sync_reads() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let create = |i: usize| json!({"$type": "com.atproto.repo.applyWrites#create", "collection": "com.example.note", "rkey": format!("n{i}"), "value": {"text": i.to_string()}});
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.applyWrites",
+        Some(token),
+        Some(json!({"repo": did, "writes": (0..201).map(create).collect::<Vec<_>>()})),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")));
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.applyWrites",
+        Some(token),
+        Some(json!({"repo": did, "writes": (0..200).map(create).collect::<Vec<_>>()})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["results"].as_array().unwrap().len(), 200);
+    let bad_type =
+        json!({"$type": "com.atproto.repo.applyWrites#explode", "collection": "com.example.note", "rkey": "x"});
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.applyWrites",
+        Some(token),
+        Some(json!({"repo": did, "writes": [create(500), bad_type]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, all) = call(
+        &n,
+        "GET",
+        "/xrpc/com.atproto.repo.listRecords?repo=alice.test&collection=com.example.note&limit=100",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(all["records"].as_array().unwrap().len(), 100, "the refused batch wrote nothing");
+
+    let (s, latest) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.getLatestCommit?did={did}"), None, None).await;
+    assert_eq!((s, &latest["cid"]), (StatusCode::OK, &v["commit"]["cid"]));
+    let (s, e) =
+        call(&n, "GET", "/xrpc/com.atproto.sync.getLatestCommit?did=did:plc:nobodynobodynobodynobody", None, None)
+            .await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("RepoNotFound")));
+    let (s, e) = call(&n, "GET", "/xrpc/com.atproto.sync.getRepo", None, None).await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")), "missing did");
+    let resp = n
+        .app
+        .clone()
+        .oneshot(Request::get(format!("/xrpc/com.atproto.sync.getRepo?did={did}")).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/vnd.ipld.car");
+    let car = resp.into_body().collect().await.unwrap().to_bytes();
+    let blocks = ues_sync::repo::ipld::car::CarReader::new(&car[..]).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    assert!(blocks.len() > 200);
+}
