@@ -67,6 +67,8 @@ pub(crate) struct XrpcSection {
     pub(crate) lexicons_dir: PathBuf,
     /// Largest request body in MiB.
     pub(crate) max_body_mib: usize,
+    /// Largest blob in MiB.
+    pub(crate) max_blob_mib: usize,
 }
 
 impl Default for XrpcSection {
@@ -77,6 +79,7 @@ impl Default for XrpcSection {
             plc_url: String::new(),
             lexicons_dir: PathBuf::from("./lexicons"),
             max_body_mib: 16,
+            max_blob_mib: 100,
         }
     }
 }

@@ -224,6 +224,7 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
         jwt_secret: identity::jwt_secret(&cfg.data_dir)?,
         plc_url: (!cfg.xrpc.plc_url.is_empty()).then(|| cfg.xrpc.plc_url.clone()),
         max_body_bytes: cfg.xrpc.max_body_mib << 20,
+        max_blob_bytes: (cfg.xrpc.max_blob_mib as u64) << 20,
     };
     ues_protocol::xrpc::XrpcState::new(accounts, lexicons, kv, xcfg).map_err(|e| anyhow::anyhow!("{}", e.message))
 }

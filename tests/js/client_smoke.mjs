@@ -63,6 +63,16 @@ try {
   const latest = await agent.com.atproto.sync.getLatestCommit({ did: agent.session.did })
   check(latest.data.cid === aw.data.commit.cid, 'getLatestCommit')
   out.verifiedRecords = verified.creates.length
+  // A blob: upload, reference from a post, fetch back byte for byte.
+  const bytes = new Uint8Array(200_000).map((_, i) => i % 251)
+  const up = await agent.uploadBlob(bytes, { encoding: 'image/png' })
+  await agent.com.atproto.repo.createRecord({
+    repo: agent.session.did, collection: 'app.bsky.feed.post',
+    record: { $type: 'app.bsky.feed.post', text: 'with a picture', createdAt: new Date().toISOString(),
+      embed: { $type: 'app.bsky.embed.images', images: [{ alt: 'pattern', image: up.data.blob }] } },
+  })
+  const back = await agent.com.atproto.sync.getBlob({ did: agent.session.did, cid: up.data.blob.ref.toString() })
+  check(back.data.length === bytes.length && back.data.every((b, i) => b === bytes[i]), 'getBlob bytes')
   await agent.sessionManager?.refreshSession?.()
   const s = await agent.com.atproto.server.getSession()
   check(s.data.handle === handle, 'getSession after refresh')

@@ -38,6 +38,7 @@ fn node() -> Node {
         jwt_secret: b"test secret".to_vec(),
         plc_url: None,
         max_body_bytes: 64 * 1024,
+        max_blob_bytes: 1024 * 1024,
     };
     let state = Arc::new(XrpcState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap());
     Node { app: router(state.clone()), state, _dir: dir }
@@ -375,4 +376,75 @@ async fn apply_writes_limits_and_sync_reads() {
     let car = resp.into_body().collect().await.unwrap().to_bytes();
     let blocks = ues_sync::repo::ipld::car::CarReader::new(&car[..]).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
     assert!(blocks.len() > 200);
+}
+
+#[tokio::test]
+async fn blobs_upload_reference_fetch_and_limits() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let png: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let req = Request::post("/xrpc/com.atproto.repo.uploadBlob")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "image/png")
+        .body(Body::from(png.clone()))
+        .unwrap();
+    let resp = n.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let up: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!((up["blob"]["mimeType"].as_str(), up["blob"]["size"].as_u64()), (Some("image/png"), Some(300_000)));
+    let cid = up["blob"]["ref"]["$link"].as_str().unwrap().to_string();
+
+    // Over the limit: 413, nothing stored. Without a token: 401.
+    let big = Request::post("/xrpc/com.atproto.repo.uploadBlob")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "video/mp4")
+        .body(Body::from(vec![0u8; 1024 * 1024 + 10]))
+        .unwrap();
+    let resp = n.app.clone().oneshot(big).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let anon = Request::post("/xrpc/com.atproto.repo.uploadBlob")
+        .header("content-type", "image/png")
+        .body(Body::from(vec![1u8; 10]))
+        .unwrap();
+    assert_eq!(n.app.clone().oneshot(anon).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    // A record referencing it; then listBlobs and getBlob.
+    let record = json!({"$type": "app.bsky.feed.post", "text": "pic", "createdAt": "2026-11-24T12:00:00.000Z",
+        "embed": {"$type": "app.bsky.embed.images", "images": [{"alt": "", "image": up["blob"]}]}});
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.createRecord",
+        Some(token),
+        Some(json!({"repo": did, "collection": "app.bsky.feed.post", "record": record})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, listed) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.listBlobs?did={did}"), None, None).await;
+    assert_eq!(listed["cids"][0].as_str(), Some(cid.as_str()));
+    let resp = n
+        .app
+        .clone()
+        .oneshot(
+            Request::get(format!("/xrpc/com.atproto.sync.getBlob?did={did}&cid={cid}")).body(Body::empty()).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().to_vec(), png);
+    let (s, e) = call(
+        &n,
+        "GET",
+        &format!(
+            "/xrpc/com.atproto.sync.getBlob?did={did}&cid=bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        ),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("BlobNotFound")));
+    let (s, m) = call(&n, "GET", "/xrpc/com.atproto.repo.listMissingBlobs", Some(token), None).await;
+    assert_eq!((s, m["blobs"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
 }

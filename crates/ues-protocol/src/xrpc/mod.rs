@@ -5,6 +5,7 @@
 //! PDS's names and statuses; internals are logged, never sent.
 
 mod auth;
+mod blob;
 mod error;
 mod extract;
 mod repo;
@@ -18,6 +19,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use ues_sync::repo::accounts::Accounts;
+use ues_sync::repo::blobs::{BlobLimits, BlobStore};
 use ues_sync::repo::ipld::storage::{Blockstore, Kv, Migration};
 use ues_sync::repo::lexicon::Lexicons;
 use ues_sync::repo::syntax::TidGenerator;
@@ -38,8 +40,10 @@ pub struct XrpcConfig {
     pub jwt_secret: Vec<u8>,
     /// A did:plc directory to submit genesis operations to, when one is configured.
     pub plc_url: Option<String>,
-    /// Largest request body accepted.
+    /// Largest request body accepted (JSON).
     pub max_body_bytes: usize,
+    /// Largest blob accepted by uploadBlob.
+    pub max_blob_bytes: u64,
 }
 
 /// What every handler shares.
@@ -54,6 +58,8 @@ pub struct XrpcState {
     pub cfg: XrpcConfig,
     /// Record keys for createRecord without an rkey.
     pub tids: TidGenerator,
+    /// Account blobs.
+    pub blobs: BlobStore<Arc<dyn Blockstore>, Arc<dyn Kv>>,
 }
 
 /// SQLite schema the XRPC layer adds (credentials are a protocol concern).
@@ -75,7 +81,9 @@ impl XrpcState {
         cfg: XrpcConfig,
     ) -> Result<Self, XrpcError> {
         accounts.db().migrate(MIGRATIONS).map_err(XrpcError::internal)?;
-        Ok(Self { accounts, lexicons, kv, cfg, tids: TidGenerator::new(7) })
+        let limits = BlobLimits { max_size: cfg.max_blob_bytes, ..BlobLimits::default() };
+        let blobs = BlobStore::new(accounts.blocks().clone(), kv.clone(), accounts.db().clone(), limits);
+        Ok(Self { accounts, lexicons, kv, cfg, tids: TidGenerator::new(7), blobs })
     }
 
     /// An access token for `did` expiring at `exp` (Unix seconds): lets tests force expiry.
@@ -133,6 +141,13 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/xrpc/com.atproto.repo.getRecord", get(repo::get_record))
         .route("/xrpc/com.atproto.repo.listRecords", get(repo::list_records))
         .route("/xrpc/com.atproto.repo.applyWrites", post(repo::apply_writes))
+        .route(
+            "/xrpc/com.atproto.repo.uploadBlob",
+            post(blob::upload_blob).layer(DefaultBodyLimit::max(state.cfg.max_blob_bytes as usize + 1)),
+        )
+        .route("/xrpc/com.atproto.repo.listMissingBlobs", get(blob::list_missing_blobs))
+        .route("/xrpc/com.atproto.sync.getBlob", get(blob::get_blob))
+        .route("/xrpc/com.atproto.sync.listBlobs", get(blob::list_blobs))
         .route("/xrpc/com.atproto.sync.getRepo", get(sync::get_repo))
         .route("/xrpc/com.atproto.sync.getLatestCommit", get(sync::get_latest_commit))
         .route("/xrpc/com.atproto.sync.getRecord", get(sync::get_record))
