@@ -448,3 +448,67 @@ async fn blobs_upload_reference_fetch_and_limits() {
     let (s, m) = call(&n, "GET", "/xrpc/com.atproto.repo.listMissingBlobs", Some(token), None).await;
     assert_eq!((s, m["blobs"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
 }
+
+#[tokio::test]
+async fn sync_listings_blocks_and_well_known() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    account(&n, "bob.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let (_, made) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.createRecord",
+        Some(token),
+        Some(json!({"repo": did, "collection": "com.example.note", "rkey": "a", "record": {"text": "x"}})),
+    )
+    .await;
+
+    let (s, repos) = call(&n, "GET", "/xrpc/com.atproto.sync.listRepos?limit=1", None, None).await;
+    assert_eq!((s, repos["repos"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+    let cursor = repos["cursor"].as_str().unwrap();
+    let (_, rest) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.listRepos?cursor={cursor}"), None, None).await;
+    assert_eq!(rest["repos"].as_array().map(Vec::len), Some(1));
+    assert!(rest.get("cursor").is_none());
+    let (s, st) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.getRepoStatus?did={did}"), None, None).await;
+    assert_eq!((s, st["active"].as_bool(), &st["rev"]), (StatusCode::OK, Some(true), &made["commit"]["rev"]));
+
+    let record_cid = made["cid"].as_str().unwrap();
+    let resp = n
+        .app
+        .clone()
+        .oneshot(
+            Request::get(format!("/xrpc/com.atproto.sync.getBlocks?did={did}&cids={record_cid}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let car = resp.into_body().collect().await.unwrap().to_bytes();
+    let blocks = ues_sync::repo::ipld::car::CarReader::new(&car[..]).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].0.to_string(), record_cid);
+    let unknown = "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm";
+    let (s, e) =
+        call(&n, "GET", &format!("/xrpc/com.atproto.sync.getBlocks?did={did}&cids={unknown}"), None, None).await;
+    assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("BlockNotFound")));
+
+    let resp = n
+        .app
+        .clone()
+        .oneshot(Request::get("/.well-known/atproto-did").header("host", "alice.test").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap(), did);
+    let resp = n
+        .app
+        .clone()
+        .oneshot(Request::get("/.well-known/atproto-did").header("host", "nobody.test").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let (s, doc) = call(&n, "GET", "/.well-known/did.json", None, None).await;
+    assert_eq!((s, doc["id"].as_str()), (StatusCode::OK, Some("did:web:localhost")));
+}

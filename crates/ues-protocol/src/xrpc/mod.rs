@@ -151,6 +151,11 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/xrpc/com.atproto.sync.getRepo", get(sync::get_repo))
         .route("/xrpc/com.atproto.sync.getLatestCommit", get(sync::get_latest_commit))
         .route("/xrpc/com.atproto.sync.getRecord", get(sync::get_record))
+        .route("/xrpc/com.atproto.sync.listRepos", get(sync::list_repos))
+        .route("/xrpc/com.atproto.sync.getRepoStatus", get(sync::get_repo_status))
+        .route("/xrpc/com.atproto.sync.getBlocks", get(sync::get_blocks))
+        .route("/.well-known/atproto-did", get(server::well_known_atproto_did))
+        .route("/.well-known/did.json", get(server::well_known_did_json))
         .route(
             "/xrpc/{*method}",
             axum::routing::any(|| async {

@@ -287,3 +287,26 @@ pub(crate) async fn resolve_handle(State(st): State<Arc<XrpcState>>, XQuery(q): 
         None => Err(XrpcError::bad("HandleNotFound", "Unable to resolve handle")),
     }
 }
+
+/// `/.well-known/atproto-did`: the DID of the account whose handle is this request's host.
+pub(crate) async fn well_known_atproto_did(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+) -> Result<String, StatusCode> {
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host = host.split(':').next().unwrap_or("");
+    let handle = Handle::new(host).map_err(|_| StatusCode::NOT_FOUND)?;
+    match st.accounts.by_handle(&handle) {
+        Ok(Some(a)) => Ok(a.did.to_string()),
+        _ => Err(StatusCode::NOT_FOUND),
+    }
+}
+
+/// `/.well-known/did.json`: the node's own did:web document, naming it an AT Protocol PDS.
+pub(crate) async fn well_known_did_json(State(st): State<Arc<XrpcState>>) -> Json<Value> {
+    Json(json!({
+        "@context": ["https://www.w3.org/ns/did/v1"],
+        "id": st.cfg.service_did,
+        "service": [{ "id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": st.cfg.public_url }],
+    }))
+}

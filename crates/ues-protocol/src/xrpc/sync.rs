@@ -110,3 +110,114 @@ pub(crate) async fn get_record(
     })
     .await
 }
+
+#[derive(Deserialize)]
+pub(crate) struct ListRepos {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Every hosted repository with its head, in DID order.
+pub(crate) async fn list_repos(
+    State(st): State<Arc<XrpcState>>,
+    XQuery(q): XQuery<ListRepos>,
+) -> Result<Response, XrpcError> {
+    blocking(move || {
+        let limit = q.limit.unwrap_or(500).clamp(1, 1000);
+        let rows: Vec<(String, String, String, String)> = st
+            .accounts
+            .db()
+            .read(|c| {
+                let mut s = c.prepare_cached(
+                    "SELECT did, head, rev, status FROM account WHERE (?1 IS NULL OR did > ?1) ORDER BY did LIMIT ?2",
+                )?;
+                let rows = s
+                    .query_map(ues_sync::repo::ipld::storage::rusqlite::params![q.cursor, limit as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(XrpcError::internal)?;
+        let repos: Vec<_> = rows
+            .iter()
+            .map(|(did, head, rev, status)| {
+                let mut r = json!({ "did": did, "head": head, "rev": rev, "active": status == "active" });
+                if status != "active" {
+                    r["status"] = json!(status);
+                }
+                r
+            })
+            .collect();
+        let mut out = json!({ "repos": repos });
+        if rows.len() == limit
+            && let Some(last) = rows.last()
+        {
+            out["cursor"] = json!(last.0);
+        }
+        Ok(axum::Json(out).into_response())
+    })
+    .await
+}
+
+pub(crate) async fn get_repo_status(
+    State(st): State<Arc<XrpcState>>,
+    XQuery(q): XQuery<DidOnly>,
+) -> Result<Response, XrpcError> {
+    blocking(move || {
+        let did = did_param(&st, &q.did)?;
+        let a = st.accounts.get(&did)?.ok_or_else(|| XrpcError::bad("RepoNotFound", "no such repo"))?;
+        let mut out = json!({ "did": a.did.as_str(), "active": a.status == "active", "rev": a.rev });
+        if a.status != "active" {
+            out["status"] = json!(a.status);
+        }
+        Ok(axum::Json(out).into_response())
+    })
+    .await
+}
+
+struct GetBlocks {
+    did: String,
+    cids: Vec<String>,
+}
+
+/// Blocks of a repository by CID, as a CAR. Only blocks the repository holds are served.
+pub(crate) async fn get_blocks(
+    State(st): State<Arc<XrpcState>>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<Response, XrpcError> {
+    // `cids` repeats (`?cids=a&cids=b`), which serde_urlencoded does not collect; parse by hand.
+    let raw = raw.unwrap_or_default();
+    let mut q = GetBlocks { did: String::new(), cids: Vec::new() };
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        match &*k {
+            "did" => q.did = v.into_owned(),
+            "cids" => q.cids.push(v.into_owned()),
+            _ => {}
+        }
+    }
+    if q.cids.len() > 1000 {
+        return Err(XrpcError::invalid("at most 1000 cids"));
+    }
+    blocking(move || {
+        let did = did_param(&st, &q.did)?;
+        let mut car = CarWriter::new(Vec::new(), &[]).map_err(XrpcError::internal)?;
+        for c in &q.cids {
+            let cid: cid::Cid = c.parse().map_err(|e| XrpcError::invalid(format!("bad CID {c}: {e}")))?;
+            let held: bool = st
+                .accounts
+                .db()
+                .read(|conn| {
+                    conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM repo_block WHERE did = ?1 AND cid = ?2)")?
+                        .query_row([did.as_str(), c.as_str()], |r| r.get(0))
+                })
+                .map_err(XrpcError::internal)?;
+            let bytes = if held { st.accounts.blocks().get(&cid).map_err(XrpcError::internal)? } else { None };
+            let Some(bytes) = bytes else {
+                return Err(XrpcError::bad("BlockNotFound", format!("Could not find block: {c}")));
+            };
+            car.write_block(&cid, &bytes).map_err(XrpcError::internal)?;
+        }
+        Ok(car_response(car.finish().map_err(XrpcError::internal)?))
+    })
+    .await
+}
