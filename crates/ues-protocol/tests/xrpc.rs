@@ -509,6 +509,18 @@ async fn sync_listings_blocks_and_well_known() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri("/xrpc/com.atproto.repo.createRecord")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization,content-type")
+        .body(Body::empty())
+        .unwrap();
+    let resp = n.app.clone().oneshot(preflight).await.unwrap();
+    assert!(resp.status().is_success());
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+
     let (s, doc) = call(&n, "GET", "/.well-known/did.json", None, None).await;
     assert_eq!((s, doc["id"].as_str()), (StatusCode::OK, Some("did:web:localhost")));
 }

@@ -167,5 +167,7 @@ pub fn router(state: Arc<XrpcState>) -> Router {
             }),
         )
         .layer(DefaultBodyLimit::max(limit))
+        // Browser clients call XRPC cross-origin; tokens travel in headers, never cookies.
+        .layer(tower_http::cors::CorsLayer::permissive().max_age(std::time::Duration::from_secs(86_400)))
         .with_state(state)
 }
