@@ -155,6 +155,33 @@ impl From<rusqlite::Error> for AccountError {
     }
 }
 
+/// What a commit hook is told, inside the SQLite transaction that moves the head.
+#[derive(Debug)]
+pub enum RepoEvent<'a> {
+    /// A new account with its first (empty) commit.
+    Created {
+        /// The account's DID.
+        did: &'a Did,
+        /// Its handle.
+        handle: &'a Handle,
+        /// The first commit.
+        commit: &'a CommitResult,
+    },
+    /// A commit to an existing repository.
+    Committed {
+        /// The repository.
+        did: &'a Did,
+        /// The commit.
+        commit: &'a CommitResult,
+        /// The blocks a firehose event carries (new blocks plus covering proofs).
+        blocks: &'a [(Cid, Vec<u8>)],
+    },
+}
+
+/// A hook run inside the transaction of every commit, so that what it writes (a sequenced
+/// firehose event) commits or rolls back with the head.
+pub type CommitHook = Box<dyn Fn(&rusqlite::Transaction<'_>, &RepoEvent<'_>) -> rusqlite::Result<()> + Send + Sync>;
+
 /// Accounts and repositories of one node.
 pub struct Accounts<B> {
     blocks: B,
@@ -164,6 +191,8 @@ pub struct Accounts<B> {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Parsed signing keys (parsing derives the public point: too slow to repeat per commit).
     keys: Mutex<HashMap<String, Keypair>>,
+    /// Run inside every commit's transaction.
+    hook: Option<CommitHook>,
 }
 
 fn now_ms() -> i64 {
@@ -218,7 +247,13 @@ impl<B: Blockstore> Accounts<B> {
             tids: TidGenerator::new(clock_id),
             locks: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            hook: None,
         })
+    }
+
+    /// Installs the hook run inside every commit's transaction.
+    pub fn set_commit_hook(&mut self, hook: CommitHook) {
+        self.hook = Some(hook);
     }
 
     /// The blockstore.
@@ -279,7 +314,11 @@ impl<B: Blockstore> Accounts<B> {
                     AccountError::Taken(format!("{did} / {handle}"))
                 }
                 e => e.into(),
-            })
+            })?;
+            if let Some(hook) = &self.hook {
+                hook(tx, &RepoEvent::Created { did: &did, handle: &handle.normalized(), commit: &res })?;
+            }
+            Ok::<_, AccountError>(())
         })?;
         let account = self.get(&did)?.expect("just inserted");
         Ok((account, key, res))
@@ -372,6 +411,7 @@ impl<B: Blockstore> Accounts<B> {
         }
         let mut repo = self.repo(did)?;
         let res = repo.apply_writes(writes, &key, self.tids.next(), swap_commit)?;
+        let event_blocks = if self.hook.is_some() { repo.commit_event_blocks(&res)? } else { Vec::new() };
         let records: HashMap<&str, &Ipld> = writes
             .iter()
             .filter_map(|w| match w {
@@ -435,6 +475,9 @@ impl<B: Blockstore> Accounts<B> {
             for (path, cid) in &blob_refs {
                 tx.prepare_cached("INSERT OR IGNORE INTO record_blob (did, path, cid) VALUES (?1, ?2, ?3)")?
                     .execute(params![did.as_str(), path, cid])?;
+            }
+            if let Some(hook) = &self.hook {
+                hook(tx, &RepoEvent::Committed { did, commit: &res, blocks: &event_blocks })?;
             }
             Ok::<_, AccountError>(())
         })?;

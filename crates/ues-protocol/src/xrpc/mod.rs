@@ -8,6 +8,7 @@ mod auth;
 mod blob;
 mod error;
 mod extract;
+mod firehose;
 mod repo;
 mod server;
 mod sync;
@@ -60,6 +61,8 @@ pub struct XrpcState {
     pub tids: TidGenerator,
     /// Account blobs.
     pub blobs: BlobStore<Arc<dyn Blockstore>, Arc<dyn Kv>>,
+    /// The event stream's sequencer.
+    pub firehose: firehose::Firehose,
 }
 
 /// SQLite schema the XRPC layer adds (credentials are a protocol concern).
@@ -75,15 +78,18 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 impl XrpcState {
     /// Builds the state, applying the XRPC layer's migrations.
     pub fn new(
-        accounts: Accounts<Arc<dyn Blockstore>>,
+        mut accounts: Accounts<Arc<dyn Blockstore>>,
         lexicons: Lexicons,
         kv: Arc<dyn Kv>,
         cfg: XrpcConfig,
     ) -> Result<Self, XrpcError> {
         accounts.db().migrate(MIGRATIONS).map_err(XrpcError::internal)?;
+        accounts.db().migrate(firehose::MIGRATIONS).map_err(XrpcError::internal)?;
+        accounts.set_commit_hook(firehose::sequencer_hook());
+        let firehose = firehose::Firehose::new(accounts.db().clone());
         let limits = BlobLimits { max_size: cfg.max_blob_bytes, ..BlobLimits::default() };
         let blobs = BlobStore::new(accounts.blocks().clone(), kv.clone(), accounts.db().clone(), limits);
-        Ok(Self { accounts, lexicons, kv, cfg, tids: TidGenerator::new(7), blobs })
+        Ok(Self { accounts, lexicons, kv, cfg, tids: TidGenerator::new(7), blobs, firehose })
     }
 
     /// An access token for `did` expiring at `exp` (Unix seconds): lets tests force expiry.
@@ -152,6 +158,7 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/xrpc/com.atproto.sync.getLatestCommit", get(sync::get_latest_commit))
         .route("/xrpc/com.atproto.sync.getRecord", get(sync::get_record))
         .route("/xrpc/com.atproto.sync.listRepos", get(sync::list_repos))
+        .route("/xrpc/com.atproto.sync.subscribeRepos", get(firehose::subscribe_repos))
         .route("/xrpc/com.atproto.sync.getRepoStatus", get(sync::get_repo_status))
         .route("/xrpc/com.atproto.sync.getBlocks", get(sync::get_blocks))
         .route("/.well-known/atproto-did", get(server::well_known_atproto_did))

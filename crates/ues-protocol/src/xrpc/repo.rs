@@ -125,6 +125,7 @@ pub(crate) async fn create_record(
         let (record, status) = prepare_record(&st, &collection, rkey.as_str(), b.record, b.validate)?;
         let write = Write::Create { collection: collection.clone(), rkey: rkey.clone(), record };
         let res = st.accounts.apply_writes(&account.did, &[write], cid_param(&b.swap_commit)?)?;
+        st.firehose.notify();
         Ok(Json(json!({
             "uri": format!("at://{}/{collection}/{rkey}", account.did),
             "cid": res.ops[0].cid.map(|c| c.to_string()),
@@ -166,6 +167,7 @@ pub(crate) async fn put_record(
         };
         let write = Write::Update { collection: collection.clone(), rkey: rkey.clone(), record, swap };
         let res = st.accounts.apply_writes(&account.did, &[write], cid_param(&b.swap_commit)?)?;
+        st.firehose.notify();
         Ok(Json(json!({
             "uri": format!("at://{}/{collection}/{rkey}", account.did),
             "cid": res.ops[0].cid.map(|c| c.to_string()),
@@ -195,7 +197,9 @@ pub(crate) async fn delete_record(
         let account = writable(&st, &headers, &b.repo)?;
         let write =
             Write::Delete { collection: nsid(&b.collection)?, rkey: rkey(&b.rkey)?, swap: cid_param(&b.swap_record)? };
-        match st.accounts.apply_writes(&account.did, &[write], cid_param(&b.swap_commit)?) {
+        let outcome = st.accounts.apply_writes(&account.did, &[write], cid_param(&b.swap_commit)?);
+        st.firehose.notify();
+        match outcome {
             Ok(res) => Ok(Json(json!({ "commit": commit_json(&res) }))),
             // Deleting what is not there is not an error to the reference PDS: no commit.
             Err(ues_sync::repo::accounts::AccountError::Repo(e))
@@ -363,6 +367,7 @@ pub(crate) async fn apply_writes(
             }
         }
         let res = st.accounts.apply_writes(&account.did, &writes, cid_param(&b.swap_commit)?)?;
+        st.firehose.notify();
         let results: Vec<Value> = res
             .ops
             .iter()

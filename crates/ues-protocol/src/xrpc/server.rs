@@ -138,6 +138,7 @@ pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body)
         let did = Did::new(did).map_err(XrpcError::internal)?;
         let password_hash = body.password.as_deref().map(auth::hash_password);
         let (account, _, _) = st2.accounts.create_with_key(did.clone(), handle, key)?;
+        st2.firehose.notify();
         st2.accounts
             .db()
             .write(|tx| {

@@ -1,0 +1,297 @@
+//! `com.atproto.sync.subscribeRepos`: the durable sequencer and the WebSocket event stream.
+//!
+//! Every commit writes its event frame into `repo_seq` inside the same SQLite transaction that
+//! moves the repository head (a commit hook), so the stream can never miss or invent a commit.
+//! Subscribers replay from the table after their cursor and then follow it; a `watch` channel
+//! wakes them when new events land. Memory per subscriber is bounded by one batch; a subscriber
+//! further behind than `max_lag` events gets `ConsumerTooSlow` and is closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use serde::Deserialize;
+use tokio::sync::watch;
+use ues_sync::repo::accounts::{CommitHook, RepoEvent};
+use ues_sync::repo::ipld::car::CarWriter;
+use ues_sync::repo::ipld::storage::rusqlite::{self, OptionalExtension, params};
+use ues_sync::repo::ipld::storage::{Migration, Sqlite};
+use ues_sync::repo::ipld::{Ipld, dagcbor};
+use ues_sync::repo::repo::Action;
+
+use super::XrpcState;
+use super::extract::XQuery;
+
+/// The sequencer's table.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    id: "protocol/0002_sequencer",
+    sql: "CREATE TABLE repo_seq (
+        seq INTEGER PRIMARY KEY,
+        did TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        frame BLOB NOT NULL,
+        at INTEGER NOT NULL
+    );",
+}];
+
+/// Events fetched per batch for a subscriber.
+const BATCH: i64 = 500;
+
+fn now_iso() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
+}
+
+fn map(entries: Vec<(&str, Ipld)>) -> Ipld {
+    Ipld::Map(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// A frame: DAG-CBOR header `{op, t}` followed by the DAG-CBOR body.
+fn frame(t: &str, body: Ipld) -> Vec<u8> {
+    let mut out = dagcbor::encode(&map(vec![("op", Ipld::Integer(1)), ("t", Ipld::String(t.into()))]));
+    out.extend(dagcbor::encode(&body));
+    out
+}
+
+/// An error frame (`op: -1`).
+fn error_frame(error: &str, message: &str) -> Vec<u8> {
+    let mut out = dagcbor::encode(&map(vec![("op", Ipld::Integer(-1))]));
+    out.extend(dagcbor::encode(&map(vec![
+        ("error", Ipld::String(error.into())),
+        ("message", Ipld::String(message.into())),
+    ])));
+    out
+}
+
+fn car_of(root: &cid::Cid, blocks: &[(cid::Cid, Vec<u8>)]) -> Vec<u8> {
+    let mut car = CarWriter::new(Vec::new(), std::slice::from_ref(root)).expect("writing to memory");
+    for (c, d) in blocks {
+        car.write_block(c, d).expect("writing to memory");
+    }
+    car.finish().expect("writing to memory")
+}
+
+fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    did: &str,
+    kind: &str,
+    body: impl FnOnce(i64) -> Ipld,
+) -> rusqlite::Result<()> {
+    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM repo_seq", [], |r| r.get(0))?;
+    let bytes = frame(kind, body(seq));
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    tx.prepare_cached("INSERT INTO repo_seq (seq, did, kind, frame, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![seq, did, kind, bytes, at])?;
+    Ok(())
+}
+
+fn commit_body(seq: i64, did: &str, res: &ues_sync::repo::repo::CommitResult, blocks: &[(cid::Cid, Vec<u8>)]) -> Ipld {
+    let ops = res
+        .ops
+        .iter()
+        .map(|op| {
+            let action = match op.action {
+                Action::Create => "create",
+                Action::Update => "update",
+                Action::Delete => "delete",
+            };
+            let mut m = vec![
+                ("action", Ipld::String(action.into())),
+                ("path", Ipld::String(op.path.clone())),
+                ("cid", op.cid.map_or(Ipld::Null, Ipld::Link)),
+            ];
+            if let Some(prev) = op.prev {
+                m.push(("prev", Ipld::Link(prev)));
+            }
+            map(m)
+        })
+        .collect();
+    let mut body = vec![
+        ("seq", Ipld::Integer(seq as i128)),
+        ("rebase", Ipld::Bool(false)),
+        ("tooBig", Ipld::Bool(false)),
+        ("repo", Ipld::String(did.into())),
+        ("commit", Ipld::Link(res.cid)),
+        ("rev", Ipld::String(res.commit.rev.to_string())),
+        ("since", res.since.as_ref().map_or(Ipld::Null, |s| Ipld::String(s.to_string()))),
+        ("blocks", Ipld::Bytes(car_of(&res.cid, blocks))),
+        ("ops", Ipld::List(ops)),
+        ("blobs", Ipld::List(vec![])),
+        ("time", Ipld::String(now_iso())),
+    ];
+    if let Some(p) = res.prev_data {
+        body.push(("prevData", Ipld::Link(p)));
+    }
+    map(body)
+}
+
+/// The commit hook that sequences events: account creation emits `#identity`, `#account`,
+/// `#commit` and `#sync`; every later commit a `#commit`.
+pub(crate) fn sequencer_hook() -> CommitHook {
+    Box::new(|tx, event| match event {
+        RepoEvent::Created { did, handle, commit } => {
+            let d = did.as_str();
+            let time = now_iso();
+            insert(tx, d, "#identity", |seq| {
+                map(vec![
+                    ("seq", Ipld::Integer(seq as i128)),
+                    ("did", Ipld::String(d.into())),
+                    ("time", Ipld::String(time.clone())),
+                    ("handle", Ipld::String(handle.to_string())),
+                ])
+            })?;
+            insert(tx, d, "#account", |seq| {
+                map(vec![
+                    ("seq", Ipld::Integer(seq as i128)),
+                    ("did", Ipld::String(d.into())),
+                    ("time", Ipld::String(time.clone())),
+                    ("active", Ipld::Bool(true)),
+                ])
+            })?;
+            insert(tx, d, "#commit", |seq| commit_body(seq, d, commit, &commit.blocks))?;
+            let commit_block: Vec<_> = commit.blocks.iter().filter(|b| b.0 == commit.cid).cloned().collect();
+            insert(tx, d, "#sync", |seq| {
+                map(vec![
+                    ("seq", Ipld::Integer(seq as i128)),
+                    ("did", Ipld::String(d.into())),
+                    ("blocks", Ipld::Bytes(car_of(&commit.cid, &commit_block))),
+                    ("rev", Ipld::String(commit.commit.rev.to_string())),
+                    ("time", Ipld::String(time.clone())),
+                ])
+            })
+        }
+        RepoEvent::Committed { did, commit, blocks } => {
+            insert(tx, did.as_str(), "#commit", |seq| commit_body(seq, did.as_str(), commit, blocks))
+        }
+    })
+}
+
+/// Wakes subscribers when events land.
+pub struct Firehose {
+    latest: watch::Sender<i64>,
+    db: Arc<Sqlite>,
+    /// A subscriber further behind than this many events is dropped.
+    pub max_lag: i64,
+}
+
+impl Firehose {
+    /// A firehose over the sequencer table in `db`.
+    pub fn new(db: Arc<Sqlite>) -> Self {
+        let latest = latest_seq(&db).unwrap_or(0);
+        Self { latest: watch::channel(latest).0, db, max_lag: 100_000 }
+    }
+
+    /// Re-reads the latest sequence number and wakes subscribers (after a commit).
+    pub fn notify(&self) {
+        if let Ok(seq) = latest_seq(&self.db) {
+            self.latest.send_if_modified(|cur| {
+                let changed = seq > *cur;
+                *cur = (*cur).max(seq);
+                changed
+            });
+        }
+    }
+}
+
+fn latest_seq(db: &Sqlite) -> rusqlite::Result<i64> {
+    db.read(|c| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM repo_seq", [], |r| r.get(0)))
+}
+
+fn oldest_seq(db: &Sqlite) -> rusqlite::Result<Option<i64>> {
+    db.read(|c| c.query_row("SELECT MIN(seq) FROM repo_seq", [], |r| r.get(0)).optional().map(Option::flatten))
+}
+
+fn events_after(db: &Sqlite, after: i64) -> rusqlite::Result<Vec<(i64, Vec<u8>)>> {
+    db.read(|c| {
+        let mut st = c.prepare_cached("SELECT seq, frame FROM repo_seq WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = st.query_map(params![after, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Subscribe {
+    cursor: Option<i64>,
+}
+
+pub(crate) async fn subscribe_repos(
+    State(st): State<Arc<XrpcState>>,
+    XQuery(q): XQuery<Subscribe>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.max_message_size(64 * 1024).on_upgrade(move |socket| stream(st, q.cursor, socket))
+}
+
+async fn stream(st: Arc<XrpcState>, cursor: Option<i64>, mut socket: WebSocket) {
+    let fh = &st.firehose;
+    let mut rx = fh.latest.subscribe();
+    let latest = *rx.borrow_and_update();
+    let mut last = match cursor {
+        Some(c) if c > latest => {
+            let _ = socket.send(Message::Binary(error_frame("FutureCursor", "Cursor in the future.").into())).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+        Some(c) => {
+            let oldest = oldest_seq(&fh.db).ok().flatten().unwrap_or(1);
+            if c + 1 < oldest {
+                let info = frame(
+                    "#info",
+                    map(vec![
+                        ("name", Ipld::String("OutdatedCursor".into())),
+                        ("message", Ipld::String("Requested cursor exceeded limit. Possibly missing events".into())),
+                    ]),
+                );
+                if socket.send(Message::Binary(info.into())).await.is_err() {
+                    return;
+                }
+            }
+            c.max(oldest - 1)
+        }
+        None => latest,
+    };
+    loop {
+        let db = fh.db.clone();
+        let batch = match tokio::task::spawn_blocking(move || events_after(&db, last)).await {
+            Ok(Ok(b)) => b,
+            _ => break,
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                msg = socket.recv() => match msg {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    _ => {}
+                },
+            }
+            continue;
+        }
+        for (seq, bytes) in batch {
+            if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                return;
+            }
+            last = seq;
+        }
+        if *rx.borrow() - last > fh.max_lag {
+            let _ =
+                socket.send(Message::Binary(error_frame("ConsumerTooSlow", "Stream consumer too slow").into())).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+    }
+}

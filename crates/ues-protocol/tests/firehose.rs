@@ -1,0 +1,142 @@
+//! subscribeRepos over a real WebSocket on 127.0.0.1: replay from a cursor, live events,
+//! FutureCursor, and every #commit checked the way a relay checks it (its blocks hold the new
+//! records, and inverting its ops on its blocks alone gives prevData).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{account, call, node};
+use futures::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use ues_sync::repo::ipld::Ipld;
+use ues_sync::repo::ipld::car::CarReader;
+use ues_sync::repo::ipld::dagcbor::{self, DecodeOptions, Reader};
+use ues_sync::repo::ipld::mst::{RecordOp, invert};
+use ues_sync::repo::ipld::storage::{Blockstore, MemoryBlockstore};
+
+async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Splits a frame into (header, body).
+fn parse(frame: &[u8]) -> (Ipld, Ipld) {
+    let mut r = Reader::new(frame);
+    let opts = DecodeOptions::default();
+    let header = dagcbor::decode_atproto(r.skip(&opts).unwrap()).unwrap();
+    let body = r.value(&opts, 0).unwrap();
+    r.finish().unwrap();
+    (header, body)
+}
+
+fn check_commit(body: &Ipld) {
+    let Some(Ipld::Bytes(car)) = body.get("blocks") else { panic!("no blocks") };
+    let store = MemoryBlockstore::verifying();
+    let reader = CarReader::new(&car[..]).unwrap();
+    let root = reader.roots()[0];
+    for b in reader {
+        let (c, d) = b.unwrap();
+        store.put(&c, &d).unwrap();
+    }
+    assert_eq!(Some(&Ipld::Link(root)), body.get("commit"));
+    let commit = dagcbor::decode_atproto(&store.get(&root).unwrap().unwrap()).unwrap();
+    let data = *commit.get("data").unwrap().as_link().unwrap();
+    let Some(Ipld::List(ops)) = body.get("ops") else { panic!("no ops") };
+    let mut inverse = Vec::new();
+    for op in ops {
+        let cid = op.get("cid").and_then(Ipld::as_link).copied();
+        if let Some(c) = cid {
+            assert!(store.has(&c).unwrap(), "the new record is in the event's blocks");
+        }
+        let prev = op.get("prev").and_then(Ipld::as_link).copied();
+        inverse.push(RecordOp { path: op.get("path").unwrap().as_str().unwrap().to_string(), old: prev, new: cid });
+    }
+    if let Some(Ipld::Link(prev_data)) = body.get("prevData") {
+        let (back, _) = invert(&store, data, &inverse).unwrap();
+        assert_eq!(back, *prev_data, "inverting the ops on the event's blocks gives prevData");
+    }
+}
+
+#[tokio::test]
+async fn replay_live_and_cursor_errors() {
+    let n = node();
+    let addr = serve(n.app.clone()).await;
+    let alice = account(&n, "alice.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap().to_string(), alice["accessJwt"].as_str().unwrap().to_string());
+    for i in 0..5 {
+        let (s, v) = call(&n, "POST", "/xrpc/com.atproto.repo.createRecord", Some(&token), Some(json!({"repo": did, "collection": "com.example.note", "rkey": format!("n{i}"), "record": {"text": i.to_string()}}))).await;
+        assert!(s.is_success(), "{v}");
+    }
+    call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.putRecord",
+        Some(&token),
+        Some(json!({"repo": did, "collection": "com.example.note", "rkey": "n1", "record": {"text": "edited"}})),
+    )
+    .await;
+    call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.deleteRecord",
+        Some(&token),
+        Some(json!({"repo": did, "collection": "com.example.note", "rkey": "n2"})),
+    )
+    .await;
+
+    // Replay from cursor 0: account creation's four events, then seven commits.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/xrpc/com.atproto.sync.subscribeRepos?cursor=0"))
+            .await
+            .unwrap();
+    let mut kinds = Vec::new();
+    let mut last_seq = 0;
+    while kinds.len() < 10 {
+        let msg =
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("frames arrive").unwrap().unwrap();
+        let Message::Binary(bytes) = msg else { continue };
+        let (header, body) = parse(&bytes);
+        let t = header.get("t").unwrap().as_str().unwrap().to_string();
+        let Some(Ipld::Integer(seq)) = body.get("seq") else { panic!("no seq") };
+        assert!(*seq > last_seq, "sequence numbers increase");
+        last_seq = *seq;
+        if t == "#commit" {
+            check_commit(&body);
+        }
+        kinds.push(t);
+    }
+    assert_eq!(kinds[..4], ["#identity", "#account", "#commit", "#sync"]);
+    assert!(kinds[4..].iter().all(|k| k == "#commit"));
+
+    // Live: a new write arrives on the open stream.
+    call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.createRecord",
+        Some(&token),
+        Some(json!({"repo": did, "collection": "com.example.note", "rkey": "live", "record": {"text": "now"}})),
+    )
+    .await;
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("the live event arrives")
+        .unwrap()
+        .unwrap();
+    let (header, body) = parse(&msg.into_data());
+    assert_eq!(header.get("t").unwrap().as_str(), Some("#commit"));
+    check_commit(&body);
+
+    // A cursor from the future: an error frame, then the stream closes.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/xrpc/com.atproto.sync.subscribeRepos?cursor=999999"))
+            .await
+            .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    let (header, body) = parse(&msg.into_data());
+    assert_eq!(header.get("op"), Some(&Ipld::Integer(-1)));
+    assert_eq!(body.get("error").and_then(Ipld::as_str), Some("FutureCursor"));
+}
