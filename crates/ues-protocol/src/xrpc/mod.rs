@@ -121,6 +121,13 @@ impl XrpcState {
     }
 }
 
+/// Runs blocking store work (RocksDB, SQLite, signing) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, XrpcError> + Send + 'static,
+) -> Result<T, XrpcError> {
+    tokio::task::spawn_blocking(f).await.map_err(XrpcError::internal)?
+}
+
 fn bearer(headers: &HeaderMap) -> Result<&str, XrpcError> {
     headers
         .get(axum::http::header::AUTHORIZATION)

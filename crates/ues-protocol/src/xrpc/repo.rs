@@ -14,16 +14,9 @@ use ues_sync::repo::repo::{CommitResult, Write};
 use ues_sync::repo::syntax::{AtIdentifier, Nsid, RecordKey};
 
 use super::extract::{XJson, XQuery};
-use super::{XrpcError, XrpcState};
+use super::{XrpcError, XrpcState, blocking};
 
 type Res = Result<Json<Value>, XrpcError>;
-
-/// Runs blocking store work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, XrpcError> + Send + 'static,
-) -> Result<T, XrpcError> {
-    tokio::task::spawn_blocking(f).await.map_err(XrpcError::internal)?
-}
 
 fn find_repo(st: &XrpcState, repo: &str) -> Result<Account, XrpcError> {
     let id: AtIdentifier =
@@ -99,6 +92,22 @@ fn commit_json(res: &CommitResult) -> Value {
     json!({ "cid": res.cid.to_string(), "rev": res.commit.rev.as_str() })
 }
 
+/// The answer to a single-record write (createRecord, putRecord).
+fn written(
+    account: &Account,
+    collection: &Nsid,
+    rkey: &RecordKey,
+    res: &CommitResult,
+    status: ValidationStatus,
+) -> Json<Value> {
+    Json(json!({
+        "uri": format!("at://{}/{collection}/{rkey}", account.did),
+        "cid": res.ops[0].cid.map(|c| c.to_string()),
+        "commit": commit_json(res),
+        "validationStatus": status.as_str(),
+    }))
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CreateRecord {
@@ -126,12 +135,7 @@ pub(crate) async fn create_record(
         let write = Write::Create { collection: collection.clone(), rkey: rkey.clone(), record };
         let res = st.accounts.apply_writes(&account.did, &[write], cid_param(&b.swap_commit)?)?;
         st.firehose.notify();
-        Ok(Json(json!({
-            "uri": format!("at://{}/{collection}/{rkey}", account.did),
-            "cid": res.ops[0].cid.map(|c| c.to_string()),
-            "commit": commit_json(&res),
-            "validationStatus": status.as_str(),
-        })))
+        Ok(written(&account, &collection, &rkey, &res, status))
     })
     .await
 }
@@ -168,12 +172,7 @@ pub(crate) async fn put_record(
         let write = Write::Update { collection: collection.clone(), rkey: rkey.clone(), record, swap };
         let res = st.accounts.apply_writes(&account.did, &[write], cid_param(&b.swap_commit)?)?;
         st.firehose.notify();
-        Ok(Json(json!({
-            "uri": format!("at://{}/{collection}/{rkey}", account.did),
-            "cid": res.ops[0].cid.map(|c| c.to_string()),
-            "commit": commit_json(&res),
-            "validationStatus": status.as_str(),
-        })))
+        Ok(written(&account, &collection, &rkey, &res, status))
     })
     .await
 }

@@ -14,13 +14,7 @@ use ues_sync::repo::ipld::storage::Blockstore;
 use ues_sync::repo::syntax::{Did, Nsid, RecordKey};
 
 use super::extract::XQuery;
-use super::{XrpcError, XrpcState};
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, XrpcError> + Send + 'static,
-) -> Result<T, XrpcError> {
-    tokio::task::spawn_blocking(f).await.map_err(XrpcError::internal)?
-}
+use super::{XrpcError, XrpcState, blocking};
 
 fn car_response(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/vnd.ipld.car")], Body::from(bytes)).into_response()
