@@ -95,7 +95,7 @@ async fn replay_live_and_cursor_errors() {
             .unwrap();
     let mut kinds = Vec::new();
     let mut last_seq = 0;
-    while kinds.len() < 10 {
+    while kinds.len() < 11 {
         let msg =
             tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("frames arrive").unwrap().unwrap();
         let Message::Binary(bytes) = msg else { continue };
@@ -129,6 +129,23 @@ async fn replay_live_and_cursor_errors() {
     let (header, body) = parse(&msg.into_data());
     assert_eq!(header.get("t").unwrap().as_str(), Some("#commit"));
     check_commit(&body);
+
+    // Identity and account events travel on the same stream.
+    call(&n, "POST", "/xrpc/com.atproto.identity.updateHandle", Some(&token), Some(json!({"handle": "alice2.test"})))
+        .await;
+    call(&n, "POST", "/xrpc/com.atproto.server.deactivateAccount", Some(&token), Some(json!({}))).await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let msg =
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("events arrive").unwrap().unwrap();
+        let (header, body) = parse(&msg.into_data());
+        seen.push((header.get("t").unwrap().as_str().unwrap().to_string(), body));
+    }
+    assert_eq!(seen[0].0, "#identity");
+    assert_eq!(seen[0].1.get("handle").and_then(Ipld::as_str), Some("alice2.test"));
+    assert_eq!(seen[1].0, "#account");
+    assert_eq!(seen[1].1.get("active"), Some(&Ipld::Bool(false)));
+    assert_eq!(seen[1].1.get("status").and_then(Ipld::as_str), Some("deactivated"));
 
     // A cursor from the future: an error frame, then the stream closes.
     let (mut ws, _) =

@@ -462,3 +462,43 @@ async fn sync_listings_blocks_and_well_known() {
     let (s, doc) = call(&n, "GET", "/.well-known/did.json", None, None).await;
     assert_eq!((s, doc["id"].as_str()), (StatusCode::OK, Some("did:web:localhost")));
 }
+
+#[tokio::test]
+async fn handle_changes_and_account_status() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    account(&n, "bob.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.identity.updateHandle",
+        Some(token),
+        Some(json!({"handle": "alice2.test"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = call(&n, "GET", "/xrpc/com.atproto.identity.resolveHandle?handle=alice2.test", None, None).await;
+    assert_eq!(v["did"].as_str(), Some(did));
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.identity.resolveHandle?handle=alice.test", None, None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("HandleNotFound")));
+    let (s, v) =
+        call(&n, "POST", "/xrpc/com.atproto.identity.updateHandle", Some(token), Some(json!({"handle": "bob.test"})))
+            .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("HandleNotAvailable")));
+
+    let (s, _) = call(&n, "POST", "/xrpc/com.atproto.server.deactivateAccount", Some(token), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, st) = call(&n, "GET", "/xrpc/com.atproto.server.checkAccountStatus", Some(token), None).await;
+    assert_eq!(st["activated"], false);
+    let (_, me) = call(&n, "GET", "/xrpc/com.atproto.server.getSession", Some(token), None).await;
+    assert_eq!((me["active"].as_bool(), me["status"].as_str()), (Some(false), Some("deactivated")));
+    let write = json!({"repo": did, "collection": "com.example.note", "record": {"text": "x"}});
+    let (s, v) = call(&n, "POST", "/xrpc/com.atproto.repo.createRecord", Some(token), Some(write.clone())).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("AccountDeactivated")));
+    call(&n, "POST", "/xrpc/com.atproto.server.activateAccount", Some(token), Some(json!({}))).await;
+    let (s, _) = call(&n, "POST", "/xrpc/com.atproto.repo.createRecord", Some(token), Some(write)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, st) = call(&n, "GET", "/xrpc/com.atproto.server.checkAccountStatus", Some(token), None).await;
+    assert_eq!((st["activated"].as_bool(), st["indexedRecords"].as_i64()), (Some(true), Some(1)));
+}

@@ -167,6 +167,20 @@ pub enum RepoEvent<'a> {
         /// The first commit.
         commit: &'a CommitResult,
     },
+    /// The account's handle changed.
+    Identity {
+        /// The account.
+        did: &'a Did,
+        /// The new handle.
+        handle: &'a Handle,
+    },
+    /// The account's hosting status changed (`active`, `deactivated`, `takendown`, ...).
+    Status {
+        /// The account.
+        did: &'a Did,
+        /// The new status.
+        status: &'a str,
+    },
     /// A commit to an existing repository.
     Committed {
         /// The repository.
@@ -322,6 +336,42 @@ impl<B: Blockstore> Accounts<B> {
         })?;
         let account = self.get(&did)?.expect("just inserted");
         Ok((account, key, res))
+    }
+
+    /// Changes an account's handle (refused if another account holds it).
+    pub fn update_handle(&self, did: &Did, handle: &Handle) -> Result<(), AccountError> {
+        let handle = handle.normalized();
+        self.db.write(|tx| {
+            let n = tx
+                .execute("UPDATE account SET handle = ?1 WHERE did = ?2", params![handle.as_str(), did.as_str()])
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                        AccountError::Taken(handle.to_string())
+                    }
+                    e => e.into(),
+                })?;
+            if n == 0 {
+                return Err(AccountError::NotFound(did.to_string()));
+            }
+            if let Some(hook) = &self.hook {
+                hook(tx, &RepoEvent::Identity { did, handle: &handle })?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Sets an account's hosting status (`active`, `deactivated`, `takendown`, `deleted`).
+    pub fn set_status(&self, did: &Did, status: &str) -> Result<(), AccountError> {
+        self.db.write(|tx| {
+            let n = tx.execute("UPDATE account SET status = ?1 WHERE did = ?2", params![status, did.as_str()])?;
+            if n == 0 {
+                return Err(AccountError::NotFound(did.to_string()));
+            }
+            if let Some(hook) = &self.hook {
+                hook(tx, &RepoEvent::Status { did, status })?;
+            }
+            Ok(())
+        })
     }
 
     /// An account by DID.

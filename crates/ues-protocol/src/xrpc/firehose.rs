@@ -174,6 +174,26 @@ pub(crate) fn sequencer_hook() -> CommitHook {
                 ])
             })
         }
+        RepoEvent::Identity { did, handle } => insert(tx, did.as_str(), "#identity", |seq| {
+            map(vec![
+                ("seq", Ipld::Integer(seq as i128)),
+                ("did", Ipld::String(did.to_string())),
+                ("time", Ipld::String(now_iso())),
+                ("handle", Ipld::String(handle.to_string())),
+            ])
+        }),
+        RepoEvent::Status { did, status } => insert(tx, did.as_str(), "#account", |seq| {
+            let mut m = vec![
+                ("seq", Ipld::Integer(seq as i128)),
+                ("did", Ipld::String(did.to_string())),
+                ("time", Ipld::String(now_iso())),
+                ("active", Ipld::Bool(*status == "active")),
+            ];
+            if *status != "active" {
+                m.push(("status", Ipld::String(status.to_string())));
+            }
+            map(m)
+        }),
         RepoEvent::Committed { did, commit, blocks } => {
             insert(tx, did.as_str(), "#commit", |seq| commit_body(seq, did.as_str(), commit, blocks))
         }

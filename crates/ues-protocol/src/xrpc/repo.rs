@@ -39,6 +39,9 @@ fn writable(st: &XrpcState, headers: &HeaderMap, repo: &str) -> Result<Account, 
             "Token does not grant access to this repository",
         ));
     }
+    if account.status != "active" {
+        return Err(XrpcError::bad("AccountDeactivated", "Account is deactivated"));
+    }
     Ok(account)
 }
 

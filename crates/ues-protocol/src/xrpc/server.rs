@@ -103,6 +103,9 @@ fn session_json(st: &XrpcState, account: &Account, access: &str, refresh: &str) 
     if let Some(e) = email {
         out["email"] = Value::String(e);
     }
+    if account.status != "active" {
+        out["status"] = Value::String(account.status.clone());
+    }
     Ok(out)
 }
 
@@ -310,4 +313,104 @@ pub(crate) async fn well_known_did_json(State(st): State<Arc<XrpcState>>) -> Jso
         "id": st.cfg.service_did,
         "service": [{ "id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": st.cfg.public_url }],
     }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct UpdateHandle {
+    handle: String,
+}
+
+/// `identity.updateHandle`: a new handle under a served domain; emits `#identity`, and a PLC
+/// update operation when a directory is configured.
+pub(crate) async fn update_handle(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<UpdateHandle>,
+) -> Result<StatusCode, XrpcError> {
+    let claims = st.access(&headers)?;
+    super::blocking(move || {
+        let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
+        let handle = Handle::new(&b.handle).map_err(|e| XrpcError::bad("InvalidHandle", e.to_string()))?.normalized();
+        if !st.cfg.user_domains.iter().any(|d| handle.as_str().ends_with(d.as_str())) {
+            return Err(XrpcError::bad("UnsupportedDomain", "Not a supported handle domain"));
+        }
+        if let Some(url) = &st.cfg.plc_url {
+            let key = st.accounts.signing_key(&did)?;
+            let last = st
+                .kv
+                .get(format!("plc/{did}").as_bytes())
+                .map_err(XrpcError::internal)?
+                .ok_or_else(|| XrpcError::internal("no PLC operation stored"))?;
+            let last: Value = serde_json::from_slice(&last).map_err(XrpcError::internal)?;
+            let prev = ues_sync::repo::plc::operation_cid(&last).map_err(XrpcError::internal)?;
+            let state = Genesis {
+                rotation_keys: vec![key.public().did_key()],
+                signing_key: key.public().did_key(),
+                handle: handle.to_string(),
+                pds_endpoint: st.cfg.public_url.clone(),
+            };
+            let op = state.update(&prev.to_string(), &key).map_err(XrpcError::internal)?;
+            PlcClient::new(url)
+                .submit(did.as_str(), &op)
+                .map_err(|e| XrpcError::bad("UnresolvableDid", e.to_string()))?;
+            st.kv.put(format!("plc/{did}").as_bytes(), op.to_string().as_bytes(), None).map_err(XrpcError::internal)?;
+        }
+        st.accounts.update_handle(&did, &handle).map_err(|e| match e {
+            ues_sync::repo::accounts::AccountError::Taken(_) => {
+                XrpcError::bad("HandleNotAvailable", "Handle already taken")
+            }
+            e => e.into(),
+        })?;
+        st.firehose.notify();
+        Ok(StatusCode::OK)
+    })
+    .await
+}
+
+async fn set_status(st: Arc<XrpcState>, headers: HeaderMap, status: &'static str) -> Result<StatusCode, XrpcError> {
+    let claims = st.access(&headers)?;
+    super::blocking(move || {
+        let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
+        st.accounts.set_status(&did, status)?;
+        st.firehose.notify();
+        Ok(StatusCode::OK)
+    })
+    .await
+}
+
+pub(crate) async fn activate_account(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+) -> Result<StatusCode, XrpcError> {
+    set_status(st, headers, "active").await
+}
+
+pub(crate) async fn deactivate_account(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+) -> Result<StatusCode, XrpcError> {
+    set_status(st, headers, "deactivated").await
+}
+
+pub(crate) async fn check_account_status(State(st): State<Arc<XrpcState>>, headers: HeaderMap) -> Res {
+    let claims = st.access(&headers)?;
+    super::blocking(move || {
+        let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
+        let a = st.accounts.get(&did)?.ok_or_else(|| XrpcError::bad("RepoNotFound", "no such account"))?;
+        let count = |sql: &str| -> Result<i64, XrpcError> {
+            st.accounts.db().read(|c| c.query_row(sql, [did.as_str()], |r| r.get(0))).map_err(XrpcError::internal)
+        };
+        Ok(Json(json!({
+            "activated": a.status == "active",
+            "validDid": true,
+            "repoCommit": a.head.to_string(),
+            "repoRev": a.rev,
+            "repoBlocks": count("SELECT count(*) FROM repo_block WHERE did = ?1")?,
+            "indexedRecords": count("SELECT count(*) FROM record WHERE did = ?1")?,
+            "privateStateValues": 0,
+            "expectedBlobs": count("SELECT count(DISTINCT cid) FROM record_blob WHERE did = ?1")?,
+            "importedBlobs": count("SELECT count(*) FROM blob WHERE did = ?1")?,
+        })))
+    })
+    .await
 }
