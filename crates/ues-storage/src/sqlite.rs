@@ -70,6 +70,45 @@ pub struct Sqlite {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
+    _checkpointer: Checkpointer,
+}
+
+/// A thread that checkpoints the WAL every [`CHECKPOINT_EVERY`] (PASSIVE: never blocks
+/// writers or readers), stopped and joined when the database is dropped.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often the background checkpoint runs.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+impl Checkpointer {
+    fn start(path: &Path, cfg: &SqliteConfig) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        configure(&conn, cfg)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
+            // Runs until the sender is dropped (recv_timeout then reports Disconnected).
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!("sqlite checkpoint: {e}");
+                }
+            }
+            // A final full checkpoint so a clean shutdown leaves a small WAL.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        })?;
+        Ok(Self { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn configure(conn: &Connection, cfg: &SqliteConfig) -> Result<()> {
@@ -90,6 +129,10 @@ impl Sqlite {
             tracing::warn!(path = %path.display(), mode, "sqlite did not switch to WAL");
         }
         configure(&writer, cfg)?;
+        // Checkpoints run on a background connection (below), not inside a writer's commit,
+        // where they would stall that commit behind an fsync of the WAL.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Checkpointer::start(&path, cfg)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let readers = (0..cfg.readers.max(1))
             .map(|_| {
@@ -98,7 +141,7 @@ impl Sqlite {
                 Ok(Mutex::new(conn))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { path, writer: Mutex::new(writer), readers })
+        Ok(Self { path, writer: Mutex::new(writer), readers, _checkpointer: checkpointer })
     }
 
     /// The database file.
