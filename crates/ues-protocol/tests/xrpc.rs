@@ -502,3 +502,28 @@ async fn handle_changes_and_account_status() {
     let (_, st) = call(&n, "GET", "/xrpc/com.atproto.server.checkAccountStatus", Some(token), None).await;
     assert_eq!((st["activated"].as_bool(), st["indexedRecords"].as_i64()), (Some(true), Some(1)));
 }
+
+#[tokio::test]
+async fn preferences_and_reports() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let token = alice["accessJwt"].as_str().unwrap();
+    let (s, v) = call(&n, "GET", "/xrpc/app.bsky.actor.getPreferences", Some(token), None).await;
+    assert_eq!((s, v["preferences"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+    let prefs = json!({"preferences": [{"$type": "app.bsky.actor.defs#adultContentPref", "enabled": false}]});
+    let (s, _) = call(&n, "POST", "/xrpc/app.bsky.actor.putPreferences", Some(token), Some(prefs.clone())).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = call(&n, "GET", "/xrpc/app.bsky.actor.getPreferences", Some(token), None).await;
+    assert_eq!(v["preferences"], prefs["preferences"]);
+    let bad = json!({"preferences": [{"$type": "com.evil.pref"}]});
+    let (s, _) = call(&n, "POST", "/xrpc/app.bsky.actor.putPreferences", Some(token), Some(bad)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = call(&n, "GET", "/xrpc/app.bsky.actor.getPreferences", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    let report = json!({"reasonType": "com.atproto.moderation.defs#reasonSpam", "reason": "spam", "subject": {"$type": "com.atproto.admin.defs#repoRef", "did": "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"}});
+    let (s, v) = call(&n, "POST", "/xrpc/com.atproto.moderation.createReport", Some(token), Some(report)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["reportedBy"], alice["did"]);
+    assert!(v["id"].as_i64().unwrap() >= 1);
+}

@@ -39,7 +39,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
 /// Events fetched per batch for a subscriber.
 const BATCH: i64 = 500;
 
-fn now_iso() -> String {
+pub(crate) fn now_iso() -> String {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

@@ -9,6 +9,7 @@ mod blob;
 mod error;
 mod extract;
 mod firehose;
+mod misc;
 mod repo;
 mod server;
 mod sync;
@@ -85,6 +86,7 @@ impl XrpcState {
     ) -> Result<Self, XrpcError> {
         accounts.db().migrate(MIGRATIONS).map_err(XrpcError::internal)?;
         accounts.db().migrate(firehose::MIGRATIONS).map_err(XrpcError::internal)?;
+        accounts.db().migrate(misc::MIGRATIONS).map_err(XrpcError::internal)?;
         accounts.set_commit_hook(firehose::sequencer_hook());
         let firehose = firehose::Firehose::new(accounts.db().clone());
         let limits = BlobLimits { max_size: cfg.max_blob_bytes, ..BlobLimits::default() };
@@ -128,6 +130,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(XrpcError::internal)?
 }
 
+/// The current time as AT Protocol datetimes are written (`2026-11-24T12:00:00.000Z`).
+pub(crate) fn firehose_time() -> String {
+    firehose::now_iso()
+}
+
 fn bearer(headers: &HeaderMap) -> Result<&str, XrpcError> {
     headers
         .get(axum::http::header::AUTHORIZATION)
@@ -169,6 +176,9 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/xrpc/com.atproto.sync.getLatestCommit", get(sync::get_latest_commit))
         .route("/xrpc/com.atproto.sync.getRecord", get(sync::get_record))
         .route("/xrpc/com.atproto.sync.listRepos", get(sync::list_repos))
+        .route("/xrpc/app.bsky.actor.getPreferences", get(misc::get_preferences))
+        .route("/xrpc/app.bsky.actor.putPreferences", post(misc::put_preferences))
+        .route("/xrpc/com.atproto.moderation.createReport", post(misc::create_report))
         .route("/xrpc/com.atproto.sync.subscribeRepos", get(firehose::subscribe_repos))
         .route("/xrpc/com.atproto.sync.getRepoStatus", get(sync::get_repo_status))
         .route("/xrpc/com.atproto.sync.getBlocks", get(sync::get_blocks))
