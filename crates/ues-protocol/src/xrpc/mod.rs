@@ -195,6 +195,8 @@ pub fn router(state: Arc<XrpcState>) -> Router {
             }),
         )
         .layer(DefaultBodyLimit::max(limit))
+        // One span per request (method, path) in the logs, with status and latency at the end.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         // Browser clients call XRPC cross-origin; tokens travel in headers, never cookies.
         .layer(tower_http::cors::CorsLayer::permissive().max_age(std::time::Duration::from_secs(86_400)))
         .with_state(state)
