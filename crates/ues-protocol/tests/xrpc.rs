@@ -527,3 +527,65 @@ async fn preferences_and_reports() {
     assert_eq!(v["reportedBy"], alice["did"]);
     assert!(v["id"].as_i64().unwrap() >= 1);
 }
+
+#[tokio::test]
+async fn app_passwords() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let (s, app) =
+        call(&n, "POST", "/xrpc/com.atproto.server.createAppPassword", Some(token), Some(json!({"name": "phone"})))
+            .await;
+    assert_eq!(s, StatusCode::OK, "{app}");
+    let password = app["password"].as_str().unwrap();
+    assert_eq!(password.len(), 19);
+    let (s, _) =
+        call(&n, "POST", "/xrpc/com.atproto.server.createAppPassword", Some(token), Some(json!({"name": "phone"})))
+            .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, list) = call(&n, "GET", "/xrpc/com.atproto.server.listAppPasswords", Some(token), None).await;
+    assert_eq!(list["passwords"][0]["name"], "phone");
+    assert!(list["passwords"][0].get("password").is_none(), "never shown again");
+
+    // A session from the app password writes records but cannot manage app passwords.
+    let (s, sess) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.server.createSession",
+        None,
+        Some(json!({"identifier": "alice.test", "password": password})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{sess}");
+    let app_token = sess["accessJwt"].as_str().unwrap();
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.repo.createRecord",
+        Some(app_token),
+        Some(json!({"repo": did, "collection": "com.example.note", "record": {"text": "from phone"}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&n, "GET", "/xrpc/com.atproto.server.listAppPasswords", Some(app_token), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Revoked: the app session can no longer refresh, and the password no longer logs in.
+    let (s, _) =
+        call(&n, "POST", "/xrpc/com.atproto.server.revokeAppPassword", Some(token), Some(json!({"name": "phone"})))
+            .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) =
+        call(&n, "POST", "/xrpc/com.atproto.server.refreshSession", Some(sess["refreshJwt"].as_str().unwrap()), None)
+            .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("ExpiredToken")));
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.server.createSession",
+        None,
+        Some(json!({"identifier": "alice.test", "password": password})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}

@@ -67,14 +67,27 @@ pub struct XrpcState {
 }
 
 /// SQLite schema the XRPC layer adds (credentials are a protocol concern).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    id: "protocol/0001_credentials",
-    sql: "CREATE TABLE credential (
-        did TEXT PRIMARY KEY,
-        email TEXT UNIQUE COLLATE NOCASE,
-        password_hash TEXT
-    );",
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        id: "protocol/0001_credentials",
+        sql: "CREATE TABLE credential (
+            did TEXT PRIMARY KEY,
+            email TEXT UNIQUE COLLATE NOCASE,
+            password_hash TEXT
+        );",
+    },
+    Migration {
+        id: "protocol/0004_app_passwords",
+        sql: "CREATE TABLE app_password (
+            did TEXT NOT NULL,
+            name TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            privileged INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (did, name)
+        );",
+    },
+];
 
 impl XrpcState {
     /// Builds the state, applying the XRPC layer's migrations.
@@ -112,7 +125,11 @@ impl XrpcState {
     pub(crate) fn access(&self, headers: &HeaderMap) -> Result<Claims, XrpcError> {
         let token = bearer(headers)?;
         let claims = auth::verify(&self.cfg.jwt_secret, token, "at+jwt")?;
-        if claims.scope != "com.atproto.access" || claims.aud != self.cfg.service_did {
+        let scope_ok = matches!(
+            claims.scope.as_str(),
+            "com.atproto.access" | "com.atproto.appPass" | "com.atproto.appPassPrivileged"
+        );
+        if !scope_ok || claims.aud != self.cfg.service_did {
             return Err(XrpcError::new(axum::http::StatusCode::UNAUTHORIZED, "InvalidToken", "Bad token scope"));
         }
         if claims.exp <= auth::now_secs() {
@@ -153,6 +170,9 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/xrpc/com.atproto.server.refreshSession", post(server::refresh_session))
         .route("/xrpc/com.atproto.server.getSession", get(server::get_session))
         .route("/xrpc/com.atproto.server.deleteSession", post(server::delete_session))
+        .route("/xrpc/com.atproto.server.createAppPassword", post(server::create_app_password))
+        .route("/xrpc/com.atproto.server.listAppPasswords", get(server::list_app_passwords))
+        .route("/xrpc/com.atproto.server.revokeAppPassword", post(server::revoke_app_password))
         .route("/xrpc/com.atproto.identity.resolveHandle", get(server::resolve_handle))
         .route("/xrpc/com.atproto.identity.updateHandle", post(server::update_handle))
         .route("/xrpc/com.atproto.server.activateAccount", post(server::activate_account))

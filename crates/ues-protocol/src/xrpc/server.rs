@@ -43,17 +43,29 @@ fn did_doc(st: &XrpcState, account: &Account) -> Result<Value, XrpcError> {
     Ok(did_document(&account.did, &account.handle, &key.public(), &st.cfg.public_url))
 }
 
-/// Issues a fresh access/refresh pair for `did` and records the refresh token.
-fn issue(st: &XrpcState, did: &Did) -> Result<(String, String), XrpcError> {
+/// The scope of tokens issued for a session: full, or an app password's.
+fn scope_for(app: Option<&str>) -> &'static str {
+    if app.is_some() { "com.atproto.appPass" } else { "com.atproto.access" }
+}
+
+/// A fresh access token.
+fn access_token(st: &XrpcState, did: &Did, app: Option<&str>) -> String {
     let now = now_secs();
-    let access = Claims {
-        scope: "com.atproto.access".into(),
+    let claims = Claims {
+        scope: scope_for(app).into(),
         sub: did.to_string(),
         aud: st.cfg.service_did.clone(),
         iat: now,
         exp: now + ACCESS_TTL_SECS,
         jti: None,
     };
+    auth::sign(&st.cfg.jwt_secret, "at+jwt", &claims)
+}
+
+/// Issues a fresh access/refresh pair for `did` (for an app password's session when `app` is
+/// set) and records the refresh token.
+fn issue(st: &XrpcState, did: &Did, app: Option<&str>) -> Result<(String, String), XrpcError> {
+    let now = now_secs();
     let jti = hex_id();
     let refresh = Claims {
         scope: "com.atproto.refresh".into(),
@@ -63,7 +75,7 @@ fn issue(st: &XrpcState, did: &Did) -> Result<(String, String), XrpcError> {
         exp: now + REFRESH_TTL_SECS,
         jti: Some(jti.clone()),
     };
-    let entry = json!({ "did": did.as_str() }).to_string();
+    let entry = json!({ "did": did.as_str(), "app": app }).to_string();
     st.kv
         .put(
             format!("refresh/{jti}").as_bytes(),
@@ -71,7 +83,7 @@ fn issue(st: &XrpcState, did: &Did) -> Result<(String, String), XrpcError> {
             Some(std::time::Duration::from_secs(REFRESH_TTL_SECS)),
         )
         .map_err(XrpcError::internal)?;
-    Ok((auth::sign(&st.cfg.jwt_secret, "at+jwt", &access), auth::sign(&st.cfg.jwt_secret, "refresh+jwt", &refresh)))
+    Ok((access_token(st, did, app), auth::sign(&st.cfg.jwt_secret, "refresh+jwt", &refresh)))
 }
 
 fn hex_id() -> String {
@@ -153,7 +165,7 @@ pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body)
             })
             .map_err(|e| XrpcError::bad("InvalidRequest", format!("Could not store credentials: {e}")))?;
         st2.kv.put(format!("plc/{did}").as_bytes(), op.to_string().as_bytes(), None).map_err(XrpcError::internal)?;
-        let (access, refresh) = issue(&st2, &did)?;
+        let (access, refresh) = issue(&st2, &did, None)?;
         let mut out = session_json(&st2, &account, &access, &refresh)?;
         if let Some(o) = out.as_object_mut() {
             o.retain(|k, _| ["accessJwt", "refreshJwt", "handle", "did", "didDoc"].contains(&k.as_str()));
@@ -197,13 +209,25 @@ pub(crate) async fn create_session(State(st): State<Arc<XrpcState>>, XJson(body)
             })
             .map_err(XrpcError::internal)?
             .flatten();
-        if !hash.is_some_and(|h| auth::check_password(&body.password, &h)) {
-            return Err(denied());
-        }
+        // The account password, or else one of its app passwords.
+        let app = if hash.is_some_and(|h| auth::check_password(&body.password, &h)) {
+            None
+        } else {
+            let apps: Vec<(String, String)> = st2
+                .accounts
+                .db()
+                .read(|c| {
+                    let mut q = c.prepare_cached("SELECT name, password_hash FROM app_password WHERE did = ?1")?;
+                    let rows = q.query_map([account.did.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    rows.collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(XrpcError::internal)?;
+            Some(apps.into_iter().find(|(_, h)| auth::check_password(&body.password, h)).ok_or_else(denied)?.0)
+        };
         if account.status == "takendown" {
             return Err(XrpcError::bad("AccountTakedown", "Account has been taken down"));
         }
-        let (access, refresh) = issue(&st2, &account.did)?;
+        let (access, refresh) = issue(&st2, &account.did, app.as_deref())?;
         Ok(Json(session_json(&st2, &account, &access, &refresh)?))
     })
     .await
@@ -233,24 +257,29 @@ pub(crate) async fn refresh_session(State(st): State<Arc<XrpcState>>, headers: H
     let entry: Value = serde_json::from_slice(&entry).map_err(XrpcError::internal)?;
     let did = Did::new(claims.sub.clone()).map_err(XrpcError::internal)?;
     let account = st.accounts.get(&did)?.ok_or_else(|| XrpcError::bad("InvalidToken", "Account not found"))?;
+    let app = entry.get("app").and_then(Value::as_str).map(str::to_string);
+    if let Some(name) = &app {
+        let alive: bool = st
+            .accounts
+            .db()
+            .read(|c| {
+                c.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM app_password WHERE did = ?1 AND name = ?2)",
+                    [did.as_str(), name.as_str()],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(XrpcError::internal)?;
+        if !alive {
+            return Err(XrpcError::bad("ExpiredToken", "The app password was revoked"));
+        }
+    }
     // A token used within the grace period yields the same successor (clients race).
     if let Some(next) = entry.get("next").and_then(Value::as_str) {
-        let access = auth::sign(
-            &st.cfg.jwt_secret,
-            "at+jwt",
-            &Claims {
-                scope: "com.atproto.access".into(),
-                sub: did.to_string(),
-                aud: st.cfg.service_did.clone(),
-                iat: now_secs(),
-                exp: now_secs() + ACCESS_TTL_SECS,
-                jti: None,
-            },
-        );
-        return Ok(Json(session_json(&st, &account, &access, next)?));
+        return Ok(Json(session_json(&st, &account, &access_token(&st, &did, app.as_deref()), next)?));
     }
-    let (access, refresh) = issue(&st, &did)?;
-    let successor = json!({ "did": did.as_str(), "next": refresh }).to_string();
+    let (access, refresh) = issue(&st, &did, app.as_deref())?;
+    let successor = json!({ "did": did.as_str(), "app": app, "next": refresh }).to_string();
     st.kv
         .put(key.as_bytes(), successor.as_bytes(), Some(std::time::Duration::from_secs(REFRESH_GRACE_SECS)))
         .map_err(XrpcError::internal)?;
@@ -413,4 +442,96 @@ pub(crate) async fn check_account_status(State(st): State<Arc<XrpcState>>, heade
         })))
     })
     .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CreateAppPassword {
+    name: String,
+    #[serde(default)]
+    privileged: bool,
+}
+
+/// App passwords are managed with the account's own session only.
+fn full_session(st: &XrpcState, headers: &HeaderMap) -> Result<Did, XrpcError> {
+    let claims = st.access(headers)?;
+    if claims.scope != "com.atproto.access" {
+        return Err(XrpcError::bad("InvalidToken", "App passwords cannot manage app passwords"));
+    }
+    Did::new(claims.sub).map_err(XrpcError::internal)
+}
+
+pub(crate) async fn create_app_password(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<CreateAppPassword>,
+) -> Res {
+    let did = full_session(&st, &headers)?;
+    if b.name.trim().is_empty() || b.name.len() > 100 {
+        return Err(XrpcError::invalid("name must be 1-100 characters"));
+    }
+    super::blocking(move || {
+        let password = {
+            use rand::RngCore;
+            let mut raw = [0u8; 10];
+            rand::rngs::OsRng.fill_bytes(&mut raw);
+            let s = data_encoding::BASE32_NOPAD.encode(&raw).to_ascii_lowercase();
+            format!("{}-{}-{}-{}", &s[0..4], &s[4..8], &s[8..12], &s[12..16])
+        };
+        let hash = auth::hash_password(&password);
+        let created = super::firehose_time();
+        st.accounts
+            .db()
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO app_password (did, name, password_hash, privileged, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![did.as_str(), b.name, hash, b.privileged, created],
+                )?;
+                Ok::<_, ues_sync::repo::ipld::storage::Error>(())
+            })
+            .map_err(|_| XrpcError::bad("DuplicateAppPassword", "An app password with this name exists"))?;
+        Ok(Json(json!({ "name": b.name, "password": password, "createdAt": created, "privileged": b.privileged })))
+    })
+    .await
+}
+
+pub(crate) async fn list_app_passwords(State(st): State<Arc<XrpcState>>, headers: HeaderMap) -> Res {
+    let did = full_session(&st, &headers)?;
+    let rows: Vec<(String, String, bool)> = st
+        .accounts
+        .db()
+        .read(|c| {
+            let mut q = c.prepare_cached(
+                "SELECT name, created_at, privileged FROM app_password WHERE did = ?1 ORDER BY created_at",
+            )?;
+            let rows = q.query_map([did.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(XrpcError::internal)?;
+    let passwords: Vec<Value> = rows
+        .into_iter()
+        .map(|(name, created, privileged)| json!({ "name": name, "createdAt": created, "privileged": privileged }))
+        .collect();
+    Ok(Json(json!({ "passwords": passwords })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RevokeAppPassword {
+    name: String,
+}
+
+/// Revokes an app password; sessions created with it can no longer refresh.
+pub(crate) async fn revoke_app_password(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<RevokeAppPassword>,
+) -> Result<StatusCode, XrpcError> {
+    let did = full_session(&st, &headers)?;
+    st.accounts
+        .db()
+        .write(|tx| {
+            tx.execute("DELETE FROM app_password WHERE did = ?1 AND name = ?2", params![did.as_str(), b.name])?;
+            Ok::<_, ues_sync::repo::ipld::storage::Error>(())
+        })
+        .map_err(XrpcError::internal)?;
+    Ok(StatusCode::OK)
 }
