@@ -589,3 +589,36 @@ async fn app_passwords() {
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn service_auth_is_signed_by_the_repository_key() {
+    use base64::Engine;
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let token = alice["accessJwt"].as_str().unwrap();
+    let (s, v) = call(
+        &n,
+        "GET",
+        "/xrpc/com.atproto.server.getServiceAuth?aud=did:web:appview.test&lxm=app.bsky.feed.getTimeline",
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let jwt = v["token"].as_str().unwrap();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(
+        (payload["iss"].as_str(), payload["aud"].as_str(), payload["lxm"].as_str()),
+        (alice["did"].as_str(), Some("did:web:appview.test"), Some("app.bsky.feed.getTimeline"))
+    );
+    // Verifies with the key the DID document publishes.
+    let multikey = alice["didDoc"]["verificationMethod"][0]["publicKeyMultibase"].as_str().unwrap();
+    let key = ues_sync::repo::crypto::PublicKey::from_multikey(multikey).unwrap();
+    key.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &b64.decode(parts[2]).unwrap()).unwrap();
+    let (s, _) =
+        call(&n, "GET", "/xrpc/com.atproto.server.getServiceAuth?aud=did:web:appview.test&exp=1", Some(token), None)
+            .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}

@@ -170,6 +170,7 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/xrpc/com.atproto.server.refreshSession", post(server::refresh_session))
         .route("/xrpc/com.atproto.server.getSession", get(server::get_session))
         .route("/xrpc/com.atproto.server.deleteSession", post(server::delete_session))
+        .route("/xrpc/com.atproto.server.getServiceAuth", get(server::get_service_auth))
         .route("/xrpc/com.atproto.server.createAppPassword", post(server::create_app_password))
         .route("/xrpc/com.atproto.server.listAppPasswords", get(server::list_app_passwords))
         .route("/xrpc/com.atproto.server.revokeAppPassword", post(server::revoke_app_password))

@@ -535,3 +535,41 @@ pub(crate) async fn revoke_app_password(
         .map_err(XrpcError::internal)?;
     Ok(StatusCode::OK)
 }
+
+#[derive(Deserialize)]
+pub(crate) struct ServiceAuth {
+    aud: String,
+    exp: Option<u64>,
+    lxm: Option<String>,
+}
+
+/// `server.getServiceAuth`: a short-lived JWT signed with the account's repository key
+/// (`ES256K`/`ES256`), for another service (`aud`) to authenticate the account.
+pub(crate) async fn get_service_auth(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XQuery(q): XQuery<ServiceAuth>,
+) -> Res {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = st.access(&headers)?;
+    Did::new(&q.aud).map_err(|e| XrpcError::invalid(format!("aud must be a DID: {e}")))?;
+    let now = now_secs();
+    let exp = q.exp.unwrap_or(now + 60);
+    if exp <= now || exp > now + 3600 {
+        return Err(XrpcError::bad("BadExpiration", "exp must be in the future and at most an hour away"));
+    }
+    if let Some(lxm) = &q.lxm {
+        ues_sync::repo::syntax::Nsid::new(lxm).map_err(|e| XrpcError::invalid(e.to_string()))?;
+    }
+    let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
+    let key = st.accounts.signing_key(&did)?;
+    let header = URL_SAFE_NO_PAD.encode(json!({ "typ": "JWT", "alg": key.key_type().jwt_alg() }).to_string());
+    let mut payload = json!({ "iss": did.as_str(), "aud": q.aud, "exp": exp, "iat": now, "jti": hex_id() });
+    if let Some(lxm) = q.lxm {
+        payload["lxm"] = Value::String(lxm);
+    }
+    let signing_input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload.to_string()));
+    let sig = key.sign(signing_input.as_bytes());
+    Ok(Json(json!({ "token": format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)) })))
+}
