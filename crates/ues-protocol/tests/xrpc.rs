@@ -622,3 +622,19 @@ async fn service_auth_is_signed_by_the_repository_key() {
             .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn prometheus_metrics() {
+    let n = node();
+    account(&n, "alice.test").await;
+    call(&n, "GET", "/xrpc/com.atproto.server.describeServer", None, None).await;
+    let resp = n.app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(
+        text.contains("ues_http_requests_total{route=\"/xrpc/com.atproto.server.createAccount\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("ues_http_request_duration_seconds_count"), "{text}");
+    assert!(text.contains("ues_firehose_seq 4"), "account creation sequenced four events: {text}");
+}

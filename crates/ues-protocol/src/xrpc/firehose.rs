@@ -215,6 +215,11 @@ impl Firehose {
         Self { latest: watch::channel(latest).0, db, max_lag: 100_000 }
     }
 
+    /// The latest sequence number known.
+    pub fn latest(&self) -> watch::Ref<'_, i64> {
+        self.latest.borrow()
+    }
+
     /// Re-reads the latest sequence number and wakes subscribers (after a commit).
     pub fn notify(&self) {
         if let Ok(seq) = latest_seq(&self.db) {
@@ -256,7 +261,13 @@ pub(crate) async fn subscribe_repos(
     ws.max_message_size(64 * 1024).on_upgrade(move |socket| stream(st, q.cursor, socket))
 }
 
-async fn stream(st: Arc<XrpcState>, cursor: Option<i64>, mut socket: WebSocket) {
+async fn stream(st: Arc<XrpcState>, cursor: Option<i64>, socket: WebSocket) {
+    st.metrics.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    serve_subscriber(&st, cursor, socket).await;
+    st.metrics.subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn serve_subscriber(st: &Arc<XrpcState>, cursor: Option<i64>, mut socket: WebSocket) {
     let fh = &st.firehose;
     let mut rx = fh.latest.subscribe();
     let latest = *rx.borrow_and_update();

@@ -9,6 +9,7 @@ mod blob;
 mod error;
 mod extract;
 mod firehose;
+mod metrics;
 mod misc;
 mod repo;
 mod server;
@@ -64,6 +65,8 @@ pub struct XrpcState {
     pub blobs: BlobStore<Arc<dyn Blockstore>, Arc<dyn Kv>>,
     /// The event stream's sequencer.
     pub firehose: firehose::Firehose,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 /// SQLite schema the XRPC layer adds (credentials are a protocol concern).
@@ -104,7 +107,16 @@ impl XrpcState {
         let firehose = firehose::Firehose::new(accounts.db().clone());
         let limits = BlobLimits { max_size: cfg.max_blob_bytes, ..BlobLimits::default() };
         let blobs = BlobStore::new(accounts.blocks().clone(), kv.clone(), accounts.db().clone(), limits);
-        Ok(Self { accounts, lexicons, kv, cfg, tids: TidGenerator::new(7), blobs, firehose })
+        Ok(Self {
+            accounts,
+            lexicons,
+            kv,
+            cfg,
+            tids: TidGenerator::new(7),
+            blobs,
+            firehose,
+            metrics: metrics::Metrics::default(),
+        })
     }
 
     /// An access token for `did` expiring at `exp` (Unix seconds): lets tests force expiry.
@@ -205,6 +217,7 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/xrpc/com.atproto.sync.getBlocks", get(sync::get_blocks))
         .route("/.well-known/atproto-did", get(server::well_known_atproto_did))
         .route("/.well-known/did.json", get(server::well_known_did_json))
+        .route("/metrics", get(metrics::render))
         .route(
             "/xrpc/{*method}",
             axum::routing::any(|| async {
@@ -216,6 +229,7 @@ pub fn router(state: Arc<XrpcState>) -> Router {
             }),
         )
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         // One span per request (method, path) in the logs, with status and latency at the end.
         .layer(tower_http::trace::TraceLayer::new_for_http())
         // Browser clients call XRPC cross-origin; tokens travel in headers, never cookies.

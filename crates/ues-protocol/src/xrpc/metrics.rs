@@ -1,0 +1,89 @@
+//! Prometheus metrics at `/metrics`: requests by route and status, request latency, commits
+//! sequenced, firehose subscribers and their lag.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+
+use super::XrpcState;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+
+/// The node's counters.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    latency: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    /// Open subscribeRepos streams.
+    pub(crate) subscribers: AtomicI64,
+}
+
+impl Metrics {
+    fn observe(&self, route: String, status: u16, seconds: f64) {
+        *self.requests.lock().entry((route, status)).or_default() += 1;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.latency[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Middleware: counts and times every request under its route template.
+pub(crate) async fn track(State(st): State<Arc<XrpcState>>, req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    st.metrics.observe(route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    resp
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub(crate) async fn render(State(st): State<Arc<XrpcState>>) -> Response {
+    let m = &st.metrics;
+    let mut out = String::new();
+    out.push_str("# HELP ues_http_requests_total HTTP requests by route template and status.\n# TYPE ues_http_requests_total counter\n");
+    for ((route, status), n) in m.requests.lock().iter() {
+        let _ = writeln!(out, "ues_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+    }
+    out.push_str("# HELP ues_http_request_duration_seconds Request latency.\n# TYPE ues_http_request_duration_seconds histogram\n");
+    for (i, bound) in BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ues_http_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+            m.latency[i].load(Ordering::Relaxed)
+        );
+    }
+    let count = m.latency_count.load(Ordering::Relaxed);
+    let _ = writeln!(out, "ues_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(
+        out,
+        "ues_http_request_duration_seconds_sum {}",
+        m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "ues_http_request_duration_seconds_count {count}");
+    let seq = *st.firehose.latest();
+    let _ = writeln!(
+        out,
+        "# HELP ues_firehose_seq Latest sequenced repository event.\n# TYPE ues_firehose_seq gauge\nues_firehose_seq {seq}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ues_firehose_subscribers Open subscribeRepos streams.\n# TYPE ues_firehose_subscribers gauge\nues_firehose_subscribers {}",
+        m.subscribers.load(Ordering::Relaxed)
+    );
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
