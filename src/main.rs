@@ -188,12 +188,26 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     let info = Arc::new(ues_protocol::http::NodeInfo::now());
-    let xrpc = xrpc_state(&cfg, &storage)?;
-    let app = ues_protocol::http::router(info).merge(ues_protocol::xrpc::router(Arc::new(xrpc)));
+    let xrpc = Arc::new(xrpc_state(&cfg, &storage)?);
+    let app = ues_protocol::http::router(info).merge(ues_protocol::xrpc::router(xrpc.clone()));
     let listener =
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
     tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ues listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let closing = xrpc.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Long-lived streams would hold the graceful shutdown open: close them with a frame.
+            closing.firehose.close_all();
+        })
+        .await?;
+    // Upgraded WebSocket connections outlive the server's own graceful shutdown: give the
+    // streams a moment to deliver their close frames.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while xrpc.open_streams() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(xrpc);
     tracing::info!("http server stopped; closing storage");
     drop(storage);
     tracing::info!("ues stopped");

@@ -210,3 +210,29 @@ fn the_official_client_drives_the_node() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn sigterm_stops_the_node_even_with_a_firehose_subscriber_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let mut node = spawn_node(&dir.path().join("data"), addr);
+    wait_healthy(addr);
+    // A raw WebSocket handshake on subscribeRepos, then keep the socket open.
+    let mut ws = TcpStream::connect(addr).unwrap();
+    write!(
+        ws,
+        "GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    ws.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = ws.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"), "upgrade refused");
+    let started = Instant::now();
+    assert!(terminate(&mut node).success());
+    assert!(started.elapsed() < Duration::from_secs(20), "shutdown waited on the stream");
+    // The subscriber received a close frame (opcode 0x8) before the connection ended.
+    let mut rest = Vec::new();
+    let _ = ws.read_to_end(&mut rest);
+    assert!(rest.first().is_some_and(|b| b & 0x0f == 0x8), "no close frame: {rest:?}");
+}

@@ -147,6 +147,14 @@ async fn replay_live_and_cursor_errors() {
     assert_eq!(seen[1].1.get("active"), Some(&Ipld::Bool(false)));
     assert_eq!(seen[1].1.get("status").and_then(Ipld::as_str), Some("deactivated"));
 
+    // Shutdown closes open streams with a frame (1001), so a graceful stop is not held open.
+    n.state.firehose.close_all();
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a close frame").unwrap().unwrap();
+    match msg {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+
     // A cursor from the future: an error frame, then the stream closes.
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{addr}/xrpc/com.atproto.sync.subscribeRepos?cursor=999999"))

@@ -203,6 +203,7 @@ pub(crate) fn sequencer_hook() -> CommitHook {
 /// Wakes subscribers when events land.
 pub struct Firehose {
     latest: watch::Sender<i64>,
+    closing: watch::Sender<bool>,
     db: Arc<Sqlite>,
     /// A subscriber further behind than this many events is dropped.
     pub max_lag: i64,
@@ -212,7 +213,12 @@ impl Firehose {
     /// A firehose over the sequencer table in `db`.
     pub fn new(db: Arc<Sqlite>) -> Self {
         let latest = latest_seq(&db).unwrap_or(0);
-        Self { latest: watch::channel(latest).0, db, max_lag: 100_000 }
+        Self { latest: watch::channel(latest).0, closing: watch::channel(false).0, db, max_lag: 100_000 }
+    }
+
+    /// Tells every subscriber the server is going away: each gets a close frame (1001).
+    pub fn close_all(&self) {
+        self.closing.send_replace(true);
     }
 
     /// The latest sequence number known.
@@ -258,17 +264,25 @@ pub(crate) async fn subscribe_repos(
     XQuery(q): XQuery<Subscribe>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.max_message_size(64 * 1024).on_upgrade(move |socket| stream(st, q.cursor, socket))
+    // Counted from the moment the upgrade is accepted, so a shutdown right after the 101 still
+    // waits for this stream's close frame.
+    st.metrics.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let on_fail = st.clone();
+    ws.max_message_size(64 * 1024)
+        .on_failed_upgrade(move |_| {
+            on_fail.metrics.subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .on_upgrade(move |socket| stream(st, q.cursor, socket))
 }
 
 async fn stream(st: Arc<XrpcState>, cursor: Option<i64>, socket: WebSocket) {
-    st.metrics.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     serve_subscriber(&st, cursor, socket).await;
     st.metrics.subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 async fn serve_subscriber(st: &Arc<XrpcState>, cursor: Option<i64>, mut socket: WebSocket) {
     let fh = &st.firehose;
+    let mut closing = fh.closing.subscribe();
     let mut rx = fh.latest.subscribe();
     let latest = *rx.borrow_and_update();
     let mut last = match cursor {
@@ -296,6 +310,11 @@ async fn serve_subscriber(st: &Arc<XrpcState>, cursor: Option<i64>, mut socket: 
         None => latest,
     };
     loop {
+        if *closing.borrow() {
+            let frame = axum::extract::ws::CloseFrame { code: 1001, reason: "server shutting down".into() };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            return;
+        }
         let db = fh.db.clone();
         let batch = match tokio::task::spawn_blocking(move || events_after(&db, last)).await {
             Ok(Ok(b)) => b,
@@ -304,6 +323,7 @@ async fn serve_subscriber(st: &Arc<XrpcState>, cursor: Option<i64>, mut socket: 
         if batch.is_empty() {
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { break },
+                _ = closing.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 msg = socket.recv() => match msg {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,

@@ -119,6 +119,11 @@ impl XrpcState {
         })
     }
 
+    /// Firehose streams still open (they are detached from the HTTP server's graceful shutdown).
+    pub fn open_streams(&self) -> i64 {
+        self.metrics.subscribers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// An access token for `did` expiring at `exp` (Unix seconds): lets tests force expiry.
     #[doc(hidden)]
     pub fn access_token_expiring_at(&self, did: &str, exp: u64) -> String {
