@@ -36,4 +36,11 @@ if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/n
     (cd tests/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
     touch tests/js/node_modules
 fi
+# The Python SDK the interoperability tests drive, in a virtualenv of its own.
+if [ ! -x tests/py/.venv/bin/python ] || [ tests/py/requirements.txt -nt tests/py/.venv ]; then
+    echo "setup: python venv in tests/py" >&2
+    python3 -m venv tests/py/.venv || { SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"; $SUDO apt-get install -y -qq python3-venv >/dev/null; python3 -m venv tests/py/.venv; }
+    tests/py/.venv/bin/pip install -q --disable-pip-version-check -r tests/py/requirements.txt
+    touch tests/py/.venv
+fi
 echo "setup: ok" >&2

@@ -63,7 +63,7 @@ pub(crate) struct XrpcSection {
     pub(crate) user_domains: Vec<String>,
     /// PLC directory URL; empty: none.
     pub(crate) plc_url: String,
-    /// Where Lexicon files are loaded from.
+    /// Extra Lexicon files to load on top of the built-in ones (empty: none).
     pub(crate) lexicons_dir: PathBuf,
     /// Largest request body in MiB.
     pub(crate) max_body_mib: usize,
@@ -77,7 +77,7 @@ impl Default for XrpcSection {
             public_url: String::new(),
             user_domains: vec![".test".into()],
             plc_url: String::new(),
-            lexicons_dir: PathBuf::from("./lexicons"),
+            lexicons_dir: PathBuf::new(),
             max_body_mib: 16,
             max_blob_mib: 100,
         }

@@ -5,6 +5,7 @@
 
 mod config;
 mod identity;
+mod lexicons;
 mod tools;
 
 use std::net::SocketAddr;
@@ -221,7 +222,10 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
     let kv: Arc<dyn Kv> = Arc::new(storage.rocks.kv());
     let accounts = ues_repo::accounts::Accounts::open(blocks, storage.sqlite.clone(), 0)?;
     let mut lexicons = ues_repo::lexicon::Lexicons::new();
-    if cfg.xrpc.lexicons_dir.is_dir() {
+    for text in lexicons::EMBEDDED {
+        lexicons.add(&serde_json::from_str(text)?)?;
+    }
+    if !cfg.xrpc.lexicons_dir.as_os_str().is_empty() && cfg.xrpc.lexicons_dir.is_dir() {
         let n = lexicons.load_dir(&cfg.xrpc.lexicons_dir)?;
         tracing::info!(n, dir = %cfg.xrpc.lexicons_dir.display(), "lexicons loaded");
     }

@@ -1,5 +1,8 @@
 //! `ues run` as a user runs it: a real process, a real socket on 127.0.0.1.
 
+#[path = "support/shared.rs"]
+mod shared;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -187,8 +190,6 @@ fn accounts_records_and_sessions_survive_a_restart() {
 #[test]
 fn the_official_client_drives_the_node() {
     // Bluesky's @atproto/api (AtpAgent), unchanged, against `ues run` over real HTTP.
-    #[path = "support/shared.rs"]
-    mod shared;
     let Some(js) = shared::node_tests() else { return };
     let dir = tempfile::tempdir().unwrap();
     let addr = free_port();
@@ -235,4 +236,24 @@ fn sigterm_stops_the_node_even_with_a_firehose_subscriber_connected() {
     let mut rest = Vec::new();
     let _ = ws.read_to_end(&mut rest);
     assert!(rest.first().is_some_and(|b| b & 0x0f == 0x8), "no close frame: {rest:?}");
+}
+
+#[test]
+fn the_python_sdk_drives_the_node() {
+    let Some(python) = shared::python_sdk() else { return };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/client_smoke.py");
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let mut node = spawn_node(&dir.path().join("data"), addr);
+    wait_healthy(addr);
+    let out = Command::new(python).arg(script).arg(format!("http://{addr}")).output().expect("python runs");
+    assert!(terminate(&mut node).success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    assert_eq!(
+        report["ok"],
+        true,
+        "sdk said: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

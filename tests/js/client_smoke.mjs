@@ -45,7 +45,7 @@ try {
   // applyWrites: three creates and a delete in one commit.
   const aw = await agent.com.atproto.repo.applyWrites({
     repo: agent.session.did,
-    writes: [0, 1, 2].map((i) => ({ $type: 'com.atproto.repo.applyWrites#create', collection: 'app.bsky.feed.like', rkey: `l${i}`, value: { $type: 'app.bsky.feed.like', subject: { uri: uris[1], cid: got.data.cid }, createdAt: new Date().toISOString() } }))
+    writes: [0, 1, 2].map((i) => ({ $type: 'com.atproto.repo.applyWrites#create', collection: 'app.bsky.feed.like', value: { $type: 'app.bsky.feed.like', subject: { uri: uris[1], cid: got.data.cid }, createdAt: new Date().toISOString() } }))
       .concat([{ $type: 'com.atproto.repo.applyWrites#delete', collection: 'app.bsky.feed.post', rkey: uris[2].split('/').pop() }]),
   })
   check(aw.data.results.length === 4, 'applyWrites results')
@@ -57,8 +57,9 @@ try {
   check(verified.creates.length === n - 2 + 3, `verifyRepoCar saw ${verified.creates.length} records`)
   // One record with its proof, verified by @atproto/repo.
   const likeCid = aw.data.results[0].cid
-  const proof = await agent.com.atproto.sync.getRecord({ did: agent.session.did, collection: 'app.bsky.feed.like', rkey: 'l0' })
-  const res = await repo.verifyProofs(proof.data, [{ collection: 'app.bsky.feed.like', rkey: 'l0', cid: CID.parse(likeCid) }], agent.session.did, key)
+  const likeKey = aw.data.results[0].uri.split('/').pop()
+  const proof = await agent.com.atproto.sync.getRecord({ did: agent.session.did, collection: 'app.bsky.feed.like', rkey: likeKey })
+  const res = await repo.verifyProofs(proof.data, [{ collection: 'app.bsky.feed.like', rkey: likeKey, cid: CID.parse(likeCid) }], agent.session.did, key)
   check(res.verified.length === 1 && res.unverified.length === 0, 'verifyProofs')
   const latest = await agent.com.atproto.sync.getLatestCommit({ did: agent.session.did })
   check(latest.data.cid === aw.data.commit.cid, 'getLatestCommit')

@@ -51,3 +51,22 @@ pub fn node_tests() -> Option<PathBuf> {
     eprintln!("\n!!!!!!!! SKIPPED: {} has no node_modules (run scripts/setup.sh) !!!!!!!!\n", dir.display());
     None
 }
+
+/// The Python of `tests/py/.venv` (with the `atproto` SDK, installed by `scripts/setup.sh`), or
+/// `None` after a loud message when absent outside CI.
+pub fn python_sdk() -> Option<PathBuf> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|p| p.join(".ci").is_dir() && p.join("crates").is_dir())
+        .expect("the workspace root")
+        .to_path_buf();
+    let python = repo.join("tests").join("py").join(".venv").join("bin").join("python");
+    if python.is_file() {
+        return Some(python);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true but {} is missing: scripts/setup.sh should have created it", python.display());
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {} is missing (run scripts/setup.sh) !!!!!!!!\n", python.display());
+    None
+}
