@@ -8,7 +8,6 @@ use axum::http::{Request, StatusCode};
 use common::{account, call, node};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 #[tokio::test]
 async fn accounts_and_sessions() {
@@ -213,7 +212,7 @@ async fn records_crud_listing_validation_and_refusals() {
         .header("content-type", "application/json")
         .body(Body::from("{not json"))
         .unwrap();
-    let resp = n.app.clone().oneshot(req).await.unwrap();
+    let resp = n.send(req).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["error"], "InvalidRequest");
@@ -304,12 +303,8 @@ async fn apply_writes_limits_and_sync_reads() {
     assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("RepoNotFound")));
     let (s, e) = call(&n, "GET", "/xrpc/com.atproto.sync.getRepo", None, None).await;
     assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")), "missing did");
-    let resp = n
-        .app
-        .clone()
-        .oneshot(Request::get(format!("/xrpc/com.atproto.sync.getRepo?did={did}")).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let resp =
+        n.send(Request::get(format!("/xrpc/com.atproto.sync.getRepo?did={did}")).body(Body::empty()).unwrap()).await;
     assert_eq!(resp.headers()["content-type"], "application/vnd.ipld.car");
     let car = resp.into_body().collect().await.unwrap().to_bytes();
     let blocks = ues_sync::repo::ipld::car::CarReader::new(&car[..]).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
@@ -327,7 +322,7 @@ async fn blobs_upload_reference_fetch_and_limits() {
         .header("content-type", "image/png")
         .body(Body::from(png.clone()))
         .unwrap();
-    let resp = n.app.clone().oneshot(req).await.unwrap();
+    let resp = n.send(req).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let up: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!((up["blob"]["mimeType"].as_str(), up["blob"]["size"].as_u64()), (Some("image/png"), Some(300_000)));
@@ -339,13 +334,13 @@ async fn blobs_upload_reference_fetch_and_limits() {
         .header("content-type", "video/mp4")
         .body(Body::from(vec![0u8; 1024 * 1024 + 10]))
         .unwrap();
-    let resp = n.app.clone().oneshot(big).await.unwrap();
+    let resp = n.send(big).await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let anon = Request::post("/xrpc/com.atproto.repo.uploadBlob")
         .header("content-type", "image/png")
         .body(Body::from(vec![1u8; 10]))
         .unwrap();
-    assert_eq!(n.app.clone().oneshot(anon).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(n.send(anon).await.status(), StatusCode::UNAUTHORIZED);
 
     // A record referencing it; then listBlobs and getBlob.
     let record = json!({"$type": "app.bsky.feed.post", "text": "pic", "createdAt": "2026-11-24T12:00:00.000Z",
@@ -362,13 +357,8 @@ async fn blobs_upload_reference_fetch_and_limits() {
     let (_, listed) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.listBlobs?did={did}"), None, None).await;
     assert_eq!(listed["cids"][0].as_str(), Some(cid.as_str()));
     let resp = n
-        .app
-        .clone()
-        .oneshot(
-            Request::get(format!("/xrpc/com.atproto.sync.getBlob?did={did}&cid={cid}")).body(Body::empty()).unwrap(),
-        )
-        .await
-        .unwrap();
+        .send(Request::get(format!("/xrpc/com.atproto.sync.getBlob?did={did}&cid={cid}")).body(Body::empty()).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "image/png");
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().to_vec(), png);
@@ -413,15 +403,12 @@ async fn sync_listings_blocks_and_well_known() {
 
     let record_cid = made["cid"].as_str().unwrap();
     let resp = n
-        .app
-        .clone()
-        .oneshot(
+        .send(
             Request::get(format!("/xrpc/com.atproto.sync.getBlocks?did={did}&cids={record_cid}"))
                 .body(Body::empty())
                 .unwrap(),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let car = resp.into_body().collect().await.unwrap().to_bytes();
     let blocks = ues_sync::repo::ipld::car::CarReader::new(&car[..]).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
@@ -433,19 +420,13 @@ async fn sync_listings_blocks_and_well_known() {
     assert_eq!((s, e["error"].as_str()), (StatusCode::BAD_REQUEST, Some("BlockNotFound")));
 
     let resp = n
-        .app
-        .clone()
-        .oneshot(Request::get("/.well-known/atproto-did").header("host", "alice.test").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+        .send(Request::get("/.well-known/atproto-did").header("host", "alice.test").body(Body::empty()).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap(), did);
     let resp = n
-        .app
-        .clone()
-        .oneshot(Request::get("/.well-known/atproto-did").header("host", "nobody.test").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+        .send(Request::get("/.well-known/atproto-did").header("host", "nobody.test").body(Body::empty()).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let preflight = Request::builder()
         .method("OPTIONS")
@@ -455,7 +436,7 @@ async fn sync_listings_blocks_and_well_known() {
         .header("access-control-request-headers", "authorization,content-type")
         .body(Body::empty())
         .unwrap();
-    let resp = n.app.clone().oneshot(preflight).await.unwrap();
+    let resp = n.send(preflight).await;
     assert!(resp.status().is_success());
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
 
@@ -628,7 +609,7 @@ async fn prometheus_metrics() {
     let n = node();
     account(&n, "alice.test").await;
     call(&n, "GET", "/xrpc/com.atproto.server.describeServer", None, None).await;
-    let resp = n.app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let resp = n.send(Request::get("/metrics").body(Body::empty()).unwrap()).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(
