@@ -205,15 +205,30 @@ pub struct Firehose {
     latest: watch::Sender<i64>,
     closing: watch::Sender<bool>,
     db: Arc<Sqlite>,
+    /// The most recent frames, shared by every live subscriber: a commit is read from SQLite
+    /// once, not once per subscriber. Bounded by [`RING_FRAMES`].
+    ring: parking_lot::RwLock<std::collections::VecDeque<(i64, Arc<[u8]>)>>,
+    /// Serialises refills of the ring.
+    refill: parking_lot::Mutex<()>,
     /// A subscriber further behind than this many events is dropped.
     pub max_lag: i64,
 }
+
+/// Frames kept in memory for live subscribers.
+const RING_FRAMES: usize = 4096;
 
 impl Firehose {
     /// A firehose over the sequencer table in `db`.
     pub fn new(db: Arc<Sqlite>) -> Self {
         let latest = latest_seq(&db).unwrap_or(0);
-        Self { latest: watch::channel(latest).0, closing: watch::channel(false).0, db, max_lag: 100_000 }
+        Self {
+            latest: watch::channel(latest).0,
+            closing: watch::channel(false).0,
+            db,
+            ring: parking_lot::RwLock::new(std::collections::VecDeque::with_capacity(RING_FRAMES)),
+            refill: parking_lot::Mutex::new(()),
+            max_lag: 100_000,
+        }
     }
 
     /// Tells every subscriber the server is going away: each gets a close frame (1001).
@@ -226,15 +241,45 @@ impl Firehose {
         self.latest.borrow()
     }
 
-    /// Re-reads the latest sequence number and wakes subscribers (after a commit).
+    /// Reads the events committed since the last call into the ring (once, for everyone) and
+    /// wakes subscribers. Called after every commit.
     pub fn notify(&self) {
-        if let Ok(seq) = latest_seq(&self.db) {
-            self.latest.send_if_modified(|cur| {
-                let changed = seq > *cur;
-                *cur = (*cur).max(seq);
-                changed
-            });
+        let _one_refill = self.refill.lock();
+        let after = self.ring.read().back().map_or(*self.latest.borrow(), |(seq, _)| *seq);
+        let mut newest = after;
+        let mut after = after;
+        // Bounded: at most a few batches per notification.
+        for _ in 0..8 {
+            let Ok(batch) = events_after(&self.db, after) else { break };
+            if batch.is_empty() {
+                break;
+            }
+            let mut ring = self.ring.write();
+            for (seq, frame) in batch {
+                if ring.len() == RING_FRAMES {
+                    ring.pop_front();
+                }
+                after = seq;
+                newest = seq;
+                ring.push_back((seq, Arc::from(frame)));
+            }
         }
+        self.latest.send_if_modified(|cur| {
+            let changed = newest > *cur;
+            *cur = (*cur).max(newest);
+            changed
+        });
+    }
+
+    /// Frames after `after` from memory, when the ring still holds the next one.
+    fn ring_after(&self, after: i64) -> Option<Vec<(i64, Arc<[u8]>)>> {
+        let ring = self.ring.read();
+        let first = ring.front()?.0;
+        if after + 1 < first {
+            return None; // older than the ring: replay from SQLite
+        }
+        let skip = ring.partition_point(|(seq, _)| *seq <= after);
+        Some(ring.iter().skip(skip).take(BATCH as usize).cloned().collect())
     }
 }
 
@@ -315,10 +360,15 @@ async fn serve_subscriber(st: &Arc<XrpcState>, cursor: Option<i64>, mut socket: 
             let _ = socket.send(Message::Close(Some(frame))).await;
             return;
         }
-        let db = fh.db.clone();
-        let batch = match tokio::task::spawn_blocking(move || events_after(&db, last)).await {
-            Ok(Ok(b)) => b,
-            _ => break,
+        let batch: Vec<(i64, Arc<[u8]>)> = match fh.ring_after(last) {
+            Some(b) => b,
+            None => {
+                let db = fh.db.clone();
+                match tokio::task::spawn_blocking(move || events_after(&db, last)).await {
+                    Ok(Ok(b)) => b.into_iter().map(|(seq, f)| (seq, Arc::from(f))).collect(),
+                    _ => break,
+                }
+            }
         };
         if batch.is_empty() {
             tokio::select! {
@@ -333,7 +383,7 @@ async fn serve_subscriber(st: &Arc<XrpcState>, cursor: Option<i64>, mut socket: 
             continue;
         }
         for (seq, bytes) in batch {
-            if socket.send(Message::Binary(bytes.into())).await.is_err() {
+            if socket.send(Message::Binary(bytes.to_vec().into())).await.is_err() {
                 return;
             }
             last = seq;
