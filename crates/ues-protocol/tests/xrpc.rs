@@ -619,3 +619,73 @@ async fn prometheus_metrics() {
     assert!(text.contains("ues_http_request_duration_seconds_count"), "{text}");
     assert!(text.contains("ues_firehose_seq 4"), "account creation sequenced four events: {text}");
 }
+
+#[tokio::test]
+async fn import_repo_restores_a_backup_and_refuses_foreign_or_tampered_cars() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let bob = account(&n, "bob.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let note = |i: usize| json!({"repo": did, "collection": "com.example.note", "rkey": format!("n{i}"), "record": {"text": format!("note {i}")}});
+    for i in 0..5 {
+        call(&n, "POST", "/xrpc/com.atproto.repo.createRecord", Some(token), Some(note(i))).await;
+    }
+    let get_car = |did: String| {
+        let n = &n;
+        async move {
+            let resp = n
+                .send(Request::get(format!("/xrpc/com.atproto.sync.getRepo?did={did}")).body(Body::empty()).unwrap())
+                .await;
+            resp.into_body().collect().await.unwrap().to_bytes().to_vec()
+        }
+    };
+    let backup = get_car(did.to_string()).await;
+    let (_, at_backup) =
+        call(&n, "GET", &format!("/xrpc/com.atproto.sync.getLatestCommit?did={did}"), None, None).await;
+    for i in 5..8 {
+        call(&n, "POST", "/xrpc/com.atproto.repo.createRecord", Some(token), Some(note(i))).await;
+    }
+    let import = |car: Vec<u8>, tok: String| {
+        let n = &n;
+        async move {
+            let req = Request::post("/xrpc/com.atproto.repo.importRepo")
+                .header("authorization", format!("Bearer {tok}"))
+                .header("content-type", "application/vnd.ipld.car")
+                .body(Body::from(car))
+                .unwrap();
+            n.send(req).await.status()
+        }
+    };
+    // Bob's repository cannot be imported into Alice's account; a changed byte is refused.
+    let bobs = get_car(bob["did"].as_str().unwrap().to_string()).await;
+    assert_eq!(import(bobs, token.to_string()).await, StatusCode::BAD_REQUEST);
+    let mut tampered = backup.clone();
+    let at = tampered.len() - 5;
+    tampered[at] ^= 1;
+    assert_eq!(import(tampered, token.to_string()).await, StatusCode::BAD_REQUEST);
+    let (_, all) = call(
+        &n,
+        "GET",
+        "/xrpc/com.atproto.repo.listRecords?repo=alice.test&collection=com.example.note&limit=100",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(all["records"].as_array().unwrap().len(), 8, "refused imports changed nothing");
+
+    // The backup restores: the head, the records and the index are those of the backup.
+    assert_eq!(import(backup, token.to_string()).await, StatusCode::OK);
+    let (_, latest) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.getLatestCommit?did={did}"), None, None).await;
+    assert_eq!(latest["cid"], at_backup["cid"]);
+    let (_, all) = call(
+        &n,
+        "GET",
+        "/xrpc/com.atproto.repo.listRecords?repo=alice.test&collection=com.example.note&limit=100",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(all["records"].as_array().unwrap().len(), 5);
+    let (s, _) = call(&n, "POST", "/xrpc/com.atproto.repo.createRecord", Some(token), Some(note(9))).await;
+    assert_eq!(s, StatusCode::OK, "writes continue on the restored repository");
+}

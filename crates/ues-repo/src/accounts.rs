@@ -181,6 +181,17 @@ pub enum RepoEvent<'a> {
         /// The new status.
         status: &'a str,
     },
+    /// The repository was replaced wholesale (an import): consumers should resync.
+    Synced {
+        /// The account.
+        did: &'a Did,
+        /// The new head commit.
+        head: &'a Cid,
+        /// Its revision.
+        rev: &'a str,
+        /// The head commit's block.
+        commit_block: &'a [u8],
+    },
     /// A commit to an existing repository.
     Committed {
         /// The repository.
@@ -442,7 +453,7 @@ impl<B: Blockstore> Accounts<B> {
         let lock = self.lock(did.as_str());
         let _guard = lock.lock();
         let key = self.signing_key(did)?;
-        let mut blob_refs: Vec<(String, String)> = Vec::new(); // (record path, blob cid)
+        let mut blob_refs: Vec<(String, String)> = Vec::new(); // (record path, blob cid), checked
         for w in writes {
             if let Write::Create { collection, rkey, record } | Write::Update { collection, rkey, record, .. } = w {
                 let mut refs = Vec::new();
@@ -473,47 +484,16 @@ impl<B: Blockstore> Accounts<B> {
             .collect();
         let now = now_ms();
         self.db.write(|tx| {
-            tx.execute("UPDATE account SET head = ?1, rev = ?2 WHERE did = ?3", params![res.cid.to_string(), res.commit.rev.as_str(), did.as_str()])?;
+            tx.execute(
+                "UPDATE account SET head = ?1, rev = ?2 WHERE did = ?3",
+                params![res.cid.to_string(), res.commit.rev.as_str(), did.as_str()],
+            )?;
             for op in &res.ops {
                 let (collection, rkey) = op.path.split_once('/').expect("paths are collection/rkey");
-                let key = params![did.as_str(), collection, rkey];
-                tx.prepare_cached("DELETE FROM backlink WHERE src_did = ?1 AND src_collection = ?2 AND src_rkey = ?3")?.execute(key)?;
-                tx.prepare_cached("DELETE FROM record_blob WHERE did = ?1 AND path = ?2")?.execute(params![did.as_str(), op.path])?;
-                let old_text: Option<i64> = tx
-                    .prepare_cached("SELECT id FROM record_text WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?
-                    .query_row(key, |r| r.get(0))
-                    .optional()?;
-                if let Some(id) = old_text {
-                    tx.prepare_cached("DELETE FROM record_fts WHERE rowid = ?1")?.execute([id])?;
-                    tx.prepare_cached("DELETE FROM record_text WHERE id = ?1")?.execute([id])?;
-                }
-                match (op.action, op.cid) {
-                    (Action::Delete, _) | (_, None) => {
-                        tx.prepare_cached("DELETE FROM record WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?.execute(key)?;
-                    }
-                    (_, Some(cid)) => {
-                        let record = records.get(op.path.as_str()).copied();
-                        let created_at = record.and_then(|r| r.get("createdAt")).and_then(Ipld::as_str);
-                        tx.prepare_cached(
-                            "INSERT INTO record (did, collection, rkey, cid, created_at, indexed_at, rev) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                             ON CONFLICT (did, collection, rkey) DO UPDATE SET cid = excluded.cid, created_at = excluded.created_at, rev = excluded.rev",
-                        )?
-                        .execute(params![did.as_str(), collection, rkey, cid.to_string(), created_at, now, res.commit.rev.as_str()])?;
-                        if let Some(rec) = record {
-                            let mut refs = Vec::new();
-                            record_refs(rec, &mut refs);
-                            for target in refs {
-                                tx.prepare_cached("INSERT OR IGNORE INTO backlink VALUES (?1, ?2, ?3, ?4)")?.execute(params![did.as_str(), collection, rkey, target])?;
-                            }
-                            let mut text = String::new();
-                            record_text(rec, &mut text);
-                            if !text.is_empty() {
-                                tx.prepare_cached("INSERT INTO record_text (did, collection, rkey) VALUES (?1, ?2, ?3)")?.execute(key)?;
-                                let id = tx.last_insert_rowid();
-                                tx.prepare_cached("INSERT INTO record_fts (rowid, body) VALUES (?1, ?2)")?.execute(params![id, text])?;
-                            }
-                        }
-                    }
+                unindex(tx, did.as_str(), collection, rkey)?;
+                if let (Some(cid), true) = (op.cid, op.action != Action::Delete) {
+                    let record = records.get(op.path.as_str()).copied();
+                    index(tx, did.as_str(), collection, rkey, &cid, record, res.commit.rev.as_str(), now)?;
                 }
             }
             // Which commit introduced which block: what `getRepo?since=` exports.
@@ -522,10 +502,6 @@ impl<B: Blockstore> Accounts<B> {
                 st.execute(params![did.as_str(), cid.to_string(), res.commit.rev.as_str()])?;
             }
             drop(st);
-            for (path, cid) in &blob_refs {
-                tx.prepare_cached("INSERT OR IGNORE INTO record_blob (did, path, cid) VALUES (?1, ?2, ?3)")?
-                    .execute(params![did.as_str(), path, cid])?;
-            }
             if let Some(hook) = &self.hook {
                 hook(tx, &RepoEvent::Committed { did, commit: &res, blocks: &event_blocks })?;
             }
@@ -558,6 +534,56 @@ impl<B: Blockstore> Accounts<B> {
             car.write_block(&cid, &bytes).map_err(RepoError::from)?;
         }
         Ok(car.finish().map_err(RepoError::from)?)
+    }
+
+    /// Replaces an account's repository with a CAR (backup restore, account migration). The CAR
+    /// is verified end to end (every block, the commit signature against the account's key, the
+    /// DID, the tree, every record present) before anything is stored; then the collection index
+    /// is rebuilt and the head moved in one transaction.
+    pub fn import_repo(&self, did: &Did, car: impl std::io::Read) -> Result<Cid, AccountError> {
+        let lock = self.lock(did.as_str());
+        let _guard = lock.lock();
+        let key = self.signing_key(did)?.public();
+        let repo = crate::repo::import_car(&self.blocks, car, did, &key)?;
+        let entries = repo.mst()?.list(None, usize::MAX).map_err(RepoError::from)?;
+        let mut records = Vec::with_capacity(entries.len());
+        for (path, cid) in entries {
+            let bytes = self.blocks.get(&cid)?.ok_or(RepoError::MissingBlock(cid))?;
+            let value = ues_ipld::dagcbor::decode_atproto(&bytes)
+                .map_err(|e| RepoError::InvalidRecord { path: path.clone(), reason: e.to_string() })?;
+            records.push((path, cid, value));
+        }
+        let head = repo.head();
+        let rev = repo.commit().rev.to_string();
+        let commit_block = self.blocks.get(&head)?.ok_or(RepoError::MissingBlock(head))?;
+        let now = now_ms();
+        self.db.write(|tx| {
+            let d = did.as_str();
+            tx.execute("DELETE FROM record_fts WHERE rowid IN (SELECT id FROM record_text WHERE did = ?1)", [d])?;
+            for table in [
+                "record_text WHERE did",
+                "record WHERE did",
+                "backlink WHERE src_did",
+                "record_blob WHERE did",
+                "repo_block WHERE did",
+            ] {
+                tx.execute(&format!("DELETE FROM {table} = ?1"), [d])?;
+            }
+            for (path, cid, value) in &records {
+                let (collection, rkey) = path.split_once('/').expect("paths are collection/rkey");
+                index(tx, d, collection, rkey, cid, Some(value), &rev, now)?;
+                tx.prepare_cached("INSERT OR IGNORE INTO repo_block (did, cid, rev) VALUES (?1, ?2, ?3)")?
+                    .execute(params![d, cid.to_string(), rev])?;
+            }
+            tx.prepare_cached("INSERT OR IGNORE INTO repo_block (did, cid, rev) VALUES (?1, ?2, ?3)")?
+                .execute(params![d, head.to_string(), rev])?;
+            tx.execute("UPDATE account SET head = ?1, rev = ?2 WHERE did = ?3", params![head.to_string(), rev, d])?;
+            if let Some(hook) = &self.hook {
+                hook(tx, &RepoEvent::Synced { did, head: &head, rev: &rev, commit_block: &commit_block })?;
+            }
+            Ok::<_, AccountError>(())
+        })?;
+        Ok(head)
     }
 
     /// Records of a collection in one repository, by record key, after `cursor`, optionally
@@ -633,6 +659,67 @@ impl<B: Blockstore> Accounts<B> {
     pub fn record_from_json(value: &serde_json::Value) -> Result<Ipld, atjson::JsonError> {
         atjson::record_from_json(value)
     }
+}
+
+/// Removes a record's rows from the collection index (record, backlinks, text, blob refs).
+fn unindex(tx: &rusqlite::Transaction<'_>, did: &str, collection: &str, rkey: &str) -> rusqlite::Result<()> {
+    let key = params![did, collection, rkey];
+    tx.prepare_cached("DELETE FROM record WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?.execute(key)?;
+    tx.prepare_cached("DELETE FROM backlink WHERE src_did = ?1 AND src_collection = ?2 AND src_rkey = ?3")?
+        .execute(key)?;
+    tx.prepare_cached("DELETE FROM record_blob WHERE did = ?1 AND path = ?2")?
+        .execute(params![did, format!("{collection}/{rkey}")])?;
+    let old_text: Option<i64> = tx
+        .prepare_cached("SELECT id FROM record_text WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?
+        .query_row(key, |r| r.get(0))
+        .optional()?;
+    if let Some(id) = old_text {
+        tx.prepare_cached("DELETE FROM record_fts WHERE rowid = ?1")?.execute([id])?;
+        tx.prepare_cached("DELETE FROM record_text WHERE id = ?1")?.execute([id])?;
+    }
+    Ok(())
+}
+
+/// Adds a record to the collection index: its row, the AT-URIs/DIDs it references, its text for
+/// full-text search, and the blobs it references.
+#[allow(clippy::too_many_arguments)]
+fn index(
+    tx: &rusqlite::Transaction<'_>,
+    did: &str,
+    collection: &str,
+    rkey: &str,
+    cid: &Cid,
+    record: Option<&Ipld>,
+    rev: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let created_at = record.and_then(|r| r.get("createdAt")).and_then(Ipld::as_str);
+    tx.prepare_cached(
+        "INSERT INTO record (did, collection, rkey, cid, created_at, indexed_at, rev) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![did, collection, rkey, cid.to_string(), created_at, now, rev])?;
+    let Some(rec) = record else { return Ok(()) };
+    let mut refs = Vec::new();
+    record_refs(rec, &mut refs);
+    for target in refs {
+        tx.prepare_cached("INSERT OR IGNORE INTO backlink VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![did, collection, rkey, target])?;
+    }
+    let mut text = String::new();
+    record_text(rec, &mut text);
+    if !text.is_empty() {
+        tx.prepare_cached("INSERT INTO record_text (did, collection, rkey) VALUES (?1, ?2, ?3)")?
+            .execute(params![did, collection, rkey])?;
+        let id = tx.last_insert_rowid();
+        tx.prepare_cached("INSERT INTO record_fts (rowid, body) VALUES (?1, ?2)")?.execute(params![id, text])?;
+    }
+    let mut blobs = Vec::new();
+    record_blobs(rec, &mut blobs);
+    for b in blobs {
+        tx.prepare_cached("INSERT OR IGNORE INTO record_blob (did, path, cid) VALUES (?1, ?2, ?3)")?
+            .execute(params![did, format!("{collection}/{rkey}"), b.cid.to_string()])?;
+    }
+    Ok(())
 }
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedRecord> {

@@ -174,6 +174,15 @@ pub(crate) fn sequencer_hook() -> CommitHook {
                 ])
             })
         }
+        RepoEvent::Synced { did, head, rev, commit_block } => insert(tx, did.as_str(), "#sync", |seq| {
+            map(vec![
+                ("seq", Ipld::Integer(seq as i128)),
+                ("did", Ipld::String(did.to_string())),
+                ("blocks", Ipld::Bytes(car_of(head, &[(**head, commit_block.to_vec())]))),
+                ("rev", Ipld::String(rev.to_string())),
+                ("time", Ipld::String(now_iso())),
+            ])
+        }),
         RepoEvent::Identity { did, handle } => insert(tx, did.as_str(), "#identity", |seq| {
             map(vec![
                 ("seq", Ipld::Integer(seq as i128)),

@@ -208,6 +208,10 @@ pub fn router(state: Arc<XrpcState>) -> Router {
             post(blob::upload_blob).layer(DefaultBodyLimit::max(state.cfg.max_blob_bytes as usize + 1)),
         )
         .route("/xrpc/com.atproto.repo.listMissingBlobs", get(blob::list_missing_blobs))
+        .route(
+            "/xrpc/com.atproto.repo.importRepo",
+            post(repo::import_repo).layer(DefaultBodyLimit::max(state.cfg.max_blob_bytes as usize)),
+        )
         .route("/xrpc/com.atproto.sync.getBlob", get(blob::get_blob))
         .route("/xrpc/com.atproto.sync.listBlobs", get(blob::list_blobs))
         .route("/xrpc/com.atproto.sync.getRepo", get(sync::get_repo))

@@ -388,3 +388,30 @@ pub(crate) async fn apply_writes(
     })
     .await
 }
+
+/// `importRepo`: replaces the authenticated account's repository with a CAR (the body), after
+/// verifying it completely; a refused CAR changes nothing.
+pub(crate) async fn import_repo(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, XrpcError> {
+    let claims = st.access(&headers)?;
+    if claims.scope != "com.atproto.access" {
+        return Err(XrpcError::bad("InvalidToken", "App passwords cannot import repositories"));
+    }
+    blocking(move || {
+        let did = ues_sync::repo::syntax::Did::new(claims.sub).map_err(XrpcError::internal)?;
+        match st.accounts.import_repo(&did, &body[..]) {
+            Ok(_) => {
+                st.firehose.notify();
+                Ok(StatusCode::OK)
+            }
+            Err(ues_sync::repo::accounts::AccountError::Repo(e)) => {
+                Err(XrpcError::invalid(format!("Could not import repository: {e}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
