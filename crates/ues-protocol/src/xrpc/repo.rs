@@ -53,6 +53,14 @@ fn rkey(s: &str) -> Result<RecordKey, XrpcError> {
     RecordKey::new(s).map_err(|e| XrpcError::invalid(e.to_string()))
 }
 
+/// The record key a client chose, or a fresh TID when it chose none.
+fn rkey_or_new(st: &XrpcState, chosen: Option<&str>) -> Result<RecordKey, XrpcError> {
+    match chosen {
+        Some(r) => rkey(r),
+        None => RecordKey::new(st.tids.next().to_string()).map_err(XrpcError::internal),
+    }
+}
+
 fn cid_param(s: &Option<String>) -> Result<Option<cid::Cid>, XrpcError> {
     s.as_deref().map(|c| c.parse::<cid::Cid>().map_err(|e| XrpcError::invalid(format!("bad CID {c}: {e}")))).transpose()
 }
@@ -130,10 +138,7 @@ pub(crate) async fn create_record(
     blocking(move || {
         let account = writable(&st, &headers, &b.repo)?;
         let collection = nsid(&b.collection)?;
-        let rkey = match &b.rkey {
-            Some(r) => rkey(r)?,
-            None => RecordKey::new(st.tids.next().to_string()).map_err(XrpcError::internal)?,
-        };
+        let rkey = rkey_or_new(&st, b.rkey.as_deref())?;
         let (record, status) = prepare_record(&st, &collection, rkey.as_str(), b.record, b.validate)?;
         let write = Write::Create { collection: collection.clone(), rkey: rkey.clone(), record };
         let res = st.accounts.apply_writes(&account.did, &[write], cid_param(&b.swap_commit)?)?;
@@ -345,10 +350,7 @@ pub(crate) async fn apply_writes(
             let collection = nsid(field("collection")?)?;
             match ty {
                 "com.atproto.repo.applyWrites#create" => {
-                    let rkey = match w.get("rkey").and_then(Value::as_str) {
-                        Some(r) => rkey(r)?,
-                        None => RecordKey::new(st.tids.next().to_string()).map_err(XrpcError::internal)?,
-                    };
+                    let rkey = rkey_or_new(&st, w.get("rkey").and_then(Value::as_str))?;
                     let value = w.get("value").cloned().ok_or_else(|| XrpcError::invalid(format!("writes[{i}].value is required")))?;
                     let (record, status) = prepare_record(&st, &collection, rkey.as_str(), value, b.validate)?;
                     statuses.push(Some(status));
