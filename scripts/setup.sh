@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+# libclang itself (bindgen loads it), not libclang-cpp, which some images carry alone.
+if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
+    && ! ldconfig -p 2>/dev/null | grep -qE 'libclang(-[0-9.]+)?\.so'; then
     need_apt+=(libclang-dev)
 fi
 command -v g++ >/dev/null || need_apt+=(g++)
