@@ -63,6 +63,12 @@ pub(crate) struct XrpcSection {
     pub(crate) user_domains: Vec<String>,
     /// PLC directory URL; empty: none.
     pub(crate) plc_url: String,
+    /// DNS server for `_atproto` TXT handle lookups: "" = the system's (/etc/resolv.conf),
+    /// "off" = HTTPS only, or "IP:PORT".
+    pub(crate) handle_dns: String,
+    /// Password of the `admin` user for com.atproto.admin.* ("" = generated into
+    /// `<data_dir>/admin.password`).
+    pub(crate) admin_password: String,
     /// Extra Lexicon files to load on top of the built-in ones (empty: none).
     pub(crate) lexicons_dir: PathBuf,
     /// Largest request body in MiB.
@@ -77,6 +83,8 @@ impl Default for XrpcSection {
             public_url: String::new(),
             user_domains: vec![".test".into()],
             plc_url: String::new(),
+            handle_dns: String::new(),
+            admin_password: String::new(),
             lexicons_dir: PathBuf::new(),
             max_body_mib: 16,
             max_blob_mib: 100,

@@ -51,16 +51,30 @@ pub(crate) fn load(data_dir: &Path) -> anyhow::Result<SigningKey> {
 /// The session-token secret: 32 random bytes in `<data_dir>/jwt.secret` (mode 0600), created on
 /// first use so that sessions survive restarts.
 pub(crate) fn jwt_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let path = data_dir.join("jwt.secret");
+    secret_file(&data_dir.join("jwt.secret"), |b| b.to_vec())
+}
+
+/// The password of the `admin` user (`com.atproto.admin.*`, HTTP Basic), generated on first
+/// use into `admin.password` (mode 0600), unless `[xrpc] admin_password` sets one.
+pub(crate) fn admin_password(data_dir: &Path) -> anyhow::Result<String> {
+    let bytes = secret_file(&data_dir.join("admin.password"), |b| {
+        data_encoding::BASE32_NOPAD.encode(&b[..20]).to_ascii_lowercase().into_bytes()
+    })?;
+    Ok(String::from_utf8(bytes)?.trim().to_string())
+}
+
+/// Reads a secret file, first creating it (mode 0600, never overwritten) from 32 random bytes
+/// passed through `encode`.
+fn secret_file(path: &Path, encode: impl FnOnce(&[u8]) -> Vec<u8>) -> anyhow::Result<Vec<u8>> {
     if !path.exists() {
         use rand::RngCore;
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        file.write_all(&secret)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+        file.write_all(&encode(&secret))?;
         file.sync_all()?;
     }
-    Ok(std::fs::read(&path)?)
+    Ok(std::fs::read(path)?)
 }
 
 #[cfg(test)]

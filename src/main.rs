@@ -243,8 +243,27 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
         plc_url: (!cfg.xrpc.plc_url.is_empty()).then(|| cfg.xrpc.plc_url.clone()),
         max_body_bytes: cfg.xrpc.max_body_mib << 20,
         max_blob_bytes: (cfg.xrpc.max_blob_mib as u64) << 20,
+        handle_resolver: handle_resolver(&cfg.xrpc.handle_dns)?,
+        admin_password: Some(if cfg.xrpc.admin_password.is_empty() {
+            identity::admin_password(&cfg.data_dir)?
+        } else {
+            cfg.xrpc.admin_password.clone()
+        }),
     };
     ues_protocol::xrpc::XrpcState::new(accounts, lexicons, kv, xcfg).map_err(|e| anyhow::anyhow!("{}", e.message))
+}
+
+/// The handle resolver `[xrpc] handle_dns` asks for.
+fn handle_resolver(dns: &str) -> anyhow::Result<ues_repo::identity::HandleResolver> {
+    use ues_repo::identity::HandleResolver;
+    Ok(match dns {
+        "" => HandleResolver::default(),
+        "off" => HandleResolver::default().with_dns(None),
+        addr => HandleResolver::default().with_dns(Some(
+            addr.parse()
+                .map_err(|e| anyhow::anyhow!("[xrpc] handle_dns {addr:?}: {e} (want IP:PORT, \"\" or \"off\")"))?,
+        )),
+    })
 }
 
 async fn shutdown_signal() {

@@ -195,9 +195,12 @@ fn the_official_client_drives_the_node() {
     let addr = free_port();
     let mut node = spawn_node(&dir.path().join("data"), addr);
     wait_healthy(addr);
+    // 500 creates, forced token expiry (the script signs an expired token with the node's
+    // jwt.secret), then the firehose from cursor 0 checked as a relay would.
     let out = Command::new("node")
+        .arg("--experimental-websocket")
         .arg(js.join("client_smoke.mjs"))
-        .args([format!("http://{addr}"), "60".to_string()])
+        .args([format!("http://{addr}"), "500".to_string(), dir.path().join("data").display().to_string()])
         .current_dir(&js)
         .output()
         .expect("node runs");
@@ -210,6 +213,9 @@ fn the_official_client_drives_the_node() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(report["forcedExpiry"], true, "{report}");
+    // 500 creates, a put, a delete, an applyWrites, a post with a blob, a post after expiry.
+    assert_eq!(report["firehoseCommits"].as_u64(), Some(505), "{report}");
 }
 
 #[test]

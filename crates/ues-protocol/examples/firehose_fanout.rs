@@ -29,6 +29,8 @@ async fn main() {
         plc_url: None,
         max_body_bytes: 1 << 20,
         max_blob_bytes: 1 << 20,
+        handle_resolver: ues_sync::repo::identity::HandleResolver::with_base(|_| "http://127.0.0.1:9".into()),
+        admin_password: None,
     };
     let state = Arc::new(
         XrpcState::new(Accounts::open(blocks, db, 1).unwrap(), Lexicons::new(), Arc::new(MemoryKv::new()), cfg)

@@ -22,7 +22,8 @@ async fn accounts_and_sessions() {
         ("alice.test", "long enough", "HandleNotAvailable"),
         ("bob.example.com", "long enough", "UnsupportedDomain"),
         ("bob.test", "short", "InvalidPassword"),
-        ("-bad-.test", "long enough", "InvalidHandle"),
+        // Not a handle at all: refused by the lexicon (format "handle") before the handler runs.
+        ("-bad-.test", "long enough", "InvalidRequest"),
     ] {
         let (s, v) = call(
             &n,
@@ -688,4 +689,261 @@ async fn import_repo_restores_a_backup_and_refuses_foreign_or_tampered_cars() {
     assert_eq!(all["records"].as_array().unwrap().len(), 5);
     let (s, _) = call(&n, "POST", "/xrpc/com.atproto.repo.createRecord", Some(token), Some(note(9))).await;
     assert_eq!(s, StatusCode::OK, "writes continue on the restored repository");
+}
+
+#[path = "../../../tests/support/dns.rs"]
+mod dns;
+
+static ALICE_DID: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// `alice.example.com` names Alice's DID, `other.example.com` another account's; no other record.
+fn zone(name: &str) -> Vec<Vec<&'static str>> {
+    let alice = ALICE_DID.get().map(|d| format!("did={d}")).unwrap_or_default();
+    match name {
+        "_atproto.alice.example.com." => vec![vec![Box::leak(alice.into_boxed_str())]],
+        "_atproto.other.example.com." => vec![vec!["did=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"]],
+        _ => vec![],
+    }
+}
+
+#[tokio::test]
+async fn external_handles_are_verified_through_dns() {
+    let n = common::node_with_dns(Some(dns::txt_server(zone)));
+    let alice = account(&n, "alice.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    ALICE_DID.set(Box::leak(did.to_string().into_boxed_str())).unwrap();
+    let update = |h: &str| json!({"handle": h});
+    let path = "/xrpc/com.atproto.identity.updateHandle";
+    for refused in ["other.example.com", "nobody.example.com"] {
+        let (s, v) = call(&n, "POST", path, Some(token), Some(update(refused))).await;
+        assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidHandle")), "{refused}: {v}");
+    }
+    let (_, me) = call(&n, "GET", "/xrpc/com.atproto.server.getSession", Some(token), None).await;
+    assert_eq!(me["handle"], "alice.test", "a refused handle changes nothing");
+    let (s, _) = call(&n, "POST", path, Some(token), Some(update("alice.example.com"))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, me) = call(&n, "GET", "/xrpc/com.atproto.server.getSession", Some(token), None).await;
+    assert_eq!(me["handle"], "alice.example.com");
+    let resolve = |h: &str| format!("/xrpc/com.atproto.identity.resolveHandle?handle={h}");
+    let (_, v) = call(&n, "GET", &resolve("alice.example.com"), None, None).await;
+    assert_eq!(v["did"].as_str(), Some(did));
+    let (_, v) = call(&n, "GET", &resolve("other.example.com"), None, None).await;
+    assert_eq!(v["did"], "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "a handle hosted elsewhere resolves through DNS");
+    let (s, v) = call(&n, "GET", &resolve("nobody.example.com"), None, None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("HandleNotFound")));
+}
+
+#[tokio::test]
+async fn parameters_and_bodies_are_checked_against_the_lexicons() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let list = "/xrpc/com.atproto.repo.listRecords";
+    let cases = [
+        (format!("{list}?repo={did}&collection=app.bsky.feed.post&limit=101"), "Params/limit"),
+        (format!("{list}?repo={did}&collection=app.bsky.feed.post&limit=ten"), "Params/limit must be an integer"),
+        (format!("{list}?repo={did}&collection=app.bsky.feed.post&reverse=maybe"), "Params/reverse"),
+        (format!("{list}?repo={did}&collection=not..an.nsid"), "Params/collection"),
+        (format!("{list}?repo={did}"), "Params/collection is a required parameter"),
+        (format!("{list}?repo={did}&collection=a.b.c&collection=d.e.f"), "Params/collection must be given once"),
+        ("/xrpc/com.atproto.sync.getLatestCommit?did=alice".to_string(), "Params/did"),
+        ("/xrpc/com.atproto.sync.getBlocks?did=did:plc:x&cids=nope".to_string(), "Params/cids"),
+    ];
+    for (uri, want) in cases {
+        let (s, v) = call(&n, "GET", &uri, None, None).await;
+        assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")), "{uri}: {v}");
+        assert!(v["message"].as_str().unwrap().starts_with(want), "{uri}: {v}");
+    }
+    let (s, _) = call(&n, "GET", &format!("{list}?repo={did}&collection=a.b.c&limit=100&unknown=1"), None, None).await;
+    assert_eq!(s, StatusCode::OK, "undeclared parameters are ignored");
+    let create = "/xrpc/com.atproto.repo.createRecord";
+    let bodies = [
+        (json!({"repo": did, "record": {"text": "x"}}), "Input/collection is required"),
+        (json!({"repo": did, "collection": 7, "record": {}}), "Input/collection"),
+        (json!({"repo": did, "collection": "a.b.c", "record": {}, "validate": "yes"}), "Input/validate"),
+        (json!({"repo": did, "collection": "a.b.c", "record": {}, "swapCommit": "bafy"}), "Input/swapCommit"),
+    ];
+    for (body, want) in bodies {
+        let (s, v) = call(&n, "POST", create, Some(token), Some(body.clone())).await;
+        assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")), "{body}: {v}");
+        assert!(v["message"].as_str().unwrap().starts_with(want), "{body}: {v}");
+    }
+    let (_, v) = call(&n, "GET", &format!("{list}?repo={did}&collection=a.b.c"), None, None).await;
+    assert_eq!(v["records"].as_array().map(Vec::len), Some(0), "nothing refused was written");
+}
+
+#[tokio::test]
+async fn ues_index_queries() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let bob = account(&n, "bob.test").await;
+    let (adid, atok) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let (bdid, btok) = (bob["did"].as_str().unwrap(), bob["accessJwt"].as_str().unwrap());
+    let create = "/xrpc/com.atproto.repo.createRecord";
+    let post = json!({"repo": bdid, "collection": "app.bsky.feed.post",
+        "record": {"$type": "app.bsky.feed.post", "text": "persimmon season is here", "createdAt": "2026-11-24T12:00:00Z"}});
+    let (s, p) = call(&n, "POST", create, Some(btok), Some(post)).await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    let subject = json!({"uri": p["uri"], "cid": p["cid"]});
+    for (did, tok) in [(adid, atok), (bdid, btok)] {
+        let like = json!({"repo": did, "collection": "app.bsky.feed.like",
+            "record": {"$type": "app.bsky.feed.like", "subject": subject, "createdAt": "2026-11-24T12:00:00Z"}});
+        let (s, v) = call(&n, "POST", create, Some(tok), Some(like)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let uri = p["uri"].as_str().unwrap();
+    let likes =
+        format!("/xrpc/dev.ues.repo.queryIndex?collection=app.bsky.feed.like&index=subject&value={uri}&limit=1");
+    let (s, v) = call(&n, "GET", &likes, None, None).await;
+    assert_eq!((s, v["records"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{v}");
+    let next = format!("{likes}&cursor={}", v["cursor"].as_str().unwrap());
+    let (_, v2) = call(&n, "GET", &next, None, None).await;
+    assert_eq!(v2["records"].as_array().map(Vec::len), Some(1));
+    assert_ne!(v["records"][0]["uri"], v2["records"][0]["uri"]);
+    assert_eq!(v2["records"][0]["value"]["subject"]["uri"], uri);
+    let (s, v) =
+        call(&n, "GET", "/xrpc/dev.ues.repo.queryIndex?collection=app.bsky.feed.like&index=nope&value=x", None, None)
+            .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")));
+
+    let (_, v) = call(&n, "GET", "/xrpc/dev.ues.repo.searchRecords?q=persimmon", None, None).await;
+    assert_eq!(v["records"][0]["uri"], uri);
+    let (_, v) = call(&n, "GET", &format!("/xrpc/dev.ues.repo.listBacklinks?target={uri}"), None, None).await;
+    assert_eq!(v["records"].as_array().map(Vec::len), Some(2), "both likes reference the post");
+    let (_, v) = call(&n, "GET", &format!("/xrpc/dev.ues.repo.listRecordsByTime?repo={bdid}"), None, None).await;
+    let kinds: Vec<&str> =
+        v["records"].as_array().unwrap().iter().map(|r| r["value"]["$type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["app.bsky.feed.like", "app.bsky.feed.post"], "newest first");
+    let (_, v) = call(&n, "GET", "/xrpc/dev.ues.repo.listRecordsByTime?until=2000-01-01T00:00:00Z", None, None).await;
+    assert_eq!(v["records"].as_array().map(Vec::len), Some(0));
+    let (s, _) = call(&n, "GET", "/xrpc/dev.ues.repo.listRecordsByTime?since=yesterday", None, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn admin_endpoints_behind_basic_auth() {
+    use common::{ADMIN_PASSWORD, admin_auth};
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let bob = account(&n, "bob.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let bob_did = bob["did"].as_str().unwrap();
+    let admin = admin_auth(ADMIN_PASSWORD);
+    let info = format!("/xrpc/com.atproto.admin.getAccountInfo?did={did}");
+    for bad in [None, Some(admin_auth("wrong")), Some(token.to_string()), Some("Basic !!!".to_string())] {
+        let (s, v) = call(&n, "GET", &info, bad.as_deref(), None).await;
+        assert_eq!((s, v["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("AuthenticationRequired")), "{bad:?}");
+    }
+    let (s, v) = call(&n, "GET", &info, Some(&admin), None).await;
+    assert_eq!(
+        (s, v["handle"].as_str(), v["email"].as_str()),
+        (StatusCode::OK, Some("alice.test"), Some("alice.test@mail.test"))
+    );
+    assert!(v["indexedAt"].as_str().unwrap().ends_with('Z'));
+    let infos = format!(
+        "/xrpc/com.atproto.admin.getAccountInfos?dids={did}&dids={bob_did}&dids=did:plc:zzzzzzzzzzzzzzzzzzzzzzzz"
+    );
+    let (_, v) = call(&n, "GET", &infos, Some(&admin), None).await;
+    assert_eq!(v["infos"].as_array().map(Vec::len), Some(2), "unknown DIDs are left out");
+
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.admin.updateAccountHandle",
+        Some(&admin),
+        Some(json!({"did": did, "handle": "alice3.test"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.admin.updateAccountHandle",
+        Some(&admin),
+        Some(json!({"did": did, "handle": "bob.test"})),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("HandleNotAvailable")));
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.admin.updateAccountEmail",
+        Some(&admin),
+        Some(json!({"account": did, "email": "bob.test@mail.test"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "another account's email");
+
+    // A new password: old sessions end, the old password no longer logs in, the new one does.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // revocation has 1 s resolution
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.admin.updateAccountPassword",
+        Some(&admin),
+        Some(json!({"did": did, "password": "new battery"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.server.getSession", Some(token), None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("ExpiredToken")));
+    let login = |pw: &str| json!({"identifier": "alice3.test", "password": pw});
+    let (s, _) = call(&n, "POST", "/xrpc/com.atproto.server.createSession", None, Some(login("correct horse"))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = call(&n, "POST", "/xrpc/com.atproto.server.createSession", None, Some(login("new battery"))).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Takedown: the repository stops being served, logins refused; restoring undoes it.
+    let takedown = |applied: bool| json!({"subject": {"$type": "com.atproto.admin.defs#repoRef", "did": did}, "takedown": {"applied": applied}});
+    let (s, v) =
+        call(&n, "POST", "/xrpc/com.atproto.admin.updateSubjectStatus", Some(&admin), Some(takedown(true))).await;
+    assert_eq!((s, v["takedown"]["applied"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
+    let (_, v) =
+        call(&n, "GET", &format!("/xrpc/com.atproto.admin.getSubjectStatus?did={did}"), Some(&admin), None).await;
+    assert_eq!(v["takedown"]["applied"], true);
+    let (s, v) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.getLatestCommit?did={did}"), None, None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("RepoTakendown")));
+    let (_, v) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.getRepoStatus?did={did}"), None, None).await;
+    assert_eq!((v["active"].as_bool(), v["status"].as_str()), (Some(false), Some("takendown")));
+    let (s, v) = call(&n, "POST", "/xrpc/com.atproto.server.createSession", None, Some(login("new battery"))).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("AccountTakedown")));
+    let record = json!({"subject": {"uri": "at://did:plc:x/a.b.c/1", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}});
+    let (s, _) = call(&n, "POST", "/xrpc/com.atproto.admin.updateSubjectStatus", Some(&admin), Some(record)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "record takedowns are not supported, and say so");
+    call(&n, "POST", "/xrpc/com.atproto.admin.updateSubjectStatus", Some(&admin), Some(takedown(false))).await;
+    let (s, _) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.getLatestCommit?did={did}"), None, None).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Reports filed by users are listed to the admin, newest first, with a cursor.
+    let bob_token = bob["accessJwt"].as_str().unwrap();
+    for reason in ["spam", "rude"] {
+        let report = json!({"reasonType": "com.atproto.moderation.defs#reasonSpam", "reason": reason,
+            "subject": {"$type": "com.atproto.admin.defs#repoRef", "did": did}});
+        let (s, v) = call(&n, "POST", "/xrpc/com.atproto.moderation.createReport", Some(bob_token), Some(report)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, v) = call(&n, "GET", "/xrpc/dev.ues.admin.listReports?limit=1", Some(&admin), None).await;
+    assert_eq!(
+        (v["reports"][0]["reason"].as_str(), v["reports"][0]["reportedBy"].as_str()),
+        (Some("rude"), Some(bob_did))
+    );
+    let (_, v) = call(
+        &n,
+        "GET",
+        &format!("/xrpc/dev.ues.admin.listReports?limit=1&cursor={}", v["cursor"].as_str().unwrap()),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(v["reports"][0]["reason"], "spam");
+
+    // Deletion: gone from every read; the handle is free again.
+    let (s, _) =
+        call(&n, "POST", "/xrpc/com.atproto.admin.deleteAccount", Some(&admin), Some(json!({"did": did}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.getLatestCommit?did={did}"), None, None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("RepoNotFound")));
+    let (s, _) = call(&n, "POST", "/xrpc/com.atproto.server.createSession", None, Some(login("new battery"))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    account(&n, "alice3.test").await;
 }

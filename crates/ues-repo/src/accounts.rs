@@ -6,7 +6,7 @@
 //! transaction moves the head and updates the index. A crash in between leaves unreferenced
 //! blocks and the previous head: the repository and its index always agree.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use cid::Cid;
@@ -16,6 +16,7 @@ use ues_ipld::storage::{Blockstore, Migration, Sqlite};
 use ues_ipld::{Ipld, json as atjson};
 
 use crate::crypto::{KeyType, Keypair};
+use crate::lexicon::{IndexSpec, IndexValue};
 use crate::repo::{Action, CommitResult, Repo, RepoError, Write};
 use crate::syntax::{Did, Handle, Nsid, RecordKey, TidGenerator};
 
@@ -89,6 +90,21 @@ CREATE TABLE repo_block (
 CREATE INDEX repo_block_by_rev ON repo_block (did, rev);
 ",
     },
+    Migration {
+        id: "repo/0004_lexicon_indexes",
+        sql: "
+CREATE TABLE record_index (
+    collection TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value NOT NULL,
+    did TEXT NOT NULL,
+    rkey TEXT NOT NULL,
+    PRIMARY KEY (collection, name, value, did, rkey)
+) WITHOUT ROWID;
+CREATE INDEX record_index_by_record ON record_index (did, collection, rkey);
+CREATE TABLE record_index_spec (collection TEXT PRIMARY KEY, specs TEXT NOT NULL);
+",
+    },
 ];
 
 /// How many of the most recent matches a search ranks.
@@ -120,6 +136,41 @@ pub struct IndexedRecord {
     pub rkey: String,
     /// Record CID.
     pub cid: String,
+}
+
+/// A position in [`Accounts::records_by_time`]: `indexed_at/did/collection/rkey` as text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeCursor {
+    /// When the record was indexed (Unix milliseconds).
+    pub indexed_at: i64,
+    /// Author.
+    pub did: String,
+    /// Collection.
+    pub collection: String,
+    /// Record key.
+    pub rkey: String,
+}
+
+impl std::fmt::Display for TimeCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}/{}", self.indexed_at, self.did, self.collection, self.rkey)
+    }
+}
+
+impl std::str::FromStr for TimeCursor {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut it = s.splitn(4, '/');
+        let (Some(t), Some(did), Some(collection), Some(rkey)) = (it.next(), it.next(), it.next(), it.next()) else {
+            return Err(());
+        };
+        Ok(Self {
+            indexed_at: t.parse().map_err(drop)?,
+            did: did.into(),
+            collection: collection.into(),
+            rkey: rkey.into(),
+        })
+    }
 }
 
 /// Errors of the account store.
@@ -218,6 +269,8 @@ pub struct Accounts<B> {
     keys: Mutex<HashMap<String, Keypair>>,
     /// Run inside every commit's transaction.
     hook: Option<CommitHook>,
+    /// Secondary indexes record Lexicons declare, by collection.
+    indexes: BTreeMap<String, Vec<IndexSpec>>,
 }
 
 fn now_ms() -> i64 {
@@ -273,7 +326,77 @@ impl<B: Blockstore> Accounts<B> {
             locks: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
             hook: None,
+            indexes: BTreeMap::new(),
         })
+    }
+
+    /// Maintains the secondary indexes record Lexicons declare ([`Lexicons::indexes`]). A
+    /// collection whose declared indexes differ from the ones its stored rows were built with
+    /// (a Lexicon gained, lost or changed an index since the last start) is rebuilt from its
+    /// records now. Returns the collections rebuilt.
+    ///
+    /// [`Lexicons::indexes`]: crate::lexicon::Lexicons::indexes
+    pub fn set_indexes(&mut self, indexes: BTreeMap<String, Vec<IndexSpec>>) -> Result<Vec<String>, AccountError> {
+        let fingerprint = |specs: &[IndexSpec]| -> String {
+            specs.iter().map(|s| format!("{}={}", s.name, s.path)).collect::<Vec<_>>().join(";")
+        };
+        let stored: BTreeMap<String, String> = self.db.read(|c| {
+            let mut st = c.prepare_cached("SELECT collection, specs FROM record_index_spec")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()
+        })?;
+        self.indexes = indexes;
+        let mut rebuilt = Vec::new();
+        let collections: std::collections::BTreeSet<String> =
+            stored.keys().chain(self.indexes.keys()).cloned().collect();
+        for collection in collections {
+            let now = self.indexes.get(&collection).map(|s| fingerprint(s)).unwrap_or_default();
+            if stored.get(&collection).map(String::as_str).unwrap_or_default() != now {
+                self.reindex(&collection)?;
+                self.db.write(|tx| {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO record_index_spec (collection, specs) VALUES (?1, ?2)",
+                        params![collection, now],
+                    )?;
+                    Ok::<_, AccountError>(())
+                })?;
+                rebuilt.push(collection);
+            }
+        }
+        Ok(rebuilt)
+    }
+
+    /// Rebuilds the declared secondary indexes of `collection` from the stored records (after a
+    /// Lexicon gained an index). Returns how many records were read.
+    pub fn reindex(&self, collection: &str) -> Result<usize, AccountError> {
+        let rows: Vec<(String, String, String)> = self.db.read(|c| {
+            let mut st = c.prepare_cached("SELECT did, rkey, cid FROM record WHERE collection = ?1")?;
+            let rows = st.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let specs = self.indexes.get(collection).map(Vec::as_slice).unwrap_or_default();
+        self.db.write(|tx| {
+            tx.execute("DELETE FROM record_index WHERE collection = ?1", [collection])?;
+            Ok::<_, AccountError>(())
+        })?;
+        // In transactions of 1,000 records: memory stays bounded whatever the collection's size
+        // (the index is derived data; an interrupted rebuild is redone at the next start).
+        for chunk in rows.chunks(1_000) {
+            let mut values = Vec::with_capacity(chunk.len());
+            for (did, rkey, cid) in chunk {
+                let bad = |reason: String| RepoError::InvalidRecord { path: format!("{collection}/{rkey}"), reason };
+                let cid: Cid = cid.parse().map_err(|_| bad("stored CID does not parse".into()))?;
+                let bytes = self.blocks.get(&cid)?.ok_or(RepoError::MissingBlock(cid))?;
+                values.push((did, rkey, ues_ipld::dagcbor::decode_atproto(&bytes).map_err(|e| bad(e.to_string()))?));
+            }
+            self.db.write(|tx| {
+                for (did, rkey, value) in &values {
+                    index_values(tx, specs, did, collection, rkey, value)?;
+                }
+                Ok::<_, AccountError>(())
+            })?;
+        }
+        Ok(rows.len())
     }
 
     /// Installs the hook run inside every commit's transaction.
@@ -372,6 +495,31 @@ impl<B: Blockstore> Accounts<B> {
     }
 
     /// Sets an account's hosting status (`active`, `deactivated`, `takendown`, `deleted`).
+    /// Deletes an account: its row, its collection index, blob references and per-block
+    /// revisions, in one transaction that also tells the commit hook (`#account` with status
+    /// `deleted`). The repository's blocks stay in the content-addressed store, where other
+    /// repositories may share them.
+    pub fn delete(&self, did: &Did) -> Result<(), AccountError> {
+        let lock = self.lock(did.as_str());
+        let _guard = lock.lock();
+        self.db.write(|tx| {
+            let d = did.as_str();
+            if tx.execute("DELETE FROM account WHERE did = ?1", [d])? == 0 {
+                return Err(AccountError::NotFound(d.to_string()));
+            }
+            clear_index(tx, d)?;
+            tx.execute("DELETE FROM blob WHERE did = ?1", [d])?;
+            if let Some(hook) = &self.hook {
+                hook(tx, &RepoEvent::Status { did, status: "deleted" })?;
+            }
+            Ok(())
+        })?;
+        self.keys.lock().remove(did.as_str());
+        Ok(())
+    }
+
+    /// Sets an account's hosting status (`active`, `deactivated`, `takendown`, `suspended`),
+    /// telling the commit hook (`#account`) in the same transaction.
     pub fn set_status(&self, did: &Did, status: &str) -> Result<(), AccountError> {
         self.db.write(|tx| {
             let n = tx.execute("UPDATE account SET status = ?1 WHERE did = ?2", params![status, did.as_str()])?;
@@ -490,10 +638,23 @@ impl<B: Blockstore> Accounts<B> {
             )?;
             for op in &res.ops {
                 let (collection, rkey) = op.path.split_once('/').expect("paths are collection/rkey");
-                unindex(tx, did.as_str(), collection, rkey)?;
+                // A create's path held nothing (the MST refused it otherwise): nothing to remove.
+                if op.action != Action::Create {
+                    unindex(tx, did.as_str(), collection, rkey)?;
+                }
                 if let (Some(cid), true) = (op.cid, op.action != Action::Delete) {
                     let record = records.get(op.path.as_str()).copied();
-                    index(tx, did.as_str(), collection, rkey, &cid, record, res.commit.rev.as_str(), now)?;
+                    index(
+                        tx,
+                        &self.indexes,
+                        did.as_str(),
+                        collection,
+                        rkey,
+                        &cid,
+                        record,
+                        res.commit.rev.as_str(),
+                        now,
+                    )?;
                 }
             }
             // Which commit introduced which block: what `getRepo?since=` exports.
@@ -559,19 +720,10 @@ impl<B: Blockstore> Accounts<B> {
         let now = now_ms();
         self.db.write(|tx| {
             let d = did.as_str();
-            tx.execute("DELETE FROM record_fts WHERE rowid IN (SELECT id FROM record_text WHERE did = ?1)", [d])?;
-            for table in [
-                "record_text WHERE did",
-                "record WHERE did",
-                "backlink WHERE src_did",
-                "record_blob WHERE did",
-                "repo_block WHERE did",
-            ] {
-                tx.execute(&format!("DELETE FROM {table} = ?1"), [d])?;
-            }
+            clear_index(tx, d)?;
             for (path, cid, value) in &records {
                 let (collection, rkey) = path.split_once('/').expect("paths are collection/rkey");
-                index(tx, d, collection, rkey, cid, Some(value), &rev, now)?;
+                index(tx, &self.indexes, d, collection, rkey, cid, Some(value), &rev, now)?;
                 tx.prepare_cached("INSERT OR IGNORE INTO repo_block (did, cid, rev) VALUES (?1, ?2, ?3)")?
                     .execute(params![d, cid.to_string(), rev])?;
             }
@@ -655,10 +807,105 @@ impl<B: Blockstore> Accounts<B> {
         Ok(rows)
     }
 
+    /// Records of `collection` whose declared index `name` holds `value` (every account), in
+    /// (author, record key) order after `cursor` (the last result's `did/rkey`).
+    pub fn query_index(
+        &self,
+        collection: &str,
+        name: &str,
+        value: &IndexValue,
+        cursor: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<IndexedRecord>, AccountError> {
+        let (cd, ck) = cursor.unwrap_or(("", ""));
+        let rows = self.db.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT i.did, i.collection, i.rkey, r.cid FROM record_index i
+                 JOIN record r ON r.did = i.did AND r.collection = i.collection AND r.rkey = i.rkey
+                 WHERE i.collection = ?1 AND i.name = ?2 AND i.value = ?3 AND (i.did, i.rkey) > (?4, ?5)
+                 ORDER BY i.did, i.rkey LIMIT ?6",
+            )?;
+            let rows = match value {
+                IndexValue::Text(s) => {
+                    st.query_map(params![collection, name, s, cd, ck, limit as i64], row_to_record)?
+                }
+                IndexValue::Integer(n) => {
+                    st.query_map(params![collection, name, n, cd, ck, limit as i64], row_to_record)?
+                }
+            };
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows)
+    }
+
+    /// Records by when this node indexed them, newest first: of one author and/or one
+    /// collection (either may be `None`), indexed in `[since_ms, until_ms)` (Unix milliseconds),
+    /// after `cursor` (the last result of the previous page, as returned: records indexed in the
+    /// same millisecond are told apart by author, collection and key, so paging loses none).
+    pub fn records_by_time(
+        &self,
+        did: Option<&str>,
+        collection: Option<&str>,
+        (since_ms, until_ms): (i64, i64),
+        cursor: Option<&TimeCursor>,
+        limit: usize,
+    ) -> Result<Vec<(IndexedRecord, TimeCursor)>, AccountError> {
+        let c0 = cursor.cloned().unwrap_or(TimeCursor { indexed_at: until_ms, ..TimeCursor::default() });
+        let rows = self.db.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT did, collection, rkey, cid, indexed_at FROM record
+                 WHERE (?1 IS NULL OR did = ?1) AND (?2 IS NULL OR collection = ?2)
+                   AND indexed_at >= ?3 AND indexed_at < ?4
+                   AND (indexed_at, did, collection, rkey) < (?5, ?6, ?7, ?8)
+                 ORDER BY indexed_at DESC, did DESC, collection DESC, rkey DESC LIMIT ?9",
+            )?;
+            let args = params![
+                did,
+                collection,
+                since_ms,
+                until_ms,
+                c0.indexed_at,
+                c0.did,
+                c0.collection,
+                c0.rkey,
+                limit as i64
+            ];
+            let rows = st.query_map(args, |r| {
+                let rec = row_to_record(r)?;
+                let cur = TimeCursor {
+                    indexed_at: r.get(4)?,
+                    did: rec.did.clone(),
+                    collection: rec.collection.clone(),
+                    rkey: rec.rkey.clone(),
+                };
+                Ok((rec, cur))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows)
+    }
+
     /// Converts a JSON record (as XRPC clients send it) to IPLD, checking the data model.
     pub fn record_from_json(value: &serde_json::Value) -> Result<Ipld, atjson::JsonError> {
         atjson::record_from_json(value)
     }
+}
+
+/// Removes every row of one account's repository from the collection index (records, text,
+/// backlinks, blob references, declared indexes, per-block revisions).
+fn clear_index(tx: &rusqlite::Transaction<'_>, did: &str) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM record_fts WHERE rowid IN (SELECT id FROM record_text WHERE did = ?1)", [did])?;
+    for table in [
+        "record_text WHERE did",
+        "record WHERE did",
+        "backlink WHERE src_did",
+        "record_blob WHERE did",
+        "repo_block WHERE did",
+        "record_index WHERE did",
+    ] {
+        tx.execute(&format!("DELETE FROM {table} = ?1"), [did])?;
+    }
+    Ok(())
 }
 
 /// Removes a record's rows from the collection index (record, backlinks, text, blob refs).
@@ -667,6 +914,7 @@ fn unindex(tx: &rusqlite::Transaction<'_>, did: &str, collection: &str, rkey: &s
     tx.prepare_cached("DELETE FROM record WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?.execute(key)?;
     tx.prepare_cached("DELETE FROM backlink WHERE src_did = ?1 AND src_collection = ?2 AND src_rkey = ?3")?
         .execute(key)?;
+    tx.prepare_cached("DELETE FROM record_index WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?.execute(key)?;
     tx.prepare_cached("DELETE FROM record_blob WHERE did = ?1 AND path = ?2")?
         .execute(params![did, format!("{collection}/{rkey}")])?;
     let old_text: Option<i64> = tx
@@ -685,6 +933,7 @@ fn unindex(tx: &rusqlite::Transaction<'_>, did: &str, collection: &str, rkey: &s
 #[allow(clippy::too_many_arguments)]
 fn index(
     tx: &rusqlite::Transaction<'_>,
+    indexes: &BTreeMap<String, Vec<IndexSpec>>,
     did: &str,
     collection: &str,
     rkey: &str,
@@ -713,11 +962,35 @@ fn index(
         let id = tx.last_insert_rowid();
         tx.prepare_cached("INSERT INTO record_fts (rowid, body) VALUES (?1, ?2)")?.execute(params![id, text])?;
     }
+    if let Some(specs) = indexes.get(collection) {
+        index_values(tx, specs, did, collection, rkey, rec)?;
+    }
     let mut blobs = Vec::new();
     record_blobs(rec, &mut blobs);
     for b in blobs {
         tx.prepare_cached("INSERT OR IGNORE INTO record_blob (did, path, cid) VALUES (?1, ?2, ?3)")?
             .execute(params![did, format!("{collection}/{rkey}"), b.cid.to_string()])?;
+    }
+    Ok(())
+}
+
+/// Adds a record's values to the secondary indexes its Lexicon declares.
+fn index_values(
+    tx: &rusqlite::Transaction<'_>,
+    specs: &[IndexSpec],
+    did: &str,
+    collection: &str,
+    rkey: &str,
+    record: &Ipld,
+) -> rusqlite::Result<()> {
+    for spec in specs {
+        for value in spec.values(record) {
+            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO record_index VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            match value {
+                IndexValue::Text(s) => st.execute(params![collection, spec.name, s, did, rkey])?,
+                IndexValue::Integer(n) => st.execute(params![collection, spec.name, n, did, rkey])?,
+            };
+        }
     }
     Ok(())
 }

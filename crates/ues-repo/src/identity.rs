@@ -141,14 +141,26 @@ pub enum HandleError {
     },
 }
 
-/// Resolves handles through `https://<handle>/.well-known/atproto-did`.
+/// Resolves handles the two ways the handle specification allows: a DNS TXT record
+/// `_atproto.<handle>` holding `did=<DID>` (asked first, when a DNS server is configured or
+/// found in `/etc/resolv.conf`), then `https://<handle>/.well-known/atproto-did`.
 ///
-/// DNS TXT (`_atproto.<handle>`) is not consulted yet: the node has no DNS resolver dependency.
-#[derive(Debug, Clone)]
+/// Every step is bounded: one UDP exchange of at most 4 KiB with a 3-second timeout (a
+/// truncated answer counts as no answer), an HTTP body of at most 4 KiB with a 5-second timeout,
+/// no redirects.
+#[derive(Clone)]
 pub struct HandleResolver {
     agent: ureq::Agent,
     /// `https://{handle}` unless overridden (tests point it at a local server).
     base_for: fn(&str) -> String,
+    /// The DNS server asked for `_atproto` TXT records; `None` skips DNS.
+    dns: Option<std::net::SocketAddr>,
+}
+
+impl std::fmt::Debug for HandleResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandleResolver").field("dns", &self.dns).finish_non_exhaustive()
+    }
 }
 
 fn https_base(handle: &str) -> String {
@@ -157,32 +169,76 @@ fn https_base(handle: &str) -> String {
 
 impl Default for HandleResolver {
     fn default() -> Self {
-        Self::with_base(https_base)
+        Self::with_base(https_base).with_dns(system_nameserver())
     }
 }
 
+/// The first `nameserver` of `/etc/resolv.conf`, on port 53.
+pub fn system_nameserver() -> Option<std::net::SocketAddr> {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    conf.lines().find_map(|l| {
+        let ip = l.trim().strip_prefix("nameserver")?.trim();
+        ip.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, 53))
+    })
+}
+
+/// How long one DNS exchange may take.
+const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl HandleResolver {
-    /// A resolver that fetches from `base_for(handle)` + `/.well-known/atproto-did`.
+    /// A resolver that fetches from `base_for(handle)` + `/.well-known/atproto-did`, without DNS.
     pub fn with_base(base_for: fn(&str) -> String) -> Self {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(std::time::Duration::from_secs(5)))
             .http_status_as_error(false)
             .max_redirects(0)
             .build();
-        Self { agent: config.into(), base_for }
+        Self { agent: config.into(), base_for, dns: None }
     }
 
-    /// The DID a handle names.
+    /// Asks `server` for `_atproto` TXT records first (`None`: HTTPS only).
+    pub fn with_dns(mut self, server: Option<std::net::SocketAddr>) -> Self {
+        self.dns = server;
+        self
+    }
+
+    /// The DID a handle names: DNS first, then HTTPS.
     pub fn resolve(&self, handle: &Handle) -> Result<Did, HandleError> {
         let unresolved = |reason: String| HandleError::Unresolved { handle: handle.to_string(), reason };
+        let dns_reason = match self.dns {
+            Some(server) => match self.resolve_dns(server, handle) {
+                Ok(Some(did)) => return Ok(did),
+                Ok(None) => "no _atproto TXT record".to_string(),
+                Err(e) => e,
+            },
+            None => "DNS not configured".to_string(),
+        };
+        self.resolve_https(handle).map_err(|e| unresolved(format!("DNS: {dns_reason}; HTTPS: {e}")))
+    }
+
+    /// The DID in `_atproto.<handle>` TXT records: `Ok(None)` when there is none, an error when
+    /// the server cannot be asked or the records name different DIDs.
+    pub fn resolve_dns(&self, server: std::net::SocketAddr, handle: &Handle) -> Result<Option<Did>, String> {
+        let texts = query_txt(server, &format!("_atproto.{}.", handle.as_str())).map_err(|e| e.to_string())?;
+        let mut dids: Vec<&str> = texts.iter().filter_map(|t| t.strip_prefix("did=")).collect();
+        dids.sort_unstable();
+        dids.dedup();
+        match dids.as_slice() {
+            [] => Ok(None),
+            [one] => Did::new(*one).map(Some).map_err(|e| format!("TXT record: {e}")),
+            _ => Err(format!("TXT records name {} different DIDs", dids.len())),
+        }
+    }
+
+    fn resolve_https(&self, handle: &Handle) -> Result<Did, String> {
         let url = format!("{}/.well-known/atproto-did", (self.base_for)(handle.as_str()));
-        let mut resp = self.agent.get(&url).call().map_err(|e| unresolved(e.to_string()))?;
+        let mut resp = self.agent.get(&url).call().map_err(|e| e.to_string())?;
         if resp.status().as_u16() != 200 {
-            return Err(unresolved(format!("HTTP {}", resp.status().as_u16())));
+            return Err(format!("HTTP {}", resp.status().as_u16()));
         }
         // A DID is at most 2 KiB; anything longer is not an answer.
-        let body = resp.body_mut().with_config().limit(4096).read_to_string().map_err(|e| unresolved(e.to_string()))?;
-        Did::new(body.trim()).map_err(|e| unresolved(e.to_string()))
+        let body = resp.body_mut().with_config().limit(4096).read_to_string().map_err(|e| e.to_string())?;
+        Did::new(body.trim()).map_err(|e| e.to_string())
     }
 
     /// Checks that `handle` resolves to `did` (bidirectional verification's second half).
@@ -197,4 +253,51 @@ impl HandleResolver {
         }
         Ok(())
     }
+}
+
+/// One recursive TXT query over UDP: the strings of every TXT answer (each record's strings
+/// joined, as the handle specification reads them).
+fn query_txt(server: std::net::SocketAddr, name: &str) -> std::io::Result<Vec<String>> {
+    use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let local: std::net::SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let sock = std::net::UdpSocket::bind(local)?;
+    sock.connect(server)?;
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name).map_err(|e| invalid(e.to_string()))?, RecordType::TXT));
+    sock.send(&query.to_vec().map_err(|e| invalid(e.to_string()))?)?;
+    let deadline = std::time::Instant::now() + DNS_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    // Stray datagrams (another id, not a response) are skipped, a bounded number of times.
+    for _ in 0..16 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        sock.set_read_timeout(Some(left))?;
+        let n = sock.recv(&mut buf)?;
+        let Ok(answer) = Message::from_vec(&buf[..n]) else { continue };
+        if answer.metadata.id != query.metadata.id || answer.metadata.message_type != MessageType::Response {
+            continue;
+        }
+        if answer.metadata.truncation {
+            return Err(invalid("truncated answer".into()));
+        }
+        if answer.metadata.response_code != ResponseCode::NoError
+            && answer.metadata.response_code != ResponseCode::NXDomain
+        {
+            return Err(invalid(format!("DNS error {}", answer.metadata.response_code)));
+        }
+        return Ok(answer
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(txt.txt_data.iter().map(|p| String::from_utf8_lossy(p)).collect::<String>()),
+                _ => None,
+            })
+            .collect());
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no DNS answer"))
 }

@@ -266,6 +266,84 @@ fn parse_def(id: &str, name: &str, v: &Value) -> Result<Def, LexiconError> {
 #[derive(Debug, Default, Clone)]
 pub struct Lexicons {
     docs: HashMap<String, HashMap<String, Def>>,
+    indexes: BTreeMap<String, Vec<IndexSpec>>,
+}
+
+/// A secondary index a record Lexicon declares (a UES extension: `"indexes"` in the record
+/// definition, `[{"name": "subject", "path": "subject.uri"}]`). The collection indexer keeps,
+/// for every record, the string, integer or boolean values found at `path` (arrays on the way
+/// are walked, so one record can have several values), and answers "which records have this
+/// value": likes of a post, followers of an account, replies in a thread.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IndexSpec {
+    /// Name, unique within the collection (`[a-zA-Z][a-zA-Z0-9]*`, at most 64 characters).
+    pub name: String,
+    /// Dotted path into the record (`subject.uri`, `reply.root.uri`, `tags`).
+    pub path: String,
+}
+
+impl IndexSpec {
+    /// The scalar values of `record` at this index's path, as SQLite values.
+    pub fn values(&self, record: &Ipld) -> Vec<IndexValue> {
+        let mut out = Vec::new();
+        let parts: Vec<&str> = self.path.split('.').collect();
+        collect_at(record, &parts, &mut out);
+        out.truncate(MAX_INDEX_VALUES);
+        out
+    }
+}
+
+/// At most this many values per record and index (bounds what one record can add).
+pub const MAX_INDEX_VALUES: usize = 64;
+
+/// A value kept by an [`IndexSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexValue {
+    /// A string (at most 1 KiB is indexed; longer values are skipped).
+    Text(String),
+    /// An integer (or a boolean, as 0/1).
+    Integer(i64),
+}
+
+fn collect_at(v: &Ipld, path: &[&str], out: &mut Vec<IndexValue>) {
+    if out.len() >= MAX_INDEX_VALUES {
+        return;
+    }
+    match (v, path.split_first()) {
+        (Ipld::List(items), _) => items.iter().for_each(|i| collect_at(i, path, out)),
+        (Ipld::Map(m), Some((first, rest))) => {
+            if let Some(inner) = m.get(*first) {
+                collect_at(inner, rest, out);
+            }
+        }
+        (Ipld::String(s), None) if s.len() <= 1024 => out.push(IndexValue::Text(s.clone())),
+        (Ipld::Integer(n), None) => {
+            if let Ok(n) = i64::try_from(*n) {
+                out.push(IndexValue::Integer(n));
+            }
+        }
+        (Ipld::Bool(b), None) => out.push(IndexValue::Integer(i64::from(*b))),
+        _ => {}
+    }
+}
+
+fn parse_indexes(id: &str, def: &Value) -> Result<Vec<IndexSpec>, LexiconError> {
+    let Some(raw) = def.get("indexes") else { return Ok(vec![]) };
+    let err = |reason: String| LexiconError { id: id.to_string(), reason: format!("#main.indexes: {reason}") };
+    let specs: Vec<IndexSpec> = serde_json::from_value(raw.clone()).map_err(|e| err(e.to_string()))?;
+    let mut seen = std::collections::HashSet::new();
+    for s in &specs {
+        let ok_name = s.name.len() <= 64
+            && s.name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.name.chars().all(|c| c.is_ascii_alphanumeric());
+        if !ok_name || !seen.insert(s.name.as_str()) {
+            return Err(err(format!("bad or repeated index name {:?}", s.name)));
+        }
+        if s.path.is_empty() || s.path.split('.').any(str::is_empty) || s.path.len() > 256 {
+            return Err(err(format!("bad path {:?}", s.path)));
+        }
+    }
+    Ok(specs)
 }
 
 /// Nesting bound for validation (data is already bounded by the CBOR decoder; refs can loop).
@@ -290,7 +368,16 @@ impl Lexicons {
         for (name, v) in &d.defs {
             defs.insert(name.clone(), parse_def(&d.id, name, v)?);
         }
+        let indexes = match (d.defs.get("main"), defs.get("main")) {
+            (Some(raw), Some(Def::Record { .. })) => parse_indexes(&d.id, raw)?,
+            _ => vec![],
+        };
         self.docs.insert(d.id.clone(), defs);
+        if indexes.is_empty() {
+            self.indexes.remove(&d.id);
+        } else {
+            self.indexes.insert(d.id.clone(), indexes);
+        }
         Ok(d.id)
     }
 
@@ -316,6 +403,11 @@ impl Lexicons {
             }
         }
         Ok(n)
+    }
+
+    /// The secondary indexes record Lexicons declare, by collection.
+    pub fn indexes(&self) -> &BTreeMap<String, Vec<IndexSpec>> {
+        &self.indexes
     }
 
     /// Number of documents.
@@ -368,6 +460,40 @@ impl Lexicons {
         Validator { lex: self, doc }.reference(reference, value, "$", 0)
     }
 
+    /// Validates an XRPC call's query parameters (as they came, name/value pairs, repeated names
+    /// for arrays) against the method's `params`: required names present, values of the declared
+    /// type (integers and booleans parsed from their text form), formats and limits. Names the
+    /// schema does not declare are ignored, as they are by the reference server. Methods without
+    /// a schema here pass.
+    pub fn validate_params(&self, method: &str, pairs: &[(String, String)]) -> Result<(), ValidationError> {
+        let params = match self.get(method) {
+            Some(Def::Query { parameters, .. })
+            | Some(Def::Procedure { parameters, .. })
+            | Some(Def::Subscription { parameters, .. }) => parameters.as_ref(),
+            _ => None,
+        };
+        let Some(params) = params else { return Ok(()) };
+        let v = Validator { lex: self, doc: method };
+        for (name, schema) in &params.properties {
+            let values: Vec<&str> = pairs.iter().filter(|(k, _)| k == name).map(|(_, x)| x.as_str()).collect();
+            if values.is_empty() {
+                if params.required.contains(name) {
+                    return fail(name, "is a required parameter");
+                }
+                continue;
+            }
+            let value = match schema {
+                Field::Array { items, .. } => {
+                    Ipld::List(values.iter().map(|x| param_value(items, x, name)).collect::<Result<_, _>>()?)
+                }
+                _ if values.len() > 1 => return fail(name, "must be given once"),
+                _ => param_value(schema, values[0], name)?,
+            };
+            v.field(schema, &value, name, 0)?;
+        }
+        Ok(())
+    }
+
     /// Validates a body against an XRPC method's input or output schema (`which` is "input"
     /// or "output").
     pub fn validate_body(&self, method: &str, which: &str, value: &Ipld) -> Result<(), ValidationError> {
@@ -382,6 +508,22 @@ impl Lexicons {
             Some(schema) => Validator { lex: self, doc: method }.field(schema, value, "$", 0),
             None => Ok(()),
         }
+    }
+}
+
+/// A query parameter's text as the data-model value its schema describes.
+fn param_value(schema: &Field, text: &str, name: &str) -> Result<Ipld, ValidationError> {
+    match schema {
+        Field::Integer { .. } => text
+            .parse::<i64>()
+            .map(|n| Ipld::Integer(n.into()))
+            .map_err(|_| ValidationError { path: name.into(), message: format!("must be an integer, not {text:?}") }),
+        Field::Boolean { .. } => match text {
+            "true" => Ok(Ipld::Bool(true)),
+            "false" => Ok(Ipld::Bool(false)),
+            _ => fail(name, format!("must be true or false, not {text:?}")),
+        },
+        _ => Ok(Ipld::String(text.to_string())),
     }
 }
 

@@ -167,20 +167,9 @@ fn millis(index: usize, entry: &Value) -> Result<i64, PlcError> {
     // Audit logs use `YYYY-MM-DDTHH:MM:SS.sssZ`.
     let p = |a: usize, b: usize| s.get(a..b).and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
     let (y, mo, d) = (p(0, 4), p(5, 7), p(8, 10));
-    let days = days_from_civil(y, mo, d);
+    let days = crate::syntax::days_from_civil(y, mo, d);
     let ms = if s.len() >= 23 { p(20, 23) } else { 0 };
     Ok((((days * 24 + p(11, 13)) * 60 + p(14, 16)) * 60 + p(17, 19)) * 1000 + ms)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Validates a DID's full audit log (as `/:did/log/audit` returns it).

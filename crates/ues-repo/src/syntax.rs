@@ -293,6 +293,36 @@ string_type!(
     Datetime, "datetime", check_datetime
 );
 
+impl Datetime {
+    /// The instant as Unix milliseconds (fractions beyond milliseconds truncated; the offset
+    /// applied). `None` only if it does not fit an `i64`, which valid datetimes always do.
+    pub fn unix_millis(&self) -> Option<i64> {
+        let c = DATETIME_RE.captures(self.as_str())?;
+        let num = |i: usize| c.get(i).map_or(Some(0), |m| m.as_str().parse::<i64>().ok());
+        let days = days_from_civil(num(1)?, num(2)?, num(3)?);
+        let secs = ((days * 24 + num(4)?) * 60 + num(5)?) * 60 + num(6)?;
+        let frac = c.get(7).map_or("", |m| &m.as_str()[1..]);
+        let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+        let offset_min = match c.get(9).map(|m| m.as_str()) {
+            Some("+") => num(10)? * 60 + num(11)?,
+            Some(_) => -(num(10)? * 60 + num(11)?),
+            None => 0,
+        };
+        secs.checked_mul(1000)?.checked_add(ms)?.checked_sub(offset_min * 60_000)
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 const GRANDFATHERED: &[&str] = &[
     "en-gb-oed",
     "sgn-be-fr",
@@ -502,6 +532,16 @@ pub fn check_uri(s: &str) -> Result<(), SyntaxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datetimes_to_unix_millis() {
+        let ms = |s: &str| Datetime::new(s).unwrap().unix_millis().unwrap();
+        assert_eq!(ms("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(ms("2026-11-24T12:00:00.123Z"), 1_795_521_600_123);
+        assert_eq!(ms("2026-11-24T13:00:00.123456+01:00"), 1_795_521_600_123);
+        assert_eq!(ms("2026-11-24T11:30:00.1-00:30"), 1_795_521_600_100);
+        assert_eq!(ms("1969-12-31T23:59:59.999Z"), -1);
+    }
 
     #[test]
     fn tids_round_trip_and_stay_monotonic_when_the_clock_steps_back() {

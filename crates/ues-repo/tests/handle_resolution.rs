@@ -1,4 +1,8 @@
-//! Handle resolution over HTTP against a local server (`/.well-known/atproto-did`).
+//! Handle resolution against local servers: DNS TXT (`_atproto.<handle>`) and HTTP
+//! (`/.well-known/atproto-did`).
+
+#[path = "../../../tests/support/dns.rs"]
+mod dns;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -42,7 +46,7 @@ fn base_for(handle: &str) -> String {
 
 #[test]
 fn resolves_verifies_and_refuses() {
-    BASE.set(serve()).unwrap();
+    BASE.get_or_init(serve);
     let resolver = HandleResolver::with_base(base_for);
     let alice = Handle::new("alice.test").unwrap();
     let did = Did::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz").unwrap();
@@ -53,4 +57,41 @@ fn resolves_verifies_and_refuses() {
     for h in ["bob.test", "big.test", "nobody.test"] {
         assert!(matches!(resolver.resolve(&Handle::new(h).unwrap()), Err(HandleError::Unresolved { .. })), "{h}");
     }
+}
+
+/// The zone of the DNS tests: `dns.test` names a DID (next to an unrelated TXT record),
+/// `split.test` names it in two strings of one record, `conflict.test` names two DIDs,
+/// `junk.test` holds a non-DID; other names have no record.
+fn zone(name: &str) -> Vec<Vec<&'static str>> {
+    match name {
+        "_atproto.dns.test." => vec![vec!["did=did:plc:ewvi7nxzyoun6zhxrhs64oiz"], vec!["v=spf1 -all"]],
+        "_atproto.split.test." => vec![vec!["did=did:plc:ewvi7nx", "zyoun6zhxrhs64oiz"]],
+        "_atproto.conflict.test." => {
+            vec![vec!["did=did:plc:ewvi7nxzyoun6zhxrhs64oiz"], vec!["did=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"]]
+        }
+        "_atproto.junk.test." => vec![vec!["did=not a did"]],
+        _ => vec![],
+    }
+}
+
+#[test]
+fn dns_txt_first_then_https() {
+    let base = BASE.get_or_init(serve);
+    assert!(!base.is_empty());
+    let did = Did::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz").unwrap();
+    let resolver = HandleResolver::with_base(base_for).with_dns(Some(dns::txt_server(zone)));
+    let h = |s: &str| Handle::new(s).unwrap();
+    assert_eq!(resolver.resolve(&h("dns.test")).unwrap(), did, "TXT record, other TXT records ignored");
+    assert_eq!(resolver.resolve(&h("split.test")).unwrap(), did, "one record in two strings");
+    assert_eq!(resolver.resolve(&h("alice.test")).unwrap(), did, "no TXT record: HTTPS answers");
+    for bad in ["conflict.test", "junk.test", "nobody.test"] {
+        let err = resolver.resolve(&h(bad)).unwrap_err();
+        assert!(matches!(err, HandleError::Unresolved { .. }), "{bad}: {err}");
+    }
+    let err = resolver.resolve(&h("conflict.test")).unwrap_err().to_string();
+    assert!(err.contains("2 different DIDs"), "{err}");
+    // A DNS server that is not there: the refusal is immediate and HTTPS still answers.
+    let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let resolver = HandleResolver::with_base(base_for).with_dns(Some(gone));
+    assert_eq!(resolver.resolve(&h("alice.test")).unwrap(), did);
 }

@@ -73,7 +73,7 @@ pub(crate) async fn get_blob(
     XQuery(q): XQuery<GetBlob>,
 ) -> Result<Response, XrpcError> {
     tokio::task::spawn_blocking(move || {
-        let did = Did::new(&q.did).map_err(|e| XrpcError::invalid(e.to_string()))?;
+        let did = super::sync::served_did(&st, &q.did)?;
         let cid: cid::Cid = q.cid.parse().map_err(|e| XrpcError::invalid(format!("bad CID: {e}")))?;
         let Some((mime, mut reader)) = st.blobs.open(&did, &cid).map_err(blob_error)? else {
             return Err(XrpcError::bad("BlobNotFound", "Blob not found"));
@@ -105,7 +105,7 @@ pub(crate) async fn list_blobs(
     State(st): State<Arc<XrpcState>>,
     XQuery(q): XQuery<ListBlobs>,
 ) -> Result<axum::Json<Value>, XrpcError> {
-    let did = Did::new(&q.did).map_err(|e| XrpcError::invalid(e.to_string()))?;
+    let did = super::sync::served_did(&st, &q.did)?;
     let limit = q.limit.unwrap_or(500).clamp(1, 1000);
     let cids = st.blobs.list(&did, q.cursor.as_deref(), limit).map_err(blob_error)?;
     let mut out = json!({ "cids": cids });

@@ -1,26 +1,54 @@
 //! Body and query extractors whose rejections are XRPC errors (JSON `{"error", "message"}`),
 //! not axum's plain-text ones: 413 `PayloadTooLarge` over the body limit, 400 otherwise.
+//!
+//! Validation is driven by the lexicons: [`validate_params`] (a middleware) checks every
+//! `/xrpc/<nsid>` call's query parameters against the method's `params`, and [`XJson`] checks a
+//! procedure's JSON body against its `input` schema before the handler sees it.
+
+use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
+use ues_sync::repo::ipld::json::from_json;
+use ues_sync::repo::lexicon::{Def, ValidationError};
 
-use super::XrpcError;
+use super::{XrpcError, XrpcState};
 
-/// A JSON request body.
+/// A JSON request body, validated against the method's lexicon input schema when there is one.
 pub(crate) struct XJson<T>(pub(crate) T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for XJson<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<XrpcState>> for XJson<T> {
     type Rejection = XrpcError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, XrpcError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(XJson(v)),
-            Err(e) => Err(json_rejection(e)),
+    async fn from_request(req: Request, state: &Arc<XrpcState>) -> Result<Self, XrpcError> {
+        let method = req.uri().path().strip_prefix("/xrpc/").map(str::to_owned);
+        let value = match axum::Json::<Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(e) => return Err(json_rejection(e)),
+        };
+        if let Some(method) = method.filter(|m| has_input_schema(state, m)) {
+            let ipld = from_json(&value).map_err(|e| XrpcError::invalid(format!("Invalid request body: {e}")))?;
+            state.lexicons.validate_body(&method, "input", &ipld).map_err(|e| invalid("Input", e))?;
         }
+        serde_json::from_value(value).map(XJson).map_err(|e| XrpcError::invalid(format!("Invalid request body: {e}")))
     }
+}
+
+fn has_input_schema(state: &XrpcState, method: &str) -> bool {
+    matches!(state.lexicons.get(method), Some(Def::Procedure { input: Some(b), .. }) if b.schema.is_some())
+}
+
+/// `Input/repo must be ...` / `Params/limit must be ...`: the failing path, then the reason.
+fn invalid(what: &str, e: ValidationError) -> XrpcError {
+    let path = e.path.strip_prefix("$.").or_else(|| e.path.strip_prefix('$')).unwrap_or(&e.path);
+    let at = if path.is_empty() { String::new() } else { format!("/{path}") };
+    XrpcError::invalid(format!("{what}{at} {}", e.message))
 }
 
 fn json_rejection(e: JsonRejection) -> XrpcError {
@@ -46,4 +74,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for XQuery<T> {
 
 fn query_rejection(e: QueryRejection) -> XrpcError {
     XrpcError::invalid(format!("Invalid query parameters: {}", e.body_text()))
+}
+
+/// Middleware: refuses an XRPC call whose query parameters do not match the method's lexicon
+/// (missing required ones, wrong types, bad formats, out-of-range limits) with 400
+/// `InvalidRequest` naming the parameter, before any handler runs.
+pub(crate) async fn validate_params(State(state): State<Arc<XrpcState>>, req: Request, next: Next) -> Response {
+    if let Some(method) = req.uri().path().strip_prefix("/xrpc/") {
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if let Err(e) = state.lexicons.validate_params(method, &pairs) {
+            return invalid("Params", e).into_response();
+        }
+    }
+    next.run(req).await
 }

@@ -40,7 +40,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
 const BATCH: i64 = 500;
 
 pub(crate) fn now_iso() -> String {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    iso_from_millis(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+    )
+}
+
+/// A Unix-milliseconds instant as an AT Protocol datetime (`2026-11-24T12:00:00.000Z`).
+pub(crate) fn iso_from_millis(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -4,11 +4,13 @@
 //! endpoints of com.atproto.repo. Every error is `{"error", "message"}` with the reference
 //! PDS's names and statuses; internals are logged, never sent.
 
+mod admin;
 mod auth;
 mod blob;
 mod error;
 mod extract;
 mod firehose;
+mod index;
 mod metrics;
 mod misc;
 mod repo;
@@ -23,6 +25,7 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use ues_sync::repo::accounts::Accounts;
 use ues_sync::repo::blobs::{BlobLimits, BlobStore};
+use ues_sync::repo::identity::HandleResolver;
 use ues_sync::repo::ipld::storage::{Blockstore, Kv, Migration};
 use ues_sync::repo::lexicon::Lexicons;
 use ues_sync::repo::syntax::TidGenerator;
@@ -47,6 +50,10 @@ pub struct XrpcConfig {
     pub max_body_bytes: usize,
     /// Largest blob accepted by uploadBlob.
     pub max_blob_bytes: u64,
+    /// Resolves handles that are not this node's (DNS TXT, then HTTPS).
+    pub handle_resolver: HandleResolver,
+    /// Password of the `admin` user for `com.atproto.admin.*` (HTTP Basic); `None` disables them.
+    pub admin_password: Option<String>,
 }
 
 /// What every handler shares.
@@ -104,6 +111,9 @@ impl XrpcState {
         accounts.db().migrate(firehose::MIGRATIONS).map_err(XrpcError::internal)?;
         accounts.db().migrate(misc::MIGRATIONS).map_err(XrpcError::internal)?;
         accounts.set_commit_hook(firehose::sequencer_hook());
+        for collection in accounts.set_indexes(lexicons.indexes().clone())? {
+            tracing::info!(collection, "declared indexes changed: rebuilt from stored records");
+        }
         let firehose = firehose::Firehose::new(accounts.db().clone());
         let limits = BlobLimits { max_size: cfg.max_blob_bytes, ..BlobLimits::default() };
         let blobs = BlobStore::new(accounts.blocks().clone(), kv.clone(), accounts.db().clone(), limits);
@@ -152,6 +162,9 @@ impl XrpcState {
         if claims.exp <= auth::now_secs() {
             // What the reference PDS sends; clients take it as the signal to refresh.
             return Err(XrpcError::bad("ExpiredToken", "Token has expired"));
+        }
+        if server::is_revoked(self, &claims)? {
+            return Err(XrpcError::bad("ExpiredToken", "Token has been revoked"));
         }
         Ok(claims)
     }
@@ -224,6 +237,19 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/xrpc/com.atproto.sync.subscribeRepos", get(firehose::subscribe_repos))
         .route("/xrpc/com.atproto.sync.getRepoStatus", get(sync::get_repo_status))
         .route("/xrpc/com.atproto.sync.getBlocks", get(sync::get_blocks))
+        .route("/xrpc/dev.ues.repo.queryIndex", get(index::query_index))
+        .route("/xrpc/dev.ues.repo.searchRecords", get(index::search_records))
+        .route("/xrpc/dev.ues.repo.listBacklinks", get(index::list_backlinks))
+        .route("/xrpc/dev.ues.repo.listRecordsByTime", get(index::list_records_by_time))
+        .route("/xrpc/com.atproto.admin.getAccountInfo", get(admin::get_account_info))
+        .route("/xrpc/com.atproto.admin.getAccountInfos", get(admin::get_account_infos))
+        .route("/xrpc/com.atproto.admin.updateAccountHandle", post(admin::update_account_handle))
+        .route("/xrpc/com.atproto.admin.updateAccountPassword", post(admin::update_account_password))
+        .route("/xrpc/com.atproto.admin.updateAccountEmail", post(admin::update_account_email))
+        .route("/xrpc/com.atproto.admin.getSubjectStatus", get(admin::get_subject_status))
+        .route("/xrpc/com.atproto.admin.updateSubjectStatus", post(admin::update_subject_status))
+        .route("/xrpc/com.atproto.admin.deleteAccount", post(admin::delete_account))
+        .route("/xrpc/dev.ues.admin.listReports", get(admin::list_reports))
         .route("/.well-known/atproto-did", get(server::well_known_atproto_did))
         .route("/.well-known/did.json", get(server::well_known_did_json))
         .route("/metrics", get(metrics::render))
@@ -237,6 +263,7 @@ pub fn router(state: Arc<XrpcState>) -> Router {
                 )
             }),
         )
+        .layer(axum::middleware::from_fn_with_state(state.clone(), extract::validate_params))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         // One span per request (method, path) in the logs, with status and latency at the end.

@@ -18,7 +18,7 @@ use super::{XrpcError, XrpcState, blocking};
 
 type Res = Result<Json<Value>, XrpcError>;
 
-fn find_repo(st: &XrpcState, repo: &str) -> Result<Account, XrpcError> {
+pub(crate) fn find_repo(st: &XrpcState, repo: &str) -> Result<Account, XrpcError> {
     let id: AtIdentifier =
         repo.parse().map_err(|e: ues_sync::repo::syntax::SyntaxError| XrpcError::invalid(e.to_string()))?;
     let found = match &id {
@@ -39,10 +39,11 @@ fn writable(st: &XrpcState, headers: &HeaderMap, repo: &str) -> Result<Account, 
             "Token does not grant access to this repository",
         ));
     }
-    if account.status != "active" {
-        return Err(XrpcError::bad("AccountDeactivated", "Account is deactivated"));
+    match account.status.as_str() {
+        "active" => Ok(account),
+        "takendown" => Err(XrpcError::bad("AccountTakedown", "Account has been taken down")),
+        _ => Err(XrpcError::bad("AccountDeactivated", "Account is deactivated")),
     }
-    Ok(account)
 }
 
 fn nsid(s: &str) -> Result<Nsid, XrpcError> {
@@ -263,7 +264,11 @@ pub(crate) async fn list_records(State(st): State<Arc<XrpcState>>, XQuery(q): XQ
     blocking(move || {
         let limit: usize = match q.limit.as_deref() {
             None => 50,
-            Some(l) => l.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| XrpcError::invalid("limit must be an integer from 1 to 100"))?,
+            Some(l) => l
+                .parse()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| XrpcError::invalid("limit must be an integer from 1 to 100"))?,
         };
         let reverse = matches!(q.reverse.as_deref(), Some("true"));
         let account = find_repo(&st, &q.repo)?;
@@ -271,15 +276,7 @@ pub(crate) async fn list_records(State(st): State<Arc<XrpcState>>, XQuery(q): XQ
         let cursor = q.cursor.as_deref().map(rkey).transpose()?;
         // Newest first by default, as the reference PDS lists (record keys are TIDs).
         let rows = st.accounts.list_records(&account.did, &collection, cursor.as_ref(), limit, !reverse)?;
-        let repo = st.accounts.repo(&account.did)?;
-        let mut records = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let cid: cid::Cid = r.cid.parse().map_err(XrpcError::internal)?;
-            let bytes = repo.store().get(&cid).map_err(XrpcError::internal)?.ok_or_else(|| XrpcError::internal("record block missing"))?;
-            let value = ues_sync::repo::ipld::dagcbor::decode_atproto(&bytes).map_err(XrpcError::internal)?;
-            records.push(json!({ "uri": format!("at://{}/{}/{}", account.did, r.collection, r.rkey), "cid": r.cid, "value": atjson::to_json(&value) }));
-        }
-        let mut out = json!({ "records": records });
+        let mut out = json!({ "records": super::index::records_json(&st, &rows)? });
         // An absent cursor is omitted, never null: clients validate `cursor` as a string.
         if rows.len() == limit
             && let Some(last) = rows.last()

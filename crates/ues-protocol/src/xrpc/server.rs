@@ -86,6 +86,20 @@ fn issue(st: &XrpcState, did: &Did, app: Option<&str>) -> Result<(String, String
     Ok((access_token(st, did, app), auth::sign(&st.cfg.jwt_secret, "refresh+jwt", &refresh)))
 }
 
+/// Ends every session of `did` issued until now (password change, takedown, deletion): tokens
+/// issued before this second are refused from now on.
+pub(crate) fn revoke_sessions(st: &XrpcState, did: &Did) -> Result<(), XrpcError> {
+    let key = format!("revoked/{did}");
+    let ttl = std::time::Duration::from_secs(REFRESH_TTL_SECS);
+    st.kv.put(key.as_bytes(), now_secs().to_string().as_bytes(), Some(ttl)).map_err(XrpcError::internal)
+}
+
+/// Whether `claims` were issued before the sessions of their subject were revoked.
+pub(crate) fn is_revoked(st: &XrpcState, claims: &Claims) -> Result<bool, XrpcError> {
+    let at = st.kv.get(format!("revoked/{}", claims.sub).as_bytes()).map_err(XrpcError::internal)?;
+    Ok(at.and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|t| claims.iat < t))
+}
+
 fn hex_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];
@@ -243,6 +257,9 @@ fn refresh_claims(st: &XrpcState, headers: &HeaderMap) -> Result<Claims, XrpcErr
     if claims.exp <= now_secs() {
         return Err(XrpcError::bad("ExpiredToken", "Token has expired"));
     }
+    if is_revoked(st, &claims)? {
+        return Err(XrpcError::bad("ExpiredToken", "Token has been revoked"));
+    }
     Ok(claims)
 }
 
@@ -313,12 +330,25 @@ pub(crate) struct ResolveHandle {
     handle: String,
 }
 
+/// `identity.resolveHandle`: this node's accounts first; a handle under one of the node's own
+/// domains that no account holds is not found; any other handle is resolved as the handle
+/// specification says (DNS TXT, then HTTPS).
 pub(crate) async fn resolve_handle(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<ResolveHandle>) -> Res {
-    let handle = Handle::new(&q.handle).map_err(|e| XrpcError::invalid(e.to_string()))?;
-    match st.accounts.by_handle(&handle)? {
-        Some(a) => Ok(Json(json!({ "did": a.did.as_str() }))),
-        None => Err(XrpcError::bad("HandleNotFound", "Unable to resolve handle")),
+    let handle = Handle::new(&q.handle).map_err(|e| XrpcError::invalid(e.to_string()))?.normalized();
+    if let Some(a) = st.accounts.by_handle(&handle)? {
+        return Ok(Json(json!({ "did": a.did.as_str() })));
     }
+    if st.cfg.user_domains.iter().any(|d| handle.as_str().ends_with(d.as_str())) {
+        return Err(XrpcError::bad("HandleNotFound", "Unable to resolve handle"));
+    }
+    super::blocking(move || match st.cfg.handle_resolver.resolve(&handle) {
+        Ok(did) => Ok(Json(json!({ "did": did.as_str() }))),
+        Err(e) => {
+            tracing::info!(error = %e, "handle did not resolve");
+            Err(XrpcError::bad("HandleNotFound", "Unable to resolve handle"))
+        }
+    })
+    .await
 }
 
 /// `/.well-known/atproto-did`: the DID of the account whose handle is this request's host.
@@ -349,7 +379,8 @@ pub(crate) struct UpdateHandle {
     handle: String,
 }
 
-/// `identity.updateHandle`: a new handle under a served domain; emits `#identity`, and a PLC
+/// `identity.updateHandle`: a new handle under a served domain, or any other domain whose DNS
+/// TXT record or `/.well-known/atproto-did` names the account; emits `#identity`, and a PLC
 /// update operation when a directory is configured.
 pub(crate) async fn update_handle(
     State(st): State<Arc<XrpcState>>,
@@ -361,39 +392,47 @@ pub(crate) async fn update_handle(
         let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
         let handle = Handle::new(&b.handle).map_err(|e| XrpcError::bad("InvalidHandle", e.to_string()))?.normalized();
         if !st.cfg.user_domains.iter().any(|d| handle.as_str().ends_with(d.as_str())) {
-            return Err(XrpcError::bad("UnsupportedDomain", "Not a supported handle domain"));
+            st.cfg.handle_resolver.verify(&handle, &did).map_err(|e| {
+                tracing::info!(error = %e, "external handle refused");
+                XrpcError::bad("InvalidHandle", format!("External handle did not resolve to DID: {e}"))
+            })?;
         }
-        if let Some(url) = &st.cfg.plc_url {
-            let key = st.accounts.signing_key(&did)?;
-            let last = st
-                .kv
-                .get(format!("plc/{did}").as_bytes())
-                .map_err(XrpcError::internal)?
-                .ok_or_else(|| XrpcError::internal("no PLC operation stored"))?;
-            let last: Value = serde_json::from_slice(&last).map_err(XrpcError::internal)?;
-            let prev = ues_sync::repo::plc::operation_cid(&last).map_err(XrpcError::internal)?;
-            let state = Genesis {
-                rotation_keys: vec![key.public().did_key()],
-                signing_key: key.public().did_key(),
-                handle: handle.to_string(),
-                pds_endpoint: st.cfg.public_url.clone(),
-            };
-            let op = state.update(&prev.to_string(), &key).map_err(XrpcError::internal)?;
-            PlcClient::new(url)
-                .submit(did.as_str(), &op)
-                .map_err(|e| XrpcError::bad("UnresolvableDid", e.to_string()))?;
-            st.kv.put(format!("plc/{did}").as_bytes(), op.to_string().as_bytes(), None).map_err(XrpcError::internal)?;
-        }
-        st.accounts.update_handle(&did, &handle).map_err(|e| match e {
-            ues_sync::repo::accounts::AccountError::Taken(_) => {
-                XrpcError::bad("HandleNotAvailable", "Handle already taken")
-            }
-            e => e.into(),
-        })?;
-        st.firehose.notify();
+        change_handle(&st, &did, &handle)?;
         Ok(StatusCode::OK)
     })
     .await
+}
+
+/// Moves an account to `handle`: a PLC update operation first when a directory is configured,
+/// then the account row and the `#identity` event.
+pub(crate) fn change_handle(st: &XrpcState, did: &Did, handle: &Handle) -> Result<(), XrpcError> {
+    if let Some(url) = &st.cfg.plc_url {
+        let key = st.accounts.signing_key(did)?;
+        let last = st
+            .kv
+            .get(format!("plc/{did}").as_bytes())
+            .map_err(XrpcError::internal)?
+            .ok_or_else(|| XrpcError::internal("no PLC operation stored"))?;
+        let last: Value = serde_json::from_slice(&last).map_err(XrpcError::internal)?;
+        let prev = ues_sync::repo::plc::operation_cid(&last).map_err(XrpcError::internal)?;
+        let state = Genesis {
+            rotation_keys: vec![key.public().did_key()],
+            signing_key: key.public().did_key(),
+            handle: handle.to_string(),
+            pds_endpoint: st.cfg.public_url.clone(),
+        };
+        let op = state.update(&prev.to_string(), &key).map_err(XrpcError::internal)?;
+        PlcClient::new(url).submit(did.as_str(), &op).map_err(|e| XrpcError::bad("UnresolvableDid", e.to_string()))?;
+        st.kv.put(format!("plc/{did}").as_bytes(), op.to_string().as_bytes(), None).map_err(XrpcError::internal)?;
+    }
+    st.accounts.update_handle(did, handle).map_err(|e| match e {
+        ues_sync::repo::accounts::AccountError::Taken(_) => {
+            XrpcError::bad("HandleNotAvailable", "Handle already taken")
+        }
+        e => e.into(),
+    })?;
+    st.firehose.notify();
+    Ok(())
 }
 
 async fn set_status(st: Arc<XrpcState>, headers: HeaderMap, status: &'static str) -> Result<StatusCode, XrpcError> {

@@ -28,6 +28,22 @@ fn did_param(st: &XrpcState, did: &str) -> Result<Did, XrpcError> {
     Ok(did)
 }
 
+/// A repository whose data may be served: hosted here and active (the sync specification's
+/// `RepoTakendown`, `RepoSuspended`, `RepoDeactivated` otherwise).
+pub(crate) fn served_did(st: &XrpcState, did: &str) -> Result<Did, XrpcError> {
+    let did = Did::new(did).map_err(|e| XrpcError::invalid(e.to_string()))?;
+    let account = st
+        .accounts
+        .get(&did)?
+        .ok_or_else(|| XrpcError::bad("RepoNotFound", format!("Could not find repo for DID: {did}")))?;
+    match account.status.as_str() {
+        "active" => Ok(did),
+        "takendown" => Err(XrpcError::bad("RepoTakendown", format!("Repo has been taken down: {did}"))),
+        "suspended" => Err(XrpcError::bad("RepoSuspended", format!("Repo has been suspended: {did}"))),
+        _ => Err(XrpcError::bad("RepoDeactivated", format!("Repo has been deactivated: {did}"))),
+    }
+}
+
 #[derive(Deserialize)]
 pub(crate) struct GetRepo {
     did: String,
@@ -40,7 +56,7 @@ pub(crate) async fn get_repo(
     XQuery(q): XQuery<GetRepo>,
 ) -> Result<Response, XrpcError> {
     blocking(move || {
-        let did = did_param(&st, &q.did)?;
+        let did = served_did(&st, &q.did)?;
         let bytes = st.accounts.export_car(&did, q.since.as_deref(), Vec::new())?;
         Ok(car_response(bytes))
     })
@@ -57,7 +73,7 @@ pub(crate) async fn get_latest_commit(
     XQuery(q): XQuery<DidOnly>,
 ) -> Result<Response, XrpcError> {
     blocking(move || {
-        let did = did_param(&st, &q.did)?;
+        let did = served_did(&st, &q.did)?;
         let account = st.accounts.get(&did)?.ok_or_else(|| XrpcError::bad("RepoNotFound", "no such repo"))?;
         Ok(axum::Json(json!({ "cid": account.head.to_string(), "rev": account.rev })).into_response())
     })
@@ -78,7 +94,7 @@ pub(crate) async fn get_record(
     XQuery(q): XQuery<GetRecord>,
 ) -> Result<Response, XrpcError> {
     blocking(move || {
-        let did = did_param(&st, &q.did)?;
+        let did = served_did(&st, &q.did)?;
         let collection = Nsid::new(&q.collection).map_err(|e| XrpcError::invalid(e.to_string()))?;
         let rkey = RecordKey::new(&q.rkey).map_err(|e| XrpcError::invalid(e.to_string()))?;
         let repo = st.accounts.repo(&did)?;
@@ -193,7 +209,7 @@ pub(crate) async fn get_blocks(
         return Err(XrpcError::invalid("at most 1000 cids"));
     }
     blocking(move || {
-        let did = did_param(&st, &q.did)?;
+        let did = served_did(&st, &q.did)?;
         let mut car = CarWriter::new(Vec::new(), &[]).map_err(XrpcError::internal)?;
         for c in &q.cids {
             let cid: cid::Cid = c.parse().map_err(|e| XrpcError::invalid(format!("bad CID {c}: {e}")))?;

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use ues_protocol::xrpc::{XrpcConfig, XrpcState, router};
 use ues_sync::repo::accounts::Accounts;
+use ues_sync::repo::identity::HandleResolver;
 use ues_sync::repo::ipld::storage::{Blockstore, MemoryBlockstore, MemoryKv, Sqlite, SqliteConfig};
 use ues_sync::repo::lexicon::Lexicons;
 
@@ -42,15 +43,22 @@ impl Node {
     }
 }
 
+/// The admin password of test nodes.
+pub const ADMIN_PASSWORD: &str = "admin secret";
+
 pub fn node() -> Node {
+    node_with_dns(None)
+}
+
+/// A node whose handle resolver asks `dns` for `_atproto` TXT records.
+pub fn node_with_dns(dns: Option<std::net::SocketAddr>) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
     let blocks: Arc<dyn Blockstore> = Arc::new(MemoryBlockstore::new());
     let accounts = Accounts::open(blocks, db, 3).unwrap();
+    // The lexicons `ues run` embeds (the repository's `lexicons/` folder).
     let mut lexicons = Lexicons::new();
-    if let Some(dir) = shared::shared("reference/atproto-lexicons") {
-        lexicons.load_dir(&dir).unwrap();
-    }
+    lexicons.load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lexicons")).unwrap();
     let cfg = XrpcConfig {
         public_url: "http://127.0.0.1:2583".into(),
         service_did: "did:web:localhost".into(),
@@ -59,6 +67,9 @@ pub fn node() -> Node {
         plc_url: None,
         max_body_bytes: 64 * 1024,
         max_blob_bytes: 1024 * 1024,
+        // Nothing listens on port 9 of 127.0.0.1: HTTPS lookups are refused at once.
+        handle_resolver: HandleResolver::with_base(|_| "http://127.0.0.1:9".into()).with_dns(dns),
+        admin_password: Some(ADMIN_PASSWORD.into()),
     };
     let state = Arc::new(XrpcState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap());
     let app = router(state.clone());
@@ -74,8 +85,10 @@ pub fn node() -> Node {
 
 pub async fn call(n: &Node, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
     let mut req = Request::builder().method(method).uri(path);
+    // A token is sent as `Bearer`, unless it is already a full `Basic ...` header value.
     if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+        let value = if t.starts_with("Basic ") { t.to_string() } else { format!("Bearer {t}") };
+        req = req.header("authorization", value);
     }
     let req = match body {
         Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())).unwrap(),
@@ -85,6 +98,12 @@ pub async fn call(n: &Node, method: &str, path: &str, token: Option<&str>, body:
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// The `Authorization` value of the admin user.
+pub fn admin_auth(password: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}")))
 }
 
 pub async fn account(n: &Node, handle: &str) -> Value {

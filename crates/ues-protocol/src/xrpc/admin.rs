@@ -1,0 +1,371 @@
+//! Administration over XRPC: `com.atproto.admin.*` (account info, handle, password and email
+//! changes, takedowns, deletion) and `dev.ues.admin.listReports`, behind HTTP Basic auth with
+//! the user `admin` and the node's admin password, as the reference PDS does. With no admin
+//! password configured every admin call is refused.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use ues_sync::repo::accounts::Account;
+use ues_sync::repo::ipld::storage::Error as StoreError;
+use ues_sync::repo::ipld::storage::rusqlite::{OptionalExtension, params};
+use ues_sync::repo::syntax::{Did, Handle};
+
+use super::extract::{XJson, XQuery};
+use super::{XrpcError, XrpcState, blocking};
+
+type Res = Result<Json<Value>, XrpcError>;
+
+/// Checks `Authorization: Basic base64(admin:<password>)`.
+fn admin(st: &XrpcState, headers: &HeaderMap) -> Result<(), XrpcError> {
+    use base64::Engine;
+    let denied = || XrpcError::auth_required("Admin authentication required");
+    let Some(expected) = st.cfg.admin_password.as_deref() else { return Err(denied()) };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(denied)?;
+    let (user, password) = given.split_once(':').ok_or_else(denied)?;
+    // Compared as digests, so the comparison's time says nothing about the password.
+    if user != "admin" || Sha256::digest(password.as_bytes()) != Sha256::digest(expected.as_bytes()) {
+        tracing::warn!("admin call with wrong credentials");
+        return Err(denied());
+    }
+    Ok(())
+}
+
+fn did(s: &str) -> Result<Did, XrpcError> {
+    Did::new(s).map_err(|e| XrpcError::invalid(e.to_string()))
+}
+
+fn account(st: &XrpcState, d: &Did) -> Result<Account, XrpcError> {
+    st.accounts.get(d)?.ok_or_else(|| XrpcError::bad("AccountNotFound", "Account not found"))
+}
+
+/// `com.atproto.admin.defs#accountView`.
+fn account_view(st: &XrpcState, a: &Account) -> Result<Value, XrpcError> {
+    let (email, created_ms): (Option<String>, i64) = st
+        .accounts
+        .db()
+        .read(|c| {
+            c.query_row(
+                "SELECT c.email, a.created_at FROM account a LEFT JOIN credential c ON c.did = a.did WHERE a.did = ?1",
+                [a.did.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .map_err(XrpcError::internal)?;
+    let mut v = json!({ "did": a.did.as_str(), "handle": a.handle.as_str(), "indexedAt": iso(created_ms) });
+    if let Some(e) = email {
+        v["email"] = Value::String(e);
+    }
+    Ok(v)
+}
+
+fn iso(ms: i64) -> String {
+    super::firehose::iso_from_millis(ms)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DidParam {
+    did: String,
+}
+
+pub(crate) async fn get_account_info(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XQuery(q): XQuery<DidParam>,
+) -> Res {
+    admin(&st, &headers)?;
+    blocking(move || Ok(Json(account_view(&st, &account(&st, &did(&q.did)?)?)?))).await
+}
+
+pub(crate) async fn get_account_infos(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Res {
+    admin(&st, &headers)?;
+    blocking(move || {
+        let mut infos = Vec::new();
+        for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).take(500) {
+            if k == "dids"
+                && let Some(a) = st.accounts.get(&did(&v)?)?
+            {
+                infos.push(account_view(&st, &a)?);
+            }
+        }
+        Ok(Json(json!({ "infos": infos })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct UpdateHandle {
+    did: String,
+    handle: String,
+}
+
+pub(crate) async fn update_account_handle(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<UpdateHandle>,
+) -> Result<StatusCode, XrpcError> {
+    admin(&st, &headers)?;
+    blocking(move || {
+        let d = did(&b.did)?;
+        account(&st, &d)?;
+        let handle = Handle::new(&b.handle).map_err(|e| XrpcError::bad("InvalidHandle", e.to_string()))?.normalized();
+        super::server::change_handle(&st, &d, &handle)?;
+        Ok(StatusCode::OK)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct UpdatePassword {
+    did: String,
+    password: String,
+}
+
+/// Sets the password and ends every session (refresh tokens) of the account.
+pub(crate) async fn update_account_password(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<UpdatePassword>,
+) -> Result<StatusCode, XrpcError> {
+    admin(&st, &headers)?;
+    blocking(move || {
+        let d = did(&b.did)?;
+        account(&st, &d)?;
+        let hash = super::hash_password(&b.password);
+        st.accounts
+            .db()
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO credential (did, password_hash) VALUES (?1, ?2)
+                     ON CONFLICT (did) DO UPDATE SET password_hash = excluded.password_hash",
+                    params![d.as_str(), hash],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .map_err(XrpcError::internal)?;
+        super::server::revoke_sessions(&st, &d)?;
+        Ok(StatusCode::OK)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct UpdateEmail {
+    account: String,
+    email: String,
+}
+
+pub(crate) async fn update_account_email(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<UpdateEmail>,
+) -> Result<StatusCode, XrpcError> {
+    admin(&st, &headers)?;
+    blocking(move || {
+        let a = super::repo::find_repo(&st, &b.account)?;
+        let email = b.email.trim().to_ascii_lowercase();
+        if !email.contains('@') || email.len() > 254 {
+            return Err(XrpcError::invalid("not an email address"));
+        }
+        let n = st
+            .accounts
+            .db()
+            .write(|tx| {
+                let taken: Option<String> = tx
+                    .query_row(
+                        "SELECT did FROM credential WHERE email = ?1 AND did != ?2",
+                        params![email, a.did.as_str()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if taken.is_some() {
+                    return Ok(0);
+                }
+                Ok::<_, StoreError>(tx.execute(
+                    "INSERT INTO credential (did, email) VALUES (?1, ?2)
+                     ON CONFLICT (did) DO UPDATE SET email = excluded.email",
+                    params![a.did.as_str(), email],
+                )?)
+            })
+            .map_err(XrpcError::internal)?;
+        if n == 0 {
+            return Err(XrpcError::invalid("Email already taken"));
+        }
+        Ok(StatusCode::OK)
+    })
+    .await
+}
+
+/// `{"$type": "com.atproto.admin.defs#repoRef", "did"}`: the only subject this node takes
+/// down (record and blob takedowns are refused with a clear error).
+fn repo_subject(subject: &Value) -> Result<Did, XrpcError> {
+    match subject.get("$type").and_then(Value::as_str) {
+        Some("com.atproto.admin.defs#repoRef") | None if subject.get("did").is_some() => {
+            did(subject["did"].as_str().unwrap_or_default())
+        }
+        _ => Err(XrpcError::invalid("Only account subjects (com.atproto.admin.defs#repoRef) are supported")),
+    }
+}
+
+fn subject_status(a: &Account) -> Value {
+    json!({
+        "subject": { "$type": "com.atproto.admin.defs#repoRef", "did": a.did.as_str() },
+        "takedown": { "applied": a.status == "takendown" },
+        "deactivated": { "applied": a.status == "deactivated" },
+    })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SubjectStatus {
+    did: Option<String>,
+}
+
+pub(crate) async fn get_subject_status(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XQuery(q): XQuery<SubjectStatus>,
+) -> Res {
+    admin(&st, &headers)?;
+    blocking(move || {
+        let d = q.did.as_deref().ok_or_else(|| XrpcError::invalid("Only account subjects (did) are supported"))?;
+        Ok(Json(subject_status(&account(&st, &did(d)?)?)))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct UpdateSubject {
+    subject: Value,
+    takedown: Option<Value>,
+}
+
+/// Takes an account down (its repository stops being served, its sessions end, `#account`
+/// with status `takendown` is emitted) or restores it.
+pub(crate) async fn update_subject_status(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<UpdateSubject>,
+) -> Res {
+    admin(&st, &headers)?;
+    blocking(move || {
+        let d = repo_subject(&b.subject)?;
+        let a = account(&st, &d)?;
+        if let Some(applied) = b.takedown.as_ref().and_then(|t| t.get("applied")).and_then(Value::as_bool) {
+            let status = if applied { "takendown" } else { "active" };
+            if a.status != status && (applied || a.status == "takendown") {
+                st.accounts.set_status(&d, status)?;
+                st.firehose.notify();
+                if applied {
+                    super::server::revoke_sessions(&st, &d)?;
+                }
+            }
+        }
+        let out = subject_status(&account(&st, &d)?);
+        Ok(Json(json!({ "subject": out["subject"], "takedown": out["takedown"] })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DeleteAccount {
+    did: String,
+}
+
+pub(crate) async fn delete_account(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<DeleteAccount>,
+) -> Result<StatusCode, XrpcError> {
+    admin(&st, &headers)?;
+    blocking(move || {
+        let d = did(&b.did)?;
+        account(&st, &d)?;
+        super::server::revoke_sessions(&st, &d)?;
+        st.accounts.delete(&d)?;
+        st.accounts
+            .db()
+            .write(|tx| {
+                for table in ["credential", "app_password", "preferences"] {
+                    tx.execute(&format!("DELETE FROM {table} WHERE did = ?1"), [d.as_str()])?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .map_err(XrpcError::internal)?;
+        st.firehose.notify();
+        tracing::info!(did = %d, "account deleted by the administrator");
+        Ok(StatusCode::OK)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ListReports {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `dev.ues.admin.listReports`: reports filed with `createReport`, newest first.
+pub(crate) async fn list_reports(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XQuery(q): XQuery<ListReports>,
+) -> Res {
+    admin(&st, &headers)?;
+    blocking(move || {
+        let limit = q.limit.unwrap_or(50);
+        let before: i64 = match q.cursor.as_deref() {
+            None => i64::MAX,
+            Some(c) => c.parse().map_err(|_| XrpcError::invalid("malformed cursor"))?,
+        };
+        let rows: Vec<Value> = st
+            .accounts
+            .db()
+            .read(|c| {
+                let mut s = c.prepare_cached(
+                    "SELECT id, reason_type, reason, subject, reported_by, created_at FROM report
+                     WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                )?;
+                let rows = s.query_map(params![before, limit], |r| {
+                    let subject: String = r.get(3)?;
+                    let mut v = json!({
+                        "id": r.get::<_, i64>(0)?,
+                        "reasonType": r.get::<_, String>(1)?,
+                        "subject": serde_json::from_str::<Value>(&subject).unwrap_or(Value::Null),
+                        "reportedBy": r.get::<_, String>(4)?,
+                        "createdAt": r.get::<_, String>(5)?,
+                    });
+                    if let Some(reason) = r.get::<_, Option<String>>(2)? {
+                        v["reason"] = Value::String(reason);
+                    }
+                    Ok(v)
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(XrpcError::internal)?;
+        let mut out = json!({ "reports": rows });
+        if rows_full(&out, limit) {
+            out["cursor"] = Value::String(out["reports"][limit as usize - 1]["id"].to_string());
+        }
+        Ok(Json(out))
+    })
+    .await
+}
+
+fn rows_full(out: &Value, limit: i64) -> bool {
+    out["reports"].as_array().is_some_and(|a| a.len() as i64 == limit)
+}
