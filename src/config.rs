@@ -102,6 +102,8 @@ pub(crate) struct StorageSection {
     pub(crate) verify_reads: bool,
     /// RocksDB block cache in MiB.
     pub(crate) block_cache_mib: usize,
+    /// Cache of whole repository blocks in front of RocksDB, in MiB (0: none).
+    pub(crate) hot_blocks_mib: usize,
     /// SQLite synchronous level.
     pub(crate) sqlite_synchronous: SyncSetting,
 }
@@ -112,6 +114,7 @@ impl Default for StorageSection {
             durability: DurabilitySetting::Process,
             verify_reads: true,
             block_cache_mib: 256,
+            hot_blocks_mib: 128,
             sqlite_synchronous: SyncSetting::Normal,
         }
     }

@@ -218,7 +218,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 /// Composes the XRPC server's state from the opened storage and the configuration.
 fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ues_protocol::xrpc::XrpcState> {
     use ues_repo::ipld::storage::{Blockstore, Kv};
-    let blocks: Arc<dyn Blockstore> = Arc::new(storage.rocks.blockstore());
+    let blocks: Arc<dyn Blockstore> = match cfg.storage.hot_blocks_mib {
+        0 => Arc::new(storage.rocks.blockstore()),
+        mib => Arc::new(ues_repo::ipld::storage::CachedBlockstore::new(storage.rocks.blockstore(), mib << 20)),
+    };
     let kv: Arc<dyn Kv> = Arc::new(storage.rocks.kv());
     let accounts = ues_repo::accounts::Accounts::open(blocks, storage.sqlite.clone(), 0)?;
     let mut lexicons = ues_repo::lexicon::Lexicons::new();

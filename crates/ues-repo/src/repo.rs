@@ -309,40 +309,94 @@ impl<B: Blockstore> Repo<B> {
     }
 
     /// Writes the whole repository as a CAR: the commit, then the tree depth-first with each
-    /// node's records right after it (the streamable order). Reads block by block; memory use
-    /// does not grow with the repository.
+    /// node's records right after it (the streamable order).
+    ///
+    /// Reads are batched without giving up that order or constant memory: a node's child nodes
+    /// are fetched together when the node is expanded (at most 256 levels × one node's
+    /// children are held), and records are fetched [`EXPORT_WINDOW`] at a time with one
+    /// multi-get, then written in their place.
     pub fn export_car<W: std::io::Write>(&self, out: W) -> Result<W, RepoError> {
         let mut car = CarWriter::new(out, &[self.head])?;
         let commit_bytes = self.store.get(&self.head)?.ok_or(RepoError::MissingBlock(self.head))?;
         car.write_block(&self.head, &commit_bytes)?;
-        self.write_subtree(&mut car, self.commit.data, 0)?;
+        let max_entries = ues_ipld::MstLimits::default().max_entries;
+        let root = self.store.get(&self.commit.data)?.ok_or(RepoError::MissingBlock(self.commit.data))?;
+        // Work left, top of the stack first: a node (its bytes already fetched) or a record.
+        let mut stack: Vec<(Item, usize)> = vec![(Item::Node(self.commit.data, root), 0)];
+        // What is decided but not yet written, in output order: nodes with their bytes, records
+        // by CID until their window is fetched.
+        let mut plan: Vec<Item> = Vec::new();
+        let mut pending_records = 0usize;
+        while let Some((item, depth)) = stack.pop() {
+            match item {
+                Item::Record(cid) => {
+                    plan.push(Item::Record(cid));
+                    pending_records += 1;
+                    if pending_records >= EXPORT_WINDOW {
+                        self.flush_plan(&mut car, &mut plan)?;
+                        pending_records = 0;
+                    }
+                }
+                Item::Node(cid, bytes) => {
+                    if depth > 256 {
+                        return Err(MstError::Malformed("tree deeper than 256 layers".into()).into());
+                    }
+                    let wire = decode_node(&bytes, max_entries)?;
+                    let children: Vec<Cid> =
+                        wire.left.iter().chain(wire.entries.iter().filter_map(|e| e.2.as_ref())).copied().collect();
+                    let mut fetched = self
+                        .store
+                        .get_many(&children)?
+                        .into_iter()
+                        .zip(&children)
+                        .map(|(b, c)| b.ok_or(RepoError::MissingBlock(*c)));
+                    // Children in output order: left, then each entry's record and right subtree.
+                    let mut next: Vec<(Item, usize)> = Vec::with_capacity(children.len() + wire.entries.len());
+                    if let Some(left) = wire.left {
+                        next.push((Item::Node(left, fetched.next().expect("fetched")?), depth + 1));
+                    }
+                    for (_, value, right) in &wire.entries {
+                        next.push((Item::Record(*value), depth));
+                        if let Some(r) = right {
+                            next.push((Item::Node(*r, fetched.next().expect("fetched")?), depth + 1));
+                        }
+                    }
+                    plan.push(Item::Node(cid, bytes));
+                    stack.extend(next.into_iter().rev());
+                }
+            }
+        }
+        self.flush_plan(&mut car, &mut plan)?;
         Ok(car.finish()?)
     }
 
-    fn write_subtree<W: std::io::Write>(
-        &self,
-        car: &mut CarWriter<W>,
-        node: Cid,
-        depth: usize,
-    ) -> Result<(), RepoError> {
-        if depth > 256 {
-            return Err(MstError::Malformed("tree deeper than 256 layers".into()).into());
-        }
-        let bytes = self.store.get(&node)?.ok_or(RepoError::MissingBlock(node))?;
-        let wire = decode_node(&bytes, ues_ipld::MstLimits::default().max_entries)?;
-        car.write_block(&node, &bytes)?;
-        if let Some(left) = wire.left {
-            self.write_subtree(car, left, depth + 1)?;
-        }
-        for (_, value, right) in &wire.entries {
-            let record = self.store.get(value)?.ok_or(RepoError::MissingBlock(*value))?;
-            car.write_block(value, &record)?;
-            if let Some(r) = right {
-                self.write_subtree(car, *r, depth + 1)?;
+    /// Fetches the records of `plan` in one multi-get and writes everything in order.
+    fn flush_plan<W: std::io::Write>(&self, car: &mut CarWriter<W>, plan: &mut Vec<Item>) -> Result<(), RepoError> {
+        let records: Vec<Cid> =
+            plan.iter().filter_map(|i| if let Item::Record(c) = i { Some(*c) } else { None }).collect();
+        let mut fetched = self.store.get_many(&records)?.into_iter();
+        for item in plan.drain(..) {
+            match item {
+                Item::Node(cid, bytes) => car.write_block(&cid, &bytes)?,
+                Item::Record(cid) => {
+                    let bytes = fetched.next().flatten().ok_or(RepoError::MissingBlock(cid))?;
+                    car.write_block(&cid, &bytes)?;
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Records fetched per multi-get during a CAR export.
+pub const EXPORT_WINDOW: usize = 1024;
+
+/// One step of a CAR export.
+enum Item {
+    /// An MST node and its bytes.
+    Node(Cid, Vec<u8>),
+    /// A record, by CID.
+    Record(Cid),
 }
 
 /// Imports a repository CAR for `did`, checked end to end before anything is stored: every

@@ -16,6 +16,11 @@ pub trait Blockstore: Send + Sync {
     /// Reads a block; `Ok(None)` when absent, [`crate::Error::Corrupt`] when verification is on
     /// and the bytes do not match the CID.
     fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>>;
+    /// Reads many blocks at once, answers in the order asked. Stores that can batch lookups
+    /// (RocksDB's MultiGet) do so; the default asks one by one.
+    fn get_many(&self, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>> {
+        cids.iter().map(|c| self.get(c)).collect()
+    }
     /// Whether a block is present (cheap for absent CIDs: bloom filters answer first).
     fn has(&self, cid: &Cid) -> Result<bool>;
     /// Removes a block (absent is not an error).
@@ -35,6 +40,9 @@ macro_rules! forward_blockstore {
             }
             fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
                 (**self).get(cid)
+            }
+            fn get_many(&self, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>> {
+                (**self).get_many(cids)
             }
             fn has(&self, cid: &Cid) -> Result<bool> {
                 (**self).has(cid)
@@ -97,6 +105,21 @@ impl<B: Blockstore> Blockstore for CachedBlockstore<B> {
             self.cache.insert(*cid, Arc::from(data.as_slice()));
         }
         Ok(found)
+    }
+    fn get_many(&self, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out: Vec<Option<Vec<u8>>> = cids.iter().map(|c| self.cache.get(c).map(|h| h.to_vec())).collect();
+        let missing: Vec<Cid> = cids.iter().zip(&out).filter(|(_, o)| o.is_none()).map(|(c, _)| *c).collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let mut fetched = self.inner.get_many(&missing)?.into_iter();
+        for (cid, slot) in cids.iter().zip(out.iter_mut()).filter(|(_, o)| o.is_none()) {
+            *slot = fetched.next().flatten();
+            if let Some(data) = slot {
+                self.cache.insert(*cid, Arc::from(data.as_slice()));
+            }
+        }
+        Ok(out)
     }
     fn has(&self, cid: &Cid) -> Result<bool> {
         if self.cache.contains(cid) {

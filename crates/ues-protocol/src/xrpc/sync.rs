@@ -50,17 +50,66 @@ pub(crate) struct GetRepo {
     since: Option<String>,
 }
 
-/// The repository as a CAR (whole, or what commits after `since` added).
+/// The repository as a CAR (whole, or what commits after `since` added), streamed: the export
+/// runs on a blocking thread and hands 64 KiB chunks to the response through a channel of 8,
+/// so memory stays flat whatever the repository's size and a slow client slows the export
+/// instead of buffering it. An error after the first bytes ends the stream early (the client's
+/// CAR reader sees a truncated file); it is logged.
 pub(crate) async fn get_repo(
     State(st): State<Arc<XrpcState>>,
     XQuery(q): XQuery<GetRepo>,
 ) -> Result<Response, XrpcError> {
-    blocking(move || {
-        let did = served_did(&st, &q.did)?;
-        let bytes = st.accounts.export_car(&did, q.since.as_deref(), Vec::new())?;
-        Ok(car_response(bytes))
-    })
-    .await
+    let st2 = st.clone();
+    let did = blocking(move || served_did(&st2, &q.did)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        let out = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+        match st.accounts.export_car(&did, q.since.as_deref(), out) {
+            Ok(mut w) => {
+                let _ = w.flush_chunk();
+            }
+            Err(e) => {
+                tracing::warn!(%did, error = %e, "getRepo stream ended early");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok(([(header::CONTENT_TYPE, "application/vnd.ipld.car")], Body::from_stream(stream)).into_response())
+}
+
+const CHUNK: usize = 64 << 10;
+
+/// A `Write` that sends full chunks down a bounded channel (blocking when it is full).
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(Ok(chunk.into()))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
