@@ -3,6 +3,7 @@
 //! This binary is the composition root: it parses the command line and `node.toml` into a typed
 //! [`config::Config`], opens storage, and wires the layers together.
 
+mod bench;
 mod config;
 mod identity;
 mod lexicons;
@@ -41,6 +42,25 @@ enum Command {
     /// Lexicon tools.
     #[command(subcommand)]
     Lexicon(LexiconCommand),
+    /// End-to-end benchmarks against a running node.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// createRecord throughput and latency over HTTP/1.1 keep-alive connections (JSON result).
+    Create {
+        /// The node's address.
+        #[arg(long, default_value = "127.0.0.1:2583")]
+        addr: SocketAddr,
+        /// How many records.
+        #[arg(long, default_value_t = 3000)]
+        records: usize,
+        /// Concurrent connections (writers to the same repository).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +155,10 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Bench(BenchCommand::Create { addr, records, concurrency }) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            print_json(rt.block_on(bench::create(addr, records, concurrency))?)
         }
         Command::Run(args) => {
             let cfg = args.resolve()?;

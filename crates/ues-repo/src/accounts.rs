@@ -105,7 +105,21 @@ CREATE INDEX record_index_by_record ON record_index (did, collection, rkey);
 CREATE TABLE record_index_spec (collection TEXT PRIMARY KEY, specs TEXT NOT NULL);
 ",
     },
+    Migration {
+        id: "repo/0005_fts_queue",
+        sql: "
+CREATE TABLE fts_queue (
+    id INTEGER PRIMARY KEY,
+    did TEXT NOT NULL, collection TEXT NOT NULL, rkey TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX fts_queue_by_record ON fts_queue (did, collection, rkey);
+",
+    },
 ];
+
+/// Record texts moved into the full-text index per transaction by [`Accounts::index_text`].
+pub const TEXT_BATCH: usize = 1_000;
 
 /// How many of the most recent matches a search ranks.
 pub const SEARCH_WINDOW: i64 = 1_000;
@@ -769,6 +783,8 @@ impl<B: Blockstore> Accounts<B> {
     /// a query whose words appear in half the corpus costs the same as a rare one. For a social
     /// data server recent matches are the ones people look for.
     pub fn search(&self, query: &str, limit: usize) -> Result<Vec<IndexedRecord>, AccountError> {
+        // Every committed record is searchable: text still queued is indexed first.
+        while self.index_text(TEXT_BATCH)? == TEXT_BATCH {}
         // Quote each term so user input cannot inject FTS5 query syntax.
         let fts_query: String =
             query.split_whitespace().map(|t| format!("\"{}\"", t.replace('"', "\"\""))).collect::<Vec<_>>().join(" ");
@@ -791,6 +807,32 @@ impl<B: Blockstore> Accounts<B> {
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
         Ok(rows)
+    }
+
+    /// Moves up to `max` queued record texts into the full-text index, in one transaction.
+    /// Returns how many were indexed. The node runs this in the background a few times a
+    /// second; [`Accounts::search`] runs it first, so searches never miss a committed record.
+    pub fn index_text(&self, max: usize) -> Result<usize, AccountError> {
+        self.db.write(|tx| {
+            let rows: Vec<(i64, String, String, String, String)> = {
+                let mut st =
+                    tx.prepare_cached("SELECT id, did, collection, rkey, body FROM fts_queue ORDER BY id LIMIT ?1")?;
+                let rows =
+                    st.query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            for (_, did, collection, rkey, body) in &rows {
+                tx.prepare_cached("INSERT INTO record_text (did, collection, rkey) VALUES (?1, ?2, ?3)")?
+                    .execute(params![did, collection, rkey])?;
+                let id = tx.last_insert_rowid();
+                tx.prepare_cached("INSERT INTO record_fts (rowid, body) VALUES (?1, ?2)")?
+                    .execute(params![id, body])?;
+            }
+            if let Some(last) = rows.last() {
+                tx.prepare_cached("DELETE FROM fts_queue WHERE id <= ?1")?.execute([last.0])?;
+            }
+            Ok::<_, AccountError>(rows.len())
+        })
     }
 
     /// Records that reference `target` (an AT-URI or DID).
@@ -896,6 +938,7 @@ impl<B: Blockstore> Accounts<B> {
 fn clear_index(tx: &rusqlite::Transaction<'_>, did: &str) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM record_fts WHERE rowid IN (SELECT id FROM record_text WHERE did = ?1)", [did])?;
     for table in [
+        "fts_queue WHERE did",
         "record_text WHERE did",
         "record WHERE did",
         "backlink WHERE src_did",
@@ -925,6 +968,7 @@ fn unindex(tx: &rusqlite::Transaction<'_>, did: &str, collection: &str, rkey: &s
         tx.prepare_cached("DELETE FROM record_fts WHERE rowid = ?1")?.execute([id])?;
         tx.prepare_cached("DELETE FROM record_text WHERE id = ?1")?.execute([id])?;
     }
+    tx.prepare_cached("DELETE FROM fts_queue WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?.execute(key)?;
     Ok(())
 }
 
@@ -956,11 +1000,11 @@ fn index(
     }
     let mut text = String::new();
     record_text(rec, &mut text);
+    // The text waits in a queue (one appended row) for `index_text`, which adds many records to
+    // FTS5 in one transaction: far fewer pages written than one FTS5 insert per commit.
     if !text.is_empty() {
-        tx.prepare_cached("INSERT INTO record_text (did, collection, rkey) VALUES (?1, ?2, ?3)")?
-            .execute(params![did, collection, rkey])?;
-        let id = tx.last_insert_rowid();
-        tx.prepare_cached("INSERT INTO record_fts (rowid, body) VALUES (?1, ?2)")?.execute(params![id, text])?;
+        tx.prepare_cached("INSERT INTO fts_queue (did, collection, rkey, body) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![did, collection, rkey, text])?;
     }
     if let Some(specs) = indexes.get(collection) {
         index_values(tx, specs, did, collection, rkey, rec)?;

@@ -75,6 +75,11 @@ pub struct Sqlite {
 
 /// A thread that checkpoints the WAL every [`CHECKPOINT_EVERY`] (PASSIVE: never blocks
 /// writers or readers), stopped and joined when the database is dropped.
+///
+/// Under continuous writes a passive checkpoint never catches up with the newest frame, so
+/// SQLite never rewinds the WAL and the file would grow without bound; once it passes
+/// [`WAL_RESTART_BYTES`] the checkpoint is a TRUNCATE one, which waits for the current write
+/// transaction, holds writers back while it copies the remaining frames, and empties the file.
 struct Checkpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -83,15 +88,23 @@ struct Checkpointer {
 /// How often the background checkpoint runs.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
+/// WAL size past which the background checkpoint truncates the WAL (bounds its disk use).
+pub(crate) const WAL_RESTART_BYTES: u64 = 256 << 20;
+
 impl Checkpointer {
     fn start(path: &Path, cfg: &SqliteConfig) -> Result<Self> {
         let conn = Connection::open(path)?;
         configure(&conn, cfg)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
             // Runs until the sender is dropped (recv_timeout then reports Disconnected).
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES);
+                let mode = if big { "TRUNCATE" } else { "PASSIVE" };
+                if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
                     tracing::warn!("sqlite checkpoint: {e}");
                 }
             }

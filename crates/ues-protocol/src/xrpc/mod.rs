@@ -190,8 +190,38 @@ fn bearer(headers: &HeaderMap) -> Result<&str, XrpcError> {
         .ok_or_else(|| XrpcError::auth_required("Authentication Required"))
 }
 
-/// The XRPC routes.
+/// Moves queued record texts into the full-text index every 100 ms (in batches of
+/// [`TEXT_BATCH`], one transaction each), until the state is dropped.
+fn spawn_text_indexer(state: &Arc<XrpcState>) {
+    use ues_sync::repo::accounts::TEXT_BATCH;
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let Some(st) = weak.upgrade() else { break };
+            // A full batch means more may be waiting: go again at once (bounded per tick).
+            for _ in 0..100 {
+                let st = st.clone();
+                match tokio::task::spawn_blocking(move || st.accounts.index_text(TEXT_BATCH)).await {
+                    Ok(Ok(n)) if n == TEXT_BATCH => continue,
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "full-text indexing failed");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "full-text indexer panicked");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The XRPC routes (and, as a side effect, the background full-text indexer of `state`).
 pub fn router(state: Arc<XrpcState>) -> Router {
+    spawn_text_indexer(&state);
     let limit = state.cfg.max_body_bytes;
     Router::new()
         .route("/xrpc/com.atproto.server.describeServer", get(server::describe_server))

@@ -1,0 +1,125 @@
+//! `ues bench create`: createRecord throughput and latency against a running node, over real
+//! HTTP/1.1 keep-alive connections, from a client light enough that the node is what is measured
+//! (a plain tokio TCP client; the official-client benchmark is `tests/js/bench_create.mjs`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    stream: BufReader<TcpStream>,
+    addr: SocketAddr,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self { stream: BufReader::new(stream), addr })
+    }
+
+    /// POSTs JSON, returns (status, body). Bounded: 10 s, 1 MiB of response body.
+    async fn post(&mut self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<(u16, Value)> {
+        tokio::time::timeout(Duration::from_secs(10), self.post_inner(path, token, body)).await.context("timed out")?
+    }
+
+    async fn post_inner(&mut self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let body = serde_json::to_vec(body)?;
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n",
+            self.addr,
+            body.len()
+        );
+        let s = self.stream.get_mut();
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(&body).await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("bad status line")?;
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse()?;
+            }
+        }
+        if len > 1 << 20 {
+            bail!("response body of {len} bytes");
+        }
+        let mut buf = vec![0u8; len];
+        self.stream.read_exact(&mut buf).await?;
+        Ok((status, serde_json::from_slice(&buf).unwrap_or(Value::Null)))
+    }
+}
+
+/// Creates an account, then `records` createRecord calls from `concurrency` connections.
+/// Returns `{records, concurrency, seconds, recordsPerSec, p50ms, p99ms, maxMs}`.
+pub(crate) async fn create(addr: SocketAddr, records: usize, concurrency: usize) -> anyhow::Result<Value> {
+    let mut c = Conn::open(addr).await?;
+    let handle = format!("bench{}.test", std::process::id());
+    let (status, acct) = c
+        .post(
+            "/xrpc/com.atproto.server.createAccount",
+            None,
+            &json!({"handle": handle, "password": "correct horse battery"}),
+        )
+        .await?;
+    if status != 200 {
+        bail!("createAccount: {status} {acct}");
+    }
+    let token: Arc<str> = acct["accessJwt"].as_str().context("no token")?.into();
+    let did: Arc<str> = acct["did"].as_str().context("no did")?.into();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (token, did, next) = (token.clone(), did.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await?;
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= records {
+                    return anyhow::Ok(lat);
+                }
+                let body = json!({"repo": &*did, "collection": "app.bsky.feed.post", "record": {
+                    "$type": "app.bsky.feed.post", "text": format!("benchmark post {i}"),
+                    "createdAt": "2026-11-24T12:00:00.000Z"}});
+                let t = Instant::now();
+                let (status, v) = conn.post("/xrpc/com.atproto.repo.createRecord", Some(&token), &body).await?;
+                if status != 200 {
+                    bail!("createRecord: {status} {v}");
+                }
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut lat = Vec::with_capacity(records);
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort();
+    let ms = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    Ok(json!({
+        "records": records, "concurrency": concurrency, "seconds": secs,
+        "recordsPerSec": records as f64 / secs, "p50ms": ms(0.5), "p99ms": ms(0.99), "maxMs": ms(1.0),
+    }))
+}
