@@ -247,7 +247,7 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
         mib => Arc::new(ues_repo::ipld::storage::CachedBlockstore::new(storage.rocks.blockstore(), mib << 20)),
     };
     let kv: Arc<dyn Kv> = Arc::new(storage.rocks.kv());
-    let accounts = ues_repo::accounts::Accounts::open(blocks, storage.sqlite.clone(), 0)?;
+    let accounts = ues_repo::accounts::Accounts::open_with(blocks, kv.clone(), storage.sqlite.clone(), 0)?;
     let mut lexicons = ues_repo::lexicon::Lexicons::new();
     for text in lexicons::EMBEDDED {
         lexicons.add(&serde_json::from_str(text)?)?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use cid::Cid;
 use parking_lot::Mutex;
 use ues_ipld::storage::rusqlite::{self, OptionalExtension, params};
-use ues_ipld::storage::{Blockstore, Migration, Sqlite};
+use ues_ipld::storage::{Blockstore, Kv, Migration, Sqlite};
 use ues_ipld::{Ipld, json as atjson};
 
 use crate::crypto::{KeyType, Keypair};
@@ -114,6 +114,17 @@ CREATE TABLE fts_queue (
     body TEXT NOT NULL
 );
 CREATE INDEX fts_queue_by_record ON fts_queue (did, collection, rkey);
+",
+    },
+    // Which blocks each commit introduced, one appended row per commit (what `getRepo?since=`
+    // exports); which blocks belong to which repository lives in the key-value store (see
+    // `Accounts::open_with`). `repo_block` kept one random-key row per block: most of a
+    // commit's SQLite page writes.
+    Migration {
+        id: "repo/0006_repo_commit",
+        sql: "
+CREATE TABLE repo_commit (did TEXT NOT NULL, rev TEXT NOT NULL, cids TEXT NOT NULL, PRIMARY KEY (did, rev)) WITHOUT ROWID;
+INSERT INTO repo_commit SELECT did, rev, group_concat(cid, ' ') FROM repo_block GROUP BY did, rev;
 ",
     },
 ];
@@ -285,6 +296,15 @@ pub struct Accounts<B> {
     hook: Option<CommitHook>,
     /// Secondary indexes record Lexicons declare, by collection.
     indexes: BTreeMap<String, Vec<IndexSpec>>,
+    /// Block ownership: `o/<did>/<cid bytes>` -> revision, for every block of every repository.
+    owners: Arc<dyn Kv>,
+}
+
+/// Key of a block's ownership entry.
+fn owner_key(did: &str, cid: &Cid) -> Vec<u8> {
+    let mut k = format!("o/{did}/").into_bytes();
+    k.extend_from_slice(&cid.to_bytes());
+    k
 }
 
 fn now_ms() -> i64 {
@@ -330,10 +350,38 @@ fn record_refs(v: &Ipld, out: &mut Vec<String>) {
 }
 
 impl<B: Blockstore> Accounts<B> {
-    /// Opens the store (applying its migrations). `clock_id` tells this node's TIDs apart.
+    /// Opens the store (applying its migrations) with block ownership kept in memory: for
+    /// tests and tools. A node uses [`Accounts::open_with`] and its RocksDB key-value store.
     pub fn open(blocks: B, db: Arc<Sqlite>, clock_id: u16) -> Result<Self, AccountError> {
+        Self::open_with(blocks, Arc::new(ues_ipld::storage::MemoryKv::new()), db, clock_id)
+    }
+
+    /// Opens the store (applying its migrations). `owners` records which repository each block
+    /// belongs to (`getBlocks` serves only a repository's own blocks): a log-structured store
+    /// absorbs those random-key writes far more cheaply than a B-tree. `clock_id` tells this
+    /// node's TIDs apart.
+    pub fn open_with(blocks: B, owners: Arc<dyn Kv>, db: Arc<Sqlite>, clock_id: u16) -> Result<Self, AccountError> {
         db.migrate(MIGRATIONS)?;
+        // Data directories from before the ownership store: move `repo_block` rows over once.
+        let legacy: Vec<(String, String, String)> = db.read(|c| {
+            let mut st = c.prepare("SELECT did, cid, rev FROM repo_block")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        if !legacy.is_empty() {
+            for chunk in legacy.chunks(10_000) {
+                let entries: Vec<(Vec<u8>, Vec<u8>)> = chunk
+                    .iter()
+                    .filter_map(|(d, c, r)| {
+                        c.parse::<Cid>().ok().map(|cid| (owner_key(d, &cid), r.clone().into_bytes()))
+                    })
+                    .collect();
+                owners.put_many(&entries)?;
+            }
+            db.write(|tx| tx.execute("DELETE FROM repo_block", []).map_err(AccountError::from))?;
+        }
         Ok(Self {
+            owners,
             blocks,
             db,
             tids: TidGenerator::new(clock_id),
@@ -342,6 +390,35 @@ impl<B: Blockstore> Accounts<B> {
             hook: None,
             indexes: BTreeMap::new(),
         })
+    }
+
+    /// Records that `blocks` belong to `did` (introduced by revision `rev`), in the ownership
+    /// store and, inside the commit's transaction, in `repo_commit`. Called before the
+    /// transaction: a failed commit leaves ownership entries for blocks that are stored anyway.
+    fn own(&self, did: &str, rev: &str, cids: impl Iterator<Item = Cid> + Clone) -> Result<String, AccountError> {
+        for chunk in cids.clone().collect::<Vec<_>>().chunks(10_000) {
+            let entries: Vec<(Vec<u8>, Vec<u8>)> =
+                chunk.iter().map(|c| (owner_key(did, c), rev.as_bytes().to_vec())).collect();
+            self.owners.put_many(&entries)?;
+        }
+        Ok(cids.map(|c| c.to_string()).collect::<Vec<_>>().join(" "))
+    }
+
+    /// Whether `cid` is a block of `did`'s repository (current or past).
+    pub fn owns_block(&self, did: &Did, cid: &Cid) -> Result<bool, AccountError> {
+        Ok(self.owners.get(&owner_key(did.as_str(), cid))?.is_some())
+    }
+
+    /// How many blocks commits to `did`'s repository introduced.
+    pub fn block_count(&self, did: &Did) -> Result<u64, AccountError> {
+        let n: i64 = self.db.read(|c| {
+            c.query_row(
+                "SELECT coalesce(sum(length(cids) - length(replace(cids, ' ', '')) + 1), 0) FROM repo_commit WHERE did = ?1",
+                [did.as_str()],
+                |r| r.get(0),
+            )
+        })?;
+        Ok(n as u64)
     }
 
     /// Maintains the secondary indexes record Lexicons declare ([`Lexicons::indexes`]). A
@@ -462,6 +539,7 @@ impl<B: Blockstore> Accounts<B> {
             return Err(AccountError::Taken(format!("{did} / {handle}")));
         }
         let (_, res) = Repo::create(&self.blocks, did.clone(), &key, self.tids.next())?;
+        let cids = self.own(did.as_str(), res.commit.rev.as_str(), res.blocks.iter().map(|b| b.0))?;
         let kt = match key_type {
             KeyType::K256 => "k256",
             KeyType::P256 => "p256",
@@ -477,6 +555,8 @@ impl<B: Blockstore> Accounts<B> {
                 }
                 e => e.into(),
             })?;
+            tx.prepare_cached("INSERT OR REPLACE INTO repo_commit (did, rev, cids) VALUES (?1, ?2, ?3)")?
+                .execute(params![did.as_str(), res.commit.rev.as_str(), cids])?;
             if let Some(hook) = &self.hook {
                 hook(tx, &RepoEvent::Created { did: &did, handle: &handle.normalized(), commit: &res })?;
             }
@@ -528,6 +608,15 @@ impl<B: Blockstore> Accounts<B> {
             }
             Ok(())
         })?;
+        // Its blocks no longer belong to any repository served here (bounded passes).
+        let prefix = format!("o/{did}/").into_bytes();
+        for _ in 0..100_000 {
+            let keys = self.owners.scan_prefix(&prefix, 10_000)?;
+            if keys.is_empty() {
+                break;
+            }
+            keys.iter().try_for_each(|(k, _)| self.owners.delete(k))?;
+        }
         self.keys.lock().remove(did.as_str());
         Ok(())
     }
@@ -644,12 +733,14 @@ impl<B: Blockstore> Accounts<B> {
             .zip(res.ops.iter().filter(|o| o.action != Action::Delete))
             .map(|(rec, op)| (op.path.as_str(), rec))
             .collect();
+        let cids = self.own(did.as_str(), res.commit.rev.as_str(), res.blocks.iter().map(|b| b.0))?;
         let now = now_ms();
         self.db.write(|tx| {
-            tx.execute(
-                "UPDATE account SET head = ?1, rev = ?2 WHERE did = ?3",
-                params![res.cid.to_string(), res.commit.rev.as_str(), did.as_str()],
-            )?;
+            tx.prepare_cached("UPDATE account SET head = ?1, rev = ?2 WHERE did = ?3")?.execute(params![
+                res.cid.to_string(),
+                res.commit.rev.as_str(),
+                did.as_str()
+            ])?;
             for op in &res.ops {
                 let (collection, rkey) = op.path.split_once('/').expect("paths are collection/rkey");
                 // A create's path held nothing (the MST refused it otherwise): nothing to remove.
@@ -671,12 +762,9 @@ impl<B: Blockstore> Accounts<B> {
                     )?;
                 }
             }
-            // Which commit introduced which block: what `getRepo?since=` exports.
-            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO repo_block (did, cid, rev) VALUES (?1, ?2, ?3)")?;
-            for (cid, _) in &res.blocks {
-                st.execute(params![did.as_str(), cid.to_string(), res.commit.rev.as_str()])?;
-            }
-            drop(st);
+            // Which blocks this commit introduced: what `getRepo?since=` exports.
+            tx.prepare_cached("INSERT OR REPLACE INTO repo_commit (did, rev, cids) VALUES (?1, ?2, ?3)")?
+                .execute(params![did.as_str(), res.commit.rev.as_str(), cids])?;
             if let Some(hook) = &self.hook {
                 hook(tx, &RepoEvent::Committed { did, commit: &res, blocks: &event_blocks })?;
             }
@@ -690,12 +778,15 @@ impl<B: Blockstore> Accounts<B> {
     pub fn export_car<W: std::io::Write>(&self, did: &Did, since: Option<&str>, out: W) -> Result<W, AccountError> {
         let repo = self.repo(did)?;
         let Some(since) = since else { return Ok(repo.export_car(out)?) };
-        let cids: Vec<String> = self.db.read(|c| {
-            let mut st =
-                c.prepare_cached("SELECT cid FROM repo_block WHERE did = ?1 AND rev > ?2 ORDER BY rev, cid")?;
+        let rows: Vec<String> = self.db.read(|c| {
+            let mut st = c.prepare_cached("SELECT cids FROM repo_commit WHERE did = ?1 AND rev > ?2 ORDER BY rev")?;
             let rows = st.query_map(params![did.as_str(), since], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<Vec<String>>>()
         })?;
+        // Each block once, in the order commits introduced them.
+        let mut seen = std::collections::HashSet::new();
+        let cids: Vec<&str> =
+            rows.iter().flat_map(|r| r.split(' ')).filter(|c| !c.is_empty() && seen.insert(*c)).collect();
         let head = repo.head();
         let mut car = ues_ipld::car::CarWriter::new(out, &[head]).map_err(RepoError::from)?;
         let head_bytes = self.blocks.get(&head)?.ok_or(RepoError::MissingBlock(head))?;
@@ -731,6 +822,9 @@ impl<B: Blockstore> Accounts<B> {
         let head = repo.head();
         let rev = repo.commit().rev.to_string();
         let commit_block = self.blocks.get(&head)?.ok_or(RepoError::MissingBlock(head))?;
+        let nodes = repo.node_cids()?;
+        let all = std::iter::once(head).chain(nodes).chain(records.iter().map(|r| r.1));
+        let cids = self.own(did.as_str(), &rev, all)?;
         let now = now_ms();
         self.db.write(|tx| {
             let d = did.as_str();
@@ -738,11 +832,9 @@ impl<B: Blockstore> Accounts<B> {
             for (path, cid, value) in &records {
                 let (collection, rkey) = path.split_once('/').expect("paths are collection/rkey");
                 index(tx, &self.indexes, d, collection, rkey, cid, Some(value), &rev, now)?;
-                tx.prepare_cached("INSERT OR IGNORE INTO repo_block (did, cid, rev) VALUES (?1, ?2, ?3)")?
-                    .execute(params![d, cid.to_string(), rev])?;
             }
-            tx.prepare_cached("INSERT OR IGNORE INTO repo_block (did, cid, rev) VALUES (?1, ?2, ?3)")?
-                .execute(params![d, head.to_string(), rev])?;
+            tx.prepare_cached("INSERT OR REPLACE INTO repo_commit (did, rev, cids) VALUES (?1, ?2, ?3)")?
+                .execute(params![d, rev, cids])?;
             tx.execute("UPDATE account SET head = ?1, rev = ?2 WHERE did = ?3", params![head.to_string(), rev, d])?;
             if let Some(hook) = &self.hook {
                 hook(tx, &RepoEvent::Synced { did, head: &head, rev: &rev, commit_block: &commit_block })?;
@@ -943,7 +1035,7 @@ fn clear_index(tx: &rusqlite::Transaction<'_>, did: &str) -> rusqlite::Result<()
         "record WHERE did",
         "backlink WHERE src_did",
         "record_blob WHERE did",
-        "repo_block WHERE did",
+        "repo_commit WHERE did",
         "record_index WHERE did",
     ] {
         tx.execute(&format!("DELETE FROM {table} = ?1"), [did])?;

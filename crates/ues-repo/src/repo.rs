@@ -370,6 +370,25 @@ impl<B: Blockstore> Repo<B> {
         Ok(car.finish()?)
     }
 
+    /// The CIDs of every MST node of the current tree (not the records).
+    pub fn node_cids(&self) -> Result<Vec<Cid>, RepoError> {
+        let max_entries = ues_ipld::MstLimits::default().max_entries;
+        let mut out = Vec::new();
+        let mut stack = vec![(self.commit.data, 0usize)];
+        while let Some((cid, depth)) = stack.pop() {
+            if depth > 256 {
+                return Err(MstError::Malformed("tree deeper than 256 layers".into()).into());
+            }
+            let bytes = self.store.get(&cid)?.ok_or(RepoError::MissingBlock(cid))?;
+            let wire = decode_node(&bytes, max_entries)?;
+            stack.extend(
+                wire.left.iter().chain(wire.entries.iter().filter_map(|e| e.2.as_ref())).map(|c| (*c, depth + 1)),
+            );
+            out.push(cid);
+        }
+        Ok(out)
+    }
+
     /// Fetches the records of `plan` in one multi-get and writes everything in order.
     fn flush_plan<W: std::io::Write>(&self, car: &mut CarWriter<W>, plan: &mut Vec<Item>) -> Result<(), RepoError> {
         let records: Vec<Cid> =

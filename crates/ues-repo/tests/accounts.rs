@@ -263,3 +263,35 @@ fn declared_indexes_and_records_by_time() {
     assert_eq!(carols.len(), 3);
     assert!(accts.records_by_time(None, None, (0, 1), None, 100).unwrap().is_empty(), "time range applies");
 }
+
+/// Block ownership: each repository owns the blocks its commits introduced, not another's;
+/// a deleted account owns nothing; `block_count` follows.
+#[test]
+fn block_ownership_per_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
+    let store = MemoryBlockstore::new();
+    let accts = Accounts::open(&store, db, 1).unwrap();
+    let coll = Nsid::new("com.example.note").unwrap();
+    let mut heads = Vec::new();
+    for (name, text) in [("a", "alpha"), ("b", "beta")] {
+        let did = Did::new(format!("did:plc:{}", name.repeat(24))).unwrap();
+        accts.create(did.clone(), Handle::new(format!("{name}.test")).unwrap(), KeyType::K256).unwrap();
+        let w = Write::Create {
+            collection: coll.clone(),
+            rkey: RecordKey::new("r1").unwrap(),
+            record: rec(&[("$type", s("com.example.note")), ("text", s(text))]),
+        };
+        let res = accts.apply_writes(&did, &[w], None).unwrap();
+        heads.push((did, res.cid, res.ops[0].cid.unwrap()));
+    }
+    let (a, a_head, a_rec) = &heads[0];
+    let (b, _, b_rec) = &heads[1];
+    assert!(accts.owns_block(a, a_head).unwrap() && accts.owns_block(a, a_rec).unwrap());
+    assert!(!accts.owns_block(a, b_rec).unwrap(), "another repository's record");
+    assert!(accts.owns_block(b, b_rec).unwrap());
+    assert!(accts.block_count(a).unwrap() >= 4, "two commits, the empty tree, a node, a record");
+    accts.delete(b).unwrap();
+    assert!(!accts.owns_block(b, b_rec).unwrap(), "a deleted account owns nothing");
+    assert_eq!(accts.block_count(b).unwrap(), 0);
+}

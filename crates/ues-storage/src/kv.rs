@@ -14,6 +14,10 @@ pub trait Kv: Send + Sync {
     fn delete(&self, key: &[u8]) -> Result<()>;
     /// Live keys starting with `prefix`, in key order, at most `limit` of them.
     fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Stores many keys without expiry, atomically where the store can (RocksDB: one batch).
+    fn put_many(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        entries.iter().try_for_each(|(k, v)| self.put(k, v, None))
+    }
 }
 
 macro_rules! forward_kv {
@@ -30,6 +34,9 @@ macro_rules! forward_kv {
             }
             fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
                 (**self).scan_prefix(prefix, limit)
+            }
+            fn put_many(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+                (**self).put_many(entries)
             }
         }
     )*};

@@ -290,6 +290,14 @@ impl Kv for RocksKv {
         Ok(self.store.db.delete_cf_opt(self.cf(), key, &self.store.write_opts)?)
     }
 
+    fn put_many(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (k, v) in entries {
+            batch.put_cf(self.cf(), k, kv_encode(v, None));
+        }
+        Ok(self.store.db.write_opt(batch, &self.store.write_opts)?)
+    }
+
     fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let now = now_ms();
         let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);

@@ -473,7 +473,7 @@ pub(crate) async fn check_account_status(State(st): State<Arc<XrpcState>>, heade
             "validDid": true,
             "repoCommit": a.head.to_string(),
             "repoRev": a.rev,
-            "repoBlocks": count("SELECT count(*) FROM repo_block WHERE did = ?1")?,
+            "repoBlocks": st.accounts.block_count(&did)?,
             "indexedRecords": count("SELECT count(*) FROM record WHERE did = ?1")?,
             "privateStateValues": 0,
             "expectedBlobs": count("SELECT count(DISTINCT cid) FROM record_blob WHERE did = ?1")?,

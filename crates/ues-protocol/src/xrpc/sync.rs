@@ -262,14 +262,7 @@ pub(crate) async fn get_blocks(
         let mut car = CarWriter::new(Vec::new(), &[]).map_err(XrpcError::internal)?;
         for c in &q.cids {
             let cid: cid::Cid = c.parse().map_err(|e| XrpcError::invalid(format!("bad CID {c}: {e}")))?;
-            let held: bool = st
-                .accounts
-                .db()
-                .read(|conn| {
-                    conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM repo_block WHERE did = ?1 AND cid = ?2)")?
-                        .query_row([did.as_str(), c.as_str()], |r| r.get(0))
-                })
-                .map_err(XrpcError::internal)?;
+            let held = st.accounts.owns_block(&did, &cid)?;
             let bytes = if held { st.accounts.blocks().get(&cid).map_err(XrpcError::internal)? } else { None };
             let Some(bytes) = bytes else {
                 return Err(XrpcError::bad("BlockNotFound", format!("Could not find block: {c}")));
