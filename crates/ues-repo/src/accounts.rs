@@ -110,10 +110,9 @@ CREATE TABLE record_index_spec (collection TEXT PRIMARY KEY, specs TEXT NOT NULL
         sql: "
 CREATE TABLE fts_queue (
     id INTEGER PRIMARY KEY,
-    did TEXT NOT NULL, collection TEXT NOT NULL, rkey TEXT NOT NULL,
+    did TEXT NOT NULL, collection TEXT NOT NULL, rkey TEXT NOT NULL, cid TEXT NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX fts_queue_by_record ON fts_queue (did, collection, rkey);
 ",
     },
     // Which blocks each commit introduced, one appended row per commit (what `getRepo?since=`
@@ -906,22 +905,35 @@ impl<B: Blockstore> Accounts<B> {
     /// second; [`Accounts::search`] runs it first, so searches never miss a committed record.
     pub fn index_text(&self, max: usize) -> Result<usize, AccountError> {
         self.db.write(|tx| {
-            let rows: Vec<(i64, String, String, String, String)> = {
-                let mut st =
-                    tx.prepare_cached("SELECT id, did, collection, rkey, body FROM fts_queue ORDER BY id LIMIT ?1")?;
-                let rows =
-                    st.query_map([max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+            // The batch leaves the queue whatever happens to each row; rows whose record was
+            // since deleted or replaced are skipped (the queue has no per-record index for the
+            // commit path to keep up to date).
+            type Row = (i64, String, String, String, String, Option<bool>);
+            let rows: Vec<Row> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT q.id, q.did, q.collection, q.rkey, q.body, r.cid = q.cid FROM fts_queue q
+                     LEFT JOIN record r ON r.did = q.did AND r.collection = q.collection AND r.rkey = q.rkey
+                     ORDER BY q.id LIMIT ?1",
+                )?;
+                let rows = st.query_map([max as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
-            for (_, did, collection, rkey, body) in &rows {
-                tx.prepare_cached("INSERT INTO record_text (did, collection, rkey) VALUES (?1, ?2, ?3)")?
+            if let Some(last) = rows.last() {
+                tx.prepare_cached("DELETE FROM fts_queue WHERE id <= ?1")?.execute([last.0])?;
+            }
+            for (_, did, collection, rkey, body, _) in rows.iter().filter(|r| r.5 == Some(true)) {
+                // A record changed and changed back can be queued twice with its current CID.
+                let added = tx
+                    .prepare_cached("INSERT OR IGNORE INTO record_text (did, collection, rkey) VALUES (?1, ?2, ?3)")?
                     .execute(params![did, collection, rkey])?;
+                if added == 0 {
+                    continue;
+                }
                 let id = tx.last_insert_rowid();
                 tx.prepare_cached("INSERT INTO record_fts (rowid, body) VALUES (?1, ?2)")?
                     .execute(params![id, body])?;
-            }
-            if let Some(last) = rows.last() {
-                tx.prepare_cached("DELETE FROM fts_queue WHERE id <= ?1")?.execute([last.0])?;
             }
             Ok::<_, AccountError>(rows.len())
         })
@@ -1060,7 +1072,6 @@ fn unindex(tx: &rusqlite::Transaction<'_>, did: &str, collection: &str, rkey: &s
         tx.prepare_cached("DELETE FROM record_fts WHERE rowid = ?1")?.execute([id])?;
         tx.prepare_cached("DELETE FROM record_text WHERE id = ?1")?.execute([id])?;
     }
-    tx.prepare_cached("DELETE FROM fts_queue WHERE did = ?1 AND collection = ?2 AND rkey = ?3")?.execute(key)?;
     Ok(())
 }
 
@@ -1095,8 +1106,8 @@ fn index(
     // The text waits in a queue (one appended row) for `index_text`, which adds many records to
     // FTS5 in one transaction: far fewer pages written than one FTS5 insert per commit.
     if !text.is_empty() {
-        tx.prepare_cached("INSERT INTO fts_queue (did, collection, rkey, body) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![did, collection, rkey, text])?;
+        tx.prepare_cached("INSERT INTO fts_queue (did, collection, rkey, cid, body) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![did, collection, rkey, cid.to_string(), text])?;
     }
     if let Some(specs) = indexes.get(collection) {
         index_values(tx, specs, did, collection, rkey, rec)?;

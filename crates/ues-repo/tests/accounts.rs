@@ -295,3 +295,41 @@ fn block_ownership_per_repository() {
     assert!(!accts.owns_block(b, b_rec).unwrap(), "a deleted account owns nothing");
     assert_eq!(accts.block_count(b).unwrap(), 0);
 }
+
+/// The full-text queue: a record changed and changed back before the indexer ran is indexed
+/// once, with its current text; a deleted one not at all.
+#[test]
+fn text_queue_follows_the_latest_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
+    let store = MemoryBlockstore::new();
+    let accts = Accounts::open(&store, db, 1).unwrap();
+    let did = Did::new("did:plc:qqqqqqqqqqqqqqqqqqqqqqqq").unwrap();
+    accts.create(did.clone(), Handle::new("q.test").unwrap(), KeyType::K256).unwrap();
+    let coll = Nsid::new("com.example.note").unwrap();
+    let note = |t: &str| rec(&[("$type", s("com.example.note")), ("text", s(t))]);
+    let put = |k: &str, t: &str, create: bool| {
+        let (collection, rkey, record) = (coll.clone(), RecordKey::new(k).unwrap(), note(t));
+        let w = if create {
+            Write::Create { collection, rkey, record }
+        } else {
+            Write::Update { collection, rkey, record, swap: None }
+        };
+        accts.apply_writes(&did, &[w], None).unwrap();
+    };
+    put("a", "walnut", true);
+    put("a", "chestnut", false);
+    put("a", "walnut", false);
+    put("b", "hazelnut", true);
+    accts
+        .apply_writes(
+            &did,
+            &[Write::Delete { collection: coll.clone(), rkey: RecordKey::new("b").unwrap(), swap: None }],
+            None,
+        )
+        .unwrap();
+    assert_eq!(accts.search("walnut", 10).unwrap().len(), 1, "indexed once, current text");
+    assert!(accts.search("chestnut", 10).unwrap().is_empty(), "a replaced text is not indexed");
+    assert!(accts.search("hazelnut", 10).unwrap().is_empty(), "a deleted record is not indexed");
+    assert_eq!(accts.index_text(100).unwrap(), 0, "the queue is empty");
+}
