@@ -69,6 +69,10 @@ pub(crate) struct XrpcSection {
     /// Password of the `admin` user for com.atproto.admin.* ("" = generated into
     /// `<data_dir>/admin.password`).
     pub(crate) admin_password: String,
+    /// AppView for app.bsky.* methods the node does not serve ("" = none: they answer 501).
+    pub(crate) appview_url: String,
+    /// The AppView's service DID ("" = did:web of appview_url's host).
+    pub(crate) appview_did: String,
     /// Extra Lexicon files to load on top of the built-in ones (empty: none).
     pub(crate) lexicons_dir: PathBuf,
     /// Largest request body in MiB.
@@ -85,6 +89,8 @@ impl Default for XrpcSection {
             plc_url: String::new(),
             handle_dns: String::new(),
             admin_password: String::new(),
+            appview_url: String::new(),
+            appview_did: String::new(),
             lexicons_dir: PathBuf::new(),
             max_body_mib: 16,
             max_blob_mib: 100,

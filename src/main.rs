@@ -271,6 +271,15 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
         max_body_bytes: cfg.xrpc.max_body_mib << 20,
         max_blob_bytes: (cfg.xrpc.max_blob_mib as u64) << 20,
         handle_resolver: handle_resolver(&cfg.xrpc.handle_dns)?,
+        appview: (!cfg.xrpc.appview_url.is_empty()).then(|| ues_protocol::xrpc::AppView {
+            url: cfg.xrpc.appview_url.clone(),
+            did: if cfg.xrpc.appview_did.is_empty() {
+                let host = cfg.xrpc.appview_url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+                format!("did:web:{}", host.replace(':', "%3A"))
+            } else {
+                cfg.xrpc.appview_did.clone()
+            },
+        }),
         admin_password: Some(if cfg.xrpc.admin_password.is_empty() {
             identity::admin_password(&cfg.data_dir)?
         } else {

@@ -31,6 +31,7 @@ async fn main() {
         max_blob_bytes: 1 << 20,
         handle_resolver: ues_sync::repo::identity::HandleResolver::with_base(|_| "http://127.0.0.1:9".into()),
         admin_password: None,
+        appview: None,
     };
     let state = Arc::new(
         XrpcState::new(Accounts::open(blocks, db, 1).unwrap(), Lexicons::new(), Arc::new(MemoryKv::new()), cfg)

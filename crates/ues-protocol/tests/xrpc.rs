@@ -952,3 +952,65 @@ async fn admin_endpoints_behind_basic_auth() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     account(&n, "alice3.test").await;
 }
+
+/// A stand-in AppView on 127.0.0.1: echoes the method, the query and the Authorization header.
+async fn fake_appview() -> std::net::SocketAddr {
+    use axum::extract::Request as AxRequest;
+    let app = axum::Router::new().route(
+        "/xrpc/{method}",
+        axum::routing::any(|req: AxRequest| async move {
+            let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let q = req.uri().query().unwrap_or("").to_string();
+            let path = req.uri().path().to_string();
+            axum::Json(json!({"path": path, "query": q, "authorization": auth}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test]
+async fn app_methods_go_to_the_appview_with_service_auth() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // Without an AppView: a clear 501.
+    let n = node();
+    let (s, v) = call(&n, "GET", "/xrpc/app.bsky.feed.getTimeline", None, None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::NOT_IMPLEMENTED, Some("MethodNotImplemented")));
+    assert!(v["message"].as_str().unwrap().contains("appview_url"), "{v}");
+    let (s, _) = call(&n, "GET", "/xrpc/com.example.nothing", None, None).await;
+    assert_eq!(s, StatusCode::NOT_IMPLEMENTED);
+
+    let upstream = fake_appview().await;
+    let appview = ues_protocol::xrpc::AppView { url: format!("http://{upstream}"), did: "did:web:appview.test".into() };
+    let n = common::node_with(None, Some(appview));
+    let alice = account(&n, "alice.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());
+    let (s, v) = call(&n, "GET", "/xrpc/app.bsky.feed.getTimeline?limit=5", Some(token), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((v["path"].as_str(), v["query"].as_str()), (Some("/xrpc/app.bsky.feed.getTimeline"), Some("limit=5")));
+    // The token: signed by Alice's repository key, for the AppView, for this method only.
+    let jwt = v["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(
+        (claims["iss"].as_str(), claims["aud"].as_str(), claims["lxm"].as_str()),
+        (Some(did), Some("did:web:appview.test"), Some("app.bsky.feed.getTimeline"))
+    );
+    let key = alice["didDoc"]["verificationMethod"][0]["publicKeyMultibase"].as_str().unwrap();
+    let public = ues_sync::repo::crypto::PublicKey::from_did_key(&format!("did:key:{key}")).unwrap();
+    let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    public.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig).unwrap();
+    // Unauthenticated calls go without a token; other proxy targets are refused; bad tokens too.
+    let (_, v) = call(&n, "GET", "/xrpc/app.bsky.actor.getProfile?actor=alice.test", None, None).await;
+    assert_eq!(v["authorization"], "");
+    let req = Request::get("/xrpc/app.bsky.feed.getTimeline")
+        .header("atproto-proxy", "did:web:elsewhere.test#bsky_appview")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(n.send(req).await.status(), StatusCode::BAD_REQUEST);
+    let (s, _) = call(&n, "GET", "/xrpc/app.bsky.feed.getTimeline", Some("not.a.token"), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}

@@ -13,6 +13,7 @@ mod firehose;
 mod index;
 mod metrics;
 mod misc;
+mod proxy;
 mod repo;
 mod server;
 mod sync;
@@ -32,6 +33,7 @@ use ues_sync::repo::syntax::TidGenerator;
 
 pub use auth::{Claims, check_password, hash_password};
 pub use error::XrpcError;
+pub use proxy::AppView;
 
 /// Configuration of the XRPC server (from `node.toml`).
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ pub struct XrpcConfig {
     pub handle_resolver: HandleResolver,
     /// Password of the `admin` user for `com.atproto.admin.*` (HTTP Basic); `None` disables them.
     pub admin_password: Option<String>,
+    /// Where `app.bsky.*` methods this node does not serve go; `None`: they answer 501.
+    pub appview: Option<AppView>,
 }
 
 /// What every handler shares.
@@ -74,6 +78,8 @@ pub struct XrpcState {
     pub firehose: firehose::Firehose,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// HTTP client for AppView calls (30 s timeout, no redirects).
+    proxy_agent: ureq::Agent,
 }
 
 /// SQLite schema the XRPC layer adds (credentials are a protocol concern).
@@ -126,6 +132,12 @@ impl XrpcState {
             blobs,
             firehose,
             metrics: metrics::Metrics::default(),
+            proxy_agent: ureq::Agent::config_builder()
+                .timeout_global(Some(std::time::Duration::from_secs(30)))
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .build()
+                .into(),
         })
     }
 
@@ -283,16 +295,7 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/.well-known/atproto-did", get(server::well_known_atproto_did))
         .route("/.well-known/did.json", get(server::well_known_did_json))
         .route("/metrics", get(metrics::render))
-        .route(
-            "/xrpc/{*method}",
-            axum::routing::any(|| async {
-                XrpcError::new(
-                    axum::http::StatusCode::NOT_IMPLEMENTED,
-                    "MethodNotImplemented",
-                    "Method Not Implemented",
-                )
-            }),
-        )
+        .route("/xrpc/{*method}", axum::routing::any(proxy::fallback))
         .layer(axum::middleware::from_fn_with_state(state.clone(), extract::validate_params))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

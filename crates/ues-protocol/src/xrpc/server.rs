@@ -589,8 +589,6 @@ pub(crate) async fn get_service_auth(
     headers: HeaderMap,
     XQuery(q): XQuery<ServiceAuth>,
 ) -> Res {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let claims = st.access(&headers)?;
     Did::new(&q.aud).map_err(|e| XrpcError::invalid(format!("aud must be a DID: {e}")))?;
     let now = now_secs();
@@ -602,13 +600,27 @@ pub(crate) async fn get_service_auth(
         ues_sync::repo::syntax::Nsid::new(lxm).map_err(|e| XrpcError::invalid(e.to_string()))?;
     }
     let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
-    let key = st.accounts.signing_key(&did)?;
+    Ok(Json(json!({ "token": service_token(&st, &did, &q.aud, q.lxm.as_deref(), exp)? })))
+}
+
+/// A service-auth JWT (`iss` the account, signed with its repository key, ES256K or ES256) for
+/// another service `aud`, optionally bound to one method `lxm`, expiring at `exp`.
+pub(crate) fn service_token(
+    st: &XrpcState,
+    did: &Did,
+    aud: &str,
+    lxm: Option<&str>,
+    exp: u64,
+) -> Result<String, XrpcError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let key = st.accounts.signing_key(did)?;
     let header = URL_SAFE_NO_PAD.encode(json!({ "typ": "JWT", "alg": key.key_type().jwt_alg() }).to_string());
-    let mut payload = json!({ "iss": did.as_str(), "aud": q.aud, "exp": exp, "iat": now, "jti": hex_id() });
-    if let Some(lxm) = q.lxm {
-        payload["lxm"] = Value::String(lxm);
+    let mut payload = json!({ "iss": did.as_str(), "aud": aud, "exp": exp, "iat": now_secs(), "jti": hex_id() });
+    if let Some(lxm) = lxm {
+        payload["lxm"] = Value::String(lxm.to_string());
     }
     let signing_input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload.to_string()));
     let sig = key.sign(signing_input.as_bytes());
-    Ok(Json(json!({ "token": format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)) })))
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }

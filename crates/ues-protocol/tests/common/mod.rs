@@ -47,11 +47,16 @@ impl Node {
 pub const ADMIN_PASSWORD: &str = "admin secret";
 
 pub fn node() -> Node {
-    node_with_dns(None)
+    node_with(None, None)
 }
 
 /// A node whose handle resolver asks `dns` for `_atproto` TXT records.
 pub fn node_with_dns(dns: Option<std::net::SocketAddr>) -> Node {
+    node_with(dns, None)
+}
+
+/// A node with a DNS server for handles and an AppView for app.bsky.* calls.
+pub fn node_with(dns: Option<std::net::SocketAddr>, appview: Option<ues_protocol::xrpc::AppView>) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
     let blocks: Arc<dyn Blockstore> = Arc::new(MemoryBlockstore::new());
@@ -70,6 +75,7 @@ pub fn node_with_dns(dns: Option<std::net::SocketAddr>) -> Node {
         // Nothing listens on port 9 of 127.0.0.1: HTTPS lookups are refused at once.
         handle_resolver: HandleResolver::with_base(|_| "http://127.0.0.1:9".into()).with_dns(dns),
         admin_password: Some(ADMIN_PASSWORD.into()),
+        appview,
     };
     let state = Arc::new(XrpcState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap());
     let app = router(state.clone());
