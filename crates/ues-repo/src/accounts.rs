@@ -128,6 +128,25 @@ INSERT INTO repo_commit SELECT did, rev, group_concat(cid, ' ') FROM repo_block 
     },
 ];
 
+/// An error for each member of a group that failed as a whole (errors are not `Clone`): a
+/// missing account stays `NotFound`, anything else becomes `CommitFailed` with its message.
+fn same_error(e: &AccountError) -> AccountError {
+    match e {
+        AccountError::NotFound(d) => AccountError::NotFound(d.clone()),
+        other => AccountError::CommitFailed(other.to_string()),
+    }
+}
+
+/// Most write batches committed in one SQLite transaction by a group commit.
+pub const MAX_GROUP: usize = 64;
+
+/// A write batch waiting in its repository's queue, and where its answer goes.
+struct Pending {
+    writes: Vec<Write>,
+    swap_commit: Option<Cid>,
+    reply: std::sync::mpsc::Sender<Result<CommitResult, AccountError>>,
+}
+
 /// Record texts moved into the full-text index per transaction by [`Accounts::index_text`].
 pub const TEXT_BATCH: usize = 1_000;
 
@@ -210,6 +229,10 @@ pub enum AccountError {
     /// A record references a blob this account has not uploaded.
     #[error("blob {0} not found: upload it before referencing it")]
     BlobNotFound(String),
+    /// A group commit could not be stored (the SQLite transaction failed), or the account's key
+    /// or head could not be read; the message says which. Nothing of it was committed.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
     /// The repository refused the operation (boxed: repository errors carry CIDs).
     #[error(transparent)]
     Repo(Box<RepoError>),
@@ -289,6 +312,8 @@ pub struct Accounts<B> {
     tids: TidGenerator,
     /// One writer per repository at a time: commits to one repo are serialised.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Write batches waiting for their repository's lock (group commit).
+    queues: Mutex<HashMap<String, Arc<Mutex<std::collections::VecDeque<Pending>>>>>,
     /// Parsed signing keys (parsing derives the public point: too slow to repeat per commit).
     keys: Mutex<HashMap<String, Keypair>>,
     /// Run inside every commit's transaction.
@@ -385,6 +410,7 @@ impl<B: Blockstore> Accounts<B> {
             db,
             tids: TidGenerator::new(clock_id),
             locks: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
             hook: None,
             indexes: BTreeMap::new(),
@@ -700,29 +726,136 @@ impl<B: Blockstore> Accounts<B> {
         writes: &[Write],
         swap_commit: Option<Cid>,
     ) -> Result<CommitResult, AccountError> {
+        // Group commit: the request joins the repository's queue; whoever holds the repository's
+        // lock commits everything queued (each request its own signed commit, in order) in one
+        // SQLite transaction, so concurrent writers share one transaction's page writes.
+        let (reply, answer) = std::sync::mpsc::channel();
+        let queue = self.queue(did.as_str());
+        queue.lock().push_back(Pending { writes: writes.to_vec(), swap_commit, reply });
         let lock = self.lock(did.as_str());
         let _guard = lock.lock();
-        let key = self.signing_key(did)?;
-        let mut blob_refs: Vec<(String, String)> = Vec::new(); // (record path, blob cid), checked
+        for _ in 0..1_000_000 {
+            if let Ok(done) = answer.try_recv() {
+                return done;
+            }
+            let batch: Vec<Pending> = {
+                let mut q = queue.lock();
+                let n = q.len().min(MAX_GROUP);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            self.commit_group(did, batch);
+        }
+        answer
+            .try_recv()
+            .unwrap_or_else(|_| Err(AccountError::CommitFailed("the queued write was not committed".into())))
+    }
+
+    fn queue(&self, did: &str) -> Arc<Mutex<std::collections::VecDeque<Pending>>> {
+        self.queues.lock().entry(did.to_string()).or_default().clone()
+    }
+
+    /// Commits a group of queued write batches to one repository (its lock held): each is
+    /// checked and signed as its own commit on top of the previous one; a refused batch is
+    /// answered with its error and the others go on; the blocks of each are stored as it is
+    /// built, then one SQLite transaction moves the head and indexes all of them.
+    fn commit_group(&self, did: &Did, batch: Vec<Pending>) {
+        let key = match self.signing_key(did) {
+            Ok(k) => k,
+            Err(e) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(same_error(&e)));
+                }
+                return;
+            }
+        };
+        let mut repo = match self.repo(did) {
+            Ok(r) => r,
+            Err(e) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(same_error(&e)));
+                }
+                return;
+            }
+        };
+        // Each built commit: its request, the result, the firehose event's blocks, its block list.
+        type Built = (Pending, CommitResult, Vec<(Cid, Vec<u8>)>, String);
+        let mut done: Vec<Built> = Vec::with_capacity(batch.len());
+        for p in batch {
+            let built = (|| {
+                self.check_blob_refs(did, &p.writes)?;
+                let res = repo.apply_writes(&p.writes, &key, self.tids.next(), p.swap_commit)?;
+                let event_blocks = if self.hook.is_some() { repo.commit_event_blocks(&res)? } else { Vec::new() };
+                let cids = self.own(did.as_str(), res.commit.rev.as_str(), res.blocks.iter().map(|b| b.0))?;
+                Ok::<_, AccountError>((res, event_blocks, cids))
+            })();
+            match built {
+                Ok((res, event_blocks, cids)) => done.push((p, res, event_blocks, cids)),
+                Err(e) => {
+                    let _ = p.reply.send(Err(e));
+                }
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let written = self.db.write(|tx| {
+            for (p, res, event_blocks, cids) in &done {
+                self.index_commit(tx, did, &p.writes, res, cids, event_blocks, now)?;
+            }
+            Ok::<_, AccountError>(())
+        });
+        match written {
+            Ok(()) => {
+                for (p, res, _, _) in done {
+                    let _ = p.reply.send(Ok(res));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (p, _, _, _) in done {
+                    let _ = p.reply.send(Err(AccountError::CommitFailed(msg.clone())));
+                }
+            }
+        }
+    }
+
+    /// Refuses records that reference a blob this account has not uploaded.
+    fn check_blob_refs(&self, did: &Did, writes: &[Write]) -> Result<(), AccountError> {
         for w in writes {
-            if let Write::Create { collection, rkey, record } | Write::Update { collection, rkey, record, .. } = w {
+            if let Write::Create { record, .. } | Write::Update { record, .. } = w {
                 let mut refs = Vec::new();
                 record_blobs(record, &mut refs);
-                blob_refs.extend(refs.into_iter().map(|b| (format!("{collection}/{rkey}"), b.cid.to_string())));
+                for b in refs {
+                    let known: bool = self.db.read(|c| {
+                        c.prepare_cached("SELECT EXISTS(SELECT 1 FROM blob WHERE did = ?1 AND cid = ?2)")?
+                            .query_row(params![did.as_str(), b.cid.to_string()], |r| r.get(0))
+                    })?;
+                    if !known {
+                        return Err(AccountError::BlobNotFound(b.cid.to_string()));
+                    }
+                }
             }
         }
-        for (_, cid) in &blob_refs {
-            let known: bool = self.db.read(|c| {
-                c.prepare_cached("SELECT EXISTS(SELECT 1 FROM blob WHERE did = ?1 AND cid = ?2)")?
-                    .query_row(params![did.as_str(), cid], |r| r.get(0))
-            })?;
-            if !known {
-                return Err(AccountError::BlobNotFound(cid.clone()));
-            }
-        }
-        let mut repo = self.repo(did)?;
-        let res = repo.apply_writes(writes, &key, self.tids.next(), swap_commit)?;
-        let event_blocks = if self.hook.is_some() { repo.commit_event_blocks(&res)? } else { Vec::new() };
+        Ok(())
+    }
+
+    /// Inside the commit transaction: moves the head to `res` and updates the collection
+    /// index, `repo_commit` and the commit hook for it.
+    #[allow(clippy::too_many_arguments)]
+    fn index_commit(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        did: &Did,
+        writes: &[Write],
+        res: &CommitResult,
+        cids: &str,
+        event_blocks: &[(Cid, Vec<u8>)],
+        now: i64,
+    ) -> Result<(), AccountError> {
         let records: HashMap<&str, &Ipld> = writes
             .iter()
             .filter_map(|w| match w {
@@ -732,44 +865,29 @@ impl<B: Blockstore> Accounts<B> {
             .zip(res.ops.iter().filter(|o| o.action != Action::Delete))
             .map(|(rec, op)| (op.path.as_str(), rec))
             .collect();
-        let cids = self.own(did.as_str(), res.commit.rev.as_str(), res.blocks.iter().map(|b| b.0))?;
-        let now = now_ms();
-        self.db.write(|tx| {
-            tx.prepare_cached("UPDATE account SET head = ?1, rev = ?2 WHERE did = ?3")?.execute(params![
-                res.cid.to_string(),
-                res.commit.rev.as_str(),
-                did.as_str()
-            ])?;
-            for op in &res.ops {
-                let (collection, rkey) = op.path.split_once('/').expect("paths are collection/rkey");
-                // A create's path held nothing (the MST refused it otherwise): nothing to remove.
-                if op.action != Action::Create {
-                    unindex(tx, did.as_str(), collection, rkey)?;
-                }
-                if let (Some(cid), true) = (op.cid, op.action != Action::Delete) {
-                    let record = records.get(op.path.as_str()).copied();
-                    index(
-                        tx,
-                        &self.indexes,
-                        did.as_str(),
-                        collection,
-                        rkey,
-                        &cid,
-                        record,
-                        res.commit.rev.as_str(),
-                        now,
-                    )?;
-                }
+        tx.prepare_cached("UPDATE account SET head = ?1, rev = ?2 WHERE did = ?3")?.execute(params![
+            res.cid.to_string(),
+            res.commit.rev.as_str(),
+            did.as_str()
+        ])?;
+        for op in &res.ops {
+            let (collection, rkey) = op.path.split_once('/').expect("paths are collection/rkey");
+            // A create's path held nothing (the MST refused it otherwise): nothing to remove.
+            if op.action != Action::Create {
+                unindex(tx, did.as_str(), collection, rkey)?;
             }
-            // Which blocks this commit introduced: what `getRepo?since=` exports.
-            tx.prepare_cached("INSERT OR REPLACE INTO repo_commit (did, rev, cids) VALUES (?1, ?2, ?3)")?
-                .execute(params![did.as_str(), res.commit.rev.as_str(), cids])?;
-            if let Some(hook) = &self.hook {
-                hook(tx, &RepoEvent::Committed { did, commit: &res, blocks: &event_blocks })?;
+            if let (Some(cid), true) = (op.cid, op.action != Action::Delete) {
+                let record = records.get(op.path.as_str()).copied();
+                index(tx, &self.indexes, did.as_str(), collection, rkey, &cid, record, res.commit.rev.as_str(), now)?;
             }
-            Ok::<_, AccountError>(())
-        })?;
-        Ok(res)
+        }
+        // Which blocks this commit introduced: what `getRepo?since=` exports.
+        tx.prepare_cached("INSERT OR REPLACE INTO repo_commit (did, rev, cids) VALUES (?1, ?2, ?3)")?
+            .execute(params![did.as_str(), res.commit.rev.as_str(), cids])?;
+        if let Some(hook) = &self.hook {
+            hook(tx, &RepoEvent::Committed { did, commit: res, blocks: event_blocks })?;
+        }
+        Ok(())
     }
 
     /// Writes a CAR rooted at the head holding the blocks commits after revision `since`

@@ -333,3 +333,63 @@ fn text_queue_follows_the_latest_version() {
     assert!(accts.search("hazelnut", 10).unwrap().is_empty(), "a deleted record is not indexed");
     assert_eq!(accts.index_text(100).unwrap(), 0, "the queue is empty");
 }
+
+/// Group commit: 8 threads writing to one repository at once each get their own commit; every
+/// write lands, the commits chain (each one's `since` is another's revision), the index agrees
+/// with the tree, and a stale swap in a group fails alone.
+#[test]
+fn concurrent_writers_are_group_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
+    let store = MemoryBlockstore::new();
+    let accts = Accounts::open(&store, db, 1).unwrap();
+    let did = Did::new("did:plc:gggggggggggggggggggggggg").unwrap();
+    let (_, _, first) = accts.create(did.clone(), Handle::new("g.test").unwrap(), KeyType::K256).unwrap();
+    let coll = Nsid::new("com.example.note").unwrap();
+    let results: Vec<Vec<(String, Option<String>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (accts, did, coll) = (&accts, &did, &coll);
+                scope.spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            let w = Write::Create {
+                                collection: coll.clone(),
+                                rkey: RecordKey::new(format!("t{t}-{i:02}")).unwrap(),
+                                record: rec(&[("$type", s("com.example.note")), ("text", s("x"))]),
+                            };
+                            let res = accts.apply_writes(did, &[w], None).unwrap();
+                            (res.commit.rev.to_string(), res.since.as_ref().map(|t| t.to_string()))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let commits: Vec<(String, Option<String>)> = results.into_iter().flatten().collect();
+    assert_eq!(commits.len(), 400);
+    // The revisions form one chain from the first commit: every `since` is the previous revision.
+    let mut by_since: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for (rev, since) in &commits {
+        assert!(by_since.insert(since.clone().unwrap(), rev.clone()).is_none(), "two commits on one parent");
+    }
+    let mut at = first.commit.rev.to_string();
+    for _ in 0..400 {
+        at = by_since.remove(&at).expect("the chain continues");
+    }
+    assert_eq!(accts.get(&did).unwrap().unwrap().rev, at, "the head is the chain's end");
+    assert_eq!(accts.list_records(&did, &coll, None, 1000, false).unwrap().len(), 400);
+    let tree = ues_ipld::mst::verify_tree(&store, accts.repo(&did).unwrap().commit().data).unwrap();
+    assert_eq!((tree.entries, tree.missing_records), (400, 0));
+    // A stale swap fails, alone.
+    let stale = Some(first.cid);
+    let w = |k: &str| Write::Create {
+        collection: coll.clone(),
+        rkey: RecordKey::new(k).unwrap(),
+        record: rec(&[("$type", s("com.example.note")), ("text", s("y"))]),
+    };
+    assert!(accts.apply_writes(&did, &[w("late")], stale).is_err());
+    accts.apply_writes(&did, &[w("fine")], None).unwrap();
+    assert_eq!(accts.list_records(&did, &coll, None, 1000, false).unwrap().len(), 401);
+}
