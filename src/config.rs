@@ -73,6 +73,10 @@ pub(crate) struct XrpcSection {
     pub(crate) appview_url: String,
     /// The AppView's service DID ("" = did:web of appview_url's host).
     pub(crate) appview_did: String,
+    /// Relays to ask to crawl this node (base URLs).
+    pub(crate) relays: Vec<String>,
+    /// Hours of firehose events kept for replay.
+    pub(crate) firehose_backfill_hours: u64,
     /// Extra Lexicon files to load on top of the built-in ones (empty: none).
     pub(crate) lexicons_dir: PathBuf,
     /// Largest request body in MiB.
@@ -91,6 +95,8 @@ impl Default for XrpcSection {
             admin_password: String::new(),
             appview_url: String::new(),
             appview_did: String::new(),
+            relays: Vec::new(),
+            firehose_backfill_hours: 72,
             lexicons_dir: PathBuf::new(),
             max_body_mib: 16,
             max_blob_mib: 100,

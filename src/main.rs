@@ -280,6 +280,8 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
                 cfg.xrpc.appview_did.clone()
             },
         }),
+        relays: cfg.xrpc.relays.clone(),
+        firehose_backfill: std::time::Duration::from_secs(cfg.xrpc.firehose_backfill_hours * 3600),
         admin_password: Some(if cfg.xrpc.admin_password.is_empty() {
             identity::admin_password(&cfg.data_dir)?
         } else {

@@ -32,6 +32,8 @@ async fn main() {
         handle_resolver: ues_sync::repo::identity::HandleResolver::with_base(|_| "http://127.0.0.1:9".into()),
         admin_password: None,
         appview: None,
+        relays: vec![],
+        firehose_backfill: std::time::Duration::from_secs(72 * 3600),
     };
     let state = Arc::new(
         XrpcState::new(Accounts::open(blocks, db, 1).unwrap(), Lexicons::new(), Arc::new(MemoryKv::new()), cfg)

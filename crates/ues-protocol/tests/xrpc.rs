@@ -1014,3 +1014,47 @@ async fn app_methods_go_to_the_appview_with_service_auth() {
     let (s, _) = call(&n, "GET", "/xrpc/app.bsky.feed.getTimeline", Some("not.a.token"), None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn relays_are_asked_to_crawl_at_start() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/xrpc/com.atproto.sync.requestCrawl",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push(body);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let _n = common::node_full(None, None, vec![relay]);
+    for _ in 0..100 {
+        if !seen.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls, vec![json!({"hostname": "127.0.0.1:2583"})], "one request, naming the node's host");
+}
+
+#[tokio::test]
+async fn firehose_events_past_the_backfill_window_are_pruned() {
+    let n = node();
+    for h in ["p1.test", "p2.test"] {
+        account(&n, h).await;
+    }
+    let latest = *n.state.firehose.latest();
+    assert!(latest >= 8, "two accounts: identity, account, commit and sync events each");
+    let gone = n.state.firehose.prune(std::time::Duration::ZERO).unwrap();
+    assert_eq!(gone as i64, latest - 1, "everything but the newest event");
+    // The sequence goes on after pruning, and a cursor before the oldest kept event is outdated.
+    account(&n, "p3.test").await;
+    assert!(*n.state.firehose.latest() > latest);
+}

@@ -251,6 +251,19 @@ impl Firehose {
         self.closing.send_replace(true);
     }
 
+    /// Deletes events older than `window` (the backfill window), always keeping the newest so
+    /// that sequence numbers keep growing. A subscriber asking for a cursor before the oldest
+    /// kept event gets `#info OutdatedCursor`, then everything still kept. Returns how many went.
+    pub fn prune(&self, window: std::time::Duration) -> Result<usize, ues_sync::repo::ipld::storage::Error> {
+        let cutoff = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+            .saturating_sub(window.as_millis() as i64);
+        self.db.write(|tx| {
+            Ok(tx.execute("DELETE FROM repo_seq WHERE at < ?1 AND seq < (SELECT max(seq) FROM repo_seq)", [cutoff])?)
+        })
+    }
+
     /// The latest sequence number known.
     pub fn latest(&self) -> watch::Ref<'_, i64> {
         self.latest.borrow()

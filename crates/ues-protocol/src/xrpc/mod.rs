@@ -58,6 +58,11 @@ pub struct XrpcConfig {
     pub admin_password: Option<String>,
     /// Where `app.bsky.*` methods this node does not serve go; `None`: they answer 501.
     pub appview: Option<AppView>,
+    /// Relays (base URLs) asked to crawl this node (`com.atproto.sync.requestCrawl`): at start,
+    /// then at most every 20 minutes while there are new events.
+    pub relays: Vec<String>,
+    /// How long firehose events are kept for replay (the backfill window).
+    pub firehose_backfill: std::time::Duration,
 }
 
 /// What every handler shares.
@@ -231,9 +236,68 @@ fn spawn_text_indexer(state: &Arc<XrpcState>) {
     });
 }
 
-/// The XRPC routes (and, as a side effect, the background full-text indexer of `state`).
+/// Every 10 minutes, drops firehose events older than the backfill window.
+fn spawn_pruner(state: &Arc<XrpcState>) {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        loop {
+            let Some(st) = weak.upgrade() else { break };
+            let window = st.cfg.firehose_backfill;
+            match tokio::task::spawn_blocking(move || st.firehose.prune(window)).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(n, "firehose events past the backfill window dropped"),
+                Ok(Err(e)) => tracing::error!(error = %e, "firehose pruning failed"),
+                _ => {}
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        }
+    });
+}
+
+/// Asks every configured relay to crawl this node: at start, then (checked each minute) when
+/// new events exist and 20 minutes have passed since the last request, as the reference PDS
+/// does.
+fn spawn_crawl_requests(state: &Arc<XrpcState>) {
+    if state.cfg.relays.is_empty() {
+        return;
+    }
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut notified_seq: Option<i64> = None;
+        let mut last = std::time::Instant::now();
+        loop {
+            let Some(st) = weak.upgrade() else { break };
+            let seq = *st.firehose.latest();
+            let due = notified_seq.is_none() || (Some(seq) != notified_seq && last.elapsed().as_secs() >= 1200);
+            if due {
+                notified_seq = Some(seq);
+                last = std::time::Instant::now();
+                let _ = tokio::task::spawn_blocking(move || request_crawl(&st)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        }
+    });
+}
+
+fn request_crawl(st: &XrpcState) {
+    let hostname = st.cfg.public_url.split("://").nth(1).unwrap_or("").trim_end_matches('/').to_string();
+    let body = serde_json::json!({ "hostname": hostname }).to_string();
+    for relay in &st.cfg.relays {
+        let url = format!("{}/xrpc/com.atproto.sync.requestCrawl", relay.trim_end_matches('/'));
+        let sent = st.proxy_agent.post(&url).header("content-type", "application/json").send(body.as_bytes());
+        match sent {
+            Ok(r) if r.status().is_success() => tracing::info!(%relay, %hostname, "requestCrawl accepted"),
+            Ok(r) => tracing::warn!(%relay, status = r.status().as_u16(), "requestCrawl refused"),
+            Err(e) => tracing::warn!(%relay, error = %e, "requestCrawl failed"),
+        }
+    }
+}
+
+/// The XRPC routes (and, as a side effect, the node's background tasks for `state`: full-text
+/// indexing, firehose pruning, crawl requests to relays).
 pub fn router(state: Arc<XrpcState>) -> Router {
     spawn_text_indexer(&state);
+    spawn_pruner(&state);
+    spawn_crawl_requests(&state);
     let limit = state.cfg.max_body_bytes;
     Router::new()
         .route("/xrpc/com.atproto.server.describeServer", get(server::describe_server))

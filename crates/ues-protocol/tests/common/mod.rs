@@ -57,6 +57,15 @@ pub fn node_with_dns(dns: Option<std::net::SocketAddr>) -> Node {
 
 /// A node with a DNS server for handles and an AppView for app.bsky.* calls.
 pub fn node_with(dns: Option<std::net::SocketAddr>, appview: Option<ues_protocol::xrpc::AppView>) -> Node {
+    node_full(dns, appview, vec![])
+}
+
+/// A node with a DNS server, an AppView and relays to ask for crawls.
+pub fn node_full(
+    dns: Option<std::net::SocketAddr>,
+    appview: Option<ues_protocol::xrpc::AppView>,
+    relays: Vec<String>,
+) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
     let blocks: Arc<dyn Blockstore> = Arc::new(MemoryBlockstore::new());
@@ -76,6 +85,8 @@ pub fn node_with(dns: Option<std::net::SocketAddr>, appview: Option<ues_protocol
         handle_resolver: HandleResolver::with_base(|_| "http://127.0.0.1:9".into()).with_dns(dns),
         admin_password: Some(ADMIN_PASSWORD.into()),
         appview,
+        relays,
+        firehose_backfill: std::time::Duration::from_secs(72 * 3600),
     };
     let state = Arc::new(XrpcState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap());
     let app = router(state.clone());
