@@ -7,6 +7,10 @@
 //! Depends only on `ues-repo`. Transport-agnostic: it runs in memory in tests and over libp2p in
 //! the node (layer 5); it never opens a socket.
 //!
-//! Not built yet: this crate holds its contract and re-exports the layer below.
+//! Built so far: hybrid logical clocks ([`hlc`]) and version vectors ([`vv`]). Not built yet:
+//! device authorizations, the signed operation log, the merge and reconciliation.
+
+pub mod hlc;
+pub mod vv;
 
 pub use ues_repo as repo;
