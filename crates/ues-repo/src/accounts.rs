@@ -387,22 +387,29 @@ impl<B: Blockstore> Accounts<B> {
     pub fn open_with(blocks: B, owners: Arc<dyn Kv>, db: Arc<Sqlite>, clock_id: u16) -> Result<Self, AccountError> {
         db.migrate(MIGRATIONS)?;
         // Data directories from before the ownership store: move `repo_block` rows over once.
-        let legacy: Vec<(String, String, String)> = db.read(|c| {
-            let mut st = c.prepare("SELECT did, cid, rev FROM repo_block")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        if !legacy.is_empty() {
-            for chunk in legacy.chunks(10_000) {
-                let entries: Vec<(Vec<u8>, Vec<u8>)> = chunk
-                    .iter()
-                    .filter_map(|(d, c, r)| {
-                        c.parse::<Cid>().ok().map(|cid| (owner_key(d, &cid), r.clone().into_bytes()))
-                    })
-                    .collect();
-                owners.put_many(&entries)?;
+        // In chunks of 10,000 rows, each deleted once its entries are written: memory stays
+        // bounded and an interrupted move resumes at the next open.
+        for _ in 0..1_000_000 {
+            let chunk: Vec<(String, String, String)> = db.read(|c| {
+                let mut st = c.prepare_cached("SELECT did, cid, rev FROM repo_block LIMIT 10000")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })?;
+            if chunk.is_empty() {
+                break;
             }
-            db.write(|tx| tx.execute("DELETE FROM repo_block", []).map_err(AccountError::from))?;
+            let entries: Vec<(Vec<u8>, Vec<u8>)> = chunk
+                .iter()
+                .filter_map(|(d, c, r)| c.parse::<Cid>().ok().map(|cid| (owner_key(d, &cid), r.clone().into_bytes())))
+                .collect();
+            owners.put_many(&entries)?;
+            db.write(|tx| {
+                let mut st = tx.prepare_cached("DELETE FROM repo_block WHERE did = ?1 AND cid = ?2")?;
+                for (d, c, _) in &chunk {
+                    st.execute(params![d, c])?;
+                }
+                Ok::<_, AccountError>(())
+            })?;
         }
         Ok(Self {
             owners,
@@ -420,13 +427,14 @@ impl<B: Blockstore> Accounts<B> {
     /// Records that `blocks` belong to `did` (introduced by revision `rev`), in the ownership
     /// store and, inside the commit's transaction, in `repo_commit`. Called before the
     /// transaction: a failed commit leaves ownership entries for blocks that are stored anyway.
-    fn own(&self, did: &str, rev: &str, cids: impl Iterator<Item = Cid> + Clone) -> Result<String, AccountError> {
-        for chunk in cids.clone().collect::<Vec<_>>().chunks(10_000) {
+    fn own(&self, did: &str, rev: &str, cids: impl Iterator<Item = Cid>) -> Result<String, AccountError> {
+        let cids: Vec<Cid> = cids.collect();
+        for chunk in cids.chunks(10_000) {
             let entries: Vec<(Vec<u8>, Vec<u8>)> =
                 chunk.iter().map(|c| (owner_key(did, c), rev.as_bytes().to_vec())).collect();
             self.owners.put_many(&entries)?;
         }
-        Ok(cids.map(|c| c.to_string()).collect::<Vec<_>>().join(" "))
+        Ok(cids.iter().map(Cid::to_string).collect::<Vec<_>>().join(" "))
     }
 
     /// Whether `cid` is a block of `did`'s repository (current or past).

@@ -163,13 +163,8 @@ const RECOVERY_WINDOW_MS: i64 = 72 * 3600 * 1000;
 
 fn millis(index: usize, entry: &Value) -> Result<i64, PlcError> {
     let s = entry.get("createdAt").and_then(Value::as_str).unwrap_or("");
-    Datetime::new(s).map_err(|e| PlcError::Malformed { index, reason: e.to_string() })?;
-    // Audit logs use `YYYY-MM-DDTHH:MM:SS.sssZ`.
-    let p = |a: usize, b: usize| s.get(a..b).and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
-    let (y, mo, d) = (p(0, 4), p(5, 7), p(8, 10));
-    let days = crate::syntax::days_from_civil(y, mo, d);
-    let ms = if s.len() >= 23 { p(20, 23) } else { 0 };
-    Ok((((days * 24 + p(11, 13)) * 60 + p(14, 16)) * 60 + p(17, 19)) * 1000 + ms)
+    let dt = Datetime::new(s).map_err(|e| PlcError::Malformed { index, reason: e.to_string() })?;
+    dt.unix_millis().ok_or_else(|| PlcError::Malformed { index, reason: format!("{s} is out of range") })
 }
 
 /// Validates a DID's full audit log (as `/:did/log/audit` returns it).

@@ -357,15 +357,12 @@ pub(crate) async fn list_reports(
                 rows.collect::<Result<Vec<_>, _>>()
             })
             .map_err(XrpcError::internal)?;
+        let cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r["id"].to_string())).flatten();
         let mut out = json!({ "reports": rows });
-        if rows_full(&out, limit) {
-            out["cursor"] = Value::String(out["reports"][limit as usize - 1]["id"].to_string());
+        if let Some(c) = cursor {
+            out["cursor"] = Value::String(c);
         }
         Ok(Json(out))
     })
     .await
-}
-
-fn rows_full(out: &Value, limit: i64) -> bool {
-    out["reports"].as_array().is_some_and(|a| a.len() as i64 == limit)
 }

@@ -21,15 +21,13 @@ type Res = Result<Json<Value>, XrpcError>;
 
 /// Index rows as `{uri, cid, value}` objects, reading each record's block.
 pub(crate) fn records_json(st: &XrpcState, rows: &[IndexedRecord]) -> Result<Vec<Value>, XrpcError> {
+    let cids: Vec<cid::Cid> =
+        rows.iter().map(|r| r.cid.parse()).collect::<Result<_, _>>().map_err(XrpcError::internal)?;
+    // One batched read for the whole page.
+    let blocks = st.accounts.blocks().get_many(&cids).map_err(XrpcError::internal)?;
     let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let cid: cid::Cid = r.cid.parse().map_err(XrpcError::internal)?;
-        let bytes = st
-            .accounts
-            .blocks()
-            .get(&cid)
-            .map_err(XrpcError::internal)?
-            .ok_or_else(|| XrpcError::internal("record block missing"))?;
+    for (r, bytes) in rows.iter().zip(blocks) {
+        let bytes = bytes.ok_or_else(|| XrpcError::internal("record block missing"))?;
         let value = ues_sync::repo::ipld::dagcbor::decode_atproto(&bytes).map_err(XrpcError::internal)?;
         out.push(json!({
             "uri": format!("at://{}/{}/{}", r.did, r.collection, r.rkey),
