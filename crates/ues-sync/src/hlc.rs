@@ -105,10 +105,9 @@ impl Hlc {
         Ok(next)
     }
 
-    /// Observes a remote timestamp (a received operation) and returns a local timestamp greater
-    /// than both it and everything before. Refused, with the clock unchanged, when the remote
-    /// one is more than the maximum drift ahead of the physical clock.
-    pub fn observe(&self, remote: Timestamp) -> Result<Timestamp, ClockError> {
+    /// Whether a remote timestamp is acceptable (not beyond the maximum drift), without
+    /// moving the clock.
+    pub fn check(&self, remote: Timestamp) -> Result<(), ClockError> {
         let pt = (self.physical)();
         if remote.wall_ms > pt.saturating_add(self.max_drift_ms) {
             return Err(ClockError::TooFarAhead {
@@ -117,6 +116,15 @@ impl Hlc {
                 max_drift_ms: self.max_drift_ms,
             });
         }
+        Ok(())
+    }
+
+    /// Observes a remote timestamp (a received operation) and returns a local timestamp greater
+    /// than both it and everything before. Refused, with the clock unchanged, when the remote
+    /// one is more than the maximum drift ahead of the physical clock.
+    pub fn observe(&self, remote: Timestamp) -> Result<Timestamp, ClockError> {
+        self.check(remote)?;
+        let pt = (self.physical)();
         let mut last = self.last.lock();
         let wall = pt.max(last.wall_ms).max(remote.wall_ms);
         let next = if wall == last.wall_ms && wall == remote.wall_ms {

@@ -3,14 +3,33 @@
 //! The signed operation log, hybrid logical clocks and version vectors, the deterministic merge,
 //! and the range-based reconciliation state machine that replicas run over any transport.
 //!
+//! - [`entry`]: signed operations and device authorizations (DAG-CBOR, BLAKE3 ids).
+//! - [`replica`]: the verified log of some accounts in HLC order, and the repositories
+//!   materialized from it (a function of the set of entries).
+//! - [`recon`]: the reconciliation session (messages in `proto/ues_sync.proto`).
+//! - [`live`]: single entries pushed as they are written, relayed without echoes.
+//! - [`hlc`], [`vv`]: clocks.
+//!
 //! ## Layer contract
 //! Depends only on `ues-repo`. Transport-agnostic: it runs in memory in tests and over libp2p in
 //! the node (layer 5); it never opens a socket.
-//!
-//! Built so far: hybrid logical clocks ([`hlc`]) and version vectors ([`vv`]). Not built yet:
-//! device authorizations, the signed operation log, the merge and reconciliation.
 
+pub mod entry;
 pub mod hlc;
+pub mod live;
+pub mod recon;
+pub mod replica;
 pub mod vv;
 
+/// The reconciliation messages, generated from `proto/ues_sync.proto`.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/ues.sync.v1.rs"));
+}
+
+pub use entry::{DeviceAuth, Entry, EntryError, EntryId, Op, OpKind};
+pub use recon::{
+    Outcome, Scope, ScopeCache, Session, SessionStats, SessionSummary, SyncConfig, SyncError, run_session,
+};
+pub use replica::{AccountKeys, ApplyReport, Change, Refusal, Refused, Replica, ReplicaError, Signed};
 pub use ues_repo as repo;

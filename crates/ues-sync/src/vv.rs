@@ -42,6 +42,15 @@ impl VersionVector {
         *n
     }
 
+    /// Sets the count of `device` (0 removes it).
+    pub fn set(&mut self, device: DeviceId, n: u64) {
+        if n == 0 {
+            self.0.remove(&device);
+        } else {
+            self.0.insert(device, n);
+        }
+    }
+
     /// Whether the operation `seq` of `device` is covered.
     pub fn contains(&self, device: &DeviceId, seq: u64) -> bool {
         seq <= self.get(device)

@@ -1,0 +1,970 @@
+//! A replica: the verified operation log of some accounts, indexed in HLC order, and the
+//! repositories materialized from it.
+//!
+//! The materialized state is a function of the set of entries alone: for every record the
+//! operations on it are ordered by (HLC, device, id) — the account is the same for all of
+//! them — a delete beats everything before it, the latest put wins, counters sum, sets keep
+//! each element's latest add or remove. HLC order extends causal order (a device's clock has
+//! observed every entry it applied before it writes), so a write never loses to one it had
+//! seen. Equal sets give equal records and the equal MST root on every replica, whatever order
+//! the entries came in.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use cid::Cid;
+use ed25519_dalek::SigningKey;
+use ues_repo::commit::Commit;
+use ues_repo::crypto::{Keypair, PublicKey};
+use ues_repo::ipld::storage::{self, BLAKE3, Blockstore, MemoryBlockstore};
+use ues_repo::ipld::{Ipld, Mst, cid_sha256, dagcbor};
+use ues_repo::syntax::{Did, Nsid, RecordKey, Tid};
+
+use crate::entry::{DAG_CBOR, DeviceAuth, Entry, EntryError, EntryId, Op, OpKind, entry_id, position};
+use crate::hlc::{ClockError, Hlc, Timestamp};
+use crate::vv::{DeviceId, VersionVector};
+
+/// Largest record block an operation may carry (AT Protocol's record limit).
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Operations held while their device's authorization has not arrived.
+pub const MAX_PENDING: usize = 65_536;
+/// Refusals remembered (the oldest are forgotten first; counts are kept for all).
+pub const REFUSAL_LOG: usize = 1_024;
+
+/// Resolves an account's signing key (from its DID document, in the node).
+pub trait AccountKeys: Send + Sync {
+    /// The key that signs the account's commits and device authorizations.
+    fn key(&self, did: &Did) -> Option<PublicKey>;
+}
+
+impl AccountKeys for HashMap<Did, PublicKey> {
+    fn key(&self, did: &Did) -> Option<PublicKey> {
+        self.get(did).copied()
+    }
+}
+
+/// Why an entry was refused. Nothing a refused entry carried is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// Not a well-formed entry, or a bad signature.
+    #[error(transparent)]
+    Entry(#[from] EntryError),
+    /// The account's key is unknown, so its authorizations cannot be checked.
+    #[error("unknown account {0}")]
+    UnknownAccount(Did),
+    /// The device is not authorized for the account at the operation's time (never
+    /// authorized, not yet, or revoked).
+    #[error("device {device} is not authorized for {did} at {at}")]
+    Unauthorized {
+        /// The account.
+        did: Did,
+        /// The device (hex).
+        device: String,
+        /// The operation's timestamp.
+        at: Timestamp,
+    },
+    /// The timestamp is too far in the future.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    /// The device signed two different operations with the same sequence number.
+    #[error("device {device} signed two operations with sequence number {seq}")]
+    Equivocation {
+        /// The device (hex).
+        device: String,
+        /// The reused sequence number.
+        seq: u64,
+    },
+    /// A put whose record block was not sent.
+    #[error("record block {0} missing")]
+    MissingBlock(Cid),
+    /// A record block that is not valid AT Protocol data or is too large.
+    #[error("record block {0} is not valid: {1}")]
+    BadBlock(Cid, String),
+    /// Too many operations are waiting for authorizations.
+    #[error("too many operations wait for device authorizations")]
+    PendingFull,
+}
+
+/// A refusal kept for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The refused entry's id.
+    pub id: EntryId,
+    /// Why.
+    pub reason: Refused,
+}
+
+/// Errors of a replica's own operations (writes, storage).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// The clock refused.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    /// This replica has no device key, or its device is not authorized for the account.
+    #[error("this device may not write for {0}")]
+    NotAuthorized(Did),
+    /// A write was refused by the replica's own checks.
+    #[error(transparent)]
+    Refused(Box<Refused>),
+    /// Building the MST failed.
+    #[error("mst: {0}")]
+    Mst(String),
+    /// A stored entry no longer decodes.
+    #[error("stored entry is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<Refused> for ReplicaError {
+    fn from(r: Refused) -> Self {
+        ReplicaError::Refused(Box::new(r))
+    }
+}
+
+fn corrupt(cid: Cid, e: EntryError) -> ReplicaError {
+    ReplicaError::Corrupt(format!("{cid}: {e}"))
+}
+
+/// Operations waiting for their device's authorization, by (account, device).
+type Pending = HashMap<(u32, DeviceId), Vec<(EntryId, Op, Signed)>>;
+
+/// A change a device writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Set the record to this value (AT Protocol data).
+    Put(Ipld),
+    /// Delete the record.
+    Delete,
+    /// Add to a counter record.
+    Add(i64),
+    /// Add an element to a set record.
+    SetAdd(String),
+    /// Remove an element from a set record.
+    SetRemove(String),
+}
+
+/// An entry as it travels: its bytes and the record block it names (for puts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// Canonical entry bytes.
+    pub bytes: Vec<u8>,
+    /// The record block of a put.
+    pub block: Option<(Cid, Vec<u8>)>,
+}
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// New entries stored.
+    pub applied: usize,
+    /// Entries already held (replays of the same bytes are harmless).
+    pub duplicates: usize,
+    /// Operations waiting for their device's authorization.
+    pub pending: usize,
+    /// Refused entries, with reasons.
+    pub refused: Vec<Refusal>,
+    /// Ids of the new entries.
+    pub new_ids: Vec<EntryId>,
+}
+
+/// Per-device knowledge: sequence numbers seen, as a contiguous prefix plus the ones above it.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    contiguous: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Seen {
+    fn add(&mut self, seq: u64) {
+        if seq <= self.contiguous {
+            return;
+        }
+        self.above.insert(seq);
+        while self.above.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct DeviceState {
+    authorized: Option<Timestamp>,
+    revoked: Option<Timestamp>,
+}
+
+impl DeviceState {
+    fn valid_at(&self, t: Timestamp) -> bool {
+        self.authorized.is_some_and(|a| t > a) && self.revoked.is_none_or(|r| t < r)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TargetOp {
+    order: (u64, DeviceId, EntryId),
+    kind: OpKind,
+}
+
+#[derive(Default)]
+struct Account {
+    devices: HashMap<DeviceId, DeviceState>,
+    seen: HashMap<DeviceId, Seen>,
+    dots: HashMap<(DeviceId, u64), EntryId>,
+    targets: HashMap<String, Vec<TargetOp>>,
+    records: BTreeMap<String, Cid>,
+    max_hlc: Timestamp,
+    root: Option<Cid>,
+}
+
+/// Where an entry sits in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogKey {
+    /// Its 128-bit position (HLC, then id prefix).
+    pub pos: u128,
+    /// Its id.
+    pub id: EntryId,
+}
+
+/// What the log keeps per entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogVal {
+    /// The account's index in this replica.
+    pub did: u32,
+    /// An authorization (they travel first).
+    pub auth: bool,
+}
+
+/// One replica's log and materialized repositories.
+pub struct Replica {
+    blocks: Arc<dyn Blockstore>,
+    keys: Arc<dyn AccountKeys>,
+    clock: Hlc,
+    device: Option<SigningKey>,
+    log: BTreeMap<LogKey, LogVal>,
+    dids: Vec<Did>,
+    did_index: HashMap<Did, u32>,
+    accounts: Vec<Account>,
+    pending: Pending,
+    pending_len: usize,
+    refusals: VecDeque<Refusal>,
+    refusal_counts: BTreeMap<&'static str, u64>,
+}
+
+fn refusal_name(r: &Refused) -> &'static str {
+    match r {
+        Refused::Entry(EntryError::BadSignature) => "bad_signature",
+        Refused::Entry(_) => "malformed",
+        Refused::UnknownAccount(_) => "unknown_account",
+        Refused::Unauthorized { .. } => "unauthorized",
+        Refused::Clock(_) => "clock",
+        Refused::Equivocation { .. } => "equivocation",
+        Refused::MissingBlock(_) => "missing_block",
+        Refused::BadBlock(..) => "bad_block",
+        Refused::PendingFull => "pending_full",
+    }
+}
+
+fn entry_cid(bytes: &[u8]) -> Cid {
+    storage::cid_for(DAG_CBOR, BLAKE3, bytes).expect("BLAKE3 is supported")
+}
+
+impl Replica {
+    /// A replica over `blocks` (entries are stored there as BLAKE3 blocks, record blocks as
+    /// SHA-256 ones); the log is rebuilt from the stored entries. `device` is this replica's
+    /// signing key when it writes.
+    pub fn open(
+        blocks: Arc<dyn Blockstore>,
+        keys: Arc<dyn AccountKeys>,
+        clock: Hlc,
+        device: Option<SigningKey>,
+    ) -> Result<Self, ReplicaError> {
+        let mut r = Replica {
+            blocks,
+            keys,
+            clock,
+            device,
+            log: BTreeMap::new(),
+            dids: Vec::new(),
+            did_index: HashMap::new(),
+            accounts: Vec::new(),
+            pending: HashMap::new(),
+            pending_len: 0,
+            refusals: VecDeque::new(),
+            refusal_counts: BTreeMap::new(),
+        };
+        let mut auths = Vec::new();
+        let mut ops = Vec::new();
+        for item in r.blocks.iter() {
+            let (cid, bytes) = item?;
+            if cid.codec() != DAG_CBOR || cid.hash().code() != BLAKE3 {
+                continue;
+            }
+            let entry = Entry::decode(&bytes).map_err(|e| corrupt(cid, e))?;
+            let id = entry_id(&bytes);
+            match entry {
+                Entry::Auth(a) => auths.push((id, a)),
+                Entry::Op(op) => ops.push((id, op)),
+            }
+        }
+        // Stored entries were verified when they arrived.
+        for (id, a) in auths {
+            r.index_auth(id, &a);
+        }
+        ops.sort_by_key(|(id, op)| position(op.hlc, id));
+        for (id, op) in ops {
+            let _ = r.clock.observe(op.hlc);
+            r.index_op(id, &op);
+        }
+        Ok(r)
+    }
+
+    /// An in-memory replica (tests, benchmarks).
+    pub fn in_memory(keys: Arc<dyn AccountKeys>, clock: Hlc, device: Option<SigningKey>) -> Self {
+        Self::open(Arc::new(MemoryBlockstore::new()), keys, clock, device).expect("an empty store opens")
+    }
+
+    /// This replica's device id, when it writes.
+    pub fn device_id(&self) -> Option<DeviceId> {
+        self.device.as_ref().map(|k| k.verifying_key().to_bytes())
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Hlc {
+        &self.clock
+    }
+
+    /// The store entries and records live in.
+    pub fn blocks(&self) -> &Arc<dyn Blockstore> {
+        &self.blocks
+    }
+
+    fn did_idx(&mut self, did: &Did) -> u32 {
+        if let Some(i) = self.did_index.get(did) {
+            return *i;
+        }
+        let i = self.dids.len() as u32;
+        self.dids.push(did.clone());
+        self.did_index.insert(did.clone(), i);
+        self.accounts.push(Account::default());
+        i
+    }
+
+    /// The index of `did` in this replica, if it holds anything of it.
+    pub(crate) fn did_lookup(&self, did: &Did) -> Option<u32> {
+        self.did_index.get(did).copied()
+    }
+
+    /// The accounts this replica holds entries of.
+    pub fn dids(&self) -> &[Did] {
+        &self.dids
+    }
+
+    /// Entries in the log, over all accounts.
+    pub fn len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+    }
+
+    /// The log in HLC order, with each entry's account index.
+    pub(crate) fn log(&self) -> &BTreeMap<LogKey, LogVal> {
+        &self.log
+    }
+
+    /// Whether the entry is held.
+    pub fn contains(&self, id: &EntryId, hlc: Timestamp) -> bool {
+        self.log.contains_key(&LogKey { pos: position(hlc, id), id: *id })
+    }
+
+    /// An entry as it travels (its bytes and, for a put, the record block).
+    pub fn signed(&self, key: &LogKey) -> Result<Option<Signed>, ReplicaError> {
+        let Some(bytes) = self.blocks.get(&entry_cid_from_id(&key.id))? else { return Ok(None) };
+        let block = match Entry::decode(&bytes) {
+            Ok(Entry::Op(Op { kind: OpKind::Put(cid), .. })) => self.blocks.get(&cid)?.map(|data| (cid, data)),
+            Ok(_) => None,
+            Err(e) => return Err(corrupt(entry_cid_from_id(&key.id), e)),
+        };
+        Ok(Some(Signed { bytes, block }))
+    }
+
+    /// Authorizes (or revokes) a device for an account, signed with the account's key, and
+    /// applies it here.
+    pub fn authorize(
+        &mut self,
+        account: &Keypair,
+        did: &Did,
+        device: DeviceId,
+        revoke: bool,
+    ) -> Result<Signed, ReplicaError> {
+        let auth = DeviceAuth::sign(account, did.clone(), device, self.clock.now()?, revoke);
+        let signed = Signed { bytes: Entry::Auth(auth).encode(), block: None };
+        let report = self.apply(vec![signed.clone()]);
+        if let Some(r) = report.refused.into_iter().next() {
+            return Err(r.reason.into());
+        }
+        Ok(signed)
+    }
+
+    /// Writes a change as this replica's device, applies it, and returns it for sending.
+    pub fn write(
+        &mut self,
+        did: &Did,
+        collection: Nsid,
+        rkey: RecordKey,
+        change: Change,
+    ) -> Result<Signed, ReplicaError> {
+        let key = self.device.clone().ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
+        let dev = key.verifying_key().to_bytes();
+        let idx = self.did_lookup(did).ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
+        let hlc = self.clock.now()?;
+        let acct = &self.accounts[idx as usize];
+        if !acct.devices.get(&dev).is_some_and(|d| d.valid_at(hlc)) {
+            return Err(ReplicaError::NotAuthorized(did.clone()));
+        }
+        let seq = acct.seen.get(&dev).map_or(0, |s| s.contiguous.max(s.above.last().copied().unwrap_or(0))) + 1;
+        let (kind, block) = match change {
+            Change::Put(value) => {
+                let bytes = dagcbor::encode(&value);
+                let cid = cid_sha256(DAG_CBOR, &bytes);
+                (OpKind::Put(cid), Some((cid, bytes)))
+            }
+            Change::Delete => (OpKind::Delete, None),
+            Change::Add(n) => (OpKind::Add(n), None),
+            Change::SetAdd(e) => (OpKind::SetAdd(e), None),
+            Change::SetRemove(e) => (OpKind::SetRemove(e), None),
+        };
+        let op = Op::sign(&key, did.clone(), seq, hlc, collection, rkey, kind);
+        let signed = Signed { bytes: Entry::Op(op).encode(), block };
+        let report = self.apply(vec![signed.clone()]);
+        if let Some(r) = report.refused.into_iter().next() {
+            return Err(r.reason.into());
+        }
+        Ok(signed)
+    }
+
+    /// Verifies and applies entries (authorizations first). Idempotent and commutative:
+    /// applying the same entries again, or in any order, gives the same state.
+    pub fn apply(&mut self, batch: Vec<Signed>) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let mut decoded = Vec::with_capacity(batch.len());
+        for s in batch {
+            let id = entry_id(&s.bytes);
+            match Entry::decode(&s.bytes) {
+                Ok(e) => decoded.push((id, e, s)),
+                Err(e) => self.refuse(&mut report, id, e.into()),
+            }
+        }
+        // Authorizations first, so operations of a device authorized in the same batch pass.
+        decoded.sort_by_key(|(_, e, _)| !matches!(e, Entry::Auth(_)));
+        for (id, entry, signed) in decoded {
+            if self.contains(&id, entry.hlc()) {
+                report.duplicates += 1;
+                continue;
+            }
+            let res = match entry {
+                Entry::Auth(a) => self.accept_auth(id, a, &signed, &mut report),
+                Entry::Op(op) => self.accept_op(id, op, signed, &mut report),
+            };
+            if let Err(reason) = res {
+                self.refuse(&mut report, id, reason);
+            }
+        }
+        report
+    }
+
+    fn refuse(&mut self, report: &mut ApplyReport, id: EntryId, reason: Refused) {
+        tracing::debug!(id = %hex_id(&id), %reason, "sync entry refused");
+        *self.refusal_counts.entry(refusal_name(&reason)).or_default() += 1;
+        if self.refusals.len() == REFUSAL_LOG {
+            self.refusals.pop_front();
+        }
+        self.refusals.push_back(Refusal { id, reason: reason.clone() });
+        report.refused.push(Refusal { id, reason });
+    }
+
+    /// The most recent refusals.
+    pub fn refusals(&self) -> impl Iterator<Item = &Refusal> {
+        self.refusals.iter()
+    }
+
+    /// Refusals counted by reason since the replica opened.
+    pub fn refusal_counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.refusal_counts
+    }
+
+    fn accept_auth(
+        &mut self,
+        id: EntryId,
+        a: DeviceAuth,
+        signed: &Signed,
+        report: &mut ApplyReport,
+    ) -> Result<(), Refused> {
+        let key = self.keys.key(&a.did).ok_or_else(|| Refused::UnknownAccount(a.did.clone()))?;
+        a.verify(&key)?;
+        self.clock.check(a.hlc)?;
+        self.blocks
+            .put(&entry_cid(&signed.bytes), &signed.bytes)
+            .map_err(|e| Refused::BadBlock(entry_cid(&signed.bytes), e.to_string()))?;
+        let _ = self.clock.observe(a.hlc);
+        let idx = self.index_auth(id, &a);
+        report.applied += 1;
+        report.new_ids.push(id);
+        // A revocation purges what the device wrote from then on; an authorization releases
+        // the operations that waited for it.
+        if a.revoke {
+            self.purge_revoked(idx, a.device);
+        } else if let Some(waiting) = self.pending.remove(&(idx, a.device)) {
+            self.pending_len -= waiting.len();
+            for (wid, op, s) in waiting {
+                if self.contains(&wid, op.hlc) {
+                    continue;
+                }
+                if let Err(reason) = self.accept_op(wid, op, s, report) {
+                    self.refuse(report, wid, reason);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn index_auth(&mut self, id: EntryId, a: &DeviceAuth) -> u32 {
+        let idx = self.did_idx(&a.did);
+        self.log.insert(LogKey { pos: position(a.hlc, &id), id }, LogVal { did: idx, auth: true });
+        let acct = &mut self.accounts[idx as usize];
+        let d = acct.devices.entry(a.device).or_default();
+        let slot = if a.revoke { &mut d.revoked } else { &mut d.authorized };
+        *slot = Some(slot.map_or(a.hlc, |t| t.min(a.hlc)));
+        acct.root = None;
+        idx
+    }
+
+    fn accept_op(&mut self, id: EntryId, op: Op, signed: Signed, report: &mut ApplyReport) -> Result<(), Refused> {
+        op.verify()?;
+        // Too far ahead: refused, and the clock is left alone.
+        self.clock.check(op.hlc)?;
+        let idx = self.did_idx(&op.did);
+        let acct = &self.accounts[idx as usize];
+        let Some(dev) = acct.devices.get(&op.device) else {
+            // Its authorization may still be on its way: hold it, boundedly.
+            if self.keys.key(&op.did).is_none() {
+                return Err(Refused::UnknownAccount(op.did.clone()));
+            }
+            if self.pending_len >= MAX_PENDING {
+                return Err(Refused::PendingFull);
+            }
+            self.pending.entry((idx, op.device)).or_default().push((id, op, signed));
+            self.pending_len += 1;
+            report.pending += 1;
+            return Ok(());
+        };
+        if !dev.valid_at(op.hlc) {
+            return Err(Refused::Unauthorized { did: op.did.clone(), device: hex::encode(op.device), at: op.hlc });
+        }
+        if let Some(other) = acct.dots.get(&(op.device, op.seq))
+            && *other != id
+        {
+            return Err(Refused::Equivocation { device: hex::encode(op.device), seq: op.seq });
+        }
+        if let OpKind::Put(cid) = &op.kind {
+            match &signed.block {
+                Some((c, data)) if c == cid => {
+                    if data.len() > MAX_RECORD_BYTES {
+                        return Err(Refused::BadBlock(*cid, "larger than 1 MiB".into()));
+                    }
+                    storage::verify_block(cid, data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+                    dagcbor::decode_atproto(data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+                    self.blocks.put(cid, data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+                }
+                _ => {
+                    if !self.blocks.has(cid).unwrap_or(false) {
+                        return Err(Refused::MissingBlock(*cid));
+                    }
+                }
+            }
+        }
+        let ecid = entry_cid(&signed.bytes);
+        self.blocks.put(&ecid, &signed.bytes).map_err(|e| Refused::BadBlock(ecid, e.to_string()))?;
+        let _ = self.clock.observe(op.hlc);
+        self.index_op(id, &op);
+        report.applied += 1;
+        report.new_ids.push(id);
+        Ok(())
+    }
+
+    fn index_op(&mut self, id: EntryId, op: &Op) {
+        let idx = self.did_idx(&op.did);
+        self.log.insert(LogKey { pos: position(op.hlc, &id), id }, LogVal { did: idx, auth: false });
+        let path = op.path();
+        let acct = &mut self.accounts[idx as usize];
+        acct.dots.insert((op.device, op.seq), id);
+        acct.seen.entry(op.device).or_default().add(op.seq);
+        acct.max_hlc = acct.max_hlc.max(op.hlc);
+        let ops = acct.targets.entry(path.clone()).or_default();
+        ops.push(TargetOp { order: (op.hlc.to_u64(), op.device, id), kind: op.kind.clone() });
+        self.recompute(idx, &path);
+    }
+
+    /// Removes what a revoked device wrote at or after its revocation, everywhere.
+    fn purge_revoked(&mut self, idx: u32, device: DeviceId) {
+        let acct = &mut self.accounts[idx as usize];
+        let Some(state) = acct.devices.get(&device).cloned() else { return };
+        let mut touched = Vec::new();
+        let mut removed = Vec::new();
+        for (path, ops) in acct.targets.iter_mut() {
+            let before = ops.len();
+            ops.retain(|o| {
+                let keep = o.order.1 != device || state.valid_at(Timestamp::from_u64(o.order.0));
+                if !keep {
+                    removed.push((o.order.0, o.order.2));
+                }
+                keep
+            });
+            if ops.len() != before {
+                touched.push(path.clone());
+            }
+        }
+        acct.dots.retain(|_, id| !removed.iter().any(|(_, r)| r == id));
+        for (hlc, id) in &removed {
+            self.log.remove(&LogKey { pos: position(Timestamp::from_u64(*hlc), id), id: *id });
+            let _ = self.blocks.delete(&entry_cid_from_id(id));
+        }
+        for path in touched {
+            self.recompute(idx, &path);
+        }
+    }
+
+    fn recompute(&mut self, idx: u32, path: &str) {
+        let acct = &mut self.accounts[idx as usize];
+        acct.root = None;
+        let value = match acct.targets.get_mut(path) {
+            Some(ops) => {
+                ops.sort_by_key(|a| a.order);
+                materialize(path, ops)
+            }
+            None => None,
+        };
+        match value {
+            Some(Value::Cid(cid)) => {
+                acct.records.insert(path.to_string(), cid);
+            }
+            Some(Value::Block(bytes)) => {
+                let cid = cid_sha256(DAG_CBOR, &bytes);
+                let _ = self.blocks.put(&cid, &bytes);
+                acct.records.insert(path.to_string(), cid);
+            }
+            None => {
+                acct.records.remove(path);
+            }
+        }
+    }
+
+    /// The materialized records of an account: path → record CID.
+    pub fn records(&self, did: &Did) -> Option<&BTreeMap<String, Cid>> {
+        self.did_lookup(did).map(|i| &self.accounts[i as usize].records)
+    }
+
+    /// The account's version vector: for each device, how many of its operations (a
+    /// contiguous prefix) this replica holds.
+    pub fn version_vector(&self, did: &Did) -> VersionVector {
+        let mut vv = VersionVector::new();
+        if let Some(i) = self.did_lookup(did) {
+            for (d, s) in &self.accounts[i as usize].seen {
+                if s.contiguous > 0 {
+                    vv.set(*d, s.contiguous);
+                }
+            }
+        }
+        vv
+    }
+
+    /// Operations waiting for authorizations.
+    pub fn pending_len(&self) -> usize {
+        self.pending_len
+    }
+
+    /// The root CID of the account's materialized MST (cached until the next change).
+    pub fn root(&mut self, did: &Did) -> Result<Cid, ReplicaError> {
+        let i = self.did_lookup(did).ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))? as usize;
+        if let Some(r) = self.accounts[i].root {
+            return Ok(r);
+        }
+        let entries = self.accounts[i].records.iter().map(|(k, v)| (k.clone(), *v));
+        let mut mst = Mst::from_sorted(self.blocks.clone(), entries).map_err(|e| ReplicaError::Mst(e.to_string()))?;
+        let root = mst.root().map_err(|e| ReplicaError::Mst(e.to_string()))?;
+        self.accounts[i].root = Some(root);
+        Ok(root)
+    }
+
+    /// The account's repository as a signed v3 commit over the materialized MST. The
+    /// revision comes from the latest operation's HLC and ECDSA signing is deterministic
+    /// (RFC 6979), so replicas holding the account key and equal logs produce equal commits.
+    pub fn commit(&mut self, did: &Did, account: &Keypair) -> Result<Commit, ReplicaError> {
+        let data = self.root(did)?;
+        let i = self.did_lookup(did).expect("root found it") as usize;
+        let t = self.accounts[i].max_hlc;
+        let rev = Tid::from_parts(t.wall_ms * 1000 + u64::from(t.logical).min(999), 0);
+        Ok(Commit::sign(did.clone(), data, rev, account))
+    }
+}
+
+fn hex_id(id: &EntryId) -> String {
+    hex::encode(&id[..8])
+}
+
+/// The BLAKE3 CID of an entry with this id.
+pub fn entry_cid_from_id(id: &EntryId) -> Cid {
+    let mh = multihash::Multihash::<64>::wrap(BLAKE3, id).expect("32-byte digest");
+    Cid::new_v1(DAG_CBOR, mh)
+}
+
+enum Value {
+    Cid(Cid),
+    Block(Vec<u8>),
+}
+
+/// A record's value from its operations, sorted by (HLC, device, id).
+fn materialize(path: &str, ops: &[TargetOp]) -> Option<Value> {
+    let start = ops.iter().rposition(|o| o.kind == OpKind::Delete).map_or(0, |i| i + 1);
+    let live = &ops[start..];
+    if let Some(cid) = live.iter().rev().find_map(|o| if let OpKind::Put(c) = &o.kind { Some(*c) } else { None }) {
+        return Some(Value::Cid(cid));
+    }
+    let collection = path.split('/').next().unwrap_or_default().to_string();
+    let mut typed = BTreeMap::from([("$type".to_string(), Ipld::String(collection))]);
+    if live.iter().any(|o| matches!(o.kind, OpKind::Add(_))) {
+        let sum: i128 = live.iter().map(|o| if let OpKind::Add(n) = o.kind { i128::from(n) } else { 0 }).sum();
+        let sum = sum.clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+        typed.insert("count".into(), Ipld::Integer(sum));
+        return Some(Value::Block(dagcbor::encode(&Ipld::Map(typed))));
+    }
+    if live.is_empty() {
+        return None;
+    }
+    let mut members: BTreeMap<&str, bool> = BTreeMap::new();
+    for o in live {
+        match &o.kind {
+            OpKind::SetAdd(e) => {
+                members.insert(e, true);
+            }
+            OpKind::SetRemove(e) => {
+                members.insert(e, false);
+            }
+            _ => {}
+        }
+    }
+    let list = members.into_iter().filter(|(_, present)| *present).map(|(e, _)| Ipld::String(e.to_string()));
+    typed.insert("members".into(), Ipld::List(list.collect()));
+    Some(Value::Block(dagcbor::encode(&Ipld::Map(typed))))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use ues_repo::crypto::KeyType;
+
+    use super::*;
+
+    pub(crate) struct World {
+        pub account: Keypair,
+        pub did: Did,
+        pub keys: Arc<HashMap<Did, PublicKey>>,
+    }
+
+    pub(crate) fn world() -> World {
+        let account = Keypair::generate(KeyType::K256);
+        let did = Did::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz").unwrap();
+        let keys = Arc::new(HashMap::from([(did.clone(), account.public())]));
+        World { account, did, keys }
+    }
+
+    fn replica(w: &World, dev: u8, now: Arc<AtomicU64>) -> Replica {
+        let clock = Hlc::with_physical(60_000, move || now.load(Ordering::SeqCst));
+        Replica::in_memory(w.keys.clone(), clock, Some(SigningKey::from_bytes(&[dev; 32])))
+    }
+
+    fn post(text: &str) -> Change {
+        Change::Put(Ipld::Map(BTreeMap::from([
+            ("$type".into(), Ipld::String("app.bsky.feed.post".into())),
+            ("text".into(), Ipld::String(text.into())),
+        ])))
+    }
+
+    fn nsid() -> Nsid {
+        Nsid::new("app.bsky.feed.post").unwrap()
+    }
+
+    #[test]
+    fn writes_need_an_authorization_and_a_revocation_purges_later_writes() {
+        let w = world();
+        let now = Arc::new(AtomicU64::new(crate::hlc::system_ms()));
+        let mut a = replica(&w, 1, now.clone());
+        let dev = a.device_id().unwrap();
+        assert!(matches!(
+            a.write(&w.did, nsid(), RecordKey::new("a").unwrap(), post("x")),
+            Err(ReplicaError::NotAuthorized(_))
+        ));
+        let auth = a.authorize(&w.account, &w.did, dev, false).unwrap();
+        let first = a.write(&w.did, nsid(), RecordKey::new("a").unwrap(), post("x")).unwrap();
+        assert_eq!(a.records(&w.did).unwrap().len(), 1);
+
+        // Another replica gets the op before the authorization: it waits, then applies.
+        let mut b = replica(&w, 2, now.clone());
+        let r = b.apply(vec![first.clone()]);
+        assert_eq!((r.applied, r.pending), (0, 1));
+        let r = b.apply(vec![auth.clone()]);
+        assert_eq!(r.applied, 2);
+        assert_eq!(b.root(&w.did).unwrap(), a.root(&w.did).unwrap());
+
+        now.fetch_add(10, Ordering::SeqCst);
+        let second = a.write(&w.did, nsid(), RecordKey::new("b").unwrap(), post("y")).unwrap();
+        let at = Entry::decode(&second.bytes).unwrap().hlc();
+        let revoke = DeviceAuth::sign(&w.account, w.did.clone(), dev, at, true);
+        let revoke = Signed { bytes: Entry::Auth(revoke).encode(), block: None };
+        // The op written at the revocation's time is purged on A and refused on B.
+        let rr = a.apply(vec![revoke.clone()]);
+        assert_eq!(rr.applied, 1, "{rr:?}");
+        assert_eq!(a.records(&w.did).unwrap().len(), 1);
+        b.apply(vec![revoke]);
+        let r = b.apply(vec![second]);
+        assert!(matches!(r.refused[0].reason, Refused::Unauthorized { .. }));
+        assert_eq!(b.root(&w.did).unwrap(), a.root(&w.did).unwrap());
+        assert_eq!(a.len(), b.len());
+    }
+
+    #[test]
+    fn forged_replayed_and_equivocating_entries_are_refused() {
+        let w = world();
+        let now = Arc::new(AtomicU64::new(crate::hlc::system_ms()));
+        let mut a = replica(&w, 1, now.clone());
+        let dev = a.device_id().unwrap();
+        let auth = a.authorize(&w.account, &w.did, dev, false).unwrap();
+        let op = a.write(&w.did, nsid(), RecordKey::new("a").unwrap(), post("x")).unwrap();
+        let mut b = replica(&w, 2, now.clone());
+        b.apply(vec![auth.clone()]);
+
+        // A flipped bit anywhere: refused (signature or shape), nothing stored.
+        for i in 0..op.bytes.len() {
+            let mut bad = op.clone();
+            bad.bytes[i] ^= 0x01;
+            let r = b.apply(vec![bad]);
+            assert_eq!(r.applied, 0, "byte {i}");
+            assert!(r.refused.len() + r.pending == 1, "byte {i}: {r:?}");
+        }
+        assert_eq!(b.len(), 1);
+        // The record block swapped for another: refused.
+        let mut swapped = op.clone();
+        swapped.block = Some((swapped.block.as_ref().unwrap().0, b"\xa0".to_vec()));
+        assert!(matches!(b.apply(vec![swapped]).refused[0].reason, Refused::BadBlock(..)));
+        let mut missing = op.clone();
+        missing.block = None;
+        assert!(matches!(b.apply(vec![missing]).refused[0].reason, Refused::MissingBlock(_)));
+
+        let r = b.apply(vec![op.clone(), op.clone()]);
+        assert_eq!((r.applied, r.duplicates), (1, 1), "a replay is a no-op");
+        // Same device, same sequence number, different content.
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let Entry::Op(orig) = Entry::decode(&op.bytes).unwrap() else { panic!() };
+        let twin = Op::sign(
+            &key,
+            w.did.clone(),
+            orig.seq,
+            Timestamp { wall_ms: orig.hlc.wall_ms, logical: orig.hlc.logical + 1 },
+            nsid(),
+            RecordKey::new("z").unwrap(),
+            OpKind::Delete,
+        );
+        let r = b.apply(vec![Signed { bytes: Entry::Op(twin).encode(), block: None }]);
+        assert!(matches!(r.refused[0].reason, Refused::Equivocation { .. }));
+        // An authorization signed by another key.
+        let forged =
+            DeviceAuth::sign(&Keypair::generate(KeyType::K256), w.did.clone(), [9; 32], a.clock().last(), false);
+        let r = b.apply(vec![Signed { bytes: Entry::Auth(forged).encode(), block: None }]);
+        assert!(matches!(r.refused[0].reason, Refused::Entry(EntryError::BadSignature)));
+        // From too far in the future.
+        let future = Op::sign(
+            &key,
+            w.did.clone(),
+            99,
+            Timestamp { wall_ms: now.load(Ordering::SeqCst) + 3_600_000, logical: 0 },
+            nsid(),
+            RecordKey::new("f").unwrap(),
+            OpKind::Delete,
+        );
+        let r = b.apply(vec![Signed { bytes: Entry::Op(future).encode(), block: None }]);
+        assert!(matches!(r.refused[0].reason, Refused::Clock(ClockError::TooFarAhead { .. })));
+        assert_eq!(b.len(), 2);
+        assert!(b.refusal_counts().values().sum::<u64>() >= 5);
+    }
+
+    #[test]
+    fn counters_and_sets_merge_by_type() {
+        let w = world();
+        let now = Arc::new(AtomicU64::new(crate::hlc::system_ms()));
+        let mut a = replica(&w, 1, now.clone());
+        let mut b = replica(&w, 2, now.clone());
+        let auths = vec![
+            a.authorize(&w.account, &w.did, a.device_id().unwrap(), false).unwrap(),
+            a.authorize(&w.account, &w.did, b.device_id().unwrap(), false).unwrap(),
+        ];
+        b.apply(auths);
+        let c = Nsid::new("dev.ues.test.counter").unwrap();
+        let s = Nsid::new("dev.ues.test.set").unwrap();
+        let k = RecordKey::new("self").unwrap();
+        let mut sent = Vec::new();
+        sent.push(a.write(&w.did, c.clone(), k.clone(), Change::Add(5)).unwrap());
+        let mut back = Vec::new();
+        back.push(b.write(&w.did, c.clone(), k.clone(), Change::Add(-2)).unwrap());
+        sent.push(a.write(&w.did, s.clone(), k.clone(), Change::SetAdd("x".into())).unwrap());
+        back.push(b.write(&w.did, s.clone(), k.clone(), Change::SetAdd("y".into())).unwrap());
+        now.fetch_add(5, Ordering::SeqCst);
+        back.push(b.write(&w.did, s.clone(), k.clone(), Change::SetRemove("x".into())).unwrap());
+        a.apply(back);
+        b.apply(sent);
+        assert_eq!(a.root(&w.did).unwrap(), b.root(&w.did).unwrap());
+        let counter = a.records(&w.did).unwrap()["dev.ues.test.counter/self"];
+        let value = dagcbor::decode_atproto(&a.blocks().get(&counter).unwrap().unwrap()).unwrap();
+        assert_eq!(value.get("count"), Some(&Ipld::Integer(3)));
+        let set = a.records(&w.did).unwrap()["dev.ues.test.set/self"];
+        let value = dagcbor::decode_atproto(&a.blocks().get(&set).unwrap().unwrap()).unwrap();
+        assert_eq!(value.get("members"), Some(&Ipld::List(vec![Ipld::String("y".into())])));
+    }
+
+    #[test]
+    fn reopening_rebuilds_the_log_and_the_state() {
+        let w = world();
+        let now = Arc::new(AtomicU64::new(crate::hlc::system_ms()));
+        let store: Arc<dyn Blockstore> = Arc::new(MemoryBlockstore::new());
+        let clock = {
+            let n = now.clone();
+            Hlc::with_physical(60_000, move || n.load(Ordering::SeqCst))
+        };
+        let mut a =
+            Replica::open(store.clone(), w.keys.clone(), clock, Some(SigningKey::from_bytes(&[1; 32]))).unwrap();
+        a.authorize(&w.account, &w.did, a.device_id().unwrap(), false).unwrap();
+        for i in 0..20 {
+            a.write(&w.did, nsid(), RecordKey::new(format!("r{i}")).unwrap(), post("x")).unwrap();
+        }
+        a.write(&w.did, nsid(), RecordKey::new("r3").unwrap(), Change::Delete).unwrap();
+        let root = a.root(&w.did).unwrap();
+        let commit = a.commit(&w.did, &w.account).unwrap();
+        commit.verify(&w.account.public()).unwrap();
+        let clock = {
+            let n = now.clone();
+            Hlc::with_physical(60_000, move || n.load(Ordering::SeqCst))
+        };
+        let mut again = Replica::open(store, w.keys.clone(), clock, Some(SigningKey::from_bytes(&[1; 32]))).unwrap();
+        assert_eq!(again.len(), a.len());
+        assert_eq!(again.root(&w.did).unwrap(), root);
+        assert_eq!(again.commit(&w.did, &w.account).unwrap(), commit, "deterministic commit");
+        // The device continues its sequence.
+        again.write(&w.did, nsid(), RecordKey::new("r99").unwrap(), post("x")).unwrap();
+        assert_eq!(again.version_vector(&w.did).get(&again.device_id().unwrap()), 22);
+    }
+}
