@@ -1,6 +1,8 @@
 //! `ues bench create`: createRecord throughput and latency against a running node, over real
 //! HTTP/1.1 keep-alive connections, from a client light enough that the node is what is measured
 //! (a plain tokio TCP client; the official-client benchmark is `tests/js/bench_create.mjs`).
+//!
+//! `ues bench sync`: replica reconciliation scenarios in memory (see `ues_sync::sim`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,4 +124,56 @@ pub(crate) async fn create(addr: SocketAddr, records: usize, concurrency: usize)
         "records": records, "concurrency": concurrency, "seconds": secs,
         "recordsPerSec": records as f64 / secs, "p50ms": ms(0.5), "p99ms": ms(0.99), "maxMs": ms(1.0),
     }))
+}
+
+/// Runs the reconciliation scenarios, handing each result to `emit` as it completes.
+pub(crate) fn sync(ops: usize, rtt_ms: f64, only: Option<&str>, mut emit: impl FnMut(Value)) {
+    use ues_sync::recon::SyncConfig;
+    use ues_sync::sim::{Missing, generate, replicas, run};
+    let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
+    let mut report = |r: ues_sync::sim::ScenarioResult, setup_s: f64| {
+        emit(json!({
+            "scenario": r.scenario,
+            "ops": r.ops,
+            "differences": r.differences,
+            "round_trips": r.round_trips,
+            "bytes_a_to_b": r.bytes_a_to_b,
+            "bytes_b_to_a": r.bytes_b_to_a,
+            "recon_bytes_a_to_b": r.recon_bytes_a_to_b,
+            "recon_bytes_b_to_a": r.recon_bytes_b_to_a,
+            "cpu_ms": (r.cpu_ms * 100.0).round() / 100.0,
+            "elapsed_ms_at_rtt": (r.elapsed_ms * 100.0).round() / 100.0,
+            "rtt_ms": rtt_ms,
+            "converged": r.converged,
+            "setup_s": (setup_s * 10.0).round() / 10.0,
+        }))
+    };
+    let one_author = ["identical", "recent_100", "scattered_100", "recent_100_both_sides", "scattered_100_both_sides"];
+    if one_author.iter().any(|n| wanted(n)) {
+        let t = Instant::now();
+        let g = generate(ops, 1, 3, 7);
+        let gen_s = t.elapsed().as_secs_f64();
+        for (name, missing) in [
+            ("identical", Missing::Nothing),
+            ("recent_100", Missing::Recent(100)),
+            ("scattered_100", Missing::Scattered(100)),
+            ("recent_100_both_sides", Missing::RecentBoth(100)),
+            ("scattered_100_both_sides", Missing::ScatteredBoth(100)),
+        ] {
+            if !wanted(name) {
+                continue;
+            }
+            let t = Instant::now();
+            let (mut a, mut b, d) = replicas(&g, missing, 11);
+            let setup = gen_s + t.elapsed().as_secs_f64();
+            report(run(name, &g, &mut a, &mut b, d, SyncConfig::default(), rtt_ms), setup);
+        }
+    }
+    if wanted("authors_1000_idle") {
+        let t = Instant::now();
+        let g = generate(ops, 1_000, 3, 9);
+        let (mut a, mut b, d) = replicas(&g, Missing::Nothing, 11);
+        let setup = t.elapsed().as_secs_f64();
+        report(run("authors_1000_idle", &g, &mut a, &mut b, d, SyncConfig::default(), rtt_ms), setup);
+    }
 }

@@ -61,6 +61,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
     },
+    /// Replica reconciliation in memory: two replicas of a generated log of signed operations,
+    /// four scenarios (identical; 100 recent and 100 scattered differences; 1,000 authors with
+    /// nothing new); round trips, bytes each way, CPU, and whether the MST roots converge.
+    Sync {
+        /// Operations in the log.
+        #[arg(long, default_value_t = 1_000_000)]
+        ops: usize,
+        /// Simulated round-trip time, milliseconds (added to the elapsed time reported).
+        #[arg(long, default_value_t = 50.0)]
+        rtt_ms: f64,
+        /// Print one JSON object per line (default: the same objects, pretty-printed).
+        #[arg(long)]
+        json: bool,
+        /// Run only the scenarios whose names contain this.
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +171,16 @@ fn main() -> anyhow::Result<()> {
             if !compatible {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Sync { ops, rtt_ms, json, only }) => {
+            bench::sync(ops, rtt_ms, only.as_deref(), |v| {
+                if json {
+                    println!("{v}")
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+                }
+            });
             Ok(())
         }
         Command::Bench(BenchCommand::Create { addr, records, concurrency }) => {

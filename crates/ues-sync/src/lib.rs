@@ -9,6 +9,7 @@
 //! - [`recon`]: the reconciliation session (messages in `proto/ues_sync.proto`).
 //! - [`live`]: single entries pushed as they are written, relayed without echoes.
 //! - [`hlc`], [`vv`]: clocks.
+//! - [`sim`]: generated logs and measured sessions for benchmarks.
 //!
 //! ## Layer contract
 //! Depends only on `ues-repo`. Transport-agnostic: it runs in memory in tests and over libp2p in
@@ -19,6 +20,7 @@ pub mod hlc;
 pub mod live;
 pub mod recon;
 pub mod replica;
+pub mod sim;
 pub mod vv;
 
 /// The reconciliation messages, generated from `proto/ues_sync.proto`.

@@ -40,7 +40,9 @@ pub const MAX_SCOPE: usize = 100_000;
 pub struct SyncConfig {
     /// Parts of the first question.
     pub first_parts: usize,
-    /// A range holding at most this many of the asker's entries is listed, not split.
+    /// Entries per part when a range is split into parts meant to be listed next; a range
+    /// holding up to four times this many of the asker's entries is listed, not split (part
+    /// sizes vary with the timestamps' spread).
     pub leaf: usize,
     /// Parts per estimated difference when a large range is split.
     pub parts_per_difference: usize,
@@ -58,7 +60,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             first_parts: 16,
-            leaf: 64,
+            leaf: 48,
             parts_per_difference: 12,
             max_parts: 256,
             question_budget: 192 << 10,
@@ -238,6 +240,7 @@ pub struct Session {
     outcome: Outcome,
     peer_span: Option<(u128, u128)>,
     last_report: ApplyReport,
+    received_any_batch: u64,
 }
 
 fn fp_of(sum: &[u64; 4], count: u64) -> [u8; 16] {
@@ -319,6 +322,7 @@ impl Session {
             outcome: Outcome::Running,
             peer_span: None,
             last_report: ApplyReport::default(),
+            received_any_batch: 0,
         }
     }
 
@@ -387,12 +391,7 @@ impl Session {
         let mut s = Session::new(cfg, Some(scope), false);
         s.stats.bytes_received += hello.len() as u64;
         s.refresh(rep);
-        let (my_first, my_last) = s.span(rep);
         let mut turn = proto::Turn::default();
-        if let (Some(f), Some(l)) = (my_first, my_last) {
-            turn.first = pos_bytes(f);
-            turn.last = pos_bytes(l);
-        }
         let mut answers_bytes = 0;
         match (h.question, h.first.is_empty()) {
             (Some(q), false) => {
@@ -435,6 +434,7 @@ impl Session {
         // Entries first: the answers below then see them.
         let batch = self.take_batch(&turn.ops)?;
         if !batch.is_empty() {
+            self.received_any_batch += 1;
             let report = rep.apply(batch);
             self.stats.entries_applied += report.applied as u64;
             self.stats.entries_refused += report.refused.len() as u64;
@@ -500,9 +500,12 @@ impl Session {
         self.asked = next_asked;
         self.finish_turn(rep, out, turn.more).inspect(|reply| {
             if reply.is_none() && self.outcome == Outcome::Running {
+                let moved = self.stats.entries_sent + self.stats.entries_applied + self.stats.entries_refused;
                 self.outcome = match turn.final_fingerprint.len() {
                     16 if turn.final_fingerprint == self.whole_fingerprint(rep) => Outcome::Converged,
                     16 => Outcome::Diverged,
+                    // Nothing moved either way: every range compared equal.
+                    _ if moved == 0 && self.received_any_batch == 0 => Outcome::Converged,
                     _ => Outcome::Finished,
                 };
             }
@@ -628,7 +631,7 @@ impl Session {
         parts: usize,
     ) -> (proto::Question, Asked) {
         let mine = mine.unwrap_or_else(|| self.keys(rep, r).count() as u64);
-        if mine as usize <= self.cfg.leaf || r.hi - r.lo <= 1 {
+        if mine as usize <= 4 * self.cfg.leaf || r.hi - r.lo <= 1 {
             let keys: Vec<LogKey> = self.keys(rep, r).collect();
             let width = id_width(&keys);
             let mut prefixes = Vec::with_capacity(keys.len() * width);
@@ -683,12 +686,14 @@ impl Session {
     /// How many parts to split a range we hold `mine` entries of into.
     fn parts_for(&self, mine: u64, peer: Option<u64>) -> usize {
         let leaf = self.cfg.leaf as u64;
-        let p = if mine <= leaf * 16 {
+        let p = if mine <= leaf * 32 {
             // Small enough that the parts will be listed next.
             mine.div_ceil(leaf)
         } else {
+            // One part per few estimated differences, and small enough parts that one more
+            // split makes them listable.
             let diff = peer.map_or(1, |p| p.abs_diff(mine)).max(1);
-            diff.saturating_mul(self.cfg.parts_per_difference as u64)
+            diff.saturating_mul(self.cfg.parts_per_difference as u64).max(mine.div_ceil(leaf * 32))
         };
         (p as usize).clamp(2, self.cfg.max_parts)
     }
@@ -839,17 +844,18 @@ impl Session {
         }
         if !asks && !wants && !turn.more && !peer_more {
             // We expect nothing more: once the peer applies this turn, both sets are ours.
-            turn.final_fingerprint = self.whole_fingerprint_with(rep);
-            self.outcome = Outcome::Finished;
+            let moved = self.stats.entries_sent + self.stats.entries_applied + self.stats.entries_refused;
+            if moved > 0 || self.received_any_batch > 0 {
+                turn.final_fingerprint = self.whole_fingerprint(rep);
+                self.outcome = Outcome::Finished;
+            } else {
+                self.outcome = Outcome::Converged;
+            }
         }
         let bytes = proto::SyncMessage { body: Some(proto::sync_message::Body::Turn(turn)) }.encode_to_vec();
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
         Ok(Some(bytes))
-    }
-
-    fn whole_fingerprint_with(&self, rep: &Replica) -> Vec<u8> {
-        self.whole_fingerprint(rep)
     }
 
     /// Statistics so far.
