@@ -131,6 +131,12 @@ pub(crate) fn sync(ops: usize, rtt_ms: f64, only: Option<&str>, mut emit: impl F
     use ues_sync::recon::SyncConfig;
     use ues_sync::sim::{Missing, generate, replicas, run};
     let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
+    if wanted("live_single_edit") {
+        let (put, add) = ues_sync::sim::live_edit_sizes();
+        emit(
+            json!({"scenario": "live_single_edit", "put_message_bytes": put, "counter_add_message_bytes": add, "signature_bytes": 64}),
+        );
+    }
     let mut report = |r: ues_sync::sim::ScenarioResult, setup_s: f64| {
         emit(json!({
             "scenario": r.scenario,

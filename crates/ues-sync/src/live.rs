@@ -68,7 +68,8 @@ pub struct Relayed<P> {
     pub forward: Option<(Vec<u8>, Vec<P>)>,
 }
 
-/// Applies a live message from `from` and decides what to forward to the other `peers`.
+/// Applies a live message from `from` and decides what to forward: to every one of `peers`
+/// (this replica's connected peers) except `from`.
 pub fn receive<P: Clone + Eq + Hash>(
     rep: &mut Replica,
     bytes: &[u8],
@@ -83,4 +84,67 @@ pub fn receive<P: Clone + Eq + Hash>(
     let targets: Vec<P> = peers.iter().filter(|p| *p != from).cloned().collect();
     let forward = (!fresh.is_empty() && !targets.is_empty()).then(|| (encode(&fresh), targets));
     Ok(Relayed { report, forward })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::Arc;
+
+    use ed25519_dalek::SigningKey;
+    use ues_repo::crypto::{KeyType, Keypair};
+    use ues_repo::ipld::Ipld;
+    use ues_repo::syntax::{Did, Nsid, RecordKey};
+
+    use super::*;
+    use crate::hlc::Hlc;
+    use crate::replica::Change;
+
+    /// Three replicas all connected: one edit reaches the other two, each forwards it only to
+    /// the peer it did not come from, and that peer, already holding it, forwards nothing.
+    #[test]
+    fn one_edit_crosses_each_link_without_echo() {
+        let account = Keypair::generate(KeyType::K256);
+        let did = Did::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz").unwrap();
+        let keys = Arc::new(HashMap::from([(did.clone(), account.public())]));
+        let mut reps: Vec<Replica> = (0..3u8)
+            .map(|i| Replica::in_memory(keys.clone(), Hlc::new(60_000), Some(SigningKey::from_bytes(&[i + 1; 32]))))
+            .collect();
+        let dev = reps[0].device_id().unwrap();
+        let auth = reps[0].authorize(&account, &did, dev, false).unwrap();
+        reps[1].apply(vec![auth.clone()]);
+        reps[2].apply(vec![auth]);
+        let post = Ipld::Map(BTreeMap::from([
+            ("$type".into(), Ipld::String("app.bsky.feed.post".into())),
+            ("text".into(), Ipld::String("hi".into())),
+        ]));
+        let rkey = RecordKey::new("3kabcdefghijk").unwrap();
+        let edit =
+            reps[0].write(&did, Nsid::new("app.bsky.feed.post").unwrap(), rkey.clone(), Change::Put(post)).unwrap();
+        let msg = encode(&[edit]);
+        assert!(msg.len() < 400, "a small put travels in {} bytes", msg.len());
+        let counter = reps[0].write(&did, Nsid::new("dev.ues.test.counter").unwrap(), rkey, Change::Add(1)).unwrap();
+        let counter = encode(&[counter]);
+        assert!(counter.len() < 260, "a counter increment travels in {} bytes", counter.len());
+
+        let mut deliveries = vec![(0usize, 1usize, msg.clone()), (0, 2, msg), (0, 1, counter.clone()), (0, 2, counter)];
+        let mut hops = 0;
+        while let Some((from, to, m)) = deliveries.pop() {
+            hops += 1;
+            assert!(hops < 20, "the flood stops");
+            let peers: Vec<usize> = (0..3).filter(|p| *p != to).collect();
+            let r = receive(&mut reps[to], &m, &from, &peers).unwrap();
+            if let Some((fwd, targets)) = r.forward {
+                assert!(!targets.contains(&from) && !targets.contains(&to));
+                deliveries.extend(targets.into_iter().map(|t| (to, t, fwd.clone())));
+            } else {
+                assert_eq!(r.report.duplicates, 1, "only a copy already held is not forwarded");
+            }
+        }
+        // Per edit: two first deliveries, then 1 and 2 each forward once to the other; the
+        // second copy each receives is a duplicate and goes no further.
+        assert_eq!(hops, 8);
+        let root = reps[0].root(&did).unwrap();
+        assert!(reps.iter_mut().all(|r| r.root(&did).unwrap() == root));
+    }
 }

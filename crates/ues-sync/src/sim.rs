@@ -225,3 +225,30 @@ pub fn run(
         converged,
     }
 }
+
+/// Bytes on the wire of one live edit: a small post (operation + its record block) and a
+/// counter increment (operation only), each as a whole live message.
+pub fn live_edit_sizes() -> (usize, usize) {
+    let account = Keypair::generate(KeyType::K256);
+    let did = Did::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz").expect("valid");
+    let keys = Arc::new(HashMap::from([(did.clone(), account.public())]));
+    let mut r = Replica::in_memory(keys, Hlc::new(60_000), Some(SigningKey::from_bytes(&[1; 32])));
+    let dev = r.device_id().expect("has a device");
+    r.authorize(&account, &did, dev, false).expect("authorizes");
+    let post = Ipld::Map(
+        [
+            ("$type".to_string(), Ipld::String("app.bsky.feed.post".into())),
+            ("text".to_string(), Ipld::String("hello".into())),
+            ("createdAt".to_string(), Ipld::String("2026-11-24T12:00:00.000Z".into())),
+        ]
+        .into(),
+    );
+    let rkey = RecordKey::new("3kabcdefghijk").expect("valid");
+    let put = r
+        .write(&did, Nsid::new("app.bsky.feed.post").expect("valid"), rkey.clone(), crate::replica::Change::Put(post))
+        .expect("writes");
+    let add = r
+        .write(&did, Nsid::new("app.bsky.feed.like").expect("valid"), rkey, crate::replica::Change::Add(1))
+        .expect("writes");
+    (crate::live::encode(&[put]).len(), crate::live::encode(&[add]).len())
+}
