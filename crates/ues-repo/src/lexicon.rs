@@ -267,6 +267,20 @@ fn parse_def(id: &str, name: &str, v: &Value) -> Result<Def, LexiconError> {
 pub struct Lexicons {
     docs: HashMap<String, HashMap<String, Def>>,
     indexes: BTreeMap<String, Vec<IndexSpec>>,
+    merges: BTreeMap<String, MergeKind>,
+}
+
+/// How replicas merge concurrent writes to records of a collection (a UES extension: `"merge"`
+/// in the record definition; absent means `"lww"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MergeKind {
+    /// A register: the latest write wins (HLC order), deletes are tombstones.
+    #[default]
+    Lww,
+    /// A counter: writes add signed deltas, which sum.
+    Counter,
+    /// A set of strings: writes add or remove elements; each element's latest action wins.
+    Set,
 }
 
 /// A secondary index a record Lexicon declares (a UES extension: `"indexes"` in the record
@@ -346,6 +360,18 @@ fn parse_indexes(id: &str, def: &Value) -> Result<Vec<IndexSpec>, LexiconError> 
     Ok(specs)
 }
 
+fn parse_merge(id: &str, def: &Value) -> Result<MergeKind, LexiconError> {
+    match def.get("merge").map(|v| v.as_str()) {
+        None | Some(Some("lww")) => Ok(MergeKind::Lww),
+        Some(Some("counter")) => Ok(MergeKind::Counter),
+        Some(Some("set")) => Ok(MergeKind::Set),
+        Some(other) => Err(LexiconError {
+            id: id.to_string(),
+            reason: format!("#main.merge: {other:?} is not \"lww\", \"counter\" or \"set\""),
+        }),
+    }
+}
+
 /// Nesting bound for validation (data is already bounded by the CBOR decoder; refs can loop).
 const MAX_DEPTH: usize = 64;
 
@@ -368,10 +394,15 @@ impl Lexicons {
         for (name, v) in &d.defs {
             defs.insert(name.clone(), parse_def(&d.id, name, v)?);
         }
-        let indexes = match (d.defs.get("main"), defs.get("main")) {
-            (Some(raw), Some(Def::Record { .. })) => parse_indexes(&d.id, raw)?,
-            _ => vec![],
+        let (indexes, merge) = match (d.defs.get("main"), defs.get("main")) {
+            (Some(raw), Some(Def::Record { .. })) => (parse_indexes(&d.id, raw)?, parse_merge(&d.id, raw)?),
+            _ => (vec![], MergeKind::Lww),
         };
+        if merge == MergeKind::Lww {
+            self.merges.remove(&d.id);
+        } else {
+            self.merges.insert(d.id.clone(), merge);
+        }
         self.docs.insert(d.id.clone(), defs);
         if indexes.is_empty() {
             self.indexes.remove(&d.id);
@@ -403,6 +434,11 @@ impl Lexicons {
             }
         }
         Ok(n)
+    }
+
+    /// How a collection's records merge across replicas (`"merge"` in its record definition).
+    pub fn merge_kind(&self, collection: &str) -> MergeKind {
+        self.merges.get(collection).copied().unwrap_or_default()
     }
 
     /// The secondary indexes record Lexicons declare, by collection.

@@ -18,6 +18,7 @@ use ues_repo::commit::Commit;
 use ues_repo::crypto::{Keypair, PublicKey};
 use ues_repo::ipld::storage::{self, BLAKE3, Blockstore, MemoryBlockstore};
 use ues_repo::ipld::{Ipld, Mst, cid_sha256, dagcbor};
+use ues_repo::lexicon::{Lexicons, MergeKind};
 use ues_repo::syntax::{Did, Nsid, RecordKey, Tid};
 
 use crate::entry::{DAG_CBOR, DeviceAuth, Entry, EntryError, EntryId, Op, OpKind, entry_id, position};
@@ -108,6 +109,15 @@ pub enum ReplicaError {
     /// This replica has no device key, or its device is not authorized for the account.
     #[error("this device may not write for {0}")]
     NotAuthorized(Did),
+    /// The change does not fit how the collection's Lexicon says its records merge (a counter
+    /// takes adds, a set takes element adds and removes, other records take puts).
+    #[error("{collection} merges as {merge:?}; this change does not apply to it")]
+    WrongMerge {
+        /// The collection.
+        collection: String,
+        /// How its records merge.
+        merge: MergeKind,
+    },
     /// A write was refused by the replica's own checks.
     #[error(transparent)]
     Refused(Box<Refused>),
@@ -251,6 +261,7 @@ pub struct Replica {
     pending_len: usize,
     refusals: VecDeque<Refusal>,
     refusal_counts: BTreeMap<&'static str, u64>,
+    lexicons: Option<Arc<Lexicons>>,
 }
 
 fn refusal_name(r: &Refused) -> &'static str {
@@ -294,6 +305,7 @@ impl Replica {
             pending_len: 0,
             refusals: VecDeque::new(),
             refusal_counts: BTreeMap::new(),
+            lexicons: None,
         };
         let mut auths = Vec::new();
         let mut ops = Vec::new();
@@ -324,6 +336,13 @@ impl Replica {
     /// An in-memory replica (tests, benchmarks).
     pub fn in_memory(keys: Arc<dyn AccountKeys>, clock: Hlc, device: Option<SigningKey>) -> Self {
         Self::open(Arc::new(MemoryBlockstore::new()), keys, clock, device).expect("an empty store opens")
+    }
+
+    /// Lexicons that say how collections merge: [`Replica::write`] then refuses changes that
+    /// do not fit (applying remote entries never depends on them, so replicas with different
+    /// Lexicons still converge).
+    pub fn set_lexicons(&mut self, lexicons: Arc<Lexicons>) {
+        self.lexicons = Some(lexicons);
     }
 
     /// This replica's device id, when it writes.
@@ -420,6 +439,19 @@ impl Replica {
         change: Change,
     ) -> Result<Signed, ReplicaError> {
         let key = self.device.clone().ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
+        if let Some(lex) = &self.lexicons {
+            let merge = lex.merge_kind(collection.as_str());
+            let fits = match (&change, merge) {
+                (Change::Delete, _) => true,
+                (Change::Put(_), MergeKind::Lww) => true,
+                (Change::Add(_), MergeKind::Counter) => true,
+                (Change::SetAdd(_) | Change::SetRemove(_), MergeKind::Set) => true,
+                _ => false,
+            };
+            if !fits {
+                return Err(ReplicaError::WrongMerge { collection: collection.to_string(), merge });
+            }
+        }
         let dev = key.verifying_key().to_bytes();
         let idx = self.did_lookup(did).ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
         let hlc = self.clock.now()?;
@@ -965,6 +997,31 @@ mod tests {
         let set = a.records(&w.did).unwrap()["dev.ues.test.set/self"];
         let value = dagcbor::decode_atproto(&a.blocks().get(&set).unwrap().unwrap()).unwrap();
         assert_eq!(value.get("members"), Some(&Ipld::List(vec![Ipld::String("y".into())])));
+    }
+
+    #[test]
+    fn a_lexicon_decides_which_changes_a_collection_takes() {
+        let w = world();
+        let now = Arc::new(AtomicU64::new(crate::hlc::system_ms()));
+        let mut a = replica(&w, 1, now);
+        a.authorize(&w.account, &w.did, a.device_id().unwrap(), false).unwrap();
+        let mut lex = Lexicons::new();
+        for (id, merge) in [("dev.ues.test.likes", "counter"), ("dev.ues.test.tags", "set")] {
+            let doc = serde_json::json!({"lexicon": 1, "id": id, "defs": {"main": {"type": "record", "key": "any", "merge": merge, "record": {"type": "object", "properties": {}}}}});
+            lex.add(&doc).unwrap();
+        }
+        let bad = serde_json::json!({"lexicon": 1, "id": "dev.ues.test.bad", "defs": {"main": {"type": "record", "key": "any", "merge": "max", "record": {"type": "object", "properties": {}}}}});
+        assert!(lex.add(&bad).is_err());
+        a.set_lexicons(Arc::new(lex));
+        let k = || RecordKey::new("self").unwrap();
+        let likes = Nsid::new("dev.ues.test.likes").unwrap();
+        let tags = Nsid::new("dev.ues.test.tags").unwrap();
+        a.write(&w.did, likes.clone(), k(), Change::Add(1)).unwrap();
+        assert!(matches!(a.write(&w.did, likes.clone(), k(), post("x")), Err(ReplicaError::WrongMerge { merge: MergeKind::Counter, .. })));
+        a.write(&w.did, tags.clone(), k(), Change::SetAdd("rust".into())).unwrap();
+        assert!(matches!(a.write(&w.did, tags, k(), Change::Add(1)), Err(ReplicaError::WrongMerge { .. })));
+        assert!(matches!(a.write(&w.did, nsid(), k(), Change::Add(1)), Err(ReplicaError::WrongMerge { merge: MergeKind::Lww, .. })));
+        a.write(&w.did, likes, k(), Change::Delete).unwrap();
     }
 
     #[test]
