@@ -413,7 +413,7 @@ impl Session {
             (None, true) => s.queue_range(rep, Range { lo: 0, hi: u128::MAX }),
             _ => return Err(violation("a span without a question, or a question without a span")),
         }
-        let bytes = s.finish_turn(rep, turn, false)?;
+        let bytes = s.finish_turn(rep, turn, false, false)?;
         Ok((Some(s), bytes.expect("the responder always replies to Hello")))
     }
 
@@ -498,8 +498,8 @@ impl Session {
             }
         }
         self.asked = next_asked;
-        self.finish_turn(rep, out, turn.more).inspect(|reply| {
-            if reply.is_none() && self.outcome == Outcome::Running {
+        self.finish_turn(rep, out, turn.more, turn.done).inspect(|reply| {
+            if reply.is_none() {
                 let moved = self.stats.entries_sent + self.stats.entries_applied + self.stats.entries_refused;
                 self.outcome = match turn.final_fingerprint.len() {
                     16 if turn.final_fingerprint == self.whole_fingerprint(rep) => Outcome::Converged,
@@ -799,13 +799,15 @@ impl Session {
         Ok(out)
     }
 
-    /// Fills a turn with deferred questions and entries, and encodes it. `peer_more`: the
-    /// peer has entries queued for us, so we must reply even with nothing to say.
+    /// Fills a turn with deferred questions and entries, and encodes it; `None` when we have
+    /// nothing to say and the peer said it expects nothing (`peer_done`). `peer_more`: the
+    /// peer has entries or questions queued for us.
     fn finish_turn(
         &mut self,
         rep: &Replica,
         mut turn: proto::Turn,
         peer_more: bool,
+        peer_done: bool,
     ) -> Result<Option<Vec<u8>>, SyncError> {
         let mut qbytes: usize = turn.answers.iter().map(|a| a.encoded_len()).sum();
         while qbytes < self.cfg.question_budget
@@ -835,14 +837,16 @@ impl Session {
                 .map_err(|e| SyncError::Protocol(format!("compressing a batch: {e}")))?;
             self.stats.entry_bytes_sent += turn.ops.len() as u64;
         }
-        turn.more = !self.outgoing.is_empty();
+        // More entries queued, or questions deferred by a full turn: the peer must reply.
+        turn.more = !self.outgoing.is_empty() || !self.deferred.is_empty();
         let asks = self.asked.iter().any(|a| !matches!(a, Asked::Nothing)) || !self.deferred.is_empty();
         let wants = turn.answers.iter().any(|a| a.want.iter().any(|b| *b != 0));
         let nothing = turn.answers.is_empty() && turn.extra.is_empty() && turn.ops.is_empty() && !turn.more;
-        if nothing && !peer_more && !asks {
+        if nothing && peer_done && !asks {
             return Ok(None);
         }
         if !asks && !wants && !turn.more && !peer_more {
+            turn.done = true;
             // We expect nothing more: once the peer applies this turn, both sets are ours.
             let moved = self.stats.entries_sent + self.stats.entries_applied + self.stats.entries_refused;
             if moved > 0 || self.received_any_batch > 0 {
@@ -851,6 +855,8 @@ impl Session {
             } else {
                 self.outcome = Outcome::Converged;
             }
+        } else {
+            self.outcome = Outcome::Running;
         }
         let bytes = proto::SyncMessage { body: Some(proto::sync_message::Body::Turn(turn)) }.encode_to_vec();
         self.stats.messages_sent += 1;

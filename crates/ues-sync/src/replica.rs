@@ -175,6 +175,8 @@ pub struct ApplyReport {
     pub duplicates: usize,
     /// Operations waiting for their device's authorization.
     pub pending: usize,
+    /// Operations beaten by a delete already held: collected on arrival, not stored.
+    pub collected: usize,
     /// Refused entries, with reasons.
     pub refused: Vec<Refusal>,
     /// Ids of the new entries.
@@ -262,6 +264,8 @@ pub struct Replica {
     refusals: VecDeque<Refusal>,
     refusal_counts: BTreeMap<&'static str, u64>,
     lexicons: Option<Arc<Lexicons>>,
+    block_refs: HashMap<Cid, u32>,
+    collected: u64,
 }
 
 fn refusal_name(r: &Refused) -> &'static str {
@@ -306,6 +310,8 @@ impl Replica {
             refusals: VecDeque::new(),
             refusal_counts: BTreeMap::new(),
             lexicons: None,
+            block_refs: HashMap::new(),
+            collected: 0,
         };
         let mut auths = Vec::new();
         let mut ops = Vec::new();
@@ -328,7 +334,10 @@ impl Replica {
         ops.sort_by_key(|(id, op)| position(op.hlc, id));
         for (id, op) in ops {
             let _ = r.clock.observe(op.hlc);
-            r.index_op(id, &op);
+            if !r.index_op(id, &op) {
+                // Stored before the delete that beats it arrived, and not yet removed.
+                r.blocks.delete(&entry_cid_from_id(&id))?;
+            }
         }
         Ok(r)
     }
@@ -441,13 +450,13 @@ impl Replica {
         let key = self.device.clone().ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
         if let Some(lex) = &self.lexicons {
             let merge = lex.merge_kind(collection.as_str());
-            let fits = match (&change, merge) {
-                (Change::Delete, _) => true,
-                (Change::Put(_), MergeKind::Lww) => true,
-                (Change::Add(_), MergeKind::Counter) => true,
-                (Change::SetAdd(_) | Change::SetRemove(_), MergeKind::Set) => true,
-                _ => false,
-            };
+            let fits = matches!(
+                (&change, merge),
+                (Change::Delete, _)
+                    | (Change::Put(_), MergeKind::Lww)
+                    | (Change::Add(_), MergeKind::Counter)
+                    | (Change::SetAdd(_) | Change::SetRemove(_), MergeKind::Set)
+            );
             if !fits {
                 return Err(ReplicaError::WrongMerge { collection: collection.to_string(), merge });
             }
@@ -522,11 +531,15 @@ impl Replica {
                 continue;
             }
             let _ = self.clock.observe(entry.hlc());
-            match &entry {
+            let stored = match &entry {
                 Entry::Auth(a) => {
                     self.index_auth(id, a);
+                    true
                 }
                 Entry::Op(op) => self.index_op(id, op),
+            };
+            if !stored {
+                continue;
             }
             blocks.push((entry_cid(&s.bytes), s.bytes));
             if let Some(b) = s.block {
@@ -634,6 +647,13 @@ impl Replica {
         {
             return Err(Refused::Equivocation { device: hex::encode(op.device), seq: op.seq });
         }
+        if self.beaten(idx, &op.path(), (op.hlc.to_u64(), op.device, id)) {
+            // A delete already held beats it: seen, and collected at once.
+            let _ = self.clock.observe(op.hlc);
+            self.index_op(id, &op);
+            report.collected += 1;
+            return Ok(());
+        }
         if let OpKind::Put(cid) = &op.kind {
             match &signed.block {
                 Some((c, data)) if c == cid => {
@@ -660,17 +680,28 @@ impl Replica {
         Ok(())
     }
 
-    fn index_op(&mut self, id: EntryId, op: &Op) {
+    /// Indexes an accepted operation; returns false when a delete already held beats it (it
+    /// is collected on arrival: counted as seen, not stored).
+    fn index_op(&mut self, id: EntryId, op: &Op) -> bool {
         let idx = self.did_idx(&op.did);
-        self.log.insert(LogKey { pos: position(op.hlc, &id), id }, LogVal { did: idx, auth: false });
         let path = op.path();
         let acct = &mut self.accounts[idx as usize];
         acct.dots.insert((op.device, op.seq), id);
         acct.seen.entry(op.device).or_default().add(op.seq);
         acct.max_hlc = acct.max_hlc.max(op.hlc);
+        if self.beaten(idx, &path, (op.hlc.to_u64(), op.device, id)) {
+            self.collected += 1;
+            return false;
+        }
+        self.log.insert(LogKey { pos: position(op.hlc, &id), id }, LogVal { did: idx, auth: false });
+        if let OpKind::Put(c) = &op.kind {
+            *self.block_refs.entry(*c).or_default() += 1;
+        }
+        let acct = &mut self.accounts[idx as usize];
         let ops = acct.targets.entry(path.clone()).or_default();
         ops.push(TargetOp { order: (op.hlc.to_u64(), op.device, id), kind: op.kind.clone() });
         self.recompute(idx, &path);
+        true
     }
 
     /// Removes what a revoked device wrote at or after its revocation, everywhere.
@@ -684,7 +715,7 @@ impl Replica {
             ops.retain(|o| {
                 let keep = o.order.1 != device || state.valid_at(Timestamp::from_u64(o.order.0));
                 if !keep {
-                    removed.push((o.order.0, o.order.2));
+                    removed.push((o.order.0, o.order.2, o.kind.clone()));
                 }
                 keep
             });
@@ -692,10 +723,13 @@ impl Replica {
                 touched.push(path.clone());
             }
         }
-        acct.dots.retain(|_, id| !removed.iter().any(|(_, r)| r == id));
-        for (hlc, id) in &removed {
+        acct.dots.retain(|_, id| !removed.iter().any(|(_, r, _)| r == id));
+        for (hlc, id, kind) in &removed {
             self.log.remove(&LogKey { pos: position(Timestamp::from_u64(*hlc), id), id: *id });
             let _ = self.blocks.delete(&entry_cid_from_id(id));
+            if let OpKind::Put(c) = kind {
+                self.release(*c);
+            }
         }
         for path in touched {
             self.recompute(idx, &path);
@@ -705,26 +739,80 @@ impl Replica {
     fn recompute(&mut self, idx: u32, path: &str) {
         let acct = &mut self.accounts[idx as usize];
         acct.root = None;
+        let mut dead = Vec::new();
         let value = match acct.targets.get_mut(path) {
             Some(ops) => {
                 ops.sort_by_key(|a| a.order);
+                // What the latest delete beats can never count again: collect it.
+                if let Some(d) = ops.iter().rposition(|o| o.kind == OpKind::Delete) {
+                    dead = ops.drain(..d).collect();
+                }
                 materialize(path, ops)
             }
             None => None,
         };
-        match value {
-            Some(Value::Cid(cid)) => {
-                acct.records.insert(path.to_string(), cid);
-            }
+        let old = acct.records.get(path).copied();
+        let new = match value {
+            Some(Value::Cid(cid)) => Some(cid),
             Some(Value::Block(bytes)) => {
                 let cid = cid_sha256(DAG_CBOR, &bytes);
                 let _ = self.blocks.put(&cid, &bytes);
-                acct.records.insert(path.to_string(), cid);
+                Some(cid)
             }
-            None => {
-                acct.records.remove(path);
+            None => None,
+        };
+        match new {
+            Some(cid) => acct.records.insert(path.to_string(), cid),
+            None => acct.records.remove(path),
+        };
+        if old != new {
+            if let Some(c) = new {
+                *self.block_refs.entry(c).or_default() += 1;
+            }
+            if let Some(c) = old {
+                self.release(c);
             }
         }
+        for o in dead {
+            self.log.remove(&LogKey { pos: position(Timestamp::from_u64(o.order.0), &o.order.2), id: o.order.2 });
+            let _ = self.blocks.delete(&entry_cid_from_id(&o.order.2));
+            if let OpKind::Put(c) = o.kind {
+                self.release(c);
+            }
+            self.collected += 1;
+        }
+    }
+
+    /// Drops one reference to a record block; the block goes with the last.
+    fn release(&mut self, cid: Cid) {
+        if let Some(n) = self.block_refs.get_mut(&cid) {
+            *n -= 1;
+            if *n == 0 {
+                self.block_refs.remove(&cid);
+                let _ = self.blocks.delete(&cid);
+            }
+        }
+    }
+
+    /// Whether an operation on `path` would be beaten by a delete already held (so it is
+    /// collected on arrival instead of stored).
+    fn beaten(&self, idx: u32, path: &str, order: (u64, DeviceId, EntryId)) -> bool {
+        self.accounts[idx as usize]
+            .targets
+            .get(path)
+            .is_some_and(|ops| ops.iter().any(|o| o.kind == OpKind::Delete && o.order > order))
+    }
+
+    /// Whether this operation is accounted for without being held: a delete held here beats
+    /// it (so it was, or would be, collected).
+    pub fn beaten_by_delete(&self, id: &EntryId, op: &Op) -> bool {
+        self.did_lookup(&op.did).is_some_and(|idx| self.beaten(idx, &op.path(), (op.hlc.to_u64(), op.device, *id)))
+    }
+
+    /// Entries collected so far: operations (and the record blocks only they used) beaten by
+    /// a later delete.
+    pub fn collected(&self) -> u64 {
+        self.collected
     }
 
     /// The materialized records of an account: path → record CID.
@@ -732,15 +820,14 @@ impl Replica {
         self.did_lookup(did).map(|i| &self.accounts[i as usize].records)
     }
 
-    /// The account's version vector: for each device, how many of its operations (a
-    /// contiguous prefix) this replica holds.
+    /// The account's version vector: for each device, the highest sequence number of its
+    /// operations this replica has seen (operations a delete beat may have been collected
+    /// since, so the log can hold fewer).
     pub fn version_vector(&self, did: &Did) -> VersionVector {
         let mut vv = VersionVector::new();
         if let Some(i) = self.did_lookup(did) {
             for (d, s) in &self.accounts[i as usize].seen {
-                if s.contiguous > 0 {
-                    vv.set(*d, s.contiguous);
-                }
+                vv.set(*d, s.contiguous.max(s.above.last().copied().unwrap_or(0)));
             }
         }
         vv
@@ -1017,10 +1104,16 @@ mod tests {
         let likes = Nsid::new("dev.ues.test.likes").unwrap();
         let tags = Nsid::new("dev.ues.test.tags").unwrap();
         a.write(&w.did, likes.clone(), k(), Change::Add(1)).unwrap();
-        assert!(matches!(a.write(&w.did, likes.clone(), k(), post("x")), Err(ReplicaError::WrongMerge { merge: MergeKind::Counter, .. })));
+        assert!(matches!(
+            a.write(&w.did, likes.clone(), k(), post("x")),
+            Err(ReplicaError::WrongMerge { merge: MergeKind::Counter, .. })
+        ));
         a.write(&w.did, tags.clone(), k(), Change::SetAdd("rust".into())).unwrap();
         assert!(matches!(a.write(&w.did, tags, k(), Change::Add(1)), Err(ReplicaError::WrongMerge { .. })));
-        assert!(matches!(a.write(&w.did, nsid(), k(), Change::Add(1)), Err(ReplicaError::WrongMerge { merge: MergeKind::Lww, .. })));
+        assert!(matches!(
+            a.write(&w.did, nsid(), k(), Change::Add(1)),
+            Err(ReplicaError::WrongMerge { merge: MergeKind::Lww, .. })
+        ));
         a.write(&w.did, likes, k(), Change::Delete).unwrap();
     }
 

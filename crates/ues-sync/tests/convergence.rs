@@ -248,11 +248,14 @@ proptest! {
         written.extend(second);
         heal(&w, &mut reps, cfg);
         assert_converged(&w, &mut reps);
-        // No write is lost.
+        // No write is lost: each is held by every replica, or beaten by a delete every
+        // replica holds (and collected).
         for s in &written {
             let id = ues_sync::entry::entry_id(&s.bytes);
-            let e = ues_sync::Entry::decode(&s.bytes).unwrap();
-            prop_assert!(reps.iter().all(|r| r.contains(&id, e.hlc())));
+            let ues_sync::Entry::Op(op) = ues_sync::Entry::decode(&s.bytes).unwrap() else { unreachable!() };
+            let held = reps.iter().all(|r| r.contains(&id, op.hlc));
+            let beaten = reps.iter().all(|r| !r.contains(&id, op.hlc) && r.beaten_by_delete(&id, &op));
+            prop_assert!(held || beaten, "write {} is neither held nor beaten everywhere", op.uri());
         }
     }
 
@@ -281,8 +284,7 @@ proptest! {
         y.apply(shuffled);
         let did = &w.accounts[0].0;
         prop_assert_eq!(x.root(did).unwrap(), y.root(did).unwrap());
-        prop_assert_eq!(x.len(), all.len());
-        prop_assert_eq!(y.len(), all.len());
+        prop_assert_eq!(x.len(), y.len());
         prop_assert_eq!(x.pending_len() + y.pending_len(), 0);
     }
 
