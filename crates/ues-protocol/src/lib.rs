@@ -9,7 +9,9 @@
 //! Every server here is a plain `fn router(state) -> Router`, testable without sockets.
 //!
 //! Built so far: the HTTP server's operational endpoints ([`http`]) and the first XRPC methods
-//! ([`xrpc`]): server/session, identity.resolveHandle and the record endpoints.
+//! ([`xrpc`]): server/session, identity.resolveHandle and the record endpoints; [`p2p`] carries
+//! replica reconciliation over libp2p request-response (started).
 
 pub mod http;
+pub mod p2p;
 pub mod xrpc;

@@ -1,0 +1,221 @@
+//! The libp2p face of the node (issue 7, started): replica reconciliation sessions carried by
+//! request-response on `/ues/sync/1`, next to identify and ping.
+//!
+//! A session is the `ues_sync::recon` state machine: the initiator's messages are requests,
+//! the responder's replies are responses; an empty response means the responder has nothing
+//! left to say (its side of the session is over). Frames are length-prefixed and bounded
+//! ([`MAX_FRAME`]); a peer that sends more is cut off by the codec before anything is read.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::request_response;
+use libp2p::{PeerId, StreamProtocol};
+use ues_sync::Replica;
+use ues_sync::recon::{Outcome, Scope, ScopeCache, Session, SyncConfig, SyncError};
+
+/// The reconciliation protocol's name.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/ues/sync/1");
+/// Largest frame either side reads (sessions keep theirs near 256 KiB; the bound is the
+/// receiver's, whatever the sender does).
+pub const MAX_FRAME: usize = 1 << 20;
+/// Responder sessions kept at once (the oldest is dropped first).
+pub const MAX_SESSIONS: usize = 64;
+
+/// Length-prefixed frames (4 bytes, big-endian) of at most [`MAX_FRAME`] bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+    }
+    let mut buf = vec![0; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
+    if data.len() > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame too large"));
+    }
+    io.write_all(&(data.len() as u32).to_be_bytes()).await?;
+    io.write_all(data).await?;
+    io.flush().await
+}
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> impl Future<Output = io::Result<Vec<u8>>> + Send
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io)
+    }
+
+    fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> impl Future<Output = io::Result<Vec<u8>>> + Send
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io)
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Vec<u8>) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}
+
+pub use behaviour::{Behaviour, BehaviourEvent};
+
+mod behaviour {
+    // The derive generates `BehaviourEvent` with one undocumented variant per field.
+    #![allow(missing_docs)]
+
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::NetworkBehaviour;
+    use libp2p::{identify, identity, ping};
+
+    use super::{SYNC_PROTOCOL, SyncCodec};
+
+    /// The node's libp2p behaviour.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        /// Exchanges listen addresses and protocols.
+        pub identify: identify::Behaviour,
+        /// Liveness.
+        pub ping: ping::Behaviour,
+        /// Reconciliation sessions.
+        pub sync: request_response::Behaviour<SyncCodec>,
+    }
+
+    impl Behaviour {
+        /// The behaviour for a node with this identity key.
+        pub fn new(key: &identity::Keypair) -> Self {
+            Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new("/ues/0.1.0".into(), key.public())),
+                ping: ping::Behaviour::default(),
+                sync: request_response::Behaviour::with_codec(
+                    SyncCodec,
+                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(std::time::Duration::from_secs(30)),
+                ),
+            }
+        }
+    }
+}
+
+/// One side's sessions with its peers: the replica, the sessions it answers, the ones it runs.
+pub struct SyncPeer {
+    /// The replica sessions read and write.
+    pub replica: Replica,
+    cfg: SyncConfig,
+    scopes: ScopeCache,
+    answering: HashMap<PeerId, Session>,
+    order: VecDeque<PeerId>,
+    running: HashMap<PeerId, (Session, Scope, bool)>,
+}
+
+/// What the initiator does after a response.
+#[derive(Debug)]
+pub enum Next {
+    /// Send this request.
+    Send(Vec<u8>),
+    /// The session ended, with this outcome.
+    Done(Outcome),
+}
+
+impl SyncPeer {
+    /// Sessions over `replica`.
+    pub fn new(replica: Replica, cfg: SyncConfig) -> Self {
+        SyncPeer {
+            replica,
+            cfg,
+            scopes: ScopeCache::default(),
+            answering: HashMap::new(),
+            order: VecDeque::new(),
+            running: HashMap::new(),
+        }
+    }
+
+    /// Starts a session with `peer` over `scope`: the first request.
+    pub fn start(&mut self, peer: PeerId, scope: Scope) -> Vec<u8> {
+        let (s, hello) = Session::initiate(&self.replica, scope.clone(), self.cfg, false);
+        self.running.insert(peer, (s, scope, false));
+        hello
+    }
+
+    /// Handles a response to one of our requests.
+    pub fn on_response(&mut self, peer: PeerId, res: &[u8]) -> Result<Next, SyncError> {
+        let Some((mut s, scope, listed)) = self.running.remove(&peer) else {
+            return Err(SyncError::Protocol("a response outside any session".into()));
+        };
+        if res.is_empty() {
+            return Ok(Next::Done(s.outcome()));
+        }
+        match s.receive(&mut self.replica, res) {
+            Ok(Some(next)) => {
+                self.running.insert(peer, (s, scope, listed));
+                Ok(Next::Send(next))
+            }
+            Ok(None) => Ok(Next::Done(s.outcome())),
+            // The responder did not know the scope's digest: say it in full, once.
+            Err(SyncError::Rejected(_)) if !listed => {
+                let (s, hello) = Session::initiate(&self.replica, scope.clone(), self.cfg, true);
+                self.running.insert(peer, (s, scope, true));
+                Ok(Next::Send(hello))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Answers a request from `peer` (a Hello starts a session; anything else continues it).
+    /// An empty response ends our side of the session.
+    pub fn on_request(&mut self, peer: PeerId, req: &[u8]) -> Result<Vec<u8>, SyncError> {
+        if let Some(s) = self.answering.get_mut(&peer) {
+            match s.receive(&mut self.replica, req) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {
+                    self.answering.remove(&peer);
+                    return Ok(Vec::new());
+                }
+                // Not a turn of the running session: perhaps a new Hello.
+                Err(SyncError::Protocol(_)) => {
+                    self.answering.remove(&peer);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (session, reply) = Session::respond(&mut self.replica, &mut self.scopes, self.cfg, req)?;
+        if let Some(s) = session {
+            if self.answering.len() >= MAX_SESSIONS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.answering.remove(&old);
+            }
+            self.order.retain(|p| *p != peer);
+            self.order.push_back(peer);
+            self.answering.insert(peer, s);
+        }
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+//! Behaviour tests over libp2p's in-memory transport (no ports, no sleeps): two swarms with
+//! Noise and Yamux reconcile their replicas through request-response.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, Swarm, SwarmBuilder, Transport, noise, yamux};
+use ues_sync::hlc::Hlc;
+use ues_sync::recon::{Outcome, Scope};
+use ues_sync::repo::crypto::{KeyType, Keypair};
+use ues_sync::repo::ipld::Ipld;
+use ues_sync::repo::syntax::{Did, Nsid, RecordKey};
+use ues_sync::{Change, Replica};
+
+use super::*;
+
+fn swarm() -> Swarm<Behaviour> {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                MemoryTransport::default()
+                    .upgrade(Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .boxed(),
+            )
+        })
+        .expect("memory transport")
+        .with_behaviour(Behaviour::new)
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build()
+}
+
+struct Account {
+    did: Did,
+    key: Keypair,
+}
+
+fn replicas(n_a: usize, n_b: usize) -> (Account, Replica, Replica) {
+    let key = Keypair::generate(KeyType::K256);
+    let did = Did::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz").unwrap();
+    let keys = Arc::new(HashMap::from([(did.clone(), key.public())]));
+    let dev = |b: u8| Some(ed25519_dalek_key(b));
+    let mut a = Replica::in_memory(keys.clone(), Hlc::new(60_000), dev(1));
+    let mut b = Replica::in_memory(keys, Hlc::new(60_000), dev(2));
+    let auths = vec![
+        a.authorize(&key, &did, a.device_id().unwrap(), false).unwrap(),
+        a.authorize(&key, &did, b.device_id().unwrap(), false).unwrap(),
+    ];
+    b.apply(auths);
+    let post = |i: usize| {
+        Change::Put(Ipld::Map(
+            [
+                ("$type".to_string(), Ipld::String("app.bsky.feed.post".into())),
+                ("text".to_string(), Ipld::String(format!("post {i}"))),
+            ]
+            .into(),
+        ))
+    };
+    let nsid = Nsid::new("app.bsky.feed.post").unwrap();
+    for i in 0..n_a {
+        a.write(&did, nsid.clone(), RecordKey::new(format!("a{i}")).unwrap(), post(i)).unwrap();
+    }
+    for i in 0..n_b {
+        b.write(&did, nsid.clone(), RecordKey::new(format!("b{i}")).unwrap(), post(i)).unwrap();
+    }
+    (Account { did, key }, a, b)
+}
+
+fn ed25519_dalek_key(b: u8) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[b; 32])
+}
+
+/// Drives both swarms until A's session with B ends; returns A's outcome.
+async fn reconcile(
+    a: &mut Swarm<Behaviour>,
+    pa: &mut SyncPeer,
+    b: &mut Swarm<Behaviour>,
+    pb: &mut SyncPeer,
+    scope: Scope,
+) -> Outcome {
+    let addr: Multiaddr = format!("/memory/{}", rand::random::<u64>()).parse().unwrap();
+    b.listen_on(addr.clone()).unwrap();
+    a.dial(addr).unwrap();
+    let b_id = *b.local_peer_id();
+    let mut started = false;
+    loop {
+        tokio::select! {
+            ev = a.select_next_some() => match ev {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == b_id && !started => {
+                    started = true;
+                    let hello = pa.start(b_id, scope.clone());
+                    a.behaviour_mut().sync.send_request(&b_id, hello);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message: request_response::Message::Response { response, .. }, .. })) => {
+                    match pa.on_response(peer, &response).expect("session") {
+                        Next::Send(req) => { a.behaviour_mut().sync.send_request(&peer, req); }
+                        Next::Done(outcome) => return outcome,
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { error, .. })) => panic!("outbound failure: {error}"),
+                _ => {}
+            },
+            ev = b.select_next_some() => if let SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. })) = ev {
+                let reply = pb.on_request(peer, &request).expect("answer");
+                b.behaviour_mut().sync.send_response(channel, reply).expect("respond");
+            },
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_swarms_reconcile_over_request_response() {
+    let (acct, ra, rb) = replicas(300, 120);
+    let scope = Scope::new([acct.did.clone()]);
+    let cfg = SyncConfig { leaf: 8, ..SyncConfig::default() };
+    let (mut pa, mut pb) = (SyncPeer::new(ra, cfg), SyncPeer::new(rb, cfg));
+    let (mut a, mut b) = (swarm(), swarm());
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(60), reconcile(&mut a, &mut pa, &mut b, &mut pb, scope.clone()))
+            .await
+            .expect("the session ends");
+    assert!(matches!(outcome, Outcome::Converged | Outcome::Finished), "{outcome:?}");
+    assert_eq!(pa.replica.len(), pb.replica.len());
+    assert_eq!(pa.replica.root(&acct.did).unwrap(), pb.replica.root(&acct.did).unwrap());
+    assert_eq!(pa.replica.records(&acct.did).unwrap().len(), 420);
+    // The converged repository signs identically on both sides.
+    assert_eq!(pa.replica.commit(&acct.did, &acct.key).unwrap(), pb.replica.commit(&acct.did, &acct.key).unwrap());
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused_before_reading() {
+    let mut codec = SyncCodec;
+    let mut frame = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0; 16]);
+    let mut io = futures::io::Cursor::new(frame);
+    let err = request_response::Codec::read_request(&mut codec, &SYNC_PROTOCOL, &mut io).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    // A garbage request gets a protocol error, not a panic, and starts nothing.
+    let (_, _, rb) = replicas(0, 0);
+    let mut pb = SyncPeer::new(rb, SyncConfig::default());
+    assert!(matches!(pb.on_request(PeerId::random(), b"\x0a\x03abc"), Err(SyncError::Protocol(_))));
+    assert!(pb.answering.is_empty());
+}
