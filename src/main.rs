@@ -45,6 +45,16 @@ enum Command {
     /// End-to-end benchmarks against a running node.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Peer-to-peer identity.
+    #[command(subcommand)]
+    Peer(PeerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PeerCommand {
+    /// Print the node's libp2p peer id (derived from the Ed25519 identity key in the data
+    /// directory, so it is stable across restarts).
+    Id(NodeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +183,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Peer(PeerCommand::Id(args)) => {
+            let cfg = args.resolve()?;
+            let key = identity::load(&cfg.data_dir)?;
+            println!("{}", ues_protocol::p2p::keypair(key.to_bytes()).public().to_peer_id());
+            Ok(())
+        }
         Command::Bench(BenchCommand::Sync { ops, rtt_ms, json, only }) => {
             bench::sync(ops, rtt_ms, only.as_deref(), |v| {
                 if json {
@@ -236,6 +252,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         node_key = %hex::encode(key.verifying_key().as_bytes()),
+        peer_id = %ues_protocol::p2p::keypair(key.to_bytes()).public().to_peer_id(),
         "storage open"
     );
 

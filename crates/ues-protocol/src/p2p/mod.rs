@@ -11,7 +11,7 @@ use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response;
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::{PeerId, StreamProtocol, identity};
 use ues_sync::Replica;
 use ues_sync::recon::{Outcome, Scope, ScopeCache, Session, SyncConfig, SyncError};
 
@@ -119,6 +119,27 @@ mod behaviour {
             }
         }
     }
+}
+
+/// The libp2p identity of a node whose Ed25519 identity key has this 32-byte secret (the key
+/// `ues init` writes to the data directory), so the peer id is stable across restarts.
+pub fn keypair(secret: [u8; 32]) -> identity::Keypair {
+    let mut secret = secret;
+    identity::Keypair::ed25519_from_bytes(&mut secret).expect("32 bytes are an Ed25519 secret")
+}
+
+/// A swarm over TCP with Noise and Yamux (connections idle for 60 s are closed).
+pub fn tcp_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )?
+        .with_behaviour(Behaviour::new)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(std::time::Duration::from_secs(60)))
+        .build())
 }
 
 /// One side's sessions with its peers: the replica, the sessions it answers, the ones it runs.

@@ -78,16 +78,24 @@ fn ed25519_dalek_key(b: u8) -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[b; 32])
 }
 
-/// Drives both swarms until A's session with B ends; returns A's outcome.
+/// Drives both swarms until A's session with B ends; returns A's outcome and the identify and
+/// ping events seen. `addr`: where B listens (a memory address, or TCP port 0 on 127.0.0.1).
 async fn reconcile(
     a: &mut Swarm<Behaviour>,
     pa: &mut SyncPeer,
     b: &mut Swarm<Behaviour>,
     pb: &mut SyncPeer,
     scope: Scope,
-) -> Outcome {
-    let addr: Multiaddr = format!("/memory/{}", rand::random::<u64>()).parse().unwrap();
-    b.listen_on(addr.clone()).unwrap();
+    addr: Multiaddr,
+) -> (Outcome, Vec<&'static str>) {
+    b.listen_on(addr).unwrap();
+    let mut seen = Vec::new();
+    // B's actual address (TCP port 0 resolves to a real one).
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
+            break address;
+        }
+    };
     a.dial(addr).unwrap();
     let b_id = *b.local_peer_id();
     let mut started = false;
@@ -102,15 +110,21 @@ async fn reconcile(
                 SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message: request_response::Message::Response { response, .. }, .. })) => {
                     match pa.on_response(peer, &response).expect("session") {
                         Next::Send(req) => { a.behaviour_mut().sync.send_request(&peer, req); }
-                        Next::Done(outcome) => return outcome,
+                        Next::Done(outcome) => return (outcome, seen),
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { error, .. })) => panic!("outbound failure: {error}"),
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received { .. })) => seen.push("a identified b"),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event { result: Ok(_), .. })) => seen.push("a pinged b"),
                 _ => {}
             },
-            ev = b.select_next_some() => if let SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. })) = ev {
-                let reply = pb.on_request(peer, &request).expect("answer");
-                b.behaviour_mut().sync.send_response(channel, reply).expect("respond");
+            ev = b.select_next_some() => match ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. })) => {
+                    let reply = pb.on_request(peer, &request).expect("answer");
+                    b.behaviour_mut().sync.send_response(channel, reply).expect("respond");
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received { .. })) => seen.push("b identified a"),
+                _ => {}
             },
         }
     }
@@ -123,10 +137,9 @@ async fn two_swarms_reconcile_over_request_response() {
     let cfg = SyncConfig { leaf: 8, ..SyncConfig::default() };
     let (mut pa, mut pb) = (SyncPeer::new(ra, cfg), SyncPeer::new(rb, cfg));
     let (mut a, mut b) = (swarm(), swarm());
-    let outcome =
-        tokio::time::timeout(Duration::from_secs(60), reconcile(&mut a, &mut pa, &mut b, &mut pb, scope.clone()))
-            .await
-            .expect("the session ends");
+    let addr: Multiaddr = format!("/memory/{}", rand::random::<u64>()).parse().unwrap();
+    let run = reconcile(&mut a, &mut pa, &mut b, &mut pb, scope.clone(), addr);
+    let (outcome, _) = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the session ends");
     assert!(matches!(outcome, Outcome::Converged | Outcome::Finished), "{outcome:?}");
     assert_eq!(pa.replica.len(), pb.replica.len());
     assert_eq!(pa.replica.root(&acct.did).unwrap(), pb.replica.root(&acct.did).unwrap());
@@ -148,4 +161,36 @@ async fn oversized_frames_are_refused_before_reading() {
     let mut pb = SyncPeer::new(rb, SyncConfig::default());
     assert!(matches!(pb.on_request(PeerId::random(), b"\x0a\x03abc"), Err(SyncError::Protocol(_))));
     assert!(pb.answering.is_empty());
+}
+
+/// The same over real TCP on 127.0.0.1, with node identities from fixed Ed25519 secrets (as
+/// the data directory holds them): identify runs both ways and the replicas converge.
+#[tokio::test]
+async fn two_nodes_reconcile_over_tcp_on_loopback() {
+    let (acct, ra, rb) = replicas(50, 70);
+    let scope = Scope::new([acct.did.clone()]);
+    let (mut pa, mut pb) = (SyncPeer::new(ra, SyncConfig::default()), SyncPeer::new(rb, SyncConfig::default()));
+    let mut a = tcp_swarm(keypair([7; 32])).unwrap();
+    let mut b = tcp_swarm(keypair([8; 32])).unwrap();
+    assert_eq!(*a.local_peer_id(), keypair([7; 32]).public().to_peer_id(), "the peer id follows from the key");
+    let addr: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+    let (outcome, seen) =
+        tokio::time::timeout(Duration::from_secs(60), reconcile(&mut a, &mut pa, &mut b, &mut pb, scope, addr))
+            .await
+            .expect("the session ends");
+    assert!(matches!(outcome, Outcome::Converged | Outcome::Finished), "{outcome:?}");
+    assert_eq!(pa.replica.root(&acct.did).unwrap(), pb.replica.root(&acct.did).unwrap());
+    assert_eq!(pa.replica.records(&acct.did).unwrap().len(), 120);
+    // Identify ran both ways (now, or shortly after the session on this connection).
+    let mut seen = seen;
+    let both = |s: &Vec<&str>| s.contains(&"a identified b") && s.contains(&"b identified a");
+    let wait = async {
+        while !both(&seen) {
+            tokio::select! {
+                ev = a.select_next_some() => if let SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received { .. })) = ev { seen.push("a identified b") },
+                ev = b.select_next_some() => if let SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received { .. })) = ev { seen.push("b identified a") },
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait).await.expect("identify both ways");
 }
