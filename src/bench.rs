@@ -183,3 +183,89 @@ pub(crate) fn sync(ops: usize, rtt_ms: f64, only: Option<&str>, mut emit: impl F
         report(run("authors_1000_idle", &g, &mut a, &mut b, d, SyncConfig::default(), rtt_ms), setup);
     }
 }
+
+/// `ues bench p2p`: two nodes in this process over TCP on 127.0.0.1 (Noise, Yamux): connection
+/// setup; a new, empty replica catching up on `ops` operations (every signature verified on
+/// arrival); one new operation synced by a session.
+pub(crate) async fn p2p(ops: usize) -> anyhow::Result<Value> {
+    use ues_protocol::p2p::libp2p::futures::StreamExt;
+    use ues_protocol::p2p::libp2p::swarm::SwarmEvent;
+    use ues_protocol::p2p::{SyncPeer, keypair, run_pair, tcp_swarm};
+    use ues_sync::Replica;
+    use ues_sync::hlc::Hlc;
+    use ues_sync::recon::{Scope, SyncConfig};
+    use ues_sync::sim::{Missing, generate, replicas};
+
+    let swarm = |seed: u8| tcp_swarm(keypair([seed; 32])).map_err(|e| anyhow::anyhow!("{e}"));
+    // Connection setup: dial to established, 20 fresh pairs, median.
+    let mut setups = Vec::new();
+    for i in 0..20u8 {
+        let (mut a, mut b) = (swarm(2 * i + 1)?, swarm(2 * i + 2)?);
+        b.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
+                break address;
+            }
+        };
+        let t = Instant::now();
+        a.dial(addr)?;
+        let wait = async {
+            loop {
+                tokio::select! {
+                    ev = a.select_next_some() => if let SwarmEvent::ConnectionEstablished { .. } = ev { break },
+                    _ = b.select_next_some() => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait).await.context("connecting")?;
+        setups.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    setups.sort_by(f64::total_cmp);
+
+    let g = generate(ops, 1, 3, 5);
+    let scope = Scope::new(g.dids.iter().cloned());
+    let end = g.end_ms;
+    let mut full = Replica::in_memory(g.keys.clone(), Hlc::with_physical(60_000, move || end), None);
+    full.apply_verified(g.entries.iter().cloned());
+    let empty = Replica::in_memory(g.keys.clone(), Hlc::with_physical(60_000, move || end), None);
+    let (mut pa, mut pb) = (SyncPeer::new(empty, SyncConfig::default()), SyncPeer::new(full, SyncConfig::default()));
+    let (mut a, mut b) = (swarm(101)?, swarm(102)?);
+    let t = Instant::now();
+    let (outcome, _) = tokio::time::timeout(
+        Duration::from_secs(600),
+        run_pair(&mut a, &mut pa, &mut b, &mut pb, scope.clone(), "/ip4/127.0.0.1/tcp/0".parse()?),
+    )
+    .await
+    .context("catch-up timed out")?;
+    let secs = t.elapsed().as_secs_f64();
+    let did = &g.dids[0];
+    let converged = pa.replica.len() == pb.replica.len() && pa.replica.root(did)? == pb.replica.root(did)?;
+    let (sa, sb) = (pa.last_stats(), pb.last_stats());
+    let bytes = sa.bytes_sent + sb.bytes_sent;
+
+    // One new operation: A holds it, B does not.
+    let (ra, rb, _) = replicas(&g, Missing::Recent(1), 3);
+    let (mut qa, mut qb) = (SyncPeer::new(ra, SyncConfig::default()), SyncPeer::new(rb, SyncConfig::default()));
+    let (mut c, mut d) = (swarm(103)?, swarm(104)?);
+    let (one, _) = tokio::time::timeout(
+        Duration::from_secs(60),
+        run_pair(&mut c, &mut qa, &mut d, &mut qb, scope, "/ip4/127.0.0.1/tcp/0".parse()?),
+    )
+    .await
+    .context("one-write session timed out")?;
+    let (oa, ob) = (qa.last_stats(), qb.last_stats());
+    Ok(json!({
+        "connect_ms_median": (setups[setups.len() / 2] * 1000.0).round() / 1000.0,
+        "connect_ms_max": (setups[setups.len() - 1] * 1000.0).round() / 1000.0,
+        "catchup_ops": ops,
+        "catchup_s": (secs * 1000.0).round() / 1000.0,
+        "catchup_ops_per_s": (ops as f64 / secs).round(),
+        "catchup_bytes": bytes,
+        "catchup_mb_per_s": (bytes as f64 / secs / 1e6 * 100.0).round() / 100.0,
+        "catchup_outcome": format!("{outcome:?}"),
+        "catchup_converged": converged,
+        "one_write_bytes_a_to_b": oa.bytes_sent,
+        "one_write_bytes_b_to_a": ob.bytes_sent,
+        "one_write_outcome": format!("{one:?}"),
+    }))
+}

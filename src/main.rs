@@ -71,6 +71,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
     },
+    /// Two nodes over TCP on 127.0.0.1: connection setup, a new replica catching up on a log,
+    /// one new operation synced (JSON result).
+    P2p {
+        /// Operations the new replica catches up on.
+        #[arg(long, default_value_t = 100_000)]
+        ops: usize,
+    },
     /// Replica reconciliation in memory: two replicas of a generated log of signed operations,
     /// four scenarios (identical; 100 recent and 100 scattered differences; 1,000 authors with
     /// nothing new); round trips, bytes each way, CPU, and whether the MST roots converge.
@@ -188,6 +195,10 @@ fn main() -> anyhow::Result<()> {
             let key = identity::load(&cfg.data_dir)?;
             println!("{}", ues_protocol::p2p::keypair(key.to_bytes()).public().to_peer_id());
             Ok(())
+        }
+        Command::Bench(BenchCommand::P2p { ops }) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            print_json(rt.block_on(bench::p2p(ops))?)
         }
         Command::Bench(BenchCommand::Sync { ops, rtt_ms, json, only }) => {
             bench::sync(ops, rtt_ms, only.as_deref(), |v| {

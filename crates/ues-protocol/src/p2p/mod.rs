@@ -9,9 +9,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 
+use futures::StreamExt;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+pub use libp2p;
 use libp2p::request_response;
-use libp2p::{PeerId, StreamProtocol, identity};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity};
 use ues_sync::Replica;
 use ues_sync::recon::{Outcome, Scope, ScopeCache, Session, SyncConfig, SyncError};
 
@@ -151,6 +154,7 @@ pub struct SyncPeer {
     answering: HashMap<PeerId, Session>,
     order: VecDeque<PeerId>,
     running: HashMap<PeerId, (Session, Scope, bool)>,
+    last_stats: ues_sync::SessionStats,
 }
 
 /// What the initiator does after a response.
@@ -172,7 +176,13 @@ impl SyncPeer {
             answering: HashMap::new(),
             order: VecDeque::new(),
             running: HashMap::new(),
+            last_stats: ues_sync::SessionStats::default(),
         }
+    }
+
+    /// Statistics of the session this side last took part in.
+    pub fn last_stats(&self) -> ues_sync::SessionStats {
+        self.last_stats
     }
 
     /// Starts a session with `peer` over `scope`: the first request.
@@ -188,9 +198,12 @@ impl SyncPeer {
             return Err(SyncError::Protocol("a response outside any session".into()));
         };
         if res.is_empty() {
+            self.last_stats = s.stats();
             return Ok(Next::Done(s.outcome()));
         }
-        match s.receive(&mut self.replica, res) {
+        let step = s.receive(&mut self.replica, res);
+        self.last_stats = s.stats();
+        match step {
             Ok(Some(next)) => {
                 self.running.insert(peer, (s, scope, listed));
                 Ok(Next::Send(next))
@@ -210,7 +223,9 @@ impl SyncPeer {
     /// An empty response ends our side of the session.
     pub fn on_request(&mut self, peer: PeerId, req: &[u8]) -> Result<Vec<u8>, SyncError> {
         if let Some(s) = self.answering.get_mut(&peer) {
-            match s.receive(&mut self.replica, req) {
+            let step = s.receive(&mut self.replica, req);
+            self.last_stats = s.stats();
+            match step {
                 Ok(Some(reply)) => return Ok(reply),
                 Ok(None) => {
                     self.answering.remove(&peer);
@@ -225,6 +240,7 @@ impl SyncPeer {
         }
         let (session, reply) = Session::respond(&mut self.replica, &mut self.scopes, self.cfg, req)?;
         if let Some(s) = session {
+            self.last_stats = s.stats();
             if self.answering.len() >= MAX_SESSIONS
                 && let Some(old) = self.order.pop_front()
             {
@@ -235,6 +251,58 @@ impl SyncPeer {
             self.answering.insert(peer, s);
         }
         Ok(reply)
+    }
+}
+
+/// Drives two local swarms (benchmarks, tests) until A's session with B over `scope` ends; returns A's outcome and the identify and
+/// ping events seen. `addr`: where B listens (a memory address, or TCP port 0 on 127.0.0.1).
+pub async fn run_pair(
+    a: &mut Swarm<Behaviour>,
+    pa: &mut SyncPeer,
+    b: &mut Swarm<Behaviour>,
+    pb: &mut SyncPeer,
+    scope: Scope,
+    addr: Multiaddr,
+) -> (Outcome, Vec<&'static str>) {
+    b.listen_on(addr).unwrap();
+    let mut seen = Vec::new();
+    // B's actual address (TCP port 0 resolves to a real one).
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
+            break address;
+        }
+    };
+    a.dial(addr).unwrap();
+    let b_id = *b.local_peer_id();
+    let mut started = false;
+    loop {
+        tokio::select! {
+            ev = a.select_next_some() => match ev {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == b_id && !started => {
+                    started = true;
+                    let hello = pa.start(b_id, scope.clone());
+                    a.behaviour_mut().sync.send_request(&b_id, hello);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message: request_response::Message::Response { response, .. }, .. })) => {
+                    match pa.on_response(peer, &response).expect("A's session runs") {
+                        Next::Send(req) => { a.behaviour_mut().sync.send_request(&peer, req); }
+                        Next::Done(outcome) => return (outcome, seen),
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { error, .. })) => panic!("outbound failure: {error}"),
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received { .. })) => seen.push("a identified b"),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event { result: Ok(_), .. })) => seen.push("a pinged b"),
+                _ => {}
+            },
+            ev = b.select_next_some() => match ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. })) => {
+                    let reply = pb.on_request(peer, &request).expect("B answers");
+                    b.behaviour_mut().sync.send_response(channel, reply).expect("B responds");
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received { .. })) => seen.push("b identified a"),
+                _ => {}
+            },
+        }
     }
 }
 

@@ -78,58 +78,6 @@ fn ed25519_dalek_key(b: u8) -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[b; 32])
 }
 
-/// Drives both swarms until A's session with B ends; returns A's outcome and the identify and
-/// ping events seen. `addr`: where B listens (a memory address, or TCP port 0 on 127.0.0.1).
-async fn reconcile(
-    a: &mut Swarm<Behaviour>,
-    pa: &mut SyncPeer,
-    b: &mut Swarm<Behaviour>,
-    pb: &mut SyncPeer,
-    scope: Scope,
-    addr: Multiaddr,
-) -> (Outcome, Vec<&'static str>) {
-    b.listen_on(addr).unwrap();
-    let mut seen = Vec::new();
-    // B's actual address (TCP port 0 resolves to a real one).
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
-            break address;
-        }
-    };
-    a.dial(addr).unwrap();
-    let b_id = *b.local_peer_id();
-    let mut started = false;
-    loop {
-        tokio::select! {
-            ev = a.select_next_some() => match ev {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == b_id && !started => {
-                    started = true;
-                    let hello = pa.start(b_id, scope.clone());
-                    a.behaviour_mut().sync.send_request(&b_id, hello);
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message: request_response::Message::Response { response, .. }, .. })) => {
-                    match pa.on_response(peer, &response).expect("session") {
-                        Next::Send(req) => { a.behaviour_mut().sync.send_request(&peer, req); }
-                        Next::Done(outcome) => return (outcome, seen),
-                    }
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { error, .. })) => panic!("outbound failure: {error}"),
-                SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received { .. })) => seen.push("a identified b"),
-                SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event { result: Ok(_), .. })) => seen.push("a pinged b"),
-                _ => {}
-            },
-            ev = b.select_next_some() => match ev {
-                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. })) => {
-                    let reply = pb.on_request(peer, &request).expect("answer");
-                    b.behaviour_mut().sync.send_response(channel, reply).expect("respond");
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received { .. })) => seen.push("b identified a"),
-                _ => {}
-            },
-        }
-    }
-}
-
 #[tokio::test]
 async fn two_swarms_reconcile_over_request_response() {
     let (acct, ra, rb) = replicas(300, 120);
@@ -138,7 +86,7 @@ async fn two_swarms_reconcile_over_request_response() {
     let (mut pa, mut pb) = (SyncPeer::new(ra, cfg), SyncPeer::new(rb, cfg));
     let (mut a, mut b) = (swarm(), swarm());
     let addr: Multiaddr = format!("/memory/{}", rand::random::<u64>()).parse().unwrap();
-    let run = reconcile(&mut a, &mut pa, &mut b, &mut pb, scope.clone(), addr);
+    let run = run_pair(&mut a, &mut pa, &mut b, &mut pb, scope.clone(), addr);
     let (outcome, _) = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the session ends");
     assert!(matches!(outcome, Outcome::Converged | Outcome::Finished), "{outcome:?}");
     assert_eq!(pa.replica.len(), pb.replica.len());
@@ -175,7 +123,7 @@ async fn two_nodes_reconcile_over_tcp_on_loopback() {
     assert_eq!(*a.local_peer_id(), keypair([7; 32]).public().to_peer_id(), "the peer id follows from the key");
     let addr: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
     let (outcome, seen) =
-        tokio::time::timeout(Duration::from_secs(60), reconcile(&mut a, &mut pa, &mut b, &mut pb, scope, addr))
+        tokio::time::timeout(Duration::from_secs(60), run_pair(&mut a, &mut pa, &mut b, &mut pb, scope, addr))
             .await
             .expect("the session ends");
     assert!(matches!(outcome, Outcome::Converged | Outcome::Finished), "{outcome:?}");
