@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::time::Instant;
 
 use futures::StreamExt;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,8 +16,8 @@ pub use libp2p;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity};
-use ues_sync::Replica;
 use ues_sync::recon::{Outcome, Scope, ScopeCache, Session, SyncConfig, SyncError};
+use ues_sync::{Refused, Replica};
 
 /// The reconciliation protocol's name.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/ues/sync/1");
@@ -25,6 +26,10 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/ues/sync/1");
 pub const MAX_FRAME: usize = 1 << 20;
 /// Responder sessions kept at once (the oldest is dropped first).
 pub const MAX_SESSIONS: usize = 64;
+/// How long a misbehaving peer is refused.
+pub const BAN: std::time::Duration = std::time::Duration::from_secs(600);
+/// Bans remembered at once.
+pub const MAX_BANS: usize = 4_096;
 
 /// Length-prefixed frames (4 bytes, big-endian) of at most [`MAX_FRAME`] bytes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -155,6 +160,7 @@ pub struct SyncPeer {
     order: VecDeque<PeerId>,
     running: HashMap<PeerId, (Session, Scope, bool)>,
     last_stats: ues_sync::SessionStats,
+    bans: HashMap<PeerId, Instant>,
 }
 
 /// What the initiator does after a response.
@@ -177,6 +183,7 @@ impl SyncPeer {
             order: VecDeque::new(),
             running: HashMap::new(),
             last_stats: ues_sync::SessionStats::default(),
+            bans: HashMap::new(),
         }
     }
 
@@ -220,8 +227,27 @@ impl SyncPeer {
     }
 
     /// Answers a request from `peer` (a Hello starts a session; anything else continues it).
-    /// An empty response ends our side of the session.
+    /// An empty response ends our side of the session. A peer that breaks the protocol or
+    /// sends forged, equivocating or malformed entries is banned for [`BAN`]: its requests
+    /// are refused ([`SyncError::Rejected`]) and the node should drop its connections.
     pub fn on_request(&mut self, peer: PeerId, req: &[u8]) -> Result<Vec<u8>, SyncError> {
+        if self.is_banned(&peer) {
+            return Err(SyncError::Rejected(format!("{peer} is banned")));
+        }
+        let res = self.answer(peer, req);
+        let forged = self
+            .answering
+            .get(&peer)
+            .is_some_and(|s| s.last_report().refused.iter().any(|r| is_misbehaviour(&r.reason)));
+        match &res {
+            Err(SyncError::Protocol(why)) => self.ban(peer, why),
+            Ok(_) if forged => self.ban(peer, "sent forged or malformed entries"),
+            _ => {}
+        }
+        res
+    }
+
+    fn answer(&mut self, peer: PeerId, req: &[u8]) -> Result<Vec<u8>, SyncError> {
         if let Some(s) = self.answering.get_mut(&peer) {
             let step = s.receive(&mut self.replica, req);
             self.last_stats = s.stats();
@@ -252,6 +278,32 @@ impl SyncPeer {
         }
         Ok(reply)
     }
+
+    /// Whether `peer` is banned now.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.bans.get(peer).is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn ban(&mut self, peer: PeerId, why: &str) {
+        tracing::warn!(%peer, reason = why, "peer banned");
+        self.answering.remove(&peer);
+        self.running.remove(&peer);
+        if self.bans.len() >= MAX_BANS {
+            let now = Instant::now();
+            self.bans.retain(|_, until| *until > now);
+            if self.bans.len() >= MAX_BANS
+                && let Some(oldest) = self.bans.iter().min_by_key(|(_, u)| **u).map(|(p, _)| *p)
+            {
+                self.bans.remove(&oldest);
+            }
+        }
+        self.bans.insert(peer, Instant::now() + BAN);
+    }
+}
+
+/// Refusals that only a misbehaving peer causes (not a late authorization or a clock skew).
+fn is_misbehaviour(r: &Refused) -> bool {
+    matches!(r, Refused::Entry(_) | Refused::Equivocation { .. } | Refused::BadBlock(..))
 }
 
 /// Drives two local swarms (benchmarks, tests) until A's session with B over `scope` ends; returns A's outcome and the identify and

@@ -107,8 +107,19 @@ async fn oversized_frames_are_refused_before_reading() {
     // A garbage request gets a protocol error, not a panic, and starts nothing.
     let (_, _, rb) = replicas(0, 0);
     let mut pb = SyncPeer::new(rb, SyncConfig::default());
-    assert!(matches!(pb.on_request(PeerId::random(), b"\x0a\x03abc"), Err(SyncError::Protocol(_))));
+    let rogue = PeerId::random();
+    assert!(matches!(pb.on_request(rogue, b"\x0a\x03abc"), Err(SyncError::Protocol(_))));
     assert!(pb.answering.is_empty());
+    // It is banned: even a well-formed Hello is refused now; other peers are served.
+    assert!(pb.is_banned(&rogue));
+    let (acct, ra, _) = replicas(3, 0);
+    let scope = Scope::new([acct.did.clone()]);
+    let mut pa = SyncPeer::new(ra, SyncConfig::default());
+    let hello = pa.start(rogue, scope.clone());
+    assert!(matches!(pb.on_request(rogue, &hello), Err(SyncError::Rejected(_))));
+    let friend = PeerId::random();
+    let hello = pa.start(friend, scope);
+    assert!(pb.on_request(friend, &hello).is_ok());
 }
 
 /// The same over real TCP on 127.0.0.1, with node identities from fixed Ed25519 secrets (as
