@@ -8,6 +8,7 @@
 //!   materialized from it (a function of the set of entries).
 //! - [`recon`]: the reconciliation session (messages in `proto/ues_sync.proto`).
 //! - [`live`]: single entries pushed as they are written, relayed without echoes.
+//! - [`head`]: signed head announcements (fingerprint, size, latest commit) for gossip.
 //! - [`hlc`], [`vv`]: clocks.
 //! - [`sim`]: generated logs and measured sessions for benchmarks.
 //!
@@ -16,6 +17,7 @@
 //! the node (layer 5); it never opens a socket.
 
 pub mod entry;
+pub mod head;
 pub mod hlc;
 pub mod live;
 pub mod recon;

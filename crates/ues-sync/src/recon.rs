@@ -907,6 +907,22 @@ fn id_width(keys: &[LogKey]) -> usize {
     32
 }
 
+/// The fingerprint of everything a replica holds in `scope`, and how many entries that is
+/// (what a session's Hello compares, and what head announcements carry).
+pub fn scope_fingerprint(rep: &Replica, scope: &Scope) -> ([u8; 16], u64) {
+    let mut filter = ScopeFilter::new(scope);
+    filter.refresh(rep);
+    let mut sum = [0u64; 4];
+    let mut n = 0;
+    for (k, v) in rep.log() {
+        if filter.has(v.did) {
+            add_id(&mut sum, &k.id);
+            n += 1;
+        }
+    }
+    (fp_of(&sum, n), n)
+}
+
 /// What a whole session did, run in memory between two replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionSummary {

@@ -30,6 +30,13 @@ pub const MAX_SESSIONS: usize = 64;
 pub const BAN: std::time::Duration = std::time::Duration::from_secs(600);
 /// Bans remembered at once.
 pub const MAX_BANS: usize = 4_096;
+/// Largest gossip message (head announcements are under 200 bytes).
+pub const MAX_GOSSIP: usize = 4_096;
+
+/// The gossip topic of an account's head announcements.
+pub fn repo_topic(did: &ues_sync::repo::syntax::Did) -> libp2p::gossipsub::IdentTopic {
+    libp2p::gossipsub::IdentTopic::new(format!("ues/repo/{did}"))
+}
 
 /// Length-prefixed frames (4 bytes, big-endian) of at most [`MAX_FRAME`] bytes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,7 +105,7 @@ mod behaviour {
 
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::NetworkBehaviour;
-    use libp2p::{identify, identity, ping};
+    use libp2p::{gossipsub, identify, identity, ping};
 
     use super::{SYNC_PROTOCOL, SyncCodec};
 
@@ -111,6 +118,8 @@ mod behaviour {
         pub ping: ping::Behaviour,
         /// Reconciliation sessions.
         pub sync: request_response::Behaviour<SyncCodec>,
+        /// Head announcements on `ues/repo/<did>`.
+        pub gossip: gossipsub::Behaviour,
     }
 
     impl Behaviour {
@@ -124,6 +133,15 @@ mod behaviour {
                     [(SYNC_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(std::time::Duration::from_secs(30)),
                 ),
+                gossip: gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossipsub::ConfigBuilder::default()
+                        .max_transmit_size(super::MAX_GOSSIP)
+                        .validation_mode(gossipsub::ValidationMode::Strict)
+                        .build()
+                        .expect("a valid gossipsub configuration"),
+                )
+                .expect("signed gossipsub"),
             }
         }
     }

@@ -153,3 +153,35 @@ async fn two_nodes_reconcile_over_tcp_on_loopback() {
     };
     tokio::time::timeout(Duration::from_secs(20), wait).await.expect("identify both ways");
 }
+
+/// A head announcement published by A on `ues/repo/<did>` reaches B, verified.
+#[tokio::test]
+async fn head_announcements_travel_by_gossip() {
+    let (acct, ra, _) = replicas(5, 0);
+    let (mut a, mut b) = (swarm(), swarm());
+    let topic = repo_topic(&acct.did);
+    a.behaviour_mut().gossip.subscribe(&topic).unwrap();
+    b.behaviour_mut().gossip.subscribe(&topic).unwrap();
+    let addr: Multiaddr = format!("/memory/{}", rand::random::<u64>()).parse().unwrap();
+    b.listen_on(addr.clone()).unwrap();
+    a.dial(addr).unwrap();
+    let key = ed25519_dalek_key(1);
+    let head = ues_sync::head::Head::of(&ra, &acct.did, None, ra.device_id().unwrap());
+    let bytes = head.sign(&key);
+    let run = async {
+        loop {
+            tokio::select! {
+                ev = a.select_next_some() => if let SwarmEvent::Behaviour(BehaviourEvent::Gossip(libp2p::gossipsub::Event::Subscribed { .. })) = ev {
+                    // B has joined the topic: announce.
+                    a.behaviour_mut().gossip.publish(topic.clone(), bytes.clone()).unwrap();
+                },
+                ev = b.select_next_some() => if let SwarmEvent::Behaviour(BehaviourEvent::Gossip(libp2p::gossipsub::Event::Message { message, .. })) = ev {
+                    return ues_sync::head::Head::verify(&message.data).unwrap();
+                },
+            }
+        }
+    };
+    let got = tokio::time::timeout(Duration::from_secs(30), run).await.expect("B hears the announcement");
+    assert_eq!(got, head);
+    assert!(got.matches(&ra));
+}
