@@ -270,3 +270,32 @@ pub(crate) async fn p2p(ops: usize) -> anyhow::Result<Value> {
         "one_write_outcome": format!("{one:?}"),
     }))
 }
+
+/// One JSON object on one line with the scenario fields first, in the order the sync
+/// benchmark documents them (`{"scenario", "ops", "differences", "round_trips",
+/// "bytes_a_to_b", "bytes_b_to_a", "cpu_ms", "converged", ...}`), the rest after.
+pub(crate) fn ordered_line(v: &Value) -> String {
+    const FIRST: [&str; 8] =
+        ["scenario", "ops", "differences", "round_trips", "bytes_a_to_b", "bytes_b_to_a", "cpu_ms", "converged"];
+    let Some(map) = v.as_object() else { return v.to_string() };
+    let keys = FIRST
+        .iter()
+        .copied()
+        .filter(|k| map.contains_key(*k))
+        .chain(map.keys().map(String::as_str).filter(|k| !FIRST.contains(k)));
+    let fields: Vec<String> = keys.map(|k| format!("{}:{}", Value::from(k), map[k])).collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_lines_lead_with_the_scenario_fields_and_stay_valid_json() {
+        let v = json!({"converged": true, "zeta": 1, "scenario": "identical", "ops": 5, "cpu_ms": 1.5});
+        let line = ordered_line(&v);
+        assert!(line.starts_with(r#"{"scenario":"identical","ops":5,"cpu_ms":1.5,"converged":true"#), "{line}");
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), v);
+    }
+}

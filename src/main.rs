@@ -203,7 +203,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Sync { ops, rtt_ms, json, only }) => {
             bench::sync(ops, rtt_ms, only.as_deref(), |v| {
                 if json {
-                    println!("{v}")
+                    println!("{}", bench::ordered_line(&v))
                 } else {
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
                 }
