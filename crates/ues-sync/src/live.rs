@@ -3,15 +3,15 @@
 //! were new to it, never to the peer it got them from, so a write crosses each link at most
 //! once per direction and floods stop by themselves.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::hash::Hash;
 
 use prost::Message;
 
-use crate::entry::{Entry, OpKind};
+use crate::entry::EntryId;
 use crate::proto;
 use crate::recon::{MAX_MESSAGE_BYTES, SyncError};
-use crate::replica::{ApplyReport, Replica, Signed};
+use crate::replica::{ApplyReport, Received, Replica, Signed};
 
 /// Most entries in one live message.
 pub const MAX_LIVE_ENTRIES: usize = 256;
@@ -20,17 +20,14 @@ pub const MAX_LIVE_ENTRIES: usize = 256;
 pub fn encode(entries: &[Signed]) -> Vec<u8> {
     let mut batch = proto::OpBatch::default();
     for s in entries {
-        batch.entries.push(s.bytes.clone());
-        if let Some((cid, data)) = &s.block {
-            batch.blocks.push(proto::Block { cid: cid.to_bytes(), data: data.clone() });
-        }
+        batch.push(s.clone());
     }
     proto::SyncMessage { body: Some(proto::sync_message::Body::Live(proto::LiveOps { batch: Some(batch) })) }
         .encode_to_vec()
 }
 
-/// Decodes a live push.
-pub fn decode(bytes: &[u8]) -> Result<Vec<Signed>, SyncError> {
+/// Decodes a live push (each entry decoded once, record blocks attached).
+pub fn decode(bytes: &[u8]) -> Result<Vec<Received>, SyncError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(SyncError::Protocol("live message too large".into()));
     }
@@ -42,21 +39,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Signed>, SyncError> {
     if batch.entries.len() > MAX_LIVE_ENTRIES {
         return Err(SyncError::Protocol("too many live entries".into()));
     }
-    let mut blocks: HashMap<Vec<u8>, Vec<u8>> = batch.blocks.into_iter().map(|b| (b.cid, b.data)).collect();
-    Ok(batch
-        .entries
-        .into_iter()
-        .map(|bytes| {
-            let block = match Entry::decode(&bytes) {
-                Ok(Entry::Op(op)) => match op.kind {
-                    OpKind::Put(cid) => blocks.remove(&cid.to_bytes()).map(|d| (cid, d)),
-                    _ => None,
-                },
-                _ => None,
-            };
-            Signed { bytes, block }
-        })
-        .collect())
+    Ok(batch.into_received())
 }
 
 /// Where a received live message should go next.
@@ -77,10 +60,10 @@ pub fn receive<P: Clone + Eq + Hash>(
     peers: &[P],
 ) -> Result<Relayed<P>, SyncError> {
     let entries = decode(bytes)?;
-    let ids: Vec<_> = entries.iter().map(|s| crate::entry::entry_id(&s.bytes)).collect();
-    let report = rep.apply(entries.clone());
-    let fresh: Vec<Signed> =
-        entries.into_iter().zip(ids).filter(|(_, id)| report.new_ids.contains(id)).map(|(s, _)| s).collect();
+    let kept: Vec<(EntryId, Signed)> = entries.iter().map(|r| (r.id, r.signed.clone())).collect();
+    let report = rep.apply_received(entries);
+    let new: HashSet<&EntryId> = report.new_ids.iter().collect();
+    let fresh: Vec<Signed> = kept.into_iter().filter(|(id, _)| new.contains(id)).map(|(_, s)| s).collect();
     let targets: Vec<P> = peers.iter().filter(|p| *p != from).cloned().collect();
     let forward = (!fresh.is_empty() && !targets.is_empty()).then(|| (encode(&fresh), targets));
     Ok(Relayed { report, forward })

@@ -18,9 +18,9 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use prost::Message;
 use ues_repo::syntax::Did;
 
-use crate::entry::{Entry, EntryId};
+use crate::entry::EntryId;
 use crate::proto;
-use crate::replica::{ApplyReport, LogKey, Replica, ReplicaError, Signed};
+use crate::replica::{ApplyReport, LogKey, Received, Replica, ReplicaError};
 
 /// Largest message a peer may send (compressed entries included).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -265,15 +265,15 @@ fn add_id(sum: &mut [u64; 4], id: &EntryId) {
     }
 }
 
-/// Fingerprint of a set of ids (order-independent).
-pub fn fingerprint<'a>(ids: impl IntoIterator<Item = &'a EntryId>) -> [u8; 16] {
+/// Fingerprint of a set of ids (order-independent), and its size.
+pub fn fingerprint<'a>(ids: impl IntoIterator<Item = &'a EntryId>) -> ([u8; 16], u64) {
     let mut sum = [0u64; 4];
     let mut n = 0;
     for id in ids {
         add_id(&mut sum, id);
         n += 1;
     }
-    fp_of(&sum, n)
+    (fp_of(&sum, n), n)
 }
 
 fn pos_bytes(p: u128) -> Vec<u8> {
@@ -435,7 +435,7 @@ impl Session {
         let batch = self.take_batch(&turn.ops)?;
         if !batch.is_empty() {
             self.received_any_batch += 1;
-            let report = rep.apply(batch);
+            let report = rep.apply_received(batch);
             self.stats.entries_applied += report.applied as u64;
             self.stats.entries_refused += report.refused.len() as u64;
             self.last_report = report;
@@ -735,13 +735,9 @@ impl Session {
     }
 
     fn whole_fingerprint(&self, rep: &Replica) -> Vec<u8> {
-        let mut sum = [0u64; 4];
-        let mut n = 0;
-        for k in self.keys(rep, Range { lo: 0, hi: u128::MAX }) {
-            add_id(&mut sum, &k.id);
-            n += 1;
-        }
-        fp_of(&sum, n).to_vec()
+        let filter = self.filter.as_ref();
+        let ids = rep.log().iter().filter(|(_, v)| filter.is_none_or(|f| f.has(v.did))).map(|(k, _)| &k.id);
+        fingerprint(ids).0.to_vec()
     }
 
     fn refresh(&mut self, rep: &Replica) {
@@ -766,37 +762,21 @@ impl Session {
         }
     }
 
-    fn take_batch(&mut self, ops: &[u8]) -> Result<Vec<Signed>, SyncError> {
+    fn take_batch(&mut self, ops: &[u8]) -> Result<Vec<Received>, SyncError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
         let raw = zstd::bulk::decompress(ops, MAX_BATCH_BYTES).map_err(|e| violation(format!("entry batch: {e}")))?;
         let batch = proto::OpBatch::decode(raw.as_slice()).map_err(|e| violation(e.to_string()))?;
-        let mut blocks: HashMap<Vec<u8>, Vec<u8>> = batch.blocks.into_iter().map(|b| (b.cid, b.data)).collect();
-        let mut out = Vec::with_capacity(batch.entries.len());
-        for bytes in batch.entries {
-            let block = match Entry::decode(&bytes) {
-                Ok(Entry::Op(op)) => {
-                    if self.scope.as_ref().is_some_and(|s| s.dids.binary_search(&op.did).is_err()) {
-                        return Err(violation(format!("an entry for {} outside the session's scope", op.did)));
-                    }
-                    match op.kind {
-                        crate::entry::OpKind::Put(cid) => blocks.remove(&cid.to_bytes()).map(|d| (cid, d)),
-                        _ => None,
-                    }
-                }
-                Ok(Entry::Auth(a)) => {
-                    if self.scope.as_ref().is_some_and(|s| s.dids.binary_search(&a.did).is_err()) {
-                        return Err(violation(format!("an entry for {} outside the session's scope", a.did)));
-                    }
-                    None
-                }
-                // Malformed entries are refused (and recorded) by the replica.
-                Err(_) => None,
-            };
-            out.push(Signed { bytes, block });
+        let received = batch.into_received();
+        // Malformed entries are refused (and recorded) by the replica; entries of other
+        // accounts end the session before anything is applied.
+        if let Some(scope) = &self.scope
+            && let Some(did) = received.iter().filter_map(Received::did).find(|d| scope.dids.binary_search(d).is_err())
+        {
+            return Err(violation(format!("an entry for {did} outside the session's scope")));
         }
-        Ok(out)
+        Ok(received)
     }
 
     /// Fills a turn with deferred questions and entries, and encodes it; `None` when we have
@@ -823,12 +803,8 @@ impl Session {
         while size < self.cfg.batch_bytes
             && let Some(item) = self.outgoing.pop_first()
         {
-            let Some(signed) = rep.signed(&item.1)? else { continue };
-            size += signed.bytes.len();
-            batch.entries.push(signed.bytes);
-            if let Some((cid, data)) = signed.block {
-                size += data.len();
-                batch.blocks.push(proto::Block { cid: cid.to_bytes(), data });
+            if let Some(signed) = rep.signed(&item.1)? {
+                size += batch.push(signed);
             }
         }
         self.stats.entries_sent += batch.entries.len() as u64;
@@ -912,15 +888,7 @@ fn id_width(keys: &[LogKey]) -> usize {
 pub fn scope_fingerprint(rep: &Replica, scope: &Scope) -> ([u8; 16], u64) {
     let mut filter = ScopeFilter::new(scope);
     filter.refresh(rep);
-    let mut sum = [0u64; 4];
-    let mut n = 0;
-    for (k, v) in rep.log() {
-        if filter.has(v.did) {
-            add_id(&mut sum, &k.id);
-            n += 1;
-        }
-    }
-    (fp_of(&sum, n), n)
+    fingerprint(rep.log().iter().filter(|(_, v)| filter.has(v.did)).map(|(k, _)| &k.id))
 }
 
 /// What a whole session did, run in memory between two replicas.

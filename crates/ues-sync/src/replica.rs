@@ -166,6 +166,66 @@ pub struct Signed {
     pub block: Option<(Cid, Vec<u8>)>,
 }
 
+/// An entry as received: its id, its decoding (done once), and the bytes with the record block
+/// the batch carried for it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// BLAKE3 of the bytes.
+    pub id: EntryId,
+    /// The decoded entry, or why it does not decode.
+    pub entry: Result<Entry, EntryError>,
+    /// The bytes and record block.
+    pub signed: Signed,
+}
+
+impl Received {
+    /// Decodes an entry as it travels.
+    pub fn new(signed: Signed) -> Self {
+        Received { id: entry_id(&signed.bytes), entry: Entry::decode(&signed.bytes), signed }
+    }
+
+    /// The account the entry belongs to, when it decodes.
+    pub fn did(&self) -> Option<&Did> {
+        match &self.entry {
+            Ok(Entry::Op(op)) => Some(&op.did),
+            Ok(Entry::Auth(a)) => Some(&a.did),
+            Err(_) => None,
+        }
+    }
+}
+
+impl crate::proto::OpBatch {
+    /// Adds an entry and its record block; returns the bytes added.
+    pub fn push(&mut self, s: Signed) -> usize {
+        let mut n = s.bytes.len();
+        self.entries.push(s.bytes);
+        if let Some((cid, data)) = s.block {
+            n += data.len();
+            self.blocks.push(crate::proto::Block { cid: cid.to_bytes(), data });
+        }
+        n
+    }
+
+    /// The entries, each decoded once, with the record block a put names attached.
+    pub fn into_received(self) -> Vec<Received> {
+        let mut blocks: HashMap<Vec<u8>, Vec<u8>> = self.blocks.into_iter().map(|b| (b.cid, b.data)).collect();
+        self.entries
+            .into_iter()
+            .map(|bytes| {
+                let id = entry_id(&bytes);
+                let entry = Entry::decode(&bytes);
+                let block = match &entry {
+                    Ok(Entry::Op(Op { kind: OpKind::Put(cid), .. })) => {
+                        blocks.remove(&cid.to_bytes()).map(|d| (*cid, d))
+                    }
+                    _ => None,
+                };
+                Received { id, entry, signed: Signed { bytes, block } }
+            })
+            .collect()
+    }
+}
+
 /// What applying a batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -492,13 +552,17 @@ impl Replica {
     /// Verifies and applies entries (authorizations first). Idempotent and commutative:
     /// applying the same entries again, or in any order, gives the same state.
     pub fn apply(&mut self, batch: Vec<Signed>) -> ApplyReport {
+        self.apply_received(batch.into_iter().map(Received::new).collect())
+    }
+
+    /// As [`Replica::apply`], for entries already decoded ([`crate::proto::OpBatch::into_received`]).
+    pub fn apply_received(&mut self, batch: Vec<Received>) -> ApplyReport {
         let mut report = ApplyReport::default();
         let mut decoded = Vec::with_capacity(batch.len());
-        for s in batch {
-            let id = entry_id(&s.bytes);
-            match Entry::decode(&s.bytes) {
-                Ok(e) => decoded.push((id, e, s)),
-                Err(e) => self.refuse(&mut report, id, e.into()),
+        for r in batch {
+            match r.entry {
+                Ok(e) => decoded.push((r.id, e, r.signed)),
+                Err(e) => self.refuse(&mut report, r.id, e.into()),
             }
         }
         // Authorizations first, so operations of a device authorized in the same batch pass.

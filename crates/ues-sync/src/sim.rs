@@ -118,7 +118,6 @@ pub fn generate(ops: usize, authors: usize, devices: usize, seed: u64) -> Genera
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("signing thread")).collect()
     });
-    let first_op = entries.len();
     entries.extend(signed);
     let keys = Arc::new(accounts.iter().map(|(d, k, _)| (d.clone(), k.public())).collect());
     // Log order.
@@ -133,7 +132,6 @@ pub fn generate(ops: usize, authors: usize, devices: usize, seed: u64) -> Genera
     keyed.sort_by_key(|(p, _)| *p);
     let entries: Vec<Signed> = keyed.into_iter().map(|(_, s)| s).collect();
     let ops_idx = (0..entries.len()).filter(|i| entries[*i].block.is_some()).collect();
-    let _ = first_op;
     Generated { keys, entries, ops: ops_idx, dids: accounts.into_iter().map(|(d, _, _)| d).collect(), end_ms }
 }
 
