@@ -21,6 +21,8 @@ pub(crate) struct Config {
     pub(crate) http: HttpConfig,
     /// The XRPC server.
     pub(crate) xrpc: XrpcSection,
+    /// The peer-to-peer service.
+    pub(crate) p2p: P2pSection,
     /// Storage tuning.
     pub(crate) storage: StorageSection,
     /// Logging.
@@ -33,6 +35,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             http: HttpConfig::default(),
             xrpc: XrpcSection::default(),
+            p2p: P2pSection::default(),
             storage: StorageSection::default(),
             log: LogConfig::default(),
         }
@@ -101,6 +104,68 @@ impl Default for XrpcSection {
             max_body_mib: 16,
             max_blob_mib: 100,
         }
+    }
+}
+
+/// `[p2p]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct P2pSection {
+    /// Run the peer-to-peer service.
+    pub(crate) enabled: bool,
+    /// Listen multiaddrs.
+    pub(crate) listen: Vec<String>,
+    /// Peers dialled at start and when lost.
+    pub(crate) bootstrap: Vec<String>,
+    /// Peer ids allowed to sync (empty: any).
+    pub(crate) allow_peers: Vec<String>,
+    /// Seconds between reconciliations with each connected peer.
+    pub(crate) sync_interval_secs: u64,
+    /// Established connections in total.
+    pub(crate) max_connections: u32,
+    /// Established connections per peer.
+    pub(crate) max_connections_per_peer: u32,
+    /// Requests per peer per second before a ban.
+    pub(crate) max_requests_per_sec: u32,
+}
+
+impl Default for P2pSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
+            bootstrap: Vec::new(),
+            allow_peers: Vec::new(),
+            sync_interval_secs: 30,
+            max_connections: 256,
+            max_connections_per_peer: 2,
+            max_requests_per_sec: 200,
+        }
+    }
+}
+
+impl P2pSection {
+    /// The protocol layer's settings (addresses and peer ids parsed).
+    pub(crate) fn to_config(&self) -> anyhow::Result<ues_protocol::p2p::node::P2pConfig> {
+        let addrs = |v: &[String], what: &str| {
+            v.iter()
+                .map(|a| a.parse().map_err(|e| anyhow::anyhow!("[p2p] {what} {a:?}: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        Ok(ues_protocol::p2p::node::P2pConfig {
+            listen: addrs(&self.listen, "listen")?,
+            bootstrap: addrs(&self.bootstrap, "bootstrap")?,
+            allow_peers: self
+                .allow_peers
+                .iter()
+                .map(|p| p.parse().map_err(|e| anyhow::anyhow!("[p2p] allow_peers {p:?}: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            sync_interval: std::time::Duration::from_secs(self.sync_interval_secs.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_connections_per_peer: self.max_connections_per_peer.max(1),
+            max_requests_per_sec: self.max_requests_per_sec.max(1),
+            sync: Default::default(),
+        })
     }
 }
 

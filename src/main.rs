@@ -45,9 +45,24 @@ enum Command {
     /// End-to-end benchmarks against a running node.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Peer-to-peer identity.
+    /// Peers of a node: its id, connections, devices (the commands other than `id` talk to the
+    /// running node's admin API).
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// Replicate an account from a peer that hosts it (this node must be an authorized device
+    /// of the account: `ues peer authorize DID PEER` on that peer first).
+    Replicate {
+        /// The account's DID.
+        did: String,
+        /// The peer id to fetch it from.
+        #[arg(long)]
+        from: String,
+        /// Where that peer listens (a multiaddr), when this node is not connected to it.
+        #[arg(long)]
+        addr: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +70,30 @@ enum PeerCommand {
     /// Print the node's libp2p peer id (derived from the Ed25519 identity key in the data
     /// directory, so it is stable across restarts).
     Id(NodeArgs),
+    /// The running node's peer id, listen addresses and connected peers (JSON).
+    List(NodeArgs),
+    /// Connect the running node to a peer (a multiaddr).
+    Connect {
+        /// Where the peer listens, e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3KooW...
+        addr: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Authorize another node (by peer id) as a device of an account hosted here, so it can
+    /// replicate and write to the account.
+    Authorize {
+        /// The account's DID.
+        did: String,
+        /// The other node's peer id (`ues peer id` there).
+        peer: String,
+        /// Revoke instead.
+        #[arg(long)]
+        revoke: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// The running node's replicated accounts: roots, devices, entries (JSON).
+    Status(NodeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +186,13 @@ struct NodeArgs {
     /// HTTP listen address (overrides `[http] listen`).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// libp2p listen address (repeatable; overrides `[p2p] listen`).
+    #[arg(long, value_name = "MULTIADDR")]
+    p2p_listen: Vec<String>,
+    /// A peer to dial at start and whenever the connection is lost (repeatable; added to
+    /// `[p2p] bootstrap`).
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
 }
 
 impl NodeArgs {
@@ -165,6 +211,10 @@ impl NodeArgs {
         if let Some(listen) = self.listen {
             cfg.http.listen = listen;
         }
+        if !self.p2p_listen.is_empty() {
+            cfg.p2p.listen = self.p2p_listen.clone();
+        }
+        cfg.p2p.bootstrap.extend(self.bootstrap.iter().cloned());
         Ok(cfg)
     }
 }
@@ -196,6 +246,23 @@ fn main() -> anyhow::Result<()> {
             println!("{}", ues_protocol::p2p::keypair(key.to_bytes()).public().to_peer_id());
             Ok(())
         }
+        Command::Peer(PeerCommand::List(args)) => print_json(admin_call(&args, "dev.ues.admin.listPeers", None)?),
+        Command::Peer(PeerCommand::Status(args)) => {
+            print_json(admin_call(&args, "dev.ues.admin.getReplication", None)?)
+        }
+        Command::Peer(PeerCommand::Connect { addr, node }) => {
+            print_json(admin_call(&node, "dev.ues.admin.connectPeer", Some(serde_json::json!({ "addr": addr })))?)
+        }
+        Command::Peer(PeerCommand::Authorize { did, peer, revoke, node }) => print_json(admin_call(
+            &node,
+            "dev.ues.admin.authorizeDevice",
+            Some(serde_json::json!({ "did": did, "peerId": peer, "revoke": revoke })),
+        )?),
+        Command::Replicate { did, from, addr, node } => print_json(admin_call(
+            &node,
+            "dev.ues.admin.replicate",
+            Some(serde_json::json!({ "did": did, "from": from, "addr": addr })),
+        )?),
         Command::Bench(BenchCommand::P2p { ops }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
             print_json(rt.block_on(bench::p2p(ops))?)
@@ -220,6 +287,40 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cfg))
         }
     }
+}
+
+/// Calls an admin method of the running node at `[http] listen` (HTTP Basic as `admin`, with
+/// `[xrpc] admin_password` or `<data_dir>/admin.password`); a POST when there is a body.
+fn admin_call(args: &NodeArgs, method: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    use base64::Engine;
+    let cfg = args.resolve()?;
+    let password = if cfg.xrpc.admin_password.is_empty() {
+        let path = cfg.data_dir.join("admin.password");
+        std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (is --data-dir the node's?)", path.display()))?
+            .trim()
+            .to_string()
+    } else {
+        cfg.xrpc.admin_password.clone()
+    };
+    let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}")));
+    let url = format!("http://{}/xrpc/{method}", cfg.http.listen);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut res = match body {
+        Some(b) => agent.post(&url).header("authorization", &auth).send_json(b),
+        None => agent.get(&url).header("authorization", &auth).call(),
+    }
+    .with_context(|| format!("calling {url} (is the node running?)"))?;
+    let status = res.status();
+    let value: serde_json::Value = res.body_mut().read_json().unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        anyhow::bail!("{method}: HTTP {status}: {value}");
+    }
+    Ok(value)
 }
 
 fn print_json(value: serde_json::Value) -> anyhow::Result<()> {
@@ -269,6 +370,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let info = Arc::new(ues_protocol::http::NodeInfo::now());
     let xrpc = Arc::new(xrpc_state(&cfg, &storage)?);
+    let (stop_p2p, p2p_stopped) = tokio::sync::watch::channel(false);
+    let (p2p, _replica_store) = if cfg.p2p.enabled {
+        let (task, store) = start_p2p(&cfg, &key, &xrpc, p2p_stopped)?;
+        (Some(task), Some(store))
+    } else {
+        (None, None)
+    };
     let app = ues_protocol::http::router(info).merge(ues_protocol::xrpc::router(xrpc.clone()));
     let listener =
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
@@ -287,11 +395,40 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     while xrpc.open_streams() > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    let _ = stop_p2p.send(true);
+    if let Some(task) = p2p {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     drop(xrpc);
     tracing::info!("http server stopped; closing storage");
     drop(storage);
     tracing::info!("ues stopped");
     Ok(())
+}
+
+/// The running swarm task.
+type P2pTask = tokio::task::JoinHandle<Result<(), String>>;
+
+/// Opens the replica (its own RocksDB under `<data_dir>/replica`), attaches it to the XRPC
+/// state and starts the swarm.
+fn start_p2p(
+    cfg: &Config,
+    key: &ed25519_dalek::SigningKey,
+    xrpc: &Arc<ues_protocol::xrpc::XrpcState>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(P2pTask, Arc<ues_storage::RocksStore>)> {
+    use ues_protocol::p2p::node;
+    let pcfg = cfg.p2p.to_config()?;
+    let store = ues_storage::RocksStore::open(cfg.data_dir.join("replica"), &cfg.storage_config().rocks)
+        .context("opening the replica store")?;
+    let blocks: Arc<dyn ues_repo::ipld::storage::Blockstore> = Arc::new(store.blockstore());
+    let (rep, rx) = node::Replication::open(blocks, key.clone(), &xrpc.accounts, xrpc.kv.clone(), pcfg.sync)
+        .map_err(|e| anyhow::anyhow!("opening the replica: {e}"))?;
+    let keypair = ues_protocol::p2p::keypair(key.to_bytes());
+    let _ = xrpc.peer_id.set(keypair.public().to_peer_id());
+    let _ = xrpc.replication.set(rep.clone());
+    let task = tokio::spawn(node::run(keypair, xrpc.clone(), rep, rx, pcfg, stopped));
+    Ok((task, store))
 }
 
 /// Composes the XRPC server's state from the opened storage and the configuration.

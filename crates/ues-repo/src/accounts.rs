@@ -144,6 +144,9 @@ pub const MAX_GROUP: usize = 64;
 struct Pending {
     writes: Vec<Write>,
     swap_commit: Option<Cid>,
+    /// Refuse records that reference blobs this node does not hold (off for replicated writes,
+    /// whose blobs live where they were uploaded).
+    check_blobs: bool,
     reply: std::sync::mpsc::Sender<Result<CommitResult, AccountError>>,
 }
 
@@ -734,12 +737,29 @@ impl<B: Blockstore> Accounts<B> {
         writes: &[Write],
         swap_commit: Option<Cid>,
     ) -> Result<CommitResult, AccountError> {
+        self.enqueue(did, writes, swap_commit, true)
+    }
+
+    /// As [`Accounts::apply_writes`], for writes another replica of the account already
+    /// accepted (peer-to-peer replication): the blobs their records reference were uploaded
+    /// there and need not be held here.
+    pub fn apply_replicated(&self, did: &Did, writes: &[Write]) -> Result<CommitResult, AccountError> {
+        self.enqueue(did, writes, None, false)
+    }
+
+    fn enqueue(
+        &self,
+        did: &Did,
+        writes: &[Write],
+        swap_commit: Option<Cid>,
+        check_blobs: bool,
+    ) -> Result<CommitResult, AccountError> {
         // Group commit: the request joins the repository's queue; whoever holds the repository's
         // lock commits everything queued (each request its own signed commit, in order) in one
         // SQLite transaction, so concurrent writers share one transaction's page writes.
         let (reply, answer) = std::sync::mpsc::channel();
         let queue = self.queue(did.as_str());
-        queue.lock().push_back(Pending { writes: writes.to_vec(), swap_commit, reply });
+        queue.lock().push_back(Pending { writes: writes.to_vec(), swap_commit, check_blobs, reply });
         let lock = self.lock(did.as_str());
         let _guard = lock.lock();
         for _ in 0..1_000_000 {
@@ -793,7 +813,9 @@ impl<B: Blockstore> Accounts<B> {
         let mut done: Vec<Built> = Vec::with_capacity(batch.len());
         for p in batch {
             let built = (|| {
-                self.check_blob_refs(did, &p.writes)?;
+                if p.check_blobs {
+                    self.check_blob_refs(did, &p.writes)?;
+                }
                 let res = repo.apply_writes(&p.writes, &key, self.tids.next(), p.swap_commit)?;
                 let event_blocks = if self.hook.is_some() { repo.commit_event_blocks(&res)? } else { Vec::new() };
                 let cids = self.own(did.as_str(), res.commit.rev.as_str(), res.blocks.iter().map(|b| b.0))?;

@@ -26,6 +26,13 @@ pub fn encode(entries: &[Signed]) -> Vec<u8> {
         .encode_to_vec()
 }
 
+/// Whether a message is a live push (its first field is `live`), without decoding it, so a
+/// receiver can tell pushes from session messages on one protocol.
+pub fn is_live(bytes: &[u8]) -> bool {
+    // Field 4 of SyncMessage, length-delimited: tag (4 << 3) | 2.
+    bytes.first() == Some(&0x22)
+}
+
 /// Decodes a live push (each entry decoded once, record blocks attached).
 pub fn decode(bytes: &[u8]) -> Result<Vec<Received>, SyncError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
@@ -105,6 +112,14 @@ mod tests {
         let edit =
             reps[0].write(&did, Nsid::new("app.bsky.feed.post").unwrap(), rkey.clone(), Change::Put(post)).unwrap();
         let msg = encode(&[edit]);
+        assert!(is_live(&msg));
+        let (_, hello) = crate::recon::Session::initiate(
+            &reps[0],
+            crate::recon::Scope::new([did.clone()]),
+            crate::recon::SyncConfig::default(),
+            false,
+        );
+        assert!(!is_live(&hello), "a session's Hello is not a live push");
         assert!(msg.len() < 400, "a small put travels in {} bytes", msg.len());
         let counter = reps[0].write(&did, Nsid::new("dev.ues.test.counter").unwrap(), rkey, Change::Add(1)).unwrap();
         let counter = encode(&[counter]);

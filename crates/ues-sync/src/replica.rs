@@ -909,6 +909,28 @@ impl Replica {
         vv
     }
 
+    /// A time no earlier than this replica's next write.
+    fn next_time(&self) -> Timestamp {
+        let after_last = Timestamp::from_u64(self.clock.last().to_u64().saturating_add(1));
+        after_last.max(Timestamp { wall_ms: crate::hlc::system_ms(), logical: 0 })
+    }
+
+    /// Whether `device` may write for `did` now (authorized, not revoked).
+    pub fn is_authorized(&self, did: &Did, device: &DeviceId) -> bool {
+        let Some(i) = self.did_lookup(did) else { return false };
+        let now = self.next_time();
+        self.accounts[i as usize].devices.get(device).is_some_and(|d| d.valid_at(now))
+    }
+
+    /// The devices of an account: id and whether each may write now.
+    pub fn devices(&self, did: &Did) -> Vec<(DeviceId, bool)> {
+        let Some(i) = self.did_lookup(did) else { return Vec::new() };
+        let now = self.next_time();
+        let mut out: Vec<_> = self.accounts[i as usize].devices.iter().map(|(d, s)| (*d, s.valid_at(now))).collect();
+        out.sort();
+        out
+    }
+
     /// Operations waiting for authorizations.
     pub fn pending_len(&self) -> usize {
         self.pending_len

@@ -19,6 +19,8 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity};
 use ues_sync::recon::{Outcome, Scope, ScopeCache, Session, SyncConfig, SyncError};
 use ues_sync::{Refused, Replica};
 
+/// The account hand-over protocol's name (`replicate DID --from PEER`).
+pub const ACCOUNT_PROTOCOL: StreamProtocol = StreamProtocol::new("/ues/account/1");
 /// The reconciliation protocol's name.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/ues/sync/1");
 /// Largest frame either side reads (sessions keep theirs near 256 KiB; the bound is the
@@ -99,19 +101,23 @@ impl request_response::Codec for SyncCodec {
 
 pub use behaviour::{Behaviour, BehaviourEvent};
 
+pub mod node;
+
 mod behaviour {
     // The derive generates `BehaviourEvent` with one undocumented variant per field.
     #![allow(missing_docs)]
 
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::NetworkBehaviour;
-    use libp2p::{gossipsub, identify, identity, ping};
+    use libp2p::{connection_limits, gossipsub, identify, identity, ping};
 
-    use super::{SYNC_PROTOCOL, SyncCodec};
+    use super::{ACCOUNT_PROTOCOL, SYNC_PROTOCOL, SyncCodec};
 
     /// The node's libp2p behaviour.
     #[derive(NetworkBehaviour)]
     pub struct Behaviour {
+        /// Connections in total and per peer.
+        pub limits: connection_limits::Behaviour,
         /// Exchanges listen addresses and protocols.
         pub identify: identify::Behaviour,
         /// Liveness.
@@ -120,13 +126,24 @@ mod behaviour {
         pub sync: request_response::Behaviour<SyncCodec>,
         /// Head announcements on `ues/repo/<did>`.
         pub gossip: gossipsub::Behaviour,
+        /// Account hand-over to an authorized device.
+        pub account: request_response::Behaviour<SyncCodec>,
     }
 
     impl Behaviour {
-        /// The behaviour for a node with this identity key.
+        /// The behaviour for a node with this identity key (no connection limits).
         pub fn new(key: &identity::Keypair) -> Self {
+            Self::with_limits(key, connection_limits::ConnectionLimits::default())
+        }
+
+        /// The behaviour for a node with this identity key and these connection limits.
+        pub fn with_limits(key: &identity::Keypair, limits: connection_limits::ConnectionLimits) -> Self {
             Behaviour {
-                identify: identify::Behaviour::new(identify::Config::new("/ues/0.1.0".into(), key.public())),
+                limits: connection_limits::Behaviour::new(limits),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/ues/0.1.0".into(), key.public())
+                        .with_agent_version(format!("ues/{}", env!("CARGO_PKG_VERSION"))),
+                ),
                 ping: ping::Behaviour::default(),
                 sync: request_response::Behaviour::with_codec(
                     SyncCodec,
@@ -142,6 +159,11 @@ mod behaviour {
                         .expect("a valid gossipsub configuration"),
                 )
                 .expect("signed gossipsub"),
+                account: request_response::Behaviour::with_codec(
+                    SyncCodec,
+                    [(ACCOUNT_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(std::time::Duration::from_secs(30)),
+                ),
             }
         }
     }
@@ -156,6 +178,14 @@ pub fn keypair(secret: [u8; 32]) -> identity::Keypair {
 
 /// A swarm over TCP with Noise and Yamux (connections idle for 60 s are closed).
 pub fn tcp_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
+    tcp_swarm_with(key, libp2p::connection_limits::ConnectionLimits::default())
+}
+
+/// As [`tcp_swarm`], with connection limits.
+pub fn tcp_swarm_with(
+    key: identity::Keypair,
+    limits: libp2p::connection_limits::ConnectionLimits,
+) -> Result<libp2p::Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -163,7 +193,7 @@ pub fn tcp_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, Box
             libp2p::noise::Config::new,
             libp2p::yamux::Config::default,
         )?
-        .with_behaviour(Behaviour::new)?
+        .with_behaviour(|k| Behaviour::with_limits(k, limits))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(std::time::Duration::from_secs(60)))
         .build())
 }
@@ -297,12 +327,25 @@ impl SyncPeer {
         Ok(reply)
     }
 
+    /// Whether a session this side started with `peer` is running.
+    pub fn is_running(&self, peer: &PeerId) -> bool {
+        self.running.contains_key(peer)
+    }
+
+    /// Forgets the sessions with `peer` (its connection closed, or a request failed).
+    pub fn abort(&mut self, peer: &PeerId) {
+        self.running.remove(peer);
+        self.answering.remove(peer);
+        self.order.retain(|p| p != peer);
+    }
+
     /// Whether `peer` is banned now.
     pub fn is_banned(&self, peer: &PeerId) -> bool {
         self.bans.get(peer).is_some_and(|until| Instant::now() < *until)
     }
 
-    fn ban(&mut self, peer: PeerId, why: &str) {
+    /// Refuses `peer` for [`BAN`] and drops its sessions.
+    pub fn ban(&mut self, peer: PeerId, why: &str) {
         tracing::warn!(%peer, reason = why, "peer banned");
         self.answering.remove(&peer);
         self.running.remove(&peer);
@@ -320,7 +363,7 @@ impl SyncPeer {
 }
 
 /// Refusals that only a misbehaving peer causes (not a late authorization or a clock skew).
-fn is_misbehaviour(r: &Refused) -> bool {
+pub(crate) fn is_misbehaviour(r: &Refused) -> bool {
     matches!(r, Refused::Entry(_) | Refused::Equivocation { .. } | Refused::BadBlock(..))
 }
 

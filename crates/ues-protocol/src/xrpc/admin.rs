@@ -366,3 +366,133 @@ pub(crate) async fn list_reports(
     })
     .await
 }
+
+// Peer-to-peer administration (`dev.ues.admin.*`): peers, devices, replication.
+
+fn replication(st: &XrpcState) -> Result<&Arc<crate::p2p::node::Replication>, XrpcError> {
+    st.replication.get().ok_or_else(|| {
+        XrpcError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "MethodNotImplemented",
+            "the peer-to-peer service is off ([p2p] enabled = false)",
+        )
+    })
+}
+
+fn peer_id(s: &str) -> Result<crate::p2p::libp2p::PeerId, XrpcError> {
+    s.parse().map_err(|e| XrpcError::invalid(format!("invalid peer id {s:?}: {e}")))
+}
+
+fn multiaddr(s: &str) -> Result<crate::p2p::libp2p::Multiaddr, XrpcError> {
+    s.parse().map_err(|e| XrpcError::invalid(format!("invalid multiaddr {s:?}: {e}")))
+}
+
+/// Runs a swarm command and waits (at most 30 s) for its outcome.
+async fn p2p_command(
+    st: &XrpcState,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), String>>) -> crate::p2p::node::Command,
+) -> Result<(), XrpcError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    replication(st)?
+        .command(make(tx))
+        .await
+        .map_err(|e| XrpcError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", e))?;
+    match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(XrpcError::new(StatusCode::BAD_GATEWAY, "PeerFailed", e)),
+        Ok(Err(_)) => {
+            Err(XrpcError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "the peer-to-peer service stopped"))
+        }
+        Err(_) => {
+            Err(XrpcError::new(StatusCode::GATEWAY_TIMEOUT, "PeerTimeout", "no answer from the peer within 30 s"))
+        }
+    }
+}
+
+/// `dev.ues.admin.listPeers`.
+pub(crate) async fn list_peers(State(st): State<Arc<XrpcState>>, headers: HeaderMap) -> Res {
+    admin(&st, &headers)?;
+    let r = replication(&st)?;
+    let s = r.status();
+    Ok(Json(json!({
+        "peerId": st.peer_id.get().map(|p| p.to_string()),
+        "listening": s.listening,
+        "connected": s
+            .connected
+            .iter()
+            .map(|(p, c)| json!({"peerId": p, "addr": c.addr, "agent": c.agent, "rttMs": c.rtt_ms}))
+            .collect::<Vec<_>>(),
+        "sessions": s.sessions,
+        "liveReceived": s.live_received,
+        "headsReceived": s.heads_received,
+        "bans": s.bans,
+        "remoteCommits": s.remote_commits,
+    })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ConnectPeer {
+    addr: String,
+}
+
+/// `dev.ues.admin.connectPeer`.
+pub(crate) async fn connect_peer(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<ConnectPeer>,
+) -> Res {
+    admin(&st, &headers)?;
+    let addr = multiaddr(&b.addr)?;
+    p2p_command(&st, |tx| crate::p2p::node::Command::Dial(addr, tx)).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AuthorizeDevice {
+    did: String,
+    peer_id: String,
+    #[serde(default)]
+    revoke: bool,
+}
+
+/// `dev.ues.admin.authorizeDevice`.
+pub(crate) async fn authorize_device(
+    State(st): State<Arc<XrpcState>>,
+    headers: HeaderMap,
+    XJson(b): XJson<AuthorizeDevice>,
+) -> Res {
+    admin(&st, &headers)?;
+    let d = did(&b.did)?;
+    let peer = peer_id(&b.peer_id)?;
+    blocking(move || {
+        account(&st, &d)?;
+        replication(&st)?.authorize_peer(&st.accounts, &d, &peer, b.revoke).map_err(XrpcError::invalid)?;
+        tracing::info!(did = %d, %peer, revoke = b.revoke, "device authorization signed");
+        Ok(Json(json!({})))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Replicate {
+    did: String,
+    from: String,
+    addr: Option<String>,
+}
+
+/// `dev.ues.admin.replicate`.
+pub(crate) async fn replicate(State(st): State<Arc<XrpcState>>, headers: HeaderMap, XJson(b): XJson<Replicate>) -> Res {
+    admin(&st, &headers)?;
+    let d = did(&b.did)?;
+    let from = peer_id(&b.from)?;
+    let addr = b.addr.as_deref().map(multiaddr).transpose()?;
+    p2p_command(&st, |reply| crate::p2p::node::Command::Replicate { did: d, from, addr, reply }).await?;
+    Ok(Json(json!({})))
+}
+
+/// `dev.ues.admin.getReplication`.
+pub(crate) async fn get_replication(State(st): State<Arc<XrpcState>>, headers: HeaderMap) -> Res {
+    admin(&st, &headers)?;
+    blocking(move || Ok(Json(replication(&st)?.describe(&st.accounts)))).await
+}

@@ -85,5 +85,30 @@ pub(crate) async fn render(State(st): State<Arc<XrpcState>>) -> Response {
         "# HELP ues_firehose_subscribers Open subscribeRepos streams.\n# TYPE ues_firehose_subscribers gauge\nues_firehose_subscribers {}",
         m.subscribers.load(Ordering::Relaxed)
     );
+    if let Some(r) = st.replication.get() {
+        let s = r.status();
+        let _ = writeln!(
+            out,
+            "# HELP ues_p2p_connected_peers Connected libp2p peers.\n# TYPE ues_p2p_connected_peers gauge\nues_p2p_connected_peers {}",
+            s.connected.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ues_p2p_replicated_accounts Accounts replicated with peers.\n# TYPE ues_p2p_replicated_accounts gauge\nues_p2p_replicated_accounts {}",
+            r.tracked().len()
+        );
+        out.push_str("# HELP ues_p2p_sessions_total Reconciliation sessions this node started, by outcome.\n# TYPE ues_p2p_sessions_total counter\n");
+        for (outcome, n) in &s.sessions {
+            let _ = writeln!(out, "ues_p2p_sessions_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        for (name, help, v) in [
+            ("ues_p2p_live_pushes_received_total", "Live pushes received from peers.", s.live_received),
+            ("ues_p2p_heads_received_total", "Head announcements received.", s.heads_received),
+            ("ues_p2p_bans_total", "Peers banned.", s.bans),
+            ("ues_p2p_remote_commits_total", "Commits made from peers' operations.", s.remote_commits),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -85,6 +85,10 @@ pub struct XrpcState {
     pub metrics: metrics::Metrics,
     /// HTTP client for AppView calls (30 s timeout, no redirects).
     proxy_agent: ureq::Agent,
+    /// The peer-to-peer replication of accounts, when the node runs it.
+    pub replication: std::sync::OnceLock<Arc<crate::p2p::node::Replication>>,
+    /// The node's libp2p peer id, when the peer-to-peer service runs.
+    pub peer_id: std::sync::OnceLock<libp2p::PeerId>,
 }
 
 /// SQLite schema the XRPC layer adds (credentials are a protocol concern).
@@ -143,7 +147,23 @@ impl XrpcState {
                 .max_redirects(0)
                 .build()
                 .into(),
+            replication: std::sync::OnceLock::new(),
+            peer_id: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Commits writes from a client: through the replication bridge when the node replicates
+    /// accounts (a replicated account's commit becomes signed operations too), else directly.
+    pub(crate) fn commit(
+        &self,
+        did: &ues_sync::repo::syntax::Did,
+        writes: &[ues_sync::repo::repo::Write],
+        swap: Option<cid::Cid>,
+    ) -> Result<ues_sync::repo::repo::CommitResult, ues_sync::repo::accounts::AccountError> {
+        match self.replication.get() {
+            Some(r) => r.local_commit(&self.accounts, did, writes, swap),
+            None => self.accounts.apply_writes(did, writes, swap),
+        }
     }
 
     /// Firehose streams still open (they are detached from the HTTP server's graceful shutdown).
@@ -356,6 +376,11 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/xrpc/com.atproto.admin.updateSubjectStatus", post(admin::update_subject_status))
         .route("/xrpc/com.atproto.admin.deleteAccount", post(admin::delete_account))
         .route("/xrpc/dev.ues.admin.listReports", get(admin::list_reports))
+        .route("/xrpc/dev.ues.admin.listPeers", get(admin::list_peers))
+        .route("/xrpc/dev.ues.admin.connectPeer", post(admin::connect_peer))
+        .route("/xrpc/dev.ues.admin.authorizeDevice", post(admin::authorize_device))
+        .route("/xrpc/dev.ues.admin.replicate", post(admin::replicate))
+        .route("/xrpc/dev.ues.admin.getReplication", get(admin::get_replication))
         .route("/.well-known/atproto-did", get(server::well_known_atproto_did))
         .route("/.well-known/did.json", get(server::well_known_did_json))
         .route("/metrics", get(metrics::render))

@@ -1,0 +1,1011 @@
+//! The peer-to-peer service `ues run` starts: a libp2p swarm, the node's replica of the accounts
+//! it replicates, and the bridge between that replica and the accounts' AT Protocol
+//! repositories.
+//!
+//! - A local write through XRPC to a replicated account commits to the repository and, under
+//!   the same lock, becomes signed operations of this node's device ([`Replication::local_commit`]),
+//!   pushed live to connected peers and announced on `ues/repo/<did>`.
+//! - Operations from peers (sessions, live pushes) change the replica; the bridge then commits
+//!   the difference to the repository with the account's key ([`Replication::materialize`]),
+//!   so the usual firehose events go out and every replica's repository has the replica's MST.
+//! - `replicate DID --from PEER` asks that peer for the account over `/ues/account/1`; the peer
+//!   hands over the account (handle, signing key, credentials) only when the asking node's key
+//!   is an authorized device of the account, over the Noise-authenticated connection.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, identity};
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use ues_sync::head::Head;
+use ues_sync::recon::{Scope, SyncConfig};
+use ues_sync::repo::accounts::{AccountError, Accounts};
+use ues_sync::repo::crypto::{KeyType, Keypair, PublicKey};
+use ues_sync::repo::ipld::dagcbor;
+use ues_sync::repo::ipld::storage::{Blockstore, Kv};
+use ues_sync::repo::repo::{CommitResult, Write};
+use ues_sync::repo::syntax::{Did, Handle, Nsid, RecordKey};
+use ues_sync::vv::DeviceId;
+use ues_sync::{AccountKeys, Change, Replica, Signed, live};
+
+use super::{Behaviour, BehaviourEvent, Next, SyncPeer, repo_topic};
+use crate::xrpc::XrpcState;
+
+/// The accounts type of a running node.
+pub type NodeAccounts = Accounts<Arc<dyn Blockstore>>;
+
+/// Largest live push (entries per message).
+const LIVE_CHUNK: usize = ues_sync::live::MAX_LIVE_ENTRIES;
+/// Commands queued for the swarm task before local writes stop being pushed live (the next
+/// session carries them instead).
+const COMMAND_QUEUE: usize = 4_096;
+/// Peers whose addresses are remembered (replication sources, bootstrap peers).
+const MAX_KNOWN_PEERS: usize = 256;
+/// Largest account hand-over message.
+const MAX_HANDOVER: usize = 16 * 1024;
+
+/// `[p2p]` settings.
+#[derive(Debug, Clone)]
+pub struct P2pConfig {
+    /// Listen addresses (`/ip4/0.0.0.0/tcp/4001`, ...).
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialled at start and whenever the connection is lost (with `/p2p/<id>` or not).
+    pub bootstrap: Vec<Multiaddr>,
+    /// When not empty, the only peers this node syncs with and answers.
+    pub allow_peers: Vec<PeerId>,
+    /// How often each connected peer is reconciled with even without announcements.
+    pub sync_interval: Duration,
+    /// Established connections in total.
+    pub max_connections: u32,
+    /// Established connections per peer.
+    pub max_connections_per_peer: u32,
+    /// Requests a peer may send per second before it is banned as a flood.
+    pub max_requests_per_sec: u32,
+    /// Reconciliation tuning.
+    pub sync: SyncConfig,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".parse().expect("valid")],
+            bootstrap: Vec::new(),
+            allow_peers: Vec::new(),
+            sync_interval: Duration::from_secs(30),
+            max_connections: 256,
+            max_connections_per_peer: 2,
+            max_requests_per_sec: 200,
+            sync: SyncConfig::default(),
+        }
+    }
+}
+
+/// Account keys of the replicated accounts (from the accounts table).
+#[derive(Default)]
+struct NodeKeys(RwLock<HashMap<Did, PublicKey>>);
+
+impl AccountKeys for NodeKeys {
+    fn key(&self, did: &Did) -> Option<PublicKey> {
+        self.0.read().get(did).copied()
+    }
+}
+
+/// What the swarm task is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Dial an address.
+    Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
+    /// Fetch an account from a peer and replicate it.
+    Replicate {
+        /// The account.
+        did: Did,
+        /// The peer to fetch it from.
+        from: PeerId,
+        /// Where the peer listens, when not connected.
+        addr: Option<Multiaddr>,
+        /// The outcome.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Entries written here: push them live.
+    Local(Vec<Signed>),
+    /// An account's head moved: announce it.
+    Announce(Did),
+}
+
+/// A connected peer, as this node sees it.
+#[derive(Debug, Default, Clone)]
+pub struct PeerStatus {
+    /// Its address.
+    pub addr: String,
+    /// Its agent version, once identify has run.
+    pub agent: Option<String>,
+    /// The last ping's round trip, milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+/// Peer and replication status for admins and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Status {
+    /// Connected peers by peer id.
+    pub connected: BTreeMap<String, PeerStatus>,
+    /// Addresses this node listens on.
+    pub listening: Vec<String>,
+    /// Sessions completed, by outcome.
+    pub sessions: BTreeMap<&'static str, u64>,
+    /// Live pushes received.
+    pub live_received: u64,
+    /// Head announcements received.
+    pub heads_received: u64,
+    /// Peers banned since start.
+    pub bans: u64,
+    /// Commits made from remote operations.
+    pub remote_commits: u64,
+}
+
+/// The replica and its bridge to the accounts, shared by XRPC handlers and the swarm task.
+pub struct Replication {
+    peer: Mutex<SyncPeer>,
+    /// Held while a replicated repository's commit and its replica state are brought together.
+    bridge: Mutex<()>,
+    keys: Arc<NodeKeys>,
+    device_key: ed25519_dalek::SigningKey,
+    device: DeviceId,
+    tracked: RwLock<BTreeSet<Did>>,
+    materialized: Mutex<HashMap<Did, cid::Cid>>,
+    kv: Arc<dyn Kv>,
+    tx: mpsc::Sender<Command>,
+    status: Mutex<Status>,
+}
+
+fn tracked_key(did: &Did) -> Vec<u8> {
+    format!("p2p/replicate/{did}").into_bytes()
+}
+
+fn peer_key(peer: &PeerId) -> Vec<u8> {
+    format!("p2p/peer/{peer}").into_bytes()
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// The Ed25519 device key behind a peer id (UES nodes' peer ids are their device keys).
+pub fn device_of(peer: &PeerId) -> Option<DeviceId> {
+    let key = identity::PublicKey::try_decode_protobuf(peer.as_ref().digest()).ok()?;
+    Some(key.try_into_ed25519().ok()?.to_bytes())
+}
+
+/// The peer id of a device key.
+pub fn peer_of(device: &DeviceId) -> Option<PeerId> {
+    let key = identity::ed25519::PublicKey::try_from_bytes(device).ok()?;
+    Some(identity::PublicKey::from(key).to_peer_id())
+}
+
+impl Replication {
+    /// Opens the replica over `blocks` (its own store: entries and the records they carry)
+    /// for a node whose device key is `device_key`; returns the handle and the swarm task's
+    /// command queue.
+    pub fn open(
+        blocks: Arc<dyn Blockstore>,
+        device_key: ed25519_dalek::SigningKey,
+        accounts: &NodeAccounts,
+        kv: Arc<dyn Kv>,
+        sync: SyncConfig,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<Command>), String> {
+        let keys = Arc::new(NodeKeys::default());
+        let mut tracked = BTreeSet::new();
+        for (k, _) in kv.scan_prefix(b"p2p/replicate/", 100_000).map_err(err)? {
+            let did = String::from_utf8_lossy(&k["p2p/replicate/".len()..]).to_string();
+            let Ok(did) = Did::new(did.as_str()) else { continue };
+            if let Ok(key) = accounts.signing_key(&did) {
+                keys.0.write().insert(did.clone(), key.public());
+                tracked.insert(did);
+            }
+        }
+        let replica = Replica::open(blocks, keys.clone(), ues_sync::hlc::Hlc::new(60_000), Some(device_key.clone()))
+            .map_err(err)?;
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let device = device_key.verifying_key().to_bytes();
+        tracing::info!(accounts = tracked.len(), entries = replica.len(), "replica open");
+        Ok((
+            Arc::new(Replication {
+                peer: Mutex::new(SyncPeer::new(replica, sync)),
+                bridge: Mutex::new(()),
+                keys,
+                device_key,
+                device,
+                tracked: RwLock::new(tracked),
+                materialized: Mutex::new(HashMap::new()),
+                kv,
+                tx,
+                status: Mutex::new(Status::default()),
+            }),
+            rx,
+        ))
+    }
+
+    /// Whether this node replicates `did`.
+    pub fn is_tracked(&self, did: &Did) -> bool {
+        self.tracked.read().contains(did)
+    }
+
+    /// The replicated accounts.
+    pub fn tracked(&self) -> Vec<Did> {
+        self.tracked.read().iter().cloned().collect()
+    }
+
+    /// A copy of the status.
+    pub fn status(&self) -> Status {
+        self.status.lock().clone()
+    }
+
+    fn track(&self, did: &Did, key: PublicKey) -> Result<(), String> {
+        self.keys.0.write().insert(did.clone(), key);
+        self.kv.put(&tracked_key(did), b"1", None).map_err(err)?;
+        self.tracked.write().insert(did.clone());
+        Ok(())
+    }
+
+    /// Commits writes from a client of this node. For a replicated account the commit and the
+    /// operations that carry it to the other replicas are made under one lock, so the bridge
+    /// never sees one without the other.
+    pub fn local_commit(
+        &self,
+        accounts: &NodeAccounts,
+        did: &Did,
+        writes: &[Write],
+        swap: Option<cid::Cid>,
+    ) -> Result<CommitResult, AccountError> {
+        if !self.is_tracked(did) {
+            let res = accounts.apply_writes(did, writes, swap)?;
+            let _ = self.tx.try_send(Command::Announce(did.clone()));
+            return Ok(res);
+        }
+        let _bridge = self.bridge.lock();
+        if !self.peer.lock().replica.is_authorized(did, &self.device) {
+            return Err(AccountError::CommitFailed(format!(
+                "this node is not yet an authorized device of {did}; it becomes one when it syncs with the node that authorized it"
+            )));
+        }
+        let res = accounts.apply_writes(did, writes, swap)?;
+        let mut entries = Vec::with_capacity(writes.len());
+        {
+            let mut p = self.peer.lock();
+            for w in writes {
+                let (collection, rkey, change) = match w {
+                    Write::Create { collection, rkey, record } | Write::Update { collection, rkey, record, .. } => {
+                        (collection, rkey, Change::Put(record.clone()))
+                    }
+                    Write::Delete { collection, rkey, .. } => (collection, rkey, Change::Delete),
+                };
+                match p.replica.write(did, collection.clone(), rkey.clone(), change) {
+                    Ok(s) => entries.push(s),
+                    Err(e) => {
+                        tracing::error!(%did, %collection, %rkey, error = %e, "a committed write did not become an operation")
+                    }
+                }
+            }
+            if let Ok(root) = p.replica.root(did)
+                && root == res.commit.data
+            {
+                self.materialized.lock().insert(did.clone(), root);
+            }
+        }
+        let _ = self.tx.try_send(Command::Local(entries));
+        let _ = self.tx.try_send(Command::Announce(did.clone()));
+        Ok(res)
+    }
+
+    /// Makes this node's device a writer of a hosted account, with the account's records as
+    /// its first operations (once), so the account can be replicated.
+    pub fn enable(&self, accounts: &NodeAccounts, did: &Did) -> Result<(), String> {
+        let _bridge = self.bridge.lock();
+        let key = accounts.signing_key(did).map_err(err)?;
+        self.track(did, key.public())?;
+        let mut p = self.peer.lock();
+        if !p.replica.is_authorized(did, &self.device) {
+            p.replica.authorize(&key, did, self.device, false).map_err(err)?;
+        }
+        let repo = accounts.repo(did).map_err(err)?;
+        let entries = repo.mst().map_err(err)?.list(None, usize::MAX).map_err(err)?;
+        let held = p.replica.records(did).cloned().unwrap_or_default();
+        let mut seeded = 0;
+        for (path, cid) in entries {
+            if held.get(&path) == Some(&cid) {
+                continue;
+            }
+            let bytes = accounts.blocks().get(&cid).map_err(err)?.ok_or_else(|| format!("record {path} missing"))?;
+            let value = dagcbor::decode_atproto(&bytes).map_err(err)?;
+            let (c, r) = path.split_once('/').ok_or("bad path")?;
+            let (c, r) = (Nsid::new(c).map_err(err)?, RecordKey::new(r).map_err(err)?);
+            p.replica.write(did, c, r, Change::Put(value)).map_err(err)?;
+            seeded += 1;
+        }
+        tracing::info!(%did, seeded, "account replicated from this node");
+        Ok(())
+    }
+
+    /// Authorizes (or revokes) the device behind `peer` for a hosted account, signed with the
+    /// account's key; the authorization travels to the other replicas like any entry.
+    pub fn authorize_peer(
+        &self,
+        accounts: &NodeAccounts,
+        did: &Did,
+        peer: &PeerId,
+        revoke: bool,
+    ) -> Result<(), String> {
+        let device = device_of(peer).ok_or("the peer id does not hold an Ed25519 key")?;
+        self.enable(accounts, did)?;
+        let key = accounts.signing_key(did).map_err(err)?;
+        let signed = self.peer.lock().replica.authorize(&key, did, device, revoke).map_err(err)?;
+        let _ = self.tx.try_send(Command::Local(vec![signed]));
+        let _ = self.tx.try_send(Command::Announce(did.clone()));
+        Ok(())
+    }
+
+    /// Commits to the account's repository whatever its replica holds that the repository does
+    /// not (records put, changed or deleted by other devices). Returns the commit, if one was due.
+    pub fn materialize(&self, accounts: &NodeAccounts, did: &Did) -> Result<Option<CommitResult>, String> {
+        let _bridge = self.bridge.lock();
+        if accounts.get(did).map_err(err)?.is_none() {
+            return Ok(None);
+        }
+        let (root, want) = {
+            let mut p = self.peer.lock();
+            let Ok(root) = p.replica.root(did) else { return Ok(None) };
+            if self.materialized.lock().get(did) == Some(&root) {
+                return Ok(None);
+            }
+            (root, p.replica.records(did).cloned().unwrap_or_default())
+        };
+        let repo = accounts.repo(did).map_err(err)?;
+        if repo.commit().data == root {
+            self.materialized.lock().insert(did.clone(), root);
+            return Ok(None);
+        }
+        let have: BTreeMap<String, cid::Cid> =
+            repo.mst().map_err(err)?.list(None, usize::MAX).map_err(err)?.into_iter().collect();
+        let mut writes = Vec::new();
+        {
+            let p = self.peer.lock();
+            for (path, cid) in &want {
+                if have.get(path) == Some(cid) {
+                    continue;
+                }
+                let bytes =
+                    p.replica.blocks().get(cid).map_err(err)?.ok_or_else(|| format!("record block {cid} missing"))?;
+                let record = dagcbor::decode_atproto(&bytes).map_err(err)?;
+                let (c, r) = path.split_once('/').ok_or("bad path")?;
+                writes.push(Write::Update {
+                    collection: Nsid::new(c).map_err(err)?,
+                    rkey: RecordKey::new(r).map_err(err)?,
+                    record,
+                    swap: None,
+                });
+            }
+        }
+        for path in have.keys().filter(|p| !want.contains_key(*p)) {
+            let (c, r) = path.split_once('/').ok_or("bad path")?;
+            writes.push(Write::Delete {
+                collection: Nsid::new(c).map_err(err)?,
+                rkey: RecordKey::new(r).map_err(err)?,
+                swap: None,
+            });
+        }
+        if writes.is_empty() {
+            return Ok(None);
+        }
+        let res = accounts.apply_replicated(did, &writes).map_err(err)?;
+        if res.commit.data == root {
+            self.materialized.lock().insert(did.clone(), root);
+        } else {
+            tracing::warn!(%did, replica = %root, repo = %res.commit.data, "the repository differs from the replica after materializing");
+        }
+        self.status.lock().remote_commits += 1;
+        tracing::info!(%did, writes = writes.len(), rev = %res.commit.rev, "committed operations from peers");
+        Ok(Some(res))
+    }
+
+    /// Replication state of every replicated account (for admins).
+    pub fn describe(&self, accounts: &NodeAccounts) -> Value {
+        let mut out = Vec::new();
+        for did in self.tracked() {
+            let mut p = self.peer.lock();
+            let replica_root = p.replica.root(&did).ok().map(|c| c.to_string());
+            let records = p.replica.records(&did).map_or(0, |r| r.len());
+            let devices: Vec<Value> = p
+                .replica
+                .devices(&did)
+                .into_iter()
+                .map(|(d, valid)| {
+                    json!({"device": data_encoding::HEXLOWER.encode(&d), "peerId": peer_of(&d).map(|p| p.to_string()), "valid": valid, "self": d == self.device})
+                })
+                .collect();
+            drop(p);
+            let repo = accounts.repo(&did).ok();
+            out.push(json!({
+                "did": did.to_string(),
+                "replicaRoot": replica_root,
+                "repoRoot": repo.as_ref().map(|r| r.commit().data.to_string()),
+                "rev": repo.as_ref().map(|r| r.commit().rev.to_string()),
+                "records": records,
+                "devices": devices,
+            }));
+        }
+        let p = self.peer.lock();
+        json!({
+            "device": data_encoding::HEXLOWER.encode(&self.device),
+            "entries": p.replica.len(),
+            "pending": p.replica.pending_len(),
+            "refusals": p.replica.refusal_counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "accounts": out,
+        })
+    }
+
+    /// Queues a command for the swarm task.
+    pub async fn command(&self, c: Command) -> Result<(), String> {
+        self.tx.send(c).await.map_err(|_| "the peer-to-peer service is not running".to_string())
+    }
+
+    fn scope(&self, accounts: &NodeAccounts) -> Option<Scope> {
+        let dids: Vec<Did> = self.tracked().into_iter().filter(|d| accounts.get(d).ok().flatten().is_some()).collect();
+        (!dids.is_empty()).then(|| Scope::new(dids))
+    }
+
+    /// The account hand-over a peer asks for: granted only to an authorized device.
+    fn hand_over(&self, st: &XrpcState, peer: &PeerId, req: &[u8]) -> Value {
+        let refuse = |m: &str| json!({ "error": m });
+        let Ok(req) = serde_json::from_slice::<Value>(req) else { return refuse("malformed request") };
+        let Some(Ok(did)) = req.get("did").and_then(|d| d.as_str()).map(Did::new) else { return refuse("no DID") };
+        let Some(device) = device_of(peer) else { return refuse("not an Ed25519 peer") };
+        if !self.peer.lock().replica.is_authorized(&did, &device) {
+            tracing::warn!(%peer, %did, "account hand-over refused: not an authorized device");
+            return refuse("NotAuthorized: this peer is not an authorized device of the account");
+        }
+        let account = match st.accounts.get(&did) {
+            Ok(Some(a)) => a,
+            _ => return refuse("AccountNotFound"),
+        };
+        let Ok(key) = st.accounts.signing_key(&did) else { return refuse("no key") };
+        let cred: Option<(Option<String>, Option<String>)> = st
+            .accounts
+            .db()
+            .read(|c| {
+                use ues_sync::repo::ipld::storage::rusqlite::OptionalExtension;
+                c.query_row("SELECT email, password_hash FROM credential WHERE did = ?1", [did.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            })
+            .ok()
+            .flatten();
+        let plc =
+            st.kv.get(format!("plc/{did}").as_bytes()).ok().flatten().map(|b| String::from_utf8_lossy(&b).to_string());
+        let (email, password_hash) = cred.unwrap_or_default();
+        tracing::info!(%peer, %did, "account handed over to an authorized device");
+        json!({
+            "did": did.to_string(),
+            "handle": account.handle.to_string(),
+            "keyType": match key.key_type() { KeyType::K256 => "k256", KeyType::P256 => "p256" },
+            "key": data_encoding::HEXLOWER.encode(&key.to_bytes()),
+            "email": email,
+            "passwordHash": password_hash,
+            "plcOp": plc,
+        })
+    }
+
+    /// Takes an account handed over by an authorized peer: the account, its credentials, and
+    /// replication of it from now on.
+    fn take_over(&self, st: &XrpcState, did: &Did, res: &[u8]) -> Result<(), String> {
+        let v: Value = serde_json::from_slice(res).map_err(err)?;
+        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            return Err(format!("the peer refused: {e}"));
+        }
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str());
+        if s("did") != Some(did.as_str()) {
+            return Err("the peer handed over another account".into());
+        }
+        let kind = if s("keyType") == Some("p256") { KeyType::P256 } else { KeyType::K256 };
+        let secret = data_encoding::HEXLOWER.decode(s("key").unwrap_or("").as_bytes()).map_err(err)?;
+        let key = Keypair::from_bytes(kind, &secret).map_err(err)?;
+        let handle = Handle::new(s("handle").unwrap_or("")).map_err(err)?;
+        if st.accounts.get(did).map_err(err)?.is_none() {
+            st.accounts.create_with_key(did.clone(), handle, key.clone()).map_err(err)?;
+            st.accounts
+                .db()
+                .write(|tx| {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO credential (did, email, password_hash) VALUES (?1, ?2, ?3)",
+                        ues_sync::repo::ipld::storage::rusqlite::params![did.as_str(), s("email"), s("passwordHash")],
+                    )
+                    .map_err(ues_sync::repo::ipld::storage::Error::from)
+                })
+                .map_err(err)?;
+            if let Some(op) = s("plcOp") {
+                st.kv.put(format!("plc/{did}").as_bytes(), op.as_bytes(), None).map_err(err)?;
+            }
+            st.firehose.notify();
+        } else if st.accounts.signing_key(did).map_err(err)?.public() != key.public() {
+            return Err(format!("{did} is hosted here with another key"));
+        }
+        self.track(did, key.public())?;
+        tracing::info!(%did, "replicating an account handed over by a peer");
+        Ok(())
+    }
+}
+
+/// Runs blocking work (signature checks, RocksDB, SQLite) from the swarm task without
+/// stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Where a command's outcome goes.
+type Reply = oneshot::Sender<Result<(), String>>;
+
+/// The swarm task's state.
+struct Task {
+    swarm: Swarm<Behaviour>,
+    rep: Arc<Replication>,
+    st: Arc<XrpcState>,
+    cfg: P2pConfig,
+    /// Live pushes in flight (their empty responses are not session turns).
+    live: HashSet<OutboundRequestId>,
+    /// Account requests in flight.
+    handovers: HashMap<OutboundRequestId, (Did, PeerId, Reply)>,
+    /// Replications waiting for their peer's connection.
+    waiting: Vec<(Did, PeerId, Reply, Instant)>,
+    /// Dials waiting for their connection.
+    dials: Vec<(Multiaddr, Reply, Instant)>,
+    outbox: Vec<Signed>,
+    announce: BTreeSet<Did>,
+    /// Requests per peer in the current second.
+    rate: HashMap<PeerId, (Instant, u32)>,
+    known: HashMap<PeerId, Multiaddr>,
+}
+
+/// Starts the swarm (listening on `cfg.listen`) and runs it until `shutdown` fires.
+pub async fn run(
+    key: identity::Keypair,
+    st: Arc<XrpcState>,
+    rep: Arc<Replication>,
+    mut rx: mpsc::Receiver<Command>,
+    cfg: P2pConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let limits = libp2p::connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(cfg.max_connections))
+        .with_max_established_per_peer(Some(cfg.max_connections_per_peer))
+        .with_max_pending_incoming(Some(64))
+        .with_max_pending_outgoing(Some(64));
+    let mut swarm = super::tcp_swarm_with(key, limits).map_err(err)?;
+    for addr in &cfg.listen {
+        // A taken port must not take the node's other services down: say it and go on.
+        if let Err(e) = swarm.listen_on(addr.clone()) {
+            tracing::error!(%addr, error = %e, "cannot listen for peers");
+        }
+    }
+    for did in rep.tracked() {
+        let _ = swarm.behaviour_mut().gossip.subscribe(&repo_topic(&did));
+    }
+    let mut known = HashMap::new();
+    for (k, v) in rep.kv.scan_prefix(b"p2p/peer/", MAX_KNOWN_PEERS).map_err(err)? {
+        let peer = String::from_utf8_lossy(&k["p2p/peer/".len()..]).parse::<PeerId>();
+        let addr = String::from_utf8_lossy(&v).parse::<Multiaddr>();
+        if let (Ok(p), Ok(a)) = (peer, addr) {
+            known.insert(p, a);
+        }
+    }
+    let mut task = Task {
+        swarm,
+        rep,
+        st,
+        cfg,
+        live: HashSet::new(),
+        handovers: HashMap::new(),
+        waiting: Vec::new(),
+        dials: Vec::new(),
+        outbox: Vec::new(),
+        announce: BTreeSet::new(),
+        rate: HashMap::new(),
+        known,
+    };
+    task.redial();
+    let mut flush = tokio::time::interval(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(task.cfg.sync_interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            ev = task.swarm.select_next_some() => task.on_event(ev),
+            cmd = rx.recv() => match cmd {
+                Some(c) => task.on_command(c),
+                None => break,
+            },
+            _ = flush.tick() => task.flush(),
+            _ = tick.tick() => task.anti_entropy(),
+            _ = shutdown.changed() => break,
+        }
+    }
+    tracing::info!("peer-to-peer service stopped");
+    Ok(())
+}
+
+impl Task {
+    fn allowed(&self, peer: &PeerId) -> bool {
+        self.cfg.allow_peers.is_empty() || self.cfg.allow_peers.contains(peer)
+    }
+
+    fn redial(&mut self) {
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        for addr in self.cfg.bootstrap.clone() {
+            let peer = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            if peer.is_none_or(|p| !connected.contains(&p))
+                && let Err(e) = self.swarm.dial(addr.clone())
+            {
+                tracing::debug!(%addr, error = %e, "bootstrap dial failed");
+            }
+        }
+        for (peer, addr) in self.known.clone() {
+            if !connected.contains(&peer) {
+                let _ = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+            }
+        }
+    }
+
+    fn start_session(&mut self, peer: PeerId) {
+        if !self.allowed(&peer) || self.rep.peer.lock().is_running(&peer) {
+            return;
+        }
+        let Some(scope) = self.rep.scope(&self.st.accounts) else { return };
+        let hello = blocking(|| self.rep.peer.lock().start(peer, scope));
+        tracing::debug!(%peer, "sync session started");
+        self.swarm.behaviour_mut().sync.send_request(&peer, hello);
+    }
+
+    fn anti_entropy(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            self.start_session(p);
+        }
+        self.redial();
+        let now = Instant::now();
+        self.waiting.retain(|w| now.duration_since(w.3) < Duration::from_secs(30));
+        self.dials.retain(|d| now.duration_since(d.2) < Duration::from_secs(30));
+        self.rate.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(2));
+    }
+
+    /// Counts a request from `peer`; a flood bans it and drops its connections.
+    fn admit(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let e = self.rate.entry(peer).or_insert((now, 0));
+        if now.duration_since(e.0) >= Duration::from_secs(1) {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        if e.1 > self.cfg.max_requests_per_sec {
+            self.ban(peer, "request flood");
+            return false;
+        }
+        !self.rep.peer.lock().is_banned(&peer)
+    }
+
+    fn ban(&mut self, peer: PeerId, why: &str) {
+        self.rep.peer.lock().ban(peer, why);
+        self.rep.status.lock().bans += 1;
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, peer_id = %self.swarm.local_peer_id(), "p2p listening");
+                self.rep.status.lock().listening.push(address.to_string());
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                if self.rep.peer.lock().is_banned(&peer_id) || !self.allowed(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                let addr = endpoint.get_remote_address().clone();
+                tracing::info!(peer = %peer_id, %addr, "peer connected");
+                self.rep
+                    .status
+                    .lock()
+                    .connected
+                    .insert(peer_id.to_string(), PeerStatus { addr: addr.to_string(), ..PeerStatus::default() });
+                if endpoint.is_dialer() {
+                    let dials = std::mem::take(&mut self.dials);
+                    for (a, reply, t) in dials {
+                        if a == addr || a.iter().any(|p| p == libp2p::multiaddr::Protocol::P2p(peer_id)) {
+                            let _ = reply.send(Ok(()));
+                            self.remember(peer_id, addr.clone());
+                        } else {
+                            self.dials.push((a, reply, t));
+                        }
+                    }
+                }
+                let waiting = std::mem::take(&mut self.waiting);
+                for (did, from, reply, t) in waiting {
+                    if from == peer_id {
+                        self.ask_account(did, from, reply);
+                    } else {
+                        self.waiting.push((did, from, reply, t));
+                    }
+                }
+                self.start_session(peer_id);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                tracing::info!(peer = %peer_id, "peer disconnected");
+                self.rep.status.lock().connected.remove(&peer_id.to_string());
+                self.rep.peer.lock().abort(&peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                tracing::debug!(error = %error, "dial failed");
+                let dials = std::mem::take(&mut self.dials);
+                for (a, reply, t) in dials {
+                    // The error does not say which address: answer dials to unreachable ones.
+                    if error.to_string().contains(&a.to_string()) {
+                        let _ = reply.send(Err(error.to_string()));
+                    } else {
+                        self.dials.push((a, reply, t));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Account(e)) => self.on_account(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            })) => self.on_head(propagation_source, &message.data),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                tracing::info!(peer = %peer_id, agent = %info.agent_version, "peer identified");
+                if let Some(p) = self.rep.status.lock().connected.get_mut(&peer_id.to_string()) {
+                    p.agent = Some(info.agent_version);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event { peer, result: Ok(rtt), .. })) => {
+                if let Some(p) = self.rep.status.lock().connected.get_mut(&peer.to_string()) {
+                    p.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
+        if self.known.len() < MAX_KNOWN_PEERS || self.known.contains_key(&peer) {
+            let _ = self.rep.kv.put(&peer_key(&peer), addr.to_string().as_bytes(), None);
+            self.known.insert(peer, addr);
+        }
+    }
+
+    fn on_sync(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match e {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    if !self.admit(peer) || !self.allowed(&peer) {
+                        return;
+                    }
+                    let reply = if live::is_live(&request) {
+                        self.on_live(peer, &request);
+                        Vec::new()
+                    } else {
+                        let res = blocking(|| self.rep.peer.lock().on_request(peer, &request));
+                        match res {
+                            Ok(r) => r,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "sync request refused");
+                                if self.rep.peer.lock().is_banned(&peer) {
+                                    self.rep.status.lock().bans += 1;
+                                    let _ = self.swarm.disconnect_peer_id(peer);
+                                }
+                                return;
+                            }
+                        }
+                    };
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, reply);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if self.live.remove(&request_id) {
+                        return;
+                    }
+                    let next = blocking(|| self.rep.peer.lock().on_response(peer, &response));
+                    match next {
+                        Ok(Next::Send(req)) => {
+                            self.swarm.behaviour_mut().sync.send_request(&peer, req);
+                        }
+                        Ok(Next::Done(outcome)) => {
+                            let stats = self.rep.peer.lock().last_stats();
+                            tracing::info!(%peer, ?outcome, sent = stats.entries_sent, applied = stats.entries_applied, "sync session done");
+                            let name = match outcome {
+                                ues_sync::recon::Outcome::Converged => "converged",
+                                ues_sync::recon::Outcome::Diverged => "diverged",
+                                ues_sync::recon::Outcome::Finished => "finished",
+                                ues_sync::recon::Outcome::Running => "running",
+                            };
+                            *self.rep.status.lock().sessions.entry(name).or_default() += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "sync session failed");
+                            *self.rep.status.lock().sessions.entry("failed").or_default() += 1;
+                        }
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. }
+                if !self.live.remove(&request_id) =>
+            {
+                tracing::debug!(%peer, %error, "sync request failed");
+                self.rep.peer.lock().abort(&peer);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound sync request failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_live(&mut self, from: PeerId, bytes: &[u8]) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().filter(|p| self.allowed(p)).collect();
+        let res = blocking(|| live::receive(&mut self.rep.peer.lock().replica, bytes, &from, &peers));
+        self.rep.status.lock().live_received += 1;
+        match res {
+            Ok(r) => {
+                if r.report.refused.iter().any(|x| super::is_misbehaviour(&x.reason)) {
+                    self.ban(from, "pushed forged or malformed entries");
+                    return;
+                }
+                if let Some((msg, targets)) = r.forward {
+                    for t in targets {
+                        let id = self.swarm.behaviour_mut().sync.send_request(&t, msg.clone());
+                        self.live.insert(id);
+                    }
+                }
+            }
+            Err(e) => self.ban(from, &e.to_string()),
+        }
+    }
+
+    fn on_head(&mut self, from: PeerId, data: &[u8]) {
+        self.rep.status.lock().heads_received += 1;
+        let Ok(head) = Head::verify(data) else {
+            tracing::debug!(%from, "bad head announcement");
+            return;
+        };
+        if !self.rep.is_tracked(&head.did) {
+            return;
+        }
+        let behind = {
+            let p = self.rep.peer.lock();
+            p.replica.is_authorized(&head.did, &head.device) && !head.matches(&p.replica)
+        };
+        if behind {
+            let source = peer_of(&head.device).filter(|p| self.swarm.is_connected(p)).unwrap_or(from);
+            self.start_session(source);
+        }
+    }
+
+    fn ask_account(&mut self, did: Did, from: PeerId, reply: Reply) {
+        let req = json!({ "did": did.to_string() }).to_string().into_bytes();
+        let id = self.swarm.behaviour_mut().account.send_request(&from, req);
+        self.handovers.insert(id, (did, from, reply));
+    }
+
+    fn on_account(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match e {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    if !self.admit(peer) {
+                        return;
+                    }
+                    let answer = if request.len() > MAX_HANDOVER {
+                        json!({"error": "request too large"})
+                    } else {
+                        blocking(|| self.rep.hand_over(&self.st, &peer, &request))
+                    };
+                    let _ = self.swarm.behaviour_mut().account.send_response(channel, answer.to_string().into_bytes());
+                }
+                request_response::Message::Response { request_id, response } => {
+                    let Some((did, from, reply)) = self.handovers.remove(&request_id) else { return };
+                    let res = blocking(|| self.rep.take_over(&self.st, &did, &response));
+                    if res.is_ok() {
+                        let _ = self.swarm.behaviour_mut().gossip.subscribe(&repo_topic(&did));
+                        self.rep.peer.lock().abort(&from);
+                        self.start_session(from);
+                    }
+                    let _ = reply.send(res);
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some((_, _, reply)) = self.handovers.remove(&request_id) {
+                    let _ = reply.send(Err(format!("the account request failed: {error}")));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Dial(addr, reply) => match self.swarm.dial(addr.clone()) {
+                Ok(()) => self.dials.push((addr, reply, Instant::now())),
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            },
+            Command::Replicate { did, from, addr, reply } => {
+                if let Some(a) = &addr {
+                    self.remember(from, a.clone());
+                }
+                if self.swarm.is_connected(&from) {
+                    self.ask_account(did, from, reply);
+                } else {
+                    let Some(a) = addr.or_else(|| self.known.get(&from).cloned()) else {
+                        let _ = reply.send(Err(format!("no address known for {from}: give one or connect first")));
+                        return;
+                    };
+                    if let Err(e) = self.swarm.dial(a.clone().with_p2p(from).unwrap_or(a)) {
+                        let _ = reply.send(Err(e.to_string()));
+                        return;
+                    }
+                    self.waiting.push((did, from, reply, Instant::now()));
+                }
+            }
+            Command::Local(entries) => self.outbox.extend(entries),
+            Command::Announce(did) => {
+                self.announce.insert(did);
+            }
+        }
+    }
+
+    /// Every 50 ms: bring repositories up to their replicas, push local entries live, announce
+    /// heads that moved.
+    fn flush(&mut self) {
+        let mut committed = false;
+        for did in self.rep.tracked() {
+            match blocking(|| self.rep.materialize(&self.st.accounts, &did)) {
+                Ok(Some(_)) => {
+                    committed = true;
+                    self.announce.insert(did);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%did, error = %e, "could not commit operations from peers"),
+            }
+        }
+        if committed {
+            self.st.firehose.notify();
+        }
+        if !self.outbox.is_empty() {
+            let entries = std::mem::take(&mut self.outbox);
+            let peers: Vec<PeerId> = self.swarm.connected_peers().copied().filter(|p| self.allowed(p)).collect();
+            for chunk in entries.chunks(LIVE_CHUNK) {
+                let msg = live::encode(chunk);
+                for p in &peers {
+                    let id = self.swarm.behaviour_mut().sync.send_request(p, msg.clone());
+                    self.live.insert(id);
+                }
+            }
+        }
+        for did in std::mem::take(&mut self.announce) {
+            let commit = self.st.accounts.get(&did).ok().flatten().map(|a| (a.head.to_bytes(), a.rev.clone()));
+            let head = Head::of(&self.rep.peer.lock().replica, &did, commit, self.rep.device);
+            let msg = head.sign(&self.rep.device_key);
+            if let Err(e) = self.swarm.behaviour_mut().gossip.publish(repo_topic(&did), msg) {
+                tracing::trace!(%did, error = %e, "head not announced");
+            }
+        }
+    }
+}
