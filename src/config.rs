@@ -127,19 +127,28 @@ pub(crate) struct P2pSection {
     pub(crate) max_connections_per_peer: u32,
     /// Requests per peer per second before a ban.
     pub(crate) max_requests_per_sec: u32,
+    /// Local-network discovery.
+    pub(crate) mdns: bool,
+    /// Relay for other peers.
+    pub(crate) relay_server: bool,
+    /// Relays to listen through.
+    pub(crate) relays: Vec<String>,
 }
 
 impl Default for P2pSection {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".into(), "/ip4/0.0.0.0/udp/4001/quic-v1".into()],
             bootstrap: Vec::new(),
             allow_peers: Vec::new(),
             sync_interval_secs: 30,
             max_connections: 256,
             max_connections_per_peer: 2,
             max_requests_per_sec: 200,
+            mdns: true,
+            relay_server: false,
+            relays: Vec::new(),
         }
     }
 }
@@ -164,6 +173,9 @@ impl P2pSection {
             max_connections: self.max_connections.max(1),
             max_connections_per_peer: self.max_connections_per_peer.max(1),
             max_requests_per_sec: self.max_requests_per_sec.max(1),
+            mdns: self.mdns,
+            relay_server: self.relay_server,
+            relays: addrs(&self.relays, "relays")?,
             sync: Default::default(),
         })
     }

@@ -193,6 +193,9 @@ struct NodeArgs {
     /// `[p2p] bootstrap`).
     #[arg(long, value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
+    /// Do not look for peers on the local network (overrides `[p2p] mdns`).
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 impl NodeArgs {
@@ -215,6 +218,9 @@ impl NodeArgs {
             cfg.p2p.listen = self.p2p_listen.clone();
         }
         cfg.p2p.bootstrap.extend(self.bootstrap.iter().cloned());
+        if self.no_mdns {
+            cfg.p2p.mdns = false;
+        }
         Ok(cfg)
     }
 }

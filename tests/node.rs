@@ -47,7 +47,7 @@ fn spawn_node(data_dir: &std::path::Path, addr: SocketAddr) -> Child {
         .args(["run", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", &addr.to_string()])
-        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -50,7 +50,13 @@ fn a_js_libp2p_peer_identifies_pings_and_hears_head_announcements() {
     let mut node = Command::new(env!("CARGO_BIN_EXE_ues"))
         .args(["run", "--data-dir"])
         .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{http}"), "--p2p-listen", &format!("/ip4/127.0.0.1/tcp/{p2p}")])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{http}"),
+            "--p2p-listen",
+            &format!("/ip4/127.0.0.1/tcp/{p2p}"),
+            "--no-mdns",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()

@@ -42,7 +42,7 @@ impl Node {
         std::fs::create_dir_all(&dir).unwrap();
         let p2p = free_port();
         // Reconcile every second, so convergence does not wait for the default 30 s.
-        std::fs::write(dir.join("node.toml"), "[p2p]\nsync_interval_secs = 1\n").unwrap();
+        std::fs::write(dir.join("node.toml"), "[p2p]\nsync_interval_secs = 1\nmdns = false\n").unwrap();
         let init = Command::new(env!("CARGO_BIN_EXE_ues")).args(["init", "--data-dir"]).arg(&dir).output().unwrap();
         assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
         let out =

@@ -99,9 +99,12 @@ impl request_response::Codec for SyncCodec {
     }
 }
 
-pub use behaviour::{Behaviour, BehaviourEvent};
+pub use behaviour::{Behaviour, BehaviourEvent, Features};
 
 pub mod node;
+
+/// The Kademlia protocol of UES nodes (a DHT of their own, apart from IPFS's).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ues/kad/1.0.0");
 
 mod behaviour {
     // The derive generates `BehaviourEvent` with one undocumented variant per field.
@@ -109,9 +112,21 @@ mod behaviour {
 
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::NetworkBehaviour;
-    use libp2p::{connection_limits, gossipsub, identify, identity, ping};
+    use libp2p::swarm::behaviour::toggle::Toggle;
+    use libp2p::{autonat, connection_limits, dcutr, gossipsub, identify, identity, kad, mdns, ping, relay};
 
-    use super::{ACCOUNT_PROTOCOL, SYNC_PROTOCOL, SyncCodec};
+    use super::{ACCOUNT_PROTOCOL, KAD_PROTOCOL, SYNC_PROTOCOL, SyncCodec};
+
+    /// Optional parts of the behaviour.
+    #[derive(Debug, Clone, Default)]
+    pub struct Features {
+        /// Connection limits.
+        pub limits: connection_limits::ConnectionLimits,
+        /// Discover peers on the local network.
+        pub mdns: bool,
+        /// Relay other peers' connections (circuit relay v2 server).
+        pub relay_server: bool,
+    }
 
     /// The node's libp2p behaviour.
     #[derive(NetworkBehaviour)]
@@ -128,18 +143,48 @@ mod behaviour {
         pub gossip: gossipsub::Behaviour,
         /// Account hand-over to an authorized device.
         pub account: request_response::Behaviour<SyncCodec>,
+        /// Peer routing and provider records for the DIDs a node hosts or replicates.
+        pub kad: kad::Behaviour<kad::store::MemoryStore>,
+        /// Local-network discovery.
+        pub mdns: Toggle<mdns::tokio::Behaviour>,
+        /// Reachability through relays (when built with a relay transport).
+        pub relay_client: Toggle<relay::client::Behaviour>,
+        /// Relaying for others (by configuration).
+        pub relay: Toggle<relay::Behaviour>,
+        /// Hole punching of relayed connections.
+        pub dcutr: dcutr::Behaviour,
+        /// Whether this node is reachable from outside.
+        pub autonat: autonat::Behaviour,
     }
 
     impl Behaviour {
-        /// The behaviour for a node with this identity key (no connection limits).
+        /// The behaviour for a node with this identity key (no limits, no mDNS, no relays).
         pub fn new(key: &identity::Keypair) -> Self {
-            Self::with_limits(key, connection_limits::ConnectionLimits::default())
+            Self::with_features(key, None, Features::default())
         }
 
-        /// The behaviour for a node with this identity key and these connection limits.
-        pub fn with_limits(key: &identity::Keypair, limits: connection_limits::ConnectionLimits) -> Self {
+        /// The behaviour for a node with this identity key, relay client and options.
+        pub fn with_features(
+            key: &identity::Keypair,
+            relay_client: Option<relay::client::Behaviour>,
+            features: Features,
+        ) -> Self {
+            let id = key.public().to_peer_id();
+            let mdns = if features.mdns {
+                match mdns::tokio::Behaviour::new(mdns::Config::default(), id) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mDNS unavailable");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+            kad_cfg.set_query_timeout(std::time::Duration::from_secs(30));
             Behaviour {
-                limits: connection_limits::Behaviour::new(limits),
+                limits: connection_limits::Behaviour::new(features.limits),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/ues/0.1.0".into(), key.public())
                         .with_agent_version(format!("ues/{}", env!("CARGO_PKG_VERSION"))),
@@ -164,6 +209,12 @@ mod behaviour {
                     [(ACCOUNT_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(std::time::Duration::from_secs(30)),
                 ),
+                kad: kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad_cfg),
+                mdns: mdns.into(),
+                relay_client: relay_client.into(),
+                relay: features.relay_server.then(|| relay::Behaviour::new(id, relay::Config::default())).into(),
+                dcutr: dcutr::Behaviour::new(id),
+                autonat: autonat::Behaviour::new(id, autonat::Config::default()),
             }
         }
     }
@@ -176,15 +227,16 @@ pub fn keypair(secret: [u8; 32]) -> identity::Keypair {
     identity::Keypair::ed25519_from_bytes(&mut secret).expect("32 bytes are an Ed25519 secret")
 }
 
-/// A swarm over TCP with Noise and Yamux (connections idle for 60 s are closed).
+/// A swarm over TCP and QUIC (TCP with Noise and Yamux), reachable through relays too,
+/// with default features (connections idle for 60 s are closed).
 pub fn tcp_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
-    tcp_swarm_with(key, libp2p::connection_limits::ConnectionLimits::default())
+    swarm_with(key, Features::default())
 }
 
-/// As [`tcp_swarm`], with connection limits.
-pub fn tcp_swarm_with(
+/// As [`tcp_swarm`], with these features.
+pub fn swarm_with(
     key: identity::Keypair,
-    limits: libp2p::connection_limits::ConnectionLimits,
+    features: Features,
 ) -> Result<libp2p::Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -193,7 +245,9 @@ pub fn tcp_swarm_with(
             libp2p::noise::Config::new,
             libp2p::yamux::Config::default,
         )?
-        .with_behaviour(|k| Behaviour::with_limits(k, limits))?
+        .with_quic()
+        .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)?
+        .with_behaviour(|k, relay| Behaviour::with_features(k, Some(relay), features))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(std::time::Duration::from_secs(60)))
         .build())
 }

@@ -67,6 +67,13 @@ pub struct P2pConfig {
     pub max_connections_per_peer: u32,
     /// Requests a peer may send per second before it is banned as a flood.
     pub max_requests_per_sec: u32,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Relay other peers' connections (circuit relay v2 server).
+    pub relay_server: bool,
+    /// Relays to be reachable through (listening on their `/p2p-circuit` addresses), for a node
+    /// behind NAT; direct connections are then attempted by hole punching (DCUtR).
+    pub relays: Vec<Multiaddr>,
     /// Reconciliation tuning.
     pub sync: SyncConfig,
 }
@@ -74,13 +81,19 @@ pub struct P2pConfig {
 impl Default for P2pConfig {
     fn default() -> Self {
         P2pConfig {
-            listen: vec!["/ip4/0.0.0.0/tcp/4001".parse().expect("valid")],
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001".parse().expect("valid"),
+                "/ip4/0.0.0.0/udp/4001/quic-v1".parse().expect("valid"),
+            ],
             bootstrap: Vec::new(),
             allow_peers: Vec::new(),
             sync_interval: Duration::from_secs(30),
             max_connections: 256,
             max_connections_per_peer: 2,
             max_requests_per_sec: 200,
+            mdns: true,
+            relay_server: false,
+            relays: Vec::new(),
             sync: SyncConfig::default(),
         }
     }
@@ -146,6 +159,12 @@ pub struct Status {
     pub bans: u64,
     /// Commits made from remote operations.
     pub remote_commits: u64,
+    /// Reachability as AutoNAT last judged it (`unknown`, `public <addr>`, `private`).
+    pub nat: String,
+    /// Peers in the Kademlia routing table.
+    pub routing_table: usize,
+    /// Peers found on the local network (mDNS).
+    pub mdns_discovered: u64,
 }
 
 /// The replica and its bridge to the accounts, shared by XRPC handlers and the swarm task.
@@ -571,6 +590,9 @@ struct Task {
     /// Requests per peer in the current second.
     rate: HashMap<PeerId, (Instant, u32)>,
     known: HashMap<PeerId, Multiaddr>,
+    /// DIDs this node announces as a provider in the DHT.
+    provided: HashSet<Did>,
+    last_bootstrap: Option<Instant>,
 }
 
 /// Starts the swarm (listening on `cfg.listen`) and runs it until `shutdown` fires.
@@ -587,11 +609,18 @@ pub async fn run(
         .with_max_established_per_peer(Some(cfg.max_connections_per_peer))
         .with_max_pending_incoming(Some(64))
         .with_max_pending_outgoing(Some(64));
-    let mut swarm = super::tcp_swarm_with(key, limits).map_err(err)?;
+    let features = super::Features { limits, mdns: cfg.mdns, relay_server: cfg.relay_server };
+    let mut swarm = super::swarm_with(key, features).map_err(err)?;
     for addr in &cfg.listen {
         // A taken port must not take the node's other services down: say it and go on.
         if let Err(e) = swarm.listen_on(addr.clone()) {
             tracing::error!(%addr, error = %e, "cannot listen for peers");
+        }
+    }
+    for relay in &cfg.relays {
+        let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+        if let Err(e) = swarm.listen_on(circuit.clone()) {
+            tracing::error!(addr = %circuit, error = %e, "cannot listen through the relay");
         }
     }
     for did in rep.tracked() {
@@ -618,7 +647,12 @@ pub async fn run(
         announce: BTreeSet::new(),
         rate: HashMap::new(),
         known,
+        provided: HashSet::new(),
+        last_bootstrap: None,
     };
+    for did in task.rep.tracked() {
+        task.provide(&did);
+    }
     task.redial();
     let mut flush = tokio::time::interval(Duration::from_millis(50));
     let mut tick = tokio::time::interval(task.cfg.sync_interval);
@@ -674,12 +708,28 @@ impl Task {
         self.swarm.behaviour_mut().sync.send_request(&peer, hello);
     }
 
+    /// Announces in the DHT that this node holds `did`'s repository.
+    fn provide(&mut self, did: &Did) {
+        if self.provided.len() < 100_000 && self.provided.insert(did.clone()) {
+            let key = libp2p::kad::RecordKey::new(&format!("ues/repo/{did}"));
+            if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                tracing::debug!(%did, error = %e, "not provided");
+            }
+        }
+    }
+
     fn anti_entropy(&mut self) {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for p in peers {
             self.start_session(p);
         }
         self.redial();
+        // Refresh the routing table at most once a minute.
+        if self.last_bootstrap.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+            && self.swarm.behaviour_mut().kad.bootstrap().is_ok()
+        {
+            self.last_bootstrap = Some(Instant::now());
+        }
         let now = Instant::now();
         self.waiting.retain(|w| now.duration_since(w.3) < Duration::from_secs(30));
         self.dials.retain(|d| now.duration_since(d.2) < Duration::from_secs(30));
@@ -772,9 +822,56 @@ impl Task {
             })) => self.on_head(propagation_source, &message.data),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 tracing::info!(peer = %peer_id, agent = %info.agent_version, "peer identified");
+                // Addresses a DHT peer says it listens on go into the routing table.
+                if info.protocols.contains(&super::KAD_PROTOCOL) {
+                    for addr in info.listen_addrs.iter().take(16) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    }
+                }
                 if let Some(p) = self.rep.status.lock().connected.get_mut(&peer_id.to_string()) {
                     p.agent = Some(info.agent_version);
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found.into_iter().take(64) {
+                    if peer == *self.swarm.local_peer_id() || !self.allowed(&peer) {
+                        continue;
+                    }
+                    self.rep.status.lock().mdns_discovered += 1;
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        tracing::info!(%peer, %addr, "peer found on the local network");
+                        let _ = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(libp2p::kad::Event::RoutingUpdated { .. })) => {
+                let n = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+                self.rep.status.lock().routing_table = n;
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(libp2p::kad::Event::OutboundQueryProgressed {
+                result: libp2p::kad::QueryResult::GetClosestPeers(Ok(found)),
+                ..
+            })) => {
+                // A peer looked up for `replicate --from`: dial it if it was found.
+                for p in found.peers {
+                    if self.waiting.iter().any(|w| w.1 == p.peer_id) && !self.swarm.is_connected(&p.peer_id) {
+                        for addr in p.addrs.into_iter().take(8) {
+                            let _ = self.swarm.dial(addr.with_p2p(p.peer_id).unwrap_or_else(|a| a));
+                        }
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { new, .. })) => {
+                tracing::info!(status = ?new, "reachability");
+                self.rep.status.lock().nat = match new {
+                    libp2p::autonat::NatStatus::Public(a) => format!("public {a}"),
+                    libp2p::autonat::NatStatus::Private => "private".into(),
+                    libp2p::autonat::NatStatus::Unknown => "unknown".into(),
+                };
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => {
+                tracing::info!(peer = %e.remote_peer_id, result = ?e.result.map(|c| c.to_string()), "hole punching");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event { peer, result: Ok(rtt), .. })) => {
                 if let Some(p) = self.rep.status.lock().connected.get_mut(&peer.to_string()) {
@@ -923,6 +1020,7 @@ impl Task {
                     let res = blocking(|| self.rep.take_over(&self.st, &did, &response));
                     if res.is_ok() {
                         let _ = self.swarm.behaviour_mut().gossip.subscribe(&repo_topic(&did));
+                        self.provide(&did);
                         self.rep.peer.lock().abort(&from);
                         self.start_session(from);
                     }
@@ -953,19 +1051,25 @@ impl Task {
                 if self.swarm.is_connected(&from) {
                     self.ask_account(did, from, reply);
                 } else {
-                    let Some(a) = addr.or_else(|| self.known.get(&from).cloned()) else {
-                        let _ = reply.send(Err(format!("no address known for {from}: give one or connect first")));
-                        return;
-                    };
-                    if let Err(e) = self.swarm.dial(a.clone().with_p2p(from).unwrap_or(a)) {
-                        let _ = reply.send(Err(e.to_string()));
-                        return;
+                    match addr.or_else(|| self.known.get(&from).cloned()) {
+                        Some(a) => {
+                            if let Err(e) = self.swarm.dial(a.clone().with_p2p(from).unwrap_or(a)) {
+                                let _ = reply.send(Err(e.to_string()));
+                                return;
+                            }
+                        }
+                        // No address: whatever the routing table and mDNS know, and a DHT lookup.
+                        None => {
+                            let _ = self.swarm.dial(from);
+                            self.swarm.behaviour_mut().kad.get_closest_peers(from);
+                        }
                     }
                     self.waiting.push((did, from, reply, Instant::now()));
                 }
             }
             Command::Local(entries) => self.outbox.extend(entries),
             Command::Announce(did) => {
+                self.provide(&did);
                 self.announce.insert(did);
             }
         }

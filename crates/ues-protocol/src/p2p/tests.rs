@@ -185,3 +185,137 @@ async fn head_announcements_travel_by_gossip() {
     assert_eq!(got, head);
     assert!(got.matches(&ra));
 }
+
+/// Reconciliation over QUIC on 127.0.0.1 (the node listens on TCP and QUIC alike).
+#[tokio::test]
+async fn two_nodes_reconcile_over_quic_on_loopback() {
+    let (acct, ra, rb) = replicas(40, 25);
+    let scope = Scope::new([acct.did.clone()]);
+    let (mut pa, mut pb) = (SyncPeer::new(ra, SyncConfig::default()), SyncPeer::new(rb, SyncConfig::default()));
+    let mut a = tcp_swarm(keypair([17; 32])).unwrap();
+    let mut b = tcp_swarm(keypair([18; 32])).unwrap();
+    let addr: Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap();
+    let (outcome, _) =
+        tokio::time::timeout(Duration::from_secs(60), run_pair(&mut a, &mut pa, &mut b, &mut pb, scope, addr))
+            .await
+            .expect("the session ends");
+    assert!(matches!(outcome, Outcome::Converged | Outcome::Finished), "{outcome:?}");
+    assert_eq!(pa.replica.root(&acct.did).unwrap(), pb.replica.root(&acct.did).unwrap());
+    assert_eq!(pa.replica.records(&acct.did).unwrap().len(), 65);
+}
+
+async fn listen(s: &mut Swarm<Behaviour>, addr: &str) -> Multiaddr {
+    s.listen_on(addr.parse().unwrap()).unwrap();
+    loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
+            return address;
+        }
+    }
+}
+
+/// Kademlia: B and C know only A. B provides a DID; C finds B as its provider through A, looks
+/// up B's address (which A learned from identify, as the node does) and connects to it.
+#[tokio::test]
+async fn kademlia_finds_the_provider_of_a_did_and_its_address() {
+    use libp2p::kad;
+    let mut a = tcp_swarm(keypair([21; 32])).unwrap();
+    let mut b = tcp_swarm(keypair([22; 32])).unwrap();
+    let mut c = tcp_swarm(keypair([23; 32])).unwrap();
+    for s in [&mut a, &mut b, &mut c] {
+        // On loopback nobody confirms an external address: serve the DHT anyway.
+        s.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+    }
+    let a_addr = listen(&mut a, "/ip4/127.0.0.1/tcp/0").await;
+    let _ = listen(&mut b, "/ip4/127.0.0.1/tcp/0").await;
+    let (a_id, b_id) = (*a.local_peer_id(), *b.local_peer_id());
+    b.behaviour_mut().kad.add_address(&a_id, a_addr.clone());
+    c.behaviour_mut().kad.add_address(&a_id, a_addr.clone());
+    b.dial(a_addr.clone()).unwrap();
+    let key = kad::RecordKey::new(&"ues/repo/did:plc:ewvi7nxzyoun6zhxrhs64oiz");
+    let (mut provided, mut asked, mut found) = (false, false, false);
+    let run = async {
+        loop {
+            tokio::select! {
+                ev = a.select_next_some() => match ev {
+                    SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received { peer_id, info, .. })) => {
+                        for addr in info.listen_addrs {
+                            a.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request: kad::InboundRequest::AddProvider { .. } })) => provided = true,
+                    _ => {}
+                },
+                ev = b.select_next_some() => if let SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received { peer_id, .. })) = ev
+                    && peer_id == a_id
+                {
+                    b.behaviour_mut().kad.start_providing(key.clone()).unwrap();
+                },
+                ev = c.select_next_some() => match ev {
+                    SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                        result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })), ..
+                    })) if providers.contains(&b_id) && !found => {
+                        found = true;
+                        c.behaviour_mut().kad.get_closest_peers(b_id);
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                        result: kad::QueryResult::GetClosestPeers(Ok(ok)), ..
+                    })) => {
+                        for p in ok.peers.into_iter().filter(|p| p.peer_id == b_id) {
+                            for addr in p.addrs {
+                                let _ = c.dial(addr);
+                            }
+                        }
+                    }
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == b_id => return,
+                    _ => {}
+                },
+            }
+            if provided && !asked {
+                asked = true;
+                c.behaviour_mut().kad.get_providers(key.clone());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), run).await.expect("C finds B through the DHT");
+    assert!(found, "C learned B provides the DID");
+}
+
+/// A relay (circuit relay v2, on by configuration) carries a connection to a node that is
+/// reachable only through it: B listens on A's circuit address, C dials B there.
+#[tokio::test]
+async fn a_relay_carries_a_connection_to_a_node_behind_it() {
+    let features = Features { relay_server: true, ..Features::default() };
+    let mut relay = swarm_with(keypair([31; 32]), features).unwrap();
+    let mut b = tcp_swarm(keypair([32; 32])).unwrap();
+    let mut c = tcp_swarm(keypair([33; 32])).unwrap();
+    let r_addr = listen(&mut relay, "/ip4/127.0.0.1/tcp/0").await;
+    // A relay hands out reservations with its public addresses (a node learns them from AutoNAT).
+    relay.add_external_address(r_addr.clone());
+    let r_id = *relay.local_peer_id();
+    let b_id = *b.local_peer_id();
+    let circuit = r_addr.clone().with_p2p(r_id).unwrap().with(libp2p::multiaddr::Protocol::P2pCircuit);
+    b.listen_on(circuit.clone()).unwrap();
+    let mut reserved = false;
+    let run = async {
+        loop {
+            tokio::select! {
+                _ = relay.select_next_some() => {},
+                ev = b.select_next_some() => if let SwarmEvent::NewListenAddr { address, .. } = ev
+                    && address.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
+                    && !reserved
+                {
+                    // B's reservation is accepted: C can reach B through the relay.
+                    reserved = true;
+                    c.dial(circuit.clone().with_p2p(b_id).unwrap()).unwrap();
+                },
+                ev = c.select_next_some() => if let SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } = ev
+                    && peer_id == b_id
+                {
+                    return endpoint.get_remote_address().clone();
+                },
+            }
+        }
+    };
+    let via = tokio::time::timeout(Duration::from_secs(30), run).await.expect("C reaches B through the relay");
+    assert!(via.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit), "relayed: {via}");
+}

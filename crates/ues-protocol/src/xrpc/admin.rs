@@ -427,6 +427,9 @@ pub(crate) async fn list_peers(State(st): State<Arc<XrpcState>>, headers: Header
         "headsReceived": s.heads_received,
         "bans": s.bans,
         "remoteCommits": s.remote_commits,
+        "nat": s.nat,
+        "routingTable": s.routing_table,
+        "mdnsDiscovered": s.mdns_discovered,
     })))
 }
 
