@@ -191,10 +191,11 @@ pub(crate) fn sync(ops: usize, rtt_ms: f64, only: Option<&str>, mut emit: impl F
 pub(crate) async fn p2p(ops: usize) -> anyhow::Result<Value> {
     use ues_protocol::p2p::libp2p::futures::StreamExt;
     use ues_protocol::p2p::libp2p::swarm::SwarmEvent;
+    use ues_protocol::p2p::node::NODE_SYNC;
     use ues_protocol::p2p::{SyncPeer, keypair, run_pair, tcp_swarm};
     use ues_sync::Replica;
     use ues_sync::hlc::Hlc;
-    use ues_sync::recon::{Scope, SyncConfig};
+    use ues_sync::recon::Scope;
     use ues_sync::sim::{Missing, generate, replicas};
 
     let swarm = |seed: u8| tcp_swarm(keypair([seed; 32])).map_err(|e| anyhow::anyhow!("{e}"));
@@ -229,7 +230,8 @@ pub(crate) async fn p2p(ops: usize) -> anyhow::Result<Value> {
     let mut full = Replica::in_memory(g.keys.clone(), Hlc::with_physical(60_000, move || end), None);
     full.apply_verified(g.entries.iter().cloned());
     let empty = Replica::in_memory(g.keys.clone(), Hlc::with_physical(60_000, move || end), None);
-    let (mut pa, mut pb) = (SyncPeer::new(empty, SyncConfig::default()), SyncPeer::new(full, SyncConfig::default()));
+    // Sessions as `ues run` runs them (messages under 256 KiB).
+    let (mut pa, mut pb) = (SyncPeer::new(empty, NODE_SYNC), SyncPeer::new(full, NODE_SYNC));
     let (mut a, mut b) = (swarm(101)?, swarm(102)?);
     let t = Instant::now();
     let (outcome, _) = tokio::time::timeout(
@@ -246,7 +248,7 @@ pub(crate) async fn p2p(ops: usize) -> anyhow::Result<Value> {
 
     // One new operation: A holds it, B does not.
     let (ra, rb, _) = replicas(&g, Missing::Recent(1), 3);
-    let (mut qa, mut qb) = (SyncPeer::new(ra, SyncConfig::default()), SyncPeer::new(rb, SyncConfig::default()));
+    let (mut qa, mut qb) = (SyncPeer::new(ra, NODE_SYNC), SyncPeer::new(rb, NODE_SYNC));
     let (mut c, mut d) = (swarm(103)?, swarm(104)?);
     let (one, _) = tokio::time::timeout(
         Duration::from_secs(60),
@@ -268,6 +270,8 @@ pub(crate) async fn p2p(ops: usize) -> anyhow::Result<Value> {
         "one_write_bytes_a_to_b": oa.bytes_sent,
         "one_write_bytes_b_to_a": ob.bytes_sent,
         "one_write_outcome": format!("{one:?}"),
+        // What a connected node actually sends for a write: one live push (entry and record).
+        "one_write_live_push_bytes": ues_sync::live::encode(&g.entries[g.entries.len() - 1..]).len(),
     }))
 }
 

@@ -176,7 +176,7 @@ impl P2pSection {
             mdns: self.mdns,
             relay_server: self.relay_server,
             relays: addrs(&self.relays, "relays")?,
-            sync: Default::default(),
+            sync: ues_protocol::p2p::node::NODE_SYNC,
         })
     }
 }

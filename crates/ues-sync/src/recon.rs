@@ -56,17 +56,22 @@ pub struct SyncConfig {
     pub zstd_level: i32,
 }
 
+impl SyncConfig {
+    /// The defaults, usable in constants.
+    pub const DEFAULT: SyncConfig = SyncConfig {
+        first_parts: 16,
+        leaf: 48,
+        parts_per_difference: 12,
+        max_parts: 256,
+        question_budget: 192 << 10,
+        batch_bytes: 192 << 10,
+        zstd_level: 3,
+    };
+}
+
 impl Default for SyncConfig {
     fn default() -> Self {
-        Self {
-            first_parts: 16,
-            leaf: 48,
-            parts_per_difference: 12,
-            max_parts: 256,
-            question_budget: 192 << 10,
-            batch_bytes: 192 << 10,
-            zstd_level: 3,
-        }
+        Self::DEFAULT
     }
 }
 

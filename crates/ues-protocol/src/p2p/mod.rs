@@ -193,7 +193,9 @@ mod behaviour {
                 sync: request_response::Behaviour::with_codec(
                     SyncCodec,
                     [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(std::time::Duration::from_secs(30)),
+                    request_response::Config::default()
+                        .with_request_timeout(std::time::Duration::from_secs(30))
+                        .with_max_concurrent_streams(32),
                 ),
                 gossip: gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
@@ -207,7 +209,9 @@ mod behaviour {
                 account: request_response::Behaviour::with_codec(
                     SyncCodec,
                     [(ACCOUNT_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(std::time::Duration::from_secs(30)),
+                    request_response::Config::default()
+                        .with_request_timeout(std::time::Duration::from_secs(30))
+                        .with_max_concurrent_streams(32),
                 ),
                 kad: kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad_cfg),
                 mdns: mdns.into(),

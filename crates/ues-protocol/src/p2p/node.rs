@@ -50,6 +50,12 @@ const MAX_KNOWN_PEERS: usize = 256;
 /// Largest account hand-over message.
 const MAX_HANDOVER: usize = 16 * 1024;
 
+/// Reconciliation as nodes run it: entry batches and questions of at most 96 KiB each, so a
+/// session message stays under 256 KiB (peers whose muxers buffer whole frames, as js-libp2p's
+/// yamux does, never see more).
+pub const NODE_SYNC: SyncConfig =
+    SyncConfig { batch_bytes: 96 << 10, question_budget: 96 << 10, ..SyncConfig::DEFAULT };
+
 /// `[p2p]` settings.
 #[derive(Debug, Clone)]
 pub struct P2pConfig {
@@ -94,7 +100,7 @@ impl Default for P2pConfig {
             mdns: true,
             relay_server: false,
             relays: Vec::new(),
-            sync: SyncConfig::default(),
+            sync: NODE_SYNC,
         }
     }
 }
