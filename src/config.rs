@@ -133,6 +133,21 @@ pub(crate) struct P2pSection {
     pub(crate) relay_server: bool,
     /// Relays to listen through.
     pub(crate) relays: Vec<String>,
+    /// Accounts to replicate from peers.
+    pub(crate) replicate: Vec<ReplicateSection>,
+}
+
+/// `[[p2p.replicate]]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplicateSection {
+    /// The account's DID.
+    pub(crate) did: String,
+    /// The peer id to fetch it from.
+    pub(crate) from: String,
+    /// Where that peer listens ("" = find it through the DHT, mDNS or known addresses).
+    #[serde(default)]
+    pub(crate) addr: String,
 }
 
 impl Default for P2pSection {
@@ -149,6 +164,7 @@ impl Default for P2pSection {
             mdns: true,
             relay_server: false,
             relays: Vec::new(),
+            replicate: Vec::new(),
         }
     }
 }
@@ -176,6 +192,24 @@ impl P2pSection {
             mdns: self.mdns,
             relay_server: self.relay_server,
             relays: addrs(&self.relays, "relays")?,
+            replicate: self
+                .replicate
+                .iter()
+                .map(|r| {
+                    Ok(ues_protocol::p2p::node::ReplicateFrom {
+                        did: ues_protocol::p2p::node::parse_did(&r.did)
+                            .map_err(|e| anyhow::anyhow!("[[p2p.replicate]] did {:?}: {e}", r.did))?,
+                        from: r
+                            .from
+                            .parse()
+                            .map_err(|e| anyhow::anyhow!("[[p2p.replicate]] from {:?}: {e}", r.from))?,
+                        addr: (!r.addr.is_empty())
+                            .then(|| r.addr.parse())
+                            .transpose()
+                            .map_err(|e| anyhow::anyhow!("[[p2p.replicate]] addr {:?}: {e}", r.addr))?,
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
             sync: ues_protocol::p2p::node::NODE_SYNC,
         })
     }
@@ -298,5 +332,23 @@ mod tests {
         assert!(format!("{err:#}").contains("listen_on"), "{err:#}");
         let cfg = Config::from_toml("[storage]\ndurability = \"fsync\"").unwrap();
         assert_eq!(cfg.storage_config().rocks.durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn p2p_replication_policy_parses_and_bad_addresses_are_named() {
+        let text = r#"
+[p2p]
+listen = ["/ip4/127.0.0.1/tcp/4001"]
+allow_peers = ["12D3KooWGxVzT3bMKRFLEhwtMinGfPwNHwmooNxLpAwxRTpph65j"]
+[[p2p.replicate]]
+did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+from = "12D3KooWGxVzT3bMKRFLEhwtMinGfPwNHwmooNxLpAwxRTpph65j"
+"#;
+        let p = Config::from_toml(text).unwrap().p2p.to_config().unwrap();
+        assert_eq!(p.replicate.len(), 1);
+        assert!(p.replicate[0].addr.is_none());
+        assert_eq!(p.allow_peers.len(), 1);
+        let bad = Config::from_toml("[p2p]\nlisten = [\"tcp:4001\"]").unwrap().p2p.to_config().unwrap_err();
+        assert!(format!("{bad:#}").contains("listen"), "{bad:#}");
     }
 }

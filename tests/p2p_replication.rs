@@ -274,9 +274,13 @@ fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
     assert_eq!(status, 502, "{v}");
     assert!(v["message"].as_str().unwrap().contains("NotAuthorized"), "{v}");
     stranger.stop();
-    for n in [&b, &c] {
-        n.admin("dev.ues.admin.replicate", Some(json!({"did": did, "from": a.peer, "addr": a.multiaddr()})));
-    }
+    // B is told through its admin API (`ues replicate`), C through node.toml at its next start.
+    b.admin("dev.ues.admin.replicate", Some(json!({"did": did, "from": a.peer, "addr": a.multiaddr()})));
+    c.stop();
+    let toml = std::fs::read_to_string(c.dir.join("node.toml")).unwrap();
+    let entry = format!("\n[[p2p.replicate]]\ndid = \"{did}\"\nfrom = \"{}\"\naddr = \"{}\"\n", a.peer, a.multiaddr());
+    std::fs::write(c.dir.join("node.toml"), toml + &entry).unwrap();
+    c.start();
     let first = converge(&[&a, &b, &c], &did, "initial replication");
     for n in [&a, &b, &c] {
         assert_eq!(n.verify_repo(&did), first);

@@ -80,8 +80,21 @@ pub struct P2pConfig {
     /// Relays to be reachable through (listening on their `/p2p-circuit` addresses), for a node
     /// behind NAT; direct connections are then attempted by hole punching (DCUtR).
     pub relays: Vec<Multiaddr>,
+    /// Accounts to replicate from peers (fetched at start and retried until handed over).
+    pub replicate: Vec<ReplicateFrom>,
     /// Reconciliation tuning.
     pub sync: SyncConfig,
+}
+
+/// One account this node replicates from a peer (`[[p2p.replicate]]`).
+#[derive(Debug, Clone)]
+pub struct ReplicateFrom {
+    /// The account.
+    pub did: Did,
+    /// The peer that hosts it (this node must be an authorized device of the account there).
+    pub from: PeerId,
+    /// Where the peer listens, when it is not found otherwise.
+    pub addr: Option<Multiaddr>,
 }
 
 impl Default for P2pConfig {
@@ -100,6 +113,7 @@ impl Default for P2pConfig {
             mdns: true,
             relay_server: false,
             relays: Vec::new(),
+            replicate: Vec::new(),
             sync: NODE_SYNC,
         }
     }
@@ -198,6 +212,11 @@ fn peer_key(peer: &PeerId) -> Vec<u8> {
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
+}
+
+/// Parses a DID (for configuration).
+pub fn parse_did(s: &str) -> Result<Did, String> {
+    Did::new(s).map_err(err)
 }
 
 /// The Ed25519 device key behind a peer id (UES nodes' peer ids are their device keys).
@@ -660,6 +679,7 @@ pub async fn run(
         task.provide(&did);
     }
     task.redial();
+    task.fetch_configured();
     let mut flush = tokio::time::interval(Duration::from_millis(50));
     let mut tick = tokio::time::interval(task.cfg.sync_interval);
     tick.tick().await;
@@ -724,7 +744,29 @@ impl Task {
         }
     }
 
+    /// Asks for the configured accounts this node does not replicate yet (one request per
+    /// account in flight).
+    fn fetch_configured(&mut self) {
+        for r in self.cfg.replicate.clone() {
+            let busy = self.waiting.iter().any(|w| w.0 == r.did) || self.handovers.values().any(|h| h.0 == r.did);
+            if self.rep.is_tracked(&r.did) || busy {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let did = r.did.clone();
+            tokio::spawn(async move {
+                match answer.await {
+                    Ok(Ok(())) => tracing::info!(%did, "configured account replicated"),
+                    Ok(Err(e)) => tracing::warn!(%did, error = %e, "configured account not handed over yet"),
+                    Err(_) => {}
+                }
+            });
+            self.on_command(Command::Replicate { did: r.did, from: r.from, addr: r.addr, reply });
+        }
+    }
+
     fn anti_entropy(&mut self) {
+        self.fetch_configured();
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for p in peers {
             self.start_session(p);
