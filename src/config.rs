@@ -23,6 +23,8 @@ pub(crate) struct Config {
     pub(crate) xrpc: XrpcSection,
     /// The peer-to-peer service.
     pub(crate) p2p: P2pSection,
+    /// The WebSocket event server.
+    pub(crate) ws: WsSection,
     /// Storage tuning.
     pub(crate) storage: StorageSection,
     /// Logging.
@@ -36,6 +38,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             xrpc: XrpcSection::default(),
             p2p: P2pSection::default(),
+            ws: WsSection::default(),
             storage: StorageSection::default(),
             log: LogConfig::default(),
         }
@@ -103,6 +106,53 @@ impl Default for XrpcSection {
             lexicons_dir: PathBuf::new(),
             max_body_mib: 16,
             max_blob_mib: 100,
+        }
+    }
+}
+
+/// `[ws]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct WsSection {
+    /// Connected clients at once.
+    pub(crate) max_clients: usize,
+    /// Largest client message, KiB.
+    pub(crate) max_message_kib: usize,
+    /// Messages queued per client before it is closed as too slow.
+    pub(crate) queue: usize,
+    /// Messages a client may send per second.
+    pub(crate) max_messages_per_sec: u32,
+    /// Seconds between server pings.
+    pub(crate) heartbeat_secs: u64,
+    /// Seconds of silence before a client is closed.
+    pub(crate) timeout_secs: u64,
+}
+
+impl Default for WsSection {
+    fn default() -> Self {
+        let d = ues_protocol::gateway::WsConfig::default();
+        Self {
+            max_clients: d.max_clients,
+            max_message_kib: d.max_message_bytes >> 10,
+            queue: d.queue,
+            max_messages_per_sec: d.max_messages_per_sec,
+            heartbeat_secs: d.heartbeat.as_secs(),
+            timeout_secs: d.timeout.as_secs(),
+        }
+    }
+}
+
+impl WsSection {
+    /// The gateway's limits.
+    pub(crate) fn to_config(&self) -> ues_protocol::gateway::WsConfig {
+        ues_protocol::gateway::WsConfig {
+            max_clients: self.max_clients.max(1),
+            max_message_bytes: (self.max_message_kib << 10).max(1024),
+            queue: self.queue.max(16),
+            max_messages_per_sec: self.max_messages_per_sec.max(1),
+            heartbeat: std::time::Duration::from_secs(self.heartbeat_secs.max(1)),
+            timeout: std::time::Duration::from_secs(self.timeout_secs.max(2)),
+            ..ues_protocol::gateway::WsConfig::default()
         }
     }
 }

@@ -383,7 +383,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let app = ues_protocol::http::router(info).merge(ues_protocol::xrpc::router(xrpc.clone()));
+    let app = ues_protocol::http::router(info)
+        .merge(ues_protocol::xrpc::router(xrpc.clone()))
+        .merge(ues_protocol::gateway::router(xrpc.clone(), cfg.ws.to_config()));
     let listener =
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
     tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ues listening");

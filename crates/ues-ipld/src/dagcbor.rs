@@ -205,6 +205,11 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// Bytes consumed so far (where the next item starts).
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
+
     /// Fails unless the whole input was consumed.
     pub fn finish(&self) -> Result<(), CborError> {
         match self.buf.len() - self.pos {

@@ -12,6 +12,7 @@
 //! ([`xrpc`]): server/session, identity.resolveHandle and the record endpoints; [`p2p`] carries
 //! replica reconciliation over libp2p request-response (started).
 
+pub mod gateway;
 pub mod http;
 pub mod p2p;
 pub mod xrpc;

@@ -264,6 +264,21 @@ impl Firehose {
         })
     }
 
+    /// Wakes on every new latest sequence number.
+    pub(crate) fn watch_latest(&self) -> watch::Receiver<i64> {
+        self.latest.subscribe()
+    }
+
+    /// Wakes when the server is shutting down.
+    pub(crate) fn watch_closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// The index database (events are read from it).
+    pub(crate) fn db(&self) -> &Arc<Sqlite> {
+        &self.db
+    }
+
     /// The latest sequence number known.
     pub fn latest(&self) -> watch::Ref<'_, i64> {
         self.latest.borrow()
@@ -315,11 +330,11 @@ fn latest_seq(db: &Sqlite) -> rusqlite::Result<i64> {
     db.read(|c| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM repo_seq", [], |r| r.get(0)))
 }
 
-fn oldest_seq(db: &Sqlite) -> rusqlite::Result<Option<i64>> {
+pub(crate) fn oldest_seq(db: &Sqlite) -> rusqlite::Result<Option<i64>> {
     db.read(|c| c.query_row("SELECT MIN(seq) FROM repo_seq", [], |r| r.get(0)).optional().map(Option::flatten))
 }
 
-fn events_after(db: &Sqlite, after: i64) -> rusqlite::Result<Vec<(i64, Vec<u8>)>> {
+pub(crate) fn events_after(db: &Sqlite, after: i64) -> rusqlite::Result<Vec<(i64, Vec<u8>)>> {
     db.read(|c| {
         let mut st = c.prepare_cached("SELECT seq, frame FROM repo_seq WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
         let rows = st.query_map(params![after, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?;

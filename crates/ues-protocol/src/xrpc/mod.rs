@@ -9,7 +9,7 @@ mod auth;
 mod blob;
 mod error;
 mod extract;
-mod firehose;
+pub(crate) mod firehose;
 mod index;
 mod metrics;
 mod misc;

@@ -1,0 +1,640 @@
+//! The WebSocket event server for mobile and web apps (`/ws`, issue 8, started): JSON text
+//! frames, many subscriptions over one socket, resumable by sequence number.
+//!
+//! Protocol (every message a JSON object with a `type`):
+//! - server → `welcome` `{protocol, node, time, limits, did}` on connect (`did` when the socket
+//!   was opened with a session token: `Authorization: Bearer` or `?access_token=`).
+//! - `auth {token}` → `authed {did}`: the same access tokens as XRPC.
+//! - `subscribe {id, topic: "repo", did, collection?, snapshot?, since?}` → `subscribed {id,
+//!   seq}`; with `snapshot` the current records first (`record` messages, then `snapshot_end
+//!   {seq}`), then `event {sub, seq, did, action, collection, rkey, uri, cid, record}` for every
+//!   change after `seq`. With `since` (a sequence number seen before a disconnect) the events
+//!   after it are replayed first, so a reconnecting client misses nothing and sees nothing
+//!   twice; older than the retained window → `resync {sub, reason}`.
+//! - `subscribe {id, topic: "account"}` (authenticated only: private) → `account {sub, seq,
+//!   kind, ...}` for the caller's own account (handle and status changes).
+//! - `unsubscribe {id}`, `ping {id?}` → `pong`.
+//! - Errors that keep the socket open: `error {id?, error, message}`.
+//!
+//! Limits: clients (the next one is closed with 1013 and the reason), message size (1009),
+//! subscriptions per socket, messages per second (1008), a bounded send queue per client
+//! (a client that does not keep up is closed with 4008 and the sequence number to resume
+//! from: nothing is dropped silently), heartbeat (WebSocket pings; 1001 after the timeout).
+//! Malformed frames close with 1007; binary frames with 1003.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use ues_sync::repo::ipld::car::CarReader;
+use ues_sync::repo::ipld::{Ipld, dagcbor, json as atjson};
+use ues_sync::repo::syntax::{Did, Nsid, RecordKey};
+
+use crate::xrpc::XrpcState;
+use crate::xrpc::firehose::{events_after, oldest_seq};
+
+/// Protocol version in `welcome`.
+pub const PROTOCOL: u32 = 1;
+
+/// Limits of the WebSocket server.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Connected clients at once.
+    pub max_clients: usize,
+    /// Largest message a client may send.
+    pub max_message_bytes: usize,
+    /// Subscriptions per socket.
+    pub max_subscriptions: usize,
+    /// Messages queued for one client before it counts as too slow.
+    pub queue: usize,
+    /// Messages a client may send per second.
+    pub max_messages_per_sec: u32,
+    /// Interval of server pings.
+    pub heartbeat: Duration,
+    /// Silence after which a client is closed.
+    pub timeout: Duration,
+    /// Records a snapshot sends at most (a larger collection: page with XRPC first).
+    pub max_snapshot: usize,
+    /// Events a resume replays at most (further back: `resync`).
+    pub max_replay: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_clients: 10_000,
+            max_message_bytes: 64 << 10,
+            max_subscriptions: 64,
+            queue: 4_096,
+            max_messages_per_sec: 50,
+            heartbeat: Duration::from_secs(20),
+            timeout: Duration::from_secs(60),
+            max_snapshot: 10_000,
+            max_replay: 100_000,
+        }
+    }
+}
+
+struct Gateway {
+    st: Arc<XrpcState>,
+    cfg: WsConfig,
+    clients: AtomicUsize,
+}
+
+/// The gateway's routes (`/ws`).
+pub fn router(st: Arc<XrpcState>, cfg: WsConfig) -> Router {
+    let g = Arc::new(Gateway { st, cfg, clients: AtomicUsize::new(0) });
+    Router::new().route("/ws", get(upgrade)).with_state(g)
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    access_token: Option<String>,
+}
+
+async fn upgrade(
+    State(g): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(q): Query<WsQuery>,
+    up: WebSocketUpgrade,
+) -> Response {
+    let mut headers = headers;
+    if let Some(t) = q.access_token
+        && let Ok(v) = format!("Bearer {t}").parse()
+    {
+        headers.insert(axum::http::header::AUTHORIZATION, v);
+    }
+    let did = if headers.contains_key(axum::http::header::AUTHORIZATION) {
+        match g.st.access(&headers) {
+            Ok(c) => Some(c.sub),
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        None
+    };
+    // Frames above twice the limit are refused by the WebSocket layer itself; between the two,
+    // the server answers 1009 with a reason.
+    let limit = g.cfg.max_message_bytes;
+    up.max_message_size(limit * 2).max_frame_size(limit * 2).on_upgrade(move |socket| serve(g, socket, did))
+}
+
+fn close(code: u16, reason: impl Into<String>) -> Message {
+    let mut reason: String = reason.into();
+    reason.truncate(120);
+    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+}
+
+fn text(v: Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+/// One subscription.
+#[derive(Debug, Clone)]
+enum Sub {
+    Repo { did: String, collection: Option<String> },
+    Account { did: String },
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ClientMessage {
+    Auth {
+        token: String,
+    },
+    Subscribe {
+        id: String,
+        topic: String,
+        did: Option<String>,
+        collection: Option<String>,
+        #[serde(default)]
+        snapshot: bool,
+        since: Option<i64>,
+    },
+    Unsubscribe {
+        id: String,
+    },
+    Ping {
+        id: Option<String>,
+    },
+}
+
+/// Per-socket state.
+struct Conn {
+    g: Arc<Gateway>,
+    did: Option<String>,
+    subs: HashMap<String, Sub>,
+    /// The last sequence number delivered to this socket's subscriptions.
+    seen: i64,
+    /// The latest sequence number when the socket opened.
+    first_seen: i64,
+    out: mpsc::Sender<(Message, i64)>,
+    stop: Option<oneshot::Sender<Message>>,
+    /// The sequence number of the last event message written to the socket.
+    sent: Arc<std::sync::atomic::AtomicI64>,
+}
+
+enum Flow {
+    Go,
+    Stop,
+}
+
+impl Conn {
+    /// Queues a message; a full queue closes the socket as a slow consumer (with where to resume).
+    fn send(&mut self, m: Message) -> Flow {
+        self.send_event(m, 0)
+    }
+
+    /// Queues a message that carries event `seq` (0: none).
+    fn send_event(&mut self, m: Message, seq: i64) -> Flow {
+        match self.out.try_send((m, seq)) {
+            Ok(()) => Flow::Go,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(queue = self.g.cfg.queue, seen = self.seen, "websocket client too slow: closed");
+                self.close(close(
+                    4008,
+                    format!(
+                        "slow consumer: queue of {} full; resume with since={}",
+                        self.g.cfg.queue,
+                        self.resume_point()
+                    ),
+                ));
+                Flow::Stop
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Flow::Stop,
+        }
+    }
+
+    /// Where a client that lost this socket should resume: before the last event written to
+    /// the socket (its messages may have been cut short), or from the socket's first event.
+    fn resume_point(&self) -> i64 {
+        let sent = self.sent.load(Ordering::Relaxed);
+        if sent > 0 { sent - 1 } else { self.first_seen }
+    }
+
+    fn close(&mut self, frame: Message) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(frame);
+        }
+    }
+
+    fn error(&mut self, id: Option<&str>, error: &str, message: impl Into<String>) -> Flow {
+        self.send(text(json!({"type": "error", "id": id, "error": error, "message": message.into()})))
+    }
+
+    async fn on_text(&mut self, raw: &str) -> Flow {
+        let msg: ClientMessage = match serde_json::from_str(raw) {
+            Ok(m) => m,
+            Err(e) => {
+                // Not JSON, or not a message this server knows: the frame is malformed.
+                if serde_json::from_str::<Value>(raw).is_ok_and(|v| v.get("type").is_some()) {
+                    return self.error(None, "InvalidMessage", e.to_string());
+                }
+                tracing::info!(error = %e, "websocket client sent a malformed frame: closed");
+                self.close(close(1007, format!("malformed message: {e}")));
+                return Flow::Stop;
+            }
+        };
+        match msg {
+            ClientMessage::Ping { id } => self.send(text(json!({"type": "pong", "id": id, "seq": self.seen}))),
+            ClientMessage::Auth { token } => {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = format!("Bearer {token}").parse() {
+                    h.insert(axum::http::header::AUTHORIZATION, v);
+                }
+                match self.g.st.access(&h) {
+                    Ok(c) => {
+                        self.did = Some(c.sub.clone());
+                        self.send(text(json!({"type": "authed", "did": c.sub})))
+                    }
+                    Err(e) => self.error(None, &e.error, e.message),
+                }
+            }
+            ClientMessage::Unsubscribe { id } => {
+                self.subs.remove(&id);
+                self.send(text(json!({"type": "unsubscribed", "id": id})))
+            }
+            ClientMessage::Subscribe { id, topic, did, collection, snapshot, since } => {
+                if self.subs.len() >= self.g.cfg.max_subscriptions && !self.subs.contains_key(&id) {
+                    let max = self.g.cfg.max_subscriptions;
+                    return self.error(Some(&id), "TooManySubscriptions", format!("at most {max} per socket"));
+                }
+                let sub = match topic.as_str() {
+                    "repo" => {
+                        let Some(Ok(d)) = did.as_deref().map(Did::new) else {
+                            return self.error(Some(&id), "InvalidRequest", "repo subscriptions need a valid did");
+                        };
+                        if let Some(c) = &collection
+                            && Nsid::new(c.as_str()).is_err()
+                        {
+                            return self.error(Some(&id), "InvalidRequest", format!("invalid collection {c:?}"));
+                        }
+                        Sub::Repo { did: d.to_string(), collection }
+                    }
+                    "account" => match &self.did {
+                        Some(me) => Sub::Account { did: me.clone() },
+                        None => {
+                            return self.error(Some(&id), "AuthRequired", "the account topic needs a session token");
+                        }
+                    },
+                    other => return self.error(Some(&id), "UnknownTopic", format!("no topic {other:?}")),
+                };
+                if let Flow::Stop = self.send(text(json!({"type": "subscribed", "id": id, "seq": self.seen}))) {
+                    return Flow::Stop;
+                }
+                if snapshot && let Flow::Stop = self.snapshot(&id, &sub).await {
+                    return Flow::Stop;
+                }
+                if let Some(since) = since
+                    && let Flow::Stop = self.replay(&id, &sub, since).await
+                {
+                    return Flow::Stop;
+                }
+                self.subs.insert(id, sub);
+                Flow::Go
+            }
+        }
+    }
+
+    /// The records a repo subscription matches now.
+    async fn snapshot(&mut self, id: &str, sub: &Sub) -> Flow {
+        let Sub::Repo { did, collection: Some(collection) } = sub else {
+            return self.error(Some(id), "InvalidRequest", "a snapshot needs a did and a collection");
+        };
+        let (st, max) = (self.g.st.clone(), self.g.cfg.max_snapshot);
+        let (did, collection) = (did.clone(), collection.clone());
+        let records = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
+            let d = Did::new(did.as_str()).map_err(|e| e.to_string())?;
+            let c = Nsid::new(collection.as_str()).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            let mut cursor: Option<RecordKey> = None;
+            while out.len() < max {
+                let page = st.accounts.list_records(&d, &c, cursor.as_ref(), 500, false).map_err(|e| e.to_string())?;
+                let Some(last) = page.last() else { break };
+                cursor = RecordKey::new(last.rkey.as_str()).ok();
+                for r in &page {
+                    let cid: cid::Cid = r.cid.parse().map_err(|e: cid::Error| e.to_string())?;
+                    let value = st
+                        .accounts
+                        .blocks()
+                        .get(&cid)
+                        .ok()
+                        .flatten()
+                        .and_then(|b| dagcbor::decode_atproto(&b).ok())
+                        .map(|v| atjson::to_json(&v));
+                    out.push(json!({"uri": format!("at://{}/{}/{}", r.did, r.collection, r.rkey), "cid": r.cid, "record": value}));
+                }
+                if page.len() < 500 {
+                    break;
+                }
+            }
+            out.truncate(max);
+            Ok(out)
+        })
+        .await;
+        let records = match records {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return self.error(Some(id), "InvalidRequest", e),
+            Err(e) => return self.error(Some(id), "InternalServerError", e.to_string()),
+        };
+        let n = records.len();
+        for mut r in records {
+            r["type"] = json!("record");
+            r["sub"] = json!(id);
+            if let Flow::Stop = self.send(text(r)) {
+                return Flow::Stop;
+            }
+        }
+        self.send(text(json!({"type": "snapshot_end", "sub": id, "seq": self.seen, "records": n})))
+    }
+
+    /// Events after `since` up to what this socket has seen, for one new subscription.
+    async fn replay(&mut self, id: &str, sub: &Sub, since: i64) -> Flow {
+        let db = self.g.st.firehose.db().clone();
+        let oldest = tokio::task::spawn_blocking({
+            let db = db.clone();
+            move || oldest_seq(&db)
+        })
+        .await;
+        let oldest = matches!(oldest, Ok(Ok(_))).then(|| oldest.ok().and_then(|r| r.ok()).flatten()).flatten();
+        if since < self.seen
+            && (oldest.is_none_or(|o| since + 1 < o) || self.seen - since > self.g.cfg.max_replay as i64)
+        {
+            return self.send(text(json!({"type": "resync", "sub": id, "seq": self.seen,
+                "reason": "the events after this sequence number are no longer kept: reload the current state (snapshot) and go on from seq"})));
+        }
+        let mut after = since;
+        while after < self.seen {
+            let batch = tokio::task::spawn_blocking({
+                let db = db.clone();
+                move || events_after(&db, after)
+            })
+            .await;
+            let Ok(Ok(batch)) = batch else { break };
+            if batch.is_empty() {
+                break;
+            }
+            for (seq, frame) in batch {
+                if seq > self.seen {
+                    return Flow::Go;
+                }
+                after = seq;
+                for m in messages(seq, &frame, id, sub) {
+                    if let Flow::Stop = self.send_event(m, seq) {
+                        return Flow::Stop;
+                    }
+                }
+            }
+        }
+        Flow::Go
+    }
+
+    /// Delivers the events after `seen` to the subscriptions.
+    async fn deliver(&mut self, latest: i64) -> Flow {
+        let db = self.g.st.firehose.db().clone();
+        // Bounded: a few batches per wake-up; the next wake-up (or heartbeat) continues.
+        for _ in 0..16 {
+            if self.seen >= latest {
+                break;
+            }
+            let after = self.seen;
+            let batch = tokio::task::spawn_blocking({
+                let db = db.clone();
+                move || events_after(&db, after)
+            })
+            .await;
+            let Ok(Ok(batch)) = batch else { break };
+            if batch.is_empty() {
+                break;
+            }
+            for (seq, frame) in batch {
+                self.seen = seq;
+                let subs: Vec<(String, Sub)> = self.subs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                for (id, sub) in &subs {
+                    for m in messages(seq, &frame, id, sub) {
+                        if let Flow::Stop = self.send_event(m, seq) {
+                            return Flow::Stop;
+                        }
+                    }
+                }
+            }
+        }
+        Flow::Go
+    }
+}
+
+/// The messages one sequenced event gives a subscription.
+fn messages(seq: i64, frame: &[u8], id: &str, sub: &Sub) -> Vec<Message> {
+    let mut r = dagcbor::Reader::new(frame);
+    let Ok(header) = r.value(&dagcbor::DecodeOptions::default(), 0) else { return Vec::new() };
+    let Ok(body) = dagcbor::decode_atproto(&frame[r.offset()..]) else { return Vec::new() };
+    let (Ipld::Map(h), Ipld::Map(b)) = (header, body) else { return Vec::new() };
+    let kind = match h.get("t") {
+        Some(Ipld::String(t)) => t.clone(),
+        _ => return Vec::new(),
+    };
+    let s = |k: &str| match b.get(k) {
+        Some(Ipld::String(v)) => Some(v.clone()),
+        _ => None,
+    };
+    match sub {
+        Sub::Account { did } => {
+            let event_did = s("did").or_else(|| s("repo"));
+            if event_did.as_deref() != Some(did) || !matches!(kind.as_str(), "#account" | "#identity") {
+                return Vec::new();
+            }
+            let mut v = atjson::to_json(&Ipld::Map(b.clone()));
+            v["type"] = json!("account");
+            v["kind"] = json!(kind.trim_start_matches('#'));
+            v["sub"] = json!(id);
+            v["seq"] = json!(seq);
+            vec![text(v)]
+        }
+        Sub::Repo { did, collection } => {
+            if kind != "#commit" || s("repo").as_deref() != Some(did) {
+                return Vec::new();
+            }
+            let blocks: HashMap<cid::Cid, Vec<u8>> = match b.get("blocks") {
+                Some(Ipld::Bytes(car)) => {
+                    CarReader::new(&car[..]).map(|rd| rd.filter_map(Result::ok).collect()).unwrap_or_default()
+                }
+                _ => HashMap::new(),
+            };
+            let Some(Ipld::List(ops)) = b.get("ops") else { return Vec::new() };
+            let mut out = Vec::new();
+            for op in ops {
+                let Ipld::Map(op) = op else { continue };
+                let (Some(Ipld::String(action)), Some(Ipld::String(path))) = (op.get("action"), op.get("path")) else {
+                    continue;
+                };
+                let Some((c, rkey)) = path.split_once('/') else { continue };
+                if collection.as_deref().is_some_and(|want| want != c) {
+                    continue;
+                }
+                let cid = match op.get("cid") {
+                    Some(Ipld::Link(cid)) => Some(*cid),
+                    _ => None,
+                };
+                let record = cid
+                    .and_then(|c| blocks.get(&c))
+                    .and_then(|bytes| dagcbor::decode_atproto(bytes).ok())
+                    .map(|v| atjson::to_json(&v));
+                out.push(text(json!({
+                    "type": "event", "sub": id, "seq": seq, "did": did, "action": action,
+                    "collection": c, "rkey": rkey, "uri": format!("at://{did}/{path}"),
+                    "cid": cid.map(|c| c.to_string()), "record": record, "rev": s("rev"),
+                })));
+            }
+            out
+        }
+    }
+}
+
+/// Counts a client for as long as it is connected.
+struct ClientSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
+    let (mut sink, mut stream) = socket.split();
+    let n = g.clients.fetch_add(1, Ordering::Relaxed);
+    let _slot = ClientSlot(&g.clients);
+    if n >= g.cfg.max_clients {
+        tracing::warn!(clients = n, "websocket client refused: server full");
+        let _ = sink
+            .send(close(1013, format!("server full: {} clients connected; try again later", g.cfg.max_clients)))
+            .await;
+        return;
+    }
+    let (out, mut rx) = mpsc::channel::<(Message, i64)>(g.cfg.queue);
+    let (stop, mut stopped) = oneshot::channel::<Message>();
+    let sent = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let sent_w = sent.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                frame = &mut stopped => {
+                    if let Ok(frame) = frame {
+                        let _ = sink.send(frame).await;
+                    }
+                    break;
+                }
+                m = rx.recv() => match m {
+                    Some((m, seq)) => {
+                        if sink.send(m).await.is_err() {
+                            break;
+                        }
+                        if seq > 0 {
+                            sent_w.store(seq, Ordering::Relaxed);
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut latest_rx = g.st.firehose.watch_latest();
+    let mut closing = g.st.firehose.watch_closing();
+    let seen = *latest_rx.borrow_and_update();
+    let mut conn =
+        Conn { g: g.clone(), did, subs: HashMap::new(), seen, first_seen: seen, out, stop: Some(stop), sent };
+    let cfg = g.cfg.clone();
+    let _ = conn.send(text(json!({
+        "type": "welcome", "protocol": PROTOCOL, "node": g.st.cfg.service_did,
+        "peerId": g.st.peer_id.get().map(|p| p.to_string()),
+        "time": crate::xrpc::firehose_time(), "seq": seen, "did": conn.did,
+        "limits": {"maxMessageBytes": cfg.max_message_bytes, "maxSubscriptions": cfg.max_subscriptions,
+            "queue": cfg.queue, "maxMessagesPerSecond": cfg.max_messages_per_sec,
+            "heartbeatSeconds": cfg.heartbeat.as_secs(), "timeoutSeconds": cfg.timeout.as_secs()},
+    })));
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    heartbeat.tick().await;
+    let mut last_heard = Instant::now();
+    let mut window = (Instant::now(), 0u32);
+    loop {
+        let flow = tokio::select! {
+            m = stream.next() => match m {
+                Some(Ok(m)) => {
+                    last_heard = Instant::now();
+                    if window.0.elapsed() >= Duration::from_secs(1) {
+                        window = (Instant::now(), 0);
+                    }
+                    window.1 += 1;
+                    if window.1 > cfg.max_messages_per_sec {
+                        tracing::info!("websocket client flooded: closed");
+                        conn.close(close(1008, format!("rate limit: at most {} messages per second", cfg.max_messages_per_sec)));
+                        Flow::Stop
+                    } else {
+                        match m {
+                            Message::Text(t) if t.len() > cfg.max_message_bytes => {
+                                conn.close(close(1009, format!("message of {} bytes exceeds {}", t.len(), cfg.max_message_bytes)));
+                                Flow::Stop
+                            }
+                            Message::Text(t) => conn.on_text(t.as_str()).await,
+                            Message::Binary(_) => {
+                                conn.close(close(1003, "binary frames are not accepted: send JSON text frames"));
+                                Flow::Stop
+                            }
+                            Message::Close(_) => Flow::Stop,
+                            Message::Ping(_) | Message::Pong(_) => Flow::Go,
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    // Oversized frames end here (refused by the WebSocket layer).
+                    let msg = e.to_string();
+                    let code = if msg.contains("too long") || msg.contains("Space limit") || msg.contains("size") { 1009 } else { 1002 };
+                    conn.close(close(code, msg));
+                    Flow::Stop
+                }
+                None => Flow::Stop,
+            },
+            changed = latest_rx.changed() => match changed {
+                Ok(()) => {
+                    let latest = *latest_rx.borrow_and_update();
+                    if conn.subs.is_empty() { conn.seen = latest; Flow::Go } else { conn.deliver(latest).await }
+                }
+                Err(_) => Flow::Stop,
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > cfg.timeout {
+                    conn.close(close(1001, "heartbeat timeout: no message or pong received"));
+                    Flow::Stop
+                } else {
+                    // Catch up on anything a burst left behind, then ping.
+                    let latest = *latest_rx.borrow();
+                    match conn.deliver(latest).await {
+                        Flow::Go => conn.send(Message::Ping(Vec::new().into())),
+                        stop => stop,
+                    }
+                }
+            },
+            _ = closing.changed() => {
+                conn.close(close(1001, "server shutting down"));
+                Flow::Stop
+            }
+        };
+        if let Flow::Stop = flow {
+            break;
+        }
+    }
+    conn.close(close(1000, "bye"));
+    drop(conn);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}

@@ -1,0 +1,262 @@
+//! The WebSocket event server (`/ws`) of a real `ues run` process, driven by a real client
+//! library (tokio-tungstenite): welcome, snapshot then live events, the private account topic,
+//! resume after a reconnect with no gap and no duplicate, ping, and every limit (client count,
+//! message size, malformed and binary frames, floods, slow consumers).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const COLLECTION: &str = "app.bsky.feed.post";
+
+struct Node {
+    child: Child,
+    base: String,
+    ws: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn start(dir: &std::path::Path) -> Node {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("node.toml"),
+        "[ws]\nmax_clients = 4\nmax_message_kib = 1\nqueue = 64\nmax_messages_per_sec = 20\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("node.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ues"))
+        .args(["run", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent().get(format!("{base}/xrpc/_health")).call().is_err() {
+        assert!(Instant::now() < deadline, "the node never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Node { child, base, ws: format!("ws://127.0.0.1:{port}/ws") }
+}
+
+fn post(base: &str, method: &str, token: Option<&str>, body: Value) -> Value {
+    let mut req = agent().post(format!("{base}/xrpc/{method}"));
+    if let Some(t) = token {
+        req = req.header("authorization", &format!("Bearer {t}"));
+    }
+    let mut res = req.send_json(body).unwrap();
+    assert_eq!(res.status(), 200, "{method}");
+    res.body_mut().read_json().unwrap()
+}
+
+fn create(base: &str, token: &str, did: &str, text: &str) {
+    post(
+        base,
+        "com.atproto.repo.createRecord",
+        Some(token),
+        json!({"repo": did, "collection": COLLECTION,
+            "record": {"$type": COLLECTION, "text": text, "createdAt": "2026-11-25T00:00:00.000Z"}}),
+    );
+}
+
+async fn connect(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url).await.expect("websocket connects").0
+}
+
+/// The next JSON message (pings and pongs skipped).
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("a message in time");
+        match m.expect("open").expect("no error") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes; returns its close code and reason.
+async fn closed(ws: &mut Ws) -> (CloseCode, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the server never closed");
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("a frame in time") {
+            Some(Ok(Message::Close(Some(f)))) => return (f.code, f.reason.to_string()),
+            Some(Ok(Message::Close(None))) => return (CloseCode::Status, String::new()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("closed without a close frame: {e}"),
+            None => panic!("closed without a close frame"),
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_subscriptions_resume_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&dir.path().join("node"));
+    let base = node.base.clone();
+    let acct = post(
+        &base,
+        "com.atproto.server.createAccount",
+        None,
+        json!({"handle": "wsuser.test", "email": "ws@example.com", "password": "pass-word-123"}),
+    );
+    let (did, token) = (acct["did"].as_str().unwrap().to_string(), acct["accessJwt"].as_str().unwrap().to_string());
+    for i in 0..3 {
+        create(&base, &token, &did, &format!("before {i}"));
+    }
+
+    // Welcome, then a live query: the current records, then changes.
+    let mut a = connect(&format!("{}?access_token={token}", node.ws)).await;
+    let welcome = next(&mut a).await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["did"], did.as_str());
+    assert_eq!(welcome["protocol"], 1);
+    assert_eq!(welcome["limits"]["maxMessageBytes"], 1024);
+    send(&mut a, json!({"type": "subscribe", "id": "posts", "topic": "repo", "did": did, "collection": COLLECTION, "snapshot": true})).await;
+    assert_eq!(next(&mut a).await["type"], "subscribed");
+    let mut texts = Vec::new();
+    loop {
+        let m = next(&mut a).await;
+        if m["type"] == "snapshot_end" {
+            assert_eq!(m["records"], 3);
+            break;
+        }
+        assert_eq!(m["type"], "record", "{m}");
+        texts.push(m["record"]["text"].as_str().unwrap().to_string());
+    }
+    assert_eq!(texts.len(), 3);
+    create(&base, &token, &did, "live 1");
+    let ev = next(&mut a).await;
+    assert_eq!(ev["type"], "event");
+    assert_eq!(ev["action"], "create");
+    assert_eq!(ev["collection"], COLLECTION);
+    assert_eq!(ev["record"]["text"], "live 1");
+    let last_seen = ev["seq"].as_i64().unwrap();
+
+    // Ping, and the private account topic: allowed with a session, refused without.
+    send(&mut a, json!({"type": "ping", "id": "p1"})).await;
+    let pong = next(&mut a).await;
+    assert_eq!((pong["type"].as_str(), pong["id"].as_str()), (Some("pong"), Some("p1")));
+    send(&mut a, json!({"type": "subscribe", "id": "me", "topic": "account"})).await;
+    assert_eq!(next(&mut a).await["type"], "subscribed");
+    let mut anon = connect(&node.ws).await;
+    assert!(next(&mut anon).await["did"].is_null());
+    send(&mut anon, json!({"type": "subscribe", "id": "me", "topic": "account"})).await;
+    let refused = next(&mut anon).await;
+    assert_eq!((refused["type"].as_str(), refused["error"].as_str()), (Some("error"), Some("AuthRequired")));
+    // A bad token is refused before the upgrade.
+    let bad = tokio_tungstenite::connect_async(format!("{}?access_token=nope", node.ws)).await;
+    assert!(bad.is_err(), "a bad token is refused");
+
+    // Resume: A goes away after `last_seen`; three writes happen; a new socket resuming from
+    // `last_seen` gets exactly those three, in order, then live ones.
+    a.close(None).await.unwrap();
+    drop(a);
+    for i in 0..3 {
+        create(&base, &token, &did, &format!("while away {i}"));
+    }
+    let mut b = connect(&node.ws).await;
+    next(&mut b).await;
+    send(&mut b, json!({"type": "subscribe", "id": "posts", "topic": "repo", "did": did, "collection": COLLECTION, "since": last_seen})).await;
+    assert_eq!(next(&mut b).await["type"], "subscribed");
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let ev = next(&mut b).await;
+        assert_eq!(ev["record"]["text"], format!("while away {i}"), "{ev}");
+        seqs.push(ev["seq"].as_i64().unwrap());
+    }
+    create(&base, &token, &did, "after resume");
+    let ev = next(&mut b).await;
+    assert_eq!(ev["record"]["text"], "after resume", "no duplicate before the live event");
+    seqs.push(ev["seq"].as_i64().unwrap());
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]) && seqs[0] > last_seen, "{seqs:?}");
+
+    // Limits. An oversize message: 1009.
+    send(&mut b, json!({"type": "ping", "id": "x".repeat(1500)})).await;
+    assert_eq!(closed(&mut b).await.0, CloseCode::Size);
+    // A malformed one: 1007; a binary one: 1003.
+    let mut c = connect(&node.ws).await;
+    next(&mut c).await;
+    c.send(Message::Text("{not json".into())).await.unwrap();
+    assert_eq!(closed(&mut c).await.0, CloseCode::Invalid);
+    let mut c = connect(&node.ws).await;
+    next(&mut c).await;
+    c.send(Message::Binary(vec![0xa0].into())).await.unwrap();
+    assert_eq!(closed(&mut c).await.0, CloseCode::Unsupported);
+    // A flood: 1008.
+    let mut c = connect(&node.ws).await;
+    next(&mut c).await;
+    for i in 0..40 {
+        if c.send(Message::Text(json!({"type": "ping", "id": i.to_string()}).to_string().into())).await.is_err() {
+            break;
+        }
+    }
+    let (code, reason) = closed(&mut c).await;
+    assert_eq!(code, CloseCode::Policy, "{reason}");
+    assert!(reason.contains("rate limit"), "{reason}");
+
+    // The client limit (4): three more sockets fill it, the next is refused with the reason.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect(&node.ws).await;
+        assert_eq!(next(&mut s).await["type"], "welcome");
+        held.push(s);
+    }
+    let mut over = connect(&node.ws).await;
+    let (code, reason) = closed(&mut over).await;
+    assert_eq!(code, CloseCode::Again);
+    assert!(reason.contains("server full"), "{reason}");
+    drop(held);
+    drop(anon);
+
+    // A slow consumer: subscribed, never reading, while 4,000 large records are written. It
+    // is closed with 4008 and told where to resume.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut slow = connect(&node.ws).await;
+    next(&mut slow).await;
+    send(&mut slow, json!({"type": "subscribe", "id": "posts", "topic": "repo", "did": did})).await;
+    // 115 family emoji: 115 graphemes (within a post's 300) but 2.9 KB each; 4,000 records
+    // are ~12 MB of events, more than the socket buffers hold.
+    let text = "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}\u{200D}\u{1F466}".repeat(115);
+    for _ in 0..20 {
+        let writes: Vec<Value> = (0..200)
+            .map(|_| {
+                json!({"$type": "com.atproto.repo.applyWrites#create", "collection": COLLECTION,
+                "value": {"$type": COLLECTION, "text": text, "createdAt": "2026-11-25T00:00:00.000Z"}})
+            })
+            .collect();
+        post(&base, "com.atproto.repo.applyWrites", Some(&token), json!({"repo": did, "writes": writes}));
+    }
+    let (code, reason) = closed(&mut slow).await;
+    assert_eq!(u16::from(code), 4008, "{reason}");
+    assert!(reason.contains("resume with since="), "{reason}");
+}
