@@ -90,12 +90,48 @@ struct Gateway {
     st: Arc<XrpcState>,
     cfg: WsConfig,
     clients: AtomicUsize,
+    started: Instant,
+    /// (when, events sent) a second ago and now: events per second for `/stats`.
+    rate: parking_lot::Mutex<(Instant, u64, f64)>,
 }
 
 /// The gateway's routes (`/ws`).
 pub fn router(st: Arc<XrpcState>, cfg: WsConfig) -> Router {
-    let g = Arc::new(Gateway { st, cfg, clients: AtomicUsize::new(0) });
-    Router::new().route("/ws", get(upgrade)).with_state(g)
+    let g = Arc::new(Gateway {
+        st,
+        cfg,
+        clients: AtomicUsize::new(0),
+        started: Instant::now(),
+        rate: parking_lot::Mutex::new((Instant::now(), 0, 0.0)),
+    });
+    Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g)
+}
+
+/// `GET /stats`: uptime, connected clients, subscriptions, queue depth, events per second.
+async fn stats(State(g): State<Arc<Gateway>>) -> axum::Json<Value> {
+    let m = &g.st.metrics;
+    let events = m.ws_events.load(Ordering::Relaxed);
+    let per_sec = {
+        let mut r = g.rate.lock();
+        let dt = r.0.elapsed().as_secs_f64();
+        if dt >= 1.0 {
+            *r = (Instant::now(), events, (events - r.1) as f64 / dt);
+        }
+        r.2
+    };
+    axum::Json(json!({
+        "uptimeSeconds": g.started.elapsed().as_secs(),
+        "wsClients": m.ws_clients.load(Ordering::Relaxed),
+        "wsSubscriptions": m.ws_subscriptions.load(Ordering::Relaxed),
+        "wsQueuedMessages": m.ws_queued.load(Ordering::Relaxed),
+        "wsEventsSent": events,
+        "wsEventsPerSecond": (per_sec * 10.0).round() / 10.0,
+        "wsSlowClosed": m.ws_slow_closed.load(Ordering::Relaxed),
+        "wsRefused": m.ws_refused.load(Ordering::Relaxed),
+        "firehoseSeq": *g.st.firehose.latest(),
+        "firehoseSubscribers": m.subscribers.load(Ordering::Relaxed),
+        "p2pPeers": g.st.replication.get().map(|r| r.status().connected.len()),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -198,8 +234,16 @@ impl Conn {
     /// Queues a message that carries event `seq` (0: none).
     fn send_event(&mut self, m: Message, seq: i64) -> Flow {
         match self.out.try_send((m, seq)) {
-            Ok(()) => Flow::Go,
+            Ok(()) => {
+                let metrics = &self.g.st.metrics;
+                metrics.ws_queued.fetch_add(1, Ordering::Relaxed);
+                if seq > 0 {
+                    metrics.ws_events.fetch_add(1, Ordering::Relaxed);
+                }
+                Flow::Go
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.g.st.metrics.ws_slow_closed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(queue = self.g.cfg.queue, seen = self.seen, "websocket client too slow: closed");
                 self.close(close(
                     4008,
@@ -223,6 +267,11 @@ impl Conn {
     }
 
     fn close(&mut self, frame: Message) {
+        if let Message::Close(Some(f)) = &frame
+            && matches!(f.code, 1003 | 1007 | 1008 | 1009)
+        {
+            self.g.st.metrics.ws_refused.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(frame);
         }
@@ -261,7 +310,9 @@ impl Conn {
                 }
             }
             ClientMessage::Unsubscribe { id } => {
-                self.subs.remove(&id);
+                if self.subs.remove(&id).is_some() {
+                    self.g.st.metrics.ws_subscriptions.fetch_sub(1, Ordering::Relaxed);
+                }
                 self.send(text(json!({"type": "unsubscribed", "id": id})))
             }
             ClientMessage::Subscribe { id, topic, did, collection, snapshot, since } => {
@@ -300,7 +351,9 @@ impl Conn {
                 {
                     return Flow::Stop;
                 }
-                self.subs.insert(id, sub);
+                if self.subs.insert(id, sub).is_none() {
+                    self.g.st.metrics.ws_subscriptions.fetch_add(1, Ordering::Relaxed);
+                }
                 Flow::Go
             }
         }
@@ -515,15 +568,19 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
     let _slot = ClientSlot(&g.clients);
     if n >= g.cfg.max_clients {
         tracing::warn!(clients = n, "websocket client refused: server full");
+        g.st.metrics.ws_refused.fetch_add(1, Ordering::Relaxed);
         let _ = sink
             .send(close(1013, format!("server full: {} clients connected; try again later", g.cfg.max_clients)))
             .await;
         return;
     }
+    let metrics = &g.st.metrics;
+    metrics.ws_clients.fetch_add(1, Ordering::Relaxed);
     let (out, mut rx) = mpsc::channel::<(Message, i64)>(g.cfg.queue);
     let (stop, mut stopped) = oneshot::channel::<Message>();
     let sent = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let sent_w = sent.clone();
+    let st_w = g.st.clone();
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -536,6 +593,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
                 }
                 m = rx.recv() => match m {
                     Some((m, seq)) => {
+                        st_w.metrics.ws_queued.fetch_sub(1, Ordering::Relaxed);
                         if sink.send(m).await.is_err() {
                             break;
                         }
@@ -547,6 +605,9 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
                 },
             }
         }
+        // What never left the queue no longer waits.
+        let left = rx.len() as i64;
+        st_w.metrics.ws_queued.fetch_sub(left, Ordering::Relaxed);
         let _ = sink.close().await;
     });
     let mut latest_rx = g.st.firehose.watch_latest();
@@ -635,6 +696,8 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
         }
     }
     conn.close(close(1000, "bye"));
+    metrics.ws_subscriptions.fetch_sub(conn.subs.len() as i64, Ordering::Relaxed);
+    metrics.ws_clients.fetch_sub(1, Ordering::Relaxed);
     drop(conn);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }

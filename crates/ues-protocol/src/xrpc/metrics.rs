@@ -26,6 +26,18 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     /// Open subscribeRepos streams.
     pub(crate) subscribers: AtomicI64,
+    /// Connected `/ws` clients.
+    pub(crate) ws_clients: AtomicI64,
+    /// Their subscriptions.
+    pub(crate) ws_subscriptions: AtomicI64,
+    /// Event messages queued to them.
+    pub(crate) ws_events: AtomicU64,
+    /// Messages waiting in their queues.
+    pub(crate) ws_queued: AtomicI64,
+    /// Clients closed for not keeping up.
+    pub(crate) ws_slow_closed: AtomicU64,
+    /// Clients refused or closed by a limit (count, size, rate, malformed).
+    pub(crate) ws_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -85,6 +97,36 @@ pub(crate) async fn render(State(st): State<Arc<XrpcState>>) -> Response {
         "# HELP ues_firehose_subscribers Open subscribeRepos streams.\n# TYPE ues_firehose_subscribers gauge\nues_firehose_subscribers {}",
         m.subscribers.load(Ordering::Relaxed)
     );
+    for (name, kind, help, v) in [
+        ("ues_ws_clients", "gauge", "Connected /ws clients.", m.ws_clients.load(Ordering::Relaxed)),
+        ("ues_ws_subscriptions", "gauge", "Subscriptions of /ws clients.", m.ws_subscriptions.load(Ordering::Relaxed)),
+        (
+            "ues_ws_queued_messages",
+            "gauge",
+            "Messages waiting in /ws client queues.",
+            m.ws_queued.load(Ordering::Relaxed),
+        ),
+        (
+            "ues_ws_events_total",
+            "counter",
+            "Event messages queued to /ws clients.",
+            m.ws_events.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "ues_ws_slow_closed_total",
+            "counter",
+            "/ws clients closed for not keeping up.",
+            m.ws_slow_closed.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "ues_ws_refused_total",
+            "counter",
+            "/ws clients refused or closed by a limit.",
+            m.ws_refused.load(Ordering::Relaxed) as i64,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
     if let Some(r) = st.replication.get() {
         let s = r.status();
         let _ = writeln!(
