@@ -173,6 +173,26 @@ async fn websocket_subscriptions_resume_and_limits() {
     send(&mut anon, json!({"type": "subscribe", "id": "me", "topic": "account"})).await;
     let refused = next(&mut anon).await;
     assert_eq!((refused["type"].as_str(), refused["error"].as_str()), (Some("error"), Some("AuthRequired")));
+    // Presence: A (signed in) and the anonymous socket join a topic; each join is heard by
+    // every member with the member list; when the anonymous socket goes, A hears it leave.
+    send(&mut a, json!({"type": "join", "topic": "room:1"})).await;
+    let joined = next(&mut a).await;
+    assert_eq!((joined["type"].as_str(), joined["event"].as_str()), (Some("presence"), Some("join")));
+    assert_eq!(joined["who"], did.as_str());
+    send(&mut anon, json!({"type": "join", "topic": "room:1"})).await;
+    let seen_by_anon = next(&mut anon).await;
+    assert_eq!(seen_by_anon["members"].as_array().unwrap().len(), 2, "{seen_by_anon}");
+    let anon_who = seen_by_anon["who"].as_str().unwrap().to_string();
+    assert!(anon_who.starts_with("anon:"));
+    let seen_by_a = next(&mut a).await;
+    assert_eq!((seen_by_a["event"].as_str(), seen_by_a["who"].as_str()), (Some("join"), Some(anon_who.as_str())));
+    anon.close(None).await.unwrap();
+    drop(anon);
+    let left = next(&mut a).await;
+    assert_eq!((left["event"].as_str(), left["who"].as_str()), (Some("leave"), Some(anon_who.as_str())), "{left}");
+    assert_eq!(left["members"], json!([did]));
+    let mut anon = connect(&node.ws).await;
+    next(&mut anon).await;
     // A bad token is refused before the upgrade.
     let bad = tokio_tungstenite::connect_async(format!("{}?access_token=nope", node.ws)).await;
     assert!(bad.is_err(), "a bad token is refused");

@@ -14,6 +14,9 @@
 //! - `subscribe {id, topic: "account"}` (authenticated only: private) → `account {sub, seq,
 //!   kind, ...}` for the caller's own account (handle and status changes).
 //! - `unsubscribe {id}`, `ping {id?}` → `pong`.
+//! - `join {topic}` / `leave {topic}`: presence. Every member of the topic (the joiner too)
+//!   gets `presence {topic, event: join|leave, who, members}`; who is the caller's DID, or
+//!   `anon:<n>` without a session; a connection's presence ends with it.
 //! - Errors that keep the socket open: `error {id?, error, message}`.
 //!
 //! Limits: clients (the next one is closed with 1013 and the reason), message size (1009),
@@ -86,10 +89,40 @@ impl Default for WsConfig {
     }
 }
 
+/// Most members of one presence topic, and topics at once.
+const MAX_MEMBERS: usize = 10_000;
+const MAX_TOPICS: usize = 100_000;
+
+/// Who is online where: topic → connection → who (a DID, or `anon:<n>`), and each
+/// connection's queue so joins and leaves reach the other members.
+#[derive(Default)]
+struct Presence {
+    topics: HashMap<String, std::collections::BTreeMap<u64, String>>,
+    queues: HashMap<u64, mpsc::Sender<(Message, i64)>>,
+}
+
+impl Presence {
+    /// Tells every member of `topic` that `who` joined or left; returns the members now.
+    fn announce(&self, topic: &str, event: &str, who: &str) -> Vec<String> {
+        let Some(members) = self.topics.get(topic) else { return Vec::new() };
+        let list: Vec<String> = members.values().cloned().collect();
+        let msg = text(json!({"type": "presence", "topic": topic, "event": event, "who": who, "members": list}));
+        for conn in members.keys() {
+            if let Some(q) = self.queues.get(conn) {
+                // A member whose queue is full misses this notice; its own sends close it.
+                let _ = q.try_send((msg.clone(), 0));
+            }
+        }
+        list
+    }
+}
+
 struct Gateway {
     st: Arc<XrpcState>,
     cfg: WsConfig,
     clients: AtomicUsize,
+    presence: parking_lot::Mutex<Presence>,
+    next_conn: std::sync::atomic::AtomicU64,
     started: Instant,
     /// (when, events sent) a second ago and now: events per second for `/stats`.
     rate: parking_lot::Mutex<(Instant, u64, f64)>,
@@ -101,6 +134,8 @@ pub fn router(st: Arc<XrpcState>, cfg: WsConfig) -> Router {
         st,
         cfg,
         clients: AtomicUsize::new(0),
+        presence: parking_lot::Mutex::new(Presence::default()),
+        next_conn: std::sync::atomic::AtomicU64::new(1),
         started: Instant::now(),
         rate: parking_lot::Mutex::new((Instant::now(), 0, 0.0)),
     });
@@ -203,11 +238,21 @@ enum ClientMessage {
     Ping {
         id: Option<String>,
     },
+    Join {
+        topic: String,
+    },
+    Leave {
+        topic: String,
+    },
 }
 
 /// Per-socket state.
 struct Conn {
     g: Arc<Gateway>,
+    /// This connection's number (presence).
+    id: u64,
+    /// Presence topics joined.
+    joined: std::collections::HashSet<String>,
     did: Option<String>,
     subs: HashMap<String, Sub>,
     /// The last sequence number delivered to this socket's subscriptions.
@@ -295,6 +340,11 @@ impl Conn {
             }
         };
         match msg {
+            ClientMessage::Join { topic } => self.join(topic),
+            ClientMessage::Leave { topic } => {
+                self.leave(&topic);
+                self.send(text(json!({"type": "left", "topic": topic})))
+            }
             ClientMessage::Ping { id } => self.send(text(json!({"type": "pong", "id": id, "seq": self.seen}))),
             ClientMessage::Auth { token } => {
                 let mut h = HeaderMap::new();
@@ -356,6 +406,57 @@ impl Conn {
                 }
                 Flow::Go
             }
+        }
+    }
+
+    fn who(&self) -> String {
+        self.did.clone().unwrap_or_else(|| format!("anon:{}", self.id))
+    }
+
+    /// Joins a presence topic: every member (this one too) hears who joined, with the list.
+    fn join(&mut self, topic: String) -> Flow {
+        if topic.is_empty() || topic.len() > 256 {
+            return self.error(None, "InvalidRequest", "a presence topic is 1-256 bytes");
+        }
+        if self.joined.len() >= self.g.cfg.max_subscriptions && !self.joined.contains(&topic) {
+            return self.error(None, "TooManySubscriptions", "too many presence topics on this socket");
+        }
+        let who = self.who();
+        {
+            let mut p = self.g.presence.lock();
+            if !p.topics.contains_key(&topic) && p.topics.len() >= MAX_TOPICS {
+                drop(p);
+                return self.error(None, "Busy", "too many presence topics on this node");
+            }
+            let members = p.topics.entry(topic.clone()).or_default();
+            if members.len() >= MAX_MEMBERS && !members.contains_key(&self.id) {
+                drop(p);
+                return self.error(None, "Busy", format!("presence topic {topic:?} is full"));
+            }
+            members.insert(self.id, who.clone());
+            p.queues.insert(self.id, self.out.clone());
+            p.announce(&topic, "join", &who);
+        }
+        self.joined.insert(topic);
+        Flow::Go
+    }
+
+    fn leave(&mut self, topic: &str) {
+        if !self.joined.remove(topic) {
+            return;
+        }
+        let who = self.who();
+        let mut p = self.g.presence.lock();
+        if let Some(members) = p.topics.get_mut(topic) {
+            members.remove(&self.id);
+            if members.is_empty() {
+                p.topics.remove(topic);
+            } else {
+                p.announce(topic, "leave", &who);
+            }
+        }
+        if self.joined.is_empty() {
+            p.queues.remove(&self.id);
         }
     }
 
@@ -613,8 +714,18 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
     let mut latest_rx = g.st.firehose.watch_latest();
     let mut closing = g.st.firehose.watch_closing();
     let seen = *latest_rx.borrow_and_update();
-    let mut conn =
-        Conn { g: g.clone(), did, subs: HashMap::new(), seen, first_seen: seen, out, stop: Some(stop), sent };
+    let mut conn = Conn {
+        g: g.clone(),
+        id: g.next_conn.fetch_add(1, Ordering::Relaxed),
+        joined: std::collections::HashSet::new(),
+        did,
+        subs: HashMap::new(),
+        seen,
+        first_seen: seen,
+        out,
+        stop: Some(stop),
+        sent,
+    };
     let cfg = g.cfg.clone();
     let _ = conn.send(text(json!({
         "type": "welcome", "protocol": PROTOCOL, "node": g.st.cfg.service_did,
@@ -694,6 +805,10 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
         if let Flow::Stop = flow {
             break;
         }
+    }
+    // Presence expires with the connection.
+    for topic in conn.joined.clone() {
+        conn.leave(&topic);
     }
     conn.close(close(1000, "bye"));
     metrics.ws_subscriptions.fetch_sub(conn.subs.len() as i64, Ordering::Relaxed);
