@@ -160,6 +160,21 @@ async fn websocket_subscriptions_resume_and_limits() {
     assert_eq!(ev["action"], "create");
     assert_eq!(ev["collection"], COLLECTION);
     assert_eq!(ev["record"]["text"], "live 1");
+
+    // No echo: a write this session makes (it says so with X-Ues-Ws-Session) is not sent
+    // back; the next write from elsewhere is.
+    let session = welcome["session"].as_str().unwrap().to_string();
+    let mut res = agent()
+        .post(format!("{base}/xrpc/com.atproto.repo.createRecord"))
+        .header("authorization", &format!("Bearer {token}"))
+        .header("x-ues-ws-session", &session)
+        .send_json(json!({"repo": did, "collection": COLLECTION,
+            "record": {"$type": COLLECTION, "text": "my own", "createdAt": "2026-11-25T00:00:00.000Z"}}))
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.body_mut().read_to_string().unwrap_or_default());
+    create(&base, &token, &did, "live 2");
+    let ev = next(&mut a).await;
+    assert_eq!(ev["record"]["text"], "live 2", "the session's own write was not echoed: {ev}");
     let last_seen = ev["seq"].as_i64().unwrap();
 
     // Ping, and the private account topic: allowed with a session, refused without.

@@ -13,6 +13,8 @@
 //!   twice; older than the retained window → `resync {sub, reason}`.
 //! - `subscribe {id, topic: "account"}` (authenticated only: private) → `account {sub, seq,
 //!   kind, ...}` for the caller's own account (handle and status changes).
+//! - No echo: a write made with the header `X-Ues-Ws-Session: <session from welcome>` is not
+//!   sent back to that socket, unless its subscription says `echo: true`.
 //! - `unsubscribe {id}`, `ping {id?}` → `pong`.
 //! - `join {topic}` / `leave {topic}`: presence. Every member of the topic (the joiner too)
 //!   gets `presence {topic, event: join|leave, who, members}`; who is the caller's DID, or
@@ -213,7 +215,7 @@ fn text(v: Value) -> Message {
 /// One subscription.
 #[derive(Debug, Clone)]
 enum Sub {
-    Repo { did: String, collection: Option<String> },
+    Repo { did: String, collection: Option<String>, echo: bool },
     Account { did: String },
 }
 
@@ -231,6 +233,9 @@ enum ClientMessage {
         #[serde(default)]
         snapshot: bool,
         since: Option<i64>,
+        /// Also deliver this session's own writes.
+        #[serde(default)]
+        echo: bool,
     },
     Unsubscribe {
         id: String,
@@ -251,6 +256,9 @@ struct Conn {
     g: Arc<Gateway>,
     /// This connection's number (presence).
     id: u64,
+    /// The secret session number writes name to avoid their echo (random: others cannot
+    /// guess it to hide events from this socket).
+    session: u64,
     /// Presence topics joined.
     joined: std::collections::HashSet<String>,
     did: Option<String>,
@@ -365,7 +373,7 @@ impl Conn {
                 }
                 self.send(text(json!({"type": "unsubscribed", "id": id})))
             }
-            ClientMessage::Subscribe { id, topic, did, collection, snapshot, since } => {
+            ClientMessage::Subscribe { id, topic, did, collection, snapshot, since, echo } => {
                 if self.subs.len() >= self.g.cfg.max_subscriptions && !self.subs.contains_key(&id) {
                     let max = self.g.cfg.max_subscriptions;
                     return self.error(Some(&id), "TooManySubscriptions", format!("at most {max} per socket"));
@@ -380,7 +388,7 @@ impl Conn {
                         {
                             return self.error(Some(&id), "InvalidRequest", format!("invalid collection {c:?}"));
                         }
-                        Sub::Repo { did: d.to_string(), collection }
+                        Sub::Repo { did: d.to_string(), collection, echo }
                     }
                     "account" => match &self.did {
                         Some(me) => Sub::Account { did: me.clone() },
@@ -407,6 +415,11 @@ impl Conn {
                 Flow::Go
             }
         }
+    }
+
+    /// Whether an event frame is a commit this session wrote (`X-Ues-Ws-Session`).
+    fn own(&self, frame: &[u8]) -> bool {
+        commit_of(frame).is_some_and(|c| self.g.st.origin(&c) == Some(self.session))
     }
 
     fn who(&self) -> String {
@@ -462,7 +475,7 @@ impl Conn {
 
     /// The records a repo subscription matches now.
     async fn snapshot(&mut self, id: &str, sub: &Sub) -> Flow {
-        let Sub::Repo { did, collection: Some(collection) } = sub else {
+        let Sub::Repo { did, collection: Some(collection), .. } = sub else {
             return self.error(Some(id), "InvalidRequest", "a snapshot needs a did and a collection");
         };
         let (st, max) = (self.g.st.clone(), self.g.cfg.max_snapshot);
@@ -543,7 +556,7 @@ impl Conn {
                     return Flow::Go;
                 }
                 after = seq;
-                for m in messages(seq, &frame, id, sub) {
+                for m in messages(seq, &frame, id, sub, self.own(&frame)) {
                     if let Flow::Stop = self.send_event(m, seq) {
                         return Flow::Stop;
                     }
@@ -575,7 +588,7 @@ impl Conn {
                 self.seen = seq;
                 let subs: Vec<(String, Sub)> = self.subs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 for (id, sub) in &subs {
-                    for m in messages(seq, &frame, id, sub) {
+                    for m in messages(seq, &frame, id, sub, self.own(&frame)) {
                         if let Flow::Stop = self.send_event(m, seq) {
                             return Flow::Stop;
                         }
@@ -587,8 +600,22 @@ impl Conn {
     }
 }
 
-/// The messages one sequenced event gives a subscription.
-fn messages(seq: i64, frame: &[u8], id: &str, sub: &Sub) -> Vec<Message> {
+/// The commit CID of a `#commit` frame.
+fn commit_of(frame: &[u8]) -> Option<cid::Cid> {
+    let mut r = dagcbor::Reader::new(frame);
+    r.value(&dagcbor::DecodeOptions::default(), 0).ok()?;
+    match dagcbor::decode_atproto(&frame[r.offset()..]).ok()? {
+        Ipld::Map(b) => match b.get("commit") {
+            Some(Ipld::Link(c)) => Some(*c),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The messages one sequenced event gives a subscription (`own`: the event is a commit this
+/// socket's session wrote).
+fn messages(seq: i64, frame: &[u8], id: &str, sub: &Sub, own: bool) -> Vec<Message> {
     let mut r = dagcbor::Reader::new(frame);
     let Ok(header) = r.value(&dagcbor::DecodeOptions::default(), 0) else { return Vec::new() };
     let Ok(body) = dagcbor::decode_atproto(&frame[r.offset()..]) else { return Vec::new() };
@@ -614,8 +641,8 @@ fn messages(seq: i64, frame: &[u8], id: &str, sub: &Sub) -> Vec<Message> {
             v["seq"] = json!(seq);
             vec![text(v)]
         }
-        Sub::Repo { did, collection } => {
-            if kind != "#commit" || s("repo").as_deref() != Some(did) {
+        Sub::Repo { did, collection, echo } => {
+            if kind != "#commit" || s("repo").as_deref() != Some(did) || (own && !echo) {
                 return Vec::new();
             }
             let blocks: HashMap<cid::Cid, Vec<u8>> = match b.get("blocks") {
@@ -717,6 +744,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
     let mut conn = Conn {
         g: g.clone(),
         id: g.next_conn.fetch_add(1, Ordering::Relaxed),
+        session: rand::random(),
         joined: std::collections::HashSet::new(),
         did,
         subs: HashMap::new(),
@@ -728,7 +756,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
     };
     let cfg = g.cfg.clone();
     let _ = conn.send(text(json!({
-        "type": "welcome", "protocol": PROTOCOL, "node": g.st.cfg.service_did,
+        "type": "welcome", "protocol": PROTOCOL, "node": g.st.cfg.service_did, "session": conn.session.to_string(),
         "peerId": g.st.peer_id.get().map(|p| p.to_string()),
         "time": crate::xrpc::firehose_time(), "seq": seen, "did": conn.did,
         "limits": {"maxMessageBytes": cfg.max_message_bytes, "maxSubscriptions": cfg.max_subscriptions,

@@ -89,7 +89,14 @@ pub struct XrpcState {
     pub replication: std::sync::OnceLock<Arc<crate::p2p::node::Replication>>,
     /// The node's libp2p peer id, when the peer-to-peer service runs.
     pub peer_id: std::sync::OnceLock<libp2p::PeerId>,
+    /// Which `/ws` session made recent commits (header `X-Ues-Ws-Session` on the write), so
+    /// that session is not sent its own writes back. Bounded: the newest [`MAX_ORIGINS`].
+    pub(crate) origins:
+        parking_lot::Mutex<(std::collections::HashMap<cid::Cid, u64>, std::collections::VecDeque<cid::Cid>)>,
 }
+
+/// Commits whose originating `/ws` session is remembered.
+pub const MAX_ORIGINS: usize = 65_536;
 
 /// SQLite schema the XRPC layer adds (credentials are a protocol concern).
 pub const MIGRATIONS: &[Migration] = &[
@@ -149,7 +156,29 @@ impl XrpcState {
                 .into(),
             replication: std::sync::OnceLock::new(),
             peer_id: std::sync::OnceLock::new(),
+            origins: parking_lot::Mutex::new(Default::default()),
         })
+    }
+
+    /// Remembers which `/ws` session a commit came from (when the write said so).
+    pub(crate) fn note_origin(&self, headers: &HeaderMap, res: &ues_sync::repo::repo::CommitResult) {
+        let Some(id) = headers.get("x-ues-ws-session").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+        else {
+            return;
+        };
+        let mut o = self.origins.lock();
+        if o.1.len() >= MAX_ORIGINS
+            && let Some(old) = o.1.pop_front()
+        {
+            o.0.remove(&old);
+        }
+        o.0.insert(res.cid, id);
+        o.1.push_back(res.cid);
+    }
+
+    /// The `/ws` session a commit came from, if it said.
+    pub(crate) fn origin(&self, commit: &cid::Cid) -> Option<u64> {
+        self.origins.lock().0.get(commit).copied()
     }
 
     /// Commits writes from a client: through the replication bridge when the node replicates

@@ -143,6 +143,7 @@ pub(crate) async fn create_record(
         let (record, status) = prepare_record(&st, &collection, rkey.as_str(), b.record, b.validate)?;
         let write = Write::Create { collection: collection.clone(), rkey: rkey.clone(), record };
         let res = st.commit(&account.did, &[write], cid_param(&b.swap_commit)?)?;
+        st.note_origin(&headers, &res);
         st.firehose.notify();
         Ok(written(&account, &collection, &rkey, &res, status))
     })
@@ -180,6 +181,7 @@ pub(crate) async fn put_record(
         };
         let write = Write::Update { collection: collection.clone(), rkey: rkey.clone(), record, swap };
         let res = st.commit(&account.did, &[write], cid_param(&b.swap_commit)?)?;
+        st.note_origin(&headers, &res);
         st.firehose.notify();
         Ok(written(&account, &collection, &rkey, &res, status))
     })
@@ -206,6 +208,9 @@ pub(crate) async fn delete_record(
         let write =
             Write::Delete { collection: nsid(&b.collection)?, rkey: rkey(&b.rkey)?, swap: cid_param(&b.swap_record)? };
         let outcome = st.commit(&account.did, &[write], cid_param(&b.swap_commit)?);
+        if let Ok(res) = &outcome {
+            st.note_origin(&headers, res);
+        }
         st.firehose.notify();
         match outcome {
             Ok(res) => Ok(Json(json!({ "commit": commit_json(&res) }))),
@@ -368,6 +373,7 @@ pub(crate) async fn apply_writes(
             }
         }
         let res = st.commit(&account.did, &writes, cid_param(&b.swap_commit)?)?;
+        st.note_origin(&headers, &res);
         st.firehose.notify();
         let results: Vec<Value> = res
             .ops
