@@ -291,6 +291,175 @@ pub(crate) fn ordered_line(v: &Value) -> String {
     format!("{{{}}}", fields.join(","))
 }
 
+/// `ues bench ws`: `clients` WebSocket clients subscribed to one repository of a running node
+/// while writers create records at `rate` per second for `seconds`; each record carries its send
+/// time, so every client measures delivery latency. Reports latency percentiles, events
+/// delivered and missing (for clients still connected), clients closed, and the node's RSS
+/// (from `/stats`).
+pub(crate) async fn ws(
+    addr: SocketAddr,
+    clients: usize,
+    rate: u64,
+    seconds: u64,
+    writers: usize,
+) -> anyhow::Result<Value> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut c = Conn::open(addr).await?;
+    let handle = format!("ws{}.test", std::process::id());
+    let (status, acct) = c
+        .post(
+            "/xrpc/com.atproto.server.createAccount",
+            None,
+            &json!({"handle": handle, "password": "correct horse battery"}),
+        )
+        .await?;
+    if status != 200 {
+        bail!("createAccount: {status} {acct}");
+    }
+    let token: Arc<str> = acct["accessJwt"].as_str().context("no token")?.into();
+    let did: Arc<str> = acct["did"].as_str().context("no did")?.into();
+    let epoch = Instant::now();
+
+    // The clients: each connects, subscribes, then records (latency µs of every event, count).
+    let ready = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (did, ready, stop) = (did.clone(), ready.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
+            ws.send(Message::Text(
+                json!({"type": "subscribe", "id": "b", "topic": "repo", "did": &*did}).to_string().into(),
+            ))
+            .await?;
+            let (mut lat, mut closed) = (Vec::new(), None);
+            let mut counted = false;
+            while !stop.load(Ordering::Relaxed) {
+                let m = match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                    Err(_) => continue,
+                    Ok(None) => break,
+                    Ok(Some(m)) => m?,
+                };
+                match m {
+                    Message::Text(t) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                        match v["type"].as_str() {
+                            Some("subscribed") if !counted => {
+                                counted = true;
+                                ready.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Some("event") => {
+                                if let Some(sent) = v["record"]["text"].as_str().and_then(|s| s.parse::<u64>().ok()) {
+                                    let now = epoch.elapsed().as_micros() as u64;
+                                    lat.push(now.saturating_sub(sent) as u32);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    Message::Close(f) => {
+                        closed = f.map(|f| u16::from(f.code));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            anyhow::Ok((lat, closed))
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready.load(Ordering::Relaxed) < clients {
+        if Instant::now() > deadline {
+            bail!("only {} of {clients} clients subscribed", ready.load(Ordering::Relaxed));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The writers, paced together at `rate` records per second.
+    let total = (rate * seconds) as usize;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut wtasks = Vec::new();
+    for _ in 0..writers.max(1) {
+        let (token, did, next) = (token.clone(), did.clone(), next.clone());
+        wtasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await?;
+            let mut ok = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return anyhow::Ok(ok);
+                }
+                let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let sent = epoch.elapsed().as_micros() as u64;
+                let body = json!({"repo": &*did, "collection": "app.bsky.feed.post",
+                    "record": {"$type": "app.bsky.feed.post", "text": sent.to_string(), "createdAt": "2026-11-25T00:00:00.000Z"}});
+                let (status, _) = conn.post("/xrpc/com.atproto.repo.createRecord", Some(&token), &body).await?;
+                if status == 200 {
+                    ok += 1;
+                }
+            }
+        }));
+    }
+    let mut written = 0;
+    for t in wtasks {
+        written += t.await??;
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+    // Let the last events arrive, then read the node's memory while every client is connected.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = http_get_json(addr, "/stats").await.unwrap_or(Value::Null);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let (mut missing, mut closed, mut complete) = (0usize, 0usize, 0usize);
+    for t in tasks {
+        let (lat, close) = t.await??;
+        if close.is_some() {
+            closed += 1;
+        } else {
+            missing += written.saturating_sub(lat.len());
+            if lat.len() >= written {
+                complete += 1;
+            }
+        }
+        all.extend(lat);
+    }
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).map_or(0.0, |v| *v as f64 / 1000.0)
+    };
+    Ok(json!({
+        "clients": clients,
+        "writes_requested": total,
+        "writes_ok": written,
+        "writes_per_s": (written as f64 / write_secs).round(),
+        "events_delivered": all.len(),
+        "events_missing_for_connected_clients": missing,
+        "clients_with_every_event": complete,
+        "clients_closed": closed,
+        "latency_ms_p50": pct(0.50),
+        "latency_ms_p99": pct(0.99),
+        "latency_ms_max": all.last().map_or(0.0, |v| *v as f64 / 1000.0),
+        "node_rss_mb": stats["rssBytes"].as_u64().map(|b| b / (1 << 20)),
+        "node_peak_rss_mb": stats["peakRssBytes"].as_u64().map(|b| b / (1 << 20)),
+        "node_ws_slow_closed": stats["wsSlowClosed"],
+    }))
+}
+
+/// One GET with a JSON answer.
+async fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok(serde_json::from_str(body)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,6 +110,25 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
     },
+    /// WebSocket fan-out: clients subscribed to one repository of a running node while it
+    /// takes writes at a fixed rate; delivery latency, missing events, node RSS (JSON result).
+    Ws {
+        /// The node's address.
+        #[arg(long, default_value = "127.0.0.1:2583")]
+        addr: SocketAddr,
+        /// WebSocket clients.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Writes per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Seconds of writing.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent writer connections.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+    },
     /// Two nodes over TCP on 127.0.0.1: connection setup, a new replica catching up on a log,
     /// one new operation synced (JSON result).
     P2p {
@@ -282,6 +301,10 @@ fn main() -> anyhow::Result<()> {
                 }
             });
             Ok(())
+        }
+        Command::Bench(BenchCommand::Ws { addr, clients, rate, seconds, writers }) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            print_json(rt.block_on(bench::ws(addr, clients, rate, seconds, writers))?)
         }
         Command::Bench(BenchCommand::Create { addr, records, concurrency }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;

@@ -168,6 +168,8 @@ async fn stats(State(g): State<Arc<Gateway>>) -> axum::Json<Value> {
         "firehoseSeq": *g.st.firehose.latest(),
         "firehoseSubscribers": m.subscribers.load(Ordering::Relaxed),
         "p2pPeers": g.st.replication.get().map(|r| r.status().connected.len()),
+        "rssBytes": proc_status_kib("VmRSS:").map(|k| k << 10),
+        "peakRssBytes": proc_status_kib("VmHWM:").map(|k| k << 10),
     }))
 }
 
@@ -679,6 +681,13 @@ fn messages(seq: i64, frame: &[u8], id: &str, sub: &Sub, own: bool) -> Vec<Messa
             out
         }
     }
+}
+
+/// A `/proc/self/status` field in KiB (Linux), e.g. `VmRSS:`.
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// Counts a client for as long as it is connected.
