@@ -773,9 +773,9 @@ impl Task {
         }
         self.redial();
         // Refresh the routing table at most once a minute.
-        if self.last_bootstrap.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
-            && self.swarm.behaviour_mut().kad.bootstrap().is_ok()
-        {
+        let known = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum::<usize>() > 0;
+        if known && self.last_bootstrap.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
             self.last_bootstrap = Some(Instant::now());
         }
         let now = Instant::now();

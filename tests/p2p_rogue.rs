@@ -1,0 +1,135 @@
+//! Misbehaving libp2p peers against a real `ues run` node on 127.0.0.1: one sends a malformed
+//! sync message, one floods it with requests. Each is disconnected and banned (a reconnection
+//! is dropped at once), and the node keeps serving its clients.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ues_protocol::p2p::libp2p::swarm::SwarmEvent;
+use ues_protocol::p2p::libp2p::{Multiaddr, PeerId, Swarm};
+use ues_protocol::p2p::{Behaviour, keypair, tcp_swarm};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Connects; sends `request` once connected, then again on every answer or failure, keeping
+/// `in_flight` requests going (at most `total`); returns once the node has closed the connection.
+async fn misbehave(
+    swarm: &mut Swarm<Behaviour>,
+    node: PeerId,
+    addr: Multiaddr,
+    request: Vec<u8>,
+    in_flight: usize,
+    total: usize,
+) {
+    use ues_protocol::p2p::libp2p::request_response::Event;
+    swarm.dial(addr).unwrap();
+    let mut sent = 0;
+    let run = async {
+        loop {
+            let again = match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node => in_flight,
+                SwarmEvent::Behaviour(ues_protocol::p2p::BehaviourEvent::Sync(
+                    Event::Message { .. } | Event::OutboundFailure { .. },
+                )) => 1,
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == node => return,
+                _ => 0,
+            };
+            for _ in 0..again {
+                if sent < total {
+                    sent += 1;
+                    swarm.behaviour_mut().sync.send_request(&node, request.clone());
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), run).await.expect("the node drops the misbehaving peer");
+}
+
+/// Dials again: the node accepts the transport and drops it at once (the peer is banned).
+async fn refused_again(swarm: &mut Swarm<Behaviour>, node: PeerId, addr: Multiaddr) {
+    swarm.dial(addr).unwrap();
+    let run = async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == node => return,
+                SwarmEvent::OutgoingConnectionError { .. } => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), run).await.expect("a banned peer is dropped again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let (http, p2p) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+    let mut node = Command::new(env!("CARGO_BIN_EXE_ues"))
+        .args(["run", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{http}"),
+            "--p2p-listen",
+            &format!("/ip4/127.0.0.1/tcp/{p2p}"),
+            "--no-mdns",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let health =
+        || std::process::Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{http}/xrpc/_health")]).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !health().is_ok_and(|s| s.success()) {
+        assert!(Instant::now() < deadline, "the node never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ues")).args(["peer", "id", "--data-dir"]).arg(&data).output().unwrap();
+    let node_id: PeerId = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{p2p}").parse().unwrap();
+
+    // A malformed session message: a protocol violation.
+    let mut rogue = tcp_swarm(keypair([91; 32])).unwrap();
+    misbehave(&mut rogue, node_id, addr.clone(), b"\x0a\x03abc".to_vec(), 1, 1).await;
+    refused_again(&mut rogue, node_id, addr.clone()).await;
+
+    // A flood: (harmless, empty) live pushes back to back, 16 at a time, far over the 200 per
+    // second allowed (more than 32 at once would be dropped by the stream limit instead).
+    let mut flooder = tcp_swarm(keypair([92; 32])).unwrap();
+    let empty_push = ues_sync::live::encode(&[]);
+    misbehave(&mut flooder, node_id, addr.clone(), empty_push, 16, 20_000).await;
+    refused_again(&mut flooder, node_id, addr.clone()).await;
+
+    // The node still serves, says it banned two peers, and an honest peer still connects.
+    assert!(health().unwrap().success());
+    let peers = Command::new(env!("CARGO_BIN_EXE_ues"))
+        .args(["peer", "list", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{http}")])
+        .output()
+        .unwrap();
+    assert!(peers.status.success(), "{}", String::from_utf8_lossy(&peers.stderr));
+    let peers: serde_json::Value = serde_json::from_slice(&peers.stdout).unwrap();
+    assert!(peers["bans"].as_u64().unwrap() >= 2, "{peers}");
+    let mut honest = tcp_swarm(keypair([93; 32])).unwrap();
+    honest.dial(addr).unwrap();
+    let connected = async {
+        loop {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } = honest.select_next_some().await
+                && peer_id == node_id
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), connected).await.expect("an honest peer connects");
+    let _ = Command::new("kill").args(["-TERM", &node.id().to_string()]).status();
+    let _ = node.wait();
+}
