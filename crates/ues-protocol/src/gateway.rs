@@ -120,6 +120,8 @@ impl Presence {
 }
 
 struct Gateway {
+    /// Events decoded once for all sockets: seq → decoded, newest [`PARSED_CACHE`].
+    parsed: parking_lot::Mutex<ParsedCache>,
     st: Arc<XrpcState>,
     cfg: WsConfig,
     clients: AtomicUsize,
@@ -133,6 +135,7 @@ struct Gateway {
 /// The gateway's routes (`/ws`).
 pub fn router(st: Arc<XrpcState>, cfg: WsConfig) -> Router {
     let g = Arc::new(Gateway {
+        parsed: parking_lot::Mutex::new(Default::default()),
         st,
         cfg,
         clients: AtomicUsize::new(0),
@@ -142,6 +145,26 @@ pub fn router(st: Arc<XrpcState>, cfg: WsConfig) -> Router {
         rate: parking_lot::Mutex::new((Instant::now(), 0, 0.0)),
     });
     Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g)
+}
+
+impl Gateway {
+    /// The decoded event `seq` (decoded on first use, then shared).
+    fn parsed(&self, seq: i64, frame: &[u8]) -> Option<Arc<Parsed>> {
+        if let Some(p) = self.parsed.lock().0.get(&seq) {
+            return Some(p.clone());
+        }
+        let p = Arc::new(parse(seq, frame)?);
+        let mut cache = self.parsed.lock();
+        if cache.1.len() >= PARSED_CACHE
+            && let Some(old) = cache.1.pop_front()
+        {
+            cache.0.remove(&old);
+        }
+        if cache.0.insert(seq, p.clone()).is_none() {
+            cache.1.push_back(seq);
+        }
+        Some(p)
+    }
 }
 
 /// `GET /stats`: uptime, connected clients, subscriptions, queue depth, events per second.
@@ -419,9 +442,9 @@ impl Conn {
         }
     }
 
-    /// Whether an event frame is a commit this session wrote (`X-Ues-Ws-Session`).
-    fn own(&self, frame: &[u8]) -> bool {
-        commit_of(frame).is_some_and(|c| self.g.st.origin(&c) == Some(self.session))
+    /// Whether an event is a commit this session wrote (`X-Ues-Ws-Session`).
+    fn own(&self, p: &Parsed) -> bool {
+        p.commit.is_some_and(|c| self.g.st.origin(&c) == Some(self.session))
     }
 
     fn who(&self) -> String {
@@ -558,7 +581,8 @@ impl Conn {
                     return Flow::Go;
                 }
                 after = seq;
-                for m in messages(seq, &frame, id, sub, self.own(&frame)) {
+                let Some(p) = self.g.parsed(seq, &frame) else { continue };
+                for m in messages(seq, &p, id, sub, self.own(&p)) {
                     if let Flow::Stop = self.send_event(m, seq) {
                         return Flow::Stop;
                     }
@@ -577,20 +601,29 @@ impl Conn {
                 break;
             }
             let after = self.seen;
-            let batch = tokio::task::spawn_blocking({
-                let db = db.clone();
-                move || events_after(&db, after)
-            })
-            .await;
-            let Ok(Ok(batch)) = batch else { break };
+            // The firehose's ring holds the newest frames for every live reader; older ones
+            // come from SQLite.
+            let batch: Vec<(i64, Arc<[u8]>)> = match self.g.st.firehose.ring_after(after) {
+                Some(b) => b,
+                None => {
+                    let rows = tokio::task::spawn_blocking({
+                        let db = db.clone();
+                        move || events_after(&db, after)
+                    })
+                    .await;
+                    let Ok(Ok(rows)) = rows else { break };
+                    rows.into_iter().map(|(s, f)| (s, Arc::from(f))).collect()
+                }
+            };
             if batch.is_empty() {
                 break;
             }
             for (seq, frame) in batch {
                 self.seen = seq;
+                let Some(p) = self.g.parsed(seq, &frame) else { continue };
                 let subs: Vec<(String, Sub)> = self.subs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 for (id, sub) in &subs {
-                    for m in messages(seq, &frame, id, sub, self.own(&frame)) {
+                    for m in messages(seq, &p, id, sub, self.own(&p)) {
                         if let Flow::Stop = self.send_event(m, seq) {
                             return Flow::Stop;
                         }
@@ -602,68 +635,62 @@ impl Conn {
     }
 }
 
-/// The commit CID of a `#commit` frame.
-fn commit_of(frame: &[u8]) -> Option<cid::Cid> {
-    let mut r = dagcbor::Reader::new(frame);
-    r.value(&dagcbor::DecodeOptions::default(), 0).ok()?;
-    match dagcbor::decode_atproto(&frame[r.offset()..]).ok()? {
-        Ipld::Map(b) => match b.get("commit") {
-            Some(Ipld::Link(c)) => Some(*c),
-            _ => None,
-        },
-        _ => None,
-    }
+/// One sequenced event, decoded once for every socket (see [`Gateway::parsed`]).
+struct Parsed {
+    /// `#commit`, `#account`, `#identity`, ...
+    kind: String,
+    /// The account it concerns.
+    did: Option<String>,
+    /// The commit, for `#commit`.
+    commit: Option<cid::Cid>,
+    /// For `#commit`: per op, its collection and the JSON of the event message after
+    /// `{"type":"event","sub":..,` (everything but the subscription id, which differs per socket).
+    ops: Vec<(String, String)>,
+    /// For `#account` / `#identity`: the event body as JSON.
+    body: Option<Value>,
 }
 
-/// The messages one sequenced event gives a subscription (`own`: the event is a commit this
-/// socket's session wrote).
-fn messages(seq: i64, frame: &[u8], id: &str, sub: &Sub, own: bool) -> Vec<Message> {
+/// Events decoded at once and kept for the sockets that follow (the newest).
+const PARSED_CACHE: usize = 8_192;
+
+/// Decoded events by sequence number, and their order (oldest first).
+type ParsedCache = (HashMap<i64, Arc<Parsed>>, std::collections::VecDeque<i64>);
+
+fn parse(seq: i64, frame: &[u8]) -> Option<Parsed> {
     let mut r = dagcbor::Reader::new(frame);
-    let Ok(header) = r.value(&dagcbor::DecodeOptions::default(), 0) else { return Vec::new() };
-    let Ok(body) = dagcbor::decode_atproto(&frame[r.offset()..]) else { return Vec::new() };
-    let (Ipld::Map(h), Ipld::Map(b)) = (header, body) else { return Vec::new() };
+    let header = r.value(&dagcbor::DecodeOptions::default(), 0).ok()?;
+    let body = dagcbor::decode_atproto(&frame[r.offset()..]).ok()?;
+    let (Ipld::Map(h), Ipld::Map(b)) = (header, body) else { return None };
     let kind = match h.get("t") {
         Some(Ipld::String(t)) => t.clone(),
-        _ => return Vec::new(),
+        _ => return None,
     };
     let s = |k: &str| match b.get(k) {
         Some(Ipld::String(v)) => Some(v.clone()),
         _ => None,
     };
-    match sub {
-        Sub::Account { did } => {
-            let event_did = s("did").or_else(|| s("repo"));
-            if event_did.as_deref() != Some(did) || !matches!(kind.as_str(), "#account" | "#identity") {
-                return Vec::new();
+    let did = s("repo").or_else(|| s("did"));
+    let commit = match b.get("commit") {
+        Some(Ipld::Link(c)) => Some(*c),
+        _ => None,
+    };
+    let mut ops = Vec::new();
+    let mut body_json = None;
+    if kind == "#commit" {
+        let repo = did.clone().unwrap_or_default();
+        let blocks: HashMap<cid::Cid, Vec<u8>> = match b.get("blocks") {
+            Some(Ipld::Bytes(car)) => {
+                CarReader::new(&car[..]).map(|rd| rd.filter_map(Result::ok).collect()).unwrap_or_default()
             }
-            let mut v = atjson::to_json(&Ipld::Map(b.clone()));
-            v["type"] = json!("account");
-            v["kind"] = json!(kind.trim_start_matches('#'));
-            v["sub"] = json!(id);
-            v["seq"] = json!(seq);
-            vec![text(v)]
-        }
-        Sub::Repo { did, collection, echo } => {
-            if kind != "#commit" || s("repo").as_deref() != Some(did) || (own && !echo) {
-                return Vec::new();
-            }
-            let blocks: HashMap<cid::Cid, Vec<u8>> = match b.get("blocks") {
-                Some(Ipld::Bytes(car)) => {
-                    CarReader::new(&car[..]).map(|rd| rd.filter_map(Result::ok).collect()).unwrap_or_default()
-                }
-                _ => HashMap::new(),
-            };
-            let Some(Ipld::List(ops)) = b.get("ops") else { return Vec::new() };
-            let mut out = Vec::new();
-            for op in ops {
+            _ => HashMap::new(),
+        };
+        if let Some(Ipld::List(list)) = b.get("ops") {
+            for op in list {
                 let Ipld::Map(op) = op else { continue };
                 let (Some(Ipld::String(action)), Some(Ipld::String(path))) = (op.get("action"), op.get("path")) else {
                     continue;
                 };
                 let Some((c, rkey)) = path.split_once('/') else { continue };
-                if collection.as_deref().is_some_and(|want| want != c) {
-                    continue;
-                }
                 let cid = match op.get("cid") {
                     Some(Ipld::Link(cid)) => Some(*cid),
                     _ => None,
@@ -672,13 +699,47 @@ fn messages(seq: i64, frame: &[u8], id: &str, sub: &Sub, own: bool) -> Vec<Messa
                     .and_then(|c| blocks.get(&c))
                     .and_then(|bytes| dagcbor::decode_atproto(bytes).ok())
                     .map(|v| atjson::to_json(&v));
-                out.push(text(json!({
-                    "type": "event", "sub": id, "seq": seq, "did": did, "action": action,
-                    "collection": c, "rkey": rkey, "uri": format!("at://{did}/{path}"),
+                let full = json!({
+                    "seq": seq, "did": repo, "action": action,
+                    "collection": c, "rkey": rkey, "uri": format!("at://{repo}/{path}"),
                     "cid": cid.map(|c| c.to_string()), "record": record, "rev": s("rev"),
-                })));
+                })
+                .to_string();
+                // `{"seq":...}` → `"seq":...}`: the per-socket prefix goes in front.
+                ops.push((c.to_string(), full[1..].to_string()));
             }
-            out
+        }
+    } else {
+        body_json = Some(atjson::to_json(&Ipld::Map(b)));
+    }
+    Some(Parsed { kind, did, commit, ops, body: body_json })
+}
+
+/// The messages one sequenced event gives a subscription (`own`: the event is a commit this
+/// socket's session wrote).
+fn messages(seq: i64, p: &Parsed, id: &str, sub: &Sub, own: bool) -> Vec<Message> {
+    match sub {
+        Sub::Account { did } => {
+            if p.did.as_deref() != Some(did) || !matches!(p.kind.as_str(), "#account" | "#identity") {
+                return Vec::new();
+            }
+            let mut v = p.body.clone().unwrap_or(Value::Null);
+            v["type"] = json!("account");
+            v["kind"] = json!(p.kind.trim_start_matches('#'));
+            v["sub"] = json!(id);
+            v["seq"] = json!(seq);
+            vec![text(v)]
+        }
+        Sub::Repo { did, collection, echo } => {
+            if p.kind != "#commit" || p.did.as_deref() != Some(did) || (own && !echo) {
+                return Vec::new();
+            }
+            let prefix = format!("{{\"type\":\"event\",\"sub\":{},", Value::String(id.to_string()));
+            p.ops
+                .iter()
+                .filter(|(c, _)| collection.as_deref().is_none_or(|want| want == c))
+                .map(|(_, tail)| Message::Text(format!("{prefix}{tail}").into()))
+                .collect()
         }
     }
 }

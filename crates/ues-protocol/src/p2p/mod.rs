@@ -183,6 +183,8 @@ mod behaviour {
             };
             let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
             kad_cfg.set_query_timeout(std::time::Duration::from_secs(30));
+            // The node refreshes the table itself, and only when it knows peers.
+            kad_cfg.set_periodic_bootstrap_interval(None);
             Behaviour {
                 limits: connection_limits::Behaviour::new(features.limits),
                 identify: identify::Behaviour::new(

@@ -315,7 +315,7 @@ impl Firehose {
     }
 
     /// Frames after `after` from memory, when the ring still holds the next one.
-    fn ring_after(&self, after: i64) -> Option<Vec<(i64, Arc<[u8]>)>> {
+    pub(crate) fn ring_after(&self, after: i64) -> Option<Vec<(i64, Arc<[u8]>)>> {
         let ring = self.ring.read();
         let first = ring.front()?.0;
         if after + 1 < first {
