@@ -118,7 +118,22 @@ async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
     assert!(peers.status.success(), "{}", String::from_utf8_lossy(&peers.stderr));
     let peers: serde_json::Value = serde_json::from_slice(&peers.stdout).unwrap();
     assert!(peers["bans"].as_u64().unwrap() >= 2, "{peers}");
+    // An app watching the node's peers over /ws (a signed-in user) sees the honest peer arrive.
+    let acct = ureq::post(format!("http://127.0.0.1:{http}/xrpc/com.atproto.server.createAccount"))
+        .send_json(serde_json::json!({"handle": "watcher.test", "password": "pass-word-123"}))
+        .unwrap()
+        .body_mut()
+        .read_json::<serde_json::Value>()
+        .unwrap();
+    let token = acct["accessJwt"].as_str().unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{http}/ws?access_token={token}")).await.unwrap();
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let subscribe = serde_json::json!({"type": "subscribe", "id": "p", "topic": "peers"}).to_string();
+    ws.send(Message::Text(subscribe.into())).await.unwrap();
     let mut honest = tcp_swarm(keypair([93; 32])).unwrap();
+    let honest_id = *honest.local_peer_id();
     honest.dial(addr).unwrap();
     let connected = async {
         loop {
@@ -130,6 +145,16 @@ async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
         }
     };
     tokio::time::timeout(Duration::from_secs(30), connected).await.expect("an honest peer connects");
+    let seen = async {
+        loop {
+            let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("the socket closed") };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == "peer" && v["event"] == "connected" && v["peerId"] == honest_id.to_string() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), seen).await.expect("the app hears the peer connect");
     let _ = Command::new("kill").args(["-TERM", &node.id().to_string()]).status();
     let _ = node.wait();
 }

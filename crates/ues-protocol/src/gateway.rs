@@ -15,6 +15,9 @@
 //!   kind, ...}` for the caller's own account (handle and status changes).
 //! - No echo: a write made with the header `X-Ues-Ws-Session: <session from welcome>` is not
 //!   sent back to that socket, unless its subscription says `echo: true`.
+//! - `subscribe {id, topic: "peers" | "sync"}` (authenticated): `peer {event: connected |
+//!   disconnected, peerId, addr}` and `sync {event: session | committed, ...}` as they happen;
+//!   ephemeral: a socket that lags gets `gap {missed}` instead of what it missed.
 //! - `unsubscribe {id}`, `ping {id?}` → `pong`.
 //! - `join {topic}` / `leave {topic}`: presence. Every member of the topic (the joiner too)
 //!   gets `presence {topic, event: join|leave, who, members}`; who is the caller's DID, or
@@ -240,8 +243,18 @@ fn text(v: Value) -> Message {
 /// One subscription.
 #[derive(Debug, Clone)]
 enum Sub {
-    Repo { did: String, collection: Option<String>, echo: bool },
-    Account { did: String },
+    Repo {
+        did: String,
+        collection: Option<String>,
+        echo: bool,
+    },
+    Account {
+        did: String,
+    },
+    /// `peers` or `sync`: the node's peer-to-peer events.
+    Node {
+        topic: &'static str,
+    },
 }
 
 #[derive(Deserialize)]
@@ -290,6 +303,8 @@ struct Conn {
     subs: HashMap<String, Sub>,
     /// The last sequence number delivered to this socket's subscriptions.
     seen: i64,
+    /// The node's peer and sync events, once a subscription wants them.
+    node_events: Option<tokio::sync::broadcast::Receiver<Value>>,
     /// The latest sequence number when the socket opened.
     first_seen: i64,
     out: mpsc::Sender<(Message, i64)>,
@@ -421,6 +436,18 @@ impl Conn {
                             return self.error(Some(&id), "AuthRequired", "the account topic needs a session token");
                         }
                     },
+                    "peers" | "sync" => {
+                        let Some(rep) = self.g.st.replication.get() else {
+                            return self.error(Some(&id), "Unavailable", "the peer-to-peer service is off");
+                        };
+                        if self.did.is_none() {
+                            return self.error(Some(&id), "AuthRequired", "peer and sync events need a session token");
+                        }
+                        if self.node_events.is_none() {
+                            self.node_events = Some(rep.events());
+                        }
+                        Sub::Node { topic: if topic == "peers" { "peers" } else { "sync" } }
+                    }
                     other => return self.error(Some(&id), "UnknownTopic", format!("no topic {other:?}")),
                 };
                 if let Flow::Stop = self.send(text(json!({"type": "subscribed", "id": id, "seq": self.seen}))) {
@@ -437,6 +464,52 @@ impl Conn {
                 if self.subs.insert(id, sub).is_none() {
                     self.g.st.metrics.ws_subscriptions.fetch_add(1, Ordering::Relaxed);
                 }
+                Flow::Go
+            }
+        }
+    }
+
+    /// A peer or sync event for the subscriptions that want it (a lagging socket is told how
+    /// many it missed: these events are ephemeral, not replayable).
+    fn on_node_event(&mut self, ev: Result<Value, tokio::sync::broadcast::error::RecvError>) -> Flow {
+        use tokio::sync::broadcast::error::RecvError;
+        let subs: Vec<(String, &'static str)> = self
+            .subs
+            .iter()
+            .filter_map(|(id, s)| match s {
+                Sub::Node { topic } => Some((id.clone(), *topic)),
+                _ => None,
+            })
+            .collect();
+        if subs.is_empty() {
+            self.node_events = None;
+            return Flow::Go;
+        }
+        match ev {
+            Ok(v) => {
+                for (id, topic) in subs {
+                    if v["topic"] == topic {
+                        let mut m = v.clone();
+                        m["type"] = json!(topic.trim_end_matches('s'));
+                        m["sub"] = json!(id);
+                        if let Flow::Stop = self.send(text(m)) {
+                            return Flow::Stop;
+                        }
+                    }
+                }
+                Flow::Go
+            }
+            Err(RecvError::Lagged(n)) => {
+                for (id, topic) in subs {
+                    if let Flow::Stop = self.send(text(json!({"type": "gap", "sub": id, "topic": topic, "missed": n})))
+                    {
+                        return Flow::Stop;
+                    }
+                }
+                Flow::Go
+            }
+            Err(RecvError::Closed) => {
+                self.node_events = None;
                 Flow::Go
             }
         }
@@ -730,6 +803,7 @@ fn messages(seq: i64, p: &Parsed, id: &str, sub: &Sub, own: bool) -> Vec<Message
             v["seq"] = json!(seq);
             vec![text(v)]
         }
+        Sub::Node { .. } => Vec::new(),
         Sub::Repo { did, collection, echo } => {
             if p.kind != "#commit" || p.did.as_deref() != Some(did) || (own && !echo) {
                 return Vec::new();
@@ -827,6 +901,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
         id: g.next_conn.fetch_add(1, Ordering::Relaxed),
         session: rand::random(),
         joined: std::collections::HashSet::new(),
+        node_events: None,
         did,
         subs: HashMap::new(),
         seen,
@@ -906,6 +981,12 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
                     }
                 }
             },
+            ev = async {
+                match conn.node_events.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => conn.on_node_event(ev),
             _ = closing.changed() => {
                 conn.close(close(1001, "server shutting down"));
                 Flow::Stop

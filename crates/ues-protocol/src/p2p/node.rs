@@ -200,6 +200,9 @@ pub struct Replication {
     kv: Arc<dyn Kv>,
     tx: mpsc::Sender<Command>,
     status: Mutex<Status>,
+    /// Peer and sync events for apps (`/ws` topics `peers` and `sync`); bounded, lossy for
+    /// receivers that lag (they are told how much they missed).
+    events: tokio::sync::broadcast::Sender<Value>,
 }
 
 fn tracked_key(did: &Did) -> Vec<u8> {
@@ -269,6 +272,7 @@ impl Replication {
                 kv,
                 tx,
                 status: Mutex::new(Status::default()),
+                events: tokio::sync::broadcast::channel(1_024).0,
             }),
             rx,
         ))
@@ -282,6 +286,15 @@ impl Replication {
     /// The replicated accounts.
     pub fn tracked(&self) -> Vec<Did> {
         self.tracked.read().iter().cloned().collect()
+    }
+
+    /// Peer and sync events as they happen (`{"topic": "peers"|"sync", ...}`).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Value> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: Value) {
+        let _ = self.events.send(event);
     }
 
     /// A copy of the status.
@@ -453,6 +466,7 @@ impl Replication {
         }
         self.status.lock().remote_commits += 1;
         tracing::info!(%did, writes = writes.len(), rev = %res.commit.rev, "committed operations from peers");
+        self.emit(json!({"topic": "sync", "event": "committed", "did": did.to_string(), "rev": res.commit.rev.to_string(), "writes": writes.len(), "root": root.to_string()}));
         Ok(Some(res))
     }
 
@@ -818,6 +832,7 @@ impl Task {
                 }
                 let addr = endpoint.get_remote_address().clone();
                 tracing::info!(peer = %peer_id, %addr, "peer connected");
+                self.rep.emit(json!({"topic": "peers", "event": "connected", "peerId": peer_id.to_string(), "addr": addr.to_string()}));
                 self.rep
                     .status
                     .lock()
@@ -846,6 +861,7 @@ impl Task {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 tracing::info!(peer = %peer_id, "peer disconnected");
+                self.rep.emit(json!({"topic": "peers", "event": "disconnected", "peerId": peer_id.to_string()}));
                 self.rep.status.lock().connected.remove(&peer_id.to_string());
                 self.rep.peer.lock().abort(&peer_id);
             }
@@ -939,57 +955,61 @@ impl Task {
 
     fn on_sync(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) {
         match e {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    if !self.admit(peer) || !self.allowed(&peer) {
-                        return;
-                    }
-                    let reply = if live::is_live(&request) {
-                        self.on_live(peer, &request);
-                        Vec::new()
-                    } else {
-                        let res = blocking(|| self.rep.peer.lock().on_request(peer, &request));
-                        match res {
-                            Ok(r) => r,
-                            Err(e) => {
-                                tracing::warn!(%peer, error = %e, "sync request refused");
-                                if self.rep.peer.lock().is_banned(&peer) {
-                                    self.rep.status.lock().bans += 1;
-                                    let _ = self.swarm.disconnect_peer_id(peer);
+            request_response::Event::Message { peer, message, .. } => {
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        if !self.admit(peer) || !self.allowed(&peer) {
+                            return;
+                        }
+                        let reply = if live::is_live(&request) {
+                            self.on_live(peer, &request);
+                            Vec::new()
+                        } else {
+                            let res = blocking(|| self.rep.peer.lock().on_request(peer, &request));
+                            match res {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    tracing::warn!(%peer, error = %e, "sync request refused");
+                                    if self.rep.peer.lock().is_banned(&peer) {
+                                        self.rep.status.lock().bans += 1;
+                                        let _ = self.swarm.disconnect_peer_id(peer);
+                                    }
+                                    return;
                                 }
-                                return;
+                            }
+                        };
+                        let _ = self.swarm.behaviour_mut().sync.send_response(channel, reply);
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        if self.live.remove(&request_id) {
+                            return;
+                        }
+                        let next = blocking(|| self.rep.peer.lock().on_response(peer, &response));
+                        match next {
+                            Ok(Next::Send(req)) => {
+                                self.swarm.behaviour_mut().sync.send_request(&peer, req);
+                            }
+                            Ok(Next::Done(outcome)) => {
+                                let stats = self.rep.peer.lock().last_stats();
+                                tracing::info!(%peer, ?outcome, sent = stats.entries_sent, applied = stats.entries_applied, "sync session done");
+                                let name = match outcome {
+                                    ues_sync::recon::Outcome::Converged => "converged",
+                                    ues_sync::recon::Outcome::Diverged => "diverged",
+                                    ues_sync::recon::Outcome::Finished => "finished",
+                                    ues_sync::recon::Outcome::Running => "running",
+                                };
+                                *self.rep.status.lock().sessions.entry(name).or_default() += 1;
+                                self.rep.emit(json!({"topic": "sync", "event": "session", "peerId": peer.to_string(), "outcome": name,
+                                "sent": stats.entries_sent, "applied": stats.entries_applied}));
+                            }
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "sync session failed");
+                                *self.rep.status.lock().sessions.entry("failed").or_default() += 1;
                             }
                         }
-                    };
-                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, reply);
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if self.live.remove(&request_id) {
-                        return;
-                    }
-                    let next = blocking(|| self.rep.peer.lock().on_response(peer, &response));
-                    match next {
-                        Ok(Next::Send(req)) => {
-                            self.swarm.behaviour_mut().sync.send_request(&peer, req);
-                        }
-                        Ok(Next::Done(outcome)) => {
-                            let stats = self.rep.peer.lock().last_stats();
-                            tracing::info!(%peer, ?outcome, sent = stats.entries_sent, applied = stats.entries_applied, "sync session done");
-                            let name = match outcome {
-                                ues_sync::recon::Outcome::Converged => "converged",
-                                ues_sync::recon::Outcome::Diverged => "diverged",
-                                ues_sync::recon::Outcome::Finished => "finished",
-                                ues_sync::recon::Outcome::Running => "running",
-                            };
-                            *self.rep.status.lock().sessions.entry(name).or_default() += 1;
-                        }
-                        Err(e) => {
-                            tracing::warn!(%peer, error = %e, "sync session failed");
-                            *self.rep.status.lock().sessions.entry("failed").or_default() += 1;
-                        }
                     }
                 }
-            },
+            }
             request_response::Event::OutboundFailure { peer, request_id, error, .. }
                 if !self.live.remove(&request_id) =>
             {
