@@ -238,15 +238,36 @@ async fn websocket_subscriptions_resume_and_limits() {
     // Limits. An oversize message: 1009.
     send(&mut b, json!({"type": "ping", "id": "x".repeat(1500)})).await;
     assert_eq!(closed(&mut b).await.0, CloseCode::Size);
-    // A malformed one: 1007; a binary one: 1003.
+    // A malformed one: 1007, in JSON or in CBOR.
     let mut c = connect(&node.ws).await;
     next(&mut c).await;
     c.send(Message::Text("{not json".into())).await.unwrap();
     assert_eq!(closed(&mut c).await.0, CloseCode::Invalid);
     let mut c = connect(&node.ws).await;
     next(&mut c).await;
-    c.send(Message::Binary(vec![0xa0].into())).await.unwrap();
-    assert_eq!(closed(&mut c).await.0, CloseCode::Unsupported);
+    c.send(Message::Binary(vec![0xff, 0x00].into())).await.unwrap();
+    assert_eq!(closed(&mut c).await.0, CloseCode::Invalid);
+    // CBOR both ways: `?encoding=cbor` gets DAG-CBOR binary frames; a CBOR ping is answered.
+    let mut c = connect(&format!("{}?encoding=cbor", node.ws)).await;
+    let welcome = tokio::time::timeout(Duration::from_secs(20), c.next()).await.unwrap().unwrap().unwrap();
+    let Message::Binary(bytes) = welcome else { panic!("a binary welcome: {welcome:?}") };
+    let v = ues_repo::ipld::json::to_json(&ues_repo::ipld::dagcbor::decode_atproto(&bytes).unwrap());
+    assert_eq!(v["type"], "welcome");
+    // {"type": "ping", "id": "c"} in DAG-CBOR.
+    let ping = ues_repo::ipld::json::from_json(&json!({"type": "ping", "id": "c"})).unwrap();
+    c.send(Message::Binary(ues_repo::ipld::dagcbor::encode(&ping).into())).await.unwrap();
+    let pong = loop {
+        match tokio::time::timeout(Duration::from_secs(20), c.next()).await.unwrap().unwrap().unwrap() {
+            Message::Binary(b) => {
+                break ues_repo::ipld::json::to_json(&ues_repo::ipld::dagcbor::decode_atproto(&b).unwrap());
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!((pong["type"].as_str(), pong["id"].as_str()), (Some("pong"), Some("c")));
+    c.close(None).await.unwrap();
+    while let Some(Ok(_)) = c.next().await {}
     // A flood: 1008.
     let mut c = connect(&node.ws).await;
     next(&mut c).await;

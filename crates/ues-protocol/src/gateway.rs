@@ -28,7 +28,9 @@
 //! subscriptions per socket, messages per second (1008), a bounded send queue per client
 //! (a client that does not keep up is closed with 4008 and the sequence number to resume
 //! from: nothing is dropped silently), heartbeat (WebSocket pings; 1001 after the timeout).
-//! Malformed frames close with 1007; binary frames with 1003.
+//! Malformed frames close with 1007. Clients may send DAG-CBOR binary frames instead of JSON;
+//! with `?encoding=cbor` the server answers in DAG-CBOR binary frames too. (permessage-deflate
+//! is not offered: the WebSocket library does not implement it.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -202,6 +204,8 @@ async fn stats(State(g): State<Arc<Gateway>>) -> axum::Json<Value> {
 #[derive(Deserialize)]
 struct WsQuery {
     access_token: Option<String>,
+    /// `cbor`: the server answers in DAG-CBOR binary frames (clients may send either).
+    encoding: Option<String>,
 }
 
 async fn upgrade(
@@ -227,7 +231,14 @@ async fn upgrade(
     // Frames above twice the limit are refused by the WebSocket layer itself; between the two,
     // the server answers 1009 with a reason.
     let limit = g.cfg.max_message_bytes;
-    up.max_message_size(limit * 2).max_frame_size(limit * 2).on_upgrade(move |socket| serve(g, socket, did))
+    let cbor = match q.encoding.as_deref() {
+        None | Some("json") => false,
+        Some("cbor") => true,
+        Some(other) => {
+            return crate::xrpc::XrpcError::invalid(format!("encoding {other:?}: use json or cbor")).into_response();
+        }
+    };
+    up.max_message_size(limit * 2).max_frame_size(limit * 2).on_upgrade(move |socket| serve(g, socket, did, cbor))
 }
 
 fn close(code: u16, reason: impl Into<String>) -> Message {
@@ -303,6 +314,8 @@ struct Conn {
     subs: HashMap<String, Sub>,
     /// The last sequence number delivered to this socket's subscriptions.
     seen: i64,
+    /// Answer in DAG-CBOR binary frames.
+    cbor: bool,
     /// The node's peer and sync events, once a subscription wants them.
     node_events: Option<tokio::sync::broadcast::Receiver<Value>>,
     /// The latest sequence number when the socket opened.
@@ -326,6 +339,15 @@ impl Conn {
 
     /// Queues a message that carries event `seq` (0: none).
     fn send_event(&mut self, m: Message, seq: i64) -> Flow {
+        let m = match (self.cbor, m) {
+            (true, Message::Text(t)) => {
+                match serde_json::from_str::<Value>(t.as_str()).map(|v| atjson::from_json(&v)) {
+                    Ok(Ok(ipld)) => Message::Binary(dagcbor::encode(&ipld).into()),
+                    _ => Message::Text(t),
+                }
+            }
+            (_, m) => m,
+        };
         match self.out.try_send((m, seq)) {
             Ok(()) => {
                 let metrics = &self.g.st.metrics;
@@ -834,7 +856,7 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
-async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
+async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bool) {
     let (mut sink, mut stream) = socket.split();
     let n = g.clients.fetch_add(1, Ordering::Relaxed);
     let _slot = ClientSlot(&g.clients);
@@ -902,6 +924,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
         session: rand::random(),
         joined: std::collections::HashSet::new(),
         node_events: None,
+        cbor,
         did,
         subs: HashMap::new(),
         seen,
@@ -943,10 +966,18 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>) {
                                 Flow::Stop
                             }
                             Message::Text(t) => conn.on_text(t.as_str()).await,
-                            Message::Binary(_) => {
-                                conn.close(close(1003, "binary frames are not accepted: send JSON text frames"));
+                            Message::Binary(b) if b.len() > cfg.max_message_bytes => {
+                                conn.close(close(1009, format!("message of {} bytes exceeds {}", b.len(), cfg.max_message_bytes)));
                                 Flow::Stop
                             }
+                            // A DAG-CBOR message is the same message as its JSON form.
+                            Message::Binary(b) => match dagcbor::decode_atproto(&b) {
+                                Ok(v) => conn.on_text(&atjson::to_json(&v).to_string()).await,
+                                Err(e) => {
+                                    conn.close(close(1007, format!("malformed CBOR message: {e}")));
+                                    Flow::Stop
+                                }
+                            },
                             Message::Close(_) => Flow::Stop,
                             Message::Ping(_) | Message::Pong(_) => Flow::Go,
                         }
