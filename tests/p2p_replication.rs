@@ -286,6 +286,26 @@ fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
         assert_eq!(n.verify_repo(&did), first);
         assert_eq!(n.records(&did).len(), 5, "{} holds the seeds", n.name);
     }
+    // B's repository moved by commits from A's operations, and B's firehose carried them as
+    // the usual #commit events (what a relay following B sees).
+    let (mut fh, _) = tokio_tungstenite::tungstenite::connect(format!(
+        "ws://{}/xrpc/com.atproto.sync.subscribeRepos?cursor=0",
+        b.http
+    ))
+    .expect("B's firehose");
+    if let tokio_tungstenite::tungstenite::stream::MaybeTlsStream::Plain(s) = fh.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_seed = false;
+    while !seen_seed && Instant::now() < deadline {
+        if let tokio_tungstenite::tungstenite::Message::Binary(frame) = fh.read().expect("a frame") {
+            let has = |needle: &[u8]| frame.windows(needle.len()).any(|w| w == needle);
+            seen_seed = has(b"#commit") && has(did.as_bytes()) && has(format!("{COLLECTION}/seed0").as_bytes());
+        }
+    }
+    assert!(seen_seed, "B's firehose has a #commit carrying A's records");
+    drop(fh);
     // Peer and replication status reach the metrics.
     let mut res = agent().get(format!("http://{}/metrics", b.http)).call().unwrap();
     let metrics = res.body_mut().read_to_string().unwrap();
