@@ -151,6 +151,16 @@ async fn records_crud_listing_validation_and_refusals() {
     .await;
     assert_eq!(p2["records"].as_array().unwrap().len(), 7);
     assert!(p2["cursor"].is_null());
+    // An empty cursor is no cursor (as a form that always sends the field would).
+    let (s, p0) = call(
+        &n,
+        "GET",
+        "/xrpc/com.atproto.repo.listRecords?repo=alice.test&collection=app.bsky.feed.post&limit=5&cursor=",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((s, &p0["records"]), (StatusCode::OK, &p1["records"]));
     let (s, v) = call(
         &n,
         "GET",

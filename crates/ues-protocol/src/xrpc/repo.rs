@@ -278,7 +278,7 @@ pub(crate) async fn list_records(State(st): State<Arc<XrpcState>>, XQuery(q): XQ
         let reverse = matches!(q.reverse.as_deref(), Some("true"));
         let account = find_repo(&st, &q.repo)?;
         let collection = nsid(&q.collection)?;
-        let cursor = q.cursor.as_deref().map(rkey).transpose()?;
+        let cursor = q.cursor.as_deref().filter(|c| !c.is_empty()).map(rkey).transpose()?; // `cursor=` is no cursor
         // Newest first by default, as the reference PDS lists (record keys are TIDs).
         let rows = st.accounts.list_records(&account.did, &collection, cursor.as_ref(), limit, !reverse)?;
         let mut out = json!({ "records": super::index::records_json(&st, &rows)? });
