@@ -18,6 +18,8 @@
 //! - `subscribe {id, topic: "peers" | "sync"}` (authenticated): `peer {event: connected |
 //!   disconnected, peerId, addr}` and `sync {event: session | committed, ...}` as they happen;
 //!   ephemeral: a socket that lags gets `gap {missed}` instead of what it missed.
+//! - Applications' topics ([`Registry`]): `subscribe {id, topic: <theirs>, ...}` → `app {topic,
+//!   sub, event}` (or `gap {missed}` when the socket lagged behind the topic's channel).
 //! - `unsubscribe {id}`, `ping {id?}` → `pong`.
 //! - `join {topic}` / `leave {topic}`: presence. Every member of the topic (the joiner too)
 //!   gets `presence {topic, event: join|leave, who, members}`; who is the caller's DID, or
@@ -125,6 +127,8 @@ impl Presence {
 }
 
 struct Gateway {
+    /// Applications' topics.
+    topics: HashMap<String, Arc<dyn Topic>>,
     /// Events decoded once for all sockets: seq → decoded, newest [`PARSED_CACHE`].
     parsed: parking_lot::RwLock<ParsedCache>,
     st: Arc<XrpcState>,
@@ -137,9 +141,56 @@ struct Gateway {
     rate: parking_lot::Mutex<(Instant, u64, f64)>,
 }
 
-/// The gateway's routes (`/ws`).
+/// A live event source an application offers on `/ws` under a topic name of its own.
+pub trait Topic: Send + Sync + 'static {
+    /// Starts a subscription: `params` is the client's whole `subscribe` message, `did` the
+    /// signed-in caller (`None` when anonymous). Returns the events (JSON, delivered as `app`
+    /// messages), or a refusal as (error name, message).
+    fn subscribe(
+        &self,
+        params: &Value,
+        did: Option<&str>,
+    ) -> Result<tokio::sync::broadcast::Receiver<Value>, (String, String)>;
+}
+
+/// Topic names the gateway serves itself.
+pub const BUILT_IN_TOPICS: [&str; 4] = ["repo", "account", "peers", "sync"];
+
+/// What applications plug into the gateway: WebSocket topics and HTTP routes. The protocol
+/// layer defines it; applications (a layer above) fill it, so the gateway never depends on them.
+#[derive(Default, Clone)]
+pub struct Registry {
+    topics: HashMap<String, Arc<dyn Topic>>,
+    routes: Router,
+}
+
+impl Registry {
+    /// Adds a topic (a built-in or already registered name is refused).
+    pub fn topic(mut self, name: &str, topic: Arc<dyn Topic>) -> Result<Self, String> {
+        if BUILT_IN_TOPICS.contains(&name) || self.topics.contains_key(name) {
+            return Err(format!("the topic {name:?} is taken"));
+        }
+        self.topics.insert(name.to_string(), topic);
+        Ok(self)
+    }
+
+    /// Adds HTTP routes (an application's REST endpoints).
+    pub fn routes(mut self, routes: Router) -> Self {
+        self.routes = self.routes.merge(routes);
+        self
+    }
+}
+
+/// The gateway's routes (`/ws`, `/stats`).
 pub fn router(st: Arc<XrpcState>, cfg: WsConfig) -> Router {
+    router_with(st, cfg, Registry::default())
+}
+
+/// The gateway's routes with applications' topics and routes.
+pub fn router_with(st: Arc<XrpcState>, cfg: WsConfig, registry: Registry) -> Router {
+    let routes = registry.routes.clone();
     let g = Arc::new(Gateway {
+        topics: registry.topics,
         parsed: parking_lot::RwLock::new(Default::default()),
         st,
         cfg,
@@ -149,7 +200,7 @@ pub fn router(st: Arc<XrpcState>, cfg: WsConfig) -> Router {
         started: Instant::now(),
         rate: parking_lot::Mutex::new((Instant::now(), 0, 0.0)),
     });
-    Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g)
+    Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g).merge(routes)
 }
 
 impl Gateway {
@@ -266,6 +317,8 @@ enum Sub {
     Node {
         topic: &'static str,
     },
+    /// An application's topic (its events arrive through a forwarding task).
+    App,
 }
 
 #[derive(Deserialize)]
@@ -316,6 +369,9 @@ struct Conn {
     seen: i64,
     /// Answer in DAG-CBOR binary frames.
     cbor: bool,
+    /// Applications' events for this socket, from one forwarding task per subscription.
+    app_tx: mpsc::Sender<Value>,
+    app_tasks: HashMap<String, tokio::task::JoinHandle<()>>,
     /// The node's peer and sync events, once a subscription wants them.
     node_events: Option<tokio::sync::broadcast::Receiver<Value>>,
     /// The latest sequence number when the socket opened.
@@ -430,6 +486,9 @@ impl Conn {
                 }
             }
             ClientMessage::Unsubscribe { id } => {
+                if let Some(task) = self.app_tasks.remove(&id) {
+                    task.abort();
+                }
                 if self.subs.remove(&id).is_some() {
                     self.g.st.metrics.ws_subscriptions.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -470,7 +529,36 @@ impl Conn {
                         }
                         Sub::Node { topic: if topic == "peers" { "peers" } else { "sync" } }
                     }
-                    other => return self.error(Some(&id), "UnknownTopic", format!("no topic {other:?}")),
+                    other => {
+                        let Some(t) = self.g.topics.get(other).cloned() else {
+                            return self.error(Some(&id), "UnknownTopic", format!("no topic {other:?}"));
+                        };
+                        let params: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+                        let mut rx = match t.subscribe(&params, self.did.as_deref()) {
+                            Ok(rx) => rx,
+                            Err((error, message)) => return self.error(Some(&id), &error, message),
+                        };
+                        let (tx, name, sub_id) = (self.app_tx.clone(), other.to_string(), id.clone());
+                        let task = tokio::spawn(async move {
+                            use tokio::sync::broadcast::error::RecvError;
+                            loop {
+                                let m = match rx.recv().await {
+                                    Ok(event) => json!({"type": "app", "topic": name, "sub": sub_id, "event": event}),
+                                    Err(RecvError::Lagged(n)) => {
+                                        json!({"type": "gap", "topic": name, "sub": sub_id, "missed": n})
+                                    }
+                                    Err(RecvError::Closed) => break,
+                                };
+                                if tx.send(m).await.is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                        if let Some(old) = self.app_tasks.insert(id.clone(), task) {
+                            old.abort();
+                        }
+                        Sub::App
+                    }
                 };
                 if let Flow::Stop = self.send(text(json!({"type": "subscribed", "id": id, "seq": self.seen}))) {
                     return Flow::Stop;
@@ -825,7 +913,7 @@ fn messages(seq: i64, p: &Parsed, id: &str, sub: &Sub, own: bool) -> Vec<Message
             v["seq"] = json!(seq);
             vec![text(v)]
         }
-        Sub::Node { .. } => Vec::new(),
+        Sub::Node { .. } | Sub::App => Vec::new(),
         Sub::Repo { did, collection, echo } => {
             if p.kind != "#commit" || p.did.as_deref() != Some(did) || (own && !echo) {
                 return Vec::new();
@@ -915,6 +1003,8 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
         st_w.metrics.ws_queued.fetch_sub(left, Ordering::Relaxed);
         let _ = sink.close().await;
     });
+    // Bounded: a forwarding task waits when the socket's application events back up.
+    let (app_tx, mut app_rx) = mpsc::channel::<Value>(256);
     let mut latest_rx = g.st.firehose.watch_latest();
     let mut closing = g.st.firehose.watch_closing();
     let seen = *latest_rx.borrow_and_update();
@@ -925,6 +1015,8 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
         joined: std::collections::HashSet::new(),
         node_events: None,
         cbor,
+        app_tx,
+        app_tasks: HashMap::new(),
         did,
         subs: HashMap::new(),
         seen,
@@ -1018,6 +1110,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
                     None => std::future::pending().await,
                 }
             } => conn.on_node_event(ev),
+            Some(m) = app_rx.recv() => conn.send(text(m)),
             _ = closing.changed() => {
                 conn.close(close(1001, "server shutting down"));
                 Flow::Stop
@@ -1026,6 +1119,9 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
         if let Flow::Stop = flow {
             break;
         }
+    }
+    for (_, task) in conn.app_tasks.drain() {
+        task.abort();
     }
     // Presence expires with the connection.
     for topic in conn.joined.clone() {
