@@ -68,11 +68,10 @@ impl Conn {
     }
 }
 
-/// Creates an account, then `records` createRecord calls from `concurrency` connections.
-/// Returns `{records, concurrency, seconds, recordsPerSec, p50ms, p99ms, maxMs}`.
-pub(crate) async fn create(addr: SocketAddr, records: usize, concurrency: usize) -> anyhow::Result<Value> {
+/// A fresh account named `<prefix><pid>.test`: its access token and DID.
+async fn bench_account(addr: SocketAddr, prefix: &str) -> anyhow::Result<(Arc<str>, Arc<str>)> {
     let mut c = Conn::open(addr).await?;
-    let handle = format!("bench{}.test", std::process::id());
+    let handle = format!("{prefix}{}.test", std::process::id());
     let (status, acct) = c
         .post(
             "/xrpc/com.atproto.server.createAccount",
@@ -83,8 +82,13 @@ pub(crate) async fn create(addr: SocketAddr, records: usize, concurrency: usize)
     if status != 200 {
         bail!("createAccount: {status} {acct}");
     }
-    let token: Arc<str> = acct["accessJwt"].as_str().context("no token")?.into();
-    let did: Arc<str> = acct["did"].as_str().context("no did")?.into();
+    Ok((acct["accessJwt"].as_str().context("no token")?.into(), acct["did"].as_str().context("no did")?.into()))
+}
+
+/// Creates an account, then `records` createRecord calls from `concurrency` connections.
+/// Returns `{records, concurrency, seconds, recordsPerSec, p50ms, p99ms, maxMs}`.
+pub(crate) async fn create(addr: SocketAddr, records: usize, concurrency: usize) -> anyhow::Result<Value> {
+    let (token, did) = bench_account(addr, "bench").await?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -306,20 +310,7 @@ pub(crate) async fn ws(
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let mut c = Conn::open(addr).await?;
-    let handle = format!("ws{}.test", std::process::id());
-    let (status, acct) = c
-        .post(
-            "/xrpc/com.atproto.server.createAccount",
-            None,
-            &json!({"handle": handle, "password": "correct horse battery"}),
-        )
-        .await?;
-    if status != 200 {
-        bail!("createAccount: {status} {acct}");
-    }
-    let token: Arc<str> = acct["accessJwt"].as_str().context("no token")?.into();
-    let did: Arc<str> = acct["did"].as_str().context("no did")?.into();
+    let (token, did) = bench_account(addr, "ws").await?;
     let epoch = Instant::now();
 
     // The clients: each connects, subscribes, then records (latency µs of every event, count).

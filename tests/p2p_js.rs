@@ -3,25 +3,16 @@
 //! in both directions, and the peer receives the `ues/repo/<did>` head announcement after a
 //! record is written through XRPC.
 
+#[path = "support/node.rs"]
+mod support;
+
 use std::io::BufRead;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
+use support::{agent, free_port};
 
 fn call(base: &str, method: &str, auth: &str, body: Option<Value>) -> Value {
     let url = format!("{base}/xrpc/{method}");
@@ -46,29 +37,10 @@ fn a_js_libp2p_peer_identifies_pings_and_hears_head_announcements() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("node");
     let (http, p2p) = (free_port(), free_port());
-    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_ues"))
-        .args(["run", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{http}"),
-            "--p2p-listen",
-            &format!("/ip4/127.0.0.1/tcp/{p2p}"),
-            "--no-mdns",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+    let mut node = support::spawn(&data, http, &format!("/ip4/127.0.0.1/tcp/{p2p}"), &dir.path().join("node.log"));
+    support::wait_healthy(http);
     let base = format!("http://127.0.0.1:{http}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while agent().get(format!("{base}/xrpc/_health")).call().is_err() {
-        assert!(Instant::now() < deadline, "the node never answered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_ues")).args(["peer", "id", "--data-dir"]).arg(&data).output().unwrap();
-    let node_peer = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let node_peer = support::peer_id(&data);
     let admin = {
         use base64::Engine;
         let pw = std::fs::read_to_string(data.join("admin.password")).unwrap();

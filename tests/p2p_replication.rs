@@ -5,31 +5,22 @@
 //! no write is lost. Then C is killed with SIGKILL in the middle of catching up, restarted, and
 //! converges too.
 
-use std::net::{SocketAddr, TcpListener};
+#[path = "support/node.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{agent, free_port};
 
 const COLLECTION: &str = "dev.ues.test.note"; // no Lexicon: any record key
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(60)))
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
 
 struct Node {
     name: &'static str,
     dir: PathBuf,
-    http: SocketAddr,
+    http: u16,
     p2p: u16,
     peer: String,
     child: Option<Child>,
@@ -45,10 +36,8 @@ impl Node {
         std::fs::write(dir.join("node.toml"), "[p2p]\nsync_interval_secs = 1\nmdns = false\n").unwrap();
         let init = Command::new(env!("CARGO_BIN_EXE_ues")).args(["init", "--data-dir"]).arg(&dir).output().unwrap();
         assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_ues")).args(["peer", "id", "--data-dir"]).arg(&dir).output().unwrap();
-        let peer = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let peer = support::peer_id(&dir);
+        let http = free_port();
         Node { name, dir, http, p2p, peer, child: None, password: String::new() }
     }
 
@@ -58,23 +47,9 @@ impl Node {
 
     fn start(&mut self) {
         assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ues"))
-            .args(["run", "--data-dir"])
-            .arg(&self.dir)
-            .args(["--listen", &self.http.to_string()])
-            .args(["--p2p-listen", &format!("/ip4/127.0.0.1/tcp/{}", self.p2p)])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while agent().get(format!("http://{}/xrpc/_health", self.http)).call().is_err() {
-            assert!(Instant::now() < deadline, "{} never answered", self.name);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let p2p = format!("/ip4/127.0.0.1/tcp/{}", self.p2p);
+        self.child = Some(support::spawn(&self.dir, self.http, &p2p, &self.dir.join("node.log")));
+        support::wait_healthy(self.http);
         self.password = std::fs::read_to_string(self.dir.join("admin.password")).unwrap().trim().to_string();
     }
 
@@ -99,7 +74,7 @@ impl Node {
 
     fn call(&self, method: &str, token: Option<&str>, body: Option<Value>, basic: bool) -> (u16, Value) {
         use base64::Engine;
-        let url = format!("http://{}/xrpc/{method}", self.http);
+        let url = format!("http://127.0.0.1:{}/xrpc/{method}", self.http);
         let auth = match (token, basic) {
             (Some(t), _) => format!("Bearer {t}"),
             (None, true) => format!(
@@ -187,8 +162,10 @@ impl Node {
         let doc = self.ok(&format!("com.atproto.repo.describeRepo?repo={did}"), None, None);
         let multikey = doc["didDoc"]["verificationMethod"][0]["publicKeyMultibase"].as_str().unwrap();
         let key = ues_repo::crypto::PublicKey::from_multikey(multikey).unwrap();
-        let mut res =
-            agent().get(format!("http://{}/xrpc/com.atproto.sync.getRepo?did={did}", self.http)).call().unwrap();
+        let mut res = agent()
+            .get(format!("http://127.0.0.1:{}/xrpc/com.atproto.sync.getRepo?did={did}", self.http))
+            .call()
+            .unwrap();
         let car = res.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap();
         let store = ues_repo::ipld::storage::MemoryBlockstore::new();
         let d = ues_repo::syntax::Did::new(did).unwrap();
@@ -289,7 +266,7 @@ fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
     // B's repository moved by commits from A's operations, and B's firehose carried them as
     // the usual #commit events (what a relay following B sees).
     let (mut fh, _) = tokio_tungstenite::tungstenite::connect(format!(
-        "ws://{}/xrpc/com.atproto.sync.subscribeRepos?cursor=0",
+        "ws://127.0.0.1:{}/xrpc/com.atproto.sync.subscribeRepos?cursor=0",
         b.http
     ))
     .expect("B's firehose");
@@ -307,7 +284,7 @@ fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
     assert!(seen_seed, "B's firehose has a #commit carrying A's records");
     drop(fh);
     // Peer and replication status reach the metrics.
-    let mut res = agent().get(format!("http://{}/metrics", b.http)).call().unwrap();
+    let mut res = agent().get(format!("http://127.0.0.1:{}/metrics", b.http)).call().unwrap();
     let metrics = res.body_mut().read_to_string().unwrap();
     assert!(metrics.contains("ues_p2p_connected_peers"), "{metrics}");
     assert!(!metrics.contains("ues_p2p_remote_commits_total 0"), "B committed A's operations: {metrics}");

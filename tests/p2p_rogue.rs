@@ -2,18 +2,17 @@
 //! sync message, one floods it with requests. Each is disconnected and banned (a reconnection
 //! is dropped at once), and the node keeps serving its clients.
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/node.rs"]
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
 
 use futures::StreamExt;
+use support::{agent, free_port};
 use ues_protocol::p2p::libp2p::swarm::SwarmEvent;
 use ues_protocol::p2p::libp2p::{Multiaddr, PeerId, Swarm};
 use ues_protocol::p2p::{Behaviour, keypair, tcp_swarm};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Connects; sends `request` once connected, then again on every answer or failure, keeping
 /// `in_flight` requests going (at most `total`); returns once the node has closed the connection.
@@ -69,30 +68,10 @@ async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("node");
     let (http, p2p) = (free_port(), free_port());
-    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_ues"))
-        .args(["run", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{http}"),
-            "--p2p-listen",
-            &format!("/ip4/127.0.0.1/tcp/{p2p}"),
-            "--no-mdns",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let health =
-        || std::process::Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{http}/xrpc/_health")]).status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !health().is_ok_and(|s| s.success()) {
-        assert!(Instant::now() < deadline, "the node never answered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_ues")).args(["peer", "id", "--data-dir"]).arg(&data).output().unwrap();
-    let node_id: PeerId = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+    let mut node = support::spawn(&data, http, &format!("/ip4/127.0.0.1/tcp/{p2p}"), &dir.path().join("node.log"));
+    support::wait_healthy(http);
+    let health = || agent().get(format!("http://127.0.0.1:{http}/xrpc/_health")).call().map(|r| r.status().as_u16());
+    let node_id: PeerId = support::peer_id(&data).parse().unwrap();
     let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{p2p}").parse().unwrap();
 
     // A malformed session message: a protocol violation.
@@ -108,7 +87,7 @@ async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
     refused_again(&mut flooder, node_id, addr.clone()).await;
 
     // The node still serves, says it banned two peers, and an honest peer still connects.
-    assert!(health().unwrap().success());
+    assert_eq!(health().unwrap(), 200);
     let peers = Command::new(env!("CARGO_BIN_EXE_ues"))
         .args(["peer", "list", "--data-dir"])
         .arg(&data)
@@ -119,7 +98,8 @@ async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
     let peers: serde_json::Value = serde_json::from_slice(&peers.stdout).unwrap();
     assert!(peers["bans"].as_u64().unwrap() >= 2, "{peers}");
     // An app watching the node's peers over /ws (a signed-in user) sees the honest peer arrive.
-    let acct = ureq::post(format!("http://127.0.0.1:{http}/xrpc/com.atproto.server.createAccount"))
+    let acct = agent()
+        .post(format!("http://127.0.0.1:{http}/xrpc/com.atproto.server.createAccount"))
         .send_json(serde_json::json!({"handle": "watcher.test", "password": "pass-word-123"}))
         .unwrap()
         .body_mut()

@@ -3,12 +3,15 @@
 //! resume after a reconnect with no gap and no duplicate, ping, and every limit (client count,
 //! message size, malformed and binary frames, floods, slow consumers).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+#[path = "support/node.rs"]
+mod support;
+
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use support::agent;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -29,37 +32,17 @@ impl Drop for Node {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(60)))
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
 fn start(dir: &std::path::Path) -> Node {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = support::free_port();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(
         dir.join("node.toml"),
         "[ws]\nmax_clients = 4\nmax_message_kib = 1\nqueue = 64\nmax_messages_per_sec = 20\n",
     )
     .unwrap();
-    let log = std::fs::File::create(dir.join("node.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ues"))
-        .args(["run", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+    let child = support::spawn(dir, port, "/ip4/127.0.0.1/tcp/0", &dir.join("node.log"));
+    support::wait_healthy(port);
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while agent().get(format!("{base}/xrpc/_health")).call().is_err() {
-        assert!(Instant::now() < deadline, "the node never answered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     Node { child, base, ws: format!("ws://127.0.0.1:{port}/ws") }
 }
 

@@ -765,7 +765,8 @@ impl Conn {
                 }
                 after = seq;
                 let Some(p) = self.g.parsed(seq, &frame) else { continue };
-                for m in messages(seq, &p, id, sub, self.own(&p)) {
+                let own = self.own(&p);
+                for m in messages(seq, &p, id, sub, own) {
                     if let Flow::Stop = self.send_event(m, seq) {
                         return Flow::Stop;
                     }
@@ -801,12 +802,14 @@ impl Conn {
             if batch.is_empty() {
                 break;
             }
+            // The subscriptions do not change while a batch is delivered: copied once.
+            let subs: Vec<(String, Sub)> = self.subs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             for (seq, frame) in batch {
                 self.seen = seq;
                 let Some(p) = self.g.parsed(seq, &frame) else { continue };
-                let subs: Vec<(String, Sub)> = self.subs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let own = self.own(&p);
                 for (id, sub) in &subs {
-                    for m in messages(seq, &p, id, sub, self.own(&p)) {
+                    for m in messages(seq, &p, id, sub, own) {
                         if let Flow::Stop = self.send_event(m, seq) {
                             return Flow::Stop;
                         }

@@ -92,7 +92,7 @@ pub struct XrpcState {
     /// Which `/ws` session made recent commits (header `X-Ues-Ws-Session` on the write), so
     /// that session is not sent its own writes back. Bounded: the newest [`MAX_ORIGINS`].
     pub(crate) origins:
-        parking_lot::Mutex<(std::collections::HashMap<cid::Cid, u64>, std::collections::VecDeque<cid::Cid>)>,
+        parking_lot::RwLock<(std::collections::HashMap<cid::Cid, u64>, std::collections::VecDeque<cid::Cid>)>,
 }
 
 /// Commits whose originating `/ws` session is remembered.
@@ -156,17 +156,17 @@ impl XrpcState {
                 .into(),
             replication: std::sync::OnceLock::new(),
             peer_id: std::sync::OnceLock::new(),
-            origins: parking_lot::Mutex::new(Default::default()),
+            origins: parking_lot::RwLock::new(Default::default()),
         })
     }
 
     /// Remembers which `/ws` session a commit came from (when the write said so).
-    pub(crate) fn note_origin(&self, headers: &HeaderMap, res: &ues_sync::repo::repo::CommitResult) {
+    fn note_origin(&self, headers: &HeaderMap, res: &ues_sync::repo::repo::CommitResult) {
         let Some(id) = headers.get("x-ues-ws-session").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
         else {
             return;
         };
-        let mut o = self.origins.lock();
+        let mut o = self.origins.write();
         if o.1.len() >= MAX_ORIGINS
             && let Some(old) = o.1.pop_front()
         {
@@ -178,21 +178,25 @@ impl XrpcState {
 
     /// The `/ws` session a commit came from, if it said.
     pub(crate) fn origin(&self, commit: &cid::Cid) -> Option<u64> {
-        self.origins.lock().0.get(commit).copied()
+        self.origins.read().0.get(commit).copied()
     }
 
-    /// Commits writes from a client: through the replication bridge when the node replicates
-    /// accounts (a replicated account's commit becomes signed operations too), else directly.
+    /// Commits writes from a client (`headers`: its request's): through the replication bridge
+    /// when the node replicates accounts (a replicated account's commit becomes signed
+    /// operations too), else directly; remembers the `/ws` session it names, if any.
     pub(crate) fn commit(
         &self,
+        headers: &HeaderMap,
         did: &ues_sync::repo::syntax::Did,
         writes: &[ues_sync::repo::repo::Write],
         swap: Option<cid::Cid>,
     ) -> Result<ues_sync::repo::repo::CommitResult, ues_sync::repo::accounts::AccountError> {
-        match self.replication.get() {
+        let res = match self.replication.get() {
             Some(r) => r.local_commit(&self.accounts, did, writes, swap),
             None => self.accounts.apply_writes(did, writes, swap),
-        }
+        }?;
+        self.note_origin(headers, &res);
+        Ok(res)
     }
 
     /// Firehose streams still open (they are detached from the HTTP server's graceful shutdown).

@@ -142,8 +142,7 @@ pub(crate) async fn create_record(
         let rkey = rkey_or_new(&st, b.rkey.as_deref())?;
         let (record, status) = prepare_record(&st, &collection, rkey.as_str(), b.record, b.validate)?;
         let write = Write::Create { collection: collection.clone(), rkey: rkey.clone(), record };
-        let res = st.commit(&account.did, &[write], cid_param(&b.swap_commit)?)?;
-        st.note_origin(&headers, &res);
+        let res = st.commit(&headers, &account.did, &[write], cid_param(&b.swap_commit)?)?;
         st.firehose.notify();
         Ok(written(&account, &collection, &rkey, &res, status))
     })
@@ -180,8 +179,7 @@ pub(crate) async fn put_record(
             Some(_) => return Err(XrpcError::invalid("swapRecord must be a CID or null")),
         };
         let write = Write::Update { collection: collection.clone(), rkey: rkey.clone(), record, swap };
-        let res = st.commit(&account.did, &[write], cid_param(&b.swap_commit)?)?;
-        st.note_origin(&headers, &res);
+        let res = st.commit(&headers, &account.did, &[write], cid_param(&b.swap_commit)?)?;
         st.firehose.notify();
         Ok(written(&account, &collection, &rkey, &res, status))
     })
@@ -207,10 +205,7 @@ pub(crate) async fn delete_record(
         let account = writable(&st, &headers, &b.repo)?;
         let write =
             Write::Delete { collection: nsid(&b.collection)?, rkey: rkey(&b.rkey)?, swap: cid_param(&b.swap_record)? };
-        let outcome = st.commit(&account.did, &[write], cid_param(&b.swap_commit)?);
-        if let Ok(res) = &outcome {
-            st.note_origin(&headers, res);
-        }
+        let outcome = st.commit(&headers, &account.did, &[write], cid_param(&b.swap_commit)?);
         st.firehose.notify();
         match outcome {
             Ok(res) => Ok(Json(json!({ "commit": commit_json(&res) }))),
@@ -372,8 +367,7 @@ pub(crate) async fn apply_writes(
                 other => return Err(XrpcError::invalid(format!("writes[{i}]: unknown write type {other:?}"))),
             }
         }
-        let res = st.commit(&account.did, &writes, cid_param(&b.swap_commit)?)?;
-        st.note_origin(&headers, &res);
+        let res = st.commit(&headers, &account.did, &writes, cid_param(&b.swap_commit)?)?;
         st.firehose.notify();
         let results: Vec<Value> = res
             .ops
