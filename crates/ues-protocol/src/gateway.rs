@@ -499,6 +499,11 @@ impl Conn {
                     let max = self.g.cfg.max_subscriptions;
                     return self.error(Some(&id), "TooManySubscriptions", format!("at most {max} per socket"));
                 }
+                // Subscribing again under an id replaces what it was (an application topic's
+                // forwarding task included).
+                if let Some(task) = self.app_tasks.remove(&id) {
+                    task.abort();
+                }
                 let sub = match topic.as_str() {
                     "repo" => {
                         let Some(Ok(d)) = did.as_deref().map(Did::new) else {
@@ -554,9 +559,7 @@ impl Conn {
                                 }
                             }
                         });
-                        if let Some(old) = self.app_tasks.insert(id.clone(), task) {
-                            old.abort();
-                        }
+                        self.app_tasks.insert(id.clone(), task);
                         Sub::App
                     }
                 };
