@@ -25,6 +25,8 @@ pub(crate) struct Config {
     pub(crate) p2p: P2pSection,
     /// The WebSocket event server.
     pub(crate) ws: WsSection,
+    /// The REST API.
+    pub(crate) api: ApiSection,
     /// Storage tuning.
     pub(crate) storage: StorageSection,
     /// Logging.
@@ -39,6 +41,7 @@ impl Default for Config {
             xrpc: XrpcSection::default(),
             p2p: P2pSection::default(),
             ws: WsSection::default(),
+            api: ApiSection::default(),
             storage: StorageSection::default(),
             log: LogConfig::default(),
         }
@@ -153,6 +156,40 @@ impl WsSection {
             heartbeat: std::time::Duration::from_secs(self.heartbeat_secs.max(1)),
             timeout: std::time::Duration::from_secs(self.timeout_secs.max(2)),
             ..ues_protocol::gateway::WsConfig::default()
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ApiSection {
+    /// Requests per second one client IP may make (0: no limit).
+    pub(crate) rate_per_ip: u32,
+    /// Its burst.
+    pub(crate) burst_per_ip: u32,
+    /// Requests per second one bearer token may make (0: no limit).
+    pub(crate) rate_per_token: u32,
+    /// Its burst.
+    pub(crate) burst_per_token: u32,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        let d = ues_protocol::rest::ApiConfig::default();
+        let (rate_per_ip, burst_per_ip) = d.per_ip.unwrap_or_default();
+        let (rate_per_token, burst_per_token) = d.per_token.unwrap_or_default();
+        Self { rate_per_ip, burst_per_ip, rate_per_token, burst_per_token }
+    }
+}
+
+impl ApiSection {
+    /// The REST API's limits.
+    pub(crate) fn to_config(&self) -> ues_protocol::rest::ApiConfig {
+        let rate = |r: u32, b: u32| (r > 0).then_some((r, b.max(r)));
+        ues_protocol::rest::ApiConfig {
+            per_ip: rate(self.rate_per_ip, self.burst_per_ip),
+            per_token: rate(self.rate_per_token, self.burst_per_token),
         }
     }
 }

@@ -408,12 +408,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let app = ues_protocol::http::router(info)
         .merge(ues_protocol::xrpc::router(xrpc.clone()))
-        .merge(ues_protocol::gateway::router(xrpc.clone(), cfg.ws.to_config()));
+        .merge(ues_protocol::gateway::router(xrpc.clone(), cfg.ws.to_config()))
+        .merge(ues_protocol::rest::router(xrpc.clone(), cfg.api.to_config()));
     let listener =
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
     tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ues listening");
     let closing = xrpc.clone();
-    axum::serve(listener, app)
+    // Client addresses reach handlers (the REST API's per-IP rate limit).
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             // Long-lived streams would hold the graceful shutdown open: close them with a frame.

@@ -8,11 +8,12 @@
 //! routes and event topics in through registries this crate defines; this crate never names them.
 //! Every server here is a plain `fn router(state) -> Router`, testable without sockets.
 //!
-//! Built so far: the HTTP server's operational endpoints ([`http`]) and the first XRPC methods
-//! ([`xrpc`]): server/session, identity.resolveHandle and the record endpoints; [`p2p`] carries
-//! replica reconciliation over libp2p request-response (started).
+//! Modules: [`http`] (operational endpoints), [`xrpc`] (the AT Protocol server), [`p2p`] (the
+//! libp2p node and the replication bridge), [`gateway`] (the `/ws` event server and the
+//! application registry) and [`rest`] (`/api/v1` with its OpenAPI document).
 
 pub mod gateway;
 pub mod http;
 pub mod p2p;
+pub mod rest;
 pub mod xrpc;

@@ -1026,7 +1026,13 @@ impl<B: Blockstore> Accounts<B> {
         while self.index_text(TEXT_BATCH)? == TEXT_BATCH {}
         // Quote each term so user input cannot inject FTS5 query syntax.
         let fts_query: String =
-            query.split_whitespace().map(|t| format!("\"{}\"", t.replace('"', "\"\""))).collect::<Vec<_>>().join(" ");
+            // Control characters (NUL above all, which ends FTS5's query string) separate terms.
+            query
+                .split(|c: char| c.is_whitespace() || c.is_control())
+                .filter(|t| !t.is_empty())
+                .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(" ");
         if fts_query.is_empty() {
             return Ok(vec![]);
         }

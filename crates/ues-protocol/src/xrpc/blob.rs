@@ -18,7 +18,7 @@ use ues_sync::repo::syntax::Did;
 use super::extract::XQuery;
 use super::{XrpcError, XrpcState};
 
-fn blob_error(e: BlobError) -> XrpcError {
+pub(crate) fn blob_error(e: BlobError) -> XrpcError {
     match e {
         BlobError::TooLarge { limit } => {
             XrpcError::new(StatusCode::PAYLOAD_TOO_LARGE, "BlobTooLarge", format!("Blob is larger than {limit} bytes"))
@@ -34,14 +34,25 @@ pub(crate) async fn upload_blob(
     headers: HeaderMap,
     req: Request,
 ) -> Result<Response, XrpcError> {
-    let claims = st.access(&headers)?;
+    let blob = upload(st, &headers, req.into_body()).await?;
+    Ok(axum::Json(json!({ "blob": ues_sync::repo::ipld::json::to_json(&blob.to_ipld()) })).into_response())
+}
+
+/// Stores a request body as a blob of the caller's account (the session in `headers`); the
+/// MIME type is `Content-Type`'s. Shared by XRPC's uploadBlob and REST's `POST /api/v1/blobs`.
+pub(crate) async fn upload(
+    st: Arc<XrpcState>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ues_sync::repo::ipld::json::BlobRef, XrpcError> {
+    let claims = st.access(headers)?;
     let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
     let mime = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_string();
-    let stream = req.into_body().into_data_stream().map_err(std::io::Error::other);
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = StreamReader::new(stream);
     let blob = tokio::task::spawn_blocking(move || {
         let mut sync = SyncIoBridge::new(reader);
@@ -49,17 +60,16 @@ pub(crate) async fn upload_blob(
     })
     .await
     .map_err(XrpcError::internal)?;
-    let blob = match blob {
-        Ok(b) => b,
+    match blob {
+        Ok(b) => Ok(b),
         // The body limit cuts the stream: report it as the size limit it is.
         Err(BlobError::Storage(ues_sync::repo::ipld::storage::Error::Io(e)))
             if e.to_string().contains("length limit") =>
         {
-            return Err(XrpcError::new(StatusCode::PAYLOAD_TOO_LARGE, "BlobTooLarge", "Blob is larger than the limit"));
+            Err(XrpcError::new(StatusCode::PAYLOAD_TOO_LARGE, "BlobTooLarge", "Blob is larger than the limit"))
         }
-        Err(e) => return Err(blob_error(e)),
-    };
-    Ok(axum::Json(json!({ "blob": ues_sync::repo::ipld::json::to_json(&blob.to_ipld()) })).into_response())
+        Err(e) => Err(blob_error(e)),
+    }
 }
 
 #[derive(Deserialize)]

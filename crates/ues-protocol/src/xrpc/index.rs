@@ -85,8 +85,8 @@ pub(crate) async fn query_index(State(st): State<Arc<XrpcState>>, XQuery(q): XQu
 
 #[derive(Deserialize)]
 pub(crate) struct Search {
-    q: String,
-    limit: Option<usize>,
+    pub(crate) q: String,
+    pub(crate) limit: Option<usize>,
 }
 
 /// `dev.ues.repo.searchRecords`: full-text search over every record's text, best match first.

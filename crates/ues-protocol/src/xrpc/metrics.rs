@@ -38,6 +38,8 @@ pub struct Metrics {
     pub(crate) ws_slow_closed: AtomicU64,
     /// Clients refused or closed by a limit (count, size, rate, malformed).
     pub(crate) ws_refused: AtomicU64,
+    /// REST requests refused by a rate limit (429).
+    pub(crate) rest_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -123,6 +125,12 @@ pub(crate) async fn render(State(st): State<Arc<XrpcState>>) -> Response {
             "counter",
             "/ws clients refused or closed by a limit.",
             m.ws_refused.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "ues_rest_rate_limited_total",
+            "counter",
+            "REST requests refused by a rate limit (429).",
+            m.rest_limited.load(Ordering::Relaxed) as i64,
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

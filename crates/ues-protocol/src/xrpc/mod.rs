@@ -6,17 +6,17 @@
 
 mod admin;
 mod auth;
-mod blob;
+pub(crate) mod blob;
 mod error;
-mod extract;
+pub(crate) mod extract;
 pub(crate) mod firehose;
-mod index;
-mod metrics;
+pub(crate) mod index;
+pub(crate) mod metrics;
 mod misc;
 mod proxy;
-mod repo;
-mod server;
-mod sync;
+pub(crate) mod repo;
+pub(crate) mod server;
+pub(crate) mod sync;
 
 use std::sync::Arc;
 

@@ -123,12 +123,12 @@ fn written(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CreateRecord {
-    repo: String,
-    collection: String,
-    rkey: Option<String>,
-    validate: Option<bool>,
-    record: Value,
-    swap_commit: Option<String>,
+    pub(crate) repo: String,
+    pub(crate) collection: String,
+    pub(crate) rkey: Option<String>,
+    pub(crate) validate: Option<bool>,
+    pub(crate) record: Value,
+    pub(crate) swap_commit: Option<String>,
 }
 
 pub(crate) async fn create_record(
@@ -152,13 +152,13 @@ pub(crate) async fn create_record(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct PutRecord {
-    repo: String,
-    collection: String,
-    rkey: String,
-    validate: Option<bool>,
-    record: Value,
-    swap_record: Option<Value>,
-    swap_commit: Option<String>,
+    pub(crate) repo: String,
+    pub(crate) collection: String,
+    pub(crate) rkey: String,
+    pub(crate) validate: Option<bool>,
+    pub(crate) record: Value,
+    pub(crate) swap_record: Option<Value>,
+    pub(crate) swap_commit: Option<String>,
 }
 
 pub(crate) async fn put_record(
@@ -189,11 +189,11 @@ pub(crate) async fn put_record(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DeleteRecord {
-    repo: String,
-    collection: String,
-    rkey: String,
-    swap_record: Option<String>,
-    swap_commit: Option<String>,
+    pub(crate) repo: String,
+    pub(crate) collection: String,
+    pub(crate) rkey: String,
+    pub(crate) swap_record: Option<String>,
+    pub(crate) swap_commit: Option<String>,
 }
 
 pub(crate) async fn delete_record(
@@ -223,10 +223,10 @@ pub(crate) async fn delete_record(
 
 #[derive(Deserialize)]
 pub(crate) struct GetRecord {
-    repo: String,
-    collection: String,
-    rkey: String,
-    cid: Option<String>,
+    pub(crate) repo: String,
+    pub(crate) collection: String,
+    pub(crate) rkey: String,
+    pub(crate) cid: Option<String>,
 }
 
 pub(crate) async fn get_record(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<GetRecord>) -> Res {
@@ -253,11 +253,11 @@ pub(crate) async fn get_record(State(st): State<Arc<XrpcState>>, XQuery(q): XQue
 
 #[derive(Deserialize)]
 pub(crate) struct ListRecords {
-    repo: String,
-    collection: String,
-    limit: Option<String>,
-    cursor: Option<String>,
-    reverse: Option<String>,
+    pub(crate) repo: String,
+    pub(crate) collection: String,
+    pub(crate) limit: Option<String>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) reverse: Option<String>,
 }
 
 pub(crate) async fn list_records(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<ListRecords>) -> Res {
@@ -288,6 +288,19 @@ pub(crate) async fn list_records(State(st): State<Arc<XrpcState>>, XQuery(q): XQ
     .await
 }
 
+/// The collections a repository has records in, in order.
+pub(crate) fn collections(st: &XrpcState, did: &ues_sync::repo::syntax::Did) -> Result<Vec<String>, XrpcError> {
+    st.accounts
+        .db()
+        .read(|c| {
+            let mut s =
+                c.prepare_cached("SELECT DISTINCT collection FROM record WHERE did = ?1 ORDER BY collection")?;
+            let rows = s.query_map([did.as_str()], |r| r.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(XrpcError::internal)
+}
+
 #[derive(Deserialize)]
 pub(crate) struct DescribeRepo {
     repo: String,
@@ -297,15 +310,7 @@ pub(crate) async fn describe_repo(State(st): State<Arc<XrpcState>>, XQuery(q): X
     blocking(move || {
         let account = find_repo(&st, &q.repo)?;
         let key = st.accounts.signing_key(&account.did)?;
-        let collections: Vec<String> = st
-            .accounts
-            .db()
-            .read(|c| {
-                let mut s = c.prepare_cached("SELECT DISTINCT collection FROM record WHERE did = ?1 ORDER BY collection")?;
-                let rows = s.query_map([account.did.as_str()], |r| r.get(0))?;
-                rows.collect::<Result<Vec<String>, _>>()
-            })
-            .map_err(XrpcError::internal)?;
+        let collections = collections(&st, &account.did)?;
         Ok(Json(json!({
             "handle": account.handle.as_str(),
             "did": account.did.as_str(),

@@ -33,9 +33,9 @@ pub(crate) async fn describe_server(State(st): State<Arc<XrpcState>>) -> Json<Va
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CreateAccount {
-    handle: String,
-    email: Option<String>,
-    password: Option<String>,
+    pub(crate) handle: String,
+    pub(crate) email: Option<String>,
+    pub(crate) password: Option<String>,
 }
 
 fn did_doc(st: &XrpcState, account: &Account) -> Result<Value, XrpcError> {
@@ -146,6 +146,17 @@ pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body)
     if st.accounts.by_handle(&handle)?.is_some() {
         return Err(XrpcError::bad("HandleNotAvailable", "Handle already taken"));
     }
+    if let Some(email) = &body.email {
+        // Checked before the account exists, so a taken email leaves nothing half made.
+        let taken: bool = st
+            .accounts
+            .db()
+            .read(|c| c.query_row("SELECT EXISTS(SELECT 1 FROM credential WHERE email = ?1)", [email], |r| r.get(0)))
+            .map_err(XrpcError::internal)?;
+        if taken {
+            return Err(XrpcError::invalid("Email already taken"));
+        }
+    }
     if let Some(p) = &body.password
         && p.len() < 8
     {
@@ -192,8 +203,8 @@ pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body)
 
 #[derive(Deserialize)]
 pub(crate) struct CreateSession {
-    identifier: String,
-    password: String,
+    pub(crate) identifier: String,
+    pub(crate) password: String,
 }
 
 pub(crate) async fn create_session(State(st): State<Arc<XrpcState>>, XJson(body): XJson<CreateSession>) -> Res {
