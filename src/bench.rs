@@ -306,6 +306,7 @@ pub(crate) async fn ws(
     rate: u64,
     seconds: u64,
     writers: usize,
+    batch: bool,
 ) -> anyhow::Result<Value> {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
@@ -322,7 +323,9 @@ pub(crate) async fn ws(
         tasks.push(tokio::spawn(async move {
             let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
             ws.send(Message::Text(
-                json!({"type": "subscribe", "id": "b", "topic": "repo", "did": &*did}).to_string().into(),
+                json!({"type": "subscribe", "id": "b", "topic": "repo", "did": &*did, "batch": batch})
+                    .to_string()
+                    .into(),
             ))
             .await?;
             let (mut lat, mut closed) = (Vec::new(), None);
@@ -335,11 +338,13 @@ pub(crate) async fn ws(
                 };
                 match m {
                     // Light parsing, so the 1,000 clients cost the machine less than the node.
-                    Message::Text(t) if t.as_str().starts_with(r#"{"type":"event""#) => {
+                    // (`event`: one; `events`: a batch, each with its own send time.)
+                    Message::Text(t) if t.as_str().starts_with(r#"{"type":"event"#) => {
                         let now = epoch.elapsed().as_micros() as u64;
-                        let sent = t.as_str().split(r#""text":""#).nth(1).and_then(|r| r.split('"').next());
-                        if let Some(sent) = sent.and_then(|s| s.parse::<u64>().ok()) {
-                            lat.push(now.saturating_sub(sent) as u32);
+                        for part in t.as_str().split(r#""text":""#).skip(1) {
+                            if let Some(sent) = part.split('"').next().and_then(|s| s.parse::<u64>().ok()) {
+                                lat.push(now.saturating_sub(sent) as u32);
+                            }
                         }
                     }
                     Message::Text(t) => {
@@ -423,6 +428,7 @@ pub(crate) async fn ws(
     };
     Ok(json!({
         "clients": clients,
+        "batch": batch,
         "writes_requested": total,
         "writes_ok": written,
         "writes_per_s": (written as f64 / write_secs).round(),

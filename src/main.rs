@@ -128,6 +128,9 @@ enum BenchCommand {
         /// Concurrent writer connections.
         #[arg(long, default_value_t = 8)]
         writers: usize,
+        /// Subscribe with `batch: true` (events ready together arrive in one message).
+        #[arg(long)]
+        batch: bool,
     },
     /// Two nodes over TCP on 127.0.0.1: connection setup, a new replica catching up on a log,
     /// one new operation synced (JSON result).
@@ -302,9 +305,9 @@ fn main() -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Bench(BenchCommand::Ws { addr, clients, rate, seconds, writers }) => {
+        Command::Bench(BenchCommand::Ws { addr, clients, rate, seconds, writers, batch }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-            print_json(rt.block_on(bench::ws(addr, clients, rate, seconds, writers))?)
+            print_json(rt.block_on(bench::ws(addr, clients, rate, seconds, writers, batch))?)
         }
         Command::Bench(BenchCommand::Create { addr, records, concurrency }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;

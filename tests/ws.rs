@@ -101,18 +101,23 @@ async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
+/// A node (in `dir`/node) with one account: (node, did, access token).
+fn node_with_account(dir: &std::path::Path, handle: &str, email: Option<&str>) -> (Node, String, String) {
+    let node = start(&dir.join("node"));
+    let mut body = json!({"handle": handle, "password": "pass-word-123"});
+    if let Some(e) = email {
+        body["email"] = json!(e);
+    }
+    let acct = post(&node.base, "com.atproto.server.createAccount", None, body);
+    let (did, token) = (acct["did"].as_str().unwrap().to_string(), acct["accessJwt"].as_str().unwrap().to_string());
+    (node, did, token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_subscriptions_resume_and_limits() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(&dir.path().join("node"));
+    let (node, did, token) = node_with_account(dir.path(), "wsuser.test", Some("ws@example.com"));
     let base = node.base.clone();
-    let acct = post(
-        &base,
-        "com.atproto.server.createAccount",
-        None,
-        json!({"handle": "wsuser.test", "email": "ws@example.com", "password": "pass-word-123"}),
-    );
-    let (did, token) = (acct["did"].as_str().unwrap().to_string(), acct["accessJwt"].as_str().unwrap().to_string());
     for i in 0..3 {
         create(&base, &token, &did, &format!("before {i}"));
     }
@@ -307,4 +312,69 @@ async fn websocket_subscriptions_resume_and_limits() {
     let mut res = agent().get(format!("{base}/metrics")).call().unwrap();
     let metrics = res.body_mut().read_to_string().unwrap();
     assert!(metrics.contains("ues_ws_slow_closed_total"), "{metrics}");
+}
+
+/// Events of a batch subscription, in order, from `events` messages until `n` arrived; also
+/// the largest number one message carried.
+async fn batched(ws: &mut Ws, n: usize) -> (Vec<Value>, usize) {
+    let (mut events, mut most) = (Vec::new(), 0);
+    while events.len() < n {
+        let m = next(ws).await;
+        assert_eq!((m["type"].as_str(), m["sub"].as_str()), (Some("events"), Some("b")), "{m}");
+        let list = m["events"].as_array().unwrap();
+        most = most.max(list.len());
+        events.extend(list.iter().cloned());
+    }
+    (events, most)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_subscriptions_carry_several_events_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, did, token) = node_with_account(dir.path(), "batch.test", None);
+    let base = node.base.clone();
+    let mut ws = connect(&node.ws).await;
+    let start_seq = next(&mut ws).await["seq"].as_i64().unwrap();
+    send(&mut ws, json!({"type": "subscribe", "id": "b", "topic": "repo", "did": did, "batch": true})).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    // One commit with five records (five events ready together), then three more commits.
+    let writes: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({"$type": "com.atproto.repo.applyWrites#create", "collection": COLLECTION,
+            "value": {"$type": COLLECTION, "text": format!("a{i}"), "createdAt": "2026-11-25T00:00:00.000Z"}})
+        })
+        .collect();
+    post(&base, "com.atproto.repo.applyWrites", Some(&token), json!({"repo": did, "writes": writes}));
+    for i in 0..3 {
+        create(&base, &token, &did, &format!("c{i}"));
+    }
+    let (events, most) = batched(&mut ws, 8).await;
+    let texts: Vec<&str> = events.iter().map(|e| e["record"]["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        ["a0", "a1", "a2", "a3", "a4", "c0", "c1", "c2"]
+            .map(String::from)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    assert!(most >= 5, "the five events of one commit came in one message (at most {most} did)");
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "in order: {seqs:?}");
+    assert!(events.iter().all(|e| e["did"] == did.as_str() && e["action"] == "create" && e.get("type").is_none()));
+
+    // Resuming in batch mode replays what was missed in `events` messages too, nothing twice.
+    let mut again = connect(&node.ws).await;
+    next(&mut again).await;
+    send(
+        &mut again,
+        json!({"type": "subscribe", "id": "b", "topic": "repo", "did": did, "batch": true, "since": start_seq}),
+    )
+    .await;
+    assert_eq!(next(&mut again).await["type"], "subscribed");
+    let (replayed, _) = batched(&mut again, 8).await;
+    assert_eq!(replayed, events, "the replay equals what the live socket got");
+    create(&base, &token, &did, "after");
+    let (live, _) = batched(&mut again, 1).await;
+    assert_eq!(live[0]["record"]["text"], "after");
 }

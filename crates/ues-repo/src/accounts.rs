@@ -818,7 +818,7 @@ impl<B: Blockstore> Accounts<B> {
                 }
                 let res = repo.apply_writes(&p.writes, &key, self.tids.next(), p.swap_commit)?;
                 let event_blocks = if self.hook.is_some() { repo.commit_event_blocks(&res)? } else { Vec::new() };
-                let cids = self.own(did.as_str(), res.commit.rev.as_str(), res.blocks.iter().map(|b| b.0))?;
+                let cids = res.blocks.iter().map(|b| b.0.to_string()).collect::<Vec<_>>().join(" ");
                 Ok::<_, AccountError>((res, event_blocks, cids))
             })();
             match built {
@@ -829,6 +829,20 @@ impl<B: Blockstore> Accounts<B> {
             }
         }
         if done.is_empty() {
+            return;
+        }
+        // Block ownership for the whole group in one store write.
+        let owned: Vec<(Vec<u8>, Vec<u8>)> = done
+            .iter()
+            .flat_map(|(_, res, _, _)| {
+                res.blocks.iter().map(|b| (owner_key(did.as_str(), &b.0), res.commit.rev.as_str().as_bytes().to_vec()))
+            })
+            .collect();
+        if let Err(e) = owned.chunks(10_000).try_for_each(|chunk| self.owners.put_many(chunk)) {
+            let msg = e.to_string();
+            for (p, _, _, _) in done {
+                let _ = p.reply.send(Err(AccountError::CommitFailed(msg.clone())));
+            }
             return;
         }
         let now = now_ms();

@@ -91,17 +91,30 @@ fn car_of(root: &cid::Cid, blocks: &[(cid::Cid, Vec<u8>)]) -> Vec<u8> {
     car.finish().expect("writing to memory")
 }
 
+/// Frames written by transactions not yet known to have committed, in the order written (see
+/// [`Firehose::notify`]).
+pub(crate) type Pending = Arc<parking_lot::Mutex<Vec<(i64, Arc<[u8]>)>>>;
+
+/// Pending frames kept at most; past it they are dropped and the ring refills from SQLite.
+const MAX_PENDING: usize = 65_536;
+
 fn insert(
+    pending: &Pending,
     tx: &rusqlite::Transaction<'_>,
     did: &str,
     kind: &str,
     body: impl FnOnce(i64) -> Ipld,
 ) -> rusqlite::Result<()> {
-    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM repo_seq", [], |r| r.get(0))?;
+    let seq: i64 = tx.prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM repo_seq")?.query_row([], |r| r.get(0))?;
     let bytes = frame(kind, body(seq));
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     tx.prepare_cached("INSERT INTO repo_seq (seq, did, kind, frame, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![seq, did, kind, bytes, at])?;
+    let mut p = pending.lock();
+    if p.len() >= MAX_PENDING {
+        p.clear();
+    }
+    p.push((seq, Arc::from(bytes)));
     Ok(())
 }
 
@@ -147,12 +160,12 @@ fn commit_body(seq: i64, did: &str, res: &ues_sync::repo::repo::CommitResult, bl
 
 /// The commit hook that sequences events: account creation emits `#identity`, `#account`,
 /// `#commit` and `#sync`; every later commit a `#commit`.
-pub(crate) fn sequencer_hook() -> CommitHook {
-    Box::new(|tx, event| match event {
+pub(crate) fn sequencer_hook(pending: Pending) -> CommitHook {
+    Box::new(move |tx, event| match event {
         RepoEvent::Created { did, handle, commit } => {
             let d = did.as_str();
             let time = now_iso();
-            insert(tx, d, "#identity", |seq| {
+            insert(&pending, tx, d, "#identity", |seq| {
                 map(vec![
                     ("seq", Ipld::Integer(seq as i128)),
                     ("did", Ipld::String(d.into())),
@@ -160,7 +173,7 @@ pub(crate) fn sequencer_hook() -> CommitHook {
                     ("handle", Ipld::String(handle.to_string())),
                 ])
             })?;
-            insert(tx, d, "#account", |seq| {
+            insert(&pending, tx, d, "#account", |seq| {
                 map(vec![
                     ("seq", Ipld::Integer(seq as i128)),
                     ("did", Ipld::String(d.into())),
@@ -168,9 +181,9 @@ pub(crate) fn sequencer_hook() -> CommitHook {
                     ("active", Ipld::Bool(true)),
                 ])
             })?;
-            insert(tx, d, "#commit", |seq| commit_body(seq, d, commit, &commit.blocks))?;
+            insert(&pending, tx, d, "#commit", |seq| commit_body(seq, d, commit, &commit.blocks))?;
             let commit_block: Vec<_> = commit.blocks.iter().filter(|b| b.0 == commit.cid).cloned().collect();
-            insert(tx, d, "#sync", |seq| {
+            insert(&pending, tx, d, "#sync", |seq| {
                 map(vec![
                     ("seq", Ipld::Integer(seq as i128)),
                     ("did", Ipld::String(d.into())),
@@ -180,7 +193,7 @@ pub(crate) fn sequencer_hook() -> CommitHook {
                 ])
             })
         }
-        RepoEvent::Synced { did, head, rev, commit_block } => insert(tx, did.as_str(), "#sync", |seq| {
+        RepoEvent::Synced { did, head, rev, commit_block } => insert(&pending, tx, did.as_str(), "#sync", |seq| {
             map(vec![
                 ("seq", Ipld::Integer(seq as i128)),
                 ("did", Ipld::String(did.to_string())),
@@ -189,7 +202,7 @@ pub(crate) fn sequencer_hook() -> CommitHook {
                 ("time", Ipld::String(now_iso())),
             ])
         }),
-        RepoEvent::Identity { did, handle } => insert(tx, did.as_str(), "#identity", |seq| {
+        RepoEvent::Identity { did, handle } => insert(&pending, tx, did.as_str(), "#identity", |seq| {
             map(vec![
                 ("seq", Ipld::Integer(seq as i128)),
                 ("did", Ipld::String(did.to_string())),
@@ -197,7 +210,7 @@ pub(crate) fn sequencer_hook() -> CommitHook {
                 ("handle", Ipld::String(handle.to_string())),
             ])
         }),
-        RepoEvent::Status { did, status } => insert(tx, did.as_str(), "#account", |seq| {
+        RepoEvent::Status { did, status } => insert(&pending, tx, did.as_str(), "#account", |seq| {
             let mut m = vec![
                 ("seq", Ipld::Integer(seq as i128)),
                 ("did", Ipld::String(did.to_string())),
@@ -210,7 +223,7 @@ pub(crate) fn sequencer_hook() -> CommitHook {
             map(m)
         }),
         RepoEvent::Committed { did, commit, blocks } => {
-            insert(tx, did.as_str(), "#commit", |seq| commit_body(seq, did.as_str(), commit, blocks))
+            insert(&pending, tx, did.as_str(), "#commit", |seq| commit_body(seq, did.as_str(), commit, blocks))
         }
     })
 }
@@ -225,6 +238,8 @@ pub struct Firehose {
     ring: parking_lot::RwLock<std::collections::VecDeque<(i64, Arc<[u8]>)>>,
     /// Serialises refills of the ring.
     refill: parking_lot::Mutex<()>,
+    /// Frames the sequencer hook wrote, published to the ring once committed.
+    pending: Pending,
     /// A subscriber further behind than this many events is dropped.
     pub max_lag: i64,
 }
@@ -234,7 +249,7 @@ const RING_FRAMES: usize = 4096;
 
 impl Firehose {
     /// A firehose over the sequencer table in `db`.
-    pub fn new(db: Arc<Sqlite>) -> Self {
+    pub fn new(db: Arc<Sqlite>, pending: Pending) -> Self {
         let latest = latest_seq(&db).unwrap_or(0);
         Self {
             latest: watch::channel(latest).0,
@@ -242,6 +257,7 @@ impl Firehose {
             db,
             ring: parking_lot::RwLock::new(std::collections::VecDeque::with_capacity(RING_FRAMES)),
             refill: parking_lot::Mutex::new(()),
+            pending,
             max_lag: 100_000,
         }
     }
@@ -284,27 +300,58 @@ impl Firehose {
         self.latest.borrow()
     }
 
-    /// Reads the events committed since the last call into the ring (once, for everyone) and
+    /// Moves the events committed since the last call into the ring (once, for everyone) and
     /// wakes subscribers. Called after every commit.
+    ///
+    /// The frames come from the sequencer hook's pending list when it holds exactly the
+    /// committed events after the ring's newest (the usual case: no SQLite read per commit);
+    /// otherwise (a rolled-back transaction left a frame whose number was reused, the list
+    /// overflowed, another process wrote) they are read back from SQLite.
     pub fn notify(&self) {
         let _one_refill = self.refill.lock();
         let after = self.ring.read().back().map_or(*self.latest.borrow(), |(seq, _)| *seq);
-        let mut newest = after;
-        let mut after = after;
-        // Bounded: at most a few batches per notification.
-        for _ in 0..8 {
-            let Ok(batch) = events_after(&self.db, after) else { break };
-            if batch.is_empty() {
-                break;
+        let Ok(committed) = latest_seq(&self.db) else { return };
+        // The last frame written under a number is the committed one: numbers are reused only
+        // after a rollback, and never once a transaction holding them committed.
+        let mut fresh = std::collections::BTreeMap::new();
+        self.pending.lock().retain(|(seq, frame)| {
+            if *seq > committed {
+                return true;
             }
+            if *seq > after {
+                fresh.insert(*seq, frame.clone());
+            }
+            false
+        });
+        let complete =
+            fresh.len() as i64 == committed - after && fresh.keys().next().is_none_or(|first| *first == after + 1);
+        let mut newest = after;
+        if complete {
             let mut ring = self.ring.write();
-            for (seq, frame) in batch {
+            for (seq, frame) in fresh {
                 if ring.len() == RING_FRAMES {
                     ring.pop_front();
                 }
-                after = seq;
                 newest = seq;
-                ring.push_back((seq, Arc::from(frame)));
+                ring.push_back((seq, frame));
+            }
+        } else {
+            let mut after = after;
+            // Bounded: at most a few batches per notification.
+            for _ in 0..8 {
+                let Ok(batch) = events_after(&self.db, after) else { break };
+                if batch.is_empty() {
+                    break;
+                }
+                let mut ring = self.ring.write();
+                for (seq, frame) in batch {
+                    if ring.len() == RING_FRAMES {
+                        ring.pop_front();
+                    }
+                    after = seq;
+                    newest = seq;
+                    ring.push_back((seq, Arc::from(frame)));
+                }
             }
         }
         self.latest.send_if_modified(|cur| {
@@ -327,7 +374,7 @@ impl Firehose {
 }
 
 fn latest_seq(db: &Sqlite) -> rusqlite::Result<i64> {
-    db.read(|c| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM repo_seq", [], |r| r.get(0)))
+    db.read(|c| c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM repo_seq")?.query_row([], |r| r.get(0)))
 }
 
 pub(crate) fn oldest_seq(db: &Sqlite) -> rusqlite::Result<Option<i64>> {
@@ -356,7 +403,8 @@ pub(crate) async fn subscribe_repos(
     // waits for this stream's close frame.
     st.metrics.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let on_fail = st.clone();
-    ws.max_message_size(64 * 1024)
+    ws.read_buffer_size(crate::gateway::READ_BUFFER)
+        .max_message_size(64 * 1024)
         .on_failed_upgrade(move |_| {
             on_fail.metrics.subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         })

@@ -132,11 +132,12 @@ impl XrpcState {
         accounts.db().migrate(MIGRATIONS).map_err(XrpcError::internal)?;
         accounts.db().migrate(firehose::MIGRATIONS).map_err(XrpcError::internal)?;
         accounts.db().migrate(misc::MIGRATIONS).map_err(XrpcError::internal)?;
-        accounts.set_commit_hook(firehose::sequencer_hook());
+        let pending = firehose::Pending::default();
+        accounts.set_commit_hook(firehose::sequencer_hook(pending.clone()));
         for collection in accounts.set_indexes(lexicons.indexes().clone())? {
             tracing::info!(collection, "declared indexes changed: rebuilt from stored records");
         }
-        let firehose = firehose::Firehose::new(accounts.db().clone());
+        let firehose = firehose::Firehose::new(accounts.db().clone(), pending);
         let limits = BlobLimits { max_size: cfg.max_blob_bytes, ..BlobLimits::default() };
         let blobs = BlobStore::new(accounts.blocks().clone(), kv.clone(), accounts.db().clone(), limits);
         Ok(Self {
