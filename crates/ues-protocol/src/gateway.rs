@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -150,7 +150,20 @@ struct Gateway {
     started: Instant,
     /// (when, events sent) a second ago and now: events per second for `/stats`.
     rate: parking_lot::Mutex<(Instant, u64, f64)>,
+    /// Ticks every [`BATCH_INTERVAL`]: sockets whose subscriptions all batch deliver on it,
+    /// so they wake together and cover the same events (one timer for all of them).
+    tick: tokio::sync::watch::Sender<u64>,
+    /// `events` messages built lately, shared by sockets whose batch covers the same events
+    /// for the same subscription (the newest [`SHARED_BATCHES`]).
+    batches: parking_lot::Mutex<std::collections::VecDeque<(BatchKey, Utf8Bytes)>>,
 }
+
+/// What makes two sockets' `events` messages identical: subscription id, repository,
+/// collection, and the first and last sequence numbers of the run (none of it their own write).
+type BatchKey = (String, String, Option<String>, i64, i64);
+
+/// `events` messages kept for sharing.
+const SHARED_BATCHES: usize = 64;
 
 /// A live event source an application offers on `/ws` under a topic name of its own.
 pub trait Topic: Send + Sync + 'static {
@@ -210,11 +223,44 @@ pub fn router_with(st: Arc<XrpcState>, cfg: WsConfig, registry: Registry) -> Rou
         next_conn: std::sync::atomic::AtomicU64::new(1),
         started: Instant::now(),
         rate: parking_lot::Mutex::new((Instant::now(), 0, 0.0)),
+        tick: tokio::sync::watch::channel(0).0,
+        batches: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(SHARED_BATCHES)),
     });
+    spawn_ticker(&g);
     Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g).merge(routes)
 }
 
+/// Advances the gateway's batch tick every [`BATCH_INTERVAL`] while the gateway lives.
+fn spawn_ticker(g: &Arc<Gateway>) {
+    let weak = Arc::downgrade(g);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(BATCH_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            every.tick().await;
+            let Some(g) = weak.upgrade() else { break };
+            // Only sockets waiting for a tick are woken.
+            if g.tick.receiver_count() > 0 {
+                g.tick.send_modify(|t| *t = t.wrapping_add(1));
+            }
+        }
+    });
+}
+
 impl Gateway {
+    /// A shared `events` message, if one was built for `key`.
+    fn shared_batch(&self, key: &BatchKey) -> Option<Utf8Bytes> {
+        self.batches.lock().iter().rev().find(|(k, _)| k == key).map(|(_, m)| m.clone())
+    }
+
+    fn keep_batch(&self, key: BatchKey, m: Utf8Bytes) {
+        let mut b = self.batches.lock();
+        if b.len() >= SHARED_BATCHES {
+            b.pop_front();
+        }
+        b.push_back((key, m));
+    }
+
     /// The decoded event `seq` (decoded on first use, then shared).
     fn parsed(&self, seq: i64, frame: &[u8]) -> Option<Arc<Parsed>> {
         if let Some(p) = self.parsed.read().0.get(&seq) {
@@ -652,8 +698,14 @@ impl Conn {
     }
 
     /// Whether an event is a commit this session wrote (`X-Ues-Ws-Session`).
-    fn own(&self, p: &Parsed) -> bool {
-        p.commit.is_some_and(|c| self.g.st.origin(&c) == Some(self.session))
+    /// Per operation of the event: whether this socket's session wrote it.
+    fn own(&self, p: &Parsed) -> Vec<bool> {
+        match p.commit {
+            Some(c) if self.g.st.wrote(self.session) => {
+                p.ops.iter().map(|(_, path, _)| self.g.st.origin(&c, path) == Some(self.session)).collect()
+            }
+            _ => vec![false; p.ops.len()],
+        }
     }
 
     fn who(&self) -> String {
@@ -810,10 +862,14 @@ impl Conn {
     /// Sends what a run of consecutive events gives each subscription: a message per event, or
     /// for batch subscriptions one `events` message with all of theirs.
     fn emit(&mut self, run: &[(i64, Arc<Parsed>)], subs: &[(String, Sub)]) -> Flow {
-        let Some(last) = run.last().map(|(seq, _)| *seq) else { return Flow::Go };
+        let (Some(first), Some(last)) = (run.first().map(|(seq, _)| *seq), run.last().map(|(seq, _)| *seq)) else {
+            return Flow::Go;
+        };
+        let mut any_own = false;
         let mut batched: Vec<(&str, Vec<&str>)> = Vec::new();
-        for (seq, p) in run {
-            let own = self.own(p);
+        let owns: Vec<Vec<bool>> = run.iter().map(|(_, p)| self.own(p)).collect();
+        for ((seq, p), own) in run.iter().zip(&owns) {
+            any_own |= own.iter().any(|o| *o);
             for (id, sub) in subs {
                 if let Sub::Repo { batch: true, .. } = sub {
                     let tails = repo_events(p, sub, own);
@@ -834,13 +890,32 @@ impl Conn {
             if tails.is_empty() {
                 continue;
             }
-            let mut m = format!("{{\"type\":\"events\",\"sub\":{},\"events\":[", Value::String(id.to_string()));
-            for (i, tail) in tails.iter().enumerate() {
-                m.push_str(if i == 0 { "{" } else { ",{" });
-                m.push_str(tail);
-            }
-            m.push_str("]}");
-            if let Flow::Stop = self.send_event(Message::Text(m.into()), last) {
+            let key = match subs.iter().find(|(i, _)| i == id) {
+                Some((_, Sub::Repo { did, collection, .. })) if !any_own => {
+                    Some((id.to_string(), did.clone(), collection.clone(), first, last))
+                }
+                _ => None,
+            };
+            // Built already by another socket for the same events and subscription? (Only
+            // runs holding none of the socket's own writes are shared, either way.)
+            let shared = key.as_ref().and_then(|k| self.g.shared_batch(k));
+            let m = match shared {
+                Some(m) => m,
+                None => {
+                    let mut m = format!("{{\"type\":\"events\",\"sub\":{},\"events\":[", Value::String(id.to_string()));
+                    for (i, tail) in tails.iter().enumerate() {
+                        m.push_str(if i == 0 { "{" } else { ",{" });
+                        m.push_str(tail);
+                    }
+                    m.push_str("]}");
+                    let m = Utf8Bytes::from(m);
+                    if let Some(k) = key {
+                        self.g.keep_batch(k, m.clone());
+                    }
+                    m
+                }
+            };
+            if let Flow::Stop = self.send_event(Message::Text(m), last) {
                 return Flow::Stop;
             }
         }
@@ -898,9 +973,9 @@ struct Parsed {
     did: Option<String>,
     /// The commit, for `#commit`.
     commit: Option<cid::Cid>,
-    /// For `#commit`: per op, its collection and the JSON of the event message after
+    /// For `#commit`: per op, its collection, its path and the JSON of the event message after
     /// `{"type":"event","sub":..,` (everything but the subscription id, which differs per socket).
-    ops: Vec<(String, String)>,
+    ops: Vec<(String, String, String)>,
     /// For `#account` / `#identity`: the event body as JSON.
     body: Option<Value>,
 }
@@ -961,7 +1036,7 @@ fn parse(seq: i64, frame: &[u8]) -> Option<Parsed> {
                 })
                 .to_string();
                 // `{"seq":...}` → `"seq":...}`: the per-socket prefix goes in front.
-                ops.push((c.to_string(), full[1..].to_string()));
+                ops.push((c.to_string(), path.clone(), full[1..].to_string()));
             }
         }
     } else {
@@ -972,7 +1047,7 @@ fn parse(seq: i64, frame: &[u8]) -> Option<Parsed> {
 
 /// The messages one sequenced event gives a subscription (`own`: the event is a commit this
 /// socket's session wrote).
-fn messages(seq: i64, p: &Parsed, id: &str, sub: &Sub, own: bool) -> Vec<Message> {
+fn messages(seq: i64, p: &Parsed, id: &str, sub: &Sub, own: &[bool]) -> Vec<Message> {
     match sub {
         Sub::Account { did } => {
             if p.did.as_deref() != Some(did) || !matches!(p.kind.as_str(), "#account" | "#identity") {
@@ -995,17 +1070,20 @@ fn messages(seq: i64, p: &Parsed, id: &str, sub: &Sub, own: bool) -> Vec<Message
 
 /// The event objects (each without its opening brace: `"seq":..}`) a repo subscription gets
 /// from one sequenced event.
-fn repo_events<'a>(p: &'a Parsed, sub: &Sub, own: bool) -> impl Iterator<Item = &'a str> {
-    let (wanted, collection) = match sub {
+fn repo_events<'a, 'b>(p: &'a Parsed, sub: &Sub, own: &'b [bool]) -> impl Iterator<Item = &'a str> + use<'a, 'b> {
+    let (wanted, collection, echo) = match sub {
         Sub::Repo { did, collection, echo, .. } => {
-            (p.kind == "#commit" && p.did.as_deref() == Some(did.as_str()) && (!own || *echo), collection.clone())
+            (p.kind == "#commit" && p.did.as_deref() == Some(did.as_str()), collection.clone(), *echo)
         }
-        _ => (false, None),
+        _ => (false, None, false),
     };
     p.ops
         .iter()
-        .filter(move |(c, _)| wanted && collection.as_deref().is_none_or(|want| want == c))
-        .map(|(_, tail)| tail.as_str())
+        .zip(own.iter().chain(std::iter::repeat(&false)))
+        .filter(move |((c, _, _), mine)| {
+            wanted && (echo || !**mine) && collection.as_deref().is_none_or(|want| want == c)
+        })
+        .map(|((_, _, tail), _)| tail.as_str())
 }
 
 /// A `/proc/self/status` field in KiB (Linux), e.g. `VmRSS:`.
@@ -1117,7 +1195,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.tick().await;
     let mut last_heard = Instant::now();
-    let mut last_delivery = Instant::now();
+    let mut tick_rx = g.tick.subscribe();
     let mut window = (Instant::now(), 0u32);
     loop {
         let flow = tokio::select! {
@@ -1173,12 +1251,12 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
                     } else {
                         // Batch subscriptions trade a little latency for far fewer wake-ups
                         // and frames: at most one delivery per BATCH_INTERVAL.
-                        if last_delivery.elapsed() < BATCH_INTERVAL
-                            && conn.subs.values().all(|s| matches!(s, Sub::Repo { batch: true, .. }))
-                        {
-                            tokio::time::sleep_until((last_delivery + BATCH_INTERVAL).into()).await;
+                        if conn.subs.values().all(|s| matches!(s, Sub::Repo { batch: true, .. })) {
+                            // On the gateway's tick (at once if one passed since the last
+                            // delivery), so batch sockets wake together over the same events.
+                            let _ = tick_rx.changed().await;
+                            tick_rx.borrow_and_update();
                         }
-                        last_delivery = Instant::now();
                         let latest = *latest_rx.borrow_and_update();
                         conn.deliver(latest).await
                     }

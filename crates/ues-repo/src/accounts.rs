@@ -147,7 +147,100 @@ struct Pending {
     /// Refuse records that reference blobs this node does not hold (off for replicated writes,
     /// whose blobs live where they were uploaded).
     check_blobs: bool,
-    reply: std::sync::mpsc::Sender<Result<CommitResult, AccountError>>,
+    /// Who asked, and which of `writes` are theirs (several when requests were merged).
+    replies: Vec<(Reply, std::ops::Range<usize>)>,
+}
+
+type Reply = std::sync::mpsc::Sender<Result<CommitResult, AccountError>>;
+
+/// Most writes one merged commit carries.
+const MAX_MERGED_WRITES: usize = 1_000;
+
+impl Pending {
+    /// Answers every request with `e` (a request alone gets `e` itself, its type intact).
+    fn fail(self, e: AccountError) {
+        if self.replies.len() == 1 {
+            if let Some((reply, _)) = self.replies.into_iter().next() {
+                let _ = reply.send(Err(e));
+            }
+            return;
+        }
+        for (reply, _) in self.replies {
+            let _ = reply.send(Err(same_error(&e)));
+        }
+    }
+
+    /// Answers every request of this (possibly merged) commit with its own operations.
+    fn succeed(self, res: CommitResult) {
+        let Pending { replies, .. } = self;
+        if replies.len() == 1 {
+            if let Some((reply, _)) = replies.into_iter().next() {
+                let _ = reply.send(Ok(res));
+            }
+            return;
+        }
+        for (reply, range) in replies {
+            let mut own = res.clone();
+            own.ops = res.ops.get(range).map(<[_]>::to_vec).unwrap_or_default();
+            let _ = reply.send(Ok(own));
+        }
+    }
+
+    /// The requests of a merged commit, each on its own again.
+    fn split(self) -> Vec<Pending> {
+        let Pending { writes, swap_commit, check_blobs, replies } = self;
+        replies
+            .into_iter()
+            .map(|(reply, range)| Pending {
+                writes: writes.get(range.clone()).map(<[_]>::to_vec).unwrap_or_default(),
+                swap_commit,
+                check_blobs,
+                replies: vec![(reply, 0..range.len())],
+            })
+            .collect()
+    }
+}
+
+/// Record paths a batch of writes touches.
+fn paths(writes: &[Write]) -> impl Iterator<Item = (&Nsid, &RecordKey)> {
+    writes.iter().map(|w| match w {
+        Write::Create { collection, rkey, .. }
+        | Write::Update { collection, rkey, .. }
+        | Write::Delete { collection, rkey, .. } => (collection, rkey),
+    })
+}
+
+/// Merges consecutive requests into one commit where that changes nothing a client can tell
+/// apart from separate commits: none asks for a commit swap, they agree on blob checks and
+/// touch different records. Each request is still answered with its own operations; if a
+/// merged commit is refused, its requests are retried one by one (so one bad request never
+/// fails the others).
+fn merge(batch: Vec<Pending>) -> Vec<Pending> {
+    let mut out: Vec<Pending> = Vec::with_capacity(batch.len());
+    let mut touched: std::collections::HashSet<(Nsid, RecordKey)> = std::collections::HashSet::new();
+    for p in batch {
+        let joinable = out.last().is_some_and(|last| {
+            last.swap_commit.is_none()
+                && p.swap_commit.is_none()
+                && last.check_blobs == p.check_blobs
+                && last.writes.len() + p.writes.len() <= MAX_MERGED_WRITES
+                && paths(&p.writes).all(|(c, k)| !touched.contains(&(c.clone(), k.clone())))
+        });
+        if !joinable {
+            touched.clear();
+        }
+        let mine: Vec<(Nsid, RecordKey)> = paths(&p.writes).map(|(c, k)| (c.clone(), k.clone())).collect();
+        if joinable && let Some(last) = out.last_mut() {
+            let start = last.writes.len();
+            let (reply, _) = p.replies.into_iter().next().expect("one reply per request");
+            last.writes.extend(p.writes);
+            last.replies.push((reply, start..last.writes.len()));
+        } else {
+            out.push(p);
+        }
+        touched.extend(mine);
+    }
+    out
 }
 
 /// Record texts moved into the full-text index per transaction by [`Accounts::index_text`].
@@ -759,7 +852,8 @@ impl<B: Blockstore> Accounts<B> {
         // SQLite transaction, so concurrent writers share one transaction's page writes.
         let (reply, answer) = std::sync::mpsc::channel();
         let queue = self.queue(did.as_str());
-        queue.lock().push_back(Pending { writes: writes.to_vec(), swap_commit, check_blobs, reply });
+        let replies = vec![(reply, 0..writes.len())];
+        queue.lock().push_back(Pending { writes: writes.to_vec(), swap_commit, check_blobs, replies });
         let lock = self.lock(did.as_str());
         let _guard = lock.lock();
         for _ in 0..1_000_000 {
@@ -793,25 +887,22 @@ impl<B: Blockstore> Accounts<B> {
         let key = match self.signing_key(did) {
             Ok(k) => k,
             Err(e) => {
-                for p in batch {
-                    let _ = p.reply.send(Err(same_error(&e)));
-                }
+                batch.into_iter().for_each(|p| p.fail(same_error(&e)));
                 return;
             }
         };
         let mut repo = match self.repo(did) {
             Ok(r) => r,
             Err(e) => {
-                for p in batch {
-                    let _ = p.reply.send(Err(same_error(&e)));
-                }
+                batch.into_iter().for_each(|p| p.fail(same_error(&e)));
                 return;
             }
         };
-        // Each built commit: its request, the result, the firehose event's blocks, its block list.
+        // Each built commit: its request(s), the result, the firehose event's blocks, its block list.
         type Built = (Pending, CommitResult, Vec<(Cid, Vec<u8>)>, String);
         let mut done: Vec<Built> = Vec::with_capacity(batch.len());
-        for p in batch {
+        let mut work: std::collections::VecDeque<Pending> = merge(batch).into();
+        while let Some(p) = work.pop_front() {
             let built = (|| {
                 if p.check_blobs {
                     self.check_blob_refs(did, &p.writes)?;
@@ -823,9 +914,13 @@ impl<B: Blockstore> Accounts<B> {
             })();
             match built {
                 Ok((res, event_blocks, cids)) => done.push((p, res, event_blocks, cids)),
-                Err(e) => {
-                    let _ = p.reply.send(Err(e));
+                // A refused merged commit: its requests again, one by one, in order.
+                Err(_) if p.replies.len() > 1 => {
+                    for (i, one) in p.split().into_iter().enumerate() {
+                        work.insert(i, one);
+                    }
                 }
+                Err(e) => p.fail(e),
             }
         }
         if done.is_empty() {
@@ -840,9 +935,7 @@ impl<B: Blockstore> Accounts<B> {
             .collect();
         if let Err(e) = owned.chunks(10_000).try_for_each(|chunk| self.owners.put_many(chunk)) {
             let msg = e.to_string();
-            for (p, _, _, _) in done {
-                let _ = p.reply.send(Err(AccountError::CommitFailed(msg.clone())));
-            }
+            done.into_iter().for_each(|(p, _, _, _)| p.fail(AccountError::CommitFailed(msg.clone())));
             return;
         }
         let now = now_ms();
@@ -853,16 +946,10 @@ impl<B: Blockstore> Accounts<B> {
             Ok::<_, AccountError>(())
         });
         match written {
-            Ok(()) => {
-                for (p, res, _, _) in done {
-                    let _ = p.reply.send(Ok(res));
-                }
-            }
+            Ok(()) => done.into_iter().for_each(|(p, res, _, _)| p.succeed(res)),
             Err(e) => {
                 let msg = e.to_string();
-                for (p, _, _, _) in done {
-                    let _ = p.reply.send(Err(AccountError::CommitFailed(msg.clone())));
-                }
+                done.into_iter().for_each(|(p, _, _, _)| p.fail(AccountError::CommitFailed(msg.clone())));
             }
         }
     }

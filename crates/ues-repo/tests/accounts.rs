@@ -334,9 +334,11 @@ fn text_queue_follows_the_latest_version() {
     assert_eq!(accts.index_text(100).unwrap(), 0, "the queue is empty");
 }
 
-/// Group commit: 8 threads writing to one repository at once each get their own commit; every
-/// write lands, the commits chain (each one's `since` is another's revision), the index agrees
-/// with the tree, and a stale swap in a group fails alone.
+/// Group commit: 8 threads writing to one repository at once. Requests that queue together
+/// are merged into one commit (or several, when they touch the same record or ask for a
+/// swap): every write lands exactly once, each request is answered with its own operation, the
+/// commits chain, the index agrees with the tree, and a request that fails inside a merged
+/// commit (a record that exists) fails alone with its own typed error.
 #[test]
 fn concurrent_writers_are_group_committed() {
     let dir = tempfile::tempdir().unwrap();
@@ -346,36 +348,63 @@ fn concurrent_writers_are_group_committed() {
     let did = Did::new("did:plc:gggggggggggggggggggggggg").unwrap();
     let (_, _, first) = accts.create(did.clone(), Handle::new("g.test").unwrap(), KeyType::K256).unwrap();
     let coll = Nsid::new("com.example.note").unwrap();
-    let results: Vec<Vec<(String, Option<String>)>> = std::thread::scope(|scope| {
+    type Answer = (String, Option<String>, Vec<String>);
+    let results: Vec<Vec<Answer>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
             .map(|t| {
                 let (accts, did, coll) = (&accts, &did, &coll);
                 scope.spawn(move || {
-                    (0..50)
-                        .map(|i| {
-                            let w = Write::Create {
-                                collection: coll.clone(),
-                                rkey: RecordKey::new(format!("t{t}-{i:02}")).unwrap(),
-                                record: rec(&[("$type", s("com.example.note")), ("text", s("x"))]),
-                            };
-                            let res = accts.apply_writes(did, &[w], None).unwrap();
-                            (res.commit.rev.to_string(), res.since.as_ref().map(|t| t.to_string()))
-                        })
-                        .collect()
+                    let mut answers = Vec::new();
+                    for i in 0..50 {
+                        let w = |k: String| Write::Create {
+                            collection: coll.clone(),
+                            rkey: RecordKey::new(k).unwrap(),
+                            record: rec(&[("$type", s("com.example.note")), ("text", s("x"))]),
+                        };
+                        let res = accts.apply_writes(did, &[w(format!("t{t}-{i:02}"))], None).unwrap();
+                        let paths = res.ops.iter().map(|o| o.path.clone()).collect();
+                        answers.push((res.commit.rev.to_string(), res.since.as_ref().map(|t| t.to_string()), paths));
+                        if i % 10 == 5 {
+                            // A duplicate, queued among the others: refused alone, typed.
+                            let again = accts.apply_writes(did, &[w(format!("t{t}-00"))], None);
+                            assert!(
+                                matches!(&again, Err(AccountError::Repo(e)) if matches!(**e, RepoError::RecordExists(_))),
+                                "{again:?}"
+                            );
+                        }
+                    }
+                    answers
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let commits: Vec<(String, Option<String>)> = results.into_iter().flatten().collect();
-    assert_eq!(commits.len(), 400);
-    // The revisions form one chain from the first commit: every `since` is the previous revision.
+    let answers: Vec<(usize, Answer)> =
+        results.into_iter().enumerate().flat_map(|(t, a)| a.into_iter().map(move |x| (t, x))).collect();
+    assert_eq!(answers.len(), 400);
+    // Each request saw exactly its own operation.
+    for (t, (_, _, paths)) in &answers {
+        assert_eq!(paths.len(), 1);
+        assert!(paths[0].starts_with(&format!("com.example.note/t{t}-")), "{paths:?}");
+    }
+    let mut all_paths: Vec<&String> = answers.iter().map(|(_, (_, _, p))| &p[0]).collect();
+    all_paths.sort();
+    all_paths.dedup();
+    assert_eq!(all_paths.len(), 400, "every write once");
+    // The distinct commits form one chain from the first: every `since` is the previous one.
+    let mut commits: Vec<(String, Option<String>)> =
+        answers.iter().map(|(_, (r, s, _))| (r.clone(), s.clone())).collect();
+    commits.sort();
+    commits.dedup();
+    let n = commits.len();
+    assert!(n <= 400);
+    eprintln!("400 requests from 8 threads became {n} commits");
     let mut by_since: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for (rev, since) in &commits {
         assert!(by_since.insert(since.clone().unwrap(), rev.clone()).is_none(), "two commits on one parent");
     }
     let mut at = first.commit.rev.to_string();
-    for _ in 0..400 {
+    for _ in 0..n {
         at = by_since.remove(&at).expect("the chain continues");
     }
     assert_eq!(accts.get(&did).unwrap().unwrap().rev, at, "the head is the chain's end");

@@ -91,12 +91,19 @@ pub struct XrpcState {
     pub peer_id: std::sync::OnceLock<libp2p::PeerId>,
     /// Which `/ws` session made recent commits (header `X-Ues-Ws-Session` on the write), so
     /// that session is not sent its own writes back. Bounded: the newest [`MAX_ORIGINS`].
+    /// Keyed by commit and record path: concurrent requests may share one commit.
     pub(crate) origins:
-        parking_lot::RwLock<(std::collections::HashMap<cid::Cid, u64>, std::collections::VecDeque<cid::Cid>)>,
+        parking_lot::RwLock<(std::collections::HashMap<Origin, u64>, std::collections::VecDeque<Origin>)>,
+    /// Sessions named by writes (bounded: cleared past [`MAX_ORIGINS`]); a socket whose session
+    /// never wrote skips the per-write lookups.
+    pub(crate) writing_sessions: parking_lot::RwLock<std::collections::HashSet<u64>>,
 }
 
-/// Commits whose originating `/ws` session is remembered.
+/// Writes (commit, record path) whose originating `/ws` session is remembered.
 pub const MAX_ORIGINS: usize = 65_536;
+
+/// A write: the commit that made it and the record's path.
+pub(crate) type Origin = (cid::Cid, String);
 
 /// SQLite schema the XRPC layer adds (credentials are a protocol concern).
 pub const MIGRATIONS: &[Migration] = &[
@@ -158,28 +165,46 @@ impl XrpcState {
             replication: std::sync::OnceLock::new(),
             peer_id: std::sync::OnceLock::new(),
             origins: parking_lot::RwLock::new(Default::default()),
+            writing_sessions: parking_lot::RwLock::new(Default::default()),
         })
     }
 
-    /// Remembers which `/ws` session a commit came from (when the write said so).
+    /// Remembers which `/ws` session made a write (when the request said so).
     fn note_origin(&self, headers: &HeaderMap, res: &ues_sync::repo::repo::CommitResult) {
         let Some(id) = headers.get("x-ues-ws-session").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
         else {
             return;
         };
-        let mut o = self.origins.write();
-        if o.1.len() >= MAX_ORIGINS
-            && let Some(old) = o.1.pop_front()
         {
-            o.0.remove(&old);
+            let mut w = self.writing_sessions.write();
+            if w.len() >= MAX_ORIGINS {
+                w.clear();
+            }
+            w.insert(id);
         }
-        o.0.insert(res.cid, id);
-        o.1.push_back(res.cid);
+        let mut o = self.origins.write();
+        // The request's own operations (a merged commit's result holds only the caller's).
+        for op in &res.ops {
+            if o.1.len() >= MAX_ORIGINS
+                && let Some(old) = o.1.pop_front()
+            {
+                o.0.remove(&old);
+            }
+            let key = (res.cid, op.path.clone());
+            o.0.insert(key.clone(), id);
+            o.1.push_back(key);
+        }
     }
 
-    /// The `/ws` session a commit came from, if it said.
-    pub(crate) fn origin(&self, commit: &cid::Cid) -> Option<u64> {
-        self.origins.read().0.get(commit).copied()
+    /// Whether writes ever named this `/ws` session (recently).
+    pub(crate) fn wrote(&self, session: u64) -> bool {
+        self.writing_sessions.read().contains(&session)
+    }
+
+    /// The `/ws` session a write (commit, record path) came from, if it said.
+    pub(crate) fn origin(&self, commit: &cid::Cid, path: &str) -> Option<u64> {
+        // Borrowed lookup without building a key: few entries share a commit.
+        self.origins.read().0.get(&(*commit, path.to_string())).copied()
     }
 
     /// Commits writes from a client (`headers`: its request's): through the replication bridge
