@@ -372,6 +372,12 @@ fn an_app_uses_the_rest_api() {
         assert!(paths.contains_key(p), "{p} missing from the document");
     }
     assert!(doc.json["components"]["securitySchemes"]["bearer"].is_object());
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let limited = &op["responses"]["429"];
+            assert!(limited["headers"]["Retry-After"].is_object(), "{method} {path} does not document 429");
+        }
+    }
 
     // Sign out: the refresh token stops working.
     assert_eq!(

@@ -488,7 +488,6 @@ fn written_response(status: StatusCode, w: Written, location: bool) -> Response 
         (status = 400, description = "Bad handle (or not under this node's domains), password or body", body = ApiError),
         (status = 409, description = "Handle or email taken", body = ApiError),
         (status = 413, description = "Body too large", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn create_account(State(api): State<Arc<Api>>, Body_(b): Body_<NewAccount>) -> ApiResult<Response> {
     length("password", &b.password, 8, 256)?;
@@ -508,7 +507,6 @@ async fn create_account(State(api): State<Arc<Api>>, Body_(b): Body_<NewAccount>
         (status = 400, description = "Bad body; account taken down", body = ApiError),
         (status = 401, description = "Wrong identifier or password", body = ApiError),
         (status = 413, description = "Body too large", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn create_session(State(api): State<Arc<Api>>, Body_(b): Body_<Login>) -> ApiResult<Response> {
     length("identifier", &b.identifier, 1, 2048)?;
@@ -523,7 +521,6 @@ async fn create_session(State(api): State<Arc<Api>>, Body_(b): Body_<Login>) -> 
     responses(
         (status = 200, description = "New tokens; the old refresh token stops working after a grace period", body = Session),
         (status = 401, description = "No, bad, expired or revoked refresh token", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn refresh_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Json<Session>> {
     let Json(v) = server::refresh_session(State(api.st.clone()), headers).await.map_err(rest)?;
@@ -535,7 +532,6 @@ async fn refresh_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> Api
     responses(
         (status = 200, description = "The account", body = Me),
         (status = 401, description = "No, bad or expired access token", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn get_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Json<Me>> {
     let Json(v) = server::get_session(State(api.st.clone()), headers).await.map_err(rest)?;
@@ -553,7 +549,6 @@ async fn get_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResu
     responses(
         (status = 204, description = "Signed out"),
         (status = 401, description = "No, bad or expired refresh token", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn delete_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<StatusCode> {
     server::delete_session(State(api.st.clone()), headers).await.map_err(rest)?;
@@ -571,7 +566,6 @@ async fn delete_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiR
         (status = 304, description = "Unchanged since the `If-None-Match` tag"),
         (status = 400, description = "Not a DID or handle", body = ApiError),
         (status = 404, description = "No such repository here", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn get_repo(State(api): State<Arc<Api>>, Path(p): Path<RepoPath>, headers: HeaderMap) -> ApiResult<Response> {
     addressed(&p.repo, None, None)?;
@@ -602,7 +596,6 @@ async fn get_repo(State(api): State<Arc<Api>>, Path(p): Path<RepoPath>, headers:
         (status = 200, description = "A page", body = RecordPage),
         (status = 400, description = "Bad repository, collection, limit or cursor", body = ApiError),
         (status = 404, description = "No such repository here", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn list_records(
     State(api): State<Arc<Api>>,
@@ -640,7 +633,6 @@ async fn list_records(
         (status = 403, description = "Not the token's repository", body = ApiError),
         (status = 404, description = "No such repository here", body = ApiError),
         (status = 413, description = "Body too large", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn create_record(
     State(api): State<Arc<Api>>,
@@ -671,7 +663,6 @@ async fn create_record(
         (status = 304, description = "Unchanged since the `If-None-Match` tag"),
         (status = 400, description = "Bad repository, collection or key", body = ApiError),
         (status = 404, description = "No such record", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn get_record(State(api): State<Arc<Api>>, Path(p): Path<RecordPath>, headers: HeaderMap) -> ApiResult<Response> {
     addressed(&p.repo, Some(&p.collection), Some(&p.rkey))?;
@@ -698,7 +689,6 @@ async fn get_record(State(api): State<Arc<Api>>, Path(p): Path<RecordPath>, head
         (status = 404, description = "No such repository here", body = ApiError),
         (status = 412, description = "The record is not the version named", body = ApiError),
         (status = 413, description = "Body too large", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn put_record(
     State(api): State<Arc<Api>>,
@@ -737,7 +727,6 @@ async fn put_record(
         (status = 403, description = "Not the token's repository", body = ApiError),
         (status = 404, description = "No such repository here", body = ApiError),
         (status = 412, description = "The record is not the version named", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn delete_record(
     State(api): State<Arc<Api>>,
@@ -761,7 +750,6 @@ async fn delete_record(
     responses(
         (status = 200, description = "Matches", body = RecordPage),
         (status = 400, description = "Bad parameters", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn search(State(api): State<Arc<Api>>, XQuery(q): XQuery<SearchParams>) -> ApiResult<Json<RecordPage>> {
     if q.q.is_empty() || q.q.chars().count() > 1000 {
@@ -788,7 +776,6 @@ async fn search(State(api): State<Arc<Api>>, XQuery(q): XQuery<SearchParams>) ->
         (status = 400, description = "Empty body; MIME type not accepted", body = ApiError),
         (status = 401, description = "No, bad or expired access token", body = ApiError),
         (status = 413, description = "Larger than the node accepts", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn upload_blob(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     if headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
@@ -818,7 +805,6 @@ async fn upload_blob(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body
         (status = 400, description = "Bad repository or CID", body = ApiError),
         (status = 404, description = "No such blob", body = ApiError),
         (status = 416, description = "The range is outside the blob", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn get_blob(State(api): State<Arc<Api>>, Path(p): Path<BlobPath>, headers: HeaderMap) -> ApiResult<Response> {
     use std::io::{Read, Seek, SeekFrom};
@@ -936,7 +922,6 @@ fn byte_range(header: &str, size: u64) -> Range {
 #[utoipa::path(get, path = "/api/v1/node", tag = "node",
     responses(
         (status = 200, description = "Status", body = NodeStatus),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn node_status(State(api): State<Arc<Api>>) -> ApiResult<Json<NodeStatus>> {
     let st = api.st.clone();
@@ -968,7 +953,6 @@ async fn node_status(State(api): State<Arc<Api>>) -> ApiResult<Json<NodeStatus>>
     responses(
         (status = 200, description = "Peers", body = Peers),
         (status = 401, description = "No, bad or expired access token", body = ApiError),
-        (status = 429, description = "Rate limited", body = ApiError),
     ))]
 async fn peers(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Json<Peers>> {
     api.st.access(&headers).map_err(rest)?;
@@ -1116,11 +1100,21 @@ const PATTERNS: &[(&str, &str, Option<u64>)] = &[
     ("cid", r"^b[a-z2-7]{8,}$", Some(256)),
 ];
 
-/// Adds [`PATTERNS`] to the document's parameters, and to `NewAccount.handle` the node's
-/// handle domains (so generated clients and fuzzers know which handles this node takes).
+/// Adds [`PATTERNS`] to the document's parameters, the rate limits' 429 to every operation,
+/// and to `NewAccount.handle` the node's handle domains (so generated clients and fuzzers know
+/// which handles this node takes).
 fn constrain(doc: &mut Value, domains: &[String]) {
+    // Every route is behind the rate limits.
+    let limited = serde_json::json!({
+        "description": "Rate limited: retry after the seconds `Retry-After` gives",
+        "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 1}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}},
+    });
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         for op in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|m| m.values_mut()) {
+            if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                responses.insert("429".into(), limited.clone());
+            }
             for param in op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
                 let name = param.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
                 if let Some((_, pattern, max)) = PATTERNS.iter().find(|(n, _, _)| *n == name)
