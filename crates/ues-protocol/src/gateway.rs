@@ -1,4 +1,4 @@
-//! The WebSocket event server for mobile and web apps (`/ws`, issue 8, started): JSON text
+//! The WebSocket event server for mobile and web apps (`/ws`): JSON text (or DAG-CBOR binary)
 //! frames, many subscriptions over one socket, resumable by sequence number.
 //!
 //! Protocol (every message a JSON object with a `type`):
