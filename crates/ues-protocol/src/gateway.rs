@@ -150,9 +150,10 @@ struct Gateway {
     started: Instant,
     /// (when, events sent) a second ago and now: events per second for `/stats`.
     rate: parking_lot::Mutex<(Instant, u64, f64)>,
-    /// Ticks every [`BATCH_INTERVAL`]: sockets whose subscriptions all batch deliver on it,
-    /// so they wake together and cover the same events (one timer for all of them).
-    tick: tokio::sync::watch::Sender<u64>,
+    /// Ticks (at most every [`BATCH_INTERVAL`], when events arrived): sockets whose
+    /// subscriptions all batch deliver on it, so they wake together and cover the same events
+    /// (one timer for all of them).
+    tick: tokio::sync::watch::Sender<i64>,
     /// `events` messages built lately, shared by sockets whose batch covers the same events
     /// for the same subscription (the newest [`SHARED_BATCHES`]).
     batches: parking_lot::Mutex<std::collections::VecDeque<(BatchKey, Utf8Bytes)>>,
@@ -230,7 +231,7 @@ pub fn router_with(st: Arc<XrpcState>, cfg: WsConfig, registry: Registry) -> Rou
     Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g).merge(routes)
 }
 
-/// Advances the gateway's batch tick every [`BATCH_INTERVAL`] while the gateway lives.
+/// Every [`BATCH_INTERVAL`] while the gateway lives, ticks for batch sockets if events arrived.
 fn spawn_ticker(g: &Arc<Gateway>) {
     let weak = Arc::downgrade(g);
     tokio::spawn(async move {
@@ -239,10 +240,14 @@ fn spawn_ticker(g: &Arc<Gateway>) {
         loop {
             every.tick().await;
             let Some(g) = weak.upgrade() else { break };
-            // Only sockets waiting for a tick are woken.
-            if g.tick.receiver_count() > 0 {
-                g.tick.send_modify(|t| *t = t.wrapping_add(1));
-            }
+            // A tick only when events arrived since the last one (its value: the latest
+            // sequence number), so idle batch sockets sleep.
+            let latest = *g.st.firehose.latest();
+            g.tick.send_if_modified(|t| {
+                let changed = *t != latest;
+                *t = latest;
+                changed
+            });
         }
     });
 }
@@ -1198,6 +1203,8 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
     let mut tick_rx = g.tick.subscribe();
     let mut window = (Instant::now(), 0u32);
     loop {
+        let batch_only =
+            !conn.subs.is_empty() && conn.subs.values().all(|s| matches!(s, Sub::Repo { batch: true, .. }));
         let flow = tokio::select! {
             m = stream.next() => match m {
                 Some(Ok(m)) => {
@@ -1243,23 +1250,26 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
                 }
                 None => Flow::Stop,
             },
-            changed = latest_rx.changed() => match changed {
+            changed = latest_rx.changed(), if !batch_only => match changed {
                 Ok(()) => {
                     if conn.subs.is_empty() {
                         conn.seen = *latest_rx.borrow_and_update();
                         Flow::Go
                     } else {
-                        // Batch subscriptions trade a little latency for far fewer wake-ups
-                        // and frames: at most one delivery per BATCH_INTERVAL.
-                        if conn.subs.values().all(|s| matches!(s, Sub::Repo { batch: true, .. })) {
-                            // On the gateway's tick (at once if one passed since the last
-                            // delivery), so batch sockets wake together over the same events.
-                            let _ = tick_rx.changed().await;
-                            tick_rx.borrow_and_update();
-                        }
                         let latest = *latest_rx.borrow_and_update();
                         conn.deliver(latest).await
                     }
+                }
+                Err(_) => Flow::Stop,
+            },
+            // Batch subscriptions trade a little latency for far fewer wake-ups and frames:
+            // such sockets wake only on the gateway's tick (every BATCH_INTERVAL when events
+            // arrived), together, over the same events.
+            ticked = tick_rx.changed(), if batch_only => match ticked {
+                Ok(()) => {
+                    tick_rx.borrow_and_update();
+                    let latest = *latest_rx.borrow_and_update();
+                    conn.deliver(latest).await
                 }
                 Err(_) => Flow::Stop,
             },
