@@ -153,6 +153,12 @@ struct Pending {
 
 type Reply = std::sync::mpsc::Sender<Result<CommitResult, AccountError>>;
 
+/// Groups one committer commits at most per turn.
+const MAX_ROUNDS: usize = 64;
+
+/// How long a write waits at most for its group to be committed.
+const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Most writes one merged commit carries.
 const MAX_MERGED_WRITES: usize = 1_000;
 
@@ -855,24 +861,51 @@ impl<B: Blockstore> Accounts<B> {
         let replies = vec![(reply, 0..writes.len())];
         queue.lock().push_back(Pending { writes: writes.to_vec(), swap_commit, check_blobs, replies });
         let lock = self.lock(did.as_str());
-        let _guard = lock.lock();
-        for _ in 0..1_000_000 {
-            if let Ok(done) = answer.try_recv() {
-                return done;
+        // Either this request becomes the one that commits (the lock is free), or it waits for
+        // its answer on its channel while another writer's group carries it: answers reach all
+        // of a group's writers at once, instead of each waking in turn to take the lock.
+        let deadline = std::time::Instant::now() + WRITE_WAIT;
+        loop {
+            if let Some(_guard) = lock.try_lock() {
+                let mut mine = answer.try_recv().ok();
+                let mut after_mine = 0;
+                // Everything queued, ours included (unless an earlier committer took it); once
+                // ours is answered, one more group at most, so this writer is not kept long.
+                for _ in 0..MAX_ROUNDS {
+                    if mine.is_some() {
+                        if after_mine == 1 {
+                            break;
+                        }
+                        after_mine += 1;
+                    }
+                    let batch: Vec<Pending> = {
+                        let mut q = queue.lock();
+                        let n = q.len().min(MAX_GROUP);
+                        q.drain(..n).collect()
+                    };
+                    if batch.is_empty() {
+                        break;
+                    }
+                    self.commit_group(did, batch);
+                    if mine.is_none() {
+                        mine = answer.try_recv().ok();
+                    }
+                }
+                if let Some(done) = mine {
+                    return done;
+                }
             }
-            let batch: Vec<Pending> = {
-                let mut q = queue.lock();
-                let n = q.len().min(MAX_GROUP);
-                q.drain(..n).collect()
-            };
-            if batch.is_empty() {
-                break;
+            match answer.recv_timeout(std::time::Duration::from_micros(200)) {
+                Ok(done) => return done,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(AccountError::CommitFailed("the queued write was not committed in time".into()));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(AccountError::CommitFailed("the queued write was not committed".into()));
+                }
             }
-            self.commit_group(did, batch);
         }
-        answer
-            .try_recv()
-            .unwrap_or_else(|_| Err(AccountError::CommitFailed("the queued write was not committed".into())))
     }
 
     fn queue(&self, did: &str) -> Arc<Mutex<std::collections::VecDeque<Pending>>> {
