@@ -8,32 +8,15 @@ mod shared;
 #[path = "support/node.rs"]
 mod support;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::agent;
 
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A node with `config` as its node.toml.
-fn start(dir: &std::path::Path, config: &str) -> Node {
-    let port = support::free_port();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("node.toml"), config).unwrap();
-    let child = support::spawn(dir, port, "/ip4/127.0.0.1/tcp/0", &dir.join("node.log"));
-    support::wait_healthy(port);
-    Node { child, base: format!("http://127.0.0.1:{port}") }
+fn start(dir: &std::path::Path, config: &str) -> support::Running {
+    support::start_with(dir, config)
 }
 
 /// An answer: status, headers we look at, body (JSON when it parses, else Null), raw bytes.

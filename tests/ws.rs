@@ -6,7 +6,6 @@
 #[path = "support/node.rs"]
 mod support;
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -20,30 +19,17 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 const COLLECTION: &str = "app.bsky.feed.post";
 
 struct Node {
-    child: Child,
+    /// Kept for its lifetime: the node stops when this is dropped.
+    _node: support::Running,
     base: String,
     ws: String,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(dir: &std::path::Path) -> Node {
-    let port = support::free_port();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("node.toml"),
-        "[ws]\nmax_clients = 4\nmax_message_kib = 1\nqueue = 64\nmax_messages_per_sec = 20\n",
-    )
-    .unwrap();
-    let child = support::spawn(dir, port, "/ip4/127.0.0.1/tcp/0", &dir.join("node.log"));
-    support::wait_healthy(port);
-    let base = format!("http://127.0.0.1:{port}");
-    Node { child, base, ws: format!("ws://127.0.0.1:{port}/ws") }
+    let node =
+        support::start_with(dir, "[ws]\nmax_clients = 4\nmax_message_kib = 1\nqueue = 64\nmax_messages_per_sec = 20\n");
+    let (base, ws) = (node.base.clone(), format!("ws://127.0.0.1:{}/ws", node.port));
+    Node { _node: node, base, ws }
 }
 
 fn post(base: &str, method: &str, token: Option<&str>, body: Value) -> Value {
@@ -350,14 +336,7 @@ async fn batch_subscriptions_carry_several_events_per_message() {
     }
     let (events, most) = batched(&mut ws, 8).await;
     let texts: Vec<&str> = events.iter().map(|e| e["record"]["text"].as_str().unwrap()).collect();
-    assert_eq!(
-        texts,
-        ["a0", "a1", "a2", "a3", "a4", "c0", "c1", "c2"]
-            .map(String::from)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(texts, ["a0", "a1", "a2", "a3", "a4", "c0", "c1", "c2"]);
     assert!(most >= 5, "the five events of one commit came in one message (at most {most} did)");
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "in order: {seqs:?}");

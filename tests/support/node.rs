@@ -46,6 +46,32 @@ pub fn wait_healthy(http: u16) {
     }
 }
 
+/// A `ues run` on 127.0.0.1 that is killed when dropped.
+pub struct Running {
+    pub child: Child,
+    pub port: u16,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `ues run` on `dir` with `config` as its node.toml (libp2p on a free loopback port)
+/// and waits until it answers.
+pub fn start_with(dir: &Path, config: &str) -> Running {
+    let port = free_port();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("node.toml"), config).unwrap();
+    let child = spawn(dir, port, "/ip4/127.0.0.1/tcp/0", &dir.join("node.log"));
+    wait_healthy(port);
+    Running { child, port, base: format!("http://127.0.0.1:{port}") }
+}
+
 /// `ues peer id` of a data directory.
 pub fn peer_id(data_dir: &Path) -> String {
     let out =

@@ -702,8 +702,7 @@ impl Conn {
         }
     }
 
-    /// Whether an event is a commit this session wrote (`X-Ues-Ws-Session`).
-    /// Per operation of the event: whether this socket's session wrote it.
+    /// Per operation of the event: whether this socket's session wrote it (`X-Ues-Ws-Session`).
     fn own(&self, p: &Parsed) -> Vec<bool> {
         match p.commit {
             Some(c) if self.g.st.wrote(self.session) => {
@@ -1050,8 +1049,8 @@ fn parse(seq: i64, frame: &[u8]) -> Option<Parsed> {
     Some(Parsed { kind, did, commit, ops, body: body_json })
 }
 
-/// The messages one sequenced event gives a subscription (`own`: the event is a commit this
-/// socket's session wrote).
+/// The messages one sequenced event gives a subscription (`own`: per operation, whether this
+/// socket's session wrote it).
 fn messages(seq: i64, p: &Parsed, id: &str, sub: &Sub, own: &[bool]) -> Vec<Message> {
     match sub {
         Sub::Account { did } => {

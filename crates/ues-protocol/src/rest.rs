@@ -344,19 +344,14 @@ impl<T: serde::de::DeserializeOwned> FromRequest<Arc<Api>> for Body_<T> {
 // Errors and headers
 
 /// XRPC's errors as REST statuses: not-found names are 404, an expired token 401, a failed
-/// swap 412.
+/// swap 412, conflicts 409.
 fn rest(e: XrpcError) -> XrpcError {
     let status = match e.error.as_str() {
+        _ if e.conflict => StatusCode::CONFLICT,
         "RecordNotFound" | "RepoNotFound" | "BlobNotFound" => StatusCode::NOT_FOUND,
+        "RepoTakendown" | "RepoSuspended" | "RepoDeactivated" => StatusCode::NOT_FOUND,
         "ExpiredToken" | "InvalidToken" => StatusCode::UNAUTHORIZED,
         "InvalidSwap" => StatusCode::PRECONDITION_FAILED,
-        "HandleNotAvailable" => StatusCode::CONFLICT,
-        "InvalidRequest"
-            if e.message.starts_with("Email already taken") || e.message.starts_with("Record already exists") =>
-        {
-            StatusCode::CONFLICT
-        }
-        "RepoTakendown" | "RepoSuspended" | "RepoDeactivated" => StatusCode::NOT_FOUND,
         _ => e.status,
     };
     XrpcError { status, ..e }
@@ -984,6 +979,17 @@ fn wait<K: std::hash::Hash + Eq + Clone>(lim: &DefaultKeyedRateLimiter<K>, key: 
 /// Middleware: per-IP, then per-token limits; over either → 429 with `Retry-After`.
 async fn limit(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
     let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.0.ip());
+    // Between the minute's clean-ups, a flood of new keys is cut back at once.
+    if let Some(l) = &api.by_ip
+        && l.len() > MAX_KEYS
+    {
+        l.retain_recent();
+    }
+    if let Some(l) = &api.by_token
+        && l.len() > MAX_KEYS
+    {
+        l.retain_recent();
+    }
     let mut over = api.by_ip.as_ref().and_then(|l| wait(l, &ip));
     if over.is_none()
         && let Some(lim) = &api.by_token
@@ -1037,21 +1043,6 @@ fn spawn_limiter_gc(api: &Arc<Api>) {
             }
         }
     });
-}
-
-/// Between the minute's clean-ups, a flood of new keys is cut back at once.
-async fn bound_keys(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
-    if let Some(l) = &api.by_ip
-        && l.len() > MAX_KEYS
-    {
-        l.retain_recent();
-    }
-    if let Some(l) = &api.by_token
-        && l.len() > MAX_KEYS
-    {
-        l.retain_recent();
-    }
-    next.run(req).await
 }
 
 struct BearerAuth;
@@ -1201,7 +1192,6 @@ pub fn router(st: Arc<XrpcState>, cfg: ApiConfig) -> Router {
             }),
         )
         .layer(axum::middleware::from_fn_with_state(api.clone(), limit))
-        .layer(axum::middleware::from_fn_with_state(api.clone(), bound_keys))
         .with_state(api);
     api_routes
         .layer(axum::middleware::from_fn_with_state(st, crate::xrpc::metrics::track))

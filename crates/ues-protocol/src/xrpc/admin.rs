@@ -204,7 +204,7 @@ pub(crate) async fn update_account_email(
             })
             .map_err(XrpcError::internal)?;
         if n == 0 {
-            return Err(XrpcError::invalid("Email already taken"));
+            return Err(XrpcError::conflict("InvalidRequest", "Email already taken"));
         }
         Ok(StatusCode::OK)
     })

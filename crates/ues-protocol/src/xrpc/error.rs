@@ -16,12 +16,20 @@ pub struct XrpcError {
     pub error: String,
     /// Human-readable detail (never internals).
     pub message: String,
+    /// The request conflicts with what exists (a taken handle or email, a record that exists).
+    /// XRPC answers it as its status and name say (the reference PDS's 400s); REST as 409.
+    pub conflict: bool,
 }
 
 impl XrpcError {
     /// An error with an explicit status and name.
     pub fn new(status: StatusCode, error: &str, message: impl Into<String>) -> Self {
-        Self { status, error: error.to_string(), message: message.into() }
+        Self { status, error: error.to_string(), message: message.into(), conflict: false }
+    }
+
+    /// A conflict with what exists: 400 with a specific name over XRPC, 409 over REST.
+    pub fn conflict(error: &str, message: impl Into<String>) -> Self {
+        Self { conflict: true, ..Self::bad(error, message) }
     }
 
     /// 400 InvalidRequest.
@@ -59,7 +67,7 @@ impl From<RepoError> for XrpcError {
     fn from(e: RepoError) -> Self {
         match e {
             RepoError::InvalidSwap(m) => XrpcError::bad("InvalidSwap", m),
-            RepoError::RecordExists(p) => XrpcError::invalid(format!("Record already exists: {p}")),
+            RepoError::RecordExists(p) => XrpcError::conflict("InvalidRequest", format!("Record already exists: {p}")),
             RepoError::RecordNotFound(p) => XrpcError::bad("RecordNotFound", format!("Could not locate record: {p}")),
             RepoError::InvalidRecord { path, reason } => XrpcError::invalid(format!("Invalid record {path}: {reason}")),
             other => XrpcError::internal(other),
@@ -71,7 +79,7 @@ impl From<AccountError> for XrpcError {
     fn from(e: AccountError) -> Self {
         match e {
             AccountError::NotFound(d) => XrpcError::bad("RepoNotFound", format!("Could not find repo: {d}")),
-            AccountError::Taken(m) => XrpcError::bad("HandleNotAvailable", format!("Handle already taken: {m}")),
+            AccountError::Taken(m) => XrpcError::conflict("HandleNotAvailable", format!("Handle already taken: {m}")),
             AccountError::BlobNotFound(c) => XrpcError::bad("BlobNotFound", format!("Could not find blob: {c}")),
             AccountError::Repo(r) => (*r).into(),
             other => XrpcError::internal(other),

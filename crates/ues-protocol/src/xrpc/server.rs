@@ -144,7 +144,7 @@ pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body)
         ));
     }
     if st.accounts.by_handle(&handle)?.is_some() {
-        return Err(XrpcError::bad("HandleNotAvailable", "Handle already taken"));
+        return Err(XrpcError::conflict("HandleNotAvailable", "Handle already taken"));
     }
     if let Some(email) = &body.email {
         // Checked before the account exists, so a taken email leaves nothing half made.
@@ -154,7 +154,7 @@ pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body)
             .read(|c| c.query_row("SELECT EXISTS(SELECT 1 FROM credential WHERE email = ?1)", [email], |r| r.get(0)))
             .map_err(XrpcError::internal)?;
         if taken {
-            return Err(XrpcError::invalid("Email already taken"));
+            return Err(XrpcError::conflict("InvalidRequest", "Email already taken"));
         }
     }
     if let Some(p) = &body.password
@@ -438,7 +438,7 @@ pub(crate) fn change_handle(st: &XrpcState, did: &Did, handle: &Handle) -> Resul
     }
     st.accounts.update_handle(did, handle).map_err(|e| match e {
         ues_sync::repo::accounts::AccountError::Taken(_) => {
-            XrpcError::bad("HandleNotAvailable", "Handle already taken")
+            XrpcError::conflict("HandleNotAvailable", "Handle already taken")
         }
         e => e.into(),
     })?;
