@@ -19,6 +19,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
 
+/// mimalloc instead of glibc malloc: small, short-lived allocations (CBOR, JSON, MST nodes,
+/// frames) are most of the node's allocations; measured in docs/benchmarks.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Universal Entity Streams: a personal data server, a P2P node and an application host.
 #[derive(Debug, Parser)]
 #[command(name = "ues", version, about, long_about = None)]

@@ -159,6 +159,21 @@ const MAX_ROUNDS: usize = 64;
 /// How long a write waits at most for its group to be committed.
 const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+thread_local! {
+    /// How many further groups a committer on this thread takes once its own write is answered.
+    static CARRY: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
+}
+
+/// Runs `f` with this thread's writes committing no other writer's group after their own: for
+/// a write run on a latency-sensitive thread (an async worker), which should return as soon as
+/// its own commit is stored.
+pub fn committing_own_only<T>(f: impl FnOnce() -> T) -> T {
+    let before = CARRY.replace(0);
+    let out = f();
+    CARRY.set(before);
+    out
+}
+
 /// Most writes one merged commit carries.
 const MAX_MERGED_WRITES: usize = 1_000;
 
@@ -873,7 +888,7 @@ impl<B: Blockstore> Accounts<B> {
                 // ours is answered, one more group at most, so this writer is not kept long.
                 for _ in 0..MAX_ROUNDS {
                     if mine.is_some() {
-                        if after_mine == 1 {
+                        if after_mine == CARRY.get() {
                             break;
                         }
                         after_mine += 1;

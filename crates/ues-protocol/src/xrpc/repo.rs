@@ -14,7 +14,7 @@ use ues_sync::repo::repo::{CommitResult, Write};
 use ues_sync::repo::syntax::{AtIdentifier, Nsid, RecordKey};
 
 use super::extract::{XJson, XQuery};
-use super::{XrpcError, XrpcState, blocking};
+use super::{XrpcError, XrpcState, blocking, write_blocking};
 
 type Res = Result<Json<Value>, XrpcError>;
 
@@ -136,7 +136,7 @@ pub(crate) async fn create_record(
     headers: HeaderMap,
     XJson(b): XJson<CreateRecord>,
 ) -> Res {
-    blocking(move || {
+    write_blocking(st.writes_in_flight.clone(), move || {
         let account = writable(&st, &headers, &b.repo)?;
         let collection = nsid(&b.collection)?;
         let rkey = rkey_or_new(&st, b.rkey.as_deref())?;
@@ -166,7 +166,7 @@ pub(crate) async fn put_record(
     headers: HeaderMap,
     XJson(b): XJson<PutRecord>,
 ) -> Res {
-    blocking(move || {
+    write_blocking(st.writes_in_flight.clone(), move || {
         let account = writable(&st, &headers, &b.repo)?;
         let collection = nsid(&b.collection)?;
         let rkey = rkey(&b.rkey)?;
@@ -201,7 +201,7 @@ pub(crate) async fn delete_record(
     headers: HeaderMap,
     XJson(b): XJson<DeleteRecord>,
 ) -> Res {
-    blocking(move || {
+    write_blocking(st.writes_in_flight.clone(), move || {
         let account = writable(&st, &headers, &b.repo)?;
         let write =
             Write::Delete { collection: nsid(&b.collection)?, rkey: rkey(&b.rkey)?, swap: cid_param(&b.swap_record)? };
@@ -339,7 +339,7 @@ pub(crate) async fn apply_writes(
     headers: HeaderMap,
     XJson(b): XJson<ApplyWrites>,
 ) -> Res {
-    blocking(move || {
+    write_blocking(st.writes_in_flight.clone(), move || {
         let account = writable(&st, &headers, &b.repo)?;
         if b.writes.len() > MAX_WRITES {
             return Err(XrpcError::invalid(format!("Too many writes. Max: {MAX_WRITES}")));
