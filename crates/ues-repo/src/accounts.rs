@@ -159,6 +159,9 @@ const MAX_ROUNDS: usize = 64;
 /// How long a write waits at most for its group to be committed.
 const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// How long a committer waits at most for writes on their way to join its group.
+const GROUP_WAIT: std::time::Duration = std::time::Duration::from_micros(150);
+
 thread_local! {
     /// How many further groups a committer on this thread takes once its own write is answered.
     static CARRY: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
@@ -439,6 +442,9 @@ pub struct Accounts<B> {
     indexes: BTreeMap<String, Vec<IndexSpec>>,
     /// Block ownership: `o/<did>/<cid bytes>` -> revision, for every block of every repository.
     owners: Arc<dyn Kv>,
+    /// Writes on their way (counted by the caller from the request's arrival): a committer
+    /// waits briefly for them to join its group (see [`Accounts::expect_writers_from`]).
+    on_the_way: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// Key of a block's ownership entry.
@@ -538,6 +544,7 @@ impl<B: Blockstore> Accounts<B> {
             keys: Mutex::new(HashMap::new()),
             hook: None,
             indexes: BTreeMap::new(),
+            on_the_way: None,
         })
     }
 
@@ -638,6 +645,26 @@ impl<B: Blockstore> Accounts<B> {
             })?;
         }
         Ok(rows.len())
+    }
+
+    /// Lets commits see how many writes are on their way: `count` is raised when a write
+    /// request arrives (before it is parsed and validated) and lowered when it is queued here
+    /// (or refused before). A committer waits up to [`GROUP_WAIT`] for those writes to join its
+    /// group: under concurrent writes, requests arrive in waves (their
+    /// clients were all answered by one commit), and without the wait the first of a wave
+    /// commits alone and the rest make a second commit (measured with 8 writers: 2.6 writes per
+    /// commit, where one commit per wave is the aim).
+    pub fn expect_writers_from(&mut self, count: Arc<std::sync::atomic::AtomicUsize>) {
+        self.on_the_way = Some(count);
+    }
+
+    /// Until no write is on its way or [`GROUP_WAIT`] has passed.
+    fn gather(&self) {
+        let Some(count) = &self.on_the_way else { return };
+        let started = std::time::Instant::now();
+        while count.load(std::sync::atomic::Ordering::Acquire) > 0 && started.elapsed() < GROUP_WAIT {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
     }
 
     /// Installs the hook run inside every commit's transaction.
@@ -886,6 +913,9 @@ impl<B: Blockstore> Accounts<B> {
                 let mut after_mine = 0;
                 // Everything queued, ours included (unless an earlier committer took it); once
                 // ours is answered, one more group at most, so this writer is not kept long.
+                if mine.is_none() && CARRY.get() > 0 {
+                    self.gather();
+                }
                 for _ in 0..MAX_ROUNDS {
                     if mine.is_some() {
                         if after_mine == CARRY.get() {

@@ -102,7 +102,15 @@ pub struct XrpcState {
 }
 
 /// Record writes in progress, and for how many more writes none may run inline.
-pub(crate) type WritesInFlight = Arc<(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize)>;
+#[derive(Clone, Default)]
+pub(crate) struct WritesInFlight {
+    /// Record write requests being served.
+    writes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Those not yet at their commit.
+    arriving: Arc<std::sync::atomic::AtomicUsize>,
+    /// Writes still to go before one may run inline again.
+    no_inline: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 /// Writes that must find themselves alone before one runs inline again after an overlap.
 const INLINE_AFTER: usize = 64;
@@ -152,6 +160,8 @@ impl XrpcState {
         for collection in accounts.set_indexes(lexicons.indexes().clone())? {
             tracing::info!(collection, "declared indexes changed: rebuilt from stored records");
         }
+        let writes_in_flight = WritesInFlight::default();
+        accounts.expect_writers_from(writes_in_flight.arriving.clone());
         let firehose = firehose::Firehose::new(accounts.db().clone(), pending);
         let limits = BlobLimits { max_size: cfg.max_blob_bytes, ..BlobLimits::default() };
         let blobs = BlobStore::new(accounts.blocks().clone(), kv.clone(), accounts.db().clone(), limits);
@@ -174,7 +184,7 @@ impl XrpcState {
             peer_id: std::sync::OnceLock::new(),
             origins: parking_lot::RwLock::new(Default::default()),
             writing_sessions: parking_lot::RwLock::new(Default::default()),
-            writes_in_flight: Default::default(),
+            writes_in_flight,
         })
     }
 
@@ -226,6 +236,8 @@ impl XrpcState {
         writes: &[ues_sync::repo::repo::Write],
         swap: Option<cid::Cid>,
     ) -> Result<ues_sync::repo::repo::CommitResult, ues_sync::repo::accounts::AccountError> {
+        // No longer arriving: a committer need not wait for this write.
+        ARRIVING.with_borrow_mut(Option::take);
         let res = match self.replication.get() {
             Some(r) => r.local_commit(&self.accounts, did, writes, swap),
             None => self.accounts.apply_writes(did, writes, swap),
@@ -289,36 +301,52 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// so do the next [`INLINE_AFTER`] writes: a worker busy committing delays the tasks queued on
 /// it, which under concurrency cost more than the hand-offs save. At most one async worker at a
 /// time does store work, for its own write only (see `committing_own_only`).
+///
+/// Until it reaches [`XrpcState::commit`] (or ends without), the write counts as arriving,
+/// which a committer waits for briefly so it joins its group (`Accounts::expect_writers_from`).
 pub(crate) async fn write_blocking<T: Send + 'static>(
     in_flight: WritesInFlight,
     f: impl FnOnce() -> Result<T, XrpcError> + Send + 'static,
 ) -> Result<T, XrpcError> {
     use std::sync::atomic::Ordering;
-    struct InFlight(WritesInFlight);
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            self.0.0.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-    let alone = in_flight.0.fetch_add(1, Ordering::AcqRel) == 0;
+    let alone = in_flight.writes.fetch_add(1, Ordering::AcqRel) == 0;
+    in_flight.arriving.fetch_add(1, Ordering::AcqRel);
     // Overlapping writes turn inline runs off for the next INLINE_AFTER writes: a worker busy
     // committing delays the tasks queued on it, and concurrent writes group better in the pool.
     let overlapped = if alone {
-        in_flight.1.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
+        in_flight.no_inline.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
     } else {
-        in_flight.1.store(INLINE_AFTER, Ordering::Release);
+        in_flight.no_inline.store(INLINE_AFTER, Ordering::Release);
         true
     };
-    let guard = InFlight(in_flight);
+    // Both counts drop when the work ends (the arriving one earlier, at the commit), even if
+    // the request is abandoned before.
+    let guards = (Counted(in_flight.writes), Counted(in_flight.arriving));
+    let run = move || {
+        let (_writing, arriving) = guards;
+        ARRIVING.with_borrow_mut(|a| *a = Some(arriving));
+        let out = f();
+        ARRIVING.with_borrow_mut(Option::take);
+        out
+    };
     if !overlapped {
-        return ues_sync::repo::accounts::committing_own_only(f);
+        return ues_sync::repo::accounts::committing_own_only(run);
     }
-    // The count drops when the work ends, even if the request is abandoned before.
-    blocking(move || {
-        let _guard = guard;
-        f()
-    })
-    .await
+    blocking(run).await
+}
+
+/// One unit of a count, given back when dropped.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+thread_local! {
+    /// The arriving count of the write this thread runs (see [`write_blocking`]).
+    static ARRIVING: std::cell::RefCell<Option<Counted>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The current time as AT Protocol datetimes are written (`2026-11-24T12:00:00.000Z`).
