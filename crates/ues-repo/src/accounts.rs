@@ -445,7 +445,14 @@ pub struct Accounts<B> {
     /// Writes on their way (counted by the caller from the request's arrival): a committer
     /// waits briefly for them to join its group (see [`Accounts::expect_writers_from`]).
     on_the_way: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// Accounts by DID as last read or committed (every request and every commit looks its
+    /// account up), and a generation every change of an account row bumps, so that a read
+    /// that raced a change does not cache what it read. Bounded: cleared past [`MAX_CACHED`].
+    cached: Mutex<(u64, HashMap<String, Account>)>,
 }
+
+/// Accounts kept in [`Accounts`]' cache at most.
+const MAX_CACHED: usize = 10_000;
 
 /// Key of a block's ownership entry.
 fn owner_key(did: &str, cid: &Cid) -> Vec<u8> {
@@ -545,6 +552,7 @@ impl<B: Blockstore> Accounts<B> {
             hook: None,
             indexes: BTreeMap::new(),
             on_the_way: None,
+            cached: Mutex::new((0, HashMap::new())),
         })
     }
 
@@ -746,6 +754,7 @@ impl<B: Blockstore> Accounts<B> {
     /// Changes an account's handle (refused if another account holds it).
     pub fn update_handle(&self, did: &Did, handle: &Handle) -> Result<(), AccountError> {
         let handle = handle.normalized();
+        let _forget = self.forget_after(did);
         self.db.write(|tx| {
             let n = tx
                 .execute("UPDATE account SET handle = ?1 WHERE did = ?2", params![handle.as_str(), did.as_str()])
@@ -773,6 +782,7 @@ impl<B: Blockstore> Accounts<B> {
     pub fn delete(&self, did: &Did) -> Result<(), AccountError> {
         let lock = self.lock(did.as_str());
         let _guard = lock.lock();
+        let forget = self.forget_after(did);
         self.db.write(|tx| {
             let d = did.as_str();
             if tx.execute("DELETE FROM account WHERE did = ?1", [d])? == 0 {
@@ -785,6 +795,7 @@ impl<B: Blockstore> Accounts<B> {
             }
             Ok(())
         })?;
+        drop(forget);
         // Its blocks no longer belong to any repository served here (bounded passes).
         let prefix = format!("o/{did}/").into_bytes();
         for _ in 0..100_000 {
@@ -801,6 +812,7 @@ impl<B: Blockstore> Accounts<B> {
     /// Sets an account's hosting status (`active`, `deactivated`, `takendown`, `suspended`),
     /// telling the commit hook (`#account`) in the same transaction.
     pub fn set_status(&self, did: &Did, status: &str) -> Result<(), AccountError> {
+        let _forget = self.forget_after(did);
         self.db.write(|tx| {
             let n = tx.execute("UPDATE account SET status = ?1 WHERE did = ?2", params![status, did.as_str()])?;
             if n == 0 {
@@ -824,6 +836,54 @@ impl<B: Blockstore> Accounts<B> {
     }
 
     fn find(&self, column: &str, value: &str) -> Result<Option<Account>, AccountError> {
+        let by_did = column == "did";
+        let generation = {
+            let cached = self.cached.lock();
+            if by_did && let Some(a) = cached.1.get(value) {
+                return Ok(Some(a.clone()));
+            }
+            cached.0
+        };
+        let found = self.find_stored(column, value)?;
+        if let Some(a) = &found {
+            let mut cached = self.cached.lock();
+            // Unless an account row changed meanwhile (what was read may be older).
+            if cached.0 == generation {
+                if cached.1.len() >= MAX_CACHED {
+                    cached.1.clear();
+                }
+                cached.1.insert(a.did.to_string(), a.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Drops `did` from the account cache when the returned guard is dropped: after a change
+    /// to its row is committed (or failed), so no read racing the change caches the old row.
+    fn forget_after<'a>(&'a self, did: &'a Did) -> impl Drop + 'a {
+        struct Forget<'a>(&'a Mutex<(u64, HashMap<String, Account>)>, &'a Did);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                let mut cached = self.0.lock();
+                cached.0 += 1;
+                cached.1.remove(self.1.as_str());
+            }
+        }
+        Forget(&self.cached, did)
+    }
+
+    /// After a commit moved `did`'s head (its transaction committed): the cached account
+    /// follows, and reads that raced the commit do not cache what they read.
+    fn moved(&self, did: &Did, head: Cid, rev: &str) {
+        let mut cached = self.cached.lock();
+        cached.0 += 1;
+        if let Some(a) = cached.1.get_mut(did.as_str()) {
+            a.head = head;
+            a.rev = rev.to_string();
+        }
+    }
+
+    fn find_stored(&self, column: &str, value: &str) -> Result<Option<Account>, AccountError> {
         let sql = format!("SELECT did, handle, head, rev, status FROM account WHERE {column} = ?1");
         let row = self.db.read(|c| {
             c.prepare_cached(&sql)?
@@ -1024,8 +1084,14 @@ impl<B: Blockstore> Accounts<B> {
             Ok::<_, AccountError>(())
         });
         match written {
-            Ok(()) => done.into_iter().for_each(|(p, res, _, _)| p.succeed(res)),
+            Ok(()) => {
+                if let Some((_, last, _, _)) = done.last() {
+                    self.moved(did, last.cid, last.commit.rev.as_str());
+                }
+                done.into_iter().for_each(|(p, res, _, _)| p.succeed(res))
+            }
             Err(e) => {
+                drop(self.forget_after(did));
                 let msg = e.to_string();
                 done.into_iter().for_each(|(p, _, _, _)| p.fail(AccountError::CommitFailed(msg.clone())));
             }
@@ -1135,6 +1201,7 @@ impl<B: Blockstore> Accounts<B> {
     pub fn import_repo(&self, did: &Did, car: impl std::io::Read) -> Result<Cid, AccountError> {
         let lock = self.lock(did.as_str());
         let _guard = lock.lock();
+        let _forget = self.forget_after(did);
         let key = self.signing_key(did)?.public();
         let repo = crate::repo::import_car(&self.blocks, car, did, &key)?;
         let entries = repo.mst()?.list(None, usize::MAX).map_err(RepoError::from)?;

@@ -422,3 +422,52 @@ fn concurrent_writers_are_group_committed() {
     accts.apply_writes(&did, &[w("fine")], None).unwrap();
     assert_eq!(accts.list_records(&did, &coll, None, 1000, false).unwrap().len(), 401);
 }
+
+/// Looking an account up by DID (served from memory after the first read) follows every change
+/// to it: commits, a refused commit, handle, status, import, deletion; and a second `Accounts`
+/// on the same database, which caches nothing of the first's, agrees.
+#[test]
+fn account_lookups_follow_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
+    let store = MemoryBlockstore::new();
+    let accts = Accounts::open(&store, db.clone(), 1).unwrap();
+    let did = Did::new("did:plc:cachecachecachecachecach").unwrap();
+    let (made, _, _) = accts.create(did.clone(), Handle::new("cache.test").unwrap(), KeyType::K256).unwrap();
+    assert_eq!(accts.get(&did).unwrap().unwrap(), made);
+    let fresh_view = || Accounts::open(&store, db.clone(), 2).unwrap().get(&did).unwrap();
+    let coll = Nsid::new("com.example.note").unwrap();
+    let note = |rkey: &str| Write::Create {
+        collection: coll.clone(),
+        rkey: RecordKey::new(rkey).unwrap(),
+        record: rec(&[("$type", s("com.example.note")), ("text", s(rkey))]),
+    };
+    let mut last = None;
+    for i in 0..5 {
+        let res = accts.apply_writes(&did, &[note(&format!("n{i}"))], None).unwrap();
+        let now = accts.get(&did).unwrap().unwrap();
+        assert_eq!((now.head, now.rev.as_str()), (res.cid, res.commit.rev.as_str()));
+        assert_eq!(fresh_view(), Some(now));
+        last = Some(res);
+    }
+    let last = last.unwrap();
+    // A refused commit (the key is taken) leaves the head where it was.
+    assert!(accts.apply_writes(&did, &[note("n0")], None).is_err());
+    assert_eq!(accts.get(&did).unwrap().unwrap().head, last.cid);
+    accts.update_handle(&did, &Handle::new("renamed.test").unwrap()).unwrap();
+    assert_eq!(accts.get(&did).unwrap().unwrap().handle.as_str(), "renamed.test");
+    accts.set_status(&did, "deactivated").unwrap();
+    assert_eq!(accts.get(&did).unwrap().unwrap().status, "deactivated");
+    assert_eq!(fresh_view(), accts.get(&did).unwrap());
+    accts.set_status(&did, "active").unwrap();
+    // An import of an older state of the repository moves the head back.
+    let mut car = Vec::new();
+    accts.export_car(&did, None, &mut car).unwrap();
+    accts.apply_writes(&did, &[note("later")], None).unwrap();
+    let imported = accts.import_repo(&did, car.as_slice()).unwrap();
+    assert_eq!(imported, last.cid);
+    assert_eq!(accts.get(&did).unwrap().unwrap().head, last.cid);
+    assert_eq!(fresh_view().unwrap().head, last.cid);
+    accts.delete(&did).unwrap();
+    assert_eq!(accts.get(&did).unwrap(), None);
+}

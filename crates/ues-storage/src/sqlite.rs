@@ -87,6 +87,9 @@ struct Checkpointer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Page size of a database created here (bytes; SQLite's default is 4,096).
+const NEW_PAGE_SIZE: i64 = 1024;
+
 /// How often the background checkpoint runs.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
@@ -150,6 +153,14 @@ impl Sqlite {
     pub fn open(path: impl AsRef<Path>, cfg: &SqliteConfig) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let writer = Connection::open(&path)?;
+        // A new database gets small pages: a commit dirties a page in each of several tables
+        // and indexes, and WAL mode writes every dirty page whole (measured with 8 writers:
+        // ~20% less CPU per createRecord with 1 KiB pages than with 4 KiB). An existing
+        // database keeps the page size it was made with.
+        let pages: i64 = writer.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        if pages == 0 {
+            writer.pragma_update(None, "page_size", NEW_PAGE_SIZE)?;
+        }
         let mode: String = writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "sqlite did not switch to WAL");
@@ -285,6 +296,25 @@ mod tests {
         assert_eq!(v, "2");
         let mode: String = db.read(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0))).unwrap();
         assert_eq!(mode.to_lowercase(), "wal");
+    }
+
+    #[test]
+    fn new_databases_get_small_pages_and_existing_ones_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let page_size = |db: &Sqlite| db.read(|c| c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))).unwrap();
+        let fresh = db(&dir);
+        fresh.migrate(MIGRATIONS).unwrap();
+        assert_eq!(page_size(&fresh), NEW_PAGE_SIZE);
+        drop(fresh);
+        assert_eq!(page_size(&db(&dir)), NEW_PAGE_SIZE, "reopened");
+        // A database made elsewhere with SQLite's default pages keeps them, data and all.
+        let old_path = dir.path().join("old.sqlite");
+        let old = rusqlite::Connection::open(&old_path).unwrap();
+        old.execute_batch("PRAGMA page_size = 4096; CREATE TABLE t (x); INSERT INTO t VALUES (7);").unwrap();
+        drop(old);
+        let reopened = Sqlite::open(&old_path, &SqliteConfig::default()).unwrap();
+        assert_eq!(page_size(&reopened), 4096);
+        assert_eq!(reopened.read(|c| c.query_row("SELECT x FROM t", [], |r| r.get::<_, i64>(0))).unwrap(), 7);
     }
 
     #[test]
