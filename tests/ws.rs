@@ -357,3 +357,63 @@ async fn batch_subscriptions_carry_several_events_per_message() {
     let (live, _) = batched(&mut again, 1).await;
     assert_eq!(live[0]["record"]["text"], "after");
 }
+
+/// Batch sockets standing at the same place are sent the same messages (built by the first,
+/// shared with the others): each gets every event once, in order; a socket whose session wrote
+/// some of the records is not sent those (its messages are its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_sockets_share_messages_and_keep_their_own_writes_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, did, token) = node_with_account(dir.path(), "share.test", None);
+    let base = node.base.clone();
+    let subscribe = json!({"type": "subscribe", "id": "b", "topic": "repo", "did": did, "batch": true});
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&node.ws).await;
+        next(&mut ws).await;
+        send(&mut ws, subscribe.clone()).await;
+        assert_eq!(next(&mut ws).await["type"], "subscribed");
+        readers.push(ws);
+    }
+    let mut writer = connect(&node.ws).await;
+    let session = next(&mut writer).await["session"].as_str().unwrap().to_string();
+    send(&mut writer, subscribe).await;
+    assert_eq!(next(&mut writer).await["type"], "subscribed");
+    let mut all = Vec::new();
+    for i in 0..16 {
+        let text = if i % 4 == 3 { format!("mine {i}") } else { format!("other {i}") };
+        if i % 4 == 3 {
+            let mut res = agent()
+                .post(format!("{base}/xrpc/com.atproto.repo.createRecord"))
+                .header("authorization", &format!("Bearer {token}"))
+                .header("x-ues-ws-session", &session)
+                .send_json(json!({"repo": did, "collection": COLLECTION,
+                    "record": {"$type": COLLECTION, "text": text, "createdAt": "2026-11-25T00:00:00.000Z"}}))
+                .unwrap();
+            assert_eq!(res.status(), 200, "{}", res.body_mut().read_to_string().unwrap_or_default());
+        } else {
+            create(&base, &token, &did, &text);
+        }
+        all.push(text);
+    }
+    let texts = |events: &[Value]| -> Vec<String> {
+        events.iter().map(|e| e["record"]["text"].as_str().unwrap().to_string()).collect()
+    };
+    let mut lists = Vec::new();
+    for ws in &mut readers {
+        let (events, _) = batched(ws, 16).await;
+        assert_eq!(texts(&events), all, "every event once, in order");
+        lists.push(events);
+    }
+    assert!(lists.windows(2).all(|w| w[0] == w[1]), "the readers were sent the same events");
+    let others: Vec<String> = all.iter().filter(|t| t.starts_with("other")).cloned().collect();
+    let (events, _) = batched(&mut writer, others.len()).await;
+    assert_eq!(texts(&events), others, "the writing socket was not sent its own writes");
+    create(&base, &token, &did, "last");
+    let (events, _) = batched(&mut writer, 1).await;
+    assert_eq!(texts(&events), ["last"]);
+    for ws in &mut readers {
+        let (events, _) = batched(ws, 1).await;
+        assert_eq!(texts(&events), ["last"]);
+    }
+}

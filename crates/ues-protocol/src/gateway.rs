@@ -157,7 +157,16 @@ struct Gateway {
     /// `events` messages built lately, shared by sockets whose batch covers the same events
     /// for the same subscription (the newest [`SHARED_BATCHES`]).
     batches: parking_lot::Mutex<std::collections::VecDeque<(BatchKey, Utf8Bytes)>>,
+    /// What a socket with one batch subscription, none of whose events can be its own, is sent
+    /// for the events after a sequence number: the message (none if nothing matched) and the
+    /// last sequence number it covers (the newest [`SHARED_BATCHES`]). Sockets that keep up
+    /// all stand at the same number after each tick, so the first builds the message and the
+    /// others send it without looking at the events (see `Conn::deliver`).
+    ranges: parking_lot::Mutex<std::collections::VecDeque<(RangeKey, Option<Utf8Bytes>, i64)>>,
 }
+
+/// A subscription (id, repository, collection) and the sequence number its socket stands at.
+type RangeKey = (String, String, Option<String>, i64);
 
 /// What makes two sockets' `events` messages identical: subscription id, repository,
 /// collection, and the first and last sequence numbers of the run (none of it their own write).
@@ -226,6 +235,7 @@ pub fn router_with(st: Arc<XrpcState>, cfg: WsConfig, registry: Registry) -> Rou
         rate: parking_lot::Mutex::new((Instant::now(), 0, 0.0)),
         tick: tokio::sync::watch::channel(0).0,
         batches: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(SHARED_BATCHES)),
+        ranges: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(SHARED_BATCHES)),
     });
     spawn_ticker(&g);
     Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g).merge(routes)
@@ -256,6 +266,19 @@ impl Gateway {
     /// A shared `events` message, if one was built for `key`.
     fn shared_batch(&self, key: &BatchKey) -> Option<Utf8Bytes> {
         self.batches.lock().iter().rev().find(|(k, _)| k == key).map(|(_, m)| m.clone())
+    }
+
+    /// What was sent for `key` (see [`Gateway::ranges`]).
+    fn range(&self, key: &RangeKey) -> Option<(Option<Utf8Bytes>, i64)> {
+        self.ranges.lock().iter().rev().find(|(k, _, _)| k == key).map(|(_, m, end)| (m.clone(), *end))
+    }
+
+    fn keep_range(&self, key: RangeKey, m: Option<Utf8Bytes>, end: i64) {
+        let mut r = self.ranges.lock();
+        if r.len() >= SHARED_BATCHES {
+            r.pop_front();
+        }
+        r.push_back((key, m, end));
     }
 
     fn keep_batch(&self, key: BatchKey, m: Utf8Bytes) {
@@ -454,6 +477,8 @@ struct Conn {
     stop: Option<oneshot::Sender<Message>>,
     /// The sequence number of the last event message written to the socket.
     sent: Arc<std::sync::atomic::AtomicI64>,
+    /// The last `events` message `emit` sent.
+    last_batch: Option<Utf8Bytes>,
 }
 
 enum Flow {
@@ -919,11 +944,27 @@ impl Conn {
                     m
                 }
             };
+            self.last_batch = Some(m.clone());
             if let Flow::Stop = self.send_event(Message::Text(m), last) {
                 return Flow::Stop;
             }
         }
         Flow::Go
+    }
+
+    /// The socket's one subscription at `after`, when it is a batch subscription and none of
+    /// the events can be the socket's own (its session never wrote): what it is sent then
+    /// depends on nothing else (see [`Gateway::ranges`]).
+    fn range_key(&self, after: i64) -> Option<RangeKey> {
+        if self.subs.len() != 1 || self.g.st.wrote(self.session) {
+            return None;
+        }
+        match self.subs.iter().next() {
+            Some((id, Sub::Repo { did, collection, batch: true, .. })) => {
+                Some((id.clone(), did.clone(), collection.clone(), after))
+            }
+            _ => None,
+        }
     }
 
     /// Delivers the events after `seen` to the subscriptions.
@@ -935,6 +976,17 @@ impl Conn {
                 break;
             }
             let after = self.seen;
+            // Sent already to another socket standing where this one stands?
+            let range = self.range_key(after);
+            if let Some((m, end)) = range.as_ref().and_then(|k| self.g.range(k)) {
+                self.seen = end;
+                if let Some(m) = m
+                    && let Flow::Stop = self.send_event(Message::Text(m), end)
+                {
+                    return Flow::Stop;
+                }
+                continue;
+            }
             // The firehose's ring holds the newest frames for every live reader; older ones
             // come from SQLite.
             let batch: Vec<(i64, Arc<[u8]>)> = match self.g.st.firehose.ring_after(after) {
@@ -961,8 +1013,15 @@ impl Conn {
                     run.push((seq, p));
                 }
             }
+            self.last_batch = None;
             if let Flow::Stop = self.emit(&run, &subs) {
                 return Flow::Stop;
+            }
+            // Still none of its own (its session may have written meanwhile): for the others.
+            if let Some(k) = range
+                && self.range_key(after).is_some()
+            {
+                self.g.keep_range(k, self.last_batch.take(), self.seen);
             }
         }
         Flow::Go
@@ -1186,6 +1245,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
         out,
         stop: Some(stop),
         sent,
+        last_batch: None,
     };
     let cfg = g.cfg.clone();
     let _ = conn.send(text(json!({
