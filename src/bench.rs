@@ -310,9 +310,6 @@ pub(crate) async fn ws(
     writers: usize,
     batch: bool,
 ) -> anyhow::Result<Value> {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let (token, did) = bench_account(addr, "ws").await?;
     let epoch = Instant::now();
 
@@ -329,34 +326,25 @@ pub(crate) async fn ws(
         let (did, ready, stop) = (did.clone(), ready.clone(), stop.clone());
         let (histogram, max_us) = (histogram.clone(), max_us.clone());
         tasks.push(tokio::spawn(async move {
-            // Small read buffers: tungstenite zeroes its whole read buffer on every read.
-            let config =
-                tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 << 10);
-            let (mut ws, _) =
-                tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), Some(config), true).await?;
+            let mut ws = RawWs::connect(addr).await?;
             let marker = memchr::memmem::Finder::new(br#""text":""#);
-            ws.send(Message::Text(
-                json!({"type": "subscribe", "id": "b", "topic": "repo", "did": &*did, "batch": batch})
-                    .to_string()
-                    .into(),
-            ))
-            .await?;
+            let subscribe = json!({"type": "subscribe", "id": "b", "topic": "repo", "did": &*did, "batch": batch});
+            ws.send(OP_TEXT, subscribe.to_string().as_bytes()).await?;
             let (mut events, mut closed) = (0usize, None);
             let mut counted = false;
             while !stop.load(Ordering::Relaxed) {
-                let m = match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                let (op, payload) = match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
                     Err(_) => continue,
                     Ok(None) => break,
                     Ok(Some(m)) => m?,
                 };
-                match m {
+                match op {
                     // Light parsing, so the 1,000 clients cost the machine less than the node.
                     // (`event`: one; `events`: a batch, each with its own send time.)
-                    Message::Text(t) if t.as_str().starts_with(r#"{"type":"event"#) => {
+                    OP_TEXT if payload.starts_with(br#"{"type":"event"#) => {
                         let now = epoch.elapsed().as_micros() as u64;
-                        let text = t.as_str().as_bytes();
-                        for at in marker.find_iter(text) {
-                            let digits = &text[at + marker.needle().len()..];
+                        for at in marker.find_iter(payload) {
+                            let digits = &payload[at + marker.needle().len()..];
                             let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
                             if let Some(sent) =
                                 std::str::from_utf8(&digits[..end]).ok().and_then(|d| d.parse::<u64>().ok())
@@ -368,15 +356,19 @@ pub(crate) async fn ws(
                             }
                         }
                     }
-                    Message::Text(t) => {
-                        let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                    OP_TEXT => {
+                        let v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
                         if v["type"] == "subscribed" && !counted {
                             counted = true;
                             ready.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Message::Close(f) => {
-                        closed = f.map(|f| u16::from(f.code));
+                    OP_PING => {
+                        let payload = payload.to_vec();
+                        ws.send(OP_PONG, &payload).await?;
+                    }
+                    OP_CLOSE => {
+                        closed = Some(payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]])));
                         break;
                     }
                     _ => {}
@@ -476,6 +468,123 @@ pub(crate) async fn ws(
         "node_peak_rss_mb": stats["peakRssBytes"].as_u64().map(|b| b / (1 << 20)),
         "node_ws_slow_closed": stats["wsSlowClosed"],
     }))
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// The WebSocket client of `ues bench ws`: RFC 6455 framing over a plain TCP stream, reading
+/// into one reused buffer (no zeroing, no copy per message, no UTF-8 check), so that a thousand
+/// of them on the node's machine cost it as little as a client can. Messages up to 4 MiB.
+struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Where the unread bytes of `buf` start (the previous message ends there).
+    start: usize,
+    /// Bytes of the previous message to drop before reading the next.
+    consumed: usize,
+}
+
+impl RawWs {
+    async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        stream
+            .write_all(
+                format!(
+                    "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Key: dWVzIGJlbmNoIGNsaWVudA==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await?;
+        let mut buf = Vec::with_capacity(64 << 10);
+        let head_end = loop {
+            if let Some(at) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+                break at + 4;
+            }
+            if buf.len() > 16 << 10 || stream.read_buf(&mut buf).await? == 0 {
+                bail!("no WebSocket handshake answer");
+            }
+        };
+        if !buf.starts_with(b"HTTP/1.1 101") {
+            bail!("handshake refused: {}", String::from_utf8_lossy(&buf[..head_end]));
+        }
+        Ok(Self { stream, buf, start: head_end, consumed: 0 })
+    }
+
+    /// Sends one masked frame (clients must mask).
+    async fn send(&mut self, op: u8, payload: &[u8]) -> anyhow::Result<()> {
+        let mask = rand::random::<[u8; 4]>();
+        let mut frame = vec![0x80 | op];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= u16::MAX as usize => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        Ok(self.stream.write_all(&frame).await?)
+    }
+
+    /// The next frame's opcode and payload (`None` when the server closed the connection).
+    /// Fragmented messages are not expected from the node and are refused.
+    async fn next(&mut self) -> Option<anyhow::Result<(u8, &[u8])>> {
+        self.start += std::mem::take(&mut self.consumed);
+        loop {
+            match self.frame() {
+                Ok(Some((op, from, to))) => {
+                    self.consumed = to - self.start;
+                    return Some(Ok((op, &self.buf[from..to])));
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            // Keep the unread bytes at the front, then read more after them.
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            self.buf.reserve(64 << 10);
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+
+    /// A whole frame at `start`: (opcode, payload start, payload end), or `None` if incomplete.
+    fn frame(&self) -> anyhow::Result<Option<(u8, usize, usize)>> {
+        let b = &self.buf[self.start..];
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        if b[0] & 0x80 == 0 || b[0] & 0x0F == 0 {
+            bail!("fragmented message");
+        }
+        let (len, at) = match b[1] & 0x7F {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize, 10),
+            126 | 127 => return Ok(None),
+            n => (n as usize, 2),
+        };
+        if len > 4 << 20 {
+            bail!("message of {len} bytes");
+        }
+        if b.len() < at + len {
+            return Ok(None);
+        }
+        Ok(Some((b[0] & 0x0F, self.start + at, self.start + at + len)))
+    }
 }
 
 /// Latency histogram buckets of `ues bench ws` (10 µs each: up to 10 s).

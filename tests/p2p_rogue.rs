@@ -112,6 +112,17 @@ async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
     use tokio_tungstenite::tungstenite::Message;
     let subscribe = serde_json::json!({"type": "subscribe", "id": "p", "topic": "peers"}).to_string();
     ws.send(Message::Text(subscribe.into())).await.unwrap();
+    // Subscribed before the peer dials (the events of a topic start at the subscription).
+    let subscribed = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str().contains(r#""type":"subscribed""#) => return,
+                Some(Ok(_)) => continue,
+                other => panic!("the socket closed: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), subscribed).await.expect("subscribed to peer events");
     let mut honest = tcp_swarm(keypair([93; 32])).unwrap();
     let honest_id = *honest.local_peer_id();
     honest.dial(addr).unwrap();
@@ -127,7 +138,12 @@ async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
     tokio::time::timeout(Duration::from_secs(30), connected).await.expect("an honest peer connects");
     let seen = async {
         loop {
-            let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("the socket closed") };
+            // (The node's heartbeat pings every 20 s: not what is awaited.)
+            let t = match ws.next().await {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("the socket closed: {other:?}"),
+            };
             let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
             if v["type"] == "peer" && v["event"] == "connected" && v["peerId"] == honest_id.to_string() {
                 return;

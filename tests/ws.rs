@@ -417,3 +417,63 @@ async fn batch_sockets_share_messages_and_keep_their_own_writes_out() {
         assert_eq!(texts(&events), ["last"]);
     }
 }
+
+/// The next message of a `?compress=deflate` socket: a binary frame of raw DEFLATE, inflated.
+async fn next_deflated(ws: &mut Ws) -> Value {
+    use std::io::Read;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("a message in time");
+        match m.expect("open").expect("no error") {
+            Message::Binary(b) => {
+                let mut json = String::new();
+                flate2::read::DeflateDecoder::new(&b[..]).read_to_string(&mut json).expect("raw DEFLATE");
+                return serde_json::from_str(&json).unwrap();
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Compression is negotiated in the URL: with `?compress=deflate` every message is compressed
+/// and carries what an uncompressed socket gets; an unknown method is refused before the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_is_negotiated_in_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, did, token) = node_with_account(dir.path(), "zip.test", None);
+    let refused = tokio_tungstenite::connect_async(format!("{}?compress=gzip", node.ws)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 400),
+        other => panic!("an unknown compression was not refused: {other:?}"),
+    }
+    let mut zipped = connect(&format!("{}?compress=deflate", node.ws)).await;
+    let mut plain = connect(&node.ws).await;
+    let welcome = next_deflated(&mut zipped).await;
+    assert_eq!((welcome["type"].as_str(), welcome["compression"].as_str()), (Some("welcome"), Some("deflate")));
+    assert_eq!(next(&mut plain).await["compression"], "none");
+    for ws in [&mut zipped, &mut plain] {
+        send(ws, json!({"type": "subscribe", "id": "b", "topic": "repo", "did": did, "batch": true})).await;
+    }
+    assert_eq!(next_deflated(&mut zipped).await["type"], "subscribed");
+    assert_eq!(next(&mut plain).await["type"], "subscribed");
+    // A batch long enough to compress well, the same events on both sockets.
+    let writes: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"$type": "com.atproto.repo.applyWrites#create", "collection": COLLECTION,
+            "value": {"$type": COLLECTION, "text": format!("compressed {i}"), "createdAt": "2026-11-25T00:00:00.000Z"}})
+        })
+        .collect();
+    post(&node.base, "com.atproto.repo.applyWrites", Some(&token), json!({"repo": did, "writes": writes}));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    while a.len() < 20 {
+        let m = next_deflated(&mut zipped).await;
+        assert_eq!(m["type"], "events", "{m}");
+        a.extend(m["events"].as_array().unwrap().iter().cloned());
+    }
+    while b.len() < 20 {
+        let m = next(&mut plain).await;
+        b.extend(m["events"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(a, b);
+    assert_eq!(a[19]["record"]["text"], "compressed 19");
+}

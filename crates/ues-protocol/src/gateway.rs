@@ -36,8 +36,14 @@
 //! (a client that does not keep up is closed with 4008 and the sequence number to resume
 //! from: nothing is dropped silently), heartbeat (WebSocket pings; 1001 after the timeout).
 //! Malformed frames close with 1007. Clients may send DAG-CBOR binary frames instead of JSON;
-//! with `?encoding=cbor` the server answers in DAG-CBOR binary frames too. (permessage-deflate
-//! is not offered: the WebSocket library does not implement it.)
+//! with `?encoding=cbor` the server answers in DAG-CBOR binary frames too.
+//!
+//! Compression is negotiated in the URL: with `?compress=deflate` every message the server
+//! sends (the welcome included) is a binary frame holding that message (JSON, or DAG-CBOR with
+//! `encoding=cbor`) compressed on its own as raw DEFLATE (RFC 1951; browsers inflate it with
+//! `DecompressionStream("deflate-raw")`); the welcome says `"compression": "deflate"`. Any
+//! other value is refused before the upgrade (400). Clients send uncompressed frames.
+//! (permessage-deflate, RFC 7692, is not offered: the WebSocket library has no extensions.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -342,6 +348,8 @@ struct WsQuery {
     access_token: Option<String>,
     /// `cbor`: the server answers in DAG-CBOR binary frames (clients may send either).
     encoding: Option<String>,
+    /// `deflate`: the server's messages are compressed (see the module's documentation).
+    compress: Option<String>,
 }
 
 async fn upgrade(
@@ -367,6 +375,13 @@ async fn upgrade(
     // Frames above twice the limit are refused by the WebSocket layer itself; between the two,
     // the server answers 1009 with a reason.
     let limit = g.cfg.max_message_bytes;
+    let deflate = match q.compress.as_deref() {
+        None | Some("none") => false,
+        Some("deflate") => true,
+        Some(other) => {
+            return crate::xrpc::XrpcError::invalid(format!("compress {other:?}: use deflate or none")).into_response();
+        }
+    };
     let cbor = match q.encoding.as_deref() {
         None | Some("json") => false,
         Some("cbor") => true,
@@ -381,7 +396,16 @@ async fn upgrade(
     up.read_buffer_size(READ_BUFFER)
         .max_message_size(limit * 2)
         .max_frame_size(limit * 2)
-        .on_upgrade(move |socket| serve(g, socket, did, cbor))
+        .on_upgrade(move |socket| serve(g, socket, did, cbor, deflate))
+}
+
+/// `bytes` compressed as raw DEFLATE (fast level: these are live messages).
+fn deflated(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z =
+        flate2::write::DeflateEncoder::new(Vec::with_capacity(bytes.len() / 3 + 64), flate2::Compression::fast());
+    z.write_all(bytes).expect("writing to memory");
+    z.finish().expect("writing to memory")
 }
 
 fn close(code: u16, reason: impl Into<String>) -> Message {
@@ -466,6 +490,8 @@ struct Conn {
     seen: i64,
     /// Answer in DAG-CBOR binary frames.
     cbor: bool,
+    /// Compress every message sent (raw DEFLATE, each on its own).
+    deflate: bool,
     /// Applications' events for this socket, from one forwarding task per subscription.
     app_tx: mpsc::Sender<Value>,
     app_tasks: HashMap<String, tokio::task::JoinHandle<()>>,
@@ -502,6 +528,11 @@ impl Conn {
                 }
             }
             (_, m) => m,
+        };
+        let m = match m {
+            Message::Text(t) if self.deflate => Message::Binary(deflated(t.as_bytes()).into()),
+            Message::Binary(b) if self.deflate => Message::Binary(deflated(&b).into()),
+            m => m,
         };
         match self.out.try_send((m, seq)) {
             Ok(()) => {
@@ -1165,7 +1196,7 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
-async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bool) {
+async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bool, deflate: bool) {
     let (mut sink, mut stream) = socket.split();
     let n = g.clients.fetch_add(1, Ordering::Relaxed);
     let _slot = ClientSlot(&g.clients);
@@ -1236,6 +1267,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
         joined: std::collections::HashSet::new(),
         node_events: None,
         cbor,
+        deflate,
         app_tx,
         app_tasks: HashMap::new(),
         did,
@@ -1252,6 +1284,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
         "type": "welcome", "protocol": PROTOCOL, "node": g.st.cfg.service_did, "session": conn.session.to_string(),
         "peerId": g.st.peer_id.get().map(|p| p.to_string()),
         "time": crate::xrpc::firehose_time(), "seq": seen, "did": conn.did,
+        "compression": if deflate { "deflate" } else { "none" },
         "limits": {"maxMessageBytes": cfg.max_message_bytes, "maxSubscriptions": cfg.max_subscriptions,
             "queue": cfg.queue, "maxMessagesPerSecond": cfg.max_messages_per_sec,
             "heartbeatSeconds": cfg.heartbeat.as_secs(), "timeoutSeconds": cfg.timeout.as_secs()},
