@@ -448,13 +448,17 @@ async fn compression_is_negotiated_in_the_url() {
     }
     let mut zipped = connect(&format!("{}?compress=deflate", node.ws)).await;
     let mut plain = connect(&node.ws).await;
+    // A second compressed socket: the shared message is compressed once for both.
+    let mut zipped2 = connect(&format!("{}?compress=deflate", node.ws)).await;
     let welcome = next_deflated(&mut zipped).await;
     assert_eq!((welcome["type"].as_str(), welcome["compression"].as_str()), (Some("welcome"), Some("deflate")));
     assert_eq!(next(&mut plain).await["compression"], "none");
-    for ws in [&mut zipped, &mut plain] {
+    assert_eq!(next_deflated(&mut zipped2).await["type"], "welcome");
+    for ws in [&mut zipped, &mut plain, &mut zipped2] {
         send(ws, json!({"type": "subscribe", "id": "b", "topic": "repo", "did": did, "batch": true})).await;
     }
     assert_eq!(next_deflated(&mut zipped).await["type"], "subscribed");
+    assert_eq!(next_deflated(&mut zipped2).await["type"], "subscribed");
     assert_eq!(next(&mut plain).await["type"], "subscribed");
     // A batch long enough to compress well, the same events on both sockets.
     let writes: Vec<Value> = (0..20)
@@ -474,6 +478,11 @@ async fn compression_is_negotiated_in_the_url() {
         let m = next(&mut plain).await;
         b.extend(m["events"].as_array().unwrap().iter().cloned());
     }
+    let mut c = Vec::new();
+    while c.len() < 20 {
+        c.extend(next_deflated(&mut zipped2).await["events"].as_array().unwrap().iter().cloned());
+    }
     assert_eq!(a, b);
+    assert_eq!(c, b);
     assert_eq!(a[19]["record"]["text"], "compressed 19");
 }

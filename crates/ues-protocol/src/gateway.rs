@@ -169,6 +169,10 @@ struct Gateway {
     /// all stand at the same number after each tick, so the first builds the message and the
     /// others send it without looking at the events (see `Conn::deliver`).
     ranges: parking_lot::Mutex<std::collections::VecDeque<(RangeKey, Option<Utf8Bytes>, i64)>>,
+    /// Compressed forms of the newest large messages ([`SHARED_BATCHES`]), by the message's
+    /// buffer: a shared `events` message is compressed once for all the sockets that asked for
+    /// compression. (Each entry holds its message, so its buffer's address is not reused.)
+    compressed: parking_lot::Mutex<std::collections::VecDeque<(Utf8Bytes, axum::body::Bytes)>>,
 }
 
 /// A subscription (id, repository, collection) and the sequence number its socket stands at.
@@ -242,6 +246,7 @@ pub fn router_with(st: Arc<XrpcState>, cfg: WsConfig, registry: Registry) -> Rou
         tick: tokio::sync::watch::channel(0).0,
         batches: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(SHARED_BATCHES)),
         ranges: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(SHARED_BATCHES)),
+        compressed: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(SHARED_BATCHES)),
     });
     spawn_ticker(&g);
     Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g).merge(routes)
@@ -272,6 +277,23 @@ impl Gateway {
     /// A shared `events` message, if one was built for `key`.
     fn shared_batch(&self, key: &BatchKey) -> Option<Utf8Bytes> {
         self.batches.lock().iter().rev().find(|(k, _)| k == key).map(|(_, m)| m.clone())
+    }
+
+    /// `m` compressed (see [`Gateway::compressed`]; messages under 1 KiB are not kept).
+    fn deflated(&self, m: &Utf8Bytes) -> axum::body::Bytes {
+        let same = |k: &Utf8Bytes| k.as_bytes().as_ptr() == m.as_bytes().as_ptr() && k.len() == m.len();
+        if let Some((_, z)) = self.compressed.lock().iter().rev().find(|(k, _)| same(k)) {
+            return z.clone();
+        }
+        let z = axum::body::Bytes::from(deflated(m.as_bytes()));
+        if m.len() >= 1 << 10 {
+            let mut c = self.compressed.lock();
+            if c.len() >= SHARED_BATCHES {
+                c.pop_front();
+            }
+            c.push_back((m.clone(), z.clone()));
+        }
+        z
     }
 
     /// What was sent for `key` (see [`Gateway::ranges`]).
@@ -530,7 +552,7 @@ impl Conn {
             (_, m) => m,
         };
         let m = match m {
-            Message::Text(t) if self.deflate => Message::Binary(deflated(t.as_bytes()).into()),
+            Message::Text(t) if self.deflate => Message::Binary(self.g.deflated(&t)),
             Message::Binary(b) if self.deflate => Message::Binary(deflated(&b).into()),
             m => m,
         };
