@@ -162,17 +162,40 @@ struct Gateway {
     tick: tokio::sync::watch::Sender<i64>,
     /// `events` messages built lately, shared by sockets whose batch covers the same events
     /// for the same subscription (the newest [`SHARED_BATCHES`]).
-    batches: parking_lot::Mutex<std::collections::VecDeque<(BatchKey, Utf8Bytes)>>,
+    batches: Recent<BatchKey, Utf8Bytes>,
     /// What a socket with one batch subscription, none of whose events can be its own, is sent
     /// for the events after a sequence number: the message (none if nothing matched) and the
     /// last sequence number it covers (the newest [`SHARED_BATCHES`]). Sockets that keep up
     /// all stand at the same number after each tick, so the first builds the message and the
     /// others send it without looking at the events (see `Conn::deliver`).
-    ranges: parking_lot::Mutex<std::collections::VecDeque<(RangeKey, Option<Utf8Bytes>, i64)>>,
+    ranges: Recent<RangeKey, (Option<Utf8Bytes>, i64)>,
     /// Compressed forms of the newest large messages ([`SHARED_BATCHES`]), by the message's
     /// buffer: a shared `events` message is compressed once for all the sockets that asked for
     /// compression. (Each entry holds its message, so its buffer's address is not reused.)
-    compressed: parking_lot::Mutex<std::collections::VecDeque<(Utf8Bytes, axum::body::Bytes)>>,
+    compressed: Recent<Utf8Bytes, axum::body::Bytes>,
+}
+
+/// The newest [`SHARED_BATCHES`] entries of a small cache, searched newest first.
+struct Recent<K, V>(parking_lot::Mutex<std::collections::VecDeque<(K, V)>>);
+
+impl<K, V: Clone> Recent<K, V> {
+    fn new() -> Self {
+        Self(parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(SHARED_BATCHES)))
+    }
+
+    /// The value of the newest entry whose key `hit` accepts.
+    fn find(&self, hit: impl Fn(&K) -> bool) -> Option<V> {
+        self.0.lock().iter().rev().find(|(k, _)| hit(k)).map(|(_, v)| v.clone())
+    }
+
+    /// Adds an entry, dropping the oldest past [`SHARED_BATCHES`].
+    fn keep(&self, k: K, v: V) {
+        let mut entries = self.0.lock();
+        if entries.len() >= SHARED_BATCHES {
+            entries.pop_front();
+        }
+        entries.push_back((k, v));
+    }
 }
 
 /// A subscription (id, repository, collection) and the sequence number its socket stands at.
@@ -244,9 +267,9 @@ pub fn router_with(st: Arc<XrpcState>, cfg: WsConfig, registry: Registry) -> Rou
         started: Instant::now(),
         rate: parking_lot::Mutex::new((Instant::now(), 0, 0.0)),
         tick: tokio::sync::watch::channel(0).0,
-        batches: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(SHARED_BATCHES)),
-        ranges: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(SHARED_BATCHES)),
-        compressed: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(SHARED_BATCHES)),
+        batches: Recent::new(),
+        ranges: Recent::new(),
+        compressed: Recent::new(),
     });
     spawn_ticker(&g);
     Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g).merge(routes)
@@ -274,47 +297,17 @@ fn spawn_ticker(g: &Arc<Gateway>) {
 }
 
 impl Gateway {
-    /// A shared `events` message, if one was built for `key`.
-    fn shared_batch(&self, key: &BatchKey) -> Option<Utf8Bytes> {
-        self.batches.lock().iter().rev().find(|(k, _)| k == key).map(|(_, m)| m.clone())
-    }
-
     /// `m` compressed (see [`Gateway::compressed`]; messages under 1 KiB are not kept).
     fn deflated(&self, m: &Utf8Bytes) -> axum::body::Bytes {
         let same = |k: &Utf8Bytes| k.as_bytes().as_ptr() == m.as_bytes().as_ptr() && k.len() == m.len();
-        if let Some((_, z)) = self.compressed.lock().iter().rev().find(|(k, _)| same(k)) {
-            return z.clone();
+        if let Some(z) = self.compressed.find(same) {
+            return z;
         }
         let z = axum::body::Bytes::from(deflated(m.as_bytes()));
         if m.len() >= 1 << 10 {
-            let mut c = self.compressed.lock();
-            if c.len() >= SHARED_BATCHES {
-                c.pop_front();
-            }
-            c.push_back((m.clone(), z.clone()));
+            self.compressed.keep(m.clone(), z.clone());
         }
         z
-    }
-
-    /// What was sent for `key` (see [`Gateway::ranges`]).
-    fn range(&self, key: &RangeKey) -> Option<(Option<Utf8Bytes>, i64)> {
-        self.ranges.lock().iter().rev().find(|(k, _, _)| k == key).map(|(_, m, end)| (m.clone(), *end))
-    }
-
-    fn keep_range(&self, key: RangeKey, m: Option<Utf8Bytes>, end: i64) {
-        let mut r = self.ranges.lock();
-        if r.len() >= SHARED_BATCHES {
-            r.pop_front();
-        }
-        r.push_back((key, m, end));
-    }
-
-    fn keep_batch(&self, key: BatchKey, m: Utf8Bytes) {
-        let mut b = self.batches.lock();
-        if b.len() >= SHARED_BATCHES {
-            b.pop_front();
-        }
-        b.push_back((key, m));
     }
 
     /// The decoded event `seq` (decoded on first use, then shared).
@@ -980,7 +973,7 @@ impl Conn {
             };
             // Built already by another socket for the same events and subscription? (Only
             // runs holding none of the socket's own writes are shared, either way.)
-            let shared = key.as_ref().and_then(|k| self.g.shared_batch(k));
+            let shared = key.as_ref().and_then(|k| self.g.batches.find(|b| b == k));
             let m = match shared {
                 Some(m) => m,
                 None => {
@@ -992,7 +985,7 @@ impl Conn {
                     m.push_str("]}");
                     let m = Utf8Bytes::from(m);
                     if let Some(k) = key {
-                        self.g.keep_batch(k, m.clone());
+                        self.g.batches.keep(k, m.clone());
                     }
                     m
                 }
@@ -1031,7 +1024,7 @@ impl Conn {
             let after = self.seen;
             // Sent already to another socket standing where this one stands?
             let range = self.range_key(after);
-            if let Some((m, end)) = range.as_ref().and_then(|k| self.g.range(k)) {
+            if let Some((m, end)) = range.as_ref().and_then(|k| self.g.ranges.find(|r| r == k)) {
                 self.seen = end;
                 if let Some(m) = m
                     && let Flow::Stop = self.send_event(Message::Text(m), end)
@@ -1072,9 +1065,9 @@ impl Conn {
             }
             // Still none of its own (its session may have written meanwhile): for the others.
             if let Some(k) = range
-                && self.range_key(after).is_some()
+                && !self.g.st.wrote(self.session)
             {
-                self.g.keep_range(k, self.last_batch.take(), self.seen);
+                self.g.ranges.keep(k, (self.last_batch.take(), self.seen));
             }
         }
         Flow::Go

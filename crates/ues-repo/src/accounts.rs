@@ -243,17 +243,17 @@ fn merge(batch: Vec<Pending>) -> Vec<Pending> {
     let mut out: Vec<Pending> = Vec::with_capacity(batch.len());
     let mut touched: std::collections::HashSet<(Nsid, RecordKey)> = std::collections::HashSet::new();
     for p in batch {
+        let mine: Vec<(Nsid, RecordKey)> = paths(&p.writes).map(|(c, k)| (c.clone(), k.clone())).collect();
         let joinable = out.last().is_some_and(|last| {
             last.swap_commit.is_none()
                 && p.swap_commit.is_none()
                 && last.check_blobs == p.check_blobs
                 && last.writes.len() + p.writes.len() <= MAX_MERGED_WRITES
-                && paths(&p.writes).all(|(c, k)| !touched.contains(&(c.clone(), k.clone())))
+                && mine.iter().all(|path| !touched.contains(path))
         });
         if !joinable {
             touched.clear();
         }
-        let mine: Vec<(Nsid, RecordKey)> = paths(&p.writes).map(|(c, k)| (c.clone(), k.clone())).collect();
         if joinable && let Some(last) = out.last_mut() {
             let start = last.writes.len();
             let (reply, _) = p.replies.into_iter().next().expect("one reply per request");
@@ -858,18 +858,24 @@ impl<B: Blockstore> Accounts<B> {
         Ok(found)
     }
 
-    /// Drops `did` from the account cache when the returned guard is dropped: after a change
-    /// to its row is committed (or failed), so no read racing the change caches the old row.
+    /// Drops `did` from the account cache, and keeps reads that raced a change of its row
+    /// from caching what they read.
+    fn forget(&self, did: &Did) {
+        let mut cached = self.cached.lock();
+        cached.0 += 1;
+        cached.1.remove(did.as_str());
+    }
+
+    /// [`Accounts::forget`] when the returned guard is dropped: after a change to the row is
+    /// committed (or failed), however the change returns.
     fn forget_after<'a>(&'a self, did: &'a Did) -> impl Drop + 'a {
-        struct Forget<'a>(&'a Mutex<(u64, HashMap<String, Account>)>, &'a Did);
-        impl Drop for Forget<'_> {
+        struct Forget<'a, B: Blockstore>(&'a Accounts<B>, &'a Did);
+        impl<B: Blockstore> Drop for Forget<'_, B> {
             fn drop(&mut self) {
-                let mut cached = self.0.lock();
-                cached.0 += 1;
-                cached.1.remove(self.1.as_str());
+                self.0.forget(self.1);
             }
         }
-        Forget(&self.cached, did)
+        Forget(self, did)
     }
 
     /// After a commit moved `did`'s head (its transaction committed): the cached account
@@ -1091,7 +1097,7 @@ impl<B: Blockstore> Accounts<B> {
                 done.into_iter().for_each(|(p, res, _, _)| p.succeed(res))
             }
             Err(e) => {
-                drop(self.forget_after(did));
+                self.forget(did);
                 let msg = e.to_string();
                 done.into_iter().for_each(|(p, _, _, _)| p.fail(AccountError::CommitFailed(msg.clone())));
             }

@@ -222,7 +222,7 @@ impl XrpcState {
 
     /// The `/ws` session a write (commit, record path) came from, if it said.
     pub(crate) fn origin(&self, commit: &cid::Cid, path: &str) -> Option<u64> {
-        // Borrowed lookup without building a key: few entries share a commit.
+        // (Only sockets whose session wrote ask: see `wrote`.)
         self.origins.read().0.get(&(*commit, path.to_string())).copied()
     }
 
