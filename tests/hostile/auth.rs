@@ -1,0 +1,6 @@
+//! Attacks: see main.rs.
+
+#![allow(unused_imports)]
+
+use crate::common::*;
+use crate::support::*;
