@@ -297,19 +297,27 @@ pub(crate) fn ordered_line(v: &Value) -> String {
     format!("{{{}}}", fields.join(","))
 }
 
+/// The load `ues bench ws` puts on a node.
+pub(crate) struct WsShape {
+    /// WebSocket clients.
+    pub(crate) clients: usize,
+    /// Writes per second asked.
+    pub(crate) rate: u64,
+    /// Seconds of writing.
+    pub(crate) seconds: u64,
+    /// Concurrent writers.
+    pub(crate) writers: usize,
+    /// Batch subscriptions.
+    pub(crate) batch: bool,
+}
+
 /// `ues bench ws`: `clients` WebSocket clients subscribed to one repository of a running node
 /// while writers create records at `rate` per second for `seconds`; each record carries its send
 /// time, so every client measures delivery latency. Reports latency percentiles, events
 /// delivered and missing (for clients still connected), clients closed, and the node's RSS
-/// (from `/stats`).
-pub(crate) async fn ws(
-    addr: SocketAddr,
-    clients: usize,
-    rate: u64,
-    seconds: u64,
-    writers: usize,
-    batch: bool,
-) -> anyhow::Result<Value> {
+/// (from `/stats`, which needs the operator's password).
+pub(crate) async fn ws(addr: SocketAddr, shape: WsShape, admin_password: Option<&str>) -> anyhow::Result<Value> {
+    let WsShape { clients, rate, seconds, writers, batch } = shape;
     let (token, did) = bench_account(addr, "ws").await?;
     let epoch = Instant::now();
 
@@ -423,7 +431,7 @@ pub(crate) async fn ws(
     writers_rt.shutdown_background();
     // Let the last events arrive, then read the node's memory while every client is connected.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let stats = http_get_json(addr, "/stats").await.unwrap_or(Value::Null);
+    let stats = http_get_json(addr, "/stats", admin_password).await.unwrap_or(Value::Null);
     stop.store(true, Ordering::Relaxed);
     let (mut delivered, mut missing, mut closed, mut complete) = (0usize, 0usize, 0usize, 0usize);
     for t in tasks {
@@ -591,9 +599,13 @@ impl RawWs {
 const LATENCY_BUCKETS: usize = 1_000_000;
 
 /// One GET with a JSON answer.
-async fn http_get_json(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
+async fn http_get_json(addr: SocketAddr, path: &str, admin_password: Option<&str>) -> anyhow::Result<Value> {
+    use base64::Engine;
+    let auth = admin_password.map_or(String::new(), |p| {
+        format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(format!("admin:{p}")))
+    });
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await??;
     let text = String::from_utf8_lossy(&raw);

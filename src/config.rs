@@ -54,11 +54,13 @@ impl Default for Config {
 pub(crate) struct HttpConfig {
     /// Listen address.
     pub(crate) listen: SocketAddr,
+    /// Serve `/metrics` and `/stats` without the operator's credentials.
+    pub(crate) public_metrics: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 2583)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 2583)), public_metrics: false }
     }
 }
 
@@ -92,6 +94,8 @@ pub(crate) struct XrpcSection {
     pub(crate) max_body_mib: usize,
     /// Largest blob in MiB.
     pub(crate) max_blob_mib: usize,
+    /// MiB of blobs one account may hold.
+    pub(crate) blob_quota_mib: u64,
 }
 
 impl Default for XrpcSection {
@@ -109,6 +113,7 @@ impl Default for XrpcSection {
             lexicons_dir: PathBuf::new(),
             max_body_mib: 16,
             max_blob_mib: 100,
+            blob_quota_mib: 10 * 1024,
         }
     }
 }

@@ -136,6 +136,9 @@ enum BenchCommand {
         /// Subscribe with `batch: true` (events ready together arrive in one message).
         #[arg(long)]
         batch: bool,
+        /// The node's admin password, to read its memory use from `/stats` (the operator's).
+        #[arg(long, env = "UES_ADMIN_PASSWORD")]
+        admin_password: Option<String>,
     },
     /// Two nodes over TCP on 127.0.0.1: connection setup, a new replica catching up on a log,
     /// one new operation synced (JSON result).
@@ -310,9 +313,10 @@ fn main() -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Bench(BenchCommand::Ws { addr, clients, rate, seconds, writers, batch }) => {
+        Command::Bench(BenchCommand::Ws { addr, clients, rate, seconds, writers, batch, admin_password }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-            print_json(rt.block_on(bench::ws(addr, clients, rate, seconds, writers, batch))?)
+            let shape = bench::WsShape { clients, rate, seconds, writers, batch };
+            print_json(rt.block_on(bench::ws(addr, shape, admin_password.as_deref()))?)
         }
         Command::Bench(BenchCommand::Create { addr, records, concurrency }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -503,6 +507,7 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
         plc_url: (!cfg.xrpc.plc_url.is_empty()).then(|| cfg.xrpc.plc_url.clone()),
         max_body_bytes: cfg.xrpc.max_body_mib << 20,
         max_blob_bytes: (cfg.xrpc.max_blob_mib as u64) << 20,
+        blob_quota_bytes: cfg.xrpc.blob_quota_mib << 20,
         handle_resolver: handle_resolver(&cfg.xrpc.handle_dns)?,
         appview: (!cfg.xrpc.appview_url.is_empty()).then(|| ues_protocol::xrpc::AppView {
             url: cfg.xrpc.appview_url.clone(),
@@ -515,6 +520,7 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
         }),
         relays: cfg.xrpc.relays.clone(),
         firehose_backfill: std::time::Duration::from_secs(cfg.xrpc.firehose_backfill_hours * 3600),
+        public_metrics: cfg.http.public_metrics,
         admin_password: Some(if cfg.xrpc.admin_password.is_empty() {
             identity::admin_password(&cfg.data_dir)?
         } else {

@@ -284,7 +284,8 @@ fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
     assert!(seen_seed, "B's firehose has a #commit carrying A's records");
     drop(fh);
     // Peer and replication status reach the metrics.
-    let mut res = agent().get(format!("http://127.0.0.1:{}/metrics", b.http)).call().unwrap();
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", b.http);
+    let mut res = agent().get(&metrics_url).header("authorization", &support::operator_auth(&b.dir)).call().unwrap();
     let metrics = res.body_mut().read_to_string().unwrap();
     assert!(metrics.contains("ues_p2p_connected_peers"), "{metrics}");
     assert!(!metrics.contains("ues_p2p_remote_commits_total 0"), "B committed A's operations: {metrics}");

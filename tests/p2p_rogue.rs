@@ -97,17 +97,11 @@ async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
     assert!(peers.status.success(), "{}", String::from_utf8_lossy(&peers.stderr));
     let peers: serde_json::Value = serde_json::from_slice(&peers.stdout).unwrap();
     assert!(peers["bans"].as_u64().unwrap() >= 2, "{peers}");
-    // An app watching the node's peers over /ws (a signed-in user) sees the honest peer arrive.
-    let acct = agent()
-        .post(format!("http://127.0.0.1:{http}/xrpc/com.atproto.server.createAccount"))
-        .send_json(serde_json::json!({"handle": "watcher.test", "password": "pass-word-123"}))
-        .unwrap()
-        .body_mut()
-        .read_json::<serde_json::Value>()
-        .unwrap();
-    let token = acct["accessJwt"].as_str().unwrap();
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{http}/ws?access_token={token}")).await.unwrap();
+    // The operator watching the node's peers over /ws sees the honest peer arrive.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{http}/ws").into_client_request().unwrap();
+    req.headers_mut().insert("authorization", support::operator_auth(&data).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let subscribe = serde_json::json!({"type": "subscribe", "id": "p", "topic": "peers"}).to_string();

@@ -328,8 +328,10 @@ fn an_app_uses_the_rest_api() {
     assert_eq!((status.status, status.json["accounts"].as_u64()), (200, Some(2)));
     assert!(status.json["peerId"].as_str().is_some_and(|p| p.starts_with("12D3")), "{}", status.json);
     assert!(status.json["seq"].as_i64().unwrap() > 0);
+    // Peers and their addresses are the operator's to see, not an account's.
     assert_eq!(get(&format!("{api}/peers"), &[]).status, 401);
-    let peers = get(&format!("{api}/peers"), &[("authorization", &bearer(&bob_access))]);
+    assert_eq!(get(&format!("{api}/peers"), &[("authorization", &bearer(&bob_access))]).status, 401);
+    let peers = get(&format!("{api}/peers"), &[("authorization", &node.operator_auth())]);
     assert_eq!((peers.status, &peers.json["peerId"]), (200, &status.json["peerId"]));
 
     // Routes and methods that do not exist answer JSON too; oversize bodies 413.
@@ -397,7 +399,8 @@ fn rate_limits_answer_429_with_retry_after() {
     // After waiting as told, the client is served again.
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(get(&url, &[]).status, 200);
-    let metrics = get(&format!("{}/metrics", node.base), &[]);
+    assert_eq!(get(&format!("{}/metrics", node.base), &[]).status, 401, "metrics are the operator's");
+    let metrics = get(&format!("{}/metrics", node.base), &[("authorization", &node.operator_auth())]);
     let text = String::from_utf8_lossy(&metrics.bytes).to_string();
     let n: u64 = text
         .lines()

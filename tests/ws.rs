@@ -290,12 +290,14 @@ async fn websocket_subscriptions_resume_and_limits() {
     assert_eq!(u16::from(code), 4008, "{reason}");
     assert!(reason.contains("resume with since="), "{reason}");
     // /stats and /metrics count what happened.
-    let mut res = agent().get(format!("{base}/stats")).call().unwrap();
+    assert_eq!(agent().get(format!("{base}/stats")).call().unwrap().status(), 401, "stats are the operator's");
+    let operator = node._node.operator_auth();
+    let mut res = agent().get(format!("{base}/stats")).header("authorization", &operator).call().unwrap();
     let stats: Value = res.body_mut().read_json().unwrap();
     assert!(stats["wsSlowClosed"].as_u64().unwrap() >= 1, "{stats}");
     assert!(stats["wsRefused"].as_u64().unwrap() >= 5, "{stats}");
     assert!(stats["wsEventsSent"].as_u64().unwrap() >= 5, "{stats}");
-    let mut res = agent().get(format!("{base}/metrics")).call().unwrap();
+    let mut res = agent().get(format!("{base}/metrics")).header("authorization", &operator).call().unwrap();
     let metrics = res.body_mut().read_to_string().unwrap();
     assert!(metrics.contains("ues_ws_slow_closed_total"), "{metrics}");
 }

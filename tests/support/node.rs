@@ -52,6 +52,23 @@ pub struct Running {
     pub port: u16,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
+    /// Its data directory.
+    pub dir: std::path::PathBuf,
+}
+
+impl Running {
+    /// The `Authorization` value of the node's operator (user `admin`, the password `ues run`
+    /// generated into the data directory).
+    pub fn operator_auth(&self) -> String {
+        operator_auth(&self.dir)
+    }
+}
+
+/// The operator's `Authorization` value for the node whose data directory is `dir`.
+pub fn operator_auth(dir: &Path) -> String {
+    use base64::Engine;
+    let password = std::fs::read_to_string(dir.join("admin.password")).expect("the node wrote admin.password");
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{}", password.trim())))
 }
 
 impl Drop for Running {
@@ -69,7 +86,7 @@ pub fn start_with(dir: &Path, config: &str) -> Running {
     std::fs::write(dir.join("node.toml"), config).unwrap();
     let child = spawn(dir, port, "/ip4/127.0.0.1/tcp/0", &dir.join("node.log"));
     wait_healthy(port);
-    Running { child, port, base: format!("http://127.0.0.1:{port}") }
+    Running { child, port, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() }
 }
 
 /// `ues peer id` of a data directory.

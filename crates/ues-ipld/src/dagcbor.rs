@@ -71,6 +71,11 @@ pub enum CborError {
     },
 }
 
+/// Deepest nesting of lists and maps in AT Protocol data: what the decoder accepts by default,
+/// and so what every other way in (JSON input, records written) must refuse beyond, or a value
+/// would be stored that can never be read back.
+pub const MAX_DEPTH: usize = 64;
+
 /// Decoder settings.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeOptions {
@@ -82,7 +87,7 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        Self { max_depth: 64, allow_floats: false }
+        Self { max_depth: MAX_DEPTH, allow_floats: false }
     }
 }
 

@@ -10,6 +10,8 @@ use cid::Cid;
 use serde_json::{Map, Number, Value};
 
 use crate::Ipld;
+// The decoder's bound: a value nested deeper could be written but never read back.
+use crate::dagcbor::MAX_DEPTH;
 
 /// Why JSON is not valid AT Protocol data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,13 +56,21 @@ pub fn record_from_json(value: &Value) -> Result<Ipld, JsonError> {
 
 /// Converts any JSON value to IPLD, validating the AT Protocol data model.
 pub fn from_json(value: &Value) -> Result<Ipld, JsonError> {
-    convert(value, "$", 0)
+    convert(value, "$", 0, MAX_DEPTH)
 }
 
-const MAX_DEPTH: usize = 128;
+/// Levels a request body may wrap around the records it carries (`applyWrites`: body, `writes`,
+/// the write, `value`).
+pub const BODY_ENVELOPE: usize = 4;
 
-fn convert(value: &Value, path: &str, depth: usize) -> Result<Ipld, JsonError> {
-    if depth > MAX_DEPTH {
+/// Converts a request body to IPLD: as [`from_json`], with room for the envelope around the
+/// records inside (each record is held to [`MAX_DEPTH`] on its own when it is written).
+pub fn body_from_json(value: &Value) -> Result<Ipld, JsonError> {
+    convert(value, "$", 0, MAX_DEPTH + BODY_ENVELOPE)
+}
+
+fn convert(value: &Value, path: &str, depth: usize, max: usize) -> Result<Ipld, JsonError> {
+    if depth > max {
         return Err(invalid(path, "nested too deeply"));
     }
     Ok(match value {
@@ -72,10 +82,10 @@ fn convert(value: &Value, path: &str, depth: usize) -> Result<Ipld, JsonError> {
             items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| convert(v, &format!("{path}[{i}]"), depth + 1))
+                .map(|(i, v)| convert(v, &format!("{path}[{i}]"), depth + 1, max))
                 .collect::<Result<_, _>>()?,
         ),
-        Value::Object(map) => object(map, path, depth)?,
+        Value::Object(map) => object(map, path, depth, max)?,
     })
 }
 
@@ -93,7 +103,7 @@ fn integer(n: &Number, path: &str) -> Result<i128, JsonError> {
     }
 }
 
-fn object(map: &Map<String, Value>, path: &str, depth: usize) -> Result<Ipld, JsonError> {
+fn object(map: &Map<String, Value>, path: &str, depth: usize, max: usize) -> Result<Ipld, JsonError> {
     if let Some(link) = map.get("$link") {
         if map.len() != 1 {
             return Err(invalid(path, "$link object with extra fields"));
@@ -112,7 +122,7 @@ fn object(map: &Map<String, Value>, path: &str, depth: usize) -> Result<Ipld, Js
     }
     let mut out = BTreeMap::new();
     for (k, v) in map {
-        out.insert(k.clone(), convert(v, &format!("{path}.{k}"), depth + 1)?);
+        out.insert(k.clone(), convert(v, &format!("{path}.{k}"), depth + 1, max)?);
     }
     if let Some(t) = map.get("$type") {
         match t.as_str() {
@@ -227,6 +237,30 @@ impl BlobRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `{"a": {"a": ... 1}}` with `levels` objects.
+    fn nested(levels: usize) -> Value {
+        let mut v = Value::from(1);
+        for _ in 0..levels {
+            v = serde_json::json!({ "a": v });
+        }
+        v
+    }
+
+    #[test]
+    fn json_accepts_exactly_what_dag_cbor_reads_back() {
+        // The deepest value the decoder reads: MAX_DEPTH containers, the innermost value at
+        // depth MAX_DEPTH.
+        let deepest = from_json(&nested(MAX_DEPTH)).unwrap();
+        assert_eq!(deepest.depth(), MAX_DEPTH);
+        let bytes = crate::dagcbor::encode(&deepest);
+        assert_eq!(crate::dagcbor::decode_atproto(&bytes).unwrap(), deepest);
+        // One more level is refused on the way in, as the decoder would refuse it on the way out.
+        assert!(matches!(from_json(&nested(MAX_DEPTH + 1)), Err(JsonError::Invalid { .. })));
+        let mut deeper = deepest;
+        deeper = Ipld::Map(BTreeMap::from([("a".to_string(), deeper)]));
+        assert!(crate::dagcbor::decode_atproto(&crate::dagcbor::encode(&deeper)).is_err());
+    }
 
     #[test]
     fn blob_refs_in_both_forms() {

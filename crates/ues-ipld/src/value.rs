@@ -29,6 +29,23 @@ pub enum Ipld {
 }
 
 impl Ipld {
+    /// How deeply lists and maps nest in this value: 0 for a scalar or an empty container, as the
+    /// DAG-CBOR decoder counts (it refuses values deeper than [`crate::dagcbor::MAX_DEPTH`]).
+    /// Iterative, so a hostile depth cannot overflow the stack.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 0usize)];
+        while let Some((v, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            match v {
+                Ipld::List(items) => stack.extend(items.iter().map(|i| (i, d + 1))),
+                Ipld::Map(m) => stack.extend(m.values().map(|i| (i, d + 1))),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
     /// The map's value under `key`, if this is a map and the key is present.
     pub fn get(&self, key: &str) -> Option<&Ipld> {
         match self {

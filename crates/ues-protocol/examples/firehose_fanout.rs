@@ -29,11 +29,13 @@ async fn main() {
         plc_url: None,
         max_body_bytes: 1 << 20,
         max_blob_bytes: 1 << 20,
+        blob_quota_bytes: 1 << 30,
         handle_resolver: ues_sync::repo::identity::HandleResolver::with_base(|_| "http://127.0.0.1:9".into()),
         admin_password: None,
         appview: None,
         relays: vec![],
         firehose_backfill: std::time::Duration::from_secs(72 * 3600),
+        public_metrics: false,
     };
     let state = Arc::new(
         XrpcState::new(Accounts::open(blocks, db, 1).unwrap(), Lexicons::new(), Arc::new(MemoryKv::new()), cfg)

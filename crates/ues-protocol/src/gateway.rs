@@ -20,7 +20,8 @@
 //!   repositories, for at most 20 ms more latency.
 //! - No echo: a write made with the header `X-Ues-Ws-Session: <session from welcome>` is not
 //!   sent back to that socket, unless its subscription says `echo: true`.
-//! - `subscribe {id, topic: "peers" | "sync"}` (authenticated): `peer {event: connected |
+//! - `subscribe {id, topic: "peers" | "sync"}` (the operator: a socket opened with `Authorization:
+//!   Basic` admin credentials): `peer {event: connected |
 //!   disconnected, peerId, addr}` and `sync {event: session | committed, ...}` as they happen;
 //!   ephemeral: a socket that lags gets `gap {missed}` instead of what it missed.
 //! - Applications' topics ([`Registry`]): `subscribe {id, topic: <theirs>, ...}` → `app {topic,
@@ -330,7 +331,10 @@ impl Gateway {
 }
 
 /// `GET /stats`: uptime, connected clients, subscriptions, queue depth, events per second.
-async fn stats(State(g): State<Arc<Gateway>>) -> axum::Json<Value> {
+async fn stats(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Result<axum::Json<Value>, crate::xrpc::XrpcError> {
+    if !g.st.cfg.public_metrics {
+        g.st.operator(&headers)?;
+    }
     let m = &g.st.metrics;
     let events = m.ws_events.load(Ordering::Relaxed);
     let per_sec = {
@@ -341,7 +345,7 @@ async fn stats(State(g): State<Arc<Gateway>>) -> axum::Json<Value> {
         }
         r.2
     };
-    axum::Json(json!({
+    Ok(axum::Json(json!({
         "uptimeSeconds": g.started.elapsed().as_secs(),
         "wsClients": m.ws_clients.load(Ordering::Relaxed),
         "wsSubscriptions": m.ws_subscriptions.load(Ordering::Relaxed),
@@ -355,7 +359,7 @@ async fn stats(State(g): State<Arc<Gateway>>) -> axum::Json<Value> {
         "p2pPeers": g.st.replication.get().map(|r| r.status().connected.len()),
         "rssBytes": proc_status_kib("VmRSS:").map(|k| k << 10),
         "peakRssBytes": proc_status_kib("VmHWM:").map(|k| k << 10),
-    }))
+    })))
 }
 
 #[derive(Deserialize)]
@@ -379,13 +383,24 @@ async fn upgrade(
     {
         headers.insert(axum::http::header::AUTHORIZATION, v);
     }
-    let did = if headers.contains_key(axum::http::header::AUTHORIZATION) {
+    // The operator (HTTP Basic, as for admin calls) sees the node's peer and sync events; an
+    // account's session sees its own; a socket without either only public data.
+    let basic = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Basic "));
+    let (did, operator) = if basic {
+        match g.st.operator(&headers) {
+            Ok(()) => (None, true),
+            Err(e) => return e.into_response(),
+        }
+    } else if headers.contains_key(axum::http::header::AUTHORIZATION) {
         match g.st.access(&headers) {
-            Ok(c) => Some(c.sub),
+            Ok(c) => (Some(c.sub), false),
             Err(e) => return e.into_response(),
         }
     } else {
-        None
+        (None, false)
     };
     // Frames above twice the limit are refused by the WebSocket layer itself; between the two,
     // the server answers 1009 with a reason.
@@ -411,7 +426,7 @@ async fn upgrade(
     up.read_buffer_size(READ_BUFFER)
         .max_message_size(limit * 2)
         .max_frame_size(limit * 2)
-        .on_upgrade(move |socket| serve(g, socket, did, cbor, deflate))
+        .on_upgrade(move |socket| serve(g, socket, did, operator, cbor, deflate))
 }
 
 /// `bytes` compressed as raw DEFLATE (fast level: these are live messages).
@@ -500,6 +515,8 @@ struct Conn {
     /// Presence topics joined.
     joined: std::collections::HashSet<String>,
     did: Option<String>,
+    /// Opened with the operator's credentials: the node's peer and sync events are shown.
+    operator: bool,
     subs: HashMap<String, Sub>,
     /// The last sequence number delivered to this socket's subscriptions.
     seen: i64,
@@ -671,8 +688,13 @@ impl Conn {
                         let Some(rep) = self.g.st.replication.get() else {
                             return self.error(Some(&id), "Unavailable", "the peer-to-peer service is off");
                         };
-                        if self.did.is_none() {
-                            return self.error(Some(&id), "AuthRequired", "peer and sync events need a session token");
+                        // Peers' addresses and what they sync are the operator's to see.
+                        if !self.operator {
+                            return self.error(
+                                Some(&id),
+                                "AuthRequired",
+                                "peer and sync events need the operator's credentials",
+                            );
                         }
                         if self.node_events.is_none() {
                             self.node_events = Some(rep.events());
@@ -844,6 +866,11 @@ impl Conn {
         let records = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
             let d = Did::new(did.as_str()).map_err(|e| e.to_string())?;
             let c = Nsid::new(collection.as_str()).map_err(|e| e.to_string())?;
+            // A taken-down or suspended account's records are not served here either.
+            let status = st.accounts.get(&d).map_err(|e| e.to_string())?.map(|a| a.status);
+            if matches!(status.as_deref(), Some("takendown" | "suspended")) {
+                return Err(format!("{did} is not served: its account is {}", status.unwrap_or_default()));
+            }
             let mut out = Vec::new();
             let mut cursor: Option<RecordKey> = None;
             while out.len() < max {
@@ -1211,7 +1238,7 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
-async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bool, deflate: bool) {
+async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, operator: bool, cbor: bool, deflate: bool) {
     let (mut sink, mut stream) = socket.split();
     let n = g.clients.fetch_add(1, Ordering::Relaxed);
     let _slot = ClientSlot(&g.clients);
@@ -1286,6 +1313,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, cbor: bo
         app_tx,
         app_tasks: HashMap::new(),
         did,
+        operator,
         subs: HashMap::new(),
         seen,
         first_seen: seen,

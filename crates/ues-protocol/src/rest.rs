@@ -566,7 +566,7 @@ async fn get_repo(State(api): State<Arc<Api>>, Path(p): Path<RepoPath>, headers:
     addressed(&p.repo, None, None)?;
     let st = api.st.clone();
     crate::xrpc::blocking(move || {
-        let account = repo::find_repo(&st, &p.repo).map_err(rest)?;
+        let account = repo::readable_repo(&st, &p.repo).map_err(rest)?;
         let head = account.head.to_string();
         if not_modified(&headers, &head) {
             return Ok(not_modified_response(&head));
@@ -942,15 +942,15 @@ async fn node_status(State(api): State<Arc<Api>>) -> ApiResult<Json<NodeStatus>>
     .await
 }
 
-/// The peer-to-peer service: this node's peer id, addresses, connected peers (signed-in
-/// accounts of this node only).
-#[utoipa::path(get, path = "/api/v1/peers", tag = "node", security(("bearer" = [])),
+/// The peer-to-peer service: this node's peer id, addresses, connected peers (the node
+/// operator only: HTTP Basic, user `admin`).
+#[utoipa::path(get, path = "/api/v1/peers", tag = "node", security(("operator" = [])),
     responses(
         (status = 200, description = "Peers", body = Peers),
-        (status = 401, description = "No, bad or expired access token", body = ApiError),
+        (status = 401, description = "Not the operator's credentials", body = ApiError),
     ))]
 async fn peers(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Json<Peers>> {
-    api.st.access(&headers).map_err(rest)?;
+    api.st.operator(&headers).map_err(rest)?;
     let Some(r) = api.st.replication.get() else {
         return Ok(Json(Peers { peer_id: None, listening: vec![], connected: vec![], bans: 0, remote_commits: 0 }));
     };
@@ -1054,6 +1054,8 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::builder().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
+        // The node operator: user `admin` with the node's admin password.
+        components.add_security_scheme("operator", SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)));
     }
 }
 

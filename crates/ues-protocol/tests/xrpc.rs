@@ -625,7 +625,11 @@ async fn prometheus_metrics() {
     let n = node();
     account(&n, "alice.test").await;
     call(&n, "GET", "/xrpc/com.atproto.server.describeServer", None, None).await;
+    // The operator's, not the public's.
     let resp = n.send(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let req = Request::get("/metrics").header("authorization", common::admin_auth(common::ADMIN_PASSWORD));
+    let resp = n.send(req.body(Body::empty()).unwrap()).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(

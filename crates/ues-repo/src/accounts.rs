@@ -1268,7 +1268,9 @@ impl<B: Blockstore> Accounts<B> {
         Ok(rows)
     }
 
-    /// Full-text search over every record's strings, best match first (FTS5 bm25).
+    /// Full-text search over every record's strings, best match first (FTS5 bm25). Node-wide
+    /// queries (this one, backlinks, declared indexes, records by time) show active accounts only:
+    /// a taken-down, suspended or deactivated account's records are not served.
     ///
     /// Ranking is bounded: bm25 orders the [`SEARCH_WINDOW`] most recently indexed matches, so
     /// a query whose words appear in half the corpus costs the same as a rare one. For a social
@@ -1298,6 +1300,7 @@ impl<B: Blockstore> Accounts<B> {
                  ) m
                  JOIN record_text t ON t.id = m.rowid
                  JOIN record r ON r.did = t.did AND r.collection = t.collection AND r.rkey = t.rkey
+                 JOIN account a ON a.did = r.did AND a.status = 'active'
                  ORDER BY m.score",
             )?;
             let rows = st.query_map(params![fts_query, limit as i64, SEARCH_WINDOW], row_to_record)?;
@@ -1351,6 +1354,7 @@ impl<B: Blockstore> Accounts<B> {
             let mut st = c.prepare_cached(
                 "SELECT b.src_did, b.src_collection, b.src_rkey, r.cid FROM backlink b
                  JOIN record r ON r.did = b.src_did AND r.collection = b.src_collection AND r.rkey = b.src_rkey
+                 JOIN account a ON a.did = r.did AND a.status = 'active'
                  WHERE b.target = ?1 LIMIT ?2",
             )?;
             let rows = st.query_map(params![target, limit as i64], row_to_record)?;
@@ -1374,6 +1378,7 @@ impl<B: Blockstore> Accounts<B> {
             let mut st = c.prepare_cached(
                 "SELECT i.did, i.collection, i.rkey, r.cid FROM record_index i
                  JOIN record r ON r.did = i.did AND r.collection = i.collection AND r.rkey = i.rkey
+                 JOIN account a ON a.did = r.did AND a.status = 'active'
                  WHERE i.collection = ?1 AND i.name = ?2 AND i.value = ?3 AND (i.did, i.rkey) > (?4, ?5)
                  ORDER BY i.did, i.rkey LIMIT ?6",
             )?;
@@ -1405,8 +1410,9 @@ impl<B: Blockstore> Accounts<B> {
         let c0 = cursor.cloned().unwrap_or(TimeCursor { indexed_at: until_ms, ..TimeCursor::default() });
         let rows = self.db.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT did, collection, rkey, cid, indexed_at FROM record
+                "SELECT did, collection, rkey, cid, indexed_at FROM record r
                  WHERE (?1 IS NULL OR did = ?1) AND (?2 IS NULL OR collection = ?2)
+                   AND EXISTS (SELECT 1 FROM account a WHERE a.did = r.did AND a.status = 'active')
                    AND indexed_at >= ?3 AND indexed_at < ?4
                    AND (indexed_at, did, collection, rkey) < (?5, ?6, ?7, ?8)
                  ORDER BY indexed_at DESC, did DESC, collection DESC, rkey DESC LIMIT ?9",

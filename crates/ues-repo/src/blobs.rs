@@ -20,11 +20,13 @@ pub struct BlobLimits {
     pub max_size: u64,
     /// Accepted MIME patterns (`*/*`, `image/*`, `video/mp4`).
     pub accept: Vec<String>,
+    /// Bytes of blobs one account may hold in all (referenced or not yet).
+    pub quota: u64,
 }
 
 impl Default for BlobLimits {
     fn default() -> Self {
-        Self { max_size: 100 * 1000 * 1000, accept: vec!["*/*".into()] }
+        Self { max_size: 100 * 1000 * 1000, accept: vec!["*/*".into()], quota: 10 << 30 }
     }
 }
 
@@ -41,6 +43,12 @@ pub enum BlobError {
     /// A MIME type the node does not accept.
     #[error("MIME type {0} is not accepted")]
     MimeType(String),
+    /// The account's blobs would exceed its quota.
+    #[error("the account's blobs would exceed its quota of {quota} bytes")]
+    QuotaExceeded {
+        /// The quota.
+        quota: u64,
+    },
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] ues_ipld::storage::Error),
@@ -82,7 +90,17 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
         if !mime_ok(&self.limits.accept, mime_type) {
             return Err(BlobError::MimeType(mime_type.to_string()));
         }
-        let info = self.blobs.put(body, self.limits.max_size).map_err(|e| match e {
+        // The upload may take what is left of the account's quota, read as it streams in.
+        let used = self.usage(did)?;
+        let room = self.limits.quota.saturating_sub(used);
+        if room == 0 {
+            return Err(BlobError::QuotaExceeded { quota: self.limits.quota });
+        }
+        let limit = self.limits.max_size.min(room);
+        let info = self.blobs.put(body, limit).map_err(|e| match e {
+            ues_ipld::storage::Error::TooLarge { .. } if limit < self.limits.max_size => {
+                BlobError::QuotaExceeded { quota: self.limits.quota }
+            }
             ues_ipld::storage::Error::TooLarge { limit, .. } => BlobError::TooLarge { limit },
             e => BlobError::Storage(e),
         })?;
@@ -95,6 +113,15 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
             Ok::<_, BlobError>(())
         })?;
         Ok(BlobRef { cid: info.cid, mime_type: mime_type.to_string(), size: Some(info.size) })
+    }
+
+    /// Bytes of blobs `did` holds.
+    pub fn usage(&self, did: &Did) -> Result<u64, BlobError> {
+        let n: i64 = self.db.read(|c| {
+            c.prepare_cached("SELECT COALESCE(SUM(size), 0) FROM blob WHERE did = ?1")?
+                .query_row([did.as_str()], |r| r.get(0))
+        })?;
+        Ok(n.max(0) as u64)
     }
 
     /// A blob of `did` as a seekable stream, with its MIME type.

@@ -100,6 +100,41 @@ pub fn did_web(host: &str) -> Result<Did, crate::syntax::SyntaxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "::ffff:1.1.1.1"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    /// The resolver of `ues run` refuses to connect to a non-public address: nothing reaches
+    /// the listener, and the error says why.
+    #[test]
+    fn handle_lookups_never_reach_a_private_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/.well-known/atproto-did", listener.local_addr().unwrap());
+        let err = HandleResolver::default().agent.get(&url).call().unwrap_err().to_string();
+        assert!(err.contains("not a public address"), "{err}");
+        assert!(listener.accept().is_err(), "a connection reached the private address");
+    }
     use crate::crypto::{KeyType, Keypair};
 
     #[test]
@@ -168,8 +203,85 @@ fn https_base(handle: &str) -> String {
 }
 
 impl Default for HandleResolver {
+    /// `https://<handle>` on public addresses only, and the system's DNS server.
     fn default() -> Self {
-        Self::with_base(https_base).with_dns(system_nameserver())
+        let mut r = Self::with_base(https_base).with_dns(system_nameserver());
+        r.agent = ureq::Agent::with_parts(
+            resolver_config(),
+            ureq::unversioned::transport::DefaultConnector::new(),
+            PublicOnly::default(),
+        );
+        r
+    }
+}
+
+fn resolver_config() -> ureq::config::Config {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+}
+
+/// Resolves the host names of handle lookups and refuses any that leads to an address that is
+/// not public (loopback, private, link-local, unique-local, ...): anyone chooses their handle,
+/// and `https://<handle>` must not become a way into the operator's own network. The check is
+/// on the very addresses the connection then uses, so a name cannot change in between.
+#[derive(Debug, Default)]
+struct PublicOnly(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for PublicOnly {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let addrs = self.0.resolve(uri, config, timeout)?;
+        if let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
+            let host = uri.host().unwrap_or("");
+            return Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{host} resolves to {}, which is not a public address", a.ip()),
+            )));
+        }
+        Ok(addrs)
+    }
+}
+
+/// Whether an address is reachable on the public internet. Hand-written: the standard library's
+/// `is_global` is not stable, and the ranges are few (RFC 6890 and its successors).
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // shared address space (carrier NAT)
+                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+                || (a == 198 && (18..20).contains(&b)) // benchmarking
+                || a >= 240) // reserved
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x0064 && s[1] == 0xff9b)) // NAT64 (leads to IPv4, possibly private)
+        }
     }
 }
 
@@ -188,12 +300,7 @@ const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 impl HandleResolver {
     /// A resolver that fetches from `base_for(handle)` + `/.well-known/atproto-did`, without DNS.
     pub fn with_base(base_for: fn(&str) -> String) -> Self {
-        let config = ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(5)))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build();
-        Self { agent: config.into(), base_for, dns: None }
+        Self { agent: resolver_config().into(), base_for, dns: None }
     }
 
     /// Asks `server` for `_atproto` TXT records first (`None`: HTTPS only).

@@ -152,11 +152,23 @@ fn path(collection: &Nsid, rkey: &RecordKey) -> String {
     format!("{collection}/{rkey}")
 }
 
+/// Largest record block, encoded (the sync specification's hard limit: relays drop commits that
+/// carry a larger one, so a larger record could never leave this node).
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
+
 fn record_block(path: &str, record: &Ipld) -> Result<(Cid, Vec<u8>), RepoError> {
+    let invalid = |reason: String| RepoError::InvalidRecord { path: path.to_string(), reason };
     if !matches!(record, Ipld::Map(_)) {
-        return Err(RepoError::InvalidRecord { path: path.to_string(), reason: "a record must be an object".into() });
+        return Err(invalid("a record must be an object".into()));
+    }
+    // A value the decoder would refuse could be committed but never read back.
+    if record.depth() > dagcbor::MAX_DEPTH {
+        return Err(invalid(format!("nested deeper than {} levels", dagcbor::MAX_DEPTH)));
     }
     let bytes = dagcbor::encode(record);
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(invalid(format!("{} bytes encoded; records are limited to {MAX_RECORD_BYTES}", bytes.len())));
+    }
     Ok((cid_sha256(DAG_CBOR, &bytes), bytes))
 }
 

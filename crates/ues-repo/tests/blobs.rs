@@ -18,7 +18,8 @@ fn upload_reference_list_gc() {
     let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
     let blocks = MemoryBlockstore::new();
     let accts = Accounts::open(&blocks, db.clone(), 1).unwrap();
-    let limits = BlobLimits { max_size: 1_000_000, accept: vec!["image/*".into(), "video/mp4".into()] };
+    let limits =
+        BlobLimits { max_size: 1_000_000, accept: vec!["image/*".into(), "video/mp4".into()], quota: 10 << 30 };
     let blobs = BlobStore::new(&blocks, MemoryKv::new(), db.clone(), limits);
     let did = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
     accts.create(did.clone(), Handle::new("a.test").unwrap(), KeyType::K256).unwrap();
@@ -84,4 +85,29 @@ fn upload_reference_list_gc() {
     })
     .unwrap();
     assert_eq!(blobs.missing(&did, 10).unwrap(), vec![(ghost.cid.to_string(), "app.bsky.feed.post/x".to_string())]);
+}
+
+/// An account's blobs stop at its quota: an upload that would pass it is refused (read only up to
+/// the room left), and nothing of it is kept; other accounts are not affected.
+#[test]
+fn uploads_stop_at_the_account_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
+    let blocks = MemoryBlockstore::new();
+    let accts = Accounts::open(&blocks, db.clone(), 1).unwrap();
+    let limits = BlobLimits { max_size: 1_000_000, accept: vec!["*/*".into()], quota: 1_500_000 };
+    let blobs = BlobStore::new(&blocks, MemoryKv::new(), db.clone(), limits);
+    let (a, b) =
+        (Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap(), Did::new("did:plc:bbbbbbbbbbbbbbbbbbbbbbbb").unwrap());
+    accts.create(a.clone(), Handle::new("a.test").unwrap(), KeyType::K256).unwrap();
+    accts.create(b.clone(), Handle::new("b.test").unwrap(), KeyType::K256).unwrap();
+    let data = |seed: u8, n: usize| -> Vec<u8> { (0..n).map(|i| (i as u8).wrapping_mul(seed)).collect() };
+    blobs.upload(&a, "image/png", &mut &data(3, 900_000)[..]).unwrap();
+    assert_eq!(blobs.usage(&a).unwrap(), 900_000);
+    let err = blobs.upload(&a, "image/png", &mut &data(5, 700_000)[..]).unwrap_err();
+    assert!(matches!(err, BlobError::QuotaExceeded { quota: 1_500_000 }), "{err}");
+    assert_eq!(blobs.usage(&a).unwrap(), 900_000, "the refused upload left nothing");
+    blobs.upload(&a, "image/png", &mut &data(7, 600_000)[..]).unwrap();
+    assert!(matches!(blobs.upload(&a, "image/png", &mut &b"x"[..]), Err(BlobError::QuotaExceeded { .. })));
+    blobs.upload(&b, "image/png", &mut &data(5, 700_000)[..]).unwrap();
 }

@@ -160,3 +160,45 @@ fn commit_event_blocks_suffice_to_invert_the_commit() {
     // Far fewer blocks than the repository holds.
     assert!(blocks.len() < 40, "{} blocks", blocks.len());
 }
+
+/// Records the store could not read back, or relays would refuse to carry, are refused before
+/// anything is written: deeper than the decoder's bound, or larger than the record limit.
+#[test]
+fn records_too_deep_or_too_large_are_refused_and_nothing_commits() {
+    use ues_repo::ipld::dagcbor::MAX_DEPTH;
+    use ues_repo::repo::MAX_RECORD_BYTES;
+    let f = fixture();
+    let store = std::sync::Arc::new(MemoryBlockstore::new());
+    let (mut repo, first) = Repo::create(store.clone(), f.did.clone(), &f.key, f.tids.next()).unwrap();
+    let blocks_before = store.len();
+    let nest = |levels: usize| {
+        let mut v = Ipld::Integer(1);
+        for _ in 0..levels {
+            v = Ipld::Map([("a".to_string(), v)].into());
+        }
+        v
+    };
+    let at = |record: Ipld| Write::Create { collection: coll(), rkey: RecordKey::new("deep").unwrap(), record };
+    // The deepest record the decoder reads back commits.
+    let ok = repo.apply_writes(&[at(nest(MAX_DEPTH))], &f.key, f.tids.next(), None).unwrap();
+    assert_eq!(repo.get_record(&coll(), &RecordKey::new("deep").unwrap()).unwrap().unwrap().1, nest(MAX_DEPTH));
+    let head = repo.head();
+    let blocks = store.len();
+    assert!(blocks > blocks_before);
+    let too_deep =
+        Write::Create { collection: coll(), rkey: RecordKey::new("deeper").unwrap(), record: nest(MAX_DEPTH + 1) };
+    let err = repo.apply_writes(&[too_deep], &f.key, f.tids.next(), None).unwrap_err();
+    assert!(matches!(&err, RepoError::InvalidRecord { reason, .. } if reason.contains("nested deeper")), "{err}");
+    let mut big = post("x");
+    if let Ipld::Map(m) = &mut big {
+        m.insert("pad".into(), Ipld::Bytes(vec![7; MAX_RECORD_BYTES]));
+    }
+    let too_big = Write::Create { collection: coll(), rkey: RecordKey::new("big").unwrap(), record: big };
+    let err = repo.apply_writes(&[create("fine", "a post"), too_big], &f.key, f.tids.next(), None).unwrap_err();
+    assert!(matches!(&err, RepoError::InvalidRecord { reason, .. } if reason.contains("limited to")), "{err}");
+    // Nothing of the refused batches was committed or stored.
+    assert_eq!(repo.head(), head);
+    assert_eq!(store.len(), blocks);
+    assert!(repo.get_record(&coll(), &RecordKey::new("fine").unwrap()).unwrap().is_none());
+    let _ = (first, ok);
+}

@@ -21,6 +21,7 @@ pub const CHUNK_SIZE: usize = 256 * 1024;
 const BATCH_CHUNKS: usize = 16;
 const MAGIC: &[u8; 4] = b"UESM";
 const INDEX_PREFIX: &[u8] = b"blob/";
+const REFS_PREFIX: &[u8] = b"blobchunk/";
 
 /// A stored blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,26 +88,91 @@ fn index_key(cid: &Cid) -> Vec<u8> {
     k
 }
 
+fn refs_key(chunk: &Cid) -> Vec<u8> {
+    let mut k = REFS_PREFIX.to_vec();
+    k.extend_from_slice(&chunk.to_bytes());
+    k
+}
+
 /// Chunked blob storage over a blockstore and an index.
+///
+/// Chunks are shared between blobs, so each carries a reference count in the index
+/// (`blobchunk/<cid>`). An upload counts its chunks *before* writing them and a deletion drops
+/// a chunk only when its count reaches zero, under one short lock: a chunk another upload is
+/// writing can never be deleted under it. A crash can leave a count too high (the chunk
+/// leaks), never too low. Chunks stored before counts existed have none and are never dropped.
 pub struct Blobs<B, K> {
     blocks: B,
     index: K,
+    refs: parking_lot::Mutex<()>,
 }
 
 impl<B: Blockstore, K: Kv> Blobs<B, K> {
     /// Blob storage over `blocks`, indexed in `index`.
     pub fn new(blocks: B, index: K) -> Self {
-        Self { blocks, index }
+        Self { blocks, index, refs: parking_lot::Mutex::new(()) }
+    }
+
+    fn count(&self, chunk: &Cid) -> Result<Option<u32>> {
+        Ok(self
+            .index
+            .get(&refs_key(chunk))?
+            .and_then(|v| v.get(..4).map(|b| u32::from_be_bytes(b.try_into().expect("4")))))
+    }
+
+    /// Counts one more reference to each chunk (before they are written).
+    fn retain(&self, chunks: &[Cid]) -> Result<()> {
+        let _g = self.refs.lock();
+        for c in chunks {
+            let n = self.count(c)?.unwrap_or(0).saturating_add(1);
+            self.index.put(&refs_key(c), &n.to_be_bytes(), None)?;
+        }
+        Ok(())
+    }
+
+    /// Drops one reference to each chunk; a chunk whose count reaches zero is deleted.
+    fn release(&self, chunks: &[Cid]) -> Result<()> {
+        let _g = self.refs.lock();
+        for c in chunks {
+            match self.count(c)? {
+                // Stored before counts existed: shared with unknown blobs, kept.
+                None => {}
+                Some(n) if n <= 1 => {
+                    self.index.delete(&refs_key(c))?;
+                    self.blocks.delete(c)?;
+                }
+                Some(n) => self.index.put(&refs_key(c), &(n - 1).to_be_bytes(), None)?,
+            }
+        }
+        Ok(())
     }
 
     /// Streams `reader` into the store. Fails with [`Error::TooLarge`] as soon as more than
-    /// `limit` bytes have been read; chunks already written then stay behind as unreferenced
-    /// blocks for the garbage collector (they may be shared with other blobs).
+    /// `limit` bytes have been read; the chunks this upload wrote are then released (deleted
+    /// unless another blob holds them), as they are on any other failure.
     pub fn put(&self, reader: &mut dyn Read, limit: u64) -> Result<BlobInfo> {
-        let mut sha = sha2::Sha256::new();
         let mut chunks = Vec::new();
+        let res = self.put_counted(reader, limit, &mut chunks);
+        if res.is_err()
+            && let Err(e) = self.release(&chunks)
+        {
+            tracing::warn!(error = %e, "chunks of a failed upload not released");
+        }
+        res
+    }
+
+    fn put_counted(&self, reader: &mut dyn Read, limit: u64, chunks: &mut Vec<Cid>) -> Result<BlobInfo> {
+        let mut sha = sha2::Sha256::new();
         let mut batch: Vec<(Cid, Vec<u8>)> = Vec::with_capacity(BATCH_CHUNKS);
         let mut size = 0u64;
+        let flush = |batch: &mut Vec<(Cid, Vec<u8>)>, chunks: &mut Vec<Cid>| -> Result<()> {
+            let cids: Vec<Cid> = batch.iter().map(|(c, _)| *c).collect();
+            self.retain(&cids)?;
+            chunks.extend_from_slice(&cids);
+            self.blocks.put_many(batch)?;
+            batch.clear();
+            Ok(())
+        };
         loop {
             let chunk = read_chunk(reader)?;
             if chunk.is_empty() {
@@ -118,21 +184,30 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
             }
             sha.update(&chunk);
             let cid = cid_for(RAW, BLAKE3, &chunk)?;
-            chunks.push(cid);
             batch.push((cid, chunk));
             if batch.len() == BATCH_CHUNKS {
-                self.blocks.put_many(&batch)?;
-                batch.clear();
+                flush(&mut batch, chunks)?;
             }
         }
-        let manifest = Manifest { size, chunk_size: CHUNK_SIZE as u32, chunks }.encode();
+        flush(&mut batch, chunks)?;
+        let manifest = Manifest { size, chunk_size: CHUNK_SIZE as u32, chunks: chunks.clone() }.encode();
         let manifest_cid = cid_for(RAW, BLAKE3, &manifest)?;
-        batch.push((manifest_cid, manifest));
-        self.blocks.put_many(&batch)?;
         let digest = sha.finalize();
         let cid = Cid::new_v1(RAW, multihash::Multihash::<64>::wrap(SHA2_256, &digest).expect("32 bytes"));
-        // The index entry goes last: a blob is visible only once every block is durable.
-        self.index.put(&index_key(&cid), &manifest_cid.to_bytes(), None)?;
+        {
+            let _g = self.refs.lock();
+            if self.index.get(&index_key(&cid))?.is_some() {
+                // Stored already: its chunks are counted once, for that copy.
+                drop(_g);
+                self.release(chunks)?;
+                chunks.clear();
+                return Ok(BlobInfo { cid, size, manifest: manifest_cid });
+            }
+            self.blocks.put(&manifest_cid, &manifest)?;
+            // The index entry goes last: a blob is visible only once every block is durable.
+            self.index.put(&index_key(&cid), &manifest_cid.to_bytes(), None)?;
+        }
+        chunks.clear();
         Ok(BlobInfo { cid, size, manifest: manifest_cid })
     }
 
@@ -147,12 +222,15 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
         Ok(self.load(cid)?.map(|(_, manifest)| BlobReader { blocks: &self.blocks, manifest, pos: 0, current: None }))
     }
 
-    /// Forgets a blob: its index entry and manifest go; chunks are left to garbage collection
-    /// because other blobs may share them.
+    /// Forgets a blob: its index entry and manifest go, and each chunk no other blob holds.
     pub fn delete(&self, cid: &Cid) -> Result<bool> {
-        let Some((manifest_cid, _)) = self.load(cid)? else { return Ok(false) };
-        self.index.delete(&index_key(cid))?;
-        self.blocks.delete(&manifest_cid)?;
+        let Some((manifest_cid, manifest)) = self.load(cid)? else { return Ok(false) };
+        {
+            let _g = self.refs.lock();
+            self.index.delete(&index_key(cid))?;
+            self.blocks.delete(&manifest_cid)?;
+        }
+        self.release(&manifest.chunks)?;
         Ok(true)
     }
 
@@ -278,6 +356,31 @@ mod tests {
         let mut out = Vec::new();
         let err = blobs.open(&info.cid).unwrap().unwrap().read_to_end(&mut out).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+
+    /// Deleting a blob deletes the chunks no other blob holds; a failed upload leaves nothing;
+    /// the same blob stored twice is counted once.
+    #[test]
+    fn chunks_go_with_the_last_blob_that_holds_them() {
+        let store = MemoryBlockstore::new();
+        let blobs = Blobs::new(&store, MemoryKv::new());
+        let shared = sample(CHUNK_SIZE);
+        let a: Vec<u8> = shared.iter().copied().chain(vec![1u8; CHUNK_SIZE]).collect();
+        let b: Vec<u8> = shared.iter().copied().chain(vec![2u8; 10]).collect();
+        let ia = blobs.put(&mut &a[..], 1 << 30).unwrap();
+        let ib = blobs.put(&mut &b[..], 1 << 30).unwrap();
+        blobs.put(&mut &b[..], 1 << 30).unwrap();
+        assert_eq!(store.len(), 5, "three distinct chunks and two manifests");
+        assert!(blobs.delete(&ia.cid).unwrap());
+        assert_eq!(store.len(), 3, "a's own chunk and manifest went; the shared chunk stays");
+        let mut back = Vec::new();
+        blobs.open(&ib.cid).unwrap().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, b);
+        assert!(blobs.delete(&ib.cid).unwrap());
+        assert_eq!(store.len(), 0, "nothing is left");
+        let big = sample(CHUNK_SIZE * (BATCH_CHUNKS + 3));
+        assert!(blobs.put(&mut &big[..], (CHUNK_SIZE * (BATCH_CHUNKS + 1)) as u64).is_err());
+        assert_eq!(store.len(), 0, "a refused upload leaves no chunks behind");
     }
 
     #[test]

@@ -10,7 +10,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use ues_sync::repo::accounts::Account;
 use ues_sync::repo::ipld::storage::Error as StoreError;
 use ues_sync::repo::ipld::storage::rusqlite::{OptionalExtension, params};
@@ -21,25 +20,9 @@ use super::{XrpcError, XrpcState, blocking};
 
 type Res = Result<Json<Value>, XrpcError>;
 
-/// Checks `Authorization: Basic base64(admin:<password>)`.
+/// Checks the operator's credentials (HTTP Basic, user `admin`).
 fn admin(st: &XrpcState, headers: &HeaderMap) -> Result<(), XrpcError> {
-    use base64::Engine;
-    let denied = || XrpcError::auth_required("Admin authentication required");
-    let Some(expected) = st.cfg.admin_password.as_deref() else { return Err(denied()) };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(denied)?;
-    let (user, password) = given.split_once(':').ok_or_else(denied)?;
-    // Compared as digests, so the comparison's time says nothing about the password.
-    if user != "admin" || Sha256::digest(password.as_bytes()) != Sha256::digest(expected.as_bytes()) {
-        tracing::warn!("admin call with wrong credentials");
-        return Err(denied());
-    }
-    Ok(())
+    st.operator(headers)
 }
 
 fn did(s: &str) -> Result<Did, XrpcError> {

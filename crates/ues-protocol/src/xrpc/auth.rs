@@ -35,6 +35,11 @@ pub struct Claims {
     /// Token id (refresh tokens).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// The account's session generation when the token was issued: ending every session bumps
+    /// it, so a token issued a moment before (even in the same second) is refused and one issued
+    /// after is not. Absent in tokens of earlier versions.
+    #[serde(rename = "gen", default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// Seconds since the Unix epoch.
@@ -102,6 +107,7 @@ mod tests {
             iat: 1,
             exp: 2,
             jti: None,
+            generation: Some(3),
         };
         let t = sign(b"secret", "at+jwt", &c);
         assert_eq!(verify(b"secret", &t, "at+jwt").unwrap(), c);

@@ -24,6 +24,11 @@ pub(crate) fn blob_error(e: BlobError) -> XrpcError {
             XrpcError::new(StatusCode::PAYLOAD_TOO_LARGE, "BlobTooLarge", format!("Blob is larger than {limit} bytes"))
         }
         BlobError::MimeType(m) => XrpcError::invalid(format!("MIME type not accepted: {m}")),
+        BlobError::QuotaExceeded { quota } => XrpcError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "QuotaExceeded",
+            format!("The account's blobs would exceed its quota of {quota} bytes"),
+        ),
         other => XrpcError::internal(other),
     }
 }

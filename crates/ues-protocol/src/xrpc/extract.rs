@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use ues_sync::repo::ipld::json::from_json;
+use ues_sync::repo::ipld::json::body_from_json;
 use ues_sync::repo::lexicon::{Def, ValidationError};
 
 use super::{XrpcError, XrpcState};
@@ -33,7 +33,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<XrpcState>> for XJson<T> {
             Err(e) => return Err(json_rejection(e)),
         };
         if let Some(method) = method.filter(|m| has_input_schema(state, m)) {
-            let ipld = from_json(&value).map_err(|e| XrpcError::invalid(format!("Invalid request body: {e}")))?;
+            let ipld = body_from_json(&value).map_err(|e| XrpcError::invalid(format!("Invalid request body: {e}")))?;
             state.lexicons.validate_body(&method, "input", &ipld).map_err(|e| invalid("Input", e))?;
         }
         serde_json::from_value(value).map(XJson).map_err(|e| XrpcError::invalid(format!("Invalid request body: {e}")))

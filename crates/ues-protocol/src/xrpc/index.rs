@@ -27,8 +27,19 @@ pub(crate) fn records_json(st: &XrpcState, rows: &[IndexedRecord]) -> Result<Vec
     let blocks = st.accounts.blocks().get_many(&cids).map_err(XrpcError::internal)?;
     let mut out = Vec::with_capacity(rows.len());
     for (r, bytes) in rows.iter().zip(blocks) {
-        let bytes = bytes.ok_or_else(|| XrpcError::internal("record block missing"))?;
-        let value = ues_sync::repo::ipld::dagcbor::decode_atproto(&bytes).map_err(XrpcError::internal)?;
+        // One unreadable record (missing, or stored before the write path refused what the
+        // decoder cannot read) is left out with a log line: it must not fail everyone's query.
+        let value = match bytes.map(|b| ues_sync::repo::ipld::dagcbor::decode_atproto(&b)) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                tracing::warn!(did = %r.did, collection = %r.collection, rkey = %r.rkey, error = %e, "unreadable record left out");
+                continue;
+            }
+            None => {
+                tracing::warn!(did = %r.did, collection = %r.collection, rkey = %r.rkey, "record block missing; left out");
+                continue;
+            }
+        };
         out.push(json!({
             "uri": format!("at://{}/{}/{}", r.did, r.collection, r.rkey),
             "cid": r.cid,
@@ -134,7 +145,7 @@ fn datetime_ms(s: Option<&str>, default: i64) -> Result<i64, XrpcError> {
 pub(crate) async fn list_records_by_time(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<ByTime>) -> Res {
     blocking(move || {
         let did = match q.repo.as_deref() {
-            Some(r) => Some(super::repo::find_repo(&st, r)?.did.to_string()),
+            Some(r) => Some(super::repo::readable_repo(&st, r)?.did.to_string()),
             None => None,
         };
         let range = (datetime_ms(q.since.as_deref(), 0)?, datetime_ms(q.until.as_deref(), i64::MAX)?);

@@ -66,7 +66,13 @@ pub(crate) async fn track(State(st): State<Arc<XrpcState>>, req: Request, next: 
 }
 
 /// `GET /metrics` in the Prometheus text format.
-pub(crate) async fn render(State(st): State<Arc<XrpcState>>) -> Response {
+pub(crate) async fn render(State(st): State<Arc<XrpcState>>, headers: axum::http::HeaderMap) -> Response {
+    // Counts of requests, peers and accounts tell an outsider more than they should.
+    if !st.cfg.public_metrics
+        && let Err(e) = st.operator(&headers)
+    {
+        return e.into_response();
+    }
     let m = &st.metrics;
     let mut out = String::new();
     out.push_str("# HELP ues_http_requests_total HTTP requests by route template and status.\n# TYPE ues_http_requests_total counter\n");

@@ -52,6 +52,8 @@ pub struct XrpcConfig {
     pub max_body_bytes: usize,
     /// Largest blob accepted by uploadBlob.
     pub max_blob_bytes: u64,
+    /// Bytes of blobs one account may hold.
+    pub blob_quota_bytes: u64,
     /// Resolves handles that are not this node's (DNS TXT, then HTTPS).
     pub handle_resolver: HandleResolver,
     /// Password of the `admin` user for `com.atproto.admin.*` (HTTP Basic); `None` disables them.
@@ -63,6 +65,8 @@ pub struct XrpcConfig {
     pub relays: Vec<String>,
     /// How long firehose events are kept for replay (the backfill window).
     pub firehose_backfill: std::time::Duration,
+    /// Serve `/metrics` and `/stats` to anyone; otherwise the operator's credentials are needed.
+    pub public_metrics: bool,
 }
 
 /// What every handler shares.
@@ -163,7 +167,7 @@ impl XrpcState {
         let writes_in_flight = WritesInFlight::default();
         accounts.expect_writers_from(writes_in_flight.arriving.clone());
         let firehose = firehose::Firehose::new(accounts.db().clone(), pending);
-        let limits = BlobLimits { max_size: cfg.max_blob_bytes, ..BlobLimits::default() };
+        let limits = BlobLimits { max_size: cfg.max_blob_bytes, quota: cfg.blob_quota_bytes, ..BlobLimits::default() };
         let blobs = BlobStore::new(accounts.blocks().clone(), kv.clone(), accounts.db().clone(), limits);
         Ok(Self {
             accounts,
@@ -261,8 +265,31 @@ impl XrpcState {
             iat: exp.saturating_sub(auth::ACCESS_TTL_SECS),
             exp,
             jti: None,
+            generation: server::session_generation(self, did).ok(),
         };
         auth::sign(&self.cfg.jwt_secret, "at+jwt", &claims)
+    }
+
+    /// Checks the node operator's credentials: `Authorization: Basic base64(admin:<password>)`.
+    pub(crate) fn operator(&self, headers: &HeaderMap) -> Result<(), XrpcError> {
+        use base64::Engine;
+        use sha2::Digest;
+        let denied = || XrpcError::auth_required("Admin authentication required");
+        let Some(expected) = self.cfg.admin_password.as_deref() else { return Err(denied()) };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(denied)?;
+        let (user, password) = given.split_once(':').ok_or_else(denied)?;
+        // Compared as digests, so the comparison's time says nothing about the password.
+        if user != "admin" || sha2::Sha256::digest(password.as_bytes()) != sha2::Sha256::digest(expected.as_bytes()) {
+            tracing::warn!("operator call with wrong credentials");
+            return Err(denied());
+        }
+        Ok(())
     }
 
     /// The claims of a valid, unexpired access token in `Authorization: Bearer`.
@@ -408,6 +435,26 @@ fn spawn_pruner(state: &Arc<XrpcState>) {
     });
 }
 
+/// How long an uploaded blob may wait for a record to reference it.
+const BLOB_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Every 10 minutes, deletes blobs no record references that were uploaded more than
+/// [`BLOB_GRACE`] ago (uploads that were never used would otherwise fill the disk).
+fn spawn_blob_gc(state: &Arc<XrpcState>) {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+            let Some(st) = weak.upgrade() else { break };
+            match tokio::task::spawn_blocking(move || st.blobs.gc(BLOB_GRACE)).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(n, "unreferenced blobs deleted"),
+                Ok(Err(e)) => tracing::error!(error = %e, "blob garbage collection failed"),
+                _ => {}
+            }
+        }
+    });
+}
+
 /// Asks every configured relay to crawl this node: at start, then (checked each minute) when
 /// new events exist and 20 minutes have passed since the last request, as the reference PDS
 /// does.
@@ -452,6 +499,7 @@ fn request_crawl(st: &XrpcState) {
 pub fn router(state: Arc<XrpcState>) -> Router {
     spawn_text_indexer(&state);
     spawn_pruner(&state);
+    spawn_blob_gc(&state);
     spawn_crawl_requests(&state);
     let limit = state.cfg.max_body_bytes;
     Router::new()

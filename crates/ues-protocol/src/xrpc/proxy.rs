@@ -51,6 +51,11 @@ pub(crate) async fn fallback(
     }
     let token = if headers.contains_key(header::AUTHORIZATION) {
         let claims = st.access(&headers)?;
+        // Chat reaches another service in the account's name: a full session or a privileged
+        // app password only.
+        if super::server::is_privileged_method(&nsid) {
+            super::server::require_privileged(&claims)?;
+        }
         let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
         Some(super::server::service_token(&st, &did, &appview.did, Some(&nsid), super::auth::now_secs() + 60)?)
     } else {

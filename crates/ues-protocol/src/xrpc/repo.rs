@@ -28,6 +28,17 @@ pub(crate) fn find_repo(st: &XrpcState, repo: &str) -> Result<Account, XrpcError
     found.ok_or_else(|| XrpcError::bad("RepoNotFound", format!("Could not find repo: {repo}")))
 }
 
+/// A repository whose records may be read by anyone: a taken-down or suspended account's records
+/// are hidden from every read, as its sync data is (`RepoTakendown`, `RepoSuspended`).
+pub(crate) fn readable_repo(st: &XrpcState, repo: &str) -> Result<Account, XrpcError> {
+    let account = find_repo(st, repo)?;
+    match account.status.as_str() {
+        "takendown" => Err(XrpcError::bad("RepoTakendown", format!("Repo has been taken down: {repo}"))),
+        "suspended" => Err(XrpcError::bad("RepoSuspended", format!("Repo has been suspended: {repo}"))),
+        _ => Ok(account),
+    }
+}
+
 /// The account an authenticated write targets; it must be the token's own.
 fn writable(st: &XrpcState, headers: &HeaderMap, repo: &str) -> Result<Account, XrpcError> {
     let claims = st.access(headers)?;
@@ -231,7 +242,7 @@ pub(crate) struct GetRecord {
 
 pub(crate) async fn get_record(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<GetRecord>) -> Res {
     blocking(move || {
-        let account = find_repo(&st, &q.repo)?;
+        let account = readable_repo(&st, &q.repo)?;
         let (collection, rk) = (nsid(&q.collection)?, rkey(&q.rkey)?);
         let repo = st.accounts.repo(&account.did)?;
         let found = repo.get_record(&collection, &rk)?;
@@ -271,7 +282,7 @@ pub(crate) async fn list_records(State(st): State<Arc<XrpcState>>, XQuery(q): XQ
                 .ok_or_else(|| XrpcError::invalid("limit must be an integer from 1 to 100"))?,
         };
         let reverse = matches!(q.reverse.as_deref(), Some("true"));
-        let account = find_repo(&st, &q.repo)?;
+        let account = readable_repo(&st, &q.repo)?;
         let collection = nsid(&q.collection)?;
         let cursor = q.cursor.as_deref().filter(|c| !c.is_empty()).map(rkey).transpose()?; // `cursor=` is no cursor
         // Newest first by default, as the reference PDS lists (record keys are TIDs).
@@ -308,7 +319,7 @@ pub(crate) struct DescribeRepo {
 
 pub(crate) async fn describe_repo(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<DescribeRepo>) -> Res {
     blocking(move || {
-        let account = find_repo(&st, &q.repo)?;
+        let account = readable_repo(&st, &q.repo)?;
         let key = st.accounts.signing_key(&account.did)?;
         let collections = collections(&st, &account.did)?;
         Ok(Json(json!({

@@ -43,28 +43,115 @@ fn did_doc(st: &XrpcState, account: &Account) -> Result<Value, XrpcError> {
     Ok(did_document(&account.did, &account.handle, &key.public(), &st.cfg.public_url))
 }
 
-/// The scope of tokens issued for a session: full, or an app password's.
-fn scope_for(app: Option<&str>) -> &'static str {
-    if app.is_some() { "com.atproto.appPass" } else { "com.atproto.access" }
+/// What a session was opened with: the account's password, or one of its app passwords.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Credential {
+    /// The account password: every method.
+    Full,
+    /// An app password: records, blobs and reads; never account state, identity, email or app
+    /// passwords. A privileged one also reaches chat.
+    App {
+        /// The app password's name.
+        name: String,
+        /// Whether it may reach chat (`chat.bsky.*`).
+        privileged: bool,
+    },
+}
+
+impl Credential {
+    /// The token scope, as the reference PDS names them.
+    fn scope(&self) -> &'static str {
+        match self {
+            Credential::Full => "com.atproto.access",
+            Credential::App { privileged: false, .. } => "com.atproto.appPass",
+            Credential::App { privileged: true, .. } => "com.atproto.appPassPrivileged",
+        }
+    }
+
+    fn name(&self) -> Option<&str> {
+        match self {
+            Credential::Full => None,
+            Credential::App { name, .. } => Some(name),
+        }
+    }
+}
+
+/// Methods an app password must not reach, whatever its privileges: account state, identity,
+/// email and app passwords are the account holder's alone (the reference PDS's protected methods).
+pub(crate) const PROTECTED_METHODS: &[&str] = &[
+    "com.atproto.admin.sendEmail",
+    "com.atproto.identity.requestPlcOperationSignature",
+    "com.atproto.identity.signPlcOperation",
+    "com.atproto.identity.updateHandle",
+    "com.atproto.server.activateAccount",
+    "com.atproto.server.confirmEmail",
+    "com.atproto.server.createAppPassword",
+    "com.atproto.server.deactivateAccount",
+    "com.atproto.server.deleteAccount",
+    "com.atproto.server.getAccountInviteCodes",
+    "com.atproto.server.listAppPasswords",
+    "com.atproto.server.requestAccountDelete",
+    "com.atproto.server.requestEmailConfirmation",
+    "com.atproto.server.requestEmailUpdate",
+    "com.atproto.server.revokeAppPassword",
+    "com.atproto.server.updateEmail",
+    "com.atproto.repo.importRepo",
+];
+
+/// Whether a method needs a full session or a privileged app password (chat, and creating
+/// accounts elsewhere in the account's name).
+pub(crate) fn is_privileged_method(nsid: &str) -> bool {
+    nsid.starts_with("chat.bsky.") || nsid == "com.atproto.server.createAccount"
+}
+
+/// Refuses an app password's token (`InvalidToken`, as the reference answers a token of the
+/// wrong scope): for methods only the account holder may call.
+pub(crate) fn require_full(claims: &Claims) -> Result<(), XrpcError> {
+    if claims.scope == "com.atproto.access" {
+        Ok(())
+    } else {
+        tracing::warn!(did = %claims.sub, scope = %claims.scope, "an app password tried a method of the account holder's");
+        Err(XrpcError::bad("InvalidToken", "Bad token scope: app passwords cannot call this method"))
+    }
+}
+
+/// Refuses a plain app password's token for privileged methods (chat).
+pub(crate) fn require_privileged(claims: &Claims) -> Result<(), XrpcError> {
+    if matches!(claims.scope.as_str(), "com.atproto.access" | "com.atproto.appPassPrivileged") {
+        Ok(())
+    } else {
+        Err(XrpcError::bad("InvalidToken", "Bad token scope: this method needs a privileged app password"))
+    }
+}
+
+fn generation_key(did: &str) -> Vec<u8> {
+    format!("sessions/gen/{did}").into_bytes()
+}
+
+/// The account's session generation (0 until its sessions are first ended).
+pub(crate) fn session_generation(st: &XrpcState, did: &str) -> Result<u64, XrpcError> {
+    let v = st.kv.get(&generation_key(did)).map_err(XrpcError::internal)?;
+    Ok(v.and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
 /// A fresh access token.
-fn access_token(st: &XrpcState, did: &Did, app: Option<&str>) -> String {
+fn access_token(st: &XrpcState, did: &Did, cred: &Credential) -> Result<String, XrpcError> {
     let now = now_secs();
     let claims = Claims {
-        scope: scope_for(app).into(),
+        scope: cred.scope().into(),
         sub: did.to_string(),
         aud: st.cfg.service_did.clone(),
         iat: now,
         exp: now + ACCESS_TTL_SECS,
         jti: None,
+        generation: Some(session_generation(st, did.as_str())?),
     };
-    auth::sign(&st.cfg.jwt_secret, "at+jwt", &claims)
+    Ok(auth::sign(&st.cfg.jwt_secret, "at+jwt", &claims))
 }
 
-/// Issues a fresh access/refresh pair for `did` (for an app password's session when `app` is
-/// set) and records the refresh token.
-fn issue(st: &XrpcState, did: &Did, app: Option<&str>) -> Result<(String, String), XrpcError> {
+/// Issues a fresh access/refresh pair for `did` (for an app password's session when `cred`
+/// names one) and records the refresh token.
+fn issue(st: &XrpcState, did: &Did, cred: &Credential) -> Result<(String, String), XrpcError> {
     let now = now_secs();
     let jti = hex_id();
     let refresh = Claims {
@@ -74,8 +161,9 @@ fn issue(st: &XrpcState, did: &Did, app: Option<&str>) -> Result<(String, String
         iat: now,
         exp: now + REFRESH_TTL_SECS,
         jti: Some(jti.clone()),
+        generation: Some(session_generation(st, did.as_str())?),
     };
-    let entry = json!({ "did": did.as_str(), "app": app }).to_string();
+    let entry = json!({ "did": did.as_str(), "app": cred.name() }).to_string();
     st.kv
         .put(
             format!("refresh/{jti}").as_bytes(),
@@ -83,19 +171,29 @@ fn issue(st: &XrpcState, did: &Did, app: Option<&str>) -> Result<(String, String
             Some(std::time::Duration::from_secs(REFRESH_TTL_SECS)),
         )
         .map_err(XrpcError::internal)?;
-    Ok((access_token(st, did, app), auth::sign(&st.cfg.jwt_secret, "refresh+jwt", &refresh)))
+    Ok((access_token(st, did, cred)?, auth::sign(&st.cfg.jwt_secret, "refresh+jwt", &refresh)))
 }
 
-/// Ends every session of `did` issued until now (password change, takedown, deletion): tokens
-/// issued before this second are refused from now on.
+/// Ends every session of `did` issued until now (password change, takedown, deletion): the
+/// account's session generation moves on, so every token issued before (even in this very
+/// second) is refused from now on, and tokens issued after are not. Kept without expiry: a
+/// generation that reset would revive old tokens.
 pub(crate) fn revoke_sessions(st: &XrpcState, did: &Did) -> Result<(), XrpcError> {
-    let key = format!("revoked/{did}");
-    let ttl = std::time::Duration::from_secs(REFRESH_TTL_SECS);
-    st.kv.put(key.as_bytes(), now_secs().to_string().as_bytes(), Some(ttl)).map_err(XrpcError::internal)
+    let next = session_generation(st, did.as_str())? + 1;
+    st.kv.put(&generation_key(did.as_str()), next.to_string().as_bytes(), None).map_err(XrpcError::internal)
 }
 
-/// Whether `claims` were issued before the sessions of their subject were revoked.
+/// Whether `claims` were issued before the sessions of their subject were last ended.
 pub(crate) fn is_revoked(st: &XrpcState, claims: &Claims) -> Result<bool, XrpcError> {
+    let current = session_generation(st, &claims.sub)?;
+    if let Some(g) = claims.generation {
+        return Ok(g < current);
+    }
+    // A token of an earlier version: ended by any revocation since, or by the time-based
+    // revocation earlier versions recorded.
+    if current > 0 {
+        return Ok(true);
+    }
     let at = st.kv.get(format!("revoked/{}", claims.sub).as_bytes()).map_err(XrpcError::internal)?;
     Ok(at.and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|t| claims.iat < t))
 }
@@ -190,7 +288,7 @@ pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body)
             })
             .map_err(|e| XrpcError::bad("InvalidRequest", format!("Could not store credentials: {e}")))?;
         st2.kv.put(format!("plc/{did}").as_bytes(), op.to_string().as_bytes(), None).map_err(XrpcError::internal)?;
-        let (access, refresh) = issue(&st2, &did, None)?;
+        let (access, refresh) = issue(&st2, &did, &Credential::Full)?;
         let mut out = session_json(&st2, &account, &access, &refresh)?;
         if let Some(o) = out.as_object_mut() {
             o.retain(|k, _| ["accessJwt", "refreshJwt", "handle", "did", "didDoc"].contains(&k.as_str()));
@@ -234,25 +332,26 @@ pub(crate) async fn create_session(State(st): State<Arc<XrpcState>>, XJson(body)
             })
             .map_err(XrpcError::internal)?
             .flatten();
-        // The account password, or else one of its app passwords.
-        let app = if hash.is_some_and(|h| auth::check_password(&body.password, &h)) {
-            None
+        // An app password (recognised by its form: one indexed lookup, no slow hash), or else
+        // the account password: at most one Argon2 check per attempt, however many app
+        // passwords the account has.
+        let app = if looks_like_app_password(&body.password) {
+            find_app_password(&st2, &account.did, &body.password)?
         } else {
-            let apps: Vec<(String, String)> = st2
-                .accounts
-                .db()
-                .read(|c| {
-                    let mut q = c.prepare_cached("SELECT name, password_hash FROM app_password WHERE did = ?1")?;
-                    let rows = q.query_map([account.did.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                    rows.collect::<Result<Vec<_>, _>>()
-                })
-                .map_err(XrpcError::internal)?;
-            Some(apps.into_iter().find(|(_, h)| auth::check_password(&body.password, h)).ok_or_else(denied)?.0)
+            None
+        };
+        let cred = match app {
+            Some(c) => c,
+            None if hash.is_some_and(|h| auth::check_password(&body.password, &h)) => Credential::Full,
+            None => {
+                tracing::warn!(did = %account.did, "wrong password");
+                return Err(denied());
+            }
         };
         if account.status == "takendown" {
             return Err(XrpcError::bad("AccountTakedown", "Account has been taken down"));
         }
-        let (access, refresh) = issue(&st2, &account.did, app.as_deref())?;
+        let (access, refresh) = issue(&st2, &account.did, &cred)?;
         Ok(Json(session_json(&st2, &account, &access, &refresh)?))
     })
     .await
@@ -286,27 +385,33 @@ pub(crate) async fn refresh_session(State(st): State<Arc<XrpcState>>, headers: H
     let did = Did::new(claims.sub.clone()).map_err(XrpcError::internal)?;
     let account = st.accounts.get(&did)?.ok_or_else(|| XrpcError::bad("InvalidToken", "Account not found"))?;
     let app = entry.get("app").and_then(Value::as_str).map(str::to_string);
-    if let Some(name) = &app {
-        let alive: bool = st
-            .accounts
-            .db()
-            .read(|c| {
-                c.query_row(
-                    "SELECT EXISTS(SELECT 1 FROM app_password WHERE did = ?1 AND name = ?2)",
-                    [did.as_str(), name.as_str()],
-                    |r| r.get(0),
-                )
-            })
-            .map_err(XrpcError::internal)?;
-        if !alive {
-            return Err(XrpcError::bad("ExpiredToken", "The app password was revoked"));
+    let cred = match &app {
+        None => Credential::Full,
+        Some(name) => {
+            // The app password must still exist; its privileges are read afresh.
+            let privileged: Option<bool> = st
+                .accounts
+                .db()
+                .read(|c| {
+                    c.query_row(
+                        "SELECT privileged FROM app_password WHERE did = ?1 AND name = ?2",
+                        [did.as_str(), name.as_str()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                })
+                .map_err(XrpcError::internal)?;
+            let Some(privileged) = privileged else {
+                return Err(XrpcError::bad("ExpiredToken", "The app password was revoked"));
+            };
+            Credential::App { name: name.clone(), privileged }
         }
-    }
+    };
     // A token used within the grace period yields the same successor (clients race).
     if let Some(next) = entry.get("next").and_then(Value::as_str) {
-        return Ok(Json(session_json(&st, &account, &access_token(&st, &did, app.as_deref()), next)?));
+        return Ok(Json(session_json(&st, &account, &access_token(&st, &did, &cred)?, next)?));
     }
-    let (access, refresh) = issue(&st, &did, app.as_deref())?;
+    let (access, refresh) = issue(&st, &did, &cred)?;
     let successor = json!({ "did": did.as_str(), "app": app, "next": refresh }).to_string();
     st.kv
         .put(key.as_bytes(), successor.as_bytes(), Some(std::time::Duration::from_secs(REFRESH_GRACE_SECS)))
@@ -398,9 +503,8 @@ pub(crate) async fn update_handle(
     headers: HeaderMap,
     XJson(b): XJson<UpdateHandle>,
 ) -> Result<StatusCode, XrpcError> {
-    let claims = st.access(&headers)?;
+    let did = full_session(&st, &headers)?;
     super::blocking(move || {
-        let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
         let handle = Handle::new(&b.handle).map_err(|e| XrpcError::bad("InvalidHandle", e.to_string()))?.normalized();
         if !st.cfg.user_domains.iter().any(|d| handle.as_str().ends_with(d.as_str())) {
             st.cfg.handle_resolver.verify(&handle, &did).map_err(|e| {
@@ -447,9 +551,8 @@ pub(crate) fn change_handle(st: &XrpcState, did: &Did, handle: &Handle) -> Resul
 }
 
 async fn set_status(st: Arc<XrpcState>, headers: HeaderMap, status: &'static str) -> Result<StatusCode, XrpcError> {
-    let claims = st.access(&headers)?;
+    let did = full_session(&st, &headers)?;
     super::blocking(move || {
-        let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
         st.accounts.set_status(&did, status)?;
         st.firehose.notify();
         Ok(StatusCode::OK)
@@ -501,13 +604,75 @@ pub(crate) struct CreateAppPassword {
     privileged: bool,
 }
 
-/// App passwords are managed with the account's own session only.
-fn full_session(st: &XrpcState, headers: &HeaderMap) -> Result<Did, XrpcError> {
+/// The account of a full session (the account password's): account state, identity and app
+/// passwords are managed with it only.
+pub(crate) fn full_session(st: &XrpcState, headers: &HeaderMap) -> Result<Did, XrpcError> {
     let claims = st.access(headers)?;
-    if claims.scope != "com.atproto.access" {
-        return Err(XrpcError::bad("InvalidToken", "App passwords cannot manage app passwords"));
-    }
+    require_full(&claims)?;
     Did::new(claims.sub).map_err(XrpcError::internal)
+}
+
+/// App passwords read `abcd-efgh-ijkl-mnop` (base32, lower case), as the reference makes them.
+fn looks_like_app_password(p: &str) -> bool {
+    p.len() == 19
+        && p.split('-').count() == 4
+        && p.split('-').all(|g| g.len() == 4 && g.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7')))
+}
+
+/// How an app password is stored. It is random (80 bits), so a fast hash resists guessing as
+/// well as a slow one would, and one indexed lookup finds it: a wrong password costs no slow
+/// hash per app password.
+fn app_password_digest(password: &str) -> String {
+    use sha2::Digest;
+    format!("sha256${}", data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(password.as_bytes())))
+}
+
+/// The app password of `did` that `password` is, if any.
+fn find_app_password(st: &XrpcState, did: &Did, password: &str) -> Result<Option<Credential>, XrpcError> {
+    let digest = app_password_digest(password);
+    let found: Option<(String, bool)> = st
+        .accounts
+        .db()
+        .read(|c| {
+            c.query_row(
+                "SELECT name, privileged FROM app_password WHERE did = ?1 AND password_hash = ?2",
+                [did.as_str(), digest.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+        .map_err(XrpcError::internal)?;
+    if let Some((name, privileged)) = found {
+        return Ok(Some(Credential::App { name, privileged }));
+    }
+    // Earlier versions stored Argon2 hashes: each is checked once and rewritten on success.
+    let legacy: Vec<(String, String, bool)> = st
+        .accounts
+        .db()
+        .read(|c| {
+            let mut q = c.prepare_cached(
+                "SELECT name, password_hash, privileged FROM app_password WHERE did = ?1 AND password_hash LIKE '$argon2%'",
+            )?;
+            let rows = q.query_map([did.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(XrpcError::internal)?;
+    for (name, hash, privileged) in legacy {
+        if auth::check_password(password, &hash) {
+            st.accounts
+                .db()
+                .write(|tx| {
+                    tx.execute(
+                        "UPDATE app_password SET password_hash = ?3 WHERE did = ?1 AND name = ?2",
+                        params![did.as_str(), name, digest],
+                    )?;
+                    Ok::<_, ues_sync::repo::ipld::storage::Error>(())
+                })
+                .map_err(XrpcError::internal)?;
+            return Ok(Some(Credential::App { name, privileged }));
+        }
+    }
+    Ok(None)
 }
 
 pub(crate) async fn create_app_password(
@@ -527,7 +692,7 @@ pub(crate) async fn create_app_password(
             let s = data_encoding::BASE32_NOPAD.encode(&raw).to_ascii_lowercase();
             format!("{}-{}-{}-{}", &s[0..4], &s[4..8], &s[8..12], &s[12..16])
         };
-        let hash = auth::hash_password(&password);
+        let hash = app_password_digest(&password);
         let created = super::firehose_time();
         st.accounts
             .db()
@@ -607,8 +772,32 @@ pub(crate) async fn get_service_auth(
     if exp <= now || exp > now + 3600 {
         return Err(XrpcError::bad("BadExpiration", "exp must be in the future and at most an hour away"));
     }
-    if let Some(lxm) = &q.lxm {
-        ues_sync::repo::syntax::Nsid::new(lxm).map_err(|e| XrpcError::invalid(e.to_string()))?;
+    match &q.lxm {
+        Some(lxm) => {
+            ues_sync::repo::syntax::Nsid::new(lxm).map_err(|e| XrpcError::invalid(e.to_string()))?;
+            // Account management is done here, in person, never through another service.
+            if PROTECTED_METHODS.contains(&lxm.as_str()) {
+                return Err(XrpcError::invalid(format!(
+                    "cannot request a service auth token for the following protected method: {lxm}"
+                )));
+            }
+            if lxm == "com.atproto.server.createAccount" {
+                require_full(&claims)?;
+            } else if is_privileged_method(lxm) {
+                require_privileged(&claims)?;
+            }
+        }
+        None => {
+            // A token for any method is as strong as the session itself: only the account
+            // holder's, and short-lived.
+            require_full(&claims)?;
+            if exp > now + 60 {
+                return Err(XrpcError::bad(
+                    "BadExpiration",
+                    "cannot request a method-less token with an expiration more than a minute in the future",
+                ));
+            }
+        }
     }
     let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
     Ok(Json(json!({ "token": service_token(&st, &did, &q.aud, q.lxm.as_deref(), exp)? })))
