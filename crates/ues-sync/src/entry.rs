@@ -258,6 +258,14 @@ impl Entry {
         }
     }
 
+    /// The account the entry belongs to.
+    pub fn did(&self) -> &Did {
+        match self {
+            Entry::Op(op) => &op.did,
+            Entry::Auth(a) => &a.did,
+        }
+    }
+
     /// Decodes strictly: canonical DAG-CBOR, exactly the fields the kind has, valid
     /// identifiers, bounded sizes. Signatures are not checked here.
     pub fn decode(bytes: &[u8]) -> Result<Entry, EntryError> {

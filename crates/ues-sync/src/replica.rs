@@ -9,7 +9,7 @@
 //! seen. Equal sets give equal records and the equal MST root on every replica, whatever order
 //! the entries came in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use cid::Cid;
@@ -29,6 +29,13 @@ use crate::vv::{DeviceId, VersionVector};
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 /// Operations held while their device's authorization has not arrived.
 pub const MAX_PENDING: usize = 65_536;
+/// Bytes (entries and their record blocks) held while authorizations have not arrived, over
+/// all accounts: what arrives before its authorization costs memory until it does.
+pub const MAX_PENDING_BYTES: usize = 16 << 20;
+/// Of which one account's operations may hold at most this much.
+pub const MAX_PENDING_ACCOUNT_BYTES: usize = 8 << 20;
+/// And one device's (of one account) at most this much.
+pub const MAX_PENDING_DEVICE_BYTES: usize = 4 << 20;
 /// Refusals remembered (the oldest are forgotten first; counts are kept for all).
 pub const REFUSAL_LOG: usize = 1_024;
 
@@ -139,8 +146,8 @@ fn corrupt(cid: Cid, e: EntryError) -> ReplicaError {
     ReplicaError::Corrupt(format!("{cid}: {e}"))
 }
 
-/// Operations waiting for their device's authorization, by (account, device).
-type Pending = HashMap<(u32, DeviceId), Vec<(EntryId, Op, Signed)>>;
+/// Operations waiting for their device's authorization, by (account, device), with their size.
+type Pending = HashMap<(u32, DeviceId), (Vec<(EntryId, Op, Signed)>, usize)>;
 
 /// A change a device writes.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,6 +328,9 @@ pub struct Replica {
     accounts: Vec<Account>,
     pending: Pending,
     pending_len: usize,
+    pending_bytes: usize,
+    pending_accounts: HashMap<u32, usize>,
+    pending_ids: HashSet<EntryId>,
     refusals: VecDeque<Refusal>,
     refusal_counts: BTreeMap<&'static str, u64>,
     lexicons: Option<Arc<Lexicons>>,
@@ -367,6 +377,9 @@ impl Replica {
             accounts: Vec::new(),
             pending: HashMap::new(),
             pending_len: 0,
+            pending_bytes: 0,
+            pending_accounts: HashMap::new(),
+            pending_ids: HashSet::new(),
             refusals: VecDeque::new(),
             refusal_counts: BTreeMap::new(),
             lexicons: None,
@@ -499,19 +512,15 @@ impl Replica {
         Ok(signed)
     }
 
-    /// Writes a change as this replica's device, applies it, and returns it for sending.
-    pub fn write(
-        &mut self,
-        did: &Did,
-        collection: Nsid,
-        rkey: RecordKey,
-        change: Change,
-    ) -> Result<Signed, ReplicaError> {
-        let key = self.device.clone().ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
+    /// Whether [`Replica::write`] would take this change for any account: it fits how the
+    /// collection merges, and a put's record is one the replica accepts (at most 1 MiB of valid
+    /// AT Protocol data). Checking first lets a caller refuse a change before anything else
+    /// commits it.
+    pub fn check_change(&self, collection: &Nsid, change: &Change) -> Result<(), ReplicaError> {
         if let Some(lex) = &self.lexicons {
             let merge = lex.merge_kind(collection.as_str());
             let fits = matches!(
-                (&change, merge),
+                (change, merge),
                 (Change::Delete, _)
                     | (Change::Put(_), MergeKind::Lww)
                     | (Change::Add(_), MergeKind::Counter)
@@ -521,6 +530,33 @@ impl Replica {
                 return Err(ReplicaError::WrongMerge { collection: collection.to_string(), merge });
             }
         }
+        if let Change::Put(value) = change {
+            let bytes = dagcbor::encode(value);
+            check_record_block(&cid_sha256(DAG_CBOR, &bytes), &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Replica::write`] would take this change for `did` now: as
+    /// [`Replica::check_change`], and this replica's device may write for the account.
+    pub fn check_write(&self, did: &Did, collection: &Nsid, change: &Change) -> Result<(), ReplicaError> {
+        let Some(dev) = self.device_id() else { return Err(ReplicaError::NotAuthorized(did.clone())) };
+        if !self.is_authorized(did, &dev) {
+            return Err(ReplicaError::NotAuthorized(did.clone()));
+        }
+        self.check_change(collection, change)
+    }
+
+    /// Writes a change as this replica's device, applies it, and returns it for sending.
+    pub fn write(
+        &mut self,
+        did: &Did,
+        collection: Nsid,
+        rkey: RecordKey,
+        change: Change,
+    ) -> Result<Signed, ReplicaError> {
+        let key = self.device.clone().ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
+        self.check_change(&collection, &change)?;
         let dev = key.verifying_key().to_bytes();
         let idx = self.did_lookup(did).ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
         let hlc = self.clock.now()?;
@@ -660,9 +696,17 @@ impl Replica {
         // the operations that waited for it.
         if a.revoke {
             self.purge_revoked(idx, a.device);
-        } else if let Some(waiting) = self.pending.remove(&(idx, a.device)) {
+        } else if let Some((waiting, bytes)) = self.pending.remove(&(idx, a.device)) {
             self.pending_len -= waiting.len();
+            self.pending_bytes -= bytes;
+            if let Some(n) = self.pending_accounts.get_mut(&idx) {
+                *n -= bytes;
+                if *n == 0 {
+                    self.pending_accounts.remove(&idx);
+                }
+            }
             for (wid, op, s) in waiting {
+                self.pending_ids.remove(&wid);
                 if self.contains(&wid, op.hlc) {
                     continue;
                 }
@@ -700,20 +744,27 @@ impl Replica {
         }
         // Too far ahead: refused, and the clock is left alone.
         self.clock.check(op.hlc)?;
+        // Nothing is kept, not even an account slot, for an account this replica has no key of.
+        if self.keys.key(&op.did).is_none() {
+            return Err(Refused::UnknownAccount(op.did.clone()));
+        }
+        // The record block is checked before the operation is held anywhere, even while waiting.
+        let block = match (&op.kind, &signed.block) {
+            (OpKind::Put(cid), Some((c, data))) if c == cid => {
+                check_record_block(cid, data)?;
+                Some(true)
+            }
+            (OpKind::Put(cid), _) if !self.blocks.has(cid).unwrap_or(false) => Some(false),
+            _ => None,
+        };
         let idx = self.did_idx(&op.did);
         let acct = &self.accounts[idx as usize];
         let Some(dev) = acct.devices.get(&op.device) else {
             // Its authorization may still be on its way: hold it, boundedly.
-            if self.keys.key(&op.did).is_none() {
-                return Err(Refused::UnknownAccount(op.did.clone()));
+            if let (OpKind::Put(cid), Some(false)) = (&op.kind, block) {
+                return Err(Refused::MissingBlock(*cid));
             }
-            if self.pending_len >= MAX_PENDING {
-                return Err(Refused::PendingFull);
-            }
-            self.pending.entry((idx, op.device)).or_default().push((id, op, signed));
-            self.pending_len += 1;
-            report.pending += 1;
-            return Ok(());
+            return self.park(idx, id, op, signed, report);
         };
         if !dev.valid_at(op.hlc) {
             return Err(Refused::Unauthorized { did: op.did.clone(), device: hex::encode(op.device), at: op.hlc });
@@ -731,20 +782,12 @@ impl Replica {
             return Ok(());
         }
         if let OpKind::Put(cid) = &op.kind {
-            match &signed.block {
-                Some((c, data)) if c == cid => {
-                    if data.len() > MAX_RECORD_BYTES {
-                        return Err(Refused::BadBlock(*cid, "larger than 1 MiB".into()));
-                    }
-                    storage::verify_block(cid, data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
-                    dagcbor::decode_atproto(data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+            match (block, &signed.block) {
+                (Some(true), Some((_, data))) => {
                     self.blocks.put(cid, data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
                 }
-                _ => {
-                    if !self.blocks.has(cid).unwrap_or(false) {
-                        return Err(Refused::MissingBlock(*cid));
-                    }
-                }
+                (Some(false), _) => return Err(Refused::MissingBlock(*cid)),
+                _ => {}
             }
         }
         let ecid = entry_cid(&signed.bytes);
@@ -753,6 +796,36 @@ impl Replica {
         self.index_op(id, &op);
         report.applied += 1;
         report.new_ids.push(id);
+        Ok(())
+    }
+
+    /// Holds an operation (already checked: signature, clock, record block) until its device's
+    /// authorization arrives, within the count and byte bounds overall, per account and per
+    /// device.
+    fn park(&mut self, idx: u32, id: EntryId, op: Op, signed: Signed, report: &mut ApplyReport) -> Result<(), Refused> {
+        if self.pending_ids.contains(&id) {
+            report.duplicates += 1;
+            return Ok(());
+        }
+        let size = signed.bytes.len() + signed.block.as_ref().map_or(0, |(_, d)| d.len());
+        let key = (idx, op.device);
+        let device_bytes = self.pending.get(&key).map_or(0, |(_, b)| *b);
+        let account_bytes = self.pending_accounts.get(&idx).copied().unwrap_or(0);
+        if self.pending_len >= MAX_PENDING
+            || self.pending_bytes + size > MAX_PENDING_BYTES
+            || account_bytes + size > MAX_PENDING_ACCOUNT_BYTES
+            || device_bytes + size > MAX_PENDING_DEVICE_BYTES
+        {
+            return Err(Refused::PendingFull);
+        }
+        self.pending_ids.insert(id);
+        let slot = self.pending.entry(key).or_default();
+        slot.0.push((id, op, signed));
+        slot.1 += size;
+        self.pending_len += 1;
+        self.pending_bytes += size;
+        *self.pending_accounts.entry(idx).or_default() += size;
+        report.pending += 1;
         Ok(())
     }
 
@@ -896,6 +969,31 @@ impl Replica {
         self.did_lookup(did).map(|i| &self.accounts[i as usize].records)
     }
 
+    /// Whether the record at `path` is absent because the replica holds a delete of it (rather
+    /// than because it never held the record): only such a delete may remove a record from a
+    /// repository the replica is brought to.
+    pub fn holds_delete(&self, did: &Did, path: &str) -> bool {
+        self.did_lookup(did).is_some_and(|i| {
+            let acct = &self.accounts[i as usize];
+            !acct.records.contains_key(path)
+                && acct.targets.get(path).is_some_and(|ops| ops.iter().any(|o| o.kind == OpKind::Delete))
+        })
+    }
+
+    /// The account's device authorizations and revocations as they travel (at most `limit`,
+    /// oldest first), for a new device to learn who may sync the account before its first
+    /// session.
+    pub fn authorizations(&self, did: &Did, limit: usize) -> Result<Vec<Signed>, ReplicaError> {
+        let Some(idx) = self.did_lookup(did) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for (k, _) in self.log.iter().filter(|(_, v)| v.auth && v.did == idx).take(limit) {
+            if let Some(s) = self.signed(k)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
     /// The account's version vector: for each device, the highest sequence number of its
     /// operations this replica has seen (operations a delete beat may have been collected
     /// since, so the log can hold fewer).
@@ -922,6 +1020,13 @@ impl Replica {
         self.accounts[i as usize].devices.get(device).is_some_and(|d| d.valid_at(now))
     }
 
+    /// Whether `device` may write now for any account this replica holds (a peer that is
+    /// one is a known replica of some account, not a stranger).
+    pub fn is_device_of_any(&self, device: &DeviceId) -> bool {
+        let now = self.next_time();
+        self.accounts.iter().any(|a| a.devices.get(device).is_some_and(|d| d.valid_at(now)))
+    }
+
     /// The devices of an account: id and whether each may write now.
     pub fn devices(&self, did: &Did) -> Vec<(DeviceId, bool)> {
         let Some(i) = self.did_lookup(did) else { return Vec::new() };
@@ -934,6 +1039,11 @@ impl Replica {
     /// Operations waiting for authorizations.
     pub fn pending_len(&self) -> usize {
         self.pending_len
+    }
+
+    /// Bytes (entries and record blocks) of the operations waiting for authorizations.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     /// The root CID of the account's materialized MST (cached until the next change).
@@ -989,6 +1099,18 @@ fn verify_ops_parallel(decoded: &[(EntryId, Entry, Signed)]) -> Vec<Option<bool>
         // A checking thread that died leaves every entry to be checked in line.
         if all.len() == decoded.len() { all } else { vec![None; decoded.len()] }
     })
+}
+
+/// Checks a record block as the replica does before holding it: at most
+/// [`MAX_RECORD_BYTES`], its CID, and valid AT Protocol data (DAG-CBOR within the decoder's
+/// nesting limit).
+pub fn check_record_block(cid: &Cid, data: &[u8]) -> Result<(), Refused> {
+    if data.len() > MAX_RECORD_BYTES {
+        return Err(Refused::BadBlock(*cid, "larger than 1 MiB".into()));
+    }
+    storage::verify_block(cid, data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+    dagcbor::decode_atproto(data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+    Ok(())
 }
 
 fn hex_id(id: &EntryId) -> String {
@@ -1179,6 +1301,61 @@ mod tests {
         assert!(matches!(r.refused[0].reason, Refused::Clock(ClockError::TooFarAhead { .. })));
         assert_eq!(b.len(), 2);
         assert!(b.refusal_counts().values().sum::<u64>() >= 5);
+    }
+
+    /// A stranger's operations cost nothing: for an account without a key not even an account
+    /// slot; for a known account, operations of unknown devices wait only within the byte
+    /// bounds, and only after their record block checked out.
+    #[test]
+    fn strangers_operations_are_checked_and_bounded_before_they_wait() {
+        let w = world();
+        let now = Arc::new(AtomicU64::new(crate::hlc::system_ms()));
+        let mut b = replica(&w, 2, now.clone());
+        let at = Timestamp { wall_ms: now.load(Ordering::SeqCst), logical: 0 };
+        let big = |dev: u8, did: &Did, seq: u64, bad_block: bool| {
+            let key = SigningKey::from_bytes(&[dev; 32]);
+            let value = Ipld::Map(BTreeMap::from([
+                ("$type".into(), Ipld::String("app.bsky.feed.post".into())),
+                ("text".into(), Ipld::String("x".repeat(900_000))),
+            ]));
+            let bytes = dagcbor::encode(&value);
+            let cid = cid_sha256(DAG_CBOR, &bytes);
+            let op = Op::sign(
+                &key,
+                did.clone(),
+                seq,
+                at,
+                nsid(),
+                RecordKey::new(format!("r{seq}")).unwrap(),
+                OpKind::Put(cid),
+            );
+            let block = if bad_block { b"\xa1\x61\x61\x01".to_vec() } else { bytes };
+            Signed { bytes: Entry::Op(op).encode(), block: Some((cid, block)) }
+        };
+        let stranger = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        for seq in 1..=5 {
+            let r = b.apply(vec![big(9, &stranger, seq, false)]);
+            assert!(matches!(r.refused[0].reason, Refused::UnknownAccount(_)));
+        }
+        assert!(b.dids().is_empty(), "no account slot for an unknown account");
+        // A bad block is refused, not parked.
+        let r = b.apply(vec![big(9, &w.did, 1, true)]);
+        assert!(matches!(r.refused[0].reason, Refused::BadBlock(..)), "{r:?}");
+        assert_eq!(b.pending_len(), 0);
+        // One device: 4 MiB at most; the account: 8 MiB; whatever the count.
+        let mut full = 0;
+        for dev in 10..14u8 {
+            for seq in 1..=8 {
+                let r = b.apply(vec![big(dev, &w.did, seq, false)]);
+                full += r.refused.iter().filter(|x| x.reason == Refused::PendingFull).count();
+            }
+        }
+        assert!(b.pending_bytes() <= MAX_PENDING_ACCOUNT_BYTES, "{}", b.pending_bytes());
+        assert!(b.pending_bytes() > MAX_PENDING_ACCOUNT_BYTES / 2);
+        assert!(full > 0);
+        let r = b.apply(vec![big(10, &w.did, 1, false)]);
+        assert_eq!(r.duplicates, 1, "a replay of a waiting operation is a no-op");
+        assert_eq!(b.len(), 0);
     }
 
     #[test]
