@@ -450,10 +450,8 @@ impl Replication {
         let _bridge = self.bridge.lock();
         let key = accounts.signing_key(did)?;
         let repo = accounts.repo(did)?;
-        let entries = repo
-            .mst()
-            .and_then(|mut m| m.list(None, usize::MAX).map_err(RepoError::from))
-            .map_err(AccountError::from)?;
+        let mut mst = repo.mst().map_err(AccountError::from)?;
+        let entries = mst.list(None, usize::MAX).map_err(|e| AccountError::from(RepoError::from(e)))?;
         let mut p = self.peer.lock();
         let held = p.replica.records(did).cloned().unwrap_or_default();
         let mut seeds = Vec::new();
