@@ -9,8 +9,17 @@
 //!   the difference to the repository with the account's key ([`Replication::materialize`]),
 //!   so the usual firehose events go out and every replica's repository has the replica's MST.
 //! - `replicate DID --from PEER` asks that peer for the account over `/ues/account/1`; the peer
-//!   hands over the account (handle, signing key, credentials) only when the asking node's key
-//!   is an authorized device of the account, over the Noise-authenticated connection.
+//!   hands over the account (handle, signing key, credentials, and the account's signed device
+//!   authorizations) only when the asking node's key is an authorized device of the account,
+//!   over the Noise-authenticated connection.
+//! - A peer syncs an account with this node only while its peer id's key is an authorized
+//!   device of the account here (now: a revoked device may not): sessions are scoped per peer,
+//!   a scope naming another account is refused, live pushes go only to peers authorized for
+//!   their accounts, and a push naming an account its sender may not sync is dropped whole.
+//!   Strangers' refusals are strikes towards a ban; nothing of theirs is kept.
+//! - The bridge removes a record from a repository only for a delete the replica holds, never
+//!   because the replica lacks it; and a local write the replica would refuse is refused before
+//!   it commits.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

@@ -343,8 +343,17 @@ fn only_authorized_devices_open_sessions_over_an_account() {
     // A's device key (the peer id of [1; 32]) is authorized: served.
     let a_peer = keypair([1; 32]).public().to_peer_id();
     assert!(pb.may_sync(&a_peer, &acct.did) && !pb.may_sync(&stranger, &acct.did));
-    let hello = pa.start(a_peer, scope);
+    let (_, hello) = ues_sync::Session::initiate(&pa.replica, scope.clone(), SyncConfig::default(), true);
     assert!(pb.on_request(a_peer, &hello).is_ok());
+    assert!(pb.answering.contains_key(&a_peer), "the session runs");
+    // Revoked, it may no longer pull the account.
+    let a_dev = ed25519_dalek_key(1).verifying_key().to_bytes();
+    pb.replica.authorize(&acct.key, &acct.did, a_dev, true).unwrap();
+    assert!(!pb.may_sync(&a_peer, &acct.did));
+    pb.abort(&a_peer);
+    // (By the digest alone now: the scope is known, and still refused.)
+    let hello = pa.start(a_peer, scope);
+    assert!(matches!(pb.on_request(a_peer, &hello), Err(SyncError::NotAuthorized(_))));
 }
 
 /// A live push from a peer that may not sync the account is refused whole, nothing applied.
