@@ -273,11 +273,19 @@ impl Seen {
 struct DeviceState {
     authorized: Option<Timestamp>,
     revoked: Option<Timestamp>,
+    /// The last sequence number a revocation accepts (the lowest, over revocations).
+    upto: Option<u64>,
 }
 
 impl DeviceState {
     fn valid_at(&self, t: Timestamp) -> bool {
         self.authorized.is_some_and(|a| t > a) && self.revoked.is_none_or(|r| t < r)
+    }
+
+    /// Whether the device's operation with this time and sequence number is valid: by its
+    /// time, and not past what a revocation accepts, whatever its time.
+    fn valid_op(&self, t: Timestamp, seq: u64) -> bool {
+        self.valid_at(t) && self.upto.is_none_or(|u| seq <= u)
     }
 }
 
@@ -503,7 +511,13 @@ impl Replica {
         device: DeviceId,
         revoke: bool,
     ) -> Result<Signed, ReplicaError> {
-        let auth = DeviceAuth::sign(account, did.clone(), device, self.clock.now()?, revoke);
+        let now = self.clock.now()?;
+        let auth = if revoke {
+            // The device's operations seen here so far are the last it may write.
+            DeviceAuth::sign_revocation(account, did.clone(), device, now, self.version_vector(did).get(&device))
+        } else {
+            DeviceAuth::sign(account, did.clone(), device, now, false)
+        };
         let signed = Signed { bytes: Entry::Auth(auth).encode(), block: None };
         let report = self.apply(vec![signed.clone()]);
         if let Some(r) = report.refused.into_iter().next() {
@@ -561,10 +575,10 @@ impl Replica {
         let idx = self.did_lookup(did).ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
         let hlc = self.clock.now()?;
         let acct = &self.accounts[idx as usize];
-        if !acct.devices.get(&dev).is_some_and(|d| d.valid_at(hlc)) {
+        let seq = acct.seen.get(&dev).map_or(0, |s| s.contiguous.max(s.above.last().copied().unwrap_or(0))) + 1;
+        if !acct.devices.get(&dev).is_some_and(|d| d.valid_op(hlc, seq)) {
             return Err(ReplicaError::NotAuthorized(did.clone()));
         }
-        let seq = acct.seen.get(&dev).map_or(0, |s| s.contiguous.max(s.above.last().copied().unwrap_or(0))) + 1;
         let (kind, block) = match change {
             Change::Put(value) => {
                 let bytes = dagcbor::encode(&value);
@@ -725,6 +739,9 @@ impl Replica {
         let d = acct.devices.entry(a.device).or_default();
         let slot = if a.revoke { &mut d.revoked } else { &mut d.authorized };
         *slot = Some(slot.map_or(a.hlc, |t| t.min(a.hlc)));
+        if let Some(u) = a.upto {
+            d.upto = Some(d.upto.map_or(u, |old| old.min(u)));
+        }
         acct.root = None;
         idx
     }
@@ -766,7 +783,7 @@ impl Replica {
             }
             return self.park(idx, id, op, signed, report);
         };
-        if !dev.valid_at(op.hlc) {
+        if !dev.valid_op(op.hlc, op.seq) {
             return Err(Refused::Unauthorized { did: op.did.clone(), device: hex::encode(op.device), at: op.hlc });
         }
         if let Some(other) = acct.dots.get(&(op.device, op.seq))
@@ -857,12 +874,18 @@ impl Replica {
     fn purge_revoked(&mut self, idx: u32, device: DeviceId) {
         let acct = &mut self.accounts[idx as usize];
         let Some(state) = acct.devices.get(&device).cloned() else { return };
+        // Operations past the sequence number the revocation accepts go whatever their time.
+        let past: HashSet<EntryId> = match state.upto {
+            Some(u) => acct.dots.iter().filter(|((d, seq), _)| *d == device && *seq > u).map(|(_, id)| *id).collect(),
+            None => HashSet::new(),
+        };
         let mut touched = Vec::new();
         let mut removed = Vec::new();
         for (path, ops) in acct.targets.iter_mut() {
             let before = ops.len();
             ops.retain(|o| {
-                let keep = o.order.1 != device || state.valid_at(Timestamp::from_u64(o.order.0));
+                let keep = o.order.1 != device
+                    || (state.valid_at(Timestamp::from_u64(o.order.0)) && !past.contains(&o.order.2));
                 if !keep {
                     removed.push((o.order.0, o.order.2, o.kind.clone()));
                 }
@@ -1236,6 +1259,50 @@ mod tests {
         assert!(matches!(r.refused[0].reason, Refused::Unauthorized { .. }));
         assert_eq!(b.root(&w.did).unwrap(), a.root(&w.did).unwrap());
         assert_eq!(a.len(), b.len());
+    }
+
+    /// A revocation names the last sequence number it accepts: a revoked device that dates a
+    /// new operation before its revocation is refused all the same, and one already applied
+    /// is purged when the revocation arrives.
+    #[test]
+    fn a_revocation_refuses_later_sequence_numbers_whatever_their_clock() {
+        let w = world();
+        let now = Arc::new(AtomicU64::new(crate::hlc::system_ms()));
+        let mut a = replica(&w, 1, now.clone());
+        let dev = a.device_id().unwrap();
+        let auth = a.authorize(&w.account, &w.did, dev, false).unwrap();
+        let first = a.write(&w.did, nsid(), RecordKey::new("a").unwrap(), post("x")).unwrap();
+        let Entry::Op(op1) = Entry::decode(&first.bytes).unwrap() else { panic!() };
+        now.fetch_add(1_000, Ordering::SeqCst);
+        // Signed by the account on a replica that has seen the device's first operation.
+        let mut c = replica(&w, 3, now.clone());
+        c.apply(vec![auth.clone(), first.clone()]);
+        let revoke = c.authorize(&w.account, &w.did, dev, true).unwrap();
+        let Entry::Auth(r) = Entry::decode(&revoke.bytes).unwrap() else { panic!() };
+        assert_eq!((r.revoke, r.upto), (true, Some(1)));
+        // The revoked device dates its second operation just after its first.
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let backdated = Op::sign(
+            &key,
+            w.did.clone(),
+            2,
+            Timestamp { wall_ms: op1.hlc.wall_ms, logical: op1.hlc.logical + 1 },
+            nsid(),
+            RecordKey::new("b").unwrap(),
+            OpKind::Delete,
+        );
+        let backdated = Signed { bytes: Entry::Op(backdated).encode(), block: None };
+        let mut b = replica(&w, 2, now.clone());
+        b.apply(vec![auth.clone(), first.clone(), revoke.clone()]);
+        let rep = b.apply(vec![backdated.clone()]);
+        assert!(matches!(rep.refused[0].reason, Refused::Unauthorized { .. }), "{rep:?}");
+        // Applied before the revocation arrived: purged by it.
+        let mut d = replica(&w, 4, now);
+        d.apply(vec![auth, first, backdated]);
+        assert_eq!(d.len(), 3);
+        d.apply(vec![revoke]);
+        assert_eq!(d.len(), b.len());
+        assert_eq!(d.root(&w.did).unwrap(), b.root(&w.did).unwrap());
     }
 
     #[test]
