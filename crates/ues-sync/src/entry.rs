@@ -7,7 +7,8 @@
 //! Operation: `{a: account DID, c: collection, d: device key, [e: set element],
 //! g: Ed25519 signature, h: HLC, k: kind, [l: record CID], [n: counter delta], r: record key,
 //! s: device sequence}`: the target AT-URI is `at://a/c/r`.
-//! Authorization: `{a: DID, d: device key, g: account-key signature, h: HLC, k: 16 | 17}`.
+//! Authorization: `{a: DID, d: device key, g: account-key signature, h: HLC, k: 16 | 17,
+//! [s: the last device sequence number a revocation accepts]}`.
 //! Signatures cover the encoding without `g`.
 
 use cid::Cid;
@@ -90,6 +91,11 @@ pub struct DeviceAuth {
     pub hlc: Timestamp,
     /// A revocation rather than an authorization.
     pub revoke: bool,
+    /// For a revocation: the last of the device's sequence numbers it accepts. The device
+    /// picks its operations' clocks, so a revoked device could date new operations before its
+    /// revocation; its sequence numbers it cannot reuse (equivocation), so later ones are
+    /// refused whatever their clock.
+    pub upto: Option<u64>,
     /// The account signing key's signature (secp256k1 or P-256, 64 bytes).
     pub sig: [u8; 64],
 }
@@ -212,14 +218,22 @@ impl Op {
 impl DeviceAuth {
     /// Builds and signs an authorization (or a revocation) with the account's signing key.
     pub fn sign(account: &Keypair, did: Did, device: DeviceId, hlc: Timestamp, revoke: bool) -> DeviceAuth {
-        let mut a = DeviceAuth { did, device, hlc, revoke, sig: [0; 64] };
+        let mut a = DeviceAuth { did, device, hlc, revoke, upto: None, sig: [0; 64] };
+        a.sig = account.sign(&a.encode_inner(false));
+        a
+    }
+
+    /// Builds and signs a revocation that accepts the device's operations up to sequence
+    /// number `upto` (and before `hlc`) and none after.
+    pub fn sign_revocation(account: &Keypair, did: Did, device: DeviceId, hlc: Timestamp, upto: u64) -> DeviceAuth {
+        let mut a = DeviceAuth { did, device, hlc, revoke: true, upto: Some(upto), sig: [0; 64] };
         a.sig = account.sign(&a.encode_inner(false));
         a
     }
 
     fn encode_inner(&self, with_sig: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(200);
-        dagcbor::write_head(&mut out, 5, 4 + u64::from(with_sig));
+        dagcbor::write_head(&mut out, 5, 4 + u64::from(with_sig) + u64::from(self.upto.is_some()));
         dagcbor::write_str(&mut out, "a");
         dagcbor::write_str(&mut out, self.did.as_str());
         dagcbor::write_str(&mut out, "d");
@@ -232,6 +246,10 @@ impl DeviceAuth {
         dagcbor::write_head(&mut out, 0, self.hlc.to_u64());
         dagcbor::write_str(&mut out, "k");
         dagcbor::write_head(&mut out, 0, if self.revoke { 17 } else { 16 });
+        if let Some(upto) = self.upto {
+            dagcbor::write_str(&mut out, "s");
+            dagcbor::write_head(&mut out, 0, upto);
+        }
         out
     }
 
@@ -255,6 +273,14 @@ impl Entry {
         match self {
             Entry::Op(op) => op.hlc,
             Entry::Auth(a) => a.hlc,
+        }
+    }
+
+    /// The account the entry belongs to.
+    pub fn did(&self) -> &Did {
+        match self {
+            Entry::Op(op) => &op.did,
+            Entry::Auth(a) => &a.did,
         }
     }
 
@@ -332,11 +358,12 @@ impl Fields {
             if kind > 17 || self.c.is_some() || self.e.is_some() || self.l.is_some() || self.n.is_some() {
                 return Err(shape("unexpected field in an authorization"));
             }
-            if self.r.is_some() || self.s.is_some() {
+            // Only a revocation names a last sequence number.
+            if self.r.is_some() || (self.s.is_some() && kind == 16) {
                 return Err(shape("unexpected field in an authorization"));
             }
             let did = Did::new(self.a.ok_or_else(|| shape("missing a"))?).map_err(|e| shape(e.to_string()))?;
-            return Ok(Entry::Auth(DeviceAuth { did, device, hlc, revoke: kind == 17, sig }));
+            return Ok(Entry::Auth(DeviceAuth { did, device, hlc, revoke: kind == 17, upto: self.s, sig }));
         }
         let did = Did::new(self.a.ok_or_else(|| shape("missing a"))?).map_err(|e| shape(e.to_string()))?;
         let kind = match (kind, self.l, self.n, self.e) {

@@ -9,6 +9,7 @@
 //! - [`recon`]: the reconciliation session (messages in `proto/ues_sync.proto`).
 //! - [`live`]: single entries pushed as they are written, relayed without echoes.
 //! - [`head`]: signed head announcements (fingerprint, size, latest commit) for gossip.
+//! - [`handover`]: the account hand-over to a new device, with the account's authorizations.
 //! - [`hlc`], [`vv`]: clocks.
 //! - [`sim`]: generated logs and measured sessions for benchmarks.
 //!
@@ -17,6 +18,7 @@
 //! the node (layer 5); it never opens a socket.
 
 pub mod entry;
+pub mod handover;
 pub mod head;
 pub mod hlc;
 pub mod live;
@@ -35,5 +37,7 @@ pub use entry::{DeviceAuth, Entry, EntryError, EntryId, Op, OpKind};
 pub use recon::{
     Outcome, Scope, ScopeCache, Session, SessionStats, SessionSummary, SyncConfig, SyncError, run_session,
 };
-pub use replica::{AccountKeys, ApplyReport, Change, Refusal, Refused, Replica, ReplicaError, Signed};
+pub use replica::{
+    AccountKeys, ApplyReport, Change, Refusal, Refused, Replica, ReplicaError, Signed, check_record_block,
+};
 pub use ues_repo as repo;

@@ -3,10 +3,11 @@
 //! were new to it, never to the peer it got them from, so a write crosses each link at most
 //! once per direction and floods stop by themselves.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
 
 use prost::Message;
+use ues_repo::syntax::Did;
 
 use crate::entry::EntryId;
 use crate::proto;
@@ -54,25 +55,64 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Received>, SyncError> {
 pub struct Relayed<P> {
     /// What applying did.
     pub report: ApplyReport,
-    /// The message to forward (only the entries that were new here), and to whom.
-    pub forward: Option<(Vec<u8>, Vec<P>)>,
+    /// The messages to forward (only the entries that were new here), each with the peers it
+    /// goes to.
+    pub forward: Vec<(Vec<u8>, Vec<P>)>,
 }
 
 /// Applies a live message from `from` and decides what to forward: to every one of `peers`
-/// (this replica's connected peers) except `from`.
+/// (this replica's connected peers) except `from`. Every peer may sync every account: see
+/// [`receive_for`].
 pub fn receive<P: Clone + Eq + Hash>(
     rep: &mut Replica,
     bytes: &[u8],
     from: &P,
     peers: &[P],
 ) -> Result<Relayed<P>, SyncError> {
+    receive_for(rep, bytes, from, peers, &|_, _, _| true)
+}
+
+/// As [`receive`], where a peer may sync only the accounts `may_sync` allows it: a message
+/// with any entry of an account its sender may not sync is refused whole
+/// ([`SyncError::NotAuthorized`]) before anything of it is applied, and each entry is forwarded
+/// only to the peers that may sync its account.
+pub fn receive_for<P: Clone + Eq + Hash>(
+    rep: &mut Replica,
+    bytes: &[u8],
+    from: &P,
+    peers: &[P],
+    may_sync: &dyn Fn(&Replica, &P, &Did) -> bool,
+) -> Result<Relayed<P>, SyncError> {
     let entries = decode(bytes)?;
-    let kept: Vec<(EntryId, Signed)> = entries.iter().map(|r| (r.id, r.signed.clone())).collect();
+    if let Some(did) = entries.iter().filter_map(Received::did).find(|d| !may_sync(rep, from, d)) {
+        return Err(SyncError::NotAuthorized(did.clone()));
+    }
+    let kept: Vec<(EntryId, Option<Did>, Signed)> =
+        entries.iter().map(|r| (r.id, r.did().cloned(), r.signed.clone())).collect();
     let report = rep.apply_received(entries);
     let new: HashSet<&EntryId> = report.new_ids.iter().collect();
-    let fresh: Vec<Signed> = kept.into_iter().filter(|(id, _)| new.contains(id)).map(|(_, s)| s).collect();
-    let targets: Vec<P> = peers.iter().filter(|p| *p != from).cloned().collect();
-    let forward = (!fresh.is_empty() && !targets.is_empty()).then(|| (encode(&fresh), targets));
+    let fresh: Vec<(Option<Did>, Signed)> =
+        kept.into_iter().filter(|(id, _, _)| new.contains(id)).map(|(_, d, s)| (d, s)).collect();
+    // Peers that may receive the same entries share one encoded message.
+    let mut groups: BTreeMap<Vec<usize>, Vec<P>> = BTreeMap::new();
+    for p in peers.iter().filter(|p| *p != from) {
+        let mine: Vec<usize> = fresh
+            .iter()
+            .enumerate()
+            .filter(|(_, (d, _))| d.as_ref().is_some_and(|d| may_sync(rep, p, d)))
+            .map(|(i, _)| i)
+            .collect();
+        if !mine.is_empty() {
+            groups.entry(mine).or_default().push(p.clone());
+        }
+    }
+    let forward = groups
+        .into_iter()
+        .map(|(idx, targets)| {
+            let chosen: Vec<Signed> = idx.into_iter().map(|i| fresh[i].1.clone()).collect();
+            (encode(&chosen), targets)
+        })
+        .collect();
     Ok(Relayed { report, forward })
 }
 
@@ -132,11 +172,12 @@ mod tests {
             assert!(hops < 20, "the flood stops");
             let peers: Vec<usize> = (0..3).filter(|p| *p != to).collect();
             let r = receive(&mut reps[to], &m, &from, &peers).unwrap();
-            if let Some((fwd, targets)) = r.forward {
+            if r.forward.is_empty() {
+                assert_eq!(r.report.duplicates, 1, "only a copy already held is not forwarded");
+            }
+            for (fwd, targets) in r.forward {
                 assert!(!targets.contains(&from) && !targets.contains(&to));
                 deliveries.extend(targets.into_iter().map(|t| (to, t, fwd.clone())));
-            } else {
-                assert_eq!(r.report.duplicates, 1, "only a copy already held is not forwarded");
             }
         }
         // Per edit: two first deliveries, then 1 and 2 each forward once to the other; the

@@ -85,6 +85,10 @@ pub enum SyncError {
     /// The peer refused the session.
     #[error("peer refused: {0}")]
     Rejected(String),
+    /// The peer may not sync this account with us (its device is not an authorized device of
+    /// it here, or the account is not replicated here).
+    #[error("not authorized to sync {0}")]
+    NotAuthorized(Did),
     /// Local storage failed.
     #[error(transparent)]
     Replica(Box<ReplicaError>),
@@ -362,12 +366,26 @@ impl Session {
     }
 
     /// Starts a session as the responder, from the initiator's Hello. Returns the session
-    /// (when accepted) and the reply.
+    /// (when accepted) and the reply. Every account is open to the peer: see
+    /// [`Session::respond_for`].
     pub fn respond(
         rep: &mut Replica,
         scopes: &mut ScopeCache,
         cfg: SyncConfig,
         hello: &[u8],
+    ) -> Result<(Option<Session>, Vec<u8>), SyncError> {
+        Self::respond_for(rep, scopes, cfg, hello, &|_, _| true)
+    }
+
+    /// As [`Session::respond`], for a peer that may sync only the accounts `may_sync` allows:
+    /// a scope naming any other is refused with [`SyncError::NotAuthorized`] before anything
+    /// of it is read or sent.
+    pub fn respond_for(
+        rep: &mut Replica,
+        scopes: &mut ScopeCache,
+        cfg: SyncConfig,
+        hello: &[u8],
+        may_sync: &dyn Fn(&Replica, &Did) -> bool,
     ) -> Result<(Option<Session>, Vec<u8>), SyncError> {
         if hello.len() > MAX_MESSAGE_BYTES {
             return Err(violation("message too large"));
@@ -388,11 +406,18 @@ impl Session {
             if scope.digest[..] != h.scope[..] {
                 return Err(violation("scope digest does not match its DIDs"));
             }
+            // Only a scope the peer may sync is remembered (strangers cannot crowd out others').
+            if let Some(did) = scope.dids.iter().find(|d| !may_sync(rep, d)) {
+                return Err(SyncError::NotAuthorized(did.clone()));
+            }
             scopes.insert(scope);
         }
         let Some(scope) = scopes.get(&h.scope).cloned() else {
             return Ok((None, reject("unknown scope", true)));
         };
+        if let Some(did) = scope.dids.iter().find(|d| !may_sync(rep, d)) {
+            return Err(SyncError::NotAuthorized(did.clone()));
+        }
         let mut s = Session::new(cfg, Some(scope), false);
         s.stats.bytes_received += hello.len() as u64;
         s.refresh(rep);
@@ -870,7 +895,8 @@ fn settled(deferred: bool) -> proto::Question {
     proto::Question { kind: Some(proto::question::Kind::Settled(proto::Settled { deferred })) }
 }
 
-fn reject(reason: &str, need_scope: bool) -> Vec<u8> {
+/// A Reject message (a responder's refusal of a session).
+pub fn reject(reason: &str, need_scope: bool) -> Vec<u8> {
     proto::SyncMessage {
         body: Some(proto::sync_message::Body::Reject(proto::Reject { reason: reason.into(), need_scope })),
     }

@@ -9,7 +9,7 @@
 //! seen. Equal sets give equal records and the equal MST root on every replica, whatever order
 //! the entries came in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use cid::Cid;
@@ -25,10 +25,18 @@ use crate::entry::{DAG_CBOR, DeviceAuth, Entry, EntryError, EntryId, Op, OpKind,
 use crate::hlc::{ClockError, Hlc, Timestamp};
 use crate::vv::{DeviceId, VersionVector};
 
-/// Largest record block an operation may carry (AT Protocol's record limit).
-pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Largest record block an operation may carry: the repository's own record limit, so that
+/// what one side commits the other can take.
+pub const MAX_RECORD_BYTES: usize = ues_repo::repo::MAX_RECORD_BYTES;
 /// Operations held while their device's authorization has not arrived.
 pub const MAX_PENDING: usize = 65_536;
+/// Bytes (entries and their record blocks) held while authorizations have not arrived, over
+/// all accounts: what arrives before its authorization costs memory until it does.
+pub const MAX_PENDING_BYTES: usize = 16 << 20;
+/// Of which one account's operations may hold at most this much.
+pub const MAX_PENDING_ACCOUNT_BYTES: usize = 8 << 20;
+/// And one device's (of one account) at most this much.
+pub const MAX_PENDING_DEVICE_BYTES: usize = 4 << 20;
 /// Refusals remembered (the oldest are forgotten first; counts are kept for all).
 pub const REFUSAL_LOG: usize = 1_024;
 
@@ -139,8 +147,8 @@ fn corrupt(cid: Cid, e: EntryError) -> ReplicaError {
     ReplicaError::Corrupt(format!("{cid}: {e}"))
 }
 
-/// Operations waiting for their device's authorization, by (account, device).
-type Pending = HashMap<(u32, DeviceId), Vec<(EntryId, Op, Signed)>>;
+/// Operations waiting for their device's authorization, by (account, device), with their size.
+type Pending = HashMap<(u32, DeviceId), (Vec<(EntryId, Op, Signed)>, usize)>;
 
 /// A change a device writes.
 #[derive(Debug, Clone, PartialEq)]
@@ -266,11 +274,19 @@ impl Seen {
 struct DeviceState {
     authorized: Option<Timestamp>,
     revoked: Option<Timestamp>,
+    /// The last sequence number a revocation accepts (the lowest, over revocations).
+    upto: Option<u64>,
 }
 
 impl DeviceState {
     fn valid_at(&self, t: Timestamp) -> bool {
         self.authorized.is_some_and(|a| t > a) && self.revoked.is_none_or(|r| t < r)
+    }
+
+    /// Whether the device's operation with this time and sequence number is valid: by its
+    /// time, and not past what a revocation accepts, whatever its time.
+    fn valid_op(&self, t: Timestamp, seq: u64) -> bool {
+        self.valid_at(t) && self.upto.is_none_or(|u| seq <= u)
     }
 }
 
@@ -321,6 +337,9 @@ pub struct Replica {
     accounts: Vec<Account>,
     pending: Pending,
     pending_len: usize,
+    pending_bytes: usize,
+    pending_accounts: HashMap<u32, usize>,
+    pending_ids: HashSet<EntryId>,
     refusals: VecDeque<Refusal>,
     refusal_counts: BTreeMap<&'static str, u64>,
     lexicons: Option<Arc<Lexicons>>,
@@ -367,6 +386,9 @@ impl Replica {
             accounts: Vec::new(),
             pending: HashMap::new(),
             pending_len: 0,
+            pending_bytes: 0,
+            pending_accounts: HashMap::new(),
+            pending_ids: HashSet::new(),
             refusals: VecDeque::new(),
             refusal_counts: BTreeMap::new(),
             lexicons: None,
@@ -490,13 +512,54 @@ impl Replica {
         device: DeviceId,
         revoke: bool,
     ) -> Result<Signed, ReplicaError> {
-        let auth = DeviceAuth::sign(account, did.clone(), device, self.clock.now()?, revoke);
+        let now = self.clock.now()?;
+        let auth = if revoke {
+            // The device's operations seen here so far are the last it may write.
+            DeviceAuth::sign_revocation(account, did.clone(), device, now, self.version_vector(did).get(&device))
+        } else {
+            DeviceAuth::sign(account, did.clone(), device, now, false)
+        };
         let signed = Signed { bytes: Entry::Auth(auth).encode(), block: None };
         let report = self.apply(vec![signed.clone()]);
         if let Some(r) = report.refused.into_iter().next() {
             return Err(r.reason.into());
         }
         Ok(signed)
+    }
+
+    /// Whether [`Replica::write`] would take this change for any account: it fits how the
+    /// collection merges, and a put's record is one the replica accepts (at most [`MAX_RECORD_BYTES`] of valid
+    /// AT Protocol data). Checking first lets a caller refuse a change before anything else
+    /// commits it.
+    pub fn check_change(&self, collection: &Nsid, change: &Change) -> Result<(), ReplicaError> {
+        if let Some(lex) = &self.lexicons {
+            let merge = lex.merge_kind(collection.as_str());
+            let fits = matches!(
+                (change, merge),
+                (Change::Delete, _)
+                    | (Change::Put(_), MergeKind::Lww)
+                    | (Change::Add(_), MergeKind::Counter)
+                    | (Change::SetAdd(_) | Change::SetRemove(_), MergeKind::Set)
+            );
+            if !fits {
+                return Err(ReplicaError::WrongMerge { collection: collection.to_string(), merge });
+            }
+        }
+        if let Change::Put(value) = change {
+            let bytes = dagcbor::encode(value);
+            check_record_block(&cid_sha256(DAG_CBOR, &bytes), &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Replica::write`] would take this change for `did` now: as
+    /// [`Replica::check_change`], and this replica's device may write for the account.
+    pub fn check_write(&self, did: &Did, collection: &Nsid, change: &Change) -> Result<(), ReplicaError> {
+        let Some(dev) = self.device_id() else { return Err(ReplicaError::NotAuthorized(did.clone())) };
+        if !self.is_authorized(did, &dev) {
+            return Err(ReplicaError::NotAuthorized(did.clone()));
+        }
+        self.check_change(collection, change)
     }
 
     /// Writes a change as this replica's device, applies it, and returns it for sending.
@@ -508,27 +571,15 @@ impl Replica {
         change: Change,
     ) -> Result<Signed, ReplicaError> {
         let key = self.device.clone().ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
-        if let Some(lex) = &self.lexicons {
-            let merge = lex.merge_kind(collection.as_str());
-            let fits = matches!(
-                (&change, merge),
-                (Change::Delete, _)
-                    | (Change::Put(_), MergeKind::Lww)
-                    | (Change::Add(_), MergeKind::Counter)
-                    | (Change::SetAdd(_) | Change::SetRemove(_), MergeKind::Set)
-            );
-            if !fits {
-                return Err(ReplicaError::WrongMerge { collection: collection.to_string(), merge });
-            }
-        }
+        self.check_change(&collection, &change)?;
         let dev = key.verifying_key().to_bytes();
         let idx = self.did_lookup(did).ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
         let hlc = self.clock.now()?;
         let acct = &self.accounts[idx as usize];
-        if !acct.devices.get(&dev).is_some_and(|d| d.valid_at(hlc)) {
+        let seq = acct.seen.get(&dev).map_or(0, |s| s.contiguous.max(s.above.last().copied().unwrap_or(0))) + 1;
+        if !acct.devices.get(&dev).is_some_and(|d| d.valid_op(hlc, seq)) {
             return Err(ReplicaError::NotAuthorized(did.clone()));
         }
-        let seq = acct.seen.get(&dev).map_or(0, |s| s.contiguous.max(s.above.last().copied().unwrap_or(0))) + 1;
         let (kind, block) = match change {
             Change::Put(value) => {
                 let bytes = dagcbor::encode(&value);
@@ -660,9 +711,17 @@ impl Replica {
         // the operations that waited for it.
         if a.revoke {
             self.purge_revoked(idx, a.device);
-        } else if let Some(waiting) = self.pending.remove(&(idx, a.device)) {
+        } else if let Some((waiting, bytes)) = self.pending.remove(&(idx, a.device)) {
             self.pending_len -= waiting.len();
+            self.pending_bytes -= bytes;
+            if let Some(n) = self.pending_accounts.get_mut(&idx) {
+                *n -= bytes;
+                if *n == 0 {
+                    self.pending_accounts.remove(&idx);
+                }
+            }
             for (wid, op, s) in waiting {
+                self.pending_ids.remove(&wid);
                 if self.contains(&wid, op.hlc) {
                     continue;
                 }
@@ -681,6 +740,9 @@ impl Replica {
         let d = acct.devices.entry(a.device).or_default();
         let slot = if a.revoke { &mut d.revoked } else { &mut d.authorized };
         *slot = Some(slot.map_or(a.hlc, |t| t.min(a.hlc)));
+        if let Some(u) = a.upto {
+            d.upto = Some(d.upto.map_or(u, |old| old.min(u)));
+        }
         acct.root = None;
         idx
     }
@@ -700,22 +762,29 @@ impl Replica {
         }
         // Too far ahead: refused, and the clock is left alone.
         self.clock.check(op.hlc)?;
+        // Nothing is kept, not even an account slot, for an account this replica has no key of.
+        if self.keys.key(&op.did).is_none() {
+            return Err(Refused::UnknownAccount(op.did.clone()));
+        }
+        // The record block is checked before the operation is held anywhere, even while waiting.
+        let block = match (&op.kind, &signed.block) {
+            (OpKind::Put(cid), Some((c, data))) if c == cid => {
+                check_record_block(cid, data)?;
+                Some(true)
+            }
+            (OpKind::Put(cid), _) if !self.blocks.has(cid).unwrap_or(false) => Some(false),
+            _ => None,
+        };
         let idx = self.did_idx(&op.did);
         let acct = &self.accounts[idx as usize];
         let Some(dev) = acct.devices.get(&op.device) else {
             // Its authorization may still be on its way: hold it, boundedly.
-            if self.keys.key(&op.did).is_none() {
-                return Err(Refused::UnknownAccount(op.did.clone()));
+            if let (OpKind::Put(cid), Some(false)) = (&op.kind, block) {
+                return Err(Refused::MissingBlock(*cid));
             }
-            if self.pending_len >= MAX_PENDING {
-                return Err(Refused::PendingFull);
-            }
-            self.pending.entry((idx, op.device)).or_default().push((id, op, signed));
-            self.pending_len += 1;
-            report.pending += 1;
-            return Ok(());
+            return self.park(idx, id, op, signed, report);
         };
-        if !dev.valid_at(op.hlc) {
+        if !dev.valid_op(op.hlc, op.seq) {
             return Err(Refused::Unauthorized { did: op.did.clone(), device: hex::encode(op.device), at: op.hlc });
         }
         if let Some(other) = acct.dots.get(&(op.device, op.seq))
@@ -731,20 +800,12 @@ impl Replica {
             return Ok(());
         }
         if let OpKind::Put(cid) = &op.kind {
-            match &signed.block {
-                Some((c, data)) if c == cid => {
-                    if data.len() > MAX_RECORD_BYTES {
-                        return Err(Refused::BadBlock(*cid, "larger than 1 MiB".into()));
-                    }
-                    storage::verify_block(cid, data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
-                    dagcbor::decode_atproto(data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+            match (block, &signed.block) {
+                (Some(true), Some((_, data))) => {
                     self.blocks.put(cid, data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
                 }
-                _ => {
-                    if !self.blocks.has(cid).unwrap_or(false) {
-                        return Err(Refused::MissingBlock(*cid));
-                    }
-                }
+                (Some(false), _) => return Err(Refused::MissingBlock(*cid)),
+                _ => {}
             }
         }
         let ecid = entry_cid(&signed.bytes);
@@ -753,6 +814,36 @@ impl Replica {
         self.index_op(id, &op);
         report.applied += 1;
         report.new_ids.push(id);
+        Ok(())
+    }
+
+    /// Holds an operation (already checked: signature, clock, record block) until its device's
+    /// authorization arrives, within the count and byte bounds overall, per account and per
+    /// device.
+    fn park(&mut self, idx: u32, id: EntryId, op: Op, signed: Signed, report: &mut ApplyReport) -> Result<(), Refused> {
+        if self.pending_ids.contains(&id) {
+            report.duplicates += 1;
+            return Ok(());
+        }
+        let size = signed.bytes.len() + signed.block.as_ref().map_or(0, |(_, d)| d.len());
+        let key = (idx, op.device);
+        let device_bytes = self.pending.get(&key).map_or(0, |(_, b)| *b);
+        let account_bytes = self.pending_accounts.get(&idx).copied().unwrap_or(0);
+        if self.pending_len >= MAX_PENDING
+            || self.pending_bytes + size > MAX_PENDING_BYTES
+            || account_bytes + size > MAX_PENDING_ACCOUNT_BYTES
+            || device_bytes + size > MAX_PENDING_DEVICE_BYTES
+        {
+            return Err(Refused::PendingFull);
+        }
+        self.pending_ids.insert(id);
+        let slot = self.pending.entry(key).or_default();
+        slot.0.push((id, op, signed));
+        slot.1 += size;
+        self.pending_len += 1;
+        self.pending_bytes += size;
+        *self.pending_accounts.entry(idx).or_default() += size;
+        report.pending += 1;
         Ok(())
     }
 
@@ -784,12 +875,18 @@ impl Replica {
     fn purge_revoked(&mut self, idx: u32, device: DeviceId) {
         let acct = &mut self.accounts[idx as usize];
         let Some(state) = acct.devices.get(&device).cloned() else { return };
+        // Operations past the sequence number the revocation accepts go whatever their time.
+        let past: HashSet<EntryId> = match state.upto {
+            Some(u) => acct.dots.iter().filter(|((d, seq), _)| *d == device && *seq > u).map(|(_, id)| *id).collect(),
+            None => HashSet::new(),
+        };
         let mut touched = Vec::new();
         let mut removed = Vec::new();
         for (path, ops) in acct.targets.iter_mut() {
             let before = ops.len();
             ops.retain(|o| {
-                let keep = o.order.1 != device || state.valid_at(Timestamp::from_u64(o.order.0));
+                let keep = o.order.1 != device
+                    || (state.valid_at(Timestamp::from_u64(o.order.0)) && !past.contains(&o.order.2));
                 if !keep {
                     removed.push((o.order.0, o.order.2, o.kind.clone()));
                 }
@@ -896,6 +993,31 @@ impl Replica {
         self.did_lookup(did).map(|i| &self.accounts[i as usize].records)
     }
 
+    /// Whether the record at `path` is absent because the replica holds a delete of it (rather
+    /// than because it never held the record): only such a delete may remove a record from a
+    /// repository the replica is brought to.
+    pub fn holds_delete(&self, did: &Did, path: &str) -> bool {
+        self.did_lookup(did).is_some_and(|i| {
+            let acct = &self.accounts[i as usize];
+            !acct.records.contains_key(path)
+                && acct.targets.get(path).is_some_and(|ops| ops.iter().any(|o| o.kind == OpKind::Delete))
+        })
+    }
+
+    /// The account's device authorizations and revocations as they travel (at most `limit`,
+    /// oldest first), for a new device to learn who may sync the account before its first
+    /// session.
+    pub fn authorizations(&self, did: &Did, limit: usize) -> Result<Vec<Signed>, ReplicaError> {
+        let Some(idx) = self.did_lookup(did) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for (k, _) in self.log.iter().filter(|(_, v)| v.auth && v.did == idx).take(limit) {
+            if let Some(s) = self.signed(k)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
     /// The account's version vector: for each device, the highest sequence number of its
     /// operations this replica has seen (operations a delete beat may have been collected
     /// since, so the log can hold fewer).
@@ -922,6 +1044,13 @@ impl Replica {
         self.accounts[i as usize].devices.get(device).is_some_and(|d| d.valid_at(now))
     }
 
+    /// Whether `device` may write now for any account this replica holds (a peer that is
+    /// one is a known replica of some account, not a stranger).
+    pub fn is_device_of_any(&self, device: &DeviceId) -> bool {
+        let now = self.next_time();
+        self.accounts.iter().any(|a| a.devices.get(device).is_some_and(|d| d.valid_at(now)))
+    }
+
     /// The devices of an account: id and whether each may write now.
     pub fn devices(&self, did: &Did) -> Vec<(DeviceId, bool)> {
         let Some(i) = self.did_lookup(did) else { return Vec::new() };
@@ -934,6 +1063,11 @@ impl Replica {
     /// Operations waiting for authorizations.
     pub fn pending_len(&self) -> usize {
         self.pending_len
+    }
+
+    /// Bytes (entries and record blocks) of the operations waiting for authorizations.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     /// The root CID of the account's materialized MST (cached until the next change).
@@ -989,6 +1123,18 @@ fn verify_ops_parallel(decoded: &[(EntryId, Entry, Signed)]) -> Vec<Option<bool>
         // A checking thread that died leaves every entry to be checked in line.
         if all.len() == decoded.len() { all } else { vec![None; decoded.len()] }
     })
+}
+
+/// Checks a record block as the replica does before holding it: at most
+/// [`MAX_RECORD_BYTES`], its CID, and valid AT Protocol data (DAG-CBOR within the decoder's
+/// nesting limit).
+pub fn check_record_block(cid: &Cid, data: &[u8]) -> Result<(), Refused> {
+    if data.len() > MAX_RECORD_BYTES {
+        return Err(Refused::BadBlock(*cid, format!("larger than {MAX_RECORD_BYTES} bytes")));
+    }
+    storage::verify_block(cid, data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+    dagcbor::decode_atproto(data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+    Ok(())
 }
 
 fn hex_id(id: &EntryId) -> String {
@@ -1116,6 +1262,50 @@ mod tests {
         assert_eq!(a.len(), b.len());
     }
 
+    /// A revocation names the last sequence number it accepts: a revoked device that dates a
+    /// new operation before its revocation is refused all the same, and one already applied
+    /// is purged when the revocation arrives.
+    #[test]
+    fn a_revocation_refuses_later_sequence_numbers_whatever_their_clock() {
+        let w = world();
+        let now = Arc::new(AtomicU64::new(crate::hlc::system_ms()));
+        let mut a = replica(&w, 1, now.clone());
+        let dev = a.device_id().unwrap();
+        let auth = a.authorize(&w.account, &w.did, dev, false).unwrap();
+        let first = a.write(&w.did, nsid(), RecordKey::new("a").unwrap(), post("x")).unwrap();
+        let Entry::Op(op1) = Entry::decode(&first.bytes).unwrap() else { panic!() };
+        now.fetch_add(1_000, Ordering::SeqCst);
+        // Signed by the account on a replica that has seen the device's first operation.
+        let mut c = replica(&w, 3, now.clone());
+        c.apply(vec![auth.clone(), first.clone()]);
+        let revoke = c.authorize(&w.account, &w.did, dev, true).unwrap();
+        let Entry::Auth(r) = Entry::decode(&revoke.bytes).unwrap() else { panic!() };
+        assert_eq!((r.revoke, r.upto), (true, Some(1)));
+        // The revoked device dates its second operation just after its first.
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let backdated = Op::sign(
+            &key,
+            w.did.clone(),
+            2,
+            Timestamp { wall_ms: op1.hlc.wall_ms, logical: op1.hlc.logical + 1 },
+            nsid(),
+            RecordKey::new("b").unwrap(),
+            OpKind::Delete,
+        );
+        let backdated = Signed { bytes: Entry::Op(backdated).encode(), block: None };
+        let mut b = replica(&w, 2, now.clone());
+        b.apply(vec![auth.clone(), first.clone(), revoke.clone()]);
+        let rep = b.apply(vec![backdated.clone()]);
+        assert!(matches!(rep.refused[0].reason, Refused::Unauthorized { .. }), "{rep:?}");
+        // Applied before the revocation arrived: purged by it.
+        let mut d = replica(&w, 4, now);
+        d.apply(vec![auth, first, backdated]);
+        assert_eq!(d.len(), 3);
+        d.apply(vec![revoke]);
+        assert_eq!(d.len(), b.len());
+        assert_eq!(d.root(&w.did).unwrap(), b.root(&w.did).unwrap());
+    }
+
     #[test]
     fn forged_replayed_and_equivocating_entries_are_refused() {
         let w = world();
@@ -1179,6 +1369,61 @@ mod tests {
         assert!(matches!(r.refused[0].reason, Refused::Clock(ClockError::TooFarAhead { .. })));
         assert_eq!(b.len(), 2);
         assert!(b.refusal_counts().values().sum::<u64>() >= 5);
+    }
+
+    /// A stranger's operations cost nothing: for an account without a key not even an account
+    /// slot; for a known account, operations of unknown devices wait only within the byte
+    /// bounds, and only after their record block checked out.
+    #[test]
+    fn strangers_operations_are_checked_and_bounded_before_they_wait() {
+        let w = world();
+        let now = Arc::new(AtomicU64::new(crate::hlc::system_ms()));
+        let mut b = replica(&w, 2, now.clone());
+        let at = Timestamp { wall_ms: now.load(Ordering::SeqCst), logical: 0 };
+        let big = |dev: u8, did: &Did, seq: u64, bad_block: bool| {
+            let key = SigningKey::from_bytes(&[dev; 32]);
+            let value = Ipld::Map(BTreeMap::from([
+                ("$type".into(), Ipld::String("app.bsky.feed.post".into())),
+                ("text".into(), Ipld::String("x".repeat(900_000))),
+            ]));
+            let bytes = dagcbor::encode(&value);
+            let cid = cid_sha256(DAG_CBOR, &bytes);
+            let op = Op::sign(
+                &key,
+                did.clone(),
+                seq,
+                at,
+                nsid(),
+                RecordKey::new(format!("r{seq}")).unwrap(),
+                OpKind::Put(cid),
+            );
+            let block = if bad_block { b"\xa1\x61\x61\x01".to_vec() } else { bytes };
+            Signed { bytes: Entry::Op(op).encode(), block: Some((cid, block)) }
+        };
+        let stranger = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        for seq in 1..=5 {
+            let r = b.apply(vec![big(9, &stranger, seq, false)]);
+            assert!(matches!(r.refused[0].reason, Refused::UnknownAccount(_)));
+        }
+        assert!(b.dids().is_empty(), "no account slot for an unknown account");
+        // A bad block is refused, not parked.
+        let r = b.apply(vec![big(9, &w.did, 1, true)]);
+        assert!(matches!(r.refused[0].reason, Refused::BadBlock(..)), "{r:?}");
+        assert_eq!(b.pending_len(), 0);
+        // One device: 4 MiB at most; the account: 8 MiB; whatever the count.
+        let mut full = 0;
+        for dev in 10..14u8 {
+            for seq in 1..=8 {
+                let r = b.apply(vec![big(dev, &w.did, seq, false)]);
+                full += r.refused.iter().filter(|x| x.reason == Refused::PendingFull).count();
+            }
+        }
+        assert!(b.pending_bytes() <= MAX_PENDING_ACCOUNT_BYTES, "{}", b.pending_bytes());
+        assert!(b.pending_bytes() > MAX_PENDING_ACCOUNT_BYTES / 2);
+        assert!(full > 0);
+        let r = b.apply(vec![big(10, &w.did, 1, false)]);
+        assert_eq!(r.duplicates, 1, "a replay of a waiting operation is a no-op");
+        assert_eq!(b.len(), 0);
     }
 
     #[test]

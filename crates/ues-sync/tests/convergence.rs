@@ -210,7 +210,7 @@ fn play(w: &World, reps: &mut [Replica], steps: &[Step], partitioned: bool) -> V
                 let peers: Vec<usize> = (0..n).collect();
                 let r = live::receive(&mut reps[to], &m, &from, &peers).unwrap();
                 assert!(r.report.refused.is_empty(), "{:?}", r.report.refused);
-                if let Some((_, targets)) = &r.forward {
+                for (_, targets) in &r.forward {
                     assert!(!targets.contains(&from), "never echoed to its sender");
                 }
             }

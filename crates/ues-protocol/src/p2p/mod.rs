@@ -32,6 +32,9 @@ pub const MAX_SESSIONS: usize = 64;
 pub const BAN: std::time::Duration = std::time::Duration::from_secs(600);
 /// Bans remembered at once.
 pub const MAX_BANS: usize = 4_096;
+/// Refusals an honest peer may cause now and then (a session or push for an account whose
+/// authorization has not reached one side yet) before it is banned as a misbehaving one.
+pub const MAX_STRIKES: u32 = 8;
 /// Largest gossip message (head announcements are under 200 bytes).
 pub const MAX_GOSSIP: usize = 4_096;
 
@@ -269,6 +272,9 @@ pub struct SyncPeer {
     running: HashMap<PeerId, (Session, Scope, bool)>,
     last_stats: ues_sync::SessionStats,
     bans: HashMap<PeerId, Instant>,
+    strikes: HashMap<PeerId, (Instant, u32)>,
+    /// Peers may sync only the accounts their device is authorized for (else every account).
+    by_device: bool,
 }
 
 /// What the initiator does after a response.
@@ -281,7 +287,8 @@ pub enum Next {
 }
 
 impl SyncPeer {
-    /// Sessions over `replica`.
+    /// Sessions over `replica` in which every peer may sync every account it holds (tests and
+    /// benchmarks between peers whose ids are not devices of the accounts).
     pub fn new(replica: Replica, cfg: SyncConfig) -> Self {
         SyncPeer {
             replica,
@@ -292,7 +299,22 @@ impl SyncPeer {
             running: HashMap::new(),
             last_stats: ues_sync::SessionStats::default(),
             bans: HashMap::new(),
+            strikes: HashMap::new(),
+            by_device: false,
         }
+    }
+
+    /// Sessions over `replica` in which a peer may sync an account only while its peer id's
+    /// Ed25519 key is an authorized device of the account in the replica (as nodes run them):
+    /// a peer that is not one neither pulls the account's entries nor pushes any.
+    pub fn authorized(replica: Replica, cfg: SyncConfig) -> Self {
+        SyncPeer { by_device: true, ..Self::new(replica, cfg) }
+    }
+
+    /// Whether `peer` may sync `did` with this side: its device is authorized for the account
+    /// now (a revoked device may not), when sessions are by device.
+    pub fn may_sync(&self, peer: &PeerId, did: &ues_sync::repo::syntax::Did) -> bool {
+        may_sync(self.by_device, &self.replica, peer, did)
     }
 
     /// Statistics of the session this side last took part in.
@@ -337,12 +359,18 @@ impl SyncPeer {
     /// Answers a request from `peer` (a Hello starts a session; anything else continues it).
     /// An empty response ends our side of the session. A peer that breaks the protocol or
     /// sends forged, equivocating or malformed entries is banned for [`BAN`]: its requests
-    /// are refused ([`SyncError::Rejected`]) and the node should drop its connections.
+    /// are refused ([`SyncError::Rejected`]) and the node should drop its connections. A scope
+    /// naming an account the peer may not sync is refused ([`SyncError::NotAuthorized`]; the
+    /// node tells the peer so) and counts as a strike.
     pub fn on_request(&mut self, peer: PeerId, req: &[u8]) -> Result<Vec<u8>, SyncError> {
         if self.is_banned(&peer) {
             return Err(SyncError::Rejected(format!("{peer} is banned")));
         }
         let res = self.answer(peer, req);
+        if let Err(SyncError::NotAuthorized(did)) = &res {
+            let why = format!("asked to sync {did}, which it may not");
+            self.refused(peer, &why);
+        }
         let forged = self
             .answering
             .get(&peer)
@@ -372,7 +400,9 @@ impl SyncPeer {
                 Err(e) => return Err(e),
             }
         }
-        let (session, reply) = Session::respond(&mut self.replica, &mut self.scopes, self.cfg, req)?;
+        let by_device = self.by_device;
+        let allowed = move |rep: &Replica, did: &ues_sync::repo::syntax::Did| may_sync(by_device, rep, &peer, did);
+        let (session, reply) = Session::respond_for(&mut self.replica, &mut self.scopes, self.cfg, req, &allowed)?;
         if let Some(s) = session {
             self.last_stats = s.stats();
             if self.answering.len() >= MAX_SESSIONS
@@ -404,6 +434,44 @@ impl SyncPeer {
         self.bans.get(peer).is_some_and(|until| Instant::now() < *until)
     }
 
+    /// A refusal of something `peer` may not sync: a peer that is an authorized device of some
+    /// account here is a replica with a view not yet up to date (an account authorized for this
+    /// node that it has not taken over yet), so its refusal is only logged; a stranger's is a
+    /// strike ([`SyncPeer::strike`]). Returns whether the peer is banned now.
+    pub fn refused(&mut self, peer: PeerId, why: &str) -> bool {
+        let known = !self.by_device || node::device_of(&peer).is_some_and(|d| self.replica.is_device_of_any(&d));
+        if known {
+            tracing::info!(%peer, reason = why, "a replica's request refused");
+            return false;
+        }
+        self.strike(peer, why)
+    }
+
+    /// Counts a refusal an honest peer may cause now and then; the [`MAX_STRIKES`]th within
+    /// [`BAN`] bans it. Returns whether the peer is banned now.
+    pub fn strike(&mut self, peer: PeerId, why: &str) -> bool {
+        tracing::warn!(%peer, reason = why, "peer refused");
+        let now = Instant::now();
+        if self.strikes.len() >= MAX_BANS && !self.strikes.contains_key(&peer) {
+            self.strikes.retain(|_, (since, _)| now.duration_since(*since) < BAN);
+            if self.strikes.len() >= MAX_BANS
+                && let Some(oldest) = self.strikes.iter().min_by_key(|(_, (t, _))| *t).map(|(p, _)| *p)
+            {
+                self.strikes.remove(&oldest);
+            }
+        }
+        let e = self.strikes.entry(peer).or_insert((now, 0));
+        if now.duration_since(e.0) >= BAN {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        if e.1 >= MAX_STRIKES {
+            self.strikes.remove(&peer);
+            self.ban(peer, &format!("{MAX_STRIKES} refusals, the last: {why}"));
+        }
+        self.is_banned(&peer)
+    }
+
     /// Refuses `peer` for [`BAN`] and drops its sessions.
     pub fn ban(&mut self, peer: PeerId, why: &str) {
         tracing::warn!(%peer, reason = why, "peer banned");
@@ -420,6 +488,12 @@ impl SyncPeer {
         }
         self.bans.insert(peer, Instant::now() + BAN);
     }
+}
+
+/// Whether `peer` may sync `did` with a replica: any peer when sessions are not by device, else
+/// only while its peer id's key is an authorized device of the account there.
+pub(crate) fn may_sync(by_device: bool, rep: &Replica, peer: &PeerId, did: &ues_sync::repo::syntax::Did) -> bool {
+    !by_device || node::device_of(peer).is_some_and(|d| rep.is_authorized(did, &d))
 }
 
 /// Refusals that only a misbehaving peer causes (not a late authorization or a clock skew).

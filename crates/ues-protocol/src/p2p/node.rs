@@ -9,8 +9,17 @@
 //!   the difference to the repository with the account's key ([`Replication::materialize`]),
 //!   so the usual firehose events go out and every replica's repository has the replica's MST.
 //! - `replicate DID --from PEER` asks that peer for the account over `/ues/account/1`; the peer
-//!   hands over the account (handle, signing key, credentials) only when the asking node's key
-//!   is an authorized device of the account, over the Noise-authenticated connection.
+//!   hands over the account (handle, signing key, credentials, and the account's signed device
+//!   authorizations) only when the asking node's key is an authorized device of the account,
+//!   over the Noise-authenticated connection.
+//! - A peer syncs an account with this node only while its peer id's key is an authorized
+//!   device of the account here (now: a revoked device may not): sessions are scoped per peer,
+//!   a scope naming another account is refused, live pushes go only to peers authorized for
+//!   their accounts, and a push naming an account its sender may not sync is dropped whole.
+//!   Strangers' refusals are strikes towards a ban; nothing of theirs is kept.
+//! - The bridge removes a record from a repository only for a delete the replica holds, never
+//!   because the replica lacks it; and a local write the replica would refuse is refused before
+//!   it commits.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,16 +32,18 @@ use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, identity};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+use ues_sync::handover::{Handover, HandoverError};
 use ues_sync::head::Head;
 use ues_sync::recon::{Scope, SyncConfig};
 use ues_sync::repo::accounts::{AccountError, Accounts};
-use ues_sync::repo::crypto::{KeyType, Keypair, PublicKey};
+use ues_sync::repo::crypto::PublicKey;
 use ues_sync::repo::ipld::dagcbor;
 use ues_sync::repo::ipld::storage::{Blockstore, Kv};
+use ues_sync::repo::repo::RepoError;
 use ues_sync::repo::repo::{CommitResult, Write};
-use ues_sync::repo::syntax::{Did, Handle, Nsid, RecordKey};
+use ues_sync::repo::syntax::{Did, Nsid, RecordKey};
 use ues_sync::vv::DeviceId;
-use ues_sync::{AccountKeys, Change, Replica, Signed, live};
+use ues_sync::{AccountKeys, Change, Replica, ReplicaError, Signed, live};
 
 use super::{Behaviour, BehaviourEvent, Next, SyncPeer, repo_topic};
 use crate::xrpc::XrpcState;
@@ -47,8 +58,68 @@ const LIVE_CHUNK: usize = ues_sync::live::MAX_LIVE_ENTRIES;
 const COMMAND_QUEUE: usize = 4_096;
 /// Peers whose addresses are remembered (replication sources, bootstrap peers).
 const MAX_KNOWN_PEERS: usize = 256;
-/// Largest account hand-over message.
+/// Largest account hand-over request.
 const MAX_HANDOVER: usize = 16 * 1024;
+
+/// Why an account could not be replicated from this node, or a device not authorized.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReplicationError {
+    /// A record of the account is one the replica refuses (over 1 MiB, nested too deeply, not
+    /// AT Protocol data, or not fitting its collection's merge): nothing was replicated and
+    /// the account is as it was.
+    RecordRefused {
+        /// The record's path (`collection/rkey`).
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer id does not hold an Ed25519 key (so it is no device).
+    NotAnEd25519Peer,
+    /// The account store failed, or has no such account.
+    Account(AccountError),
+    /// The replica failed.
+    Replica(ReplicaError),
+    /// Bookkeeping (the key-value store) failed.
+    Store(String),
+}
+
+// Written out rather than derived: this crate does not otherwise depend on thiserror.
+impl std::fmt::Display for ReplicationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicationError::RecordRefused { path, reason } => {
+                write!(f, "record {path} cannot be replicated: {reason}")
+            }
+            ReplicationError::NotAnEd25519Peer => f.write_str("the peer id does not hold an Ed25519 key"),
+            ReplicationError::Account(e) => e.fmt(f),
+            ReplicationError::Replica(e) => e.fmt(f),
+            ReplicationError::Store(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for ReplicationError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReplicationError::Account(e) => Some(e),
+            ReplicationError::Replica(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<AccountError> for ReplicationError {
+    fn from(e: AccountError) -> Self {
+        ReplicationError::Account(e)
+    }
+}
+
+impl From<ReplicaError> for ReplicationError {
+    fn from(e: ReplicaError) -> Self {
+        ReplicationError::Replica(e)
+    }
+}
 
 /// Reconciliation as nodes run it: entry batches and questions of at most 96 KiB each, so a
 /// session message stays under 256 KiB (peers whose muxers buffer whole frames, as js-libp2p's
@@ -262,7 +333,7 @@ impl Replication {
         tracing::info!(accounts = tracked.len(), entries = replica.len(), "replica open");
         Ok((
             Arc::new(Replication {
-                peer: Mutex::new(SyncPeer::new(replica, sync)),
+                peer: Mutex::new(SyncPeer::authorized(replica, sync)),
                 bridge: Mutex::new(()),
                 keys,
                 device_key,
@@ -330,17 +401,37 @@ impl Replication {
                 "this node is not yet an authorized device of {did}; it becomes one when it syncs with the node that authorized it"
             )));
         }
+        let changes: Vec<(&Nsid, &RecordKey, Change)> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Create { collection, rkey, record } | Write::Update { collection, rkey, record, .. } => {
+                    (collection, rkey, Change::Put(record.clone()))
+                }
+                Write::Delete { collection, rkey, .. } => (collection, rkey, Change::Delete),
+            })
+            .collect();
+        // A write the replica would refuse is refused before it commits: the repository and
+        // the replica never part silently.
+        {
+            let p = self.peer.lock();
+            for (collection, rkey, change) in &changes {
+                if let Err(e) = p.replica.check_write(did, collection, change) {
+                    tracing::warn!(%did, %collection, %rkey, error = %e, "a write the replica refuses was not committed");
+                    return Err(match e {
+                        ReplicaError::NotAuthorized(_) => AccountError::CommitFailed(e.to_string()),
+                        e => AccountError::from(RepoError::InvalidRecord {
+                            path: format!("{collection}/{rkey}"),
+                            reason: format!("it cannot be replicated: {}", refusal_reason(&e)),
+                        }),
+                    });
+                }
+            }
+        }
         let res = accounts.apply_writes(did, writes, swap)?;
         let mut entries = Vec::with_capacity(writes.len());
         {
             let mut p = self.peer.lock();
-            for w in writes {
-                let (collection, rkey, change) = match w {
-                    Write::Create { collection, rkey, record } | Write::Update { collection, rkey, record, .. } => {
-                        (collection, rkey, Change::Put(record.clone()))
-                    }
-                    Write::Delete { collection, rkey, .. } => (collection, rkey, Change::Delete),
-                };
+            for (collection, rkey, change) in changes {
                 match p.replica.write(did, collection.clone(), rkey.clone(), change) {
                     Ok(s) => entries.push(s),
                     Err(e) => {
@@ -360,29 +451,49 @@ impl Replication {
     }
 
     /// Makes this node's device a writer of a hosted account, with the account's records as
-    /// its first operations (once), so the account can be replicated.
-    pub fn enable(&self, accounts: &NodeAccounts, did: &Did) -> Result<(), String> {
+    /// its first operations (once), so the account can be replicated. All or nothing: every
+    /// record is checked first, and the account is replicated only when each one becomes an
+    /// operation; a record the replica refuses fails with [`ReplicationError::RecordRefused`]
+    /// and leaves the account as it was (not replicated).
+    pub fn enable(&self, accounts: &NodeAccounts, did: &Did) -> Result<(), ReplicationError> {
         let _bridge = self.bridge.lock();
-        let key = accounts.signing_key(did).map_err(err)?;
-        self.track(did, key.public())?;
+        let key = accounts.signing_key(did)?;
+        let repo = accounts.repo(did)?;
+        let mut mst = repo.mst().map_err(AccountError::from)?;
+        let entries = mst.list(None, usize::MAX).map_err(|e| AccountError::from(RepoError::from(e)))?;
         let mut p = self.peer.lock();
-        if !p.replica.is_authorized(did, &self.device) {
-            p.replica.authorize(&key, did, self.device, false).map_err(err)?;
-        }
-        let repo = accounts.repo(did).map_err(err)?;
-        let entries = repo.mst().map_err(err)?.list(None, usize::MAX).map_err(err)?;
         let held = p.replica.records(did).cloned().unwrap_or_default();
-        let mut seeded = 0;
+        let mut seeds = Vec::new();
         for (path, cid) in entries {
             if held.get(&path) == Some(&cid) {
                 continue;
             }
-            let bytes = accounts.blocks().get(&cid).map_err(err)?.ok_or_else(|| format!("record {path} missing"))?;
-            let value = dagcbor::decode_atproto(&bytes).map_err(err)?;
-            let (c, r) = path.split_once('/').ok_or("bad path")?;
-            let (c, r) = (Nsid::new(c).map_err(err)?, RecordKey::new(r).map_err(err)?);
-            p.replica.write(did, c, r, Change::Put(value)).map_err(err)?;
-            seeded += 1;
+            let refused = |reason: String| ReplicationError::RecordRefused { path: path.clone(), reason };
+            let bytes = accounts
+                .blocks()
+                .get(&cid)
+                .map_err(|e| refused(e.to_string()))?
+                .ok_or_else(|| refused("its block is missing".into()))?;
+            ues_sync::check_record_block(&cid, &bytes).map_err(|e| refused(e.to_string()))?;
+            let value = dagcbor::decode_atproto(&bytes).map_err(|e| refused(e.to_string()))?;
+            let (c, r) = path.split_once('/').ok_or_else(|| refused("not collection/rkey".into()))?;
+            let c = Nsid::new(c).map_err(|e| refused(e.to_string()))?;
+            let r = RecordKey::new(r).map_err(|e| refused(e.to_string()))?;
+            let change = Change::Put(value);
+            p.replica.check_change(&c, &change).map_err(|e| refused(refusal_reason(&e)))?;
+            seeds.push((c, r, change));
+        }
+        // Every record will become an operation: track the account and seed it.
+        self.track(did, key.public()).map_err(ReplicationError::Store)?;
+        if !p.replica.is_authorized(did, &self.device) {
+            p.replica.authorize(&key, did, self.device, false)?;
+        }
+        let seeded = seeds.len();
+        for (c, r, change) in seeds {
+            let path = format!("{c}/{r}");
+            p.replica
+                .write(did, c, r, change)
+                .map_err(|e| ReplicationError::RecordRefused { path, reason: refusal_reason(&e) })?;
         }
         tracing::info!(%did, seeded, "account replicated from this node");
         Ok(())
@@ -396,11 +507,11 @@ impl Replication {
         did: &Did,
         peer: &PeerId,
         revoke: bool,
-    ) -> Result<(), String> {
-        let device = device_of(peer).ok_or("the peer id does not hold an Ed25519 key")?;
+    ) -> Result<(), ReplicationError> {
+        let device = device_of(peer).ok_or(ReplicationError::NotAnEd25519Peer)?;
         self.enable(accounts, did)?;
-        let key = accounts.signing_key(did).map_err(err)?;
-        let signed = self.peer.lock().replica.authorize(&key, did, device, revoke).map_err(err)?;
+        let key = accounts.signing_key(did)?;
+        let signed = self.peer.lock().replica.authorize(&key, did, device, revoke)?;
         let _ = self.tx.try_send(Command::Local(vec![signed]));
         let _ = self.tx.try_send(Command::Announce(did.clone()));
         Ok(())
@@ -450,7 +561,13 @@ impl Replication {
                 });
             }
         }
-        for path in have.keys().filter(|p| !want.contains_key(*p)) {
+        // Only a delete the replica holds removes a record: one it merely lacks stays.
+        let deleted: Vec<&String> = {
+            let p = self.peer.lock();
+            have.keys().filter(|path| !want.contains_key(*path) && p.replica.holds_delete(did, path)).collect()
+        };
+        let kept = have.keys().filter(|p| !want.contains_key(*p)).count() - deleted.len();
+        for path in deleted {
             let (c, r) = path.split_once('/').ok_or("bad path")?;
             writes.push(Write::Delete {
                 collection: Nsid::new(c).map_err(err)?,
@@ -459,13 +576,21 @@ impl Replication {
             });
         }
         if writes.is_empty() {
+            if kept > 0 {
+                // Nothing to commit until the replica moves again.
+                tracing::warn!(%did, records = kept, "the repository holds records its replica lacks; they are kept");
+                self.materialized.lock().insert(did.clone(), root);
+            }
             return Ok(None);
         }
         let res = accounts.apply_replicated(did, &writes).map_err(err)?;
         if res.commit.data == root {
             self.materialized.lock().insert(did.clone(), root);
         } else {
-            tracing::warn!(%did, replica = %root, repo = %res.commit.data, "the repository differs from the replica after materializing");
+            tracing::warn!(%did, replica = %root, repo = %res.commit.data, kept, "the repository differs from the replica after materializing");
+            if kept > 0 {
+                self.materialized.lock().insert(did.clone(), root);
+            }
         }
         self.status.lock().remote_commits += 1;
         tracing::info!(%did, writes = writes.len(), rev = %res.commit.rev, "committed operations from peers");
@@ -504,6 +629,8 @@ impl Replication {
             "device": data_encoding::HEXLOWER.encode(&self.device),
             "entries": p.replica.len(),
             "pending": p.replica.pending_len(),
+            "pendingBytes": p.replica.pending_bytes(),
+            "replicaAccounts": p.replica.dids().len(),
             "refusals": p.replica.refusal_counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "accounts": out,
         })
@@ -514,21 +641,47 @@ impl Replication {
         self.tx.send(c).await.map_err(|_| "the peer-to-peer service is not running".to_string())
     }
 
-    fn scope(&self, accounts: &NodeAccounts) -> Option<Scope> {
-        let dids: Vec<Did> = self.tracked().into_iter().filter(|d| accounts.get(d).ok().flatten().is_some()).collect();
+    /// The accounts this node and `peer` may both sync: replicated and hosted here, with this
+    /// node's device and the peer's both authorized for them now.
+    fn scope_for(&self, accounts: &NodeAccounts, peer: &PeerId) -> Option<Scope> {
+        let dids: Vec<Did> = {
+            let p = self.peer.lock();
+            self.tracked()
+                .into_iter()
+                .filter(|d| p.replica.is_authorized(d, &self.device) && p.may_sync(peer, d))
+                .collect()
+        };
+        let dids: Vec<Did> = dids.into_iter().filter(|d| accounts.get(d).ok().flatten().is_some()).collect();
         (!dids.is_empty()).then(|| Scope::new(dids))
     }
 
-    /// The account hand-over a peer asks for: granted only to an authorized device.
-    fn hand_over(&self, st: &XrpcState, peer: &PeerId, req: &[u8]) -> Value {
-        let refuse = |m: &str| json!({ "error": m });
+    /// Whether `peer` may sync `did` with this node (its device is authorized for it now).
+    fn may_sync(&self, peer: &PeerId, did: &Did) -> bool {
+        self.peer.lock().may_sync(peer, did)
+    }
+
+    /// The account hand-over a peer asks for: granted only to an authorized device, with the
+    /// account's device authorizations.
+    fn hand_over(&self, st: &XrpcState, peer: &PeerId, req: &[u8]) -> Vec<u8> {
+        let refuse = Handover::refusal;
         let Ok(req) = serde_json::from_slice::<Value>(req) else { return refuse("malformed request") };
         let Some(Ok(did)) = req.get("did").and_then(|d| d.as_str()).map(Did::new) else { return refuse("no DID") };
         let Some(device) = device_of(peer) else { return refuse("not an Ed25519 peer") };
-        if !self.peer.lock().replica.is_authorized(&did, &device) {
-            tracing::warn!(%peer, %did, "account hand-over refused: not an authorized device");
-            return refuse("NotAuthorized: this peer is not an authorized device of the account");
-        }
+        let auths = {
+            let p = self.peer.lock();
+            if !p.replica.is_authorized(&did, &device) {
+                drop(p);
+                tracing::warn!(%peer, %did, "account hand-over refused: not an authorized device");
+                return refuse("NotAuthorized: this peer is not an authorized device of the account");
+            }
+            match p.replica.authorizations(&did, ues_sync::handover::MAX_HANDOVER_AUTHS) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(%did, error = %e, "authorizations unreadable");
+                    return refuse("the account's authorizations are unreadable");
+                }
+            }
+        };
         let account = match st.accounts.get(&did) {
             Ok(Some(a)) => a,
             _ => return refuse("AccountNotFound"),
@@ -546,49 +699,35 @@ impl Replication {
             })
             .ok()
             .flatten();
-        let plc =
+        let plc_op =
             st.kv.get(format!("plc/{did}").as_bytes()).ok().flatten().map(|b| String::from_utf8_lossy(&b).to_string());
         let (email, password_hash) = cred.unwrap_or_default();
-        tracing::info!(%peer, %did, "account handed over to an authorized device");
-        json!({
-            "did": did.to_string(),
-            "handle": account.handle.to_string(),
-            "keyType": match key.key_type() { KeyType::K256 => "k256", KeyType::P256 => "p256" },
-            "key": data_encoding::HEXLOWER.encode(&key.to_bytes()),
-            "email": email,
-            "passwordHash": password_hash,
-            "plcOp": plc,
-        })
+        tracing::info!(%peer, %did, authorizations = auths.len(), "account handed over to an authorized device");
+        Handover { did, handle: account.handle.clone(), key, email, password_hash, plc_op, auths }.encode()
     }
 
-    /// Takes an account handed over by an authorized peer: the account, its credentials, and
-    /// replication of it from now on.
+    /// Takes an account handed over by an authorized peer: the account, its credentials, its
+    /// device authorizations (verified against the account's key), and replication of it from
+    /// now on.
     fn take_over(&self, st: &XrpcState, did: &Did, res: &[u8]) -> Result<(), String> {
-        let v: Value = serde_json::from_slice(res).map_err(err)?;
-        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-            return Err(format!("the peer refused: {e}"));
-        }
-        let s = |k: &str| v.get(k).and_then(|x| x.as_str());
-        if s("did") != Some(did.as_str()) {
-            return Err("the peer handed over another account".into());
-        }
-        let kind = if s("keyType") == Some("p256") { KeyType::P256 } else { KeyType::K256 };
-        let secret = data_encoding::HEXLOWER.decode(s("key").unwrap_or("").as_bytes()).map_err(err)?;
-        let key = Keypair::from_bytes(kind, &secret).map_err(err)?;
-        let handle = Handle::new(s("handle").unwrap_or("")).map_err(err)?;
+        let h = Handover::decode(res, did).map_err(|e| match e {
+            HandoverError::Refused(why) => format!("the peer refused: {why}"),
+            e => e.to_string(),
+        })?;
+        let key = h.key;
         if st.accounts.get(did).map_err(err)?.is_none() {
-            st.accounts.create_with_key(did.clone(), handle, key.clone()).map_err(err)?;
+            st.accounts.create_with_key(did.clone(), h.handle, key.clone()).map_err(err)?;
             st.accounts
                 .db()
                 .write(|tx| {
                     tx.execute(
                         "INSERT OR REPLACE INTO credential (did, email, password_hash) VALUES (?1, ?2, ?3)",
-                        ues_sync::repo::ipld::storage::rusqlite::params![did.as_str(), s("email"), s("passwordHash")],
+                        ues_sync::repo::ipld::storage::rusqlite::params![did.as_str(), h.email, h.password_hash],
                     )
                     .map_err(ues_sync::repo::ipld::storage::Error::from)
                 })
                 .map_err(err)?;
-            if let Some(op) = s("plcOp") {
+            if let Some(op) = &h.plc_op {
                 st.kv.put(format!("plc/{did}").as_bytes(), op.as_bytes(), None).map_err(err)?;
             }
             st.firehose.notify();
@@ -596,8 +735,21 @@ impl Replication {
             return Err(format!("{did} is hosted here with another key"));
         }
         self.track(did, key.public())?;
-        tracing::info!(%did, "replicating an account handed over by a peer");
+        // Who may sync the account is known before the first session.
+        let report = self.peer.lock().replica.apply(h.auths);
+        if let Some(r) = report.refused.first() {
+            tracing::warn!(%did, reason = %r.reason, "a handed-over authorization was refused");
+        }
+        tracing::info!(%did, authorizations = report.applied, "replicating an account handed over by a peer");
         Ok(())
+    }
+}
+
+/// A replica refusal's reason, without the wrapping.
+fn refusal_reason(e: &ReplicaError) -> String {
+    match e {
+        ReplicaError::Refused(r) => r.to_string(),
+        e => e.to_string(),
     }
 }
 
@@ -745,7 +897,7 @@ impl Task {
         if !self.allowed(&peer) || self.rep.peer.lock().is_running(&peer) {
             return;
         }
-        let Some(scope) = self.rep.scope(&self.st.accounts) else { return };
+        let Some(scope) = self.rep.scope_for(&self.st.accounts, &peer) else { return };
         let hello = blocking(|| self.rep.peer.lock().start(peer, scope));
         tracing::debug!(%peer, "sync session started");
         self.swarm.behaviour_mut().sync.send_request(&peer, hello);
@@ -976,8 +1128,15 @@ impl Task {
                                     if self.rep.peer.lock().is_banned(&peer) {
                                         self.rep.status.lock().bans += 1;
                                         let _ = self.swarm.disconnect_peer_id(peer);
+                                        return;
                                     }
-                                    return;
+                                    match e {
+                                        // Said to the peer, which may have a stale view of the account.
+                                        ues_sync::SyncError::NotAuthorized(_) => {
+                                            ues_sync::recon::reject(&e.to_string(), false)
+                                        }
+                                        _ => return,
+                                    }
                                 }
                             }
                         };
@@ -1028,7 +1187,11 @@ impl Task {
 
     fn on_live(&mut self, from: PeerId, bytes: &[u8]) {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().filter(|p| self.allowed(p)).collect();
-        let res = blocking(|| live::receive(&mut self.rep.peer.lock().replica, bytes, &from, &peers));
+        let res = blocking(|| {
+            let mut p = self.rep.peer.lock();
+            let by_device = |rep: &Replica, peer: &PeerId, did: &Did| super::may_sync(true, rep, peer, did);
+            live::receive_for(&mut p.replica, bytes, &from, &peers, &by_device)
+        });
         self.rep.status.lock().live_received += 1;
         match res {
             Ok(r) => {
@@ -1036,11 +1199,29 @@ impl Task {
                     self.ban(from, "pushed forged or malformed entries");
                     return;
                 }
-                if let Some((msg, targets)) = r.forward {
+                // More operations awaiting authorizations than the bounds hold: an honest peer
+                // rarely relays so many, a hostile one keeps trying.
+                if r.report.refused.iter().any(|x| matches!(x.reason, ues_sync::Refused::PendingFull))
+                    && self.rep.peer.lock().strike(from, "pushed operations past the pending bound")
+                {
+                    self.rep.status.lock().bans += 1;
+                    let _ = self.swarm.disconnect_peer_id(from);
+                    return;
+                }
+                for (msg, targets) in r.forward {
                     for t in targets {
                         let id = self.swarm.behaviour_mut().sync.send_request(&t, msg.clone());
                         self.live.insert(id);
                     }
+                }
+            }
+            // Nothing of it was kept. An honest peer may push an account whose authorization
+            // has not reached this node yet, now and then; a stranger keeps doing it.
+            Err(ues_sync::SyncError::NotAuthorized(did)) => {
+                let why = format!("pushed entries of {did}, which it may not sync");
+                if self.rep.peer.lock().refused(from, &why) {
+                    self.rep.status.lock().bans += 1;
+                    let _ = self.swarm.disconnect_peer_id(from);
                 }
             }
             Err(e) => self.ban(from, &e.to_string()),
@@ -1080,11 +1261,11 @@ impl Task {
                         return;
                     }
                     let answer = if request.len() > MAX_HANDOVER {
-                        json!({"error": "request too large"})
+                        Handover::refusal("request too large")
                     } else {
                         blocking(|| self.rep.hand_over(&self.st, &peer, &request))
                     };
-                    let _ = self.swarm.behaviour_mut().account.send_response(channel, answer.to_string().into_bytes());
+                    let _ = self.swarm.behaviour_mut().account.send_response(channel, answer);
                 }
                 request_response::Message::Response { request_id, response } => {
                     let Some((did, from, reply)) = self.handovers.remove(&request_id) else { return };
@@ -1166,10 +1347,23 @@ impl Task {
         if !self.outbox.is_empty() {
             let entries = std::mem::take(&mut self.outbox);
             let peers: Vec<PeerId> = self.swarm.connected_peers().copied().filter(|p| self.allowed(p)).collect();
-            for chunk in entries.chunks(LIVE_CHUNK) {
-                let msg = live::encode(chunk);
-                for p in &peers {
-                    let id = self.swarm.behaviour_mut().sync.send_request(p, msg.clone());
+            // Each peer gets only the entries of accounts it may sync.
+            let dids: Vec<Option<Did>> = entries
+                .iter()
+                .map(|s| match ues_sync::Entry::decode(&s.bytes) {
+                    Ok(e) => Some(e.did().clone()),
+                    Err(_) => None,
+                })
+                .collect();
+            for p in &peers {
+                let mine: Vec<Signed> = entries
+                    .iter()
+                    .zip(&dids)
+                    .filter(|(_, d)| d.as_ref().is_some_and(|d| self.rep.may_sync(p, d)))
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                for chunk in mine.chunks(LIVE_CHUNK) {
+                    let id = self.swarm.behaviour_mut().sync.send_request(p, live::encode(chunk));
                     self.live.insert(id);
                 }
             }

@@ -319,3 +319,164 @@ async fn a_relay_carries_a_connection_to_a_node_behind_it() {
     let via = tokio::time::timeout(Duration::from_secs(30), run).await.expect("C reaches B through the relay");
     assert!(via.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit), "relayed: {via}");
 }
+
+/// Sessions by device: a peer whose key is no authorized device of the account is refused a
+/// scope naming it (and is banned after repeated tries); an authorized device is served.
+#[test]
+fn only_authorized_devices_open_sessions_over_an_account() {
+    let (acct, ra, rb) = replicas(5, 0);
+    let mut pb = SyncPeer::authorized(rb, SyncConfig::default());
+    let mut pa = SyncPeer::new(ra, SyncConfig::default());
+    let scope = Scope::new([acct.did.clone()]);
+    let stranger = keypair([44; 32]).public().to_peer_id();
+    for i in 0..MAX_STRIKES {
+        // Listed in full each time, so the digest is never learnt from a stranger.
+        let (_, hello) = ues_sync::Session::initiate(&pa.replica, scope.clone(), SyncConfig::default(), true);
+        let res = pb.on_request(stranger, &hello);
+        if i + 1 < MAX_STRIKES {
+            assert!(matches!(res, Err(SyncError::NotAuthorized(ref d)) if *d == acct.did), "{res:?}");
+            assert!(!pb.is_banned(&stranger));
+        }
+    }
+    assert!(pb.is_banned(&stranger), "a stranger that keeps asking is banned");
+    assert!(pb.answering.is_empty());
+    // A's device key (the peer id of [1; 32]) is authorized: served.
+    let a_peer = keypair([1; 32]).public().to_peer_id();
+    assert!(pb.may_sync(&a_peer, &acct.did) && !pb.may_sync(&stranger, &acct.did));
+    let (_, hello) = ues_sync::Session::initiate(&pa.replica, scope.clone(), SyncConfig::default(), true);
+    assert!(pb.on_request(a_peer, &hello).is_ok());
+    assert!(pb.answering.contains_key(&a_peer), "the session runs");
+    // Revoked, it may no longer pull the account.
+    let a_dev = ed25519_dalek_key(1).verifying_key().to_bytes();
+    pb.replica.authorize(&acct.key, &acct.did, a_dev, true).unwrap();
+    assert!(!pb.may_sync(&a_peer, &acct.did));
+    pb.abort(&a_peer);
+    // (By the digest alone now: the scope is known, and still refused.)
+    let hello = pa.start(a_peer, scope);
+    assert!(matches!(pb.on_request(a_peer, &hello), Err(SyncError::NotAuthorized(_))));
+}
+
+/// A live push from a peer that may not sync the account is refused whole, nothing applied.
+#[test]
+fn a_live_push_from_an_unauthorized_peer_is_refused_whole() {
+    let (acct, mut ra, rb) = replicas(0, 0);
+    let mut pb = SyncPeer::authorized(rb, SyncConfig::default());
+    let post = Change::Put(Ipld::Map([("$type".to_string(), Ipld::String("app.bsky.feed.post".into()))].into()));
+    let e = ra.write(&acct.did, Nsid::new("app.bsky.feed.post").unwrap(), RecordKey::new("x").unwrap(), post).unwrap();
+    let msg = ues_sync::live::encode(&[e]);
+    let before = pb.replica.len();
+    let stranger = keypair([45; 32]).public().to_peer_id();
+    let a_peer = keypair([1; 32]).public().to_peer_id();
+    let allow = |rep: &Replica, p: &PeerId, d: &Did| may_sync(true, rep, p, d);
+    let res = ues_sync::live::receive_for(&mut pb.replica, &msg, &stranger, &[a_peer], &allow);
+    assert!(matches!(res, Err(SyncError::NotAuthorized(_))), "{res:?}");
+    assert_eq!(pb.replica.len(), before);
+    let r = ues_sync::live::receive_for(&mut pb.replica, &msg, &a_peer, &[a_peer, stranger], &allow).unwrap();
+    assert_eq!(r.report.applied, 1);
+    assert!(r.forward.is_empty(), "never to the sender, never to a stranger");
+}
+
+mod bridge {
+    use std::sync::Arc;
+
+    use ues_sync::repo::accounts::{AccountError, Accounts};
+    use ues_sync::repo::crypto::KeyType;
+    use ues_sync::repo::ipld::Ipld;
+    use ues_sync::repo::ipld::storage::{Blockstore, MemoryBlockstore, MemoryKv, Sqlite, SqliteConfig};
+    use ues_sync::repo::repo::{RepoError, Write};
+    use ues_sync::repo::syntax::{Did, Handle, Nsid, RecordKey};
+
+    use crate::p2p::node::{NODE_SYNC, NodeAccounts, Replication, ReplicationError};
+
+    fn record(depth: usize, pad: usize) -> Ipld {
+        let mut v = Ipld::String("x".repeat(pad));
+        for _ in 0..depth {
+            v = Ipld::List(vec![v]);
+        }
+        Ipld::Map(
+            [("$type".to_string(), Ipld::String("dev.ues.test.note".into())), ("v".to_string(), v)]
+                .into_iter()
+                .collect(),
+        )
+    }
+
+    fn put(rkey: &str, value: Ipld) -> Write {
+        Write::Create {
+            collection: Nsid::new("dev.ues.test.note").unwrap(),
+            rkey: RecordKey::new(rkey).unwrap(),
+            record: value,
+        }
+    }
+
+    fn records(accounts: &NodeAccounts, did: &Did) -> Vec<(String, cid::Cid)> {
+        accounts.repo(did).unwrap().mst().unwrap().list(None, usize::MAX).unwrap()
+    }
+
+    /// `enable` is all or nothing: a record the replica refuses (nested deeper than its decoder
+    /// takes) fails it with an error naming the record, and the account stays as it was, not
+    /// replicated; the bridge never deletes what the replica merely lacks; and a write the
+    /// replica would refuse is refused before it commits.
+    #[test]
+    fn a_refused_record_replicates_nothing_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Sqlite::open(dir.path().join("a.sqlite"), &SqliteConfig::default()).unwrap());
+        let blocks: Arc<dyn Blockstore> = Arc::new(MemoryBlockstore::new());
+        let accounts: NodeAccounts = Accounts::open(blocks, db, 1).unwrap();
+        let did = Did::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz").unwrap();
+        accounts.create(did.clone(), Handle::new("alice.test").unwrap(), KeyType::K256).unwrap();
+        accounts.apply_writes(&did, &[put("good", record(1, 10)), put("deep", record(100, 1))], None).unwrap();
+        let before = records(&accounts, &did);
+        let head = accounts.repo(&did).unwrap().commit().data;
+        let (rep, _rx) = Replication::open(
+            Arc::new(MemoryBlockstore::new()),
+            ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+            &accounts,
+            Arc::new(MemoryKv::new()),
+            NODE_SYNC,
+        )
+        .unwrap();
+        match rep.enable(&accounts, &did) {
+            Err(ReplicationError::RecordRefused { path, .. }) => assert_eq!(path, "dev.ues.test.note/deep"),
+            other => panic!("expected a refused record, got {other:?}"),
+        }
+        assert!(!rep.is_tracked(&did), "the account stays unreplicated");
+        assert_eq!(rep.materialize(&accounts, &did).unwrap().map(|c| c.commit.data), None);
+        assert_eq!(records(&accounts, &did), before);
+        assert_eq!(accounts.repo(&did).unwrap().commit().data, head);
+
+        // Without the deep record it replicates; a record written past the replica (as by an
+        // older version) is kept by the bridge, not deleted.
+        accounts
+            .apply_writes(
+                &did,
+                &[Write::Delete {
+                    collection: Nsid::new("dev.ues.test.note").unwrap(),
+                    rkey: RecordKey::new("deep").unwrap(),
+                    swap: None,
+                }],
+                None,
+            )
+            .unwrap();
+        rep.enable(&accounts, &did).unwrap();
+        assert!(rep.is_tracked(&did));
+        accounts.apply_writes(&did, &[put("past", record(1, 5))], None).unwrap();
+        for _ in 0..3 {
+            rep.materialize(&accounts, &did).unwrap();
+        }
+        let now: Vec<String> = records(&accounts, &did).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(now, ["dev.ues.test.note/good", "dev.ues.test.note/past"]);
+
+        // Too deep, or over 1 MiB: refused before anything commits.
+        let head = accounts.repo(&did).unwrap().commit().data;
+        for bad in [record(100, 1), record(1, (1 << 20) + 16)] {
+            let res = rep.local_commit(&accounts, &did, &[put("bad", bad)], None);
+            match res {
+                Err(AccountError::Repo(e)) => assert!(matches!(*e, RepoError::InvalidRecord { .. }), "{e}"),
+                other => panic!("expected an invalid record, got {other:?}"),
+            }
+            assert_eq!(accounts.repo(&did).unwrap().commit().data, head, "nothing committed");
+        }
+        rep.local_commit(&accounts, &did, &[put("fine", record(2, 5))], None).unwrap();
+        assert_eq!(records(&accounts, &did).len(), 3);
+    }
+}

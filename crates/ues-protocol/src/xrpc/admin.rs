@@ -453,7 +453,9 @@ pub(crate) async fn authorize_device(
     let peer = peer_id(&b.peer_id)?;
     blocking(move || {
         account(&st, &d)?;
-        replication(&st)?.authorize_peer(&st.accounts, &d, &peer, b.revoke).map_err(XrpcError::invalid)?;
+        replication(&st)?
+            .authorize_peer(&st.accounts, &d, &peer, b.revoke)
+            .map_err(|e| XrpcError::invalid(e.to_string()))?;
         tracing::info!(did = %d, %peer, revoke = b.revoke, "device authorization signed");
         Ok(Json(json!({})))
     })
