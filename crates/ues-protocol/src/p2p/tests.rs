@@ -420,11 +420,18 @@ mod bridge {
     fn a_refused_record_replicates_nothing_and_deletes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Sqlite::open(dir.path().join("a.sqlite"), &SqliteConfig::default()).unwrap());
-        let blocks: Arc<dyn Blockstore> = Arc::new(MemoryBlockstore::new());
+        let store = Arc::new(MemoryBlockstore::new());
+        let blocks: Arc<dyn Blockstore> = store.clone();
         let accounts: NodeAccounts = Accounts::open(blocks, db, 1).unwrap();
         let did = Did::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz").unwrap();
         accounts.create(did.clone(), Handle::new("alice.test").unwrap(), KeyType::K256).unwrap();
-        accounts.apply_writes(&did, &[put("good", record(1, 10)), put("deep", record(100, 1))], None).unwrap();
+        // The write path refuses a record nested deeper than the decoder reads...
+        let deep = accounts.apply_writes(&did, &[put("deep", record(100, 1))], None);
+        assert!(matches!(deep, Err(AccountError::Repo(ref e)) if matches!(**e, RepoError::InvalidRecord { .. })));
+        // ...so one stored by an earlier version stands in: its block holds a value nested 100 deep.
+        accounts.apply_writes(&did, &[put("good", record(1, 10)), put("deep", record(1, 1))], None).unwrap();
+        let deep_cid = records(&accounts, &did).into_iter().find(|(p, _)| p.ends_with("/deep")).unwrap().1;
+        store.corrupt_block_for_test(&deep_cid, &ues_sync::repo::ipld::dagcbor::encode(&record(100, 1)));
         let before = records(&accounts, &did);
         let head = accounts.repo(&did).unwrap().commit().data;
         let (rep, _rx) = Replication::open(
