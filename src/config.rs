@@ -29,6 +29,8 @@ pub(crate) struct Config {
     pub(crate) api: ApiSection,
     /// Storage tuning.
     pub(crate) storage: StorageSection,
+    /// The node key that seals account keys at rest.
+    pub(crate) keys: KeysSection,
     /// Logging.
     pub(crate) log: LogConfig,
 }
@@ -43,6 +45,7 @@ impl Default for Config {
             ws: WsSection::default(),
             api: ApiSection::default(),
             storage: StorageSection::default(),
+            keys: KeysSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -357,6 +360,19 @@ pub(crate) enum SyncSetting {
     Full,
 }
 
+/// `[keys]`: where the node key that seals account keys at rest comes from. All empty: 32
+/// random bytes in `<data_dir>/node.key`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct KeysSection {
+    /// A passphrase the node key is derived from (Argon2id); empty: none.
+    pub(crate) passphrase: String,
+    /// A file whose first line is that passphrase; empty: none.
+    pub(crate) passphrase_file: PathBuf,
+    /// The node key file, when not `<data_dir>/node.key`; empty: that one.
+    pub(crate) key_file: PathBuf,
+}
+
 /// `[log]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -424,6 +440,14 @@ mod tests {
         assert!(format!("{err:#}").contains("listen_on"), "{err:#}");
         let cfg = Config::from_toml("[storage]\ndurability = \"fsync\"").unwrap();
         assert_eq!(cfg.storage_config().rocks.durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn keys_section_parses() {
+        let cfg = Config::from_toml("[keys]\npassphrase_file = \"/run/secrets/ues\"").unwrap();
+        assert_eq!(cfg.keys.passphrase_file, PathBuf::from("/run/secrets/ues"));
+        assert!(cfg.keys.passphrase.is_empty() && cfg.keys.key_file.as_os_str().is_empty());
+        assert!(Config::from_toml("[keys]\nsecret = \"x\"").is_err());
     }
 
     #[test]

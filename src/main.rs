@@ -259,6 +259,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Init(args) => {
+            owner_only_umask();
             let cfg = args.resolve()?;
             init_logging(&cfg);
             init(&cfg.data_dir)?;
@@ -323,6 +324,7 @@ fn main() -> anyhow::Result<()> {
             print_json(rt.block_on(bench::create(addr, records, concurrency))?)
         }
         Command::Run(args) => {
+            owner_only_umask();
             let cfg = args.resolve()?;
             init_logging(&cfg);
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cfg))
@@ -375,6 +377,14 @@ fn init_logging(cfg: &Config) {
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
 }
 
+/// Files the node creates (databases, keys, logs RocksDB writes) are readable by their owner
+/// only, whatever the caller's umask: the data directory holds every account's keys. Storage
+/// also sets explicit modes; this covers files RocksDB creates, which takes no mode.
+fn owner_only_umask() {
+    use rustix::fs::Mode;
+    rustix::process::umask(Mode::from_raw_mode(0o077));
+}
+
 /// Whether `dir` holds an initialised node.
 fn is_initialised(dir: &Path) -> bool {
     identity::key_path(dir).is_file()
@@ -385,10 +395,19 @@ fn init(dir: &Path) -> anyhow::Result<()> {
     if is_initialised(dir) {
         anyhow::bail!("{} is already initialised (it holds {})", dir.display(), identity::KEY_FILE);
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let toml_path = dir.join("node.toml");
-    if !toml_path.exists() {
-        std::fs::write(&toml_path, config::DEFAULT_TOML)?;
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let toml_path = dir.join("node.toml");
+        if !toml_path.exists() {
+            // Mode 0600: the file may come to hold the admin password or the keys' passphrase.
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&toml_path)?;
+            std::io::Write::write_all(&mut file, config::DEFAULT_TOML.as_bytes())?;
+        }
     }
     let key = identity::generate(dir)?;
     tracing::info!(dir = %dir.display(), node_key = %hex::encode(key.verifying_key().as_bytes()), "node initialised");
@@ -484,7 +503,15 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
         mib => Arc::new(ues_repo::ipld::storage::CachedBlockstore::new(storage.rocks.blockstore(), mib << 20)),
     };
     let kv: Arc<dyn Kv> = Arc::new(storage.rocks.kv());
-    let accounts = ues_repo::accounts::Accounts::open_with(blocks, kv.clone(), storage.sqlite.clone(), 0)?;
+    let seal = identity::seal_key(&cfg.data_dir, &cfg.keys)?;
+    let accounts = ues_repo::accounts::Accounts::open_with(blocks, kv.clone(), storage.sqlite.clone(), 0, seal)
+        .map_err(|e| match e {
+            ues_repo::accounts::AccountError::Seal(_) => anyhow::anyhow!(
+                "{e}: the node key that seals account keys ([keys] in node.toml, or {}) is not the one this data directory's keys were sealed under",
+                identity::NODE_KEY_FILE
+            ),
+            e => e.into(),
+        })?;
     let mut lexicons = ues_repo::lexicon::Lexicons::new();
     for text in lexicons::EMBEDDED {
         lexicons.add(&serde_json::from_str(text)?)?;

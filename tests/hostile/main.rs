@@ -13,4 +13,5 @@ mod common;
 mod auth;
 mod data;
 mod http;
+mod keys;
 mod p2p;

@@ -16,7 +16,14 @@ fn main() {
     let rocks = RocksStore::open(dir.path().join("rocks"), &RocksConfig::default()).unwrap();
     let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
     let kv: Arc<dyn ues_ipld::storage::Kv> = Arc::new(rocks.kv());
-    let accts = Accounts::open_with(CachedBlockstore::new(rocks.blockstore(), 128 << 20), kv, db, 1).unwrap();
+    let accts = Accounts::open_with(
+        CachedBlockstore::new(rocks.blockstore(), 128 << 20),
+        kv,
+        db,
+        1,
+        ues_repo::seal::SealKey::generate(),
+    )
+    .unwrap();
     let did = Did::new("did:plc:benchbenchbenchbenchbenc").unwrap();
     accts.create(did.clone(), Handle::new("bench.test").unwrap(), KeyType::K256).unwrap();
     let coll = Nsid::new("app.bsky.feed.post").unwrap();

@@ -18,6 +18,7 @@ use ues_ipld::{Ipld, json as atjson};
 use crate::crypto::{KeyType, Keypair};
 use crate::lexicon::{IndexSpec, IndexValue};
 use crate::repo::{Action, CommitResult, Repo, RepoError, Write};
+use crate::seal::{SealError, SealKey};
 use crate::syntax::{Did, Handle, Nsid, RecordKey, TidGenerator};
 
 /// SQLite schema of this module.
@@ -126,7 +127,38 @@ CREATE TABLE repo_commit (did TEXT NOT NULL, rev TEXT NOT NULL, cids TEXT NOT NU
 INSERT INTO repo_commit SELECT did, rev, group_concat(cid, ' ') FROM repo_block GROUP BY did, rev;
 ",
     },
+    // Signing keys sealed under the node key (`signing_key` then holds the sealed bytes; rows
+    // from before are sealed when the store is opened), and the node's own secrets, sealed.
+    Migration {
+        id: "repo/0007_sealed_keys",
+        sql: "
+ALTER TABLE account ADD COLUMN signing_key_sealed INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE node_secret (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+",
+    },
 ];
+
+/// `node_secret` row of the node's did:plc rotation key (secp256k1, sealed).
+const ROTATION_KEY_ROW: &str = "plc-rotation-key";
+
+/// What a sealed account signing key is bound to: the account and the curve.
+fn account_key_context(did: &str, key_type: &str) -> Vec<u8> {
+    format!("ues/account-signing-key\0{did}\0{key_type}").into_bytes()
+}
+
+/// What the sealed rotation key is bound to.
+const ROTATION_KEY_CONTEXT: &[u8] = b"ues/plc-rotation-key";
+
+/// The stored name of a curve.
+fn key_type_name(kind: KeyType) -> &'static str {
+    match kind {
+        KeyType::K256 => "k256",
+        KeyType::P256 => "p256",
+    }
+}
+
+/// Account rows sealed per transaction when plaintext keys are migrated.
+const SEAL_BATCH: i64 = 1_000;
 
 /// An error for each member of a group that failed as a whole (errors are not `Clone`): a
 /// missing account stays `NotFound`, anything else becomes `CommitFailed` with its message.
@@ -359,6 +391,10 @@ pub enum AccountError {
     /// SQLite failed.
     #[error(transparent)]
     Storage(#[from] ues_ipld::storage::Error),
+    /// A stored key did not open with the node key (the wrong node key or passphrase, or
+    /// altered rows). The key itself is never part of the error.
+    #[error("account keys: {0}")]
+    Seal(#[from] SealError),
 }
 
 impl From<RepoError> for AccountError {
@@ -436,6 +472,11 @@ pub struct Accounts<B> {
     queues: Mutex<HashMap<String, Arc<Mutex<std::collections::VecDeque<Pending>>>>>,
     /// Parsed signing keys (parsing derives the public point: too slow to repeat per commit).
     keys: Mutex<HashMap<String, Keypair>>,
+    /// Seals signing keys at rest.
+    seal: SealKey,
+    /// The node's did:plc rotation key: listed in the DIDs this node creates, never handed to
+    /// another device.
+    rotation: Keypair,
     /// Run inside every commit's transaction.
     hook: Option<CommitHook>,
     /// Secondary indexes record Lexicons declare, by collection.
@@ -504,18 +545,31 @@ fn record_refs(v: &Ipld, out: &mut Vec<String>) {
 }
 
 impl<B: Blockstore> Accounts<B> {
-    /// Opens the store (applying its migrations) with block ownership kept in memory: for
-    /// tests and tools. A node uses [`Accounts::open_with`] and its RocksDB key-value store.
+    /// Opens the store (applying its migrations) with block ownership kept in memory and keys
+    /// sealed under a node key that lives only as long as this process: for tests and tools. A
+    /// node uses [`Accounts::open_with`], its RocksDB key-value store and its node key.
     pub fn open(blocks: B, db: Arc<Sqlite>, clock_id: u16) -> Result<Self, AccountError> {
-        Self::open_with(blocks, Arc::new(ues_ipld::storage::MemoryKv::new()), db, clock_id)
+        static PROCESS_KEY: std::sync::OnceLock<SealKey> = std::sync::OnceLock::new();
+        let seal = PROCESS_KEY.get_or_init(SealKey::generate).clone();
+        Self::open_with(blocks, Arc::new(ues_ipld::storage::MemoryKv::new()), db, clock_id, seal)
     }
 
     /// Opens the store (applying its migrations). `owners` records which repository each block
     /// belongs to (`getBlocks` serves only a repository's own blocks): a log-structured store
     /// absorbs those random-key writes far more cheaply than a B-tree. `clock_id` tells this
-    /// node's TIDs apart.
-    pub fn open_with(blocks: B, owners: Arc<dyn Kv>, db: Arc<Sqlite>, clock_id: u16) -> Result<Self, AccountError> {
+    /// node's TIDs apart. `seal` is the node key that seals signing keys at rest: keys stored
+    /// in plaintext by an older node are sealed now, and a node key that does not open the
+    /// stored ones is refused ([`AccountError::Seal`]).
+    pub fn open_with(
+        blocks: B,
+        owners: Arc<dyn Kv>,
+        db: Arc<Sqlite>,
+        clock_id: u16,
+        seal: SealKey,
+    ) -> Result<Self, AccountError> {
         db.migrate(MIGRATIONS)?;
+        let rotation = rotation_key(&db, &seal)?;
+        seal_plaintext_keys(&db, &seal)?;
         // Data directories from before the ownership store: move `repo_block` rows over once.
         // In chunks of 10,000 rows, each deleted once its entries are written: memory stays
         // bounded and an interrupted move resumes at the next open.
@@ -549,6 +603,8 @@ impl<B: Blockstore> Accounts<B> {
             locks: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            seal,
+            rotation,
             hook: None,
             indexes: BTreeMap::new(),
             on_the_way: None,
@@ -725,14 +781,12 @@ impl<B: Blockstore> Accounts<B> {
         }
         let (_, res) = Repo::create(&self.blocks, did.clone(), &key, self.tids.next())?;
         let cids = self.own(did.as_str(), res.commit.rev.as_str(), res.blocks.iter().map(|b| b.0))?;
-        let kt = match key_type {
-            KeyType::K256 => "k256",
-            KeyType::P256 => "p256",
-        };
+        let kt = key_type_name(key_type);
+        let sealed = self.seal.seal(&account_key_context(did.as_str(), kt), &zeroize::Zeroizing::new(key.to_bytes()));
         self.db.write(|tx| {
             tx.execute(
-                "INSERT INTO account (did, handle, signing_key_type, signing_key, head, rev) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![did.as_str(), handle.normalized().as_str(), kt, key.to_bytes(), res.cid.to_string(), res.commit.rev.as_str()],
+                "INSERT INTO account (did, handle, signing_key_type, signing_key, signing_key_sealed, head, rev) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)",
+                params![did.as_str(), handle.normalized().as_str(), kt, sealed, res.cid.to_string(), res.commit.rev.as_str()],
             )
             .map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -913,22 +967,36 @@ impl<B: Blockstore> Accounts<B> {
         }))
     }
 
-    /// The account's signing key.
+    /// The account's signing key (opened from its sealed form).
     pub fn signing_key(&self, did: &Did) -> Result<Keypair, AccountError> {
         if let Some(k) = self.keys.lock().get(did.as_str()) {
             return Ok(k.clone());
         }
-        let row: Option<(String, Vec<u8>)> = self.db.read(|c| {
-            c.query_row("SELECT signing_key_type, signing_key FROM account WHERE did = ?1", [did.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+        let row: Option<(String, Vec<u8>, bool)> = self.db.read(|c| {
+            c.query_row(
+                "SELECT signing_key_type, signing_key, signing_key_sealed FROM account WHERE did = ?1",
+                [did.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()
         })?;
-        let (kt, bytes) = row.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
+        let (kt, stored, sealed) = row.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
         let kind = if kt == "p256" { KeyType::P256 } else { KeyType::K256 };
-        let key = Keypair::from_bytes(kind, &bytes).expect("stored valid");
+        // Rows are sealed when the store opens; one written unsealed since (by hand) is refused.
+        if !sealed {
+            return Err(SealError::Malformed.into());
+        }
+        let secret = self.seal.open(&account_key_context(did.as_str(), &kt), &stored)?;
+        let key = Keypair::from_bytes(kind, &secret).map_err(|_| SealError::Malformed)?;
         self.keys.lock().insert(did.to_string(), key.clone());
         Ok(key)
+    }
+
+    /// The node's did:plc rotation key (secp256k1). New DIDs list it as a rotation key and
+    /// their signing key only as `verificationMethods.atproto`, so a device that holds an
+    /// account's signing key cannot rotate the identity. It never leaves this node.
+    pub fn plc_rotation_key(&self) -> &Keypair {
+        &self.rotation
     }
 
     /// The account's repository at its head.
@@ -1449,6 +1517,64 @@ impl<B: Blockstore> Accounts<B> {
     }
 }
 
+/// The node's rotation key: opened from `node_secret`, or made and stored sealed on first
+/// open. Opening it is also the check that `seal` is the node key this database was sealed
+/// under.
+fn rotation_key(db: &Sqlite, seal: &SealKey) -> Result<Keypair, AccountError> {
+    let stored: Option<Vec<u8>> = db.read(|c| {
+        c.query_row("SELECT value FROM node_secret WHERE name = ?1", [ROTATION_KEY_ROW], |r| r.get(0)).optional()
+    })?;
+    if let Some(sealed) = stored {
+        let secret = seal.open(ROTATION_KEY_CONTEXT, &sealed)?;
+        return Keypair::from_bytes(KeyType::K256, &secret).map_err(|_| SealError::Malformed.into());
+    }
+    let key = Keypair::generate(KeyType::K256);
+    let sealed = seal.seal(ROTATION_KEY_CONTEXT, &zeroize::Zeroizing::new(key.to_bytes()));
+    db.write(|tx| {
+        tx.execute("INSERT INTO node_secret (name, value) VALUES (?1, ?2)", params![ROTATION_KEY_ROW, sealed])?;
+        Ok::<_, AccountError>(())
+    })?;
+    tracing::info!(rotation_key = %key.public().did_key(), "did:plc rotation key made for this node");
+    Ok(key)
+}
+
+/// Seals the signing keys an older node stored in plaintext, then compacts the database so
+/// the plaintext does not linger in free pages or the WAL. Logs how many it sealed.
+fn seal_plaintext_keys(db: &Sqlite, seal: &SealKey) -> Result<usize, AccountError> {
+    let mut sealed = 0;
+    loop {
+        let n = db.write(|tx| {
+            let rows: Vec<(String, String, Vec<u8>)> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT did, signing_key_type, signing_key FROM account WHERE signing_key_sealed = 0 LIMIT ?1",
+                )?;
+                let rows = st.query_map([SEAL_BATCH], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let n = rows.len();
+            for (did, kt, plain) in rows {
+                let plain = zeroize::Zeroizing::new(plain);
+                let value = seal.seal(&account_key_context(&did, &kt), &plain);
+                tx.prepare_cached("UPDATE account SET signing_key = ?1, signing_key_sealed = 1 WHERE did = ?2")?
+                    .execute(params![value, did])?;
+            }
+            Ok::<_, AccountError>(n)
+        })?;
+        sealed += n;
+        if n < SEAL_BATCH as usize {
+            break;
+        }
+    }
+    if sealed > 0 {
+        db.compact()?;
+        tracing::warn!(
+            accounts = sealed,
+            "account signing keys were stored in plaintext; now sealed under the node key"
+        );
+    }
+    Ok(sealed)
+}
+
 /// Removes every row of one account's repository from the collection index (records, text,
 /// backlinks, blob references, declared indexes, per-block revisions).
 fn clear_index(tx: &rusqlite::Transaction<'_>, did: &str) -> rusqlite::Result<()> {
@@ -1556,4 +1682,106 @@ fn index_values(
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedRecord> {
     Ok(IndexedRecord { did: r.get(0)?, collection: r.get(1)?, rkey: r.get(2)?, cid: r.get(3)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ues_ipld::storage::{MemoryBlockstore, MemoryKv, SqliteConfig};
+
+    fn open(dir: &tempfile::TempDir, seal: &SealKey) -> Result<Accounts<MemoryBlockstore>, AccountError> {
+        let db = Arc::new(Sqlite::open(dir.path().join("index.sqlite"), &SqliteConfig::default())?);
+        Accounts::open_with(MemoryBlockstore::new(), Arc::new(MemoryKv::new()), db, 1, seal.clone())
+    }
+
+    /// Every byte SQLite keeps on disk for the index: the database, its WAL and shared memory.
+    fn disk_bytes(dir: &tempfile::TempDir) -> Vec<u8> {
+        ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"]
+            .iter()
+            .flat_map(|f| std::fs::read(dir.path().join(f)).unwrap_or_default())
+            .collect()
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn stored_key(accounts: &Accounts<MemoryBlockstore>, did: &Did) -> Vec<u8> {
+        accounts
+            .db()
+            .read(|c| c.query_row("SELECT signing_key FROM account WHERE did = ?1", [did.as_str()], |r| r.get(0)))
+            .unwrap()
+    }
+
+    #[test]
+    fn keys_are_sealed_at_rest_and_a_wrong_node_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let node_key = SealKey::generate();
+        let accounts = open(&dir, &node_key).unwrap();
+        let did = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        let (_, key, _) = accounts.create(did.clone(), Handle::new("a.test").unwrap(), KeyType::K256).unwrap();
+        let rotation = accounts.plc_rotation_key().clone();
+        assert_ne!(rotation.public(), key.public(), "the rotation key is not the signing key");
+        let stored = stored_key(&accounts, &did);
+        assert!(crate::seal::is_sealed(&stored, 32), "stored as a sealed blob ({} bytes)", stored.len());
+        for secret in [key.to_bytes(), rotation.to_bytes()] {
+            assert!(!contains(&stored, &secret));
+            assert!(!contains(&disk_bytes(&dir), &secret), "no plaintext key on disk");
+        }
+        drop(accounts);
+
+        assert!(matches!(open(&dir, &SealKey::generate()), Err(AccountError::Seal(SealError::WrongKey))));
+
+        let again = open(&dir, &node_key).unwrap();
+        assert_eq!(again.signing_key(&did).unwrap().to_bytes(), key.to_bytes());
+        assert_eq!(again.plc_rotation_key().to_bytes(), rotation.to_bytes(), "the same rotation key");
+
+        // A sealed key moved onto another account's row does not open there.
+        let other = Did::new("did:plc:bbbbbbbbbbbbbbbbbbbbbbbb").unwrap();
+        again.create(other.clone(), Handle::new("b.test").unwrap(), KeyType::K256).unwrap();
+        again
+            .db()
+            .write(|tx| {
+                tx.execute("UPDATE account SET signing_key = ?1 WHERE did = ?2", params![stored, other.as_str()])?;
+                Ok::<_, AccountError>(())
+            })
+            .unwrap();
+        let fresh = open(&dir, &node_key).unwrap();
+        assert!(matches!(fresh.signing_key(&other), Err(AccountError::Seal(SealError::WrongKey))));
+        assert!(!format!("{:?}", fresh.signing_key(&other)).contains(&hex_of(&key.to_bytes())));
+    }
+
+    fn hex_of(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn plaintext_keys_of_an_older_node_are_sealed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let did = Did::new("did:plc:cccccccccccccccccccccccc").unwrap();
+        let key = Keypair::generate(KeyType::P256);
+        {
+            // The schema and row an older node left: the key's 32 bytes as they are.
+            let db = Sqlite::open(dir.path().join("index.sqlite"), &SqliteConfig::default()).unwrap();
+            db.migrate(&MIGRATIONS[..6]).unwrap();
+            db.write(|tx| {
+                tx.execute(
+                    "INSERT INTO account (did, handle, signing_key_type, signing_key, head, rev) VALUES (?1, 'c.test', 'p256', ?2, 'bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm', '3k')",
+                    params![did.as_str(), key.to_bytes()],
+                )?;
+                Ok::<_, AccountError>(())
+            })
+            .unwrap();
+            assert!(contains(&disk_bytes(&dir), &key.to_bytes()), "the old node's plaintext is on disk");
+        }
+        let node_key = SealKey::generate();
+        let accounts = open(&dir, &node_key).unwrap();
+        assert!(crate::seal::is_sealed(&stored_key(&accounts, &did), 32));
+        assert!(!contains(&disk_bytes(&dir), &key.to_bytes()), "no plaintext left in pages or the WAL");
+        assert_eq!(accounts.signing_key(&did).unwrap().public(), key.public());
+        drop(accounts);
+        // Sealed once: a second open finds nothing to migrate and the same key.
+        let again = open(&dir, &node_key).unwrap();
+        assert_eq!(again.signing_key(&did).unwrap().public(), key.public());
+    }
 }

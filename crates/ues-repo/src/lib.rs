@@ -18,6 +18,7 @@ pub mod lexicon;
 pub mod lexicon_evolution;
 pub mod plc;
 pub mod repo;
+pub mod seal;
 pub mod syntax;
 
 pub use ues_ipld as ipld;

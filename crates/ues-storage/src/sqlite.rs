@@ -7,6 +7,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+use crate::datadir::{FILE_MODE, owner_only};
 use crate::{Error, Result};
 
 /// SQLite's `synchronous` setting.
@@ -150,8 +151,13 @@ fn configure(conn: &Connection, cfg: &SqliteConfig) -> Result<()> {
 
 impl Sqlite {
     /// Opens (creating if missing) the database file at `path`.
+    ///
+    /// The file is made readable by its owner only (0600) before SQLite opens it: SQLite gives
+    /// the `-wal` and `-shm` files it creates the database file's mode. An existing database
+    /// and its `-wal`/`-shm` files open to others are restricted too.
     pub fn open(path: impl AsRef<Path>, cfg: &SqliteConfig) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        restrict_files(&path)?;
         let writer = Connection::open(&path)?;
         // A new database gets small pages: a commit dirties a page in each of several tables
         // and indexes, and WAL mode writes every dirty page whole (measured with 8 writers:
@@ -225,6 +231,16 @@ impl Sqlite {
         Ok(out)
     }
 
+    /// Rewrites the database into fresh pages (`VACUUM`) and folds the WAL into it (then empty),
+    /// so that no copy of deleted or overwritten content stays in free pages or old WAL frames.
+    /// Takes time proportional to the database: for rare maintenance (a one-time migration).
+    pub fn compact(&self) -> Result<()> {
+        let conn = self.writer.lock();
+        conn.execute_batch("VACUUM")?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// Runs `f` on a reader connection (a consistent snapshot per statement, or per explicit
     /// transaction inside `f`).
     pub fn read<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
@@ -238,6 +254,23 @@ impl Sqlite {
         let conn = self.readers[i].lock();
         f(&conn)
     }
+}
+
+/// Creates the database file (empty, mode 0600) when it is missing, and takes group and
+/// others' access off the file and its `-wal`/`-shm` companions when present.
+fn restrict_files(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // An empty file is an empty SQLite database.
+    std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(FILE_MODE).open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        if p.exists() && owner_only(&p)? {
+            tracing::warn!(path = %p.display(), "sqlite file was open to other users; now mode 0600");
+        }
+    }
+    Ok(())
 }
 
 fn thread_slot() -> usize {
@@ -315,6 +348,30 @@ mod tests {
         let reopened = Sqlite::open(&old_path, &SqliteConfig::default()).unwrap();
         assert_eq!(page_size(&reopened), 4096);
         assert_eq!(reopened.read(|c| c.query_row("SELECT x FROM t", [], |r| r.get::<_, i64>(0))).unwrap(), 7);
+    }
+
+    #[test]
+    fn database_and_its_wal_and_shm_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |suffix: &str| {
+            let p = dir.path().join(format!("t.sqlite{suffix}"));
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+        };
+        let db = db(&dir);
+        db.migrate(MIGRATIONS).unwrap();
+        db.write(|tx| tx.execute("INSERT INTO notes (body) VALUES ('x')", []).map_err(Error::from)).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(suffix), 0o600, "t.sqlite{suffix}");
+        }
+        drop(db);
+        // A database left open to others (an older node's) is restricted when opened.
+        let main = dir.path().join("t.sqlite");
+        std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let db = self::db(&dir);
+        assert_eq!(mode(""), 0o600);
+        let n: i64 = db.read(|c| c.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))).unwrap();
+        assert_eq!(n, 1, "data kept");
     }
 
     #[test]

@@ -22,11 +22,15 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Locks `dir` (creating it if needed) and opens both databases in it.
+    /// Locks `dir` (creating it if needed) and opens both databases in it, every file of them
+    /// readable by the owner only.
     pub fn open(dir: impl AsRef<std::path::Path>, cfg: &StorageConfig) -> Result<Self> {
         let dir = DataDir::open(dir)?;
         let rocks = RocksStore::open(dir.rocksdb_path(), &cfg.rocks)?;
         let sqlite = Arc::new(Sqlite::open(dir.sqlite_path(), &cfg.sqlite)?);
+        // RocksDB creates its files with the process umask (it takes no file mode): those it
+        // made just now are restricted here; a node also sets an owner-only umask at start.
+        dir.restrict();
         Ok(Self { rocks, sqlite, dir })
     }
 

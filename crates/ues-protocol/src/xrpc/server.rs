@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use ues_sync::repo::accounts::Account;
-use ues_sync::repo::crypto::{KeyType, Keypair};
+use ues_sync::repo::crypto::{KeyType, Keypair, PublicKey};
 use ues_sync::repo::identity::did_document;
 use ues_sync::repo::ipld::storage::rusqlite::{OptionalExtension, params};
 use ues_sync::repo::plc::{Genesis, PlcClient};
@@ -36,6 +36,8 @@ pub(crate) struct CreateAccount {
     pub(crate) handle: String,
     pub(crate) email: Option<String>,
     pub(crate) password: Option<String>,
+    /// A did:key the user keeps, listed as the DID's most authoritative rotation key.
+    pub(crate) recovery_key: Option<String>,
 }
 
 fn did_doc(st: &XrpcState, account: &Account) -> Result<Value, XrpcError> {
@@ -260,16 +262,26 @@ pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body)
     {
         return Err(XrpcError::bad("InvalidPassword", "Password must be at least 8 characters"));
     }
+    if let Some(k) = &body.recovery_key
+        && PublicKey::from_did_key(k).is_err()
+    {
+        return Err(XrpcError::invalid("recoveryKey must be a did:key (secp256k1 or P-256)"));
+    }
     let st2 = st.clone();
     tokio::task::spawn_blocking(move || {
         let key = Keypair::generate(KeyType::K256);
+        // The node's rotation key, not the signing key, controls the DID: the signing key goes
+        // to every device of the account; the rotation key never leaves this node. A user's
+        // recovery key comes first, outranking the node's (as the reference PDS lists them).
+        let rotation = st2.accounts.plc_rotation_key();
+        let rotation_keys = body.recovery_key.iter().cloned().chain([rotation.public().did_key()]).collect();
         let genesis = Genesis {
-            rotation_keys: vec![key.public().did_key()],
+            rotation_keys,
             signing_key: key.public().did_key(),
             handle: handle.to_string(),
             pds_endpoint: st2.cfg.public_url.clone(),
         };
-        let (op, did) = genesis.sign(&key).map_err(XrpcError::internal)?;
+        let (op, did) = genesis.sign(rotation).map_err(XrpcError::internal)?;
         if let Some(url) = &st2.cfg.plc_url {
             PlcClient::new(url).submit(&did, &op).map_err(|e| XrpcError::bad("UnresolvableDid", e.to_string()))?;
         }
@@ -530,13 +542,14 @@ pub(crate) fn change_handle(st: &XrpcState, did: &Did, handle: &Handle) -> Resul
             .ok_or_else(|| XrpcError::internal("no PLC operation stored"))?;
         let last: Value = serde_json::from_slice(&last).map_err(XrpcError::internal)?;
         let prev = ues_sync::repo::plc::operation_cid(&last).map_err(XrpcError::internal)?;
+        let (rotation_keys, signer) = next_rotation_keys(st, &last, &key)?;
         let state = Genesis {
-            rotation_keys: vec![key.public().did_key()],
+            rotation_keys,
             signing_key: key.public().did_key(),
             handle: handle.to_string(),
             pds_endpoint: st.cfg.public_url.clone(),
         };
-        let op = state.update(&prev.to_string(), &key).map_err(XrpcError::internal)?;
+        let op = state.update(&prev.to_string(), &signer).map_err(XrpcError::internal)?;
         PlcClient::new(url).submit(did.as_str(), &op).map_err(|e| XrpcError::bad("UnresolvableDid", e.to_string()))?;
         st.kv.put(format!("plc/{did}").as_bytes(), op.to_string().as_bytes(), None).map_err(XrpcError::internal)?;
     }
@@ -548,6 +561,39 @@ pub(crate) fn change_handle(st: &XrpcState, did: &Did, handle: &Handle) -> Resul
     })?;
     st.firehose.notify();
     Ok(())
+}
+
+/// The rotation keys of a DID's next PLC operation and the key to sign it with, from its last
+/// operation: signed by the node's rotation key when that is listed, else (a DID made when the
+/// signing key was its rotation key) by the signing key, which the next operation then drops
+/// in favour of the node's rotation key. Other listed keys (a user's recovery key) stay, in
+/// their order. A node that holds none of the listed keys (another device of the account)
+/// cannot change the DID.
+fn next_rotation_keys(st: &XrpcState, last: &Value, signing: &Keypair) -> Result<(Vec<String>, Keypair), XrpcError> {
+    let listed: Vec<String> = last
+        .get("rotationKeys")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let rotation = st.accounts.plc_rotation_key();
+    let node = rotation.public().did_key();
+    let old = signing.public().did_key();
+    let signer = if listed.contains(&node) {
+        rotation.clone()
+    } else if listed.contains(&old) {
+        tracing::info!("PLC rotation moves from the account's signing key to the node's rotation key");
+        signing.clone()
+    } else {
+        return Err(XrpcError::bad(
+            "InvalidRequest",
+            "This node holds none of the DID's rotation keys; change the handle on the node that created the account",
+        ));
+    };
+    let mut keys: Vec<String> = listed.into_iter().filter(|k| *k != old).collect();
+    if !keys.contains(&node) {
+        keys.push(node);
+    }
+    Ok((keys, signer))
 }
 
 async fn set_status(st: Arc<XrpcState>, headers: HeaderMap, status: &'static str) -> Result<StatusCode, XrpcError> {
