@@ -54,11 +54,43 @@ impl Default for Config {
 pub(crate) struct HttpConfig {
     /// Listen address.
     pub(crate) listen: SocketAddr,
+    /// Seconds a client has to send a request header (also: how long an idle keep-alive
+    /// connection stays open).
+    pub(crate) header_timeout_secs: u64,
+    /// Seconds a response may wait on a client that reads none of it.
+    pub(crate) write_timeout_secs: u64,
+    /// Open connections at once.
+    pub(crate) max_connections: usize,
+    /// Open connections at once from one client address (0: no per-address cap).
+    pub(crate) max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 2583)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2583)),
+            header_timeout_secs: 20,
+            write_timeout_secs: 60,
+            max_connections: 16_384,
+            max_connections_per_ip: 1024,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The HTTP server's bounds.
+    pub(crate) fn to_limits(&self) -> ues_protocol::http::ServeLimits {
+        ues_protocol::http::ServeLimits {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs.max(1)),
+            write_timeout: std::time::Duration::from_secs(self.write_timeout_secs.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_connections_per_ip: if self.max_connections_per_ip == 0 {
+                usize::MAX
+            } else {
+                self.max_connections_per_ip
+            },
+            ..ues_protocol::http::ServeLimits::default()
+        }
     }
 }
 
@@ -92,6 +124,62 @@ pub(crate) struct XrpcSection {
     pub(crate) max_body_mib: usize,
     /// Largest blob in MiB.
     pub(crate) max_blob_mib: usize,
+    /// Rate limits.
+    pub(crate) rate_limits: RateLimitSection,
+}
+
+/// `[xrpc.rate_limits]`: budgets per window (0 turns one limit off).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RateLimitSection {
+    /// All of them.
+    pub(crate) enabled: bool,
+    /// Calls per client address per 5 minutes.
+    pub(crate) calls_per_ip_5min: u32,
+    /// createSession per identifier and address per 5 minutes.
+    pub(crate) logins_per_identifier_5min: u32,
+    /// The same per day.
+    pub(crate) logins_per_identifier_day: u32,
+    /// createAccount per address per 5 minutes.
+    pub(crate) accounts_per_ip_5min: u32,
+    /// uploadBlob per account per day.
+    pub(crate) blob_uploads_per_account_day: u32,
+    /// Record write points per account per hour.
+    pub(crate) write_points_per_account_hour: u32,
+    /// The same per day.
+    pub(crate) write_points_per_account_day: u32,
+}
+
+impl Default for RateLimitSection {
+    fn default() -> Self {
+        let d = ues_protocol::xrpc::RateLimits::default();
+        Self {
+            enabled: true,
+            calls_per_ip_5min: d.per_ip.points,
+            logins_per_identifier_5min: d.create_session.points,
+            logins_per_identifier_day: d.create_session_daily.points,
+            accounts_per_ip_5min: d.create_account.points,
+            blob_uploads_per_account_day: d.upload_blob.points,
+            write_points_per_account_hour: d.write_points_hourly.points,
+            write_points_per_account_day: d.write_points_daily.points,
+        }
+    }
+}
+
+impl RateLimitSection {
+    /// The XRPC server's limits, `None` when they are off.
+    pub(crate) fn to_limits(&self) -> Option<ues_protocol::xrpc::RateLimits> {
+        use ues_protocol::xrpc::Rate;
+        self.enabled.then(|| ues_protocol::xrpc::RateLimits {
+            per_ip: Rate::new(self.calls_per_ip_5min, 300),
+            create_session: Rate::new(self.logins_per_identifier_5min, 300),
+            create_session_daily: Rate::new(self.logins_per_identifier_day, 86_400),
+            create_account: Rate::new(self.accounts_per_ip_5min, 300),
+            upload_blob: Rate::new(self.blob_uploads_per_account_day, 86_400),
+            write_points_hourly: Rate::new(self.write_points_per_account_hour, 3600),
+            write_points_daily: Rate::new(self.write_points_per_account_day, 86_400),
+        })
+    }
 }
 
 impl Default for XrpcSection {
@@ -109,6 +197,7 @@ impl Default for XrpcSection {
             lexicons_dir: PathBuf::new(),
             max_body_mib: 16,
             max_blob_mib: 100,
+            rate_limits: RateLimitSection::default(),
         }
     }
 }
@@ -419,6 +508,17 @@ mod tests {
         assert!(format!("{err:#}").contains("listen_on"), "{err:#}");
         let cfg = Config::from_toml("[storage]\ndurability = \"fsync\"").unwrap();
         assert_eq!(cfg.storage_config().rocks.durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn rate_limits_turn_off_whole_or_one_by_one() {
+        assert!(Config::default().xrpc.rate_limits.to_limits().is_some());
+        let off = Config::from_toml("[xrpc.rate_limits]\nenabled = false").unwrap();
+        assert!(off.xrpc.rate_limits.to_limits().is_none());
+        let one = Config::from_toml("[xrpc.rate_limits]\ncalls_per_ip_5min = 0").unwrap();
+        assert_eq!(one.xrpc.rate_limits.to_limits().unwrap().per_ip.points, 0);
+        let http = Config::from_toml("[http]\nmax_connections_per_ip = 0").unwrap().http.to_limits();
+        assert_eq!(http.max_connections_per_ip, usize::MAX);
     }
 
     #[test]

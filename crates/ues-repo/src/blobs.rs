@@ -9,7 +9,7 @@ use std::time::Duration;
 use cid::Cid;
 use ues_ipld::json::BlobRef;
 use ues_ipld::storage::rusqlite::{OptionalExtension, params};
-use ues_ipld::storage::{BlobReader, Blobs, Blockstore, Kv, Sqlite};
+use ues_ipld::storage::{BlobReader, BlobUpload, Blobs, Blockstore, Kv, Sqlite};
 
 use crate::syntax::Did;
 
@@ -58,6 +58,13 @@ fn mime_ok(accept: &[String], mime: &str) -> bool {
         .any(|p| p == "*/*" || p == mime || p.strip_suffix("/*").is_some_and(|pre| mime.split('/').next() == Some(pre)))
 }
 
+fn too_large(e: ues_ipld::storage::Error) -> BlobError {
+    match e {
+        ues_ipld::storage::Error::TooLarge { limit, .. } => BlobError::TooLarge { limit },
+        e => BlobError::Storage(e),
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -82,10 +89,31 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
         if !mime_ok(&self.limits.accept, mime_type) {
             return Err(BlobError::MimeType(mime_type.to_string()));
         }
-        let info = self.blobs.put(body, self.limits.max_size).map_err(|e| match e {
-            ues_ipld::storage::Error::TooLarge { limit, .. } => BlobError::TooLarge { limit },
-            e => BlobError::Storage(e),
-        })?;
+        let info = self.blobs.put(body, self.limits.max_size).map_err(too_large)?;
+        self.record(did, mime_type, &info)
+    }
+
+    /// Begins an upload whose bytes arrive a piece at a time ([`BlobStore::append`], then
+    /// [`BlobStore::finish_upload`]); refuses a MIME type the node does not accept at once.
+    pub fn begin_upload(&self, mime_type: &str) -> Result<BlobUpload, BlobError> {
+        if !mime_ok(&self.limits.accept, mime_type) {
+            return Err(BlobError::MimeType(mime_type.to_string()));
+        }
+        Ok(BlobUpload::new(self.limits.max_size))
+    }
+
+    /// Adds bytes to an upload ([`BlobError::TooLarge`] past the size limit).
+    pub fn append(&self, upload: &mut BlobUpload, data: &[u8]) -> Result<(), BlobError> {
+        self.blobs.append(upload, data).map_err(too_large)
+    }
+
+    /// Completes an upload as a (temporary, until referenced) blob of `did`.
+    pub fn finish_upload(&self, did: &Did, mime_type: &str, upload: BlobUpload) -> Result<BlobRef, BlobError> {
+        let info = self.blobs.finish(upload).map_err(too_large)?;
+        self.record(did, mime_type, &info)
+    }
+
+    fn record(&self, did: &Did, mime_type: &str, info: &ues_ipld::storage::BlobInfo) -> Result<BlobRef, BlobError> {
         self.db.write(|tx| {
             tx.execute(
                 "INSERT INTO blob (did, cid, mime_type, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)

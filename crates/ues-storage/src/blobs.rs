@@ -87,6 +87,34 @@ fn index_key(cid: &Cid) -> Vec<u8> {
     k
 }
 
+/// A blob being stored a piece at a time ([`Blobs::append`], then [`Blobs::finish`]): the
+/// content hash so far and the chunks written, with less than one chunk held in memory.
+pub struct BlobUpload {
+    sha: sha2::Sha256,
+    chunks: Vec<Cid>,
+    pending: Vec<u8>,
+    size: u64,
+    limit: u64,
+}
+
+impl BlobUpload {
+    /// An empty upload that may grow to `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self { sha: sha2::Sha256::new(), chunks: Vec::new(), pending: Vec::new(), size: 0, limit }
+    }
+
+    /// Bytes added so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl std::fmt::Debug for BlobUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobUpload").field("size", &self.size).field("limit", &self.limit).finish_non_exhaustive()
+    }
+}
+
 /// Chunked blob storage over a blockstore and an index.
 pub struct Blobs<B, K> {
     blocks: B,
@@ -103,27 +131,53 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
     /// `limit` bytes have been read; chunks already written then stay behind as unreferenced
     /// blocks for the garbage collector (they may be shared with other blobs).
     pub fn put(&self, reader: &mut dyn Read, limit: u64) -> Result<BlobInfo> {
-        let mut sha = sha2::Sha256::new();
-        let mut chunks = Vec::new();
-        let mut batch: Vec<(Cid, Vec<u8>)> = Vec::with_capacity(BATCH_CHUNKS);
-        let mut size = 0u64;
+        let mut upload = BlobUpload::new(limit);
         loop {
             let chunk = read_chunk(reader)?;
             if chunk.is_empty() {
                 break;
             }
-            size += chunk.len() as u64;
-            if size > limit {
-                return Err(Error::TooLarge { what: "blob", size, limit });
-            }
-            sha.update(&chunk);
+            self.append(&mut upload, &chunk)?;
+        }
+        self.finish(upload)
+    }
+
+    /// Adds bytes to an upload begun with [`BlobUpload::new`], storing every chunk they
+    /// complete; for bodies that arrive a piece at a time from an async source, so no thread
+    /// waits on the sender. Fails with [`Error::TooLarge`] past the upload's limit.
+    pub fn append(&self, upload: &mut BlobUpload, data: &[u8]) -> Result<()> {
+        upload.size += data.len() as u64;
+        if upload.size > upload.limit {
+            return Err(Error::TooLarge { what: "blob", size: upload.size, limit: upload.limit });
+        }
+        upload.sha.update(data);
+        upload.pending.extend_from_slice(data);
+        let mut batch: Vec<(Cid, Vec<u8>)> = Vec::new();
+        while upload.pending.len() >= CHUNK_SIZE {
+            let rest = upload.pending.split_off(CHUNK_SIZE);
+            let chunk = std::mem::replace(&mut upload.pending, rest);
             let cid = cid_for(RAW, BLAKE3, &chunk)?;
-            chunks.push(cid);
+            upload.chunks.push(cid);
             batch.push((cid, chunk));
             if batch.len() == BATCH_CHUNKS {
                 self.blocks.put_many(&batch)?;
                 batch.clear();
             }
+        }
+        if !batch.is_empty() {
+            self.blocks.put_many(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Stores an upload's last chunk and manifest and makes the blob visible.
+    pub fn finish(&self, upload: BlobUpload) -> Result<BlobInfo> {
+        let BlobUpload { sha, mut chunks, pending, size, .. } = upload;
+        let mut batch: Vec<(Cid, Vec<u8>)> = Vec::with_capacity(2);
+        if !pending.is_empty() {
+            let cid = cid_for(RAW, BLAKE3, &pending)?;
+            chunks.push(cid);
+            batch.push((cid, pending));
         }
         let manifest = Manifest { size, chunk_size: CHUNK_SIZE as u32, chunks }.encode();
         let manifest_cid = cid_for(RAW, BLAKE3, &manifest)?;
@@ -232,6 +286,25 @@ impl<B: Blockstore> Seek for BlobReader<'_, B> {
 mod tests {
     use super::*;
     use crate::{MemoryBlockstore, MemoryKv};
+
+    #[test]
+    fn pieces_appended_make_the_same_blob_as_one_stream() {
+        let data = sample(3 * CHUNK_SIZE + 1234);
+        let whole = Blobs::new(MemoryBlockstore::new(), MemoryKv::new()).put(&mut &data[..], u64::MAX).unwrap();
+        let blobs = Blobs::new(MemoryBlockstore::new(), MemoryKv::new());
+        let mut up = BlobUpload::new(u64::MAX);
+        for piece in data.chunks(100_003) {
+            blobs.append(&mut up, piece).unwrap();
+        }
+        assert_eq!(up.size(), data.len() as u64);
+        let info = blobs.finish(up).unwrap();
+        assert_eq!(info, whole);
+        let mut back = Vec::new();
+        blobs.open(&info.cid).unwrap().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        let mut small = BlobUpload::new(10);
+        assert!(matches!(blobs.append(&mut small, &[0; 11]), Err(Error::TooLarge { .. })));
+    }
 
     fn sample(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
