@@ -109,6 +109,11 @@ pub(crate) async fn create(addr: SocketAddr, records: usize, concurrency: usize)
                     "createdAt": "2026-11-24T12:00:00.000Z"}});
                 let t = Instant::now();
                 let (status, v) = conn.post("/xrpc/com.atproto.repo.createRecord", Some(&token), &body).await?;
+                if status == 429 {
+                    bail!(
+                        "createRecord: 429 {v}: benchmark a node whose node.toml has [xrpc.rate_limits] enabled = false"
+                    );
+                }
                 if status != 200 {
                     bail!("createRecord: {status} {v}");
                 }

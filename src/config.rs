@@ -59,11 +59,44 @@ pub(crate) struct HttpConfig {
     pub(crate) listen: SocketAddr,
     /// Serve `/metrics` and `/stats` without the operator's credentials.
     pub(crate) public_metrics: bool,
+    /// Seconds a client has to send a request header (also: how long an idle keep-alive
+    /// connection stays open).
+    pub(crate) header_timeout_secs: u64,
+    /// Seconds a response may wait on a client that reads none of it.
+    pub(crate) write_timeout_secs: u64,
+    /// Open connections at once.
+    pub(crate) max_connections: usize,
+    /// Open connections at once from one client address (0: no per-address cap).
+    pub(crate) max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 2583)), public_metrics: false }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2583)),
+            public_metrics: false,
+            header_timeout_secs: 20,
+            write_timeout_secs: 60,
+            max_connections: 16_384,
+            max_connections_per_ip: 1024,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The HTTP server's bounds.
+    pub(crate) fn to_limits(&self) -> ues_protocol::http::ServeLimits {
+        ues_protocol::http::ServeLimits {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs.max(1)),
+            write_timeout: std::time::Duration::from_secs(self.write_timeout_secs.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_connections_per_ip: if self.max_connections_per_ip == 0 {
+                usize::MAX
+            } else {
+                self.max_connections_per_ip
+            },
+            ..ues_protocol::http::ServeLimits::default()
+        }
     }
 }
 
@@ -99,6 +132,62 @@ pub(crate) struct XrpcSection {
     pub(crate) max_blob_mib: usize,
     /// MiB of blobs one account may hold.
     pub(crate) blob_quota_mib: u64,
+    /// Rate limits.
+    pub(crate) rate_limits: RateLimitSection,
+}
+
+/// `[xrpc.rate_limits]`: budgets per window (0 turns one limit off).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RateLimitSection {
+    /// All of them.
+    pub(crate) enabled: bool,
+    /// Calls per client address per 5 minutes.
+    pub(crate) calls_per_ip_5min: u32,
+    /// createSession per identifier and address per 5 minutes.
+    pub(crate) logins_per_identifier_5min: u32,
+    /// The same per day.
+    pub(crate) logins_per_identifier_day: u32,
+    /// createAccount per address per 5 minutes.
+    pub(crate) accounts_per_ip_5min: u32,
+    /// uploadBlob per account per day.
+    pub(crate) blob_uploads_per_account_day: u32,
+    /// Record write points per account per hour.
+    pub(crate) write_points_per_account_hour: u32,
+    /// The same per day.
+    pub(crate) write_points_per_account_day: u32,
+}
+
+impl Default for RateLimitSection {
+    fn default() -> Self {
+        let d = ues_protocol::xrpc::RateLimits::default();
+        Self {
+            enabled: true,
+            calls_per_ip_5min: d.per_ip.points,
+            logins_per_identifier_5min: d.create_session.points,
+            logins_per_identifier_day: d.create_session_daily.points,
+            accounts_per_ip_5min: d.create_account.points,
+            blob_uploads_per_account_day: d.upload_blob.points,
+            write_points_per_account_hour: d.write_points_hourly.points,
+            write_points_per_account_day: d.write_points_daily.points,
+        }
+    }
+}
+
+impl RateLimitSection {
+    /// The XRPC server's limits, `None` when they are off.
+    pub(crate) fn to_limits(&self) -> Option<ues_protocol::xrpc::RateLimits> {
+        use ues_protocol::xrpc::Rate;
+        self.enabled.then(|| ues_protocol::xrpc::RateLimits {
+            per_ip: Rate::new(self.calls_per_ip_5min, 300),
+            create_session: Rate::new(self.logins_per_identifier_5min, 300),
+            create_session_daily: Rate::new(self.logins_per_identifier_day, 86_400),
+            create_account: Rate::new(self.accounts_per_ip_5min, 300),
+            upload_blob: Rate::new(self.blob_uploads_per_account_day, 86_400),
+            write_points_hourly: Rate::new(self.write_points_per_account_hour, 3600),
+            write_points_daily: Rate::new(self.write_points_per_account_day, 86_400),
+        })
+    }
 }
 
 impl Default for XrpcSection {
@@ -117,6 +206,7 @@ impl Default for XrpcSection {
             max_body_mib: 16,
             max_blob_mib: 100,
             blob_quota_mib: 10 * 1024,
+            rate_limits: RateLimitSection::default(),
         }
     }
 }
@@ -448,6 +538,17 @@ mod tests {
         assert_eq!(cfg.keys.passphrase_file, PathBuf::from("/run/secrets/ues"));
         assert!(cfg.keys.passphrase.is_empty() && cfg.keys.key_file.as_os_str().is_empty());
         assert!(Config::from_toml("[keys]\nsecret = \"x\"").is_err());
+    }
+
+    #[test]
+    fn rate_limits_turn_off_whole_or_one_by_one() {
+        assert!(Config::default().xrpc.rate_limits.to_limits().is_some());
+        let off = Config::from_toml("[xrpc.rate_limits]\nenabled = false").unwrap();
+        assert!(off.xrpc.rate_limits.to_limits().is_none());
+        let one = Config::from_toml("[xrpc.rate_limits]\ncalls_per_ip_5min = 0").unwrap();
+        assert_eq!(one.xrpc.rate_limits.to_limits().unwrap().per_ip.points, 0);
+        let http = Config::from_toml("[http]\nmax_connections_per_ip = 0").unwrap().http.to_limits();
+        assert_eq!(http.max_connections_per_ip, usize::MAX);
     }
 
     #[test]

@@ -428,8 +428,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         "storage open"
     );
 
+    raise_open_files();
     let info = Arc::new(ues_protocol::http::NodeInfo::now());
     let xrpc = Arc::new(xrpc_state(&cfg, &storage)?);
+    match cfg.xrpc.rate_limits.to_limits() {
+        Some(limits) => xrpc.set_rate_limits(&limits),
+        None => tracing::warn!("XRPC rate limits are off ([xrpc.rate_limits] enabled = false)"),
+    }
     let (stop_p2p, p2p_stopped) = tokio::sync::watch::channel(false);
     let (p2p, _replica_store) = if cfg.p2p.enabled {
         let (task, store) = start_p2p(&cfg, &key, &xrpc, p2p_stopped)?;
@@ -445,14 +450,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
     tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ues listening");
     let closing = xrpc.clone();
-    // Client addresses reach handlers (the REST API's per-IP rate limit).
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Long-lived streams would hold the graceful shutdown open: close them with a frame.
-            closing.firehose.close_all();
-        })
-        .await?;
+    // Client addresses reach handlers as ConnectInfo (the per-address rate limits).
+    ues_protocol::http::serve(listener, app, cfg.http.to_limits(), async move {
+        shutdown_signal().await;
+        // Long-lived streams would hold the graceful shutdown open: close them with a frame.
+        closing.firehose.close_all();
+    })
+    .await?;
     // Upgraded WebSocket connections outlive the server's own graceful shutdown: give the
     // streams a moment to deliver their close frames.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
@@ -568,6 +572,21 @@ fn handle_resolver(dns: &str) -> anyhow::Result<ues_repo::identity::HandleResolv
                 .map_err(|e| anyhow::anyhow!("[xrpc] handle_dns {addr:?}: {e} (want IP:PORT, \"\" or \"off\")"))?,
         )),
     })
+}
+
+/// Raises the open-file soft limit to the hard limit, as servers do: every connection is a
+/// descriptor, and the usual soft limit (1024) is far below `[http] max_connections`.
+fn raise_open_files() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    if current.current == current.maximum {
+        return;
+    }
+    let raised = Rlimit { current: current.maximum, maximum: current.maximum };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(from = ?current.current, to = ?current.maximum, "open-file limit raised"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,12 +1,25 @@
-//! The node's HTTP server: today its operational endpoints; XRPC and REST mount here.
+//! The node's HTTP server: its operational endpoints (XRPC and REST mount beside them) and the
+//! accept loop that serves them with bounds no client can pin: a deadline on every request
+//! header (which also closes keep-alive connections left idle), and caps on open connections,
+//! in total and per client address.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tower::ServiceExt;
 
 /// What the operational endpoints report.
 #[derive(Debug)]
@@ -40,6 +53,286 @@ async fn health(State(info): State<Arc<NodeInfo>>) -> Json<Value> {
         "version": info.version,
         "uptime_seconds": info.started.elapsed().as_secs(),
     }))
+}
+
+/// Bounds of the HTTP server on its connections.
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// How long a client has to send a request's whole header. The clock also runs while a
+    /// keep-alive connection waits for its next request, so it is the idle timeout too.
+    pub header_timeout: Duration,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// How long a response may wait on a client that reads none of it before the connection
+    /// is dropped (long-lived streams included: a live client keeps reading).
+    pub write_timeout: Duration,
+    /// How long a graceful shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(20),
+            max_connections: 8192,
+            max_connections_per_ip: 512,
+            write_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Open connections per client address.
+type PerIp = Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>;
+
+/// One connection's place in the caps, given back when the connection ends.
+struct Slot {
+    _total: OwnedSemaphorePermit,
+    ip: IpAddr,
+    per_ip: PerIp,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.per_ip.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Why a connection was closed at once.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Total,
+    PerIp,
+}
+
+/// Refusals are counted and logged at most once a second: a flood must not flood the log too.
+struct RefusalLog {
+    last: AtomicU64,
+    since: AtomicU64,
+    started: Instant,
+}
+
+impl RefusalLog {
+    fn note(&self, why: Refusal, peer: SocketAddr, limits: &ServeLimits) {
+        let n = self.since.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.started.elapsed().as_secs();
+        let last = self.last.load(Ordering::Relaxed);
+        if (now > last || n == 1)
+            && self.last.compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let refused = self.since.swap(0, Ordering::Relaxed);
+            match why {
+                Refusal::Total => {
+                    tracing::warn!(%peer, refused, limit = limits.max_connections, "connection cap reached; refusing")
+                }
+                Refusal::PerIp => tracing::warn!(
+                    %peer,
+                    refused,
+                    limit = limits.max_connections_per_ip,
+                    "per-address connection cap reached; refusing"
+                ),
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` (HTTP/1.1 with upgrades, for WebSockets) within `limits` until
+/// `shutdown` completes; then stops accepting, lets requests in flight finish (at most
+/// `limits.shutdown_grace`) and returns. Handlers see the client address as
+/// `ConnectInfo<SocketAddr>`.
+///
+/// Hand-written over hyper's connection builder because axum's `serve` offers no header
+/// deadline nor connection caps. HTTP/1 only: the protocol sniffing of an HTTP/2-capable
+/// builder has no deadline of its own, so a silent connection would be held forever.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let total = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip: PerIp = Arc::default();
+    let log = RefusalLog { last: AtomicU64::new(0), since: AtomicU64::new(0), started: Instant::now() };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let slot = match admit(&total, &per_ip, peer.ip(), &limits) {
+            Ok(slot) => slot,
+            Err(why) => {
+                log.note(why, peer, &limits);
+                drop(stream);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let io = StallLimit::new(stream, limits.write_timeout);
+        tokio::spawn(serve_connection(io, peer, app.clone(), builder.clone(), stop_rx.clone(), slot));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Every connection holds a permit: having them all back means every connection ended.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.shutdown_grace, total.acquire_many(all)).await.is_err() {
+        tracing::info!(open = limits.max_connections - total.available_permits(), "connections still open at shutdown");
+    }
+    Ok(())
+}
+
+fn admit(total: &Arc<Semaphore>, per_ip: &PerIp, ip: IpAddr, limits: &ServeLimits) -> Result<Slot, Refusal> {
+    let permit = total.clone().try_acquire_owned().map_err(|_| Refusal::Total)?;
+    let mut map = per_ip.lock();
+    let n = map.entry(ip).or_insert(0);
+    if *n >= limits.max_connections_per_ip {
+        return Err(Refusal::PerIp);
+    }
+    *n += 1;
+    Ok(Slot { _total: permit, ip, per_ip: per_ip.clone() })
+}
+
+async fn serve_connection(
+    stream: StallLimit,
+    peer: SocketAddr,
+    app: Router,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    mut stop: watch::Receiver<bool>,
+    slot: Slot,
+) {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+    tokio::pin!(conn);
+    let stopping = async {
+        // A closed channel means the server is gone: stop too.
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        res = conn.as_mut() => log_end(res, peer),
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            log_end(conn.await, peer);
+        }
+    }
+    drop(slot);
+}
+
+/// A socket whose writes fail once they have been stalled (the client reading nothing) for
+/// longer than a limit, so a client that stops reading cannot hold its connection, nor what
+/// the response holds, forever. Hand-written: hyper has no write deadline of its own.
+struct StallLimit {
+    inner: TcpStream,
+    limit: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallLimit {
+    fn new(inner: TcpStream, limit: Duration) -> Self {
+        Self { inner, limit, stalled: None }
+    }
+
+    fn on_write<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        res: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        if res.is_ready() {
+            self.stalled = None;
+            return res;
+        }
+        let limit = self.limit;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for StallLimit {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StallLimit {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let res = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.on_write(cx, res)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let res = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.on_write(cx, res)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let res = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.on_write(cx, res)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn log_end(res: Result<(), hyper::Error>, peer: SocketAddr) {
+    if let Err(e) = res {
+        if e.is_timeout() {
+            tracing::debug!(%peer, "request header not received in time; connection closed");
+        } else {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
 }
 
 #[cfg(test)]

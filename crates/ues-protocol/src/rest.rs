@@ -803,7 +803,6 @@ async fn upload_blob(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body
         (status = 416, description = "The range is outside the blob", body = ApiError),
     ))]
 async fn get_blob(State(api): State<Arc<Api>>, Path(p): Path<BlobPath>, headers: HeaderMap) -> ApiResult<Response> {
-    use std::io::{Read, Seek, SeekFrom};
     addressed(&p.repo, None, None)?;
     let st = api.st.clone();
     crate::xrpc::blocking(move || {
@@ -812,7 +811,7 @@ async fn get_blob(State(api): State<Arc<Api>>, Path(p): Path<BlobPath>, headers:
         let cid: cid::Cid =
             p.cid.parse().map_err(|_| XrpcError::new(StatusCode::NOT_FOUND, "BlobNotFound", "Blob not found"))?;
         let tag = cid.to_string();
-        let Some((mime, mut reader)) = st.blobs.open(&did, &cid).map_err(blob::blob_error)? else {
+        let Some((mime, reader)) = st.blobs.open(&did, &cid).map_err(blob::blob_error)? else {
             return Err(XrpcError::new(StatusCode::NOT_FOUND, "BlobNotFound", "Blob not found"));
         };
         if not_modified(&headers, &tag) {
@@ -836,9 +835,7 @@ async fn get_blob(State(api): State<Arc<Api>>, Path(p): Path<BlobPath>, headers:
                 return Ok(resp);
             }
         };
-        reader.seek(SeekFrom::Start(start)).map_err(XrpcError::internal)?;
-        let mut bytes = Vec::with_capacity((end - start) as usize);
-        reader.take(end - start).read_to_end(&mut bytes).map_err(XrpcError::internal)?;
+        drop(reader);
         let mut resp = (
             status,
             [
@@ -851,8 +848,9 @@ async fn get_blob(State(api): State<Arc<Api>>, Path(p): Path<BlobPath>, headers:
                 (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable")),
                 (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox")),
                 (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+                (header::CONTENT_LENGTH, HeaderValue::from(end - start)),
             ],
-            Body::from(bytes),
+            blob::blob_body(st.clone(), did.clone(), cid, start, end),
         )
             .into_response();
         if status == StatusCode::PARTIAL_CONTENT

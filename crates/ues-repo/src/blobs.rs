@@ -9,7 +9,7 @@ use std::time::Duration;
 use cid::Cid;
 use ues_ipld::json::BlobRef;
 use ues_ipld::storage::rusqlite::{OptionalExtension, params};
-use ues_ipld::storage::{BlobReader, Blobs, Blockstore, Kv, Sqlite};
+use ues_ipld::storage::{BlobReader, BlobUpload, Blobs, Blockstore, Kv, Sqlite};
 
 use crate::syntax::Did;
 
@@ -66,6 +66,13 @@ fn mime_ok(accept: &[String], mime: &str) -> bool {
         .any(|p| p == "*/*" || p == mime || p.strip_suffix("/*").is_some_and(|pre| mime.split('/').next() == Some(pre)))
 }
 
+fn too_large(e: ues_ipld::storage::Error) -> BlobError {
+    match e {
+        ues_ipld::storage::Error::TooLarge { limit, .. } => BlobError::TooLarge { limit },
+        e => BlobError::Storage(e),
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -90,29 +97,28 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
         if !mime_ok(&self.limits.accept, mime_type) {
             return Err(BlobError::MimeType(mime_type.to_string()));
         }
-        // The upload may take what is left of the account's quota, read as it streams in.
-        let used = self.usage(did)?;
-        let room = self.limits.quota.saturating_sub(used);
+        let limit = self.room(did)?;
+        let info = self.blobs.put(body, limit).map_err(|e| self.too_large(e, limit))?;
+        self.record(did, mime_type, &info)
+    }
+
+    /// How large `did`'s next upload may be: the size limit, or what is left of its quota.
+    fn room(&self, did: &Did) -> Result<u64, BlobError> {
+        let room = self.limits.quota.saturating_sub(self.usage(did)?);
         if room == 0 {
             return Err(BlobError::QuotaExceeded { quota: self.limits.quota });
         }
-        let limit = self.limits.max_size.min(room);
-        let info = self.blobs.put(body, limit).map_err(|e| match e {
+        Ok(self.limits.max_size.min(room))
+    }
+
+    /// A size refusal, as the limit that caused it: the quota's, or the size limit.
+    fn too_large(&self, e: ues_ipld::storage::Error, limit: u64) -> BlobError {
+        match e {
             ues_ipld::storage::Error::TooLarge { .. } if limit < self.limits.max_size => {
                 BlobError::QuotaExceeded { quota: self.limits.quota }
             }
-            ues_ipld::storage::Error::TooLarge { limit, .. } => BlobError::TooLarge { limit },
-            e => BlobError::Storage(e),
-        })?;
-        self.db.write(|tx| {
-            tx.execute(
-                "INSERT INTO blob (did, cid, mime_type, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (did, cid) DO NOTHING",
-                params![did.as_str(), info.cid.to_string(), mime_type, info.size as i64, now_ms()],
-            )?;
-            Ok::<_, BlobError>(())
-        })?;
-        Ok(BlobRef { cid: info.cid, mime_type: mime_type.to_string(), size: Some(info.size) })
+            e => too_large(e),
+        }
     }
 
     /// Bytes of blobs `did` holds.
@@ -122,6 +128,46 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
                 .query_row([did.as_str()], |r| r.get(0))
         })?;
         Ok(n.max(0) as u64)
+    }
+
+    /// Begins an upload for `did` whose bytes arrive a piece at a time ([`BlobStore::append`],
+    /// then [`BlobStore::finish_upload`], or [`BlobStore::abort_upload`]); refuses a MIME type
+    /// the node does not accept, or an account at its quota, at once.
+    pub fn begin_upload(&self, did: &Did, mime_type: &str) -> Result<BlobUpload, BlobError> {
+        if !mime_ok(&self.limits.accept, mime_type) {
+            return Err(BlobError::MimeType(mime_type.to_string()));
+        }
+        Ok(BlobUpload::new(self.room(did)?))
+    }
+
+    /// Adds bytes to an upload ([`BlobError::TooLarge`] or [`BlobError::QuotaExceeded`] past
+    /// its limit; the upload is then to be aborted).
+    pub fn append(&self, upload: &mut BlobUpload, data: &[u8]) -> Result<(), BlobError> {
+        let limit = upload.limit();
+        self.blobs.append(upload, data).map_err(|e| self.too_large(e, limit))
+    }
+
+    /// Gives up an upload: what it stored is released.
+    pub fn abort_upload(&self, upload: BlobUpload) {
+        self.blobs.abort(upload);
+    }
+
+    /// Completes an upload as a (temporary, until referenced) blob of `did`.
+    pub fn finish_upload(&self, did: &Did, mime_type: &str, upload: BlobUpload) -> Result<BlobRef, BlobError> {
+        let info = self.blobs.finish(upload).map_err(too_large)?;
+        self.record(did, mime_type, &info)
+    }
+
+    fn record(&self, did: &Did, mime_type: &str, info: &ues_ipld::storage::BlobInfo) -> Result<BlobRef, BlobError> {
+        self.db.write(|tx| {
+            tx.execute(
+                "INSERT INTO blob (did, cid, mime_type, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (did, cid) DO NOTHING",
+                params![did.as_str(), info.cid.to_string(), mime_type, info.size as i64, now_ms()],
+            )?;
+            Ok::<_, BlobError>(())
+        })?;
+        Ok(BlobRef { cid: info.cid, mime_type: mime_type.to_string(), size: Some(info.size) })
     }
 
     /// A blob of `did` as a seekable stream, with its MIME type.

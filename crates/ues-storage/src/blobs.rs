@@ -88,6 +88,39 @@ fn index_key(cid: &Cid) -> Vec<u8> {
     k
 }
 
+/// A blob being stored a piece at a time ([`Blobs::append`], then [`Blobs::finish`]): the
+/// content hash so far and the chunks written, with less than one chunk held in memory.
+pub struct BlobUpload {
+    sha: sha2::Sha256,
+    chunks: Vec<Cid>,
+    pending: Vec<u8>,
+    size: u64,
+    limit: u64,
+}
+
+impl BlobUpload {
+    /// An empty upload that may grow to `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self { sha: sha2::Sha256::new(), chunks: Vec::new(), pending: Vec::new(), size: 0, limit }
+    }
+
+    /// Bytes added so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The most bytes it may grow to.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
+impl std::fmt::Debug for BlobUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobUpload").field("size", &self.size).field("limit", &self.limit).finish_non_exhaustive()
+    }
+}
+
 fn refs_key(chunk: &Cid) -> Vec<u8> {
     let mut k = REFS_PREFIX.to_vec();
     k.extend_from_slice(&chunk.to_bytes());
@@ -99,8 +132,9 @@ fn refs_key(chunk: &Cid) -> Vec<u8> {
 /// Chunks are shared between blobs, so each carries a reference count in the index
 /// (`blobchunk/<cid>`). An upload counts its chunks *before* writing them and a deletion drops
 /// a chunk only when its count reaches zero, under one short lock: a chunk another upload is
-/// writing can never be deleted under it. A crash can leave a count too high (the chunk
-/// leaks), never too low. Chunks stored before counts existed have none and are never dropped.
+/// writing can never be deleted under it. An upload that fails or is abandoned releases the
+/// chunks it counted ([`Blobs::abort`]). A crash can leave a count too high (the chunk leaks),
+/// never too low. Chunks stored before counts existed have none and are never dropped.
 pub struct Blobs<B, K> {
     blocks: B,
     index: K,
@@ -114,10 +148,8 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
     }
 
     fn count(&self, chunk: &Cid) -> Result<Option<u32>> {
-        Ok(self
-            .index
-            .get(&refs_key(chunk))?
-            .and_then(|v| v.get(..4).map(|b| u32::from_be_bytes(b.try_into().expect("4")))))
+        let raw = self.index.get(&refs_key(chunk))?;
+        Ok(raw.and_then(|v| v.get(..4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))))
     }
 
     /// Counts one more reference to each chunk (before they are written).
@@ -148,66 +180,109 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
     }
 
     /// Streams `reader` into the store. Fails with [`Error::TooLarge`] as soon as more than
-    /// `limit` bytes have been read; the chunks this upload wrote are then released (deleted
-    /// unless another blob holds them), as they are on any other failure.
+    /// `limit` bytes have been read; the chunks written so far are then released (deleted
+    /// unless another blob holds them), as on any other failure.
     pub fn put(&self, reader: &mut dyn Read, limit: u64) -> Result<BlobInfo> {
-        let mut chunks = Vec::new();
-        let res = self.put_counted(reader, limit, &mut chunks);
-        if res.is_err()
-            && let Err(e) = self.release(&chunks)
-        {
-            tracing::warn!(error = %e, "chunks of a failed upload not released");
+        let mut upload = BlobUpload::new(limit);
+        loop {
+            let chunk = match read_chunk(reader) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.abort(upload);
+                    return Err(e);
+                }
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            if let Err(e) = self.append(&mut upload, &chunk) {
+                self.abort(upload);
+                return Err(e);
+            }
+        }
+        self.finish(upload)
+    }
+
+    /// Adds bytes to an upload begun with [`BlobUpload::new`], storing every chunk they
+    /// complete; for bodies that arrive a piece at a time from an async source, so no thread
+    /// waits on the sender. Fails with [`Error::TooLarge`] past the upload's limit (the upload
+    /// is then to be [`Blobs::abort`]ed).
+    pub fn append(&self, upload: &mut BlobUpload, data: &[u8]) -> Result<()> {
+        upload.size += data.len() as u64;
+        if upload.size > upload.limit {
+            return Err(Error::TooLarge { what: "blob", size: upload.size, limit: upload.limit });
+        }
+        upload.sha.update(data);
+        upload.pending.extend_from_slice(data);
+        let mut batch: Vec<(Cid, Vec<u8>)> = Vec::new();
+        while upload.pending.len() >= CHUNK_SIZE {
+            let rest = upload.pending.split_off(CHUNK_SIZE);
+            let chunk = std::mem::replace(&mut upload.pending, rest);
+            let cid = cid_for(RAW, BLAKE3, &chunk)?;
+            batch.push((cid, chunk));
+            if batch.len() == BATCH_CHUNKS {
+                self.store_chunks(upload, &mut batch)?;
+            }
+        }
+        self.store_chunks(upload, &mut batch)
+    }
+
+    /// Counts, then writes, a batch of the upload's chunks.
+    fn store_chunks(&self, upload: &mut BlobUpload, batch: &mut Vec<(Cid, Vec<u8>)>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let cids: Vec<Cid> = batch.iter().map(|(c, _)| *c).collect();
+        self.retain(&cids)?;
+        upload.chunks.extend_from_slice(&cids);
+        self.blocks.put_many(batch)?;
+        batch.clear();
+        Ok(())
+    }
+
+    /// Gives up an upload: the chunks it counted are released.
+    pub fn abort(&self, upload: BlobUpload) {
+        if let Err(e) = self.release(&upload.chunks) {
+            tracing::warn!(error = %e, "chunks of an abandoned upload not released");
+        }
+    }
+
+    /// Stores an upload's last chunk and manifest and makes the blob visible. On failure its
+    /// chunks are released.
+    pub fn finish(&self, mut upload: BlobUpload) -> Result<BlobInfo> {
+        let res = self.finish_counted(&mut upload);
+        if res.is_err() {
+            self.abort(upload);
         }
         res
     }
 
-    fn put_counted(&self, reader: &mut dyn Read, limit: u64, chunks: &mut Vec<Cid>) -> Result<BlobInfo> {
-        let mut sha = sha2::Sha256::new();
-        let mut batch: Vec<(Cid, Vec<u8>)> = Vec::with_capacity(BATCH_CHUNKS);
-        let mut size = 0u64;
-        let flush = |batch: &mut Vec<(Cid, Vec<u8>)>, chunks: &mut Vec<Cid>| -> Result<()> {
-            let cids: Vec<Cid> = batch.iter().map(|(c, _)| *c).collect();
-            self.retain(&cids)?;
-            chunks.extend_from_slice(&cids);
-            self.blocks.put_many(batch)?;
-            batch.clear();
-            Ok(())
-        };
-        loop {
-            let chunk = read_chunk(reader)?;
-            if chunk.is_empty() {
-                break;
-            }
-            size += chunk.len() as u64;
-            if size > limit {
-                return Err(Error::TooLarge { what: "blob", size, limit });
-            }
-            sha.update(&chunk);
-            let cid = cid_for(RAW, BLAKE3, &chunk)?;
-            batch.push((cid, chunk));
-            if batch.len() == BATCH_CHUNKS {
-                flush(&mut batch, chunks)?;
-            }
+    fn finish_counted(&self, upload: &mut BlobUpload) -> Result<BlobInfo> {
+        let pending = std::mem::take(&mut upload.pending);
+        if !pending.is_empty() {
+            let cid = cid_for(RAW, BLAKE3, &pending)?;
+            self.store_chunks(upload, &mut vec![(cid, pending)])?;
         }
-        flush(&mut batch, chunks)?;
-        let manifest = Manifest { size, chunk_size: CHUNK_SIZE as u32, chunks: chunks.clone() }.encode();
+        let size = upload.size;
+        let manifest = Manifest { size, chunk_size: CHUNK_SIZE as u32, chunks: upload.chunks.clone() }.encode();
         let manifest_cid = cid_for(RAW, BLAKE3, &manifest)?;
-        let digest = sha.finalize();
+        let digest = std::mem::take(&mut upload.sha).finalize();
         let cid = Cid::new_v1(RAW, multihash::Multihash::<64>::wrap(SHA2_256, &digest).expect("32 bytes"));
-        {
+        let stored_already = {
             let _g = self.refs.lock();
-            if self.index.get(&index_key(&cid))?.is_some() {
-                // Stored already: its chunks are counted once, for that copy.
-                drop(_g);
-                self.release(chunks)?;
-                chunks.clear();
-                return Ok(BlobInfo { cid, size, manifest: manifest_cid });
+            let held = self.index.get(&index_key(&cid))?.is_some();
+            if !held {
+                self.blocks.put(&manifest_cid, &manifest)?;
+                // The index entry goes last: a blob is visible only once every block is durable.
+                self.index.put(&index_key(&cid), &manifest_cid.to_bytes(), None)?;
             }
-            self.blocks.put(&manifest_cid, &manifest)?;
-            // The index entry goes last: a blob is visible only once every block is durable.
-            self.index.put(&index_key(&cid), &manifest_cid.to_bytes(), None)?;
+            held
+        };
+        if stored_already {
+            // Its chunks are counted once, for the copy already stored.
+            self.release(&std::mem::take(&mut upload.chunks))?;
         }
-        chunks.clear();
+        upload.chunks.clear();
         Ok(BlobInfo { cid, size, manifest: manifest_cid })
     }
 
@@ -310,6 +385,25 @@ impl<B: Blockstore> Seek for BlobReader<'_, B> {
 mod tests {
     use super::*;
     use crate::{MemoryBlockstore, MemoryKv};
+
+    #[test]
+    fn pieces_appended_make_the_same_blob_as_one_stream() {
+        let data = sample(3 * CHUNK_SIZE + 1234);
+        let whole = Blobs::new(MemoryBlockstore::new(), MemoryKv::new()).put(&mut &data[..], u64::MAX).unwrap();
+        let blobs = Blobs::new(MemoryBlockstore::new(), MemoryKv::new());
+        let mut up = BlobUpload::new(u64::MAX);
+        for piece in data.chunks(100_003) {
+            blobs.append(&mut up, piece).unwrap();
+        }
+        assert_eq!(up.size(), data.len() as u64);
+        let info = blobs.finish(up).unwrap();
+        assert_eq!(info, whole);
+        let mut back = Vec::new();
+        blobs.open(&info.cid).unwrap().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        let mut small = BlobUpload::new(10);
+        assert!(matches!(blobs.append(&mut small, &[0; 11]), Err(Error::TooLarge { .. })));
+    }
 
     fn sample(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()

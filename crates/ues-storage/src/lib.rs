@@ -34,7 +34,7 @@ mod sqlite;
 mod storage;
 mod verify;
 
-pub use blobs::{BlobInfo, BlobReader, Blobs, CHUNK_SIZE};
+pub use blobs::{BlobInfo, BlobReader, BlobUpload, Blobs, CHUNK_SIZE};
 pub use blockstore::{Blockstore, CachedBlockstore};
 pub use cache::{ByteLru, CacheStats, Weigh};
 pub use datadir::DataDir;

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub(crate) ws_refused: AtomicU64,
     /// REST requests refused by a rate limit (429).
     pub(crate) rest_limited: AtomicU64,
+    /// XRPC calls refused by a rate limit (429).
+    pub(crate) xrpc_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -137,6 +139,12 @@ pub(crate) async fn render(State(st): State<Arc<XrpcState>>, headers: axum::http
             "counter",
             "REST requests refused by a rate limit (429).",
             m.rest_limited.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "ues_xrpc_rate_limited_total",
+            "counter",
+            "XRPC calls refused by a rate limit (429).",
+            m.xrpc_limited.load(Ordering::Relaxed) as i64,
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

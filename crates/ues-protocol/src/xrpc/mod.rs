@@ -11,6 +11,7 @@ mod error;
 pub(crate) mod extract;
 pub(crate) mod firehose;
 pub(crate) mod index;
+mod limits;
 pub(crate) mod metrics;
 mod misc;
 mod proxy;
@@ -33,6 +34,7 @@ use ues_sync::repo::syntax::TidGenerator;
 
 pub use auth::{Claims, check_password, hash_password};
 pub use error::XrpcError;
+pub use limits::{Rate, RateLimits};
 pub use proxy::AppView;
 
 /// Configuration of the XRPC server (from `node.toml`).
@@ -103,6 +105,10 @@ pub struct XrpcState {
     pub(crate) writing_sessions: parking_lot::RwLock<std::collections::HashSet<u64>>,
     /// Record writes in progress (see [`write_blocking`]).
     pub(crate) writes_in_flight: WritesInFlight,
+    /// XRPC rate limits, once [`XrpcState::set_rate_limits`] turns them on.
+    pub(crate) limiters: std::sync::OnceLock<limits::Limiters>,
+    /// Repository exports running at once (each holds a blocking thread while it runs).
+    pub(crate) exports: Arc<tokio::sync::Semaphore>,
 }
 
 /// Record writes in progress, and for how many more writes none may run inline.
@@ -118,6 +124,12 @@ pub(crate) struct WritesInFlight {
 
 /// Writes that must find themselves alone before one runs inline again after an overlap.
 const INLINE_AFTER: usize = 64;
+
+/// Repository exports (`getRepo`) running at once; more wait their turn without a thread.
+pub const MAX_EXPORTS: usize = 16;
+
+/// How long an export waits on a client that reads nothing before it gives up its thread.
+pub const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Writes (commit, record path) whose originating `/ws` session is remembered.
 pub const MAX_ORIGINS: usize = 65_536;
@@ -189,7 +201,14 @@ impl XrpcState {
             origins: parking_lot::RwLock::new(Default::default()),
             writing_sessions: parking_lot::RwLock::new(Default::default()),
             writes_in_flight,
+            limiters: std::sync::OnceLock::new(),
+            exports: Arc::new(tokio::sync::Semaphore::new(MAX_EXPORTS)),
         })
+    }
+
+    /// Turns the XRPC rate limits on (they are off until then; a second call changes nothing).
+    pub fn set_rate_limits(&self, limits: &RateLimits) {
+        let _ = self.limiters.set(limits::Limiters::new(limits));
     }
 
     /// Remembers which `/ws` session made a write (when the request said so).
@@ -501,6 +520,7 @@ pub fn router(state: Arc<XrpcState>) -> Router {
     spawn_pruner(&state);
     spawn_blob_gc(&state);
     spawn_crawl_requests(&state);
+    limits::spawn_gc(&state);
     let limit = state.cfg.max_body_bytes;
     Router::new()
         .route("/xrpc/com.atproto.server.describeServer", get(server::describe_server))
@@ -569,6 +589,7 @@ pub fn router(state: Arc<XrpcState>) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/xrpc/{*method}", axum::routing::any(proxy::fallback))
         .layer(axum::middleware::from_fn_with_state(state.clone(), extract::validate_params))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::guard))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         // One span per request (method, path) in the logs, with status and latency at the end.

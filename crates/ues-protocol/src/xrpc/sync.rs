@@ -14,7 +14,8 @@ use ues_sync::repo::ipld::storage::Blockstore;
 use ues_sync::repo::syntax::{Did, Nsid, RecordKey};
 
 use super::extract::XQuery;
-use super::{XrpcError, XrpcState, blocking};
+use super::{EXPORT_STALL, XrpcError, XrpcState, blocking};
+use tokio::sync::mpsc::error::SendTimeoutError;
 
 fn car_response(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/vnd.ipld.car")], Body::from(bytes)).into_response()
@@ -53,24 +54,30 @@ pub(crate) struct GetRepo {
 /// The repository as a CAR (whole, or what commits after `since` added), streamed: the export
 /// runs on a blocking thread and hands 64 KiB chunks to the response through a channel of 8,
 /// so memory stays flat whatever the repository's size and a slow client slows the export
-/// instead of buffering it. An error after the first bytes ends the stream early (the client's
-/// CAR reader sees a truncated file); it is logged.
+/// instead of buffering it. A client that reads nothing for [`EXPORT_STALL`] loses its export
+/// (the thread is freed), and at most [`MAX_EXPORTS`](super::MAX_EXPORTS) run at once: the others wait for a turn
+/// without holding a thread. An error after the first bytes ends the stream early (the
+/// client's CAR reader sees a truncated file); it is logged.
 pub(crate) async fn get_repo(
     State(st): State<Arc<XrpcState>>,
     XQuery(q): XQuery<GetRepo>,
 ) -> Result<Response, XrpcError> {
+    // The turn comes first: a burst of exports must not become a burst of blocking threads.
+    let turn = st.exports.clone().acquire_owned().await.map_err(XrpcError::internal)?;
     let st2 = st.clone();
     let did = blocking(move || served_did(&st2, &q.did)).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
+    let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let out = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+        let _turn = turn;
+        let out = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK), rt: rt.clone() };
         match st.accounts.export_car(&did, q.since.as_deref(), out) {
             Ok(mut w) => {
                 let _ = w.flush_chunk();
             }
             Err(e) => {
                 tracing::warn!(%did, error = %e, "getRepo stream ended early");
-                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                let _ = rt.block_on(tx.send_timeout(Err(std::io::Error::other(e.to_string())), EXPORT_STALL));
             }
         }
     });
@@ -80,10 +87,12 @@ pub(crate) async fn get_repo(
 
 const CHUNK: usize = 64 << 10;
 
-/// A `Write` that sends full chunks down a bounded channel (blocking when it is full).
+/// A `Write` that sends full chunks down a bounded channel (blocking when it is full, for at
+/// most [`EXPORT_STALL`]: then the client is taken to have stopped reading).
 struct ChunkWriter {
     tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
     buf: Vec<u8>,
+    rt: tokio::runtime::Handle,
 }
 
 impl ChunkWriter {
@@ -92,9 +101,13 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .blocking_send(Ok(chunk.into()))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+        self.rt.block_on(self.tx.send_timeout(Ok(chunk.into()), EXPORT_STALL)).map_err(|e| match e {
+            SendTimeoutError::Timeout(_) => {
+                tracing::warn!("getRepo client read nothing for {EXPORT_STALL:?}; export abandoned");
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")
+            }
+            SendTimeoutError::Closed(_) => std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"),
+        })
     }
 }
 
