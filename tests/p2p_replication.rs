@@ -33,7 +33,13 @@ impl Node {
         std::fs::create_dir_all(&dir).unwrap();
         let p2p = free_port();
         // Reconcile every second, so convergence does not wait for the default 30 s.
-        std::fs::write(dir.join("node.toml"), "[p2p]\nsync_interval_secs = 1\nmdns = false\n").unwrap();
+        // Rate limits off: its bursts of writes go past an hour's write budget (its subject is
+        // replication).
+        std::fs::write(
+            dir.join("node.toml"),
+            "[p2p]\nsync_interval_secs = 1\nmdns = false\n[xrpc.rate_limits]\nenabled = false\n",
+        )
+        .unwrap();
         let init = Command::new(env!("CARGO_BIN_EXE_ues")).args(["init", "--data-dir"]).arg(&dir).output().unwrap();
         assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
         let peer = support::peer_id(&dir);
