@@ -162,7 +162,7 @@ fn data_directory_is_owner_only_keys_are_sealed_and_the_did_has_its_own_rotation
         &node,
         "POST",
         "/xrpc/com.atproto.identity.updateHandle",
-        Some(&token),
+        Some(token.as_str()),
         Some(json!({ "handle": "keys2.test" })),
     );
     assert_eq!(status, 200, "{body}");

@@ -488,7 +488,8 @@ async fn create_account(State(api): State<Arc<Api>>, Body_(b): Body_<NewAccount>
     length("password", &b.password, 8, 256)?;
     length("handle", &b.handle, 1, 253)?;
     let email = b.email.clone();
-    let req = server::CreateAccount { handle: b.handle, email: b.email, password: Some(b.password) };
+    let req =
+        server::CreateAccount { handle: b.handle, email: b.email, password: Some(b.password), recovery_key: None };
     let Json(v) = server::create_account(State(api.st.clone()), XJson(req)).await.map_err(rest)?;
     let mut s = session(&v);
     s.email = email;
