@@ -252,3 +252,15 @@ fn an_old_data_directory_is_fixed_on_open_and_a_wrong_node_key_is_refused() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn ues_init_writes_an_owner_only_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fresh");
+    let out = Command::new(env!("CARGO_BIN_EXE_ues")).args(["init", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&dir), 0o700);
+    for f in ["node.toml", "identity.key"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+}
