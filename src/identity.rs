@@ -91,7 +91,7 @@ pub(crate) fn seal_key(data_dir: &Path, keys: &crate::config::KeysSection) -> an
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?;
-        file.write_all(key.to_bytes().as_ref())?;
+        file.write_all(&key.to_bytes()[..])?;
         file.sync_all()?;
         tracing::info!(path = %path.display(), "node key made: account keys are sealed under it");
         return Ok(key);

@@ -162,7 +162,7 @@ fn data_directory_is_owner_only_keys_are_sealed_and_the_did_has_its_own_rotation
         &node,
         "POST",
         "/xrpc/com.atproto.identity.updateHandle",
-        Some(&token),
+        Some(token.as_str()),
         Some(json!({ "handle": "keys2.test" })),
     );
     assert_eq!(status, 200, "{body}");
@@ -251,4 +251,16 @@ fn an_old_data_directory_is_fixed_on_open_and_a_wrong_node_key_is_refused() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn ues_init_writes_an_owner_only_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fresh");
+    let out = Command::new(env!("CARGO_BIN_EXE_ues")).args(["init", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&dir), 0o700);
+    for f in ["node.toml", "identity.key"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
 }

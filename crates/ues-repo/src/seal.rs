@@ -69,7 +69,7 @@ impl SealKey {
     /// A fresh random key.
     pub fn generate() -> Self {
         let mut bytes = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+        rand::rngs::OsRng.fill_bytes(&mut bytes[..]);
         Self(bytes)
     }
 
@@ -90,13 +90,13 @@ impl SealKey {
         let params = Params::new(m, t, p, Some(32)).map_err(|e| SealError::Passphrase(e.to_string()))?;
         let mut out = Zeroizing::new([0u8; 32]);
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-            .hash_password_into(passphrase, salt, out.as_mut())
+            .hash_password_into(passphrase, salt, &mut out[..])
             .map_err(|e| SealError::Passphrase(e.to_string()))?;
         Ok(Self(out))
     }
 
     fn cipher(&self) -> ChaCha20Poly1305 {
-        ChaCha20Poly1305::new(Key::from_slice(self.0.as_ref()))
+        ChaCha20Poly1305::new(Key::from_slice(&self.0[..]))
     }
 
     /// Seals `secret`, bound to `context` (what the secret is: it must be given again to open).
