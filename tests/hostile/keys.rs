@@ -84,19 +84,28 @@ impl Drop for Directory {
 
 fn plc_directory() -> Option<Directory> {
     let js = shared::node_tests()?;
-    let port = free_port();
-    let mut child = Command::new("node")
-        .arg(js.join("plc_server.mjs"))
-        .arg(port.to_string())
-        .current_dir(&js)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("listening"), "directory said {line:?}");
-    Some(Directory(child, format!("http://127.0.0.1:{port}")))
+    // A free port can be taken by a parallel test before the directory binds it: try another.
+    let mut said = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut child = Command::new("node")
+            .arg(js.join("plc_server.mjs"))
+            .arg(port.to_string())
+            .current_dir(&js)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        if line.starts_with("listening") {
+            return Some(Directory(child, format!("http://127.0.0.1:{port}")));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        said.push(line);
+    }
+    panic!("the PLC directory never started: it said {said:?}");
 }
 
 fn get_json(url: &str) -> Value {
