@@ -22,14 +22,7 @@ pub(crate) fn key_path(data_dir: &Path) -> PathBuf {
 pub(crate) fn generate(data_dir: &Path) -> anyhow::Result<SigningKey> {
     let path = key_path(data_dir);
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(&key.to_bytes())?;
-    file.sync_all()?;
+    write_private(&path, &key.to_bytes())?;
     Ok(key)
 }
 
@@ -85,14 +78,7 @@ pub(crate) fn seal_key(data_dir: &Path, keys: &crate::config::KeysSection) -> an
     let path = if keys.key_file.as_os_str().is_empty() { data_dir.join(NODE_KEY_FILE) } else { keys.key_file.clone() };
     if !path.exists() {
         let key = SealKey::generate();
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        file.write_all(&key.to_bytes()[..])?;
-        file.sync_all()?;
+        write_private(&path, &key.to_bytes()[..])?;
         tracing::info!(path = %path.display(), "node key made: account keys are sealed under it");
         return Ok(key);
     }
@@ -121,11 +107,22 @@ fn secret_file(path: &Path, encode: impl FnOnce(&[u8]) -> Vec<u8>) -> anyhow::Re
         use rand::RngCore;
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-        file.write_all(&encode(&secret))?;
-        file.sync_all()?;
+        write_private(path, &encode(&secret))?;
     }
     Ok(std::fs::read(path)?)
+}
+
+/// Writes a new file only its owner can read (mode 0600), durably; never overwrites one.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! sync message, one floods it with requests. Each is disconnected and banned (a reconnection
 //! is dropped at once), and the node keeps serving its clients.
 
+#[path = "support/rogue.rs"]
+mod rogue;
 #[path = "support/node.rs"]
 mod support;
 
@@ -48,21 +50,6 @@ async fn misbehave(
     tokio::time::timeout(Duration::from_secs(30), run).await.expect("the node drops the misbehaving peer");
 }
 
-/// Dials again: the node accepts the transport and drops it at once (the peer is banned).
-async fn refused_again(swarm: &mut Swarm<Behaviour>, node: PeerId, addr: Multiaddr) {
-    swarm.dial(addr).unwrap();
-    let run = async {
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == node => return,
-                SwarmEvent::OutgoingConnectionError { .. } => return,
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), run).await.expect("a banned peer is dropped again");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,14 +64,14 @@ async fn malformed_and_flooding_peers_are_banned_and_the_node_keeps_serving() {
     // A malformed session message: a protocol violation.
     let mut rogue = tcp_swarm(keypair([91; 32])).unwrap();
     misbehave(&mut rogue, node_id, addr.clone(), b"\x0a\x03abc".to_vec(), 1, 1).await;
-    refused_again(&mut rogue, node_id, addr.clone()).await;
+    rogue::dropped_again(&mut rogue, node_id, addr.clone()).await;
 
     // A flood: (harmless, empty) live pushes back to back, 16 at a time, far over the 200 per
     // second allowed (more than 32 at once would be dropped by the stream limit instead).
     let mut flooder = tcp_swarm(keypair([92; 32])).unwrap();
     let empty_push = ues_sync::live::encode(&[]);
     misbehave(&mut flooder, node_id, addr.clone(), empty_push, 16, 20_000).await;
-    refused_again(&mut flooder, node_id, addr.clone()).await;
+    rogue::dropped_again(&mut flooder, node_id, addr.clone()).await;
 
     // The node still serves, says it banned two peers, and an honest peer still connects.
     assert_eq!(health().unwrap(), 200);

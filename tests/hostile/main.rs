@@ -5,6 +5,8 @@
 //!
 //! `SECURITY.md` names the threat each module covers.
 
+#[path = "../support/rogue.rs"]
+mod rogue;
 #[path = "../support/node.rs"]
 mod support;
 

@@ -208,21 +208,6 @@ async fn push_all(swarm: &mut Swarm<Behaviour>, node: PeerId, addr: Multiaddr, p
     sent
 }
 
-/// Dials again: a banned peer's connection is dropped at once.
-async fn dropped_again(swarm: &mut Swarm<Behaviour>, node: PeerId, addr: Multiaddr) {
-    swarm.dial(addr).unwrap();
-    let run = async {
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == node => return,
-                SwarmEvent::OutgoingConnectionError { .. } => return,
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), run).await.expect("a banned peer is dropped again");
-}
-
 /// A replicated account on `n` (authorized for a device that never connects, so the node's
 /// own device writes for it), with a few records; returns `(did, token)`.
 fn replicated_account(n: &P2pNode, handle: &str, records: usize) -> (String, String) {
@@ -269,7 +254,7 @@ async fn strangers_pushing_live_entries_are_banned_and_leave_nothing_behind() {
         let mut rogue = tcp_swarm(keypair([100 + i; 32])).unwrap();
         pushed += push_all(&mut rogue, n.id, n.addr.clone(), pushes).await;
         // Banned: a new connection is dropped at once (an unbanned one would stay open).
-        dropped_again(&mut rogue, n.id, n.addr.clone()).await;
+        crate::rogue::dropped_again(&mut rogue, n.id, n.addr.clone()).await;
         banned += 1;
     }
     // A peer that is an authorized device relays operations of devices the account never
@@ -286,7 +271,7 @@ async fn strangers_pushing_live_entries_are_banned_and_leave_nothing_behind() {
         .collect();
     let mut relay = tcp_swarm(keypair([77; 32])).unwrap();
     pushed += push_all(&mut relay, n.id, n.addr.clone(), pushes).await;
-    dropped_again(&mut relay, n.id, n.addr.clone()).await;
+    crate::rogue::dropped_again(&mut relay, n.id, n.addr.clone()).await;
 
     let after = rss(n.node.child.id());
     let growth = after.saturating_sub(base);
@@ -367,7 +352,7 @@ async fn a_stranger_naming_a_replicated_account_gets_none_of_its_log() {
         "every session is refused: {outcomes:?}"
     );
     assert_eq!(me.replica.len(), 0, "the stranger got none of the account's entries");
-    dropped_again(&mut rogue, n.id, n.addr.clone()).await;
+    crate::rogue::dropped_again(&mut rogue, n.id, n.addr.clone()).await;
     assert!(n.bans() >= 1);
     still_answers(&n.node, Duration::from_secs(10));
 }
