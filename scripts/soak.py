@@ -131,6 +131,15 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(len(xs) * p))]
 
 
+def timed_get(node, stats, path):
+    t = time.monotonic()
+    try:
+        s, _ = node.call("GET", path)
+    except OSError:
+        s = 0
+    stats.add(time.monotonic() - t, s == 200)
+
+
 def honest(node, stop, stats, handle, created):
     status, v = node.call("POST", "/xrpc/com.atproto.server.createAccount",
                           {"handle": handle, "password": "a long password"})
@@ -150,19 +159,9 @@ def honest(node, stop, stats, handle, created):
         if s == 200:
             created[did].append(v["uri"].rsplit("/", 1)[1])
             rkey = created[did][-1]
-            t = time.monotonic()
-            try:
-                s, _ = node.call("GET", f"/xrpc/com.atproto.repo.getRecord?repo={did}&collection={COLLECTION}&rkey={rkey}")
-            except OSError:
-                s = 0
-            stats.add(time.monotonic() - t, s == 200)
+            timed_get(node, stats, f"/xrpc/com.atproto.repo.getRecord?repo={did}&collection={COLLECTION}&rkey={rkey}")
         if i % 20 == 0:
-            t = time.monotonic()
-            try:
-                s, _ = node.call("GET", f"/xrpc/com.atproto.repo.listRecords?repo={did}&collection={COLLECTION}&limit=50")
-            except OSError:
-                s = 0
-            stats.add(time.monotonic() - t, s == 200)
+            timed_get(node, stats, f"/xrpc/com.atproto.repo.listRecords?repo={did}&collection={COLLECTION}&limit=50")
         if i % 1000 == 0:
             # Sessions last two hours: a long soak refreshes like a client.
             s, v = node.call("POST", "/xrpc/com.atproto.server.createSession",
