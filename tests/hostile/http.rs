@@ -122,8 +122,9 @@ async fn slow_clients_pin_neither_threads_nor_the_node() {
     let (rss1, threads1) = (rss(pid), threads(pid));
     eprintln!("slow clients: RSS {} -> {} MiB, threads {threads0} -> {threads1}", rss0 / MIB, rss1 / MIB);
     assert!(rss1 < rss0 + 256 * MIB, "RSS grew from {} to {} MiB", rss0 / MIB, rss1 / MIB);
-    // At most the exports that may run at once, and a few more for the runtime's own work.
-    assert!(threads1 <= threads0 + 16 + 8, "threads grew from {threads0} to {threads1}");
+    // At most the exports that may run at once, plus brief blocking work (upload pieces, store
+    // reads) and the runtime's own: a bound far below the 850 attackers, however many come.
+    assert!(threads1 <= threads0 + 16 + 16, "threads grew from {threads0} to {threads1}");
 
     // Half headers are cut at the header deadline.
     let deadline = Instant::now() + Duration::from_secs(10);
