@@ -255,6 +255,12 @@ impl NodeArgs {
     }
 }
 
+/// Threads for store work (RocksDB, SQLite, signing, blob pieces) beside the async workers.
+/// Tokio's default (512) lets a burst of clients raise as many threads, each with its stack;
+/// past this many, blocking work queues for a thread instead. It leaves room beside the
+/// repository exports (16 at once) for every other call, and for 8 concurrent writers to group.
+const BLOCKING_THREADS: usize = 32;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -327,7 +333,11 @@ fn main() -> anyhow::Result<()> {
             owner_only_umask();
             let cfg = args.resolve()?;
             init_logging(&cfg);
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cfg))
+            tokio::runtime::Builder::new_multi_thread()
+                .max_blocking_threads(BLOCKING_THREADS)
+                .enable_all()
+                .build()?
+                .block_on(run(cfg))
         }
     }
 }
