@@ -415,3 +415,91 @@ fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
         n.stop();
     }
 }
+
+/// The signing key the node's DID document for the account names (did:key).
+fn doc_key(n: &Node, did: &str) -> String {
+    let doc = n.ok(&format!("com.atproto.repo.describeRepo?repo={did}"), None, None);
+    let multikey = doc["didDoc"]["verificationMethod"][0]["publicKeyMultibase"].as_str().unwrap();
+    format!("did:key:{multikey}")
+}
+
+/// Revoking a device rotates the account's signing key: the node that holds the DID's
+/// rotation key publishes the new key in a PLC operation and seals it to the devices that stay;
+/// a device that stays installs it and signs with it; the revoked device is left with a key
+/// that verifies nothing the account commits from then on, and its writes go nowhere.
+#[test]
+fn revoking_a_device_rotates_the_signing_key_past_it() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::new(root.path(), "a");
+    let mut b = Node::new(root.path(), "b");
+    let mut c = Node::new(root.path(), "c");
+    a.start();
+    b.start();
+    c.start();
+    let created = a.ok(
+        "com.atproto.server.createAccount",
+        None,
+        Some(json!({"handle": "alice.test", "email": "alice@example.com", "password": "correct horse battery"})),
+    );
+    let did = created["did"].as_str().unwrap().to_string();
+    let token_a = created["accessJwt"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        a.put(&token_a, &did, &format!("seed{i}"), &format!("seed {i} from a"));
+    }
+    for n in [&b, &c] {
+        let v = a.admin("dev.ues.admin.authorizeDevice", Some(json!({"did": did, "peerId": n.peer})));
+        assert_eq!(v["keyRotated"], false, "an authorization rotates nothing: {v}");
+    }
+    for n in [&b, &c] {
+        n.admin("dev.ues.admin.replicate", Some(json!({"did": did, "from": a.peer, "addr": a.multiaddr()})));
+    }
+    converge(&[&a, &b, &c], &did, "initial replication");
+    let old = doc_key(&a, &did);
+    assert_eq!(doc_key(&b, &did), old);
+    assert_eq!(doc_key(&c, &did), old);
+
+    // A revokes C: the key rotates.
+    let v = a.admin("dev.ues.admin.authorizeDevice", Some(json!({"did": did, "peerId": c.peer, "revoke": true})));
+    assert_eq!(v["keyRotated"], true, "{v}");
+    let new = v["signingKey"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(doc_key(&a, &did), new, "A's DID document names the new key");
+
+    // B installs the key sealed to it, and what it commits from then on verifies against it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while doc_key(&b, &did) != new {
+        assert!(Instant::now() < deadline, "B never installed the new key");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let token_b = b.login();
+    b.put(&token_b, &did, "after", "written on b after the rotation");
+    let root_ab = converge(&[&a, &b], &did, "after the rotation");
+    for n in [&a, &b] {
+        assert_eq!(n.verify_repo(&did), root_ab, "{}", n.name);
+        assert_eq!(n.records(&did)["after"], "written on b after the rotation");
+    }
+    // The key C holds no longer verifies the account's repository.
+    let car = std::fs::read(a.dir.join("repo.car")).unwrap();
+    let stale = ues_repo::crypto::PublicKey::from_did_key(&old).unwrap();
+    let store = ues_repo::ipld::storage::MemoryBlockstore::new();
+    let d = ues_repo::syntax::Did::new(did.as_str()).unwrap();
+    assert!(ues_repo::repo::import_car(&store, &car[..], &d, &stale).is_err(), "the old key still verifies");
+    let log = std::fs::read_to_string(b.dir.join("node.log")).unwrap();
+    assert!(log.contains("the account's new signing key installed"), "B's log says so");
+
+    // C keeps the old key and nothing it writes reaches the others.
+    assert_eq!(doc_key(&c, &did), old, "C was never given the new key");
+    let token_c = c.login();
+    let (status, _) = c.call(
+        "com.atproto.repo.putRecord",
+        Some(&token_c),
+        Some(json!({"repo": did, "collection": COLLECTION, "rkey": "from-c",
+            "record": {"$type": COLLECTION, "text": "revoked", "createdAt": "2026-11-25T00:00:00.000Z"}})),
+        false,
+    );
+    eprintln!("the revoked device's own write answered {status}");
+    std::thread::sleep(Duration::from_secs(3));
+    for n in [&a, &b] {
+        assert!(!n.records(&did).contains_key("from-c"), "{} took a write of the revoked device", n.name);
+    }
+}

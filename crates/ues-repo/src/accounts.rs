@@ -992,6 +992,33 @@ impl<B: Blockstore> Accounts<B> {
         Ok(key)
     }
 
+    /// Replaces the account's signing key (after a rotation), stored sealed, telling the
+    /// commit hook (`#identity`) in the same transaction. Commits after it are signed by the
+    /// new key.
+    pub fn set_signing_key(&self, did: &Did, key: &Keypair) -> Result<(), AccountError> {
+        let lock = self.lock(did.as_str());
+        let _guard = lock.lock();
+        let kt = key_type_name(key.key_type());
+        let sealed = self.seal.seal(&account_key_context(did.as_str(), kt), &zeroize::Zeroizing::new(key.to_bytes()));
+        let _forget = self.forget_after(did);
+        self.db.write(|tx| {
+            let handle: Option<String> =
+                tx.query_row("SELECT handle FROM account WHERE did = ?1", [did.as_str()], |r| r.get(0)).optional()?;
+            let handle = handle.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
+            tx.execute(
+                "UPDATE account SET signing_key_type = ?1, signing_key = ?2, signing_key_sealed = 1 WHERE did = ?3",
+                params![kt, sealed, did.as_str()],
+            )?;
+            if let Some(hook) = &self.hook {
+                let handle = Handle::new(handle).map_err(|e| AccountError::CommitFailed(e.to_string()))?;
+                hook(tx, &RepoEvent::Identity { did, handle: &handle })?;
+            }
+            Ok::<_, AccountError>(())
+        })?;
+        self.keys.lock().insert(did.to_string(), key.clone());
+        Ok(())
+    }
+
     /// The node's did:plc rotation key (secp256k1). New DIDs list it as a rotation key and
     /// their signing key only as `verificationMethods.atproto`, so a device that holds an
     /// account's signing key cannot rotate the identity. It never leaves this node.

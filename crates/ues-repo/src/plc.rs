@@ -167,6 +167,21 @@ fn millis(index: usize, entry: &Value) -> Result<i64, PlcError> {
     dt.unix_millis().ok_or_else(|| PlcError::Malformed { index, reason: format!("{s} is out of range") })
 }
 
+/// Checks that `next` follows `prev` directly: it names `prev`'s CID and one of `prev`'s
+/// rotation keys signed it. Returns the `atproto` verification method `next` states.
+pub fn verify_next(prev: &Value, next: &Value) -> Result<String, PlcError> {
+    let malformed = |reason: String| PlcError::Malformed { index: 1, reason };
+    let prev_cid = operation_cid(prev).map_err(malformed)?.to_string();
+    if next.get("prev").and_then(Value::as_str) != Some(prev_cid.as_str()) {
+        return Err(PlcError::Chain { index: 1, reason: "prev is not the last operation".into() });
+    }
+    signer_index(next, &rotation_keys_of(prev), 1)?;
+    next.pointer("/verificationMethods/atproto")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| malformed("no atproto verification method".into()))
+}
+
 /// Validates a DID's full audit log (as `/:did/log/audit` returns it).
 pub fn validate_audit_log(entries: &[Value]) -> Result<(), PlcError> {
     let mut by_cid: HashMap<String, usize> = HashMap::new();

@@ -1,4 +1,5 @@
-//! Signed log entries: operations written by devices, and the account's device authorizations.
+//! Signed log entries: operations written by devices, the account's device authorizations, and
+//! the rotations of its signing key.
 //!
 //! Both are canonical DAG-CBOR maps with one-letter keys (so a small edit stays small) and are
 //! content-addressed by BLAKE3 of their encoding: the id is computed by whoever receives the
@@ -9,6 +10,8 @@
 //! s: device sequence}`: the target AT-URI is `at://a/c/r`.
 //! Authorization: `{a: DID, d: device key, g: account-key signature, h: HLC, k: 16 | 17,
 //! [s: the last device sequence number a revocation accepts]}`.
+//! Key rotation: `{a: DID, d: rotating device, g: signature by the outgoing key, h: HLC,
+//! k: 18, l: CID of the rotation body}` (see [`crate::rotation`]).
 //! Signatures cover the encoding without `g`.
 
 use cid::Cid;
@@ -100,6 +103,56 @@ pub struct DeviceAuth {
     pub sig: [u8; 64],
 }
 
+/// The account's signed move from its signing key to a new one, made when a device is
+/// revoked; its body ([`crate::rotation::RotationBody`]) travels as a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// The account.
+    pub did: Did,
+    /// The device that rotated the key.
+    pub device: DeviceId,
+    /// When.
+    pub hlc: Timestamp,
+    /// The CID of the rotation body.
+    pub body: Cid,
+    /// The outgoing key's signature.
+    pub sig: [u8; 64],
+}
+
+impl KeyRotation {
+    /// Builds and signs a rotation with the outgoing key.
+    pub fn sign(outgoing: &Keypair, did: Did, device: DeviceId, hlc: Timestamp, body: Cid) -> KeyRotation {
+        let mut r = KeyRotation { did, device, hlc, body, sig: [0; 64] };
+        r.sig = outgoing.sign(&r.encode_inner(false));
+        r
+    }
+
+    fn encode_inner(&self, with_sig: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(200);
+        dagcbor::write_head(&mut out, 5, 5 + u64::from(with_sig));
+        dagcbor::write_str(&mut out, "a");
+        dagcbor::write_str(&mut out, self.did.as_str());
+        dagcbor::write_str(&mut out, "d");
+        dagcbor::write_bytes(&mut out, &self.device);
+        if with_sig {
+            dagcbor::write_str(&mut out, "g");
+            dagcbor::write_bytes(&mut out, &self.sig);
+        }
+        dagcbor::write_str(&mut out, "h");
+        dagcbor::write_head(&mut out, 0, self.hlc.to_u64());
+        dagcbor::write_str(&mut out, "k");
+        dagcbor::write_head(&mut out, 0, 18);
+        dagcbor::write_str(&mut out, "l");
+        dagcbor::write_link(&mut out, &self.body);
+        out
+    }
+
+    /// Checks the signature against the outgoing key.
+    pub fn verify(&self, outgoing: &PublicKey) -> Result<(), EntryError> {
+        outgoing.verify(&self.encode_inner(false), &self.sig).map_err(|_| EntryError::BadSignature)
+    }
+}
+
 /// A log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
@@ -107,6 +160,8 @@ pub enum Entry {
     Op(Op),
     /// A device authorization or revocation.
     Auth(DeviceAuth),
+    /// A rotation of the account's signing key.
+    Rotate(KeyRotation),
 }
 
 /// Why entry bytes were refused before any signature was checked.
@@ -265,6 +320,7 @@ impl Entry {
         match self {
             Entry::Op(op) => op.encode_inner(true),
             Entry::Auth(a) => a.encode_inner(true),
+            Entry::Rotate(r) => r.encode_inner(true),
         }
     }
 
@@ -273,6 +329,7 @@ impl Entry {
         match self {
             Entry::Op(op) => op.hlc,
             Entry::Auth(a) => a.hlc,
+            Entry::Rotate(r) => r.hlc,
         }
     }
 
@@ -281,6 +338,7 @@ impl Entry {
         match self {
             Entry::Op(op) => &op.did,
             Entry::Auth(a) => &a.did,
+            Entry::Rotate(r) => &r.did,
         }
     }
 
@@ -354,6 +412,14 @@ impl Fields {
             return Err(shape("h out of range"));
         }
         let hlc = Timestamp::from_u64(hlc);
+        if kind == 18 {
+            if self.c.is_some() || self.e.is_some() || self.n.is_some() || self.r.is_some() || self.s.is_some() {
+                return Err(shape("unexpected field in a key rotation"));
+            }
+            let did = Did::new(self.a.ok_or_else(|| shape("missing a"))?).map_err(|e| shape(e.to_string()))?;
+            let body = self.l.ok_or_else(|| shape("missing l"))?;
+            return Ok(Entry::Rotate(KeyRotation { did, device, hlc, body, sig }));
+        }
         if kind >= 16 {
             if kind > 17 || self.c.is_some() || self.e.is_some() || self.l.is_some() || self.n.is_some() {
                 return Err(shape("unexpected field in an authorization"));
@@ -451,6 +517,12 @@ mod tests {
         assert_eq!(Entry::decode(&bytes).unwrap(), Entry::Auth(a.clone()));
         a.verify(&account.public()).unwrap();
         assert!(a.verify(&Keypair::generate(KeyType::K256).public()).is_err());
+        let r = KeyRotation::sign(&account, Did::new("did:plc:abc").unwrap(), [2; 32], t, cid());
+        let bytes = Entry::Rotate(r.clone()).encode();
+        assert_eq!(dagcbor::encode(&dagcbor::decode(&bytes, &DecodeOptions::default()).unwrap()), bytes);
+        assert_eq!(Entry::decode(&bytes).unwrap(), Entry::Rotate(r.clone()));
+        r.verify(&account.public()).unwrap();
+        assert!(r.verify(&Keypair::generate(KeyType::K256).public()).is_err());
     }
 
     #[test]

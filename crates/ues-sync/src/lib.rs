@@ -3,7 +3,10 @@
 //! The signed operation log, hybrid logical clocks and version vectors, the deterministic merge,
 //! and the range-based reconciliation state machine that replicas run over any transport.
 //!
-//! - [`entry`]: signed operations and device authorizations (DAG-CBOR, BLAKE3 ids).
+//! - [`entry`]: signed operations, device authorizations and key rotations (DAG-CBOR, BLAKE3
+//!   ids).
+//! - [`rotation`]: the signing-key rotation a revocation sets off, the new key sealed to the
+//!   devices that stay.
 //! - [`replica`]: the verified log of some accounts in HLC order, and the repositories
 //!   materialized from it (a function of the set of entries).
 //! - [`recon`]: the reconciliation session (messages in `proto/ues_sync.proto`).
@@ -24,6 +27,7 @@ pub mod hlc;
 pub mod live;
 pub mod recon;
 pub mod replica;
+pub mod rotation;
 pub mod sim;
 pub mod vv;
 
@@ -33,7 +37,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/ues.sync.v1.rs"));
 }
 
-pub use entry::{DeviceAuth, Entry, EntryError, EntryId, Op, OpKind};
+pub use entry::{DeviceAuth, Entry, EntryError, EntryId, KeyRotation, Op, OpKind};
 pub use recon::{
     Outcome, Scope, ScopeCache, Session, SessionStats, SessionSummary, SyncConfig, SyncError, run_session,
 };

@@ -21,8 +21,9 @@ use ues_repo::ipld::{Ipld, Mst, cid_sha256, dagcbor};
 use ues_repo::lexicon::{Lexicons, MergeKind};
 use ues_repo::syntax::{Did, Nsid, RecordKey, Tid};
 
-use crate::entry::{DAG_CBOR, DeviceAuth, Entry, EntryError, EntryId, Op, OpKind, entry_id, position};
+use crate::entry::{DAG_CBOR, DeviceAuth, Entry, EntryError, EntryId, KeyRotation, Op, OpKind, entry_id, position};
 use crate::hlc::{ClockError, Hlc, Timestamp};
+use crate::rotation::{MAX_ROTATION_BYTES, RotationBody};
 use crate::vv::{DeviceId, VersionVector};
 
 /// Largest record block an operation may carry: the repository's own record limit, so that
@@ -44,6 +45,14 @@ pub const REFUSAL_LOG: usize = 1_024;
 pub trait AccountKeys: Send + Sync {
     /// The key that signs the account's commits and device authorizations.
     fn key(&self, did: &Did) -> Option<PublicKey>;
+
+    /// Whether a rotation of the account's key, signed by its current key, may be followed:
+    /// the node checks the PLC operation it carries against the DID's rotation keys (the
+    /// device that held the outgoing key may not move the account to a key of its own).
+    /// Without such a check, every rotation the current key signs is followed.
+    fn check_rotation(&self, _did: &Did, _body: &RotationBody) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl AccountKeys for HashMap<Did, PublicKey> {
@@ -93,6 +102,14 @@ pub enum Refused {
     /// Too many operations are waiting for authorizations.
     #[error("too many operations wait for device authorizations")]
     PendingFull,
+    /// An authorization or key rotation signed by none of the account's keys this replica
+    /// knows: the key may have rotated in an entry not received yet (not held against the
+    /// sender; the entry comes again in a later session).
+    #[error("signed by a key of {0} not known here (yet)")]
+    UnknownSigner(Did),
+    /// A rotation whose PLC operation does not publish its key under the DID's rotation keys.
+    #[error("key rotation refused: {0}")]
+    Rotation(String),
 }
 
 /// A refusal kept for inspection.
@@ -197,6 +214,7 @@ impl Received {
         match &self.entry {
             Ok(Entry::Op(op)) => Some(&op.did),
             Ok(Entry::Auth(a)) => Some(&a.did),
+            Ok(Entry::Rotate(r)) => Some(&r.did),
             Err(_) => None,
         }
     }
@@ -223,7 +241,8 @@ impl crate::proto::OpBatch {
                 let id = entry_id(&bytes);
                 let entry = Entry::decode(&bytes);
                 let block = match &entry {
-                    Ok(Entry::Op(Op { kind: OpKind::Put(cid), .. })) => {
+                    Ok(Entry::Op(Op { kind: OpKind::Put(cid), .. }))
+                    | Ok(Entry::Rotate(KeyRotation { body: cid, .. })) => {
                         blocks.remove(&cid.to_bytes()).map(|d| (*cid, d))
                     }
                     _ => None,
@@ -345,6 +364,34 @@ pub struct Replica {
     lexicons: Option<Arc<Lexicons>>,
     block_refs: HashMap<Cid, u32>,
     collected: u64,
+    /// Per account: its current key, once a rotation moved it (else `keys` says).
+    rotated: HashMap<u32, PublicKey>,
+    /// Per account: keys rotated away from, each with the time of its rotation (what it
+    /// signed before then still verifies).
+    superseded: HashMap<u32, Vec<(PublicKey, Timestamp)>>,
+    /// Rotations followed and not yet taken by the node.
+    rotations: Vec<Rotated>,
+}
+
+/// A rotation of an account's key this replica followed.
+pub struct Rotated {
+    /// The account.
+    pub did: Did,
+    /// What the rotation says.
+    pub body: RotationBody,
+    /// The new key, when the rotation sealed it to this replica's device.
+    pub key: Option<Keypair>,
+}
+
+impl std::fmt::Debug for Rotated {
+    // Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotated")
+            .field("did", &self.did)
+            .field("body", &self.body)
+            .field("opened", &self.key.is_some())
+            .finish()
+    }
 }
 
 fn refusal_name(r: &Refused) -> &'static str {
@@ -358,6 +405,8 @@ fn refusal_name(r: &Refused) -> &'static str {
         Refused::MissingBlock(_) => "missing_block",
         Refused::BadBlock(..) => "bad_block",
         Refused::PendingFull => "pending_full",
+        Refused::UnknownSigner(_) => "unknown_signer",
+        Refused::Rotation(_) => "rotation",
     }
 }
 
@@ -394,9 +443,13 @@ impl Replica {
             lexicons: None,
             block_refs: HashMap::new(),
             collected: 0,
+            rotated: HashMap::new(),
+            superseded: HashMap::new(),
+            rotations: Vec::new(),
         };
         let mut auths = Vec::new();
         let mut ops = Vec::new();
+        let mut rotations = Vec::new();
         for item in r.blocks.iter() {
             let (cid, bytes) = item?;
             if cid.codec() != DAG_CBOR || cid.hash().code() != BLAKE3 {
@@ -407,9 +460,23 @@ impl Replica {
             match entry {
                 Entry::Auth(a) => auths.push((id, a)),
                 Entry::Op(op) => ops.push((id, op)),
+                Entry::Rotate(rot) => rotations.push((id, rot)),
             }
         }
-        // Stored entries were verified when they arrived.
+        // Stored entries were verified when they arrived; rotations in the order they chain.
+        rotations.sort_by_key(|(id, rot)| position(rot.hlc, id));
+        for (id, rot) in rotations {
+            let unreadable = |e: &dyn std::fmt::Display| ReplicaError::Corrupt(format!("{}: {e}", rot.body));
+            let data = r.blocks.get(&rot.body)?.ok_or_else(|| unreadable(&"rotation body missing"))?;
+            let body = RotationBody::decode(&data).map_err(|e| unreadable(&e))?;
+            let forward = r.account_key(&rot.did).is_none_or(|k| k == body.prev);
+            r.index_rotation(id, &rot, &body, forward);
+            if forward {
+                // The node installs what it has not yet (it may have stopped in between).
+                let key = r.device.as_ref().and_then(|d| body.open(d));
+                r.rotations.push(Rotated { did: rot.did, body, key });
+            }
+        }
         for (id, a) in auths {
             r.index_auth(id, &a);
         }
@@ -496,7 +563,9 @@ impl Replica {
     pub fn signed(&self, key: &LogKey) -> Result<Option<Signed>, ReplicaError> {
         let Some(bytes) = self.blocks.get(&entry_cid_from_id(&key.id))? else { return Ok(None) };
         let block = match Entry::decode(&bytes) {
-            Ok(Entry::Op(Op { kind: OpKind::Put(cid), .. })) => self.blocks.get(&cid)?.map(|data| (cid, data)),
+            Ok(Entry::Op(Op { kind: OpKind::Put(cid), .. })) | Ok(Entry::Rotate(KeyRotation { body: cid, .. })) => {
+                self.blocks.get(&cid)?.map(|data| (cid, data))
+            }
             Ok(_) => None,
             Err(e) => return Err(corrupt(entry_cid_from_id(&key.id), e)),
         };
@@ -616,8 +685,13 @@ impl Replica {
                 Err(e) => self.refuse(&mut report, r.id, e.into()),
             }
         }
-        // Authorizations first, so operations of a device authorized in the same batch pass.
-        decoded.sort_by_key(|(_, e, _)| !matches!(e, Entry::Auth(_)));
+        // Key rotations first, then authorizations (which the new key may sign), so operations
+        // of a device authorized in the same batch pass.
+        decoded.sort_by_key(|(_, e, _)| match e {
+            Entry::Rotate(_) => 0,
+            Entry::Auth(_) => 1,
+            Entry::Op(_) => 2,
+        });
         let sigs = verify_ops_parallel(&decoded);
         for ((id, entry, signed), sig_ok) in decoded.into_iter().zip(sigs) {
             if self.contains(&id, entry.hlc()) {
@@ -626,6 +700,7 @@ impl Replica {
             }
             let res = match entry {
                 Entry::Auth(a) => self.accept_auth(id, a, &signed, &mut report),
+                Entry::Rotate(r) => self.accept_rotation(id, r, &signed, &mut report),
                 Entry::Op(op) => self.accept_op(id, op, signed, sig_ok, &mut report),
             };
             if let Err(reason) = res {
@@ -650,6 +725,14 @@ impl Replica {
             let stored = match &entry {
                 Entry::Auth(a) => {
                     self.index_auth(id, a);
+                    true
+                }
+                Entry::Rotate(r) => {
+                    let Some(body) = s.block.as_ref().and_then(|(_, data)| RotationBody::decode(data).ok()) else {
+                        continue;
+                    };
+                    let forward = self.account_key(&r.did).is_none_or(|k| k == body.prev);
+                    self.index_rotation(id, r, &body, forward);
                     true
                 }
                 Entry::Op(op) => self.index_op(id, op),
@@ -697,8 +780,15 @@ impl Replica {
         signed: &Signed,
         report: &mut ApplyReport,
     ) -> Result<(), Refused> {
-        let key = self.keys.key(&a.did).ok_or_else(|| Refused::UnknownAccount(a.did.clone()))?;
-        a.verify(&key)?;
+        let key = self.account_key(&a.did).ok_or_else(|| Refused::UnknownAccount(a.did.clone()))?;
+        if a.verify(&key).is_err() {
+            // Signed before a rotation by the key it replaced, or by a key this replica learns
+            // of only when the rotation arrives.
+            let old = self.did_lookup(&a.did).and_then(|i| self.superseded.get(&i));
+            if !old.is_some_and(|old| old.iter().any(|(k, until)| a.hlc < *until && a.verify(k).is_ok())) {
+                return Err(Refused::UnknownSigner(a.did.clone()));
+            }
+        }
         self.clock.check(a.hlc)?;
         self.blocks
             .put(&entry_cid(&signed.bytes), &signed.bytes)
@@ -745,6 +835,123 @@ impl Replica {
         }
         acct.root = None;
         idx
+    }
+
+    /// The account's current key: the latest rotation's, else what the node says.
+    pub fn account_key(&self, did: &Did) -> Option<PublicKey> {
+        self.did_lookup(did).and_then(|i| self.rotated.get(&i).copied()).or_else(|| self.keys.key(did))
+    }
+
+    fn accept_rotation(
+        &mut self,
+        id: EntryId,
+        r: KeyRotation,
+        signed: &Signed,
+        report: &mut ApplyReport,
+    ) -> Result<(), Refused> {
+        let current = self.account_key(&r.did).ok_or_else(|| Refused::UnknownAccount(r.did.clone()))?;
+        let Some((cid, data)) = signed.block.as_ref().filter(|(c, _)| *c == r.body) else {
+            return Err(Refused::MissingBlock(r.body));
+        };
+        if data.len() > MAX_ROTATION_BYTES {
+            return Err(Refused::BadBlock(*cid, format!("larger than {MAX_ROTATION_BYTES} bytes")));
+        }
+        storage::verify_block(cid, data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+        let body = RotationBody::decode(data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+        self.clock.check(r.hlc)?;
+        let forward = body.prev == current;
+        if forward {
+            r.verify(&current)?;
+            self.keys.check_rotation(&r.did, &body).map_err(Refused::Rotation)?;
+        } else {
+            // An earlier rotation, already followed: history, if it leads to a key known here.
+            let known = body.key == current
+                || self
+                    .did_lookup(&r.did)
+                    .and_then(|i| self.superseded.get(&i))
+                    .is_some_and(|old| old.iter().any(|(k, _)| *k == body.key));
+            if !known {
+                return Err(Refused::UnknownSigner(r.did.clone()));
+            }
+            r.verify(&body.prev)?;
+        }
+        self.blocks
+            .put_many(&[(entry_cid(&signed.bytes), signed.bytes.clone()), (*cid, data.clone())])
+            .map_err(|e| Refused::BadBlock(entry_cid(&signed.bytes), e.to_string()))?;
+        let _ = self.clock.observe(r.hlc);
+        self.index_rotation(id, &r, &body, forward);
+        report.applied += 1;
+        report.new_ids.push(id);
+        if forward {
+            tracing::info!(did = %r.did, key = %body.key.did_key(), "the account's signing key rotated");
+            let key = self.device.as_ref().and_then(|d| body.open(d));
+            self.rotations.push(Rotated { did: r.did, body, key });
+        }
+        Ok(())
+    }
+
+    fn index_rotation(&mut self, id: EntryId, r: &KeyRotation, body: &RotationBody, forward: bool) {
+        let idx = self.did_idx(&r.did);
+        self.log.insert(LogKey { pos: position(r.hlc, &id), id }, LogVal { did: idx, auth: true });
+        let old = self.superseded.entry(idx).or_default();
+        if !old.iter().any(|(k, _)| *k == body.prev) {
+            old.push((body.prev, r.hlc));
+        }
+        if forward {
+            self.rotated.insert(idx, body.key);
+        }
+    }
+
+    /// Rotates the account's signing key from `outgoing` to `new` (after a revocation): the
+    /// new secret sealed to every device that may write now, the rotation signed by the
+    /// outgoing key, and every standing authorization and revocation signed again by the new
+    /// key at its own time (so a device that joins later learns them from the new key alone).
+    /// Applies them here; returns them to send.
+    pub fn rotate(
+        &mut self,
+        outgoing: &Keypair,
+        did: &Did,
+        new: &Keypair,
+        plc: Option<String>,
+    ) -> Result<Vec<Signed>, ReplicaError> {
+        let idx = self.did_lookup(did).ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))?;
+        let me = self.device_id();
+        let now = self.next_time();
+        let devices: Vec<(DeviceId, DeviceState)> =
+            self.accounts[idx as usize].devices.iter().map(|(d, s)| (*d, s.clone())).collect();
+        // This device too: the rotation it stores is what it recovers the key from, should it
+        // stop before the key is stored with the account.
+        let staying = devices.iter().filter(|(_, s)| s.valid_at(now)).map(|(d, _)| *d);
+        let body = RotationBody::new(&outgoing.public(), new, plc, staying)
+            .map_err(|e| ReplicaError::from(Refused::Rotation(e.to_string())))?;
+        let (cid, data) = body.encode();
+        let rotation = KeyRotation::sign(outgoing, did.clone(), me.unwrap_or([0; 32]), self.clock.now()?, cid);
+        let mut out = vec![Signed { bytes: Entry::Rotate(rotation).encode(), block: Some((cid, data)) }];
+        for (d, s) in devices {
+            if let Some(t) = s.authorized {
+                out.push(Signed {
+                    bytes: Entry::Auth(DeviceAuth::sign(new, did.clone(), d, t, false)).encode(),
+                    block: None,
+                });
+            }
+            if let Some(t) = s.revoked {
+                let a = match s.upto {
+                    Some(u) => DeviceAuth::sign_revocation(new, did.clone(), d, t, u),
+                    None => DeviceAuth::sign(new, did.clone(), d, t, true),
+                };
+                out.push(Signed { bytes: Entry::Auth(a).encode(), block: None });
+            }
+        }
+        let report = self.apply(out.clone());
+        if let Some(r) = report.refused.into_iter().next() {
+            return Err(r.reason.into());
+        }
+        Ok(out)
+    }
+
+    /// The rotations followed since the last call.
+    pub fn take_rotations(&mut self) -> Vec<Rotated> {
+        std::mem::take(&mut self.rotations)
     }
 
     fn accept_op(
@@ -1009,9 +1216,16 @@ impl Replica {
     /// session.
     pub fn authorizations(&self, did: &Did, limit: usize) -> Result<Vec<Signed>, ReplicaError> {
         let Some(idx) = self.did_lookup(did) else { return Ok(Vec::new()) };
+        let Some(key) = self.account_key(did) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for (k, _) in self.log.iter().filter(|(_, v)| v.auth && v.did == idx).take(limit) {
-            if let Some(s) = self.signed(k)? {
+        for (k, _) in self.log.iter().filter(|(_, v)| v.auth && v.did == idx) {
+            if out.len() == limit {
+                break;
+            }
+            // Those the current key signed (a rotation signs the standing ones again).
+            if let Some(s) = self.signed(k)?
+                && matches!(Entry::decode(&s.bytes), Ok(Entry::Auth(a)) if a.verify(&key).is_ok())
+            {
                 out.push(s);
             }
         }
@@ -1113,7 +1327,7 @@ fn verify_ops_parallel(decoded: &[(EntryId, Entry, Signed)]) -> Vec<Option<bool>
                     part.iter()
                         .map(|(_, e, _)| match e {
                             Entry::Op(op) => Some(op.verify().is_ok()),
-                            Entry::Auth(_) => None,
+                            Entry::Auth(_) | Entry::Rotate(_) => None,
                         })
                         .collect::<Vec<_>>()
                 })
@@ -1306,6 +1520,107 @@ mod tests {
         assert_eq!(d.root(&w.did).unwrap(), b.root(&w.did).unwrap());
     }
 
+    /// Keys that refuse every rotation (a node whose PLC check fails).
+    struct NoRotation(Arc<HashMap<Did, PublicKey>>);
+
+    impl AccountKeys for NoRotation {
+        fn key(&self, did: &Did) -> Option<PublicKey> {
+            self.0.key(did)
+        }
+
+        fn check_rotation(&self, _: &Did, _: &RotationBody) -> Result<(), String> {
+            Err("the PLC operation does not chain".into())
+        }
+    }
+
+    /// A revocation's rotation moves every replica to the new key: the devices that stay open
+    /// it, the revoked one cannot; authorizations the old key signed before stay valid, the
+    /// old key's later ones do not; a device that joins later takes the history in any order;
+    /// a replica whose check refuses the rotation keeps its key.
+    #[test]
+    fn a_rotation_moves_every_replica_to_a_key_the_revoked_device_never_gets() {
+        let w = world();
+        let now = Arc::new(AtomicU64::new(crate::hlc::system_ms()));
+        let mut a = replica(&w, 1, now.clone());
+        let mut b = replica(&w, 2, now.clone());
+        let mut c = replica(&w, 3, now.clone());
+        let (da, db, dc) = (a.device_id().unwrap(), b.device_id().unwrap(), c.device_id().unwrap());
+        let mut log = vec![
+            a.authorize(&w.account, &w.did, da, false).unwrap(),
+            a.authorize(&w.account, &w.did, db, false).unwrap(),
+            a.authorize(&w.account, &w.did, dc, false).unwrap(),
+        ];
+        c.apply(log.clone());
+        let by_c = c.write(&w.did, nsid(), RecordKey::new("c").unwrap(), post("from c")).unwrap();
+        a.apply(vec![by_c.clone()]);
+        now.fetch_add(1_000, Ordering::SeqCst);
+        log.push(by_c);
+        log.push(a.authorize(&w.account, &w.did, dc, true).unwrap());
+        let new = Keypair::generate(KeyType::K256);
+        let rotation = a.rotate(&w.account, &w.did, &new, None).unwrap();
+        assert_eq!(a.account_key(&w.did), Some(new.public()));
+        let mine = a.take_rotations();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].key.as_ref().map(Keypair::public), Some(new.public()), "sealed to itself too");
+        // Only the authorizations the new key signed again are handed to a new device.
+        let handed = a.authorizations(&w.did, 100).unwrap();
+        assert_eq!(handed.len(), 4, "a, b and c authorized, c revoked");
+        assert!(
+            handed
+                .iter()
+                .all(|s| matches!(Entry::decode(&s.bytes), Ok(Entry::Auth(x)) if x.verify(&new.public()).is_ok()))
+        );
+
+        // B follows and opens the new key; C (revoked) follows and cannot.
+        let mut all = log.clone();
+        all.extend(rotation.clone());
+        let r = b.apply(all.clone());
+        assert!(r.refused.is_empty(), "{r:?}");
+        assert_eq!(b.account_key(&w.did), Some(new.public()));
+        assert_eq!(b.take_rotations()[0].key.as_ref().map(Keypair::public), Some(new.public()));
+        c.apply(all.clone());
+        assert!(c.take_rotations()[0].key.is_none(), "the revoked device gets no key");
+
+        // The old key now authorizes nothing new: its signature after the rotation is refused
+        // (without holding it against the sender).
+        now.fetch_add(1_000, Ordering::SeqCst);
+        let late = DeviceAuth::sign(&w.account, w.did.clone(), [7; 32], b.clock().now().unwrap(), false);
+        let r = b.apply(vec![Signed { bytes: Entry::Auth(late).encode(), block: None }]);
+        assert!(matches!(r.refused[0].reason, Refused::UnknownSigner(_)), "{r:?}");
+        // Nor another rotation by the old key.
+        let evil = Keypair::generate(KeyType::K256);
+        let mut rogue = replica(&w, 3, now.clone());
+        rogue.apply(log.clone());
+        let forged = rogue.rotate(&w.account, &w.did, &evil, None).unwrap();
+        let r = b.apply(forged);
+        assert!(r.refused.iter().all(|x| matches!(x.reason, Refused::UnknownSigner(_))), "{r:?}");
+        assert_eq!(b.account_key(&w.did), Some(new.public()));
+
+        // A device that knows only the new key (handed over) takes the old history, whatever
+        // the order: what the old key signed before the rotation waits for the rotation.
+        let keys = Arc::new(HashMap::from([(w.did.clone(), new.public())]));
+        let clock = Hlc::with_physical(60_000, {
+            let now = now.clone();
+            move || now.load(Ordering::SeqCst)
+        });
+        let mut d = Replica::in_memory(keys, clock, Some(SigningKey::from_bytes(&[4; 32])));
+        d.apply(handed);
+        let r = d.apply(log.clone());
+        assert!(r.refused.iter().all(|x| matches!(x.reason, Refused::UnknownSigner(_))), "{r:?}");
+        d.apply(all.clone());
+        assert_eq!(d.len(), b.len());
+        assert_eq!(d.root(&w.did).unwrap(), b.root(&w.did).unwrap());
+        assert!(d.take_rotations().is_empty(), "history moves no key");
+
+        // A replica whose check refuses the rotation keeps the old key.
+        let clock = Hlc::with_physical(60_000, move || now.load(Ordering::SeqCst));
+        let mut e =
+            Replica::in_memory(Arc::new(NoRotation(w.keys.clone())), clock, Some(SigningKey::from_bytes(&[5; 32])));
+        let r = e.apply(rotation);
+        assert!(matches!(r.refused[0].reason, Refused::Rotation(_)), "{r:?}");
+        assert_eq!(e.account_key(&w.did), Some(w.account.public()));
+    }
+
     #[test]
     fn forged_replayed_and_equivocating_entries_are_refused() {
         let w = world();
@@ -1350,11 +1665,12 @@ mod tests {
         );
         let r = b.apply(vec![Signed { bytes: Entry::Op(twin).encode(), block: None }]);
         assert!(matches!(r.refused[0].reason, Refused::Equivocation { .. }));
-        // An authorization signed by another key.
+        // An authorization signed by another key (which may be a rotated key not seen yet:
+        // refused, and not held against the sender).
         let forged =
             DeviceAuth::sign(&Keypair::generate(KeyType::K256), w.did.clone(), [9; 32], a.clock().last(), false);
         let r = b.apply(vec![Signed { bytes: Entry::Auth(forged).encode(), block: None }]);
-        assert!(matches!(r.refused[0].reason, Refused::Entry(EntryError::BadSignature)));
+        assert!(matches!(r.refused[0].reason, Refused::UnknownSigner(_)));
         // From too far in the future.
         let future = Op::sign(
             &key,

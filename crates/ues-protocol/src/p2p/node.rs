@@ -36,12 +36,13 @@ use ues_sync::handover::{Handover, HandoverError};
 use ues_sync::head::Head;
 use ues_sync::recon::{Scope, SyncConfig};
 use ues_sync::repo::accounts::{AccountError, Accounts};
-use ues_sync::repo::crypto::PublicKey;
+use ues_sync::repo::crypto::{Keypair, PublicKey};
 use ues_sync::repo::ipld::dagcbor;
 use ues_sync::repo::ipld::storage::{Blockstore, Kv};
 use ues_sync::repo::repo::RepoError;
 use ues_sync::repo::repo::{CommitResult, Write};
 use ues_sync::repo::syntax::{Did, Nsid, RecordKey};
+use ues_sync::rotation::RotationBody;
 use ues_sync::vv::DeviceId;
 use ues_sync::{AccountKeys, Change, Replica, ReplicaError, Signed, live};
 
@@ -190,13 +191,30 @@ impl Default for P2pConfig {
     }
 }
 
-/// Account keys of the replicated accounts (from the accounts table).
-#[derive(Default)]
-struct NodeKeys(RwLock<HashMap<Did, PublicKey>>);
+/// Account keys of the replicated accounts (from the accounts table), and the DIDs' PLC
+/// operations (`plc/<did>` in the KV) that key rotations are checked against.
+struct NodeKeys(RwLock<HashMap<Did, PublicKey>>, Arc<dyn Kv>);
 
 impl AccountKeys for NodeKeys {
     fn key(&self, did: &Did) -> Option<PublicKey> {
         self.0.read().get(did).copied()
+    }
+
+    /// A did:plc whose last operation this node holds rotates only by the next operation,
+    /// signed by one of its rotation keys and stating the new key (the PLC directory's own
+    /// rule): a device holding the outgoing signing key cannot move the account to a key of
+    /// its own. A DID without a stored operation (did:web, or one moved here without it)
+    /// follows the outgoing key's signature alone.
+    fn check_rotation(&self, did: &Did, body: &RotationBody) -> Result<(), String> {
+        let Some(last) = self.1.get(format!("plc/{did}").as_bytes()).map_err(err)? else { return Ok(()) };
+        let last: Value = serde_json::from_slice(&last).map_err(err)?;
+        let op = body.plc.as_deref().ok_or("no PLC operation for a DID that has them")?;
+        let op: Value = serde_json::from_str(op).map_err(err)?;
+        let stated = ues_sync::repo::plc::verify_next(&last, &op).map_err(err)?;
+        if stated != body.key.did_key() {
+            return Err(format!("the PLC operation states {stated}, not the rotation's key"));
+        }
+        Ok(())
     }
 }
 
@@ -316,7 +334,7 @@ impl Replication {
         kv: Arc<dyn Kv>,
         sync: SyncConfig,
     ) -> Result<(Arc<Self>, mpsc::Receiver<Command>), String> {
-        let keys = Arc::new(NodeKeys::default());
+        let keys = Arc::new(NodeKeys(RwLock::default(), kv.clone()));
         let mut tracked = BTreeSet::new();
         for (k, _) in kv.scan_prefix(b"p2p/replicate/", 100_000).map_err(err)? {
             let did = String::from_utf8_lossy(&k["p2p/replicate/".len()..]).to_string();
@@ -331,7 +349,7 @@ impl Replication {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let device = device_key.verifying_key().to_bytes();
         tracing::info!(accounts = tracked.len(), entries = replica.len(), "replica open");
-        Ok((
+        let rep = (
             Arc::new(Replication {
                 peer: Mutex::new(SyncPeer::authorized(replica, sync)),
                 bridge: Mutex::new(()),
@@ -346,7 +364,10 @@ impl Replication {
                 events: tokio::sync::broadcast::channel(1_024).0,
             }),
             rx,
-        ))
+        );
+        // Rotations stored but not yet installed (the node stopped in between).
+        rep.0.install_rotations(accounts);
+        Ok(rep)
     }
 
     /// Whether this node replicates `did`.
@@ -517,10 +538,68 @@ impl Replication {
         Ok(())
     }
 
+    /// Rotates a replicated account's signing key from `outgoing` to `new` (after a
+    /// revocation): the rotation and the authorizations signed again go to the peers, and the
+    /// new key is installed here. `plc`: the signed PLC operation publishing `new`.
+    pub fn rotate(
+        &self,
+        accounts: &NodeAccounts,
+        did: &Did,
+        outgoing: &Keypair,
+        new: &Keypair,
+        plc: Option<String>,
+    ) -> Result<(), ReplicationError> {
+        let _bridge = self.bridge.lock();
+        let signed = self.peer.lock().replica.rotate(outgoing, did, new, plc)?;
+        self.install_rotations(accounts);
+        let _ = self.tx.try_send(Command::Local(signed));
+        let _ = self.tx.try_send(Command::Announce(did.clone()));
+        Ok(())
+    }
+
+    /// Installs the key rotations the replica followed: the PLC operation that published the
+    /// new key (what the next rotation is checked against), the new key as the account's
+    /// signing key when it was sealed to this device, and the key the replica verifies with.
+    fn install_rotations(&self, accounts: &NodeAccounts) {
+        let rotations = self.peer.lock().replica.take_rotations();
+        for r in rotations {
+            let did = &r.did;
+            if let Some(op) = &r.body.plc
+                && let Err(e) = self.kv.put(format!("plc/{did}").as_bytes(), op.as_bytes(), None)
+            {
+                tracing::error!(%did, error = %e, "the PLC operation of a key rotation could not be stored");
+            }
+            self.keys.0.write().insert(did.clone(), r.body.key);
+            match &r.key {
+                Some(key) => {
+                    let current = accounts.signing_key(did).map(|k| k.public());
+                    if current.as_ref().ok() != Some(&key.public()) {
+                        match accounts.set_signing_key(did, key) {
+                            Ok(()) => {
+                                tracing::info!(%did, key = %key.public().did_key(), "the account's new signing key installed")
+                            }
+                            Err(e) => {
+                                tracing::error!(%did, error = %e, "the account's new signing key could not be stored")
+                            }
+                        }
+                    }
+                }
+                None => {
+                    tracing::warn!(%did, key = %r.body.key.did_key(), "the account's key rotated to a key not sealed to this device: it can no longer sign the account's commits")
+                }
+            }
+            self.emit(
+                json!({"topic": "sync", "event": "keyRotated", "did": did.to_string(), "key": r.body.key.did_key()}),
+            );
+        }
+    }
+
     /// Commits to the account's repository whatever its replica holds that the repository does
     /// not (records put, changed or deleted by other devices). Returns the commit, if one was due.
     pub fn materialize(&self, accounts: &NodeAccounts, did: &Did) -> Result<Option<CommitResult>, String> {
         let _bridge = self.bridge.lock();
+        // A rotation that arrived comes first: what is committed next is signed by the new key.
+        self.install_rotations(accounts);
         // Called every 50 ms: the cached root answers the common case without SQLite.
         let (root, want) = {
             let mut p = self.peer.lock();

@@ -453,13 +453,58 @@ pub(crate) async fn authorize_device(
     let peer = peer_id(&b.peer_id)?;
     blocking(move || {
         account(&st, &d)?;
-        replication(&st)?
-            .authorize_peer(&st.accounts, &d, &peer, b.revoke)
-            .map_err(|e| XrpcError::invalid(e.to_string()))?;
+        let rep = replication(&st)?;
+        rep.authorize_peer(&st.accounts, &d, &peer, b.revoke).map_err(|e| XrpcError::invalid(e.to_string()))?;
         tracing::info!(did = %d, %peer, revoke = b.revoke, "device authorization signed");
-        Ok(Json(json!({})))
+        let rotated = b.revoke && rotate_after_revocation(&st, rep, &d)?;
+        let key = st.accounts.signing_key(&d)?.public().did_key();
+        Ok(Json(json!({ "keyRotated": rotated, "signingKey": key })))
     })
     .await
+}
+
+/// After a revocation, moves the account to a new signing key, so that the key the revoked
+/// device holds signs nothing anyone accepts: a PLC operation stating the new key, signed by
+/// the node's rotation key (submitted to the directory first, when one is configured: if it
+/// refuses, nothing changes), then the rotation to the devices that stay. Returns whether the
+/// key rotated: not on a node that holds none of the DID's rotation keys (another device of
+/// the account), which says so in its log.
+fn rotate_after_revocation(st: &XrpcState, rep: &crate::p2p::node::Replication, did: &Did) -> Result<bool, XrpcError> {
+    use ues_sync::repo::crypto::{KeyType, Keypair};
+    use ues_sync::repo::plc::{Genesis, PlcClient, operation_cid};
+    let outgoing = st.accounts.signing_key(did)?;
+    let new = Keypair::generate(KeyType::K256);
+    let plc = match st.kv.get(format!("plc/{did}").as_bytes()).map_err(XrpcError::internal)? {
+        None => None,
+        Some(last) => {
+            let last: Value = serde_json::from_slice(&last).map_err(XrpcError::internal)?;
+            let prev = operation_cid(&last).map_err(XrpcError::internal)?;
+            let (rotation_keys, signer) = match super::server::next_rotation_keys(st, &last, &outgoing) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(%did, error = %e.message, "revoked without rotating the signing key");
+                    return Ok(false);
+                }
+            };
+            let state = Genesis {
+                rotation_keys,
+                signing_key: new.public().did_key(),
+                handle: account(st, did)?.handle.to_string(),
+                pds_endpoint: st.cfg.public_url.clone(),
+            };
+            let op = state.update(&prev.to_string(), &signer).map_err(XrpcError::internal)?;
+            if let Some(url) = &st.cfg.plc_url {
+                PlcClient::new(url).submit(did.as_str(), &op).map_err(|e| {
+                    XrpcError::bad("UnresolvableDid", format!("the PLC directory refused the new key: {e}"))
+                })?;
+            }
+            Some(op.to_string())
+        }
+    };
+    rep.rotate(&st.accounts, did, &outgoing, &new, plc).map_err(|e| XrpcError::invalid(e.to_string()))?;
+    st.firehose.notify();
+    tracing::info!(%did, key = %new.public().did_key(), "signing key rotated after a revocation");
+    Ok(true)
 }
 
 #[derive(Deserialize)]

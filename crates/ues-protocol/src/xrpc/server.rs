@@ -569,7 +569,11 @@ pub(crate) fn change_handle(st: &XrpcState, did: &Did, handle: &Handle) -> Resul
 /// in favour of the node's rotation key. Other listed keys (a user's recovery key) stay, in
 /// their order. A node that holds none of the listed keys (another device of the account)
 /// cannot change the DID.
-fn next_rotation_keys(st: &XrpcState, last: &Value, signing: &Keypair) -> Result<(Vec<String>, Keypair), XrpcError> {
+pub(crate) fn next_rotation_keys(
+    st: &XrpcState,
+    last: &Value,
+    signing: &Keypair,
+) -> Result<(Vec<String>, Keypair), XrpcError> {
     let listed: Vec<String> = last
         .get("rotationKeys")
         .and_then(Value::as_array)
