@@ -5,13 +5,20 @@ Honest clients (one account each) create, read and list records in a loop and ti
 call. At the same time attackers, each a bounded loop from its own loopback address: clients
 that send half a header and wait; repository exports that are never read; uploads that trickle
 a byte a second; 16 MiB bodies to createSession; wrong-password bursts; records nested deeper
-than the store reads. Every few seconds the node's RSS and thread count are read from /proc.
+than the store reads; on the peer-to-peer port, stranger identities one after another pushing
+live entries with ~256 KB records (for accounts the node does not replicate and, from device
+keys never authorized, for one it does) until the node bans them (`--rogue`, the `rogue_peer`
+example), and connections that send garbage instead of a handshake. Every few seconds the
+node's RSS and thread count are read from /proc. `--no-attacks` runs the honest load alone (a
+baseline that separates what caches take from what attackers cost).
 
 At the end: every record an honest client was told was created is listed back (nothing lost),
 and a CSV, a JSON summary and (when matplotlib is installed) a PNG of RSS and honest p99
 latency over time are written to --out.
 
-    python3 scripts/soak.py --ues target/debug/ues --minutes 30 --out /tmp/soak
+    cargo build --workspace --bins --examples
+    python3 scripts/soak.py --ues target/debug/ues --rogue target/debug/examples/rogue_peer \
+        --minutes 30 --out /tmp/soak
 
 Only 127.0.0.1-127.0.0.9 are used. Standard library only, but for the plot.
 """
@@ -41,6 +48,7 @@ def free_port():
 class Node:
     def __init__(self, ues, data_dir, port):
         self.port = port
+        self.data_dir = data_dir
         config = "\n".join([
             "[xrpc.rate_limits]",
             # Honest writers write more than an hour's budget; logins stay limited (the attack).
@@ -95,6 +103,24 @@ class Node:
                 if k in ("VmRSS", "Threads"):
                     out[k] = int(v.split()[0])
         return out
+
+    def admin(self, method, path, body=None):
+        """An operator call (HTTP Basic with the generated admin password)."""
+        import base64
+        with open(os.path.join(self.data_dir, "admin.password")) as f:
+            password = f.read().strip()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {"authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["content-type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read() or b"null")
+        finally:
+            conn.close()
 
     def stop(self):
         self.proc.terminate()
@@ -195,6 +221,8 @@ def main():
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--honest", type=int, default=4)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--rogue", help="the rogue_peer example binary (p2p attackers)")
+    ap.add_argument("--no-attacks", action="store_true", help="honest load alone (a baseline)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     data = tempfile.mkdtemp(prefix="ues-soak-")
@@ -271,9 +299,40 @@ def main():
                   {"repo": big_did, "collection": COLLECTION, "record": v}, big_token, source="127.0.0.7")
         time.sleep(5)
 
+    # The peer-to-peer side: where the node listens, and a replicated account (authorized for a
+    # device that never connects) whose DID the rogue peers name.
+    s, peers = node.admin("GET", "/xrpc/dev.ues.admin.listPeers")
+    p2p_addr = next(a for a in peers["listening"] if a.startswith("/ip4/127.0.0.1/tcp/"))
+    p2p_port = int(p2p_addr.split("/")[4])
+    p2p_target = f"{p2p_addr}/p2p/{peers['peerId']}"
+    phantom = tempfile.mkdtemp(prefix="ues-soak-device-")
+    subprocess.run([args.ues, "init", "--data-dir", phantom], check=True, capture_output=True)
+    device = subprocess.run([args.ues, "peer", "id", "--data-dir", phantom], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    shutil.rmtree(phantom, ignore_errors=True)
+    s, v = node.admin("POST", "/xrpc/dev.ues.admin.authorizeDevice", {"did": big_did, "peerId": device})
+    assert s == 200, v
+
+    def p2p_garbage():
+        s = socket.create_connection(("127.0.0.1", p2p_port), timeout=5, source_address=("127.0.0.8", 0))
+        try:
+            s.sendall(os.urandom(random.randint(1, 4096)))
+            s.recv(1024)
+        except OSError:
+            pass
+        s.close()
+        time.sleep(0.5)
+
     attacks = [("slowloris", slowloris), ("stalled_export", stalled_export), ("trickle", trickle),
-               ("big_body", big_body), ("wrong_passwords", wrong_passwords), ("deep_records", deep_records)]
+               ("big_body", big_body), ("wrong_passwords", wrong_passwords), ("deep_records", deep_records),
+               ("p2p_garbage", p2p_garbage)]
+    if args.no_attacks:
+        attacks = []
     threads += [threading.Thread(target=attacker, args=(n, f, stop, counts), daemon=True) for n, f in attacks]
+    rogue = None
+    if args.rogue and not args.no_attacks:
+        rogue = subprocess.Popen([args.rogue, p2p_target, big_did, str(int(args.minutes * 60))],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -293,6 +352,15 @@ def main():
             print(f"{row[0]:>5}s rss {row[1]:.0f} MiB threads {row[2]} calls {row[3]} p99 {row[5]:.1f} ms", flush=True)
     stop.set()
     time.sleep(2)
+    if rogue is not None:
+        try:
+            out, _ = rogue.communicate(timeout=60)
+            counts["rogue_peers"] = json.loads(out.decode().strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            rogue.kill()
+            counts["rogue_peers"] = "no report"
+    s, peers = node.admin("GET", "/xrpc/dev.ues.admin.listPeers")
+    s, replication = node.admin("GET", "/xrpc/dev.ues.admin.getReplication")
     for s in half_headers + stalled + trickles:
         s.close()
     # Nothing lost: every record a client was told was created is listed back.
@@ -322,6 +390,9 @@ def main():
         "p99_ms_max_window": max(r[5] for r in rows) if rows else None,
         "p99_ms_median_window": sorted(r[5] for r in rows)[len(rows) // 2] if rows else None,
         "attacks": counts,
+        "p2p_bans": peers.get("bans"),
+        "replica_accounts": replication.get("replicaAccounts"),
+        "replica_pending_bytes": replication.get("pendingBytes"),
     }
     node.stop()
     shutil.rmtree(data, ignore_errors=True)
@@ -342,7 +413,8 @@ def main():
         ax[1].set_ylabel("honest call latency (ms)")
         ax[1].set_xlabel("minutes")
         ax[1].legend()
-        fig.suptitle(f"ues run under honest load and six attacks ({args.minutes:g} min)")
+        what = "honest load alone" if args.no_attacks else "honest load and eight attacks (HTTP and p2p)"
+        fig.suptitle(f"ues run under {what} ({args.minutes:g} min)")
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, "soak.png"), dpi=100)
     except ImportError:
