@@ -232,8 +232,9 @@ def main():
     stats = Stats()
     created = {}
     counts = {}
-    threads = [threading.Thread(target=honest, args=(node, stop, stats, f"honest{i}.test", created), daemon=True)
-               for i in range(args.honest)]
+    honest_threads = [threading.Thread(target=honest, args=(node, stop, stats, f"honest{i}.test", created),
+                                       daemon=True) for i in range(args.honest)]
+    threads = list(honest_threads)
     # A repository worth exporting, for the stalled readers.
     s, v = node.call("POST", "/xrpc/com.atproto.server.createAccount", {"handle": "big.test", "password": "a long password"})
     big_did, big_token = v["did"], v["accessJwt"]
@@ -351,6 +352,10 @@ def main():
             csv.flush()
             print(f"{row[0]:>5}s rss {row[1]:.0f} MiB threads {row[2]} calls {row[3]} p99 {row[5]:.1f} ms", flush=True)
     stop.set()
+    # Every honest client finishes its call in flight (a write answered after the check began
+    # would otherwise count as lost).
+    for t in honest_threads:
+        t.join(timeout=120)
     time.sleep(2)
     if rogue is not None:
         try:
@@ -376,7 +381,12 @@ def main():
             if not cursor:
                 break
         total += len(rkeys)
-        lost += len(set(rkeys) - listed)
+        missing = sorted(set(rkeys) - listed)
+        lost += len(missing)
+        for rkey in missing[:20]:
+            # Listed from the record index, read from the repository's tree: which lacks it?
+            s, v = node.call("GET", f"/xrpc/com.atproto.repo.getRecord?repo={did}&collection={COLLECTION}&rkey={rkey}")
+            print(f"LOST {did} {rkey}: getRecord answers {s} {v}", file=sys.stderr)
     summary = {
         "minutes": args.minutes,
         "honest_calls": stats.calls,
@@ -395,7 +405,10 @@ def main():
         "replica_pending_bytes": replication.get("pendingBytes"),
     }
     node.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    if lost:
+        print(f"records lost: the node's data directory is kept at {data}", file=sys.stderr)
+    else:
+        shutil.rmtree(data, ignore_errors=True)
     with open(os.path.join(args.out, "soak.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(json.dumps(summary, indent=1))

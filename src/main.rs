@@ -452,6 +452,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
+    // The background tasks run until the server has stopped.
+    let tasks = ues_protocol::xrpc::start_tasks(&xrpc);
     let app = ues_protocol::http::router(info)
         .merge(ues_protocol::xrpc::router(xrpc.clone()))
         .merge(ues_protocol::gateway::router(xrpc.clone(), cfg.ws.to_config()))
@@ -473,6 +475,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     while xrpc.open_streams() > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    tasks.stop();
     let _ = stop_p2p.send(true);
     if let Some(task) = p2p {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;

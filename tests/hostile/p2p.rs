@@ -392,3 +392,96 @@ fn a_record_the_replica_would_refuse_never_commits_and_authorization_loses_nothi
     assert_eq!(status, 200, "{v}");
     still_answers(&n.node, Duration::from_secs(10));
 }
+
+/// The repository as `getRepo` serves it, imported against `key` (did:key): whether it verifies.
+fn verifies_with(n: &P2pNode, did: &str, key: &str) -> bool {
+    let mut res = agent().get(format!("{}/xrpc/com.atproto.sync.getRepo?did={did}", n.node.base)).call().unwrap();
+    let car = res.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap();
+    let store = ues_sync::repo::ipld::storage::MemoryBlockstore::new();
+    let key = PublicKey::from_did_key(key).unwrap();
+    ues_sync::repo::repo::import_car(&store, &car[..], &Did::new(did).unwrap(), &key).is_ok()
+}
+
+/// A device that was authorized and then revoked: its operations written before count, what it
+/// pushes afterwards (dated inside its authorized window, or now) changes nothing, and the
+/// account's key has moved past the one the device held (the head is signed again by the new
+/// key, which the DID document names; the old key verifies nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_writes_nothing_more_and_its_key_signs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = start(dir.path());
+    let (did, token) = account(&n.node, "revoked.test");
+    for i in 0..3 {
+        let (status, v) = create(&n.node, &token, &did, &format!("seed{i}"), note(&format!("seed {i}")));
+        assert_eq!(status, 200, "{v}");
+    }
+    let d = Did::new(did.as_str()).unwrap();
+    let peer = keypair([61; 32]).public().to_peer_id().to_string();
+    let (status, v) = n.admin("POST", "dev.ues.admin.authorizeDevice", Some(json!({"did": did, "peerId": peer})));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["keyRotated"], false, "{v}");
+    let old_key = v["signingKey"].as_str().unwrap().to_string();
+    let device = ed25519_dalek::SigningKey::from_bytes(&[61; 32]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 + 5;
+    let put = |seq: u64, hlc: Timestamp, rkey: &str| {
+        let record = Ipld::Map(BTreeMap::from([
+            ("$type".to_string(), Ipld::String(COLLECTION.into())),
+            ("text".to_string(), Ipld::String(format!("from the device, {seq}"))),
+            ("createdAt".to_string(), Ipld::String("2026-12-01T00:00:00.000Z".into())),
+        ]));
+        let bytes = dagcbor::encode(&record);
+        let cid = cid_sha256(DAG_CBOR, &bytes);
+        let op = Op::sign(
+            &device,
+            d.clone(),
+            seq,
+            hlc,
+            Nsid::new(COLLECTION).unwrap(),
+            RecordKey::new(rkey).unwrap(),
+            OpKind::Put(cid),
+        );
+        ues_sync::live::encode(&[Signed { bytes: Entry::Op(op).encode(), block: Some((cid, bytes)) }])
+    };
+    // While authorized, the device's write is taken.
+    std::thread::sleep(Duration::from_millis(20));
+    let first = Timestamp { wall_ms: now + 10, logical: 0 };
+    let mut rogue = tcp_swarm(keypair([61; 32])).unwrap();
+    push_all(&mut rogue, n.id, n.addr.clone(), vec![put(1, first, "dev1")]).await;
+    drop(rogue);
+    let uri = format!("at://{did}/{COLLECTION}/dev1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !n.records(&did).contains_key(&uri) {
+        assert!(Instant::now() < deadline, "the authorized device's write never committed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Revoked: the key rotates.
+    let (status, v) =
+        n.admin("POST", "dev.ues.admin.authorizeDevice", Some(json!({"did": did, "peerId": peer, "revoke": true})));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["keyRotated"], true, "{v}");
+    let new_key = v["signingKey"].as_str().unwrap().to_string();
+    assert_ne!(new_key, old_key);
+    let (records, head) = (n.records(&did), n.head(&did));
+    assert_eq!(records.len(), 4);
+    let (_, doc) = call(&n.node, "GET", &format!("/xrpc/com.atproto.repo.describeRepo?repo={did}"), None, None);
+    let named = format!("did:key:{}", doc["didDoc"]["verificationMethod"][0]["publicKeyMultibase"].as_str().unwrap());
+    assert_eq!(named, new_key, "the DID document names the new key");
+    assert!(verifies_with(&n, &did, &new_key), "the head is signed again by the new key");
+    assert!(!verifies_with(&n, &did, &old_key), "the revoked device's key verifies nothing");
+
+    // The revoked device pushes an operation dated just after its first (inside the window it
+    // was authorized for) and one dated now.
+    let backdated = Timestamp { wall_ms: first.wall_ms, logical: 1 };
+    let late = Timestamp { wall_ms: now + 1_000, logical: 0 };
+    let mut rogue = tcp_swarm(keypair([61; 32])).unwrap();
+    push_all(&mut rogue, n.id, n.addr.clone(), vec![put(2, backdated, "dev2"), put(3, late, "dev3")]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(n.records(&did), records, "nothing the revoked device pushed is stored");
+    assert_eq!(n.head(&did), head);
+    // The account's owner still writes, signed by the new key.
+    let (status, v) = create(&n.node, &token, &did, "after", note("after the revocation"));
+    assert_eq!(status, 200, "{v}");
+    assert!(verifies_with(&n, &did, &new_key));
+    still_answers(&n.node, Duration::from_secs(10));
+}

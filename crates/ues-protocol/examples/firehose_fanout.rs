@@ -43,6 +43,7 @@ async fn main() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    ues_protocol::xrpc::start_tasks(&state).detach();
     tokio::spawn(axum::serve(listener, router(state.clone())).into_future());
 
     // Subscribers, live from now on; each records when it saw each sequence number.

@@ -921,11 +921,7 @@ async fn node_status(State(api): State<Arc<Api>>) -> ApiResult<Json<NodeStatus>>
     let st = api.st.clone();
     let started = api.started;
     crate::xrpc::blocking(move || {
-        let accounts: i64 = st
-            .accounts
-            .db()
-            .read(|c| c.query_row("SELECT COUNT(*) FROM account", [], |r| r.get(0)))
-            .map_err(XrpcError::internal)?;
+        let accounts = st.accounts.count()? as i64;
         let peers = st.replication.get().map_or(0, |r| r.status().connected.len() as u64);
         Ok(Json(NodeStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -368,6 +368,17 @@ impl std::str::FromStr for TimeCursor {
     }
 }
 
+/// What a repository holds (see [`Accounts::holdings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holdings {
+    /// Records indexed.
+    pub records: u64,
+    /// Distinct blobs its records reference.
+    pub referenced_blobs: u64,
+    /// Blobs stored for it.
+    pub stored_blobs: u64,
+}
+
 /// Errors of the account store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -967,6 +978,66 @@ impl<B: Blockstore> Accounts<B> {
         }))
     }
 
+    /// How many accounts are hosted here (whatever their status).
+    pub fn count(&self) -> Result<u64, AccountError> {
+        let n: i64 = self.db.read(|c| c.query_row("SELECT COUNT(*) FROM account", [], |r| r.get(0)))?;
+        Ok(n as u64)
+    }
+
+    /// When the account was created here (Unix milliseconds).
+    pub fn created_at(&self, did: &Did) -> Result<Option<i64>, AccountError> {
+        Ok(self.db.read(|c| {
+            c.query_row("SELECT created_at FROM account WHERE did = ?1", [did.as_str()], |r| r.get(0)).optional()
+        })?)
+    }
+
+    /// Accounts in DID order after `after`, at most `limit`, whatever their status.
+    pub fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Account>, AccountError> {
+        let rows: Vec<(String, String, String, String, String)> = self.db.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT did, handle, head, rev, status FROM account WHERE (?1 IS NULL OR did > ?1) ORDER BY did LIMIT ?2",
+            )?;
+            let rows = s.query_map(params![after, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(did, handle, head, rev, status)| Account {
+                did: Did::new(did).expect("stored valid"),
+                handle: Handle::new(handle).expect("stored valid"),
+                head: head.parse().expect("stored valid"),
+                rev,
+                status,
+            })
+            .collect())
+    }
+
+    /// The collections the account has records in, in order.
+    pub fn collections(&self, did: &Did) -> Result<Vec<String>, AccountError> {
+        Ok(self.db.read(|c| {
+            let mut s =
+                c.prepare_cached("SELECT DISTINCT collection FROM record WHERE did = ?1 ORDER BY collection")?;
+            let rows = s.query_map([did.as_str()], |r| r.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()
+        })?)
+    }
+
+    /// What the repository holds, for `checkAccountStatus`: records indexed, distinct blobs its
+    /// records reference, and blobs stored for it.
+    pub fn holdings(&self, did: &Did) -> Result<Holdings, AccountError> {
+        let count = |sql: &str| -> Result<u64, AccountError> {
+            let n: i64 = self.db.read(|c| c.query_row(sql, [did.as_str()], |r| r.get(0)))?;
+            Ok(n as u64)
+        };
+        Ok(Holdings {
+            records: count("SELECT count(*) FROM record WHERE did = ?1")?,
+            referenced_blobs: count("SELECT count(DISTINCT cid) FROM record_blob WHERE did = ?1")?,
+            stored_blobs: count("SELECT count(*) FROM blob WHERE did = ?1")?,
+        })
+    }
+
     /// The account's signing key (opened from its sealed form).
     pub fn signing_key(&self, did: &Did) -> Result<Keypair, AccountError> {
         if let Some(k) = self.keys.lock().get(did.as_str()) {
@@ -992,30 +1063,39 @@ impl<B: Blockstore> Accounts<B> {
         Ok(key)
     }
 
-    /// Replaces the account's signing key (after a rotation), stored sealed, telling the
-    /// commit hook (`#identity`) in the same transaction. Commits after it are signed by the
-    /// new key.
+    /// Replaces the account's signing key (after a rotation), stored sealed, and signs the
+    /// repository's head again with it (same tree, next revision), so that what the DID now
+    /// names verifies the head at once. Tells the commit hook `#identity` (resolve the DID
+    /// again) then `#sync` (the new head), in the same transaction.
     pub fn set_signing_key(&self, did: &Did, key: &Keypair) -> Result<(), AccountError> {
         let lock = self.lock(did.as_str());
         let _guard = lock.lock();
         let kt = key_type_name(key.key_type());
         let sealed = self.seal.seal(&account_key_context(did.as_str(), kt), &zeroize::Zeroizing::new(key.to_bytes()));
         let _forget = self.forget_after(did);
+        let account = self.get(did)?.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
+        let data = Repo::load(&self.blocks, account.head)?.commit().data;
+        let commit = crate::commit::Commit::sign(did.clone(), data, self.tids.next(), key);
+        let (head, commit_block) = commit.to_block();
+        self.blocks.put(&head, &commit_block)?;
+        let rev = commit.rev.to_string();
+        let cids = self.own(did.as_str(), &rev, std::iter::once(head))?;
         self.db.write(|tx| {
-            let handle: Option<String> =
-                tx.query_row("SELECT handle FROM account WHERE did = ?1", [did.as_str()], |r| r.get(0)).optional()?;
-            let handle = handle.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
+            let d = did.as_str();
             tx.execute(
-                "UPDATE account SET signing_key_type = ?1, signing_key = ?2, signing_key_sealed = 1 WHERE did = ?3",
-                params![kt, sealed, did.as_str()],
+                "UPDATE account SET signing_key_type = ?1, signing_key = ?2, signing_key_sealed = 1, head = ?3, rev = ?4 WHERE did = ?5",
+                params![kt, sealed, head.to_string(), rev, d],
             )?;
+            tx.prepare_cached("INSERT OR REPLACE INTO repo_commit (did, rev, cids) VALUES (?1, ?2, ?3)")?
+                .execute(params![d, rev, cids])?;
             if let Some(hook) = &self.hook {
-                let handle = Handle::new(handle).map_err(|e| AccountError::CommitFailed(e.to_string()))?;
-                hook(tx, &RepoEvent::Identity { did, handle: &handle })?;
+                hook(tx, &RepoEvent::Identity { did, handle: &account.handle })?;
+                hook(tx, &RepoEvent::Synced { did, head: &head, rev: &rev, commit_block: &commit_block })?;
             }
             Ok::<_, AccountError>(())
         })?;
         self.keys.lock().insert(did.to_string(), key.clone());
+        self.moved(did, head, &rev);
         Ok(())
     }
 

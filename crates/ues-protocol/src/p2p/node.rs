@@ -766,21 +766,10 @@ impl Replication {
             _ => return refuse("AccountNotFound"),
         };
         let Ok(key) = st.accounts.signing_key(&did) else { return refuse("no key") };
-        let cred: Option<(Option<String>, Option<String>)> = st
-            .accounts
-            .db()
-            .read(|c| {
-                use ues_sync::repo::ipld::storage::rusqlite::OptionalExtension;
-                c.query_row("SELECT email, password_hash FROM credential WHERE did = ?1", [did.as_str()], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()
-            })
-            .ok()
-            .flatten();
+        let cred = crate::node::credentials::get(st.accounts.db(), &did).ok().flatten();
         let plc_op =
             st.kv.get(format!("plc/{did}").as_bytes()).ok().flatten().map(|b| String::from_utf8_lossy(&b).to_string());
-        let (email, password_hash) = cred.unwrap_or_default();
+        let crate::node::credentials::AccountCredentials { email, password_hash } = cred.unwrap_or_default();
         tracing::info!(%peer, %did, authorizations = auths.len(), "account handed over to an authorized device");
         Handover { did, handle: account.handle.clone(), key, email, password_hash, plc_op, auths }.encode()
     }
@@ -796,15 +785,7 @@ impl Replication {
         let key = h.key;
         if st.accounts.get(did).map_err(err)?.is_none() {
             st.accounts.create_with_key(did.clone(), h.handle, key.clone()).map_err(err)?;
-            st.accounts
-                .db()
-                .write(|tx| {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO credential (did, email, password_hash) VALUES (?1, ?2, ?3)",
-                        ues_sync::repo::ipld::storage::rusqlite::params![did.as_str(), h.email, h.password_hash],
-                    )
-                    .map_err(ues_sync::repo::ipld::storage::Error::from)
-                })
+            crate::node::credentials::replace(st.accounts.db(), did, h.email.as_deref(), h.password_hash.as_deref())
                 .map_err(err)?;
             if let Some(op) = &h.plc_op {
                 st.kv.put(format!("plc/{did}").as_bytes(), op.as_bytes(), None).map_err(err)?;

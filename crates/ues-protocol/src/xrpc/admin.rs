@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use ues_sync::repo::accounts::Account;
 use ues_sync::repo::ipld::storage::Error as StoreError;
-use ues_sync::repo::ipld::storage::rusqlite::{OptionalExtension, params};
+use ues_sync::repo::ipld::storage::rusqlite::params;
 use ues_sync::repo::syntax::{Did, Handle};
 
 use super::extract::{XJson, XQuery};
@@ -35,17 +35,8 @@ fn account(st: &XrpcState, d: &Did) -> Result<Account, XrpcError> {
 
 /// `com.atproto.admin.defs#accountView`.
 fn account_view(st: &XrpcState, a: &Account) -> Result<Value, XrpcError> {
-    let (email, created_ms): (Option<String>, i64) = st
-        .accounts
-        .db()
-        .read(|c| {
-            c.query_row(
-                "SELECT c.email, a.created_at FROM account a LEFT JOIN credential c ON c.did = a.did WHERE a.did = ?1",
-                [a.did.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-        })
-        .map_err(XrpcError::internal)?;
+    let created_ms = st.accounts.created_at(&a.did)?.unwrap_or_default();
+    let email = crate::node::credentials::email(st.accounts.db(), &a.did).map_err(XrpcError::internal)?;
     let mut v = json!({ "did": a.did.as_str(), "handle": a.handle.as_str(), "indexedAt": iso(created_ms) });
     if let Some(e) = email {
         v["email"] = Value::String(e);
@@ -130,17 +121,7 @@ pub(crate) async fn update_account_password(
         let d = did(&b.did)?;
         account(&st, &d)?;
         let hash = super::hash_password(&b.password);
-        st.accounts
-            .db()
-            .write(|tx| {
-                tx.execute(
-                    "INSERT INTO credential (did, password_hash) VALUES (?1, ?2)
-                     ON CONFLICT (did) DO UPDATE SET password_hash = excluded.password_hash",
-                    params![d.as_str(), hash],
-                )?;
-                Ok::<_, StoreError>(())
-            })
-            .map_err(XrpcError::internal)?;
+        crate::node::credentials::set_password_hash(st.accounts.db(), &d, &hash).map_err(XrpcError::internal)?;
         super::server::revoke_sessions(&st, &d)?;
         Ok(StatusCode::OK)
     })
@@ -165,28 +146,8 @@ pub(crate) async fn update_account_email(
         if !email.contains('@') || email.len() > 254 {
             return Err(XrpcError::invalid("not an email address"));
         }
-        let n = st
-            .accounts
-            .db()
-            .write(|tx| {
-                let taken: Option<String> = tx
-                    .query_row(
-                        "SELECT did FROM credential WHERE email = ?1 AND did != ?2",
-                        params![email, a.did.as_str()],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if taken.is_some() {
-                    return Ok(0);
-                }
-                Ok::<_, StoreError>(tx.execute(
-                    "INSERT INTO credential (did, email) VALUES (?1, ?2)
-                     ON CONFLICT (did) DO UPDATE SET email = excluded.email",
-                    params![a.did.as_str(), email],
-                )?)
-            })
-            .map_err(XrpcError::internal)?;
-        if n == 0 {
+        let set = crate::node::credentials::set_email(st.accounts.db(), &a.did, &email).map_err(XrpcError::internal)?;
+        if !set {
             return Err(XrpcError::conflict("InvalidRequest", "Email already taken"));
         }
         Ok(StatusCode::OK)

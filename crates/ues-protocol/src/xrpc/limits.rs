@@ -408,7 +408,7 @@ pub(crate) async fn guard(State(st): State<Arc<XrpcState>>, req: Request, next: 
 }
 
 /// Every minute, forgets rate-limit keys whose budgets are whole again, until the state goes.
-pub(crate) fn spawn_gc(state: &Arc<XrpcState>) {
+pub(crate) fn spawn_gc(state: &Arc<XrpcState>) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
         loop {
@@ -418,7 +418,7 @@ pub(crate) fn spawn_gc(state: &Arc<XrpcState>) {
                 l.retain_recent();
             }
         }
-    });
+    })
 }
 
 #[cfg(test)]

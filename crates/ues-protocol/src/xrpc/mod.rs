@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use ues_sync::repo::accounts::Accounts;
 use ues_sync::repo::blobs::{BlobLimits, BlobStore};
 use ues_sync::repo::identity::HandleResolver;
-use ues_sync::repo::ipld::storage::{Blockstore, Kv, Migration};
+use ues_sync::repo::ipld::storage::{Blockstore, Kv};
 use ues_sync::repo::lexicon::Lexicons;
 use ues_sync::repo::syntax::TidGenerator;
 
@@ -137,29 +137,6 @@ pub const MAX_ORIGINS: usize = 65_536;
 /// A write: the commit that made it and the record's path.
 pub(crate) type Origin = (cid::Cid, String);
 
-/// SQLite schema the XRPC layer adds (credentials are a protocol concern).
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        id: "protocol/0001_credentials",
-        sql: "CREATE TABLE credential (
-            did TEXT PRIMARY KEY,
-            email TEXT UNIQUE COLLATE NOCASE,
-            password_hash TEXT
-        );",
-    },
-    Migration {
-        id: "protocol/0004_app_passwords",
-        sql: "CREATE TABLE app_password (
-            did TEXT NOT NULL,
-            name TEXT NOT NULL,
-            password_hash TEXT NOT NULL,
-            privileged INTEGER NOT NULL DEFAULT 0,
-            created_at TEXT NOT NULL,
-            PRIMARY KEY (did, name)
-        );",
-    },
-];
-
 impl XrpcState {
     /// Builds the state, applying the XRPC layer's migrations.
     pub fn new(
@@ -168,7 +145,7 @@ impl XrpcState {
         kv: Arc<dyn Kv>,
         cfg: XrpcConfig,
     ) -> Result<Self, XrpcError> {
-        accounts.db().migrate(MIGRATIONS).map_err(XrpcError::internal)?;
+        accounts.db().migrate(crate::node::credentials::MIGRATIONS).map_err(XrpcError::internal)?;
         accounts.db().migrate(firehose::MIGRATIONS).map_err(XrpcError::internal)?;
         accounts.db().migrate(misc::MIGRATIONS).map_err(XrpcError::internal)?;
         let pending = firehose::Pending::default();
@@ -410,7 +387,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, XrpcError> {
 
 /// Moves queued record texts into the full-text index every 100 ms (in batches of
 /// [`TEXT_BATCH`], one transaction each), until the state is dropped.
-fn spawn_text_indexer(state: &Arc<XrpcState>) {
+fn spawn_text_indexer(state: &Arc<XrpcState>) -> tokio::task::JoinHandle<()> {
     use ues_sync::repo::accounts::TEXT_BATCH;
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
@@ -434,11 +411,11 @@ fn spawn_text_indexer(state: &Arc<XrpcState>) {
                 }
             }
         }
-    });
+    })
 }
 
 /// Every 10 minutes, drops firehose events older than the backfill window.
-fn spawn_pruner(state: &Arc<XrpcState>) {
+fn spawn_pruner(state: &Arc<XrpcState>) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
         loop {
@@ -451,7 +428,7 @@ fn spawn_pruner(state: &Arc<XrpcState>) {
             }
             tokio::time::sleep(std::time::Duration::from_secs(600)).await;
         }
-    });
+    })
 }
 
 /// How long an uploaded blob may wait for a record to reference it.
@@ -459,7 +436,7 @@ const BLOB_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Every 10 minutes, deletes blobs no record references that were uploaded more than
 /// [`BLOB_GRACE`] ago (uploads that were never used would otherwise fill the disk).
-fn spawn_blob_gc(state: &Arc<XrpcState>) {
+fn spawn_blob_gc(state: &Arc<XrpcState>) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
         loop {
@@ -471,18 +448,18 @@ fn spawn_blob_gc(state: &Arc<XrpcState>) {
                 _ => {}
             }
         }
-    });
+    })
 }
 
 /// Asks every configured relay to crawl this node: at start, then (checked each minute) when
 /// new events exist and 20 minutes have passed since the last request, as the reference PDS
 /// does.
-fn spawn_crawl_requests(state: &Arc<XrpcState>) {
+fn spawn_crawl_requests(state: &Arc<XrpcState>) -> Option<tokio::task::JoinHandle<()>> {
     if state.cfg.relays.is_empty() {
-        return;
+        return None;
     }
     let weak = Arc::downgrade(state);
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let mut notified_seq: Option<i64> = None;
         let mut last = std::time::Instant::now();
         loop {
@@ -496,7 +473,7 @@ fn spawn_crawl_requests(state: &Arc<XrpcState>) {
             }
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         }
-    });
+    }))
 }
 
 fn request_crawl(st: &XrpcState) {
@@ -513,14 +490,39 @@ fn request_crawl(st: &XrpcState) {
     }
 }
 
-/// The XRPC routes (and, as a side effect, the node's background tasks for `state`: full-text
-/// indexing, firehose pruning, crawl requests to relays).
+/// The node's background tasks, once [`start_tasks`] started them: full-text indexing, firehose
+/// pruning, blob collection, crawl requests to relays, rate-limit bookkeeping. Building a
+/// router starts none of them. Dropping the handle stops them.
+#[must_use = "dropping the handle stops the tasks"]
+pub struct BackgroundTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl BackgroundTasks {
+    /// Stops the tasks (what dropping the handle does).
+    pub fn stop(self) {}
+
+    /// Lets the tasks run as long as the state lives (they hold it weakly and end after it).
+    pub fn detach(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for BackgroundTasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the node's background tasks for `state` (see [`BackgroundTasks`]).
+pub fn start_tasks(state: &Arc<XrpcState>) -> BackgroundTasks {
+    let mut tasks = vec![spawn_text_indexer(state), spawn_pruner(state), spawn_blob_gc(state), limits::spawn_gc(state)];
+    tasks.extend(spawn_crawl_requests(state));
+    BackgroundTasks(tasks)
+}
+
+/// The XRPC routes. Starts nothing: see [`start_tasks`].
 pub fn router(state: Arc<XrpcState>) -> Router {
-    spawn_text_indexer(&state);
-    spawn_pruner(&state);
-    spawn_blob_gc(&state);
-    spawn_crawl_requests(&state);
-    limits::spawn_gc(&state);
     let limit = state.cfg.max_body_bytes;
     Router::new()
         .route("/xrpc/com.atproto.server.describeServer", get(server::describe_server))

@@ -301,15 +301,7 @@ pub(crate) async fn list_records(State(st): State<Arc<XrpcState>>, XQuery(q): XQ
 
 /// The collections a repository has records in, in order.
 pub(crate) fn collections(st: &XrpcState, did: &ues_sync::repo::syntax::Did) -> Result<Vec<String>, XrpcError> {
-    st.accounts
-        .db()
-        .read(|c| {
-            let mut s =
-                c.prepare_cached("SELECT DISTINCT collection FROM record WHERE did = ?1 ORDER BY collection")?;
-            let rows = s.query_map([did.as_str()], |r| r.get(0))?;
-            rows.collect::<Result<Vec<String>, _>>()
-        })
-        .map_err(XrpcError::internal)
+    Ok(st.accounts.collections(did)?)
 }
 
 #[derive(Deserialize)]

@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 use ues_sync::repo::accounts::Account;
 use ues_sync::repo::crypto::{KeyType, Keypair, PublicKey};
 use ues_sync::repo::identity::did_document;
-use ues_sync::repo::ipld::storage::rusqlite::{OptionalExtension, params};
 use ues_sync::repo::plc::{Genesis, PlcClient};
 use ues_sync::repo::syntax::{Did, Handle};
+
+use crate::node::credentials;
 
 use super::auth::{self, ACCESS_TTL_SECS, Claims, REFRESH_GRACE_SECS, REFRESH_TTL_SECS, now_secs};
 use super::extract::{XJson, XQuery};
@@ -208,14 +209,7 @@ fn hex_id() -> String {
 }
 
 fn session_json(st: &XrpcState, account: &Account, access: &str, refresh: &str) -> Result<Value, XrpcError> {
-    let email: Option<String> = st
-        .accounts
-        .db()
-        .read(|c| {
-            c.query_row("SELECT email FROM credential WHERE did = ?1", [account.did.as_str()], |r| r.get(0)).optional()
-        })
-        .map_err(XrpcError::internal)?
-        .flatten();
+    let email = credentials::email(st.accounts.db(), &account.did).map_err(XrpcError::internal)?;
     let mut out = json!({
         "accessJwt": access,
         "refreshJwt": refresh,
@@ -248,11 +242,7 @@ pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body)
     }
     if let Some(email) = &body.email {
         // Checked before the account exists, so a taken email leaves nothing half made.
-        let taken: bool = st
-            .accounts
-            .db()
-            .read(|c| c.query_row("SELECT EXISTS(SELECT 1 FROM credential WHERE email = ?1)", [email], |r| r.get(0)))
-            .map_err(XrpcError::internal)?;
+        let taken = credentials::did_by_email(st.accounts.db(), email).map_err(XrpcError::internal)?.is_some();
         if taken {
             return Err(XrpcError::conflict("InvalidRequest", "Email already taken"));
         }
@@ -289,15 +279,7 @@ pub(crate) async fn create_account(State(st): State<Arc<XrpcState>>, XJson(body)
         let password_hash = body.password.as_deref().map(auth::hash_password);
         let (account, _, _) = st2.accounts.create_with_key(did.clone(), handle, key)?;
         st2.firehose.notify();
-        st2.accounts
-            .db()
-            .write(|tx| {
-                tx.execute(
-                    "INSERT INTO credential (did, email, password_hash) VALUES (?1, ?2, ?3)",
-                    params![did.as_str(), body.email, password_hash],
-                )?;
-                Ok::<_, ues_sync::repo::ipld::storage::Error>(())
-            })
+        credentials::insert(st2.accounts.db(), &did, body.email.as_deref(), password_hash.as_deref())
             .map_err(|e| XrpcError::bad("InvalidRequest", format!("Could not store credentials: {e}")))?;
         st2.kv.put(format!("plc/{did}").as_bytes(), op.to_string().as_bytes(), None).map_err(XrpcError::internal)?;
         let (access, refresh) = issue(&st2, &did, &Credential::Full)?;
@@ -325,25 +307,13 @@ pub(crate) async fn create_session(State(st): State<Arc<XrpcState>>, XJson(body)
         let account = if ident.starts_with("did:") {
             Did::new(&ident).ok().and_then(|d| st2.accounts.get(&d).transpose())
         } else if ident.contains('@') {
-            let did: Option<String> = st2
-                .accounts
-                .db()
-                .read(|c| c.query_row("SELECT did FROM credential WHERE email = ?1", [&ident], |r| r.get(0)).optional())
-                .map_err(XrpcError::internal)?;
+            let did = credentials::did_by_email(st2.accounts.db(), &ident).map_err(XrpcError::internal)?;
             did.and_then(|d| Did::new(d).ok()).and_then(|d| st2.accounts.get(&d).transpose())
         } else {
             Handle::new(&ident).ok().and_then(|h| st2.accounts.by_handle(&h).transpose())
         };
         let account = account.transpose()?.ok_or_else(denied)?;
-        let hash: Option<String> = st2
-            .accounts
-            .db()
-            .read(|c| {
-                c.query_row("SELECT password_hash FROM credential WHERE did = ?1", [account.did.as_str()], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(XrpcError::internal)?
-            .flatten();
+        let hash = credentials::password_hash(st2.accounts.db(), &account.did).map_err(XrpcError::internal)?;
         // An app password (recognised by its form: one indexed lookup, no slow hash), or else
         // the account password: at most one Argon2 check per attempt, however many app
         // passwords the account has.
@@ -401,18 +371,8 @@ pub(crate) async fn refresh_session(State(st): State<Arc<XrpcState>>, headers: H
         None => Credential::Full,
         Some(name) => {
             // The app password must still exist; its privileges are read afresh.
-            let privileged: Option<bool> = st
-                .accounts
-                .db()
-                .read(|c| {
-                    c.query_row(
-                        "SELECT privileged FROM app_password WHERE did = ?1 AND name = ?2",
-                        [did.as_str(), name.as_str()],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                })
-                .map_err(XrpcError::internal)?;
+            let privileged =
+                credentials::app_password_privileged(st.accounts.db(), &did, name).map_err(XrpcError::internal)?;
             let Some(privileged) = privileged else {
                 return Err(XrpcError::bad("ExpiredToken", "The app password was revoked"));
             };
@@ -629,19 +589,17 @@ pub(crate) async fn check_account_status(State(st): State<Arc<XrpcState>>, heade
     super::blocking(move || {
         let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
         let a = st.accounts.get(&did)?.ok_or_else(|| XrpcError::bad("RepoNotFound", "no such account"))?;
-        let count = |sql: &str| -> Result<i64, XrpcError> {
-            st.accounts.db().read(|c| c.query_row(sql, [did.as_str()], |r| r.get(0))).map_err(XrpcError::internal)
-        };
+        let held = st.accounts.holdings(&did)?;
         Ok(Json(json!({
             "activated": a.status == "active",
             "validDid": true,
             "repoCommit": a.head.to_string(),
             "repoRev": a.rev,
             "repoBlocks": st.accounts.block_count(&did)?,
-            "indexedRecords": count("SELECT count(*) FROM record WHERE did = ?1")?,
+            "indexedRecords": held.records,
             "privateStateValues": 0,
-            "expectedBlobs": count("SELECT count(DISTINCT cid) FROM record_blob WHERE did = ?1")?,
-            "importedBlobs": count("SELECT count(*) FROM blob WHERE did = ?1")?,
+            "expectedBlobs": held.referenced_blobs,
+            "importedBlobs": held.stored_blobs,
         })))
     })
     .await
@@ -680,45 +638,16 @@ fn app_password_digest(password: &str) -> String {
 /// The app password of `did` that `password` is, if any.
 fn find_app_password(st: &XrpcState, did: &Did, password: &str) -> Result<Option<Credential>, XrpcError> {
     let digest = app_password_digest(password);
-    let found: Option<(String, bool)> = st
-        .accounts
-        .db()
-        .read(|c| {
-            c.query_row(
-                "SELECT name, privileged FROM app_password WHERE did = ?1 AND password_hash = ?2",
-                [did.as_str(), digest.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-        })
-        .map_err(XrpcError::internal)?;
+    let db = st.accounts.db();
+    let found = credentials::app_password_by_digest(db, did, &digest).map_err(XrpcError::internal)?;
     if let Some((name, privileged)) = found {
         return Ok(Some(Credential::App { name, privileged }));
     }
     // Earlier versions stored Argon2 hashes: each is checked once and rewritten on success.
-    let legacy: Vec<(String, String, bool)> = st
-        .accounts
-        .db()
-        .read(|c| {
-            let mut q = c.prepare_cached(
-                "SELECT name, password_hash, privileged FROM app_password WHERE did = ?1 AND password_hash LIKE '$argon2%'",
-            )?;
-            let rows = q.query_map([did.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(XrpcError::internal)?;
+    let legacy = credentials::argon2_app_passwords(db, did).map_err(XrpcError::internal)?;
     for (name, hash, privileged) in legacy {
         if auth::check_password(password, &hash) {
-            st.accounts
-                .db()
-                .write(|tx| {
-                    tx.execute(
-                        "UPDATE app_password SET password_hash = ?3 WHERE did = ?1 AND name = ?2",
-                        params![did.as_str(), name, digest],
-                    )?;
-                    Ok::<_, ues_sync::repo::ipld::storage::Error>(())
-                })
-                .map_err(XrpcError::internal)?;
+            credentials::set_app_password_hash(db, did, &name, &digest).map_err(XrpcError::internal)?;
             return Ok(Some(Credential::App { name, privileged }));
         }
     }
@@ -744,15 +673,9 @@ pub(crate) async fn create_app_password(
         };
         let hash = app_password_digest(&password);
         let created = super::firehose_time();
-        st.accounts
-            .db()
-            .write(|tx| {
-                tx.execute(
-                    "INSERT INTO app_password (did, name, password_hash, privileged, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![did.as_str(), b.name, hash, b.privileged, created],
-                )?;
-                Ok::<_, ues_sync::repo::ipld::storage::Error>(())
-            })
+        let made =
+            credentials::AppPassword { name: b.name.clone(), created_at: created.clone(), privileged: b.privileged };
+        credentials::add_app_password(st.accounts.db(), &did, &made, &hash)
             .map_err(|_| XrpcError::bad("DuplicateAppPassword", "An app password with this name exists"))?;
         Ok(Json(json!({ "name": b.name, "password": password, "createdAt": created, "privileged": b.privileged })))
     })
@@ -761,20 +684,10 @@ pub(crate) async fn create_app_password(
 
 pub(crate) async fn list_app_passwords(State(st): State<Arc<XrpcState>>, headers: HeaderMap) -> Res {
     let did = full_session(&st, &headers)?;
-    let rows: Vec<(String, String, bool)> = st
-        .accounts
-        .db()
-        .read(|c| {
-            let mut q = c.prepare_cached(
-                "SELECT name, created_at, privileged FROM app_password WHERE did = ?1 ORDER BY created_at",
-            )?;
-            let rows = q.query_map([did.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(XrpcError::internal)?;
+    let rows = credentials::app_passwords(st.accounts.db(), &did).map_err(XrpcError::internal)?;
     let passwords: Vec<Value> = rows
         .into_iter()
-        .map(|(name, created, privileged)| json!({ "name": name, "createdAt": created, "privileged": privileged }))
+        .map(|p| json!({ "name": p.name, "createdAt": p.created_at, "privileged": p.privileged }))
         .collect();
     Ok(Json(json!({ "passwords": passwords })))
 }
@@ -791,13 +704,7 @@ pub(crate) async fn revoke_app_password(
     XJson(b): XJson<RevokeAppPassword>,
 ) -> Result<StatusCode, XrpcError> {
     let did = full_session(&st, &headers)?;
-    st.accounts
-        .db()
-        .write(|tx| {
-            tx.execute("DELETE FROM app_password WHERE did = ?1 AND name = ?2", params![did.as_str(), b.name])?;
-            Ok::<_, ues_sync::repo::ipld::storage::Error>(())
-        })
-        .map_err(XrpcError::internal)?;
+    credentials::revoke_app_password(st.accounts.db(), &did, &b.name).map_err(XrpcError::internal)?;
     Ok(StatusCode::OK)
 }
 

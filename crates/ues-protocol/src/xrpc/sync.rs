@@ -196,26 +196,13 @@ pub(crate) async fn list_repos(
 ) -> Result<Response, XrpcError> {
     blocking(move || {
         let limit = q.limit.unwrap_or(500).clamp(1, 1000);
-        let rows: Vec<(String, String, String, String)> = st
-            .accounts
-            .db()
-            .read(|c| {
-                let mut s = c.prepare_cached(
-                    "SELECT did, head, rev, status FROM account WHERE (?1 IS NULL OR did > ?1) ORDER BY did LIMIT ?2",
-                )?;
-                let rows = s
-                    .query_map(ues_sync::repo::ipld::storage::rusqlite::params![q.cursor, limit as i64], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })?;
-                rows.collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(XrpcError::internal)?;
+        let rows = st.accounts.list(q.cursor.as_deref(), limit)?;
         let repos: Vec<_> = rows
             .iter()
-            .map(|(did, head, rev, status)| {
-                let mut r = json!({ "did": did, "head": head, "rev": rev, "active": status == "active" });
-                if status != "active" {
-                    r["status"] = json!(status);
+            .map(|a| {
+                let mut r = json!({ "did": a.did.as_str(), "head": a.head.to_string(), "rev": a.rev, "active": a.status == "active" });
+                if a.status != "active" {
+                    r["status"] = json!(a.status);
                 }
                 r
             })
@@ -224,7 +211,7 @@ pub(crate) async fn list_repos(
         if rows.len() == limit
             && let Some(last) = rows.last()
         {
-            out["cursor"] = json!(last.0);
+            out["cursor"] = json!(last.did.as_str());
         }
         Ok(axum::Json(out).into_response())
     })

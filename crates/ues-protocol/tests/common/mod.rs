@@ -91,6 +91,7 @@ pub fn node_full(
         public_metrics: false,
     };
     let state = Arc::new(XrpcState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap());
+    ues_protocol::xrpc::start_tasks(&state).detach();
     let app = router(state.clone());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
