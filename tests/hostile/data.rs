@@ -1,5 +1,6 @@
-//! One account's data against everyone's reads: records the store could not read back, and a
-//! taken-down account whose records must vanish from every read, not only from sync.
+//! One account's data against everyone else's: records the store could not read back, a
+//! taken-down account whose records must vanish from every read, not only from sync, and uploads
+//! past the account's blob quota.
 
 use std::time::Duration;
 
@@ -144,4 +145,46 @@ fn a_takedown_hides_the_account_from_every_read() {
     assert_eq!(back, original);
     assert!(uris("/xrpc/dev.ues.repo.searchRecords?q=needle").iter().any(|u| u.contains(&did)));
     still_answers(&node, Duration::from_secs(5));
+}
+
+/// One account's uploads cannot fill the disk: past its blob quota an upload is refused with
+/// 413 `QuotaExceeded`, what it stored before stays whole, and another account still uploads.
+#[test]
+fn an_account_past_its_blob_quota_is_refused_and_others_still_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(dir.path(), "[xrpc]\nblob_quota_mib = 1\n");
+    let (did, token) = account(&node, "hoarder.test");
+    let (_, other_token) = account(&node, "neighbour.test");
+    const SIZE: usize = 300 << 10;
+    let upload = |token: &str, fill: u8| -> (u16, Value) {
+        let res = agent()
+            .post(format!("{}/xrpc/com.atproto.repo.uploadBlob", node.base))
+            .header("authorization", &format!("Bearer {token}"))
+            .header("content-type", "application/octet-stream")
+            .send(&vec![fill; SIZE][..]);
+        let mut res = res.unwrap();
+        (res.status().as_u16(), res.body_mut().read_json().unwrap_or(Value::Null))
+    };
+    let mut stored = Vec::new();
+    let mut refused = None;
+    for i in 0..10u8 {
+        let (status, v) = upload(&token, i);
+        if status != 200 {
+            refused = Some((status, v));
+            break;
+        }
+        stored.push(v["blob"]["ref"]["$link"].as_str().unwrap().to_string());
+    }
+    let (status, v) = refused.expect("ten uploads of 300 KiB pass a 1 MiB quota");
+    assert_eq!((status, v["error"].as_str()), (413, Some("QuotaExceeded")), "{v}");
+    assert_eq!(stored.len(), 3, "three uploads fit in 1 MiB, the fourth does not");
+    for (i, cid) in stored.iter().enumerate() {
+        let mut res =
+            agent().get(format!("{}/xrpc/com.atproto.sync.getBlob?did={did}&cid={cid}", node.base)).call().unwrap();
+        let bytes = res.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap();
+        assert_eq!(bytes, vec![i as u8; SIZE], "blob {i} is whole");
+    }
+    let (status, v) = upload(&other_token, 99);
+    assert_eq!(status, 200, "another account's upload: {v}");
+    still_answers(&node, Duration::from_secs(10));
 }

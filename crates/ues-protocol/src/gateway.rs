@@ -65,6 +65,7 @@ use ues_sync::repo::ipld::car::CarReader;
 use ues_sync::repo::ipld::{Ipld, dagcbor, json as atjson};
 use ues_sync::repo::syntax::{Did, Nsid, RecordKey};
 
+use crate::http::READ_BUFFER;
 use crate::xrpc::XrpcState;
 use crate::xrpc::firehose::{events_after, oldest_seq};
 
@@ -109,9 +110,6 @@ impl Default for WsConfig {
         }
     }
 }
-
-/// Bytes read from a socket at once.
-pub(crate) const READ_BUFFER: usize = 4096;
 
 /// Shortest time between two deliveries to a socket whose subscriptions all batch.
 const BATCH_INTERVAL: Duration = Duration::from_millis(20);

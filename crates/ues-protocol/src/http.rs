@@ -21,6 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 
+/// Bytes a WebSocket reads from its socket at once (tungstenite zeroes the whole read buffer on
+/// every read attempt: small buffers keep thousands of idle sockets cheap).
+pub(crate) const READ_BUFFER: usize = 4096;
+
 /// What the operational endpoints report.
 #[derive(Debug)]
 pub struct NodeInfo {

@@ -403,7 +403,7 @@ pub(crate) async fn subscribe_repos(
     // waits for this stream's close frame.
     st.metrics.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let on_fail = st.clone();
-    ws.read_buffer_size(crate::gateway::READ_BUFFER)
+    ws.read_buffer_size(crate::http::READ_BUFFER)
         .max_message_size(64 * 1024)
         .on_failed_upgrade(move |_| {
             on_fail.metrics.subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
