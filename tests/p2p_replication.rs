@@ -219,17 +219,11 @@ fn converge(nodes: &[&Node], did: &str, what: &str) -> String {
     }
 }
 
-#[test]
-fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
-    let root = tempfile::tempdir().unwrap();
-    let mut a = Node::new(root.path(), "a");
-    let mut b = Node::new(root.path(), "b");
-    let mut c = Node::new(root.path(), "c");
-    a.start();
-    b.start();
-    c.start();
-
-    // The account, with records written before it is replicated.
+/// Three running nodes, and an account created on A with `seeds` records written from A.
+fn three_nodes_and_an_account(root: &Path, seeds: usize) -> (Node, Node, Node, String) {
+    let mut nodes = ["a", "b", "c"].map(|name| Node::new(root, name));
+    nodes.iter_mut().for_each(Node::start);
+    let [a, b, c] = nodes;
     let created = a.ok(
         "com.atproto.server.createAccount",
         None,
@@ -237,9 +231,17 @@ fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
     );
     let did = created["did"].as_str().unwrap().to_string();
     let token_a = created["accessJwt"].as_str().unwrap().to_string();
-    for i in 0..5 {
+    for i in 0..seeds {
         a.put(&token_a, &did, &format!("seed{i}"), &format!("seed {i} from a"));
     }
+    (a, b, c, did)
+}
+
+#[test]
+fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
+    let root = tempfile::tempdir().unwrap();
+    // The account, with records written before it is replicated.
+    let (mut a, mut b, mut c, did) = three_nodes_and_an_account(root.path(), 5);
 
     // B and C become devices of the account and take it over from A.
     for n in [&b, &c] {
@@ -430,22 +432,7 @@ fn doc_key(n: &Node, did: &str) -> String {
 #[test]
 fn revoking_a_device_rotates_the_signing_key_past_it() {
     let root = tempfile::tempdir().unwrap();
-    let mut a = Node::new(root.path(), "a");
-    let mut b = Node::new(root.path(), "b");
-    let mut c = Node::new(root.path(), "c");
-    a.start();
-    b.start();
-    c.start();
-    let created = a.ok(
-        "com.atproto.server.createAccount",
-        None,
-        Some(json!({"handle": "alice.test", "email": "alice@example.com", "password": "correct horse battery"})),
-    );
-    let did = created["did"].as_str().unwrap().to_string();
-    let token_a = created["accessJwt"].as_str().unwrap().to_string();
-    for i in 0..3 {
-        a.put(&token_a, &did, &format!("seed{i}"), &format!("seed {i} from a"));
-    }
+    let (a, b, c, did) = three_nodes_and_an_account(root.path(), 3);
     for n in [&b, &c] {
         let v = a.admin("dev.ues.admin.authorizeDevice", Some(json!({"did": did, "peerId": n.peer})));
         assert_eq!(v["keyRotated"], false, "an authorization rotates nothing: {v}");

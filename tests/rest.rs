@@ -226,6 +226,17 @@ fn an_app_uses_the_rest_api() {
     );
     assert_eq!(bad.status, 400);
     assert!(bad.json["message"].as_str().unwrap().contains("$.text"), "{}", bad.json);
+    // The same record through XRPC is refused the same way, for the same reason.
+    let via_xrpc = send_json(
+        "POST",
+        &format!("{base}/xrpc/com.atproto.repo.createRecord"),
+        Some(&access),
+        &[],
+        &json!({"repo": did, "collection": "app.bsky.feed.post",
+            "record": {"text": 5, "createdAt": "2026-11-25T00:00:00.000Z"}}),
+    );
+    assert_eq!(via_xrpc.status, 400);
+    assert_eq!(via_xrpc.json["message"], bad.json["message"], "REST: {} XRPC: {}", bad.json, via_xrpc.json);
     let (bob, bob_access, _) = account(base, "bob.test");
     let forbidden = send_json(
         "POST",

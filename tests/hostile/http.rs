@@ -380,3 +380,28 @@ async fn login_and_call_floods_are_rate_limited() {
     })
     .await;
 }
+
+/// A client that sends its whole body before it reads the answer (as most HTTP clients do)
+/// still gets the 413 the node gave before reading the body: the node reads and discards the
+/// rest for a while (a lingering close) instead of resetting the connection under the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_body_sent_whole_still_gets_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), "[xrpc.rate_limits]\nenabled = false\n");
+    for _ in 0..3 {
+        let mut s = connect_from(&node, [127, 0, 0, 7], None).await.unwrap();
+        let len = 16 << 20;
+        let head = format!(
+            "POST /xrpc/com.atproto.server.createSession HTTP/1.1\r\nHost: n\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let piece = vec![b' '; 64 << 10];
+        for _ in 0..len / piece.len() {
+            s.write_all(&piece).await.expect("the node takes the whole body before it closes");
+        }
+        let (mut rd, _wr) = s.into_split();
+        let (status, _) = read_head(&mut rd, Duration::from_secs(10)).await.expect("an answer");
+        assert_eq!(status, 413);
+    }
+    still_answers(&node, Duration::from_secs(10));
+}

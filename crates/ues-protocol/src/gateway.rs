@@ -66,8 +66,8 @@ use ues_sync::repo::ipld::{Ipld, dagcbor, json as atjson};
 use ues_sync::repo::syntax::{Did, Nsid, RecordKey};
 
 use crate::http::READ_BUFFER;
+use crate::node::sequencer::{events_after, oldest_seq};
 use crate::xrpc::XrpcState;
-use crate::xrpc::firehose::{events_after, oldest_seq};
 
 /// Protocol version in `welcome`.
 pub const PROTOCOL: u32 = 1;

@@ -244,18 +244,34 @@ async fn serve_connection(
     drop(slot);
 }
 
+/// How long a connection that answered goes on reading (and discarding) what its client still
+/// sends before it closes (a lingering close, as nginx does).
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Bytes discarded per wake-up of a lingering close, so one fast sender cannot hold a worker.
+const LINGER_READS: usize = 64;
+
 /// A socket whose writes fail once they have been stalled (the client reading nothing) for
 /// longer than a limit, so a client that stops reading cannot hold its connection, nor what
-/// the response holds, forever. Hand-written: hyper has no write deadline of its own.
+/// the response holds, forever; and whose close lingers: a client still sending a body the node
+/// refused (413 before reading it) reads the answer instead of a connection reset, which closing
+/// with unread data would send. Hand-written: hyper has neither a write deadline nor a
+/// lingering close of its own.
 struct StallLimit {
     inner: TcpStream,
     limit: Duration,
     stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Whether anything was written (a connection that never answered closes at once).
+    wrote: bool,
+    /// The write side is shut (the answer and a FIN are on their way).
+    write_shut: bool,
+    /// The end of the lingering close, once it began.
+    linger: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl StallLimit {
     fn new(inner: TcpStream, limit: Duration) -> Self {
-        Self { inner, limit, stalled: None }
+        Self { inner, limit, stalled: None, wrote: false, write_shut: false, linger: None }
     }
 
     fn on_write<T>(
@@ -297,6 +313,7 @@ impl tokio::io::AsyncWrite for StallLimit {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let res = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote |= matches!(res, std::task::Poll::Ready(Ok(n)) if n > 0);
         self.on_write(cx, res)
     }
 
@@ -306,6 +323,7 @@ impl tokio::io::AsyncWrite for StallLimit {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let res = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote |= matches!(res, std::task::Poll::Ready(Ok(n)) if n > 0);
         self.on_write(cx, res)
     }
 
@@ -325,7 +343,34 @@ impl tokio::io::AsyncWrite for StallLimit {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        use std::task::Poll;
+        if !self.write_shut {
+            match std::pin::Pin::new(&mut self.inner).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => self.write_shut = true,
+                other => return other,
+            }
+        }
+        if !self.wrote {
+            return Poll::Ready(Ok(()));
+        }
+        // Lingering close: discard what the client still sends until it closes its side or
+        // LINGER has passed.
+        let end = self.linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+        if end.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut scratch = [0u8; 8192];
+        for _ in 0..LINGER_READS {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.inner), cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 

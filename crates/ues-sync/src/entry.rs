@@ -128,20 +128,8 @@ impl KeyRotation {
     }
 
     fn encode_inner(&self, with_sig: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(200);
-        dagcbor::write_head(&mut out, 5, 5 + u64::from(with_sig));
-        dagcbor::write_str(&mut out, "a");
-        dagcbor::write_str(&mut out, self.did.as_str());
-        dagcbor::write_str(&mut out, "d");
-        dagcbor::write_bytes(&mut out, &self.device);
-        if with_sig {
-            dagcbor::write_str(&mut out, "g");
-            dagcbor::write_bytes(&mut out, &self.sig);
-        }
-        dagcbor::write_str(&mut out, "h");
-        dagcbor::write_head(&mut out, 0, self.hlc.to_u64());
-        dagcbor::write_str(&mut out, "k");
-        dagcbor::write_head(&mut out, 0, 18);
+        let sig = with_sig.then_some(&self.sig);
+        let mut out = account_entry_head(5, &self.did, &self.device, sig, self.hlc, 18);
         dagcbor::write_str(&mut out, "l");
         dagcbor::write_link(&mut out, &self.body);
         out
@@ -287,20 +275,10 @@ impl DeviceAuth {
     }
 
     fn encode_inner(&self, with_sig: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(200);
-        dagcbor::write_head(&mut out, 5, 4 + u64::from(with_sig) + u64::from(self.upto.is_some()));
-        dagcbor::write_str(&mut out, "a");
-        dagcbor::write_str(&mut out, self.did.as_str());
-        dagcbor::write_str(&mut out, "d");
-        dagcbor::write_bytes(&mut out, &self.device);
-        if with_sig {
-            dagcbor::write_str(&mut out, "g");
-            dagcbor::write_bytes(&mut out, &self.sig);
-        }
-        dagcbor::write_str(&mut out, "h");
-        dagcbor::write_head(&mut out, 0, self.hlc.to_u64());
-        dagcbor::write_str(&mut out, "k");
-        dagcbor::write_head(&mut out, 0, if self.revoke { 17 } else { 16 });
+        let sig = with_sig.then_some(&self.sig);
+        let kind = if self.revoke { 17 } else { 16 };
+        let mut out =
+            account_entry_head(4 + u64::from(self.upto.is_some()), &self.did, &self.device, sig, self.hlc, kind);
         if let Some(upto) = self.upto {
             dagcbor::write_str(&mut out, "s");
             dagcbor::write_head(&mut out, 0, upto);
@@ -312,6 +290,33 @@ impl DeviceAuth {
     pub fn verify(&self, account: &PublicKey) -> Result<(), EntryError> {
         account.verify(&self.encode_inner(false), &self.sig).map_err(|_| EntryError::BadSignature)
     }
+}
+
+/// The fields every account-signed entry (authorization, rotation) starts with, in canonical
+/// order: `a`, `d`, `g` (when signed), `h`, `k`; `fields` counts the map's entries without `g`.
+fn account_entry_head(
+    fields: u64,
+    did: &Did,
+    device: &DeviceId,
+    sig: Option<&[u8; 64]>,
+    hlc: Timestamp,
+    kind: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(200);
+    dagcbor::write_head(&mut out, 5, fields + u64::from(sig.is_some()));
+    dagcbor::write_str(&mut out, "a");
+    dagcbor::write_str(&mut out, did.as_str());
+    dagcbor::write_str(&mut out, "d");
+    dagcbor::write_bytes(&mut out, device);
+    if let Some(sig) = sig {
+        dagcbor::write_str(&mut out, "g");
+        dagcbor::write_bytes(&mut out, sig);
+    }
+    dagcbor::write_str(&mut out, "h");
+    dagcbor::write_head(&mut out, 0, hlc.to_u64());
+    dagcbor::write_str(&mut out, "k");
+    dagcbor::write_head(&mut out, 0, kind);
+    out
 }
 
 impl Entry {

@@ -45,7 +45,7 @@ fn account_view(st: &XrpcState, a: &Account) -> Result<Value, XrpcError> {
 }
 
 fn iso(ms: i64) -> String {
-    super::firehose::iso_from_millis(ms)
+    crate::node::sequencer::iso_from_millis(ms)
 }
 
 #[derive(Deserialize)]

@@ -86,7 +86,7 @@ pub struct XrpcState {
     /// Account blobs.
     pub blobs: BlobStore<Arc<dyn Blockstore>, Arc<dyn Kv>>,
     /// The event stream's sequencer.
-    pub firehose: firehose::Firehose,
+    pub firehose: crate::node::sequencer::Firehose,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
     /// HTTP client for AppView calls (30 s timeout, no redirects).
@@ -146,16 +146,16 @@ impl XrpcState {
         cfg: XrpcConfig,
     ) -> Result<Self, XrpcError> {
         accounts.db().migrate(crate::node::credentials::MIGRATIONS).map_err(XrpcError::internal)?;
-        accounts.db().migrate(firehose::MIGRATIONS).map_err(XrpcError::internal)?;
+        accounts.db().migrate(crate::node::sequencer::MIGRATIONS).map_err(XrpcError::internal)?;
         accounts.db().migrate(misc::MIGRATIONS).map_err(XrpcError::internal)?;
-        let pending = firehose::Pending::default();
-        accounts.set_commit_hook(firehose::sequencer_hook(pending.clone()));
+        let pending = crate::node::sequencer::Pending::default();
+        accounts.set_commit_hook(crate::node::sequencer::sequencer_hook(pending.clone()));
         for collection in accounts.set_indexes(lexicons.indexes().clone())? {
             tracing::info!(collection, "declared indexes changed: rebuilt from stored records");
         }
         let writes_in_flight = WritesInFlight::default();
         accounts.expect_writers_from(writes_in_flight.arriving.clone());
-        let firehose = firehose::Firehose::new(accounts.db().clone(), pending);
+        let firehose = crate::node::sequencer::Firehose::new(accounts.db().clone(), pending);
         let limits = BlobLimits { max_size: cfg.max_blob_bytes, quota: cfg.blob_quota_bytes, ..BlobLimits::default() };
         let blobs = BlobStore::new(accounts.blocks().clone(), kv.clone(), accounts.db().clone(), limits);
         Ok(Self {
@@ -374,7 +374,7 @@ thread_local! {
 
 /// The current time as AT Protocol datetimes are written (`2026-11-24T12:00:00.000Z`).
 pub(crate) fn firehose_time() -> String {
-    firehose::now_iso()
+    crate::node::sequencer::now_iso()
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, XrpcError> {
