@@ -33,6 +33,22 @@ pub(crate) struct Config {
     pub(crate) keys: KeysSection,
     /// Logging.
     pub(crate) log: LogConfig,
+    /// The applications the node hosts.
+    pub(crate) apps: AppsSection,
+}
+
+/// `[apps]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AppsSection {
+    /// The built-in applications to run, by name.
+    pub(crate) enabled: Vec<String>,
+}
+
+impl Default for AppsSection {
+    fn default() -> Self {
+        Self { enabled: vec!["dev.ues.stats".to_string()] }
+    }
 }
 
 impl Default for Config {
@@ -47,6 +63,7 @@ impl Default for Config {
             storage: StorageSection::default(),
             keys: KeysSection::default(),
             log: LogConfig::default(),
+            apps: AppsSection::default(),
         }
     }
 }
@@ -160,7 +177,7 @@ pub(crate) struct RateLimitSection {
 
 impl Default for RateLimitSection {
     fn default() -> Self {
-        let d = ues_protocol::xrpc::RateLimits::default();
+        let d = ues_protocol::node::RateLimits::default();
         Self {
             enabled: true,
             calls_per_ip_5min: d.per_ip.points,
@@ -176,9 +193,9 @@ impl Default for RateLimitSection {
 
 impl RateLimitSection {
     /// The XRPC server's limits, `None` when they are off.
-    pub(crate) fn to_limits(&self) -> Option<ues_protocol::xrpc::RateLimits> {
-        use ues_protocol::xrpc::Rate;
-        self.enabled.then(|| ues_protocol::xrpc::RateLimits {
+    pub(crate) fn to_limits(&self) -> Option<ues_protocol::node::RateLimits> {
+        use ues_protocol::node::Rate;
+        self.enabled.then(|| ues_protocol::node::RateLimits {
             per_ip: Rate::new(self.calls_per_ip_5min, 300),
             create_session: Rate::new(self.logins_per_identifier_5min, 300),
             create_session_daily: Rate::new(self.logins_per_identifier_day, 86_400),

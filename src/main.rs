@@ -440,7 +440,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     raise_open_files();
     let info = Arc::new(ues_protocol::http::NodeInfo::now());
-    let xrpc = Arc::new(xrpc_state(&cfg, &storage)?);
+    let apps = ues_apps::select(&cfg.apps.enabled).map_err(|e| anyhow::anyhow!("[apps] enabled: {e}"))?;
+    let xrpc = Arc::new(xrpc_state(&cfg, &storage, &ues_apps::Host::lexicons(&apps))?);
+    let host =
+        ues_apps::Host::new(xrpc.clone(), apps).map_err(|e| anyhow::anyhow!("starting the applications: {e}"))?;
     match cfg.xrpc.rate_limits.to_limits() {
         Some(limits) => xrpc.set_rate_limits(&limits),
         None => tracing::warn!("XRPC rate limits are off ([xrpc.rate_limits] enabled = false)"),
@@ -453,10 +456,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         (None, None)
     };
     // The background tasks run until the server has stopped.
-    let tasks = ues_protocol::xrpc::start_tasks(&xrpc);
+    let tasks = ues_protocol::node::start_tasks(&xrpc);
+    let consumers = host.start();
+    let registry = host.registry().map_err(|e| anyhow::anyhow!("the applications' topics: {e}"))?;
     let app = ues_protocol::http::router(info)
-        .merge(ues_protocol::xrpc::router(xrpc.clone()))
-        .merge(ues_protocol::gateway::router(xrpc.clone(), cfg.ws.to_config()))
+        .merge(ues_protocol::xrpc::router_with(xrpc.clone(), host.xrpc()))
+        .merge(ues_protocol::gateway::router_with(xrpc.clone(), cfg.ws.to_config(), registry))
         .merge(ues_protocol::rest::router(xrpc.clone(), cfg.api.to_config()));
     let listener =
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
@@ -475,6 +480,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     while xrpc.open_streams() > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    drop(consumers);
     tasks.stop();
     let _ = stop_p2p.send(true);
     if let Some(task) = p2p {
@@ -495,7 +501,7 @@ type P2pTask = tokio::task::JoinHandle<Result<(), String>>;
 fn start_p2p(
     cfg: &Config,
     key: &ed25519_dalek::SigningKey,
-    xrpc: &Arc<ues_protocol::xrpc::XrpcState>,
+    xrpc: &Arc<ues_protocol::node::Node>,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(P2pTask, Arc<ues_storage::RocksStore>)> {
     use ues_protocol::p2p::node;
@@ -507,13 +513,17 @@ fn start_p2p(
         .map_err(|e| anyhow::anyhow!("opening the replica: {e}"))?;
     let keypair = ues_protocol::p2p::keypair(key.to_bytes());
     let _ = xrpc.peer_id.set(keypair.public().to_peer_id());
-    let _ = xrpc.replication.set(rep.clone());
+    let _ = xrpc.replication.set(rep.clone() as Arc<dyn ues_protocol::node::peers::PeerService>);
     let task = tokio::spawn(node::run(keypair, xrpc.clone(), rep, rx, pcfg, stopped));
     Ok((task, store))
 }
 
-/// Composes the XRPC server's state from the opened storage and the configuration.
-fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ues_protocol::xrpc::XrpcState> {
+/// Composes the node from the opened storage, the configuration and the applications' lexicons.
+fn xrpc_state(
+    cfg: &Config,
+    storage: &ues_storage::Storage,
+    app_lexicons: &[serde_json::Value],
+) -> anyhow::Result<ues_protocol::node::Node> {
     use ues_repo::ipld::storage::{Blockstore, Kv};
     let blocks: Arc<dyn Blockstore> = match cfg.storage.hot_blocks_mib {
         0 => Arc::new(storage.rocks.blockstore()),
@@ -530,6 +540,9 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
             e => e.into(),
         })?;
     let mut lexicons = ues_repo::lexicon::Lexicons::new();
+    for doc in app_lexicons {
+        lexicons.add(doc)?;
+    }
     for text in lexicons::EMBEDDED {
         lexicons.add(&serde_json::from_str(text)?)?;
     }
@@ -543,7 +556,7 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
         cfg.xrpc.public_url.clone()
     };
     let host = public_url.split("://").nth(1).unwrap_or("localhost").trim_end_matches('/').to_string();
-    let xcfg = ues_protocol::xrpc::XrpcConfig {
+    let xcfg = ues_protocol::node::NodeConfig {
         service_did: format!("did:web:{}", host.replace(':', "%3A")),
         public_url,
         user_domains: cfg.xrpc.user_domains.clone(),
@@ -553,7 +566,7 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
         max_blob_bytes: (cfg.xrpc.max_blob_mib as u64) << 20,
         blob_quota_bytes: cfg.xrpc.blob_quota_mib << 20,
         handle_resolver: handle_resolver(&cfg.xrpc.handle_dns)?,
-        appview: (!cfg.xrpc.appview_url.is_empty()).then(|| ues_protocol::xrpc::AppView {
+        appview: (!cfg.xrpc.appview_url.is_empty()).then(|| ues_protocol::node::AppView {
             url: cfg.xrpc.appview_url.clone(),
             did: if cfg.xrpc.appview_did.is_empty() {
                 let host = cfg.xrpc.appview_url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
@@ -571,7 +584,10 @@ fn xrpc_state(cfg: &Config, storage: &ues_storage::Storage) -> anyhow::Result<ue
             cfg.xrpc.admin_password.clone()
         }),
     };
-    ues_protocol::xrpc::XrpcState::new(accounts, lexicons, kv, xcfg).map_err(|e| anyhow::anyhow!("{}", e.message))
+    let node =
+        ues_protocol::node::Node::new(accounts, lexicons, kv, xcfg).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    node.migrate(ues_protocol::xrpc::MIGRATIONS).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    Ok(node)
 }
 
 /// The handle resolver `[xrpc] handle_dns` asks for.

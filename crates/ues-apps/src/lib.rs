@@ -1,12 +1,242 @@
 //! # ues-apps: layer 6 of the UES node
 //!
-//! Applications hosted by the node: the social feed, end-to-end encrypted chat, the digital
-//! asset registry with WASM contracts, and incrementally maintained lenses.
+//! Applications hosted by the node, and the host they plug into. An application is an [`App`]:
+//! a name, its own SQLite tables, XRPC methods with their lexicons, REST routes, `/ws` topics,
+//! and a consumer of the node's event log. The [`Host`] applies the applications' migrations,
+//! hands their routes and topics to the faces, and feeds each one the event log from a durable
+//! cursor kept in the same transaction as the application's own writes: an application that
+//! was down catches up where it stopped, and applies every event exactly once.
+//!
+//! Built in: [`stats`] (`dev.ues.stats`), per-account record counts by collection.
 //!
 //! ## Layer contract
 //! Depends only on `ues-protocol`, plugging its routes and event topics into the registries that
 //! layer defines. Nothing below knows this crate exists.
-//!
-//! Not built yet: this crate holds its contract and re-exports the layer below.
+
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use serde_json::Value;
+use ues_protocol::gateway::{Registry, Topic};
+use ues_protocol::node::Node;
+use ues_protocol::node::sequencer::{self, LogEvent};
+use ues_protocol::sync::repo::ipld::storage::rusqlite::{self, OptionalExtension, Transaction};
+use ues_protocol::sync::repo::ipld::storage::{Error as StoreError, Migration};
 
 pub use ues_protocol as protocol;
+
+/// Events an application is given per transaction.
+const BATCH: usize = 500;
+
+/// An application the node hosts.
+pub trait App: Send + Sync + 'static {
+    /// Its name: an NSID authority of its own (`dev.ues.stats`), unique on the node.
+    fn name(&self) -> &'static str;
+
+    /// Its SQLite tables (applied to the node's database at start; ids prefixed by its name).
+    fn migrations(&self) -> &'static [Migration] {
+        &[]
+    }
+
+    /// The lexicons of its XRPC methods (JSON documents): calls are validated against them.
+    fn lexicons(&self) -> Vec<Value> {
+        Vec::new()
+    }
+
+    /// Its XRPC methods (`/xrpc/<its nsid>.*`), served with the node's XRPC layers (limits,
+    /// parameter validation, metrics).
+    fn xrpc(self: Arc<Self>) -> Router<Arc<Node>> {
+        Router::new()
+    }
+
+    /// Its REST routes (under `/api/v1/apps/<name>/`).
+    fn rest(self: Arc<Self>, node: Arc<Node>) -> Router {
+        let _ = node;
+        Router::new()
+    }
+
+    /// Its `/ws` topics (name, source).
+    fn topics(self: Arc<Self>) -> Vec<(String, Arc<dyn Topic>)> {
+        Vec::new()
+    }
+
+    /// Applies one event of the node's log inside `tx`, the transaction that also moves the
+    /// application's cursor past it: what it writes there commits with the cursor or not at all.
+    fn apply(&self, tx: &Transaction<'_>, event: &LogEvent) -> rusqlite::Result<()>;
+
+    /// Rebuilds the application's state from the node's current data inside `tx` (the cursor
+    /// moves to the newest event in the same transaction): run when the events it missed are
+    /// no longer in the log (pruned past the backfill window), and on first start.
+    fn rebuild(&self, tx: &Transaction<'_>) -> rusqlite::Result<()>;
+
+    /// Called after a batch of events committed (to tell live subscribers); nothing by default.
+    fn applied(&self, node: &Node, events: &[LogEvent]) {
+        let _ = (node, events);
+    }
+}
+
+/// The applications built into the node, by name.
+pub fn built_in() -> Vec<Arc<dyn App>> {
+    vec![Arc::new(stats::Stats::default())]
+}
+
+/// The built-in applications `enabled` names; an unknown name is an error.
+pub fn select(enabled: &[String]) -> Result<Vec<Arc<dyn App>>, String> {
+    let all = built_in();
+    let mut out = Vec::new();
+    for name in enabled {
+        let app = all.iter().find(|a| a.name() == name).ok_or_else(|| {
+            let known: Vec<_> = all.iter().map(|a| a.name()).collect();
+            format!("no application named {name:?} (built in: {})", known.join(", "))
+        })?;
+        out.push(app.clone());
+    }
+    Ok(out)
+}
+
+/// The cursors of the applications (the last event each applied).
+const HOST_MIGRATIONS: &[Migration] = &[Migration {
+    id: "apps/0001_cursor",
+    sql: "CREATE TABLE app_cursor (app TEXT PRIMARY KEY, seq INTEGER NOT NULL);",
+}];
+
+/// The applications of a running node.
+pub struct Host {
+    node: Arc<Node>,
+    apps: Vec<Arc<dyn App>>,
+}
+
+impl Host {
+    /// Applies the applications' migrations (and the host's) to the node's database.
+    pub fn new(node: Arc<Node>, apps: Vec<Arc<dyn App>>) -> Result<Self, String> {
+        node.migrate(HOST_MIGRATIONS).map_err(|e| e.message)?;
+        for app in &apps {
+            node.migrate(app.migrations()).map_err(|e| format!("{}: {}", app.name(), e.message))?;
+        }
+        Ok(Host { node, apps })
+    }
+
+    /// The applications' lexicons (to load into the node's before it is built).
+    pub fn lexicons(apps: &[Arc<dyn App>]) -> Vec<Value> {
+        apps.iter().flat_map(|a| a.lexicons()).collect()
+    }
+
+    /// The applications' XRPC methods, for the XRPC face.
+    pub fn xrpc(&self) -> Router<Arc<Node>> {
+        self.apps.iter().fold(Router::new(), |r, a| r.merge(a.clone().xrpc()))
+    }
+
+    /// The applications' REST routes and `/ws` topics, for the gateway.
+    pub fn registry(&self) -> Result<Registry, String> {
+        let mut reg = Registry::default();
+        for app in &self.apps {
+            reg = reg.routes(
+                Router::new().nest(&format!("/api/v1/apps/{}", app.name()), app.clone().rest(self.node.clone())),
+            );
+            for (name, topic) in app.clone().topics() {
+                reg = reg.topic(&name, topic)?;
+            }
+        }
+        Ok(reg)
+    }
+
+    /// Starts feeding each application the event log (one task each); dropping the handle
+    /// stops them (an event batch in progress commits or rolls back whole).
+    pub fn start(&self) -> Consumers {
+        Consumers(self.apps.iter().map(|a| tokio::spawn(consume(self.node.clone(), a.clone()))).collect())
+    }
+}
+
+/// The applications' event consumers, once [`Host::start`] started them.
+#[must_use = "dropping the handle stops the consumers"]
+pub struct Consumers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Consumers {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Catches `app` up with the event log, then follows it as it grows.
+async fn consume(node: Arc<Node>, app: Arc<dyn App>) {
+    let mut latest = node.firehose.watch_latest();
+    loop {
+        let (n, a) = (node.clone(), app.clone());
+        match tokio::task::spawn_blocking(move || catch_up(&n, a.as_ref())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(applied)) => tracing::debug!(app = app.name(), applied, "events applied"),
+            Ok(Err(e)) => {
+                tracing::error!(app = app.name(), error = %e, "applying events failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(app = app.name(), error = %e, "the application panicked applying events; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        // New events wake it; a minute passes at most without a look (a missed wake-up costs
+        // no more than that).
+        let _ = tokio::time::timeout(Duration::from_secs(60), latest.changed()).await;
+    }
+}
+
+/// Applies every event after the application's cursor, a batch per transaction; returns how
+/// many it applied.
+pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
+    let db = node.accounts.db();
+    let name = app.name();
+    let mut total = 0;
+    loop {
+        let cursor: Option<i64> =
+            db.read(|c| c.query_row("SELECT seq FROM app_cursor WHERE app = ?1", [name], |r| r.get(0)).optional())?;
+        let first = sequencer::first_seq(db)?;
+        // Never started, or the events after the cursor were pruned: rebuild from the data.
+        let gap = match (cursor, first) {
+            (None, _) => true,
+            (Some(c), Some(f)) => f > c + 1,
+            (Some(_), None) => false,
+        };
+        if gap {
+            db.write(|tx| {
+                app.rebuild(tx)?;
+                let seq = sequencer::latest_seq_in(tx)?;
+                set_cursor(tx, name, seq)?;
+                Ok::<_, StoreError>(())
+            })?;
+            tracing::info!(app = name, "application state rebuilt from the node's data");
+            continue;
+        }
+        let cursor = cursor.unwrap_or(0);
+        let events = sequencer::read_events(db, cursor, BATCH)?;
+        let Some(last) = events.last().map(|e| e.seq) else { return Ok(total) };
+        db.write(|tx| {
+            // Another consumer of the same application (none in one node) would have moved it.
+            let now: i64 = tx.query_row("SELECT seq FROM app_cursor WHERE app = ?1", [name], |r| r.get(0))?;
+            if now != cursor {
+                return Ok::<_, StoreError>(());
+            }
+            for e in &events {
+                app.apply(tx, e)?;
+            }
+            set_cursor(tx, name, last)?;
+            Ok(())
+        })?;
+        app.applied(node, &events);
+        total += events.len();
+    }
+}
+
+fn set_cursor(tx: &Transaction<'_>, app: &str, seq: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO app_cursor (app, seq) VALUES (?1, ?2) ON CONFLICT (app) DO UPDATE SET seq = excluded.seq",
+        rusqlite::params![app, seq],
+    )?;
+    Ok(())
+}

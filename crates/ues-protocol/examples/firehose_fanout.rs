@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde_json::json;
-use ues_protocol::xrpc::{XrpcConfig, XrpcState, router};
+use ues_protocol::node::{Node, NodeConfig};
+use ues_protocol::xrpc::router;
 use ues_sync::repo::accounts::Accounts;
 use ues_sync::repo::ipld::storage::{Blockstore, MemoryBlockstore, MemoryKv, Sqlite, SqliteConfig};
 use ues_sync::repo::lexicon::Lexicons;
@@ -21,7 +22,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
     let blocks: Arc<dyn Blockstore> = Arc::new(MemoryBlockstore::new());
-    let cfg = XrpcConfig {
+    let cfg = NodeConfig {
         public_url: "http://127.0.0.1".into(),
         service_did: "did:web:localhost".into(),
         user_domains: vec![".test".into()],
@@ -38,12 +39,12 @@ async fn main() {
         public_metrics: false,
     };
     let state = Arc::new(
-        XrpcState::new(Accounts::open(blocks, db, 1).unwrap(), Lexicons::new(), Arc::new(MemoryKv::new()), cfg)
-            .unwrap(),
+        Node::new(Accounts::open(blocks, db, 1).unwrap(), Lexicons::new(), Arc::new(MemoryKv::new()), cfg).unwrap(),
     );
+    state.migrate(ues_protocol::xrpc::MIGRATIONS).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    ues_protocol::xrpc::start_tasks(&state).detach();
+    ues_protocol::node::start_tasks(&state).detach();
     tokio::spawn(axum::serve(listener, router(state.clone())).into_future());
 
     // Subscribers, live from now on; each records when it saw each sequence number.

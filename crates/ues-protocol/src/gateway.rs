@@ -66,8 +66,8 @@ use ues_sync::repo::ipld::{Ipld, dagcbor, json as atjson};
 use ues_sync::repo::syntax::{Did, Nsid, RecordKey};
 
 use crate::http::READ_BUFFER;
+use crate::node::Node;
 use crate::node::sequencer::{events_after, oldest_seq};
-use crate::xrpc::XrpcState;
 
 /// Protocol version in `welcome`.
 pub const PROTOCOL: u32 = 1;
@@ -147,7 +147,7 @@ struct Gateway {
     topics: HashMap<String, Arc<dyn Topic>>,
     /// Events decoded once for all sockets: seq → decoded, newest [`PARSED_CACHE`].
     parsed: parking_lot::RwLock<ParsedCache>,
-    st: Arc<XrpcState>,
+    st: Arc<Node>,
     cfg: WsConfig,
     clients: AtomicUsize,
     presence: parking_lot::Mutex<Presence>,
@@ -248,12 +248,12 @@ impl Registry {
 }
 
 /// The gateway's routes (`/ws`, `/stats`).
-pub fn router(st: Arc<XrpcState>, cfg: WsConfig) -> Router {
+pub fn router(st: Arc<Node>, cfg: WsConfig) -> Router {
     router_with(st, cfg, Registry::default())
 }
 
 /// The gateway's routes with applications' topics and routes.
-pub fn router_with(st: Arc<XrpcState>, cfg: WsConfig, registry: Registry) -> Router {
+pub fn router_with(st: Arc<Node>, cfg: WsConfig, registry: Registry) -> Router {
     let routes = registry.routes.clone();
     let g = Arc::new(Gateway {
         topics: registry.topics,
@@ -329,7 +329,7 @@ impl Gateway {
 }
 
 /// `GET /stats`: uptime, connected clients, subscriptions, queue depth, events per second.
-async fn stats(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Result<axum::Json<Value>, crate::xrpc::XrpcError> {
+async fn stats(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Result<axum::Json<Value>, crate::node::NodeError> {
     if !g.st.cfg.public_metrics {
         g.st.operator(&headers)?;
     }
@@ -407,14 +407,14 @@ async fn upgrade(
         None | Some("none") => false,
         Some("deflate") => true,
         Some(other) => {
-            return crate::xrpc::XrpcError::invalid(format!("compress {other:?}: use deflate or none")).into_response();
+            return crate::node::NodeError::invalid(format!("compress {other:?}: use deflate or none")).into_response();
         }
     };
     let cbor = match q.encoding.as_deref() {
         None | Some("json") => false,
         Some("cbor") => true,
         Some(other) => {
-            return crate::xrpc::XrpcError::invalid(format!("encoding {other:?}: use json or cbor")).into_response();
+            return crate::node::NodeError::invalid(format!("encoding {other:?}: use json or cbor")).into_response();
         }
     };
     // A small read buffer: tungstenite zeroes the whole buffer on every read attempt, and
@@ -1324,7 +1324,7 @@ async fn serve(g: Arc<Gateway>, socket: WebSocket, did: Option<String>, operator
     let _ = conn.send(text(json!({
         "type": "welcome", "protocol": PROTOCOL, "node": g.st.cfg.service_did, "session": conn.session.to_string(),
         "peerId": g.st.peer_id.get().map(|p| p.to_string()),
-        "time": crate::xrpc::firehose_time(), "seq": seen, "did": conn.did,
+        "time": crate::node::firehose_time(), "seq": seen, "did": conn.did,
         "compression": if deflate { "deflate" } else { "none" },
         "limits": {"maxMessageBytes": cfg.max_message_bytes, "maxSubscriptions": cfg.max_subscriptions,
             "queue": cfg.queue, "maxMessagesPerSecond": cfg.max_messages_per_sec,

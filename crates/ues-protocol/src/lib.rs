@@ -18,3 +18,5 @@ pub mod node;
 pub mod p2p;
 pub mod rest;
 pub mod xrpc;
+
+pub use ues_sync as sync;

@@ -38,8 +38,10 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::xrpc::extract::{XJson, XQuery};
-use crate::xrpc::{XrpcError, XrpcState, blob, index, repo, server};
+use crate::node::blobs::{blob_body, blob_error, upload};
+use crate::node::extract::XQuery;
+use crate::node::records::{RecordPage as Page, RecordView, RecordWrite, Written as Wrote};
+use crate::node::{Kind, Node, NodeError, bearer, blocking, sessions, write_blocking, ws_session};
 
 /// Limits of the REST API.
 #[derive(Debug, Clone)]
@@ -60,13 +62,13 @@ impl Default for ApiConfig {
 const MAX_KEYS: usize = 100_000;
 
 struct Api {
-    st: Arc<XrpcState>,
+    st: Arc<Node>,
     started: Instant,
     by_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     by_token: Option<DefaultKeyedRateLimiter<u64>>,
 }
 
-type ApiResult<T> = Result<T, XrpcError>;
+type ApiResult<T> = Result<T, NodeError>;
 
 // ---------------------------------------------------------------------------------------------
 // Schemas
@@ -319,24 +321,24 @@ pub(crate) struct SearchParams {
 struct Body_<T>(T);
 
 impl<T: serde::de::DeserializeOwned> FromRequest<Arc<Api>> for Body_<T> {
-    type Rejection = XrpcError;
+    type Rejection = NodeError;
 
-    async fn from_request(req: Request, api: &Arc<Api>) -> Result<Self, XrpcError> {
+    async fn from_request(req: Request, api: &Arc<Api>) -> Result<Self, NodeError> {
         let json_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
             let media = v.split(';').next().unwrap_or_default().trim();
             media.eq_ignore_ascii_case("application/json") || media.ends_with("+json")
         });
         if !json_type {
-            return Err(XrpcError::invalid("Content-Type must be application/json"));
+            return Err(NodeError::invalid("Content-Type must be application/json"));
         }
         let bytes = axum::body::to_bytes(req.into_body(), api.st.cfg.max_body_bytes).await.map_err(|e| {
             if e.to_string().contains("length limit") {
-                XrpcError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "request entity too large")
+                NodeError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "request entity too large")
             } else {
-                XrpcError::invalid(format!("Could not read the body: {e}"))
+                NodeError::invalid(format!("Could not read the body: {e}"))
             }
         })?;
-        serde_json::from_slice(&bytes).map(Body_).map_err(|e| XrpcError::invalid(format!("Invalid request body: {e}")))
+        serde_json::from_slice(&bytes).map(Body_).map_err(|e| NodeError::invalid(format!("Invalid request body: {e}")))
     }
 }
 
@@ -345,16 +347,15 @@ impl<T: serde::de::DeserializeOwned> FromRequest<Arc<Api>> for Body_<T> {
 
 /// XRPC's errors as REST statuses: not-found names are 404, an expired token 401, a failed
 /// swap 412, conflicts 409.
-fn rest(e: XrpcError) -> XrpcError {
-    let status = match e.error.as_str() {
-        _ if e.conflict => StatusCode::CONFLICT,
-        "RecordNotFound" | "RepoNotFound" | "BlobNotFound" => StatusCode::NOT_FOUND,
-        "RepoTakendown" | "RepoSuspended" | "RepoDeactivated" => StatusCode::NOT_FOUND,
-        "ExpiredToken" | "InvalidToken" => StatusCode::UNAUTHORIZED,
-        "InvalidSwap" => StatusCode::PRECONDITION_FAILED,
+fn rest(e: NodeError) -> NodeError {
+    let status = match e.kind {
+        Kind::Conflict => StatusCode::CONFLICT,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Kind::Stale => StatusCode::PRECONDITION_FAILED,
         _ => e.status,
     };
-    XrpcError { status, ..e }
+    NodeError { status, ..e }
 }
 
 /// A path names nothing unless it parses: its parts are checked here, answering 404 (a
@@ -362,9 +363,9 @@ fn rest(e: XrpcError) -> XrpcError {
 fn addressed(repo: &str, collection: Option<&str>, rkey: Option<&str>) -> ApiResult<()> {
     use ues_sync::repo::syntax::{AtIdentifier, Nsid, RecordKey};
     if repo.parse::<AtIdentifier>().is_err() {
-        return Err(XrpcError::new(StatusCode::NOT_FOUND, "RepoNotFound", format!("No repository {repo:?} here")));
+        return Err(NodeError::new(StatusCode::NOT_FOUND, "RepoNotFound", format!("No repository {repo:?} here")));
     }
-    let missing = || XrpcError::new(StatusCode::NOT_FOUND, "RecordNotFound", "No such collection or record");
+    let missing = || NodeError::new(StatusCode::NOT_FOUND, "RecordNotFound", "No such collection or record");
     if collection.is_some_and(|c| Nsid::new(c).is_err()) || rkey.is_some_and(|k| RecordKey::new(k).is_err()) {
         return Err(missing());
     }
@@ -375,7 +376,7 @@ fn addressed(repo: &str, collection: Option<&str>, rkey: Option<&str>) -> ApiRes
 fn length(name: &str, value: &str, min: usize, max: usize) -> ApiResult<()> {
     let n = value.chars().count();
     if n < min || n > max {
-        return Err(XrpcError::invalid(format!("{name} must have {min} to {max} characters")));
+        return Err(NodeError::invalid(format!("{name} must have {min} to {max} characters")));
     }
     Ok(())
 }
@@ -385,7 +386,7 @@ fn rkey_param(name: &str, value: Option<&str>) -> ApiResult<()> {
     if let Some(v) = value
         && ues_sync::repo::syntax::RecordKey::new(v).is_err()
     {
-        return Err(XrpcError::invalid(format!("{name} must be a record key")));
+        return Err(NodeError::invalid(format!("{name} must be a record key")));
     }
     Ok(())
 }
@@ -401,13 +402,13 @@ fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
 }
 
 /// The CID in `If-Match` (one strong tag), if any.
-fn if_match(headers: &HeaderMap) -> ApiResult<Option<String>> {
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<cid::Cid>> {
     let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let v = v.to_str().map_err(|_| XrpcError::invalid("If-Match must be an entity tag"))?.trim();
+    let v = v.to_str().map_err(|_| NodeError::invalid("If-Match must be an entity tag"))?.trim();
     let tag = v.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
     match tag {
-        Some(t) if !t.is_empty() && !t.contains('"') && t.parse::<cid::Cid>().is_ok() => Ok(Some(t.to_string())),
-        _ => Err(XrpcError::invalid("If-Match must be one quoted record CID")),
+        Some(t) if !t.is_empty() && !t.contains('"') && t.parse::<cid::Cid>().is_ok() => Ok(t.parse().ok()),
+        _ => Err(NodeError::invalid("If-Match must be one quoted record CID")),
     }
 }
 
@@ -415,50 +416,36 @@ fn not_modified_response(tag: &str) -> Response {
     (StatusCode::NOT_MODIFIED, [(header::ETAG, quoted(tag))]).into_response()
 }
 
-fn str_field(v: &Value, k: &str) -> String {
-    v.get(k).and_then(Value::as_str).unwrap_or_default().to_string()
-}
-
-fn session(v: &Value) -> Session {
+fn session(s: sessions::Session) -> Session {
     Session {
-        did: str_field(v, "did"),
-        handle: str_field(v, "handle"),
-        email: v.get("email").and_then(Value::as_str).map(str::to_string),
-        access_token: str_field(v, "accessJwt"),
-        refresh_token: str_field(v, "refreshJwt"),
-        active: v.get("active").and_then(Value::as_bool).unwrap_or(true),
+        active: s.active(),
+        did: s.account.did.to_string(),
+        handle: s.account.handle.to_string(),
+        email: s.email,
+        access_token: s.access,
+        refresh_token: s.refresh,
     }
 }
 
-/// `at://did/collection/rkey` → (collection, rkey).
-fn uri_parts(uri: &str) -> (String, String) {
-    let mut parts = uri.strip_prefix("at://").unwrap_or(uri).splitn(3, '/').skip(1);
-    (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string())
+fn record(r: RecordView) -> Record {
+    let (collection, rkey) = r.path();
+    let (collection, rkey) = (collection.to_string(), rkey.to_string());
+    Record { cid: r.cid, value: r.value, uri: r.uri, collection, rkey }
 }
 
-fn record(v: &Value) -> Record {
-    let uri = str_field(v, "uri");
-    let (collection, rkey) = uri_parts(&uri);
-    Record { cid: str_field(v, "cid"), value: v.get("value").cloned().unwrap_or(Value::Null), uri, collection, rkey }
+fn page(p: Page) -> RecordPage {
+    RecordPage { records: p.records.into_iter().map(record).collect(), cursor: p.cursor }
 }
 
-fn page(v: &Value) -> RecordPage {
-    let records =
-        v.get("records").and_then(Value::as_array).map(|a| a.iter().map(record).collect()).unwrap_or_default();
-    RecordPage { records, cursor: v.get("cursor").and_then(Value::as_str).map(str::to_string) }
-}
-
-fn written(v: &Value) -> Written {
-    let uri = str_field(v, "uri");
-    let (_, rkey) = uri_parts(&uri);
-    let commit = v.get("commit").cloned().unwrap_or(Value::Null);
+fn written(w: Wrote) -> Written {
+    let rkey = w.uri.rsplit('/').next().unwrap_or_default().to_string();
     Written {
-        cid: str_field(v, "cid"),
+        cid: w.cid.unwrap_or_default(),
         rkey,
-        commit: str_field(&commit, "cid"),
-        rev: str_field(&commit, "rev"),
-        validation_status: str_field(v, "validationStatus"),
-        uri,
+        commit: w.commit.cid,
+        rev: w.commit.rev,
+        validation_status: w.validation_status,
+        uri: w.uri,
     }
 }
 
@@ -487,13 +474,10 @@ fn written_response(status: StatusCode, w: Written, location: bool) -> Response 
 async fn create_account(State(api): State<Arc<Api>>, Body_(b): Body_<NewAccount>) -> ApiResult<Response> {
     length("password", &b.password, 8, 256)?;
     length("handle", &b.handle, 1, 253)?;
-    let email = b.email.clone();
-    let req =
-        server::CreateAccount { handle: b.handle, email: b.email, password: Some(b.password), recovery_key: None };
-    let Json(v) = server::create_account(State(api.st.clone()), XJson(req)).await.map_err(rest)?;
-    let mut s = session(&v);
-    s.email = email;
-    Ok((StatusCode::CREATED, Json(s)).into_response())
+    let req = sessions::NewAccount { handle: b.handle, email: b.email, password: Some(b.password), recovery_key: None };
+    let st = api.st.clone();
+    let s = blocking(move || st.create_account(req)).await.map_err(rest)?;
+    Ok((StatusCode::CREATED, Json(session(s))).into_response())
 }
 
 /// Sign in.
@@ -507,9 +491,9 @@ async fn create_account(State(api): State<Arc<Api>>, Body_(b): Body_<NewAccount>
 async fn create_session(State(api): State<Arc<Api>>, Body_(b): Body_<Login>) -> ApiResult<Response> {
     length("identifier", &b.identifier, 1, 2048)?;
     length("password", &b.password, 1, 256)?;
-    let req = server::CreateSession { identifier: b.identifier, password: b.password };
-    let Json(v) = server::create_session(State(api.st.clone()), XJson(req)).await.map_err(rest)?;
-    Ok((StatusCode::CREATED, Json(session(&v))).into_response())
+    let st = api.st.clone();
+    let s = blocking(move || st.login(&b.identifier, &b.password)).await.map_err(rest)?;
+    Ok((StatusCode::CREATED, Json(session(s))).into_response())
 }
 
 /// Exchange the refresh token (as the bearer) for new tokens.
@@ -519,8 +503,10 @@ async fn create_session(State(api): State<Arc<Api>>, Body_(b): Body_<Login>) -> 
         (status = 401, description = "No, bad, expired or revoked refresh token", body = ApiError),
     ))]
 async fn refresh_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Json<Session>> {
-    let Json(v) = server::refresh_session(State(api.st.clone()), headers).await.map_err(rest)?;
-    Ok(Json(session(&v)))
+    let token = bearer(&headers).map_err(rest)?.to_string();
+    let st = api.st.clone();
+    let s = blocking(move || st.refresh_session(&token)).await.map_err(rest)?;
+    Ok(Json(session(s)))
 }
 
 /// The signed-in account.
@@ -530,13 +516,14 @@ async fn refresh_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> Api
         (status = 401, description = "No, bad or expired access token", body = ApiError),
     ))]
 async fn get_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Json<Me>> {
-    let Json(v) = server::get_session(State(api.st.clone()), headers).await.map_err(rest)?;
+    let claims = api.st.access(&headers).map_err(rest)?;
+    let s = api.st.describe_session(&claims).map_err(rest)?;
     Ok(Json(Me {
-        did: str_field(&v, "did"),
-        handle: str_field(&v, "handle"),
-        email: v.get("email").and_then(Value::as_str).map(str::to_string),
-        active: v.get("active").and_then(Value::as_bool).unwrap_or(true),
-        status: v.get("status").and_then(Value::as_str).map(str::to_string),
+        active: s.active(),
+        status: (!s.active()).then(|| s.account.status.clone()),
+        did: s.account.did.to_string(),
+        handle: s.account.handle.to_string(),
+        email: s.email,
     }))
 }
 
@@ -547,7 +534,7 @@ async fn get_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResu
         (status = 401, description = "No, bad or expired refresh token", body = ApiError),
     ))]
 async fn delete_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<StatusCode> {
-    server::delete_session(State(api.st.clone()), headers).await.map_err(rest)?;
+    api.st.logout(bearer(&headers).map_err(rest)?).map_err(rest)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -566,8 +553,8 @@ async fn delete_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiR
 async fn get_repo(State(api): State<Arc<Api>>, Path(p): Path<RepoPath>, headers: HeaderMap) -> ApiResult<Response> {
     addressed(&p.repo, None, None)?;
     let st = api.st.clone();
-    crate::xrpc::blocking(move || {
-        let account = repo::readable_repo(&st, &p.repo).map_err(rest)?;
+    blocking(move || {
+        let account = st.readable_repo(&p.repo).map_err(rest)?;
         let head = account.head.to_string();
         if not_modified(&headers, &head) {
             return Ok(not_modified_response(&head));
@@ -577,7 +564,7 @@ async fn get_repo(State(api): State<Arc<Api>>, Path(p): Path<RepoPath>, headers:
             handle: account.handle.to_string(),
             rev: account.rev.clone(),
             status: account.status.clone(),
-            collections: repo::collections(&st, &account.did)?,
+            collections: st.collections(&account.did)?,
             head,
         };
         Ok(([(header::ETAG, quoted(&info.head))], Json(info)).into_response())
@@ -601,17 +588,16 @@ async fn list_records(
     addressed(&p.repo, Some(&p.collection), None)?;
     rkey_param("cursor", q.cursor.as_deref())?;
     if q.limit.is_some_and(|l| !(1..=100).contains(&l)) {
-        return Err(XrpcError::invalid("limit must be an integer from 1 to 100"));
+        return Err(NodeError::invalid("limit must be an integer from 1 to 100"));
     }
-    let req = repo::ListRecords {
-        repo: p.repo,
-        collection: p.collection,
-        limit: q.limit.map(|l| l.to_string()),
-        cursor: q.cursor,
-        reverse: q.reverse.map(|r| r.to_string()),
-    };
-    let Json(v) = repo::list_records(State(api.st.clone()), XQuery(req)).await.map_err(rest)?;
-    Ok(Json(page(&v)))
+    let st = api.st.clone();
+    let limit = q.limit.map_or(50, |l| l as usize);
+    let found = blocking(move || {
+        st.list_records(&p.repo, &p.collection, limit, q.cursor.as_deref(), q.reverse.unwrap_or(false))
+    })
+    .await
+    .map_err(rest)?;
+    Ok(Json(page(found)))
 }
 
 /// Create a record (the body is the record; `$type` defaults to the collection). Records of a
@@ -639,16 +625,23 @@ async fn create_record(
 ) -> ApiResult<Response> {
     addressed(&p.repo, Some(&p.collection), None)?;
     rkey_param("rkey", q.rkey.as_deref())?;
-    let req = repo::CreateRecord {
+    let w = RecordWrite {
         repo: p.repo,
         collection: p.collection,
         rkey: q.rkey,
-        validate: None,
         record,
+        validate: None,
+        swap_record: None,
         swap_commit: None,
     };
-    let Json(v) = repo::create_record(State(api.st.clone()), headers, XJson(req)).await.map_err(rest)?;
-    Ok(written_response(StatusCode::CREATED, written(&v), true))
+    let st = api.st.clone();
+    let made = write_blocking(st.writes_in_flight.clone(), move || {
+        let caller = st.access(&headers)?;
+        st.create_record(&caller, ws_session(&headers), w)
+    })
+    .await
+    .map_err(rest)?;
+    Ok(written_response(StatusCode::CREATED, written(made), true))
 }
 
 /// One record. `ETag`: its CID.
@@ -662,9 +655,9 @@ async fn create_record(
     ))]
 async fn get_record(State(api): State<Arc<Api>>, Path(p): Path<RecordPath>, headers: HeaderMap) -> ApiResult<Response> {
     addressed(&p.repo, Some(&p.collection), Some(&p.rkey))?;
-    let req = repo::GetRecord { repo: p.repo, collection: p.collection, rkey: p.rkey, cid: None };
-    let Json(v) = repo::get_record(State(api.st.clone()), XQuery(req)).await.map_err(rest)?;
-    let r = record(&v);
+    let st = api.st.clone();
+    let found = blocking(move || st.get_record(&p.repo, &p.collection, &p.rkey, None)).await.map_err(rest)?;
+    let r = record(found);
     if not_modified(&headers, &r.cid) {
         return Ok(not_modified_response(&r.cid));
     }
@@ -694,22 +687,28 @@ async fn put_record(
 ) -> ApiResult<Response> {
     addressed(&p.repo, Some(&p.collection), Some(&p.rkey))?;
     let swap_record = match (if_match(&headers)?, headers.get(header::IF_NONE_MATCH)) {
-        (Some(cid), _) => Some(Value::String(cid)),
-        (None, Some(v)) if v.as_bytes() == b"*" => Some(Value::Null),
-        (None, Some(_)) => return Err(XrpcError::invalid("If-None-Match on a write must be *")),
+        (Some(cid), _) => Some(Some(cid)),
+        (None, Some(v)) if v.as_bytes() == b"*" => Some(None),
+        (None, Some(_)) => return Err(NodeError::invalid("If-None-Match on a write must be *")),
         (None, None) => None,
     };
-    let req = repo::PutRecord {
+    let w = RecordWrite {
         repo: p.repo,
         collection: p.collection,
-        rkey: p.rkey,
-        validate: None,
+        rkey: Some(p.rkey),
         record,
+        validate: None,
         swap_record,
         swap_commit: None,
     };
-    let Json(v) = repo::put_record(State(api.st.clone()), headers, XJson(req)).await.map_err(rest)?;
-    Ok(written_response(StatusCode::OK, written(&v), false))
+    let st = api.st.clone();
+    let made = write_blocking(st.writes_in_flight.clone(), move || {
+        let caller = st.access(&headers)?;
+        st.put_record(&caller, ws_session(&headers), w)
+    })
+    .await
+    .map_err(rest)?;
+    Ok(written_response(StatusCode::OK, written(made), false))
 }
 
 /// Delete a record (deleting one that is not there succeeds). `If-Match: "<cid>"`: only if it
@@ -730,14 +729,14 @@ async fn delete_record(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     addressed(&p.repo, Some(&p.collection), Some(&p.rkey))?;
-    let req = repo::DeleteRecord {
-        repo: p.repo,
-        collection: p.collection,
-        rkey: p.rkey,
-        swap_record: if_match(&headers)?,
-        swap_commit: None,
-    };
-    let _ = repo::delete_record(State(api.st.clone()), headers, XJson(req)).await.map_err(rest)?;
+    let swap_record = if_match(&headers)?;
+    let st = api.st.clone();
+    write_blocking(st.writes_in_flight.clone(), move || {
+        let caller = st.access(&headers)?;
+        st.delete_record(&caller, ws_session(&headers), (&p.repo, &p.collection, &p.rkey), swap_record, None)
+    })
+    .await
+    .map_err(rest)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -749,15 +748,15 @@ async fn delete_record(
     ))]
 async fn search(State(api): State<Arc<Api>>, XQuery(q): XQuery<SearchParams>) -> ApiResult<Json<RecordPage>> {
     if q.q.is_empty() || q.q.chars().count() > 1000 {
-        return Err(XrpcError::invalid("q must have 1 to 1000 characters"));
+        return Err(NodeError::invalid("q must have 1 to 1000 characters"));
     }
     let limit = q.limit.unwrap_or(25);
     if !(1..=100).contains(&limit) {
-        return Err(XrpcError::invalid("limit must be an integer from 1 to 100"));
+        return Err(NodeError::invalid("limit must be an integer from 1 to 100"));
     }
-    let req = index::Search { q: q.q, limit: Some(limit as usize) };
-    let Json(v) = index::search_records(State(api.st.clone()), XQuery(req)).await.map_err(rest)?;
-    Ok(Json(page(&v)))
+    let st = api.st.clone();
+    let records = blocking(move || st.search_records(&q.q, limit as usize)).await.map_err(rest)?;
+    Ok(Json(page(Page { records, cursor: None })))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,9 +776,9 @@ async fn upload_blob(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body
     if headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
         || (headers.get(header::CONTENT_LENGTH).is_none() && headers.get(header::TRANSFER_ENCODING).is_none())
     {
-        return Err(XrpcError::invalid("The body (the blob's bytes) is missing"));
+        return Err(NodeError::invalid("The body (the blob's bytes) is missing"));
     }
-    let b = blob::upload(api.st.clone(), &headers, body).await.map_err(rest)?;
+    let b = upload(api.st.clone(), &headers, body).await.map_err(rest)?;
     let info = BlobInfo {
         cid: b.cid.to_string(),
         mime_type: b.mime_type.clone(),
@@ -805,14 +804,14 @@ async fn upload_blob(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body
 async fn get_blob(State(api): State<Arc<Api>>, Path(p): Path<BlobPath>, headers: HeaderMap) -> ApiResult<Response> {
     addressed(&p.repo, None, None)?;
     let st = api.st.clone();
-    crate::xrpc::blocking(move || {
-        let account = repo::find_repo(&st, &p.repo).map_err(rest)?;
-        let did = crate::xrpc::sync::served_did(&st, account.did.as_str()).map_err(rest)?;
+    blocking(move || {
+        let account = st.find_repo(&p.repo).map_err(rest)?;
+        let did = st.served_did(account.did.as_str()).map_err(rest)?;
         let cid: cid::Cid =
-            p.cid.parse().map_err(|_| XrpcError::new(StatusCode::NOT_FOUND, "BlobNotFound", "Blob not found"))?;
+            p.cid.parse().map_err(|_| NodeError::new(StatusCode::NOT_FOUND, "BlobNotFound", "Blob not found"))?;
         let tag = cid.to_string();
-        let Some((mime, reader)) = st.blobs.open(&did, &cid).map_err(blob::blob_error)? else {
-            return Err(XrpcError::new(StatusCode::NOT_FOUND, "BlobNotFound", "Blob not found"));
+        let Some((mime, reader)) = st.blobs.open(&did, &cid).map_err(blob_error)? else {
+            return Err(NodeError::new(StatusCode::NOT_FOUND, "BlobNotFound", "Blob not found"));
         };
         if not_modified(&headers, &tag) {
             return Ok(not_modified_response(&tag));
@@ -823,7 +822,7 @@ async fn get_blob(State(api): State<Arc<Api>>, Path(p): Path<BlobPath>, headers:
             None | Some(Range::Ignore) => (StatusCode::OK, 0, size),
             Some(Range::Bytes(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
             Some(Range::Unsatisfiable) => {
-                let mut resp = XrpcError::new(
+                let mut resp = NodeError::new(
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     "InvalidRange",
                     format!("The blob has {size} bytes"),
@@ -850,7 +849,7 @@ async fn get_blob(State(api): State<Arc<Api>>, Path(p): Path<BlobPath>, headers:
                 (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
                 (header::CONTENT_LENGTH, HeaderValue::from(end - start)),
             ],
-            blob::blob_body(st.clone(), did.clone(), cid, start, end),
+            blob_body(st.clone(), did.clone(), cid, start, end),
         )
             .into_response();
         if status == StatusCode::PARTIAL_CONTENT
@@ -920,7 +919,7 @@ fn byte_range(header: &str, size: u64) -> Range {
 async fn node_status(State(api): State<Arc<Api>>) -> ApiResult<Json<NodeStatus>> {
     let st = api.st.clone();
     let started = api.started;
-    crate::xrpc::blocking(move || {
+    blocking(move || {
         let accounts = st.accounts.count()? as i64;
         let peers = st.replication.get().map_or(0, |r| r.status().connected.len() as u64);
         Ok(Json(NodeStatus {
@@ -996,7 +995,7 @@ async fn limit(State(api): State<Arc<Api>>, req: Request, next: Next) -> Respons
         api.st.metrics.rest_limited.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%ip, path = %req.uri().path(), "REST rate limit");
         let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-        let mut resp = XrpcError::new(
+        let mut resp = NodeError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "RateLimitExceeded",
             format!("Too many requests; retry after {} s", secs.max(1)),
@@ -1139,16 +1138,16 @@ fn regex_escape(s: &str) -> String {
 }
 
 /// Answers JSON for paths and methods the API does not have.
-async fn not_found() -> XrpcError {
-    XrpcError::new(StatusCode::NOT_FOUND, "NotFound", "No such API route")
+async fn not_found() -> NodeError {
+    NodeError::new(StatusCode::NOT_FOUND, "NotFound", "No such API route")
 }
 
-async fn method_not_allowed() -> XrpcError {
-    XrpcError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Method not allowed on this route")
+async fn method_not_allowed() -> NodeError {
+    NodeError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Method not allowed on this route")
 }
 
 /// The REST routes (`/api/v1/...`) and their OpenAPI document (`/api/openapi.json`).
-pub fn router(st: Arc<XrpcState>, cfg: ApiConfig) -> Router {
+pub fn router(st: Arc<Node>, cfg: ApiConfig) -> Router {
     let blob_limit = st.cfg.max_blob_bytes as usize + 1;
     let api = Arc::new(Api {
         st: st.clone(),
@@ -1191,7 +1190,7 @@ pub fn router(st: Arc<XrpcState>, cfg: ApiConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(api.clone(), limit))
         .with_state(api);
     api_routes
-        .layer(axum::middleware::from_fn_with_state(st, crate::xrpc::metrics::track))
+        .layer(axum::middleware::from_fn_with_state(st, crate::node::metrics::track))
         .layer(tower_http::cors::CorsLayer::permissive().max_age(Duration::from_secs(86_400)))
 }
 

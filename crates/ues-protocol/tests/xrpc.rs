@@ -998,7 +998,7 @@ async fn app_methods_go_to_the_appview_with_service_auth() {
     assert_eq!(s, StatusCode::NOT_IMPLEMENTED);
 
     let upstream = fake_appview().await;
-    let appview = ues_protocol::xrpc::AppView { url: format!("http://{upstream}"), did: "did:web:appview.test".into() };
+    let appview = ues_protocol::node::AppView { url: format!("http://{upstream}"), did: "did:web:appview.test".into() };
     let n = common::node_with(None, Some(appview));
     let alice = account(&n, "alice.test").await;
     let (did, token) = (alice["did"].as_str().unwrap(), alice["accessJwt"].as_str().unwrap());

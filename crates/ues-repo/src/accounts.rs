@@ -1791,6 +1791,17 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedRecord> {
     Ok(IndexedRecord { did: r.get(0)?, collection: r.get(1)?, rkey: r.get(2)?, cid: r.get(3)? })
 }
 
+/// Records per account and collection (of one account, or of all), read on `conn`: a
+/// transaction of the node's database, so a caller can pair the counts with whatever else it
+/// reads in that transaction.
+pub fn record_counts(conn: &rusqlite::Connection, did: Option<&str>) -> rusqlite::Result<Vec<(String, String, u64)>> {
+    let mut s = conn.prepare_cached(
+        "SELECT did, collection, count(*) FROM record WHERE ?1 IS NULL OR did = ?1 GROUP BY did, collection",
+    )?;
+    let rows = s.query_map([did], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+    rows.collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

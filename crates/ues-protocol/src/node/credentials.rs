@@ -210,3 +210,12 @@ pub fn revoke_app_password(db: &Sqlite, did: &Did, name: &str) -> Result<(), Err
         Ok(())
     })
 }
+
+/// Forgets an account's email, password and app passwords (the account is being deleted).
+pub fn forget(db: &Sqlite, did: &Did) -> Result<(), Error> {
+    db.write(|tx| {
+        tx.execute("DELETE FROM credential WHERE did = ?1", [did.as_str()])?;
+        tx.execute("DELETE FROM app_password WHERE did = ?1", [did.as_str()])?;
+        Ok(())
+    })
+}

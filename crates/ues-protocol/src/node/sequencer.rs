@@ -273,7 +273,7 @@ impl Firehose {
     }
 
     /// Wakes on every new latest sequence number.
-    pub(crate) fn watch_latest(&self) -> watch::Receiver<i64> {
+    pub fn watch_latest(&self) -> watch::Receiver<i64> {
         self.latest.subscribe()
     }
 
@@ -379,4 +379,118 @@ pub(crate) fn events_after(db: &Sqlite, after: i64) -> rusqlite::Result<Vec<(i64
         let rows = st.query_map(params![after, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect()
     })
+}
+
+/// An event of the log, as applications read it (see [`read_events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEvent {
+    /// Its sequence number (increasing, never reused).
+    pub seq: i64,
+    /// The account it is about.
+    pub did: String,
+    /// What happened.
+    pub what: Happened,
+}
+
+/// What an event says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Happened {
+    /// A commit: the record operations it made.
+    Commit(Vec<RecordOp>),
+    /// The account's handle (or identity) changed.
+    Identity,
+    /// The account's status changed (`active`, `deactivated`, `takendown`, `deleted`, ...).
+    Account {
+        /// The status.
+        status: String,
+    },
+    /// The repository's head moved without record operations to tell (an import, a rotation).
+    Sync,
+}
+
+/// One record operation of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordOp {
+    /// `create`, `update` or `delete`.
+    pub action: String,
+    /// The collection.
+    pub collection: String,
+    /// The record key.
+    pub rkey: String,
+    /// The record's new CID (none for a delete).
+    pub cid: Option<String>,
+}
+
+/// The body of a stored frame (what follows its `{op, t}` header).
+fn frame_body<'a>(kind: &str, frame: &'a [u8]) -> Option<&'a [u8]> {
+    let header = dagcbor::encode(&map(vec![("op", Ipld::Integer(1)), ("t", Ipld::String(kind.into()))]));
+    frame.strip_prefix(header.as_slice())
+}
+
+fn decode_event(seq: i64, did: String, kind: &str, frame: &[u8]) -> LogEvent {
+    let body = frame_body(kind, frame).and_then(|b| dagcbor::decode_atproto(b).ok());
+    let field = |k: &str| match &body {
+        Some(Ipld::Map(m)) => m.get(k).cloned(),
+        _ => None,
+    };
+    let what = match kind {
+        "#commit" => {
+            let ops = match field("ops") {
+                Some(Ipld::List(ops)) => ops
+                    .iter()
+                    .filter_map(|op| {
+                        let Ipld::Map(m) = op else { return None };
+                        let text = |k: &str| match m.get(k) {
+                            Some(Ipld::String(s)) => Some(s.clone()),
+                            _ => None,
+                        };
+                        let (collection, rkey) =
+                            text("path")?.split_once('/').map(|(c, r)| (c.to_string(), r.to_string()))?;
+                        let cid = match m.get("cid") {
+                            Some(Ipld::Link(c)) => Some(c.to_string()),
+                            _ => None,
+                        };
+                        Some(RecordOp { action: text("action")?, collection, rkey, cid })
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Happened::Commit(ops)
+        }
+        "#identity" => Happened::Identity,
+        "#account" => {
+            let status = match (field("active"), field("status")) {
+                (_, Some(Ipld::String(s))) => s,
+                (Some(Ipld::Bool(false)), _) => "deactivated".to_string(),
+                _ => "active".to_string(),
+            };
+            Happened::Account { status }
+        }
+        _ => Happened::Sync,
+    };
+    LogEvent { seq, did, what }
+}
+
+/// Up to `limit` events after `after`, oldest first, decoded for applications.
+pub fn read_events(db: &Sqlite, after: i64, limit: usize) -> rusqlite::Result<Vec<LogEvent>> {
+    db.read(|c| {
+        let mut st =
+            c.prepare_cached("SELECT seq, did, kind, frame FROM repo_seq WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = st.query_map(params![after, limit as i64], |r| {
+            let (seq, did, kind, frame): (i64, String, String, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            Ok(decode_event(seq, did, &kind, &frame))
+        })?;
+        rows.collect()
+    })
+}
+
+/// The oldest event still in the log (older ones were pruned), if any.
+pub fn first_seq(db: &Sqlite) -> rusqlite::Result<Option<i64>> {
+    oldest_seq(db)
+}
+
+/// The newest event's sequence number (0 when the log is empty), read on `conn`: a
+/// transaction of the node's database, so a caller can pair it with what else it reads there.
+pub fn latest_seq_in(conn: &rusqlite::Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM repo_seq", [], |r| r.get(0))
 }

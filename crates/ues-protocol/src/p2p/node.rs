@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use ues_sync::handover::{Handover, HandoverError};
 use ues_sync::head::Head;
 use ues_sync::recon::{Scope, SyncConfig};
-use ues_sync::repo::accounts::{AccountError, Accounts};
+use ues_sync::repo::accounts::AccountError;
 use ues_sync::repo::crypto::{Keypair, PublicKey};
 use ues_sync::repo::ipld::dagcbor;
 use ues_sync::repo::ipld::storage::{Blockstore, Kv};
@@ -47,10 +47,11 @@ use ues_sync::vv::DeviceId;
 use ues_sync::{AccountKeys, Change, Replica, ReplicaError, Signed, live};
 
 use super::{Behaviour, BehaviourEvent, Next, SyncPeer, repo_topic};
-use crate::xrpc::XrpcState;
+use crate::node::Node;
+pub use crate::node::peers::{Command, PeerStatus, Status};
 
 /// The accounts type of a running node.
-pub type NodeAccounts = Accounts<Arc<dyn Blockstore>>;
+pub use crate::node::peers::NodeAccounts;
 
 /// Largest live push (entries per message).
 const LIVE_CHUNK: usize = ues_sync::live::MAX_LIVE_ENTRIES;
@@ -216,64 +217,6 @@ impl AccountKeys for NodeKeys {
         }
         Ok(())
     }
-}
-
-/// What the swarm task is asked to do.
-#[derive(Debug)]
-pub enum Command {
-    /// Dial an address.
-    Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
-    /// Fetch an account from a peer and replicate it.
-    Replicate {
-        /// The account.
-        did: Did,
-        /// The peer to fetch it from.
-        from: PeerId,
-        /// Where the peer listens, when not connected.
-        addr: Option<Multiaddr>,
-        /// The outcome.
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Entries written here: push them live.
-    Local(Vec<Signed>),
-    /// An account's head moved: announce it.
-    Announce(Did),
-}
-
-/// A connected peer, as this node sees it.
-#[derive(Debug, Default, Clone)]
-pub struct PeerStatus {
-    /// Its address.
-    pub addr: String,
-    /// Its agent version, once identify has run.
-    pub agent: Option<String>,
-    /// The last ping's round trip, milliseconds.
-    pub rtt_ms: Option<f64>,
-}
-
-/// Peer and replication status for admins and metrics.
-#[derive(Debug, Default, Clone)]
-pub struct Status {
-    /// Connected peers by peer id.
-    pub connected: BTreeMap<String, PeerStatus>,
-    /// Addresses this node listens on.
-    pub listening: Vec<String>,
-    /// Sessions completed, by outcome.
-    pub sessions: BTreeMap<&'static str, u64>,
-    /// Live pushes received.
-    pub live_received: u64,
-    /// Head announcements received.
-    pub heads_received: u64,
-    /// Peers banned since start.
-    pub bans: u64,
-    /// Commits made from remote operations.
-    pub remote_commits: u64,
-    /// Reachability as AutoNAT last judged it (`unknown`, `public <addr>`, `private`).
-    pub nat: String,
-    /// Peers in the Kademlia routing table.
-    pub routing_table: usize,
-    /// Peers found on the local network (mDNS).
-    pub mdns_discovered: u64,
 }
 
 /// The replica and its bridge to the accounts, shared by XRPC handlers and the swarm task.
@@ -741,7 +684,7 @@ impl Replication {
 
     /// The account hand-over a peer asks for: granted only to an authorized device, with the
     /// account's device authorizations.
-    fn hand_over(&self, st: &XrpcState, peer: &PeerId, req: &[u8]) -> Vec<u8> {
+    fn hand_over(&self, st: &Node, peer: &PeerId, req: &[u8]) -> Vec<u8> {
         let refuse = Handover::refusal;
         let Ok(req) = serde_json::from_slice::<Value>(req) else { return refuse("malformed request") };
         let Some(Ok(did)) = req.get("did").and_then(|d| d.as_str()).map(Did::new) else { return refuse("no DID") };
@@ -777,7 +720,7 @@ impl Replication {
     /// Takes an account handed over by an authorized peer: the account, its credentials, its
     /// device authorizations (verified against the account's key), and replication of it from
     /// now on.
-    fn take_over(&self, st: &XrpcState, did: &Did, res: &[u8]) -> Result<(), String> {
+    fn take_over(&self, st: &Node, did: &Did, res: &[u8]) -> Result<(), String> {
         let h = Handover::decode(res, did).map_err(|e| match e {
             HandoverError::Refused(why) => format!("the peer refused: {why}"),
             e => e.to_string(),
@@ -806,6 +749,56 @@ impl Replication {
 }
 
 /// A replica refusal's reason, without the wrapping.
+impl crate::node::peers::PeerService for Replication {
+    fn local_commit(
+        &self,
+        accounts: &NodeAccounts,
+        did: &Did,
+        writes: &[Write],
+        swap: Option<cid::Cid>,
+    ) -> Result<CommitResult, AccountError> {
+        Replication::local_commit(self, accounts, did, writes, swap)
+    }
+
+    fn tracked(&self) -> Vec<Did> {
+        Replication::tracked(self)
+    }
+
+    fn status(&self) -> Status {
+        Replication::status(self)
+    }
+
+    fn events(&self) -> tokio::sync::broadcast::Receiver<Value> {
+        Replication::events(self)
+    }
+
+    fn describe(&self, accounts: &NodeAccounts) -> Value {
+        Replication::describe(self, accounts)
+    }
+
+    fn authorize_peer(&self, accounts: &NodeAccounts, did: &Did, peer: &PeerId, revoke: bool) -> Result<(), String> {
+        Replication::authorize_peer(self, accounts, did, peer, revoke).map_err(|e| e.to_string())
+    }
+
+    fn rotate(
+        &self,
+        accounts: &NodeAccounts,
+        did: &Did,
+        outgoing: &Keypair,
+        new: &Keypair,
+        plc: Option<String>,
+    ) -> Result<(), String> {
+        Replication::rotate(self, accounts, did, outgoing, new, plc).map_err(|e| e.to_string())
+    }
+
+    fn command(&self, c: Command) -> Result<(), String> {
+        self.tx.try_send(c).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => "the peer-to-peer service is busy: try again".to_string(),
+            mpsc::error::TrySendError::Closed(_) => "the peer-to-peer service is not running".to_string(),
+        })
+    }
+}
+
 fn refusal_reason(e: &ReplicaError) -> String {
     match e {
         ReplicaError::Refused(r) => r.to_string(),
@@ -829,7 +822,7 @@ type Reply = oneshot::Sender<Result<(), String>>;
 struct Task {
     swarm: Swarm<Behaviour>,
     rep: Arc<Replication>,
-    st: Arc<XrpcState>,
+    st: Arc<Node>,
     cfg: P2pConfig,
     /// Live pushes in flight (their empty responses are not session turns).
     live: HashSet<OutboundRequestId>,
@@ -852,7 +845,7 @@ struct Task {
 /// Starts the swarm (listening on `cfg.listen`) and runs it until `shutdown` fires.
 pub async fn run(
     key: identity::Keypair,
-    st: Arc<XrpcState>,
+    st: Arc<Node>,
     rep: Arc<Replication>,
     mut rx: mpsc::Receiver<Command>,
     cfg: P2pConfig,
@@ -1080,8 +1073,15 @@ impl Task {
                 self.rep.status.lock().connected.remove(&peer_id.to_string());
                 self.rep.peer.lock().abort(&peer_id);
             }
-            SwarmEvent::OutgoingConnectionError { error, .. } => {
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(error = %error, "dial failed");
+                // A replication waiting for this peer says in the log why it is still waiting
+                // (another dial of it may yet succeed, so it keeps waiting its 30 s).
+                if let Some(p) = peer_id
+                    && let Some((did, ..)) = self.waiting.iter().find(|w| w.1 == p)
+                {
+                    tracing::info!(peer = %p, %did, error = %error, "a dial for a replication failed");
+                }
                 let dials = std::mem::take(&mut self.dials);
                 for (a, reply, t) in dials {
                     // The error does not say which address: answer dials to unreachable ones.

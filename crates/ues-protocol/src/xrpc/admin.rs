@@ -15,28 +15,29 @@ use ues_sync::repo::ipld::storage::Error as StoreError;
 use ues_sync::repo::ipld::storage::rusqlite::params;
 use ues_sync::repo::syntax::{Did, Handle};
 
-use super::extract::{XJson, XQuery};
-use super::{XrpcError, XrpcState, blocking};
+use crate::node::extract::{XJson, XQuery};
+use crate::node::peers::{Command, PeerService};
+use crate::node::{Node, NodeError, blocking};
 
-type Res = Result<Json<Value>, XrpcError>;
+type Res = Result<Json<Value>, NodeError>;
 
 /// Checks the operator's credentials (HTTP Basic, user `admin`).
-fn admin(st: &XrpcState, headers: &HeaderMap) -> Result<(), XrpcError> {
+fn admin(st: &Node, headers: &HeaderMap) -> Result<(), NodeError> {
     st.operator(headers)
 }
 
-fn did(s: &str) -> Result<Did, XrpcError> {
-    Did::new(s).map_err(|e| XrpcError::invalid(e.to_string()))
+fn did(s: &str) -> Result<Did, NodeError> {
+    Did::new(s).map_err(|e| NodeError::invalid(e.to_string()))
 }
 
-fn account(st: &XrpcState, d: &Did) -> Result<Account, XrpcError> {
-    st.accounts.get(d)?.ok_or_else(|| XrpcError::bad("AccountNotFound", "Account not found"))
+fn account(st: &Node, d: &Did) -> Result<Account, NodeError> {
+    st.accounts.get(d)?.ok_or_else(|| NodeError::bad("AccountNotFound", "Account not found"))
 }
 
 /// `com.atproto.admin.defs#accountView`.
-fn account_view(st: &XrpcState, a: &Account) -> Result<Value, XrpcError> {
+fn account_view(st: &Node, a: &Account) -> Result<Value, NodeError> {
     let created_ms = st.accounts.created_at(&a.did)?.unwrap_or_default();
-    let email = crate::node::credentials::email(st.accounts.db(), &a.did).map_err(XrpcError::internal)?;
+    let email = crate::node::credentials::email(st.accounts.db(), &a.did).map_err(NodeError::internal)?;
     let mut v = json!({ "did": a.did.as_str(), "handle": a.handle.as_str(), "indexedAt": iso(created_ms) });
     if let Some(e) = email {
         v["email"] = Value::String(e);
@@ -54,7 +55,7 @@ pub(crate) struct DidParam {
 }
 
 pub(crate) async fn get_account_info(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XQuery(q): XQuery<DidParam>,
 ) -> Res {
@@ -62,11 +63,7 @@ pub(crate) async fn get_account_info(
     blocking(move || Ok(Json(account_view(&st, &account(&st, &did(&q.did)?)?)?))).await
 }
 
-pub(crate) async fn get_account_infos(
-    State(st): State<Arc<XrpcState>>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Res {
+pub(crate) async fn get_account_infos(State(st): State<Arc<Node>>, headers: HeaderMap, uri: axum::http::Uri) -> Res {
     admin(&st, &headers)?;
     blocking(move || {
         let mut infos = Vec::new();
@@ -89,15 +86,15 @@ pub(crate) struct UpdateHandle {
 }
 
 pub(crate) async fn update_account_handle(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XJson(b): XJson<UpdateHandle>,
-) -> Result<StatusCode, XrpcError> {
+) -> Result<StatusCode, NodeError> {
     admin(&st, &headers)?;
     blocking(move || {
         let d = did(&b.did)?;
         account(&st, &d)?;
-        let handle = Handle::new(&b.handle).map_err(|e| XrpcError::bad("InvalidHandle", e.to_string()))?.normalized();
+        let handle = Handle::new(&b.handle).map_err(|e| NodeError::bad("InvalidHandle", e.to_string()))?.normalized();
         super::server::change_handle(&st, &d, &handle)?;
         Ok(StatusCode::OK)
     })
@@ -112,17 +109,17 @@ pub(crate) struct UpdatePassword {
 
 /// Sets the password and ends every session (refresh tokens) of the account.
 pub(crate) async fn update_account_password(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XJson(b): XJson<UpdatePassword>,
-) -> Result<StatusCode, XrpcError> {
+) -> Result<StatusCode, NodeError> {
     admin(&st, &headers)?;
     blocking(move || {
         let d = did(&b.did)?;
         account(&st, &d)?;
-        let hash = super::hash_password(&b.password);
-        crate::node::credentials::set_password_hash(st.accounts.db(), &d, &hash).map_err(XrpcError::internal)?;
-        super::server::revoke_sessions(&st, &d)?;
+        let hash = crate::node::hash_password(&b.password);
+        crate::node::credentials::set_password_hash(st.accounts.db(), &d, &hash).map_err(NodeError::internal)?;
+        crate::node::auth::revoke_sessions(&st, &d)?;
         Ok(StatusCode::OK)
     })
     .await
@@ -135,20 +132,20 @@ pub(crate) struct UpdateEmail {
 }
 
 pub(crate) async fn update_account_email(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XJson(b): XJson<UpdateEmail>,
-) -> Result<StatusCode, XrpcError> {
+) -> Result<StatusCode, NodeError> {
     admin(&st, &headers)?;
     blocking(move || {
-        let a = super::repo::find_repo(&st, &b.account)?;
+        let a = st.find_repo(&b.account)?;
         let email = b.email.trim().to_ascii_lowercase();
         if !email.contains('@') || email.len() > 254 {
-            return Err(XrpcError::invalid("not an email address"));
+            return Err(NodeError::invalid("not an email address"));
         }
-        let set = crate::node::credentials::set_email(st.accounts.db(), &a.did, &email).map_err(XrpcError::internal)?;
+        let set = crate::node::credentials::set_email(st.accounts.db(), &a.did, &email).map_err(NodeError::internal)?;
         if !set {
-            return Err(XrpcError::conflict("InvalidRequest", "Email already taken"));
+            return Err(NodeError::conflict("InvalidRequest", "Email already taken"));
         }
         Ok(StatusCode::OK)
     })
@@ -157,12 +154,12 @@ pub(crate) async fn update_account_email(
 
 /// `{"$type": "com.atproto.admin.defs#repoRef", "did"}`: the only subject this node takes
 /// down (record and blob takedowns are refused with a clear error).
-fn repo_subject(subject: &Value) -> Result<Did, XrpcError> {
+fn repo_subject(subject: &Value) -> Result<Did, NodeError> {
     match subject.get("$type").and_then(Value::as_str) {
         Some("com.atproto.admin.defs#repoRef") | None if subject.get("did").is_some() => {
             did(subject["did"].as_str().unwrap_or_default())
         }
-        _ => Err(XrpcError::invalid("Only account subjects (com.atproto.admin.defs#repoRef) are supported")),
+        _ => Err(NodeError::invalid("Only account subjects (com.atproto.admin.defs#repoRef) are supported")),
     }
 }
 
@@ -180,13 +177,13 @@ pub(crate) struct SubjectStatus {
 }
 
 pub(crate) async fn get_subject_status(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XQuery(q): XQuery<SubjectStatus>,
 ) -> Res {
     admin(&st, &headers)?;
     blocking(move || {
-        let d = q.did.as_deref().ok_or_else(|| XrpcError::invalid("Only account subjects (did) are supported"))?;
+        let d = q.did.as_deref().ok_or_else(|| NodeError::invalid("Only account subjects (did) are supported"))?;
         Ok(Json(subject_status(&account(&st, &did(d)?)?)))
     })
     .await
@@ -201,7 +198,7 @@ pub(crate) struct UpdateSubject {
 /// Takes an account down (its repository stops being served, its sessions end, `#account`
 /// with status `takendown` is emitted) or restores it.
 pub(crate) async fn update_subject_status(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XJson(b): XJson<UpdateSubject>,
 ) -> Res {
@@ -215,7 +212,7 @@ pub(crate) async fn update_subject_status(
                 st.accounts.set_status(&d, status)?;
                 st.firehose.notify();
                 if applied {
-                    super::server::revoke_sessions(&st, &d)?;
+                    crate::node::auth::revoke_sessions(&st, &d)?;
                 }
             }
         }
@@ -231,25 +228,24 @@ pub(crate) struct DeleteAccount {
 }
 
 pub(crate) async fn delete_account(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XJson(b): XJson<DeleteAccount>,
-) -> Result<StatusCode, XrpcError> {
+) -> Result<StatusCode, NodeError> {
     admin(&st, &headers)?;
     blocking(move || {
         let d = did(&b.did)?;
         account(&st, &d)?;
-        super::server::revoke_sessions(&st, &d)?;
+        crate::node::auth::revoke_sessions(&st, &d)?;
         st.accounts.delete(&d)?;
+        crate::node::credentials::forget(st.accounts.db(), &d).map_err(NodeError::internal)?;
         st.accounts
             .db()
             .write(|tx| {
-                for table in ["credential", "app_password", "preferences"] {
-                    tx.execute(&format!("DELETE FROM {table} WHERE did = ?1"), [d.as_str()])?;
-                }
+                tx.execute("DELETE FROM preferences WHERE did = ?1", [d.as_str()])?;
                 Ok::<_, StoreError>(())
             })
-            .map_err(XrpcError::internal)?;
+            .map_err(NodeError::internal)?;
         st.firehose.notify();
         tracing::info!(did = %d, "account deleted by the administrator");
         Ok(StatusCode::OK)
@@ -265,7 +261,7 @@ pub(crate) struct ListReports {
 
 /// `dev.ues.admin.listReports`: reports filed with `createReport`, newest first.
 pub(crate) async fn list_reports(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XQuery(q): XQuery<ListReports>,
 ) -> Res {
@@ -274,7 +270,7 @@ pub(crate) async fn list_reports(
         let limit = q.limit.unwrap_or(50);
         let before: i64 = match q.cursor.as_deref() {
             None => i64::MAX,
-            Some(c) => c.parse().map_err(|_| XrpcError::invalid("malformed cursor"))?,
+            Some(c) => c.parse().map_err(|_| NodeError::invalid("malformed cursor"))?,
         };
         let rows: Vec<Value> = st
             .accounts
@@ -300,7 +296,7 @@ pub(crate) async fn list_reports(
                 })?;
                 rows.collect::<Result<Vec<_>, _>>()
             })
-            .map_err(XrpcError::internal)?;
+            .map_err(NodeError::internal)?;
         let cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r["id"].to_string())).flatten();
         let mut out = json!({ "reports": rows });
         if let Some(c) = cursor {
@@ -313,9 +309,9 @@ pub(crate) async fn list_reports(
 
 // Peer-to-peer administration (`dev.ues.admin.*`): peers, devices, replication.
 
-fn replication(st: &XrpcState) -> Result<&Arc<crate::p2p::node::Replication>, XrpcError> {
+fn replication(st: &Node) -> Result<&Arc<dyn PeerService>, NodeError> {
     st.replication.get().ok_or_else(|| {
-        XrpcError::new(
+        NodeError::new(
             StatusCode::NOT_IMPLEMENTED,
             "MethodNotImplemented",
             "the peer-to-peer service is off ([p2p] enabled = false)",
@@ -323,38 +319,37 @@ fn replication(st: &XrpcState) -> Result<&Arc<crate::p2p::node::Replication>, Xr
     })
 }
 
-fn peer_id(s: &str) -> Result<crate::p2p::libp2p::PeerId, XrpcError> {
-    s.parse().map_err(|e| XrpcError::invalid(format!("invalid peer id {s:?}: {e}")))
+fn peer_id(s: &str) -> Result<libp2p::PeerId, NodeError> {
+    s.parse().map_err(|e| NodeError::invalid(format!("invalid peer id {s:?}: {e}")))
 }
 
-fn multiaddr(s: &str) -> Result<crate::p2p::libp2p::Multiaddr, XrpcError> {
-    s.parse().map_err(|e| XrpcError::invalid(format!("invalid multiaddr {s:?}: {e}")))
+fn multiaddr(s: &str) -> Result<libp2p::Multiaddr, NodeError> {
+    s.parse().map_err(|e| NodeError::invalid(format!("invalid multiaddr {s:?}: {e}")))
 }
 
 /// Runs a swarm command and waits (at most 30 s) for its outcome.
 async fn p2p_command(
-    st: &XrpcState,
-    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), String>>) -> crate::p2p::node::Command,
-) -> Result<(), XrpcError> {
+    st: &Node,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), String>>) -> Command,
+) -> Result<(), NodeError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     replication(st)?
         .command(make(tx))
-        .await
-        .map_err(|e| XrpcError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", e))?;
+        .map_err(|e| NodeError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", e))?;
     match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(XrpcError::new(StatusCode::BAD_GATEWAY, "PeerFailed", e)),
+        Ok(Ok(Err(e))) => Err(NodeError::new(StatusCode::BAD_GATEWAY, "PeerFailed", e)),
         Ok(Err(_)) => {
-            Err(XrpcError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "the peer-to-peer service stopped"))
+            Err(NodeError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "the peer-to-peer service stopped"))
         }
         Err(_) => {
-            Err(XrpcError::new(StatusCode::GATEWAY_TIMEOUT, "PeerTimeout", "no answer from the peer within 30 s"))
+            Err(NodeError::new(StatusCode::GATEWAY_TIMEOUT, "PeerTimeout", "no answer from the peer within 30 s"))
         }
     }
 }
 
 /// `dev.ues.admin.listPeers`.
-pub(crate) async fn list_peers(State(st): State<Arc<XrpcState>>, headers: HeaderMap) -> Res {
+pub(crate) async fn list_peers(State(st): State<Arc<Node>>, headers: HeaderMap) -> Res {
     admin(&st, &headers)?;
     let r = replication(&st)?;
     let s = r.status();
@@ -383,14 +378,10 @@ pub(crate) struct ConnectPeer {
 }
 
 /// `dev.ues.admin.connectPeer`.
-pub(crate) async fn connect_peer(
-    State(st): State<Arc<XrpcState>>,
-    headers: HeaderMap,
-    XJson(b): XJson<ConnectPeer>,
-) -> Res {
+pub(crate) async fn connect_peer(State(st): State<Arc<Node>>, headers: HeaderMap, XJson(b): XJson<ConnectPeer>) -> Res {
     admin(&st, &headers)?;
     let addr = multiaddr(&b.addr)?;
-    p2p_command(&st, |tx| crate::p2p::node::Command::Dial(addr, tx)).await?;
+    p2p_command(&st, |tx| Command::Dial(addr, tx)).await?;
     Ok(Json(json!({})))
 }
 
@@ -405,7 +396,7 @@ pub(crate) struct AuthorizeDevice {
 
 /// `dev.ues.admin.authorizeDevice`.
 pub(crate) async fn authorize_device(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XJson(b): XJson<AuthorizeDevice>,
 ) -> Res {
@@ -415,9 +406,9 @@ pub(crate) async fn authorize_device(
     blocking(move || {
         account(&st, &d)?;
         let rep = replication(&st)?;
-        rep.authorize_peer(&st.accounts, &d, &peer, b.revoke).map_err(|e| XrpcError::invalid(e.to_string()))?;
+        rep.authorize_peer(&st.accounts, &d, &peer, b.revoke).map_err(NodeError::invalid)?;
         tracing::info!(did = %d, %peer, revoke = b.revoke, "device authorization signed");
-        let rotated = b.revoke && rotate_after_revocation(&st, rep, &d)?;
+        let rotated = b.revoke && rotate_after_revocation(&st, rep.as_ref(), &d)?;
         let key = st.accounts.signing_key(&d)?.public().did_key();
         Ok(Json(json!({ "keyRotated": rotated, "signingKey": key })))
     })
@@ -430,16 +421,16 @@ pub(crate) async fn authorize_device(
 /// refuses, nothing changes), then the rotation to the devices that stay. Returns whether the
 /// key rotated: not on a node that holds none of the DID's rotation keys (another device of
 /// the account), which says so in its log.
-fn rotate_after_revocation(st: &XrpcState, rep: &crate::p2p::node::Replication, did: &Did) -> Result<bool, XrpcError> {
+fn rotate_after_revocation(st: &Node, rep: &dyn PeerService, did: &Did) -> Result<bool, NodeError> {
     use ues_sync::repo::crypto::{KeyType, Keypair};
     use ues_sync::repo::plc::{Genesis, PlcClient, operation_cid};
     let outgoing = st.accounts.signing_key(did)?;
     let new = Keypair::generate(KeyType::K256);
-    let plc = match st.kv.get(format!("plc/{did}").as_bytes()).map_err(XrpcError::internal)? {
+    let plc = match st.kv.get(format!("plc/{did}").as_bytes()).map_err(NodeError::internal)? {
         None => None,
         Some(last) => {
-            let last: Value = serde_json::from_slice(&last).map_err(XrpcError::internal)?;
-            let prev = operation_cid(&last).map_err(XrpcError::internal)?;
+            let last: Value = serde_json::from_slice(&last).map_err(NodeError::internal)?;
+            let prev = operation_cid(&last).map_err(NodeError::internal)?;
             let (rotation_keys, signer) = match super::server::next_rotation_keys(st, &last, &outgoing) {
                 Ok(k) => k,
                 Err(e) => {
@@ -453,16 +444,16 @@ fn rotate_after_revocation(st: &XrpcState, rep: &crate::p2p::node::Replication, 
                 handle: account(st, did)?.handle.to_string(),
                 pds_endpoint: st.cfg.public_url.clone(),
             };
-            let op = state.update(&prev.to_string(), &signer).map_err(XrpcError::internal)?;
+            let op = state.update(&prev.to_string(), &signer).map_err(NodeError::internal)?;
             if let Some(url) = &st.cfg.plc_url {
                 PlcClient::new(url).submit(did.as_str(), &op).map_err(|e| {
-                    XrpcError::bad("UnresolvableDid", format!("the PLC directory refused the new key: {e}"))
+                    NodeError::bad("UnresolvableDid", format!("the PLC directory refused the new key: {e}"))
                 })?;
             }
             Some(op.to_string())
         }
     };
-    rep.rotate(&st.accounts, did, &outgoing, &new, plc).map_err(|e| XrpcError::invalid(e.to_string()))?;
+    rep.rotate(&st.accounts, did, &outgoing, &new, plc).map_err(NodeError::invalid)?;
     st.firehose.notify();
     tracing::info!(%did, key = %new.public().did_key(), "signing key rotated after a revocation");
     Ok(true)
@@ -476,17 +467,17 @@ pub(crate) struct Replicate {
 }
 
 /// `dev.ues.admin.replicate`.
-pub(crate) async fn replicate(State(st): State<Arc<XrpcState>>, headers: HeaderMap, XJson(b): XJson<Replicate>) -> Res {
+pub(crate) async fn replicate(State(st): State<Arc<Node>>, headers: HeaderMap, XJson(b): XJson<Replicate>) -> Res {
     admin(&st, &headers)?;
     let d = did(&b.did)?;
     let from = peer_id(&b.from)?;
     let addr = b.addr.as_deref().map(multiaddr).transpose()?;
-    p2p_command(&st, |reply| crate::p2p::node::Command::Replicate { did: d, from, addr, reply }).await?;
+    p2p_command(&st, |reply| Command::Replicate { did: d, from, addr, reply }).await?;
     Ok(Json(json!({})))
 }
 
 /// `dev.ues.admin.getReplication`.
-pub(crate) async fn get_replication(State(st): State<Arc<XrpcState>>, headers: HeaderMap) -> Res {
+pub(crate) async fn get_replication(State(st): State<Arc<Node>>, headers: HeaderMap) -> Res {
     admin(&st, &headers)?;
     blocking(move || Ok(Json(replication(&st)?.describe(&st.accounts)))).await
 }

@@ -1,150 +1,26 @@
 //! Blobs over XRPC: uploadBlob (raw body, streamed into chunked storage), sync.getBlob,
 //! sync.listBlobs, repo.listMissingBlobs.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use ues_sync::repo::blobs::BlobError;
 use ues_sync::repo::syntax::Did;
 
-use super::extract::XQuery;
-use super::{XrpcError, XrpcState, blocking};
+use crate::node::blobs::{blob_body, blob_error, upload};
+use crate::node::extract::XQuery;
+use crate::node::{Node, NodeError, blocking};
 
-pub(crate) fn blob_error(e: BlobError) -> XrpcError {
-    match e {
-        BlobError::TooLarge { limit } => {
-            XrpcError::new(StatusCode::PAYLOAD_TOO_LARGE, "BlobTooLarge", format!("Blob is larger than {limit} bytes"))
-        }
-        BlobError::MimeType(m) => XrpcError::invalid(format!("MIME type not accepted: {m}")),
-        BlobError::QuotaExceeded { quota } => XrpcError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "QuotaExceeded",
-            format!("The account's blobs would exceed its quota of {quota} bytes"),
-        ),
-        other => XrpcError::internal(other),
-    }
-}
-
-/// `uploadBlob`: the raw body, MIME type from `Content-Type`, streamed (never whole in memory).
 pub(crate) async fn upload_blob(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     req: Request,
-) -> Result<Response, XrpcError> {
+) -> Result<Response, NodeError> {
     let blob = upload(st, &headers, req.into_body()).await?;
     Ok(axum::Json(json!({ "blob": ues_sync::repo::ipld::json::to_json(&blob.to_ipld()) })).into_response())
-}
-
-/// How long an upload may go without a byte of its body before it is refused.
-const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// Body bytes gathered before they are handed to storage (one blocking-pool trip each).
-const FLUSH: usize = 1 << 20;
-
-/// Stores a request body as a blob of the caller's account (the session in `headers`); the
-/// MIME type is `Content-Type`'s. Shared by XRPC's uploadBlob and REST's `POST /api/v1/blobs`.
-///
-/// The body is read on the async side as it arrives (a client that sends nothing for
-/// [`BODY_IDLE`] is refused with 408), and every [`FLUSH`] bytes go to storage in one brief
-/// blocking call: a trickling client holds a connection, never a thread, and at most one
-/// flush's worth of memory.
-pub(crate) async fn upload(
-    st: Arc<XrpcState>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<ues_sync::repo::ipld::json::BlobRef, XrpcError> {
-    let claims = st.access(headers)?;
-    let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
-    let mime = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .to_string();
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > st.cfg.max_blob_bytes) {
-        return Err(blob_error(BlobError::TooLarge { limit: st.cfg.max_blob_bytes }));
-    }
-    let mut upload =
-        Uploading { st: st.clone(), upload: Some(st.blobs.begin_upload(&did, &mime).map_err(blob_error)?) };
-    let mut stream = body.into_data_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        let next = tokio::time::timeout(BODY_IDLE, stream.next()).await.map_err(|_| {
-            tracing::warn!(%did, received = upload.size() + buf.len() as u64, "uploadBlob body stalled; refused");
-            XrpcError::new(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", "The body stopped arriving")
-        })?;
-        let last = match next {
-            None => true,
-            Some(Ok(bytes)) => {
-                buf.extend_from_slice(&bytes);
-                false
-            }
-            // The body limit cuts the stream: report it as the size limit it is.
-            Some(Err(e)) if e.to_string().contains("length limit") => {
-                return Err(XrpcError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "BlobTooLarge",
-                    "Blob is larger than the limit",
-                ));
-            }
-            Some(Err(e)) => return Err(XrpcError::invalid(format!("Reading the body failed: {e}"))),
-        };
-        if buf.len() >= FLUSH || last {
-            let piece = std::mem::take(&mut buf);
-            let st = st.clone();
-            upload = blocking(move || {
-                let res = st.blobs.append(upload.get(), &piece);
-                res.map(|()| upload).map_err(blob_error)
-            })
-            .await?;
-        }
-        if last {
-            break;
-        }
-    }
-    let st2 = st.clone();
-    blocking(move || st2.blobs.finish_upload(&did, &mime, upload.take()).map_err(blob_error)).await
-}
-
-/// An upload in progress: dropped before it finished (refused, stalled, the client gone), it
-/// releases what it stored, so abandoned uploads cannot fill the disk.
-struct Uploading {
-    st: Arc<XrpcState>,
-    upload: Option<ues_sync::repo::ipld::storage::BlobUpload>,
-}
-
-impl Uploading {
-    fn get(&mut self) -> &mut ues_sync::repo::ipld::storage::BlobUpload {
-        self.upload.as_mut().expect("taken only when finishing")
-    }
-
-    fn size(&self) -> u64 {
-        self.upload.as_ref().map_or(0, |u| u.size())
-    }
-
-    fn take(mut self) -> ues_sync::repo::ipld::storage::BlobUpload {
-        self.upload.take().expect("taken once")
-    }
-}
-
-impl Drop for Uploading {
-    fn drop(&mut self) {
-        if let Some(upload) = self.upload.take() {
-            let st = self.st.clone();
-            // Releasing touches the store: off the async threads.
-            match tokio::runtime::Handle::try_current() {
-                Ok(h) => drop(h.spawn_blocking(move || st.blobs.abort_upload(upload))),
-                Err(_) => st.blobs.abort_upload(upload),
-            }
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -154,15 +30,12 @@ pub(crate) struct GetBlob {
 }
 
 /// `sync.getBlob`: the blob streamed a piece at a time (see [`blob_body`]).
-pub(crate) async fn get_blob(
-    State(st): State<Arc<XrpcState>>,
-    XQuery(q): XQuery<GetBlob>,
-) -> Result<Response, XrpcError> {
+pub(crate) async fn get_blob(State(st): State<Arc<Node>>, XQuery(q): XQuery<GetBlob>) -> Result<Response, NodeError> {
     blocking(move || {
-        let did = super::sync::served_did(&st, &q.did)?;
-        let cid: cid::Cid = q.cid.parse().map_err(|e| XrpcError::invalid(format!("bad CID: {e}")))?;
+        let did = st.served_did(&q.did)?;
+        let cid: cid::Cid = q.cid.parse().map_err(|e| NodeError::invalid(format!("bad CID: {e}")))?;
         let Some((mime, reader)) = st.blobs.open(&did, &cid).map_err(blob_error)? else {
-            return Err(XrpcError::bad("BlobNotFound", "Blob not found"));
+            return Err(NodeError::not_found("BlobNotFound", "Blob not found"));
         };
         let size = reader.size();
         drop(reader);
@@ -180,44 +53,6 @@ pub(crate) async fn get_blob(
     .await
 }
 
-/// Bytes `start..end` of a blob as a response body, one stored chunk's worth (256 KiB) at a
-/// time: the next piece is read (on the blocking pool, briefly) only once the client has taken
-/// the previous one, so a response holds at most one piece whatever the blob's size, and a
-/// client that stops reading holds no thread. A piece that cannot be read ends the body early
-/// (the client sees a short response); it is logged.
-pub(crate) fn blob_body(st: Arc<XrpcState>, did: Did, cid: cid::Cid, start: u64, end: u64) -> Body {
-    const PIECE: u64 = 256 * 1024;
-    let stream = futures::stream::try_unfold(start, move |pos| {
-        let (st, did) = (st.clone(), did.clone());
-        async move {
-            if pos >= end {
-                return Ok(None);
-            }
-            // Up to the next chunk boundary, so each piece costs one stored chunk.
-            let len = ((pos / PIECE + 1) * PIECE).min(end) - pos;
-            let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                let (_, mut reader) = st
-                    .blobs
-                    .open(&did, &cid)
-                    .map_err(std::io::Error::other)?
-                    .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "blob deleted"))?;
-                reader.seek(SeekFrom::Start(pos))?;
-                let mut buf = Vec::with_capacity(len as usize);
-                reader.take(len).read_to_end(&mut buf)?;
-                if (buf.len() as u64) < len {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shorter than its size"));
-                }
-                Ok(buf)
-            })
-            .await
-            .map_err(std::io::Error::other)?
-            .inspect_err(|e| tracing::warn!(%cid, error = %e, "blob stream ended early"))?;
-            Ok::<_, std::io::Error>(Some((axum::body::Bytes::from(piece), pos + len)))
-        }
-    });
-    Body::from_stream(stream)
-}
-
 #[derive(Deserialize)]
 pub(crate) struct ListBlobs {
     did: String,
@@ -226,10 +61,10 @@ pub(crate) struct ListBlobs {
 }
 
 pub(crate) async fn list_blobs(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     XQuery(q): XQuery<ListBlobs>,
-) -> Result<axum::Json<Value>, XrpcError> {
-    let did = super::sync::served_did(&st, &q.did)?;
+) -> Result<axum::Json<Value>, NodeError> {
+    let did = st.served_did(&q.did)?;
     let limit = q.limit.unwrap_or(500).clamp(1, 1000);
     let cids = st.blobs.list(&did, q.cursor.as_deref(), limit).map_err(blob_error)?;
     let mut out = json!({ "cids": cids });
@@ -247,12 +82,12 @@ pub(crate) struct ListMissing {
 }
 
 pub(crate) async fn list_missing_blobs(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XQuery(q): XQuery<ListMissing>,
-) -> Result<axum::Json<Value>, XrpcError> {
+) -> Result<axum::Json<Value>, NodeError> {
     let claims = st.access(&headers)?;
-    let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
+    let did = Did::new(claims.sub).map_err(NodeError::internal)?;
     let missing = st.blobs.missing(&did, q.limit.unwrap_or(500).clamp(1, 1000)).map_err(blob_error)?;
     let blobs: Vec<Value> = missing
         .into_iter()

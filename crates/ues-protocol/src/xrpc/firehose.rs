@@ -12,8 +12,8 @@ use axum::response::Response;
 use serde::Deserialize;
 use ues_sync::repo::ipld::Ipld;
 
-use super::XrpcState;
-use super::extract::XQuery;
+use crate::node::Node;
+use crate::node::extract::XQuery;
 use crate::node::sequencer::{error_frame, events_after, frame, map, oldest_seq};
 
 #[derive(Deserialize)]
@@ -22,7 +22,7 @@ pub(crate) struct Subscribe {
 }
 
 pub(crate) async fn subscribe_repos(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     XQuery(q): XQuery<Subscribe>,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -38,12 +38,12 @@ pub(crate) async fn subscribe_repos(
         .on_upgrade(move |socket| stream(st, q.cursor, socket))
 }
 
-async fn stream(st: Arc<XrpcState>, cursor: Option<i64>, socket: WebSocket) {
+async fn stream(st: Arc<Node>, cursor: Option<i64>, socket: WebSocket) {
     serve_subscriber(&st, cursor, socket).await;
     st.metrics.subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn serve_subscriber(st: &Arc<XrpcState>, cursor: Option<i64>, mut socket: WebSocket) {
+async fn serve_subscriber(st: &Arc<Node>, cursor: Option<i64>, mut socket: WebSocket) {
     let fh = &st.firehose;
     let mut closing = fh.closing.subscribe();
     let mut rx = fh.latest.subscribe();

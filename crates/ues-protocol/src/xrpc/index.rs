@@ -9,44 +9,17 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use ues_sync::repo::accounts::{IndexedRecord, TimeCursor};
-use ues_sync::repo::ipld::json as atjson;
-use ues_sync::repo::ipld::storage::Blockstore;
 use ues_sync::repo::lexicon::IndexValue;
 use ues_sync::repo::syntax::Datetime;
 
-use super::extract::XQuery;
-use super::{XrpcError, XrpcState, blocking};
+use crate::node::extract::XQuery;
+use crate::node::{Node, NodeError, blocking};
 
-type Res = Result<Json<Value>, XrpcError>;
+type Res = Result<Json<Value>, NodeError>;
 
-/// Index rows as `{uri, cid, value}` objects, reading each record's block.
-pub(crate) fn records_json(st: &XrpcState, rows: &[IndexedRecord]) -> Result<Vec<Value>, XrpcError> {
-    let cids: Vec<cid::Cid> =
-        rows.iter().map(|r| r.cid.parse()).collect::<Result<_, _>>().map_err(XrpcError::internal)?;
-    // One batched read for the whole page.
-    let blocks = st.accounts.blocks().get_many(&cids).map_err(XrpcError::internal)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (r, bytes) in rows.iter().zip(blocks) {
-        // One unreadable record (missing, or stored before the write path refused what the
-        // decoder cannot read) is left out with a log line: it must not fail everyone's query.
-        let value = match bytes.map(|b| ues_sync::repo::ipld::dagcbor::decode_atproto(&b)) {
-            Some(Ok(v)) => v,
-            Some(Err(e)) => {
-                tracing::warn!(did = %r.did, collection = %r.collection, rkey = %r.rkey, error = %e, "unreadable record left out");
-                continue;
-            }
-            None => {
-                tracing::warn!(did = %r.did, collection = %r.collection, rkey = %r.rkey, "record block missing; left out");
-                continue;
-            }
-        };
-        out.push(json!({
-            "uri": format!("at://{}/{}/{}", r.did, r.collection, r.rkey),
-            "cid": r.cid,
-            "value": atjson::to_json(&value),
-        }));
-    }
-    Ok(out)
+/// Index rows as `{uri, cid, value}` objects.
+fn records_json(st: &Node, rows: &[IndexedRecord]) -> Result<Vec<Value>, NodeError> {
+    Ok(st.record_views(rows)?.into_iter().map(|r| json!(r)).collect())
 }
 
 fn page(records: Vec<Value>, cursor: Option<String>) -> Json<Value> {
@@ -70,21 +43,21 @@ pub(crate) struct QueryIndex {
 
 /// `dev.ues.repo.queryIndex`: records whose declared index holds a value (likes of a post,
 /// followers of an account, replies in a thread), across every account on the node.
-pub(crate) async fn query_index(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<QueryIndex>) -> Res {
+pub(crate) async fn query_index(State(st): State<Arc<Node>>, XQuery(q): XQuery<QueryIndex>) -> Res {
     blocking(move || {
         let declared = st.lexicons.indexes().get(&q.collection).is_some_and(|s| s.iter().any(|i| i.name == q.index));
         if !declared {
-            return Err(XrpcError::invalid(format!("{} declares no index {:?}", q.collection, q.index)));
+            return Err(NodeError::invalid(format!("{} declares no index {:?}", q.collection, q.index)));
         }
         let value = match q.value_type.as_deref() {
             Some("integer") => {
-                IndexValue::Integer(q.value.parse().map_err(|_| XrpcError::invalid("Params/value must be an integer"))?)
+                IndexValue::Integer(q.value.parse().map_err(|_| NodeError::invalid("Params/value must be an integer"))?)
             }
             _ => IndexValue::Text(q.value.clone()),
         };
         let cursor = match q.cursor.as_deref() {
             None => None,
-            Some(c) => Some(c.split_once('/').ok_or_else(|| XrpcError::invalid("malformed cursor"))?),
+            Some(c) => Some(c.split_once('/').ok_or_else(|| NodeError::invalid("malformed cursor"))?),
         };
         let limit = q.limit.unwrap_or(50);
         let rows = st.accounts.query_index(&q.collection, &q.index, &value, cursor, limit)?;
@@ -101,10 +74,10 @@ pub(crate) struct Search {
 }
 
 /// `dev.ues.repo.searchRecords`: full-text search over every record's text, best match first.
-pub(crate) async fn search_records(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<Search>) -> Res {
+pub(crate) async fn search_records(State(st): State<Arc<Node>>, XQuery(q): XQuery<Search>) -> Res {
     blocking(move || {
-        let rows = st.accounts.search(&q.q, q.limit.unwrap_or(25))?;
-        Ok(page(records_json(&st, &rows)?, None))
+        let found = st.search_records(&q.q, q.limit.unwrap_or(25))?;
+        Ok(page(found.into_iter().map(|r| json!(r)).collect(), None))
     })
     .await
 }
@@ -116,7 +89,7 @@ pub(crate) struct Backlinks {
 }
 
 /// `dev.ues.repo.listBacklinks`: records that reference an AT-URI or a DID.
-pub(crate) async fn list_backlinks(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<Backlinks>) -> Res {
+pub(crate) async fn list_backlinks(State(st): State<Arc<Node>>, XQuery(q): XQuery<Backlinks>) -> Res {
     blocking(move || {
         let rows = st.accounts.backlinks(&q.target, q.limit.unwrap_or(50))?;
         Ok(page(records_json(&st, &rows)?, None))
@@ -134,24 +107,24 @@ pub(crate) struct ByTime {
     cursor: Option<String>,
 }
 
-fn datetime_ms(s: Option<&str>, default: i64) -> Result<i64, XrpcError> {
+fn datetime_ms(s: Option<&str>, default: i64) -> Result<i64, NodeError> {
     let Some(s) = s else { return Ok(default) };
-    let dt = Datetime::new(s).map_err(|e| XrpcError::invalid(e.to_string()))?;
-    dt.unix_millis().ok_or_else(|| XrpcError::invalid(format!("{s} is out of range")))
+    let dt = Datetime::new(s).map_err(|e| NodeError::invalid(e.to_string()))?;
+    dt.unix_millis().ok_or_else(|| NodeError::invalid(format!("{s} is out of range")))
 }
 
 /// `dev.ues.repo.listRecordsByTime`: records newest first by when the node indexed them, of one
 /// account and/or collection, within a time range.
-pub(crate) async fn list_records_by_time(State(st): State<Arc<XrpcState>>, XQuery(q): XQuery<ByTime>) -> Res {
+pub(crate) async fn list_records_by_time(State(st): State<Arc<Node>>, XQuery(q): XQuery<ByTime>) -> Res {
     blocking(move || {
         let did = match q.repo.as_deref() {
-            Some(r) => Some(super::repo::readable_repo(&st, r)?.did.to_string()),
+            Some(r) => Some(st.readable_repo(r)?.did.to_string()),
             None => None,
         };
         let range = (datetime_ms(q.since.as_deref(), 0)?, datetime_ms(q.until.as_deref(), i64::MAX)?);
         let cursor: Option<TimeCursor> = match q.cursor.as_deref() {
             None => None,
-            Some(c) => Some(c.parse().map_err(|()| XrpcError::invalid("malformed cursor"))?),
+            Some(c) => Some(c.parse().map_err(|()| NodeError::invalid("malformed cursor"))?),
         };
         let limit = q.limit.unwrap_or(50);
         let rows =

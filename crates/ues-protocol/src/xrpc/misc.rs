@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use ues_sync::repo::ipld::storage::Migration;
 use ues_sync::repo::ipld::storage::rusqlite::{OptionalExtension, params};
 
-use super::extract::XJson;
-use super::{XrpcError, XrpcState, blocking};
+use crate::node::extract::XJson;
+use crate::node::{Node, NodeError, blocking};
 
 /// Tables of this module.
 pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
@@ -30,10 +30,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
 /// Preferences larger than this are refused (the app stores a few KiB).
 const MAX_PREFS_BYTES: usize = 256 * 1024;
 
-pub(crate) async fn get_preferences(
-    State(st): State<Arc<XrpcState>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, XrpcError> {
+pub(crate) async fn get_preferences(State(st): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Value>, NodeError> {
     let claims = st.access(&headers)?;
     blocking(move || {
         let stored: Option<String> = st
@@ -42,32 +39,32 @@ pub(crate) async fn get_preferences(
             .read(|c| {
                 c.query_row("SELECT prefs FROM preferences WHERE did = ?1", [&claims.sub], |r| r.get(0)).optional()
             })
-            .map_err(XrpcError::internal)?;
-        let prefs: Value = stored.map_or(Ok(json!([])), |s| serde_json::from_str(&s)).map_err(XrpcError::internal)?;
+            .map_err(NodeError::internal)?;
+        let prefs: Value = stored.map_or(Ok(json!([])), |s| serde_json::from_str(&s)).map_err(NodeError::internal)?;
         Ok(Json(json!({ "preferences": prefs })))
     })
     .await
 }
 
 pub(crate) async fn put_preferences(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XJson(body): XJson<Value>,
-) -> Result<StatusCode, XrpcError> {
+) -> Result<StatusCode, NodeError> {
     let claims = st.access(&headers)?;
     let prefs = body
         .get("preferences")
         .and_then(Value::as_array)
-        .ok_or_else(|| XrpcError::invalid("preferences must be an array"))?;
+        .ok_or_else(|| NodeError::invalid("preferences must be an array"))?;
     if prefs
         .iter()
         .any(|p| p.get("$type").and_then(Value::as_str).is_none_or(|t| !t.starts_with("app.bsky.actor.defs#")))
     {
-        return Err(XrpcError::invalid("Some preferences are not in the app.bsky.actor namespace"));
+        return Err(NodeError::invalid("Some preferences are not in the app.bsky.actor namespace"));
     }
     let text = Value::Array(prefs.clone()).to_string();
     if text.len() > MAX_PREFS_BYTES {
-        return Err(XrpcError::invalid("Preferences too large"));
+        return Err(NodeError::invalid("Preferences too large"));
     }
     blocking(move || {
         st.accounts
@@ -79,31 +76,31 @@ pub(crate) async fn put_preferences(
                 )?;
                 Ok::<_, ues_sync::repo::ipld::storage::Error>(())
             })
-            .map_err(XrpcError::internal)?;
+            .map_err(NodeError::internal)?;
         Ok(StatusCode::OK)
     })
     .await
 }
 
 pub(crate) async fn create_report(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     headers: HeaderMap,
     XJson(body): XJson<Value>,
-) -> Result<Json<Value>, XrpcError> {
+) -> Result<Json<Value>, NodeError> {
     let claims = st.access(&headers)?;
     let reason_type = body
         .get("reasonType")
         .and_then(Value::as_str)
-        .ok_or_else(|| XrpcError::invalid("reasonType is required"))?
+        .ok_or_else(|| NodeError::invalid("reasonType is required"))?
         .to_string();
     let subject =
-        body.get("subject").filter(|s| s.is_object()).ok_or_else(|| XrpcError::invalid("subject is required"))?.clone();
+        body.get("subject").filter(|s| s.is_object()).ok_or_else(|| NodeError::invalid("subject is required"))?.clone();
     let reason = body.get("reason").and_then(Value::as_str).map(str::to_string);
     if reason.as_ref().is_some_and(|r| r.len() > 20_000) {
-        return Err(XrpcError::invalid("reason too long"));
+        return Err(NodeError::invalid("reason too long"));
     }
     blocking(move || {
-        let created_at = super::firehose_time();
+        let created_at = crate::node::firehose_time();
         let id = st
             .accounts
             .db()
@@ -114,7 +111,7 @@ pub(crate) async fn create_report(
                 )?;
                 Ok::<_, ues_sync::repo::ipld::storage::Error>(tx.last_insert_rowid())
             })
-            .map_err(XrpcError::internal)?;
+            .map_err(NodeError::internal)?;
         tracing::info!(id, by = %claims.sub, reason_type = %reason_type, "moderation report stored");
         let mut out = json!({ "id": id, "reasonType": reason_type, "subject": subject, "reportedBy": claims.sub, "createdAt": created_at });
         if let Some(r) = reason {

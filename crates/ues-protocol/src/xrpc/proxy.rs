@@ -12,33 +12,24 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use ues_sync::repo::syntax::Did;
 
-use super::{XrpcError, XrpcState, blocking};
-
-/// Where `app.bsky.*` calls go.
-#[derive(Debug, Clone)]
-pub struct AppView {
-    /// Base URL (`https://api.bsky.app`).
-    pub url: String,
-    /// Its service DID (`did:web:api.bsky.app`), the audience of the tokens.
-    pub did: String,
-}
+use crate::node::{Node, NodeError, blocking};
 
 /// Largest AppView response relayed (a timeline page is tens of KiB).
 const MAX_RESPONSE: u64 = 16 << 20;
 
 pub(crate) async fn fallback(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, XrpcError> {
+) -> Result<Response, NodeError> {
     let nsid = uri.path().strip_prefix("/xrpc/").unwrap_or_default().to_string();
     if !(nsid.starts_with("app.bsky.") || nsid.starts_with("chat.bsky.")) {
-        return Err(XrpcError::new(StatusCode::NOT_IMPLEMENTED, "MethodNotImplemented", "Method Not Implemented"));
+        return Err(NodeError::new(StatusCode::NOT_IMPLEMENTED, "MethodNotImplemented", "Method Not Implemented"));
     }
     let Some(appview) = st.cfg.appview.clone() else {
-        return Err(XrpcError::new(
+        return Err(NodeError::new(
             StatusCode::NOT_IMPLEMENTED,
             "MethodNotImplemented",
             format!("{nsid} is served by an AppView and this node has none configured ([xrpc] appview_url)"),
@@ -47,17 +38,23 @@ pub(crate) async fn fallback(
     if let Some(target) = headers.get("atproto-proxy").and_then(|v| v.to_str().ok())
         && target.split('#').next() != Some(appview.did.as_str())
     {
-        return Err(XrpcError::invalid(format!("cannot proxy to {target}: this node knows only {}", appview.did)));
+        return Err(NodeError::invalid(format!("cannot proxy to {target}: this node knows only {}", appview.did)));
     }
     let token = if headers.contains_key(header::AUTHORIZATION) {
         let claims = st.access(&headers)?;
         // Chat reaches another service in the account's name: a full session or a privileged
         // app password only.
-        if super::server::is_privileged_method(&nsid) {
-            super::server::require_privileged(&claims)?;
+        if crate::node::auth::is_privileged_method(&nsid) {
+            crate::node::auth::require_privileged(&claims)?;
         }
-        let did = Did::new(claims.sub).map_err(XrpcError::internal)?;
-        Some(super::server::service_token(&st, &did, &appview.did, Some(&nsid), super::auth::now_secs() + 60)?)
+        let did = Did::new(claims.sub).map_err(NodeError::internal)?;
+        Some(crate::node::auth::service_token(
+            &st,
+            &did,
+            &appview.did,
+            Some(&nsid),
+            crate::node::auth::now_secs() + 60,
+        )?)
     } else {
         None
     };
@@ -68,7 +65,7 @@ pub(crate) async fn fallback(
     blocking(move || {
         let unreachable = |e: ureq::Error| {
             tracing::warn!(%url, error = %e, "AppView unreachable");
-            XrpcError::new(StatusCode::BAD_GATEWAY, "UpstreamFailure", "The AppView could not be reached")
+            NodeError::new(StatusCode::BAD_GATEWAY, "UpstreamFailure", "The AppView could not be reached")
         };
         let mut resp = if method == Method::POST {
             let mut req = agent.post(&url);

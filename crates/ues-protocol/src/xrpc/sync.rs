@@ -13,36 +13,20 @@ use ues_sync::repo::ipld::mst::covering_proof;
 use ues_sync::repo::ipld::storage::Blockstore;
 use ues_sync::repo::syntax::{Did, Nsid, RecordKey};
 
-use super::extract::XQuery;
-use super::{EXPORT_STALL, XrpcError, XrpcState, blocking};
+use crate::node::extract::XQuery;
+use crate::node::{EXPORT_STALL, Node, NodeError, blocking};
 use tokio::sync::mpsc::error::SendTimeoutError;
 
 fn car_response(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/vnd.ipld.car")], Body::from(bytes)).into_response()
 }
 
-fn did_param(st: &XrpcState, did: &str) -> Result<Did, XrpcError> {
-    let did = Did::new(did).map_err(|e| XrpcError::invalid(e.to_string()))?;
+fn did_param(st: &Node, did: &str) -> Result<Did, NodeError> {
+    let did = Did::new(did).map_err(|e| NodeError::invalid(e.to_string()))?;
     if st.accounts.get(&did)?.is_none() {
-        return Err(XrpcError::bad("RepoNotFound", format!("Could not find repo for DID: {did}")));
+        return Err(NodeError::not_found("RepoNotFound", format!("Could not find repo for DID: {did}")));
     }
     Ok(did)
-}
-
-/// A repository whose data may be served: hosted here and active (the sync specification's
-/// `RepoTakendown`, `RepoSuspended`, `RepoDeactivated` otherwise).
-pub(crate) fn served_did(st: &XrpcState, did: &str) -> Result<Did, XrpcError> {
-    let did = Did::new(did).map_err(|e| XrpcError::invalid(e.to_string()))?;
-    let account = st
-        .accounts
-        .get(&did)?
-        .ok_or_else(|| XrpcError::bad("RepoNotFound", format!("Could not find repo for DID: {did}")))?;
-    match account.status.as_str() {
-        "active" => Ok(did),
-        "takendown" => Err(XrpcError::bad("RepoTakendown", format!("Repo has been taken down: {did}"))),
-        "suspended" => Err(XrpcError::bad("RepoSuspended", format!("Repo has been suspended: {did}"))),
-        _ => Err(XrpcError::bad("RepoDeactivated", format!("Repo has been deactivated: {did}"))),
-    }
 }
 
 #[derive(Deserialize)]
@@ -55,17 +39,14 @@ pub(crate) struct GetRepo {
 /// runs on a blocking thread and hands 64 KiB chunks to the response through a channel of 8,
 /// so memory stays flat whatever the repository's size and a slow client slows the export
 /// instead of buffering it. A client that reads nothing for [`EXPORT_STALL`] loses its export
-/// (the thread is freed), and at most [`MAX_EXPORTS`](super::MAX_EXPORTS) run at once: the others wait for a turn
+/// (the thread is freed), and at most [`MAX_EXPORTS`](crate::node::MAX_EXPORTS) run at once: the others wait for a turn
 /// without holding a thread. An error after the first bytes ends the stream early (the
 /// client's CAR reader sees a truncated file); it is logged.
-pub(crate) async fn get_repo(
-    State(st): State<Arc<XrpcState>>,
-    XQuery(q): XQuery<GetRepo>,
-) -> Result<Response, XrpcError> {
+pub(crate) async fn get_repo(State(st): State<Arc<Node>>, XQuery(q): XQuery<GetRepo>) -> Result<Response, NodeError> {
     // The turn comes first: a burst of exports must not become a burst of blocking threads.
-    let turn = st.exports.clone().acquire_owned().await.map_err(XrpcError::internal)?;
+    let turn = st.exports.clone().acquire_owned().await.map_err(NodeError::internal)?;
     let st2 = st.clone();
-    let did = blocking(move || served_did(&st2, &q.did)).await?;
+    let did = blocking(move || st2.served_did(&q.did)).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -131,12 +112,12 @@ pub(crate) struct DidOnly {
 }
 
 pub(crate) async fn get_latest_commit(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     XQuery(q): XQuery<DidOnly>,
-) -> Result<Response, XrpcError> {
+) -> Result<Response, NodeError> {
     blocking(move || {
-        let did = served_did(&st, &q.did)?;
-        let account = st.accounts.get(&did)?.ok_or_else(|| XrpcError::bad("RepoNotFound", "no such repo"))?;
+        let did = st.served_did(&q.did)?;
+        let account = st.accounts.get(&did)?.ok_or_else(|| NodeError::not_found("RepoNotFound", "no such repo"))?;
         Ok(axum::Json(json!({ "cid": account.head.to_string(), "rev": account.rev })).into_response())
     })
     .await
@@ -152,24 +133,24 @@ pub(crate) struct GetRecord {
 /// A record with the proof of its presence (or absence): the head commit, the covering proof
 /// nodes, and the record block, as a CAR rooted at the commit.
 pub(crate) async fn get_record(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     XQuery(q): XQuery<GetRecord>,
-) -> Result<Response, XrpcError> {
+) -> Result<Response, NodeError> {
     blocking(move || {
-        let did = served_did(&st, &q.did)?;
-        let collection = Nsid::new(&q.collection).map_err(|e| XrpcError::invalid(e.to_string()))?;
-        let rkey = RecordKey::new(&q.rkey).map_err(|e| XrpcError::invalid(e.to_string()))?;
+        let did = st.served_did(&q.did)?;
+        let collection = Nsid::new(&q.collection).map_err(|e| NodeError::invalid(e.to_string()))?;
+        let rkey = RecordKey::new(&q.rkey).map_err(|e| NodeError::invalid(e.to_string()))?;
         let repo = st.accounts.repo(&did)?;
         let path = format!("{collection}/{rkey}");
         let store = repo.store();
-        let proof = covering_proof(store, repo.commit().data, [path.as_str()]).map_err(XrpcError::internal)?;
+        let proof = covering_proof(store, repo.commit().data, [path.as_str()]).map_err(NodeError::internal)?;
         let record = repo.get_record(&collection, &rkey)?;
-        let mut car = CarWriter::new(Vec::new(), &[repo.head()]).map_err(XrpcError::internal)?;
+        let mut car = CarWriter::new(Vec::new(), &[repo.head()]).map_err(NodeError::internal)?;
         let head = repo.head();
-        let mut put = |cid: &cid::Cid| -> Result<(), XrpcError> {
+        let mut put = |cid: &cid::Cid| -> Result<(), NodeError> {
             let bytes =
-                store.get(cid).map_err(XrpcError::internal)?.ok_or_else(|| XrpcError::internal("missing block"))?;
-            car.write_block(cid, &bytes).map_err(XrpcError::internal)
+                store.get(cid).map_err(NodeError::internal)?.ok_or_else(|| NodeError::internal("missing block"))?;
+            car.write_block(cid, &bytes).map_err(NodeError::internal)
         };
         put(&head)?;
         for c in &proof {
@@ -178,7 +159,7 @@ pub(crate) async fn get_record(
         if let Some((cid, _)) = &record {
             put(cid)?;
         }
-        Ok(car_response(car.finish().map_err(XrpcError::internal)?))
+        Ok(car_response(car.finish().map_err(NodeError::internal)?))
     })
     .await
 }
@@ -191,9 +172,9 @@ pub(crate) struct ListRepos {
 
 /// Every hosted repository with its head, in DID order.
 pub(crate) async fn list_repos(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     XQuery(q): XQuery<ListRepos>,
-) -> Result<Response, XrpcError> {
+) -> Result<Response, NodeError> {
     blocking(move || {
         let limit = q.limit.unwrap_or(500).clamp(1, 1000);
         let rows = st.accounts.list(q.cursor.as_deref(), limit)?;
@@ -219,12 +200,12 @@ pub(crate) async fn list_repos(
 }
 
 pub(crate) async fn get_repo_status(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     XQuery(q): XQuery<DidOnly>,
-) -> Result<Response, XrpcError> {
+) -> Result<Response, NodeError> {
     blocking(move || {
         let did = did_param(&st, &q.did)?;
-        let a = st.accounts.get(&did)?.ok_or_else(|| XrpcError::bad("RepoNotFound", "no such repo"))?;
+        let a = st.accounts.get(&did)?.ok_or_else(|| NodeError::not_found("RepoNotFound", "no such repo"))?;
         let mut out = json!({ "did": a.did.as_str(), "active": a.status == "active", "rev": a.rev });
         if a.status != "active" {
             out["status"] = json!(a.status);
@@ -241,9 +222,9 @@ struct GetBlocks {
 
 /// Blocks of a repository by CID, as a CAR. Only blocks the repository holds are served.
 pub(crate) async fn get_blocks(
-    State(st): State<Arc<XrpcState>>,
+    State(st): State<Arc<Node>>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
-) -> Result<Response, XrpcError> {
+) -> Result<Response, NodeError> {
     // `cids` repeats (`?cids=a&cids=b`), which serde_urlencoded does not collect; parse by hand.
     let raw = raw.unwrap_or_default();
     let mut q = GetBlocks { did: String::new(), cids: Vec::new() };
@@ -255,21 +236,21 @@ pub(crate) async fn get_blocks(
         }
     }
     if q.cids.len() > 1000 {
-        return Err(XrpcError::invalid("at most 1000 cids"));
+        return Err(NodeError::invalid("at most 1000 cids"));
     }
     blocking(move || {
-        let did = served_did(&st, &q.did)?;
-        let mut car = CarWriter::new(Vec::new(), &[]).map_err(XrpcError::internal)?;
+        let did = st.served_did(&q.did)?;
+        let mut car = CarWriter::new(Vec::new(), &[]).map_err(NodeError::internal)?;
         for c in &q.cids {
-            let cid: cid::Cid = c.parse().map_err(|e| XrpcError::invalid(format!("bad CID {c}: {e}")))?;
+            let cid: cid::Cid = c.parse().map_err(|e| NodeError::invalid(format!("bad CID {c}: {e}")))?;
             let held = st.accounts.owns_block(&did, &cid)?;
-            let bytes = if held { st.accounts.blocks().get(&cid).map_err(XrpcError::internal)? } else { None };
+            let bytes = if held { st.accounts.blocks().get(&cid).map_err(NodeError::internal)? } else { None };
             let Some(bytes) = bytes else {
-                return Err(XrpcError::bad("BlockNotFound", format!("Could not find block: {c}")));
+                return Err(NodeError::bad("BlockNotFound", format!("Could not find block: {c}")));
             };
-            car.write_block(&cid, &bytes).map_err(XrpcError::internal)?;
+            car.write_block(&cid, &bytes).map_err(NodeError::internal)?;
         }
-        Ok(car_response(car.finish().map_err(XrpcError::internal)?))
+        Ok(car_response(car.finish().map_err(NodeError::internal)?))
     })
     .await
 }

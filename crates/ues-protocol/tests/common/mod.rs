@@ -11,7 +11,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use ues_protocol::xrpc::{XrpcConfig, XrpcState, router};
+use ues_protocol::node::{Node as NodeState, NodeConfig};
+use ues_protocol::xrpc::router;
 use ues_sync::repo::accounts::Accounts;
 use ues_sync::repo::identity::HandleResolver;
 use ues_sync::repo::ipld::storage::{Blockstore, MemoryBlockstore, MemoryKv, Sqlite, SqliteConfig};
@@ -19,7 +20,7 @@ use ues_sync::repo::lexicon::Lexicons;
 
 pub struct Node {
     pub app: axum::Router,
-    pub state: Arc<XrpcState>,
+    pub state: Arc<NodeState>,
     /// Where the node listens: every request goes over a real socket on 127.0.0.1.
     pub addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
@@ -56,14 +57,14 @@ pub fn node_with_dns(dns: Option<std::net::SocketAddr>) -> Node {
 }
 
 /// A node with a DNS server for handles and an AppView for app.bsky.* calls.
-pub fn node_with(dns: Option<std::net::SocketAddr>, appview: Option<ues_protocol::xrpc::AppView>) -> Node {
+pub fn node_with(dns: Option<std::net::SocketAddr>, appview: Option<ues_protocol::node::AppView>) -> Node {
     node_full(dns, appview, vec![])
 }
 
 /// A node with a DNS server, an AppView and relays to ask for crawls.
 pub fn node_full(
     dns: Option<std::net::SocketAddr>,
-    appview: Option<ues_protocol::xrpc::AppView>,
+    appview: Option<ues_protocol::node::AppView>,
     relays: Vec<String>,
 ) -> Node {
     let dir = tempfile::tempdir().unwrap();
@@ -73,7 +74,7 @@ pub fn node_full(
     // The lexicons `ues run` embeds (the repository's `lexicons/` folder).
     let mut lexicons = Lexicons::new();
     lexicons.load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lexicons")).unwrap();
-    let cfg = XrpcConfig {
+    let cfg = NodeConfig {
         public_url: "http://127.0.0.1:2583".into(),
         service_did: "did:web:localhost".into(),
         user_domains: vec![".test".into()],
@@ -90,8 +91,9 @@ pub fn node_full(
         firehose_backfill: std::time::Duration::from_secs(72 * 3600),
         public_metrics: false,
     };
-    let state = Arc::new(XrpcState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap());
-    ues_protocol::xrpc::start_tasks(&state).detach();
+    let state = Arc::new(NodeState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap());
+    state.migrate(ues_protocol::xrpc::MIGRATIONS).unwrap();
+    ues_protocol::node::start_tasks(&state).detach();
     let app = router(state.clone());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();

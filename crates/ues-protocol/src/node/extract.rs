@@ -18,53 +18,53 @@ use serde_json::Value;
 use ues_sync::repo::ipld::json::body_from_json;
 use ues_sync::repo::lexicon::{Def, ValidationError};
 
-use super::{XrpcError, XrpcState};
+use super::{Node, NodeError};
 
 /// A JSON request body, validated against the method's lexicon input schema when there is one.
 pub(crate) struct XJson<T>(pub(crate) T);
 
-impl<T: DeserializeOwned> FromRequest<Arc<XrpcState>> for XJson<T> {
-    type Rejection = XrpcError;
+impl<T: DeserializeOwned> FromRequest<Arc<Node>> for XJson<T> {
+    type Rejection = NodeError;
 
-    async fn from_request(req: Request, state: &Arc<XrpcState>) -> Result<Self, XrpcError> {
+    async fn from_request(req: Request, state: &Arc<Node>) -> Result<Self, NodeError> {
         let method = req.uri().path().strip_prefix("/xrpc/").map(str::to_owned);
         let value = match axum::Json::<Value>::from_request(req, state).await {
             Ok(axum::Json(v)) => v,
             Err(e) => return Err(json_rejection(e)),
         };
         if let Some(method) = method.filter(|m| has_input_schema(state, m)) {
-            let ipld = body_from_json(&value).map_err(|e| XrpcError::invalid(format!("Invalid request body: {e}")))?;
+            let ipld = body_from_json(&value).map_err(|e| NodeError::invalid(format!("Invalid request body: {e}")))?;
             state.lexicons.validate_body(&method, "input", &ipld).map_err(|e| invalid("Input", e))?;
         }
-        serde_json::from_value(value).map(XJson).map_err(|e| XrpcError::invalid(format!("Invalid request body: {e}")))
+        serde_json::from_value(value).map(XJson).map_err(|e| NodeError::invalid(format!("Invalid request body: {e}")))
     }
 }
 
-fn has_input_schema(state: &XrpcState, method: &str) -> bool {
+fn has_input_schema(state: &Node, method: &str) -> bool {
     matches!(state.lexicons.get(method), Some(Def::Procedure { input: Some(b), .. }) if b.schema.is_some())
 }
 
 /// `Input/repo must be ...` / `Params/limit must be ...`: the failing path, then the reason.
-fn invalid(what: &str, e: ValidationError) -> XrpcError {
+fn invalid(what: &str, e: ValidationError) -> NodeError {
     let path = e.path.strip_prefix("$.").or_else(|| e.path.strip_prefix('$')).unwrap_or(&e.path);
     let at = if path.is_empty() { String::new() } else { format!("/{path}") };
-    XrpcError::invalid(format!("{what}{at} {}", e.message))
+    NodeError::invalid(format!("{what}{at} {}", e.message))
 }
 
-fn json_rejection(e: JsonRejection) -> XrpcError {
+fn json_rejection(e: JsonRejection) -> NodeError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return XrpcError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "request entity too large");
+        return NodeError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "request entity too large");
     }
-    XrpcError::invalid(format!("Invalid request body: {}", e.body_text()))
+    NodeError::invalid(format!("Invalid request body: {}", e.body_text()))
 }
 
 /// Query parameters.
 pub(crate) struct XQuery<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for XQuery<T> {
-    type Rejection = XrpcError;
+    type Rejection = NodeError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, XrpcError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, NodeError> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(XQuery(v)),
             Err(e) => Err(query_rejection(e)),
@@ -72,14 +72,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for XQuery<T> {
     }
 }
 
-fn query_rejection(e: QueryRejection) -> XrpcError {
-    XrpcError::invalid(format!("Invalid query parameters: {}", e.body_text()))
+fn query_rejection(e: QueryRejection) -> NodeError {
+    NodeError::invalid(format!("Invalid query parameters: {}", e.body_text()))
 }
 
 /// Middleware: refuses an XRPC call whose query parameters do not match the method's lexicon
 /// (missing required ones, wrong types, bad formats, out-of-range limits) with 400
 /// `InvalidRequest` naming the parameter, before any handler runs.
-pub(crate) async fn validate_params(State(state): State<Arc<XrpcState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn validate_params(State(state): State<Arc<Node>>, req: Request, next: Next) -> Response {
     if let Some(method) = req.uri().path().strip_prefix("/xrpc/") {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))

@@ -24,7 +24,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 
-use super::{XrpcError, XrpcState};
+use super::{Node, NodeError};
 
 /// A budget of `points` per `window` (`points == 0`: no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,11 +208,11 @@ fn set_headers(resp: &mut Response, s: &Status) {
     }
 }
 
-fn too_many(st: &XrpcState, s: &Status, what: &str, method: &str) -> Response {
+fn too_many(st: &Node, s: &Status, what: &str, method: &str) -> Response {
     st.metrics.xrpc_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(method, limit = s.rate.points, window_secs = s.rate.window.as_secs(), "rate limit reached: {what}");
     let mut resp =
-        XrpcError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimitExceeded", "Rate Limit Exceeded").into_response();
+        NodeError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimitExceeded", "Rate Limit Exceeded").into_response();
     set_headers(&mut resp, s);
     let secs = s.reset.as_secs() + u64::from(s.reset.subsec_nanos() > 0);
     resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -300,12 +300,12 @@ fn has_authorization(req: &Request) -> bool {
 
 fn too_large(method: &str, limit: usize) -> Response {
     tracing::warn!(method, limit, "request body over the method's limit");
-    XrpcError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "request entity too large").into_response()
+    NodeError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "request entity too large").into_response()
 }
 
 /// Middleware on every `/xrpc/<method>` call: rate limits, the method's body limit, and the
 /// token of an authenticated procedure, all before the body is read.
-pub(crate) async fn guard(State(st): State<Arc<XrpcState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn guard(State(st): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let Some(method) = req.uri().path().strip_prefix("/xrpc/").map(str::to_owned) else {
         return next.run(req).await;
     };
@@ -336,7 +336,7 @@ pub(crate) async fn guard(State(st): State<Arc<XrpcState>>, req: Request, next: 
             Err(e) => return e.into_response(),
         },
         Auth::Present if !has_authorization(&req) => {
-            return XrpcError::auth_required("Authentication Required").into_response();
+            return NodeError::auth_required("Authentication Required").into_response();
         }
         _ => None,
     };
@@ -408,7 +408,7 @@ pub(crate) async fn guard(State(st): State<Arc<XrpcState>>, req: Request, next: 
 }
 
 /// Every minute, forgets rate-limit keys whose budgets are whole again, until the state goes.
-pub(crate) fn spawn_gc(state: &Arc<XrpcState>) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_gc(state: &Arc<Node>) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
         loop {

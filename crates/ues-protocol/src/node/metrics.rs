@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 
-use super::XrpcState;
+use super::Node;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
@@ -58,7 +58,7 @@ impl Metrics {
 }
 
 /// Middleware: counts and times every request under its route template.
-pub(crate) async fn track(State(st): State<Arc<XrpcState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn track(State(st): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let route =
         req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
@@ -68,7 +68,7 @@ pub(crate) async fn track(State(st): State<Arc<XrpcState>>, req: Request, next: 
 }
 
 /// `GET /metrics` in the Prometheus text format.
-pub(crate) async fn render(State(st): State<Arc<XrpcState>>, headers: axum::http::HeaderMap) -> Response {
+pub(crate) async fn render(State(st): State<Arc<Node>>, headers: axum::http::HeaderMap) -> Response {
     // Counts of requests, peers and accounts tell an outsider more than they should.
     if !st.cfg.public_metrics
         && let Err(e) = st.operator(&headers)

@@ -1,0 +1,255 @@
+//! `dev.ues.stats`: how many records each account holds, by collection, kept up to date from
+//! the node's event log (never by scanning on request) and served over XRPC
+//! (`dev.ues.stats.getCounts`), REST (`GET /api/v1/apps/dev.ues.stats/counts/{repo}`) and `/ws`
+//! (topic `stats`: a message whenever a count of the named repository changes).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use ues_protocol::gateway::Topic;
+use ues_protocol::node::sequencer::{Happened, LogEvent};
+use ues_protocol::node::{Node, NodeError, blocking};
+use ues_protocol::sync::repo::accounts::record_counts;
+use ues_protocol::sync::repo::ipld::storage::Migration;
+use ues_protocol::sync::repo::ipld::storage::rusqlite::{self, Connection, Transaction, params};
+
+use crate::App;
+
+/// The application's name.
+pub const NAME: &str = "dev.ues.stats";
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    id: "dev.ues.stats/0001_counts",
+    sql: "CREATE TABLE stats_count (
+        did TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (did, collection)
+    ) WITHOUT ROWID;",
+}];
+
+/// The lexicon of `dev.ues.stats.getCounts`.
+const GET_COUNTS: &str = r##"{
+  "lexicon": 1,
+  "id": "dev.ues.stats.getCounts",
+  "defs": {
+    "main": {
+      "type": "query",
+      "description": "How many records a repository holds, by collection.",
+      "parameters": {
+        "type": "params",
+        "required": ["repo"],
+        "properties": { "repo": { "type": "string", "format": "at-identifier" } }
+      },
+      "output": {
+        "encoding": "application/json",
+        "schema": {
+          "type": "object",
+          "required": ["did", "collections", "total"],
+          "properties": {
+            "did": { "type": "string", "format": "did" },
+            "total": { "type": "integer" },
+            "collections": { "type": "array", "items": { "type": "ref", "ref": "#count" } }
+          }
+        }
+      }
+    },
+    "count": {
+      "type": "object",
+      "required": ["collection", "count"],
+      "properties": { "collection": { "type": "string", "format": "nsid" }, "count": { "type": "integer" } }
+    }
+  }
+}"##;
+
+/// Updates queued to `/ws` subscribers at most (a subscriber that lags is told it missed some).
+const UPDATES: usize = 1_024;
+
+/// The application.
+pub struct Stats {
+    updates: broadcast::Sender<Value>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats { updates: broadcast::channel(UPDATES).0 }
+    }
+}
+
+/// A repository's counts, by collection.
+pub fn counts(conn: &Connection, did: &str) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut s = conn.prepare_cached("SELECT collection, n FROM stats_count WHERE did = ?1 ORDER BY collection")?;
+    let rows = s.query_map([did], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    rows.collect()
+}
+
+fn add(tx: &Transaction<'_>, did: &str, collection: &str, delta: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO stats_count (did, collection, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT (did, collection) DO UPDATE SET n = n + excluded.n",
+        params![did, collection, delta],
+    )?;
+    tx.execute("DELETE FROM stats_count WHERE did = ?1 AND collection = ?2 AND n <= 0", params![did, collection])?;
+    Ok(())
+}
+
+/// Counts the account's records afresh (after an import or any change the log does not spell
+/// out record by record).
+fn recount(tx: &Transaction<'_>, did: Option<&str>) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM stats_count WHERE ?1 IS NULL OR did = ?1", [did])?;
+    for (d, c, n) in record_counts(tx, did)? {
+        tx.execute("INSERT INTO stats_count (did, collection, n) VALUES (?1, ?2, ?3)", params![d, c, n as i64])?;
+    }
+    Ok(())
+}
+
+fn answer(node: &Node, repo: &str) -> Result<Value, NodeError> {
+    let account = node.readable_repo(repo)?;
+    let did = account.did.to_string();
+    let rows = node.accounts.db().read(|c| counts(c, &did)).map_err(NodeError::internal)?;
+    let total: u64 = rows.iter().map(|(_, n)| n).sum();
+    let collections: Vec<Value> = rows.into_iter().map(|(c, n)| json!({ "collection": c, "count": n })).collect();
+    Ok(json!({ "did": did, "collections": collections, "total": total }))
+}
+
+#[derive(Deserialize)]
+struct RepoParam {
+    repo: String,
+}
+
+impl App for Stats {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
+    fn lexicons(&self) -> Vec<Value> {
+        vec![serde_json::from_str(GET_COUNTS).expect("the lexicon is valid JSON")]
+    }
+
+    fn xrpc(self: Arc<Self>) -> Router<Arc<Node>> {
+        Router::new().route(
+            "/xrpc/dev.ues.stats.getCounts",
+            get(|State(node): State<Arc<Node>>, Query(p): Query<RepoParam>| async move {
+                blocking(move || answer(&node, &p.repo)).await.map(Json)
+            }),
+        )
+    }
+
+    fn rest(self: Arc<Self>, node: Arc<Node>) -> Router {
+        Router::new().route(
+            "/counts/{repo}",
+            get(move |Path(repo): Path<String>| {
+                let node = node.clone();
+                async move { blocking(move || answer(&node, &repo)).await.map(Json).map_err(rest_error) }
+            }),
+        )
+    }
+
+    fn topics(self: Arc<Self>) -> Vec<(String, Arc<dyn Topic>)> {
+        vec![("stats".to_string(), self as Arc<dyn Topic>)]
+    }
+
+    fn apply(&self, tx: &Transaction<'_>, event: &LogEvent) -> rusqlite::Result<()> {
+        match &event.what {
+            Happened::Commit(ops) => {
+                for op in ops {
+                    match op.action.as_str() {
+                        "create" => add(tx, &event.did, &op.collection, 1)?,
+                        "delete" => add(tx, &event.did, &op.collection, -1)?,
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Happened::Account { status } if status == "deleted" => {
+                tx.execute("DELETE FROM stats_count WHERE did = ?1", [&event.did])?;
+                Ok(())
+            }
+            Happened::Sync => recount(tx, Some(&event.did)),
+            _ => Ok(()),
+        }
+    }
+
+    fn rebuild(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        recount(tx, None)
+    }
+
+    fn applied(&self, node: &Node, events: &[LogEvent]) {
+        if self.updates.receiver_count() == 0 {
+            return;
+        }
+        let touched: BTreeSet<(&str, &str)> = events
+            .iter()
+            .flat_map(|e| match &e.what {
+                Happened::Commit(ops) => ops.iter().map(|o| (e.did.as_str(), o.collection.as_str())).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        for (did, collection) in touched {
+            let n = node.accounts.db().read(|c| {
+                c.query_row("SELECT n FROM stats_count WHERE did = ?1 AND collection = ?2", [did, collection], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(0) } else { Err(e) })
+            });
+            match n {
+                Ok(n) => {
+                    let _ = self.updates.send(json!({ "did": did, "collection": collection, "count": n }));
+                }
+                Err(e) => tracing::warn!(app = NAME, error = %e, "a count could not be read for subscribers"),
+            }
+        }
+    }
+}
+
+impl Topic for Stats {
+    /// `{"topic": "stats", "repo": "<did>"}`: the repository's counts as they change.
+    fn subscribe(&self, params: &Value, _did: Option<&str>) -> Result<broadcast::Receiver<Value>, (String, String)> {
+        let repo = params.get("repo").and_then(Value::as_str).filter(|r| r.starts_with("did:")).ok_or_else(|| {
+            ("InvalidRequest".to_string(), "the stats topic needs \"repo\": the repository's DID".to_string())
+        })?;
+        let repo = repo.to_string();
+        let (tx, rx) = broadcast::channel(64);
+        let mut all = self.updates.subscribe();
+        // One forwarder per subscription, ending with it (its sends find no receiver).
+        tokio::spawn(async move {
+            loop {
+                match all.recv().await {
+                    Ok(u) if u["did"] == repo.as_str() => {
+                        if tx.send(u).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {
+                        if tx.receiver_count() == 0 {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(json!({ "did": repo, "missed": n }));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// REST answers not-found as 404 (XRPC keeps the reference PDS's 400s).
+fn rest_error(e: NodeError) -> NodeError {
+    match e.kind {
+        ues_protocol::node::Kind::NotFound => NodeError { status: axum::http::StatusCode::NOT_FOUND, ..e },
+        _ => e,
+    }
+}
