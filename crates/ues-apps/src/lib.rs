@@ -31,6 +31,9 @@ pub use ues_protocol as protocol;
 /// Events an application is given per transaction.
 const BATCH: usize = 500;
 
+/// How long a woken consumer lets new events gather before it applies them.
+const GATHER: Duration = Duration::from_millis(50);
+
 /// An application the node hosts.
 pub trait App: Send + Sync + 'static {
     /// Its name: an NSID authority of its own (`dev.ues.stats`), unique on the node.
@@ -182,8 +185,11 @@ async fn consume(node: Arc<Node>, app: Arc<dyn App>) {
             }
         }
         // New events wake it; a minute passes at most without a look (a missed wake-up costs
-        // no more than that).
-        let _ = tokio::time::timeout(Duration::from_secs(60), latest.changed()).await;
+        // no more than that). Woken, it lets events gather for a moment: one transaction per
+        // [`GATHER`] at most, so a busy write path shares its database with few of them.
+        if tokio::time::timeout(Duration::from_secs(60), latest.changed()).await.is_ok() {
+            tokio::time::sleep(GATHER).await;
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use ues_protocol::gateway::Topic;
-use ues_protocol::node::sequencer::{Happened, LogEvent};
+use ues_protocol::node::sequencer::{self, Happened, LogEvent};
 use ues_protocol::node::{Node, NodeError, blocking};
 use ues_protocol::sync::repo::accounts::record_counts;
 use ues_protocol::sync::repo::ipld::storage::Migration;
@@ -31,7 +31,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
         collection TEXT NOT NULL,
         n INTEGER NOT NULL,
         PRIMARY KEY (did, collection)
-    ) WITHOUT ROWID;",
+    ) WITHOUT ROWID;
+    CREATE TABLE stats_seen (did TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;",
 }];
 
 /// The lexicon of `dev.ues.stats.getCounts`.
@@ -68,18 +69,16 @@ const GET_COUNTS: &str = r##"{
   }
 }"##;
 
-/// Updates queued to `/ws` subscribers at most (a subscriber that lags is told it missed some).
-const UPDATES: usize = 1_024;
+/// Updates queued to one repository's `/ws` subscribers at most (the gateway tells a subscriber
+/// that lags how many it missed).
+const UPDATES: usize = 256;
 
 /// The application.
+#[derive(Default)]
 pub struct Stats {
-    updates: broadcast::Sender<Value>,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats { updates: broadcast::channel(UPDATES).0 }
-    }
+    /// The updates of each repository someone subscribed to (entries whose subscribers are all
+    /// gone are dropped at the next subscription or update).
+    updates: parking_lot::Mutex<std::collections::HashMap<String, broadcast::Sender<Value>>>,
 }
 
 /// A repository's counts, by collection.
@@ -99,14 +98,31 @@ fn add(tx: &Transaction<'_>, did: &str, collection: &str, delta: i64) -> rusqlit
     Ok(())
 }
 
-/// Counts the account's records afresh (after an import or any change the log does not spell
-/// out record by record).
+/// Counts records afresh (of one account, or of all) from the node's data, as it stands in this
+/// transaction: the newest event then in the log. The counts of an account recounted so reflect
+/// every event up to that one, and its events up to there are not applied again
+/// (`stats_seen`); a recount of all needs no mark, the cursor moving to that event with it.
 fn recount(tx: &Transaction<'_>, did: Option<&str>) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM stats_count WHERE ?1 IS NULL OR did = ?1", [did])?;
+    tx.execute("DELETE FROM stats_seen WHERE ?1 IS NULL OR did = ?1", [did])?;
     for (d, c, n) in record_counts(tx, did)? {
         tx.execute("INSERT INTO stats_count (did, collection, n) VALUES (?1, ?2, ?3)", params![d, c, n as i64])?;
     }
+    if let Some(did) = did {
+        let seq = sequencer::latest_seq_in(tx)?;
+        tx.execute("INSERT INTO stats_seen (did, seq) VALUES (?1, ?2)", params![did, seq])?;
+    }
     Ok(())
+}
+
+/// Whether the account's counts already reflect this event (a recount was made after it).
+fn seen(tx: &Transaction<'_>, event: &LogEvent) -> rusqlite::Result<bool> {
+    let mut s = tx.prepare_cached("SELECT seq FROM stats_seen WHERE did = ?1")?;
+    let mut rows = s.query([&event.did])?;
+    Ok(match rows.next()? {
+        Some(r) => event.seq <= r.get::<_, i64>(0)?,
+        None => false,
+    })
 }
 
 fn answer(node: &Node, repo: &str) -> Result<Value, NodeError> {
@@ -160,6 +176,9 @@ impl App for Stats {
     }
 
     fn apply(&self, tx: &Transaction<'_>, event: &LogEvent) -> rusqlite::Result<()> {
+        if seen(tx, event)? {
+            return Ok(());
+        }
         match &event.what {
             Happened::Commit(ops) => {
                 for op in ops {
@@ -173,6 +192,7 @@ impl App for Stats {
             }
             Happened::Account { status } if status == "deleted" => {
                 tx.execute("DELETE FROM stats_count WHERE did = ?1", [&event.did])?;
+                tx.execute("DELETE FROM stats_seen WHERE did = ?1", [&event.did])?;
                 Ok(())
             }
             Happened::Sync => recount(tx, Some(&event.did)),
@@ -185,9 +205,14 @@ impl App for Stats {
     }
 
     fn applied(&self, node: &Node, events: &[LogEvent]) {
-        if self.updates.receiver_count() == 0 {
-            return;
-        }
+        let watched: Vec<(String, broadcast::Sender<Value>)> = {
+            let mut updates = self.updates.lock();
+            updates.retain(|_, tx| tx.receiver_count() > 0);
+            if updates.is_empty() {
+                return;
+            }
+            updates.iter().map(|(d, tx)| (d.clone(), tx.clone())).collect()
+        };
         let touched: BTreeSet<(&str, &str)> = events
             .iter()
             .flat_map(|e| match &e.what {
@@ -196,6 +221,7 @@ impl App for Stats {
             })
             .collect();
         for (did, collection) in touched {
+            let Some((_, tx)) = watched.iter().find(|(d, _)| d == did) else { continue };
             let n = node.accounts.db().read(|c| {
                 c.query_row("SELECT n FROM stats_count WHERE did = ?1 AND collection = ?2", [did, collection], |r| {
                     r.get::<_, i64>(0)
@@ -204,7 +230,7 @@ impl App for Stats {
             });
             match n {
                 Ok(n) => {
-                    let _ = self.updates.send(json!({ "did": did, "collection": collection, "count": n }));
+                    let _ = tx.send(json!({ "did": did, "collection": collection, "count": n }));
                 }
                 Err(e) => tracing::warn!(app = NAME, error = %e, "a count could not be read for subscribers"),
             }
@@ -218,31 +244,9 @@ impl Topic for Stats {
         let repo = params.get("repo").and_then(Value::as_str).filter(|r| r.starts_with("did:")).ok_or_else(|| {
             ("InvalidRequest".to_string(), "the stats topic needs \"repo\": the repository's DID".to_string())
         })?;
-        let repo = repo.to_string();
-        let (tx, rx) = broadcast::channel(64);
-        let mut all = self.updates.subscribe();
-        // One forwarder per subscription, ending with it (its sends find no receiver).
-        tokio::spawn(async move {
-            loop {
-                match all.recv().await {
-                    Ok(u) if u["did"] == repo.as_str() => {
-                        if tx.send(u).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {
-                        if tx.receiver_count() == 0 {
-                            break;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx.send(json!({ "did": repo, "missed": n }));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-        Ok(rx)
+        let mut updates = self.updates.lock();
+        updates.retain(|_, tx| tx.receiver_count() > 0);
+        Ok(updates.entry(repo.to_string()).or_insert_with(|| broadcast::channel(UPDATES).0).subscribe())
     }
 }
 

@@ -587,9 +587,6 @@ async fn list_records(
 ) -> ApiResult<Json<RecordPage>> {
     addressed(&p.repo, Some(&p.collection), None)?;
     rkey_param("cursor", q.cursor.as_deref())?;
-    if q.limit.is_some_and(|l| !(1..=100).contains(&l)) {
-        return Err(NodeError::invalid("limit must be an integer from 1 to 100"));
-    }
     let st = api.st.clone();
     let limit = q.limit.map_or(50, |l| l as usize);
     let found = blocking(move || {
