@@ -66,9 +66,11 @@ pub trait App: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Applies one event of the node's log inside `tx`, the transaction that also moves the
-    /// application's cursor past it: what it writes there commits with the cursor or not at all.
-    fn apply(&self, tx: &Transaction<'_>, event: &LogEvent) -> rusqlite::Result<()>;
+    /// Applies events of the node's log, in order, inside `tx`, the transaction that also moves
+    /// the application's cursor past them: what it writes there commits with the cursor or not
+    /// at all. The transaction holds the node's database writer: keep it short (aggregate, then
+    /// write once per thing changed).
+    fn apply(&self, tx: &Transaction<'_>, events: &[LogEvent]) -> rusqlite::Result<()>;
 
     /// Rebuilds the application's state from the node's current data inside `tx` (the cursor
     /// moves to the newest event in the same transaction): run when the events it missed are
@@ -228,9 +230,7 @@ pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
             if now != cursor {
                 return Ok::<_, StoreError>(());
             }
-            for e in &events {
-                app.apply(tx, e)?;
-            }
+            app.apply(tx, &events)?;
             set_cursor(tx, name, last)?;
             Ok(())
         })?;

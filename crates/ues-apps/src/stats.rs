@@ -3,7 +3,7 @@
 //! (`dev.ues.stats.getCounts`), REST (`GET /api/v1/apps/dev.ues.stats/counts/{repo}`) and `/ws`
 //! (topic `stats`: a message whenever a count of the named repository changes).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -94,7 +94,9 @@ fn add(tx: &Transaction<'_>, did: &str, collection: &str, delta: i64) -> rusqlit
          ON CONFLICT (did, collection) DO UPDATE SET n = n + excluded.n",
         params![did, collection, delta],
     )?;
-    tx.execute("DELETE FROM stats_count WHERE did = ?1 AND collection = ?2 AND n <= 0", params![did, collection])?;
+    if delta < 0 {
+        tx.execute("DELETE FROM stats_count WHERE did = ?1 AND collection = ?2 AND n <= 0", params![did, collection])?;
+    }
     Ok(())
 }
 
@@ -102,27 +104,37 @@ fn add(tx: &Transaction<'_>, did: &str, collection: &str, delta: i64) -> rusqlit
 /// transaction: the newest event then in the log. The counts of an account recounted so reflect
 /// every event up to that one, and its events up to there are not applied again
 /// (`stats_seen`); a recount of all needs no mark, the cursor moving to that event with it.
-fn recount(tx: &Transaction<'_>, did: Option<&str>) -> rusqlite::Result<()> {
+fn recount(tx: &Transaction<'_>, did: Option<&str>) -> rusqlite::Result<i64> {
     tx.execute("DELETE FROM stats_count WHERE ?1 IS NULL OR did = ?1", [did])?;
     tx.execute("DELETE FROM stats_seen WHERE ?1 IS NULL OR did = ?1", [did])?;
     for (d, c, n) in record_counts(tx, did)? {
         tx.execute("INSERT INTO stats_count (did, collection, n) VALUES (?1, ?2, ?3)", params![d, c, n as i64])?;
     }
+    let seq = sequencer::latest_seq_in(tx)?;
     if let Some(did) = did {
-        let seq = sequencer::latest_seq_in(tx)?;
         tx.execute("INSERT INTO stats_seen (did, seq) VALUES (?1, ?2)", params![did, seq])?;
     }
-    Ok(())
+    Ok(seq)
 }
 
-/// Whether the account's counts already reflect this event (a recount was made after it).
-fn seen(tx: &Transaction<'_>, event: &LogEvent) -> rusqlite::Result<bool> {
+/// The newest event the account's counts already reflect (a recount was made after it).
+fn seen_up_to(tx: &Transaction<'_>, did: &str) -> rusqlite::Result<i64> {
     let mut s = tx.prepare_cached("SELECT seq FROM stats_seen WHERE did = ?1")?;
-    let mut rows = s.query([&event.did])?;
-    Ok(match rows.next()? {
-        Some(r) => event.seq <= r.get::<_, i64>(0)?,
-        None => false,
-    })
+    let mut rows = s.query([did])?;
+    match rows.next()? {
+        Some(r) => r.get(0),
+        None => Ok(i64::MIN),
+    }
+}
+
+/// Writes the gathered deltas.
+fn flush(tx: &Transaction<'_>, deltas: &mut BTreeMap<(&str, &str), i64>) -> rusqlite::Result<()> {
+    for ((did, collection), delta) in std::mem::take(deltas) {
+        if delta != 0 {
+            add(tx, did, collection, delta)?;
+        }
+    }
+    Ok(())
 }
 
 fn answer(node: &Node, repo: &str) -> Result<Value, NodeError> {
@@ -175,33 +187,49 @@ impl App for Stats {
         vec![("stats".to_string(), self as Arc<dyn Topic>)]
     }
 
-    fn apply(&self, tx: &Transaction<'_>, event: &LogEvent) -> rusqlite::Result<()> {
-        if seen(tx, event)? {
-            return Ok(());
-        }
-        match &event.what {
-            Happened::Commit(ops) => {
-                for op in ops {
-                    match op.action.as_str() {
-                        "create" => add(tx, &event.did, &op.collection, 1)?,
-                        "delete" => add(tx, &event.did, &op.collection, -1)?,
-                        _ => {}
+    fn apply(&self, tx: &Transaction<'_>, events: &[LogEvent]) -> rusqlite::Result<()> {
+        // Deltas by (account, collection), written once per pair: a batch of writes to one
+        // collection is one statement, not one per record.
+        let mut deltas: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        let mut horizons: HashMap<&str, i64> = HashMap::new();
+        for e in events {
+            let horizon = match horizons.get(e.did.as_str()) {
+                Some(h) => *h,
+                None => *horizons.entry(e.did.as_str()).or_insert(seen_up_to(tx, &e.did)?),
+            };
+            if e.seq <= horizon {
+                continue;
+            }
+            match &e.what {
+                Happened::Commit(ops) => {
+                    for op in ops {
+                        let delta = match op.action.as_str() {
+                            "create" => 1,
+                            "delete" => -1,
+                            _ => continue,
+                        };
+                        *deltas.entry((e.did.as_str(), op.collection.as_str())).or_default() += delta;
                     }
                 }
-                Ok(())
+                Happened::Account { status } if status == "deleted" => {
+                    flush(tx, &mut deltas)?;
+                    tx.execute("DELETE FROM stats_count WHERE did = ?1", [&e.did])?;
+                    tx.execute("DELETE FROM stats_seen WHERE did = ?1", [&e.did])?;
+                    horizons.insert(e.did.as_str(), i64::MIN);
+                }
+                Happened::Sync => {
+                    flush(tx, &mut deltas)?;
+                    let upto = recount(tx, Some(&e.did))?;
+                    horizons.insert(e.did.as_str(), upto);
+                }
+                _ => {}
             }
-            Happened::Account { status } if status == "deleted" => {
-                tx.execute("DELETE FROM stats_count WHERE did = ?1", [&event.did])?;
-                tx.execute("DELETE FROM stats_seen WHERE did = ?1", [&event.did])?;
-                Ok(())
-            }
-            Happened::Sync => recount(tx, Some(&event.did)),
-            _ => Ok(()),
         }
+        flush(tx, &mut deltas)
     }
 
     fn rebuild(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
-        recount(tx, None)
+        recount(tx, None).map(drop)
     }
 
     fn applied(&self, node: &Node, events: &[LogEvent]) {
