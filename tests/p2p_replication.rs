@@ -27,6 +27,23 @@ struct Node {
     password: String,
 }
 
+/// The last 40 lines of a node's log, on stderr.
+fn log_tail(dir: &Path, name: &str) {
+    eprintln!("--- {name} log tail");
+    let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    for l in &lines[lines.len().saturating_sub(40)..] {
+        eprintln!("{l}");
+    }
+}
+
+/// The log tails of every node under `root`.
+fn log_tails(root: &Path) {
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        log_tail(&entry.path(), &entry.file_name().to_string_lossy());
+    }
+}
+
 impl Node {
     fn new(root: &Path, name: &'static str) -> Node {
         let dir = root.join(name);
@@ -107,6 +124,9 @@ impl Node {
 
     fn admin(&self, method: &str, body: Option<Value>) -> Value {
         let (status, v) = self.call(method, None, body, true);
+        if status != 200 {
+            log_tails(self.dir.parent().unwrap());
+        }
         assert_eq!(status, 200, "{} {method}: {v}", self.name);
         v
     }
@@ -206,12 +226,7 @@ fn converge(nodes: &[&Node], did: &str, what: &str) -> String {
         }
         if Instant::now() > deadline {
             for n in nodes {
-                eprintln!("--- {} log tail", n.name);
-                let log = std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                for l in &lines[lines.len().saturating_sub(40)..] {
-                    eprintln!("{l}");
-                }
+                log_tail(&n.dir, n.name);
             }
             panic!("{what}: no convergence within 90 s: {roots:?}");
         }

@@ -748,7 +748,6 @@ impl Replication {
     }
 }
 
-/// A replica refusal's reason, without the wrapping.
 impl crate::node::peers::PeerService for Replication {
     fn local_commit(
         &self,
@@ -799,6 +798,7 @@ impl crate::node::peers::PeerService for Replication {
     }
 }
 
+/// A replica refusal's reason, without the wrapping.
 fn refusal_reason(e: &ReplicaError) -> String {
     match e {
         ReplicaError::Refused(r) => r.to_string(),
