@@ -27,12 +27,12 @@ struct Node {
     password: String,
 }
 
-/// The last 40 lines of a node's log, on stderr.
+/// The last 60 lines of a node's log, on stderr.
 fn log_tail(dir: &Path, name: &str) {
     eprintln!("--- {name} log tail");
     let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
-    for l in &lines[lines.len().saturating_sub(40)..] {
+    for l in &lines[lines.len().saturating_sub(60)..] {
         eprintln!("{l}");
     }
 }
@@ -271,6 +271,9 @@ fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
         Some(json!({"did": did, "from": a.peer, "addr": a.multiaddr()})),
         true,
     );
+    if status != 502 {
+        log_tails(root.path());
+    }
     assert_eq!(status, 502, "{v}");
     assert!(v["message"].as_str().unwrap().contains("NotAuthorized"), "{v}");
     stranger.stop();
