@@ -12,6 +12,7 @@ mod support;
 
 mod common;
 
+mod apps;
 mod auth;
 mod data;
 mod http;

@@ -62,7 +62,8 @@ pub trait App: Send + Sync + 'static {
     }
 
     /// Its `/ws` topics (name, source).
-    fn topics(self: Arc<Self>) -> Vec<(String, Arc<dyn Topic>)> {
+    fn topics(self: Arc<Self>, node: Arc<Node>) -> Vec<(String, Arc<dyn Topic>)> {
+        let _ = node;
         Vec::new()
     }
 
@@ -141,7 +142,7 @@ impl Host {
             reg = reg.routes(
                 Router::new().nest(&format!("/api/v1/apps/{}", app.name()), app.clone().rest(self.node.clone())),
             );
-            for (name, topic) in app.clone().topics() {
+            for (name, topic) in app.clone().topics(self.node.clone()) {
                 reg = reg.topic(&name, topic)?;
             }
         }

@@ -71,7 +71,11 @@ const GET_COUNTS: &str = r##"{
 
 /// Updates queued to one repository's `/ws` subscribers at most (the gateway tells a subscriber
 /// that lags how many it missed).
-const UPDATES: usize = 256;
+const UPDATES: usize = 64;
+
+/// Repositories watched at once at most (each is one channel, shared by its subscribers; only
+/// repositories hosted here can be watched).
+const MAX_WATCHED: usize = 10_000;
 
 /// The application.
 #[derive(Default)]
@@ -183,8 +187,8 @@ impl App for Stats {
         )
     }
 
-    fn topics(self: Arc<Self>) -> Vec<(String, Arc<dyn Topic>)> {
-        vec![("stats".to_string(), self as Arc<dyn Topic>)]
+    fn topics(self: Arc<Self>, node: Arc<Node>) -> Vec<(String, Arc<dyn Topic>)> {
+        vec![("stats".to_string(), Arc::new(StatsTopic { app: self, node }) as Arc<dyn Topic>)]
     }
 
     fn apply(&self, tx: &Transaction<'_>, events: &[LogEvent]) -> rusqlite::Result<()> {
@@ -266,14 +270,34 @@ impl App for Stats {
     }
 }
 
-impl Topic for Stats {
-    /// `{"topic": "stats", "repo": "<did>"}`: the repository's counts as they change.
+/// The `stats` topic: a hosted repository's counts as they change.
+struct StatsTopic {
+    app: Arc<Stats>,
+    node: Arc<Node>,
+}
+
+impl Topic for StatsTopic {
+    /// `{"topic": "stats", "repo": "<did>"}`: refused unless the repository is hosted here.
     fn subscribe(&self, params: &Value, _did: Option<&str>) -> Result<broadcast::Receiver<Value>, (String, String)> {
-        let repo = params.get("repo").and_then(Value::as_str).filter(|r| r.starts_with("did:")).ok_or_else(|| {
-            ("InvalidRequest".to_string(), "the stats topic needs \"repo\": the repository's DID".to_string())
-        })?;
-        let mut updates = self.updates.lock();
+        let refuse = |name: &str, message: &str| (name.to_string(), message.to_string());
+        let repo = params
+            .get("repo")
+            .and_then(Value::as_str)
+            .and_then(|r| ues_protocol::sync::repo::syntax::Did::new(r).ok())
+            .ok_or_else(|| refuse("InvalidRequest", "the stats topic needs \"repo\": the repository's DID"))?;
+        match self.node.accounts.get(&repo) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(refuse("RepoNotFound", "no such repository here")),
+            Err(e) => {
+                tracing::error!(app = NAME, error = %e, "an account could not be read");
+                return Err(refuse("InternalServerError", "Internal Server Error"));
+            }
+        }
+        let mut updates = self.app.updates.lock();
         updates.retain(|_, tx| tx.receiver_count() > 0);
+        if updates.len() >= MAX_WATCHED && !updates.contains_key(repo.as_str()) {
+            return Err(refuse("TooManySubscriptions", "too many repositories watched on this node"));
+        }
         Ok(updates.entry(repo.to_string()).or_insert_with(|| broadcast::channel(UPDATES).0).subscribe())
     }
 }

@@ -67,7 +67,7 @@ impl Node {
     }
 
     /// Creates an account: its DID (did:plc, controlled by this node's rotation key and the
-    /// user's recovery key), repository, credentials, and a first session.
+    /// user's recovery key), repository, credentials, and its tokens.
     pub fn create_account(&self, req: NewAccount) -> Result<Session, NodeError> {
         let handle = Handle::new(&req.handle).map_err(|e| NodeError::bad("InvalidHandle", e.to_string()))?.normalized();
         if !self.cfg.user_domains.iter().any(|d| handle.as_str().ends_with(d.as_str())) {

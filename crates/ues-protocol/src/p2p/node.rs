@@ -738,7 +738,7 @@ impl Replication {
             return Err(format!("{did} is hosted here with another key"));
         }
         self.track(did, key.public())?;
-        // Who may sync the account is known before the first session.
+        // Who may sync the account is known before any sync with a peer begins.
         let report = self.peer.lock().replica.apply(h.auths);
         if let Some(r) = report.refused.first() {
             tracing::warn!(%did, reason = %r.reason, "a handed-over authorization was refused");
