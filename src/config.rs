@@ -436,11 +436,11 @@ pub(crate) struct StorageSection {
 impl Default for StorageSection {
     fn default() -> Self {
         Self {
-            durability: DurabilitySetting::Process,
+            durability: DurabilitySetting::Fsync,
             verify_reads: true,
             block_cache_mib: 256,
             hot_blocks_mib: 128,
-            sqlite_synchronous: SyncSetting::Normal,
+            sqlite_synchronous: SyncSetting::Auto,
         }
     }
 }
@@ -459,6 +459,8 @@ pub(crate) enum DurabilitySetting {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum SyncSetting {
+    /// What `durability` needs: FULL for fsync, NORMAL for process.
+    Auto,
     /// OFF
     Off,
     /// NORMAL
@@ -521,6 +523,10 @@ impl Config {
             },
             sqlite: SqliteConfig {
                 synchronous: match s.sqlite_synchronous {
+                    SyncSetting::Auto => match s.durability {
+                        DurabilitySetting::Fsync => Synchronous::Full,
+                        DurabilitySetting::Process => Synchronous::Normal,
+                    },
                     SyncSetting::Off => Synchronous::Off,
                     SyncSetting::Normal => Synchronous::Normal,
                     SyncSetting::Full => Synchronous::Full,
@@ -545,8 +551,12 @@ mod tests {
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
         let err = Config::from_toml("[http]\nlisten_on = \"x\"").unwrap_err();
         assert!(format!("{err:#}").contains("listen_on"), "{err:#}");
-        let cfg = Config::from_toml("[storage]\ndurability = \"fsync\"").unwrap();
-        assert_eq!(cfg.storage_config().rocks.durability, Durability::Fsync);
+        let cfg = Config::from_toml("").unwrap().storage_config();
+        assert_eq!((cfg.rocks.durability, cfg.sqlite.synchronous), (Durability::Fsync, Synchronous::Full));
+        let cfg = Config::from_toml("[storage]\ndurability = \"process\"").unwrap().storage_config();
+        assert_eq!((cfg.rocks.durability, cfg.sqlite.synchronous), (Durability::Process, Synchronous::Normal));
+        let cfg = Config::from_toml("[storage]\nsqlite_synchronous = \"normal\"").unwrap().storage_config();
+        assert_eq!((cfg.rocks.durability, cfg.sqlite.synchronous), (Durability::Fsync, Synchronous::Normal));
     }
 
     #[test]

@@ -196,8 +196,8 @@ async fn consume(node: Arc<Node>, app: Arc<dyn App>) {
     }
 }
 
-/// Applies every event after the application's cursor, a batch per transaction; returns how
-/// many it applied.
+/// Applies the events after the application's cursor, a batch per transaction, until a batch
+/// comes short (everything logged when it was read); returns how many it applied.
 pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
     let db = node.accounts.db();
     let name = app.name();
@@ -237,6 +237,12 @@ pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
         })?;
         app.applied(node, &events);
         total += events.len();
+        // A short batch is everything there was: what arrived meanwhile waits for the next
+        // wake-up, so that a steady stream of commits is applied in gathered batches, not
+        // chased one transaction (one sync) per commit.
+        if events.len() < BATCH {
+            return Ok(total);
+        }
     }
 }
 

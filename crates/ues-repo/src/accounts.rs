@@ -5,6 +5,13 @@
 //! Crash consistency: a commit's blocks are written first (one atomic batch), then one SQLite
 //! transaction moves the head and updates the index. A crash in between leaves unreferenced
 //! blocks and the previous head: the repository and its index always agree.
+//!
+//! Power-loss durability with one sync per commit: when the blockstore syncs its writes, a
+//! commit's blocks go to it unsynced and the commit's SQLite transaction (the one synced write
+//! of the commit) also carries them in `block_journal`. [`Accounts::checkpoint`] syncs the
+//! blockstore and drops the journal rows it covers; opening the store puts back whatever the
+//! journal still holds, so blocks a power cut took from the blockstore return before anything
+//! reads them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -136,7 +143,21 @@ ALTER TABLE account ADD COLUMN signing_key_sealed INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE node_secret (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 ",
     },
+    // The blocks of commits whose blockstore writes are not yet synced (a CAR per commit), and
+    // whose ownership entries they also restore.
+    Migration {
+        id: "repo/0008_block_journal",
+        sql: "
+CREATE TABLE block_journal (id INTEGER PRIMARY KEY, did TEXT NOT NULL, rev TEXT NOT NULL, blocks BLOB NOT NULL);
+",
+    },
 ];
+
+/// Journal rows past which a commit checkpoints at once (a node checkpoints every second).
+const JOURNAL_MAX_ROWS: u64 = 20_000;
+
+/// Journal rows replayed per step when the store is opened.
+const REPLAY_CHUNK: i64 = 500;
 
 /// `node_secret` row of the node's did:plc rotation key (secp256k1, sealed).
 const ROTATION_KEY_ROW: &str = "plc-rotation-key";
@@ -501,6 +522,13 @@ pub struct Accounts<B> {
     /// account up), and a generation every change of an account row bumps, so that a read
     /// that raced a change does not cache what it read. Bounded: cleared past [`MAX_CACHED`].
     cached: Mutex<(u64, HashMap<String, Account>)>,
+    /// Commits carry their blocks in `block_journal` (the blockstore syncs its writes, and
+    /// commits write to it unsynced instead).
+    journal: bool,
+    /// Journal rows written since the last checkpoint.
+    journaled: std::sync::atomic::AtomicU64,
+    /// One checkpoint at a time.
+    checkpointing: Mutex<()>,
 }
 
 /// Accounts kept in [`Accounts`]' cache at most.
@@ -606,7 +634,15 @@ impl<B: Blockstore> Accounts<B> {
                 Ok::<_, AccountError>(())
             })?;
         }
+        let journal = blocks.syncs_writes();
+        let replayed = replay_journal(&blocks, owners.as_ref(), &db)?;
+        if replayed > 0 {
+            tracing::info!(commits = replayed, "blocks of commits since the last checkpoint put back from the journal");
+        }
         Ok(Self {
+            journal,
+            journaled: std::sync::atomic::AtomicU64::new(0),
+            checkpointing: Mutex::new(()),
             owners,
             blocks,
             db,
@@ -1210,7 +1246,13 @@ impl<B: Blockstore> Accounts<B> {
                 return;
             }
         };
-        let mut repo = match self.repo(did) {
+        // Blocks go to the store unsynced: the commit's transaction carries them when the
+        // store would sync (see the module's documentation).
+        let repo = self.get(did).and_then(|a| {
+            let account = a.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
+            Ok(Repo::load(ues_ipld::storage::Unsynced(&self.blocks), account.head)?)
+        });
+        let mut repo = match repo {
             Ok(r) => r,
             Err(e) => {
                 batch.into_iter().for_each(|p| p.fail(same_error(&e)));
@@ -1252,7 +1294,10 @@ impl<B: Blockstore> Accounts<B> {
                 res.blocks.iter().map(|b| (owner_key(did.as_str(), &b.0), res.commit.rev.as_str().as_bytes().to_vec()))
             })
             .collect();
-        if let Err(e) = owned.chunks(10_000).try_for_each(|chunk| self.owners.put_many(chunk)) {
+        let put_owned = |chunk: &[(Vec<u8>, Vec<u8>)]| {
+            if self.journal { self.owners.put_many_unsynced(chunk) } else { self.owners.put_many(chunk) }
+        };
+        if let Err(e) = owned.chunks(10_000).try_for_each(put_owned) {
             let msg = e.to_string();
             done.into_iter().for_each(|(p, _, _, _)| p.fail(AccountError::CommitFailed(msg.clone())));
             return;
@@ -1261,6 +1306,9 @@ impl<B: Blockstore> Accounts<B> {
         let written = self.db.write(|tx| {
             for (p, res, event_blocks, cids) in &done {
                 self.index_commit(tx, did, &p.writes, res, cids, event_blocks, now)?;
+                if self.journal {
+                    journal_blocks(tx, did.as_str(), res)?;
+                }
             }
             Ok::<_, AccountError>(())
         });
@@ -1269,7 +1317,14 @@ impl<B: Blockstore> Accounts<B> {
                 if let Some((_, last, _, _)) = done.last() {
                     self.moved(did, last.cid, last.commit.rev.as_str());
                 }
-                done.into_iter().for_each(|(p, res, _, _)| p.succeed(res))
+                let rows = done.len() as u64;
+                done.into_iter().for_each(|(p, res, _, _)| p.succeed(res));
+                if self.journal
+                    && self.journaled.fetch_add(rows, std::sync::atomic::Ordering::Relaxed) + rows > JOURNAL_MAX_ROWS
+                    && let Err(e) = self.checkpoint()
+                {
+                    tracing::warn!("checkpointing the block journal failed (retried later): {e}");
+                }
             }
             Err(e) => {
                 self.forget(did);
@@ -1277,6 +1332,28 @@ impl<B: Blockstore> Accounts<B> {
                 done.into_iter().for_each(|(p, _, _, _)| p.fail(AccountError::CommitFailed(msg.clone())));
             }
         }
+    }
+
+    /// Makes the blocks of every commit so far durable in the blockstore itself and drops their
+    /// journal rows: one sync of the blockstore (and of the ownership store) for all of them.
+    /// Returns how many rows it dropped. A node calls it every second; commits call it when the
+    /// journal grows past [`JOURNAL_MAX_ROWS`].
+    pub fn checkpoint(&self) -> Result<usize, AccountError> {
+        if !self.journal {
+            return Ok(0);
+        }
+        let _one = self.checkpointing.lock();
+        let last: Option<i64> = self.db.read(|c| c.query_row("SELECT max(id) FROM block_journal", [], |r| r.get(0)))?;
+        let Some(last) = last else { return Ok(0) };
+        // Every row up to `last` was committed after its blocks were written: syncing now
+        // covers them all.
+        self.journaled.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.blocks.sync()?;
+        self.owners.sync()?;
+        let dropped = self
+            .db
+            .write(|tx| Ok::<_, AccountError>(tx.execute("DELETE FROM block_journal WHERE id <= ?1", [last])?))?;
+        Ok(dropped)
     }
 
     /// Refuses records that reference a blob this account has not uploaded.
@@ -1800,6 +1877,60 @@ pub fn record_counts(conn: &rusqlite::Connection, did: Option<&str>) -> rusqlite
     )?;
     let rows = s.query_map([did], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
     rows.collect()
+}
+
+/// Inside a commit's transaction: the commit's blocks, kept until a checkpoint has synced them
+/// in the blockstore.
+fn journal_blocks(tx: &rusqlite::Transaction<'_>, did: &str, res: &CommitResult) -> Result<(), AccountError> {
+    let mut car = ues_ipld::car::CarWriter::new(Vec::with_capacity(4096), &[res.cid]).map_err(RepoError::from)?;
+    for (cid, bytes) in &res.blocks {
+        car.write_block(cid, bytes).map_err(RepoError::from)?;
+    }
+    let blob = car.finish().map_err(RepoError::from)?;
+    tx.prepare_cached("INSERT INTO block_journal (did, rev, blocks) VALUES (?1, ?2, ?3)")?.execute(params![
+        did,
+        res.commit.rev.as_str(),
+        blob
+    ])?;
+    Ok(())
+}
+
+/// Puts the blocks (and ownership entries) of every journaled commit back into the blockstore,
+/// syncs it and drops the rows: after a power cut the blockstore may have lost writes the
+/// journal's synced transactions still hold. Blocks are content-addressed, so putting back
+/// one that survived changes nothing. Returns how many commits were replayed.
+fn replay_journal<B: Blockstore>(blocks: &B, owners: &dyn Kv, db: &Sqlite) -> Result<usize, AccountError> {
+    let mut replayed = 0usize;
+    let mut after = 0i64;
+    loop {
+        let rows: Vec<(i64, String, String, Vec<u8>)> = db.read(|c| {
+            let mut st =
+                c.prepare_cached("SELECT id, did, rev, blocks FROM block_journal WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+            let rows =
+                st.query_map(params![after, REPLAY_CHUNK], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let Some(last) = rows.last().map(|r| r.0) else { break };
+        for (_, did, rev, car) in &rows {
+            let mut reader = ues_ipld::car::CarReader::new(&car[..]).map_err(RepoError::from)?;
+            let mut found = Vec::new();
+            while let Some(block) = reader.next_block().map_err(RepoError::from)? {
+                found.push(block);
+            }
+            let owned: Vec<(Vec<u8>, Vec<u8>)> =
+                found.iter().map(|(cid, _)| (owner_key(did, cid), rev.as_bytes().to_vec())).collect();
+            blocks.put_many_unsynced(&found)?;
+            owners.put_many_unsynced(&owned)?;
+        }
+        replayed += rows.len();
+        after = last;
+    }
+    if replayed > 0 {
+        blocks.sync()?;
+        owners.sync()?;
+        db.write(|tx| Ok::<_, AccountError>(tx.execute("DELETE FROM block_journal WHERE id <= ?1", [after])?))?;
+    }
+    Ok(replayed)
 }
 
 #[cfg(test)]

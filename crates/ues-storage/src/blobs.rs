@@ -155,11 +155,14 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
     /// Counts one more reference to each chunk (before they are written).
     fn retain(&self, chunks: &[Cid]) -> Result<()> {
         let _g = self.refs.lock();
+        let mut counts = Vec::with_capacity(chunks.len());
         for c in chunks {
             let n = self.count(c)?.unwrap_or(0).saturating_add(1);
-            self.index.put(&refs_key(c), &n.to_be_bytes(), None)?;
+            counts.push((refs_key(c), n.to_be_bytes().to_vec()));
         }
-        Ok(())
+        // Unsynced, as the chunks: the blob's index entry, written last and synced, makes
+        // everything before it durable (one sync per upload).
+        self.index.put_many_unsynced(&counts)
     }
 
     /// Drops one reference to each chunk; a chunk whose count reaches zero is deleted.
@@ -235,7 +238,7 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
         let cids: Vec<Cid> = batch.iter().map(|(c, _)| *c).collect();
         self.retain(&cids)?;
         upload.chunks.extend_from_slice(&cids);
-        self.blocks.put_many(batch)?;
+        self.blocks.put_many_unsynced(batch)?;
         batch.clear();
         Ok(())
     }
@@ -272,8 +275,11 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
             let _g = self.refs.lock();
             let held = self.index.get(&index_key(&cid))?.is_some();
             if !held {
-                self.blocks.put(&manifest_cid, &manifest)?;
+                self.blocks.put_many_unsynced(&[(manifest_cid, manifest)])?;
                 // The index entry goes last: a blob is visible only once every block is durable.
+                // The blocks and the index share one write-ahead log: the stores sync it here,
+                // where they do, covering the chunks and the manifest too.
+                self.blocks.sync()?;
                 self.index.put(&index_key(&cid), &manifest_cid.to_bytes(), None)?;
             }
             held

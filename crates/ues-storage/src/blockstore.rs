@@ -27,6 +27,21 @@ pub trait Blockstore: Send + Sync {
     fn delete(&self, cid: &Cid) -> Result<()>;
     /// Every stored block, in key order. Reads are streamed, not collected.
     fn iter(&self) -> Box<dyn Iterator<Item = Result<(Cid, Vec<u8>)>> + '_>;
+    /// As [`Blockstore::put_many`], but not made durable against power loss before returning
+    /// even when the store's writes otherwise are: for a caller that keeps its own durable copy
+    /// of the blocks until [`Blockstore::sync`] has returned. Survives the process being killed.
+    fn put_many_unsynced(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
+        self.put_many(blocks)
+    }
+    /// Makes every write made so far durable against power loss.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Whether [`Blockstore::put_many`] makes its blocks durable against power loss before it
+    /// returns (a caller that cares may then keep its own copy and use the unsynced path).
+    fn syncs_writes(&self) -> bool {
+        false
+    }
 }
 
 macro_rules! forward_blockstore {
@@ -52,6 +67,15 @@ macro_rules! forward_blockstore {
             }
             fn iter(&self) -> Box<dyn Iterator<Item = Result<(Cid, Vec<u8>)>> + '_> {
                 (**self).iter()
+            }
+            fn put_many_unsynced(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
+                (**self).put_many_unsynced(blocks)
+            }
+            fn sync(&self) -> Result<()> {
+                (**self).sync()
+            }
+            fn syncs_writes(&self) -> bool {
+                (**self).syncs_writes()
             }
         }
     )*};
@@ -133,5 +157,53 @@ impl<B: Blockstore> Blockstore for CachedBlockstore<B> {
     }
     fn iter(&self) -> Box<dyn Iterator<Item = Result<(Cid, Vec<u8>)>> + '_> {
         self.inner.iter()
+    }
+    fn put_many_unsynced(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
+        self.inner.put_many_unsynced(blocks)?;
+        for (cid, data) in blocks {
+            self.cache.insert(*cid, Arc::from(data.as_slice()));
+        }
+        Ok(())
+    }
+    fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+    fn syncs_writes(&self) -> bool {
+        self.inner.syncs_writes()
+    }
+}
+
+/// A view of a blockstore whose writes all take the unsynced path
+/// ([`Blockstore::put_many_unsynced`]): for code that writes blocks through a generic store
+/// (a repository applying writes) while its caller keeps the durable copy.
+pub struct Unsynced<B>(pub B);
+
+impl<B: Blockstore> Blockstore for Unsynced<B> {
+    fn put(&self, cid: &Cid, data: &[u8]) -> Result<()> {
+        self.0.put_many_unsynced(&[(*cid, data.to_vec())])
+    }
+    fn put_many(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
+        self.0.put_many_unsynced(blocks)
+    }
+    fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
+        self.0.get(cid)
+    }
+    fn get_many(&self, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.0.get_many(cids)
+    }
+    fn has(&self, cid: &Cid) -> Result<bool> {
+        self.0.has(cid)
+    }
+    fn delete(&self, cid: &Cid) -> Result<()> {
+        self.0.delete(cid)
+    }
+    fn iter(&self) -> Box<dyn Iterator<Item = Result<(Cid, Vec<u8>)>> + '_> {
+        self.0.iter()
+    }
+    fn put_many_unsynced(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
+        self.0.put_many_unsynced(blocks)
+    }
+    fn sync(&self) -> Result<()> {
+        self.0.sync()
     }
 }

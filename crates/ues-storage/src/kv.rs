@@ -18,6 +18,15 @@ pub trait Kv: Send + Sync {
     fn put_many(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
         entries.iter().try_for_each(|(k, v)| self.put(k, v, None))
     }
+    /// As [`Kv::put_many`], but not made durable against power loss before returning even when
+    /// the store's writes otherwise are (the caller keeps a durable copy until [`Kv::sync`]).
+    fn put_many_unsynced(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        self.put_many(entries)
+    }
+    /// Makes every write made so far durable against power loss.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 macro_rules! forward_kv {
@@ -37,6 +46,12 @@ macro_rules! forward_kv {
             }
             fn put_many(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
                 (**self).put_many(entries)
+            }
+            fn put_many_unsynced(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+                (**self).put_many_unsynced(entries)
+            }
+            fn sync(&self) -> Result<()> {
+                (**self).sync()
             }
         }
     )*};

@@ -35,7 +35,7 @@ mod storage;
 mod verify;
 
 pub use blobs::{BlobInfo, BlobReader, BlobUpload, Blobs, CHUNK_SIZE};
-pub use blockstore::{Blockstore, CachedBlockstore};
+pub use blockstore::{Blockstore, CachedBlockstore, Unsynced};
 pub use cache::{ByteLru, CacheStats, Weigh};
 pub use datadir::DataDir;
 pub use error::{Error, Result};

@@ -19,10 +19,13 @@ const CF_KV: &str = "kv";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Written to the write-ahead log before returning: survives the process being killed
-    /// (`kill -9`, a panic, an OOM kill), not a power cut. The default.
-    #[default]
+    /// (`kill -9`, a panic, an OOM kill), not a power cut: the last writes acknowledged before
+    /// one can be lost. An explicit choice.
     Process,
-    /// The write-ahead log is fsynced before returning: survives a power cut too.
+    /// On stable storage before returning: survives a power cut too. The default. Writes
+    /// through the unsynced paths (whose callers keep their own durable copy) are synced by
+    /// [`RocksStore::sync`].
+    #[default]
     Fsync,
 }
 
@@ -44,7 +47,7 @@ pub struct RocksConfig {
 impl Default for RocksConfig {
     fn default() -> Self {
         Self {
-            durability: Durability::Process,
+            durability: Durability::Fsync,
             verify_reads: true,
             block_cache_bytes: 256 << 20,
             bloom_bits_per_key: 10.0,
@@ -101,6 +104,9 @@ pub struct RocksStore {
     db: DB,
     path: PathBuf,
     write_opts: WriteOptions,
+    /// Written to the WAL, never synced on the way (for callers that keep a durable copy).
+    unsynced_opts: WriteOptions,
+    durability: Durability,
     verify_reads: bool,
 }
 
@@ -124,7 +130,28 @@ impl RocksStore {
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(cfg.durability == Durability::Fsync);
         tracing::debug!(path = %path.display(), ?cfg.durability, "rocksdb opened");
-        Ok(Arc::new(Self { db, path, write_opts, verify_reads: cfg.verify_reads }))
+        Ok(Arc::new(Self {
+            db,
+            path,
+            write_opts,
+            unsynced_opts: WriteOptions::default(),
+            durability: cfg.durability,
+            verify_reads: cfg.verify_reads,
+        }))
+    }
+
+    /// Syncs the write-ahead log: every write made so far survives a power cut. Under
+    /// [`Durability::Process`] nothing is promised beyond the process, and nothing is synced.
+    pub fn sync(&self) -> Result<()> {
+        if self.durability == Durability::Fsync {
+            self.db.flush_wal(true)?;
+        }
+        Ok(())
+    }
+
+    fn write_batch(&self, batch: WriteBatch, synced: bool) -> Result<()> {
+        let opts = if synced { &self.write_opts } else { &self.unsynced_opts };
+        Ok(self.db.write_opt(batch, opts)?)
     }
 
     /// Where the database lives.
@@ -185,6 +212,14 @@ impl RocksBlockstore {
     fn cf(&self) -> &ColumnFamily {
         self.store.cf(CF_BLOCKS)
     }
+
+    fn batch(&self, blocks: &[(Cid, Vec<u8>)]) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for (cid, data) in blocks {
+            batch.put_cf(self.cf(), cid.to_bytes(), data);
+        }
+        batch
+    }
 }
 
 impl Blockstore for RocksBlockstore {
@@ -194,11 +229,19 @@ impl Blockstore for RocksBlockstore {
     }
 
     fn put_many(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for (cid, data) in blocks {
-            batch.put_cf(self.cf(), cid.to_bytes(), data);
-        }
-        Ok(self.store.db.write_opt(batch, &self.store.write_opts)?)
+        self.store.write_batch(self.batch(blocks), true)
+    }
+
+    fn put_many_unsynced(&self, blocks: &[(Cid, Vec<u8>)]) -> Result<()> {
+        self.store.write_batch(self.batch(blocks), false)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.store.sync()
+    }
+
+    fn syncs_writes(&self) -> bool {
+        self.store.durability == Durability::Fsync
     }
 
     fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
@@ -263,6 +306,14 @@ impl RocksKv {
     fn cf(&self) -> &ColumnFamily {
         self.store.cf(CF_KV)
     }
+
+    fn batch(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for (k, v) in entries {
+            batch.put_cf(self.cf(), k, kv_encode(v, None));
+        }
+        batch
+    }
 }
 
 fn kv_encode(value: &[u8], ttl: Option<Duration>) -> Vec<u8> {
@@ -291,11 +342,15 @@ impl Kv for RocksKv {
     }
 
     fn put_many(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for (k, v) in entries {
-            batch.put_cf(self.cf(), k, kv_encode(v, None));
-        }
-        Ok(self.store.db.write_opt(batch, &self.store.write_opts)?)
+        self.store.write_batch(self.batch(entries), true)
+    }
+
+    fn put_many_unsynced(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        self.store.write_batch(self.batch(entries), false)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.store.sync()
     }
 
     fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -16,9 +16,10 @@ pub enum Synchronous {
     /// No fsync at all (tests, throwaway indexes).
     Off,
     /// In WAL mode: survives a process crash; a power cut may lose the last transactions.
-    #[default]
     Normal,
-    /// fsync at every commit.
+    /// In WAL mode: the log is synced at every commit, which then survives a power cut. The
+    /// default.
+    #[default]
     Full,
 }
 
@@ -47,12 +48,7 @@ pub struct SqliteConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        Self {
-            synchronous: Synchronous::Normal,
-            busy_timeout: Duration::from_secs(5),
-            statement_cache: 128,
-            readers: 4,
-        }
+        Self { synchronous: Synchronous::Full, busy_timeout: Duration::from_secs(5), statement_cache: 128, readers: 4 }
     }
 }
 

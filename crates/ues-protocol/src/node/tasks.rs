@@ -1,5 +1,5 @@
-//! The node's background tasks: full-text indexing, event-log pruning, blob collection, crawl
-//! requests to relays, rate-limit bookkeeping. `ues run` starts them ([`start_tasks`]) and
+//! The node's background tasks: block-journal checkpoints, full-text indexing, event-log
+//! pruning, blob collection, crawl requests to relays, rate-limit bookkeeping. `ues run` starts them ([`start_tasks`]) and
 //! stops them on shutdown; building a router starts none.
 
 use std::sync::Arc;
@@ -30,6 +30,26 @@ fn spawn_text_indexer(state: &Arc<Node>) -> tokio::task::JoinHandle<()> {
                         break;
                     }
                 }
+            }
+        }
+    })
+}
+
+/// Every second, syncs the blockstore and drops the block-journal rows that covers
+/// ([`ues_sync::repo::accounts::Accounts::checkpoint`]): one sync for all commits of the second
+/// instead of one per commit, and a journal that stays small.
+fn spawn_checkpointer(state: &Arc<Node>) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let Some(st) = weak.upgrade() else { break };
+            match tokio::task::spawn_blocking(move || st.accounts.checkpoint()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "block-journal checkpoint failed (its rows stay until one succeeds)")
+                }
+                Err(e) => tracing::error!(error = %e, "block-journal checkpoint panicked"),
             }
         }
     })
@@ -137,8 +157,13 @@ impl Drop for BackgroundTasks {
 
 /// Starts the node's background tasks for `state` (see [`BackgroundTasks`]).
 pub fn start_tasks(state: &Arc<Node>) -> BackgroundTasks {
-    let mut tasks =
-        vec![spawn_text_indexer(state), spawn_pruner(state), spawn_blob_gc(state), super::limits::spawn_gc(state)];
+    let mut tasks = vec![
+        spawn_checkpointer(state),
+        spawn_text_indexer(state),
+        spawn_pruner(state),
+        spawn_blob_gc(state),
+        super::limits::spawn_gc(state),
+    ];
     tasks.extend(spawn_crawl_requests(state));
     BackgroundTasks(tasks)
 }
