@@ -78,7 +78,8 @@ async fn bench_account(addr: SocketAddr, prefix: &str) -> anyhow::Result<(Arc<st
         .post(
             "/xrpc/com.atproto.server.createAccount",
             None,
-            &json!({"handle": handle, "password": "correct horse battery"}),
+            // An email too: the reference PDS asks for one, so the same client measures both.
+            &json!({"handle": handle, "email": format!("{handle}@example.com"), "password": "correct horse battery"}),
         )
         .await?;
     if status != 200 {

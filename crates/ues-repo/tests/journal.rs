@@ -24,7 +24,7 @@ fn write(i: usize) -> Write {
     );
     Write::Create {
         collection: Nsid::new("dev.ues.test.j").unwrap(),
-        rkey: RecordKey::new(&format!("r{i:04}")).unwrap(),
+        rkey: RecordKey::new(format!("r{i:04}")).unwrap(),
         record,
     }
 }
