@@ -707,6 +707,12 @@ impl Replica {
                 self.refuse(&mut report, id, reason);
             }
         }
+        // The batch's operations were stored unsynced: one sync makes them all durable.
+        if report.applied > 0
+            && let Err(e) = self.blocks.sync()
+        {
+            tracing::error!("syncing the replica's store failed: {e}");
+        }
         report
     }
 
@@ -1009,14 +1015,19 @@ impl Replica {
         if let OpKind::Put(cid) = &op.kind {
             match (block, &signed.block) {
                 (Some(true), Some((_, data))) => {
-                    self.blocks.put(cid, data).map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
+                    // Synced once for the whole batch (`apply_received`).
+                    self.blocks
+                        .put_many_unsynced(&[(*cid, data.clone())])
+                        .map_err(|e| Refused::BadBlock(*cid, e.to_string()))?;
                 }
                 (Some(false), _) => return Err(Refused::MissingBlock(*cid)),
                 _ => {}
             }
         }
         let ecid = entry_cid(&signed.bytes);
-        self.blocks.put(&ecid, &signed.bytes).map_err(|e| Refused::BadBlock(ecid, e.to_string()))?;
+        self.blocks
+            .put_many_unsynced(&[(ecid, signed.bytes.clone())])
+            .map_err(|e| Refused::BadBlock(ecid, e.to_string()))?;
         let _ = self.clock.observe(op.hlc);
         self.index_op(id, &op);
         report.applied += 1;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, identity};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
@@ -934,14 +935,14 @@ impl Task {
                 _ => None,
             });
             if peer.is_none_or(|p| !connected.contains(&p))
-                && let Err(e) = self.swarm.dial(addr.clone())
+                && let Err(e) = self.swarm.dial(fresh_port(addr.clone()))
             {
                 tracing::debug!(%addr, error = %e, "bootstrap dial failed");
             }
         }
         for (peer, addr) in self.known.clone() {
             if !connected.contains(&peer) {
-                let _ = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                let _ = self.swarm.dial(fresh_port(addr.with_p2p(peer).unwrap_or_else(|a| a)));
             }
         }
     }
@@ -1120,7 +1121,7 @@ impl Task {
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                     if !self.swarm.is_connected(&peer) {
                         tracing::info!(%peer, %addr, "peer found on the local network");
-                        let _ = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                        let _ = self.swarm.dial(fresh_port(addr.with_p2p(peer).unwrap_or_else(|a| a)));
                     }
                 }
             }
@@ -1136,7 +1137,7 @@ impl Task {
                 for p in found.peers {
                     if self.waiting.iter().any(|w| w.1 == p.peer_id) && !self.swarm.is_connected(&p.peer_id) {
                         for addr in p.addrs.into_iter().take(8) {
-                            let _ = self.swarm.dial(addr.with_p2p(p.peer_id).unwrap_or_else(|a| a));
+                            let _ = self.swarm.dial(fresh_port(addr.with_p2p(p.peer_id).unwrap_or_else(|a| a)));
                         }
                     }
                 }
@@ -1350,7 +1351,7 @@ impl Task {
 
     fn on_command(&mut self, c: Command) {
         match c {
-            Command::Dial(addr, reply) => match self.swarm.dial(addr.clone()) {
+            Command::Dial(addr, reply) => match self.swarm.dial(fresh_port(addr.clone())) {
                 Ok(()) => self.dials.push((addr, reply, Instant::now())),
                 Err(e) => {
                     let _ = reply.send(Err(e.to_string()));
@@ -1365,14 +1366,14 @@ impl Task {
                 } else {
                     match addr.or_else(|| self.known.get(&from).cloned()) {
                         Some(a) => {
-                            if let Err(e) = self.swarm.dial(a.clone().with_p2p(from).unwrap_or(a)) {
+                            if let Err(e) = self.swarm.dial(fresh_port(a.clone().with_p2p(from).unwrap_or(a))) {
                                 let _ = reply.send(Err(e.to_string()));
                                 return;
                             }
                         }
                         // No address: whatever the routing table and mDNS know, and a DHT lookup.
                         None => {
-                            let _ = self.swarm.dial(from);
+                            let _ = self.swarm.dial(DialOpts::peer_id(from).allocate_new_port().build());
                             self.swarm.behaviour_mut().kad.get_closest_peers(from);
                         }
                     }
@@ -1437,4 +1438,12 @@ impl Task {
             }
         }
     }
+}
+
+/// The node's own dials take a fresh local port. By default libp2p dials from the port it
+/// listens on (hole punching needs that, and dials it through its own behaviour); a dial from
+/// that port to a peer just disconnected collides with the old connection's TIME_WAIT
+/// (`EADDRINUSE`) and fails again at every retry until the old socket is gone.
+fn fresh_port(addr: Multiaddr) -> DialOpts {
+    DialOpts::unknown_peer_id().address(addr).allocate_new_port().build()
 }
