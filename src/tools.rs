@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use ues_ipld::car::CarReader;
-use ues_ipld::mst::{covering_proof, diff, invert, verify_tree};
+use ues_ipld::mst::{diff_report, verify_tree};
 use ues_ipld::storage::{Blockstore, Cid, MemoryBlockstore};
 use ues_ipld::{Ipld, dagcbor};
 
@@ -105,13 +105,8 @@ pub(crate) fn mst_diff(a: &Path, b: &Path) -> anyhow::Result<Value> {
     let (roots_b, ..) = load_car(b, &store)?;
     let old = classify(&store, single_root(&roots_a, a)?)?.mst;
     let new = classify(&store, single_root(&roots_b, b)?)?.mst;
-    let d = diff(&store, Some(old), new)?;
-    let keys: Vec<&str> = d.ops.iter().map(|o| o.path.as_str()).collect();
-    let proof = covering_proof(&store, new, &keys)?;
-    let (back, inductive) = invert(&store, new, &d.ops)?;
-    if back != old {
-        bail!("inverting the diff's operations gave {back}, not {old}");
-    }
+    let r = diff_report(&store, old, new)?;
+    let d = &r.diff;
     let cid_or_null = |c: Option<Cid>| c.map_or(Value::Null, |c| Value::String(c.to_string()));
     Ok(json!({
         "created_nodes": sorted(&d.created_nodes),
@@ -121,8 +116,8 @@ pub(crate) fn mst_diff(a: &Path, b: &Path) -> anyhow::Result<Value> {
             "old_value": cid_or_null(o.old),
             "new_value": cid_or_null(o.new),
         })).collect::<Vec<_>>(),
-        "proof_nodes": sorted(&proof),
-        "inductive_proof_nodes": sorted(&inductive),
+        "proof_nodes": sorted(&r.proof_nodes),
+        "inductive_proof_nodes": sorted(&r.inductive_proof_nodes),
     }))
 }
 

@@ -150,7 +150,21 @@ proptest! {
             // Flip one byte of a block on the search path: the lookup must fail, never answer.
             let path = ues_ipld::mst::proof_nodes(&store, root, [k]).unwrap();
             prop_assert!(path.is_subset(&proof));
-            let victim = *path.iter().nth(flip % path.len()).unwrap();
+            // The path's blocks the lookup reads (those it fails without; the path may also
+            // hold the node just below the key's layer, which a lookup by key height skips).
+            let read: Vec<cid::Cid> = path
+                .iter()
+                .filter(|v| {
+                    let without = MemoryBlockstore::verifying();
+                    for c in proof.iter().filter(|c| c != v) {
+                        without.put(c, &store.get(c).unwrap().unwrap()).unwrap();
+                    }
+                    Mst::load(&without, root).and_then(|mut m| m.get(k)).is_err()
+                })
+                .copied()
+                .collect();
+            prop_assert!(read.contains(&root));
+            let victim = read[flip % read.len()];
             let mut bytes = store.get(&victim).unwrap().unwrap();
             let at = flip % bytes.len();
             bytes[at] ^= 0x01;

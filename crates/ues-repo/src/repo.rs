@@ -307,11 +307,28 @@ impl<B: Blockstore> Repo<B> {
     }
 
     /// The blocks a `#commit` firehose event for `res` carries: the commit, the new records and
-    /// MST nodes, plus the covering proof of every touched key, so that a consumer holding only
-    /// these blocks can verify each op and invert the commit back to `prev_data`.
+    /// MST nodes, and the nodes inverting the commit's operations reads (its inversion proof),
+    /// nothing else: a consumer holding only these blocks can invert the commit back to
+    /// `prev_data` and so check every operation.
     pub fn commit_event_blocks(&self, res: &CommitResult) -> Result<Vec<(Cid, Vec<u8>)>, RepoError> {
-        let paths: Vec<&str> = res.ops.iter().map(|o| o.path.as_str()).collect();
-        let proof = ues_ipld::mst::covering_proof(&self.store, res.commit.data, &paths)?;
+        // One operation per path, from its value before the commit to its value after.
+        let mut by_path: std::collections::BTreeMap<&str, (Option<Cid>, Option<Cid>)> = Default::default();
+        for o in &res.ops {
+            by_path.entry(o.path.as_str()).and_modify(|e| e.1 = o.cid).or_insert((o.prev, o.cid));
+        }
+        let ops: Vec<ues_ipld::mst::RecordOp> = by_path
+            .into_iter()
+            .filter(|(_, (old, new))| old != new)
+            .map(|(path, (old, new))| ues_ipld::mst::RecordOp { path: path.to_string(), old, new })
+            .collect();
+        let (back, proof) = ues_ipld::mst::invert(&self.store, res.commit.data, &ops)?;
+        if let Some(prev) = res.prev_data
+            && back != prev
+        {
+            return Err(RepoError::Mst(MstError::Malformed(format!(
+                "inverting the commit's operations gave {back}, not its previous tree {prev}"
+            ))));
+        }
         let mut blocks = res.blocks.clone();
         let have: std::collections::HashSet<Cid> = blocks.iter().map(|b| b.0).collect();
         for cid in proof.into_iter().filter(|c| !have.contains(c)) {

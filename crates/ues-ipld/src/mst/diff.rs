@@ -206,9 +206,14 @@ pub fn proof_nodes<B: Blockstore>(
     root: Cid,
     keys: impl IntoIterator<Item = impl AsRef<str>>,
 ) -> Result<BTreeSet<Cid>, MstError> {
+    let mut keys = keys.into_iter().peekable();
+    // No key, no path: nothing to prove (the root itself is in the commit).
+    if keys.peek().is_none() {
+        return Ok(BTreeSet::new());
+    }
     tracked(store, root, |mst| {
         for k in keys {
-            mst.get(k.as_ref())?;
+            mst.touch_search_path(k.as_ref())?;
         }
         Ok(())
     })
@@ -245,6 +250,9 @@ pub fn covering_proof<B: Blockstore>(
 /// resulting root, which equals the previous root when `ops` is the complete set of changes;
 /// also returns the nodes the inversion had to read (the "inductive proof").
 pub fn invert<B: Blockstore>(store: &B, new: Cid, ops: &[RecordOp]) -> Result<(Cid, BTreeSet<Cid>), MstError> {
+    if ops.is_empty() {
+        return Ok((new, BTreeSet::new()));
+    }
     let tracking = Tracking { inner: store, read: Mutex::new(BTreeSet::new()) };
     let mut mst = Mst::load(&tracking, new)?;
     for op in ops.iter().rev() {
@@ -262,6 +270,30 @@ pub fn invert<B: Blockstore>(store: &B, new: Cid, ops: &[RecordOp]) -> Result<(C
     }
     let (root, _) = mst.root_and_blocks();
     Ok((root, tracking.read.into_inner()))
+}
+
+/// Everything a commit from one tree to another proves and needs: the diff, the proof nodes
+/// (each changed key's inclusion or exclusion path in the new tree) and the inversion proof
+/// (the new tree's nodes that undoing the operations, in reverse key order, reads).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiffReport {
+    /// Created and deleted nodes and the record operations.
+    pub diff: MstDiff,
+    /// Inclusion proofs of created and updated keys, exclusion proofs of deleted ones.
+    pub proof_nodes: BTreeSet<Cid>,
+    /// The nodes inverting the operations reads.
+    pub inductive_proof_nodes: BTreeSet<Cid>,
+}
+
+/// The [`DiffReport`] from `old` to `new`; fails if undoing the operations does not give `old`.
+pub fn diff_report<B: Blockstore>(store: &B, old: Cid, new: Cid) -> Result<DiffReport, MstError> {
+    let d = diff(store, Some(old), new)?;
+    let proof = proof_nodes(store, new, d.ops.iter().map(|o| o.path.as_str()))?;
+    let (back, inductive) = invert(store, new, &d.ops)?;
+    if back != old {
+        return Err(MstError::Malformed(format!("inverting the diff's operations gave {back}, not {old}")));
+    }
+    Ok(DiffReport { diff: d, proof_nodes: proof, inductive_proof_nodes: inductive })
 }
 
 /// What a full check of a tree found.

@@ -13,7 +13,9 @@ use std::cmp::Ordering;
 use cid::Cid;
 use ues_storage::Blockstore;
 
-pub use diff::{MstDiff, RecordOp, TreeStats, covering_proof, diff, invert, proof_nodes, verify_tree};
+pub use diff::{
+    DiffReport, MstDiff, RecordOp, TreeStats, covering_proof, diff, diff_report, invert, proof_nodes, verify_tree,
+};
 pub use node::{WireNode, common_prefix_len, decode as decode_node, encode as encode_node, key_height, node_cid};
 
 use crate::MstError;
@@ -190,12 +192,25 @@ fn merge<B: Blockstore>(
     a.cid = None;
     if let Some(l) = a.layer.checked_sub(1) {
         let last = a.entries.len();
-        let a_edge = ctx.take(a.link_mut(last), l)?;
-        let b_edge = ctx.take(&mut b.left, l)?;
-        *a.link_mut(last) = into_link(merge(ctx, a_edge, b_edge)?);
+        let a_edge = std::mem::replace(a.link_mut(last), Link::Empty);
+        let b_edge = std::mem::replace(&mut b.left, Link::Empty);
+        *a.link_mut(last) = merge_links(ctx, a_edge, b_edge, l)?;
     }
     a.entries.append(&mut b.entries);
     Ok(normalize(a))
+}
+
+/// Merges two adjacent subtrees on `layer`, reading only what the merge changes: when one side
+/// is empty the other stays as it is, unread (an inversion proof then needs no block of it).
+fn merge_links<B: Blockstore>(ctx: &Ctx<'_, B>, mut a: Link, mut b: Link, layer: u8) -> Result<Link, MstError> {
+    if a.is_empty() {
+        return Ok(b);
+    }
+    if b.is_empty() {
+        return Ok(a);
+    }
+    let (a, b) = (ctx.take(&mut a, layer)?, ctx.take(&mut b, layer)?);
+    Ok(into_link(merge(ctx, a, b)?))
 }
 
 fn insert<B: Blockstore>(
@@ -248,10 +263,8 @@ fn remove<B: Blockstore>(ctx: &Ctx<'_, B>, node: &mut Node, key: &[u8], height: 
             node.cid = None;
             let entry = node.entries.remove(i);
             if let Some(l) = node.layer.checked_sub(1) {
-                let before = ctx.take(node.link_mut(i), l)?;
-                let mut right = entry.right;
-                let after = ctx.take(&mut right, l)?;
-                *node.link_mut(i) = into_link(merge(ctx, before, after)?);
+                let before = std::mem::replace(node.link_mut(i), Link::Empty);
+                *node.link_mut(i) = merge_links(ctx, before, entry.right, l)?;
             }
             Ok(Some(entry.value))
         }
@@ -284,6 +297,24 @@ fn get<B: Blockstore>(ctx: &Ctx<'_, B>, node: &mut Node, key: &[u8], height: u8)
             }
         }
     }
+}
+
+/// Descends toward `key` (of height `height`) as a proof of its presence or absence is read:
+/// a node on a layer below the key's ends the path (the key cannot be there); otherwise the
+/// node holds the key, or the path goes on into the subtree where the key would be, if any.
+/// This is the walk of the independent MST test suite and of atmst, so proofs agree with
+/// theirs node for node.
+fn walk_search_path<B: Blockstore>(ctx: &Ctx<'_, B>, node: &mut Node, key: &[u8], height: u8) -> Result<(), MstError> {
+    if height > node.layer {
+        return Ok(());
+    }
+    if let Err(i) = node.position(key)
+        && let Some(l) = node.layer.checked_sub(1)
+        && let Some(child) = ctx.resolve(node.link_mut(i), l)?
+    {
+        walk_search_path(ctx, child, key, height)?;
+    }
+    Ok(())
 }
 
 /// Descends toward `key` the way a proof of its left neighbour does: at every node, into the
@@ -593,6 +624,13 @@ impl<B: Blockstore> Mst<B> {
                 return Ok(out);
             }
         }
+    }
+
+    /// Loads the nodes on `key`'s search path (see `walk_search_path`): its inclusion or
+    /// exclusion proof. Readers of the store see which ones.
+    pub fn touch_search_path(&mut self, key: &str) -> Result<(), MstError> {
+        let ctx = Ctx { store: &self.store, limits: self.limits };
+        walk_search_path(&ctx, &mut self.root, key.as_bytes(), key_height(key.as_bytes()))
     }
 
     /// Loads every node a covering proof of `key` needs: the search path of `key` and the
