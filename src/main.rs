@@ -24,6 +24,33 @@ use crate::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's options, set before its first arena exists: the loader runs `.init_array`
+/// entries before `main` and before any Rust allocation. Arenas are committed as they are used
+/// (committed up front, transparent huge pages made whole 2 MiB regions resident) and freed
+/// memory goes back to the system at once (after a delay it stayed resident at idle). Idle RSS
+/// with one account: 107 MB before, measured by `scripts/rss.sh` (docs/benchmarks.md).
+/// The project's only unsafe code: an `.init_array` entry and two foreign calls, none of which
+/// touches memory of ours.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static MIMALLOC_OPTIONS: extern "C" fn() = mimalloc_options;
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+extern "C" fn mimalloc_options() {
+    // Positions in mimalloc v2's `mi_option_t` (include/mimalloc.h), which libmimalloc-sys
+    // builds by default and does not name.
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: plain stores into mimalloc's option table; no allocation, no other state.
+    unsafe {
+        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+    }
+}
+
 /// Universal Entity Streams: a personal data server, a P2P node and an application host.
 #[derive(Debug, Parser)]
 #[command(name = "ues", version, about, long_about = None)]
