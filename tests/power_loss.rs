@@ -295,6 +295,14 @@ fn write_then_cut(
     }
 }
 
+/// A new account's DID.
+fn create_account(base: &str, handle: &str) -> String {
+    let body = json!({"handle": handle, "password": "a long password"});
+    let (s, v) = call(base, "/xrpc/com.atproto.server.createAccount", None, Some(body));
+    assert_eq!(s, 200, "{v}");
+    v["did"].as_str().unwrap().to_string()
+}
+
 fn session(base: &str, handle: &str) -> String {
     let (s, v) = call(
         base,
@@ -316,14 +324,7 @@ fn no_acknowledged_write_is_lost_to_a_power_cut() {
     let (mut child, mut port) = disk.start();
     assert!(healthy_within(port, Duration::from_secs(60)), "the node never answered:\n{}", disk.log_text());
     let base = format!("http://127.0.0.1:{port}");
-    let (s, v) = call(
-        &base,
-        "/xrpc/com.atproto.server.createAccount",
-        None,
-        Some(json!({"handle": "cut.test", "password": "a long password"})),
-    );
-    assert_eq!(s, 200, "{v}");
-    let did = v["did"].as_str().unwrap().to_string();
+    let did = create_account(&base, "cut.test");
     let mut replays = 0;
     for round in 0..rounds() {
         let base = format!("http://127.0.0.1:{port}");
@@ -372,14 +373,7 @@ fn process_durability_loses_acknowledged_writes_to_the_same_cut() {
     let (child, port) = disk.start();
     assert!(healthy_within(port, Duration::from_secs(60)), "the node never answered:\n{}", disk.log_text());
     let base = format!("http://127.0.0.1:{port}");
-    let (s, v) = call(
-        &base,
-        "/xrpc/com.atproto.server.createAccount",
-        None,
-        Some(json!({"handle": "loose.test", "password": "a long password"})),
-    );
-    assert_eq!(s, 200, "{v}");
-    let did = v["did"].as_str().unwrap().to_string();
+    let did = create_account(&base, "loose.test");
     // Long enough that acknowledged writes exist, short of SQLite's first checkpoint after them.
     let token = session(&base, "loose.test");
     write_then_cut(&disk, child, &base, &did, &token, &mut rng, &acked);

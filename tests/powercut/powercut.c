@@ -251,15 +251,8 @@ static void synced(int fd) {
     errno = saved;
 }
 
-static size_t iov_len(const struct iovec *iov, int n) {
-    size_t t = 0;
-    for (int k = 0; k < n; k++) t += iov[k].iov_len;
-    return t;
-}
-
-ssize_t write(int fd, const void *buf, size_t n) {
-    init();
-    ssize_t r = real_write(fd, buf, n);
+/* A write at the file position: what it wrote ends where the position is now. */
+static ssize_t noted_at_position(int fd, ssize_t r) {
     if (r > 0 && ready == 1) {
         off_t end = lseek(fd, 0, SEEK_CUR);
         if (end >= r) note(fd, end - r, r);
@@ -267,43 +260,40 @@ ssize_t write(int fd, const void *buf, size_t n) {
     return r;
 }
 
+ssize_t write(int fd, const void *buf, size_t n) {
+    init();
+    return noted_at_position(fd, real_write(fd, buf, n));
+}
+
 ssize_t writev(int fd, const struct iovec *iov, int cnt) {
     init();
-    ssize_t r = real_writev(fd, iov, cnt);
-    if (r > 0 && ready == 1) {
-        off_t end = lseek(fd, 0, SEEK_CUR);
-        if (end >= r) note(fd, end - r, r);
-    }
+    return noted_at_position(fd, real_writev(fd, iov, cnt));
+}
+
+/* A write at an explicit offset. */
+static ssize_t noted(int fd, off_t off, ssize_t r) {
+    note(fd, off, r);
     return r;
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
     init();
-    ssize_t r = real_pwrite(fd, buf, n, off);
-    note(fd, off, r);
-    return r;
+    return noted(fd, off, real_pwrite(fd, buf, n, off));
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) {
     init();
-    ssize_t r = real_pwrite64(fd, buf, n, off);
-    note(fd, off, r);
-    return r;
+    return noted(fd, off, real_pwrite64(fd, buf, n, off));
 }
 
 ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
     init();
-    ssize_t r = real_pwritev(fd, iov, cnt, off);
-    (void)iov_len;
-    note(fd, off, r);
-    return r;
+    return noted(fd, off, real_pwritev(fd, iov, cnt, off));
 }
 
 ssize_t pwritev64(int fd, const struct iovec *iov, int cnt, off_t off) {
     init();
-    ssize_t r = real_pwritev64(fd, iov, cnt, off);
-    note(fd, off, r);
-    return r;
+    return noted(fd, off, real_pwritev64(fd, iov, cnt, off));
 }
 
 int fsync(int fd) {
@@ -335,31 +325,30 @@ static void renamed(const char *from, const char *to) {
     }
 }
 
+/* After a call that succeeded: `then` under the lock, errno kept as the call left it. */
+#define AFTER(call, then)                   \
+    init();                                 \
+    int r = (call);                         \
+    if (r == 0 && ready == 1) {             \
+        int saved = errno;                  \
+        pthread_mutex_lock(&mu);            \
+        then;                               \
+        pthread_mutex_unlock(&mu);          \
+        errno = saved;                      \
+    }                                       \
+    return r
+
 int rename(const char *from, const char *to) {
-    init();
-    int r = real_rename(from, to);
-    if (r == 0 && ready == 1) {
-        int saved = errno;
-        pthread_mutex_lock(&mu);
-        renamed(from, to);
-        pthread_mutex_unlock(&mu);
-        errno = saved;
-    }
-    return r;
+    AFTER(real_rename(from, to), renamed(from, to));
+}
+
+static void renamed_at(int fromfd, const char *from, int tofd, const char *to) {
+    char a[PATH_MAX], b[PATH_MAX];
+    if (absolute(fromfd, from, a, sizeof a) && absolute(tofd, to, b, sizeof b)) renamed(a, b);
 }
 
 int renameat(int fromfd, const char *from, int tofd, const char *to) {
-    init();
-    int r = real_renameat(fromfd, from, tofd, to);
-    if (r == 0 && ready == 1) {
-        char a[PATH_MAX], b[PATH_MAX];
-        int saved = errno;
-        pthread_mutex_lock(&mu);
-        if (absolute(fromfd, from, a, sizeof a) && absolute(tofd, to, b, sizeof b)) renamed(a, b);
-        pthread_mutex_unlock(&mu);
-        errno = saved;
-    }
-    return r;
+    AFTER(real_renameat(fromfd, from, tofd, to), renamed_at(fromfd, from, tofd, to));
 }
 
 static void unlinked(int dirfd, const char *path) {
@@ -368,27 +357,9 @@ static void unlinked(int dirfd, const char *path) {
 }
 
 int unlink(const char *path) {
-    init();
-    int r = real_unlink(path);
-    if (r == 0 && ready == 1) {
-        int saved = errno;
-        pthread_mutex_lock(&mu);
-        unlinked(AT_FDCWD, path);
-        pthread_mutex_unlock(&mu);
-        errno = saved;
-    }
-    return r;
+    AFTER(real_unlink(path), unlinked(AT_FDCWD, path));
 }
 
 int unlinkat(int dirfd, const char *path, int flags) {
-    init();
-    int r = real_unlinkat(dirfd, path, flags);
-    if (r == 0 && ready == 1 && !(flags & AT_REMOVEDIR)) {
-        int saved = errno;
-        pthread_mutex_lock(&mu);
-        unlinked(dirfd, path);
-        pthread_mutex_unlock(&mu);
-        errno = saved;
-    }
-    return r;
+    AFTER(real_unlinkat(dirfd, path, flags), if (!(flags & AT_REMOVEDIR)) unlinked(dirfd, path));
 }
