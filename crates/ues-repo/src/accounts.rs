@@ -1906,17 +1906,36 @@ fn replay_journal<B: Blockstore>(blocks: &B, owners: &dyn Kv, db: &Sqlite) -> Re
         let rows: Vec<(i64, String, String, Vec<u8>)> = db.read(|c| {
             let mut st =
                 c.prepare_cached("SELECT id, did, rev, blocks FROM block_journal WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-            let rows =
-                st.query_map(params![after, REPLAY_CHUNK], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            // The blocks column as whatever bytes it holds: a damaged row is reported below.
+            let bytes = |v: rusqlite::types::ValueRef<'_>| match v {
+                rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b.to_vec(),
+                _ => Vec::new(),
+            };
+            let rows = st.query_map(params![after, REPLAY_CHUNK], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, bytes(r.get_ref(3)?)))
+            })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
         let Some(last) = rows.last().map(|r| r.0) else { break };
         for (_, did, rev, car) in &rows {
-            let mut reader = ues_ipld::car::CarReader::new(&car[..]).map_err(RepoError::from)?;
-            let mut found = Vec::new();
-            while let Some(block) = reader.next_block().map_err(RepoError::from)? {
-                found.push(block);
-            }
+            // Every block is checked against its CID on the way. A row that does not read back
+            // (damaged on disk) is reported and skipped: the blocks it held may be missing from
+            // the repository (reads of them fail, typed), the rest of the node keeps working.
+            let found = (|| {
+                let mut reader = ues_ipld::car::CarReader::new(&car[..])?;
+                let mut found = Vec::new();
+                while let Some(block) = reader.next_block()? {
+                    found.push(block);
+                }
+                Ok::<_, ues_ipld::car::CarError>(found)
+            })();
+            let found = match found {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(%did, %rev, "a journaled commit's blocks do not read back; skipped: {e}");
+                    continue;
+                }
+            };
             let owned: Vec<(Vec<u8>, Vec<u8>)> =
                 found.iter().map(|(cid, _)| (owner_key(did, cid), rev.as_bytes().to_vec())).collect();
             blocks.put_many_unsynced(&found)?;

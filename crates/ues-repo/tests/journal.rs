@@ -94,3 +94,41 @@ fn a_store_that_promises_only_the_process_keeps_no_journal() {
     assert_eq!(journal_rows(&db), 0);
     assert_eq!(accts.checkpoint().unwrap(), 0);
 }
+
+#[test]
+fn a_damaged_journal_row_is_skipped_and_the_rest_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = RocksStore::open(dir.path().join("rocks"), &RocksConfig::default()).unwrap();
+    let db = Arc::new(Sqlite::open(dir.path().join("i.sqlite"), &SqliteConfig::default()).unwrap());
+    let seal = SealKey::generate();
+    let did = Did::new("did:plc:dddddddddddddddddddddddd").unwrap();
+    let accts = open(&rocks, &db, &seal);
+    accts.create(did.clone(), Handle::new("d.test").unwrap(), KeyType::K256).unwrap();
+    let mut written = Vec::new();
+    for i in 0..5 {
+        written.push(accts.apply_writes(&did, &[write(i)], None).unwrap().blocks);
+    }
+    drop(accts);
+    for (cid, _) in written.iter().flatten() {
+        rocks.blockstore().delete(cid).unwrap();
+    }
+    // The first commit's row: its CAR's last bytes flipped.
+    db.write(|tx| {
+        Ok::<_, ues_ipld::storage::Error>(tx.execute(
+            "UPDATE block_journal SET blocks = CAST(substr(blocks, 1, length(blocks) - 4) || x'00000000' AS BLOB) \
+             WHERE id = (SELECT min(id) FROM block_journal)",
+            [],
+        )?)
+    })
+    .unwrap();
+    let accts = open(&rocks, &db, &seal);
+    assert_eq!(journal_rows(&db), 0);
+    let blocks = rocks.blockstore();
+    for (cid, _) in written[1..].iter().flatten() {
+        assert!(blocks.has(cid).unwrap(), "{cid} of an intact row put back");
+    }
+    assert!(written[0].iter().any(|(cid, _)| !blocks.has(cid).unwrap()), "the damaged row's blocks stay lost");
+    // The node still answers for the account: the latest record reads back.
+    let coll = Nsid::new("dev.ues.test.j").unwrap();
+    assert!(accts.repo(&did).unwrap().get_record(&coll, &RecordKey::new("r0004").unwrap()).unwrap().is_some());
+}
