@@ -28,14 +28,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$1/xrpc/_health" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing answered on port $1" >&2
-  exit 1
-}
+# shellcheck source=scripts/health.sh
+. scripts/health.sh
 
 start_ues() { # name port durability
   local dir="$WORK/$1"
@@ -44,7 +38,7 @@ start_ues() { # name port durability
   RUST_LOG=warn "$UES" run --data-dir "$dir" --listen "127.0.0.1:$2" --p2p-listen /ip4/127.0.0.1/tcp/0 --no-mdns \
     >"$WORK/$1.log" 2>&1 &
   pids+=($!)
-  wait_port "$2"
+  wait_healthy "$2"
 }
 
 start_ues ues-fsync 2791 fsync
@@ -52,7 +46,7 @@ start_ues ues-process 2792 process
 rm -rf "$WORK/refdata"
 (cd "$WORK/refpds" && PLC_PORT=2793 PDS_PORT=2794 DATA="$WORK/refdata" node run-pds.js >"$WORK/refpds.log" 2>&1) &
 pids+=($!)
-wait_port 2794
+wait_healthy 2794
 
 results="$WORK/results.jsonl"
 : >"$results"

@@ -17,17 +17,15 @@ rm -rf "$WORK" && mkdir -p "$WORK/data"
 # Rate limits off: the script creates accounts and writes faster than one client may.
 printf '[xrpc.rate_limits]\nenabled = false\n' >"$WORK/data/node.toml"
 
+# shellcheck source=scripts/health.sh
+. scripts/health.sh
+
 pid=""
 start() {
   RUST_LOG=warn "$UES" run --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --p2p-listen /ip4/127.0.0.1/tcp/0 \
     --no-mdns >>"$WORK/node.log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$PORT/xrpc/_health" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "the node never answered" >&2
-  exit 1
+  wait_healthy "$PORT"
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
 trap 'kill $pid 2>/dev/null || true' EXIT

@@ -137,6 +137,15 @@ fn call(base: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u1
     }
 }
 
+/// The answer to a procedure call if the node acknowledged it (200); `None` for anything else,
+/// the node gone included.
+fn acknowledged(base: &str, nsid: &str, token: &str, body: Value) -> Option<Value> {
+    match call(base, &format!("/xrpc/{nsid}"), Some(token), Some(body)) {
+        (200, v) => Some(v),
+        _ => None,
+    }
+}
+
 /// What the node acknowledged.
 #[derive(Default)]
 struct Acked {
@@ -173,15 +182,8 @@ fn writer(base: String, did: String, token: String, id: usize, stop: Arc<AtomicB
             record["image"] = v["blob"].clone();
             blob = Some((v["blob"]["ref"]["$link"].as_str().unwrap().to_string(), bytes));
         }
-        let (s, v) = call(
-            &base,
-            "/xrpc/com.atproto.repo.createRecord",
-            Some(&token),
-            Some(json!({"repo": did, "collection": COLLECTION, "record": record})),
-        );
-        if s != 200 {
-            return;
-        }
+        let body = json!({"repo": did, "collection": COLLECTION, "record": record});
+        let Some(v) = acknowledged(&base, "com.atproto.repo.createRecord", &token, body) else { return };
         let rkey = v["uri"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
         {
             let mut a = acked.lock().unwrap();
@@ -193,13 +195,8 @@ fn writer(base: String, did: String, token: String, id: usize, stop: Arc<AtomicB
         if i % 7 == 3 {
             // From here until the deletion is acknowledged the record may be there or not.
             acked.lock().unwrap().records.remove(&rkey);
-            let (s, _) = call(
-                &base,
-                "/xrpc/com.atproto.repo.deleteRecord",
-                Some(&token),
-                Some(json!({"repo": did, "collection": COLLECTION, "rkey": rkey})),
-            );
-            if s != 200 {
+            let body = json!({"repo": did, "collection": COLLECTION, "rkey": rkey});
+            if acknowledged(&base, "com.atproto.repo.deleteRecord", &token, body).is_none() {
                 return;
             }
             acked.lock().unwrap().deleted.push(rkey);

@@ -1144,8 +1144,14 @@ impl<B: Blockstore> Accounts<B> {
 
     /// The account's repository at its head.
     pub fn repo(&self, did: &Did) -> Result<Repo<&B>, AccountError> {
+        self.repo_over(did, &self.blocks)
+    }
+
+    /// The account's repository at its head, read and written through `store` (a view of the
+    /// blockstore).
+    fn repo_over<S: Blockstore>(&self, did: &Did, store: S) -> Result<Repo<S>, AccountError> {
         let account = self.get(did)?.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
-        Ok(Repo::load(&self.blocks, account.head)?)
+        Ok(Repo::load(store, account.head)?)
     }
 
     /// Applies a batch of writes as one commit, moves the head and updates the index.
@@ -1248,11 +1254,7 @@ impl<B: Blockstore> Accounts<B> {
         };
         // Blocks go to the store unsynced: the commit's transaction carries them when the
         // store would sync (see the module's documentation).
-        let repo = self.get(did).and_then(|a| {
-            let account = a.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
-            Ok(Repo::load(ues_ipld::storage::Unsynced(&self.blocks), account.head)?)
-        });
-        let mut repo = match repo {
+        let mut repo = match self.repo_over(did, ues_ipld::storage::Unsynced(&self.blocks)) {
             Ok(r) => r,
             Err(e) => {
                 batch.into_iter().for_each(|p| p.fail(same_error(&e)));

@@ -1,9 +1,9 @@
-//! The libp2p face of the node (issue 7, started): replica reconciliation sessions carried by
-//! request-response on `/ues/sync/1`, next to identify and ping.
+//! The libp2p face of the node: replica reconciliation exchanges carried by request-response on
+//! `/ues/sync/1`, next to identify and ping.
 //!
-//! A session is the `ues_sync::recon` state machine: the initiator's messages are requests,
+//! An exchange is the `ues_sync::recon` state machine: the initiator's messages are requests,
 //! the responder's replies are responses; an empty response means the responder has nothing
-//! left to say (its side of the session is over). Frames are length-prefixed and bounded
+//! left to say (its side of the exchange is over). Frames are length-prefixed and bounded
 //! ([`MAX_FRAME`]); a peer that sends more is cut off by the codec before anything is read.
 
 use std::collections::{HashMap, VecDeque};
