@@ -337,6 +337,8 @@ pub(crate) struct P2pSection {
     pub(crate) relays: Vec<String>,
     /// Accounts to replicate from peers.
     pub(crate) replicate: Vec<ReplicateSection>,
+    /// Bytes per second of blobs copied from other devices, at most.
+    pub(crate) blob_bytes_per_sec: u64,
 }
 
 /// `[[p2p.replicate]]`
@@ -367,6 +369,7 @@ impl Default for P2pSection {
             relay_server: false,
             relays: Vec::new(),
             replicate: Vec::new(),
+            blob_bytes_per_sec: 32 << 20,
         }
     }
 }
@@ -394,6 +397,7 @@ impl P2pSection {
             mdns: self.mdns,
             relay_server: self.relay_server,
             relays: addrs(&self.relays, "relays")?,
+            blob_bytes_per_sec: self.blob_bytes_per_sec.max(1),
             replicate: self
                 .replicate
                 .iter()

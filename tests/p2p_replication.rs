@@ -149,6 +149,16 @@ impl Node {
         );
     }
 
+    /// A record of the test collection that references a blob.
+    fn put_blob_record(&self, token: &str, did: &str, rkey: &str, blob: &Value) {
+        self.ok(
+            "com.atproto.repo.putRecord",
+            Some(token),
+            Some(json!({"repo": did, "collection": COLLECTION, "rkey": rkey,
+                "record": {"$type": COLLECTION, "text": rkey, "file": blob, "createdAt": "2026-12-05T00:00:00.000Z"}})),
+        );
+    }
+
     /// (replica root, repository root) of the account.
     fn roots(&self, did: &str) -> (Option<String>, Option<String>) {
         let v = self.admin("dev.ues.admin.getReplication", None);
@@ -507,4 +517,161 @@ fn revoking_a_device_rotates_the_signing_key_past_it() {
     for n in [&a, &b] {
         assert!(!n.records(&did).contains_key("from-c"), "{} took a write of the revoked device", n.name);
     }
+}
+
+/// Uploads `bytes` as a blob of the account; returns the blob reference.
+fn upload(n: &Node, token: &str, mime: &str, bytes: &[u8]) -> Value {
+    let mut res = agent()
+        .post(format!("http://127.0.0.1:{}/xrpc/com.atproto.repo.uploadBlob", n.http))
+        .header("authorization", &format!("Bearer {token}"))
+        .header("content-type", mime)
+        .send(bytes)
+        .unwrap_or_else(|e| panic!("{} uploadBlob: {e}", n.name));
+    res.body_mut().read_json::<Value>().unwrap()["blob"].clone()
+}
+
+/// The blob as `n` serves it (`sync.getBlob`), once it does (within 60 s).
+fn served_blob(n: &Node, did: &str, cid: &str) -> Vec<u8> {
+    let url = format!("http://127.0.0.1:{}/xrpc/com.atproto.sync.getBlob?did={did}&cid={cid}", n.http);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut res) = agent().get(&url).call()
+            && res.status() == 200
+        {
+            return res.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap();
+        }
+        if Instant::now() > deadline {
+            log_tails(n.dir.parent().unwrap());
+            panic!("{} never served blob {cid}: {}", n.name, n.admin("dev.ues.admin.getReplication", None)["blobs"]);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `n`'s blob copy status (`ues peer status`).
+fn blob_status(n: &Node) -> Value {
+    let v = n.admin("dev.ues.admin.getReplication", None);
+    json!({"blobs": v["blobs"], "pending": v["accounts"][0]["blobsPending"]})
+}
+
+/// Waits until `n` has written part of `cid`'s copy and not all of it.
+fn copy_midway(n: &Node, cid: &str, size: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = blob_status(n);
+        let got = s["blobs"]["copying"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["cid"] == cid))
+            .and_then(|c| c["received"].as_u64())
+            .unwrap_or(0);
+        if got > 0 && got < size {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{} never held part of the blob: {s}", n.name);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Bytes that differ from blob to blob (a `seed` each), `n` of them.
+fn blob_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Blobs travel with a replicated account, both ways: an image uploaded and posted on one
+/// device after replication started is served by the other's `getBlob`, byte for byte. A copy
+/// cut off by a kill -9 of the sender resumes from what it holds once the sender is back, and
+/// one cut off by a kill -9 of the receiver resumes after its restart; `ues peer status` shows
+/// the pending blobs and the copies under way.
+#[test]
+fn blobs_follow_a_replicated_account_and_cut_copies_resume() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = ["a", "b"].map(|name| Node::new(root.path(), name));
+    // Copies paced to 1 MiB/s, so that one of a few MiB can be cut in the middle.
+    for n in &nodes {
+        let toml = std::fs::read_to_string(n.dir.join("node.toml")).unwrap();
+        std::fs::write(n.dir.join("node.toml"), toml.replace("[p2p]\n", "[p2p]\nblob_bytes_per_sec = 1048576\n"))
+            .unwrap();
+    }
+    nodes.iter_mut().for_each(Node::start);
+    let [mut a, mut b] = nodes;
+    let created = a.ok(
+        "com.atproto.server.createAccount",
+        None,
+        Some(json!({"handle": "alice.test", "email": "alice@example.com", "password": "correct horse battery"})),
+    );
+    let did = created["did"].as_str().unwrap().to_string();
+    a.admin("dev.ues.admin.authorizeDevice", Some(json!({"did": did, "peerId": b.peer})));
+    b.admin("dev.ues.admin.replicate", Some(json!({"did": did, "from": a.peer, "addr": a.multiaddr()})));
+    converge(&[&a, &b], &did, "replication");
+
+    // An image posted on A after replication started: B serves it.
+    let token_a = a.login();
+    let image: Vec<u8> = [&b"\x89PNG\r\n\x1a\n"[..], &blob_bytes(1, 40_000)].concat();
+    let blob = upload(&a, &token_a, "image/png", &image);
+    let post = json!({"$type": "app.bsky.feed.post", "text": "a picture", "createdAt": "2026-12-05T00:00:00.000Z",
+        "embed": {"$type": "app.bsky.embed.images", "images": [{"alt": "noise", "image": blob}]}});
+    a.ok(
+        "com.atproto.repo.createRecord",
+        Some(&token_a),
+        Some(json!({"repo": did, "collection": "app.bsky.feed.post", "record": post})),
+    );
+    let cid = blob["ref"]["$link"].as_str().unwrap().to_string();
+    assert_eq!(served_blob(&b, &did, &cid), image, "B serves A's image byte for byte");
+
+    // The other way: a file attached on B reaches A.
+    let token_b = b.login();
+    let doc = blob_bytes(2, 70_000);
+    let blob_b = upload(&b, &token_b, "application/pdf", &doc);
+    b.put_blob_record(&token_b, &did, "attachment", &blob_b);
+    assert_eq!(served_blob(&a, &did, blob_b["ref"]["$link"].as_str().unwrap()), doc, "A serves B's file");
+
+    // A large blob on A; B's copy is cut by a kill -9 of A in the middle, and goes on when A is back.
+    let big = blob_bytes(3, 5 << 20);
+    let big_ref = upload(&a, &token_a, "video/mp4", &big);
+    let big_cid = big_ref["ref"]["$link"].as_str().unwrap().to_string();
+    a.put_blob_record(&token_a, &did, "big", &big_ref);
+    let held = copy_midway(&b, &big_cid, big.len() as u64);
+    a.kill9();
+    eprintln!("A killed with {held} of {} bytes copied to B", big.len());
+    let s = blob_status(&b);
+    assert_eq!(s["pending"], 1, "B's status shows the blob still pending: {s}");
+    std::thread::sleep(Duration::from_secs(2));
+    a.start();
+    assert_eq!(served_blob(&b, &did, &big_cid), big, "B's copy completed after A came back");
+    let s = blob_status(&b);
+    assert_eq!(s["pending"], 0, "{s}");
+    let received = s["blobs"]["bytesReceived"].as_u64().unwrap();
+    let total = (image.len() + big.len()) as u64;
+    assert!(received < total + (1 << 19), "B resumed instead of starting over: {received} bytes for {total}: {s}");
+    assert!(std::fs::read_to_string(b.dir.join("node.log")).unwrap().contains("blob copy paused"));
+
+    // Another large blob; this time the receiver is killed in the middle, and after its restart
+    // it goes on from the chunks it had written.
+    let token_a = a.login();
+    let big2 = blob_bytes(4, 4 << 20);
+    let big2_ref = upload(&a, &token_a, "video/mp4", &big2);
+    let big2_cid = big2_ref["ref"]["$link"].as_str().unwrap().to_string();
+    a.put_blob_record(&token_a, &did, "big2", &big2_ref);
+    copy_midway(&b, &big2_cid, big2.len() as u64);
+    std::thread::sleep(Duration::from_millis(600));
+    b.kill9();
+    b.start();
+    assert_eq!(served_blob(&b, &did, &big2_cid), big2, "B's copy completed after its restart");
+    let log = std::fs::read_to_string(b.dir.join("node.log")).unwrap();
+    let resumed = log.rsplit("ues listening").next().unwrap_or("").contains("blob copy resumed");
+    assert!(resumed, "B went on from the chunks it held");
+    for n in [&a, &b] {
+        let s = blob_status(n);
+        assert_eq!(s["pending"], 0, "{}: {s}", n.name);
+    }
+    a.stop();
+    b.stop();
 }

@@ -485,3 +485,189 @@ async fn a_revoked_device_writes_nothing_more_and_its_key_signs_nothing() {
     assert!(verifies_with(&n, &did, &new_key));
     still_answers(&n.node, Duration::from_secs(10));
 }
+
+/// Connects as `swarm` and asks the node for these blob pieces one after another; returns the
+/// raw answers (`None` for a request that failed), stopping when the node drops the connection.
+async fn blob_requests(
+    swarm: &mut Swarm<Behaviour>,
+    node: PeerId,
+    addr: Multiaddr,
+    reqs: Vec<Vec<u8>>,
+) -> Vec<Option<Vec<u8>>> {
+    swarm.dial(addr).unwrap();
+    let mut queue = reqs.into_iter();
+    let mut answers = Vec::new();
+    let run = async {
+        loop {
+            let next = match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node => true,
+                SwarmEvent::Behaviour(BehaviourEvent::Blob(RrEvent::Message {
+                    message: RrMessage::Response { response, .. },
+                    ..
+                })) => {
+                    answers.push(Some(response));
+                    true
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Blob(RrEvent::OutboundFailure { .. })) => {
+                    answers.push(None);
+                    true
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == node => return,
+                _ => false,
+            };
+            if next {
+                match queue.next() {
+                    Some(r) => {
+                        swarm.behaviour_mut().blob.send_request(&node, r);
+                    }
+                    None => return,
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("the blob requests end within 60 s");
+    answers
+}
+
+fn piece_request(did: &str, cid: &str, offset: u64, len: u32) -> Vec<u8> {
+    json!({"did": did, "cid": cid, "offset": offset, "len": len}).to_string().into_bytes()
+}
+
+/// A blob answer as a device sends it: status 0, size, MIME type, bytes.
+fn piece_answer(size: u64, mime: &str, data: &[u8]) -> Vec<u8> {
+    [&[0u8][..], &size.to_be_bytes(), &[mime.len() as u8], mime.as_bytes(), data].concat()
+}
+
+/// Blob pieces go only to authorized devices of the account: a stranger's requests are refused
+/// and it is banned after a few; malformed and oversized requests are refused. A device that
+/// answers a copy with bytes that are not the blob its record names is banned, and nothing of
+/// what it sent becomes a blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_pieces_go_only_to_devices_and_a_lying_device_is_banned() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = start(dir.path());
+    let (did, token) = replicated_account(&n, "pictures.test", 1);
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut res = agent()
+        .post(format!("{}/xrpc/com.atproto.repo.uploadBlob", n.node.base))
+        .header("authorization", &format!("Bearer {token}"))
+        .header("content-type", "image/jpeg")
+        .send(&data[..])
+        .unwrap();
+    let blob: Value = res.body_mut().read_json::<Value>().unwrap()["blob"].clone();
+    let cid = blob["ref"]["$link"].as_str().unwrap().to_string();
+    let (status, v) = create(&n.node, &token, &did, "pic", json!({"$type": COLLECTION, "text": "pic", "file": blob}));
+    assert_eq!(status, 200, "{v}");
+
+    // The authorized device gets the blob, piece by piece; bad requests are refused.
+    let mut device = tcp_swarm(keypair([7; 32])).unwrap();
+    let reqs = vec![
+        piece_request(&did, &cid, 0, 1 << 30),
+        piece_request(&did, &cid, 524_288, 524_288),
+        piece_request(&did, &cid, 10_000_000, 10),
+        b"{not json".to_vec(),
+        json!({"did": did, "cid": cid, "offset": 0, "len": 1, "x": "y".repeat(2_000)}).to_string().into_bytes(),
+    ];
+    let answers = blob_requests(&mut device, n.id, n.addr.clone(), reqs).await;
+    assert_eq!(answers.len(), 5, "{answers:?}");
+    let a0 = answers[0].as_ref().unwrap();
+    let a1 = answers[1].as_ref().unwrap();
+    let head = 1 + 8 + 1 + "image/jpeg".len();
+    assert_eq!(a0[..head], piece_answer(data.len() as u64, "image/jpeg", &[])[..]);
+    assert_eq!(a0.len() - head, 524_288, "a piece is bounded whatever was asked");
+    assert_eq!([&a0[head..], &a1[head..]].concat(), data, "the two pieces are the blob");
+    for a in &answers[2..] {
+        assert_eq!(a.as_ref().unwrap()[0], 2, "refused: {:?}", String::from_utf8_lossy(a.as_ref().unwrap()));
+    }
+    // (Gone, so that the node's copies below ask the device that answers.)
+    drop(device);
+
+    // A stranger asking for it is refused every time, and banned.
+    let mut stranger = tcp_swarm(keypair([57; 32])).unwrap();
+    let reqs = (0..20).map(|_| piece_request(&did, &cid, 0, 1024)).collect();
+    let answers = blob_requests(&mut stranger, n.id, n.addr.clone(), reqs).await;
+    assert!(answers.len() < 20, "the stranger was cut off: {} answers", answers.len());
+    for a in answers.iter().flatten() {
+        assert!(a[0] == 2 && String::from_utf8_lossy(a).contains("NotAuthorized"), "{:?}", String::from_utf8_lossy(a));
+    }
+    crate::rogue::dropped_again(&mut stranger, n.id, n.addr.clone()).await;
+
+    // A device that lies: it writes a record naming a blob the node lacks, then answers the
+    // node's copy with other bytes of the right length.
+    let liar_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let liar_peer = keypair([9; 32]).public().to_peer_id().to_string();
+    let (status, v) = n.admin("POST", "dev.ues.admin.authorizeDevice", Some(json!({"did": did, "peerId": liar_peer})));
+    assert_eq!(status, 200, "{v}");
+    let wanted: Vec<u8> = vec![42; 300_000];
+    let wanted_cid = ues_sync::repo::ipld::cid_sha256(0x55, &wanted);
+    let bans = n.bans();
+    let record = Ipld::Map(BTreeMap::from([
+        ("$type".to_string(), Ipld::String(COLLECTION.into())),
+        ("text".to_string(), Ipld::String("lies".into())),
+        (
+            "file".to_string(),
+            ues_sync::repo::ipld::json::BlobRef { cid: wanted_cid, mime_type: "image/png".into(), size: Some(300_000) }
+                .to_ipld(),
+        ),
+    ]));
+    let bytes = dagcbor::encode(&record);
+    let rec_cid = cid_sha256(DAG_CBOR, &bytes);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let op = Op::sign(
+        &liar_key,
+        Did::new(did.as_str()).unwrap(),
+        1,
+        Timestamp { wall_ms: now, logical: 0 },
+        Nsid::new(COLLECTION).unwrap(),
+        RecordKey::new("lie").unwrap(),
+        OpKind::Put(rec_cid),
+    );
+    let push = ues_sync::live::encode(&[Signed { bytes: Entry::Op(op).encode(), block: Some((rec_cid, bytes)) }]);
+    let mut liar = tcp_swarm(keypair([9; 32])).unwrap();
+    liar.dial(n.addr.clone()).unwrap();
+    let node = n.id;
+    let mut asked = 0;
+    let run = async {
+        loop {
+            match liar.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node => {
+                    liar.behaviour_mut().sync.send_request(&node, push.clone());
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Blob(RrEvent::Message {
+                    message: RrMessage::Request { request, channel, .. },
+                    ..
+                })) => {
+                    let req: Value = serde_json::from_slice(&request).unwrap();
+                    assert_eq!(req["cid"], wanted_cid.to_string(), "the node asks for the blob its record names");
+                    asked += 1;
+                    let off = req["offset"].as_u64().unwrap() as usize;
+                    let end = (off + req["len"].as_u64().unwrap() as usize).min(wanted.len());
+                    let _ = liar
+                        .behaviour_mut()
+                        .blob
+                        .send_response(channel, piece_answer(300_000, "image/png", &vec![7; end - off]));
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == node => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("the node drops the lying device");
+    assert!(asked >= 1);
+    crate::rogue::dropped_again(&mut liar, n.id, n.addr.clone()).await;
+    assert!(n.bans() > bans, "the lying device is banned");
+    let (status, v) =
+        call(&n.node, "GET", &format!("/xrpc/com.atproto.sync.getBlob?did={did}&cid={wanted_cid}"), None, None);
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("BlobNotFound")),
+        "nothing the liar sent became the blob: {v}"
+    );
+    let rep = n.replication();
+    assert_eq!(rep["accounts"][0]["blobsPending"], 1, "the blob is still wanted: {rep}");
+    let (status, _) = call(&n.node, "GET", &format!("/xrpc/com.atproto.sync.getBlob?did={did}&cid={cid}"), None, None);
+    assert_eq!(status, 200, "the account's own blob is untouched");
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+    assert!(log.contains("bytes of another hash"), "the log says why");
+    still_answers(&n.node, Duration::from_secs(10));
+}

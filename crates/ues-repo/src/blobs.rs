@@ -49,6 +49,9 @@ pub enum BlobError {
         /// The quota.
         quota: u64,
     },
+    /// Bytes copied from another node are not the blob they were to be.
+    #[error("the bytes received are not blob {0}")]
+    ContentMismatch(Cid),
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] ues_ipld::storage::Error),
@@ -193,6 +196,18 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
         })?)
     }
 
+    /// How many blobs `did`'s records reference that this node does not hold.
+    pub fn missing_count(&self, did: &Did) -> Result<u64, BlobError> {
+        let n: i64 = self.db.read(|c| {
+            c.prepare_cached(
+                "SELECT count(DISTINCT rb.cid) FROM record_blob rb WHERE rb.did = ?1
+                 AND NOT EXISTS (SELECT 1 FROM blob b WHERE b.did = rb.did AND b.cid = rb.cid)",
+            )?
+            .query_row([did.as_str()], |r| r.get(0))
+        })?;
+        Ok(n.max(0) as u64)
+    }
+
     /// Blobs `did`'s records reference that this node does not hold: (blob CID, record path).
     pub fn missing(&self, did: &Did, limit: usize) -> Result<Vec<(String, String)>, BlobError> {
         Ok(self.db.read(|c| {
@@ -204,6 +219,74 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
             let rows = st.query_map(params![did.as_str(), limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<Vec<_>, _>>()
         })?)
+    }
+
+    /// Up to `max` bytes of `did`'s blob from `offset` on, with its MIME type and size (for a
+    /// device of the account copying it); `None` when `did` holds no such blob here.
+    pub fn read_piece(
+        &self,
+        did: &Did,
+        cid: &Cid,
+        offset: u64,
+        max: usize,
+    ) -> Result<Option<(String, u64, Vec<u8>)>, BlobError> {
+        use std::io::{Seek, SeekFrom};
+        let Some((mime, mut r)) = self.open(did, cid)? else { return Ok(None) };
+        let size = r.size();
+        let n = size.saturating_sub(offset).min(max as u64) as usize;
+        let mut out = vec![0; n];
+        r.seek(SeekFrom::Start(offset)).map_err(ues_ipld::storage::Error::Io)?;
+        r.read_exact(&mut out).map_err(ues_ipld::storage::Error::Io)?;
+        Ok(Some((mime, size, out)))
+    }
+
+    /// Whether this node holds the content of blob `cid` (for any account).
+    pub fn holds_content(&self, cid: &Cid) -> Result<bool, BlobError> {
+        Ok(self.blobs.info(cid)?.is_some())
+    }
+
+    /// Takes `cid` as a blob of `did` without its bytes travelling, when this node already
+    /// holds the content (another account's copy). Returns whether it did.
+    pub fn adopt(&self, did: &Did, mime_type: &str, cid: &Cid) -> Result<bool, BlobError> {
+        let Some(info) = self.blobs.info(cid)? else { return Ok(false) };
+        if info.size > self.room(did)? {
+            return Err(BlobError::QuotaExceeded { quota: self.limits.quota });
+        }
+        self.record(did, mime_type, &info)?;
+        Ok(true)
+    }
+
+    /// Begins copying a blob of `did` from another node, going on from `chunks` a copy cut
+    /// off earlier stored (released and started afresh when they no longer read back). The
+    /// size limit and the account's quota bound it as they bound uploads.
+    pub fn begin_copy(&self, did: &Did, chunks: &[Cid]) -> Result<BlobUpload, BlobError> {
+        let limit = self.room(did)?;
+        if chunks.is_empty() {
+            return Ok(BlobUpload::new(limit));
+        }
+        match self.blobs.resume(limit, chunks) {
+            Ok(up) => Ok(up),
+            Err(e) => {
+                tracing::warn!(%did, chunks = chunks.len(), error = %e, "a cut-off blob copy starts afresh");
+                self.blobs.release_chunks(chunks)?;
+                Ok(BlobUpload::new(limit))
+            }
+        }
+    }
+
+    /// Releases the chunks of a copy that will not go on.
+    pub fn drop_copy(&self, chunks: &[Cid]) -> Result<(), BlobError> {
+        Ok(self.blobs.release_chunks(chunks)?)
+    }
+
+    /// Completes a copy as blob `cid` of `did` (referenced already: records name it). Bytes
+    /// of another hash are refused ([`BlobError::ContentMismatch`]) and leave nothing.
+    pub fn finish_copy(&self, did: &Did, mime_type: &str, upload: BlobUpload, cid: &Cid) -> Result<BlobRef, BlobError> {
+        let info = self.blobs.finish_expecting(upload, cid).map_err(|e| match e {
+            ues_ipld::storage::Error::Corrupt { cid } => BlobError::ContentMismatch(cid),
+            e => too_large(e),
+        })?;
+        self.record(did, mime_type, &info)
     }
 
     /// Deletes blobs no record references that are older than `grace`. Returns how many went.

@@ -113,6 +113,12 @@ impl BlobUpload {
     pub fn limit(&self) -> u64 {
         self.limit
     }
+
+    /// The chunks stored so far (every one full: the bytes of a last, partial chunk are held
+    /// until more arrive or the upload finishes).
+    pub fn chunks(&self) -> &[Cid] {
+        &self.chunks
+    }
 }
 
 impl std::fmt::Debug for BlobUpload {
@@ -243,6 +249,35 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
         Ok(())
     }
 
+    /// An upload that goes on from chunks an earlier one stored and counted (a transfer cut
+    /// off, or a node restarted, in the middle): each chunk is read back, checked against its
+    /// CID and hashed, so only the rest of the bytes need to arrive. The chunks stay counted
+    /// for the new upload ([`Blobs::abort`] releases them). Fails if one is missing, corrupt or
+    /// not a full chunk; the caller then releases them with [`Blobs::release_chunks`].
+    pub fn resume(&self, limit: u64, chunks: &[Cid]) -> Result<BlobUpload> {
+        let mut upload = BlobUpload::new(limit);
+        for cid in chunks {
+            let data = self.blocks.get(cid)?.ok_or(Error::MissingBlock { cid: *cid })?;
+            verify_block(cid, &data)?;
+            if data.len() != CHUNK_SIZE {
+                return Err(Error::BadManifest { cid: *cid, reason: "a resumed chunk is not a full chunk" });
+            }
+            upload.size += data.len() as u64;
+            if upload.size > limit {
+                return Err(Error::TooLarge { what: "blob", size: upload.size, limit });
+            }
+            upload.sha.update(&data);
+            upload.chunks.push(*cid);
+        }
+        Ok(upload)
+    }
+
+    /// Releases chunks an upload counted that will not go on ([`Blobs::resume`] failed, or its
+    /// blob is no longer wanted).
+    pub fn release_chunks(&self, chunks: &[Cid]) -> Result<()> {
+        self.release(chunks)
+    }
+
     /// Gives up an upload: the chunks it counted are released.
     pub fn abort(&self, upload: BlobUpload) {
         if let Err(e) = self.release(&upload.chunks) {
@@ -252,15 +287,26 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
 
     /// Stores an upload's last chunk and manifest and makes the blob visible. On failure its
     /// chunks are released.
-    pub fn finish(&self, mut upload: BlobUpload) -> Result<BlobInfo> {
-        let res = self.finish_counted(&mut upload);
+    pub fn finish(&self, upload: BlobUpload) -> Result<BlobInfo> {
+        self.finish_checked(upload, None)
+    }
+
+    /// As [`Blobs::finish`], for bytes that must be the blob `expected` (a copy from another
+    /// node): content of any other hash is refused with [`Error::Corrupt`] before anything
+    /// becomes visible, and its chunks are released.
+    pub fn finish_expecting(&self, upload: BlobUpload, expected: &Cid) -> Result<BlobInfo> {
+        self.finish_checked(upload, Some(expected))
+    }
+
+    fn finish_checked(&self, mut upload: BlobUpload, expected: Option<&Cid>) -> Result<BlobInfo> {
+        let res = self.finish_counted(&mut upload, expected);
         if res.is_err() {
             self.abort(upload);
         }
         res
     }
 
-    fn finish_counted(&self, upload: &mut BlobUpload) -> Result<BlobInfo> {
+    fn finish_counted(&self, upload: &mut BlobUpload, expected: Option<&Cid>) -> Result<BlobInfo> {
         let pending = std::mem::take(&mut upload.pending);
         if !pending.is_empty() {
             let cid = cid_for(RAW, BLAKE3, &pending)?;
@@ -271,6 +317,11 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
         let manifest_cid = cid_for(RAW, BLAKE3, &manifest)?;
         let digest = std::mem::take(&mut upload.sha).finalize();
         let cid = Cid::new_v1(RAW, multihash::Multihash::<64>::wrap(SHA2_256, &digest).expect("32 bytes"));
+        if let Some(want) = expected
+            && *want != cid
+        {
+            return Err(Error::Corrupt { cid: *want });
+        }
         let stored_already = {
             let _g = self.refs.lock();
             let held = self.index.get(&index_key(&cid))?.is_some();
@@ -481,6 +532,39 @@ mod tests {
         let big = sample(CHUNK_SIZE * (BATCH_CHUNKS + 3));
         assert!(blobs.put(&mut &big[..], (CHUNK_SIZE * (BATCH_CHUNKS + 1)) as u64).is_err());
         assert_eq!(store.len(), 0, "a refused upload leaves no chunks behind");
+    }
+
+    /// An upload cut off after some chunks goes on from them: the same blob results, and only
+    /// the rest of the bytes are appended. Bytes of another hash are refused and leave nothing.
+    #[test]
+    fn a_resumed_upload_makes_the_same_blob_and_a_wrong_one_is_refused() {
+        let store = MemoryBlockstore::new();
+        let blobs = Blobs::new(&store, MemoryKv::new());
+        let data = sample(3 * CHUNK_SIZE + 99);
+        let want = cid_for(RAW, SHA2_256, &data).unwrap();
+        let mut first = BlobUpload::new(u64::MAX);
+        blobs.append(&mut first, &data[..2 * CHUNK_SIZE + 10]).unwrap();
+        let stored = first.chunks().to_vec();
+        assert_eq!(stored.len(), 2, "the partial third chunk is held, not stored");
+        drop(first);
+        let mut up = blobs.resume(u64::MAX, &stored).unwrap();
+        assert_eq!(up.size(), 2 * CHUNK_SIZE as u64);
+        blobs.append(&mut up, &data[2 * CHUNK_SIZE..]).unwrap();
+        let info = blobs.finish_expecting(up, &want).unwrap();
+        assert_eq!(info.cid, want);
+        let mut back = Vec::new();
+        blobs.open(&want).unwrap().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        assert!(blobs.resume(u64::MAX, &[cid_for(RAW, BLAKE3, b"absent").unwrap()]).is_err());
+
+        let fresh = MemoryBlockstore::new();
+        let blobs = Blobs::new(&fresh, MemoryKv::new());
+        let mut forged = BlobUpload::new(u64::MAX);
+        blobs.append(&mut forged, &data[1..]).unwrap();
+        let err = blobs.finish_expecting(forged, &want).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { cid } if cid == want), "{err}");
+        assert!(blobs.info(&want).unwrap().is_none());
+        assert_eq!(fresh.len(), 0, "the refused copy's chunks were released");
     }
 
     #[test]

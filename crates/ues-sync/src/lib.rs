@@ -13,6 +13,7 @@
 //! - [`live`]: single entries pushed as they are written, relayed without echoes.
 //! - [`head`]: signed head announcements (fingerprint, size, latest commit) for gossip.
 //! - [`handover`]: the account hand-over to a new device, with the account's authorizations.
+//! - [`blobcopy`]: pieces of blobs one device of an account copies from another.
 //! - [`hlc`], [`vv`]: clocks.
 //! - [`sim`]: generated logs and measured sessions for benchmarks.
 //!
@@ -20,6 +21,7 @@
 //! Depends only on `ues-repo`. Transport-agnostic: it runs in memory in tests and over libp2p in
 //! the node (layer 5); it never opens a socket.
 
+pub mod blobcopy;
 pub mod entry;
 pub mod handover;
 pub mod head;

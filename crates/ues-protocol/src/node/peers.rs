@@ -115,4 +115,40 @@ pub struct Status {
     pub routing_table: usize,
     /// Peers found on the local network (mDNS).
     pub mdns_discovered: u64,
+    /// Blobs copied from the account's other devices.
+    pub blobs: BlobStatus,
+}
+
+/// Blobs travelling between the devices of replicated accounts.
+#[derive(Debug, Default, Clone)]
+pub struct BlobStatus {
+    /// Blobs records reference that this node does not hold yet, by account.
+    pub pending: BTreeMap<String, u64>,
+    /// Copies under way.
+    pub copying: Vec<BlobCopy>,
+    /// Blobs copied in full.
+    pub copied: u64,
+    /// Blobs taken without their bytes travelling (the content was here already).
+    pub adopted: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Copies that failed (to be tried again later, from any device that holds the blob).
+    pub failed: u64,
+    /// Blob pieces served to other devices.
+    pub pieces_served: u64,
+}
+
+/// A blob copy under way.
+#[derive(Debug, Clone)]
+pub struct BlobCopy {
+    /// The account.
+    pub did: String,
+    /// The blob.
+    pub cid: String,
+    /// Bytes held so far.
+    pub received: u64,
+    /// Its size, once the sender has said it.
+    pub size: Option<u64>,
+    /// The device it comes from.
+    pub peer: String,
 }

@@ -21,6 +21,8 @@ use ues_sync::{Refused, Replica};
 
 /// The account hand-over protocol's name (`replicate DID --from PEER`).
 pub const ACCOUNT_PROTOCOL: StreamProtocol = StreamProtocol::new("/ues/account/1");
+/// The blob copy protocol's name (a device copying the blobs of an account it replicates).
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/ues/blob/1");
 /// The reconciliation protocol's name.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/ues/sync/1");
 /// Largest frame either side reads (sessions keep theirs near 256 KiB; the bound is the
@@ -118,7 +120,7 @@ mod behaviour {
     use libp2p::swarm::behaviour::toggle::Toggle;
     use libp2p::{autonat, connection_limits, dcutr, gossipsub, identify, identity, kad, mdns, ping, relay};
 
-    use super::{ACCOUNT_PROTOCOL, KAD_PROTOCOL, SYNC_PROTOCOL, SyncCodec};
+    use super::{ACCOUNT_PROTOCOL, BLOB_PROTOCOL, KAD_PROTOCOL, SYNC_PROTOCOL, SyncCodec};
 
     /// Optional parts of the behaviour.
     #[derive(Debug, Clone, Default)]
@@ -146,6 +148,8 @@ mod behaviour {
         pub gossip: gossipsub::Behaviour,
         /// Account hand-over to an authorized device.
         pub account: request_response::Behaviour<SyncCodec>,
+        /// Blob pieces for the devices of an account.
+        pub blob: request_response::Behaviour<SyncCodec>,
         /// Peer routing and provider records for the DIDs a node hosts or replicates.
         pub kad: kad::Behaviour<kad::store::MemoryStore>,
         /// Local-network discovery.
@@ -217,6 +221,13 @@ mod behaviour {
                     request_response::Config::default()
                         .with_request_timeout(std::time::Duration::from_secs(30))
                         .with_max_concurrent_streams(32),
+                ),
+                blob: request_response::Behaviour::with_codec(
+                    SyncCodec,
+                    [(BLOB_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(std::time::Duration::from_secs(30))
+                        .with_max_concurrent_streams(8),
                 ),
                 kad: kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad_cfg),
                 mdns: mdns.into(),

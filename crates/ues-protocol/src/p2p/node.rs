@@ -48,8 +48,11 @@ use ues_sync::vv::DeviceId;
 use ues_sync::{AccountKeys, Change, Replica, ReplicaError, Signed, live};
 
 use super::{Behaviour, BehaviourEvent, Next, SyncPeer, repo_topic};
+
+mod blobs;
 use crate::node::Node;
 pub use crate::node::peers::{Command, PeerStatus, Status};
+pub use blobs::{MAX_COPIES, PIECE};
 
 /// The accounts type of a running node.
 pub use crate::node::peers::NodeAccounts;
@@ -158,6 +161,8 @@ pub struct P2pConfig {
     pub replicate: Vec<ReplicateFrom>,
     /// Reconciliation tuning.
     pub sync: SyncConfig,
+    /// Bytes per second this node copies blobs from other devices at, at most.
+    pub blob_bytes_per_sec: u64,
 }
 
 /// One account this node replicates from a peer (`[[p2p.replicate]]`).
@@ -189,6 +194,7 @@ impl Default for P2pConfig {
             relays: Vec::new(),
             replicate: Vec::new(),
             sync: NODE_SYNC,
+            blob_bytes_per_sec: 32 << 20,
         }
     }
 }
@@ -624,6 +630,7 @@ impl Replication {
     /// Replication state of every replicated account (for admins).
     pub fn describe(&self, accounts: &NodeAccounts) -> Value {
         let mut out = Vec::new();
+        let blobs = self.status.lock().blobs.clone();
         for did in self.tracked() {
             let mut p = self.peer.lock();
             let replica_root = p.replica.root(&did).ok().map(|c| c.to_string());
@@ -644,6 +651,7 @@ impl Replication {
                 "repoRoot": repo.as_ref().map(|r| r.commit().data.to_string()),
                 "rev": repo.as_ref().map(|r| r.commit().rev.to_string()),
                 "records": records,
+                "blobsPending": blobs.pending.get(did.as_str()).copied().unwrap_or(0),
                 "devices": devices,
             }));
         }
@@ -656,6 +664,15 @@ impl Replication {
             "replicaAccounts": p.replica.dids().len(),
             "refusals": p.replica.refusal_counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "accounts": out,
+            "blobs": {
+                "pending": blobs.pending.values().sum::<u64>(),
+                "copying": blobs.copying.iter().map(|c| json!({"did": c.did, "cid": c.cid, "received": c.received, "size": c.size, "peerId": c.peer})).collect::<Vec<_>>(),
+                "copied": blobs.copied,
+                "adopted": blobs.adopted,
+                "bytesReceived": blobs.bytes_received,
+                "failed": blobs.failed,
+                "piecesServed": blobs.pieces_served,
+            },
         })
     }
 
@@ -841,6 +858,8 @@ struct Task {
     /// DIDs this node announces as a provider in the DHT.
     provided: HashSet<Did>,
     last_bootstrap: Option<Instant>,
+    /// Blobs being copied from other devices.
+    copies: blobs::Copies,
 }
 
 /// Starts the swarm (listening on `cfg.listen`) and runs it until `shutdown` fires.
@@ -897,6 +916,7 @@ pub async fn run(
         known,
         provided: HashSet::new(),
         last_bootstrap: None,
+        copies: blobs::Copies::default(),
     };
     for did in task.rep.tracked() {
         task.provide(&did);
@@ -1095,6 +1115,7 @@ impl Task {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
             SwarmEvent::Behaviour(BehaviourEvent::Account(e)) => self.on_account(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Blob(e)) => self.on_blob(e),
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
                 message,
@@ -1405,6 +1426,7 @@ impl Task {
         if committed {
             self.st.firehose.notify();
         }
+        self.copy_blobs();
         if !self.outbox.is_empty() {
             let entries = std::mem::take(&mut self.outbox);
             let peers: Vec<PeerId> = self.swarm.connected_peers().copied().filter(|p| self.allowed(p)).collect();
