@@ -323,7 +323,14 @@ struct Account {
     targets: HashMap<String, Vec<TargetOp>>,
     records: BTreeMap<String, Cid>,
     max_hlc: Timestamp,
+    /// The MST root over `records` as of the last [`Replica::root`], before the `stale` paths
+    /// changed (`None`: to be built in full).
     root: Option<Cid>,
+    /// Paths whose record changed since `root` was computed.
+    stale: BTreeSet<String>,
+    /// Paths whose record changed since the node's bridge last took them
+    /// ([`Replica::take_changed`]).
+    changed: BTreeSet<String>,
 }
 
 /// Where an entry sits in the log.
@@ -839,7 +846,6 @@ impl Replica {
         if let Some(u) = a.upto {
             d.upto = Some(d.upto.map_or(u, |old| old.min(u)));
         }
-        acct.root = None;
         idx
     }
 
@@ -1129,7 +1135,6 @@ impl Replica {
 
     fn recompute(&mut self, idx: u32, path: &str) {
         let acct = &mut self.accounts[idx as usize];
-        acct.root = None;
         let mut dead = Vec::new();
         let value = match acct.targets.get_mut(path) {
             Some(ops) => {
@@ -1157,6 +1162,8 @@ impl Replica {
             None => acct.records.remove(path),
         };
         if old != new {
+            acct.stale.insert(path.to_string());
+            acct.changed.insert(path.to_string());
             if let Some(c) = new {
                 *self.block_refs.entry(c).or_default() += 1;
             }
@@ -1295,17 +1302,52 @@ impl Replica {
         self.pending_bytes
     }
 
-    /// The root CID of the account's materialized MST (cached until the next change).
+    /// The root CID of the account's materialized MST. Kept up to date incrementally: the
+    /// paths changed since the last call are applied to the last root's tree (O(changes ·
+    /// log n) nodes read and written); the whole tree is built only the first time after
+    /// the replica opens (or if the last root's nodes do not read back).
     pub fn root(&mut self, did: &Did) -> Result<Cid, ReplicaError> {
         let i = self.did_lookup(did).ok_or_else(|| ReplicaError::NotAuthorized(did.clone()))? as usize;
-        if let Some(r) = self.accounts[i].root {
-            return Ok(r);
+        let acct = &mut self.accounts[i];
+        if let Some(r) = acct.root {
+            if acct.stale.is_empty() {
+                return Ok(r);
+            }
+            match update_root(&self.blocks, r, &acct.records, &acct.stale) {
+                Ok(root) => {
+                    acct.stale.clear();
+                    acct.root = Some(root);
+                    return Ok(root);
+                }
+                Err(e) => tracing::warn!(%did, error = %e, "the replica's tree is built again in full"),
+            }
         }
-        let entries = self.accounts[i].records.iter().map(|(k, v)| (k.clone(), *v));
+        let entries = acct.records.iter().map(|(k, v)| (k.clone(), *v));
         let mut mst = Mst::from_sorted(self.blocks.clone(), entries).map_err(|e| ReplicaError::Mst(e.to_string()))?;
         let root = mst.root().map_err(|e| ReplicaError::Mst(e.to_string()))?;
-        self.accounts[i].root = Some(root);
+        acct.stale.clear();
+        acct.root = Some(root);
         Ok(root)
+    }
+
+    /// The paths whose record changed since the last call (or since [`Replica::clear_changed`]),
+    /// for the bridge that brings a repository to the replica one change at a time.
+    pub fn take_changed(&mut self, did: &Did) -> BTreeSet<String> {
+        self.did_lookup(did).map(|i| std::mem::take(&mut self.accounts[i as usize].changed)).unwrap_or_default()
+    }
+
+    /// Puts back paths taken with [`Replica::take_changed`] that were not brought over.
+    pub fn restore_changed(&mut self, did: &Did, paths: BTreeSet<String>) {
+        if let Some(i) = self.did_lookup(did) {
+            self.accounts[i as usize].changed.extend(paths);
+        }
+    }
+
+    /// Forgets the changed paths (the repository is known to equal the replica).
+    pub fn clear_changed(&mut self, did: &Did) {
+        if let Some(i) = self.did_lookup(did) {
+            self.accounts[i as usize].changed.clear();
+        }
     }
 
     /// The account's repository as a signed v3 commit over the materialized MST. The
@@ -1318,6 +1360,27 @@ impl Replica {
         let rev = Tid::from_parts(t.wall_ms * 1000 + u64::from(t.logical).min(999), 0);
         Ok(Commit::sign(did.clone(), data, rev, account))
     }
+}
+
+/// The root of the tree `root` with the `stale` paths set to what `records` holds now.
+fn update_root(
+    blocks: &Arc<dyn Blockstore>,
+    root: Cid,
+    records: &BTreeMap<String, Cid>,
+    stale: &BTreeSet<String>,
+) -> Result<Cid, ues_repo::ipld::MstError> {
+    let mut mst = Mst::load(blocks.clone(), root)?;
+    for path in stale {
+        match records.get(path) {
+            Some(cid) => {
+                mst.insert(path, *cid)?;
+            }
+            None => {
+                mst.remove(path)?;
+            }
+        }
+    }
+    mst.root()
 }
 
 /// Operation signatures of a batch checked on every core (each one `verify_strict`, exactly as

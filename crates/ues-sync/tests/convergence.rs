@@ -156,6 +156,11 @@ fn assert_converged(w: &World, reps: &mut [Replica]) {
     for (did, _) in &w.accounts {
         let roots: Vec<_> = reps.iter_mut().map(|r| r.root(did).unwrap()).collect();
         assert!(roots.windows(2).all(|p| p[0] == p[1]), "roots differ for {did}: {roots:?}");
+        // The root kept up to date change by change is the tree built afresh from the records.
+        let records = reps[0].records(did).cloned().unwrap_or_default();
+        let store = ues_sync::repo::ipld::storage::MemoryBlockstore::new();
+        let fresh = ues_sync::repo::ipld::Mst::from_sorted(store, records).unwrap().root().unwrap();
+        assert_eq!(roots[0], fresh, "the incremental root of {did} is not the tree's");
     }
     let lens: Vec<_> = reps.iter().map(|r| r.len()).collect();
     assert!(lens.windows(2).all(|p| p[0] == p[1]), "logs differ: {lens:?}");
@@ -279,6 +284,8 @@ proptest! {
         // One entry at a time in writing order, against all at once scrambled, twice.
         for s in &all {
             x.apply(vec![s.clone()]);
+            // The root moves one change at a time here, and once at the end on `y`.
+            let _ = x.root(&w.accounts[0].0);
         }
         y.apply(shuffled.clone());
         y.apply(shuffled);

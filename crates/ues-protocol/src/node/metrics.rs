@@ -170,6 +170,16 @@ pub(crate) async fn render(State(st): State<Arc<Node>>, headers: axum::http::Hea
             ("ues_p2p_heads_received_total", "Head announcements received.", s.heads_received),
             ("ues_p2p_bans_total", "Peers banned.", s.bans),
             ("ues_p2p_remote_commits_total", "Commits made from peers' operations.", s.remote_commits),
+            (
+                "ues_p2p_materialized_full_total",
+                "Repositories brought to their replicas by comparing every record.",
+                s.materialized_full,
+            ),
+            (
+                "ues_p2p_materialized_changes_total",
+                "Repositories brought to their replicas by comparing the changed paths only.",
+                s.materialized_changes,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }

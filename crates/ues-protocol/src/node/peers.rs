@@ -109,6 +109,11 @@ pub struct Status {
     pub bans: u64,
     /// Commits made from remote operations.
     pub remote_commits: u64,
+    /// Times the repositories were brought to their replicas by comparing every record (the
+    /// first time after a start), and by comparing only the paths that changed.
+    pub materialized_full: u64,
+    /// See `materialized_full`.
+    pub materialized_changes: u64,
     /// Reachability as AutoNAT last judged it (`unknown`, `public <addr>`, `private`).
     pub nat: String,
     /// Peers in the Kademlia routing table.

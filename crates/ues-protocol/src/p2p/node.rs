@@ -466,6 +466,12 @@ impl Replication {
                 .write(did, c, r, change)
                 .map_err(|e| ReplicationError::RecordRefused { path, reason: refusal_reason(&e) })?;
         }
+        // Seeded from the repository, the replica holds what it holds: from here on the bridge
+        // compares only what changes.
+        if p.replica.root(did).ok() == Some(repo.commit().data) {
+            p.replica.clear_changed(did);
+            self.materialized.lock().insert(did.clone(), repo.commit().data);
+        }
         tracing::info!(%did, seeded, "account replicated from this node");
         Ok(())
     }
@@ -546,29 +552,46 @@ impl Replication {
 
     /// Commits to the account's repository whatever its replica holds that the repository does
     /// not (records put, changed or deleted by other devices). Returns the commit, if one was due.
+    ///
+    /// After the first time since the node started (a full comparison of the two record sets),
+    /// only the paths the replica changed since are compared, each against the repository's
+    /// tree: a batch of remote changes costs O(changes · log n), not O(records). Should the
+    /// result not reach the replica's root, the next call compares in full again.
     pub fn materialize(&self, accounts: &NodeAccounts, did: &Did) -> Result<Option<CommitResult>, String> {
         let _bridge = self.bridge.lock();
         // A rotation that arrived comes first: what is committed next is signed by the new key.
         self.install_rotations(accounts);
         // Called every 50 ms: the cached root answers the common case without SQLite.
-        let (root, want) = {
+        let (root, changed) = {
             let mut p = self.peer.lock();
             let Ok(root) = p.replica.root(did) else { return Ok(None) };
             if self.materialized.lock().get(did) == Some(&root) {
+                p.replica.clear_changed(did);
                 return Ok(None);
             }
-            (root, p.replica.records(did).cloned().unwrap_or_default())
+            (root, p.replica.take_changed(did))
         };
         let repo = match accounts.repo(did) {
             Ok(r) => r,
             // Not hosted here (yet): nothing to commit to.
-            Err(AccountError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+            Err(AccountError::NotFound(_)) => {
+                self.peer.lock().replica.restore_changed(did, changed);
+                return Ok(None);
+            }
+            Err(e) => {
+                self.peer.lock().replica.restore_changed(did, changed);
+                return Err(e.to_string());
+            }
         };
         if repo.commit().data == root {
             self.materialized.lock().insert(did.clone(), root);
             return Ok(None);
         }
+        if self.materialized.lock().contains_key(did) {
+            return self.materialize_changes(accounts, did, root, &repo, changed);
+        }
+        self.status.lock().materialized_full += 1;
+        let want = self.peer.lock().replica.records(did).cloned().unwrap_or_default();
         let have: BTreeMap<String, cid::Cid> =
             repo.mst().map_err(err)?.list(None, usize::MAX).map_err(err)?.into_iter().collect();
         let mut writes = Vec::new();
@@ -621,16 +644,96 @@ impl Replication {
                 self.materialized.lock().insert(did.clone(), root);
             }
         }
-        self.status.lock().remote_commits += 1;
-        tracing::info!(%did, writes = writes.len(), rev = %res.commit.rev, "committed operations from peers");
-        self.emit(json!({"topic": "sync", "event": "committed", "did": did.to_string(), "rev": res.commit.rev.to_string(), "writes": writes.len(), "root": root.to_string()}));
+        self.committed(did, &res, writes.len(), root);
         Ok(Some(res))
+    }
+
+    fn committed(&self, did: &Did, res: &CommitResult, writes: usize, root: cid::Cid) {
+        self.status.lock().remote_commits += 1;
+        tracing::info!(%did, writes, rev = %res.commit.rev, "committed operations from peers");
+        self.emit(json!({"topic": "sync", "event": "committed", "did": did.to_string(), "rev": res.commit.rev.to_string(), "writes": writes, "root": root.to_string()}));
+    }
+
+    /// [`Replication::materialize`] for the paths the replica changed since the last time:
+    /// each compared with the repository's tree, the differences committed.
+    fn materialize_changes(
+        &self,
+        accounts: &NodeAccounts,
+        did: &Did,
+        root: cid::Cid,
+        repo: &ues_sync::repo::repo::Repo<&Arc<dyn Blockstore>>,
+        changed: BTreeSet<String>,
+    ) -> Result<Option<CommitResult>, String> {
+        self.status.lock().materialized_changes += 1;
+        let mut tree = repo.mst().map_err(err)?;
+        let mut writes = Vec::new();
+        let mut kept = 0;
+        {
+            let p = self.peer.lock();
+            let want = p.replica.records(did);
+            for path in &changed {
+                let wanted = want.and_then(|w| w.get(path));
+                let held = tree.get(path).map_err(err)?;
+                if wanted == held.as_ref() {
+                    continue;
+                }
+                let (c, r) = path.split_once('/').ok_or("bad path")?;
+                let (collection, rkey) = (Nsid::new(c).map_err(err)?, RecordKey::new(r).map_err(err)?);
+                match wanted {
+                    Some(cid) => {
+                        let bytes = p
+                            .replica
+                            .blocks()
+                            .get(cid)
+                            .map_err(err)?
+                            .ok_or_else(|| format!("record block {cid} missing"))?;
+                        let record = dagcbor::decode_atproto(&bytes).map_err(err)?;
+                        writes.push(Write::Update { collection, rkey, record, swap: None });
+                    }
+                    // Only a delete the replica holds removes a record: one it merely lacks stays.
+                    None if p.replica.holds_delete(did, path) => {
+                        writes.push(Write::Delete { collection, rkey, swap: None });
+                    }
+                    None => kept += 1,
+                }
+            }
+        }
+        if writes.is_empty() {
+            if kept > 0 {
+                tracing::warn!(%did, records = kept, "the repository holds records its replica lacks; they are kept");
+            }
+            self.materialized.lock().insert(did.clone(), root);
+            return Ok(None);
+        }
+        let res = match accounts.apply_replicated(did, &writes) {
+            Ok(res) => res,
+            Err(e) => {
+                self.peer.lock().replica.restore_changed(did, changed);
+                return Err(e.to_string());
+            }
+        };
+        if res.commit.data == root || kept > 0 {
+            self.materialized.lock().insert(did.clone(), root);
+        } else {
+            // Something changed that the paths did not say: compare in full next time.
+            tracing::info!(%did, replica = %root, repo = %res.commit.data, "the repository differs from the replica after its changes; compared in full next time");
+            self.materialized.lock().remove(did);
+        }
+        self.committed(did, &res, writes.len(), root);
+        Ok(Some(res))
+    }
+
+    /// Applies entries from another replica (as a session or a live push does); the next
+    /// [`Replication::materialize`] commits what they change.
+    pub fn apply_entries(&self, entries: Vec<Signed>) -> ues_sync::ApplyReport {
+        self.peer.lock().replica.apply(entries)
     }
 
     /// Replication state of every replicated account (for admins).
     pub fn describe(&self, accounts: &NodeAccounts) -> Value {
         let mut out = Vec::new();
-        let blobs = self.status.lock().blobs.clone();
+        let status = self.status();
+        let blobs = &status.blobs;
         for did in self.tracked() {
             let mut p = self.peer.lock();
             let replica_root = p.replica.root(&did).ok().map(|c| c.to_string());
@@ -662,6 +765,8 @@ impl Replication {
             "pending": p.replica.pending_len(),
             "pendingBytes": p.replica.pending_bytes(),
             "replicaAccounts": p.replica.dids().len(),
+            "materializedFull": status.materialized_full,
+            "materializedChanges": status.materialized_changes,
             "refusals": p.replica.refusal_counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "accounts": out,
             "blobs": {

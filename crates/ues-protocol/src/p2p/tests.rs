@@ -487,3 +487,121 @@ mod bridge {
         assert_eq!(records(&accounts, &did).len(), 3);
     }
 }
+
+mod materialize {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use ues_sync::hlc::Hlc;
+    use ues_sync::repo::accounts::Accounts;
+    use ues_sync::repo::crypto::KeyType;
+    use ues_sync::repo::ipld::Ipld;
+    use ues_sync::repo::ipld::storage::{Blockstore, Kv, MemoryBlockstore, MemoryKv, Sqlite, SqliteConfig};
+    use ues_sync::repo::repo::Write;
+    use ues_sync::repo::syntax::{Did, Handle, Nsid, RecordKey};
+    use ues_sync::{Change, Replica, Signed};
+
+    use crate::p2p::node::{NODE_SYNC, NodeAccounts, Replication};
+
+    fn note(text: String) -> Ipld {
+        Ipld::Map(BTreeMap::from([
+            ("$type".to_string(), Ipld::String("dev.ues.test.note".into())),
+            ("text".to_string(), Ipld::String(text)),
+        ]))
+    }
+
+    fn nsid() -> Nsid {
+        Nsid::new("dev.ues.test.note").unwrap()
+    }
+
+    /// The repository's records: path → CID.
+    fn repo_records(accounts: &NodeAccounts, did: &Did) -> BTreeMap<String, cid::Cid> {
+        accounts.repo(did).unwrap().mst().unwrap().list(None, usize::MAX).unwrap().into_iter().collect()
+    }
+
+    /// A batch of another device's changes: puts of new and existing records, and deletes.
+    fn remote_batch(remote: &mut Replica, did: &Did, round: usize, n: usize) -> Vec<Signed> {
+        (0..n)
+            .map(|i| {
+                let rkey = RecordKey::new(format!("r{:06}", (round * 7919 + i * 104_729) % 4_000)).unwrap();
+                let change =
+                    if i % 4 == 3 { Change::Delete } else { Change::Put(note(format!("round {round} change {i}"))) };
+                remote.write(did, nsid(), rkey, change).unwrap()
+            })
+            .collect()
+    }
+
+    /// Bringing a repository to its replica after remote changes compares the whole record sets
+    /// only the first time after a start; after that only the changed paths, and the result is
+    /// the same repository: every record as the replica holds it, the same MST root. (Run with
+    /// `--nocapture` and `UES_MATERIALIZE_RECORDS` for the time each takes.)
+    #[test]
+    fn remote_changes_are_materialized_path_by_path_after_the_first_time() {
+        let n: usize = std::env::var("UES_MATERIALIZE_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000);
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Sqlite::open(dir.path().join("a.sqlite"), &SqliteConfig::default()).unwrap());
+        let blocks: Arc<dyn Blockstore> = Arc::new(MemoryBlockstore::new());
+        let accounts: NodeAccounts = Accounts::open(blocks, db, 1).unwrap();
+        let did = Did::new("did:plc:ewvi7nxzyoun6zhxrhs64oiz").unwrap();
+        accounts.create(did.clone(), Handle::new("alice.test").unwrap(), KeyType::K256).unwrap();
+        for start in (0..n).step_by(500) {
+            let writes: Vec<Write> = (start..n.min(start + 500))
+                .map(|i| Write::Create {
+                    collection: nsid(),
+                    rkey: RecordKey::new(format!("r{i:06}")).unwrap(),
+                    record: note(format!("seed {i}")),
+                })
+                .collect();
+            accounts.apply_writes(&did, &writes, None).unwrap();
+        }
+        let replica_blocks: Arc<dyn Blockstore> = Arc::new(MemoryBlockstore::new());
+        let kv: Arc<dyn Kv> = Arc::new(MemoryKv::new());
+        let open = || {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+            Replication::open(replica_blocks.clone(), key, &accounts, kv.clone(), NODE_SYNC).unwrap().0
+        };
+        let mut rep = open();
+        rep.enable(&accounts, &did).unwrap();
+        // Another device of the account, authorized by the account's key.
+        let account_key = accounts.signing_key(&did).unwrap();
+        let keys = Arc::new(std::collections::HashMap::from([(did.clone(), account_key.public())]));
+        let mut remote =
+            Replica::in_memory(keys, Hlc::new(60_000), Some(ed25519_dalek::SigningKey::from_bytes(&[9; 32])));
+        let auth = remote.authorize(&account_key, &did, remote.device_id().unwrap(), false).unwrap();
+        assert_eq!(rep.apply_entries(vec![auth]).applied, 1);
+
+        let check = |rep: &Replication, what: &str| {
+            let status = rep.status();
+            let described = rep.describe(&accounts);
+            let a = &described["accounts"][0];
+            assert_eq!(a["repoRoot"], a["replicaRoot"], "{what}: {a}");
+            assert_eq!(repo_records(&accounts, &did).len() as u64, a["records"].as_u64().unwrap(), "{what}");
+            (status.materialized_full, status.materialized_changes)
+        };
+        let mut timings = Vec::new();
+        for round in 1..=6 {
+            // The node restarts before round 4: its first materialization compares in full.
+            if round == 4 {
+                drop(rep);
+                rep = open();
+            }
+            let batch = remote_batch(&mut remote, &did, round, 40);
+            let report = rep.apply_entries(batch);
+            assert!(report.refused.is_empty(), "{:?}", report.refused);
+            let started = Instant::now();
+            let res = rep.materialize(&accounts, &did).unwrap();
+            timings.push((round, started.elapsed()));
+            assert!(res.is_some(), "round {round} committed the remote changes");
+            let (full, changes) = check(&rep, &format!("round {round}"));
+            match round {
+                1..=3 => assert_eq!((full, changes), (0, round as u64), "round {round} compared only the changes"),
+                4 => assert_eq!((full, changes), (1, 0), "the first time after a start compares in full"),
+                _ => assert_eq!((full, changes), (1, round as u64 - 4), "round {round}"),
+            }
+        }
+        for (round, t) in timings {
+            eprintln!("{n} records, 40 remote changes: round {round} materialized in {t:?}");
+        }
+    }
+}
