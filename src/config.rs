@@ -339,6 +339,8 @@ pub(crate) struct P2pSection {
     pub(crate) replicate: Vec<ReplicateSection>,
     /// Bytes per second of blobs copied from other devices, at most.
     pub(crate) blob_bytes_per_sec: u64,
+    /// Seconds an acknowledged tombstone is kept before it is collected.
+    pub(crate) tombstone_grace_secs: u64,
 }
 
 /// `[[p2p.replicate]]`
@@ -370,6 +372,7 @@ impl Default for P2pSection {
             relays: Vec::new(),
             replicate: Vec::new(),
             blob_bytes_per_sec: 32 << 20,
+            tombstone_grace_secs: 60,
         }
     }
 }
@@ -398,6 +401,7 @@ impl P2pSection {
             relay_server: self.relay_server,
             relays: addrs(&self.relays, "relays")?,
             blob_bytes_per_sec: self.blob_bytes_per_sec.max(1),
+            tombstone_grace: std::time::Duration::from_secs(self.tombstone_grace_secs),
             replicate: self
                 .replicate
                 .iter()

@@ -54,7 +54,7 @@ impl Node {
         // replication).
         std::fs::write(
             dir.join("node.toml"),
-            "[p2p]\nsync_interval_secs = 1\nmdns = false\n[xrpc.rate_limits]\nenabled = false\n",
+            "[p2p]\nsync_interval_secs = 1\ntombstone_grace_secs = 1\nmdns = false\n[xrpc.rate_limits]\nenabled = false\n",
         )
         .unwrap();
         let init = Command::new(env!("CARGO_BIN_EXE_ues")).args(["init", "--data-dir"]).arg(&dir).output().unwrap();
@@ -376,6 +376,21 @@ fn three_nodes_converge_after_partitioned_writes_and_a_kill_9() {
         assert_eq!(n.verify_repo(&did), healed, "{}", n.name);
         assert_eq!(n.records(&did), expected, "{} lost or kept the wrong writes", n.name);
     }
+    // The tombstone of B's delete goes on every node once all three have acknowledged it, and
+    // the record stays deleted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in [&a, &b, &c] {
+        loop {
+            let v = n.admin("dev.ues.admin.getReplication", None);
+            if v["accounts"][0]["tombstones"] == 0 && v["tombstonesCollected"].as_u64().unwrap_or(0) >= 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} kept its tombstones: {v}", n.name);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(!n.records(&did).contains_key("seed0"), "{}", n.name);
+    }
+    assert_eq!(converge(&[&a, &b, &c], &did, "after collecting tombstones"), healed);
 
     // kill -9 in the middle of a sync: C is away while A takes 2,000 writes; C comes back, is
     // killed while catching up, and converges after a restart.

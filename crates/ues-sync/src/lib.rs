@@ -44,6 +44,7 @@ pub use recon::{
     Outcome, Scope, ScopeCache, Session, SessionStats, SessionSummary, SyncConfig, SyncError, run_session,
 };
 pub use replica::{
-    AccountKeys, ApplyReport, Change, Refusal, Refused, Replica, ReplicaError, Signed, check_record_block,
+    ACK_COLLECTION, AccountKeys, ApplyReport, Change, Refusal, Refused, Replica, ReplicaError, Signed,
+    check_record_block,
 };
 pub use ues_repo as repo;

@@ -312,6 +312,8 @@ impl DeviceState {
 #[derive(Debug, Clone)]
 struct TargetOp {
     order: (u64, DeviceId, EntryId),
+    /// The writing device's sequence number for it.
+    seq: u64,
     kind: OpKind,
 }
 
@@ -331,6 +333,8 @@ struct Account {
     /// Paths whose record changed since the node's bridge last took them
     /// ([`Replica::take_changed`]).
     changed: BTreeSet<String>,
+    /// Tombstones, collected once every device has acknowledged them (`tombstones.rs`).
+    tombs: tombstones::Tombstones,
 }
 
 /// Where an entry sits in the log.
@@ -371,6 +375,7 @@ pub struct Replica {
     lexicons: Option<Arc<Lexicons>>,
     block_refs: HashMap<Cid, u32>,
     collected: u64,
+    collected_tombstones: u64,
     /// Per account: its current key, once a rotation moved it (else `keys` says).
     rotated: HashMap<u32, PublicKey>,
     /// Per account: keys rotated away from, each with the time of its rotation (what it
@@ -450,6 +455,7 @@ impl Replica {
             lexicons: None,
             block_refs: HashMap::new(),
             collected: 0,
+            collected_tombstones: 0,
             rotated: HashMap::new(),
             superseded: HashMap::new(),
             rotations: Vec::new(),
@@ -1018,6 +1024,13 @@ impl Replica {
             report.collected += 1;
             return Ok(());
         }
+        if self.accounts[idx as usize].dots.get(&(op.device, op.seq)) == Some(&id) {
+            // Held once and collected since (a tombstone every device acknowledged, or what a
+            // delete beat): a replica that has not collected it yet sent it again.
+            report.duplicates += 1;
+            return Ok(());
+        }
+        tombstones::check_ack_op(&op, signed.block.as_ref())?;
         if let OpKind::Put(cid) = &op.kind {
             match (block, &signed.block) {
                 (Some(true), Some((_, data))) => {
@@ -1090,7 +1103,7 @@ impl Replica {
         }
         let acct = &mut self.accounts[idx as usize];
         let ops = acct.targets.entry(path.clone()).or_default();
-        ops.push(TargetOp { order: (op.hlc.to_u64(), op.device, id), kind: op.kind.clone() });
+        ops.push(TargetOp { order: (op.hlc.to_u64(), op.device, id), seq: op.seq, kind: op.kind.clone() });
         self.recompute(idx, &path);
         true
     }
@@ -1136,17 +1149,32 @@ impl Replica {
     fn recompute(&mut self, idx: u32, path: &str) {
         let acct = &mut self.accounts[idx as usize];
         let mut dead = Vec::new();
+        let ack = tombstones::is_ack_path(path);
         let value = match acct.targets.get_mut(path) {
+            // A device's acknowledgements are no record: only its latest counts.
+            Some(ops) if ack => {
+                ops.sort_by_key(|a| a.order);
+                dead = ops.drain(..ops.len().saturating_sub(1)).collect();
+                None
+            }
             Some(ops) => {
                 ops.sort_by_key(|a| a.order);
                 // What the latest delete beats can never count again: collect it.
                 if let Some(d) = ops.iter().rposition(|o| o.kind == OpKind::Delete) {
                     dead = ops.drain(..d).collect();
                 }
+                match ops.first() {
+                    Some(d) if d.kind == OpKind::Delete => acct.tombs.held(path, (d.order.1, d.seq)),
+                    _ => acct.tombs.not_held(path),
+                }
                 materialize(path, ops)
             }
             None => None,
         };
+        if ack {
+            self.read_ack(idx, path);
+        }
+        let acct = &mut self.accounts[idx as usize];
         let old = acct.records.get(path).copied();
         let new = match value {
             Some(Value::Cid(cid)) => Some(cid),
@@ -1475,8 +1503,11 @@ fn materialize(path: &str, ops: &[TargetOp]) -> Option<Value> {
     Some(Value::Block(dagcbor::encode(&Ipld::Map(typed))))
 }
 
+mod tombstones;
+pub use tombstones::ACK_COLLECTION;
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use ues_repo::crypto::KeyType;

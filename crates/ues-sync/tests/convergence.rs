@@ -264,6 +264,42 @@ proptest! {
         }
     }
 
+    /// Once replicas have converged, each names the tombstones it holds; the acknowledgements
+    /// travel by sessions; every replica then collects every tombstone, and they converge
+    /// again on equal logs, with every record as it was.
+    #[test]
+    fn tombstones_go_everywhere_once_acknowledged(
+        n in 2usize..=4,
+        steps in steps(50),
+        partitioned in any::<bool>(),
+        cfg in config(),
+    ) {
+        let w = world(1);
+        let did = w.accounts[0].0.clone();
+        let mut reps: Vec<Replica> = (0..n).map(|i| replica(&w, i, 0)).collect();
+        let auths = authorize_all(&w, &mut reps);
+        for r in reps.iter_mut().skip(1) {
+            r.apply(auths.clone());
+        }
+        play(&w, &mut reps, &steps, partitioned);
+        heal(&w, &mut reps, cfg);
+        assert_converged(&w, &mut reps);
+        let roots: Vec<_> = reps.iter_mut().map(|r| r.root(&did).unwrap()).collect();
+        for r in reps.iter_mut() {
+            r.write_ack(&did).unwrap();
+        }
+        heal(&w, &mut reps, cfg);
+        for r in reps.iter_mut() {
+            r.collect_tombstones(&did, std::time::Duration::ZERO);
+        }
+        heal(&w, &mut reps, cfg);
+        assert_converged(&w, &mut reps);
+        for (r, root) in reps.iter_mut().zip(&roots) {
+            prop_assert_eq!(r.tombstones(&did), 0, "every tombstone went");
+            prop_assert_eq!(&r.root(&did).unwrap(), root, "the records are as they were");
+        }
+    }
+
     /// Applying the same entries in any order, any number of times, gives the same state.
     #[test]
     fn apply_is_idempotent_and_commutative(steps in steps(40), order in any::<u64>()) {

@@ -163,6 +163,9 @@ pub struct P2pConfig {
     pub sync: SyncConfig,
     /// Bytes per second this node copies blobs from other devices at, at most.
     pub blob_bytes_per_sec: u64,
+    /// How long a tombstone every device has acknowledged is kept before it is collected
+    /// (for what was already on its way to arrive).
+    pub tombstone_grace: Duration,
 }
 
 /// One account this node replicates from a peer (`[[p2p.replicate]]`).
@@ -195,6 +198,7 @@ impl Default for P2pConfig {
             replicate: Vec::new(),
             sync: NODE_SYNC,
             blob_bytes_per_sec: 32 << 20,
+            tombstone_grace: Duration::from_secs(60),
         }
     }
 }
@@ -738,6 +742,7 @@ impl Replication {
             let mut p = self.peer.lock();
             let replica_root = p.replica.root(&did).ok().map(|c| c.to_string());
             let records = p.replica.records(&did).map_or(0, |r| r.len());
+            let tombstones = p.replica.tombstones(&did);
             let devices: Vec<Value> = p
                 .replica
                 .devices(&did)
@@ -754,6 +759,7 @@ impl Replication {
                 "repoRoot": repo.as_ref().map(|r| r.commit().data.to_string()),
                 "rev": repo.as_ref().map(|r| r.commit().rev.to_string()),
                 "records": records,
+                "tombstones": tombstones,
                 "blobsPending": blobs.pending.get(did.as_str()).copied().unwrap_or(0),
                 "devices": devices,
             }));
@@ -765,6 +771,7 @@ impl Replication {
             "pending": p.replica.pending_len(),
             "pendingBytes": p.replica.pending_bytes(),
             "replicaAccounts": p.replica.dids().len(),
+            "tombstonesCollected": p.replica.collected_tombstones(),
             "materializedFull": status.materialized_full,
             "materializedChanges": status.materialized_changes,
             "refusals": p.replica.refusal_counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -1115,6 +1122,7 @@ impl Task {
 
     fn anti_entropy(&mut self) {
         self.fetch_configured();
+        self.tend_tombstones();
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for p in peers {
             self.start_session(p);
@@ -1130,6 +1138,27 @@ impl Task {
         self.waiting.retain(|w| now.duration_since(w.3) < Duration::from_secs(30));
         self.dials.retain(|d| now.duration_since(d.2) < Duration::from_secs(30));
         self.rate.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(2));
+    }
+
+    /// Acknowledges the tombstones of replicated accounts this device holds (the
+    /// acknowledgement goes out live with the next flush) and collects those every device has
+    /// acknowledged.
+    fn tend_tombstones(&mut self) {
+        let grace = self.cfg.tombstone_grace;
+        for did in self.rep.tracked() {
+            let (ack, collected) = blocking(|| {
+                let mut p = self.rep.peer.lock();
+                (p.replica.write_ack(&did), p.replica.collect_tombstones(&did, grace))
+            });
+            match ack {
+                Ok(Some(signed)) => self.outbox.push(signed),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%did, error = %e, "tombstones not acknowledged"),
+            }
+            if collected > 0 {
+                tracing::info!(%did, collected, "tombstones every device acknowledged were collected");
+            }
+        }
     }
 
     /// Counts a request from `peer`; a flood bans it and drops its connections.
