@@ -14,6 +14,8 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so*
 fi
 command -v g++ >/dev/null || need_apt+=(g++)
 command -v python3 >/dev/null || need_apt+=(python3)
+# systemd-analyze checks the systemd unit `ues init` writes.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -22,7 +22,9 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {addr}: {e} (is the node running there?)"))?;
         stream.set_nodelay(true)?;
         Ok(Self { stream: BufReader::new(stream), addr })
     }

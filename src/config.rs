@@ -496,11 +496,23 @@ pub(crate) struct KeysSection {
 pub(crate) struct LogConfig {
     /// tracing env-filter directive.
     pub(crate) filter: String,
+    /// `text` (for people) or `json` (one object per line, for log shippers).
+    pub(crate) format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Text, coloured only when standard error is a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".into() }
+        Self { filter: "info".into(), format: LogFormat::Text }
     }
 }
 

@@ -3,6 +3,7 @@
 //! This binary is the composition root: it parses the command line and `node.toml` into a typed
 //! [`config::Config`], opens storage, and wires the layers together.
 
+mod backup;
 mod bench;
 mod config;
 mod identity;
@@ -94,6 +95,22 @@ enum Command {
         addr: Option<String>,
         #[command(flatten)]
         node: NodeArgs,
+    },
+    /// Take a consistent backup of the running node (databases, replica, keys, configuration)
+    /// into a new directory on its machine, while it serves writes.
+    Backup {
+        /// Where the backup goes (must not exist yet).
+        dir: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Make a new data directory of a backup and check every repository in it.
+    Restore {
+        /// The backup (`ues backup DIR`).
+        dir: PathBuf,
+        /// The new data directory (must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
     },
 }
 
@@ -288,8 +305,15 @@ impl NodeArgs {
 /// repository exports (16 at once) for every other call, and for 8 concurrent writers to group.
 const BLOCKING_THREADS: usize = 32;
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    // A failing command says why in one line (the chain of causes), not with a backtrace.
+    if let Err(e) = command(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => {
             owner_only_umask();
@@ -328,6 +352,11 @@ fn main() -> anyhow::Result<()> {
             "dev.ues.admin.authorizeDevice",
             Some(serde_json::json!({ "did": did, "peerId": peer, "revoke": revoke })),
         )?),
+        Command::Backup { dir, node } => {
+            let dir = std::path::absolute(&dir).with_context(|| format!("{}", dir.display()))?;
+            print_json(admin_call(&node, "dev.ues.admin.backup", Some(serde_json::json!({ "dir": dir })))?)
+        }
+        Command::Restore { dir, data_dir } => print_json(backup::restore(&dir, &data_dir)?),
         Command::Replicate { did, from, addr, node } => print_json(admin_call(
             &node,
             "dev.ues.admin.replicate",
@@ -411,7 +440,12 @@ fn print_json(value: serde_json::Value) -> anyhow::Result<()> {
 fn init_logging(cfg: &Config) {
     // RUST_LOG wins over the config file, as every Rust operator expects.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
+    match cfg.log.format {
+        config::LogFormat::Json => fmt.json().init(),
+        // Colour codes only where a person reads them, not in log files.
+        config::LogFormat::Text => fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
 }
 
 /// Files the node creates (databases, keys, logs RocksDB writes) are readable by their owner
@@ -447,16 +481,58 @@ fn init(dir: &Path) -> anyhow::Result<()> {
         }
     }
     let key = identity::generate(dir)?;
+    write_service_unit(dir)?;
     tracing::info!(dir = %dir.display(), node_key = %hex::encode(key.verifying_key().as_bytes()), "node initialised");
     Ok(())
+}
+
+/// The systemd unit of `contrib/ues.service`, filled in for this binary, this data directory
+/// and the user running `ues init` (its owner), written as `<dir>/ues.service` unless present.
+fn write_service_unit(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("ues.service");
+    if path.exists() {
+        return Ok(());
+    }
+    let bin = std::env::current_exe().and_then(std::fs::canonicalize).context("locating the ues binary")?;
+    let data_dir = std::fs::canonicalize(dir)?;
+    let (user, group) = account_names(rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
+    let unit = include_str!("../contrib/ues.service")
+        .replace("@BIN@", &bin.to_string_lossy())
+        .replace("@DATA_DIR@", &data_dir.to_string_lossy())
+        .replace("@USER@", &user)
+        .replace("@GROUP@", &group);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    std::io::Write::write_all(&mut file, unit.as_bytes())?;
+    Ok(())
+}
+
+/// The names of a user and group id (from `/etc/passwd` and `/etc/group`; the numbers when
+/// they are not listed there).
+fn account_names(uid: u32, gid: u32) -> (String, String) {
+    let lookup = |file: &str, id: u32| {
+        std::fs::read_to_string(file).ok().and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_string())
+            })
+        })
+    };
+    (
+        lookup("/etc/passwd", uid).unwrap_or_else(|| uid.to_string()),
+        lookup("/etc/group", gid).unwrap_or_else(|| gid.to_string()),
+    )
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     if !is_initialised(&cfg.data_dir) {
         init(&cfg.data_dir)?;
     }
-    let storage = ues_storage::Storage::open(&cfg.data_dir, &cfg.storage_config())
-        .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?;
+    let storage = Arc::new(
+        ues_storage::Storage::open(&cfg.data_dir, &cfg.storage_config())
+            .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?,
+    );
     let key = identity::load(&cfg.data_dir)?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
@@ -476,12 +552,17 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         None => tracing::warn!("XRPC rate limits are off ([xrpc.rate_limits] enabled = false)"),
     }
     let (stop_p2p, p2p_stopped) = tokio::sync::watch::channel(false);
-    let (p2p, _replica_store) = if cfg.p2p.enabled {
+    let (p2p, replica_store) = if cfg.p2p.enabled {
         let (task, store) = start_p2p(&cfg, &key, &xrpc, p2p_stopped)?;
         (Some(task), Some(store))
     } else {
         (None, None)
     };
+    let _ = xrpc.backup.set(Arc::new(backup::NodeBackup {
+        storage: storage.clone(),
+        replica: replica_store,
+        data_dir: cfg.data_dir.clone(),
+    }));
     // The background tasks run until the server has stopped.
     let tasks = ues_protocol::node::start_tasks(&xrpc);
     let consumers = host.start();

@@ -103,3 +103,27 @@ fn lexicon_check_refuses_incompatible_evolution() {
     assert!(!ok);
     assert_eq!(report["incompatibilities"].as_array().unwrap().len(), 2, "{report}");
 }
+
+/// A command that fails says why on one line of standard error, with no backtrace, and exits 1.
+#[test]
+fn a_failing_command_says_why_in_one_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let missing = tempfile::tempdir().unwrap();
+    for args in [
+        vec![
+            "bench".to_string(),
+            "create".into(),
+            "--addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--records".into(),
+            "1".into(),
+        ],
+        vec!["car".into(), "verify".into(), missing.path().join("absent.car").display().to_string()],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ues")).args(&args).env("RUST_BACKTRACE", "1").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?} said more than one line: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+    }
+}

@@ -62,41 +62,7 @@ impl DataDir {
     /// database created since. Returns how many entries were changed (logged when any were).
     /// An entry that cannot be changed (owned by another user) is logged and skipped.
     pub fn restrict(&self) -> usize {
-        let mut changed = 0;
-        let mut seen = 0;
-        let mut stack = vec![(self.path.clone(), 0usize)];
-        while let Some((dir, depth)) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                seen += 1;
-                if seen > MAX_ENTRIES {
-                    tracing::warn!(dir = %self.path.display(), "data directory holds too many entries to check them all");
-                    return changed;
-                }
-                let path = entry.path();
-                // Symbolic links are left alone: their target is not the node's to change.
-                let Ok(kind) = entry.file_type() else { continue };
-                if kind.is_symlink() {
-                    continue;
-                }
-                match owner_only(&path) {
-                    Ok(true) => changed += 1,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(path = %path.display(), "cannot make owner-only: {e}"),
-                }
-                if kind.is_dir() && depth < MAX_DEPTH {
-                    stack.push((path, depth + 1));
-                }
-            }
-        }
-        if changed > 0 {
-            tracing::warn!(
-                dir = %self.path.display(),
-                changed,
-                "files in the data directory were open to other users; now owner-only (0600, directories 0700)"
-            );
-        }
-        changed
+        restrict_tree(&self.path)
     }
 
     /// The directory.
@@ -117,6 +83,46 @@ impl DataDir {
 
 /// Takes every permission of group and others off `path` (a 0755 directory becomes 0700, a
 /// 0644 file 0600; the owner's bits stay). Returns whether it changed anything.
+/// Makes every directory (0700) and file (0600) under `root` readable by its owner only (see
+/// [`DataDir::restrict`]); returns how many entries changed.
+pub(crate) fn restrict_tree(root: &Path) -> usize {
+    let mut changed = 0;
+    let mut seen = 0;
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                tracing::warn!(dir = %root.display(), "data directory holds too many entries to check them all");
+                return changed;
+            }
+            let path = entry.path();
+            // Symbolic links are left alone: their target is not the node's to change.
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_symlink() {
+                continue;
+            }
+            match owner_only(&path) {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(path = %path.display(), "cannot make owner-only: {e}"),
+            }
+            if kind.is_dir() && depth < MAX_DEPTH {
+                stack.push((path, depth + 1));
+            }
+        }
+    }
+    if changed > 0 {
+        tracing::warn!(
+            dir = %root.display(),
+            changed,
+            "files in the data directory were open to other users; now owner-only (0600, directories 0700)"
+        );
+    }
+    changed
+}
+
 pub(crate) fn owner_only(path: &Path) -> std::io::Result<bool> {
     let mode = std::fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
     if mode & 0o7077 == 0 {

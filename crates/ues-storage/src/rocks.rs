@@ -114,6 +114,15 @@ pub struct RocksStore {
 }
 
 impl RocksStore {
+    /// A consistent copy of the database at `dir` (which must not exist yet), taken while the
+    /// database is in use: the memtables are flushed, then the table files are hard-linked
+    /// where the file system allows (copied otherwise) with the manifest and options that
+    /// name them.
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(())
+    }
+
     /// Opens (creating if missing) the database at `path`.
     pub fn open(path: impl AsRef<Path>, cfg: &RocksConfig) -> Result<Arc<Self>> {
         let path = path.as_ref().to_path_buf();

@@ -237,6 +237,15 @@ impl Sqlite {
         Ok(())
     }
 
+    /// Writes a consistent copy of the database to `path` (a new file) from a reader's
+    /// snapshot: writers go on meanwhile, and the copy holds exactly the transactions committed
+    /// before it began.
+    pub fn snapshot_to(&self, path: &Path) -> Result<()> {
+        let path = path.to_str().ok_or_else(|| Error::InvalidKey(format!("{} is not UTF-8", path.display())))?;
+        self.read(|c| c.execute("VACUUM INTO ?1", [path]))?;
+        Ok(())
+    }
+
     /// Runs `f` on a reader connection (a consistent snapshot per statement, or per explicit
     /// transaction inside `f`).
     pub fn read<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {

@@ -38,4 +38,19 @@ impl Storage {
     pub fn dir(&self) -> &DataDir {
         &self.dir
     }
+
+    /// A consistent copy of both databases in `dir` (created, owner-only; it must not exist),
+    /// laid out as a data directory, taken while the node serves writes. The index goes first,
+    /// then the blocks: every block the copied index names (a repository's head, a blob) was
+    /// written before it, blocks are never deleted while referenced, and the few a commit
+    /// had not yet synced ride in the index's own journal, so the later copy of the blocks
+    /// holds all of them.
+    pub fn backup(&self, dir: &std::path::Path) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(crate::datadir::DIR_MODE).create(dir)?;
+        self.sqlite.snapshot_to(&dir.join("index.sqlite"))?;
+        self.rocks.checkpoint(&dir.join("rocksdb"))?;
+        crate::datadir::restrict_tree(dir);
+        Ok(())
+    }
 }

@@ -83,6 +83,13 @@ pub struct NodeConfig {
     pub public_metrics: bool,
 }
 
+/// A consistent copy of the node's storage, keys and configuration, taken while it serves
+/// writes (the binary, which opened the storage, provides it).
+pub trait Backup: Send + Sync {
+    /// Writes the copy into `dir` (created; it must not exist); returns what it holds.
+    fn backup(&self, dir: &std::path::Path) -> Result<serde_json::Value, String>;
+}
+
 /// The node: its shared state and the operations every face calls.
 pub struct Node {
     /// Accounts and repositories.
@@ -107,6 +114,8 @@ pub struct Node {
     pub replication: std::sync::OnceLock<Arc<dyn peers::PeerService>>,
     /// The node's libp2p peer id, when the peer-to-peer service runs.
     pub peer_id: std::sync::OnceLock<libp2p::PeerId>,
+    /// Online backups of the node's storage, when `ues run` provides them.
+    pub backup: std::sync::OnceLock<Arc<dyn Backup>>,
     /// Which `/ws` session made recent commits (header `X-Ues-Ws-Session` on the write), so
     /// that session is not sent its own writes back. Bounded: the newest [`MAX_ORIGINS`].
     /// Keyed by commit and record path: concurrent requests may share one commit.
@@ -187,6 +196,7 @@ impl Node {
                 .into(),
             replication: std::sync::OnceLock::new(),
             peer_id: std::sync::OnceLock::new(),
+            backup: std::sync::OnceLock::new(),
             origins: parking_lot::RwLock::new(Default::default()),
             writing_sessions: parking_lot::RwLock::new(Default::default()),
             writes_in_flight,

@@ -254,6 +254,40 @@ pub(crate) async fn delete_account(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Backup {
+    dir: String,
+}
+
+/// `dev.ues.admin.backup`: a consistent copy of the node's storage, keys and configuration in
+/// `dir` (an absolute path on the node's machine that does not exist yet), taken while the node
+/// serves writes.
+pub(crate) async fn backup(State(st): State<Arc<Node>>, headers: HeaderMap, XJson(b): XJson<Backup>) -> Res {
+    admin(&st, &headers)?;
+    let dir = std::path::PathBuf::from(&b.dir);
+    if !dir.is_absolute() {
+        return Err(NodeError::invalid("dir must be an absolute path"));
+    }
+    if dir.exists() {
+        return Err(NodeError::invalid(format!("{} exists: a backup goes into a new directory", dir.display())));
+    }
+    let Some(backup) = st.backup.get().cloned() else {
+        return Err(NodeError::new(StatusCode::NOT_IMPLEMENTED, "MethodNotImplemented", "backups are not available"));
+    };
+    blocking(move || {
+        let started = std::time::Instant::now();
+        let mut out = backup.backup(&dir).map_err(|e| {
+            tracing::error!(dir = %dir.display(), error = %e, "backup failed");
+            NodeError::new(StatusCode::INTERNAL_SERVER_ERROR, "BackupFailed", e)
+        })?;
+        out["ms"] = json!(started.elapsed().as_millis() as u64);
+        tracing::info!(dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "backup taken");
+        Ok(Json(out))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
 pub(crate) struct ListReports {
     limit: Option<i64>,
     cursor: Option<String>,
