@@ -24,9 +24,59 @@ pub(crate) struct NodeBackup {
     pub(crate) data_dir: PathBuf,
 }
 
-impl ues_protocol::node::Backup for NodeBackup {
+impl ues_protocol::node::StorageOps for NodeBackup {
     fn backup(&self, dir: &Path) -> Result<Value, String> {
         self.take(dir).map_err(|e| format!("{e:#}"))
+    }
+
+    fn gauges(&self) -> Vec<ues_protocol::node::Gauge> {
+        use ues_protocol::node::Gauge;
+        let mut out = Vec::new();
+        let mut rocks = |db: &'static str, store: &ues_storage::RocksStore| {
+            for (name, value) in store.gauges() {
+                let (name, help) = match name {
+                    "sst_bytes" => ("ues_rocksdb_sst_bytes", "Bytes of RocksDB table files."),
+                    "live_data_bytes" => ("ues_rocksdb_live_data_bytes", "RocksDB's estimate of its live data."),
+                    "memtable_bytes" => ("ues_rocksdb_memtable_bytes", "Bytes in RocksDB memtables."),
+                    "block_cache_bytes" => ("ues_rocksdb_block_cache_bytes", "Bytes in RocksDB's block cache."),
+                    "pending_compaction_bytes" => {
+                        ("ues_rocksdb_pending_compaction_bytes", "Bytes RocksDB estimates it has left to compact.")
+                    }
+                    "running_compactions" => ("ues_rocksdb_running_compactions", "RocksDB compactions running."),
+                    "write_stopped" => {
+                        ("ues_rocksdb_write_stopped", "1 while RocksDB stops writes (a compaction stall).")
+                    }
+                    "delayed_write_rate" => {
+                        ("ues_rocksdb_delayed_write_rate", "Bytes/s RocksDB slows writes to (0 when it does not).")
+                    }
+                    _ => continue,
+                };
+                out.push(Gauge { name, help, labels: vec![("db", db.to_string())], value });
+            }
+        };
+        rocks("blocks", &self.storage.rocks);
+        if let Some(r) = &self.replica {
+            rocks("replica", r);
+        }
+        let (db, wal) = self.storage.sqlite.file_bytes();
+        for (file, value) in [("index", db), ("wal", wal)] {
+            out.push(Gauge {
+                name: "ues_sqlite_bytes",
+                help: "Bytes of the SQLite index and of its write-ahead log.",
+                labels: vec![("file", file.to_string())],
+                value,
+            });
+        }
+        let dir = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(self.data_dir.as_os_str()));
+        if let Ok(fs) = dir.map_err(|_| rustix::io::Errno::INVAL).and_then(|d| rustix::fs::statvfs(d.as_c_str())) {
+            out.push(Gauge {
+                name: "ues_disk_free_bytes",
+                help: "Bytes free for the node on the data directory's file system.",
+                labels: Vec::new(),
+                value: fs.f_bavail.saturating_mul(fs.f_frsize),
+            });
+        }
+        out
     }
 }
 

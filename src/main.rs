@@ -104,6 +104,9 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// The running node at one look: version, uptime, accounts, firehose position, peers,
+    /// storage sizes and free disk (JSON).
+    Status(NodeArgs),
     /// Make a new data directory of a backup and check every repository in it.
     Restore {
         /// The backup (`ues backup DIR`).
@@ -357,6 +360,7 @@ fn command(cli: Cli) -> anyhow::Result<()> {
             print_json(admin_call(&node, "dev.ues.admin.backup", Some(serde_json::json!({ "dir": dir })))?)
         }
         Command::Restore { dir, data_dir } => print_json(backup::restore(&dir, &data_dir)?),
+        Command::Status(args) => print_json(admin_call(&args, "dev.ues.admin.getStatus", None)?),
         Command::Replicate { did, from, addr, node } => print_json(admin_call(
             &node,
             "dev.ues.admin.replicate",
@@ -558,7 +562,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let _ = xrpc.backup.set(Arc::new(backup::NodeBackup {
+    let _ = xrpc.storage_ops.set(Arc::new(backup::NodeBackup {
         storage: storage.clone(),
         replica: replica_store,
         data_dir: cfg.data_dir.clone(),

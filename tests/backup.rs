@@ -1,8 +1,9 @@
 //! Backups of a running node: `ues backup` while two writers stream records into two accounts,
 //! then `ues restore` into a new data directory, which checks every repository; a node started
 //! on it serves both accounts with every write acknowledged before the backup began, and each
-//! repository verifies against its account's key. A backup into an existing directory and a
-//! restore over a data directory that holds anything are refused.
+//! repository verifies against its account's key, and `ues status` and `/metrics` show its
+//! storage. A backup into an existing directory and a restore over a data directory that holds
+//! anything are refused.
 
 #[path = "support/node.rs"]
 mod support;
@@ -170,6 +171,33 @@ fn restore_serves(dir: &Path, accounts: &[(String, String)], before: &[&(String,
         assert!(missing.is_empty(), "{did}: writes acknowledged before the backup are missing: {missing:?}");
         eprintln!("{did}: {} records restored, {} acknowledged before the backup", held.len(), wanted.len());
         verify(&base, did);
+    }
+    // `ues status` and /metrics show the restored node's storage.
+    let out = Command::new(env!("CARGO_BIN_EXE_ues"))
+        .args(["status", "--data-dir", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["accounts"], accounts.len(), "{status}");
+    assert!(status["firehoseSeq"].as_u64().unwrap() > 0, "{status}");
+    for gauge in ["ues_rocksdb_sst_bytes{db=blocks}", "ues_sqlite_bytes{file=index}", "ues_disk_free_bytes"] {
+        assert!(status["storage"][gauge].as_u64().unwrap_or(0) > 0, "{gauge}: {status}");
+    }
+    let metrics = agent()
+        .get(format!("{base}/metrics"))
+        .header("authorization", &support::operator_auth(dir))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for line in [
+        "# TYPE ues_rocksdb_pending_compaction_bytes gauge",
+        "ues_rocksdb_write_stopped{db=\"blocks\"} 0",
+        "ues_sqlite_bytes{file=\"wal\"}",
+    ] {
+        assert!(metrics.contains(line), "/metrics has {line}");
     }
     let _ = child.kill();
     let _ = child.wait();

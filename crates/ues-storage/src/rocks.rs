@@ -171,6 +171,30 @@ impl RocksStore {
         &self.path
     }
 
+    /// The database's state for metrics: (name, value) of table-file bytes, estimated live
+    /// data, memtable bytes, block-cache bytes, bytes awaiting compaction (summed over the
+    /// column families), compactions running, whether writes are stopped (0/1), and the rate
+    /// writes are delayed to (bytes/s; 0 when they are not).
+    pub fn gauges(&self) -> Vec<(&'static str, u64)> {
+        let per_cf = |prop: &str| -> u64 {
+            [CF_BLOCKS, CF_KV]
+                .iter()
+                .map(|cf| self.db.property_int_value_cf(self.cf(cf), prop).ok().flatten().unwrap_or(0))
+                .sum()
+        };
+        let db = |prop: &str| self.db.property_int_value(prop).ok().flatten().unwrap_or(0);
+        vec![
+            ("sst_bytes", per_cf("rocksdb.total-sst-files-size")),
+            ("live_data_bytes", per_cf("rocksdb.estimate-live-data-size")),
+            ("memtable_bytes", per_cf("rocksdb.cur-size-all-mem-tables")),
+            ("block_cache_bytes", db("rocksdb.block-cache-usage")),
+            ("pending_compaction_bytes", per_cf("rocksdb.estimate-pending-compaction-bytes")),
+            ("running_compactions", db("rocksdb.num-running-compactions")),
+            ("write_stopped", db("rocksdb.is-write-stopped")),
+            ("delayed_write_rate", db("rocksdb.actual-delayed-write-rate")),
+        ]
+    }
+
     /// Flushes memtables and compacts every column family (drops expired KV entries).
     pub fn compact(&self) -> Result<()> {
         for name in [CF_BLOCKS, CF_KV] {

@@ -237,6 +237,14 @@ impl Sqlite {
         Ok(())
     }
 
+    /// Bytes of the database file and of its write-ahead log.
+    pub fn file_bytes(&self) -> (u64, u64) {
+        let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        (len(&self.path), len(Path::new(&wal)))
+    }
+
     /// Writes a consistent copy of the database to `path` (a new file) from a reader's
     /// snapshot: writers go on meanwhile, and the copy holds exactly the transactions committed
     /// before it began.

@@ -184,5 +184,19 @@ pub(crate) async fn render(State(st): State<Arc<Node>>, headers: axum::http::Hea
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
     }
+    if let Some(ops) = st.storage_ops.get() {
+        let gauges = ops.gauges();
+        let mut named = std::collections::BTreeSet::new();
+        for g in &gauges {
+            if named.insert(g.name) {
+                let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", g.name, g.help, g.name);
+                for same in gauges.iter().filter(|x| x.name == g.name) {
+                    let labels: Vec<String> = same.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                    let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+                    let _ = writeln!(out, "{}{labels} {}", same.name, same.value);
+                }
+            }
+        }
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

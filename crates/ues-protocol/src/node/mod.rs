@@ -83,11 +83,29 @@ pub struct NodeConfig {
     pub public_metrics: bool,
 }
 
-/// A consistent copy of the node's storage, keys and configuration, taken while it serves
-/// writes (the binary, which opened the storage, provides it).
-pub trait Backup: Send + Sync {
-    /// Writes the copy into `dir` (created; it must not exist); returns what it holds.
+/// What the node's storage offers its operator: backups and gauges (the binary, which opened
+/// the storage, provides it).
+pub trait StorageOps: Send + Sync {
+    /// Writes a consistent copy of the node's storage, keys and configuration into `dir`
+    /// (created; it must not exist), taken while the node serves writes; returns what it holds.
     fn backup(&self, dir: &std::path::Path) -> Result<serde_json::Value, String>;
+
+    /// The storage's gauges now (database sizes, compaction, free disk).
+    fn gauges(&self) -> Vec<Gauge>;
+}
+
+/// One gauge of [`StorageOps::gauges`]: a metric name (`ues_` prefixed), its help text, its
+/// labels and value.
+#[derive(Debug, Clone)]
+pub struct Gauge {
+    /// The metric's name.
+    pub name: &'static str,
+    /// What it measures.
+    pub help: &'static str,
+    /// Labels (`db="blocks"`).
+    pub labels: Vec<(&'static str, String)>,
+    /// The value.
+    pub value: u64,
 }
 
 /// The node: its shared state and the operations every face calls.
@@ -114,8 +132,10 @@ pub struct Node {
     pub replication: std::sync::OnceLock<Arc<dyn peers::PeerService>>,
     /// The node's libp2p peer id, when the peer-to-peer service runs.
     pub peer_id: std::sync::OnceLock<libp2p::PeerId>,
-    /// Online backups of the node's storage, when `ues run` provides them.
-    pub backup: std::sync::OnceLock<Arc<dyn Backup>>,
+    /// Backups and gauges of the node's storage, when `ues run` provides them.
+    pub storage_ops: std::sync::OnceLock<Arc<dyn StorageOps>>,
+    /// When the node started.
+    pub started: std::time::Instant,
     /// Which `/ws` session made recent commits (header `X-Ues-Ws-Session` on the write), so
     /// that session is not sent its own writes back. Bounded: the newest [`MAX_ORIGINS`].
     /// Keyed by commit and record path: concurrent requests may share one commit.
@@ -196,7 +216,8 @@ impl Node {
                 .into(),
             replication: std::sync::OnceLock::new(),
             peer_id: std::sync::OnceLock::new(),
-            backup: std::sync::OnceLock::new(),
+            storage_ops: std::sync::OnceLock::new(),
+            started: std::time::Instant::now(),
             origins: parking_lot::RwLock::new(Default::default()),
             writing_sessions: parking_lot::RwLock::new(Default::default()),
             writes_in_flight,

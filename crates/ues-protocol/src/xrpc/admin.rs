@@ -271,7 +271,7 @@ pub(crate) async fn backup(State(st): State<Arc<Node>>, headers: HeaderMap, XJso
     if dir.exists() {
         return Err(NodeError::invalid(format!("{} exists: a backup goes into a new directory", dir.display())));
     }
-    let Some(backup) = st.backup.get().cloned() else {
+    let Some(backup) = st.storage_ops.get().cloned() else {
         return Err(NodeError::new(StatusCode::NOT_IMPLEMENTED, "MethodNotImplemented", "backups are not available"));
     };
     blocking(move || {
@@ -283,6 +283,41 @@ pub(crate) async fn backup(State(st): State<Arc<Node>>, headers: HeaderMap, XJso
         out["ms"] = json!(started.elapsed().as_millis() as u64);
         tracing::info!(dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "backup taken");
         Ok(Json(out))
+    })
+    .await
+}
+
+/// `dev.ues.admin.getStatus`: the running node at one look (`ues status`).
+pub(crate) async fn get_status(State(st): State<Arc<Node>>, headers: HeaderMap) -> Res {
+    admin(&st, &headers)?;
+    blocking(move || {
+        let mut storage = serde_json::Map::new();
+        for g in st.storage_ops.get().map(|o| o.gauges()).unwrap_or_default() {
+            let labels: Vec<String> = g.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let key =
+                if labels.is_empty() { g.name.to_string() } else { format!("{}{{{}}}", g.name, labels.join(",")) };
+            storage.insert(key, json!(g.value));
+        }
+        let peers = st.replication.get().map(|r| {
+            let s = r.status();
+            json!({
+                "peerId": st.peer_id.get().map(|p| p.to_string()),
+                "connected": s.connected.len(),
+                "replicatedAccounts": r.tracked().len(),
+                "blobsPending": s.blobs.pending.values().sum::<u64>(),
+                "bans": s.bans,
+            })
+        });
+        Ok(Json(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptimeSecs": st.started.elapsed().as_secs(),
+            "publicUrl": st.cfg.public_url,
+            "accounts": st.accounts.count()?,
+            "firehoseSeq": *st.firehose.latest(),
+            "firehoseSubscribers": st.metrics.subscribers.load(std::sync::atomic::Ordering::Relaxed),
+            "peers": peers,
+            "storage": storage,
+        })))
     })
     .await
 }

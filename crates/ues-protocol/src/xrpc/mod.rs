@@ -93,6 +93,7 @@ pub fn router_with(state: Arc<Node>, methods: Router<Arc<Node>>) -> Router {
         .route("/xrpc/com.atproto.admin.deleteAccount", post(admin::delete_account))
         .route("/xrpc/dev.ues.admin.listReports", get(admin::list_reports))
         .route("/xrpc/dev.ues.admin.backup", post(admin::backup))
+        .route("/xrpc/dev.ues.admin.getStatus", get(admin::get_status))
         .route("/xrpc/dev.ues.admin.listPeers", get(admin::list_peers))
         .route("/xrpc/dev.ues.admin.connectPeer", post(admin::connect_peer))
         .route("/xrpc/dev.ues.admin.authorizeDevice", post(admin::authorize_device))
