@@ -6,6 +6,7 @@
 mod backup;
 mod bench;
 mod config;
+mod doctor;
 mod identity;
 mod lexicons;
 mod tools;
@@ -107,6 +108,17 @@ enum Command {
     /// The running node at one look: version, uptime, accounts, firehose position, peers,
     /// storage sizes and free disk (JSON).
     Status(NodeArgs),
+    /// Check a node's configuration and surroundings before exposing it (data directory and key
+    /// modes, free disk, the listen address, public URL reachable and answering as this node,
+    /// HTTPS, wildcard DNS for handles, the PLC directory) and say what to fix. Exits 1 when
+    /// something needs fixing.
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Make a new data directory of a backup and check every repository in it.
     Restore {
         /// The backup (`ues backup DIR`).
@@ -361,6 +373,18 @@ fn command(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Restore { dir, data_dir } => print_json(backup::restore(&dir, &data_dir)?),
         Command::Status(args) => print_json(admin_call(&args, "dev.ues.admin.getStatus", None)?),
+        Command::Doctor { json, node } => {
+            let (report, healthy) = doctor::run(&node.resolve()?);
+            if json {
+                print_json(report)?;
+            } else {
+                doctor::print(&report);
+            }
+            if !healthy {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Replicate { did, from, addr, node } => print_json(admin_call(
             &node,
             "dev.ues.admin.replicate",
