@@ -16,6 +16,9 @@ command -v g++ >/dev/null || need_apt+=(g++)
 command -v python3 >/dev/null || need_apt+=(python3)
 # systemd-analyze checks the systemd unit `ues init` writes.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# The HTTPS tests drive curl (HTTP/2) and make certificates with openssl.
+command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -85,6 +85,12 @@ pub(crate) struct HttpConfig {
     pub(crate) max_connections: usize,
     /// Open connections at once from one client address (0: no per-address cap).
     pub(crate) max_connections_per_ip: usize,
+    /// PEM certificate chain: `listen` speaks HTTPS (HTTP/2 and HTTP/1.1) when set, with `tls_key`.
+    pub(crate) tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub(crate) tls_key: PathBuf,
+    /// A plain-HTTP address that redirects to HTTPS ("": none).
+    pub(crate) http_listen: String,
 }
 
 impl Default for HttpConfig {
@@ -96,12 +102,26 @@ impl Default for HttpConfig {
             write_timeout_secs: 60,
             max_connections: 16_384,
             max_connections_per_ip: 1024,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            http_listen: String::new(),
         }
     }
 }
 
 impl HttpConfig {
     /// The HTTP server's bounds.
+    /// The HTTPS certificate files, when configured (both or neither).
+    pub(crate) fn tls(&self) -> anyhow::Result<Option<std::sync::Arc<ues_protocol::http::TlsFiles>>> {
+        match (self.tls_cert.as_os_str().is_empty(), self.tls_key.as_os_str().is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => ues_protocol::http::TlsFiles::open(&self.tls_cert, &self.tls_key)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("[http] tls_cert/tls_key: {e}")),
+            _ => anyhow::bail!("[http] tls_cert and tls_key go together: set both, or neither"),
+        }
+    }
+
     pub(crate) fn to_limits(&self) -> ues_protocol::http::ServeLimits {
         ues_protocol::http::ServeLimits {
             header_timeout: std::time::Duration::from_secs(self.header_timeout_secs.max(1)),

@@ -601,15 +601,34 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .merge(ues_protocol::rest::router(xrpc.clone(), cfg.api.to_config()));
     let listener =
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "ues listening");
+    let tls = cfg.http.tls()?;
+    tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), tls = tls.is_some(), "ues listening");
+    let redirect = match (&tls, cfg.http.http_listen.as_str()) {
+        (Some(_), addr) if !addr.is_empty() => {
+            let plain = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding [http] http_listen {addr}"))?;
+            tracing::info!(addr = %plain.local_addr()?, "plain HTTP redirects to HTTPS");
+            let router = ues_protocol::http::redirect_router(listener.local_addr()?.port());
+            Some(tokio::spawn(ues_protocol::http::serve(plain, router, cfg.http.to_limits(), std::future::pending())))
+        }
+        (None, addr) if !addr.is_empty() => {
+            anyhow::bail!("[http] http_listen redirects to HTTPS: it needs tls_cert and tls_key")
+        }
+        _ => None,
+    };
+    let limits = ues_protocol::http::ServeLimits { tls, ..cfg.http.to_limits() };
     let closing = xrpc.clone();
     // Client addresses reach handlers as ConnectInfo (the per-address rate limits).
-    ues_protocol::http::serve(listener, app, cfg.http.to_limits(), async move {
+    ues_protocol::http::serve(listener, app, limits, async move {
         shutdown_signal().await;
         // Long-lived streams would hold the graceful shutdown open: close them with a frame.
         closing.firehose.close_all();
     })
     .await?;
+    if let Some(r) = redirect {
+        r.abort();
+    }
     // Upgraded WebSocket connections outlive the server's own graceful shutdown: give the
     // streams a moment to deliver their close frames.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);

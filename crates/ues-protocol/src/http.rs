@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use hyper::body::Incoming;
@@ -74,6 +75,106 @@ pub struct ServeLimits {
     pub write_timeout: Duration,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// HTTPS (HTTP/2 and HTTP/1.1 by ALPN) instead of plain HTTP, when set.
+    pub tls: Option<Arc<TlsFiles>>,
+}
+
+/// A router that answers every request on plain HTTP with a permanent redirect to the same
+/// host and path over HTTPS (on `https_port`, left out when it is 443).
+pub fn redirect_router(https_port: u16) -> Router {
+    Router::new().fallback(move |headers: axum::http::HeaderMap, uri: axum::http::Uri| async move {
+        let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host =
+            host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b)) {
+            return axum::http::StatusCode::BAD_REQUEST.into_response();
+        }
+        let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        axum::response::Redirect::permanent(&format!("https://{host}{port}{path}")).into_response()
+    })
+}
+
+/// TLS for the HTTP listener from a certificate chain and a private key in PEM files, read
+/// again when either file changes (looked at, at most once a second, when a client connects):
+/// a renewed certificate is served without a restart. A change that does not load (a
+/// half-written file) keeps the previous certificate and is logged.
+pub struct TlsFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    state: parking_lot::Mutex<TlsState>,
+}
+
+struct TlsState {
+    config: Arc<rustls::ServerConfig>,
+    stamp: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
+    checked: Instant,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles").field("cert", &self.cert).field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+fn modified(p: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl TlsFiles {
+    /// Loads the certificate chain and key (refusing files that do not make a TLS server).
+    pub fn open(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<Self>, String> {
+        let stamp = (modified(cert), modified(key));
+        let config = Self::load(cert, key)?;
+        Ok(Arc::new(Self {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            state: parking_lot::Mutex::new(TlsState { config, stamp, checked: Instant::now() }),
+        }))
+    }
+
+    fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!("{}: no certificate", cert.display()));
+        }
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)
+            .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The configuration for the next handshake (the files read again if they changed).
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        let mut st = self.state.lock();
+        if st.checked.elapsed() >= Duration::from_secs(1) {
+            st.checked = Instant::now();
+            let stamp = (modified(&self.cert), modified(&self.key));
+            if stamp != st.stamp {
+                match Self::load(&self.cert, &self.key) {
+                    Ok(config) => {
+                        st.config = config;
+                        st.stamp = stamp;
+                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a changed TLS certificate does not load; the previous one is kept")
+                    }
+                }
+            }
+        }
+        st.config.clone()
+    }
 }
 
 impl Default for ServeLimits {
@@ -84,6 +185,7 @@ impl Default for ServeLimits {
             max_connections_per_ip: 512,
             write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -193,7 +295,27 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let io = StallLimit::new(stream, limits.write_timeout);
-        tokio::spawn(serve_connection(io, peer, app.clone(), builder.clone(), stop_rx.clone(), slot));
+        match &limits.tls {
+            None => {
+                tokio::spawn(serve_connection(io, peer, app.clone(), builder.clone(), stop_rx.clone(), slot));
+            }
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                let (app, builder, stop, timeout) =
+                    (app.clone(), builder.clone(), stop_rx.clone(), limits.header_timeout);
+                tokio::spawn(async move {
+                    // The handshake is bounded like a request's header.
+                    match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            serve_h2(tls, peer, app, stop, slot, timeout).await;
+                        }
+                        Ok(Ok(tls)) => serve_connection(tls, peer, app, builder, stop, slot).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -216,14 +338,53 @@ fn admit(total: &Arc<Semaphore>, per_ip: &PerIp, ip: IpAddr, limits: &ServeLimit
     Ok(Slot { _total: permit, ip, per_ip: per_ip.clone() })
 }
 
-async fn serve_connection(
-    stream: StallLimit,
+/// Serves one HTTP/2 connection (TLS with ALPN `h2`): its streams are requests; a connection
+/// idle past `idle` gets a PING, and one that does not answer is closed.
+async fn serve_h2<S>(
+    stream: S,
+    peer: SocketAddr,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    slot: Slot,
+    idle: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(idle))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(128);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let stopping = async {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        res = conn.as_mut() => log_end(res, peer),
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            log_end(conn.await, peer);
+        }
+    }
+    drop(slot);
+}
+
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     app: Router,
     builder: Arc<hyper::server::conn::http1::Builder>,
     mut stop: watch::Receiver<bool>,
     slot: Slot,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         app.clone().oneshot(req.map(Body::new))
