@@ -19,6 +19,8 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # The HTTPS tests drive curl (HTTP/2) and make certificates with openssl.
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
+# The ACME tests get certificates from Let's Encrypt's test server.
+command -v pebble >/dev/null || need_apt+=(pebble)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -91,6 +91,14 @@ pub(crate) struct HttpConfig {
     pub(crate) tls_key: PathBuf,
     /// A plain-HTTP address that redirects to HTTPS ("": none).
     pub(crate) http_listen: String,
+    /// ACME directory URL to obtain certificates from ("": none).
+    pub(crate) acme_directory: String,
+    /// Contact address for the ACME account.
+    pub(crate) acme_email: String,
+    /// Names to hold certificates for from the start.
+    pub(crate) acme_domains: Vec<String>,
+    /// A PEM root to trust for the ACME server's own HTTPS.
+    pub(crate) acme_ca_file: PathBuf,
 }
 
 impl Default for HttpConfig {
@@ -105,6 +113,10 @@ impl Default for HttpConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             http_listen: String::new(),
+            acme_directory: String::new(),
+            acme_email: String::new(),
+            acme_domains: Vec::new(),
+            acme_ca_file: PathBuf::new(),
         }
     }
 }

@@ -602,22 +602,25 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
     let tls = cfg.http.tls()?;
-    tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), tls = tls.is_some(), "ues listening");
-    let redirect = match (&tls, cfg.http.http_listen.as_str()) {
-        (Some(_), addr) if !addr.is_empty() => {
+    let acme = acme_client(&cfg, &xrpc)?;
+    let https = tls.is_some() || acme.is_some();
+    tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), tls = https, "ues listening");
+    let redirect = match cfg.http.http_listen.as_str() {
+        "" => None,
+        _ if !https => {
+            anyhow::bail!("[http] http_listen redirects to HTTPS: it needs tls_cert and tls_key, or acme_directory")
+        }
+        addr => {
             let plain = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding [http] http_listen {addr}"))?;
             tracing::info!(addr = %plain.local_addr()?, "plain HTTP redirects to HTTPS");
-            let router = ues_protocol::http::redirect_router(listener.local_addr()?.port());
+            let router = ues_protocol::http::redirect_router(listener.local_addr()?.port(), acme.clone());
             Some(tokio::spawn(ues_protocol::http::serve(plain, router, cfg.http.to_limits(), std::future::pending())))
         }
-        (None, addr) if !addr.is_empty() => {
-            anyhow::bail!("[http] http_listen redirects to HTTPS: it needs tls_cert and tls_key")
-        }
-        _ => None,
     };
-    let limits = ues_protocol::http::ServeLimits { tls, ..cfg.http.to_limits() };
+    let renewals = acme.clone().map(|a| tokio::spawn(a.run()));
+    let limits = ues_protocol::http::ServeLimits { tls, acme, ..cfg.http.to_limits() };
     let closing = xrpc.clone();
     // Client addresses reach handlers as ConnectInfo (the per-address rate limits).
     ues_protocol::http::serve(listener, app, limits, async move {
@@ -626,8 +629,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         closing.firehose.close_all();
     })
     .await?;
-    if let Some(r) = redirect {
-        r.abort();
+    if let Some(task) = redirect {
+        task.abort();
+    }
+    if let Some(task) = renewals {
+        task.abort();
     }
     // Upgraded WebSocket connections outlive the server's own graceful shutdown: give the
     // streams a moment to deliver their close frames.
@@ -646,6 +652,38 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     drop(storage);
     tracing::info!("ues stopped");
     Ok(())
+}
+
+/// The ACME client `[http] acme_directory` asks for: certificates for `acme_domains`, and on
+/// demand for the handles of accounts hosted here under `[xrpc] user_domains`.
+fn acme_client(
+    cfg: &Config,
+    xrpc: &Arc<ues_protocol::node::Node>,
+) -> anyhow::Result<Option<Arc<ues_protocol::acme::Acme>>> {
+    let h = &cfg.http;
+    if h.acme_directory.is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        !h.http_listen.is_empty(),
+        "[http] acme_directory needs http_listen: the ACME server checks each name over plain HTTP"
+    );
+    let node = xrpc.clone();
+    let domains = cfg.xrpc.user_domains.clone();
+    let on_demand = Arc::new(move |name: &str| {
+        domains.iter().any(|d| name.ends_with(d.as_str()) && name.len() > d.len())
+            && ues_repo::syntax::Handle::new(name).is_ok_and(|h| node.accounts.by_handle(&h).ok().flatten().is_some())
+    });
+    let acme = ues_protocol::acme::Acme::new(ues_protocol::acme::AcmeConfig {
+        directory: h.acme_directory.clone(),
+        email: h.acme_email.clone(),
+        domains: h.acme_domains.clone(),
+        ca_file: (!h.acme_ca_file.as_os_str().is_empty()).then(|| h.acme_ca_file.clone()),
+        dir: cfg.data_dir.join("tls"),
+        on_demand: Some(on_demand),
+    })
+    .map_err(|e| anyhow::anyhow!("[http] acme: {e}"))?;
+    Ok(Some(acme))
 }
 
 /// The running swarm task.

@@ -75,14 +75,30 @@ pub struct ServeLimits {
     pub write_timeout: Duration,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
-    /// HTTPS (HTTP/2 and HTTP/1.1 by ALPN) instead of plain HTTP, when set.
+    /// HTTPS (HTTP/2 and HTTP/1.1 by ALPN) instead of plain HTTP, when set: the certificate
+    /// in these files (for names ACME has none for).
     pub tls: Option<Arc<TlsFiles>>,
+    /// HTTPS with certificates from an ACME server, chosen by the name the client asks for.
+    pub acme: Option<Arc<crate::acme::Acme>>,
 }
 
 /// A router that answers every request on plain HTTP with a permanent redirect to the same
 /// host and path over HTTPS (on `https_port`, left out when it is 443).
-pub fn redirect_router(https_port: u16) -> Router {
-    Router::new().fallback(move |headers: axum::http::HeaderMap, uri: axum::http::Uri| async move {
+/// With `acme`, `/.well-known/acme-challenge/{token}` answers the ACME server's HTTP-01
+/// validation instead.
+pub fn redirect_router(https_port: u16, acme: Option<Arc<crate::acme::Acme>>) -> Router {
+    let challenges = Router::new().route(
+        "/.well-known/acme-challenge/{token}",
+        get(move |axum::extract::Path(token): axum::extract::Path<String>| async move {
+            match acme.as_ref().and_then(|a| a.challenge(&token)) {
+                Some(answer) => {
+                    ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], answer).into_response()
+                }
+                None => axum::http::StatusCode::NOT_FOUND.into_response(),
+            }
+        }),
+    );
+    challenges.fallback(move |headers: axum::http::HeaderMap, uri: axum::http::Uri| async move {
         let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
         let host =
             host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
@@ -186,6 +202,7 @@ impl Default for ServeLimits {
             write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             tls: None,
+            acme: None,
         }
     }
 }
@@ -295,11 +312,24 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let io = StallLimit::new(stream, limits.write_timeout);
-        match &limits.tls {
-            None => {
+        match (&limits.tls, &limits.acme) {
+            (None, None) => {
                 tokio::spawn(serve_connection(io, peer, app.clone(), builder.clone(), stop_rx.clone(), slot));
             }
-            Some(tls) => {
+            (files, Some(acme)) => {
+                let (files, acme) = (files.clone(), acme.clone());
+                let (app, builder, stop, timeout) =
+                    (app.clone(), builder.clone(), stop_rx.clone(), limits.header_timeout);
+                tokio::spawn(async move {
+                    let Some(tls) = acme_handshake(io, peer, files, acme, timeout).await else { return };
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        serve_h2(tls, peer, app, stop, slot, timeout).await;
+                    } else {
+                        serve_connection(tls, peer, app, builder, stop, slot).await;
+                    }
+                });
+            }
+            (Some(tls), None) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
                 let (app, builder, stop, timeout) =
                     (app.clone(), builder.clone(), stop_rx.clone(), limits.header_timeout);
@@ -336,6 +366,48 @@ fn admit(total: &Arc<Semaphore>, per_ip: &PerIp, ip: IpAddr, limits: &ServeLimit
     }
     *n += 1;
     Ok(Slot { _total: permit, ip, per_ip: per_ip.clone() })
+}
+
+/// A TLS handshake whose certificate is chosen by the name the client asks for (SNI): one the
+/// ACME client holds or obtains for it, else the certificate files' (if any). Reading the
+/// client's hello and finishing the handshake are each bounded by `timeout`; a name with no
+/// certificate ends the connection.
+async fn acme_handshake(
+    io: StallLimit,
+    peer: SocketAddr,
+    files: Option<Arc<TlsFiles>>,
+    acme: Arc<crate::acme::Acme>,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<StallLimit>> {
+    let lazy = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(timeout, lazy).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS hello unreadable");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS hello not received in time");
+            return None;
+        }
+    };
+    let name = start.client_hello().server_name().map(|n| n.to_ascii_lowercase());
+    let config = match &name {
+        Some(n) => acme.config_for_handshake(n).await,
+        None => None,
+    };
+    let Some(config) = config.or_else(|| files.map(|f| f.config())) else {
+        tracing::debug!(%peer, name = ?name, "no certificate for the name asked for");
+        return None;
+    };
+    match tokio::time::timeout(timeout, start.into_stream(config)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// Serves one HTTP/2 connection (TLS with ALPN `h2`): its streams are requests; a connection

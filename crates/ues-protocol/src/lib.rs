@@ -8,10 +8,12 @@
 //! routes and event topics in through registries this crate defines; this crate never names them.
 //! Every server here is a plain `fn router(state) -> Router`, testable without sockets.
 //!
-//! Modules: [`node`] (the core beneath the faces), [`http`] (operational endpoints), [`xrpc`] (the AT Protocol server), [`p2p`] (the
+//! Modules: [`node`] (the core beneath the faces), [`http`] (operational endpoints and the
+//! HTTP(S) server), [`acme`] (certificates from an ACME server), [`xrpc`] (the AT Protocol server), [`p2p`] (the
 //! libp2p node and the replication bridge), [`gateway`] (the `/ws` event server and the
 //! application registry) and [`rest`] (`/api/v1` with its OpenAPI document).
 
+pub mod acme;
 pub mod gateway;
 pub mod http;
 pub mod node;
