@@ -150,24 +150,10 @@ impl TlsFiles {
     }
 
     fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", cert.display()))?;
-        if chain.is_empty() {
-            return Err(format!("{}: no certificate", cert.display()));
-        }
-        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(chain, key_der)
-            .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        let chain = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let key_pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        crate::acme::server_config(&chain, &key_pem)
+            .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))
     }
 
     /// The configuration for the next handshake (the files read again if they changed).
@@ -368,6 +354,25 @@ fn admit(total: &Arc<Semaphore>, per_ip: &PerIp, ip: IpAddr, limits: &ServeLimit
     Ok(Slot { _total: permit, ip, per_ip: per_ip.clone() })
 }
 
+/// Drives a connection until it ends, or until the server stops (`stop` turns true, or its
+/// sender is gone): then it ends gracefully, answering the requests in flight.
+macro_rules! drive {
+    ($conn:expr, $stop:expr, $peer:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        let stopping = async {
+            let _ = $stop.wait_for(|s| *s).await;
+        };
+        tokio::select! {
+            res = conn.as_mut() => log_end(res, $peer),
+            () = stopping => {
+                conn.as_mut().graceful_shutdown();
+                log_end(conn.await, $peer);
+            }
+        }
+    }};
+}
+
 /// A TLS handshake whose certificate is chosen by the name the client asks for (SNI): one the
 /// ACME client holds or obtains for it, else the certificate files' (if any). Reading the
 /// client's hello and finishing the handshake are each bounded by `timeout`; a name with no
@@ -432,18 +437,7 @@ async fn serve_h2<S>(
         .keep_alive_interval(Some(idle))
         .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(128);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    let stopping = async {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    tokio::select! {
-        res = conn.as_mut() => log_end(res, peer),
-        () = stopping => {
-            conn.as_mut().graceful_shutdown();
-            log_end(conn.await, peer);
-        }
-    }
+    drive!(builder.serve_connection(TokioIo::new(stream), svc), stop, peer);
     drop(slot);
 }
 
@@ -461,19 +455,7 @@ async fn serve_connection<S>(
         req.extensions_mut().insert(ConnectInfo(peer));
         app.clone().oneshot(req.map(Body::new))
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
-    tokio::pin!(conn);
-    let stopping = async {
-        // A closed channel means the server is gone: stop too.
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    tokio::select! {
-        res = conn.as_mut() => log_end(res, peer),
-        () = stopping => {
-            conn.as_mut().graceful_shutdown();
-            log_end(conn.await, peer);
-        }
-    }
+    drive!(builder.serve_connection(TokioIo::new(stream), svc).with_upgrades(), stop, peer);
     drop(slot);
 }
 

@@ -1163,13 +1163,7 @@ impl Task {
 
     /// Counts a request from `peer`; a flood bans it and drops its connections.
     fn admit(&mut self, peer: PeerId) -> bool {
-        let now = Instant::now();
-        let e = self.rate.entry(peer).or_insert((now, 0));
-        if now.duration_since(e.0) >= Duration::from_secs(1) {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-        if e.1 > self.cfg.max_requests_per_sec {
+        if over_rate(&mut self.rate, peer, self.cfg.max_requests_per_sec) {
             self.ban(peer, "request flood");
             return false;
         }
@@ -1594,6 +1588,17 @@ impl Task {
             }
         }
     }
+}
+
+/// Counts one request of `peer` in the current second; whether it went past `limit`.
+fn over_rate(counts: &mut HashMap<PeerId, (Instant, u32)>, peer: PeerId, limit: u32) -> bool {
+    let now = Instant::now();
+    let e = counts.entry(peer).or_insert((now, 0));
+    if now.duration_since(e.0) >= Duration::from_secs(1) {
+        *e = (now, 0);
+    }
+    e.1 += 1;
+    e.1 > limit
 }
 
 /// The node's own dials take a fresh local port. By default libp2p dials from the port it

@@ -331,17 +331,11 @@ impl Task {
     /// Counts a piece request from `peer` (apart from sync requests: a copy asks for many);
     /// past `[p2p] max_requests_per_sec` the peer is banned as a flood.
     fn admit_piece(&mut self, peer: PeerId) -> bool {
-        let now = Instant::now();
-        let served = &mut self.copies.served;
-        if served.len() >= 4_096 {
-            served.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(1));
+        if self.copies.served.len() >= 4_096 {
+            let now = Instant::now();
+            self.copies.served.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(1));
         }
-        let e = served.entry(peer).or_insert((now, 0));
-        if now.duration_since(e.0) >= Duration::from_secs(1) {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-        if e.1 > self.cfg.max_requests_per_sec {
+        if super::over_rate(&mut self.copies.served, peer, self.cfg.max_requests_per_sec) {
             self.ban(peer, "blob request flood");
             return false;
         }
