@@ -123,7 +123,7 @@ fn pebble_issues_the_nodes_certificates_over_http01() {
             .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .stdout(Stdio::null())
+            .stdout(pebble_log.try_clone().unwrap())
             .stderr(pebble_log)
             .spawn()
             .unwrap(),
@@ -214,11 +214,24 @@ fn pebble_issues_the_nodes_certificates_over_http01() {
     );
     assert!(dir.join("tls/alice.ues.test.crt").exists());
 
-    // A name that belongs to no account gets none.
-    let (ok, _) = curl("nobody.ues.test", https_port, &pebble_root, &[]);
-    assert!(!ok, "no certificate, no handshake");
-    assert!(!dir.join("tls/nobody.ues.test.crt").exists());
-    assert!(log().contains("no certificate for a name that is not this node's"));
+    // A name that belongs to no account gets none, however many a client tries; no order is
+    // placed for any of them, and the node keeps answering.
+    let orders_before =
+        std::fs::read_to_string(root.path().join("pebble.log")).unwrap_or_default().matches("POST /order-plz").count();
+    assert!(orders_before >= 2, "Pebble's log counts the two orders placed ({orders_before})");
+    for i in 0..20 {
+        let (ok, _) = curl(&format!("nobody{i}.ues.test"), https_port, &pebble_root, &[]);
+        assert!(!ok, "no certificate, no handshake");
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.join("tls"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with("nobody")), "{names:?}");
+    let orders_after =
+        std::fs::read_to_string(root.path().join("pebble.log")).unwrap_or_default().matches("POST /order-plz").count();
+    assert_eq!(orders_after, orders_before, "no order for names that are not this node's");
+    assert_eq!(curl("node.ues.test", https_port, &pebble_root, &[]), (true, "2 200".to_string()));
     let _ = node.kill();
     let _ = node.wait();
 }

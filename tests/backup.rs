@@ -135,6 +135,22 @@ fn a_backup_taken_during_writes_restores_to_verified_repositories() {
         acked.len()
     );
 
+    // Without the operator's credentials nothing is copied or shown; a relative or unknown
+    // field is refused.
+    let post = |body: Value, auth: Option<String>| {
+        let mut req = agent().post(format!("{}/xrpc/dev.ues.admin.backup", node.base));
+        if let Some(a) = auth {
+            req = req.header("authorization", &a);
+        }
+        req.send_json(body).unwrap().status().as_u16()
+    };
+    let elsewhere = root.path().join("stolen");
+    assert_eq!(post(json!({"dir": elsewhere}), None), 401);
+    assert_eq!(agent().get(format!("{}/xrpc/dev.ues.admin.getStatus", node.base)).call().unwrap().status(), 401);
+    assert_eq!(post(json!({"dir": "relative/dir"}), Some(node.operator_auth())), 400);
+    assert_eq!(post(json!({"dir": elsewhere, "extra": 1}), Some(node.operator_auth())), 400);
+    assert!(!elsewhere.exists() && !Path::new("relative").exists(), "nothing written");
+
     // A second backup into the same directory is refused; the node is unharmed.
     let again = ues(&["backup", backup.to_str().unwrap(), "--data-dir", data_dir, "--listen", &listen]);
     assert!(!again.status.success());

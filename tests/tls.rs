@@ -96,6 +96,22 @@ fn https_serves_http2_redirects_plain_http_and_reloads_its_certificate() {
     let (_, redirect) = curl(&[&format!("http://localhost:{plain}/xrpc/_health?x=1")], plain, &ca_first);
     assert_eq!(redirect, format!("1.1 308 https://localhost:{port}/xrpc/_health?x=1"));
     assert_eq!(served_serial(port), first);
+    // The plain listener refuses a Host that is not a host name, answers an unknown ACME
+    // token with 404, and keeps answering.
+    for (request, status) in [
+        ("GET / HTTP/1.1\r\nHost: evil.example/<script>\r\nConnection: close\r\n\r\n", "400"),
+        ("GET /.well-known/acme-challenge/nothing HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "404"),
+        ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "400"),
+    ] {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", plain)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{request:?}: {answer}");
+    }
+    assert_eq!(curl(&["--http2", &health], port, &ca_first), (true, "2 200".to_string()));
 
     // A renewed certificate is served without a restart.
     let second = certificate(&certs, "second");

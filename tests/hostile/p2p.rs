@@ -592,6 +592,41 @@ async fn blob_pieces_go_only_to_devices_and_a_lying_device_is_banned() {
     }
     crate::rogue::dropped_again(&mut stranger, n.id, n.addr.clone()).await;
 
+    // An authorized device that pushes an acknowledgement in another device's name is banned,
+    // and nothing of it is kept.
+    let forger_key = ed25519_dalek::SigningKey::from_bytes(&[10; 32]);
+    let forger_peer = keypair([10; 32]).public().to_peer_id().to_string();
+    let (status, v) =
+        n.admin("POST", "dev.ues.admin.authorizeDevice", Some(json!({"did": did, "peerId": forger_peer})));
+    assert_eq!(status, 200, "{v}");
+    let entries = n.replication()["entries"].as_u64().unwrap();
+    let bans_before = n.bans();
+    let ack = Ipld::Map(BTreeMap::from([
+        ("$type".to_string(), Ipld::String(ues_sync::ACK_COLLECTION.into())),
+        ("devices".to_string(), Ipld::List(vec![])),
+        ("held".to_string(), Ipld::List(vec![])),
+        ("collected".to_string(), Ipld::List(vec![])),
+    ]));
+    let ack_bytes = dagcbor::encode(&ack);
+    let ack_cid = cid_sha256(DAG_CBOR, &ack_bytes);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let forged = Op::sign(
+        &forger_key,
+        Did::new(did.as_str()).unwrap(),
+        1,
+        Timestamp { wall_ms: now, logical: 0 },
+        Nsid::new(ues_sync::ACK_COLLECTION).unwrap(),
+        RecordKey::new(hex::encode([7u8; 32])).unwrap(),
+        OpKind::Put(ack_cid),
+    );
+    let push =
+        ues_sync::live::encode(&[Signed { bytes: Entry::Op(forged).encode(), block: Some((ack_cid, ack_bytes)) }]);
+    let mut forger = tcp_swarm(keypair([10; 32])).unwrap();
+    push_all(&mut forger, n.id, n.addr.clone(), vec![push]).await;
+    crate::rogue::dropped_again(&mut forger, n.id, n.addr.clone()).await;
+    assert!(n.bans() > bans_before, "the forger is banned");
+    assert_eq!(n.replication()["entries"].as_u64().unwrap(), entries, "nothing of the forged acknowledgement is kept");
+
     // A device that lies: it writes a record naming a blob the node lacks, then answers the
     // node's copy with other bytes of the right length.
     let liar_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);

@@ -193,7 +193,8 @@ impl Acme {
         if !configured {
             let allowed = self.cfg.on_demand.as_ref().is_some_and(|f| f(name));
             if !allowed {
-                tracing::info!(name, "no certificate for a name that is not this node's");
+                // Debug, not info: any client may name anything, as often as it likes.
+                tracing::debug!(name, "no certificate for a name that is not this node's");
                 return None;
             }
             let mut times = self.on_demand_times.lock();
