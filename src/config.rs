@@ -181,6 +181,8 @@ pub(crate) struct XrpcSection {
     pub(crate) max_blob_mib: usize,
     /// MiB of blobs one account may hold.
     pub(crate) blob_quota_mib: u64,
+    /// Seconds an unreferenced blob is kept.
+    pub(crate) blob_grace_secs: u64,
     /// Rate limits.
     pub(crate) rate_limits: RateLimitSection,
 }
@@ -255,6 +257,7 @@ impl Default for XrpcSection {
             max_body_mib: 16,
             max_blob_mib: 100,
             blob_quota_mib: 10 * 1024,
+            blob_grace_secs: 3600,
             rate_limits: RateLimitSection::default(),
         }
     }
@@ -471,6 +474,99 @@ pub(crate) struct StorageSection {
     pub(crate) hot_blocks_mib: usize,
     /// SQLite synchronous level.
     pub(crate) sqlite_synchronous: SyncSetting,
+    /// Where new blobs go.
+    pub(crate) blobs: BlobsSetting,
+    /// The object store for blobs.
+    pub(crate) s3: S3Section,
+}
+
+/// Where new blobs go, as spelled in `node.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BlobsSetting {
+    /// Chunks in the data directory.
+    Disk,
+    /// The object store of `[storage.s3]`.
+    S3,
+}
+
+/// `[storage.s3]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct S3Section {
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
+    pub(crate) region: String,
+    pub(crate) path_style: bool,
+    pub(crate) credentials_file: PathBuf,
+    pub(crate) timeout_secs: u64,
+}
+
+impl Default for S3Section {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            path_style: true,
+            credentials_file: PathBuf::new(),
+            timeout_secs: 60,
+        }
+    }
+}
+
+impl S3Section {
+    /// The client settings, with credentials from the file or the environment.
+    pub(crate) fn client_config(&self) -> anyhow::Result<ues_storage::S3Config> {
+        let (access_key_id, secret_access_key) = if self.credentials_file.as_os_str().is_empty() {
+            match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+                (Ok(id), Ok(secret)) if !id.is_empty() => (id, secret),
+                _ => anyhow::bail!(
+                    "[storage.s3] has no credentials: set credentials_file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                ),
+            }
+        } else {
+            let path = &self.credentials_file;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("[storage.s3] credentials_file {}", path.display()))?;
+            aws_credentials(&text).with_context(|| {
+                format!(
+                    "[storage.s3] credentials_file {}: no aws_access_key_id and aws_secret_access_key",
+                    path.display()
+                )
+            })?
+        };
+        Ok(ues_storage::S3Config {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            access_key_id,
+            secret_access_key,
+            timeout: std::time::Duration::from_secs(self.timeout_secs.max(1)),
+        })
+    }
+}
+
+/// The key pair of an AWS credentials file: the `[default]` profile's, else the first given
+/// (keys before any section count as `[default]`'s).
+fn aws_credentials(text: &str) -> Option<(String, String)> {
+    let mut profiles: Vec<(String, Option<String>, Option<String>)> = vec![("default".into(), None, None)];
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with(['#', ';'])) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            profiles.push((name.trim().to_string(), None, None));
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else { continue };
+        let p = profiles.last_mut().expect("one at least");
+        match k.trim() {
+            "aws_access_key_id" => p.1 = Some(v.trim().to_string()),
+            "aws_secret_access_key" => p.2 = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    let complete = |p: &(String, Option<String>, Option<String>)| Some((p.1.clone()?, p.2.clone()?));
+    profiles.iter().filter(|p| p.0 == "default").find_map(complete).or_else(|| profiles.iter().find_map(complete))
 }
 
 impl Default for StorageSection {
@@ -481,6 +577,8 @@ impl Default for StorageSection {
             block_cache_mib: 256,
             hot_blocks_mib: 128,
             sqlite_synchronous: SyncSetting::Auto,
+            blobs: BlobsSetting::Disk,
+            s3: S3Section::default(),
         }
     }
 }
@@ -560,6 +658,24 @@ impl Config {
         Self::from_toml(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
+    /// The object store blobs are kept in, and where new blobs go: none when `[storage.s3]`
+    /// names no bucket (an error when `blobs = "s3"` asks for it).
+    pub(crate) fn blob_objects(
+        &self,
+    ) -> anyhow::Result<Option<(std::sync::Arc<ues_storage::S3Objects>, ues_storage::BlobPlace)>> {
+        let s = &self.storage;
+        if s.s3.bucket.is_empty() {
+            anyhow::ensure!(s.blobs == BlobsSetting::Disk, "[storage] blobs = \"s3\" needs [storage.s3] bucket");
+            return Ok(None);
+        }
+        let objects = ues_storage::S3Objects::connect(&s.s3.client_config()?)?;
+        let place = match s.blobs {
+            BlobsSetting::Disk => ues_storage::BlobPlace::Disk,
+            BlobsSetting::S3 => ues_storage::BlobPlace::Objects,
+        };
+        Ok(Some((std::sync::Arc::new(objects), place)))
+    }
+
     /// The storage layer's settings.
     pub(crate) fn storage_config(&self) -> StorageConfig {
         let s = &self.storage;
@@ -592,6 +708,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_credentials_files_are_read_as_aws_writes_them() {
+        let file = "# comment\n[other]\naws_access_key_id = O\naws_secret_access_key = o\n\n[default]\naws_access_key_id=AK\naws_secret_access_key = SK\n";
+        assert_eq!(aws_credentials(file), Some(("AK".into(), "SK".into())));
+        assert_eq!(
+            aws_credentials("[p]\naws_access_key_id = A\naws_secret_access_key = B"),
+            Some(("A".into(), "B".into()))
+        );
+        assert_eq!(aws_credentials("aws_access_key_id = A"), None);
+        let cfg = Config::from_toml("[storage]\nblobs = \"s3\"").unwrap();
+        assert!(cfg.blob_objects().unwrap_err().to_string().contains("bucket"));
+        assert!(Config::from_toml("[storage.s3]\nbucket = \"b\"\nsecret = 1").is_err(), "unknown keys are refused");
+    }
 
     #[test]
     fn the_shipped_node_toml_is_exactly_the_defaults() {

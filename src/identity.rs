@@ -113,7 +113,7 @@ fn secret_file(path: &Path, encode: impl FnOnce(&[u8]) -> Vec<u8>) -> anyhow::Re
 }
 
 /// Writes a new file only its owner can read (mode 0600), durably; never overwrites one.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

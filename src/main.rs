@@ -5,6 +5,7 @@
 
 mod backup;
 mod bench;
+mod blobs;
 mod config;
 mod doctor;
 mod identity;
@@ -119,6 +120,9 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Blobs of the node's accounts.
+    #[command(subcommand)]
+    Blobs(BlobsCommand),
     /// Make a new data directory of a backup and check every repository in it.
     Restore {
         /// The backup (`ues backup DIR`).
@@ -127,6 +131,30 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BlobsCommand {
+    /// Move every blob to the disk or to the object store of `[storage.s3]`, each copy read
+    /// back and checked against its CID before the old one goes, with a progress bar. Run it
+    /// with the node stopped; run again, a move cut off goes on from where it stopped. Set
+    /// `[storage] blobs` to the same place so that new blobs go there too.
+    Migrate {
+        /// Where the blobs go.
+        #[arg(long, value_enum)]
+        to: MigrateTo,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+/// Where `ues blobs migrate` moves blobs.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum MigrateTo {
+    /// The object store of `[storage.s3]`.
+    S3,
+    /// Chunks in the data directory.
+    Disk,
 }
 
 #[derive(Debug, Subcommand)]
@@ -371,6 +399,15 @@ fn command(cli: Cli) -> anyhow::Result<()> {
             let dir = std::path::absolute(&dir).with_context(|| format!("{}", dir.display()))?;
             print_json(admin_call(&node, "dev.ues.admin.backup", Some(serde_json::json!({ "dir": dir })))?)
         }
+        Command::Blobs(BlobsCommand::Migrate { to, node }) => {
+            let cfg = node.resolve()?;
+            init_logging(&cfg);
+            let to = match to {
+                MigrateTo::S3 => ues_storage::BlobPlace::Objects,
+                MigrateTo::Disk => ues_storage::BlobPlace::Disk,
+            };
+            print_json(blobs::migrate(&cfg, to)?)
+        }
         Command::Restore { dir, data_dir } => print_json(backup::restore(&dir, &data_dir)?),
         Command::Status(args) => print_json(admin_call(&args, "dev.ues.admin.getStatus", None)?),
         Command::Doctor { json, node } => {
@@ -441,7 +478,12 @@ fn admin_call(args: &NodeArgs, method: &str, body: Option<serde_json::Value>) ->
         cfg.xrpc.admin_password.clone()
     };
     let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}")));
-    let url = format!("http://{}/xrpc/{method}", cfg.http.listen);
+    // A node serving HTTPS names its loopback admin address in the data directory.
+    let addr = match std::fs::read_to_string(cfg.data_dir.join(ADMIN_ADDR_FILE)) {
+        Ok(a) => a.trim().to_string(),
+        Err(_) => cfg.http.listen.to_string(),
+    };
+    let url = format!("http://{addr}/xrpc/{method}");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(60)))
         .http_status_as_error(false)
@@ -603,6 +645,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
     let tls = cfg.http.tls()?;
     let acme = acme_client(&cfg, &xrpc)?;
+    let (files, obtained) = (tls.clone(), acme.clone());
+    let _ = xrpc.certificates.set(Arc::new(move || {
+        let mut held: Vec<(String, std::time::SystemTime)> = obtained.as_ref().map(|a| a.held()).unwrap_or_default();
+        if let Some((names, expires)) = files.as_ref().and_then(|f| f.certificate()) {
+            held.extend(names.into_iter().map(|n| (n, expires)));
+        }
+        held
+    }));
     let https = tls.is_some() || acme.is_some();
     tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), tls = https, "ues listening");
     let redirect = match cfg.http.http_listen.as_str() {
@@ -619,6 +669,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             Some(tokio::spawn(ues_protocol::http::serve(plain, router, cfg.http.to_limits(), std::future::pending())))
         }
     };
+    let admin = admin_listener(&cfg, https, &app).await?;
     let renewals = acme.clone().map(|a| tokio::spawn(a.run()));
     let limits = ues_protocol::http::ServeLimits { tls, acme, ..cfg.http.to_limits() };
     let closing = xrpc.clone();
@@ -631,6 +682,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     .await?;
     if let Some(task) = redirect {
         task.abort();
+    }
+    if let Some(task) = admin {
+        task.abort();
+        let _ = std::fs::remove_file(cfg.data_dir.join(ADMIN_ADDR_FILE));
     }
     if let Some(task) = renewals {
         task.abort();
@@ -652,6 +707,44 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     drop(storage);
     tracing::info!("ues stopped");
     Ok(())
+}
+
+/// Where a node serving HTTPS answers the operator's commands on this machine: a file in the
+/// data directory naming a loopback address.
+const ADMIN_ADDR_FILE: &str = "admin.addr";
+
+/// With HTTPS on, the admin methods (`ues status`, `backup`, `peer ...`) are also served as
+/// plain HTTP on a loopback port of the system's choosing, written to `<data_dir>/admin.addr`
+/// (owner-only) for the commands to find: the certificate names the public host, not the
+/// loopback address the commands reach. Only `dev.ues.admin.*` and the health check answer
+/// there; the operator's password is asked as on the public port.
+async fn admin_listener(
+    cfg: &Config,
+    https: bool,
+    app: &axum::Router,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let file = cfg.data_dir.join(ADMIN_ADDR_FILE);
+    if !https {
+        let _ = std::fs::remove_file(&file);
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    // One left by a node that did not stop cleanly names a port nobody serves now.
+    let _ = std::fs::remove_file(&file);
+    identity::write_private(&file, addr.to_string().as_bytes())?;
+    tracing::info!(%addr, "admin methods for the operator's commands on loopback");
+    let router = app.clone().layer(axum::middleware::from_fn(
+        |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            let path = req.uri().path();
+            if path.starts_with("/xrpc/dev.ues.admin.") || path == "/xrpc/_health" {
+                next.run(req).await
+            } else {
+                axum::response::IntoResponse::into_response(axum::http::StatusCode::NOT_FOUND)
+            }
+        },
+    ));
+    Ok(Some(tokio::spawn(ues_protocol::http::serve(listener, router, cfg.http.to_limits(), std::future::pending()))))
 }
 
 /// The ACME client `[http] acme_directory` asks for: certificates for `acme_domains`, and on
@@ -758,6 +851,7 @@ fn xrpc_state(
         max_body_bytes: cfg.xrpc.max_body_mib << 20,
         max_blob_bytes: (cfg.xrpc.max_blob_mib as u64) << 20,
         blob_quota_bytes: cfg.xrpc.blob_quota_mib << 20,
+        blob_grace: std::time::Duration::from_secs(cfg.xrpc.blob_grace_secs),
         handle_resolver: handle_resolver(&cfg.xrpc.handle_dns)?,
         appview: (!cfg.xrpc.appview_url.is_empty()).then(|| ues_protocol::node::AppView {
             url: cfg.xrpc.appview_url.clone(),
@@ -780,7 +874,12 @@ fn xrpc_state(
     let node =
         ues_protocol::node::Node::new(accounts, lexicons, kv, xcfg).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     node.migrate(ues_protocol::xrpc::MIGRATIONS).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    Ok(node)
+    Ok(match cfg.blob_objects()? {
+        Some((objects, place)) => {
+            node.with_blob_objects(objects, place).map_err(|e| anyhow::anyhow!("{}", e.message))?
+        }
+        None => node,
+    })
 }
 
 /// The handle resolver `[xrpc] handle_dns` asks for.

@@ -113,6 +113,23 @@ fn https_serves_http2_redirects_plain_http_and_reloads_its_certificate() {
     }
     assert_eq!(curl(&["--http2", &health], port, &ca_first), (true, "2 200".to_string()));
 
+    // The operator's commands reach the node serving HTTPS through its loopback admin
+    // address (in the data directory), which answers the admin methods and nothing else.
+    let out = Command::new(env!("CARGO_BIN_EXE_ues")).args(["status", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "ues status with TLS on: {}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let served = status["certificates"].as_array().unwrap();
+    assert_eq!(served.len(), 1, "{status}");
+    assert_eq!(served[0]["name"], "localhost");
+    assert!((0..=2).contains(&served[0]["daysLeft"].as_i64().unwrap()), "a 2-day certificate: {status}");
+    assert!(served[0]["expires"].as_str().unwrap().ends_with('Z'));
+    let admin = std::fs::read_to_string(dir.join("admin.addr")).unwrap();
+    assert!(admin.starts_with("127.0.0.1:"), "{admin}");
+    for (path, status) in [("/xrpc/com.atproto.server.describeServer", 404), ("/xrpc/dev.ues.admin.getStatus", 401)] {
+        let res = support::agent().get(format!("http://{}{path}", admin.trim())).call().unwrap();
+        assert_eq!(res.status().as_u16(), status, "{path} on the admin address");
+    }
+
     // A renewed certificate is served without a restart.
     let second = certificate(&certs, "second");
     assert_ne!(second, first);

@@ -31,6 +31,7 @@ async fn main() {
         max_body_bytes: 1 << 20,
         max_blob_bytes: 1 << 20,
         blob_quota_bytes: 1 << 30,
+        blob_grace: std::time::Duration::from_secs(3600),
         handle_resolver: ues_sync::repo::identity::HandleResolver::with_base(|_| "http://127.0.0.1:9".into()),
         admin_password: None,
         appview: None,

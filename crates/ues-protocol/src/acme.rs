@@ -110,10 +110,31 @@ pub(crate) fn server_config(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rust
 
 /// When the first certificate of a PEM chain expires.
 fn not_after(chain_pem: &[u8]) -> Result<SystemTime, String> {
+    certificate_names(chain_pem).map(|(_, t)| t)
+}
+
+/// The DNS names the first certificate of a PEM chain is for (its subject alternative names,
+/// else its common name), and when it expires.
+pub fn certificate_names(chain_pem: &[u8]) -> Result<(Vec<String>, SystemTime), String> {
     let first = CertificateDer::pem_slice_iter(chain_pem).next().ok_or("no certificate")?.map_err(|e| e.to_string())?;
     let (_, cert) = x509_parser::parse_x509_certificate(&first).map_err(|e| e.to_string())?;
     let secs = cert.validity().not_after.timestamp();
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(cert.subject().iter_common_name().filter_map(|c| c.as_str().ok()).map(str::to_string));
+    }
+    Ok((names, SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)))
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -172,6 +193,11 @@ impl Acme {
     /// The TLS configuration for `name`, if the node holds a certificate for it.
     pub fn config_for(&self, name: &str) -> Option<Arc<rustls::ServerConfig>> {
         self.certs.lock().get(name).map(|h| h.config.clone())
+    }
+
+    /// Every name the node holds a certificate for, with its expiry.
+    pub fn held(&self) -> Vec<(String, SystemTime)> {
+        self.certs.lock().iter().map(|(name, h)| (name.clone(), h.not_after)).collect()
     }
 
     /// When the certificate for `name` expires, if the node holds one.

@@ -156,6 +156,12 @@ impl TlsFiles {
             .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))
     }
 
+    /// The names the certificate file is for and its expiry, as the file is now.
+    pub fn certificate(&self) -> Option<(Vec<String>, std::time::SystemTime)> {
+        let chain = std::fs::read(&self.cert).ok()?;
+        crate::acme::certificate_names(&chain).ok()
+    }
+
     /// The configuration for the next handshake (the files read again if they changed).
     pub fn config(&self) -> Arc<rustls::ServerConfig> {
         let mut st = self.state.lock();

@@ -38,7 +38,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::node::blobs::{blob_body, blob_error, upload};
+use crate::node::blobs::{blob_error, serve_blob, upload};
 use crate::node::extract::XQuery;
 use crate::node::records::{RecordPage as Page, RecordView, RecordWrite, Written as Wrote};
 use crate::node::{Kind, Node, NodeError, bearer, blocking, sessions, write_blocking, ws_session};
@@ -814,95 +814,14 @@ async fn get_blob(State(api): State<Arc<Api>>, Path(p): Path<BlobPath>, headers:
             return Ok(not_modified_response(&tag));
         }
         let size = reader.size();
-        let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|r| byte_range(r, size));
-        let (status, start, end) = match range {
-            None | Some(Range::Ignore) => (StatusCode::OK, 0, size),
-            Some(Range::Bytes(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
-            Some(Range::Unsatisfiable) => {
-                let mut resp = NodeError::new(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "InvalidRange",
-                    format!("The blob has {size} bytes"),
-                )
-                .into_response();
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                return Ok(resp);
-            }
-        };
         drop(reader);
-        let mut resp = (
-            status,
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_str(&mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
-                ),
-                (header::ETAG, quoted(&tag)),
-                (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
-                (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable")),
-                (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox")),
-                (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-                (header::CONTENT_LENGTH, HeaderValue::from(end - start)),
-            ],
-            blob_body(st.clone(), did.clone(), cid, start, end),
-        )
-            .into_response();
-        if status == StatusCode::PARTIAL_CONTENT
-            && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1))
-        {
-            resp.headers_mut().insert(header::CONTENT_RANGE, v);
-        }
-        Ok(resp)
+        let extra = [
+            (header::ETAG, quoted(&tag)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable")),
+        ];
+        Ok(serve_blob(st.clone(), did, cid, &mime, size, &headers, extra))
     })
     .await
-}
-
-/// A `Range` header against a blob of `size` bytes.
-#[derive(Debug, PartialEq, Eq)]
-enum Range {
-    /// Serve it all (not a byte range, several ranges, or malformed: RFC 9110 lets a server
-    /// ignore what it does not support).
-    Ignore,
-    /// Inclusive first and last byte.
-    Bytes(u64, u64),
-    /// Entirely outside the blob.
-    Unsatisfiable,
-}
-
-fn byte_range(header: &str, size: u64) -> Range {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else { return Range::Ignore };
-    if spec.contains(',') {
-        return Range::Ignore;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else { return Range::Ignore };
-    let (a, b) = (a.trim(), b.trim());
-    match (a.parse::<u64>(), b.parse::<u64>()) {
-        // bytes=-n: the last n bytes.
-        (Err(_), Ok(n)) if a.is_empty() => {
-            if n == 0 || size == 0 {
-                Range::Unsatisfiable
-            } else {
-                Range::Bytes(size.saturating_sub(n), size - 1)
-            }
-        }
-        (Ok(first), Err(_)) if b.is_empty() => {
-            if first >= size {
-                Range::Unsatisfiable
-            } else {
-                Range::Bytes(first, size - 1)
-            }
-        }
-        (Ok(first), Ok(last)) if first <= last => {
-            if first >= size {
-                Range::Unsatisfiable
-            } else {
-                Range::Bytes(first, last.min(size - 1))
-            }
-        }
-        _ => Range::Ignore,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1194,21 +1113,6 @@ pub fn router(st: Arc<Node>, cfg: ApiConfig) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(byte_range("bytes=0-9", 100), Range::Bytes(0, 9));
-        assert_eq!(byte_range("bytes=90-", 100), Range::Bytes(90, 99));
-        assert_eq!(byte_range("bytes=-10", 100), Range::Bytes(90, 99));
-        assert_eq!(byte_range("bytes=-1000", 100), Range::Bytes(0, 99));
-        assert_eq!(byte_range("bytes=50-1000", 100), Range::Bytes(50, 99));
-        assert_eq!(byte_range("bytes=100-", 100), Range::Unsatisfiable);
-        assert_eq!(byte_range("bytes=-0", 100), Range::Unsatisfiable);
-        assert_eq!(byte_range("bytes=0-1,5-6", 100), Range::Ignore);
-        assert_eq!(byte_range("bytes=9-1", 100), Range::Ignore);
-        assert_eq!(byte_range("items=0-1", 100), Range::Ignore);
-        assert_eq!(byte_range("bytes=x-y", 100), Range::Ignore);
-    }
 
     #[test]
     fn entity_tags() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use cid::Cid;
 use ues_ipld::json::BlobRef;
 use ues_ipld::storage::rusqlite::{OptionalExtension, params};
-use ues_ipld::storage::{BlobReader, BlobUpload, Blobs, Blockstore, Kv, Sqlite};
+use ues_ipld::storage::{BlobPlace, BlobReader, BlobUpload, Blobs, Blockstore, Kv, Objects, Sqlite};
 
 use crate::syntax::Did;
 
@@ -94,6 +94,40 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
         Self { blobs: Blobs::new(blocks, index), db, limits }
     }
 
+    /// Adds an object store (S3): blobs held there can be read, and new blobs go to `write_to`.
+    /// Uploads a crash cut off in the middle are aborted now.
+    pub fn with_objects(mut self, objects: Arc<dyn Objects>, write_to: BlobPlace) -> Result<Self, BlobError> {
+        self.blobs = self.blobs.with_objects(objects, write_to);
+        match self.blobs.sweep_staging(Duration::ZERO) {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!(swept, "uploads to the object store cut off by a stop were aborted"),
+            // Unreachable now, perhaps for a while: the daily sweep tries again.
+            Err(e) => tracing::warn!(error = %e, "the object store did not answer the sweep of cut-off uploads"),
+        }
+        Ok(self)
+    }
+
+    /// Where new blobs go.
+    pub fn write_place(&self) -> BlobPlace {
+        self.blobs.write_place()
+    }
+
+    /// The object store, if there is one.
+    pub fn objects(&self) -> Option<&Arc<dyn Objects>> {
+        self.blobs.objects()
+    }
+
+    /// Every blob held (for any account), with its size and place.
+    pub fn stored(&self) -> Result<Vec<(Cid, u64, BlobPlace)>, BlobError> {
+        Ok(self.blobs.stored()?)
+    }
+
+    /// Moves blob `cid` to `to`, checking the copy by its CID before the old one goes.
+    /// Returns whether it moved.
+    pub fn relocate(&self, cid: &Cid, to: BlobPlace) -> Result<bool, BlobError> {
+        Ok(self.blobs.relocate(cid, to)?)
+    }
+
     /// Streams an upload into the store for `did`. Until a record references it, the blob is
     /// temporary and [`BlobStore::gc`] removes it after the grace period.
     pub fn upload(&self, did: &Did, mime_type: &str, body: &mut dyn Read) -> Result<BlobRef, BlobError> {
@@ -140,7 +174,7 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
         if !mime_ok(&self.limits.accept, mime_type) {
             return Err(BlobError::MimeType(mime_type.to_string()));
         }
-        Ok(BlobUpload::new(self.room(did)?))
+        Ok(self.blobs.begin(self.room(did)?)?)
     }
 
     /// Adds bytes to an upload ([`BlobError::TooLarge`] or [`BlobError::QuotaExceeded`] past
@@ -262,14 +296,14 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
     pub fn begin_copy(&self, did: &Did, chunks: &[Cid]) -> Result<BlobUpload, BlobError> {
         let limit = self.room(did)?;
         if chunks.is_empty() {
-            return Ok(BlobUpload::new(limit));
+            return Ok(self.blobs.begin(limit)?);
         }
         match self.blobs.resume(limit, chunks) {
             Ok(up) => Ok(up),
             Err(e) => {
                 tracing::warn!(%did, chunks = chunks.len(), error = %e, "a cut-off blob copy starts afresh");
                 self.blobs.release_chunks(chunks)?;
-                Ok(BlobUpload::new(limit))
+                Ok(self.blobs.begin(limit)?)
             }
         }
     }
@@ -289,9 +323,14 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
         self.record(did, mime_type, &info)
     }
 
-    /// Deletes blobs no record references that are older than `grace`. Returns how many went.
-    /// Their chunks stay until a chunk-level sweep (chunks can be shared between blobs).
+    /// Deletes blobs no record references that are older than `grace`, with their chunks no
+    /// other blob holds, or their objects; aborts uploads to the object store abandoned for
+    /// a day. Returns how many blobs went.
     pub fn gc(&self, grace: Duration) -> Result<usize, BlobError> {
+        const ABANDONED: Duration = Duration::from_secs(24 * 3600);
+        if let Err(e) = self.blobs.sweep_staging(ABANDONED) {
+            tracing::warn!(error = %e, "abandoned uploads to the object store not swept");
+        }
         let cutoff = now_ms() - grace.as_millis() as i64;
         let doomed: Vec<(String, String)> = self.db.read(|c| {
             let mut st = c.prepare(

@@ -75,6 +75,12 @@ pub enum Error {
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The object store holding blobs failed or refused (S3: the operation and its answer).
+    #[error("object store: {0}")]
+    Objects(String),
+    /// Too much of something is under way at once; the caller may try again shortly.
+    #[error("too many {0} under way at once")]
+    Busy(&'static str),
     /// The file system failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

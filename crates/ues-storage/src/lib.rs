@@ -8,6 +8,8 @@
 //!   crash tests.
 //! * [`Blobs`]: large blobs cut into BLAKE3-addressed chunks with a manifest, addressed by the
 //!   sha2-256 raw CID AT Protocol uses for the whole content, readable as a stream.
+//!   They can also live in an object store ([`Objects`]; S3 and compatible services through
+//!   `S3Objects`, with the `s3` feature).
 //! * [`Kv`]: small keyed values with per-key TTL. In RocksDB an expired key is invisible at once
 //!   and physically dropped by a compaction filter.
 //! * [`Sqlite`]: the index database for the upper layers (WAL, migrations, FTS5, JSON1, cached
@@ -27,14 +29,19 @@ mod error;
 mod faulty;
 mod kv;
 mod memory;
+mod objects;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+#[cfg(feature = "s3")]
+mod s3;
 mod sqlite;
 #[cfg(feature = "rocksdb")]
 mod storage;
 mod verify;
 
-pub use blobs::{BlobInfo, BlobReader, BlobUpload, Blobs, CHUNK_SIZE};
+pub use blobs::{
+    BlobInfo, BlobPlace, BlobReader, BlobUpload, Blobs, CHUNK_SIZE, MAX_OBJECT_UPLOADS, PART_SIZE, object_key,
+};
 pub use blockstore::{Blockstore, CachedBlockstore, Unsynced};
 pub use cache::{ByteLru, CacheStats, Weigh};
 pub use datadir::DataDir;
@@ -42,8 +49,11 @@ pub use error::{Error, Result};
 pub use faulty::{FaultMode, FaultyBlockstore};
 pub use kv::Kv;
 pub use memory::{MemoryBlockstore, MemoryKv};
+pub use objects::{MemoryObjects, ObjectMeta, Objects};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{Durability, RocksBlockstore, RocksConfig, RocksKv, RocksStore, tuned_db_options};
+#[cfg(feature = "s3")]
+pub use s3::{S3Config, S3Objects};
 pub use sqlite::{Migration, Sqlite, SqliteConfig, Synchronous};
 #[cfg(feature = "rocksdb")]
 pub use storage::{Storage, StorageConfig};

@@ -5,7 +5,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use ues_sync::repo::blobs::BlobError;
 use ues_sync::repo::syntax::Did;
@@ -23,6 +24,11 @@ pub fn blob_error(e: BlobError) -> NodeError {
             StatusCode::PAYLOAD_TOO_LARGE,
             "QuotaExceeded",
             format!("The account's blobs would exceed its quota of {quota} bytes"),
+        ),
+        BlobError::Storage(ues_sync::repo::ipld::storage::Error::Busy(what)) => NodeError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            format!("Too many {what} under way; try again shortly"),
         ),
         other => NodeError::internal(other),
     }
@@ -170,4 +176,122 @@ pub fn blob_body(st: Arc<Node>, did: Did, cid: cid::Cid, start: u64, end: u64) -
         }
     });
     Body::from_stream(stream)
+}
+
+/// A `Range` header against a blob of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Range {
+    /// Serve it all (not a byte range, several ranges, or malformed: RFC 9110 lets a server
+    /// ignore what it does not support).
+    Ignore,
+    /// Inclusive first and last byte.
+    Bytes(u64, u64),
+    /// Entirely outside the blob.
+    Unsatisfiable,
+}
+
+/// Reads a `Range` header (RFC 9110) against a blob of `size` bytes.
+pub fn byte_range(header: &str, size: u64) -> Range {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else { return Range::Ignore };
+    if spec.contains(',') {
+        return Range::Ignore;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else { return Range::Ignore };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        // bytes=-n: the last n bytes.
+        (Err(_), Ok(n)) if a.is_empty() => {
+            if n == 0 || size == 0 {
+                Range::Unsatisfiable
+            } else {
+                Range::Bytes(size.saturating_sub(n), size - 1)
+            }
+        }
+        (Ok(first), Err(_)) if b.is_empty() => {
+            if first >= size {
+                Range::Unsatisfiable
+            } else {
+                Range::Bytes(first, size - 1)
+            }
+        }
+        (Ok(first), Ok(last)) if first <= last => {
+            if first >= size {
+                Range::Unsatisfiable
+            } else {
+                Range::Bytes(first, last.min(size - 1))
+            }
+        }
+        _ => Range::Ignore,
+    }
+}
+
+/// A blob as an HTTP response, every face's download: 200 with the whole, or, for a
+/// `Range: bytes=...` request (one range), 206 with that range and `Content-Range`, or 416 when
+/// it is outside the blob; streamed by [`blob_body`]. `extra` headers are added (a face's
+/// caching headers).
+pub fn serve_blob<const N: usize>(
+    st: Arc<Node>,
+    did: Did,
+    cid: cid::Cid,
+    mime: &str,
+    size: u64,
+    headers: &HeaderMap,
+    extra: [(header::HeaderName, HeaderValue); N],
+) -> Response {
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|r| byte_range(r, size));
+    let (status, start, end) = match range {
+        None | Some(Range::Ignore) => (StatusCode::OK, 0, size),
+        Some(Range::Bytes(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
+        Some(Range::Unsatisfiable) => {
+            let mut resp =
+                NodeError::new(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", format!("The blob has {size} bytes"))
+                    .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return resp;
+        }
+    };
+    let mut resp = (
+        status,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+            ),
+            (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+            (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox")),
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (header::CONTENT_LENGTH, HeaderValue::from(end - start)),
+        ],
+        extra,
+        blob_body(st, did, cid, start, end),
+    )
+        .into_response();
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1))
+    {
+        resp.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(byte_range("bytes=0-9", 100), Range::Bytes(0, 9));
+        assert_eq!(byte_range("bytes=90-", 100), Range::Bytes(90, 99));
+        assert_eq!(byte_range("bytes=-10", 100), Range::Bytes(90, 99));
+        assert_eq!(byte_range("bytes=-1000", 100), Range::Bytes(0, 99));
+        assert_eq!(byte_range("bytes=50-1000", 100), Range::Bytes(50, 99));
+        assert_eq!(byte_range("bytes=100-", 100), Range::Unsatisfiable);
+        assert_eq!(byte_range("bytes=-0", 100), Range::Unsatisfiable);
+        assert_eq!(byte_range("bytes=0-1,5-6", 100), Range::Ignore);
+        assert_eq!(byte_range("bytes=9-1", 100), Range::Ignore);
+        assert_eq!(byte_range("items=0-1", 100), Range::Ignore);
+        assert_eq!(byte_range("bytes=x-y", 100), Range::Ignore);
+    }
 }

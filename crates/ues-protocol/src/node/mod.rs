@@ -68,6 +68,8 @@ pub struct NodeConfig {
     pub max_blob_bytes: u64,
     /// Bytes of blobs one account may hold.
     pub blob_quota_bytes: u64,
+    /// How long an uploaded blob may wait for a record to reference it before it is deleted.
+    pub blob_grace: std::time::Duration,
     /// Resolves handles that are not this node's (DNS TXT, then HTTPS).
     pub handle_resolver: HandleResolver,
     /// Password of the `admin` user for `com.atproto.admin.*` (HTTP Basic); `None` disables them.
@@ -93,6 +95,9 @@ pub trait StorageOps: Send + Sync {
     /// The storage's gauges now (database sizes, compaction, free disk).
     fn gauges(&self) -> Vec<Gauge>;
 }
+
+/// Lists the TLS certificates a node serves: (name, expiry).
+pub type Certificates = dyn Fn() -> Vec<(String, std::time::SystemTime)> + Send + Sync;
 
 /// One gauge of [`StorageOps::gauges`]: a metric name (`ues_` prefixed), its help text, its
 /// labels and value.
@@ -134,6 +139,8 @@ pub struct Node {
     pub peer_id: std::sync::OnceLock<libp2p::PeerId>,
     /// Backups and gauges of the node's storage, when `ues run` provides them.
     pub storage_ops: std::sync::OnceLock<Arc<dyn StorageOps>>,
+    /// The TLS certificates the node serves, by name, with their expiry (when it serves HTTPS).
+    pub certificates: std::sync::OnceLock<Arc<Certificates>>,
     /// When the node started.
     pub started: std::time::Instant,
     /// Which `/ws` session made recent commits (header `X-Ues-Ws-Session` on the write), so
@@ -217,6 +224,7 @@ impl Node {
             replication: std::sync::OnceLock::new(),
             peer_id: std::sync::OnceLock::new(),
             storage_ops: std::sync::OnceLock::new(),
+            certificates: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
             origins: parking_lot::RwLock::new(Default::default()),
             writing_sessions: parking_lot::RwLock::new(Default::default()),
@@ -224,6 +232,18 @@ impl Node {
             limiters: std::sync::OnceLock::new(),
             exports: Arc::new(tokio::sync::Semaphore::new(MAX_EXPORTS)),
         })
+    }
+
+    /// Keeps blobs in an object store too (S3): those there are read from it, and new ones go
+    /// to `write_to`. Uploads to it a stop cut off are aborted now.
+    pub fn with_blob_objects(
+        mut self,
+        objects: Arc<dyn ues_sync::repo::ipld::storage::Objects>,
+        write_to: ues_sync::repo::ipld::storage::BlobPlace,
+    ) -> Result<Self, NodeError> {
+        tracing::info!(store = %objects.describe(), new_blobs = %write_to, "blobs in an object store");
+        self.blobs = self.blobs.with_objects(objects, write_to).map_err(NodeError::internal)?;
+        Ok(self)
     }
 
     /// Applies the migrations of a face or application to the node's database.

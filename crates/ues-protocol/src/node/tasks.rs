@@ -72,18 +72,18 @@ fn spawn_pruner(state: &Arc<Node>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// How long an uploaded blob may wait for a record to reference it.
-const BLOB_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Every 10 minutes, deletes blobs no record references that were uploaded more than
-/// [`BLOB_GRACE`] ago (uploads that were never used would otherwise fill the disk).
+/// Deletes blobs no record references that were uploaded more than the grace period ago
+/// (uploads that were never used would otherwise fill the disk or the bucket): every tenth of
+/// the grace period, at least each second and at most every 10 minutes.
 fn spawn_blob_gc(state: &Arc<Node>) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(state);
+    let grace = state.cfg.blob_grace;
+    let every = (grace / 10).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(600));
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+            tokio::time::sleep(every).await;
             let Some(st) = weak.upgrade() else { break };
-            match tokio::task::spawn_blocking(move || st.blobs.gc(BLOB_GRACE)).await {
+            match tokio::task::spawn_blocking(move || st.blobs.gc(grace)).await {
                 Ok(Ok(n)) if n > 0 => tracing::info!(n, "unreferenced blobs deleted"),
                 Ok(Err(e)) => tracing::error!(error = %e, "blob garbage collection failed"),
                 _ => {}

@@ -308,6 +308,24 @@ pub(crate) async fn get_status(State(st): State<Arc<Node>>, headers: HeaderMap) 
                 "bans": s.bans,
             })
         });
+        let now = std::time::SystemTime::now();
+        let mut certificates: Vec<Value> = st
+            .certificates
+            .get()
+            .map(|c| c())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, expires)| {
+                let secs = expires.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let left = match expires.duration_since(now) {
+                    Ok(d) => (d.as_secs() / 86_400) as i64,
+                    Err(e) => -((e.duration().as_secs() / 86_400) as i64) - 1,
+                };
+                json!({ "name": name, "expires": crate::node::sequencer::iso_from_millis(secs as i64 * 1000), "daysLeft": left })
+            })
+            .collect();
+        certificates.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        let objects = st.blobs.objects().map(|o| o.describe());
         Ok(Json(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptimeSecs": st.started.elapsed().as_secs(),
@@ -317,6 +335,8 @@ pub(crate) async fn get_status(State(st): State<Arc<Node>>, headers: HeaderMap) 
             "firehoseSubscribers": st.metrics.subscribers.load(std::sync::atomic::Ordering::Relaxed),
             "peers": peers,
             "storage": storage,
+            "blobs": { "newBlobsTo": st.blobs.write_place().to_string(), "objectStore": objects },
+            "certificates": certificates,
         })))
     })
     .await

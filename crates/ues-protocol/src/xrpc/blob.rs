@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use ues_sync::repo::syntax::Did;
 
-use crate::node::blobs::{blob_body, blob_error, upload};
+use crate::node::blobs::{blob_error, serve_blob, upload};
 use crate::node::extract::XQuery;
 use crate::node::{Node, NodeError, blocking};
 
@@ -29,8 +29,13 @@ pub(crate) struct GetBlob {
     cid: String,
 }
 
-/// `sync.getBlob`: the blob streamed a piece at a time (see [`blob_body`]).
-pub(crate) async fn get_blob(State(st): State<Arc<Node>>, XQuery(q): XQuery<GetBlob>) -> Result<Response, NodeError> {
+/// `sync.getBlob`: the blob streamed a piece at a time (see [`blob_body`]); one byte range
+/// when the request asks for it (`Range`, 206), as media players do.
+pub(crate) async fn get_blob(
+    State(st): State<Arc<Node>>,
+    headers: HeaderMap,
+    XQuery(q): XQuery<GetBlob>,
+) -> Result<Response, NodeError> {
     blocking(move || {
         let did = st.served_did(&q.did)?;
         let cid: cid::Cid = q.cid.parse().map_err(|e| NodeError::invalid(format!("bad CID: {e}")))?;
@@ -39,16 +44,7 @@ pub(crate) async fn get_blob(State(st): State<Arc<Node>>, XQuery(q): XQuery<GetB
         };
         let size = reader.size();
         drop(reader);
-        Ok((
-            [
-                (header::CONTENT_TYPE, mime),
-                (header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox".to_string()),
-                (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
-                (header::CONTENT_LENGTH, size.to_string()),
-            ],
-            blob_body(st.clone(), did, cid, 0, size),
-        )
-            .into_response())
+        Ok(serve_blob(st.clone(), did, cid, &mime, size, &headers, []))
     })
     .await
 }

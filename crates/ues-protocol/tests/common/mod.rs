@@ -83,6 +83,7 @@ pub fn node_full(
         max_body_bytes: 64 * 1024,
         max_blob_bytes: 1024 * 1024,
         blob_quota_bytes: 1 << 30,
+        blob_grace: std::time::Duration::from_secs(3600),
         // Nothing listens on port 9 of 127.0.0.1: HTTPS lookups are refused at once.
         handle_resolver: HandleResolver::with_base(|_| "http://127.0.0.1:9".into()).with_dns(dns),
         admin_password: Some(ADMIN_PASSWORD.into()),
