@@ -49,6 +49,17 @@ impl ues_protocol::node::StorageOps for NodeBackup {
                     "delayed_write_rate" => {
                         ("ues_rocksdb_delayed_write_rate", "Bytes/s RocksDB slows writes to (0 when it does not).")
                     }
+                    "block_cache_hits" => {
+                        ("ues_rocksdb_block_cache_hits_total", "Reads RocksDB's block cache answered, since start.")
+                    }
+                    "block_cache_misses" => (
+                        "ues_rocksdb_block_cache_misses_total",
+                        "Reads that missed RocksDB's block cache, since start.",
+                    ),
+                    "stall_micros" => (
+                        "ues_rocksdb_stall_micros_total",
+                        "Microseconds RocksDB stalled writes for compaction, since start.",
+                    ),
                     _ => continue,
                 };
                 out.push(Gauge { name, help, labels: vec![("db", db.to_string())], value });

@@ -51,6 +51,7 @@ pub(crate) fn run(cfg: &Config) -> (Value, bool) {
     public_url(cfg, running.as_deref(), &mut checks);
     handles(cfg, &mut checks);
     plc(cfg, &mut checks);
+    objects(cfg, &mut checks);
     let healthy = checks.iter().all(|c| c.ok);
     let report = json!({
         "ok": healthy,
@@ -231,6 +232,35 @@ fn handles(cfg: &Config, out: &mut Vec<Check>) {
                 format!("add a wildcard DNS record *.{domain} pointing at this node, so handles under it resolve"),
             )),
         }
+    }
+}
+
+/// The object store of `[storage.s3]`, when one is named: it answers a listing, and takes and
+/// gives up a probe object (so uploads will be accepted).
+fn objects(cfg: &Config, out: &mut Vec<Check>) {
+    use ues_storage::Objects;
+    let s3 = &cfg.storage.s3;
+    if s3.bucket.is_empty() {
+        out.push(Check::ok("objects", "no object store: blobs are kept in the data directory"));
+        return;
+    }
+    let fix =
+        "check [storage.s3] endpoint, bucket, region and credentials, and that the key may list, write and delete";
+    let store = match s3.client_config().and_then(|mut c| {
+        c.timeout = Duration::from_secs(5);
+        Ok(ues_storage::S3Objects::connect(&c)?)
+    }) {
+        Ok(s) => s,
+        Err(e) => return out.push(Check::fix("objects", format!("{e:#}"), fix)),
+    };
+    const PROBE: &str = "staging/doctor-probe";
+    let answer = store
+        .list("blobs/", 1)
+        .and_then(|_| store.put(PROBE, b"ues doctor".to_vec()))
+        .and_then(|()| store.delete(PROBE));
+    match answer {
+        Ok(()) => out.push(Check::ok("objects", format!("{} lists, takes and deletes objects", store.describe()))),
+        Err(e) => out.push(Check::fix("objects", format!("{}: {e}", store.describe()), fix)),
     }
 }
 

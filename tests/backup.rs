@@ -16,22 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::agent;
+use support::{agent, create_account};
 
 const COLLECTION: &str = "dev.ues.test.note";
 
 fn ues(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ues")).args(args).output().unwrap()
-}
-
-fn create_account(base: &str, handle: &str) -> (String, String) {
-    let mut res = agent()
-        .post(format!("{base}/xrpc/com.atproto.server.createAccount"))
-        .send_json(json!({"handle": handle, "email": format!("{handle}@example.com"), "password": "a long password"}))
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let v: Value = res.body_mut().read_json().unwrap();
-    (v["did"].as_str().unwrap().to_string(), v["accessJwt"].as_str().unwrap().to_string())
 }
 
 /// Every record key of the account's test collection.
@@ -197,7 +187,13 @@ fn restore_serves(dir: &Path, accounts: &[(String, String)], before: &[&(String,
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["accounts"], accounts.len(), "{status}");
     assert!(status["firehoseSeq"].as_u64().unwrap() > 0, "{status}");
-    for gauge in ["ues_rocksdb_sst_bytes{db=blocks}", "ues_sqlite_bytes{file=index}", "ues_disk_free_bytes"] {
+    for gauge in [
+        "ues_rocksdb_sst_bytes{db=blocks}",
+        "ues_sqlite_bytes{file=index}",
+        "ues_disk_free_bytes",
+        // The restored node has read its repositories: RocksDB's block cache has answered.
+        "ues_rocksdb_block_cache_hits_total{db=blocks}",
+    ] {
         assert!(status["storage"][gauge].as_u64().unwrap_or(0) > 0, "{gauge}: {status}");
     }
     let metrics = agent()
@@ -212,6 +208,8 @@ fn restore_serves(dir: &Path, accounts: &[(String, String)], before: &[&(String,
         "# TYPE ues_rocksdb_pending_compaction_bytes gauge",
         "ues_rocksdb_write_stopped{db=\"blocks\"} 0",
         "ues_sqlite_bytes{file=\"wal\"}",
+        "ues_rocksdb_block_cache_misses_total{db=\"blocks\"}",
+        "ues_rocksdb_stall_micros_total{db=\"blocks\"} ",
     ] {
         assert!(metrics.contains(line), "/metrics has {line}");
     }

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Running, agent, free_port, start_with};
+use support::{Running, agent, create_account, free_port, start_with};
 
 const BUCKET: &str = "ues-blobs";
 const COLLECTION: &str = "dev.ues.test.attachment";
@@ -109,17 +109,6 @@ fn cid_of(bytes: &[u8]) -> String {
     cid_for(RAW, SHA2_256, bytes).unwrap().to_string()
 }
 
-/// An account on the node: (did, access token).
-fn account(base: &str, handle: &str) -> (String, String) {
-    let mut res = agent()
-        .post(format!("{base}/xrpc/com.atproto.server.createAccount"))
-        .send_json(json!({"handle": handle, "email": format!("{handle}@example.com"), "password": "a long password"}))
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let v: Value = res.body_mut().read_json().unwrap();
-    (v["did"].as_str().unwrap().to_string(), v["accessJwt"].as_str().unwrap().to_string())
-}
-
 fn upload(base: &str, token: &str, mime: &str, bytes: &[u8]) -> Value {
     let mut res = agent()
         .post(format!("{base}/xrpc/com.atproto.repo.uploadBlob"))
@@ -168,7 +157,7 @@ fn get_blob(base: &str, did: &str, cid: &str, range: Option<&str>) -> (u16, Byte
 /// (referenced, referenced, deleted).
 fn blob_suite(node: &Running) -> [String; 3] {
     let base = &node.base;
-    let (did, token) = account(base, "blobs.test");
+    let (did, token) = create_account(base, "blobs.test");
     let small = sample(3_000, 1);
     let large = sample(12 * 1024 * 1024 + 123, 2);
     let orphan = sample(40_000, 3);
@@ -231,7 +220,7 @@ fn an_upload_cut_off_mid_multipart_leaves_nothing_in_the_bucket() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
     let node = start_with(&dir, &s3.config(&dir, "s3"));
-    let (_, token) = account(&node.base, "cut.test");
+    let (_, token) = create_account(&node.base, "cut.test");
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
     let total = 20 * 1024 * 1024;
     write!(
@@ -273,11 +262,26 @@ fn blobs_migrate_to_s3_and_back() {
     let data_dir = dir.to_str().unwrap().to_string();
     let blobs = [sample(7 * 1024 * 1024 + 5, 4), sample(1000, 5)];
     let node = start_with(&dir, &s3.config(&dir, "disk"));
-    let (did, token) = account(&node.base, "moving.test");
+    let (did, token) = create_account(&node.base, "moving.test");
     let refs: Vec<Value> = blobs.iter().map(|b| upload(&node.base, &token, "application/octet-stream", b)).collect();
     reference(&node.base, &did, &token, &refs.iter().collect::<Vec<_>>());
     let cids: Vec<String> = blobs.iter().map(|b| cid_of(b)).collect();
     assert!(s3.state().0.is_empty(), "blobs = \"disk\": nothing goes to the bucket");
+    // `ues doctor` reaches the bucket; one that does not exist is something to fix.
+    let doctor = |config: &str| -> Value {
+        let d = tmp.path().join("doctor");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("node.toml"), config).unwrap();
+        let out = ues(&["doctor", "--json", "--data-dir", d.to_str().unwrap()]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "objects").unwrap().clone()
+    };
+    let good = doctor(&s3.config(&dir, "s3"));
+    assert_eq!(good["ok"], true, "{good}");
+    let bad = doctor(&s3.config(&dir, "s3").replace(BUCKET, "no-such-bucket"));
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert!(bad["fix"].as_str().unwrap().contains("[storage.s3]"), "{bad}");
+    assert!(s3.state().0.is_empty(), "the probe left nothing");
     let out = ues(&["blobs", "migrate", "--to", "s3", "--data-dir", &data_dir]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("stop the node"), "{}", String::from_utf8_lossy(&out.stderr));

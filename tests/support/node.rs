@@ -89,6 +89,17 @@ pub fn start_with(dir: &Path, config: &str) -> Running {
     Running { child, port, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() }
 }
 
+/// A new account on the node at `base` (`http://...`): its DID and access token.
+pub fn create_account(base: &str, handle: &str) -> (String, String) {
+    let mut res = agent()
+        .post(format!("{base}/xrpc/com.atproto.server.createAccount"))
+        .send_json(serde_json::json!({"handle": handle, "email": format!("{handle}@example.com"), "password": "a long password"}))
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.body_mut().read_json().unwrap();
+    (v["did"].as_str().unwrap().to_string(), v["accessJwt"].as_str().unwrap().to_string())
+}
+
 /// `ues peer id` of a data directory.
 pub fn peer_id(data_dir: &Path) -> String {
     let out =

@@ -218,6 +218,25 @@ impl<B: Blockstore, K: Kv> BlobStore<B, K> {
         Ok(self.blobs.open(cid)?.map(|r| (mime, r)))
     }
 
+    /// Bytes `start..end` of a blob of `did` as one stream, when the blob is in the object
+    /// store (`Ok(None)` otherwise: [`BlobStore::open`] reads it).
+    pub fn object_stream(
+        &self,
+        did: &Did,
+        cid: &Cid,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Box<dyn Read + Send>>, BlobError> {
+        let held: bool = self.db.read(|c| {
+            c.prepare_cached("SELECT EXISTS(SELECT 1 FROM blob WHERE did = ?1 AND cid = ?2)")?
+                .query_row(params![did.as_str(), cid.to_string()], |r| r.get(0))
+        })?;
+        if !held {
+            return Ok(None);
+        }
+        Ok(self.blobs.object_stream(cid, start, end)?)
+    }
+
     /// CIDs of `did`'s blobs that records reference, after `cursor`, in CID order.
     pub fn list(&self, did: &Did, cursor: Option<&str>, limit: usize) -> Result<Vec<String>, BlobError> {
         Ok(self.db.read(|c| {

@@ -653,6 +653,17 @@ impl<B: Blockstore, K: Kv> Blobs<B, K> {
         BlobReader { source, size, pos: 0, cid: *cid, hashed: Some((0, sha2::Sha256::new())) }
     }
 
+    /// Bytes `start..end` of blob `cid` as one stream from the object store, when it is held
+    /// there (`Ok(None)` when it is not, or is on disk: [`Blobs::open`] reads those).
+    pub fn object_stream(&self, cid: &Cid, start: u64, end: u64) -> Result<Option<Box<dyn Read + Send>>> {
+        match (self.load(cid)?, &self.objects) {
+            (Some(Location::Object(size)), Some(objects)) => {
+                objects.read_stream(&object_key(cid), start.min(size)..end.min(size))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Forgets a blob: its index entry goes, and its object, or its manifest and each chunk
     /// no other blob holds.
     pub fn delete(&self, cid: &Cid) -> Result<bool> {

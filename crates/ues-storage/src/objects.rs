@@ -35,6 +35,10 @@ pub trait Objects: Send + Sync {
     fn abort_multipart(&self, key: &str, upload: &str) -> Result<()>;
     /// Bytes `range` of the object at `key` (`Ok(None)` when there is none).
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Option<Vec<u8>>>;
+    /// Bytes `range` of the object at `key` as one stream, read as the caller reads (one
+    /// request for the whole range, not one per piece), memory bounded whatever the caller's
+    /// pace. `Ok(None)` when there is no such object.
+    fn read_stream(&self, key: &str, range: Range<u64>) -> Result<Option<Box<dyn std::io::Read + Send>>>;
     /// The object's size (`Ok(None)` when there is none).
     fn size(&self, key: &str) -> Result<Option<u64>>;
     /// Copies an object within the store.
@@ -132,6 +136,10 @@ impl Objects for MemoryObjects {
         Ok(self.state.lock().objects.get(key).map(|d| d.len() as u64))
     }
 
+    fn read_stream(&self, key: &str, range: Range<u64>) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+        Ok(self.get_range(key, range)?.map(|b| Box::new(std::io::Cursor::new(b)) as Box<dyn std::io::Read + Send>))
+    }
+
     fn copy(&self, from: &str, to: &str) -> Result<()> {
         let mut s = self.state.lock();
         let data = s.objects.get(from).cloned().ok_or_else(|| Error::Objects(format!("no object {from}")))?;
@@ -173,6 +181,9 @@ macro_rules! forward_objects {
             fn abort_multipart(&self, key: &str, upload: &str) -> Result<()> { (**self).abort_multipart(key, upload) }
             fn get_range(&self, key: &str, range: Range<u64>) -> Result<Option<Vec<u8>>> { (**self).get_range(key, range) }
             fn size(&self, key: &str) -> Result<Option<u64>> { (**self).size(key) }
+            fn read_stream(&self, key: &str, range: Range<u64>) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+                (**self).read_stream(key, range)
+            }
             fn copy(&self, from: &str, to: &str) -> Result<()> { (**self).copy(from, to) }
             fn delete(&self, key: &str) -> Result<()> { (**self).delete(key) }
             fn list(&self, prefix: &str, limit: usize) -> Result<Vec<ObjectMeta>> { (**self).list(prefix, limit) }

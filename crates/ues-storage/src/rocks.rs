@@ -111,6 +111,8 @@ pub struct RocksStore {
     unsynced_opts: WriteOptions,
     durability: Durability,
     verify_reads: bool,
+    /// The database's options, which hold its statistics (counters only).
+    stats: Options,
 }
 
 impl RocksStore {
@@ -131,6 +133,10 @@ impl RocksStore {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.increase_parallelism(2);
+        // Counters (cache hits and misses, stall time) for metrics; no histograms or timers,
+        // whose clock reads would cost on every operation.
+        db_opts.enable_statistics();
+        db_opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
 
         let blocks = tuned_db_options(cfg, &cache);
         let mut kv = tuned_db_options(cfg, &cache);
@@ -149,6 +155,7 @@ impl RocksStore {
             unsynced_opts: WriteOptions::default(),
             durability: cfg.durability,
             verify_reads: cfg.verify_reads,
+            stats: db_opts,
         }))
     }
 
@@ -173,8 +180,9 @@ impl RocksStore {
 
     /// The database's state for metrics: (name, value) of table-file bytes, estimated live
     /// data, memtable bytes, block-cache bytes, bytes awaiting compaction (summed over the
-    /// column families), compactions running, whether writes are stopped (0/1), and the rate
-    /// writes are delayed to (bytes/s; 0 when they are not).
+    /// column families), compactions running, whether writes are stopped (0/1), the rate
+    /// writes are delayed to (bytes/s; 0 when they are not), and, counted since the database
+    /// opened, block-cache hits and misses and microseconds writes stalled.
     pub fn gauges(&self) -> Vec<(&'static str, u64)> {
         let per_cf = |prop: &str| -> u64 {
             [CF_BLOCKS, CF_KV]
@@ -192,6 +200,9 @@ impl RocksStore {
             ("running_compactions", db("rocksdb.num-running-compactions")),
             ("write_stopped", db("rocksdb.is-write-stopped")),
             ("delayed_write_rate", db("rocksdb.actual-delayed-write-rate")),
+            ("block_cache_hits", self.stats.get_ticker_count(rocksdb::statistics::Ticker::BlockCacheHit)),
+            ("block_cache_misses", self.stats.get_ticker_count(rocksdb::statistics::Ticker::BlockCacheMiss)),
+            ("stall_micros", self.stats.get_ticker_count(rocksdb::statistics::Ticker::StallMicros)),
         ]
     }
 

@@ -109,6 +109,94 @@ impl S3Objects {
     }
 }
 
+/// Pieces of a streamed `GET` in flight between the store's runtime and the reader.
+const STREAM_PIECES: usize = 4;
+/// Times a stream is asked again from where it stopped (a request past the client timeout,
+/// a connection dropped) before the reader gets the error.
+const STREAM_RETRIES: u32 = 3;
+
+/// A ranged `GET` streamed to a blocking reader: the body arrives on this store's runtime and
+/// crosses a channel of [`STREAM_PIECES`] pieces, so a reader that stops reading stops the
+/// download (and holds no more than those pieces). A stream that fails or ends early is asked
+/// again from the byte it reached.
+struct ObjectStream {
+    store: Arc<AmazonS3>,
+    handle: tokio::runtime::Handle,
+    path: Path,
+    pos: u64,
+    end: u64,
+    rx: Option<tokio::sync::mpsc::Receiver<object_store::Result<bytes::Bytes>>>,
+    current: bytes::Bytes,
+    failures: u32,
+}
+
+impl ObjectStream {
+    fn request(&self) -> tokio::sync::mpsc::Receiver<object_store::Result<bytes::Bytes>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_PIECES);
+        let (store, path) = (self.store.clone(), self.path.clone());
+        let opts = object_store::GetOptions { range: Some((self.pos..self.end).into()), ..Default::default() };
+        self.handle.spawn(async move {
+            match store.get_opts(&path, opts).await {
+                Ok(got) => {
+                    let mut body = got.into_stream();
+                    while let Some(piece) = body.next().await {
+                        // The reader went away: the request is dropped with the stream.
+                        if tx.send(piece).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => drop(tx.send(Err(e)).await),
+            }
+        });
+        rx
+    }
+}
+
+impl std::io::Read for ObjectStream {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if !self.current.is_empty() {
+                let n = out.len().min(self.current.len());
+                out[..n].copy_from_slice(&self.current.split_to(n));
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            if self.pos >= self.end || out.is_empty() {
+                return Ok(0);
+            }
+            if self.rx.is_none() {
+                self.rx = Some(self.request());
+            }
+            let got = self.rx.as_mut().expect("just set").blocking_recv();
+            match got {
+                Some(Ok(piece)) => {
+                    let room = (self.end - self.pos) as usize;
+                    self.current = if piece.len() > room { piece.slice(..room) } else { piece };
+                    if !self.current.is_empty() {
+                        self.failures = 0;
+                    }
+                }
+                failed => {
+                    self.rx = None;
+                    self.failures += 1;
+                    if self.failures > STREAM_RETRIES {
+                        return Err(match failed {
+                            Some(Err(e)) => std::io::Error::other(failed_error(e)),
+                            _ => std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the object ended early"),
+                        });
+                    }
+                    tracing::debug!(path = %self.path, at = self.pos, "object stream asked again");
+                }
+            }
+        }
+    }
+}
+
+fn failed_error(e: object_store::Error) -> Error {
+    failed(e)
+}
+
 impl Drop for S3Objects {
     fn drop(&mut self) {
         // Dropped from async code too: the runtime's thread is let go, not waited for.
@@ -160,6 +248,23 @@ impl Objects for S3Objects {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(failed(e)),
         }
+    }
+
+    fn read_stream(&self, key: &str, range: Range<u64>) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+        if self.size(key)?.is_none() {
+            return Ok(None);
+        }
+        let handle = self.runtime.as_ref().expect("present until drop").handle().clone();
+        Ok(Some(Box::new(ObjectStream {
+            store: self.store.clone(),
+            handle,
+            path: Path::from(key),
+            pos: range.start,
+            end: range.end,
+            rx: None,
+            current: bytes::Bytes::new(),
+            failures: 0,
+        })))
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>> {

@@ -142,12 +142,13 @@ impl Drop for Uploading {
 
 /// Bytes `start..end` of a blob as a response body, one stored chunk's worth (256 KiB) at a
 /// time: the next piece is read (on the blocking pool, briefly) only once the client has taken
-/// the previous one, so a response holds at most one piece whatever the blob's size, and a
-/// client that stops reading holds no thread. A piece that cannot be read ends the body early
+/// the previous one, so a response holds at most one piece (and, from an object store, the few
+/// pieces of its stream in flight) whatever the blob's size, and a client that stops reading
+/// holds no thread. A piece that cannot be read ends the body early
 /// (the client sees a short response); it is logged.
 pub fn blob_body(st: Arc<Node>, did: Did, cid: cid::Cid, start: u64, end: u64) -> Body {
     const PIECE: u64 = 256 * 1024;
-    let stream = futures::stream::try_unfold(start, move |pos| {
+    let stream = futures::stream::try_unfold((start, Source::Unopened), move |(pos, source)| {
         let (st, did) = (st.clone(), did.clone());
         async move {
             if pos >= end {
@@ -155,27 +156,54 @@ pub fn blob_body(st: Arc<Node>, did: Did, cid: cid::Cid, start: u64, end: u64) -
             }
             // Up to the next chunk boundary, so each piece costs one stored chunk.
             let len = ((pos / PIECE + 1) * PIECE).min(end) - pos;
-            let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                let (_, mut reader) = st
-                    .blobs
-                    .open(&did, &cid)
-                    .map_err(std::io::Error::other)?
-                    .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "blob deleted"))?;
-                reader.seek(SeekFrom::Start(pos))?;
+            let (piece, source) = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, Source)> {
+                let source = match source {
+                    Source::Unopened => {
+                        match st.blobs.object_stream(&did, &cid, pos, end).map_err(std::io::Error::other)? {
+                            Some(stream) => Source::Stream(stream),
+                            None => Source::Pieces,
+                        }
+                    }
+                    opened => opened,
+                };
                 let mut buf = Vec::with_capacity(len as usize);
-                reader.take(len).read_to_end(&mut buf)?;
+                let source = match source {
+                    Source::Stream(mut stream) => {
+                        (&mut stream).take(len).read_to_end(&mut buf)?;
+                        Source::Stream(stream)
+                    }
+                    _ => {
+                        let (_, mut reader) = st
+                            .blobs
+                            .open(&did, &cid)
+                            .map_err(std::io::Error::other)?
+                            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "blob deleted"))?;
+                        reader.seek(SeekFrom::Start(pos))?;
+                        reader.take(len).read_to_end(&mut buf)?;
+                        Source::Pieces
+                    }
+                };
                 if (buf.len() as u64) < len {
                     return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shorter than its size"));
                 }
-                Ok(buf)
+                Ok((buf, source))
             })
             .await
             .map_err(std::io::Error::other)?
             .inspect_err(|e| tracing::warn!(%cid, error = %e, "blob stream ended early"))?;
-            Ok::<_, std::io::Error>(Some((axum::body::Bytes::from(piece), pos + len)))
+            Ok::<_, std::io::Error>(Some((axum::body::Bytes::from(piece), (pos + len, source))))
         }
     });
     Body::from_stream(stream)
+}
+
+/// Where [`blob_body`] reads a blob from: not known before its first piece; one stream from
+/// the object store for a blob held there (one request for the whole range); else the blob's
+/// stored chunks, opened for each piece.
+enum Source {
+    Unopened,
+    Stream(Box<dyn Read + Send>),
+    Pieces,
 }
 
 /// A `Range` header against a blob of `size` bytes.
@@ -293,5 +321,17 @@ mod tests {
         assert_eq!(byte_range("bytes=9-1", 100), Range::Ignore);
         assert_eq!(byte_range("items=0-1", 100), Range::Ignore);
         assert_eq!(byte_range("bytes=x-y", 100), Range::Ignore);
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends as `Range`, against any size: a range inside the blob,
+        /// "serve it all", or "unsatisfiable"; never a panic or a range past the end.
+        #[test]
+        fn any_range_header_gives_a_range_inside_the_blob(header in "(bytes=)?[0-9 ,-]{0,24}|.{0,40}", size in 0u64..1_000_000) {
+            match byte_range(&header, size) {
+                Range::Bytes(a, b) => proptest::prop_assert!(a <= b && b < size, "{header:?} {size}: {a}-{b}"),
+                Range::Ignore | Range::Unsatisfiable => {}
+            }
+        }
     }
 }
