@@ -35,6 +35,27 @@ async fn accounts_and_sessions() {
         .await;
         assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some(err)), "{handle}");
     }
+    // A migration (an existing DID) is refused, not answered with a new identity, and a field
+    // the lexicon does not name is refused, not ignored; neither creates anything.
+    for body in [
+        json!({"handle": "mover.test", "password": "long enough", "did": "did:plc:ewvi7nxzyoun6zhxrhs64oiz"}),
+        json!({"handle": "mover.test", "password": "long enough", "plcOp": {"type": "plc_operation"}}),
+        json!({"handle": "mover.test", "password": "long enough", "favouriteColour": "green"}),
+    ] {
+        let (s, v) = call(&n, "POST", "/xrpc/com.atproto.server.createAccount", None, Some(body.clone())).await;
+        assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")), "{body}: {v}");
+    }
+    let (s, _) = call(&n, "GET", "/xrpc/com.atproto.identity.resolveHandle?handle=mover.test", None, None).await;
+    assert_ne!(s, StatusCode::OK, "no account was made for mover.test");
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.server.createAccount",
+        None,
+        Some(json!({"handle": "invited.test", "password": "long enough", "inviteCode": "any-code", "verificationCode": "1"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "the lexicon's optional fields are taken: {v}");
 
     // Sessions: by handle, by email; wrong password refused.
     let (s, v) = call(

@@ -33,14 +33,29 @@ pub(crate) async fn describe_server(State(st): State<Arc<Node>>) -> Json<Value> 
     }))
 }
 
+/// `createAccount`'s input: every field the lexicon names, and no other (a field this server
+/// does not know is refused, never ignored).
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct CreateAccount {
     pub(crate) handle: String,
     pub(crate) email: Option<String>,
     pub(crate) password: Option<String>,
     /// A did:key the user keeps, listed as the DID's most authoritative rotation key.
     pub(crate) recovery_key: Option<String>,
+    /// An existing DID moving to this server (account migration).
+    pub(crate) did: Option<String>,
+    /// A signed PLC operation for that DID.
+    pub(crate) plc_op: Option<Value>,
+    /// Not required here (`describeServer` says so); accepted.
+    #[expect(dead_code, reason = "named so that it is not refused as unknown")]
+    pub(crate) invite_code: Option<String>,
+    /// Phone verification is not required here; accepted.
+    #[expect(dead_code, reason = "named so that it is not refused as unknown")]
+    pub(crate) verification_code: Option<String>,
+    /// Phone verification is not required here; accepted.
+    #[expect(dead_code, reason = "named so that it is not refused as unknown")]
+    pub(crate) verification_phone: Option<String>,
 }
 
 /// A session as `createSession`, `refreshSession` and `getSession` answer it (tokens left out
@@ -67,6 +82,13 @@ pub(crate) fn session_json(s: &Session) -> Value {
 }
 
 pub(crate) async fn create_account(State(st): State<Arc<Node>>, XJson(b): XJson<CreateAccount>) -> Res {
+    if let Some(did) = b.did.as_deref().or(b.plc_op.as_ref().map(|_| "(a PLC operation)")) {
+        // A new identity in its place would leave the user's DID behind without a word.
+        tracing::info!(did, handle = %b.handle, "account migration asked for; not supported");
+        return Err(NodeError::invalid(format!(
+            "bringing an existing DID ({did}) to this server is not supported yet: no account was created"
+        )));
+    }
     let req = NewAccount { handle: b.handle, email: b.email, password: b.password, recovery_key: b.recovery_key };
     blocking(move || {
         let s = st.create_account(req)?;
