@@ -183,6 +183,8 @@ pub(crate) struct XrpcSection {
     pub(crate) blob_quota_mib: u64,
     /// Seconds an unreferenced blob is kept.
     pub(crate) blob_grace_secs: u64,
+    /// Accounts are made only with an invite code.
+    pub(crate) invite_required: bool,
     /// Rate limits.
     pub(crate) rate_limits: RateLimitSection,
 }
@@ -258,6 +260,7 @@ impl Default for XrpcSection {
             max_blob_mib: 100,
             blob_quota_mib: 10 * 1024,
             blob_grace_secs: 3600,
+            invite_required: false,
             rate_limits: RateLimitSection::default(),
         }
     }

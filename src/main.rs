@@ -874,6 +874,7 @@ fn xrpc_state(
     let node =
         ues_protocol::node::Node::new(accounts, lexicons, kv, xcfg).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     node.migrate(ues_protocol::xrpc::MIGRATIONS).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    node.invite_required.store(cfg.xrpc.invite_required, std::sync::atomic::Ordering::Relaxed);
     Ok(match cfg.blob_objects()? {
         Some((objects, place)) => {
             node.with_blob_objects(objects, place).map_err(|e| anyhow::anyhow!("{}", e.message))?

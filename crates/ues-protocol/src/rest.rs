@@ -92,6 +92,9 @@ pub(crate) struct NewAccount {
     #[schema(min_length = 8, max_length = 256)]
     password: String,
     email: Option<String>,
+    /// An invite code, when the node requires one (XRPC `describeServer` says whether).
+    #[serde(rename = "inviteCode")]
+    invite_code: Option<String>,
 }
 
 /// Credentials.
@@ -474,7 +477,13 @@ fn written_response(status: StatusCode, w: Written, location: bool) -> Response 
 async fn create_account(State(api): State<Arc<Api>>, Body_(b): Body_<NewAccount>) -> ApiResult<Response> {
     length("password", &b.password, 8, 256)?;
     length("handle", &b.handle, 1, 253)?;
-    let req = sessions::NewAccount { handle: b.handle, email: b.email, password: Some(b.password), recovery_key: None };
+    let req = sessions::NewAccount {
+        handle: b.handle,
+        email: b.email,
+        password: Some(b.password),
+        recovery_key: None,
+        invite_code: b.invite_code,
+    };
     let st = api.st.clone();
     let s = blocking(move || st.create_account(req)).await.map_err(rest)?;
     Ok((StatusCode::CREATED, Json(session(s))).into_response())

@@ -1104,3 +1104,139 @@ async fn firehose_events_past_the_backfill_window_are_pruned() {
     account(&n, "p3.test").await;
     assert!(*n.state.firehose.latest() > latest);
 }
+
+/// Invite codes: with invites required, an account is made only with a code that has a use
+/// left (none, an unknown, a used-up or a disabled code is `InvalidInviteCode`, and a refused
+/// sign-up spends no use); the operator makes, lists and disables codes, an account lists
+/// those made for it, a barred account gets none; `describeServer` tells the truth; only the
+/// operator may make codes.
+#[tokio::test]
+async fn invite_codes() {
+    let n = node();
+    let admin = common::admin_auth(common::ADMIN_PASSWORD);
+    let owner = account(&n, "owner.test").await;
+    let owner_did = owner["did"].as_str().unwrap();
+    n.state.invite_required.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (_, d) = call(&n, "GET", "/xrpc/com.atproto.server.describeServer", None, None).await;
+    assert_eq!(d["inviteCodeRequired"], true);
+
+    let sign_up = |handle: &str, code: Option<&str>| {
+        let mut body = json!({"handle": handle, "password": "long enough"});
+        if let Some(c) = code {
+            body["inviteCode"] = json!(c);
+        }
+        body
+    };
+    let (s, v) = call(&n, "POST", "/xrpc/com.atproto.server.createAccount", None, Some(sign_up("a.test", None))).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidInviteCode")), "{v}");
+
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.server.createInviteCode",
+        Some(owner["accessJwt"].as_str().unwrap()),
+        Some(json!({"useCount": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "an account may not make codes: {v}");
+    let (s, v) =
+        call(&n, "POST", "/xrpc/com.atproto.server.createInviteCode", Some(&admin), Some(json!({"useCount": 2}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let code = v["code"].as_str().unwrap().to_string();
+    assert!(code.starts_with("127-0-0-1-") && code.len() == "127-0-0-1-".len() + 11, "{code}");
+
+    // A refused sign-up (the handle is taken) spends no use; two uses make two accounts.
+    let (s, v) =
+        call(&n, "POST", "/xrpc/com.atproto.server.createAccount", None, Some(sign_up("owner.test", Some(&code))))
+            .await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("HandleNotAvailable")), "{v}");
+    for handle in ["b.test", "c.test"] {
+        let (s, v) =
+            call(&n, "POST", "/xrpc/com.atproto.server.createAccount", None, Some(sign_up(handle, Some(&code)))).await;
+        assert_eq!(s, StatusCode::OK, "{handle}: {v}");
+    }
+    for bad in [code.as_str(), "127-0-0-1-aaaaa-bbbbb", ""] {
+        let (s, v) =
+            call(&n, "POST", "/xrpc/com.atproto.server.createAccount", None, Some(sign_up("d.test", Some(bad)))).await;
+        assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidInviteCode")), "{bad}: {v}");
+    }
+
+    // Codes for an account: it lists them; disabled, they admit no one; a barred account gets none.
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.server.createInviteCodes",
+        Some(&admin),
+        Some(json!({"codeCount": 2, "useCount": 1, "forAccounts": [owner_did]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mine: Vec<String> =
+        v["codes"][0]["codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    assert_eq!((v["codes"][0]["account"].as_str(), mine.len()), (Some(owner_did), 2));
+    let (s, v) = call(
+        &n,
+        "GET",
+        "/xrpc/com.atproto.server.getAccountInviteCodes",
+        Some(owner["accessJwt"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let listed = v["codes"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{v}");
+    assert!(listed.iter().all(|c| c["forAccount"] == owner_did && c["available"] == 1 && c["disabled"] == false));
+    let (s, _) =
+        call(&n, "POST", "/xrpc/com.atproto.admin.disableInviteCodes", Some(&admin), Some(json!({"codes": [mine[0]]})))
+            .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) =
+        call(&n, "POST", "/xrpc/com.atproto.server.createAccount", None, Some(sign_up("e.test", Some(&mine[0])))).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidInviteCode")), "disabled: {v}");
+    let (s, v) =
+        call(&n, "POST", "/xrpc/com.atproto.server.createAccount", None, Some(sign_up("e.test", Some(&mine[1])))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.admin.disableAccountInvites",
+        Some(&admin),
+        Some(json!({"account": owner_did, "note": "spam"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.server.createInviteCode",
+        Some(&admin),
+        Some(json!({"useCount": 1, "forAccount": owner_did})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a barred account gets no new code: {v}");
+    let (s, _) = call(
+        &n,
+        "POST",
+        "/xrpc/com.atproto.admin.enableAccountInvites",
+        Some(&admin),
+        Some(json!({"account": owner_did})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The operator's listing: every code with its uses, most used first, paged.
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.admin.getInviteCodes?sort=usage&limit=2", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let first = &v["codes"][0];
+    assert_eq!(first["code"], code.as_str());
+    let used_by: Vec<&str> = first["uses"].as_array().unwrap().iter().map(|u| u["usedBy"].as_str().unwrap()).collect();
+    assert_eq!(used_by.len(), 2, "two accounts, no held use left over: {first}");
+    assert!(used_by.iter().all(|d| d.starts_with("did:plc:")));
+    let cursor = v["cursor"].as_str().unwrap();
+    let (_, rest) =
+        call(&n, "GET", &format!("/xrpc/com.atproto.admin.getInviteCodes?limit=2&cursor={cursor}"), Some(&admin), None)
+            .await;
+    assert_eq!(rest["codes"].as_array().unwrap().len(), 1, "three codes in all: {rest}");
+    let (s, _) = call(&n, "GET", "/xrpc/com.atproto.admin.getInviteCodes", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}

@@ -17,6 +17,7 @@ pub mod blobs;
 pub mod credentials;
 pub mod error;
 pub mod extract;
+pub mod invites;
 pub mod limits;
 pub mod metrics;
 pub mod peers;
@@ -141,6 +142,8 @@ pub struct Node {
     pub storage_ops: std::sync::OnceLock<Arc<dyn StorageOps>>,
     /// The TLS certificates the node serves, by name, with their expiry (when it serves HTTPS).
     pub certificates: std::sync::OnceLock<Arc<Certificates>>,
+    /// Whether an account is made only with an invite code (`[xrpc] invite_required`).
+    pub invite_required: std::sync::atomic::AtomicBool,
     /// When the node started.
     pub started: std::time::Instant,
     /// Which `/ws` session made recent commits (header `X-Ues-Ws-Session` on the write), so
@@ -196,6 +199,7 @@ impl Node {
     ) -> Result<Self, NodeError> {
         accounts.db().migrate(crate::node::credentials::MIGRATIONS).map_err(NodeError::internal)?;
         accounts.db().migrate(crate::node::sequencer::MIGRATIONS).map_err(NodeError::internal)?;
+        accounts.db().migrate(crate::node::invites::MIGRATIONS).map_err(NodeError::internal)?;
         let pending = crate::node::sequencer::Pending::default();
         accounts.set_commit_hook(crate::node::sequencer::sequencer_hook(pending.clone()));
         for collection in accounts.set_indexes(lexicons.indexes().clone())? {
@@ -225,6 +229,7 @@ impl Node {
             peer_id: std::sync::OnceLock::new(),
             storage_ops: std::sync::OnceLock::new(),
             certificates: std::sync::OnceLock::new(),
+            invite_required: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
             origins: parking_lot::RwLock::new(Default::default()),
             writing_sessions: parking_lot::RwLock::new(Default::default()),

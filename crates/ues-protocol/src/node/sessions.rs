@@ -28,6 +28,8 @@ pub struct NewAccount {
     pub password: Option<String>,
     /// A did:key the user keeps, listed as the DID's most authoritative rotation key.
     pub recovery_key: Option<String>,
+    /// An invite code (needed when the node requires one).
+    pub invite_code: Option<String>,
 }
 
 /// An account's session: who, its DID document, and its tokens (empty when a session is only
@@ -96,6 +98,28 @@ impl Node {
         {
             return Err(NodeError::invalid("recoveryKey must be a did:key (secp256k1 or P-256)"));
         }
+        if !self.invite_required.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.make_account(req, handle);
+        }
+        let code = req.invite_code.as_deref().unwrap_or_default();
+        if code.is_empty() {
+            return Err(NodeError::bad("InvalidInviteCode", "An invite code is required on this server"));
+        }
+        let held = super::invites::reserve(self.accounts.db(), code)?;
+        match self.make_account(req, handle) {
+            Ok(s) => {
+                super::invites::confirm(self.accounts.db(), held, s.account.did.as_str())?;
+                Ok(s)
+            }
+            Err(e) => {
+                super::invites::release(self.accounts.db(), held);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes an account whose request has been checked.
+    fn make_account(&self, req: NewAccount, handle: Handle) -> Result<Session, NodeError> {
         let key = Keypair::generate(KeyType::K256);
         // The node's rotation key, not the signing key, controls the DID: the signing key goes
         // to every device of the account; the rotation key never leaves this node. A user's

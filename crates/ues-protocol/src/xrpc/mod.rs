@@ -7,6 +7,7 @@ mod admin;
 pub(crate) mod blob;
 pub(crate) mod firehose;
 pub(crate) mod index;
+mod invites;
 mod misc;
 mod proxy;
 pub(crate) mod repo;
@@ -39,6 +40,13 @@ pub fn router_with(state: Arc<Node>, methods: Router<Arc<Node>>) -> Router {
         .route("/xrpc/com.atproto.server.describeServer", get(server::describe_server))
         .route("/xrpc/com.atproto.server.createAccount", post(server::create_account))
         .route("/xrpc/com.atproto.server.createSession", post(server::create_session))
+        .route("/xrpc/com.atproto.server.createInviteCode", post(invites::create_invite_code))
+        .route("/xrpc/com.atproto.server.createInviteCodes", post(invites::create_invite_codes))
+        .route("/xrpc/com.atproto.server.getAccountInviteCodes", get(invites::get_account_invite_codes))
+        .route("/xrpc/com.atproto.admin.getInviteCodes", get(invites::get_invite_codes))
+        .route("/xrpc/com.atproto.admin.disableInviteCodes", post(invites::disable_invite_codes))
+        .route("/xrpc/com.atproto.admin.disableAccountInvites", post(invites::disable_account_invites))
+        .route("/xrpc/com.atproto.admin.enableAccountInvites", post(invites::enable_account_invites))
         .route("/xrpc/com.atproto.server.refreshSession", post(server::refresh_session))
         .route("/xrpc/com.atproto.server.getSession", get(server::get_session))
         .route("/xrpc/com.atproto.server.deleteSession", post(server::delete_session))

@@ -27,7 +27,7 @@ pub(crate) async fn describe_server(State(st): State<Arc<Node>>) -> Json<Value> 
     Json(json!({
         "did": st.cfg.service_did,
         "availableUserDomains": st.cfg.user_domains,
-        "inviteCodeRequired": false,
+        "inviteCodeRequired": st.invite_required.load(std::sync::atomic::Ordering::Relaxed),
         "phoneVerificationRequired": false,
         "links": {},
     }))
@@ -47,8 +47,7 @@ pub(crate) struct CreateAccount {
     pub(crate) did: Option<String>,
     /// A signed PLC operation for that DID.
     pub(crate) plc_op: Option<Value>,
-    /// Not required here (`describeServer` says so); accepted.
-    #[expect(dead_code, reason = "named so that it is not refused as unknown")]
+    /// Needed when the server requires invites (`describeServer` says whether).
     pub(crate) invite_code: Option<String>,
     /// Phone verification is not required here; accepted.
     #[expect(dead_code, reason = "named so that it is not refused as unknown")]
@@ -89,7 +88,13 @@ pub(crate) async fn create_account(State(st): State<Arc<Node>>, XJson(b): XJson<
             "bringing an existing DID ({did}) to this server is not supported yet: no account was created"
         )));
     }
-    let req = NewAccount { handle: b.handle, email: b.email, password: b.password, recovery_key: b.recovery_key };
+    let req = NewAccount {
+        handle: b.handle,
+        email: b.email,
+        password: b.password,
+        recovery_key: b.recovery_key,
+        invite_code: b.invite_code,
+    };
     blocking(move || {
         let s = st.create_account(req)?;
         Ok(Json(json!({
