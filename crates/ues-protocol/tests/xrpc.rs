@@ -433,6 +433,33 @@ async fn sync_listings_blocks_and_well_known() {
     let (s, st) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.getRepoStatus?did={did}"), None, None).await;
     assert_eq!((s, st["active"].as_bool(), &st["rev"]), (StatusCode::OK, Some(true), &made["commit"]["rev"]));
 
+    // The deprecated getHead answers the head commit as getLatestCommit does; an unknown DID is
+    // HeadNotFound. Repositories by collection: alice has com.example.note, bob nothing.
+    let (s, head) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.getHead?did={did}"), None, None).await;
+    let (_, latest) = call(&n, "GET", &format!("/xrpc/com.atproto.sync.getLatestCommit?did={did}"), None, None).await;
+    assert_eq!((s, &head["root"]), (StatusCode::OK, &latest["cid"]));
+    let (s, v) =
+        call(&n, "GET", "/xrpc/com.atproto.sync.getHead?did=did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", None, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) =
+        call(&n, "GET", "/xrpc/com.atproto.sync.listReposByCollection?collection=com.example.note", None, None).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"repos": [{"did": did}]})));
+    let (_, v) =
+        call(&n, "GET", "/xrpc/com.atproto.sync.listReposByCollection?collection=com.example.none", None, None).await;
+    assert_eq!(v, json!({"repos": []}));
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.sync.getHostStatus?hostname=127.0.0.1", None, None).await;
+    assert_eq!((s, &v["accountCount"], &v["status"]), (StatusCode::OK, &json!(2), &json!("active")), "{v}");
+    assert!(v["seq"].as_i64().unwrap() > 0);
+    let (s, v) = call(&n, "GET", "/xrpc/com.atproto.sync.getHostStatus?hostname=elsewhere.example", None, None).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("HostNotFound")));
+    let (_, v) = call(&n, "GET", "/xrpc/com.atproto.sync.listHosts", None, None).await;
+    assert_eq!(v, json!({"hosts": []}));
+    let checkout = n
+        .send(Request::get(format!("/xrpc/com.atproto.sync.getCheckout?did={did}")).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(checkout.status(), StatusCode::OK);
+    assert_eq!(checkout.headers()["content-type"], "application/vnd.ipld.car");
+
     let record_cid = made["cid"].as_str().unwrap();
     let resp = n
         .send(

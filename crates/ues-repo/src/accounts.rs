@@ -1014,6 +1014,25 @@ impl<B: Blockstore> Accounts<B> {
         }))
     }
 
+    /// Active accounts with at least one record in `collection`, after `cursor` (a DID), in DID
+    /// order, at most `limit` (one primary-key probe per account).
+    pub fn dids_with_collection(
+        &self,
+        collection: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, AccountError> {
+        Ok(self.db.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT a.did FROM account a WHERE a.status = 'active' AND (?2 IS NULL OR a.did > ?2)
+                 AND EXISTS (SELECT 1 FROM record r WHERE r.did = a.did AND r.collection = ?1)
+                 ORDER BY a.did LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![collection, cursor, limit as i64], |r| r.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()
+        })?)
+    }
+
     /// How many accounts are hosted here (whatever their status).
     pub fn count(&self) -> Result<u64, AccountError> {
         let n: i64 = self.db.read(|c| c.query_row("SELECT COUNT(*) FROM account", [], |r| r.get(0)))?;

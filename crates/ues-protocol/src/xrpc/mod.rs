@@ -79,6 +79,12 @@ pub fn router_with(state: Arc<Node>, methods: Router<Arc<Node>>) -> Router {
         .route("/xrpc/com.atproto.sync.listBlobs", get(blob::list_blobs))
         .route("/xrpc/com.atproto.sync.getRepo", get(sync::get_repo))
         .route("/xrpc/com.atproto.sync.getLatestCommit", get(sync::get_latest_commit))
+        .route("/xrpc/com.atproto.sync.getHead", get(sync::get_head))
+        // Deprecated for getRepo, which answers it (without `since`) as the reference does.
+        .route("/xrpc/com.atproto.sync.getCheckout", get(sync::get_repo))
+        .route("/xrpc/com.atproto.sync.listReposByCollection", get(sync::list_repos_by_collection))
+        .route("/xrpc/com.atproto.sync.getHostStatus", get(sync::get_host_status))
+        .route("/xrpc/com.atproto.sync.listHosts", get(sync::list_hosts))
         .route("/xrpc/com.atproto.sync.getRecord", get(sync::get_record))
         .route("/xrpc/com.atproto.sync.listRepos", get(sync::list_repos))
         .route("/xrpc/app.bsky.actor.getPreferences", get(misc::get_preferences))

@@ -123,6 +123,83 @@ pub(crate) async fn get_latest_commit(
     .await
 }
 
+/// `sync.getHead` (deprecated for `getLatestCommit`, still answered as the reference does):
+/// the head commit's CID.
+pub(crate) async fn get_head(State(st): State<Arc<Node>>, XQuery(q): XQuery<DidOnly>) -> Result<Response, NodeError> {
+    blocking(move || {
+        let did = st.served_did(&q.did)?;
+        let account = st
+            .accounts
+            .get(&did)?
+            .ok_or_else(|| NodeError::bad("HeadNotFound", format!("Could not find root for DID: {did}")))?;
+        Ok(axum::Json(json!({ "root": account.head.to_string() })).into_response())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ByCollection {
+    collection: String,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `sync.listReposByCollection`: the accounts hosted here with records in a collection.
+pub(crate) async fn list_repos_by_collection(
+    State(st): State<Arc<Node>>,
+    XQuery(q): XQuery<ByCollection>,
+) -> Result<Response, NodeError> {
+    let limit = q.limit.unwrap_or(500).clamp(1, 2000);
+    blocking(move || {
+        let dids = st.accounts.dids_with_collection(&q.collection, q.cursor.as_deref(), limit)?;
+        let mut out = json!({ "repos": dids.iter().map(|d| json!({ "did": d })).collect::<Vec<_>>() });
+        if dids.len() == limit
+            && let Some(last) = dids.last()
+        {
+            out["cursor"] = json!(last);
+        }
+        Ok(axum::Json(out).into_response())
+    })
+    .await
+}
+
+/// This node's host name (from its public URL).
+fn own_host(st: &Node) -> String {
+    let url = st.cfg.public_url.split("://").nth(1).unwrap_or("");
+    url.split(['/', ':']).next().unwrap_or("").to_ascii_lowercase()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HostName {
+    hostname: String,
+}
+
+/// `sync.getHostStatus`: for this node's own host name, its event position and accounts
+/// (a PDS consumes from no other host: any other name is `HostNotFound`).
+pub(crate) async fn get_host_status(
+    State(st): State<Arc<Node>>,
+    XQuery(q): XQuery<HostName>,
+) -> Result<Response, NodeError> {
+    blocking(move || {
+        if q.hostname.to_ascii_lowercase() != own_host(&st) {
+            return Err(NodeError::bad(
+                "HostNotFound",
+                format!("{} is not a host this server consumes from", q.hostname),
+            ));
+        }
+        let count = st.accounts.count()?;
+        let seq = *st.firehose.latest();
+        Ok(axum::Json(json!({ "hostname": own_host(&st), "seq": seq, "accountCount": count, "status": "active" }))
+            .into_response())
+    })
+    .await
+}
+
+/// `sync.listHosts`: the upstream hosts this server consumes from, which for a PDS are none.
+pub(crate) async fn list_hosts() -> Result<Response, NodeError> {
+    Ok(axum::Json(json!({ "hosts": [] })).into_response())
+}
+
 #[derive(Deserialize)]
 pub(crate) struct GetRecord {
     did: String,
