@@ -123,6 +123,9 @@ enum Command {
     /// Blobs of the node's accounts.
     #[command(subcommand)]
     Blobs(BlobsCommand),
+    /// Invite codes of the running node (for `[xrpc] invite_required`).
+    #[command(subcommand)]
+    Invite(InviteCommand),
     /// Make a new data directory of a backup and check every repository in it.
     Restore {
         /// The backup (`ues backup DIR`).
@@ -130,6 +133,36 @@ enum Command {
         /// The new data directory (must not exist, or be empty).
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InviteCommand {
+    /// Make invite codes (JSON: the codes per account).
+    Create {
+        /// Accounts each code admits.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How many codes.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Make them for these accounts to hand out (DIDs); none: the operator's.
+        #[arg(long = "for", value_name = "DID")]
+        for_accounts: Vec<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Every code with its uses, newest first (JSON).
+    List(NodeArgs),
+    /// Disable codes, or every code of accounts.
+    Disable {
+        /// The codes.
+        codes: Vec<String>,
+        /// Disable every code of these accounts (DIDs) too.
+        #[arg(long = "account", value_name = "DID")]
+        accounts: Vec<String>,
+        #[command(flatten)]
+        node: NodeArgs,
     },
 }
 
@@ -398,6 +431,22 @@ fn command(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { dir, node } => {
             let dir = std::path::absolute(&dir).with_context(|| format!("{}", dir.display()))?;
             print_json(admin_call(&node, "dev.ues.admin.backup", Some(serde_json::json!({ "dir": dir })))?)
+        }
+        Command::Invite(InviteCommand::Create { uses, count, for_accounts, node }) => print_json(admin_call(
+            &node,
+            "com.atproto.server.createInviteCodes",
+            Some(serde_json::json!({ "useCount": uses, "codeCount": count, "forAccounts": for_accounts })),
+        )?),
+        Command::Invite(InviteCommand::List(node)) => {
+            print_json(admin_call(&node, "com.atproto.admin.getInviteCodes?limit=500", None)?)
+        }
+        Command::Invite(InviteCommand::Disable { codes, accounts, node }) => {
+            anyhow::ensure!(!codes.is_empty() || !accounts.is_empty(), "name codes, or accounts with --account");
+            print_json(admin_call(
+                &node,
+                "com.atproto.admin.disableInviteCodes",
+                Some(serde_json::json!({ "codes": codes, "accounts": accounts })),
+            )?)
         }
         Command::Blobs(BlobsCommand::Migrate { to, node }) => {
             let cfg = node.resolve()?;
