@@ -177,12 +177,12 @@ impl std::io::Read for ObjectStream {
                         self.failures = 0;
                     }
                 }
-                failed => {
+                ended => {
                     self.rx = None;
                     self.failures += 1;
                     if self.failures > STREAM_RETRIES {
-                        return Err(match failed {
-                            Some(Err(e)) => std::io::Error::other(failed_error(e)),
+                        return Err(match ended {
+                            Some(Err(e)) => std::io::Error::other(failed(e)),
                             _ => std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the object ended early"),
                         });
                     }
@@ -191,10 +191,6 @@ impl std::io::Read for ObjectStream {
             }
         }
     }
-}
-
-fn failed_error(e: object_store::Error) -> Error {
-    failed(e)
 }
 
 impl Drop for S3Objects {

@@ -251,6 +251,12 @@ impl Node {
         Ok(self)
     }
 
+    /// The node's host name, from its public URL (lower case, without port).
+    pub fn host_name(&self) -> String {
+        let url = self.cfg.public_url.split("://").nth(1).unwrap_or("");
+        url.split(['/', ':']).next().unwrap_or("").to_ascii_lowercase()
+    }
+
     /// Applies the migrations of a face or application to the node's database.
     pub fn migrate(&self, migrations: &[ues_sync::repo::ipld::storage::Migration]) -> Result<(), NodeError> {
         self.accounts.db().migrate(migrations).map(drop).map_err(NodeError::internal)

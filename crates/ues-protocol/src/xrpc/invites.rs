@@ -16,12 +16,6 @@ use crate::node::{Node, NodeError, blocking, invites};
 
 type Res = Result<Json<Value>, NodeError>;
 
-/// The node's host name, which its codes begin with.
-fn host(st: &Node) -> String {
-    let url = st.cfg.public_url.split("://").nth(1).unwrap_or("localhost");
-    url.split(['/', ':']).next().unwrap_or("localhost").to_string()
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CreateInviteCode {
@@ -38,7 +32,7 @@ pub(crate) async fn create_invite_code(
     st.operator(&headers)?;
     blocking(move || {
         let owners: Vec<String> = b.for_account.into_iter().collect();
-        let made = invites::create(st.accounts.db(), &host(&st), 1, b.use_count, &owners, "admin")?;
+        let made = invites::create(st.accounts.db(), &st.host_name(), 1, b.use_count, &owners, "admin")?;
         Ok(Json(json!({ "code": made[0].1[0] })))
     })
     .await
@@ -62,7 +56,7 @@ pub(crate) async fn create_invite_codes(
     st.operator(&headers)?;
     blocking(move || {
         let count = b.code_count.unwrap_or(1);
-        let made = invites::create(st.accounts.db(), &host(&st), count, b.use_count, &b.for_accounts, "admin")?;
+        let made = invites::create(st.accounts.db(), &st.host_name(), count, b.use_count, &b.for_accounts, "admin")?;
         let codes: Vec<Value> =
             made.into_iter().map(|(account, codes)| json!({"account": account, "codes": codes})).collect();
         Ok(Json(json!({ "codes": codes })))

@@ -163,12 +163,6 @@ pub(crate) async fn list_repos_by_collection(
     .await
 }
 
-/// This node's host name (from its public URL).
-fn own_host(st: &Node) -> String {
-    let url = st.cfg.public_url.split("://").nth(1).unwrap_or("");
-    url.split(['/', ':']).next().unwrap_or("").to_ascii_lowercase()
-}
-
 #[derive(Deserialize)]
 pub(crate) struct HostName {
     hostname: String,
@@ -181,7 +175,7 @@ pub(crate) async fn get_host_status(
     XQuery(q): XQuery<HostName>,
 ) -> Result<Response, NodeError> {
     blocking(move || {
-        if q.hostname.to_ascii_lowercase() != own_host(&st) {
+        if q.hostname.to_ascii_lowercase() != st.host_name() {
             return Err(NodeError::bad(
                 "HostNotFound",
                 format!("{} is not a host this server consumes from", q.hostname),
@@ -189,7 +183,7 @@ pub(crate) async fn get_host_status(
         }
         let count = st.accounts.count()?;
         let seq = *st.firehose.latest();
-        Ok(axum::Json(json!({ "hostname": own_host(&st), "seq": seq, "accountCount": count, "status": "active" }))
+        Ok(axum::Json(json!({ "hostname": st.host_name(), "seq": seq, "accountCount": count, "status": "active" }))
             .into_response())
     })
     .await
