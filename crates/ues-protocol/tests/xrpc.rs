@@ -1266,4 +1266,38 @@ async fn invite_codes() {
     assert_eq!(rest["codes"].as_array().unwrap().len(), 1, "three codes in all: {rest}");
     let (s, _) = call(&n, "GET", "/xrpc/com.atproto.admin.getInviteCodes", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Attacks: requests past the bounds are refused with a typed error and make nothing;
+    // guessing codes admits no one, spends no use, and leaves the node answering.
+    for (method, body) in [
+        ("createInviteCodes", json!({"codeCount": 100_000, "useCount": 1})),
+        ("createInviteCodes", json!({"codeCount": 1, "useCount": 0})),
+        ("createInviteCode", json!({"useCount": 1_000_000_000})),
+    ] {
+        let (s, v) = call(&n, "POST", &format!("/xrpc/com.atproto.server.{method}"), Some(&admin), Some(body)).await;
+        assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")), "{method}: {v}");
+    }
+    let many: Vec<String> = (0..2_000).map(|i| format!("code-{i}")).collect();
+    let (s, _) =
+        call(&n, "POST", "/xrpc/com.atproto.admin.disableInviteCodes", Some(&admin), Some(json!({"codes": many})))
+            .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    for query in ["cursor=abc", "sort=bogus"] {
+        let (s, _) =
+            call(&n, "GET", &format!("/xrpc/com.atproto.admin.getInviteCodes?{query}"), Some(&admin), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}");
+    }
+    for i in 0..30 {
+        let guess = format!("127-0-0-1-{i:05}-zzzzz");
+        let (s, v) =
+            call(&n, "POST", "/xrpc/com.atproto.server.createAccount", None, Some(sign_up("guess.test", Some(&guess))))
+                .await;
+        assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidInviteCode")), "{guess}");
+    }
+    let (_, v) = call(&n, "GET", "/xrpc/com.atproto.admin.getInviteCodes?limit=500", Some(&admin), None).await;
+    assert_eq!(v["codes"].as_array().unwrap().len(), 3, "no code was made by the refused calls: {v}");
+    let uses: usize = v["codes"].as_array().unwrap().iter().map(|c| c["uses"].as_array().unwrap().len()).sum();
+    assert_eq!(uses, 3, "the guesses spent no use: {v}");
+    let (s, _) = call(&n, "GET", "/xrpc/com.atproto.server.describeServer", None, None).await;
+    assert_eq!(s, StatusCode::OK, "the node still answers");
 }
