@@ -35,6 +35,36 @@ pub(crate) struct Config {
     pub(crate) log: LogConfig,
     /// The applications the node hosts.
     pub(crate) apps: AppsSection,
+    /// Outgoing mail.
+    pub(crate) email: EmailSection,
+}
+
+/// `[email]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct EmailSection {
+    /// SMTP server URL ("" = the outbox file only).
+    pub(crate) smtp_url: String,
+    /// The sender ("" = noreply@ the public host).
+    pub(crate) from: String,
+    /// Template files overriding the built-in ones ("" = none).
+    pub(crate) templates_dir: PathBuf,
+    /// Seconds an emailed token stays good.
+    pub(crate) token_ttl_secs: u64,
+    /// Seconds to wait on the mail server.
+    pub(crate) timeout_secs: u64,
+}
+
+impl Default for EmailSection {
+    fn default() -> Self {
+        Self {
+            smtp_url: String::new(),
+            from: String::new(),
+            templates_dir: PathBuf::new(),
+            token_ttl_secs: 900,
+            timeout_secs: 30,
+        }
+    }
 }
 
 /// `[apps]`
@@ -64,6 +94,7 @@ impl Default for Config {
             keys: KeysSection::default(),
             log: LogConfig::default(),
             apps: AppsSection::default(),
+            email: EmailSection::default(),
         }
     }
 }

@@ -924,12 +924,36 @@ fn xrpc_state(
         ues_protocol::node::Node::new(accounts, lexicons, kv, xcfg).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     node.migrate(ues_protocol::xrpc::MIGRATIONS).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     node.invite_required.store(cfg.xrpc.invite_required, std::sync::atomic::Ordering::Relaxed);
+    let mailer = mailer(cfg, &node)?;
+    tracing::info!(to = %mailer.describe(), "mail");
+    let _ = node.mailer.set(std::sync::Arc::new(mailer));
     Ok(match cfg.blob_objects()? {
         Some((objects, place)) => {
             node.with_blob_objects(objects, place).map_err(|e| anyhow::anyhow!("{}", e.message))?
         }
         None => node,
     })
+}
+
+/// The node's mailer from `[email]`: SMTP when configured, else the outbox file in the data
+/// directory.
+fn mailer(cfg: &config::Config, node: &ues_protocol::node::Node) -> anyhow::Result<ues_protocol::node::mail::Mailer> {
+    let e = &cfg.email;
+    let from = if e.from.is_empty() {
+        let host = node.host_name();
+        format!("noreply@{}", if host.is_empty() { "localhost" } else { host.as_str() })
+    } else {
+        e.from.clone()
+    };
+    ues_protocol::node::mail::Mailer::new(ues_protocol::node::mail::MailConfig {
+        smtp_url: (!e.smtp_url.is_empty()).then(|| e.smtp_url.clone()),
+        from,
+        templates: (!e.templates_dir.as_os_str().is_empty()).then(|| e.templates_dir.clone()),
+        outbox: cfg.data_dir.join("outbox").join("mail.jsonl"),
+        token_ttl: std::time::Duration::from_secs(e.token_ttl_secs),
+        timeout: std::time::Duration::from_secs(e.timeout_secs.max(1)),
+    })
+    .map_err(anyhow::Error::msg)
 }
 
 /// The handle resolver `[xrpc] handle_dns` asks for.

@@ -113,7 +113,8 @@ pub fn set_password_hash(db: &Sqlite, did: &Did, hash: &str) -> Result<(), Error
     })
 }
 
-/// Sets the account's email, unless another account has it: returns whether it was set.
+/// Sets the account's email, unless another account has it: returns whether it was set. A
+/// new address is unconfirmed.
 pub fn set_email(db: &Sqlite, did: &Did, email: &str) -> Result<bool, Error> {
     db.write(|tx| {
         let taken: Option<String> = tx
@@ -126,7 +127,8 @@ pub fn set_email(db: &Sqlite, did: &Did, email: &str) -> Result<bool, Error> {
         }
         tx.execute(
             "INSERT INTO credential (did, email) VALUES (?1, ?2)
-             ON CONFLICT (did) DO UPDATE SET email = excluded.email",
+             ON CONFLICT (did) DO UPDATE SET email = excluded.email,
+               email_confirmed_at = CASE WHEN email = excluded.email THEN email_confirmed_at END",
             params![did.as_str(), email],
         )?;
         Ok(true)

@@ -7,6 +7,7 @@
 //! - [`error`]: [`NodeError`], the one error type, with the [`Kind`] each face answers by.
 //! - [`auth`]: passwords, session tokens, the operator's credentials.
 //! - [`credentials`]: emails, password hashes and app passwords, the node's own tables.
+//! - [`mail`] and [`tokens`]: the mail the node sends and the tokens it emails.
 //! - [`sequencer`]: the durable event log every commit writes its event into.
 //! - [`peers`]: what the faces may ask of the peer-to-peer service.
 //! - [`metrics`] and [`limits`]: the node's counters and rate limits.
@@ -19,12 +20,14 @@ pub mod error;
 pub mod extract;
 pub mod invites;
 pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod peers;
 pub mod records;
 pub mod sequencer;
 pub mod sessions;
 pub mod tasks;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -142,6 +145,8 @@ pub struct Node {
     pub storage_ops: std::sync::OnceLock<Arc<dyn StorageOps>>,
     /// The TLS certificates the node serves, by name, with their expiry (when it serves HTTPS).
     pub certificates: std::sync::OnceLock<Arc<Certificates>>,
+    /// Where the node's mail goes (`ues run` always sets it: SMTP or the outbox file).
+    pub mailer: std::sync::OnceLock<Arc<mail::Mailer>>,
     /// Whether an account is made only with an invite code (`[xrpc] invite_required`).
     pub invite_required: std::sync::atomic::AtomicBool,
     /// When the node started.
@@ -200,6 +205,7 @@ impl Node {
         accounts.db().migrate(crate::node::credentials::MIGRATIONS).map_err(NodeError::internal)?;
         accounts.db().migrate(crate::node::sequencer::MIGRATIONS).map_err(NodeError::internal)?;
         accounts.db().migrate(crate::node::invites::MIGRATIONS).map_err(NodeError::internal)?;
+        accounts.db().migrate(crate::node::tokens::MIGRATIONS).map_err(NodeError::internal)?;
         let pending = crate::node::sequencer::Pending::default();
         accounts.set_commit_hook(crate::node::sequencer::sequencer_hook(pending.clone()));
         for collection in accounts.set_indexes(lexicons.indexes().clone())? {
@@ -229,6 +235,7 @@ impl Node {
             peer_id: std::sync::OnceLock::new(),
             storage_ops: std::sync::OnceLock::new(),
             certificates: std::sync::OnceLock::new(),
+            mailer: std::sync::OnceLock::new(),
             invite_required: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
             origins: parking_lot::RwLock::new(Default::default()),
@@ -249,6 +256,13 @@ impl Node {
         tracing::info!(store = %objects.describe(), new_blobs = %write_to, "blobs in an object store");
         self.blobs = self.blobs.with_objects(objects, write_to).map_err(NodeError::internal)?;
         Ok(self)
+    }
+
+    /// The node's mailer, or `MailUnavailable` (503) on a node built without one.
+    pub fn mailer(&self) -> Result<&mail::Mailer, NodeError> {
+        self.mailer.get().map(|m| m.as_ref()).ok_or_else(|| {
+            NodeError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "MailUnavailable", "This server sends no email")
+        })
     }
 
     /// The node's host name, from its public URL (lower case, without port).

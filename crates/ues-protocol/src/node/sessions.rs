@@ -40,6 +40,8 @@ pub struct Session {
     pub account: Account,
     /// Its email, if it has one.
     pub email: Option<String>,
+    /// Whether its email is confirmed.
+    pub email_confirmed: bool,
     /// Its DID document.
     pub did_doc: Value,
     /// The access token (2 hours).
@@ -64,8 +66,9 @@ impl Node {
 
     fn session(&self, account: Account, access: String, refresh: String) -> Result<Session, NodeError> {
         let email = credentials::email(self.accounts.db(), &account.did).map_err(NodeError::internal)?;
+        let email_confirmed = super::tokens::email_confirmed_at(self.accounts.db(), &account.did)?.is_some();
         let did_doc = self.did_doc(&account)?;
-        Ok(Session { account, email, did_doc, access, refresh })
+        Ok(Session { account, email, email_confirmed, did_doc, access, refresh })
     }
 
     /// Creates an account: its DID (did:plc, controlled by this node's rotation key and the

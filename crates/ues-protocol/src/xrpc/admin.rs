@@ -42,6 +42,9 @@ fn account_view(st: &Node, a: &Account) -> Result<Value, NodeError> {
     if let Some(e) = email {
         v["email"] = Value::String(e);
     }
+    if let Some(at) = crate::node::tokens::email_confirmed_at(st.accounts.db(), &a.did)? {
+        v["emailConfirmedAt"] = Value::String(at);
+    }
     Ok(v)
 }
 
@@ -236,21 +239,29 @@ pub(crate) async fn delete_account(
     blocking(move || {
         let d = did(&b.did)?;
         account(&st, &d)?;
-        crate::node::auth::revoke_sessions(&st, &d)?;
-        st.accounts.delete(&d)?;
-        crate::node::credentials::forget(st.accounts.db(), &d).map_err(NodeError::internal)?;
-        st.accounts
-            .db()
-            .write(|tx| {
-                tx.execute("DELETE FROM preferences WHERE did = ?1", [d.as_str()])?;
-                Ok::<_, StoreError>(())
-            })
-            .map_err(NodeError::internal)?;
-        st.firehose.notify();
+        remove_account(&st, &d)?;
         tracing::info!(did = %d, "account deleted by the administrator");
         Ok(StatusCode::OK)
     })
     .await
+}
+
+/// Deletes an account for good: sessions, repository and blobs, credentials, emailed tokens,
+/// preferences; the `#account` event tells the network.
+pub(crate) fn remove_account(st: &Node, d: &Did) -> Result<(), NodeError> {
+    crate::node::auth::revoke_sessions(st, d)?;
+    st.accounts.delete(d)?;
+    crate::node::credentials::forget(st.accounts.db(), d).map_err(NodeError::internal)?;
+    crate::node::tokens::forget(st.accounts.db(), d)?;
+    st.accounts
+        .db()
+        .write(|tx| {
+            tx.execute("DELETE FROM preferences WHERE did = ?1", [d.as_str()])?;
+            Ok::<_, StoreError>(())
+        })
+        .map_err(NodeError::internal)?;
+    st.firehose.notify();
+    Ok(())
 }
 
 #[derive(Deserialize)]

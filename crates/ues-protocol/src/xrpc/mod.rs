@@ -5,6 +5,7 @@
 
 mod admin;
 pub(crate) mod blob;
+mod email;
 pub(crate) mod firehose;
 pub(crate) mod index;
 mod invites;
@@ -47,6 +48,15 @@ pub fn router_with(state: Arc<Node>, methods: Router<Arc<Node>>) -> Router {
         .route("/xrpc/com.atproto.admin.disableInviteCodes", post(invites::disable_invite_codes))
         .route("/xrpc/com.atproto.admin.disableAccountInvites", post(invites::disable_account_invites))
         .route("/xrpc/com.atproto.admin.enableAccountInvites", post(invites::enable_account_invites))
+        .route("/xrpc/com.atproto.server.requestEmailConfirmation", post(email::request_email_confirmation))
+        .route("/xrpc/com.atproto.server.confirmEmail", post(email::confirm_email))
+        .route("/xrpc/com.atproto.server.requestEmailUpdate", post(email::request_email_update))
+        .route("/xrpc/com.atproto.server.updateEmail", post(email::update_email))
+        .route("/xrpc/com.atproto.server.requestPasswordReset", post(email::request_password_reset))
+        .route("/xrpc/com.atproto.server.resetPassword", post(email::reset_password))
+        .route("/xrpc/com.atproto.server.requestAccountDelete", post(email::request_account_delete))
+        .route("/xrpc/com.atproto.server.deleteAccount", post(email::delete_account))
+        .route("/xrpc/com.atproto.admin.sendEmail", post(email::send_email))
         .route("/xrpc/com.atproto.server.refreshSession", post(server::refresh_session))
         .route("/xrpc/com.atproto.server.getSession", get(server::get_session))
         .route("/xrpc/com.atproto.server.deleteSession", post(server::delete_session))

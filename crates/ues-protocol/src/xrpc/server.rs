@@ -64,7 +64,8 @@ pub(crate) fn session_json(s: &Session) -> Value {
         "handle": s.account.handle.as_str(),
         "did": s.account.did.as_str(),
         "didDoc": s.did_doc,
-        "emailConfirmed": false,
+        "emailConfirmed": s.email_confirmed,
+        "emailAuthFactor": false,
         "active": s.active(),
     });
     if !s.access.is_empty() {
