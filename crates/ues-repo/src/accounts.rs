@@ -1154,6 +1154,18 @@ impl<B: Blockstore> Accounts<B> {
         Ok(())
     }
 
+    /// Tells the commit hook `#identity` for the account (its DID document changed elsewhere,
+    /// in its PLC directory): consumers resolve it again.
+    pub fn announce_identity(&self, did: &Did) -> Result<(), AccountError> {
+        let account = self.get(did)?.ok_or_else(|| AccountError::NotFound(did.to_string()))?;
+        self.db.write(|tx| {
+            if let Some(hook) = &self.hook {
+                hook(tx, &RepoEvent::Identity { did, handle: &account.handle })?;
+            }
+            Ok::<_, AccountError>(())
+        })
+    }
+
     /// The node's did:plc rotation key (secp256k1). New DIDs list it as a rotation key and
     /// their signing key only as `verificationMethods.atproto`, so a device that holds an
     /// account's signing key cannot rotate the identity. It never leaves this node.
@@ -1478,11 +1490,23 @@ impl<B: Blockstore> Accounts<B> {
     /// DID, the tree, every record present) before anything is stored; then the collection index
     /// is rebuilt and the head moved in one transaction.
     pub fn import_repo(&self, did: &Did, car: impl std::io::Read) -> Result<Cid, AccountError> {
+        let key = self.signing_key(did)?.public();
+        self.import_repo_signed_by(did, car, &key)
+    }
+
+    /// [`Accounts::import_repo`] for a CAR whose commit another key signed (the key of the
+    /// server an account is moving from, as its DID document names it): verified with `signer`
+    /// (the caller then signs the head again with the account's own key).
+    pub fn import_repo_signed_by(
+        &self,
+        did: &Did,
+        car: impl std::io::Read,
+        signer: &crate::crypto::PublicKey,
+    ) -> Result<Cid, AccountError> {
         let lock = self.lock(did.as_str());
         let _guard = lock.lock();
         let _forget = self.forget_after(did);
-        let key = self.signing_key(did)?.public();
-        let repo = crate::repo::import_car(&self.blocks, car, did, &key)?;
+        let repo = crate::repo::import_car(&self.blocks, car, did, signer)?;
         let entries = repo.mst()?.list(None, usize::MAX).map_err(RepoError::from)?;
         let mut records = Vec::with_capacity(entries.len());
         for (path, cid) in entries {

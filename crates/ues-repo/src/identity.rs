@@ -228,7 +228,7 @@ fn resolver_config() -> ureq::config::Config {
 /// and `https://<handle>` must not become a way into the operator's own network. The check is
 /// on the very addresses the connection then uses, so a name cannot change in between.
 #[derive(Debug, Default)]
-struct PublicOnly(ureq::unversioned::resolver::DefaultResolver);
+pub(crate) struct PublicOnly(ureq::unversioned::resolver::DefaultResolver);
 
 impl ureq::unversioned::resolver::Resolver for PublicOnly {
     fn resolve(

@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod blobs;
 pub mod commit;
 pub mod crypto;
+pub mod dids;
 pub mod identity;
 pub mod lexicon;
 pub mod lexicon_evolution;

@@ -359,6 +359,16 @@ impl PlcClient {
         Self::json(resp)
     }
 
+    /// The DID's newest operation (what the next one must name as `prev`).
+    pub fn last_operation(&self, did: &str) -> Result<Value, PlcClientError> {
+        let resp = self
+            .agent
+            .get(&format!("{}/{did}/log/last", self.base))
+            .call()
+            .map_err(|e| PlcClientError::Transport(e.to_string()))?;
+        Self::json(resp)
+    }
+
     /// The full audit log, validated before it is returned.
     pub fn audit_log(&self, did: &str) -> Result<Vec<Value>, PlcClientError> {
         let resp = self

@@ -2,47 +2,21 @@
 //! Genesis and update operations built here are accepted, resolved and audited there; a forged
 //! one is refused.
 
+#[path = "../../../tests/support/plc.rs"]
+mod plc_support;
 #[path = "../../../tests/support/shared.rs"]
 mod shared;
-
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 
 use ues_repo::crypto::{KeyType, Keypair};
 use ues_repo::identity::parse_did_document;
 use ues_repo::plc::{Genesis, PlcClient, PlcClientError, operation_cid};
 use ues_repo::syntax::Did;
 
-struct Directory(Child);
-
-impl Drop for Directory {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_directory(js: &std::path::Path) -> (Directory, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new("node")
-        .arg(js.join("plc_server.mjs"))
-        .arg(port.to_string())
-        .current_dir(js)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node runs");
-    let out = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    assert!(line.starts_with("listening"), "directory said {line:?}");
-    (Directory(child), format!("http://127.0.0.1:{port}"))
-}
-
 #[test]
 fn genesis_update_resolve_audit_and_refusal() {
     let Some(js) = shared::node_tests() else { return };
-    let (_dir, url) = start_directory(&js);
+    let directory = plc_support::start_directory(&js);
+    let url = directory.url.clone();
     let client = PlcClient::new(&url);
 
     let rotation = Keypair::generate(KeyType::K256);

@@ -323,6 +323,73 @@ pub(crate) fn service_token(st: &Node, did: &Did, aud: &str, lxm: Option<&str>, 
     Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
+/// Longest service-auth token read.
+const MAX_SERVICE_TOKEN: usize = 4096;
+
+/// Verifies a service-auth JWT another PDS issued for its account (`iss`) to call `lxm` here:
+/// audience this node, not expired, bound to `lxm`, signed by the key `iss`'s DID document
+/// names (resolved again once if the cached one does not verify, as keys rotate), and not seen
+/// before (its `jti` is remembered until it expires). Returns the account's DID.
+pub(crate) fn verify_service_token(st: &Node, token: &str, lxm: &str) -> Result<Did, NodeError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let bad = |m: &str| NodeError::auth_required(format!("Invalid service auth token: {m}"));
+    if token.len() > MAX_SERVICE_TOKEN {
+        return Err(bad("too long"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("not a JWT"));
+    };
+    let decode = |s: &str| URL_SAFE_NO_PAD.decode(s).map_err(|_| bad("not base64url"));
+    let header: Value = serde_json::from_slice(&decode(h)?).map_err(|_| bad("header is not JSON"))?;
+    let payload: Value = serde_json::from_slice(&decode(p)?).map_err(|_| bad("payload is not JSON"))?;
+    let sig = decode(sig)?;
+    if !matches!(header["alg"].as_str(), Some("ES256K" | "ES256")) {
+        return Err(bad("alg must be ES256K or ES256"));
+    }
+    // Not a session token of this node's passed off as a service token.
+    if matches!(header["typ"].as_str(), Some("at+jwt" | "refresh+jwt" | "dpop+jwt")) {
+        return Err(bad("wrong token type"));
+    }
+    let iss = payload["iss"].as_str().ok_or_else(|| bad("no iss"))?;
+    let did = Did::new(iss.split('#').next().unwrap_or(iss)).map_err(|_| bad("iss is not a DID"))?;
+    if payload["aud"].as_str() != Some(st.cfg.service_did.as_str()) {
+        return Err(bad("aud is not this server"));
+    }
+    let exp = payload["exp"].as_u64().ok_or_else(|| bad("no exp"))?;
+    if exp <= now_secs() {
+        return Err(NodeError::token("JwtExpired", "jwt expired"));
+    }
+    match payload["lxm"].as_str() {
+        Some(m) if m == lxm => {}
+        Some(_) => return Err(NodeError::auth_required(format!("bad jwt lexicon method (\"lxm\"), expected {lxm}"))),
+        None => return Err(NodeError::auth_required("missing jwt lexicon method (\"lxm\")")),
+    }
+    let signed = format!("{h}.{p}");
+    let key_of =
+        |doc: Value| ues_sync::repo::identity::parse_did_document(&doc, &did).ok().and_then(|id| id.signing_key);
+    let verifies = |doc: Value| key_of(doc).is_some_and(|k| k.verify(signed.as_bytes(), &sig).is_ok());
+    let doc = st.dids.resolve(&did).map_err(|e| bad(&e.to_string()))?;
+    if !verifies(doc) {
+        let fresh = st.dids.refresh(&did).map_err(|e| bad(&e.to_string()))?;
+        if !verifies(fresh) {
+            tracing::warn!(%did, lxm, "service auth token with a bad signature");
+            return Err(bad("signature does not verify with the DID's signing key"));
+        }
+    }
+    if let Some(jti) = payload["jti"].as_str() {
+        let key = format!("service-jti/{}", app_password_digest(jti));
+        if st.kv.get(key.as_bytes()).map_err(NodeError::internal)?.is_some() {
+            tracing::warn!(%did, lxm, "service auth token replayed");
+            return Err(bad("token already used"));
+        }
+        let ttl = std::time::Duration::from_secs(exp.saturating_sub(now_secs()).min(3600) + 60);
+        st.kv.put(key.as_bytes(), b"1", Some(ttl)).map_err(NodeError::internal)?;
+    }
+    Ok(did)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,6 +240,19 @@ fn procedure(method: &str, max_body: usize) -> (usize, Auth) {
         // Room for a signed PLC operation and a recovery key besides the credentials.
         "com.atproto.server.createAccount" => (16 * KIB, Auth::None),
         "com.atproto.server.refreshSession" | "com.atproto.server.deleteSession" => (4 * KIB, Auth::Present),
+        "com.atproto.server.requestPasswordReset"
+        | "com.atproto.server.resetPassword"
+        | "com.atproto.server.deleteAccount"
+        | "com.atproto.server.reserveSigningKey"
+        | "com.atproto.identity.refreshIdentity" => (4 * KIB, Auth::None),
+        "com.atproto.server.requestEmailConfirmation"
+        | "com.atproto.server.confirmEmail"
+        | "com.atproto.server.requestEmailUpdate"
+        | "com.atproto.server.updateEmail"
+        | "com.atproto.server.requestAccountDelete"
+        | "com.atproto.identity.requestPlcOperationSignature" => (4 * KIB, Auth::Access),
+        // A PLC operation: keys, handles and services, signed.
+        "com.atproto.identity.signPlcOperation" | "com.atproto.identity.submitPlcOperation" => (16 * KIB, Auth::Access),
         "com.atproto.server.createAppPassword"
         | "com.atproto.server.revokeAppPassword"
         | "com.atproto.identity.updateHandle"

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use ues_sync::repo::accounts::Accounts;
 use ues_sync::repo::blobs::{BlobLimits, BlobStore};
+use ues_sync::repo::crypto::Keypair;
 use ues_sync::repo::identity::HandleResolver;
 use ues_sync::repo::ipld::storage::{Blockstore, Kv};
 use ues_sync::repo::lexicon::Lexicons;
@@ -145,6 +146,11 @@ pub struct Node {
     pub storage_ops: std::sync::OnceLock<Arc<dyn StorageOps>>,
     /// The TLS certificates the node serves, by name, with their expiry (when it serves HTTPS).
     pub certificates: std::sync::OnceLock<Arc<Certificates>>,
+    /// Signing keys reserved for accounts about to move here (by DID, or by the key's did:key
+    /// when no DID was named), newest last.
+    pub(crate) reserved_keys: parking_lot::Mutex<std::collections::VecDeque<(String, std::time::Instant, Keypair)>>,
+    /// Resolves DIDs that are not this node's (cached, bounded).
+    pub dids: ues_sync::repo::dids::DidResolver,
     /// Where the node's mail goes (`ues run` always sets it: SMTP or the outbox file).
     pub mailer: std::sync::OnceLock<Arc<mail::Mailer>>,
     /// Whether an account is made only with an invite code (`[xrpc] invite_required`).
@@ -181,6 +187,12 @@ pub(crate) struct WritesInFlight {
 /// Writes that must find themselves alone before one runs inline again after an overlap.
 const INLINE_AFTER: usize = 64;
 
+/// Signing keys held for accounts about to move here; past it the oldest reservation goes.
+pub const MAX_RESERVED_KEYS: usize = 10_000;
+
+/// How long a reserved signing key is held.
+pub const RESERVED_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// Repository exports (`getRepo`) running at once; more wait their turn without a thread.
 pub const MAX_EXPORTS: usize = 16;
 
@@ -216,6 +228,10 @@ impl Node {
         let firehose = crate::node::sequencer::Firehose::new(accounts.db().clone(), pending);
         let limits = BlobLimits { max_size: cfg.max_blob_bytes, quota: cfg.blob_quota_bytes, ..BlobLimits::default() };
         let blobs = BlobStore::new(accounts.blocks().clone(), kv.clone(), accounts.db().clone(), limits);
+        let dids = ues_sync::repo::dids::DidResolver::new(cfg.plc_url.as_deref());
+        // A node reached on loopback or a private address is a development node: the did:web
+        // documents of its peers are on such addresses too.
+        let dids = if development_url(&cfg.public_url) { dids.allowing_private() } else { dids };
         Ok(Self {
             accounts,
             lexicons,
@@ -235,6 +251,8 @@ impl Node {
             peer_id: std::sync::OnceLock::new(),
             storage_ops: std::sync::OnceLock::new(),
             certificates: std::sync::OnceLock::new(),
+            dids,
+            reserved_keys: parking_lot::Mutex::new(Default::default()),
             mailer: std::sync::OnceLock::new(),
             invite_required: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
@@ -256,6 +274,24 @@ impl Node {
         tracing::info!(store = %objects.describe(), new_blobs = %write_to, "blobs in an object store");
         self.blobs = self.blobs.with_objects(objects, write_to).map_err(NodeError::internal)?;
         Ok(self)
+    }
+
+    /// Holds `key` for the account `name` (a DID, or the key's did:key) is about to bring here,
+    /// replacing an earlier reservation of the same name.
+    pub fn reserve_key(&self, name: String, key: Keypair) {
+        let mut held = self.reserved_keys.lock();
+        held.retain(|(n, at, _)| *n != name && at.elapsed() < RESERVED_KEY_TTL);
+        held.push_back((name, std::time::Instant::now(), key));
+        while held.len() > MAX_RESERVED_KEYS {
+            held.pop_front();
+        }
+    }
+
+    /// The signing key reserved under `name`, taken (a reservation serves one account).
+    pub fn take_reserved_key(&self, name: &str) -> Option<Keypair> {
+        let mut held = self.reserved_keys.lock();
+        let i = held.iter().position(|(n, at, _)| n == name && at.elapsed() < RESERVED_KEY_TTL)?;
+        held.remove(i).map(|(_, _, k)| k)
     }
 
     /// The node's mailer, or `MailUnavailable` (503) on a node built without one.
@@ -399,6 +435,17 @@ impl Node {
         }
         Ok(claims)
     }
+}
+
+/// Whether a public URL names `localhost` or an address that is not public.
+fn development_url(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+    let host =
+        host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| !ues_sync::repo::identity::is_public(ip))
 }
 
 /// Runs blocking store work (RocksDB, SQLite, signing) off the async threads.

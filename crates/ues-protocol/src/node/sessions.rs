@@ -74,6 +74,38 @@ impl Node {
     /// Creates an account: its DID (did:plc, controlled by this node's rotation key and the
     /// user's recovery key), repository, credentials, and its tokens.
     pub fn create_account(&self, req: NewAccount) -> Result<Session, NodeError> {
+        let handle = self.check_new_account(&req)?;
+        self.with_invite(req, |req| self.make_account(req, handle))
+    }
+
+    /// Creates the account of an existing DID moving here from another server (whose
+    /// service-auth token the caller has checked): deactivated until the user activates it,
+    /// once its repository, blobs and DID document are here; signed with the key
+    /// `reserveSigningKey` held for the DID, or a new one. Nothing is sent to the PLC directory:
+    /// the user's old server signs that operation.
+    pub fn create_moving_account(&self, req: NewAccount, did: Did) -> Result<Session, NodeError> {
+        let handle = self.check_new_account(&req)?;
+        if self.accounts.get(&did)?.is_some() {
+            return Err(NodeError::conflict("AlreadyExists", format!("An account with {did} is already here")));
+        }
+        self.with_invite(req, |req| {
+            let key = self.take_reserved_key(did.as_str()).unwrap_or_else(|| Keypair::generate(KeyType::K256));
+            let password_hash = req.password.as_deref().map(auth::hash_password);
+            let (account, _, _) = self.accounts.create_with_key(did.clone(), handle, key)?;
+            self.accounts.set_status(&did, "deactivated")?;
+            self.firehose.notify();
+            credentials::insert(self.accounts.db(), &did, req.email.as_deref(), password_hash.as_deref())
+                .map_err(|e| NodeError::bad("InvalidRequest", format!("Could not store credentials: {e}")))?;
+            tracing::info!(%did, handle = %account.handle, "account moving here created (deactivated until activated)");
+            let (access, refresh) = issue(self, &did, &Credential::Full)?;
+            let account = self.accounts.get(&did)?.unwrap_or(account);
+            self.session(account, access, refresh)
+        })
+    }
+
+    /// The checks every new account passes: its handle (under a user domain, free), email
+    /// (free), password and recovery key. Returns the normalized handle.
+    fn check_new_account(&self, req: &NewAccount) -> Result<Handle, NodeError> {
         let handle = Handle::new(&req.handle).map_err(|e| NodeError::bad("InvalidHandle", e.to_string()))?.normalized();
         if !self.cfg.user_domains.iter().any(|d| handle.as_str().ends_with(d.as_str())) {
             return Err(NodeError::bad(
@@ -101,15 +133,25 @@ impl Node {
         {
             return Err(NodeError::invalid("recoveryKey must be a did:key (secp256k1 or P-256)"));
         }
+        Ok(handle)
+    }
+
+    /// Runs `make` holding one use of the request's invite code when the node requires one:
+    /// confirmed if the account was made, released if not.
+    fn with_invite(
+        &self,
+        req: NewAccount,
+        make: impl FnOnce(NewAccount) -> Result<Session, NodeError>,
+    ) -> Result<Session, NodeError> {
         if !self.invite_required.load(std::sync::atomic::Ordering::Relaxed) {
-            return self.make_account(req, handle);
+            return make(req);
         }
         let code = req.invite_code.as_deref().unwrap_or_default();
         if code.is_empty() {
             return Err(NodeError::bad("InvalidInviteCode", "An invite code is required on this server"));
         }
         let held = super::invites::reserve(self.accounts.db(), code)?;
-        match self.make_account(req, handle) {
+        match make(req) {
             Ok(s) => {
                 super::invites::confirm(self.accounts.db(), held, s.account.did.as_str())?;
                 Ok(s)

@@ -7,6 +7,7 @@ mod admin;
 pub(crate) mod blob;
 mod email;
 pub(crate) mod firehose;
+mod identity;
 pub(crate) mod index;
 mod invites;
 mod misc;
@@ -65,6 +66,21 @@ pub fn router_with(state: Arc<Node>, methods: Router<Arc<Node>>) -> Router {
         .route("/xrpc/com.atproto.server.listAppPasswords", get(server::list_app_passwords))
         .route("/xrpc/com.atproto.server.revokeAppPassword", post(server::revoke_app_password))
         .route("/xrpc/com.atproto.identity.resolveHandle", get(server::resolve_handle))
+        .route("/xrpc/com.atproto.identity.resolveDid", get(identity::resolve_did))
+        .route("/xrpc/com.atproto.identity.resolveIdentity", get(identity::resolve_identity))
+        .route("/xrpc/com.atproto.identity.refreshIdentity", post(identity::refresh_identity))
+        .route(
+            "/xrpc/com.atproto.identity.getRecommendedDidCredentials",
+            get(identity::get_recommended_did_credentials),
+        )
+        .route(
+            "/xrpc/com.atproto.identity.requestPlcOperationSignature",
+            post(identity::request_plc_operation_signature),
+        )
+        .route("/xrpc/com.atproto.identity.signPlcOperation", post(identity::sign_plc_operation))
+        .route("/xrpc/com.atproto.identity.submitPlcOperation", post(identity::submit_plc_operation))
+        .route("/xrpc/com.atproto.server.reserveSigningKey", post(identity::reserve_signing_key))
+        .route("/xrpc/com.atproto.temp.checkSignupQueue", get(identity::check_signup_queue))
         .route("/xrpc/com.atproto.identity.updateHandle", post(server::update_handle))
         .route("/xrpc/com.atproto.server.activateAccount", post(server::activate_account))
         .route("/xrpc/com.atproto.server.deactivateAccount", post(server::deactivate_account))

@@ -257,7 +257,29 @@ pub(crate) async fn import_repo(
     }
     blocking(move || {
         let did = ues_sync::repo::syntax::Did::new(claims.sub).map_err(NodeError::internal)?;
-        match st.accounts.import_repo(&did, &body[..]) {
+        let own = st.accounts.signing_key(&did)?;
+        // An account moving here (deactivated until it is activated) brings a repository its
+        // old server signed: verified with the key its DID document names now, then signed
+        // again with the account's own key here.
+        let foreign = match st.accounts.get(&did)? {
+            Some(a) if a.status == "deactivated" => st
+                .dids
+                .refresh(&did)
+                .ok()
+                .and_then(|doc| ues_sync::repo::identity::parse_did_document(&doc, &did).ok())
+                .and_then(|id| id.signing_key)
+                .filter(|k| *k != own.public()),
+            _ => None,
+        };
+        let imported = match &foreign {
+            Some(signer) => st.accounts.import_repo_signed_by(&did, &body[..], signer).and_then(|head| {
+                st.accounts.set_signing_key(&did, &own)?;
+                tracing::info!(%did, "repository of an account moving here imported and signed again with its key here");
+                Ok(head)
+            }),
+            None => st.accounts.import_repo(&did, &body[..]),
+        };
+        match imported {
             Ok(_) => {
                 st.firehose.notify();
                 Ok(StatusCode::OK)

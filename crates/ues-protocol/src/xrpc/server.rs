@@ -81,13 +81,17 @@ pub(crate) fn session_json(s: &Session) -> Value {
     out
 }
 
-pub(crate) async fn create_account(State(st): State<Arc<Node>>, XJson(b): XJson<CreateAccount>) -> Res {
-    if let Some(did) = b.did.as_deref().or(b.plc_op.as_ref().map(|_| "(a PLC operation)")) {
-        // A new identity in its place would leave the user's DID behind without a word.
-        tracing::info!(did, handle = %b.handle, "account migration asked for; not supported");
-        return Err(NodeError::invalid(format!(
-            "bringing an existing DID ({did}) to this server is not supported yet: no account was created"
-        )));
+pub(crate) async fn create_account(
+    State(st): State<Arc<Node>>,
+    headers: HeaderMap,
+    XJson(b): XJson<CreateAccount>,
+) -> Res {
+    if b.plc_op.is_some() {
+        // The operation moving a DID here is signed by the old server and sent with
+        // submitPlcOperation once the account is here, as the migration guide does it.
+        return Err(NodeError::invalid(
+            "plcOp is not taken here: create the account with did and a service auth token, then submit the PLC operation with com.atproto.identity.submitPlcOperation; no account was created",
+        ));
     }
     let req = NewAccount {
         handle: b.handle,
@@ -96,8 +100,36 @@ pub(crate) async fn create_account(State(st): State<Arc<Node>>, XJson(b): XJson<
         recovery_key: b.recovery_key,
         invite_code: b.invite_code,
     };
+    let moving = match b.did {
+        Some(did) => {
+            let did = Did::new(&did).map_err(|e| NodeError::invalid(e.to_string()))?;
+            // Only the DID's holder may bring it here: a service auth token its current
+            // server signed with the DID's key, for this server and this method.
+            let token = bearer(&headers).map_err(|_| {
+                tracing::info!(%did, "account migration without a service auth token refused");
+                NodeError::auth_required(format!(
+                    "Bringing {did} here needs a service auth token from its current server (com.atproto.server.getServiceAuth, aud {}, lxm com.atproto.server.createAccount); no account was created",
+                    st.cfg.service_did
+                ))
+            })?
+            .to_string();
+            Some((did, token))
+        }
+        None => None,
+    };
     blocking(move || {
-        let s = st.create_account(req)?;
+        let s = match moving {
+            Some((did, token)) => {
+                let iss = crate::node::auth::verify_service_token(&st, &token, "com.atproto.server.createAccount")?;
+                if iss != did {
+                    return Err(NodeError::auth_required(format!(
+                        "the service auth token is {iss}'s, not {did}'s; no account was created"
+                    )));
+                }
+                st.create_moving_account(req, did)?
+            }
+            None => st.create_account(req)?,
+        };
         Ok(Json(json!({
             "accessJwt": s.access, "refreshJwt": s.refresh, "handle": s.account.handle.as_str(),
             "did": s.account.did.as_str(), "didDoc": s.did_doc,
@@ -213,12 +245,14 @@ pub(crate) async fn update_handle(
 pub(crate) fn change_handle(st: &Node, did: &Did, handle: &Handle) -> Result<(), NodeError> {
     if let Some(url) = &st.cfg.plc_url {
         let key = st.accounts.signing_key(did)?;
-        let last = st
-            .kv
-            .get(format!("plc/{did}").as_bytes())
-            .map_err(NodeError::internal)?
-            .ok_or_else(|| NodeError::internal("no PLC operation stored"))?;
-        let last: Value = serde_json::from_slice(&last).map_err(NodeError::internal)?;
+        let stored = st.kv.get(format!("plc/{did}").as_bytes()).map_err(NodeError::internal)?;
+        let last: Value = match stored {
+            Some(last) => serde_json::from_slice(&last).map_err(NodeError::internal)?,
+            // An account that moved here: its operations were made elsewhere.
+            None => PlcClient::new(url)
+                .last_operation(did.as_str())
+                .map_err(|e| NodeError::bad("UnresolvableDid", e.to_string()))?,
+        };
         let prev = ues_sync::repo::plc::operation_cid(&last).map_err(NodeError::internal)?;
         let (rotation_keys, signer) = next_rotation_keys(st, &last, &key)?;
         let state = Genesis {
@@ -281,11 +315,49 @@ pub(crate) fn next_rotation_keys(
 async fn set_status(st: Arc<Node>, headers: HeaderMap, status: &'static str) -> Result<StatusCode, NodeError> {
     let did = full_session(&st, &headers)?;
     crate::node::blocking(move || {
+        if status == "active" {
+            check_did_points_here(&st, &did)?;
+        }
         st.accounts.set_status(&did, status)?;
+        if status == "active" {
+            // Consumers resolve the identity again and take the repository from here.
+            st.accounts.announce_identity(&did)?;
+        }
         st.firehose.notify();
         Ok(StatusCode::OK)
     })
     .await
+}
+
+/// Refuses to activate an account whose DID document names another server or another
+/// signing key (an account moving here before its PLC operation went through). A DID that
+/// cannot be resolved (a development node without a directory) is not held against it.
+fn check_did_points_here(st: &Node, did: &Did) -> Result<(), NodeError> {
+    if did.as_str().starts_with("did:plc:") && st.cfg.plc_url.is_none() {
+        return Ok(());
+    }
+    let doc = match st.dids.refresh(did) {
+        Ok(doc) => doc,
+        Err(e) => {
+            tracing::info!(%did, error = %e, "activating an account whose DID does not resolve");
+            return Ok(());
+        }
+    };
+    let id = ues_sync::repo::identity::parse_did_document(&doc, did).map_err(NodeError::internal)?;
+    if id.pds_endpoint.as_deref().map(|e| e.trim_end_matches('/')) != Some(st.cfg.public_url.trim_end_matches('/')) {
+        return Err(NodeError::invalid(format!(
+            "the DID document names {} as the account's server, not this one ({}): submit the PLC operation first",
+            id.pds_endpoint.as_deref().unwrap_or("no server"),
+            st.cfg.public_url
+        )));
+    }
+    let own = st.accounts.signing_key(did)?.public();
+    if id.signing_key.as_ref() != Some(&own) {
+        return Err(NodeError::invalid(
+            "the DID document names another signing key than the account's here: submit the PLC operation first",
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) async fn activate_account(State(st): State<Arc<Node>>, headers: HeaderMap) -> Result<StatusCode, NodeError> {
@@ -307,7 +379,7 @@ pub(crate) async fn check_account_status(State(st): State<Arc<Node>>, headers: H
         let held = st.accounts.holdings(&did)?;
         Ok(Json(json!({
             "activated": a.status == "active",
-            "validDid": true,
+            "validDid": check_did_points_here(&st, &did).is_ok(),
             "repoCommit": a.head.to_string(),
             "repoRev": a.rev,
             "repoBlocks": st.accounts.block_count(&did)?,
