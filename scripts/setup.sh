@@ -45,6 +45,21 @@ if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/n
     (cd tests/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
     touch tests/js/node_modules
 fi
+# Bluesky's reference PDS and a did:plc directory for the account migration test. Its native
+# SQLite module is built from source (no prebuilt download offline), which takes a couple of
+# minutes, so the installed tree is kept per lock file under the user's cache and linked here.
+if [ ! -e tests/js/refpds/node_modules ]; then
+    lock_hash=$(sha256sum tests/js/refpds/package-lock.json | cut -c1-16)
+    cache="${XDG_CACHE_HOME:-$HOME/.cache}/ues/refpds-$lock_hash"
+    if [ ! -d "$cache/node_modules" ]; then
+        echo "setup: npm ci of the reference PDS (builds better-sqlite3, ~2 min)" >&2
+        rm -rf "$cache.tmp" && mkdir -p "$cache.tmp"
+        cp tests/js/refpds/package.json tests/js/refpds/package-lock.json "$cache.tmp/"
+        (cd "$cache.tmp" && npm_config_build_from_source=true npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        rm -rf "$cache" && mv "$cache.tmp" "$cache"
+    fi
+    ln -sfn "$cache/node_modules" tests/js/refpds/node_modules
+fi
 # The Python SDK the interoperability tests drive, in a virtualenv of its own.
 if [ ! -x tests/py/.venv/bin/python ] || [ tests/py/requirements.txt -nt tests/py/.venv ]; then
     echo "setup: python venv in tests/py" >&2

@@ -138,28 +138,56 @@ fn an_account_moves_between_nodes_and_keeps_its_did() {
     assert_eq!(post(&new, "com.atproto.server.createAccount", Some(&wrong_lxm), account.clone()).0, 401);
     let other_aud = service_auth(&old, &old_token, "did:web:elsewhere.test", "com.atproto.server.createAccount");
     assert_eq!(post(&new, "com.atproto.server.createAccount", Some(&other_aud), account.clone()).0, 401);
+    let (_, bob_token) = support::create_account(&old.base, "bob.test");
+    let bobs = service_auth(&old, &bob_token, &new_did, "com.atproto.server.createAccount");
+    let (s, v) = post(&new, "com.atproto.server.createAccount", Some(&bobs), account.clone());
+    assert_eq!(s, 401, "another account's token does not bring this DID: {v}");
     assert_eq!(
         get_json(&new, &format!("com.atproto.repo.describeRepo?repo={did}"), None).0,
         400,
         "nothing was created by the refused calls"
     );
 
-    // The reserved key is the one the account gets.
-    let (s, v) = post(&new, "com.atproto.server.reserveSigningKey", None, json!({"did": did}));
+    let (new_token, reserved) = move_account(&old, &old_token, &new, &did, false);
+    check_moved(&js, root.path(), &old, &old_token, &new, &new_token, &did, &reserved, 20);
+    let (s, v) = post(
+        &new,
+        "com.atproto.repo.createRecord",
+        Some(&new_token),
+        json!({"repo": did, "collection": "app.bsky.feed.post", "record": {"$type": "app.bsky.feed.post", "text": "moved", "createdAt": "2026-12-05T13:00:00Z"}}),
+    );
+    assert_eq!(s, 200, "writes go on here: {v}");
+
+    // And back: the old node still holds the account, deactivated, and takes it back (its key
+    // there is the one the DID names again).
+    let (back_token, back_key) = move_account(&new, &new_token, &old, &did, true);
+    check_moved(&js, root.path(), &new, &new_token, &old, &back_token, &did, &back_key, 21);
+}
+
+/// Moves `did` from `old` to `new` as the migration guide does; returns the session on `new`
+/// and the account's signing key there. Asserts on the way that activation waits for the PLC
+/// operation and that a tampered operation is refused.
+fn move_account(old: &Running, old_token: &str, new: &Running, did: &str, returning: bool) -> (String, String) {
+    let new_did = service_did(new);
+    let account =
+        json!({"did": did, "handle": "alice.test", "email": "alice@example.com", "password": "a long password"});
+    // A key reserved for the DID is the one the account gets (a returning account keeps its
+    // own).
+    let (s, v) = post(new, "com.atproto.server.reserveSigningKey", None, json!({"did": did}));
     assert_eq!(s, 200, "{v}");
     let reserved = v["signingKey"].as_str().unwrap().to_string();
-    let auth = service_auth(&old, &old_token, &new_did, "com.atproto.server.createAccount");
-    let (s, v) = post(&new, "com.atproto.server.createAccount", Some(&auth), account.clone());
+    let auth = service_auth(old, old_token, &new_did, "com.atproto.server.createAccount");
+    let (s, v) = post(new, "com.atproto.server.createAccount", Some(&auth), account.clone());
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["did"], did.as_str(), "the same DID");
+    assert_eq!(v["did"], did, "the same DID");
     let new_token = v["accessJwt"].as_str().unwrap().to_string();
-    let (s, _) = post(&new, "com.atproto.server.createAccount", Some(&auth), account.clone());
-    assert_ne!(s, 200, "a token works once");
-    let status = get_json(&new, "com.atproto.server.checkAccountStatus", Some(&new_token)).1;
+    let (s, _) = post(new, "com.atproto.server.createAccount", Some(&auth), account);
+    assert_ne!(s, 200, "a service auth token works once");
+    let status = get_json(new, "com.atproto.server.checkAccountStatus", Some(&new_token)).1;
     assert_eq!((&status["activated"], &status["validDid"]), (&json!(false), &json!(false)), "{status}");
 
     // The repository, its blobs, the preferences.
-    let (s, car) = get(&old, &format!("com.atproto.sync.getRepo?did={did}"), None);
+    let (s, car) = get(old, &format!("com.atproto.sync.getRepo?did={did}"), None);
     assert_eq!(s, 200);
     let mut res = agent()
         .post(format!("{}/xrpc/com.atproto.repo.importRepo", new.base))
@@ -168,12 +196,10 @@ fn an_account_moves_between_nodes_and_keeps_its_did() {
         .send(&car[..])
         .unwrap();
     assert_eq!(res.status(), 200, "{}", res.body_mut().read_to_string().unwrap_or_default());
-    let missing = get_json(&new, "com.atproto.repo.listMissingBlobs", Some(&new_token)).1;
-    let missing = missing["blobs"].as_array().unwrap().clone();
-    assert_eq!(missing.len(), 1, "{missing:?}");
-    for m in &missing {
+    let missing = get_json(new, "com.atproto.repo.listMissingBlobs", Some(&new_token)).1;
+    for m in missing["blobs"].as_array().unwrap() {
         let cid = m["cid"].as_str().unwrap();
-        let (s, bytes) = get(&old, &format!("com.atproto.sync.getBlob?did={did}&cid={cid}"), None);
+        let (s, bytes) = get(old, &format!("com.atproto.sync.getBlob?did={did}&cid={cid}"), None);
         assert_eq!(s, 200);
         let res = agent()
             .post(format!("{}/xrpc/com.atproto.repo.uploadBlob", new.base))
@@ -183,92 +209,90 @@ fn an_account_moves_between_nodes_and_keeps_its_did() {
             .unwrap();
         assert_eq!(res.status(), 200);
     }
-    assert!(
-        get_json(&new, "com.atproto.repo.listMissingBlobs", Some(&new_token)).1["blobs"].as_array().unwrap().is_empty()
-    );
-    let (_, p) = get_json(&old, "app.bsky.actor.getPreferences", Some(&old_token));
-    assert_eq!(post(&new, "app.bsky.actor.putPreferences", Some(&new_token), p).0, 200);
+    let still = get_json(new, "com.atproto.repo.listMissingBlobs", Some(&new_token)).1;
+    assert!(still["blobs"].as_array().unwrap().is_empty(), "{still}");
+    let (_, p) = get_json(old, "app.bsky.actor.getPreferences", Some(old_token));
+    assert_eq!(post(new, "app.bsky.actor.putPreferences", Some(&new_token), p).0, 200);
 
     // Not active before the DID points here.
-    let (s, v) = post(&new, "com.atproto.server.activateAccount", Some(&new_token), json!({}));
+    let (s, v) = post(new, "com.atproto.server.activateAccount", Some(&new_token), json!({}));
     assert_eq!(s, 400, "{v}");
 
     // The PLC operation: recommended by the new node, signed by the old with a mailed token,
     // submitted by the new.
-    let (s, creds) = get_json(&new, "com.atproto.identity.getRecommendedDidCredentials", Some(&new_token));
+    let (s, creds) = get_json(new, "com.atproto.identity.getRecommendedDidCredentials", Some(&new_token));
     assert_eq!(s, 200, "{creds}");
-    assert_eq!(creds["verificationMethods"]["atproto"], reserved.as_str());
+    let key = creds["verificationMethods"]["atproto"].as_str().unwrap().to_string();
+    assert_eq!(key == reserved, !returning, "a new account takes the reserved key, a returning one keeps its own");
     assert_eq!(creds["services"]["atproto_pds"]["endpoint"], new.base.as_str());
-    assert_eq!(post(&old, "com.atproto.identity.requestPlcOperationSignature", Some(&old_token), json!({})).0, 200);
-    let code = mailed_token(&old, "plc_operation");
+    assert_eq!(post(old, "com.atproto.identity.requestPlcOperationSignature", Some(old_token), json!({})).0, 200);
+    let code = mailed_token(old, "plc_operation");
     let mut sign = creds.clone();
     sign["token"] = json!("AAAAA-BBBBB");
     assert_eq!(
-        post(&old, "com.atproto.identity.signPlcOperation", Some(&old_token), sign.clone()).1["error"],
+        post(old, "com.atproto.identity.signPlcOperation", Some(old_token), sign.clone()).1["error"],
         "InvalidToken"
     );
     sign["token"] = json!(code);
-    let (s, v) = post(&old, "com.atproto.identity.signPlcOperation", Some(&old_token), sign);
+    let (s, v) = post(old, "com.atproto.identity.signPlcOperation", Some(old_token), sign);
     assert_eq!(s, 200, "{v}");
     let op = v["operation"].clone();
-    // A tampered operation is refused before it reaches the directory.
     let mut tampered = op.clone();
     tampered["services"]["atproto_pds"]["endpoint"] = json!("https://evil.test");
-    let (s, v) =
-        post(&new, "com.atproto.identity.submitPlcOperation", Some(&new_token), json!({"operation": tampered}));
+    let (s, v) = post(new, "com.atproto.identity.submitPlcOperation", Some(&new_token), json!({"operation": tampered}));
     assert_eq!((s, v["message"].as_str().unwrap_or("")), (400, "Incorrect endpoint on atproto_pds service"));
-    let (s, v) = post(&new, "com.atproto.identity.submitPlcOperation", Some(&new_token), json!({"operation": op}));
+    let (s, v) = post(new, "com.atproto.identity.submitPlcOperation", Some(&new_token), json!({"operation": op}));
     assert_eq!(s, 200, "{v}");
 
     // Activate here, deactivate there.
-    let (s, v) = post(&new, "com.atproto.server.activateAccount", Some(&new_token), json!({}));
+    let (s, v) = post(new, "com.atproto.server.activateAccount", Some(&new_token), json!({}));
     assert_eq!(s, 200, "{v}");
-    assert_eq!(post(&old, "com.atproto.server.deactivateAccount", Some(&old_token), json!({})).0, 200);
-    let status = get_json(&old, "com.atproto.server.checkAccountStatus", Some(&old_token)).1;
-    assert_eq!((&status["activated"], &status["validDid"]), (&json!(false), &json!(false)), "{status}");
-    let status = get_json(&new, "com.atproto.server.checkAccountStatus", Some(&new_token)).1;
-    assert_eq!((&status["activated"], &status["validDid"]), (&json!(true), &json!(true)), "{status}");
-    assert_eq!(status["indexedRecords"], 20);
-    assert_eq!(status["expectedBlobs"], status["importedBlobs"]);
+    assert_eq!(post(old, "com.atproto.server.deactivateAccount", Some(old_token), json!({})).0, 200);
+    (new_token, key)
+}
 
-    // The DID is the same; its document names the new node and key; the handle resolves there;
-    // the records verify; the old node serves the repository no more.
-    let (_, id) = get_json(&old, &format!("com.atproto.identity.resolveIdentity?identifier={did}"), None);
-    assert_eq!(id["did"], did.as_str());
+/// After a move: the old node reports the account deactivated and serves its repository no
+/// more; the new one has it active with every record and blob; the DID's document names the
+/// new node; the handle resolves there; `@atproto/repo` verifies the repository with `key`.
+#[allow(clippy::too_many_arguments)]
+fn check_moved(
+    js: &std::path::Path,
+    scratch: &std::path::Path,
+    old: &Running,
+    old_token: &str,
+    new: &Running,
+    new_token: &str,
+    did: &str,
+    key: &str,
+    records: u64,
+) {
+    let status = get_json(old, "com.atproto.server.checkAccountStatus", Some(old_token)).1;
+    assert_eq!((&status["activated"], &status["validDid"]), (&json!(false), &json!(false)), "{status}");
+    let status = get_json(new, "com.atproto.server.checkAccountStatus", Some(new_token)).1;
+    assert_eq!((&status["activated"], &status["validDid"]), (&json!(true), &json!(true)), "{status}");
+    assert_eq!(status["indexedRecords"], records);
+    assert_eq!(status["expectedBlobs"], status["importedBlobs"]);
+    let (_, id) = get_json(old, &format!("com.atproto.identity.resolveIdentity?identifier={did}"), None);
+    assert_eq!(id["did"], did);
     assert_eq!(id["didDoc"]["service"][0]["serviceEndpoint"], new.base.as_str(), "{id}");
-    let (_, resolved) = get_json(&new, "com.atproto.identity.resolveHandle?handle=alice.test", None);
-    assert_eq!(resolved["did"], did.as_str());
-    let (s, v) = get_json(
-        &new,
-        &format!("com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.post&limit=100"),
-        None,
-    );
-    assert_eq!((s, v["records"].as_array().map(Vec::len)), (200, Some(20)));
-    let (s, car) = get(&new, &format!("com.atproto.sync.getRepo?did={did}"), None);
+    let (_, resolved) = get_json(new, "com.atproto.identity.resolveHandle?handle=alice.test", None);
+    assert_eq!(resolved["did"], did);
+    let (s, car) = get(new, &format!("com.atproto.sync.getRepo?did={did}"), None);
     assert_eq!(s, 200);
-    let car_file = root.path().join("moved.car");
+    let car_file = scratch.join("moved.car");
     std::fs::write(&car_file, &car).unwrap();
     let out = std::process::Command::new("node")
         .arg(js.join("verify_repo_car.mjs"))
         .arg(&car_file)
-        .arg(&did)
-        .arg(&reserved)
-        .current_dir(&js)
+        .arg(did)
+        .arg(key)
+        .current_dir(js)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "@atproto/repo verifies the moved repository: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_eq!(get(&old, &format!("com.atproto.sync.getRepo?did={did}"), None).0, 400, "deactivated there");
-    let (s, v) = post(
-        &new,
-        "com.atproto.repo.createRecord",
-        Some(&new_token),
-        json!({"repo": did, "collection": "app.bsky.feed.post", "record": {"$type": "app.bsky.feed.post", "text": "moved", "createdAt": "2026-12-05T13:00:00Z"}}),
-    );
-    assert_eq!(s, 200, "writes go on here: {v}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(out.status.success(), "@atproto/repo verifies the moved repository: {report}");
+    assert_eq!(report["records"], records);
+    assert_eq!(get(old, &format!("com.atproto.sync.getRepo?did={did}"), None).0, 400, "deactivated there");
 }
 
 #[test]
@@ -303,4 +327,62 @@ fn identity_methods_resolve_local_and_remote_dids() {
     // No sign-up queue.
     let (_, tok) = support::create_account(&a.base, "dave.test");
     assert_eq!(get_json(&a, "com.atproto.temp.checkSignupQueue", Some(&tok)).1["activated"], true);
+}
+
+/// `tests/js/refpds` with its packages (Bluesky's reference PDS), or `None` after a loud
+/// message (a failure under CI).
+fn reference_pds() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/refpds");
+    if dir.join("node_modules/@atproto/pds").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true but {} has no node_modules: scripts/setup.sh installs it", dir.display());
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: the reference PDS is not installed (run scripts/setup.sh) !!!!!!!!\n");
+    None
+}
+
+#[test]
+fn an_account_moves_from_the_reference_pds_to_ues_and_back() {
+    let Some(refpds) = reference_pds() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let plc_port = support::free_port();
+    let pds_port = support::free_port();
+    let node = start_with(&root.path().join("ues"), &config(&format!("http://127.0.0.1:{plc_port}")));
+    let mut child = std::process::Command::new("node")
+        .arg(refpds.join("migrate.mjs"))
+        .arg(plc_port.to_string())
+        .arg(pds_port.to_string())
+        .arg(root.path().join("reference"))
+        .arg(&node.base)
+        .arg(node.dir.join("outbox/mail.jsonl"))
+        .current_dir(&refpds)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: the whole run takes seconds; a hung one is killed.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("migrate.mjs did not finish in 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    assert!(out.status.success() && report["ok"] == true, "{report}\n{stderr}");
+    assert_eq!((&report["blobsToUes"], &report["blobsBack"]), (&json!(1), &json!(1)), "{report}");
+    assert_eq!(report["uesRecommended"]["services"]["atproto_pds"]["endpoint"], node.base.as_str());
+    // UES saw the account come and go: active while it was here, deactivated now.
+    let did = report["did"].as_str().unwrap();
+    let (s, v) = get_json(&node, &format!("com.atproto.sync.getRepoStatus?did={did}"), None);
+    assert_eq!((s, &v["active"], &v["status"]), (200, &json!(false), &json!("deactivated")), "{v}");
 }

@@ -150,6 +150,12 @@ impl DidResolver {
         }
     }
 
+    /// The DID's document fetched now, whatever the cache holds (for an account's own checks,
+    /// where a stale answer misleads; the cache is updated).
+    pub fn resolve_now(&self, did: &Did) -> Result<Value, DidError> {
+        self.fetch(did)
+    }
+
     fn fetch(&self, did: &Did) -> Result<Value, DidError> {
         let doc = self.fetch_uncached(did).and_then(|doc| {
             if doc.get("id").and_then(Value::as_str) == Some(did.as_str()) {

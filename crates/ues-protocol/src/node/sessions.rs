@@ -84,10 +84,10 @@ impl Node {
     /// `reserveSigningKey` held for the DID, or a new one. Nothing is sent to the PLC directory:
     /// the user's old server signs that operation.
     pub fn create_moving_account(&self, req: NewAccount, did: Did) -> Result<Session, NodeError> {
-        let handle = self.check_new_account(&req)?;
-        if self.accounts.get(&did)?.is_some() {
-            return Err(NodeError::conflict("AlreadyExists", format!("An account with {did} is already here")));
+        if let Some(account) = self.accounts.get(&did)? {
+            return self.welcome_back(account, req);
         }
+        let handle = self.check_new_account(&req)?;
         self.with_invite(req, |req| {
             let key = self.take_reserved_key(did.as_str()).unwrap_or_else(|| Keypair::generate(KeyType::K256));
             let password_hash = req.password.as_deref().map(auth::hash_password);
@@ -101,6 +101,44 @@ impl Node {
             let account = self.accounts.get(&did)?.unwrap_or(account);
             self.session(account, access, refresh)
         })
+    }
+
+    /// An account that moved away (deactivated here) coming back: it keeps its signing key
+    /// and its data until `importRepo` replaces them; the request's handle and password become
+    /// its own. An active account here is not taken twice.
+    fn welcome_back(&self, account: Account, req: NewAccount) -> Result<Session, NodeError> {
+        let did = account.did.clone();
+        if account.status != "deactivated" {
+            return Err(NodeError::conflict("AlreadyExists", format!("An account with {did} is already active here")));
+        }
+        let handle = Handle::new(&req.handle).map_err(|e| NodeError::bad("InvalidHandle", e.to_string()))?.normalized();
+        if handle != account.handle {
+            if !self.cfg.user_domains.iter().any(|d| handle.as_str().ends_with(d.as_str())) {
+                return Err(NodeError::bad("UnsupportedDomain", "Not a supported handle domain"));
+            }
+            self.accounts.update_handle(&did, &handle).map_err(|e| match e {
+                ues_sync::repo::accounts::AccountError::Taken(_) => {
+                    NodeError::conflict("HandleNotAvailable", "Handle already taken")
+                }
+                e => e.into(),
+            })?;
+        }
+        if let Some(p) = &req.password {
+            if p.len() < 8 {
+                return Err(NodeError::bad("InvalidPassword", "Password must be at least 8 characters"));
+            }
+            credentials::set_password_hash(self.accounts.db(), &did, &auth::hash_password(p))
+                .map_err(NodeError::internal)?;
+        }
+        if let Some(email) = &req.email
+            && !credentials::set_email(self.accounts.db(), &did, email).map_err(NodeError::internal)?
+        {
+            return Err(NodeError::conflict("InvalidRequest", "Email already taken"));
+        }
+        tracing::info!(%did, "account that moved away is coming back (deactivated until activated)");
+        let (access, refresh) = issue(self, &did, &Credential::Full)?;
+        let account = self.accounts.get(&did)?.unwrap_or(account);
+        self.session(account, access, refresh)
     }
 
     /// The checks every new account passes: its handle (under a user domain, free), email

@@ -336,10 +336,10 @@ fn check_did_points_here(st: &Node, did: &Did) -> Result<(), NodeError> {
     if did.as_str().starts_with("did:plc:") && st.cfg.plc_url.is_none() {
         return Ok(());
     }
-    let doc = match st.dids.refresh(did) {
+    let doc = match st.dids.resolve_now(did) {
         Ok(doc) => doc,
         Err(e) => {
-            tracing::info!(%did, error = %e, "activating an account whose DID does not resolve");
+            tracing::info!(%did, error = %e, "an account whose DID does not resolve");
             return Ok(());
         }
     };
