@@ -200,6 +200,10 @@ pub(crate) struct XrpcSection {
     pub(crate) appview_url: String,
     /// The AppView's service DID ("" = did:web of appview_url's host).
     pub(crate) appview_did: String,
+    /// Where moderation reports go ("" = kept here for the operator).
+    pub(crate) report_service_url: String,
+    /// The report service's DID ("" = did:web of report_service_url's host).
+    pub(crate) report_service_did: String,
     /// Relays to ask to crawl this node (base URLs).
     pub(crate) relays: Vec<String>,
     /// Hours of firehose events kept for replay.
@@ -284,6 +288,8 @@ impl Default for XrpcSection {
             admin_password: String::new(),
             appview_url: String::new(),
             appview_did: String::new(),
+            report_service_url: String::new(),
+            report_service_did: String::new(),
             relays: Vec::new(),
             firehose_backfill_hours: 72,
             lexicons_dir: PathBuf::new(),

@@ -911,6 +911,16 @@ fn xrpc_state(
                 cfg.xrpc.appview_did.clone()
             },
         }),
+        report_service: (!cfg.xrpc.report_service_url.is_empty()).then(|| ues_protocol::node::AppView {
+            url: cfg.xrpc.report_service_url.clone(),
+            did: if cfg.xrpc.report_service_did.is_empty() {
+                let host =
+                    cfg.xrpc.report_service_url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+                format!("did:web:{}", host.replace(':', "%3A"))
+            } else {
+                cfg.xrpc.report_service_did.clone()
+            },
+        }),
         relays: cfg.xrpc.relays.clone(),
         firehose_backfill: std::time::Duration::from_secs(cfg.xrpc.firehose_backfill_hours * 3600),
         public_metrics: cfg.http.public_metrics,

@@ -35,6 +35,7 @@ async fn main() {
         handle_resolver: ues_sync::repo::identity::HandleResolver::with_base(|_| "http://127.0.0.1:9".into()),
         admin_password: None,
         appview: None,
+        report_service: None,
         relays: vec![],
         firehose_backfill: std::time::Duration::from_secs(72 * 3600),
         public_metrics: false,

@@ -35,10 +35,14 @@ async fn accounts_and_sessions() {
         .await;
         assert_eq!((s, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some(err)), "{handle}");
     }
-    // A migration (an existing DID) is refused, not answered with a new identity, and a field
-    // the lexicon does not name is refused, not ignored; neither creates anything.
+    // A migration (an existing DID) without its holder's service auth token is refused, not
+    // answered with a new identity, and a field the lexicon does not name is refused, not
+    // ignored; none creates anything.
+    let migration =
+        json!({"handle": "mover.test", "password": "long enough", "did": "did:plc:ewvi7nxzyoun6zhxrhs64oiz"});
+    let (s, v) = call(&n, "POST", "/xrpc/com.atproto.server.createAccount", None, Some(migration)).await;
+    assert_eq!((s, v["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("AuthenticationRequired")), "{v}");
     for body in [
-        json!({"handle": "mover.test", "password": "long enough", "did": "did:plc:ewvi7nxzyoun6zhxrhs64oiz"}),
         json!({"handle": "mover.test", "password": "long enough", "plcOp": {"type": "plc_operation"}}),
         json!({"handle": "mover.test", "password": "long enough", "favouriteColour": "green"}),
     ] {

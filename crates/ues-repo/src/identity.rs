@@ -215,6 +215,13 @@ impl Default for HandleResolver {
     }
 }
 
+/// An HTTP agent that connects to public addresses only (see [`is_public`]), checked on the
+/// very addresses it connects to: for URLs that come from documents anyone may publish (DID
+/// documents' service endpoints).
+pub fn public_only_agent(config: ureq::config::Config) -> ureq::Agent {
+    ureq::Agent::with_parts(config, ureq::unversioned::transport::DefaultConnector::new(), PublicOnly::default())
+}
+
 fn resolver_config() -> ureq::config::Config {
     ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(5)))

@@ -81,6 +81,9 @@ pub struct NodeConfig {
     pub admin_password: Option<String>,
     /// Where `app.bsky.*` methods this node does not serve go; `None`: they answer 501.
     pub appview: Option<AppView>,
+    /// Where `com.atproto.moderation.createReport` goes (`[xrpc] report_service_url`); `None`:
+    /// reports are kept here for the operator.
+    pub report_service: Option<AppView>,
     /// Relays (base URLs) asked to crawl this node (`com.atproto.sync.requestCrawl`): at start,
     /// then at most every 20 minutes while there are new events.
     pub relays: Vec<String>,
@@ -138,6 +141,9 @@ pub struct Node {
     pub metrics: metrics::Metrics,
     /// HTTP client for AppView calls (30 s timeout, no redirects).
     pub(crate) proxy_agent: ureq::Agent,
+    /// HTTP client for services found in DID documents (`atproto-proxy`): the same limits, and
+    /// public addresses only unless this is a development node.
+    pub(crate) service_agent: ureq::Agent,
     /// The peer-to-peer service, when the node runs it (see [`peers::PeerService`]).
     pub replication: std::sync::OnceLock<Arc<dyn peers::PeerService>>,
     /// The node's libp2p peer id, when the peer-to-peer service runs.
@@ -231,7 +237,8 @@ impl Node {
         let dids = ues_sync::repo::dids::DidResolver::new(cfg.plc_url.as_deref());
         // A node reached on loopback or a private address is a development node: the did:web
         // documents of its peers are on such addresses too.
-        let dids = if development_url(&cfg.public_url) { dids.allowing_private() } else { dids };
+        let development = development_url(&cfg.public_url);
+        let dids = if development { dids.allowing_private() } else { dids };
         Ok(Self {
             accounts,
             lexicons,
@@ -241,12 +248,12 @@ impl Node {
             blobs,
             firehose,
             metrics: metrics::Metrics::default(),
-            proxy_agent: ureq::Agent::config_builder()
-                .timeout_global(Some(std::time::Duration::from_secs(30)))
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .build()
-                .into(),
+            proxy_agent: proxy_config().into(),
+            service_agent: if development {
+                proxy_config().into()
+            } else {
+                ues_sync::repo::identity::public_only_agent(proxy_config())
+            },
             replication: std::sync::OnceLock::new(),
             peer_id: std::sync::OnceLock::new(),
             storage_ops: std::sync::OnceLock::new(),
@@ -435,6 +442,15 @@ impl Node {
         }
         Ok(claims)
     }
+}
+
+/// What the node's outgoing proxy calls may take: 30 s, no redirects.
+fn proxy_config() -> ureq::config::Config {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
 }
 
 /// Whether a public URL names `localhost` or an address that is not public.

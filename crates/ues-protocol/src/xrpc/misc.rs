@@ -82,11 +82,27 @@ pub(crate) async fn put_preferences(
     .await
 }
 
+/// A moderation report: sent on to the report service (`[xrpc] report_service_url`, or the
+/// one `atproto-proxy` names) when there is one, else kept here for the operator.
 pub(crate) async fn create_report(
     State(st): State<Arc<Node>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     XJson(body): XJson<Value>,
-) -> Result<Json<Value>, NodeError> {
+) -> Result<axum::response::Response, NodeError> {
+    let nsid = "com.atproto.moderation.createReport";
+    let found = {
+        let (st, headers) = (st.clone(), headers.clone());
+        blocking(move || super::proxy::target(&st, nsid, &headers)).await?
+    };
+    if let Some(target) = found {
+        let bytes = axum::body::Bytes::from(serde_json::to_vec(&body).map_err(NodeError::internal)?);
+        return super::proxy::forward(st, target, nsid, axum::http::Method::POST, &uri, &headers, bytes).await;
+    }
+    keep_report(st, headers, body).await.map(axum::response::IntoResponse::into_response)
+}
+
+async fn keep_report(st: Arc<Node>, headers: HeaderMap, body: Value) -> Result<Json<Value>, NodeError> {
     let claims = st.access(&headers)?;
     let reason_type = body
         .get("reasonType")

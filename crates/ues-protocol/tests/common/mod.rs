@@ -88,6 +88,7 @@ pub fn node_full(
         handle_resolver: HandleResolver::with_base(|_| "http://127.0.0.1:9".into()).with_dns(dns),
         admin_password: Some(ADMIN_PASSWORD.into()),
         appview,
+        report_service: None,
         relays,
         firehose_backfill: std::time::Duration::from_secs(72 * 3600),
         public_metrics: false,

@@ -1,0 +1,217 @@
+//! Service proxying through a real node to a stand-in chat service started by the test (a
+//! `did:web` on loopback whose document names its `#bsky_chat` endpoint): the call arrives with
+//! a service-auth token bound to the service's DID and the method, signed by the caller's
+//! repository key; the allowed headers go both ways and no others; chat needs a privileged
+//! credential; malformed `atproto-proxy` headers and unknown services are refused; an answer
+//! past the size bound is cut off; moderation reports go to the configured report service.
+
+#[path = "support/node.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use support::{agent, start_with};
+
+/// One request the stand-in took: method, path, headers (lower-case names), body.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The stand-in service on a loopback port: its DID document, an answer to every XRPC call
+/// (with a few response headers, one of which must not come back), and an oversized answer.
+fn stand_in() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(200) {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((n, v)) = h.trim().split_once(':') {
+                    headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+            }
+            let len =
+                headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            let did = format!("did:web:127.0.0.1%3A{port}");
+            let (status, extra, payload): (u16, &str, Vec<u8>) = if path == "/.well-known/did.json" {
+                let doc = json!({
+                    "id": did,
+                    "service": [
+                        {"id": "#bsky_chat", "type": "BskyChatService", "serviceEndpoint": format!("http://127.0.0.1:{port}")},
+                        {"id": "#atproto_labeler", "type": "AtprotoLabeler", "serviceEndpoint": format!("http://127.0.0.1:{port}")}
+                    ]
+                });
+                (200, "", doc.to_string().into_bytes())
+            } else if path.starts_with("/xrpc/chat.bsky.convo.getLog") {
+                (200, "", vec![b' '; 17 << 20])
+            } else {
+                log.lock().unwrap().push(Seen { method, path, headers, body });
+                (
+                    200,
+                    "atproto-repo-rev: 3kabc\r\ncontent-language: en\r\nx-internal-secret: do-not-relay\r\n",
+                    br#"{"convos":[]}"#.to_vec(),
+                )
+            };
+            let head = format!(
+                "HTTP/1.1 {status} OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
+                payload.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&payload);
+        }
+    });
+    (port, seen)
+}
+
+fn claims(token: &str) -> (Value, String, Vec<u8>) {
+    let mut parts = token.split('.');
+    let (h, p, sig) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    let payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap();
+    (payload, format!("{h}.{p}"), URL_SAFE_NO_PAD.decode(sig).unwrap())
+}
+
+#[test]
+fn chat_reaches_the_service_its_did_document_names_with_a_bound_token() {
+    let (port, seen) = stand_in();
+    let service = format!("did:web:127.0.0.1%3A{port}");
+    let root = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[xrpc]\nreport_service_url = \"http://127.0.0.1:{port}\"\nreport_service_did = \"{service}\"\n[xrpc.rate_limits]\nenabled = false\n"
+    );
+    let node = start_with(&root.path().join("node"), &config);
+    let (did, token) = support::create_account(&node.base, "alice.test");
+    let call = |auth: Option<&str>, proxy: &str, method: &str| {
+        let mut req = agent()
+            .get(format!("{}/xrpc/{method}?limit=10", node.base))
+            .header("atproto-proxy", proxy)
+            .header("accept-language", "fr, en;q=0.5")
+            .header("x-not-forwarded", "1");
+        if let Some(t) = auth {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        req.call().unwrap()
+    };
+
+    let mut res = call(Some(&token), &format!("{service}#bsky_chat"), "chat.bsky.convo.listConvos");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get("atproto-repo-rev").unwrap(), "3kabc");
+    assert_eq!(res.headers().get("content-language").unwrap(), "en");
+    assert!(res.headers().get("x-internal-secret").is_none(), "only the allowed headers come back");
+    assert_eq!(res.body_mut().read_json::<Value>().unwrap(), json!({"convos": []}));
+    let got = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((got.method.as_str(), got.path.as_str()), ("GET", "/xrpc/chat.bsky.convo.listConvos?limit=10"));
+    assert_eq!(got.header("accept-language"), Some("fr, en;q=0.5"));
+    assert!(got.header("x-not-forwarded").is_none());
+    let bearer = got.header("authorization").unwrap().strip_prefix("Bearer ").unwrap().to_string();
+    let (payload, signed, sig) = claims(&bearer);
+    assert_eq!(payload["iss"], did.as_str());
+    assert_eq!(payload["aud"], service.as_str(), "bound to the service's DID");
+    assert_eq!(payload["lxm"], "chat.bsky.convo.listConvos", "bound to the method");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(payload["exp"].as_u64().unwrap() <= now + 61);
+    let key = {
+        let mut r = agent()
+            .get(format!("{}/xrpc/com.atproto.identity.getRecommendedDidCredentials", node.base))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        r.body_mut().read_json::<Value>().unwrap()["verificationMethods"]["atproto"].as_str().unwrap().to_string()
+    };
+    let key = ues_repo::crypto::PublicKey::from_did_key(&key).unwrap();
+    key.verify(signed.as_bytes(), &sig).expect("signed with the caller's repository key");
+
+    // Chat needs a privileged credential.
+    let app_password = |privileged: bool| {
+        let mut r = agent()
+            .post(format!("{}/xrpc/com.atproto.server.createAppPassword", node.base))
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(json!({"name": format!("app {privileged}"), "privileged": privileged}))
+            .unwrap();
+        let password = r.body_mut().read_json::<Value>().unwrap()["password"].as_str().unwrap().to_string();
+        let mut r = agent()
+            .post(format!("{}/xrpc/com.atproto.server.createSession", node.base))
+            .send_json(json!({"identifier": "alice.test", "password": password}))
+            .unwrap();
+        r.body_mut().read_json::<Value>().unwrap()["accessJwt"].as_str().unwrap().to_string()
+    };
+    let plain = app_password(false);
+    let before = seen.lock().unwrap().len();
+    let res = call(Some(&plain), &format!("{service}#bsky_chat"), "chat.bsky.convo.listConvos");
+    assert_ne!(res.status(), 200);
+    assert_eq!(seen.lock().unwrap().len(), before, "nothing reached the service");
+    let privileged = app_password(true);
+    assert_eq!(call(Some(&privileged), &format!("{service}#bsky_chat"), "chat.bsky.convo.listConvos").status(), 200);
+
+    // Malformed headers and services the document does not name.
+    for bad in [
+        service.clone(),
+        "#bsky_chat".to_string(),
+        format!("{service}#"),
+        format!("{service}#a#b"),
+        format!("{service}#no_such_service"),
+        "not-a-did#bsky_chat".to_string(),
+    ] {
+        let mut res = call(Some(&token), &bad, "chat.bsky.convo.listConvos");
+        assert_eq!(res.status(), 400, "{bad}");
+        assert_eq!(res.body_mut().read_json::<Value>().unwrap()["error"], "InvalidRequest", "{bad}");
+    }
+    // Account management never goes through another service.
+    let res = call(Some(&token), &format!("{service}#bsky_chat"), "com.atproto.server.requestAccountDelete");
+    assert_ne!(res.status(), 200);
+    // An answer past the bound is not relayed; the node answers on.
+    let mut res = call(Some(&token), &format!("{service}#bsky_chat"), "chat.bsky.convo.getLog");
+    assert_eq!(res.status(), 502);
+    assert_eq!(res.body_mut().read_json::<Value>().unwrap()["error"], "UpstreamFailure");
+    // Without a header, a method nothing serves.
+    let res = agent().get(format!("{}/xrpc/com.example.nothing.here", node.base)).call().unwrap();
+    assert_eq!(res.status(), 501);
+
+    // A report goes to the report service, in the reporter's name.
+    let before = seen.lock().unwrap().len();
+    let mut res = agent()
+        .post(format!("{}/xrpc/com.atproto.moderation.createReport", node.base))
+        .header("Authorization", &format!("Bearer {token}"))
+        .send_json(json!({"reasonType": "com.atproto.moderation.defs#reasonSpam", "subject": {"$type": "com.atproto.admin.defs#repoRef", "did": did}}))
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.body_mut().read_to_string().unwrap_or_default());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), before + 1);
+    let report = seen.last().unwrap();
+    assert_eq!((report.method.as_str(), report.path.as_str()), ("POST", "/xrpc/com.atproto.moderation.createReport"));
+    let (payload, _, _) = claims(report.header("authorization").unwrap().strip_prefix("Bearer ").unwrap());
+    assert_eq!((&payload["aud"], &payload["lxm"]), (&json!(service), &json!("com.atproto.moderation.createReport")));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&report.body).unwrap()["reasonType"],
+        "com.atproto.moderation.defs#reasonSpam"
+    );
+}
