@@ -10,6 +10,7 @@ mod config;
 mod doctor;
 mod identity;
 mod lexicons;
+mod operator;
 mod tools;
 
 use std::net::SocketAddr;
@@ -126,6 +127,34 @@ enum Command {
     /// Invite codes of the running node (for `[xrpc] invite_required`).
     #[command(subcommand)]
     Invite(InviteCommand),
+    /// Accounts of the running node: create, list, info, takedown, untakedown, delete,
+    /// reset-password.
+    #[command(subcommand)]
+    Account(operator::AccountCommand),
+    /// Write an account's repository (a DID or handle) to a CAR file, with a progress bar.
+    ExportRepo {
+        /// A DID or a handle.
+        account: String,
+        /// The CAR file to write (must not exist).
+        file: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Replace the repository of the account a CAR belongs to with it (the CAR must be signed
+    /// by the account's key on this node: an export of it), with a progress bar.
+    ImportRepo {
+        /// The CAR file.
+        file: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Ask a relay (its base URL) to crawl this node now.
+    RequestCrawl {
+        /// The relay, e.g. https://bsky.network.
+        relay: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Make a new data directory of a backup and check every repository in it.
     Restore {
         /// The backup (`ues backup DIR`).
@@ -437,6 +466,10 @@ fn command(cli: Cli) -> anyhow::Result<()> {
             "com.atproto.server.createInviteCodes",
             Some(serde_json::json!({ "useCount": uses, "codeCount": count, "forAccounts": for_accounts })),
         )?),
+        Command::Account(cmd) => print_json(operator::account(cmd)?),
+        Command::ExportRepo { account, file, node } => print_json(operator::export_repo(&account, &file, &node)?),
+        Command::ImportRepo { file, node } => print_json(operator::import_repo(&file, &node)?),
+        Command::RequestCrawl { relay, node } => print_json(operator::request_crawl(&relay, &node)?),
         Command::Invite(InviteCommand::List(node)) => {
             print_json(admin_call(&node, "com.atproto.admin.getInviteCodes?limit=500", None)?)
         }
@@ -512,43 +545,10 @@ fn command(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Calls an admin method of the running node at `[http] listen` (HTTP Basic as `admin`, with
-/// `[xrpc] admin_password` or `<data_dir>/admin.password`); a POST when there is a body.
+/// Calls an admin method of the running node (see [`operator::NodeClient`]); a POST when
+/// there is a body.
 fn admin_call(args: &NodeArgs, method: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
-    use base64::Engine;
-    let cfg = args.resolve()?;
-    let password = if cfg.xrpc.admin_password.is_empty() {
-        let path = cfg.data_dir.join("admin.password");
-        std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {} (is --data-dir the node's?)", path.display()))?
-            .trim()
-            .to_string()
-    } else {
-        cfg.xrpc.admin_password.clone()
-    };
-    let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}")));
-    // A node serving HTTPS names its loopback admin address in the data directory.
-    let addr = match std::fs::read_to_string(cfg.data_dir.join(ADMIN_ADDR_FILE)) {
-        Ok(a) => a.trim().to_string(),
-        Err(_) => cfg.http.listen.to_string(),
-    };
-    let url = format!("http://{addr}/xrpc/{method}");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(60)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut res = match body {
-        Some(b) => agent.post(&url).header("authorization", &auth).send_json(b),
-        None => agent.get(&url).header("authorization", &auth).call(),
-    }
-    .with_context(|| format!("calling {url} (is the node running?)"))?;
-    let status = res.status();
-    let value: serde_json::Value = res.body_mut().read_json().unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        anyhow::bail!("{method}: HTTP {status}: {value}");
-    }
-    Ok(value)
+    operator::NodeClient::new(args)?.call(method, body)
 }
 
 fn print_json(value: serde_json::Value) -> anyhow::Result<()> {
@@ -760,7 +760,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Where a node serving HTTPS answers the operator's commands on this machine: a file in the
 /// data directory naming a loopback address.
-const ADMIN_ADDR_FILE: &str = "admin.addr";
+pub(crate) const ADMIN_ADDR_FILE: &str = "admin.addr";
 
 /// With HTTPS on, the admin methods (`ues status`, `backup`, `peer ...`) are also served as
 /// plain HTTP on a loopback port of the system's choosing, written to `<data_dir>/admin.addr`

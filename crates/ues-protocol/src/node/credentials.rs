@@ -79,6 +79,23 @@ pub fn did_by_email(db: &Sqlite, email: &str) -> Result<Option<String>, Error> {
     })
 }
 
+/// Accounts whose email starts with `prefix` (without case), by DID after `after`.
+pub fn dids_by_email_prefix(
+    db: &Sqlite,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>, Error> {
+    let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    db.read(|c| {
+        let mut s = c.prepare_cached(
+            "SELECT did FROM credential WHERE email LIKE ?1 ESCAPE '\\' AND (?2 IS NULL OR did > ?2) ORDER BY did LIMIT ?3",
+        )?;
+        let rows = s.query_map(params![format!("{escaped}%"), after, limit as i64], |r| r.get(0))?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(Error::from)
+    })
+}
+
 /// Stores a new account's credentials.
 pub fn insert(db: &Sqlite, did: &Did, email: Option<&str>, password_hash: Option<&str>) -> Result<(), Error> {
     db.write(|tx| {

@@ -267,6 +267,8 @@ fn procedure(method: &str, max_body: usize) -> (usize, Auth) {
         "com.atproto.moderation.createReport" => (64 * KIB, Auth::Access),
         // Raw bodies streamed into storage under their own (blob) limit.
         "com.atproto.repo.uploadBlob" | "com.atproto.repo.importRepo" => (usize::MAX, Auth::Access),
+        // A repository, under the import limit of the route.
+        "dev.ues.admin.importRepo" => (usize::MAX, Auth::Present),
         m if m.starts_with("com.atproto.admin.") || m.starts_with("dev.ues.admin.") => (64 * KIB, Auth::Present),
         _ => (max_body, Auth::None),
     };

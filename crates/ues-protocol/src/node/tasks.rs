@@ -118,17 +118,26 @@ fn spawn_crawl_requests(state: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>
 }
 
 fn request_crawl(st: &Node) {
-    let hostname = st.cfg.public_url.split("://").nth(1).unwrap_or("").trim_end_matches('/').to_string();
-    let body = serde_json::json!({ "hostname": hostname }).to_string();
     for relay in &st.cfg.relays {
-        let url = format!("{}/xrpc/com.atproto.sync.requestCrawl", relay.trim_end_matches('/'));
-        let sent = st.proxy_agent.post(&url).header("content-type", "application/json").send(body.as_bytes());
-        match sent {
-            Ok(r) if r.status().is_success() => tracing::info!(%relay, %hostname, "requestCrawl accepted"),
-            Ok(r) => tracing::warn!(%relay, status = r.status().as_u16(), "requestCrawl refused"),
+        match request_crawl_one(st, relay) {
+            Ok(status) if (200..300).contains(&status) => tracing::info!(%relay, "requestCrawl accepted"),
+            Ok(status) => tracing::warn!(%relay, status, "requestCrawl refused"),
             Err(e) => tracing::warn!(%relay, error = %e, "requestCrawl failed"),
         }
     }
+}
+
+/// Asks `relay` (a base URL) to crawl this node: the status it answered.
+pub(crate) fn request_crawl_one(st: &Node, relay: &str) -> Result<u16, String> {
+    let hostname = st.cfg.public_url.split("://").nth(1).unwrap_or("").trim_end_matches('/').to_string();
+    let body = serde_json::json!({ "hostname": hostname }).to_string();
+    let url = format!("{}/xrpc/com.atproto.sync.requestCrawl", relay.trim_end_matches('/'));
+    st.proxy_agent
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(body.as_bytes())
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
 }
 
 /// The node's background tasks, once [`start_tasks`] started them: full-text indexing, firehose

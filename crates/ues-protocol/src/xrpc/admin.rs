@@ -265,6 +265,108 @@ pub(crate) fn remove_account(st: &Node, d: &Did) -> Result<(), NodeError> {
 }
 
 #[derive(Deserialize)]
+pub(crate) struct SearchAccounts {
+    email: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `admin.searchAccounts`: accounts by email prefix, or every account, by DID.
+pub(crate) async fn search_accounts(
+    State(st): State<Arc<Node>>,
+    headers: HeaderMap,
+    XQuery(q): XQuery<SearchAccounts>,
+) -> Res {
+    admin(&st, &headers)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 100);
+    blocking(move || {
+        let accounts: Vec<Account> = match q.email.as_deref().filter(|e| !e.is_empty()) {
+            Some(prefix) => {
+                let dids = crate::node::credentials::dids_by_email_prefix(
+                    st.accounts.db(),
+                    &prefix.to_ascii_lowercase(),
+                    q.cursor.as_deref(),
+                    limit,
+                )
+                .map_err(NodeError::internal)?;
+                let mut found = Vec::with_capacity(dids.len());
+                for d in dids {
+                    if let Some(a) = st.accounts.get(&did(&d)?)? {
+                        found.push(a);
+                    }
+                }
+                found
+            }
+            None => st.accounts.list(q.cursor.as_deref(), limit)?,
+        };
+        let mut out = json!({
+            "accounts": accounts.iter().map(|a| account_view(&st, a)).collect::<Result<Vec<_>, _>>()?,
+        });
+        if accounts.len() == limit
+            && let Some(last) = accounts.last()
+        {
+            out["cursor"] = json!(last.did.as_str());
+        }
+        Ok(Json(out))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RequestCrawl {
+    relay: String,
+}
+
+/// `dev.ues.admin.requestCrawl`: asks one relay to crawl this node now.
+pub(crate) async fn request_crawl(
+    State(st): State<Arc<Node>>,
+    headers: HeaderMap,
+    XJson(b): XJson<RequestCrawl>,
+) -> Res {
+    admin(&st, &headers)?;
+    if !(b.relay.starts_with("https://") || b.relay.starts_with("http://")) || b.relay.len() > 2048 {
+        return Err(NodeError::invalid("relay must be an http(s) URL"));
+    }
+    blocking(move || {
+        let status = crate::node::tasks::request_crawl_one(&st, &b.relay)
+            .map_err(|e| NodeError::new(StatusCode::BAD_GATEWAY, "UpstreamFailure", e))?;
+        Ok(Json(json!({ "relay": b.relay, "status": status, "accepted": (200..300).contains(&status) })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ImportRepo {
+    did: String,
+}
+
+/// `dev.ues.admin.importRepo`: replaces a hosted account's repository with a CAR signed by its
+/// key here (restoring an export), verified end to end before anything is stored.
+pub(crate) async fn import_repo(
+    State(st): State<Arc<Node>>,
+    headers: HeaderMap,
+    XQuery(q): XQuery<ImportRepo>,
+    body: axum::body::Bytes,
+) -> Res {
+    admin(&st, &headers)?;
+    blocking(move || {
+        let d = did(&q.did)?;
+        account(&st, &d)?;
+        let head = st.accounts.import_repo(&d, &body[..]).map_err(|e| match e {
+            ues_sync::repo::accounts::AccountError::Repo(e) => {
+                NodeError::invalid(format!("Could not import repository: {e}"))
+            }
+            e => e.into(),
+        })?;
+        st.firehose.notify();
+        tracing::info!(did = %d, bytes = body.len(), "repository imported by the operator");
+        Ok(Json(json!({ "did": d.as_str(), "head": head.to_string(), "bytes": body.len() })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Backup {
     dir: String,

@@ -131,6 +131,12 @@ pub fn router_with(state: Arc<Node>, methods: Router<Arc<Node>>) -> Router {
         .route("/xrpc/com.atproto.admin.getSubjectStatus", get(admin::get_subject_status))
         .route("/xrpc/com.atproto.admin.updateSubjectStatus", post(admin::update_subject_status))
         .route("/xrpc/com.atproto.admin.deleteAccount", post(admin::delete_account))
+        .route("/xrpc/com.atproto.admin.searchAccounts", get(admin::search_accounts))
+        .route("/xrpc/dev.ues.admin.requestCrawl", post(admin::request_crawl))
+        .route(
+            "/xrpc/dev.ues.admin.importRepo",
+            post(admin::import_repo).layer(DefaultBodyLimit::max(state.cfg.max_blob_bytes as usize)),
+        )
         .route("/xrpc/dev.ues.admin.listReports", get(admin::list_reports))
         .route("/xrpc/dev.ues.admin.backup", post(admin::backup))
         .route("/xrpc/dev.ues.admin.getStatus", get(admin::get_status))
