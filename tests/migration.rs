@@ -324,6 +324,21 @@ fn identity_methods_resolve_local_and_remote_dids() {
     assert_eq!((s, v["error"].as_str()), (400, Some("HandleNotFound")), "{v}");
     let (s, _) = get_json(&a, "com.atproto.identity.resolveDid?did=not-a-did", None);
     assert_eq!(s, 400);
+    // Handle availability, with suggestions for a taken one.
+    let (s, v) = get_json(&a, "com.atproto.temp.checkHandleAvailability?handle=erin.test", None);
+    assert_eq!(
+        (s, v["result"]["$type"].as_str()),
+        (200, Some("com.atproto.temp.checkHandleAvailability#resultAvailable")),
+        "{v}"
+    );
+    let (s, v) =
+        get_json(&a, "com.atproto.temp.checkHandleAvailability?handle=carol.test&email=caro@example.com", None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["result"]["$type"], "com.atproto.temp.checkHandleAvailability#resultUnavailable");
+    let suggested: Vec<&str> =
+        v["result"]["suggestions"].as_array().unwrap().iter().map(|x| x["handle"].as_str().unwrap()).collect();
+    assert_eq!(suggested.first(), Some(&"caro.test"), "{v}");
+    assert!(suggested.contains(&"carol1.test") && !suggested.contains(&"carol.test"), "{v}");
     // No sign-up queue.
     let (_, tok) = support::create_account(&a.base, "dave.test");
     assert_eq!(get_json(&a, "com.atproto.temp.checkSignupQueue", Some(&tok)).1["activated"], true);

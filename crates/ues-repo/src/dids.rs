@@ -1,5 +1,6 @@
 //! Resolving any DID to its document: `did:plc` from a PLC directory, `did:web` from
-//! `https://<host>/.well-known/did.json`, with a bounded, expiring cache.
+//! `https://<host>/.well-known/did.json`, with a bounded, expiring cache; and handles to DIDs
+//! through a [`crate::identity::HandleResolver`], cached the same way.
 //!
 //! Every fetch is bounded (10 s, at most [`MAX_DOCUMENT_BYTES`], no redirects) and, unless the
 //! resolver is built for development with [`DidResolver::allowing_private`], a `did:web` host
@@ -48,21 +49,27 @@ pub enum DidError {
     Unsupported(String),
 }
 
-struct Entry {
+struct Entry<V> {
     at: Instant,
-    doc: Result<Value, DidError>,
+    value: V,
 }
 
-#[derive(Default)]
-struct Cache {
-    entries: HashMap<String, Entry>,
+/// At most [`MAX_CACHED`] values by key, the oldest going first.
+struct Cache<V> {
+    entries: HashMap<String, Entry<V>>,
     order: VecDeque<String>,
 }
 
-impl Cache {
-    fn put(&mut self, did: &str, doc: Result<Value, DidError>) {
-        if self.entries.insert(did.to_string(), Entry { at: Instant::now(), doc }).is_none() {
-            self.order.push_back(did.to_string());
+impl<V> Default for Cache<V> {
+    fn default() -> Self {
+        Self { entries: HashMap::new(), order: VecDeque::new() }
+    }
+}
+
+impl<V: Clone> Cache<V> {
+    fn put(&mut self, key: &str, value: V) {
+        if self.entries.insert(key.to_string(), Entry { at: Instant::now(), value }).is_none() {
+            self.order.push_back(key.to_string());
         }
         while self.entries.len() > MAX_CACHED {
             match self.order.pop_front() {
@@ -73,6 +80,17 @@ impl Cache {
             }
         }
     }
+
+    /// The value and its age.
+    fn get(&self, key: &str) -> Option<(V, Duration)> {
+        self.entries.get(key).map(|e| (e.value.clone(), e.at.elapsed()))
+    }
+
+    fn remove(&mut self, key: &str) {
+        if self.entries.remove(key).is_some() {
+            self.order.retain(|k| k != key);
+        }
+    }
 }
 
 /// Resolves DIDs (see the module documentation).
@@ -80,7 +98,8 @@ pub struct DidResolver {
     plc: PlcClient,
     agent: ureq::Agent,
     private: bool,
-    cache: parking_lot::Mutex<Cache>,
+    cache: parking_lot::Mutex<Cache<Result<Value, DidError>>>,
+    handles: parking_lot::Mutex<Cache<Option<Did>>>,
 }
 
 impl std::fmt::Debug for DidResolver {
@@ -110,6 +129,7 @@ impl DidResolver {
             ),
             private: false,
             cache: parking_lot::Mutex::new(Cache::default()),
+            handles: parking_lot::Mutex::new(Cache::default()),
         }
     }
 
@@ -123,10 +143,10 @@ impl DidResolver {
 
     /// The DID's document, from the cache when it is fresh there.
     pub fn resolve(&self, did: &Did) -> Result<Value, DidError> {
-        if let Some(e) = self.cache.lock().entries.get(did.as_str()) {
-            let ttl = if e.doc.is_ok() { CACHE_TTL } else { FAILURE_TTL };
-            if e.at.elapsed() < ttl {
-                return e.doc.clone();
+        if let Some((doc, age)) = self.cache.lock().get(did.as_str()) {
+            let ttl = if doc.is_ok() { CACHE_TTL } else { FAILURE_TTL };
+            if age < ttl {
+                return doc;
             }
         }
         self.fetch(did)
@@ -134,20 +154,40 @@ impl DidResolver {
 
     /// The DID's document fetched anew (unless it was fetched within [`MIN_REFRESH`]).
     pub fn refresh(&self, did: &Did) -> Result<Value, DidError> {
-        if let Some(e) = self.cache.lock().entries.get(did.as_str())
-            && e.at.elapsed() < MIN_REFRESH
+        if let Some((doc, age)) = self.cache.lock().get(did.as_str())
+            && age < MIN_REFRESH
         {
-            return e.doc.clone();
+            return doc;
         }
         self.fetch(did)
     }
 
     /// Drops the cached document (its DID just changed through this node).
     pub fn forget(&self, did: &Did) {
-        let mut cache = self.cache.lock();
-        if cache.entries.remove(did.as_str()).is_some() {
-            cache.order.retain(|d| d != did.as_str());
+        self.cache.lock().remove(did.as_str());
+    }
+
+    /// The DID a handle names (DNS TXT, then HTTPS, through `resolver`), cached like documents
+    /// (`refresh`: anew, at most once per [`MIN_REFRESH`]); `None` when it names none.
+    pub fn handle(
+        &self,
+        resolver: &crate::identity::HandleResolver,
+        handle: &crate::syntax::Handle,
+        refresh: bool,
+    ) -> Option<Did> {
+        if let Some((did, age)) = self.handles.lock().get(handle.as_str()) {
+            let ttl = match (refresh, did.is_some()) {
+                (true, _) => MIN_REFRESH,
+                (false, true) => CACHE_TTL,
+                (false, false) => FAILURE_TTL,
+            };
+            if age < ttl {
+                return did;
+            }
         }
+        let did = resolver.resolve(handle).ok();
+        self.handles.lock().put(handle.as_str(), did.clone());
+        did
     }
 
     /// The DID's document fetched now, whatever the cache holds (for an account's own checks,

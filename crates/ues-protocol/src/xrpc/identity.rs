@@ -55,12 +55,13 @@ fn did_document(st: &Node, did: &Did, refresh: bool) -> Result<Value, NodeError>
     }
 }
 
-/// The DID a handle names: this node's account's, else resolved (DNS, then HTTPS).
-fn handle_did(st: &Node, handle: &Handle) -> Result<Option<Did>, NodeError> {
+/// The DID a handle names: this node's account's, else resolved (DNS, then HTTPS; cached,
+/// `refresh`: anew).
+fn handle_did(st: &Node, handle: &Handle, refresh: bool) -> Result<Option<Did>, NodeError> {
     if let Some(a) = st.accounts.by_handle(handle)? {
         return Ok(Some(a.did));
     }
-    Ok(st.cfg.handle_resolver.resolve(handle).ok())
+    Ok(st.dids.handle(&st.cfg.handle_resolver, handle, refresh))
 }
 
 /// `identityInfo`: the DID, its document, and its handle when the handle leads back to the
@@ -70,7 +71,7 @@ fn identity(st: &Node, identifier: &str, refresh: bool) -> Result<Value, NodeErr
         (Did::new(identifier).map_err(|e| NodeError::invalid(e.to_string()))?, None)
     } else {
         let handle = Handle::new(identifier).map_err(|e| NodeError::invalid(e.to_string()))?.normalized();
-        let did = handle_did(st, &handle)?
+        let did = handle_did(st, &handle, refresh)?
             .ok_or_else(|| NodeError::bad("HandleNotFound", format!("Unable to resolve handle: {handle}")))?;
         (did, Some(handle))
     };
@@ -81,7 +82,7 @@ fn identity(st: &Node, identifier: &str, refresh: bool) -> Result<Value, NodeErr
         (Some(_), Some(a)) => {
             return Err(NodeError::bad("HandleNotFound", format!("{a} is not the handle of {did}'s DID document")));
         }
-        (Some(c), None) if handle_did(st, &c)?.as_ref() == Some(&did) => c.to_string(),
+        (Some(c), None) if handle_did(st, &c, refresh)?.as_ref() == Some(&did) => c.to_string(),
         _ => "handle.invalid".to_string(),
     };
     Ok(json!({ "did": did.as_str(), "handle": handle, "didDoc": doc }))
@@ -279,4 +280,71 @@ pub(crate) async fn reserve_signing_key(State(st): State<Arc<Node>>, XJson(b): X
 pub(crate) async fn check_signup_queue(State(st): State<Arc<Node>>, headers: HeaderMap) -> Res {
     st.access(&headers)?;
     Ok(Json(json!({ "activated": true })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HandleAvailability {
+    handle: String,
+    email: Option<String>,
+    #[expect(dead_code, reason = "named by the lexicon; suggestions do not use it")]
+    birth_date: Option<String>,
+}
+
+/// `temp.checkHandleAvailability`: whether a new account may take the handle (one of the
+/// node's user domains, not held); if not, up to five that are free, built from it and from
+/// the email's local part.
+pub(crate) async fn check_handle_availability(
+    State(st): State<Arc<Node>>,
+    XQuery(q): XQuery<HandleAvailability>,
+) -> Res {
+    let handle = Handle::new(&q.handle).map_err(|e| NodeError::invalid(e.to_string()))?.normalized();
+    if let Some(e) = &q.email
+        && e.parse::<lettre::Address>().is_err()
+    {
+        return Err(NodeError::bad("InvalidEmail", "An invalid email was provided."));
+    }
+    blocking(move || {
+        let domain = st.cfg.user_domains.iter().find(|d| handle.as_str().ends_with(d.as_str())).cloned();
+        let free = |h: &str| -> Result<bool, NodeError> {
+            let Ok(h) = Handle::new(h) else { return Ok(false) };
+            Ok(st.accounts.by_handle(&h.normalized())?.is_none())
+        };
+        if domain.is_some() && free(handle.as_str())? {
+            return Ok(Json(json!({
+                "handle": handle.as_str(),
+                "result": { "$type": "com.atproto.temp.checkHandleAvailability#resultAvailable" },
+            })));
+        }
+        let domain = domain.or_else(|| st.cfg.user_domains.first().cloned()).unwrap_or_default();
+        let stem: String =
+            handle.as_str().split('.').next().unwrap_or("").chars().filter(char::is_ascii_alphanumeric).collect();
+        let from_email: Option<String> = q
+            .email
+            .as_deref()
+            .and_then(|e| e.split('@').next())
+            .map(|l| l.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_lowercase())
+            .filter(|l| !l.is_empty());
+        let mut suggestions = Vec::new();
+        let candidates = from_email
+            .iter()
+            .map(|l| (format!("{l}{domain}"), "email"))
+            .chain((1..=20).map(|n| (format!("{stem}{n}{domain}"), "number")));
+        for (candidate, method) in candidates {
+            if suggestions.len() == 5 {
+                break;
+            }
+            if candidate != handle.as_str() && free(&candidate)? {
+                suggestions.push(json!({ "handle": candidate, "method": method }));
+            }
+        }
+        Ok(Json(json!({
+            "handle": handle.as_str(),
+            "result": {
+                "$type": "com.atproto.temp.checkHandleAvailability#resultUnavailable",
+                "suggestions": suggestions,
+            },
+        })))
+    })
+    .await
 }

@@ -81,6 +81,7 @@ pub fn router_with(state: Arc<Node>, methods: Router<Arc<Node>>) -> Router {
         .route("/xrpc/com.atproto.identity.submitPlcOperation", post(identity::submit_plc_operation))
         .route("/xrpc/com.atproto.server.reserveSigningKey", post(identity::reserve_signing_key))
         .route("/xrpc/com.atproto.temp.checkSignupQueue", get(identity::check_signup_queue))
+        .route("/xrpc/com.atproto.temp.checkHandleAvailability", get(identity::check_handle_availability))
         .route("/xrpc/com.atproto.identity.updateHandle", post(server::update_handle))
         .route("/xrpc/com.atproto.server.activateAccount", post(server::activate_account))
         .route("/xrpc/com.atproto.server.deactivateAccount", post(server::deactivate_account))

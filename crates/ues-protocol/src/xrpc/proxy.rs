@@ -6,9 +6,11 @@
 //!   document (any method: chat's `#bsky_chat`, a labeler's `#atproto_labeler`, another
 //!   AppView's `#bsky_appview`), resolved through the node's DID cache, over connections to
 //!   public addresses only (unless this is a development node);
-//! - without it, `app.bsky.*` and `chat.bsky.*` to the AppView of `[xrpc] appview_url`, and
-//!   `createReport` to `[xrpc] report_service_url`;
-//! - anything else answers 501 `MethodNotImplemented`.
+//! - without it, `createReport` to `[xrpc] report_service_url`, and any other method not
+//!   served here (`app.bsky.*`, `chat.bsky.*`, labels, ...) to the AppView of
+//!   `[xrpc] appview_url`, as the reference sends them to its default service;
+//! - with no AppView configured, and in the node's own `dev.ues.*` namespace, a method not
+//!   served here answers 501 `MethodNotImplemented`.
 //!
 //! `chat.bsky.*` needs a full session or a privileged app password. The request's
 //! `accept-language` and `atproto-accept-labelers` go along; the response's `content-type`,
@@ -105,17 +107,19 @@ pub(crate) fn target(st: &Node, nsid: &str, headers: &HeaderMap) -> Result<Optio
     if nsid == "com.atproto.moderation.createReport" {
         return Ok(st.cfg.report_service.as_ref().map(Target::configured));
     }
-    if nsid.starts_with("app.bsky.") || nsid.starts_with("chat.bsky.") {
-        return match &st.cfg.appview {
-            Some(appview) => Ok(Some(Target::configured(appview))),
-            None => Err(NodeError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "MethodNotImplemented",
-                format!("{nsid} is served by an AppView and this node has none configured ([xrpc] appview_url)"),
-            )),
-        };
+    // The node's own namespace is all here; everything else not served here is the
+    // AppView's to answer (as the reference sends it there by default).
+    if nsid.starts_with("dev.ues.") {
+        return Ok(None);
     }
-    Ok(None)
+    match &st.cfg.appview {
+        Some(appview) => Ok(Some(Target::configured(appview))),
+        None => Err(NodeError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "MethodNotImplemented",
+            format!("{nsid} is not served here and this node has no AppView configured ([xrpc] appview_url)"),
+        )),
+    }
 }
 
 pub(crate) async fn fallback(

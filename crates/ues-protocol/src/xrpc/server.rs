@@ -179,10 +179,10 @@ pub(crate) async fn resolve_handle(State(st): State<Arc<Node>>, XQuery(q): XQuer
     if st.cfg.user_domains.iter().any(|d| handle.as_str().ends_with(d.as_str())) {
         return Err(NodeError::bad("HandleNotFound", "Unable to resolve handle"));
     }
-    crate::node::blocking(move || match st.cfg.handle_resolver.resolve(&handle) {
-        Ok(did) => Ok(Json(json!({ "did": did.as_str() }))),
-        Err(e) => {
-            tracing::info!(error = %e, "handle did not resolve");
+    crate::node::blocking(move || match st.dids.handle(&st.cfg.handle_resolver, &handle, false) {
+        Some(did) => Ok(Json(json!({ "did": did.as_str() }))),
+        None => {
+            tracing::info!(%handle, "handle did not resolve");
             Err(NodeError::bad("HandleNotFound", "Unable to resolve handle"))
         }
     })
