@@ -3,7 +3,8 @@
 //! a service-auth token bound to the service's DID and the method, signed by the caller's
 //! repository key; the allowed headers go both ways and no others; chat needs a privileged
 //! credential; malformed `atproto-proxy` headers and unknown services are refused; an answer
-//! past the size bound is cut off; moderation reports go to the configured report service.
+//! past the size bound is cut off; moderation reports go to the configured report service; and
+//! answers of a stale AppView get the caller's newer profile and posts (read-after-write).
 
 #[path = "support/node.rs"]
 mod support;
@@ -214,4 +215,126 @@ fn chat_reaches_the_service_its_did_document_names_with_a_bound_token() {
         serde_json::from_slice::<Value>(&report.body).unwrap()["reasonType"],
         "com.atproto.moderation.defs#reasonSpam"
     );
+}
+
+/// A stand-in AppView that has indexed the caller's repository up to `rev` (its
+/// `atproto-repo-rev`): an old profile and a feed of one old post by someone else.
+fn stale_appview(rev: Arc<Mutex<String>>, did: Arc<Mutex<String>>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let me = did.lock().unwrap().clone();
+            let other = json!({"post": {"uri": "at://did:plc:someoneelse/app.bsky.feed.post/3jzfcijpj2z2a", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm", "author": {"did": "did:plc:someoneelse", "handle": "someone.test"}, "record": {"$type": "app.bsky.feed.post", "text": "old", "createdAt": "2020-01-01T00:00:00Z"}, "indexedAt": "2020-01-01T00:00:00.000Z"}});
+            let body = if line.contains("app.bsky.actor.getProfile?") {
+                json!({"did": me, "handle": "alice.test", "displayName": "Old name", "description": "old words", "followersCount": 7})
+            } else if line.contains("app.bsky.feed.getTimeline") || line.contains("app.bsky.feed.getAuthorFeed") {
+                json!({"feed": [other]})
+            } else {
+                json!({})
+            };
+            let body = body.to_string();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\natproto-repo-rev: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                rev.lock().unwrap(),
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(body.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn the_callers_newer_records_are_laid_over_a_stale_appview() {
+    let rev = Arc::new(Mutex::new(String::new()));
+    let me = Arc::new(Mutex::new(String::new()));
+    let port = stale_appview(rev.clone(), me.clone());
+    let root = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[xrpc]\nappview_url = \"http://127.0.0.1:{port}\"\nappview_did = \"did:web:appview.test\"\n[xrpc.rate_limits]\nenabled = false\n"
+    );
+    let node = start_with(&root.path().join("node"), &config);
+    let (did, token) = support::create_account(&node.base, "alice.test");
+    *me.lock().unwrap() = did.clone();
+    let get = |path: &str| {
+        let mut r = agent()
+            .get(format!("{}/xrpc/{path}", node.base))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        let lag = r.headers().get("atproto-upstream-lag").map(|v| v.to_str().unwrap().to_string());
+        (r.body_mut().read_json::<Value>().unwrap(), lag)
+    };
+    let head = |r: &str| {
+        let mut res =
+            agent().get(format!("{}/xrpc/com.atproto.sync.getLatestCommit?did={did}", node.base)).call().unwrap();
+        res.body_mut().read_json::<Value>().unwrap()[r].as_str().unwrap().to_string()
+    };
+    // The AppView has seen everything so far: its answer comes as it is.
+    *rev.lock().unwrap() = head("rev");
+    let (profile, lag) = get(&format!("app.bsky.actor.getProfile?actor={did}"));
+    assert_eq!((profile["displayName"].as_str(), lag), (Some("Old name"), None));
+
+    // A new profile and a new post, which the AppView has not indexed.
+    let write = |collection: &str, rkey: Option<&str>, record: Value| {
+        let mut body = json!({"repo": did, "collection": collection, "record": record});
+        let method = match rkey {
+            Some(k) => {
+                body["rkey"] = json!(k);
+                "com.atproto.repo.putRecord"
+            }
+            None => "com.atproto.repo.createRecord",
+        };
+        let mut r = agent()
+            .post(format!("{}/xrpc/{method}", node.base))
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(body)
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.body_mut().read_json::<Value>().unwrap()["uri"].as_str().unwrap().to_string()
+    };
+    write(
+        "app.bsky.actor.profile",
+        Some("self"),
+        json!({"$type": "app.bsky.actor.profile", "displayName": "New name"}),
+    );
+    let post = write(
+        "app.bsky.feed.post",
+        None,
+        json!({"$type": "app.bsky.feed.post", "text": "just now", "createdAt": "2026-12-05T12:00:00Z"}),
+    );
+
+    let (profile, lag) = get(&format!("app.bsky.actor.getProfile?actor={did}"));
+    assert_eq!(profile["displayName"], "New name", "{profile}");
+    assert!(profile.get("description").is_none(), "the new profile has no description: {profile}");
+    assert_eq!(profile["followersCount"], 7, "the AppView's counts stay");
+    assert!(lag.is_some(), "the lag is reported");
+    let (timeline, _) = get("app.bsky.feed.getTimeline");
+    let feed = timeline["feed"].as_array().unwrap();
+    assert_eq!(feed.len(), 2, "{timeline}");
+    assert_eq!(feed[0]["post"]["uri"], post.as_str(), "the new post first");
+    assert_eq!(feed[0]["post"]["author"]["displayName"], "New name");
+    assert_eq!(feed[0]["post"]["record"]["text"], "just now");
+    assert_eq!(feed[1]["post"]["record"]["text"], "old");
+    let (own, _) = get("app.bsky.feed.getAuthorFeed?actor=alice.test");
+    assert_eq!(own["feed"][0]["post"]["uri"], post.as_str());
+    let (theirs, lag) = get("app.bsky.feed.getAuthorFeed?actor=someone.test");
+    assert_eq!((theirs["feed"].as_array().unwrap().len(), lag), (1, None), "another's feed is left alone");
+
+    // Once the AppView has caught up, nothing is added.
+    *rev.lock().unwrap() = head("rev");
+    let (timeline, lag) = get("app.bsky.feed.getTimeline");
+    assert_eq!((timeline["feed"].as_array().unwrap().len(), lag), (1, None));
 }

@@ -1740,6 +1740,28 @@ impl<B: Blockstore> Accounts<B> {
         Ok(rows)
     }
 
+    /// The account's records written after revision `rev`, among its `limit` newest (newest
+    /// first), each with when it was indexed (Unix milliseconds): what a reader that has seen
+    /// the repository up to `rev` has not seen yet (read-after-write).
+    pub fn records_after_rev(
+        &self,
+        did: &Did,
+        rev: &str,
+        limit: usize,
+    ) -> Result<Vec<(IndexedRecord, i64)>, AccountError> {
+        let rows = self.db.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT did, collection, rkey, cid, indexed_at, rev FROM record WHERE did = ?1
+                 ORDER BY indexed_at DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![did.as_str(), limit as i64], |r| {
+                Ok((row_to_record(r)?, r.get::<_, i64>(4)?, r.get::<_, String>(5)?))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows.into_iter().filter(|(_, _, r)| r.as_str() > rev).map(|(rec, at, _)| (rec, at)).collect())
+    }
+
     /// Converts a JSON record (as XRPC clients send it) to IPLD, checking the data model.
     pub fn record_from_json(value: &serde_json::Value) -> Result<Ipld, atjson::JsonError> {
         atjson::record_from_json(value)

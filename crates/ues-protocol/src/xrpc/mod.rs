@@ -11,6 +11,7 @@ mod identity;
 pub(crate) mod index;
 mod invites;
 mod misc;
+mod munge;
 mod proxy;
 pub(crate) mod repo;
 pub(crate) mod server;

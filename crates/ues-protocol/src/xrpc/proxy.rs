@@ -154,7 +154,7 @@ pub(crate) async fn forward(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, NodeError> {
-    let token = if headers.contains_key(header::AUTHORIZATION) {
+    let (token, caller) = if headers.contains_key(header::AUTHORIZATION) {
         let claims = st.access(headers)?;
         // Chat reaches another service in the account's name: a full session or a privileged
         // app password only; account management is never done through another service.
@@ -165,10 +165,14 @@ pub(crate) async fn forward(
             return Err(NodeError::invalid(format!("cannot proxy the protected method {nsid}")));
         }
         let did = Did::new(claims.sub).map_err(NodeError::internal)?;
-        Some(crate::node::auth::service_token(&st, &did, &target.did, Some(nsid), crate::node::auth::now_secs() + 60)?)
+        let token =
+            crate::node::auth::service_token(&st, &did, &target.did, Some(nsid), crate::node::auth::now_secs() + 60)?;
+        (Some(token), Some(did))
     } else {
-        None
+        (None, None)
     };
+    let query = uri.query().unwrap_or("").to_string();
+    let nsid_owned = nsid.to_string();
     let url = format!("{}{}", target.url.trim_end_matches('/'), uri.path_and_query().map_or("", |p| p.as_str()));
     let forwarded: Vec<(&'static str, String)> = REQUEST_HEADERS
         .iter()
@@ -212,11 +216,48 @@ pub(crate) async fn forward(
             tracing::warn!(%url, error = %e, "proxied response refused");
             NodeError::new(StatusCode::BAD_GATEWAY, "UpstreamFailure", "The service's answer was too large or broken")
         })?;
+        let rev = resp.headers().get("atproto-repo-rev").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (bytes, lag) = match (&caller, rev) {
+            (Some(caller), Some(rev))
+                if status == StatusCode::OK && super::munge::MUNGED.contains(&nsid_owned.as_str()) =>
+            {
+                read_after_write(&st, caller, &nsid_owned, &query, &rev, bytes)
+            }
+            _ => (bytes, None),
+        };
         let mut out = (status, bytes).into_response();
         for (name, value) in back {
             out.headers_mut().insert(name, value);
         }
+        if let Some(lag) = lag {
+            out.headers_mut().insert(HeaderName::from_static("atproto-upstream-lag"), HeaderValue::from(lag));
+        }
         Ok(out)
     })
     .await
+}
+
+/// The AppView's JSON answer with the caller's newer records laid over it (see
+/// [`super::munge`]), and the lag to report; the answer as it came when it is not JSON, when
+/// nothing is newer, or when laying over fails (logged).
+fn read_after_write(
+    st: &Node,
+    caller: &Did,
+    nsid: &str,
+    query: &str,
+    rev: &str,
+    bytes: Vec<u8>,
+) -> (Vec<u8>, Option<u64>) {
+    let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return (bytes, None) };
+    match super::munge::apply(st, caller, nsid, query, rev, &mut body) {
+        Ok(Some(lag)) => match serde_json::to_vec(&body) {
+            Ok(munged) => (munged, Some(lag)),
+            Err(_) => (bytes, None),
+        },
+        Ok(None) => (bytes, None),
+        Err(e) => {
+            tracing::warn!(%caller, nsid, error = %e.message, "read-after-write failed; the AppView's answer as it came");
+            (bytes, None)
+        }
+    }
 }
