@@ -240,6 +240,10 @@ pub(crate) struct RateLimitSection {
     pub(crate) accounts_per_ip_5min: u32,
     /// uploadBlob per account per day.
     pub(crate) blob_uploads_per_account_day: u32,
+    /// Emailed tokens tried per address per 5 minutes.
+    pub(crate) token_attempts_per_ip_5min: u32,
+    /// Mails asked for per address per hour.
+    pub(crate) mail_requests_per_ip_hour: u32,
     /// Record write points per account per hour.
     pub(crate) write_points_per_account_hour: u32,
     /// The same per day.
@@ -256,6 +260,8 @@ impl Default for RateLimitSection {
             logins_per_identifier_day: d.create_session_daily.points,
             accounts_per_ip_5min: d.create_account.points,
             blob_uploads_per_account_day: d.upload_blob.points,
+            token_attempts_per_ip_5min: d.token_attempts.points,
+            mail_requests_per_ip_hour: d.mail_requests.points,
             write_points_per_account_hour: d.write_points_hourly.points,
             write_points_per_account_day: d.write_points_daily.points,
         }
@@ -272,6 +278,8 @@ impl RateLimitSection {
             create_session_daily: Rate::new(self.logins_per_identifier_day, 86_400),
             create_account: Rate::new(self.accounts_per_ip_5min, 300),
             upload_blob: Rate::new(self.blob_uploads_per_account_day, 86_400),
+            token_attempts: Rate::new(self.token_attempts_per_ip_5min, 300),
+            mail_requests: Rate::new(self.mail_requests_per_ip_hour, 3600),
             write_points_hourly: Rate::new(self.write_points_per_account_hour, 3600),
             write_points_daily: Rate::new(self.write_points_per_account_day, 86_400),
         })

@@ -1,7 +1,8 @@
 //! Email through a real SMTP server on loopback (aiosmtpd, started by the test): every flow by
 //! emailed token (confirming and changing the email, resetting the password, deleting the
-//! account, the operator's notice), with wrong, reused and expired tokens refused; and, on a
-//! node with no SMTP server, the same mail in the outbox file, good for finishing the flow.
+//! account, the operator's notice), with wrong, reused and expired tokens refused; on a node
+//! with no SMTP server, the same mail in the outbox file, good for finishing the flow; and
+//! guessing tokens or flooding mail requests from one address cut off by the rate limits.
 
 #[path = "support/shared.rs"]
 mod shared;
@@ -306,4 +307,54 @@ fn a_mail_server_that_is_down_fails_the_request_and_the_node_answers() {
     let (s, v) = call(&node, "com.atproto.server.requestEmailConfirmation", Some(&token), json!({}));
     assert_eq!((s, v["error"].as_str()), (502, Some("MailNotSent")), "{v}");
     assert_eq!(get(&node, "com.atproto.server.getSession", &token).0, 200, "the node still answers");
+}
+
+#[test]
+fn guessing_tokens_and_flooding_mail_requests_are_cut_off_and_others_are_served() {
+    let root = tempfile::tempdir().unwrap();
+    // The default rate limits, with the outbox instead of a mail server.
+    let node = start_with(&root.path().join("node"), &format!("[email]\ntoken_ttl_secs = {TTL_SECS}\n"));
+    create_account(&node.base, "frank.test");
+    let outbox = node.dir.join("outbox/mail.jsonl");
+
+    // 60 guessed reset tokens from one address: refused as invalid, then 429 with Retry-After
+    // before the 51st; nothing changed.
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for i in 0..60 {
+        let mut res = agent()
+            .post(format!("{}/xrpc/com.atproto.server.resetPassword", node.base))
+            .send_json(json!({"token": format!("AAAAA-{:05}", i), "password": "an attacker's password"}))
+            .unwrap();
+        statuses.push(res.status().as_u16());
+        if res.status() == 429 {
+            retry_after = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            let v: Value = res.body_mut().read_json().unwrap();
+            assert_eq!(v["error"], "RateLimitExceeded");
+        }
+    }
+    assert!(statuses[..50].iter().all(|s| *s == 400), "{statuses:?}");
+    assert!(statuses[50..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert!(retry_after.is_some_and(|r| r.parse::<u64>().unwrap() >= 1));
+    assert_eq!(login(&node, "frank.test", "a long password").0, 200, "the password is untouched");
+
+    // 20 reset requests for the account from one address: 15 taken, the rest 429; at most 5
+    // mails reach its address within the hour.
+    let mut taken = 0;
+    for _ in 0..20 {
+        let (s, _) =
+            call(&node, "com.atproto.server.requestPasswordReset", None, json!({"email": "frank.test@example.com"}));
+        assert!(s == 200 || s == 429, "{s}");
+        if s == 200 {
+            taken += 1;
+        }
+    }
+    assert!(taken <= 15, "{taken} requests taken");
+    let mails = lines(&outbox);
+    assert!(!mails.is_empty() && mails.len() <= 5, "{} mails", mails.len());
+    // The node still answers everyone else.
+    let res = agent().get(format!("{}/xrpc/com.atproto.server.describeServer", node.base)).call().unwrap();
+    assert_eq!(res.status(), 200);
+    let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap();
+    assert!(log.contains("rate limit reached: emailed tokens tried per address"), "logged");
 }

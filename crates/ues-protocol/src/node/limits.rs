@@ -1,7 +1,8 @@
 //! What an XRPC call may cost before a handler runs: how large its body may be (per method),
 //! that an authenticated procedure's token is good before its body is read, and the rate
 //! limits the reference PDS sets (per client address, logins per identifier, account
-//! creation, blob uploads, record writes by points per account).
+//! creation, blob uploads, emailed tokens tried and mails asked for per address, record writes
+//! by points per account).
 //!
 //! Refusals are `413 PayloadTooLarge`, `401 AuthenticationRequired` and `429
 //! RateLimitExceeded`; rate-limited methods answer with `RateLimit-Limit`, `RateLimit-Remaining`,
@@ -59,6 +60,13 @@ pub struct RateLimits {
     pub create_account: Rate,
     /// `uploadBlob` per account.
     pub upload_blob: Rate,
+    /// Emailed tokens tried (resetPassword, deleteAccount, confirmEmail, updateEmail,
+    /// signPlcOperation) per client address: a token is 50 bits, and guessing gets nowhere
+    /// at this pace.
+    pub token_attempts: Rate,
+    /// Mails asked for (password reset, confirmation, email change, deletion, PLC operation)
+    /// per client address.
+    pub mail_requests: Rate,
     /// Record write points per account (create 3, update 2, delete 1), hourly.
     pub write_points_hourly: Rate,
     /// The same, daily.
@@ -73,6 +81,8 @@ impl Default for RateLimits {
             create_session_daily: Rate::new(300, DAY),
             create_account: Rate::new(100, FIVE_MIN),
             upload_blob: Rate::new(1000, DAY),
+            token_attempts: Rate::new(50, FIVE_MIN),
+            mail_requests: Rate::new(15, HOUR),
             write_points_hourly: Rate::new(5000, HOUR),
             write_points_daily: Rate::new(35_000, DAY),
         }
@@ -141,6 +151,8 @@ pub(crate) struct Limiters {
     create_session_daily: Option<Limit<String>>,
     create_account: Option<Limit<IpAddr>>,
     upload_blob: Option<Limit<String>>,
+    token_attempts: Option<Limit<IpAddr>>,
+    mail_requests: Option<Limit<IpAddr>>,
     write_points_hourly: Option<Limit<String>>,
     write_points_daily: Option<Limit<String>>,
 }
@@ -153,6 +165,8 @@ impl Limiters {
             create_session_daily: Limit::new(r.create_session_daily),
             create_account: Limit::new(r.create_account),
             upload_blob: Limit::new(r.upload_blob),
+            token_attempts: Limit::new(r.token_attempts),
+            mail_requests: Limit::new(r.mail_requests),
             write_points_hourly: Limit::new(r.write_points_hourly),
             write_points_daily: Limit::new(r.write_points_daily),
         }
@@ -171,6 +185,8 @@ impl Limiters {
         r(&self.create_session_daily);
         r(&self.create_account);
         r(&self.upload_blob);
+        r(&self.token_attempts);
+        r(&self.mail_requests);
         r(&self.write_points_hourly);
         r(&self.write_points_daily);
     }
@@ -397,6 +413,20 @@ pub(crate) async fn guard(State(st): State<Arc<Node>>, req: Request, next: Next)
             "com.atproto.server.createAccount" => ip
                 .and_then(|ip| spend_all(&[&l.create_account], &ip, 1, &mut tightest).err())
                 .map(|s| (s, "accounts per address")),
+            "com.atproto.server.resetPassword"
+            | "com.atproto.server.deleteAccount"
+            | "com.atproto.server.confirmEmail"
+            | "com.atproto.server.updateEmail"
+            | "com.atproto.identity.signPlcOperation" => ip
+                .and_then(|ip| spend_all(&[&l.token_attempts], &ip, 1, &mut tightest).err())
+                .map(|s| (s, "emailed tokens tried per address")),
+            "com.atproto.server.requestPasswordReset"
+            | "com.atproto.server.requestEmailConfirmation"
+            | "com.atproto.server.requestEmailUpdate"
+            | "com.atproto.server.requestAccountDelete"
+            | "com.atproto.identity.requestPlcOperationSignature" => ip
+                .and_then(|ip| spend_all(&[&l.mail_requests], &ip, 1, &mut tightest).err())
+                .map(|s| (s, "mails asked for per address")),
             "com.atproto.repo.uploadBlob" => did
                 .as_ref()
                 .and_then(|d| spend_all(&[&l.upload_blob], d, 1, &mut tightest).err())
