@@ -159,37 +159,30 @@ def cli_doc(ues):
         out = subprocess.run([ues, *args, "--help"], capture_output=True, text=True, check=True).stdout
         return out.rstrip()
 
+    def subcommands(text):
+        """The commands a help text lists under `Commands:` (without `help`)."""
+        names = []
+        listing = False
+        for line in text.splitlines():
+            if line.startswith("Commands:"):
+                listing = True
+                continue
+            if listing:
+                m = re.match(r"^  ([a-z][a-z0-9-]*)\s", line)
+                if m and m.group(1) != "help":
+                    names.append(m.group(1))
+                elif line and not line.startswith(" "):
+                    listing = False
+        return names
+
     top = help_of([])
-    commands = []
-    in_commands = False
-    for line in top.splitlines():
-        if line.startswith("Commands:"):
-            in_commands = True
-            continue
-        if in_commands:
-            m = re.match(r"^  ([a-z][a-z0-9-]*)\s", line)
-            if m and m.group(1) != "help":
-                commands.append(m.group(1))
-            elif line and not line.startswith(" "):
-                in_commands = False
+    commands = subcommands(top)
     lines = ["# The `ues` command", "", "Every command, as `ues <command> --help` prints it. Written by",
              "`scripts/methods-doc.py`; CI checks it is current.", "", "```", top, "```", ""]
     for c in commands:
         text = help_of([c])
         lines += [f"## `ues {c}`", "", "```", text, "```", ""]
-        subs = []
-        in_sub = False
-        for line in text.splitlines():
-            if line.startswith("Commands:"):
-                in_sub = True
-                continue
-            if in_sub:
-                m = re.match(r"^  ([a-z][a-z0-9-]*)\s", line)
-                if m and m.group(1) != "help":
-                    subs.append(m.group(1))
-                elif line and not line.startswith(" "):
-                    in_sub = False
-        for s in subs:
+        for s in subcommands(text):
             lines += [f"### `ues {c} {s}`", "", "```", help_of([c, s]), "```", ""]
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::xrpc_post as call;
 use support::{Running, agent, create_account, free_port, start_with};
 
 /// Seconds a token stays good on the test nodes: long enough for each step, short enough to
@@ -100,16 +101,6 @@ fn token_in(body: &str) -> String {
         })
         .unwrap_or_else(|| panic!("no token in {body:?}"))
         .to_string()
-}
-
-fn call(node: &Running, method: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut req = agent().post(format!("{}/xrpc/{method}", node.base));
-    if let Some(t) = token {
-        req = req.header("Authorization", &format!("Bearer {t}"));
-    }
-    let mut res = req.send_json(body).unwrap();
-    let status = res.status().as_u16();
-    (status, res.body_mut().read_json().unwrap_or(Value::Null))
 }
 
 fn get(node: &Running, method: &str, token: &str) -> (u16, Value) {

@@ -17,20 +17,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::xrpc_post as post;
 use support::{Running, agent, start_with};
 
 fn config(plc: &str) -> String {
     format!("[xrpc]\nplc_url = \"{plc}\"\n[xrpc.rate_limits]\nenabled = false\n")
-}
-
-fn post(node: &Running, method: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut req = agent().post(format!("{}/xrpc/{method}", node.base));
-    if let Some(t) = token {
-        req = req.header("Authorization", &format!("Bearer {t}"));
-    }
-    let mut res = req.send_json(body).unwrap();
-    let status = res.status().as_u16();
-    (status, res.body_mut().read_json().unwrap_or(Value::Null))
 }
 
 fn get(node: &Running, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {

@@ -100,6 +100,23 @@ pub fn create_account(base: &str, handle: &str) -> (String, String) {
     (v["did"].as_str().unwrap().to_string(), v["accessJwt"].as_str().unwrap().to_string())
 }
 
+/// Calls the XRPC procedure `method` on `node` with `body` (and `token` as the bearer): the
+/// status and the JSON answer (`Null` when there is none).
+pub fn xrpc_post(
+    node: &Running,
+    method: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut req = agent().post(format!("{}/xrpc/{method}", node.base));
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut res = req.send_json(body).unwrap();
+    let status = res.status().as_u16();
+    (status, res.body_mut().read_json().unwrap_or(serde_json::Value::Null))
+}
+
 /// `ues peer id` of a data directory.
 pub fn peer_id(data_dir: &Path) -> String {
     let out =

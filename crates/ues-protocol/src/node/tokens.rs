@@ -46,14 +46,21 @@ pub enum Purpose {
 }
 
 impl Purpose {
-    fn as_str(self) -> &'static str {
+    /// The mail that carries the token.
+    pub fn template(self) -> super::mail::Template {
+        use super::mail::Template;
         match self {
-            Self::ConfirmEmail => "confirm_email",
-            Self::UpdateEmail => "update_email",
-            Self::ResetPassword => "reset_password",
-            Self::DeleteAccount => "delete_account",
-            Self::PlcOperation => "plc_operation",
+            Self::ConfirmEmail => Template::ConfirmEmail,
+            Self::UpdateEmail => Template::UpdateEmail,
+            Self::ResetPassword => Template::ResetPassword,
+            Self::DeleteAccount => Template::DeleteAccount,
+            Self::PlcOperation => Template::PlcOperation,
         }
+    }
+
+    /// Its name in the table (its mail's template name).
+    fn as_str(self) -> &'static str {
+        self.template().name()
     }
 }
 

@@ -31,14 +31,14 @@ fn email_of(st: &Node, did: &Did) -> Result<String, NodeError> {
         .ok_or_else(|| NodeError::invalid("account does not have an email address"))
 }
 
-/// Emails `did` a new token for `purpose` with `template`.
-pub(crate) fn send_token(st: &Node, did: &Did, purpose: Purpose, template: Template) -> Result<(), NodeError> {
+/// Emails `did` a new token for `purpose`.
+pub(crate) fn send_token(st: &Node, did: &Did, purpose: Purpose) -> Result<(), NodeError> {
     let mailer = st.mailer()?;
     let to = email_of(st, did)?;
     let account = st.accounts.get(did)?.ok_or_else(|| NodeError::invalid("account not found"))?;
     let host = st.host_name();
     let vars = [("handle", account.handle.as_str()), ("email", to.as_str()), ("host", host.as_str())];
-    mailer.send_token(&to, template, &vars, || tokens::create(st.accounts.db(), did, purpose))
+    mailer.send_token(&to, purpose.template(), &vars, || tokens::create(st.accounts.db(), did, purpose))
 }
 
 fn token_ttl(st: &Node) -> Result<std::time::Duration, NodeError> {
@@ -62,7 +62,7 @@ pub(crate) async fn request_email_confirmation(
     let claims = st.access(&headers)?;
     blocking(move || {
         let did = Did::new(claims.sub).map_err(NodeError::internal)?;
-        send_token(&st, &did, Purpose::ConfirmEmail, Template::ConfirmEmail)?;
+        send_token(&st, &did, Purpose::ConfirmEmail)?;
         Ok(StatusCode::OK)
     })
     .await
@@ -105,7 +105,7 @@ pub(crate) async fn request_email_update(
         // An unconfirmed address may be changed without a token: nobody proved it theirs.
         let required = tokens::email_confirmed_at(st.accounts.db(), &did)?.is_some();
         if required {
-            send_token(&st, &did, Purpose::UpdateEmail, Template::UpdateEmail)?;
+            send_token(&st, &did, Purpose::UpdateEmail)?;
         }
         Ok(Json(json!({ "tokenRequired": required })))
     })
@@ -162,7 +162,7 @@ pub(crate) async fn request_password_reset(
         let email = b.email.trim().to_ascii_lowercase();
         let did = credentials::did_by_email(st.accounts.db(), &email).map_err(NodeError::internal)?;
         match did.map(Did::new).transpose().map_err(NodeError::internal)? {
-            Some(did) => send_token(&st, &did, Purpose::ResetPassword, Template::ResetPassword)?,
+            Some(did) => send_token(&st, &did, Purpose::ResetPassword)?,
             None => tracing::info!("password reset asked for an address no account has"),
         }
         Ok(StatusCode::OK)
@@ -208,7 +208,7 @@ pub(crate) async fn request_account_delete(
     require_full(&claims)?;
     blocking(move || {
         let did = Did::new(claims.sub).map_err(NodeError::internal)?;
-        send_token(&st, &did, Purpose::DeleteAccount, Template::DeleteAccount)?;
+        send_token(&st, &did, Purpose::DeleteAccount)?;
         Ok(StatusCode::OK)
     })
     .await

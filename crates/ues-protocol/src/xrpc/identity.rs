@@ -19,7 +19,6 @@ use ues_sync::repo::syntax::{Did, Handle};
 
 use crate::node::auth::full_session;
 use crate::node::extract::{XJson, XQuery};
-use crate::node::mail::Template;
 use crate::node::tokens::{self, Purpose};
 use crate::node::{Node, NodeError, blocking};
 
@@ -136,7 +135,7 @@ pub(crate) async fn request_plc_operation_signature(
 ) -> Result<StatusCode, NodeError> {
     let did = full_session(&st, &headers)?;
     blocking(move || {
-        super::email::send_token(&st, &did, Purpose::PlcOperation, Template::PlcOperation)?;
+        super::email::send_token(&st, &did, Purpose::PlcOperation)?;
         Ok(StatusCode::OK)
     })
     .await
