@@ -3,10 +3,11 @@
 //! its own), `ues export-repo` and `ues import-repo` (an export restored over later writes),
 //! and `ues request-crawl` reaching a stand-in relay.
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/node.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -35,36 +36,8 @@ fn status(base: &str, path: &str) -> u16 {
 }
 
 /// A relay stand-in: records the bodies of the requestCrawl calls it takes.
-fn relay() -> (u16, Arc<Mutex<Vec<Value>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let log = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(20) {
-            let Ok(mut s) = stream else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            let mut len = 0;
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = r.read_exact(&mut body);
-            if line.contains("/xrpc/com.atproto.sync.requestCrawl") {
-                log.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-            }
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
-        }
-    });
-    (port, got)
+fn relay() -> (u16, Arc<Mutex<Vec<http::Seen>>>) {
+    http::serve(|_, _| http::Answer::json(&json!({})))
 }
 
 #[test]
@@ -154,7 +127,16 @@ fn accounts_repositories_and_crawls_from_the_command_line() {
     let (relay_port, crawled) = relay();
     let asked = ues(&["request-crawl", &format!("http://127.0.0.1:{relay_port}")]);
     assert_eq!(asked["accepted"], true, "{asked}");
-    assert_eq!(crawled.lock().unwrap().as_slice(), [json!({"hostname": format!("127.0.0.1:{}", node.port)})]);
+    let crawled: Vec<(String, Value)> = crawled
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| (r.path.clone(), serde_json::from_slice(&r.body).unwrap_or(Value::Null)))
+        .collect();
+    assert_eq!(
+        crawled,
+        [("/xrpc/com.atproto.sync.requestCrawl".to_string(), json!({"hostname": format!("127.0.0.1:{}", node.port)}))]
+    );
 
     // Delete.
     ues(&["account", "delete", "alice.test"]);

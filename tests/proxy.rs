@@ -6,92 +6,42 @@
 //! past the size bound is cut off; moderation reports go to the configured report service; and
 //! answers of a stale AppView get the caller's newer profile and posts (read-after-write).
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/node.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{Answer, Seen};
 use serde_json::{Value, json};
 use support::{agent, start_with};
-
-/// One request the stand-in took: method, path, headers (lower-case names), body.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
 
 /// The stand-in service on a loopback port: its DID document, an answer to every XRPC call
 /// (with a few response headers, one of which must not come back), and an oversized answer.
 fn stand_in() -> (u16, Arc<Mutex<Vec<Seen>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(200) {
-            let Ok(mut s) = stream else { continue };
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut parts = line.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((n, v)) = h.trim().split_once(':') {
-                    headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-                }
-            }
-            let len =
-                headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
-            let did = format!("did:web:127.0.0.1%3A{port}");
-            let (status, extra, payload): (u16, &str, Vec<u8>) = if path == "/.well-known/did.json" {
-                let doc = json!({
-                    "id": did,
-                    "service": [
-                        {"id": "#bsky_chat", "type": "BskyChatService", "serviceEndpoint": format!("http://127.0.0.1:{port}")},
-                        {"id": "#atproto_labeler", "type": "AtprotoLabeler", "serviceEndpoint": format!("http://127.0.0.1:{port}")}
-                    ]
-                });
-                (200, "", doc.to_string().into_bytes())
-            } else if path.starts_with("/xrpc/chat.bsky.convo.getLog") {
-                (200, "", vec![b' '; 17 << 20])
-            } else {
-                log.lock().unwrap().push(Seen { method, path, headers, body });
-                (
-                    200,
-                    "atproto-repo-rev: 3kabc\r\ncontent-language: en\r\nx-internal-secret: do-not-relay\r\n",
-                    br#"{"convos":[]}"#.to_vec(),
-                )
-            };
-            let head = format!(
-                "HTTP/1.1 {status} OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
-                payload.len()
-            );
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&payload);
+    http::serve(|req, port| {
+        if req.path == "/.well-known/did.json" {
+            let endpoint = format!("http://127.0.0.1:{port}");
+            return Answer::json(&json!({
+                "id": format!("did:web:127.0.0.1%3A{port}"),
+                "service": [
+                    {"id": "#bsky_chat", "type": "BskyChatService", "serviceEndpoint": endpoint},
+                    {"id": "#atproto_labeler", "type": "AtprotoLabeler", "serviceEndpoint": endpoint}
+                ]
+            }));
         }
-    });
-    (port, seen)
+        if req.path.starts_with("/xrpc/chat.bsky.convo.getLog") {
+            return Answer { status: 200, headers: String::new(), body: vec![b' '; 17 << 20] };
+        }
+        Answer {
+            status: 200,
+            headers: "atproto-repo-rev: 3kabc\r\ncontent-language: en\r\nx-internal-secret: do-not-relay\r\n".into(),
+            body: br#"{"convos":[]}"#.to_vec(),
+        }
+    })
 }
 
 fn claims(token: &str) -> (Value, String, Vec<u8>) {
@@ -220,40 +170,19 @@ fn chat_reaches_the_service_its_did_document_names_with_a_bound_token() {
 /// A stand-in AppView that has indexed the caller's repository up to `rev` (its
 /// `atproto-repo-rev`): an old profile and a feed of one old post by someone else.
 fn stale_appview(rev: Arc<Mutex<String>>, did: Arc<Mutex<String>>) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(50) {
-            let Ok(mut s) = stream else { continue };
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                    break;
-                }
-            }
-            let me = did.lock().unwrap().clone();
-            let other = json!({"post": {"uri": "at://did:plc:someoneelse/app.bsky.feed.post/3jzfcijpj2z2a", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm", "author": {"did": "did:plc:someoneelse", "handle": "someone.test"}, "record": {"$type": "app.bsky.feed.post", "text": "old", "createdAt": "2020-01-01T00:00:00Z"}, "indexedAt": "2020-01-01T00:00:00.000Z"}});
-            let body = if line.contains("app.bsky.actor.getProfile?") {
-                json!({"did": me, "handle": "alice.test", "displayName": "Old name", "description": "old words", "followersCount": 7})
-            } else if line.contains("app.bsky.feed.getTimeline") || line.contains("app.bsky.feed.getAuthorFeed") {
-                json!({"feed": [other]})
-            } else {
-                json!({})
-            };
-            let body = body.to_string();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\natproto-repo-rev: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                rev.lock().unwrap(),
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(body.as_bytes());
-        }
-    });
-    port
+    http::serve(move |req, _| {
+        let me = did.lock().unwrap().clone();
+        let other = json!({"post": {"uri": "at://did:plc:someoneelse/app.bsky.feed.post/3jzfcijpj2z2a", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm", "author": {"did": "did:plc:someoneelse", "handle": "someone.test"}, "record": {"$type": "app.bsky.feed.post", "text": "old", "createdAt": "2020-01-01T00:00:00Z"}, "indexedAt": "2020-01-01T00:00:00.000Z"}});
+        let body = if req.path.starts_with("/xrpc/app.bsky.actor.getProfile?") {
+            json!({"did": me, "handle": "alice.test", "displayName": "Old name", "description": "old words", "followersCount": 7})
+        } else if req.path.contains("app.bsky.feed.getTimeline") || req.path.contains("app.bsky.feed.getAuthorFeed") {
+            json!({"feed": [other]})
+        } else {
+            json!({})
+        };
+        Answer { headers: format!("atproto-repo-rev: {}\r\n", rev.lock().unwrap()), ..Answer::json(&body) }
+    })
+    .0
 }
 
 #[test]
