@@ -129,6 +129,18 @@ fn an_account_moves_between_nodes_and_keeps_its_did() {
     assert_eq!(post(&new, "com.atproto.server.createAccount", Some(&wrong_lxm), account.clone()).0, 401);
     let other_aud = service_auth(&old, &old_token, "did:web:elsewhere.test", "com.atproto.server.createAccount");
     assert_eq!(post(&new, "com.atproto.server.createAccount", Some(&other_aud), account.clone()).0, 401);
+    // Tokens that are no JWT, no ES256K/ES256 JWT, or far too long: 401, nothing made.
+    let garbage = [
+        "x".to_string(),
+        "a.b.c".to_string(),
+        format!("{}.{}.{}", "e30", "e30", "AAAA"),
+        "eyJhbGciOiJub25lIn0.eyJpc3MiOiJkaWQ6cGxjOmFhYSJ9.".to_string(),
+        "a".repeat(10_000),
+    ];
+    for token in &garbage {
+        let (s, v) = post(&new, "com.atproto.server.createAccount", Some(token), account.clone());
+        assert_eq!(s, 401, "{token:.40}: {v}");
+    }
     let (_, bob_token) = support::create_account(&old.base, "bob.test");
     let bobs = service_auth(&old, &bob_token, &new_did, "com.atproto.server.createAccount");
     let (s, v) = post(&new, "com.atproto.server.createAccount", Some(&bobs), account.clone());

@@ -7,6 +7,7 @@
 //! - [`error`]: [`NodeError`], the one error type, with the [`Kind`] each face answers by.
 //! - [`auth`]: passwords, session tokens, the operator's credentials.
 //! - [`credentials`]: emails, password hashes and app passwords, the node's own tables.
+//! - [`dpop`]: DPoP proofs (RFC 9449) for OAuth token requests and calls.
 //! - [`mail`] and [`tokens`]: the mail the node sends and the tokens it emails.
 //! - [`sequencer`]: the durable event log every commit writes its event into.
 //! - [`peers`]: what the faces may ask of the peer-to-peer service.
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod blobs;
 pub mod credentials;
+pub mod dpop;
 pub mod error;
 pub mod extract;
 pub mod invites;
