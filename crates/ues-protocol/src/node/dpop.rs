@@ -63,10 +63,17 @@ struct Claims {
     ath: Option<String>,
 }
 
+/// `jti`s seen, with when each may be forgotten, oldest first.
+#[derive(Default)]
+struct Jtis {
+    seen: HashMap<String, u64>,
+    order: VecDeque<(u64, String)>,
+}
+
 /// Issues nonces and verifies proofs.
 pub struct Dpop {
     secret: [u8; 32],
-    jtis: parking_lot::Mutex<(HashMap<String, u64>, VecDeque<(u64, String)>)>,
+    jtis: parking_lot::Mutex<Jtis>,
 }
 
 impl std::fmt::Debug for Dpop {
@@ -158,14 +165,13 @@ impl Dpop {
         if claims.iat > t + MAX_AGE || claims.iat + MAX_AGE < t {
             return Err(bad("iat is not recent"));
         }
-        match (&claims.ath, access_token) {
-            (Some(ath), Some(token)) => {
-                if *ath != URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes())) {
-                    return Err(bad("ath does not match the access token"));
-                }
+        if let Some(token) = access_token {
+            let want = URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()));
+            match &claims.ath {
+                Some(ath) if *ath == want => {}
+                Some(_) => return Err(bad("ath does not match the access token")),
+                None => return Err(bad("ath is required with an access token")),
             }
-            (None, Some(_)) => return Err(bad("ath is required with an access token")),
-            _ => {}
         }
         match &claims.nonce {
             Some(n) if self.nonce_good(n) => {}
@@ -181,7 +187,7 @@ impl Dpop {
 
     fn remember(&self, jti: &str, t: u64) -> Result<(), DpopError> {
         let mut guard = self.jtis.lock();
-        let (seen, order) = &mut *guard;
+        let Jtis { seen, order } = &mut *guard;
         while order.front().is_some_and(|(until, _)| *until < t) {
             if let Some((_, old)) = order.pop_front() {
                 seen.remove(&old);
