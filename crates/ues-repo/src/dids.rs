@@ -54,24 +54,26 @@ struct Entry<V> {
     value: V,
 }
 
-/// At most [`MAX_CACHED`] values by key, the oldest going first.
-struct Cache<V> {
+/// A bounded cache: at most `capacity` values by key, the oldest going first, each with its
+/// age (callers decide what age is too old).
+pub struct TtlCache<V> {
+    capacity: usize,
     entries: HashMap<String, Entry<V>>,
     order: VecDeque<String>,
 }
 
-impl<V> Default for Cache<V> {
-    fn default() -> Self {
-        Self { entries: HashMap::new(), order: VecDeque::new() }
+impl<V: Clone> TtlCache<V> {
+    /// An empty cache of at most `capacity` values.
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, entries: HashMap::new(), order: VecDeque::new() }
     }
-}
 
-impl<V: Clone> Cache<V> {
-    fn put(&mut self, key: &str, value: V) {
+    /// Keeps `value` under `key` (its age starts now).
+    pub fn put(&mut self, key: &str, value: V) {
         if self.entries.insert(key.to_string(), Entry { at: Instant::now(), value }).is_none() {
             self.order.push_back(key.to_string());
         }
-        while self.entries.len() > MAX_CACHED {
+        while self.entries.len() > self.capacity {
             match self.order.pop_front() {
                 Some(old) => {
                     self.entries.remove(&old);
@@ -82,11 +84,12 @@ impl<V: Clone> Cache<V> {
     }
 
     /// The value and its age.
-    fn get(&self, key: &str) -> Option<(V, Duration)> {
+    pub fn get(&self, key: &str) -> Option<(V, Duration)> {
         self.entries.get(key).map(|e| (e.value.clone(), e.at.elapsed()))
     }
 
-    fn remove(&mut self, key: &str) {
+    /// Forgets `key`.
+    pub fn remove(&mut self, key: &str) {
         if self.entries.remove(key).is_some() {
             self.order.retain(|k| k != key);
         }
@@ -98,8 +101,8 @@ pub struct DidResolver {
     plc: PlcClient,
     agent: ureq::Agent,
     private: bool,
-    cache: parking_lot::Mutex<Cache<Result<Value, DidError>>>,
-    handles: parking_lot::Mutex<Cache<Option<Did>>>,
+    cache: parking_lot::Mutex<TtlCache<Result<Value, DidError>>>,
+    handles: parking_lot::Mutex<TtlCache<Option<Did>>>,
 }
 
 impl std::fmt::Debug for DidResolver {
@@ -128,8 +131,8 @@ impl DidResolver {
                 crate::identity::PublicOnly::default(),
             ),
             private: false,
-            cache: parking_lot::Mutex::new(Cache::default()),
-            handles: parking_lot::Mutex::new(Cache::default()),
+            cache: parking_lot::Mutex::new(TtlCache::new(MAX_CACHED)),
+            handles: parking_lot::Mutex::new(TtlCache::new(MAX_CACHED)),
         }
     }
 

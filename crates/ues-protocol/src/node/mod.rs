@@ -7,7 +7,8 @@
 //! - [`error`]: [`NodeError`], the one error type, with the [`Kind`] each face answers by.
 //! - [`auth`]: passwords, session tokens, the operator's credentials.
 //! - [`credentials`]: emails, password hashes and app passwords, the node's own tables.
-//! - [`dpop`]: DPoP proofs (RFC 9449) for OAuth token requests and calls.
+//! - [`dpop`] and [`oauth_clients`]: DPoP proofs (RFC 9449) and OAuth client metadata, for
+//!   the OAuth authorization server.
 //! - [`mail`] and [`tokens`]: the mail the node sends and the tokens it emails.
 //! - [`sequencer`]: the durable event log every commit writes its event into.
 //! - [`peers`]: what the faces may ask of the peer-to-peer service.
@@ -24,6 +25,7 @@ pub mod invites;
 pub mod limits;
 pub mod mail;
 pub mod metrics;
+pub mod oauth_clients;
 pub mod peers;
 pub mod records;
 pub mod sequencer;
