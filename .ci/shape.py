@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the protocol layer's shape, beside the crate layering (`layering.py`):
 
-- a face of `ues-protocol` (`xrpc`, `rest`, `gateway`, `p2p`) never imports another face: they
+- a face of `ues-protocol` (`xrpc`, `rest`, `gateway`, `p2p`, `oauth`) never imports another face: they
   meet only in what lies beneath them (the node core, `http`'s serving plumbing);
 - SQL on a table runs only in the crate that creates the table (its migrations).
 
@@ -13,7 +13,7 @@ import pathlib
 import re
 import sys
 
-FACES = ["xrpc", "rest", "gateway", "p2p"]
+FACES = ["xrpc", "rest", "gateway", "p2p", "oauth"]
 SQL_USE = r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+{table}\b"
 CREATE = re.compile(r"CREATE (?:VIRTUAL )?TABLE (?:IF NOT EXISTS )?([a-z_0-9]+)")
 IMPORT = re.compile(r"\bcrate::([a-z_0-9]+)")

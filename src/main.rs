@@ -689,7 +689,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let app = ues_protocol::http::router(info)
         .merge(ues_protocol::xrpc::router_with(xrpc.clone(), host.xrpc()))
         .merge(ues_protocol::gateway::router_with(xrpc.clone(), cfg.ws.to_config(), registry))
-        .merge(ues_protocol::rest::router(xrpc.clone(), cfg.api.to_config()));
+        .merge(ues_protocol::rest::router(xrpc.clone(), cfg.api.to_config()))
+        .merge(ues_protocol::oauth::router(xrpc.clone()));
     let listener =
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
     let tls = cfg.http.tls()?;

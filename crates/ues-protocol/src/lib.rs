@@ -17,6 +17,7 @@ pub mod acme;
 pub mod gateway;
 pub mod http;
 pub mod node;
+pub mod oauth;
 pub mod p2p;
 pub mod rest;
 pub mod xrpc;

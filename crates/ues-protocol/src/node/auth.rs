@@ -47,6 +47,10 @@ pub struct Claims {
     /// after is not. Absent in tokens of earlier versions.
     #[serde(rename = "gen", default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// The key a token is bound to (an OAuth access token's `cnf`): such a token is good only
+    /// with a DPoP proof of that key, never as a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<serde_json::Value>,
 }
 
 /// Seconds since the Unix epoch.
@@ -190,6 +194,7 @@ pub(crate) fn access_token(st: &Node, did: &Did, cred: &Credential) -> Result<St
         exp: now + ACCESS_TTL_SECS,
         jti: None,
         generation: Some(session_generation(st, did.as_str())?),
+        cnf: None,
     };
     Ok(sign(&st.cfg.jwt_secret, "at+jwt", &claims))
 }
@@ -207,6 +212,7 @@ pub(crate) fn issue(st: &Node, did: &Did, cred: &Credential) -> Result<(String, 
         exp: now + REFRESH_TTL_SECS,
         jti: Some(jti.clone()),
         generation: Some(session_generation(st, did.as_str())?),
+        cnf: None,
     };
     let entry = json!({ "did": did.as_str(), "app": cred.name() }).to_string();
     st.kv
@@ -404,6 +410,7 @@ mod tests {
             exp: 2,
             jti: None,
             generation: Some(3),
+            cnf: None,
         };
         let t = sign(b"secret", "at+jwt", &c);
         assert_eq!(verify(b"secret", &t, "at+jwt").unwrap(), c);

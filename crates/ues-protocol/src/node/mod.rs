@@ -26,6 +26,7 @@ pub mod limits;
 pub mod mail;
 pub mod metrics;
 pub mod oauth_clients;
+pub mod oauth_store;
 pub mod peers;
 pub mod records;
 pub mod sequencer;
@@ -159,6 +160,14 @@ pub struct Node {
     /// Signing keys reserved for accounts about to move here (by DID, or by the key's did:key
     /// when no DID was named), newest last.
     pub(crate) reserved_keys: parking_lot::Mutex<std::collections::VecDeque<(String, std::time::Instant, Keypair)>>,
+    /// DPoP nonces and proofs (OAuth).
+    pub dpop: dpop::Dpop,
+    /// OAuth clients' metadata (fetched, cached).
+    pub oauth_clients: oauth_clients::OauthClients,
+    /// Pushed authorization requests waiting for the user, by `request_uri`.
+    pub(crate) oauth_requests: parking_lot::Mutex<ues_sync::repo::dids::TtlCache<oauth_store::PushedRequest>>,
+    /// Codes waiting for the client, by code.
+    pub(crate) oauth_codes: parking_lot::Mutex<ues_sync::repo::dids::TtlCache<oauth_store::Grant>>,
     /// Resolves DIDs that are not this node's (cached, bounded).
     pub dids: ues_sync::repo::dids::DidResolver,
     /// Where the node's mail goes (`ues run` always sets it: SMTP or the outbox file).
@@ -228,6 +237,7 @@ impl Node {
         accounts.db().migrate(crate::node::sequencer::MIGRATIONS).map_err(NodeError::internal)?;
         accounts.db().migrate(crate::node::invites::MIGRATIONS).map_err(NodeError::internal)?;
         accounts.db().migrate(crate::node::tokens::MIGRATIONS).map_err(NodeError::internal)?;
+        accounts.db().migrate(crate::node::oauth_store::MIGRATIONS).map_err(NodeError::internal)?;
         let pending = crate::node::sequencer::Pending::default();
         accounts.set_commit_hook(crate::node::sequencer::sequencer_hook(pending.clone()));
         for collection in accounts.set_indexes(lexicons.indexes().clone())? {
@@ -263,6 +273,10 @@ impl Node {
             storage_ops: std::sync::OnceLock::new(),
             certificates: std::sync::OnceLock::new(),
             dids,
+            dpop: dpop::Dpop::default(),
+            oauth_clients: oauth_clients::OauthClients::new(development),
+            oauth_requests: parking_lot::Mutex::new(ues_sync::repo::dids::TtlCache::new(oauth_store::MAX_PENDING)),
+            oauth_codes: parking_lot::Mutex::new(ues_sync::repo::dids::TtlCache::new(oauth_store::MAX_PENDING)),
             reserved_keys: parking_lot::Mutex::new(Default::default()),
             mailer: std::sync::OnceLock::new(),
             invite_required: std::sync::atomic::AtomicBool::new(false),
@@ -400,6 +414,7 @@ impl Node {
             exp,
             jti: None,
             generation: auth::session_generation(self, did).ok(),
+            cnf: None,
         };
         auth::sign(&self.cfg.jwt_secret, "at+jwt", &claims)
     }
@@ -434,6 +449,14 @@ impl Node {
             claims.scope.as_str(),
             "com.atproto.access" | "com.atproto.appPass" | "com.atproto.appPassPrivileged"
         );
+        if claims.cnf.is_some() {
+            tracing::warn!(did = %claims.sub, "a DPoP-bound token presented as a bearer token");
+            return Err(NodeError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "InvalidToken",
+                "This token is bound to a DPoP key and needs its proof",
+            ));
+        }
         if !scope_ok || claims.aud != self.cfg.service_did {
             return Err(NodeError::new(axum::http::StatusCode::UNAUTHORIZED, "InvalidToken", "Bad token scope"));
         }

@@ -234,6 +234,15 @@ impl Node {
     /// one of its app passwords; a wrong one is `AuthenticationRequired`, told apart from an
     /// unknown account by nothing.
     pub fn login(&self, identifier: &str, password: &str) -> Result<Session, NodeError> {
+        let (account, cred) = self.authenticate(identifier, password)?;
+        let (access, refresh) = issue(self, &account.did, &cred)?;
+        self.session(account, access, refresh)
+    }
+
+    /// The account `identifier` names and the credential `password` is for it (the account
+    /// password or one of its app passwords), without opening a session; a taken-down account
+    /// is refused.
+    pub(crate) fn authenticate(&self, identifier: &str, password: &str) -> Result<(Account, Credential), NodeError> {
         let denied = || NodeError::auth_required("Invalid identifier or password");
         let ident = identifier.trim().to_ascii_lowercase();
         let account = if ident.starts_with("did:") {
@@ -262,8 +271,7 @@ impl Node {
         if account.status == "takendown" {
             return Err(NodeError::bad("AccountTakedown", "Account has been taken down"));
         }
-        let (access, refresh) = issue(self, &account.did, &cred)?;
-        self.session(account, access, refresh)
+        Ok((account, cred))
     }
 
     /// Trades a refresh token for a fresh pair (the old one is used up; within a grace period

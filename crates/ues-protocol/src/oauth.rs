@@ -1,0 +1,615 @@
+//! The OAuth authorization server of the AT Protocol OAuth profile (OAuth 2.1 with pushed
+//! authorization requests, PKCE `S256` and DPoP), one face beside `xrpc`, `rest` and
+//! `gateway`, standing on [`crate::node`] only:
+//!
+//! - `POST /oauth/par`: a client (its metadata fetched from its `client_id`, or the localhost
+//!   development client) pushes its request with a DPoP proof; the answer is a `request_uri`
+//!   good for five minutes and a DPoP nonce.
+//! - `GET /oauth/authorize`: the user's page (server-rendered, no JavaScript): the client, the
+//!   permissions asked in plain words, the account's identifier and password, allow or deny.
+//!   `POST` the same: checks the CSRF token (a `SameSite=Strict` cookie matched by a form field)
+//!   and the account password, then sends the browser back to the client with a one-minute code.
+//! - `POST /oauth/token`: the code with its PKCE verifier (and the DPoP key of the pushed
+//!   request), or a refresh token (rotated on each use; one used twice ends the session), for a
+//!   DPoP-bound access token (`cnf.jkt`).
+//! - `POST /oauth/revoke`: ends the session of a refresh token.
+//!
+//! Only public clients for now (confidential clients' `private_key_jwt` assertions are refused
+//! with `invalid_client`), and the server's metadata is not published yet: the resource side
+//! (XRPC, REST and `/ws` taking these tokens with their proofs) comes with it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::node::dpop::DpopError;
+use crate::node::oauth_clients::{ClientError, ClientMetadata};
+use crate::node::oauth_store::{self, Grant, OauthSession, PushedRequest, Refresh};
+use crate::node::{Node, blocking};
+
+/// Largest form body taken.
+const MAX_FORM: usize = 16 * 1024;
+/// How long an access token lives.
+const ACCESS_TTL: u64 = 3600;
+/// How long a public client's session lives.
+const SESSION_TTL: i64 = 14 * 86_400;
+/// The scopes granted here (the granular forms come with the resource side).
+pub const SCOPES: &[&str] = &["atproto", "transition:generic", "transition:email", "transition:chat.bsky"];
+
+/// The cookie that carries the page's CSRF token.
+const CSRF_COOKIE: &str = "ues-oauth-csrf";
+
+/// Sign-in attempts on the consent page per client address per 5 minutes (as `createSession`'s).
+const SIGN_INS_PER_5MIN: u32 = 30;
+/// OAuth requests (pushed requests, tokens) per client address per 5 minutes.
+const REQUESTS_PER_5MIN: u32 = 300;
+
+/// Per-address budgets of the OAuth endpoints.
+struct Budgets {
+    sign_ins: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    requests: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+}
+
+fn per_5min(n: u32) -> governor::Quota {
+    let n = std::num::NonZeroU32::new(n).expect("not zero");
+    governor::Quota::with_period(std::time::Duration::from_secs(300) / n.get()).expect("a period").allow_burst(n)
+}
+
+/// The OAuth routes.
+pub fn router(st: Arc<Node>) -> Router {
+    let budgets = Arc::new(Budgets {
+        sign_ins: governor::RateLimiter::keyed(per_5min(SIGN_INS_PER_5MIN)),
+        requests: governor::RateLimiter::keyed(per_5min(REQUESTS_PER_5MIN)),
+    });
+    Router::new()
+        .route("/oauth/par", post(par))
+        .route("/oauth/authorize", get(authorize_page).post(authorize))
+        .route("/oauth/token", post(token))
+        .route("/oauth/revoke", post(revoke))
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let budgets = budgets.clone();
+            async move { limit(&budgets, req, next).await }
+        }))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
+        .with_state(st)
+}
+
+/// Spends the caller's budgets: every OAuth request, and sign-ins (the consent form's posts)
+/// apart; past either, 429 with `Retry-After`.
+async fn limit(budgets: &Budgets, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    if let Some(ip) = ip {
+        if budgets.requests.len() > 100_000 {
+            budgets.requests.retain_recent();
+            budgets.sign_ins.retain_recent();
+        }
+        let sign_in = req.method() == axum::http::Method::POST && req.uri().path() == "/oauth/authorize";
+        let refused = budgets.requests.check_key(&ip).is_err() || (sign_in && budgets.sign_ins.check_key(&ip).is_err());
+        if refused {
+            tracing::warn!(%ip, path = req.uri().path(), "oauth rate limit reached");
+            let mut r = (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(
+                    json!({ "error": "rate_limited", "error_description": "too many requests; try again later" }),
+                ),
+            )
+                .into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+/// The issuer: this node's public URL.
+fn issuer(st: &Node) -> String {
+    st.cfg.public_url.trim_end_matches('/').to_string()
+}
+
+/// An OAuth error answer (`{"error", "error_description"}`), with a fresh DPoP nonce.
+fn oauth_error(st: &Node, status: StatusCode, error: &str, description: impl Into<String>) -> Response {
+    let description = description.into();
+    tracing::info!(error, %description, "oauth request refused");
+    let mut r = (status, axum::Json(json!({ "error": error, "error_description": description }))).into_response();
+    nonce_header(st, &mut r);
+    r
+}
+
+fn nonce_header(st: &Node, r: &mut Response) {
+    if let Ok(v) = HeaderValue::from_str(&st.dpop.nonce()) {
+        r.headers_mut().insert("dpop-nonce", v);
+    }
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// The form's fields; a field given twice is refused.
+fn form(body: &[u8]) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(format!("{k} is given more than once"));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the request's DPoP proof for `path`: the key thumbprint, or the answer to send.
+fn proof(st: &Node, headers: &HeaderMap, path: &str) -> Result<String, Box<Response>> {
+    let Some(p) = headers.get("dpop").and_then(|v| v.to_str().ok()) else {
+        return Err(Box::new(oauth_error(
+            st,
+            StatusCode::BAD_REQUEST,
+            "invalid_dpop_proof",
+            "a DPoP proof is required",
+        )));
+    };
+    match st.dpop.verify(p, "POST", &format!("{}{path}", issuer(st)), None) {
+        Ok(p) => Ok(p.jkt),
+        Err(DpopError::UseNonce) => Err(Box::new(oauth_error(
+            st,
+            StatusCode::BAD_REQUEST,
+            "use_dpop_nonce",
+            "use the DPoP nonce of this answer",
+        ))),
+        Err(DpopError::Invalid(m)) => Err(Box::new(oauth_error(st, StatusCode::BAD_REQUEST, "invalid_dpop_proof", m))),
+    }
+}
+
+fn client_error(st: &Node, e: ClientError) -> Response {
+    match e {
+        ClientError::Invalid(m) => oauth_error(st, StatusCode::BAD_REQUEST, "invalid_client_metadata", m),
+        other => oauth_error(st, StatusCode::BAD_REQUEST, "invalid_client", other.to_string()),
+    }
+}
+
+/// Whether a PKCE value is 43-128 characters of the unreserved set.
+fn pkce_shaped(v: &str) -> bool {
+    (43..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
+async fn par(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    let jkt = match proof(&st, &headers, "/oauth/par") {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let f = match form(&body) {
+        Ok(f) => f,
+        Err(m) => return oauth_error(&st, StatusCode::BAD_REQUEST, "invalid_request", m),
+    };
+    let field = |k: &str| f.get(k).map(String::as_str);
+    let Some(client_id) = field("client_id").map(str::to_string) else {
+        return oauth_error(&st, StatusCode::BAD_REQUEST, "invalid_request", "client_id is required");
+    };
+    let st2 = st.clone();
+    let client = match blocking(move || Ok(st2.oauth_clients.get(&client_id))).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return client_error(&st, e),
+        Err(e) => return oauth_error(&st, StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.message),
+    };
+    if client.token_endpoint_auth_method != "none" {
+        return oauth_error(&st, StatusCode::BAD_REQUEST, "invalid_client", "confidential clients are not taken yet");
+    }
+    match check_request(&client, &f) {
+        Ok(mut req) => {
+            req.jkt = jkt;
+            let request_uri = format!("urn:ietf:params:oauth:request_uri:req-{}", oauth_store::random_token());
+            st.oauth_requests.lock().put(&request_uri, req);
+            let mut r = (
+                StatusCode::CREATED,
+                axum::Json(json!({ "request_uri": request_uri, "expires_in": oauth_store::REQUEST_TTL.as_secs() - 1 })),
+            )
+                .into_response();
+            nonce_header(&st, &mut r);
+            r
+        }
+        Err((error, m)) => oauth_error(&st, StatusCode::BAD_REQUEST, error, m),
+    }
+}
+
+/// The profile's rules for an authorization request of `client`.
+fn check_request(
+    client: &ClientMetadata,
+    f: &std::collections::HashMap<String, String>,
+) -> Result<PushedRequest, (&'static str, String)> {
+    let field = |k: &str| f.get(k).map(String::as_str);
+    if field("response_type") != Some("code") {
+        return Err(("unsupported_response_type", "response_type must be code".into()));
+    }
+    if field("code_challenge_method") != Some("S256") {
+        return Err(("invalid_request", "code_challenge_method must be S256".into()));
+    }
+    let challenge = field("code_challenge").unwrap_or("");
+    if !pkce_shaped(challenge) {
+        return Err(("invalid_request", "code_challenge must be 43-128 characters".into()));
+    }
+    let redirect_uri = field("redirect_uri").unwrap_or("");
+    if !client.allows_redirect(redirect_uri) {
+        return Err(("invalid_request", format!("redirect_uri {redirect_uri} is not in the client's metadata")));
+    }
+    let scope = field("scope").unwrap_or("");
+    if let Some(unknown) = scope.split(' ').find(|s| !SCOPES.contains(s)) {
+        return Err(("invalid_scope", format!("{unknown} is not a scope this server grants")));
+    }
+    let declared: Vec<&str> = client.scope.split(' ').collect();
+    if !scope.split(' ').any(|s| s == "atproto") {
+        return Err(("invalid_scope", "scope must include atproto".into()));
+    }
+    if let Some(extra) = scope.split(' ').find(|s| !declared.contains(s)) {
+        return Err(("invalid_scope", format!("{extra} is not among the client's declared scopes")));
+    }
+    let state = field("state").map(str::to_string);
+    if state.as_ref().is_some_and(|s| s.len() > 1024) {
+        return Err(("invalid_request", "state is longer than 1,024 characters".into()));
+    }
+    let login_hint = field("login_hint").map(str::to_string).filter(|h| h.len() <= 256);
+    Ok(PushedRequest {
+        client_id: client.client_id.clone(),
+        redirect_uri: redirect_uri.to_string(),
+        scope: scope.to_string(),
+        state,
+        code_challenge: challenge.to_string(),
+        jkt: String::new(),
+        login_hint,
+    })
+}
+
+/// A pushed request still waiting, for this client.
+fn pending(st: &Node, request_uri: &str, client_id: Option<&str>) -> Option<PushedRequest> {
+    let (req, age) = st.oauth_requests.lock().get(request_uri)?;
+    (age < oauth_store::REQUEST_TTL && client_id.is_none_or(|c| c == req.client_id)).then_some(req)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// What a scope lets the client do, in plain words.
+fn scope_words(scope: &str) -> Vec<&'static str> {
+    scope
+        .split(' ')
+        .map(|s| match s {
+            "atproto" => "Know who you are (your account's DID and handle)",
+            "transition:generic" => "Read and write your posts, likes, follows and other records, and upload files",
+            "transition:email" => "See your email address",
+            "transition:chat.bsky" => "Read and send your direct messages",
+            _ => "A permission this server does not describe yet",
+        })
+        .collect()
+}
+
+fn page(st: &Node, req: &PushedRequest, request_uri: &str, csrf: &str, error: Option<&str>) -> Response {
+    let client = st.oauth_clients.get(&req.client_id).ok();
+    let name = client.as_ref().and_then(|c| c.client_name.clone()).unwrap_or_else(|| req.client_id.clone());
+    let permissions: String =
+        scope_words(&req.scope).iter().map(|w| format!("<li>{}</li>", escape(w))).collect::<Vec<_>>().join("");
+    let error = error.map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", escape(e))).unwrap_or_default();
+    let hint = escape(req.login_hint.as_deref().unwrap_or(""));
+    let html = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in to {host}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:2rem auto;padding:0 1rem;line-height:1.5}}
+label{{display:block;margin-top:1rem;font-weight:600}}input{{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}}
+button{{margin-top:1.25rem;margin-right:.5rem;padding:.6rem 1.2rem;font-size:1rem}}.error{{color:#a00;font-weight:600}}
+.client{{font-weight:700}}.id{{color:#555;font-size:.9rem;word-break:break-all}}</style></head>
+<body><main>
+<h1>Sign in to {host}</h1>
+<p><span class="client">{name}</span> asks to use your account.</p>
+<p class="id">Client: {client_id}</p>
+<h2>It will be able to</h2><ul>{permissions}</ul>
+{error}
+<form method="post" action="/oauth/authorize">
+<input type="hidden" name="request_uri" value="{request_uri}">
+<input type="hidden" name="csrf" value="{csrf}">
+<label for="identifier">Handle or email</label>
+<input id="identifier" name="identifier" autocomplete="username" required value="{hint}">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>
+<button type="submit" name="decision" value="allow">Allow</button>
+<button type="submit" name="decision" value="deny" formnovalidate>Deny</button>
+</form></main></body></html>"#,
+        host = escape(&st.host_name()),
+        name = escape(&name),
+        client_id = escape(&req.client_id),
+        request_uri = escape(request_uri),
+        csrf = escape(csrf),
+    );
+    let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    let secure = if st.cfg.public_url.starts_with("https://") { "; Secure" } else { "" };
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("{CSRF_COOKIE}={csrf}; Path=/oauth; HttpOnly; SameSite=Strict{secure}"))
+    {
+        h.insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+fn plain(status: StatusCode, text: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text.to_string()).into_response()
+}
+
+async fn authorize_page(
+    State(st): State<Arc<Node>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let request_uri = q.get("request_uri").cloned().unwrap_or_default();
+    let Some(req) = pending(&st, &request_uri, q.get("client_id").map(String::as_str)) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "This sign-in request is unknown or has expired; start again from the app.",
+        );
+    };
+    let st2 = st.clone();
+    blocking(move || Ok(page(&st2, &req, &request_uri, &oauth_store::random_token(), None)))
+        .await
+        .unwrap_or_else(|e| plain(StatusCode::INTERNAL_SERVER_ERROR, &e.message))
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+/// Where the browser goes back to, with `params` added to the redirect URI's query.
+fn back_to(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        q.append_pair(k, v);
+    }
+    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    let location = format!("{redirect_uri}{sep}{}", q.finish());
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn authorize(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(f) = form(&body) else { return plain(StatusCode::BAD_REQUEST, "Malformed form.") };
+    let field = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let (request_uri, csrf) = (field("request_uri"), field("csrf"));
+    let Some(req) = pending(&st, &request_uri, None) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "This sign-in request is unknown or has expired; start again from the app.",
+        );
+    };
+    let cookie_csrf = cookie(&headers, CSRF_COOKIE).unwrap_or_default();
+    if csrf.is_empty() || !bool::from(subtle::ConstantTimeEq::ct_eq(csrf.as_bytes(), cookie_csrf.as_bytes())) {
+        tracing::warn!(client = %req.client_id, "oauth consent without its CSRF cookie refused");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "This form did not come from this server's page; start again from the app.",
+        );
+    }
+    let iss = issuer(&st);
+    if field("decision") != "allow" {
+        st.oauth_requests.lock().remove(&request_uri);
+        let state = req.state.clone().unwrap_or_default();
+        let mut params = vec![("error", "access_denied"), ("iss", iss.as_str())];
+        if req.state.is_some() {
+            params.push(("state", state.as_str()));
+        }
+        return back_to(&req.redirect_uri, &params);
+    }
+    let (identifier, password) = (field("identifier"), field("password"));
+    let st2 = st.clone();
+    let outcome = blocking(move || Ok(st2.authenticate(&identifier, &password))).await;
+    let account = match outcome {
+        Ok(Ok((account, crate::node::auth::Credential::Full))) => account,
+        Ok(Ok(_)) => {
+            return page(&st, &req, &request_uri, &csrf, Some("Use your account password here, not an app password."));
+        }
+        Ok(Err(e)) => return page(&st, &req, &request_uri, &csrf, Some(&e.message)),
+        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, &e.message),
+    };
+    // The request is used up; the code answers it once.
+    st.oauth_requests.lock().remove(&request_uri);
+    let code = oauth_store::random_token();
+    st.oauth_codes.lock().put(&code, Grant { request: req.clone(), did: account.did.to_string() });
+    tracing::info!(did = %account.did, client = %req.client_id, scope = %req.scope, "oauth consent given");
+    let state = req.state.clone().unwrap_or_default();
+    let mut params = vec![("code", code.as_str()), ("iss", iss.as_str())];
+    if req.state.is_some() {
+        params.push(("state", state.as_str()));
+    }
+    back_to(&req.redirect_uri, &params)
+}
+
+/// A DPoP-bound access token for a session (HMAC-signed with the node's session key, like its
+/// other tokens; `cnf.jkt` the session's key).
+fn access_token(st: &Node, s: &OauthSession) -> Result<String, String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let now = crate::node::auth::now_secs();
+    let mut h = Header::new(Algorithm::HS256);
+    h.typ = Some("at+jwt".into());
+    let claims = json!({
+        "iss": issuer(st), "aud": st.cfg.service_did, "sub": s.did, "scope": s.scope,
+        "client_id": s.client_id, "sid": s.id, "cnf": { "jkt": s.jkt },
+        "iat": now, "exp": now + ACCESS_TTL, "jti": oauth_store::random_token(),
+    });
+    let key = EncodingKey::from_secret(&st.cfg.jwt_secret).map_err(|e| e.to_string())?;
+    jsonwebtoken::encode(&h, &claims, &key).map_err(|e| e.to_string())
+}
+
+fn token_answer(st: &Node, s: &OauthSession, refresh: &str) -> Response {
+    match access_token(st, s) {
+        Ok(at) => {
+            let mut r = axum::Json(json!({
+                "access_token": at, "token_type": "DPoP", "expires_in": ACCESS_TTL,
+                "refresh_token": refresh, "scope": s.scope, "sub": s.did,
+            }))
+            .into_response();
+            nonce_header(st, &mut r);
+            r
+        }
+        Err(e) => oauth_error(st, StatusCode::INTERNAL_SERVER_ERROR, "server_error", e),
+    }
+}
+
+async fn token(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    let jkt = match proof(&st, &headers, "/oauth/token") {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let f = match form(&body) {
+        Ok(f) => f,
+        Err(m) => return oauth_error(&st, StatusCode::BAD_REQUEST, "invalid_request", m),
+    };
+    let st2 = st.clone();
+    let outcome: Result<Response, crate::node::NodeError> = blocking(move || {
+        let st = st2.as_ref();
+        let field = |k: &str| f.get(k).cloned().unwrap_or_default();
+        Ok(match field("grant_type").as_str() {
+            "authorization_code" => code_grant(
+                st,
+                &jkt,
+                &field("code"),
+                &field("client_id"),
+                &field("redirect_uri"),
+                &field("code_verifier"),
+            )?,
+            "refresh_token" => refresh_grant(
+                st,
+                &jkt,
+                &field("refresh_token"),
+                &field("client_id"),
+                f.get("scope").map(String::as_str),
+            )?,
+            other => {
+                oauth_error(st, StatusCode::BAD_REQUEST, "unsupported_grant_type", format!("grant_type {other:?}"))
+            }
+        })
+    })
+    .await;
+    outcome.unwrap_or_else(|e| oauth_error(&st, StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.message))
+}
+
+fn code_grant(
+    st: &Node,
+    jkt: &str,
+    code: &str,
+    client_id: &str,
+    redirect_uri: &str,
+    verifier: &str,
+) -> Result<Response, crate::node::NodeError> {
+    let bad = |m: &str| Ok(oauth_error(st, StatusCode::BAD_REQUEST, "invalid_grant", m));
+    // A code is taken out on first presentation, right or wrong: it works once.
+    let found = {
+        let mut codes = st.oauth_codes.lock();
+        let g = codes.get(code);
+        codes.remove(code);
+        g
+    };
+    let Some((grant, age)) = found else { return bad("unknown or used code") };
+    if age >= oauth_store::CODE_TTL {
+        return bad("the code has expired");
+    }
+    let req = &grant.request;
+    if client_id != req.client_id {
+        return bad("the code was issued to another client");
+    }
+    if redirect_uri != req.redirect_uri {
+        return bad("redirect_uri is not the one of the request");
+    }
+    if !pkce_shaped(verifier) || URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != req.code_challenge {
+        return bad("code_verifier does not match the code_challenge");
+    }
+    if jkt != req.jkt {
+        return bad("the DPoP key is not the one of the request");
+    }
+    let session = OauthSession {
+        id: oauth_store::random_token(),
+        did: grant.did.clone(),
+        client_id: req.client_id.clone(),
+        jkt: jkt.to_string(),
+        scope: req.scope.clone(),
+        expires_at: crate::node::auth::now_secs() as i64 + SESSION_TTL,
+    };
+    let refresh = oauth_store::random_token();
+    oauth_store::create(st.accounts.db(), &session, &refresh)?;
+    Ok(token_answer(st, &session, &refresh))
+}
+
+fn refresh_grant(
+    st: &Node,
+    jkt: &str,
+    presented: &str,
+    client_id: &str,
+    scope: Option<&str>,
+) -> Result<Response, crate::node::NodeError> {
+    let next = oauth_store::random_token();
+    let escalates = |s: &OauthSession| {
+        scope.and_then(|asked| asked.split(' ').find(|x| !s.scope.split(' ').any(|g| g == *x)).map(str::to_string))
+    };
+    let accept = |s: &OauthSession| s.client_id == client_id && s.jkt == jkt && escalates(s).is_none();
+    match oauth_store::rotate(st.accounts.db(), presented, &next, accept)? {
+        Refresh::Rotated(s) => Ok(token_answer(st, &s, &next)),
+        Refresh::Refused(s) => {
+            if let Some(extra) = escalates(&s).filter(|_| s.client_id == client_id && s.jkt == jkt) {
+                // The escalation is refused; the session and its token stay as they were.
+                return Ok(oauth_error(
+                    st,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    format!("{extra} was not granted"),
+                ));
+            }
+            // The token without its client or key: stolen, so the session ends.
+            oauth_store::revoke(st.accounts.db(), &s.did, &s.id)?;
+            tracing::warn!(did = %s.did, client = %s.client_id, "refresh token presented by another client or key; session ended");
+            Ok(oauth_error(
+                st,
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the refresh token is bound to another client and key",
+            ))
+        }
+        Refresh::Reused(id) => {
+            tracing::warn!(session = %id, "refresh token used twice; session ended");
+            Ok(oauth_error(
+                st,
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "refresh token already used; the session has ended",
+            ))
+        }
+        Refresh::Unknown => Ok(oauth_error(st, StatusCode::BAD_REQUEST, "invalid_grant", "unknown refresh token")),
+    }
+}
+
+async fn revoke(State(st): State<Arc<Node>>, body: Bytes) -> Response {
+    let Ok(f) = form(&body) else {
+        return oauth_error(&st, StatusCode::BAD_REQUEST, "invalid_request", "malformed form");
+    };
+    let token = f.get("token").cloned().unwrap_or_default();
+    let st2 = st.clone();
+    let _ = blocking(move || oauth_store::revoke_by_token(st2.accounts.db(), &token)).await;
+    // RFC 7009: the same answer whether or not the token was known.
+    let mut r = axum::Json(Value::Object(Default::default())).into_response();
+    nonce_header(&st, &mut r);
+    r
+}

@@ -1,0 +1,385 @@
+//! The OAuth authorization server of a running node, driven as a client does it (the localhost
+//! development client, a P-256 DPoP key, PKCE `S256`), with the consent form posted as a
+//! browser posts it: a pushed request, the page with its CSRF cookie, a code, tokens bound to
+//! the DPoP key, refresh rotation; and what is refused, each with the specification's error: no
+//! proof, no nonce, a replayed proof, a proof for another URL, a wrong PKCE verifier, another
+//! DPoP key, a redirect URI not in the metadata, a reused refresh token (which ends the
+//! session), a scope escalation on refresh, a form without its CSRF cookie, the access token
+//! used as a bearer token, and password guessing on the consent page past its budget.
+
+#[path = "support/node.rs"]
+mod support;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::pkcs8::EncodePrivateKey;
+use serde_json::{Value, json};
+use support::{Running, start_with};
+
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+fn client_id() -> String {
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("redirect_uri", REDIRECT)
+        .append_pair("scope", "atproto transition:generic")
+        .finish();
+    format!("http://localhost?{q}")
+}
+
+/// A client's DPoP key.
+struct Key {
+    enc: EncodingKey,
+    jwk: Jwk,
+}
+
+fn key() -> Key {
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let der = secret.to_pkcs8_der().unwrap();
+    let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
+    let jwk = serde_json::from_value(json!({
+        "kty": "EC", "crv": "P-256",
+        "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+    }))
+    .unwrap();
+    Key { enc: EncodingKey::from_ec_der(der.as_bytes()), jwk }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn proof(k: &Key, url: &str, nonce: Option<&str>) -> String {
+    let mut h = Header::new(Algorithm::ES256);
+    h.typ = Some("dpop+jwt".into());
+    h.jwk = Some(k.jwk.clone());
+    let mut claims =
+        json!({"jti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()), "htm": "POST", "htu": url, "iat": now()});
+    if let Some(n) = nonce {
+        claims["nonce"] = json!(n);
+    }
+    jsonwebtoken::encode(&h, &claims, &k.enc).unwrap()
+}
+
+/// An agent that does not follow redirects (the consent answers with one).
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into()
+}
+
+/// POSTs a form with a DPoP proof (`None`: no proof header): status, JSON, the nonce answered.
+fn post(node: &Running, path: &str, dpop: Option<&str>, form: &[(&str, &str)]) -> (u16, Value, Option<String>) {
+    let mut body = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form {
+        body.append_pair(k, v);
+    }
+    let mut req =
+        agent().post(format!("{}{path}", node.base)).header("content-type", "application/x-www-form-urlencoded");
+    if let Some(p) = dpop {
+        req = req.header("DPoP", p);
+    }
+    let mut res = req.send(body.finish()).unwrap();
+    let nonce = res.headers().get("dpop-nonce").map(|v| v.to_str().unwrap().to_string());
+    (res.status().as_u16(), res.body_mut().read_json().unwrap_or(Value::Null), nonce)
+}
+
+fn pkce() -> (String, String) {
+    let verifier = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let challenge = URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+/// The nonce, from a proof-less request the server answers with one.
+fn nonce(node: &Running, k: &Key) -> String {
+    let (s, v, n) = post(node, "/oauth/par", Some(&proof(k, &format!("{}/oauth/par", node.base), None)), &[]);
+    assert_eq!((s, v["error"].as_str()), (400, Some("use_dpop_nonce")), "{v}");
+    n.expect("a nonce comes with use_dpop_nonce")
+}
+
+/// A pushed request: the request_uri.
+fn par(node: &Running, k: &Key, challenge: &str, redirect: &str) -> (u16, Value) {
+    let n = nonce(node, k);
+    let url = format!("{}/oauth/par", node.base);
+    let (s, v, _) = post(
+        node,
+        "/oauth/par",
+        Some(&proof(k, &url, Some(&n))),
+        &[
+            ("client_id", &client_id()),
+            ("response_type", "code"),
+            ("redirect_uri", redirect),
+            ("scope", "atproto transition:generic"),
+            ("state", "the-state"),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    );
+    (s, v)
+}
+
+/// Opens the consent page: the CSRF token of its form and cookie.
+fn open_page(node: &Running, request_uri: &str) -> String {
+    let url = format!(
+        "{}/oauth/authorize?client_id={}&request_uri={}",
+        node.base,
+        urlencode(&client_id()),
+        urlencode(request_uri)
+    );
+    let mut res = agent().get(&url).call().unwrap();
+    assert_eq!(res.status(), 200);
+    let csp = res.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let cookie = res.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let html = res.body_mut().read_to_string().unwrap();
+    assert!(html.contains("<label for=\"password\">") && html.contains("Read and write your posts"), "{html}");
+    let token = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    assert!(html.contains(&format!("name=\"csrf\" value=\"{token}\"")));
+    token
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Posts the consent form: status, `Location`, body.
+fn consent(
+    node: &Running,
+    request_uri: &str,
+    csrf: &str,
+    cookie: Option<&str>,
+    password: &str,
+) -> (u16, String, String) {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("request_uri", request_uri)
+        .append_pair("csrf", csrf)
+        .append_pair("identifier", "alice.test")
+        .append_pair("password", password)
+        .append_pair("decision", "allow")
+        .finish();
+    let mut req = agent()
+        .post(format!("{}/oauth/authorize", node.base))
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        req = req.header("cookie", &format!("ues-oauth-csrf={c}"));
+    }
+    let mut res = req.send(body).unwrap();
+    let location = res.headers().get("location").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (res.status().as_u16(), location, res.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// The whole way to a code: (code, verifier).
+fn code(node: &Running, k: &Key) -> (String, String) {
+    let (verifier, challenge) = pkce();
+    let (s, v) = par(node, k, &challenge, REDIRECT);
+    assert_eq!(s, 201, "{v}");
+    let request_uri = v["request_uri"].as_str().unwrap().to_string();
+    let csrf = open_page(node, &request_uri);
+    let (s, location, _) = consent(node, &request_uri, &csrf, Some(&csrf), "a long password");
+    assert_eq!(s, 303);
+    assert!(location.starts_with(&format!("{REDIRECT}?code=")), "{location}");
+    let query = location.split_once('?').unwrap().1;
+    let params: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    assert_eq!((params["state"].as_str(), params["iss"].as_str()), ("the-state", node.base.as_str()));
+    (params["code"].clone(), verifier)
+}
+
+fn token(node: &Running, k: &Key, form: &[(&str, &str)]) -> (u16, Value) {
+    let url = format!("{}/oauth/token", node.base);
+    let n = nonce(node, k);
+    let (s, v, _) = post(node, "/oauth/token", Some(&proof(k, &url, Some(&n))), form);
+    (s, v)
+}
+
+#[test]
+fn the_authorization_server_issues_bound_tokens_and_refuses_what_it_must() {
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
+    let (did, _) = support::create_account(&node.base, "alice.test");
+    let k = key();
+    let par_url = format!("{}/oauth/par", node.base);
+
+    // Pushed requests: a proof is required, then a nonce, and a proof works once.
+    let (s, v, _) = post(&node, "/oauth/par", None, &[("client_id", &client_id())]);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_dpop_proof")));
+    let n = nonce(&node, &k);
+    let one = proof(&k, &par_url, Some(&n));
+    let (verifier, challenge) = pkce();
+    let form = [
+        ("client_id", client_id()),
+        ("response_type", "code".into()),
+        ("redirect_uri", REDIRECT.into()),
+        ("scope", "atproto transition:generic".into()),
+        ("code_challenge", challenge.clone()),
+        ("code_challenge_method", "S256".into()),
+    ];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (s, v, _) = post(&node, "/oauth/par", Some(&one), &form);
+    assert_eq!(s, 201, "{v}");
+    let (s, v, _) = post(&node, "/oauth/par", Some(&one), &form);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_dpop_proof")), "a replayed proof: {v}");
+    let other_url = proof(&k, &format!("{}/oauth/token", node.base), Some(&n));
+    let (s, v, _) = post(&node, "/oauth/par", Some(&other_url), &form);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_dpop_proof")), "a proof for another URL: {v}");
+    // A redirect URI the client did not declare; a scope it did not declare; no S256.
+    let (s, v) = par(&node, &k, &challenge, "http://127.0.0.1:9/elsewhere");
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_request")), "{v}");
+    let n = nonce(&node, &k);
+    let mut escalated = form.clone();
+    escalated[3] = ("scope", "atproto transition:chat.bsky");
+    let (s, v, _) = post(&node, "/oauth/par", Some(&proof(&k, &par_url, Some(&n))), &escalated);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_scope")), "{v}");
+
+    // The consent form: without its cookie refused, a wrong password shown again, then a code.
+    let (_, v) = par(&node, &k, &challenge, REDIRECT);
+    let request_uri = v["request_uri"].as_str().unwrap().to_string();
+    let csrf = open_page(&node, &request_uri);
+    let (s, _, _) = consent(&node, &request_uri, &csrf, None, "a long password");
+    assert_eq!(s, 403, "no CSRF cookie");
+    let (s, _, body) = consent(&node, &request_uri, &csrf, Some(&csrf), "wrong password");
+    assert_eq!(s, 200);
+    assert!(body.contains("role=\"alert\""), "the page again, with the error");
+
+    // A wrong verifier or another DPoP key: the code is spent and refused.
+    let (c, _) = code(&node, &k);
+    let (s, v) = token(
+        &node,
+        &k,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c),
+            ("client_id", &client_id()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &pkce().0),
+        ],
+    );
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    let (c, v2) = code(&node, &k);
+    let (s, v) = token(
+        &node,
+        &key(),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c),
+            ("client_id", &client_id()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &v2),
+        ],
+    );
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")), "another key: {v}");
+    let _ = verifier;
+
+    // The right way: a DPoP-bound token for alice.
+    let (c, verifier) = code(&node, &k);
+    let exchange = [
+        ("grant_type", "authorization_code"),
+        ("code", c.as_str()),
+        ("client_id", &client_id()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let (s, v) = token(&node, &k, &exchange);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["token_type"].as_str(), v["sub"].as_str()), (Some("DPoP"), Some(did.as_str())));
+    assert_eq!(v["scope"], "atproto transition:generic");
+    let access = v["access_token"].as_str().unwrap().to_string();
+    let refresh = v["refresh_token"].as_str().unwrap().to_string();
+    let payload: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(access.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(payload["cnf"]["jkt"], k.jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256).unwrap());
+    let (s, v) = token(&node, &k, &exchange);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")), "a code works once: {v}");
+    // Bound: not a bearer token.
+    let res = agent()
+        .get(format!("{}/xrpc/com.atproto.server.getSession", node.base))
+        .header("Authorization", &format!("Bearer {access}"))
+        .call()
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    // Refresh: rotated; escalation refused; another key ends the session.
+    let refreshing = |r: &str, scope: Option<&str>, k: &Key| {
+        let mut f = vec![("grant_type", "refresh_token"), ("refresh_token", r), ("client_id", "")];
+        let cid = client_id();
+        f[2].1 = &cid;
+        if let Some(s) = scope {
+            f.push(("scope", s));
+        }
+        token(&node, k, &f)
+    };
+    let (s, v) = refreshing(&refresh, None, &k);
+    assert_eq!(s, 200, "{v}");
+    let second = v["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(second, refresh);
+    let (s, v) = refreshing(&second, Some("atproto transition:chat.bsky"), &k);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_scope")), "{v}");
+    // The refused escalation changed nothing: the token still works, once.
+    let (s, v) = refreshing(&second, Some("atproto"), &k);
+    assert_eq!(s, 200, "{v}");
+    let third = v["refresh_token"].as_str().unwrap().to_string();
+    // The token it replaced, presented again: theft or a bug; the session ends.
+    let (s, v) = refreshing(&second, None, &k);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")), "a reused refresh token: {v}");
+    let (s, _) = refreshing(&third, None, &k);
+    assert_ne!(s, 200, "the session ended");
+
+    // Another session, ended by revocation.
+    let (c, verifier) = code(&node, &k);
+    let (_, v) = token(
+        &node,
+        &k,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c),
+            ("client_id", &client_id()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ],
+    );
+    let r = v["refresh_token"].as_str().unwrap().to_string();
+    let (s, _, _) = post(&node, "/oauth/revoke", None, &[("token", &r)]);
+    assert_eq!(s, 200);
+    let (s, v) = refreshing(&r, None, &k);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
+    // And one refreshed with another key: refused, and the session ends.
+    let (c, verifier) = code(&node, &k);
+    let (_, v) = token(
+        &node,
+        &k,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c),
+            ("client_id", &client_id()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ],
+    );
+    let r = v["refresh_token"].as_str().unwrap().to_string();
+    let (s, v) = refreshing(&r, None, &key());
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+}
+
+#[test]
+fn guessing_passwords_on_the_consent_page_is_cut_off() {
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
+    support::create_account(&node.base, "alice.test");
+    let k = key();
+    let (_, challenge) = pkce();
+    let (_, v) = par(&node, &k, &challenge, REDIRECT);
+    let request_uri = v["request_uri"].as_str().unwrap().to_string();
+    let csrf = open_page(&node, &request_uri);
+    let mut statuses = Vec::new();
+    for i in 0..35 {
+        statuses.push(consent(&node, &request_uri, &csrf, Some(&csrf), &format!("guess {i}")).0);
+    }
+    assert!(statuses[..30].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses[30..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The right password from this address waits too; the node serves others.
+    assert_eq!(consent(&node, &request_uri, &csrf, Some(&csrf), "a long password").0, 429);
+    let res = agent().get(format!("{}/xrpc/com.atproto.server.describeServer", node.base)).call().unwrap();
+    assert_eq!(res.status(), 200);
+    let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap();
+    assert!(log.contains("oauth rate limit reached"));
+}
