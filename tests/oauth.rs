@@ -383,3 +383,102 @@ fn guessing_passwords_on_the_consent_page_is_cut_off() {
     let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap();
     assert!(log.contains("oauth rate limit reached"));
 }
+
+/// Calls an XRPC procedure with an OAuth access token and a DPoP proof (retrying once with the
+/// nonce the node asks for): status and JSON.
+fn xrpc_dpop(
+    node: &Running,
+    k: &Key,
+    access: &str,
+    method: &str,
+    body: Value,
+    proof_for: Option<&str>,
+) -> (u16, Value) {
+    let url = format!("{}/xrpc/{method}", node.base);
+    let ath = URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(access.as_bytes()));
+    let sign = |nonce: Option<&str>| {
+        let mut h = Header::new(Algorithm::ES256);
+        h.typ = Some("dpop+jwt".into());
+        h.jwk = Some(k.jwk.clone());
+        let mut claims = json!({"jti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()), "htm": "POST", "htu": proof_for.unwrap_or(&url), "iat": now(), "ath": ath});
+        if let Some(n) = nonce {
+            claims["nonce"] = json!(n);
+        }
+        jsonwebtoken::encode(&h, &claims, &k.enc).unwrap()
+    };
+    let send = |p: &str| {
+        let mut res = agent()
+            .post(&url)
+            .header("Authorization", &format!("DPoP {access}"))
+            .header("DPoP", p)
+            .send_json(body.clone())
+            .unwrap();
+        let nonce = res.headers().get("dpop-nonce").map(|v| v.to_str().unwrap().to_string());
+        (res.status().as_u16(), res.body_mut().read_json::<Value>().unwrap_or(Value::Null), nonce)
+    };
+    let (s, v, n) = send(&sign(None));
+    if v["error"] == "use_dpop_nonce" {
+        let (s, v, _) = send(&sign(n.as_deref()));
+        return (s, v);
+    }
+    (s, v)
+}
+
+#[test]
+fn xrpc_takes_dpop_bound_tokens_with_their_proofs() {
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
+    let (did, _) = support::create_account(&node.base, "alice.test");
+    let k = key();
+    let (c, verifier) = code(&node, &k);
+    let (_, v) = token(
+        &node,
+        &k,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c),
+            ("client_id", &client_id()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ],
+    );
+    let access = v["access_token"].as_str().unwrap().to_string();
+    let refresh = v["refresh_token"].as_str().unwrap().to_string();
+    let record = json!({"repo": did, "collection": "app.bsky.feed.post", "record": {"$type": "app.bsky.feed.post", "text": "through OAuth", "createdAt": "2026-12-05T12:00:00Z"}});
+
+    let (s, v) = xrpc_dpop(&node, &k, &access, "com.atproto.repo.createRecord", record.clone(), None);
+    assert_eq!(s, 200, "a write with the bound token and its proof: {v}");
+    let uri = v["uri"].as_str().unwrap().to_string();
+    let got = ureq::get(format!(
+        "{}/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={}",
+        node.base,
+        uri.rsplit('/').next().unwrap()
+    ))
+    .call()
+    .unwrap()
+    .body_mut()
+    .read_json::<Value>()
+    .unwrap();
+    assert_eq!(got["value"]["text"], "through OAuth");
+    // Another key's proof, a proof for another URL, no proof: refused.
+    let (s, v) = xrpc_dpop(&node, &key(), &access, "com.atproto.repo.createRecord", record.clone(), None);
+    assert_eq!(s, 401, "another key: {v}");
+    let other = format!("{}/xrpc/com.atproto.repo.deleteRecord", node.base);
+    let (s, v) = xrpc_dpop(&node, &k, &access, "com.atproto.repo.createRecord", record.clone(), Some(&other));
+    assert_eq!((s, v["error"].as_str()), (401, Some("invalid_dpop_proof")), "{v}");
+    let res = agent()
+        .post(format!("{}/xrpc/com.atproto.repo.createRecord", node.base))
+        .header("Authorization", &format!("DPoP {access}"))
+        .send_json(record.clone())
+        .unwrap();
+    assert_eq!(res.status(), 401, "no proof");
+    // Account methods stay the account holder's.
+    let (s, _) = xrpc_dpop(&node, &k, &access, "com.atproto.server.createAppPassword", json!({"name": "x"}), None);
+    assert_ne!(s, 200);
+    // Revoked: refused.
+    let (s, _, _) = post(&node, "/oauth/revoke", None, &[("token", &refresh)]);
+    assert_eq!(s, 200);
+    let (s, v) = xrpc_dpop(&node, &k, &access, "com.atproto.repo.createRecord", record, None);
+    assert_eq!(s, 400, "the ended session's token: {v}");
+    assert_eq!(v["error"], "ExpiredToken");
+}

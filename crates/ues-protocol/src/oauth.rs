@@ -14,9 +14,11 @@
 //!   DPoP-bound access token (`cnf.jkt`).
 //! - `POST /oauth/revoke`: ends the session of a refresh token.
 //!
-//! Only public clients for now (confidential clients' `private_key_jwt` assertions are refused
-//! with `invalid_client`), and the server's metadata is not published yet: the resource side
-//! (XRPC, REST and `/ws` taking these tokens with their proofs) comes with it.
+//! XRPC takes these tokens as `Authorization: DPoP <token>` with a proof of the key (checked by
+//! the XRPC guard; `transition:generic` acts as an app password, with `transition:chat.bsky` a
+//! privileged one). Only public clients for now (confidential clients' `private_key_jwt`
+//! assertions are refused with `invalid_client`), REST and `/ws` do not take these tokens yet,
+//! and the server's metadata is not published yet.
 
 use std::sync::Arc;
 
@@ -446,9 +448,12 @@ fn access_token(st: &Node, s: &OauthSession) -> Result<String, String> {
     let now = crate::node::auth::now_secs();
     let mut h = Header::new(Algorithm::HS256);
     h.typ = Some("at+jwt".into());
+    // The account's session generation: ending every session of the account (a password
+    // reset) ends these tokens too.
+    let generation = crate::node::auth::session_generation(st, &s.did).map_err(|e| e.message)?;
     let claims = json!({
         "iss": issuer(st), "aud": st.cfg.service_did, "sub": s.did, "scope": s.scope,
-        "client_id": s.client_id, "sid": s.id, "cnf": { "jkt": s.jkt },
+        "client_id": s.client_id, "sid": s.id, "cnf": { "jkt": s.jkt }, "gen": generation,
         "iat": now, "exp": now + ACCESS_TTL, "jti": oauth_store::random_token(),
     });
     let key = EncodingKey::from_secret(&st.cfg.jwt_secret).map_err(|e| e.to_string())?;

@@ -51,6 +51,9 @@ pub struct Claims {
     /// with a DPoP proof of that key, never as a bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<serde_json::Value>,
+    /// The OAuth session an access token belongs to (ended sessions' tokens are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// Seconds since the Unix epoch.
@@ -195,6 +198,7 @@ pub(crate) fn access_token(st: &Node, did: &Did, cred: &Credential) -> Result<St
         jti: None,
         generation: Some(session_generation(st, did.as_str())?),
         cnf: None,
+        sid: None,
     };
     Ok(sign(&st.cfg.jwt_secret, "at+jwt", &claims))
 }
@@ -213,6 +217,7 @@ pub(crate) fn issue(st: &Node, did: &Did, cred: &Credential) -> Result<(String, 
         jti: Some(jti.clone()),
         generation: Some(session_generation(st, did.as_str())?),
         cnf: None,
+        sid: None,
     };
     let entry = json!({ "did": did.as_str(), "app": cred.name() }).to_string();
     st.kv
@@ -411,6 +416,8 @@ mod tests {
             jti: None,
             generation: Some(3),
             cnf: None,
+            sid: None,
+            sid: None,
         };
         let t = sign(b"secret", "at+jwt", &c);
         assert_eq!(verify(b"secret", &t, "at+jwt").unwrap(), c);

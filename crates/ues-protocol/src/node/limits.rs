@@ -336,10 +336,63 @@ fn too_large(method: &str, limit: usize) -> Response {
 
 /// Middleware on every `/xrpc/<method>` call: rate limits, the method's body limit, and the
 /// token of an authenticated procedure, all before the body is read.
-pub(crate) async fn guard(State(st): State<Arc<Node>>, req: Request, next: Next) -> Response {
+pub(crate) async fn guard(State(st): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
     let Some(method) = req.uri().path().strip_prefix("/xrpc/").map(str::to_owned) else {
         return next.run(req).await;
     };
+    // An OAuth access token comes with a DPoP proof of its key: checked here, where the
+    // request's method and URL are known; the handlers see the key's thumbprint.
+    req.headers_mut().remove(super::DPOP_JKT_HEADER);
+    let dpop = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("DPoP "))
+        .map(str::to_owned);
+    if let Some(token) = dpop {
+        match dpop_proof(&st, &req, &token) {
+            Ok(jkt) => {
+                if let Ok(v) = HeaderValue::from_str(&jkt) {
+                    req.headers_mut().insert(super::DPOP_JKT_HEADER, v);
+                }
+            }
+            Err(resp) => return *resp,
+        }
+        let mut resp = Box::pin(guarded(st.clone(), req, next, method)).await;
+        if let Ok(v) = HeaderValue::from_str(&st.dpop.nonce()) {
+            resp.headers_mut().insert("dpop-nonce", v);
+        }
+        return resp;
+    }
+    guarded(st, req, next, method).await
+}
+
+/// Checks the DPoP proof of a request carrying an OAuth access token: the key's thumbprint, or
+/// the 401 to answer (`use_dpop_nonce` with a fresh nonce, or `invalid_dpop_proof`).
+fn dpop_proof(st: &Node, req: &Request, token: &str) -> Result<String, Box<Response>> {
+    let url = format!("{}{}", st.cfg.public_url.trim_end_matches('/'), req.uri().path());
+    let proof = req.headers().get("dpop").and_then(|v| v.to_str().ok()).unwrap_or("");
+    match st.dpop.verify(proof, req.method().as_str(), &url, Some(token)) {
+        Ok(p) => Ok(p.jkt),
+        Err(e) => {
+            let (error, message) = match &e {
+                super::dpop::DpopError::UseNonce => ("use_dpop_nonce", "Use the DPoP nonce of this answer".to_string()),
+                super::dpop::DpopError::Invalid(m) => ("invalid_dpop_proof", m.clone()),
+            };
+            tracing::info!(error, %message, "XRPC call with a DPoP token refused");
+            let mut resp = NodeError::new(StatusCode::UNAUTHORIZED, error, message).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("DPoP error=\"{error}\"")) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&st.dpop.nonce()) {
+                resp.headers_mut().insert("dpop-nonce", v);
+            }
+            Err(Box::new(resp))
+        }
+    }
+}
+
+async fn guarded(st: Arc<Node>, req: Request, next: Next, method: String) -> Response {
     let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let limiters = st.limiters.get();
     let mut tightest: Option<Status> = None;

@@ -415,6 +415,7 @@ impl Node {
             jti: None,
             generation: auth::session_generation(self, did).ok(),
             cnf: None,
+            sid: None,
         };
         auth::sign(&self.cfg.jwt_secret, "at+jwt", &claims)
     }
@@ -449,13 +450,8 @@ impl Node {
             claims.scope.as_str(),
             "com.atproto.access" | "com.atproto.appPass" | "com.atproto.appPassPrivileged"
         );
-        if claims.cnf.is_some() {
-            tracing::warn!(did = %claims.sub, "a DPoP-bound token presented as a bearer token");
-            return Err(NodeError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "InvalidToken",
-                "This token is bound to a DPoP key and needs its proof",
-            ));
+        if let Some(cnf) = &claims.cnf {
+            return self.oauth_access(headers, claims.clone(), cnf);
         }
         if !scope_ok || claims.aud != self.cfg.service_did {
             return Err(NodeError::new(axum::http::StatusCode::UNAUTHORIZED, "InvalidToken", "Bad token scope"));
@@ -489,6 +485,55 @@ fn development_url(url: &str) -> bool {
     host == "localhost"
         || host.ends_with(".localhost")
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| !ues_sync::repo::identity::is_public(ip))
+}
+
+impl Node {
+    /// An OAuth access token's claims, good when it came with a proof of its key (checked by
+    /// the XRPC guard), its session is live, and its scope covers what session tokens carry:
+    /// `transition:generic` as an app password, with `transition:chat.bsky` a privileged one.
+    fn oauth_access(
+        &self,
+        headers: &HeaderMap,
+        mut claims: Claims,
+        cnf: &serde_json::Value,
+    ) -> Result<Claims, NodeError> {
+        let unauthorized = |m: &str| NodeError::new(axum::http::StatusCode::UNAUTHORIZED, "InvalidToken", m);
+        let dpop = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("DPoP "));
+        let proven = headers.get(DPOP_JKT_HEADER).and_then(|v| v.to_str().ok());
+        if !dpop || proven.is_none() || proven != cnf.get("jkt").and_then(serde_json::Value::as_str) {
+            tracing::warn!(did = %claims.sub, "a DPoP-bound token without a proof of its key");
+            return Err(unauthorized("This token is bound to a DPoP key and needs its proof"));
+        }
+        if claims.aud != self.cfg.service_did {
+            return Err(unauthorized("Bad token audience"));
+        }
+        if claims.exp <= auth::now_secs() {
+            return Err(NodeError::token("ExpiredToken", "Token has expired"));
+        }
+        let live = match claims.sid.as_deref() {
+            Some(sid) => oauth_store::is_live(self.accounts.db(), sid)?,
+            None => false,
+        };
+        if !live || auth::is_revoked(self, &claims)? {
+            return Err(NodeError::token("ExpiredToken", "Token has been revoked"));
+        }
+        let granted: Vec<&str> = claims.scope.split(' ').collect();
+        claims.scope = if granted.contains(&"transition:chat.bsky") && granted.contains(&"transition:generic") {
+            "com.atproto.appPassPrivileged".into()
+        } else if granted.contains(&"transition:generic") {
+            "com.atproto.appPass".into()
+        } else {
+            return Err(NodeError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "InsufficientScope",
+                "Missing scope: transition:generic (granular scopes are not taken yet)",
+            ));
+        };
+        Ok(claims)
+    }
 }
 
 /// Runs blocking store work (RocksDB, SQLite, signing) off the async threads.
@@ -568,6 +613,10 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, NodeError> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("DPoP ")))
         .ok_or_else(|| NodeError::auth_required("Authentication Required"))
 }
+
+/// The header the XRPC guard sets, after checking a request's DPoP proof, to the thumbprint of
+/// the key that signed it (any copy a client sends is removed first).
+pub(crate) const DPOP_JKT_HEADER: &str = "x-ues-dpop-jkt";
