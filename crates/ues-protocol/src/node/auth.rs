@@ -417,7 +417,6 @@ mod tests {
             generation: Some(3),
             cnf: None,
             sid: None,
-            sid: None,
         };
         let t = sign(b"secret", "at+jwt", &c);
         assert_eq!(verify(b"secret", &t, "at+jwt").unwrap(), c);
