@@ -185,6 +185,24 @@ fn code(node: &Running, k: &Key) -> (String, String) {
     (params["code"].clone(), verifier)
 }
 
+/// A whole sign-in: the token answer for a new session bound to `k`.
+fn signed_in(node: &Running, k: &Key) -> Value {
+    let (c, verifier) = code(node, k);
+    let (s, v) = token(
+        node,
+        k,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c),
+            ("client_id", &client_id()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ],
+    );
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
 fn token(node: &Running, k: &Key, form: &[(&str, &str)]) -> (u16, Value) {
     let url = format!("{}/oauth/token", node.base);
     let n = nonce(node, k);
@@ -325,36 +343,14 @@ fn the_authorization_server_issues_bound_tokens_and_refuses_what_it_must() {
     assert_ne!(s, 200, "the session ended");
 
     // Another session, ended by revocation.
-    let (c, verifier) = code(&node, &k);
-    let (_, v) = token(
-        &node,
-        &k,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &c),
-            ("client_id", &client_id()),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", &verifier),
-        ],
-    );
+    let v = signed_in(&node, &k);
     let r = v["refresh_token"].as_str().unwrap().to_string();
     let (s, _, _) = post(&node, "/oauth/revoke", None, &[("token", &r)]);
     assert_eq!(s, 200);
     let (s, v) = refreshing(&r, None, &k);
     assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
     // And one refreshed with another key: refused, and the session ends.
-    let (c, verifier) = code(&node, &k);
-    let (_, v) = token(
-        &node,
-        &k,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &c),
-            ("client_id", &client_id()),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", &verifier),
-        ],
-    );
+    let v = signed_in(&node, &k);
     let r = v["refresh_token"].as_str().unwrap().to_string();
     let (s, v) = refreshing(&r, None, &key());
     assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
@@ -430,18 +426,7 @@ fn xrpc_takes_dpop_bound_tokens_with_their_proofs() {
     let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
     let (did, _) = support::create_account(&node.base, "alice.test");
     let k = key();
-    let (c, verifier) = code(&node, &k);
-    let (_, v) = token(
-        &node,
-        &k,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &c),
-            ("client_id", &client_id()),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", &verifier),
-        ],
-    );
+    let v = signed_in(&node, &k);
     let access = v["access_token"].as_str().unwrap().to_string();
     let refresh = v["refresh_token"].as_str().unwrap().to_string();
     let record = json!({"repo": did, "collection": "app.bsky.feed.post", "record": {"$type": "app.bsky.feed.post", "text": "through OAuth", "createdAt": "2026-12-05T12:00:00Z"}});

@@ -112,11 +112,7 @@ impl std::fmt::Debug for DidResolver {
 }
 
 fn config() -> ureq::config::Config {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
+    crate::identity::fetch_config(Duration::from_secs(10))
 }
 
 impl DidResolver {

@@ -223,11 +223,13 @@ pub fn public_only_agent(config: ureq::config::Config) -> ureq::Agent {
 }
 
 fn resolver_config() -> ureq::config::Config {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(5)))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
+    fetch_config(std::time::Duration::from_secs(5))
+}
+
+/// What the node's fetches of others' documents take: `timeout` in all, no redirects, every
+/// status answered (the caller decides what it means).
+pub fn fetch_config(timeout: std::time::Duration) -> ureq::config::Config {
+    ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).max_redirects(0).build()
 }
 
 /// Resolves the host names of handle lookups and refuses any that leads to an address that is

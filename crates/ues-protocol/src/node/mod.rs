@@ -469,11 +469,7 @@ impl Node {
 
 /// What the node's outgoing proxy calls may take: 30 s, no redirects.
 fn proxy_config() -> ureq::config::Config {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
+    ues_sync::repo::identity::fetch_config(std::time::Duration::from_secs(30))
 }
 
 /// Whether a public URL names `localhost` or an address that is not public.

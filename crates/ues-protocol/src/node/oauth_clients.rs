@@ -249,11 +249,7 @@ impl std::fmt::Debug for OauthClients {
 }
 
 fn config() -> ureq::config::Config {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
+    ues_sync::repo::identity::fetch_config(Duration::from_secs(10))
 }
 
 impl OauthClients {
