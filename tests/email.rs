@@ -1,9 +1,12 @@
 //! Email through a real SMTP server on loopback (aiosmtpd, started by the test): every flow by
 //! emailed token (confirming and changing the email, resetting the password, deleting the
-//! account, the operator's notice), with wrong, reused and expired tokens refused; on a node
-//! with no SMTP server, the same mail in the outbox file, good for finishing the flow; and
-//! guessing tokens or flooding mail requests from one address cut off by the rate limits.
+//! account, signing a PLC operation, the operator's notice), with wrong, reused and expired
+//! tokens refused; on a node with no SMTP server, the same mail in the outbox file, good for
+//! finishing the flow; and guessing tokens or flooding mail requests from one address cut off
+//! by the rate limits.
 
+#[path = "support/plc.rs"]
+mod plc;
 #[path = "support/shared.rs"]
 mod shared;
 #[path = "support/node.rs"]
@@ -348,4 +351,38 @@ fn guessing_tokens_and_flooding_mail_requests_are_cut_off_and_others_are_served(
     assert_eq!(res.status(), 200);
     let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap();
     assert!(log.contains("rate limit reached: emailed tokens tried per address"), "logged");
+}
+
+#[test]
+fn plc_operation_tokens_over_smtp() {
+    let Some(js) = shared::node_tests() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let Some(smtp) = Smtp::start(root.path()) else { return };
+    let directory = plc::start_directory(&js);
+    let config = format!("[xrpc]\nplc_url = \"{}\"\n{}", directory.url, config(Some(smtp.port)));
+    let node = start_with(&root.path().join("node"), &config);
+    let (_, token) = create_account(&node.base, "gina.test");
+    let sign = |t: &str| {
+        call(
+            &node,
+            "com.atproto.identity.signPlcOperation",
+            Some(&token),
+            json!({"token": t, "alsoKnownAs": ["at://gina.test"]}),
+        )
+    };
+    assert_eq!(call(&node, "com.atproto.identity.requestPlcOperationSignature", Some(&token), json!({})).0, 200);
+    let mail = smtp.nth(1);
+    assert_eq!(mail["to"], json!(["gina.test@example.com"]));
+    let code = token_in(mail["body"].as_str().unwrap());
+    refused(sign("AAAAA-BBBBB"), "InvalidToken");
+    let (s, v) = sign(&code);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["operation"]["type"], "plc_operation");
+    assert!(v["operation"]["sig"].is_string() && v["operation"]["prev"].is_string(), "{v}");
+    refused(sign(&code), "InvalidToken");
+    // Expired.
+    assert_eq!(call(&node, "com.atproto.identity.requestPlcOperationSignature", Some(&token), json!({})).0, 200);
+    let stale = token_in(smtp.nth(2)["body"].as_str().unwrap());
+    std::thread::sleep(Duration::from_secs(TTL_SECS + 1));
+    refused(sign(&stale), "ExpiredToken");
 }

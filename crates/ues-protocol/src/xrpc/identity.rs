@@ -173,9 +173,10 @@ pub(crate) async fn sign_plc_operation(
             .as_deref()
             .ok_or_else(|| NodeError::invalid("email confirmation token required to sign PLC operations"))?;
         let ttl = st.mailer()?.token_ttl();
+        let directory = plc(&st)?;
         tokens::spend(st.accounts.db(), &did, Purpose::PlcOperation, token, ttl)?;
         let last =
-            plc(&st)?.last_operation(did.as_str()).map_err(|e| NodeError::bad("InvalidRequest", e.to_string()))?;
+            directory.last_operation(did.as_str()).map_err(|e| NodeError::bad("InvalidRequest", e.to_string()))?;
         if last.get("type").and_then(Value::as_str) == Some("plc_tombstone") {
             return Err(NodeError::invalid("Did is tombstoned"));
         }
