@@ -342,6 +342,27 @@ fn identity_methods_resolve_local_and_remote_dids() {
         v["result"]["suggestions"].as_array().unwrap().iter().map(|x| x["handle"].as_str().unwrap()).collect();
     assert_eq!(suggested.first(), Some(&"caro.test"), "{v}");
     assert!(suggested.contains(&"carol1.test") && !suggested.contains(&"carol.test"), "{v}");
+    // Attacks on the unauthenticated identity methods: a flood of key reservations (held in
+    // memory, bounded), DIDs naming unreachable or malformed hosts, an oversized identifier,
+    // refreshes in a loop; each a typed answer, and the node answers others throughout.
+    for _ in 0..300 {
+        let (s, v) = post(&a, "com.atproto.server.reserveSigningKey", None, json!({}));
+        assert_eq!(s, 200, "{v}");
+    }
+    let closed = support::free_port();
+    let (s, v) = get_json(&a, &format!("com.atproto.identity.resolveDid?did=did:web:127.0.0.1%253A{closed}"), None);
+    assert_eq!((s, v["error"].as_str()), (502, Some("UpstreamFailure")), "{v}");
+    let (s, v) = get_json(&a, "com.atproto.identity.resolveDid?did=did:web:example.test:some:path", None);
+    assert_eq!((s, v["error"].as_str()), (400, Some("DidNotFound")), "{v}");
+    let (s, _) = get_json(&a, &format!("com.atproto.identity.resolveIdentity?identifier={}", "a".repeat(10_000)), None);
+    assert_eq!(s, 400);
+    for _ in 0..20 {
+        let (s, _) = post(&a, "com.atproto.identity.refreshIdentity", None, json!({"identifier": bob}));
+        assert_eq!(s, 200);
+    }
+    let (s, v) = get_json(&a, "com.atproto.temp.checkHandleAvailability?handle=x.test&email=not-an-email", None);
+    assert_eq!((s, v["error"].as_str()), (400, Some("InvalidEmail")), "{v}");
+    assert_eq!(get_json(&a, "com.atproto.server.describeServer", None).0, 200);
     // No sign-up queue.
     let (_, tok) = support::create_account(&a.base, "dave.test");
     assert_eq!(get_json(&a, "com.atproto.temp.checkSignupQueue", Some(&tok)).1["activated"], true);

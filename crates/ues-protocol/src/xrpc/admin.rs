@@ -142,10 +142,7 @@ pub(crate) async fn update_account_email(
     admin(&st, &headers)?;
     blocking(move || {
         let a = st.find_repo(&b.account)?;
-        let email = b.email.trim().to_ascii_lowercase();
-        if !email.contains('@') || email.len() > 254 {
-            return Err(NodeError::invalid("not an email address"));
-        }
+        let email = super::email::valid_email(&b.email)?;
         let set = crate::node::credentials::set_email(st.accounts.db(), &a.did, &email).map_err(NodeError::internal)?;
         if !set {
             return Err(NodeError::conflict("InvalidRequest", "Email already taken"));

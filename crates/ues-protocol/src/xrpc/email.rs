@@ -47,7 +47,7 @@ fn token_ttl(st: &Node) -> Result<std::time::Duration, NodeError> {
 
 /// An address as the node takes it: one `@`, no spaces, at most 254 bytes, and one `lettre`
 /// can send to.
-fn valid_email(email: &str) -> Result<String, NodeError> {
+pub(crate) fn valid_email(email: &str) -> Result<String, NodeError> {
     let e = email.trim().to_ascii_lowercase();
     if e.len() > 254 || e.parse::<lettre::Address>().is_err() {
         return Err(NodeError::invalid("This email address is not supported, please use a different email."));

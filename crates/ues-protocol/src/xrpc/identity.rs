@@ -300,7 +300,7 @@ pub(crate) async fn check_handle_availability(
 ) -> Res {
     let handle = Handle::new(&q.handle).map_err(|e| NodeError::invalid(e.to_string()))?.normalized();
     if let Some(e) = &q.email
-        && e.parse::<lettre::Address>().is_err()
+        && super::email::valid_email(e).is_err()
     {
         return Err(NodeError::bad("InvalidEmail", "An invalid email was provided."));
     }
