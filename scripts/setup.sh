@@ -21,6 +21,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
 # The ACME tests get certificates from Let's Encrypt's test server.
 command -v pebble >/dev/null || need_apt+=(pebble)
+# The OAuth pages are signed in to and screenshotted in a real headless browser.
+command -v chromium >/dev/null || need_apt+=(chromium fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

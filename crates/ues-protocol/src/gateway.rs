@@ -271,7 +271,8 @@ pub fn router_with(st: Arc<Node>, cfg: WsConfig, registry: Registry) -> Router {
         compressed: Recent::new(),
     });
     spawn_ticker(&g);
-    Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g).merge(routes)
+    let oauth = axum::middleware::from_fn_with_state(g.st.clone(), crate::node::limits::oauth_layer);
+    Router::new().route("/ws", get(upgrade).layer(oauth)).route("/stats", get(stats)).with_state(g).merge(routes)
 }
 
 /// Every [`BATCH_INTERVAL`] while the gateway lives, ticks for batch sockets if events arrived.

@@ -526,7 +526,10 @@ async fn refresh_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> Api
     ))]
 async fn get_session(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Json<Me>> {
     let claims = api.st.access(&headers).map_err(rest)?;
-    let s = api.st.describe_session(&claims).map_err(rest)?;
+    let mut s = api.st.describe_session(&claims).map_err(rest)?;
+    if !claims.may_read_email() {
+        s.email = None;
+    }
     Ok(Json(Me {
         active: s.active(),
         status: (!s.active()).then(|| s.account.status.clone()),
@@ -1115,6 +1118,7 @@ pub fn router(st: Arc<Node>, cfg: ApiConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(api.clone(), limit))
         .with_state(api);
     api_routes
+        .layer(axum::middleware::from_fn_with_state(st.clone(), crate::node::limits::oauth_layer))
         .layer(axum::middleware::from_fn_with_state(st, crate::node::metrics::track))
         .layer(tower_http::cors::CorsLayer::permissive().max_age(Duration::from_secs(86_400)))
 }

@@ -54,6 +54,10 @@ pub struct Claims {
     /// The OAuth session an access token belongs to (ended sessions' tokens are refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// What an OAuth session's scope grants (set when its access token is checked; `None` for
+    /// the node's own session tokens, which the scope checks let through).
+    #[serde(skip)]
+    pub permissions: Option<std::sync::Arc<super::scopes::Permissions>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -199,6 +203,7 @@ pub(crate) fn access_token(st: &Node, did: &Did, cred: &Credential) -> Result<St
         generation: Some(session_generation(st, did.as_str())?),
         cnf: None,
         sid: None,
+        permissions: None,
     };
     Ok(sign(&st.cfg.jwt_secret, "at+jwt", &claims))
 }
@@ -218,6 +223,7 @@ pub(crate) fn issue(st: &Node, did: &Did, cred: &Credential) -> Result<(String, 
         generation: Some(session_generation(st, did.as_str())?),
         cnf: None,
         sid: None,
+        permissions: None,
     };
     let entry = json!({ "did": did.as_str(), "app": cred.name() }).to_string();
     st.kv
@@ -417,6 +423,7 @@ mod tests {
             generation: Some(3),
             cnf: None,
             sid: None,
+            permissions: None,
         };
         let t = sign(b"secret", "at+jwt", &c);
         assert_eq!(verify(b"secret", &t, "at+jwt").unwrap(), c);

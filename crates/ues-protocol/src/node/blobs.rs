@@ -54,12 +54,13 @@ pub async fn upload(
     body: Body,
 ) -> Result<ues_sync::repo::ipld::json::BlobRef, NodeError> {
     let claims = st.access(headers)?;
-    let did = Did::new(claims.sub).map_err(NodeError::internal)?;
+    let did = Did::new(&claims.sub).map_err(NodeError::internal)?;
     let mime = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_string();
+    claims.check_blob(&mime)?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > st.cfg.max_blob_bytes) {
         return Err(blob_error(BlobError::TooLarge { limit: st.cfg.max_blob_bytes }));

@@ -334,37 +334,103 @@ fn too_large(method: &str, limit: usize) -> Response {
     NodeError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "request entity too large").into_response()
 }
 
+/// Internal header: set by the layer in front once it has cleared the call for the OAuth
+/// token's scope (any copy a client sends is removed first).
+pub(crate) const OAUTH_CLEARED_HEADER: &str = "x-ues-oauth-cleared";
+
 /// Middleware on every `/xrpc/<method>` call: rate limits, the method's body limit, and the
 /// token of an authenticated procedure, all before the body is read.
 pub(crate) async fn guard(State(st): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
     let Some(method) = req.uri().path().strip_prefix("/xrpc/").map(str::to_owned) else {
         return next.run(req).await;
     };
-    // An OAuth access token comes with a DPoP proof of its key: checked here, where the
-    // request's method and URL are known; the handlers see the key's thumbprint.
+    let own = format!("{}#atproto_pds", st.cfg.service_did);
+    let appview = st.cfg.appview.as_ref().map(|a| format!("{}#bsky_appview", a.did));
+    let proxy = req.headers().get("atproto-proxy").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let needs = super::scopes::xrpc_needs(&method, proxy.as_deref(), &own, appview.as_deref());
+    match oauth_checks(&st, &mut req, needs) {
+        Ok(false) => guarded(st, req, next, method).await,
+        Ok(true) => {
+            let mut resp = Box::pin(guarded(st.clone(), req, next, method)).await;
+            nonce(&st, &mut resp);
+            resp
+        }
+        Err(resp) => *resp,
+    }
+}
+
+/// Middleware in front of REST and `/ws`: an OAuth access token's DPoP proof and scope, as the
+/// XRPC guard checks them. Record writes and uploads are cleared for their handlers' checks,
+/// the account's own session for any token; the rest takes `transition:generic`.
+pub async fn oauth_layer(State(st): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let needs = if path.starts_with("/api/v1/repos/") && path.contains("/records/")
+        || path == "/api/v1/blobs"
+        || path == "/api/v1/sessions/current"
+    {
+        super::scopes::Needs::Checked
+    } else {
+        super::scopes::Needs::Generic
+    };
+    match oauth_checks(&st, &mut req, needs) {
+        Ok(false) => next.run(req).await,
+        Ok(true) => {
+            let mut resp = next.run(req).await;
+            nonce(&st, &mut resp);
+            resp
+        }
+        Err(resp) => *resp,
+    }
+}
+
+fn nonce(st: &Node, resp: &mut Response) {
+    if let Ok(v) = HeaderValue::from_str(&st.dpop.nonce()) {
+        resp.headers_mut().insert("dpop-nonce", v);
+    }
+}
+
+/// An OAuth access token (`Authorization: DPoP`) comes with a proof of its key: checked here,
+/// where the request's method and URL are known (the handlers see the key's thumbprint), and
+/// what the call needs from the token's scope. `true` when the request carries such a token.
+fn oauth_checks(st: &Node, req: &mut Request, needs: super::scopes::Needs) -> Result<bool, Box<Response>> {
+    use super::scopes::Needs;
     req.headers_mut().remove(super::DPOP_JKT_HEADER);
+    req.headers_mut().remove(OAUTH_CLEARED_HEADER);
     let dpop = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("DPoP "))
         .map(str::to_owned);
-    if let Some(token) = dpop {
-        match dpop_proof(&st, &req, &token) {
-            Ok(jkt) => {
-                if let Ok(v) = HeaderValue::from_str(&jkt) {
-                    req.headers_mut().insert(super::DPOP_JKT_HEADER, v);
-                }
-            }
-            Err(resp) => return *resp,
-        }
-        let mut resp = Box::pin(guarded(st.clone(), req, next, method)).await;
-        if let Ok(v) = HeaderValue::from_str(&st.dpop.nonce()) {
-            resp.headers_mut().insert("dpop-nonce", v);
-        }
-        return resp;
+    let Some(token) = dpop else { return Ok(false) };
+    let jkt = dpop_proof(st, req, &token)?;
+    if let Ok(v) = HeaderValue::from_str(&jkt) {
+        req.headers_mut().insert(super::DPOP_JKT_HEADER, v);
     }
-    guarded(st, req, next, method).await
+    let granted = |check: &dyn Fn(&super::scopes::Permissions) -> bool, scope: &str| {
+        let claims = st.oauth_claims(req.headers()).map_err(|e| Box::new(e.into_response()))?;
+        match claims.permissions.as_deref() {
+            Some(p) if check(p) => Ok(()),
+            _ => Err(Box::new(super::scopes::missing(scope).into_response())),
+        }
+    };
+    let cleared = match needs {
+        Needs::Checked => true,
+        Needs::Scope { scope, granted: check } => {
+            granted(&check, &scope)?;
+            true
+        }
+        Needs::Rpc { method, aud } => {
+            let scope = format!("rpc:{method}?aud={}", aud.replace('#', "%23"));
+            granted(&|p| p.allows_rpc(&method, &aud), &scope)?;
+            true
+        }
+        Needs::Generic => false,
+    };
+    if cleared {
+        req.headers_mut().insert(OAUTH_CLEARED_HEADER, HeaderValue::from_static("1"));
+    }
+    Ok(true)
 }
 
 /// Checks the DPoP proof of a request carrying an OAuth access token: the key's thumbprint, or
@@ -379,14 +445,12 @@ fn dpop_proof(st: &Node, req: &Request, token: &str) -> Result<String, Box<Respo
                 super::dpop::DpopError::UseNonce => ("use_dpop_nonce", "Use the DPoP nonce of this answer".to_string()),
                 super::dpop::DpopError::Invalid(m) => ("invalid_dpop_proof", m.clone()),
             };
-            tracing::info!(error, %message, "XRPC call with a DPoP token refused");
+            tracing::info!(error, %message, path = req.uri().path(), "call with a DPoP token refused");
             let mut resp = NodeError::new(StatusCode::UNAUTHORIZED, error, message).into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("DPoP error=\"{error}\"")) {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
-            if let Ok(v) = HeaderValue::from_str(&st.dpop.nonce()) {
-                resp.headers_mut().insert("dpop-nonce", v);
-            }
+            nonce(st, &mut resp);
             Err(Box::new(resp))
         }
     }

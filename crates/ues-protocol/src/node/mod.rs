@@ -29,6 +29,7 @@ pub mod oauth_clients;
 pub mod oauth_store;
 pub mod peers;
 pub mod records;
+pub mod scopes;
 pub mod sequencer;
 pub mod sessions;
 pub mod tasks;
@@ -416,6 +417,7 @@ impl Node {
             generation: auth::session_generation(self, did).ok(),
             cnf: None,
             sid: None,
+            permissions: None,
         };
         auth::sign(&self.cfg.jwt_secret, "at+jwt", &claims)
     }
@@ -485,9 +487,24 @@ fn development_url(url: &str) -> bool {
 
 impl Node {
     /// An OAuth access token's claims, good when it came with a proof of its key (checked by
-    /// the XRPC guard), its session is live, and its scope covers what session tokens carry:
-    /// `transition:generic` as an app password, with `transition:chat.bsky` a privileged one.
-    fn oauth_access(
+    /// the XRPC, REST and `/ws` layers), its session is live, and the layer in front cleared
+    /// the call for the token's scope (see [`scopes::xrpc_needs`]); a token without
+    /// `transition:generic` is taken only where it was cleared. The claims carry the session's
+    /// permissions, for the handlers' own checks (collections, upload types, services), and the
+    /// scope of what session tokens carry: an app password's, a privileged one's with
+    /// `transition:chat.bsky`.
+    fn oauth_access(&self, headers: &HeaderMap, claims: Claims, cnf: &serde_json::Value) -> Result<Claims, NodeError> {
+        let claims = self.oauth_grant(headers, claims, cnf)?;
+        let generic = claims.permissions.as_ref().is_some_and(|p| p.generic);
+        if !generic && !headers.contains_key(limits::OAUTH_CLEARED_HEADER) {
+            return Err(scopes::missing("transition:generic"));
+        }
+        Ok(claims)
+    }
+
+    /// An OAuth access token's claims with the session's permissions, before any check of what
+    /// the call needs.
+    pub(crate) fn oauth_grant(
         &self,
         headers: &HeaderMap,
         mut claims: Claims,
@@ -516,19 +533,24 @@ impl Node {
         if !live || auth::is_revoked(self, &claims)? {
             return Err(NodeError::token("ExpiredToken", "Token has been revoked"));
         }
-        let granted: Vec<&str> = claims.scope.split(' ').collect();
-        claims.scope = if granted.contains(&"transition:chat.bsky") && granted.contains(&"transition:generic") {
+        let permissions = scopes::Permissions::parse(&claims.scope).map_err(|e| unauthorized(&e.0))?;
+        claims.scope = if permissions.generic && permissions.chat {
             "com.atproto.appPassPrivileged".into()
-        } else if granted.contains(&"transition:generic") {
-            "com.atproto.appPass".into()
         } else {
-            return Err(NodeError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "InsufficientScope",
-                "Missing scope: transition:generic (granular scopes are not taken yet)",
-            ));
+            "com.atproto.appPass".into()
         };
+        claims.permissions = Some(std::sync::Arc::new(permissions));
         Ok(claims)
+    }
+
+    /// The claims of the OAuth access token a request carries (its DPoP proof checked), with
+    /// its permissions.
+    pub(crate) fn oauth_claims(&self, headers: &HeaderMap) -> Result<Claims, NodeError> {
+        let claims = auth::verify(&self.cfg.jwt_secret, bearer(headers)?, "at+jwt")?;
+        let Some(cnf) = claims.cnf.clone() else {
+            return Err(NodeError::new(axum::http::StatusCode::UNAUTHORIZED, "InvalidToken", "Not an OAuth token"));
+        };
+        self.oauth_grant(headers, claims, &cnf)
     }
 }
 

@@ -4,6 +4,7 @@
 //! OpenAPI document says. Each runs store work: call reads from [`super::blocking`] and writes
 //! from [`super::write_blocking`].
 
+use super::scopes::Action;
 use serde::Serialize;
 use serde_json::Value;
 use ues_sync::repo::accounts::{Account, AccountError, IndexedRecord};
@@ -208,6 +209,7 @@ impl Node {
     pub fn create_record(&self, caller: &Claims, origin: Option<u64>, w: RecordWrite) -> Result<Written, NodeError> {
         let account = self.writable(caller, &w.repo)?;
         let collection = nsid(&w.collection)?;
+        caller.check_repo(collection.as_str(), Action::Create)?;
         let rkey = self.rkey_or_new(w.rkey.as_deref())?;
         let (record, status) = self.prepare_record(&collection, rkey.as_str(), w.record, w.validate)?;
         let write = Write::Create { collection: collection.clone(), rkey: rkey.clone(), record };
@@ -220,6 +222,9 @@ impl Node {
     pub fn put_record(&self, caller: &Claims, origin: Option<u64>, w: RecordWrite) -> Result<Written, NodeError> {
         let account = self.writable(caller, &w.repo)?;
         let collection = nsid(&w.collection)?;
+        // A put creates or replaces: the grant must allow both.
+        caller.check_repo(collection.as_str(), Action::Create)?;
+        caller.check_repo(collection.as_str(), Action::Update)?;
         let rkey = rkey(w.rkey.as_deref().unwrap_or_default())?;
         let (record, status) = self.prepare_record(&collection, rkey.as_str(), w.record, w.validate)?;
         let write = Write::Update { collection: collection.clone(), rkey: rkey.clone(), record, swap: w.swap_record };
@@ -238,6 +243,7 @@ impl Node {
         swap_commit: Option<cid::Cid>,
     ) -> Result<Option<CommitMeta>, NodeError> {
         let account = self.writable(caller, repo)?;
+        caller.check_repo(collection, Action::Delete)?;
         let write = Write::Delete { collection: nsid(collection)?, rkey: rkey(key)?, swap: swap_record };
         let outcome = self.commit(origin, &account.did, &[write], swap_commit);
         self.firehose.notify();

@@ -46,6 +46,22 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// The service as an OAuth `rpc:` permission names it (`did#service`): the `atproto-proxy`
+    /// header's, else the configured service's kind by the method's namespace.
+    fn service_ref(&self, nsid: &str, headers: &HeaderMap) -> String {
+        if let Some(p) = headers.get("atproto-proxy").and_then(|v| v.to_str().ok()) {
+            return p.to_string();
+        }
+        let kind = if nsid.starts_with("chat.bsky.") {
+            "bsky_chat"
+        } else if nsid == "com.atproto.moderation.createReport" {
+            "atproto_labeler"
+        } else {
+            "bsky_appview"
+        };
+        format!("{}#{kind}", self.did)
+    }
+
     fn configured(service: &AppView) -> Self {
         Self { url: service.url.clone(), did: service.did.clone(), resolved: false }
     }
@@ -164,6 +180,7 @@ pub(crate) async fn forward(
         if crate::node::auth::PROTECTED_METHODS.contains(&nsid) {
             return Err(NodeError::invalid(format!("cannot proxy the protected method {nsid}")));
         }
+        claims.check_rpc(nsid, &target.service_ref(nsid, headers))?;
         let did = Did::new(claims.sub).map_err(NodeError::internal)?;
         let token =
             crate::node::auth::service_token(&st, &did, &target.did, Some(nsid), crate::node::auth::now_secs() + 60)?;

@@ -11,6 +11,7 @@ use ues_sync::repo::repo::Write;
 
 use crate::node::extract::{XJson, XQuery};
 use crate::node::records::{self, RecordWrite};
+use crate::node::scopes::Action;
 use crate::node::{Node, NodeError, blocking, write_blocking, ws_session};
 
 type Res = Result<Json<Value>, NodeError>;
@@ -191,7 +192,8 @@ pub(crate) struct ApplyWrites {
 
 pub(crate) async fn apply_writes(State(st): State<Arc<Node>>, headers: HeaderMap, XJson(b): XJson<ApplyWrites>) -> Res {
     write_blocking(st.writes_in_flight.clone(), move || {
-        let account = st.writable(&st.access(&headers)?, &b.repo)?;
+        let caller = st.access(&headers)?;
+        let account = st.writable(&caller, &b.repo)?;
         if b.writes.len() > MAX_WRITES {
             return Err(NodeError::invalid(format!("Too many writes. Max: {MAX_WRITES}")));
         }
@@ -203,6 +205,7 @@ pub(crate) async fn apply_writes(State(st): State<Arc<Node>>, headers: HeaderMap
             let collection = records::nsid(field("collection")?)?;
             match ty {
                 "com.atproto.repo.applyWrites#create" => {
+                    caller.check_repo(collection.as_str(), Action::Create)?;
                     let rkey = st.rkey_or_new(w.get("rkey").and_then(Value::as_str))?;
                     let value = w.get("value").cloned().ok_or_else(|| NodeError::invalid(format!("writes[{i}].value is required")))?;
                     let (record, status) = st.prepare_record(&collection, rkey.as_str(), value, b.validate)?;
@@ -210,6 +213,7 @@ pub(crate) async fn apply_writes(State(st): State<Arc<Node>>, headers: HeaderMap
                     writes.push(Write::Create { collection, rkey, record });
                 }
                 "com.atproto.repo.applyWrites#update" => {
+                    caller.check_repo(collection.as_str(), Action::Update)?;
                     let rkey = records::rkey(field("rkey")?)?;
                     let value = w.get("value").cloned().ok_or_else(|| NodeError::invalid(format!("writes[{i}].value is required")))?;
                     let (record, status) = st.prepare_record(&collection, rkey.as_str(), value, b.validate)?;
@@ -217,6 +221,7 @@ pub(crate) async fn apply_writes(State(st): State<Arc<Node>>, headers: HeaderMap
                     writes.push(Write::Update { collection, rkey, record, swap: None });
                 }
                 "com.atproto.repo.applyWrites#delete" => {
+                    caller.check_repo(collection.as_str(), Action::Delete)?;
                     statuses.push(None);
                     writes.push(Write::Delete { collection, rkey: records::rkey(field("rkey")?)?, swap: None });
                 }

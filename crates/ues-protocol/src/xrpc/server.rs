@@ -155,7 +155,11 @@ pub(crate) async fn refresh_session(State(st): State<Arc<Node>>, headers: Header
 
 pub(crate) async fn get_session(State(st): State<Arc<Node>>, headers: HeaderMap) -> Res {
     let claims = st.access(&headers)?;
-    Ok(Json(session_json(&st.describe_session(&claims)?)))
+    let mut s = st.describe_session(&claims)?;
+    if !claims.may_read_email() {
+        s.email = None;
+    }
+    Ok(Json(session_json(&s)))
 }
 
 pub(crate) async fn delete_session(State(st): State<Arc<Node>>, headers: HeaderMap) -> Result<StatusCode, NodeError> {
@@ -469,6 +473,9 @@ pub(crate) async fn get_service_auth(
 ) -> Res {
     let claims = st.access(&headers)?;
     Did::new(&q.aud).map_err(|e| NodeError::invalid(format!("aud must be a DID: {e}")))?;
+    // An OAuth grant names the methods and services (`rpc:`); a token for any method is not
+    // within one.
+    claims.check_rpc(q.lxm.as_deref().unwrap_or("*"), &q.aud)?;
     let now = now_secs();
     let exp = q.exp.unwrap_or(now + 60);
     if exp <= now || exp > now + 3600 {

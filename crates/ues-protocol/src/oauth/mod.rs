@@ -12,7 +12,11 @@
 //! - `POST /oauth/token`: the code with its PKCE verifier (and the DPoP key of the pushed
 //!   request), or a refresh token (rotated on each use; one used twice ends the session), for a
 //!   DPoP-bound access token (`cnf.jkt`).
-//! - `POST /oauth/revoke`: ends the session of a refresh token.
+//! - `POST /oauth/revoke`: ends the session of a refresh token (or of an access token).
+//! - `/.well-known/oauth-authorization-server` and `/.well-known/oauth-protected-resource`:
+//!   the metadata clients discover the server by (the node is its own authorization server).
+//! - `/account`: the account page, where a person sees and revokes the apps they authorized
+//!   ([`account`]).
 //!
 //! XRPC takes these tokens as `Authorization: DPoP <token>` with a proof of the key (checked by
 //! the XRPC guard; `transition:generic` acts as an app password, with `transition:chat.bsky` a
@@ -25,7 +29,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -36,6 +40,9 @@ use sha2::{Digest, Sha256};
 use crate::node::dpop::DpopError;
 use crate::node::oauth_clients::{ClientError, ClientMetadata};
 use crate::node::oauth_store::{self, Grant, OauthSession, PushedRequest, Refresh};
+use crate::node::scopes::Permissions;
+
+mod account;
 use crate::node::{Node, blocking};
 
 /// Largest form body taken.
@@ -44,7 +51,7 @@ const MAX_FORM: usize = 16 * 1024;
 const ACCESS_TTL: u64 = 3600;
 /// How long a public client's session lives.
 const SESSION_TTL: i64 = 14 * 86_400;
-/// The scopes granted here (the granular forms come with the resource side).
+/// The scopes listed in the server's metadata (the granular forms are taken too).
 pub const SCOPES: &[&str] = &["atproto", "transition:generic", "transition:email", "transition:chat.bsky"];
 
 /// The cookie that carries the page's CSRF token.
@@ -72,17 +79,79 @@ pub fn router(st: Arc<Node>) -> Router {
         sign_ins: governor::RateLimiter::keyed(per_5min(SIGN_INS_PER_5MIN)),
         requests: governor::RateLimiter::keyed(per_5min(REQUESTS_PER_5MIN)),
     });
-    Router::new()
+    // Called by clients in browsers too: any origin, no credentials.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers(tower_http::cors::Any)
+        .expose_headers([HeaderName::from_static("dpop-nonce"), header::WWW_AUTHENTICATE])
+        .max_age(std::time::Duration::from_secs(86_400));
+    let api = Router::new()
+        .route("/.well-known/oauth-authorization-server", get(server_metadata))
+        .route("/.well-known/oauth-protected-resource", get(resource_metadata))
         .route("/oauth/par", post(par))
-        .route("/oauth/authorize", get(authorize_page).post(authorize))
         .route("/oauth/token", post(token))
         .route("/oauth/revoke", post(revoke))
+        .layer(cors);
+    let pages = Router::new()
+        .route("/oauth/authorize", get(authorize_page).post(authorize))
+        .route("/account", get(account::page))
+        .route("/account/sign-in", post(account::sign_in))
+        .route("/account/revoke", post(account::revoke))
+        .route("/account/sign-out", post(account::sign_out))
+        .layer(axum::Extension(Arc::new(account::WebSessions::default())));
+    api.merge(pages)
         .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
             let budgets = budgets.clone();
             async move { limit(&budgets, req, next).await }
         }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
         .with_state(st)
+}
+
+/// The authorization server's metadata (RFC 8414, with the AT Protocol profile's fields).
+async fn server_metadata(State(st): State<Arc<Node>>) -> Response {
+    let iss = issuer(&st);
+    axum::Json(json!({
+        "issuer": iss,
+        "authorization_endpoint": format!("{iss}/oauth/authorize"),
+        "token_endpoint": format!("{iss}/oauth/token"),
+        "pushed_authorization_request_endpoint": format!("{iss}/oauth/par"),
+        "revocation_endpoint": format!("{iss}/oauth/revoke"),
+        "require_pushed_authorization_requests": true,
+        "scopes_supported": SCOPES,
+        "subject_types_supported": ["public"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "ui_locales_supported": ["en-US"],
+        "display_values_supported": ["page"],
+        "prompt_values_supported": ["none", "login", "consent", "select_account", "create"],
+        "authorization_response_iss_parameter_supported": true,
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": true,
+        "require_request_uri_registration": true,
+        "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+        "dpop_signing_alg_values_supported": ["ES256"],
+        "client_id_metadata_document_supported": true,
+        "protected_resources": [iss],
+    }))
+    .into_response()
+}
+
+/// The protected resource's metadata (RFC 9728): this node, its own authorization server.
+async fn resource_metadata(State(st): State<Arc<Node>>) -> Response {
+    let iss = issuer(&st);
+    axum::Json(json!({
+        "resource": iss,
+        "authorization_servers": [iss],
+        "scopes_supported": [],
+        "bearer_methods_supported": ["header"],
+        "resource_documentation": "https://atproto.com",
+    }))
+    .into_response()
 }
 
 /// Spends the caller's budgets: every OAuth request, and sign-ins (the consent form's posts)
@@ -94,7 +163,8 @@ async fn limit(budgets: &Budgets, req: axum::extract::Request, next: axum::middl
             budgets.requests.retain_recent();
             budgets.sign_ins.retain_recent();
         }
-        let sign_in = req.method() == axum::http::Method::POST && req.uri().path() == "/oauth/authorize";
+        let sign_in = req.method() == axum::http::Method::POST
+            && matches!(req.uri().path(), "/oauth/authorize" | "/account/sign-in");
         let refused = budgets.requests.check_key(&ip).is_err() || (sign_in && budgets.sign_ins.check_key(&ip).is_err());
         if refused {
             tracing::warn!(%ip, path = req.uri().path(), "oauth rate limit reached");
@@ -238,13 +308,10 @@ fn check_request(
         return Err(("invalid_request", format!("redirect_uri {redirect_uri} is not in the client's metadata")));
     }
     let scope = field("scope").unwrap_or("");
-    if let Some(unknown) = scope.split(' ').find(|s| !SCOPES.contains(s)) {
-        return Err(("invalid_scope", format!("{unknown} is not a scope this server grants")));
+    if let Err(e) = Permissions::parse(scope) {
+        return Err(("invalid_scope", e.0));
     }
     let declared: Vec<&str> = client.scope.split(' ').collect();
-    if !scope.split(' ').any(|s| s == "atproto") {
-        return Err(("invalid_scope", "scope must include atproto".into()));
-    }
     if let Some(extra) = scope.split(' ').find(|s| !declared.contains(s)) {
         return Err(("invalid_scope", format!("{extra} is not among the client's declared scopes")));
     }
@@ -275,17 +342,20 @@ fn escape(s: &str) -> String {
 }
 
 /// What a scope lets the client do, in plain words.
-fn scope_words(scope: &str) -> Vec<&'static str> {
-    scope
-        .split(' ')
-        .map(|s| match s {
-            "atproto" => "Know who you are (your account's DID and handle)",
-            "transition:generic" => "Read and write your posts, likes, follows and other records, and upload files",
-            "transition:email" => "See your email address",
-            "transition:chat.bsky" => "Read and send your direct messages",
-            _ => "A permission this server does not describe yet",
-        })
-        .collect()
+fn scope_words(scope: &str) -> Vec<String> {
+    match Permissions::parse(scope) {
+        Ok(p) => p.describe(),
+        Err(e) => vec![format!("A permission this server does not take ({e})")],
+    }
+}
+
+/// The client's logo (`https:` only), described for screen readers.
+fn client_logo(client: Option<&ClientMetadata>) -> String {
+    client
+        .and_then(|c| c.logo_uri.as_deref())
+        .filter(|u| u.starts_with("https://"))
+        .map(|u| format!("<img class=\"logo\" src=\"{}\" alt=\"\">", escape(u)))
+        .unwrap_or_default()
 }
 
 fn page(st: &Node, req: &PushedRequest, request_uri: &str, csrf: &str, error: Option<&str>) -> Response {
@@ -295,18 +365,15 @@ fn page(st: &Node, req: &PushedRequest, request_uri: &str, csrf: &str, error: Op
         scope_words(&req.scope).iter().map(|w| format!("<li>{}</li>", escape(w))).collect::<Vec<_>>().join("");
     let error = error.map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", escape(e))).unwrap_or_default();
     let hint = escape(req.login_hint.as_deref().unwrap_or(""));
-    let html = format!(
+    let html_text = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sign in to {host}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:2rem auto;padding:0 1rem;line-height:1.5}}
-label{{display:block;margin-top:1rem;font-weight:600}}input{{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}}
-button{{margin-top:1.25rem;margin-right:.5rem;padding:.6rem 1.2rem;font-size:1rem}}.error{{color:#a00;font-weight:600}}
-.client{{font-weight:700}}.id{{color:#555;font-size:.9rem;word-break:break-all}}</style></head>
+<style>{STYLE}</style></head>
 <body><main>
 <h1>Sign in to {host}</h1>
-<p><span class="client">{name}</span> asks to use your account.</p>
-<p class="id">Client: {client_id}</p>
+{logo}<p><span class="client">{name}</span> asks to use your account.</p>
+<p class="id">Client: {client_id}{site}</p>
 <h2>It will be able to</h2><ul>{permissions}</ul>
 {error}
 <form method="post" action="/oauth/authorize">
@@ -320,27 +387,72 @@ button{{margin-top:1.25rem;margin-right:.5rem;padding:.6rem 1.2rem;font-size:1re
 <button type="submit" name="decision" value="deny" formnovalidate>Deny</button>
 </form></main></body></html>"#,
         host = escape(&st.host_name()),
+        logo = client_logo(client.as_ref()),
+        site = client
+            .as_ref()
+            .and_then(|c| c.client_uri.as_deref())
+            .map(|u| format!(" · <a href=\"{0}\">{0}</a>", escape(u)))
+            .unwrap_or_default(),
         name = escape(&name),
         client_id = escape(&req.client_id),
         request_uri = escape(request_uri),
         csrf = escape(csrf),
     );
-    let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
+    let secure = if st.cfg.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let cookie = format!("{CSRF_COOKIE}={csrf}; Path=/oauth; HttpOnly; SameSite=Strict{secure}");
+    html_to(html_text, &[cookie], redirect_source(&req.redirect_uri).as_deref())
+}
+
+/// The CSP source of a redirect URI: its origin (`http(s)`), or its scheme (a native app's).
+fn redirect_source(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once(':')?;
+    if !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+        return None;
+    }
+    match scheme {
+        "http" | "https" => {
+            let authority = rest.strip_prefix("//")?.split(['/', '?', '#']).next()?;
+            let clean = authority.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+            (clean && !authority.is_empty()).then(|| format!("{scheme}://{authority}"))
+        }
+        _ => Some(format!("{scheme}:")),
+    }
+}
+
+/// The style every page shares (inline: the pages load nothing else).
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:30rem;margin:2rem auto;padding:0 1rem;line-height:1.5;color:#111}\
+label{display:block;margin-top:1rem;font-weight:600}input{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}\
+button{margin-top:1.25rem;margin-right:.5rem;padding:.6rem 1.2rem;font-size:1rem}.error{color:#a00;font-weight:600}\
+.note{color:#075;font-weight:600}.client{font-weight:700}.id{color:#555;font-size:.9rem;word-break:break-all}\
+.logo{width:48px;height:48px;float:right;margin-left:1rem}section.app{border:1px solid #ccc;border-radius:.5rem;padding:0 1rem 1rem;margin:1rem 0}\
+button:focus,input:focus,a:focus{outline:3px solid #36c;outline-offset:2px}";
+
+/// A server-rendered page: no script, framed by nobody, forms posting here only, images from
+/// `https:` (client logos); never cached, no referrer. `cookies` are set with it.
+fn html(text: String, cookies: &[String]) -> Response {
+    html_to(text, cookies, None)
+}
+
+/// [`html`] for a page whose form ends in a redirect to `target` (browsers hold redirects
+/// after a form post to its `form-action`).
+fn html_to(text: String, cookies: &[String], target: Option<&str>) -> Response {
+    let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], text).into_response();
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-        ),
+    let also = target.map(|t| format!(" {t}")).unwrap_or_default();
+    let csp = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; img-src https:; form-action 'self'{also}; frame-ancestors 'none'"
     );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    let secure = if st.cfg.public_url.starts_with("https://") { "; Secure" } else { "" };
-    if let Ok(v) =
-        HeaderValue::from_str(&format!("{CSRF_COOKIE}={csrf}; Path=/oauth; HttpOnly; SameSite=Strict{secure}"))
-    {
-        h.insert(header::SET_COOKIE, v);
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    for c in cookies {
+        if let Ok(v) = HeaderValue::from_str(c) {
+            h.append(header::SET_COOKIE, v);
+        }
     }
     r
 }
@@ -612,7 +724,16 @@ async fn revoke(State(st): State<Arc<Node>>, body: Bytes) -> Response {
     };
     let token = f.get("token").cloned().unwrap_or_default();
     let st2 = st.clone();
-    let _ = blocking(move || oauth_store::revoke_by_token(st2.accounts.db(), &token)).await;
+    let _ = blocking(move || {
+        // A refresh token, or an access token (whose session ends with it).
+        if let Ok(claims) = crate::node::auth::verify(&st2.cfg.jwt_secret, &token, "at+jwt")
+            && let Some(sid) = &claims.sid
+        {
+            return oauth_store::revoke(st2.accounts.db(), &claims.sub, sid);
+        }
+        oauth_store::revoke_by_token(st2.accounts.db(), &token)
+    })
+    .await;
     // RFC 7009: the same answer whether or not the token was known.
     let mut r = axum::Json(Value::Object(Default::default())).into_response();
     nonce_header(&st, &mut r);
