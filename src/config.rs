@@ -37,6 +37,17 @@ pub(crate) struct Config {
     pub(crate) apps: AppsSection,
     /// Outgoing mail.
     pub(crate) email: EmailSection,
+    /// The OAuth authorization server.
+    pub(crate) oauth: OauthSection,
+}
+
+/// `[oauth]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct OauthSection {
+    /// Fetch client metadata and keys from `http:` URLs and loopback or private addresses too
+    /// (tests and closed networks; never on a public node).
+    pub(crate) private_client_addresses: bool,
 }
 
 /// `[email]`
@@ -95,6 +106,7 @@ impl Default for Config {
             log: LogConfig::default(),
             apps: AppsSection::default(),
             email: EmailSection::default(),
+            oauth: OauthSection::default(),
         }
     }
 }

@@ -925,6 +925,7 @@ fn xrpc_state(
         relays: cfg.xrpc.relays.clone(),
         firehose_backfill: std::time::Duration::from_secs(cfg.xrpc.firehose_backfill_hours * 3600),
         public_metrics: cfg.http.public_metrics,
+        oauth_private_clients: cfg.oauth.private_client_addresses,
         admin_password: Some(if cfg.xrpc.admin_password.is_empty() {
             identity::admin_password(&cfg.data_dir)?
         } else {

@@ -20,10 +20,18 @@ use support::{Running, start_with};
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
+/// The scope the tests' client asks for unless told otherwise.
+const SCOPE: &str = "atproto transition:generic";
+
 fn client_id() -> String {
+    client_id_for(SCOPE)
+}
+
+/// The localhost client declaring `scope`.
+fn client_id_for(scope: &str) -> String {
     let q = form_urlencoded::Serializer::new(String::new())
         .append_pair("redirect_uri", REDIRECT)
-        .append_pair("scope", "atproto transition:generic")
+        .append_pair("scope", scope)
         .finish();
     format!("http://localhost?{q}")
 }
@@ -98,6 +106,11 @@ fn nonce(node: &Running, k: &Key) -> String {
 
 /// A pushed request: the request_uri.
 fn par(node: &Running, k: &Key, challenge: &str, redirect: &str) -> (u16, Value) {
+    par_for(node, k, challenge, redirect, SCOPE)
+}
+
+/// A pushed request for `scope` (the client declaring it).
+fn par_for(node: &Running, k: &Key, challenge: &str, redirect: &str, scope: &str) -> (u16, Value) {
     let n = nonce(node, k);
     let url = format!("{}/oauth/par", node.base);
     let (s, v, _) = post(
@@ -105,10 +118,10 @@ fn par(node: &Running, k: &Key, challenge: &str, redirect: &str) -> (u16, Value)
         "/oauth/par",
         Some(&proof(k, &url, Some(&n))),
         &[
-            ("client_id", &client_id()),
+            ("client_id", &client_id_for(scope)),
             ("response_type", "code"),
             ("redirect_uri", redirect),
-            ("scope", "atproto transition:generic"),
+            ("scope", scope),
             ("state", "the-state"),
             ("code_challenge", challenge),
             ("code_challenge_method", "S256"),
@@ -119,12 +132,12 @@ fn par(node: &Running, k: &Key, challenge: &str, redirect: &str) -> (u16, Value)
 
 /// Opens the consent page: the CSRF token of its form and cookie.
 fn open_page(node: &Running, request_uri: &str) -> String {
-    let url = format!(
-        "{}/oauth/authorize?client_id={}&request_uri={}",
-        node.base,
-        urlencode(&client_id()),
-        urlencode(request_uri)
-    );
+    open_page_for(node, request_uri, &client_id())
+}
+
+fn open_page_for(node: &Running, request_uri: &str, client: &str) -> String {
+    let url =
+        format!("{}/oauth/authorize?client_id={}&request_uri={}", node.base, urlencode(client), urlencode(request_uri));
     let mut res = agent().get(&url).call().unwrap();
     assert_eq!(res.status(), 200);
     let csp = res.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
@@ -132,7 +145,7 @@ fn open_page(node: &Running, request_uri: &str) -> String {
     let cookie = res.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
     let html = res.body_mut().read_to_string().unwrap();
-    assert!(html.contains("<label for=\"password\">") && html.contains("Read and write your posts"), "{html}");
+    assert!(html.contains("<label for=\"password\">") && html.contains("Know who you are"), "{html}");
     let token = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
     assert!(html.contains(&format!("name=\"csrf\" value=\"{token}\"")));
     token
@@ -170,11 +183,15 @@ fn consent(
 
 /// The whole way to a code: (code, verifier).
 fn code(node: &Running, k: &Key) -> (String, String) {
+    code_for(node, k, SCOPE)
+}
+
+fn code_for(node: &Running, k: &Key, scope: &str) -> (String, String) {
     let (verifier, challenge) = pkce();
-    let (s, v) = par(node, k, &challenge, REDIRECT);
+    let (s, v) = par_for(node, k, &challenge, REDIRECT, scope);
     assert_eq!(s, 201, "{v}");
     let request_uri = v["request_uri"].as_str().unwrap().to_string();
-    let csrf = open_page(node, &request_uri);
+    let csrf = open_page_for(node, &request_uri, &client_id_for(scope));
     let (s, location, _) = consent(node, &request_uri, &csrf, Some(&csrf), "a long password");
     assert_eq!(s, 303);
     assert!(location.starts_with(&format!("{REDIRECT}?code=")), "{location}");
@@ -187,14 +204,19 @@ fn code(node: &Running, k: &Key) -> (String, String) {
 
 /// A whole sign-in: the token answer for a new session bound to `k`.
 fn signed_in(node: &Running, k: &Key) -> Value {
-    let (c, verifier) = code(node, k);
+    signed_in_for(node, k, SCOPE)
+}
+
+/// A whole sign-in of a client asking for `scope`.
+fn signed_in_for(node: &Running, k: &Key, scope: &str) -> Value {
+    let (c, verifier) = code_for(node, k, scope);
     let (s, v) = token(
         node,
         k,
         &[
             ("grant_type", "authorization_code"),
             ("code", &c),
-            ("client_id", &client_id()),
+            ("client_id", &client_id_for(scope)),
             ("redirect_uri", REDIRECT),
             ("code_verifier", &verifier),
         ],
@@ -466,4 +488,228 @@ fn xrpc_takes_dpop_bound_tokens_with_their_proofs() {
     let (s, v) = xrpc_dpop(&node, &k, &access, "com.atproto.repo.createRecord", record, None);
     assert_eq!(s, 400, "the ended session's token: {v}");
     assert_eq!(v["error"], "ExpiredToken");
+}
+
+/// Calls the node with an OAuth access token and a DPoP proof (retrying once with the nonce it
+/// asks for): `method` `path` (no query in the proof's URL), a body of `content_type`. Status
+/// and JSON.
+fn dpop_call(
+    node: &Running,
+    k: &Key,
+    access: &str,
+    (method, path): (&str, &str),
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Value) {
+    let url = format!("{}{}", node.base, path.split('?').next().unwrap());
+    let ath = URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(access.as_bytes()));
+    let sign = |nonce: Option<&str>| {
+        let mut h = Header::new(Algorithm::ES256);
+        h.typ = Some("dpop+jwt".into());
+        h.jwk = Some(k.jwk.clone());
+        let mut claims = json!({"jti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()), "htm": method, "htu": url, "iat": now(), "ath": ath});
+        if let Some(n) = nonce {
+            claims["nonce"] = json!(n);
+        }
+        jsonwebtoken::encode(&h, &claims, &k.enc).unwrap()
+    };
+    let send = |p: &str| {
+        let full = format!("{}{path}", node.base);
+        let auth = format!("DPoP {access}");
+        let mut res = if method == "GET" {
+            agent().get(&full).header("Authorization", &auth).header("DPoP", p).call().unwrap()
+        } else {
+            let req = match method {
+                "POST" => agent().post(&full),
+                "PUT" => agent().put(&full),
+                other => panic!("{other}"),
+            };
+            req.header("Authorization", &auth)
+                .header("DPoP", p)
+                .header("content-type", content_type)
+                .send(body)
+                .unwrap()
+        };
+        let nonce = res.headers().get("dpop-nonce").map(|v| v.to_str().unwrap().to_string());
+        (res.status().as_u16(), res.body_mut().read_json::<Value>().unwrap_or(Value::Null), nonce)
+    };
+    let (s, v, n) = send(&sign(None));
+    if v["error"] == "use_dpop_nonce" {
+        let (s, v, _) = send(&sign(n.as_deref()));
+        return (s, v);
+    }
+    (s, v)
+}
+
+/// The status line of a WebSocket handshake on `/ws` with these extra header lines.
+fn ws_handshake(node: &Running, extra: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
+        node.port
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string()
+}
+
+/// A DPoP proof for a GET of `url` with `access` (and the nonce the node gives out now).
+fn get_proof(node: &Running, k: &Key, url: &str, access: &str) -> String {
+    let n = nonce(node, k);
+    let mut h = Header::new(Algorithm::ES256);
+    h.typ = Some("dpop+jwt".into());
+    h.jwk = Some(k.jwk.clone());
+    let ath = URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(access.as_bytes()));
+    let claims = json!({"jti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()), "htm": "GET", "htu": url, "iat": now(), "ath": ath, "nonce": n});
+    jsonwebtoken::encode(&h, &claims, &k.enc).unwrap()
+}
+
+#[test]
+fn granular_scopes_allow_exactly_what_they_name_on_xrpc_rest_and_ws() {
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
+    let (did, _) = support::create_account(&node.base, "alice.test");
+    let k = key();
+    let scope = "atproto repo:app.bsky.feed.like?action=create blob:image/* account:email";
+    let v = signed_in_for(&node, &k, scope);
+    assert_eq!(v["scope"], scope);
+    let access = v["access_token"].as_str().unwrap().to_string();
+    let call = |method: &str, path: &str, body: Value| {
+        dpop_call(&node, &k, &access, (method, path), "application/json", body.to_string().as_bytes())
+    };
+    let record = |collection: &str| {
+        json!({"repo": did, "collection": collection, "record": {"$type": collection, "text": "x", "createdAt": "2026-12-05T12:00:00Z",
+            "subject": {"uri": format!("at://{did}/app.bsky.feed.post/3aaaaaaaaaaaa"), "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}}})
+    };
+    let refused = |(s, v): (u16, Value), scope: &str| {
+        assert_eq!((s, v["error"].as_str()), (403, Some("InsufficientScope")), "{v}");
+        assert!(v["message"].as_str().unwrap().contains(scope), "{v} should name {scope}");
+    };
+
+    // Records: likes may be created, not deleted; posts not at all, in one write or many.
+    let (s, v) = call("POST", "/xrpc/com.atproto.repo.createRecord", record("app.bsky.feed.like"));
+    assert_eq!(s, 200, "{v}");
+    let like = v["uri"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    refused(
+        call("POST", "/xrpc/com.atproto.repo.createRecord", record("app.bsky.feed.post")),
+        "repo:app.bsky.feed.post?action=create",
+    );
+    refused(
+        call(
+            "POST",
+            "/xrpc/com.atproto.repo.deleteRecord",
+            json!({"repo": did, "collection": "app.bsky.feed.like", "rkey": like}),
+        ),
+        "repo:app.bsky.feed.like?action=delete",
+    );
+    let writes = json!({"repo": did, "writes": [
+        {"$type": "com.atproto.repo.applyWrites#create", "collection": "app.bsky.feed.like", "value": record("app.bsky.feed.like")["record"]},
+        {"$type": "com.atproto.repo.applyWrites#create", "collection": "app.bsky.feed.post", "value": record("app.bsky.feed.post")["record"]},
+    ]});
+    refused(call("POST", "/xrpc/com.atproto.repo.applyWrites", writes), "repo:app.bsky.feed.post?action=create");
+    refused(
+        call(
+            "POST",
+            "/xrpc/com.atproto.repo.putRecord",
+            json!({"repo": did, "collection": "app.bsky.feed.like", "rkey": like, "record": record("app.bsky.feed.like")["record"]}),
+        ),
+        "repo:app.bsky.feed.like?action=update",
+    );
+    let likes =
+        ureq::get(format!("{}/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.like", node.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json::<Value>()
+            .unwrap();
+    assert_eq!(likes["records"].as_array().unwrap().len(), 1, "the refused batch wrote nothing");
+
+    // Uploads of the types granted.
+    let png = b"\x89PNG\r\n\x1a\n a picture";
+    let (s, v) = dpop_call(&node, &k, &access, ("POST", "/xrpc/com.atproto.repo.uploadBlob"), "image/png", png);
+    assert_eq!(s, 200, "{v}");
+    refused(
+        dpop_call(&node, &k, &access, ("POST", "/xrpc/com.atproto.repo.uploadBlob"), "text/plain", b"text"),
+        "blob:text/plain",
+    );
+
+    // The account: who it is, its email (granted); nothing it did not grant.
+    let (s, v) = call("GET", "/xrpc/com.atproto.server.getSession", Value::Null);
+    assert_eq!(
+        (s, v["did"].as_str(), v["email"].as_str()),
+        (200, Some(did.as_str()), Some("alice.test@example.com")),
+        "{v}"
+    );
+    refused(call("POST", "/xrpc/com.atproto.server.createAppPassword", json!({"name": "x"})), "transition:generic");
+    refused(call("POST", "/xrpc/com.atproto.identity.updateHandle", json!({"handle": "bob.test"})), "identity:handle");
+    refused(
+        call("POST", "/xrpc/com.atproto.server.updateEmail", json!({"email": "x@example.com"})),
+        "account:email?action=manage",
+    );
+    refused(
+        call(
+            "GET",
+            "/xrpc/com.atproto.server.getServiceAuth?aud=did:web:api.bsky.app&lxm=app.bsky.feed.getTimeline",
+            Value::Null,
+        ),
+        "rpc:app.bsky.feed.getTimeline",
+    );
+
+    // REST: the same grant.
+    let post = json!({"text": "x", "createdAt": "2026-12-05T12:00:00Z"});
+    refused(
+        call("POST", &format!("/api/v1/repos/{did}/records/app.bsky.feed.post"), post),
+        "repo:app.bsky.feed.post?action=create",
+    );
+    let (s, v) = call(
+        "POST",
+        &format!("/api/v1/repos/{did}/records/app.bsky.feed.like"),
+        record("app.bsky.feed.like")["record"].clone(),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call("GET", "/api/v1/sessions/current", Value::Null);
+    assert_eq!((s, v["did"].as_str()), (200, Some(did.as_str())), "{v}");
+
+    // /ws: the account's own socket takes transition:generic.
+    let url = format!("{}/ws", node.base);
+    let line = ws_handshake(
+        &node,
+        &format!("Authorization: DPoP {access}\r\nDPoP: {}\r\n", get_proof(&node, &k, &url, &access)),
+    );
+    assert!(line.contains(" 403 "), "a granular token on /ws: {line}");
+
+    // A transition:generic session: REST and /ws take it; it does not see the email.
+    let k2 = key();
+    let v = signed_in(&node, &k2);
+    let generic = v["access_token"].as_str().unwrap().to_string();
+    let (s, v) = dpop_call(
+        &node,
+        &k2,
+        &generic,
+        ("POST", &format!("/api/v1/repos/{did}/records/app.bsky.feed.post")),
+        "application/json",
+        json!({"text": "x", "createdAt": "2026-12-05T12:00:00Z"}).to_string().as_bytes(),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = dpop_call(&node, &k2, &generic, ("GET", "/xrpc/com.atproto.server.getSession"), "", b"");
+    assert_eq!((s, v.get("email")), (200, None), "no email without transition:email or account:email: {v}");
+    let line = ws_handshake(
+        &node,
+        &format!("Authorization: DPoP {generic}\r\nDPoP: {}\r\n", get_proof(&node, &k2, &url, &generic)),
+    );
+    assert!(line.contains(" 101 "), "a transition:generic token on /ws: {line}");
+    let line = ws_handshake(&node, &format!("Authorization: DPoP {generic}\r\n"));
+    assert!(line.contains(" 401 "), "no proof on /ws: {line}");
+
+    // Scopes that do not parse are refused when asked for, with the reason.
+    let (_, challenge) = pkce();
+    for bad in ["atproto repo:app.bsky.*", "atproto rpc:app.bsky.feed.getTimeline", "atproto include:app.bsky.authFull"]
+    {
+        let (s, v) = par_for(&node, &k, &challenge, REDIRECT, bad);
+        assert_eq!((s, v["error"].as_str()), (400, Some("invalid_scope")), "{bad}: {v}");
+    }
 }

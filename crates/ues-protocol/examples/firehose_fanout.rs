@@ -39,6 +39,7 @@ async fn main() {
         relays: vec![],
         firehose_backfill: std::time::Duration::from_secs(72 * 3600),
         public_metrics: false,
+        oauth_private_clients: false,
     };
     let state = Arc::new(
         Node::new(Accounts::open(blocks, db, 1).unwrap(), Lexicons::new(), Arc::new(MemoryKv::new()), cfg).unwrap(),

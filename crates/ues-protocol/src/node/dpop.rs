@@ -185,7 +185,18 @@ impl Dpop {
         Ok(Proof { jkt, jti: claims.jti })
     }
 
+    /// Remembers a confidential client's assertion (`client_id`'s `jti`) until it expires
+    /// (`until`, Unix seconds): one seen before is refused.
+    pub fn remember_assertion(&self, client_id: &str, jti: &str, until: u64) -> Result<(), DpopError> {
+        let t = now();
+        self.remember_until(&format!("assertion {client_id} {jti}"), t, until.max(t))
+    }
+
     fn remember(&self, jti: &str, t: u64) -> Result<(), DpopError> {
+        self.remember_until(jti, t, t + 2 * MAX_AGE)
+    }
+
+    fn remember_until(&self, jti: &str, t: u64, until: u64) -> Result<(), DpopError> {
         let mut guard = self.jtis.lock();
         let Jtis { seen, order } = &mut *guard;
         while order.front().is_some_and(|(until, _)| *until < t) {
@@ -200,7 +211,6 @@ impl Dpop {
             tracing::warn!("DPoP jti store full: proofs refused until older ones expire");
             return Err(DpopError::Invalid("too many proofs; try again shortly".into()));
         }
-        let until = t + 2 * MAX_AGE;
         seen.insert(jti.to_string(), until);
         order.push_back((until, jti.to_string()));
         Ok(())

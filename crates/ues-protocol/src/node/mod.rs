@@ -97,6 +97,9 @@ pub struct NodeConfig {
     pub firehose_backfill: std::time::Duration,
     /// Serve `/metrics` and `/stats` to anyone; otherwise the operator's credentials are needed.
     pub public_metrics: bool,
+    /// OAuth client metadata and keys may come from `http:` URLs and private addresses
+    /// (`[oauth] private_client_addresses`: tests and closed networks).
+    pub oauth_private_clients: bool,
 }
 
 /// What the node's storage offers its operator: backups and gauges (the binary, which opened
@@ -254,6 +257,7 @@ impl Node {
         // documents of its peers are on such addresses too.
         let development = development_url(&cfg.public_url);
         let dids = if development { dids.allowing_private() } else { dids };
+        let private_clients = cfg.oauth_private_clients;
         Ok(Self {
             accounts,
             lexicons,
@@ -275,7 +279,7 @@ impl Node {
             certificates: std::sync::OnceLock::new(),
             dids,
             dpop: dpop::Dpop::default(),
-            oauth_clients: oauth_clients::OauthClients::new(development),
+            oauth_clients: oauth_clients::OauthClients::new(private_clients),
             oauth_requests: parking_lot::Mutex::new(ues_sync::repo::dids::TtlCache::new(oauth_store::MAX_PENDING)),
             oauth_codes: parking_lot::Mutex::new(ues_sync::repo::dids::TtlCache::new(oauth_store::MAX_PENDING)),
             reserved_keys: parking_lot::Mutex::new(Default::default()),

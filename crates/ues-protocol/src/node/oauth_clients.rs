@@ -137,7 +137,7 @@ impl ClientMetadata {
             tos_uri: None,
             policy_uri: None,
         };
-        meta.validate()?;
+        meta.validate(false)?;
         Ok(meta)
     }
 
@@ -146,8 +146,9 @@ impl ClientMetadata {
         self.client_id.starts_with("http://localhost")
     }
 
-    /// The profile's rules for any client.
-    pub fn validate(&self) -> Result<(), ClientError> {
+    /// The profile's rules (`loopback`: a web client may also redirect to `http:` on loopback,
+    /// for clients served from a test machine).
+    pub fn validate(&self, loopback: bool) -> Result<(), ClientError> {
         let bad = |m: String| Err(ClientError::Invalid(m));
         if !self.grant_types.iter().any(|g| g == "authorization_code") {
             return bad("grant_types must include authorization_code".into());
@@ -183,6 +184,8 @@ impl ClientMetadata {
         for uri in &self.redirect_uris {
             let ok = if self.is_localhost() {
                 uri.starts_with("http://127.0.0.1") || uri.starts_with("http://[::1]")
+            } else if loopback && (uri.starts_with("http://127.0.0.1") || uri.starts_with("http://[::1]")) {
+                true
             } else if uri.starts_with("https://") {
                 // A native client's HTTPS redirect shares the client_id's origin.
                 self.application_type == "web" || host_of(uri) == client_host
@@ -239,7 +242,10 @@ fn native_scheme_ok(uri: &str, client_host: Option<&str>) -> bool {
 /// Fetches and caches client metadata.
 pub struct OauthClients {
     agent: ureq::Agent,
+    /// `http:` URLs and private addresses taken too.
+    private: bool,
     cache: parking_lot::Mutex<ues_sync::repo::dids::TtlCache<ClientMetadata>>,
+    keys: parking_lot::Mutex<ues_sync::repo::dids::TtlCache<Value>>,
 }
 
 impl std::fmt::Debug for OauthClients {
@@ -253,10 +259,45 @@ fn config() -> ureq::config::Config {
 }
 
 impl OauthClients {
-    /// Fetching from public addresses only (`development`: any address, `http:` too).
-    pub fn new(development: bool) -> Self {
-        let agent = if development { config().into() } else { ues_sync::repo::identity::public_only_agent(config()) };
-        Self { agent, cache: parking_lot::Mutex::new(ues_sync::repo::dids::TtlCache::new(MAX_CACHED)) }
+    /// Fetching `https:` URLs on public addresses only (`private`: any address, `http:` too).
+    pub fn new(private: bool) -> Self {
+        let agent = if private { config().into() } else { ues_sync::repo::identity::public_only_agent(config()) };
+        Self {
+            agent,
+            private,
+            cache: parking_lot::Mutex::new(ues_sync::repo::dids::TtlCache::new(MAX_CACHED)),
+            keys: parking_lot::Mutex::new(ues_sync::repo::dids::TtlCache::new(MAX_CACHED)),
+        }
+    }
+
+    fn url_ok(&self, url: &str) -> bool {
+        url.len() <= 2048 && (url.starts_with("https://") || self.private && url.starts_with("http://"))
+    }
+
+    /// A confidential client's public keys: its `jwks`, or the document at its `jwks_uri`
+    /// (fetched as its metadata is, kept as long).
+    pub fn keys(&self, client: &ClientMetadata) -> Result<Value, ClientError> {
+        if let Some(jwks) = &client.jwks {
+            return Ok(jwks.clone());
+        }
+        let Some(uri) = client.jwks_uri.as_deref() else {
+            return Err(ClientError::Invalid("the client publishes no keys".into()));
+        };
+        if !self.url_ok(uri) {
+            return Err(ClientError::Invalid("jwks_uri must be an https: URL".into()));
+        }
+        if let Some((keys, age)) = self.keys.lock().get(uri)
+            && age < CACHE_TTL
+        {
+            return Ok(keys);
+        }
+        let keys: Value = serde_json::from_slice(&self.fetch_json(uri)?)
+            .map_err(|e| ClientError::Invalid(format!("the key set: {e}")))?;
+        if !keys.get("keys").is_some_and(Value::is_array) {
+            return Err(ClientError::Invalid("the key set has no keys array".into()));
+        }
+        self.keys.lock().put(uri, keys.clone());
+        Ok(keys)
     }
 
     /// The client's metadata: built for the localhost client, else fetched (or cached) and
@@ -265,7 +306,7 @@ impl OauthClients {
         if client_id.starts_with("http://localhost") {
             return ClientMetadata::localhost(client_id);
         }
-        if client_id.len() > 2048 || !client_id.starts_with("https://") && !client_id.starts_with("http://") {
+        if !self.url_ok(client_id) {
             return Err(ClientError::InvalidId("client_id must be an https: URL".into()));
         }
         if let Some((meta, age)) = self.cache.lock().get(client_id)
@@ -279,9 +320,21 @@ impl OauthClients {
     }
 
     fn fetch(&self, client_id: &str) -> Result<ClientMetadata, ClientError> {
-        let mut resp = self.agent.get(client_id).call().map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let bytes = self.fetch_json(client_id)?;
+        let meta: ClientMetadata =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Invalid(format!("the document: {e}")))?;
+        if meta.client_id != client_id {
+            return Err(ClientError::Invalid("client_id in the document is not the URL it came from".into()));
+        }
+        meta.validate(self.private)?;
+        Ok(meta)
+    }
+
+    /// A JSON document: a `200`, `application/json`, at most [`MAX_METADATA_BYTES`].
+    fn fetch_json(&self, url: &str) -> Result<Vec<u8>, ClientError> {
+        let mut resp = self.agent.get(url).call().map_err(|e| ClientError::Unreachable(e.to_string()))?;
         if resp.status().as_u16() != 200 {
-            return Err(ClientError::Unreachable(format!("{client_id} answered {}", resp.status().as_u16())));
+            return Err(ClientError::Unreachable(format!("{url} answered {}", resp.status().as_u16())));
         }
         let json_type = resp
             .headers()
@@ -291,19 +344,11 @@ impl OauthClients {
         if !json_type {
             return Err(ClientError::Invalid("the document is not application/json".into()));
         }
-        let bytes = resp
-            .body_mut()
+        resp.body_mut()
             .with_config()
             .limit(MAX_METADATA_BYTES)
             .read_to_vec()
-            .map_err(|e| ClientError::Invalid(format!("the document could not be read: {e}")))?;
-        let meta: ClientMetadata =
-            serde_json::from_slice(&bytes).map_err(|e| ClientError::Invalid(format!("the document: {e}")))?;
-        if meta.client_id != client_id {
-            return Err(ClientError::Invalid("client_id in the document is not the URL it came from".into()));
-        }
-        meta.validate()?;
-        Ok(meta)
+            .map_err(|e| ClientError::Invalid(format!("the document could not be read: {e}")))
     }
 }
 
@@ -414,11 +459,11 @@ mod tests {
     #[test]
     fn the_profiles_rules() {
         let base: ClientMetadata = serde_json::from_value(doc(1)).unwrap();
-        base.validate().unwrap();
+        base.validate(false).unwrap();
         let refused = |edit: &dyn Fn(&mut Value)| {
             let mut v = doc(1);
             edit(&mut v);
-            serde_json::from_value::<ClientMetadata>(v).map_or(true, |m| m.validate().is_err())
+            serde_json::from_value::<ClientMetadata>(v).map_or(true, |m| m.validate(false).is_err())
         };
         assert!(refused(&|v| v["dpop_bound_access_tokens"] = json!(false)));
         assert!(refused(&|v| {
@@ -444,7 +489,7 @@ mod tests {
             v["client_id"] = json!("https://app.example.com/client-metadata.json");
             v["application_type"] = json!("native");
             v["redirect_uris"] = json!([uri]);
-            serde_json::from_value::<ClientMetadata>(v).unwrap().validate().is_ok()
+            serde_json::from_value::<ClientMetadata>(v).unwrap().validate(false).is_ok()
         };
         assert!(native("com.example.app:/callback"));
         assert!(native("https://app.example.com/callback"));

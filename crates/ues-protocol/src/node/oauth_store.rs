@@ -10,9 +10,10 @@ use ues_sync::repo::ipld::storage::{Error, Migration, Sqlite};
 use super::NodeError;
 
 /// The session table.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    id: "protocol/0013_oauth_sessions",
-    sql: "CREATE TABLE oauth_session (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        id: "protocol/0013_oauth_sessions",
+        sql: "CREATE TABLE oauth_session (
         id TEXT PRIMARY KEY,
         did TEXT NOT NULL,
         client_id TEXT NOT NULL,
@@ -26,7 +27,12 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     );
     CREATE INDEX oauth_session_did ON oauth_session (did);
     CREATE INDEX oauth_session_previous ON oauth_session (previous_digest);",
-}];
+    },
+    Migration {
+        id: "protocol/0014_oauth_client_auth",
+        sql: "ALTER TABLE oauth_session ADD COLUMN client_auth TEXT NOT NULL DEFAULT 'none';",
+    },
+];
 
 /// Pushed authorization requests and codes held at once (each kind).
 pub const MAX_PENDING: usize = 10_000;
@@ -78,6 +84,9 @@ pub struct OauthSession {
     pub scope: String,
     /// When it ends (Unix seconds).
     pub expires_at: i64,
+    /// How the client authenticated: `none` (a public client), or `private_key_jwt:<kid>` (a
+    /// confidential one, bound to that key: a refresh must come with an assertion it signed).
+    pub client_auth: String,
 }
 
 /// A random token (32 bytes, base64url).
@@ -103,6 +112,7 @@ fn row(
         jkt: r.get(3)?,
         scope: r.get(4)?,
         expires_at: r.get(5)?,
+        client_auth: r.get(6)?,
     })
 }
 
@@ -111,9 +121,10 @@ pub fn create(db: &Sqlite, s: &OauthSession, refresh: &str) -> Result<(), NodeEr
     let now = super::auth::now_secs() as i64;
     db.write(|tx| {
         tx.execute(
-            "INSERT INTO oauth_session (id, did, client_id, jkt, scope, refresh_digest, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![s.id, s.did, s.client_id, s.jkt, s.scope, digest(refresh), now, s.expires_at],
+            "INSERT INTO oauth_session
+             (id, did, client_id, jkt, scope, refresh_digest, created_at, expires_at, client_auth)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![s.id, s.did, s.client_id, s.jkt, s.scope, digest(refresh), now, s.expires_at, s.client_auth],
         )?;
         Ok::<_, Error>(())
     })
@@ -146,7 +157,7 @@ pub fn rotate(
     db.write(|tx| {
         let current = tx
             .query_row(
-                "SELECT id, did, client_id, jkt, scope, expires_at FROM oauth_session
+                "SELECT id, did, client_id, jkt, scope, expires_at, client_auth FROM oauth_session
                  WHERE refresh_digest = ?1 AND revoked = 0 AND expires_at > ?2",
                 params![old, now],
                 row,
@@ -214,7 +225,7 @@ pub fn sessions_of(db: &Sqlite, did: &str) -> Result<Vec<OauthSession>, NodeErro
     let now = super::auth::now_secs() as i64;
     db.read(|c| {
         let mut s = c.prepare_cached(
-            "SELECT id, did, client_id, jkt, scope, expires_at FROM oauth_session
+            "SELECT id, did, client_id, jkt, scope, expires_at, client_auth FROM oauth_session
              WHERE did = ?1 AND revoked = 0 AND expires_at > ?2 ORDER BY created_at DESC LIMIT 500",
         )?;
         let rows = s.query_map(params![did, now], row)?;
@@ -242,6 +253,7 @@ mod tests {
             jkt: "thumb".into(),
             scope: "atproto transition:generic".into(),
             expires_at: super::super::auth::now_secs() as i64 + 3600,
+            client_auth: "none".into(),
         }
     }
 

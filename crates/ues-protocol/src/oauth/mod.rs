@@ -18,11 +18,15 @@
 //! - `/account`: the account page, where a person sees and revokes the apps they authorized
 //!   ([`account`]).
 //!
-//! XRPC takes these tokens as `Authorization: DPoP <token>` with a proof of the key (checked by
-//! the XRPC guard; `transition:generic` acts as an app password, with `transition:chat.bsky` a
-//! privileged one). Only public clients for now (confidential clients' `private_key_jwt`
-//! assertions are refused with `invalid_client`), REST and `/ws` do not take these tokens yet,
-//! and the server's metadata is not published yet.
+//! Clients are public (no authentication) or confidential (`private_key_jwt`: an ES256
+//! assertion signed by a key of the client's published set, used once; the session is bound to
+//! that key, and lives 180 days instead of 14).
+//!
+//! XRPC, REST and `/ws` take these tokens as `Authorization: DPoP <token>` with a proof of the
+//! key, and check the session's scope on every call (`crate::node::scopes`):
+//! `transition:generic` acts as an app password (with `transition:chat.bsky` a privileged
+//! one); the granular permissions allow exactly what they name, and a call outside them is
+//! answered 403 `InsufficientScope` naming the scope missing.
 
 use std::sync::Arc;
 
@@ -51,6 +55,8 @@ const MAX_FORM: usize = 16 * 1024;
 const ACCESS_TTL: u64 = 3600;
 /// How long a public client's session lives.
 const SESSION_TTL: i64 = 14 * 86_400;
+/// How long a confidential client's session lives (its refreshes need its signing key).
+const CONFIDENTIAL_SESSION_TTL: i64 = 180 * 86_400;
 /// The scopes listed in the server's metadata (the granular forms are taken too).
 pub const SCOPES: &[&str] = &["atproto", "transition:generic", "transition:email", "transition:chat.bsky"];
 
@@ -243,6 +249,89 @@ fn client_error(st: &Node, e: ClientError) -> Response {
     }
 }
 
+/// The assertion type of `private_key_jwt` (RFC 7523).
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Longest client assertion read.
+const MAX_ASSERTION: usize = 8 * 1024;
+/// Longest a client assertion may live.
+const MAX_ASSERTION_LIFETIME: u64 = 600;
+
+/// The claims of a client assertion checked beyond `jsonwebtoken`'s own.
+#[derive(serde::Deserialize)]
+struct Assertion {
+    sub: String,
+    jti: String,
+    exp: u64,
+    iat: u64,
+}
+
+/// Authenticates the client of a pushed request or a token request: a public client sends no
+/// assertion; a confidential one (`private_key_jwt`) a short-lived ES256 JWT signed by a key
+/// of its published set (`kid`), issued by and about its `client_id`, for this server, used
+/// once. How it authenticated (`none`, `private_key_jwt:<kid>`), or the answer to send.
+fn authenticate_client(
+    st: &Node,
+    client: &ClientMetadata,
+    f: &std::collections::HashMap<String, String>,
+) -> Result<String, Box<Response>> {
+    let invalid = |m: &str| Box::new(oauth_error(st, StatusCode::BAD_REQUEST, "invalid_client", m));
+    let assertion = f.get("client_assertion");
+    match client.token_endpoint_auth_method.as_str() {
+        "none" if assertion.is_some() || f.contains_key("client_secret") => {
+            Err(invalid("this client is public: it authenticates with nothing"))
+        }
+        "none" => Ok("none".into()),
+        "private_key_jwt" => {
+            if f.get("client_assertion_type").map(String::as_str) != Some(ASSERTION_TYPE) {
+                return Err(invalid(&format!("client_assertion_type must be {ASSERTION_TYPE}")));
+            }
+            let Some(assertion) = assertion.filter(|a| a.len() <= MAX_ASSERTION) else {
+                return Err(invalid("a confidential client authenticates with a client_assertion"));
+            };
+            let header = jsonwebtoken::decode_header(assertion)
+                .map_err(|e| invalid(&format!("client_assertion is not a JWT: {e}")))?;
+            if header.alg != jsonwebtoken::Algorithm::ES256
+                || client.token_endpoint_auth_signing_alg.as_deref() != Some("ES256")
+            {
+                return Err(invalid("client assertions are signed with ES256 here"));
+            }
+            let Some(kid) = header.kid else { return Err(invalid("the client assertion names no key (kid)")) };
+            let keys = st.oauth_clients.keys(client).map_err(|e| Box::new(client_error(st, e)))?;
+            let jwk = keys["keys"]
+                .as_array()
+                .and_then(|ks| {
+                    ks.iter().find(|k| k["kid"].as_str() == Some(kid.as_str()) && k.get("revoked").is_none())
+                })
+                .ok_or_else(|| invalid(&format!("the client publishes no key {kid}")))?;
+            let key = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(jwk.clone())
+                .ok()
+                .and_then(|j| jsonwebtoken::DecodingKey::from_jwk(&j).ok())
+                .ok_or_else(|| invalid(&format!("the client's key {kid} is not a usable P-256 key")))?;
+            let iss = issuer(st);
+            let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+            v.set_audience(&[iss.clone(), format!("{iss}/oauth/token"), format!("{iss}/oauth/par")]);
+            v.set_issuer(&[&client.client_id]);
+            v.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+            v.leeway = 60;
+            let c = jsonwebtoken::decode::<Assertion>(assertion, &key, &v)
+                .map_err(|e| invalid(&format!("client_assertion refused: {e}")))?
+                .claims;
+            let now = crate::node::auth::now_secs();
+            if c.sub != client.client_id {
+                return Err(invalid("the client assertion's sub is not the client_id"));
+            }
+            if c.iat > now + 60 || c.exp > now + MAX_ASSERTION_LIFETIME || c.jti.is_empty() || c.jti.len() > 256 {
+                return Err(invalid("the client assertion must be fresh, short-lived and carry a jti"));
+            }
+            st.dpop
+                .remember_assertion(&client.client_id, &c.jti, c.exp + 60)
+                .map_err(|_| invalid("client_assertion already used"))?;
+            Ok(format!("private_key_jwt:{kid}"))
+        }
+        other => Err(invalid(&format!("token_endpoint_auth_method {other} is not supported"))),
+    }
+}
+
 /// Whether a PKCE value is 43-128 characters of the unreserved set.
 fn pkce_shaped(v: &str) -> bool {
     (43..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
@@ -261,15 +350,19 @@ async fn par(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Re
     let Some(client_id) = field("client_id").map(str::to_string) else {
         return oauth_error(&st, StatusCode::BAD_REQUEST, "invalid_request", "client_id is required");
     };
-    let st2 = st.clone();
-    let client = match blocking(move || Ok(st2.oauth_clients.get(&client_id))).await {
+    let (st2, f2) = (st.clone(), f.clone());
+    let found = blocking(move || {
+        Ok(match st2.oauth_clients.get(&client_id) {
+            Ok(c) => authenticate_client(&st2, &c, &f2).map(|_| c).map_err(|r| *r),
+            Err(e) => Err(client_error(&st2, e)),
+        })
+    })
+    .await;
+    let client = match found {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return client_error(&st, e),
+        Ok(Err(r)) => return r,
         Err(e) => return oauth_error(&st, StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.message),
     };
-    if client.token_endpoint_auth_method != "none" {
-        return oauth_error(&st, StatusCode::BAD_REQUEST, "invalid_client", "confidential clients are not taken yet");
-    }
     match check_request(&client, &f) {
         Ok(mut req) => {
             req.jkt = jkt;
@@ -600,10 +693,27 @@ async fn token(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> 
     let outcome: Result<Response, crate::node::NodeError> = blocking(move || {
         let st = st2.as_ref();
         let field = |k: &str| f.get(k).cloned().unwrap_or_default();
-        Ok(match field("grant_type").as_str() {
+        let grant = field("grant_type");
+        if !matches!(grant.as_str(), "authorization_code" | "refresh_token") {
+            return Ok(oauth_error(
+                st,
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant_type {grant:?}"),
+            ));
+        }
+        let client = match st.oauth_clients.get(&field("client_id")) {
+            Ok(c) => c,
+            Err(e) => return Ok(client_error(st, e)),
+        };
+        let auth = match authenticate_client(st, &client, &f) {
+            Ok(a) => a,
+            Err(r) => return Ok(*r),
+        };
+        Ok(match grant.as_str() {
             "authorization_code" => code_grant(
                 st,
-                &jkt,
+                (&jkt, &auth),
                 &field("code"),
                 &field("client_id"),
                 &field("redirect_uri"),
@@ -611,7 +721,7 @@ async fn token(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> 
             )?,
             "refresh_token" => refresh_grant(
                 st,
-                &jkt,
+                (&jkt, &auth),
                 &field("refresh_token"),
                 &field("client_id"),
                 f.get("scope").map(String::as_str),
@@ -627,7 +737,7 @@ async fn token(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> 
 
 fn code_grant(
     st: &Node,
-    jkt: &str,
+    (jkt, auth): (&str, &str),
     code: &str,
     client_id: &str,
     redirect_uri: &str,
@@ -664,7 +774,9 @@ fn code_grant(
         client_id: req.client_id.clone(),
         jkt: jkt.to_string(),
         scope: req.scope.clone(),
-        expires_at: crate::node::auth::now_secs() as i64 + SESSION_TTL,
+        expires_at: crate::node::auth::now_secs() as i64
+            + if auth == "none" { SESSION_TTL } else { CONFIDENTIAL_SESSION_TTL },
+        client_auth: auth.to_string(),
     };
     let refresh = oauth_store::random_token();
     oauth_store::create(st.accounts.db(), &session, &refresh)?;
@@ -673,7 +785,7 @@ fn code_grant(
 
 fn refresh_grant(
     st: &Node,
-    jkt: &str,
+    (jkt, auth): (&str, &str),
     presented: &str,
     client_id: &str,
     scope: Option<&str>,
@@ -682,11 +794,13 @@ fn refresh_grant(
     let escalates = |s: &OauthSession| {
         scope.and_then(|asked| asked.split(' ').find(|x| !s.scope.split(' ').any(|g| g == *x)).map(str::to_string))
     };
-    let accept = |s: &OauthSession| s.client_id == client_id && s.jkt == jkt && escalates(s).is_none();
+    // The same client, key and client authentication (a confidential client's same signing key).
+    let bound = |s: &OauthSession| s.client_id == client_id && s.jkt == jkt && s.client_auth == auth;
+    let accept = |s: &OauthSession| bound(s) && escalates(s).is_none();
     match oauth_store::rotate(st.accounts.db(), presented, &next, accept)? {
         Refresh::Rotated(s) => Ok(token_answer(st, &s, &next)),
         Refresh::Refused(s) => {
-            if let Some(extra) = escalates(&s).filter(|_| s.client_id == client_id && s.jkt == jkt) {
+            if let Some(extra) = escalates(&s).filter(|_| bound(&s)) {
                 // The escalation is refused; the session and its token stay as they were.
                 return Ok(oauth_error(
                     st,
@@ -697,7 +811,7 @@ fn refresh_grant(
             }
             // The token without its client or key: stolen, so the session ends.
             oauth_store::revoke(st.accounts.db(), &s.did, &s.id)?;
-            tracing::warn!(did = %s.did, client = %s.client_id, "refresh token presented by another client or key; session ended");
+            tracing::warn!(did = %s.did, client = %s.client_id, "refresh token presented by another client, key or client key; session ended");
             Ok(oauth_error(
                 st,
                 StatusCode::BAD_REQUEST,

@@ -92,6 +92,7 @@ pub fn node_full(
         relays,
         firehose_backfill: std::time::Duration::from_secs(72 * 3600),
         public_metrics: false,
+        oauth_private_clients: false,
     };
     let state = Arc::new(NodeState::new(accounts, lexicons, Arc::new(MemoryKv::new()), cfg).unwrap());
     state.migrate(ues_protocol::xrpc::MIGRATIONS).unwrap();
