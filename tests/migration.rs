@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::xrpc_post as post;
-use support::{Running, agent, start_with};
+use support::{Running, agent, mailed_token, start_with};
 
 fn config(plc: &str) -> String {
     format!("[xrpc]\nplc_url = \"{plc}\"\n[xrpc.rate_limits]\nenabled = false\n")
@@ -37,22 +37,6 @@ fn get(node: &Running, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
 fn get_json(node: &Running, path: &str, token: Option<&str>) -> (u16, Value) {
     let (s, body) = get(node, path, token);
     (s, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
-/// The newest token mailed to `to` from the node's outbox.
-fn mailed_token(node: &Running, template: &str) -> String {
-    let outbox = node.dir.join("outbox/mail.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
-        if let Some(line) =
-            text.lines().rev().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|l| l["template"] == template)
-        {
-            return line["token"].as_str().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "no {template} mail in {}", outbox.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn service_did(node: &Running) -> String {

@@ -7,6 +7,8 @@
 //! session), a scope escalation on refresh, a form without its CSRF cookie, the access token
 //! used as a bearer token, and password guessing on the consent page past its budget.
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/node.rs"]
 mod support;
 
@@ -712,4 +714,295 @@ fn granular_scopes_allow_exactly_what_they_name_on_xrpc_rest_and_ws() {
         let (s, v) = par_for(&node, &k, &challenge, REDIRECT, bad);
         assert_eq!((s, v["error"].as_str()), (400, Some("invalid_scope")), "{bad}: {v}");
     }
+}
+
+/// A confidential client's public key as its key set publishes it.
+fn published(k: &Key, kid: &str) -> Value {
+    let mut j = serde_json::to_value(&k.jwk).unwrap();
+    j["kid"] = json!(kid);
+    j["alg"] = json!("ES256");
+    j["use"] = json!("sig");
+    j
+}
+
+/// A client assertion (`private_key_jwt`) signed by `k` as `kid`.
+fn assertion(k: &Key, kid: &str, client_id: &str, aud: &str) -> String {
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some(kid.into());
+    let claims = json!({"iss": client_id, "sub": client_id, "aud": aud, "iat": now(), "exp": now() + 60,
+        "jti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())});
+    jsonwebtoken::encode(&h, &claims, &k.enc).unwrap()
+}
+
+#[test]
+fn confidential_clients_authenticate_with_their_keys_and_private_addresses_are_refused() {
+    let (k1, k2, rogue) = (key(), key(), key());
+    let jwks = json!({"keys": [published(&k1, "k1"), published(&k2, "k2")]});
+    let (port, _) = http::serve(move |req, port| match req.path.as_str() {
+        "/client.json" => http::Answer::json(&json!({
+            "client_id": format!("http://127.0.0.1:{port}/client.json"), "application_type": "web",
+            "client_name": "A confidential client", "grant_types": ["authorization_code", "refresh_token"],
+            "scope": "atproto transition:generic", "response_types": ["code"],
+            "redirect_uris": [format!("http://127.0.0.1:{port}/callback")],
+            "token_endpoint_auth_method": "private_key_jwt", "token_endpoint_auth_signing_alg": "ES256",
+            "dpop_bound_access_tokens": true, "jwks_uri": format!("http://127.0.0.1:{port}/jwks.json"),
+        })),
+        "/jwks.json" => http::Answer::json(&jwks),
+        _ => http::Answer { status: 404, headers: String::new(), body: Vec::new() },
+    });
+    let client = format!("http://127.0.0.1:{port}/client.json");
+    let redirect = format!("http://127.0.0.1:{port}/callback");
+
+    // A node that fetches client documents from public https: URLs only refuses this one.
+    let root = tempfile::tempdir().unwrap();
+    let public = start_with(&root.path().join("public"), "[xrpc.rate_limits]\nenabled = false\n");
+    let k = key();
+    let n = nonce(&public, &k);
+    let (s, v, _) = post(
+        &public,
+        "/oauth/par",
+        Some(&proof(&k, &format!("{}/oauth/par", public.base), Some(&n))),
+        &[("client_id", &client)],
+    );
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_client")), "an http: client_id: {v}");
+    let https = format!("https://127.0.0.1:{port}/client.json");
+    let n = nonce(&public, &k);
+    let (s, v, _) = post(
+        &public,
+        "/oauth/par",
+        Some(&proof(&k, &format!("{}/oauth/par", public.base), Some(&n))),
+        &[("client_id", &https)],
+    );
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_client")), "a loopback client_id: {v}");
+    assert!(v["error_description"].as_str().unwrap().contains("not a public address"), "{v}");
+    drop(public);
+
+    let node = start_with(
+        &root.path().join("node"),
+        "[xrpc.rate_limits]\nenabled = false\n[oauth]\nprivate_client_addresses = true\n",
+    );
+    support::create_account(&node.base, "alice.test");
+    let aud = node.base.clone();
+    let (verifier, challenge) = pkce();
+    let par_with = |auth: &[(&str, String)]| {
+        let n = nonce(&node, &k);
+        let mut form: Vec<(&str, String)> = vec![
+            ("client_id", client.clone()),
+            ("response_type", "code".into()),
+            ("redirect_uri", redirect.clone()),
+            ("scope", "atproto transition:generic".into()),
+            ("state", "s".into()),
+            ("code_challenge", challenge.clone()),
+            ("code_challenge_method", "S256".into()),
+        ];
+        form.extend(auth.iter().cloned());
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (s, v, _) =
+            post(&node, "/oauth/par", Some(&proof(&k, &format!("{}/oauth/par", node.base), Some(&n))), &form);
+        (s, v)
+    };
+    let typ = ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_string());
+    let refused = |(s, v): (u16, Value), why: &str| {
+        assert_eq!((s, v["error"].as_str()), (400, Some("invalid_client")), "{why}: {v}");
+    };
+    refused(par_with(&[]), "no assertion");
+    refused(
+        par_with(&[typ.clone(), ("client_assertion", assertion(&rogue, "k1", &client, &aud))]),
+        "another key as k1",
+    );
+    refused(par_with(&[typ.clone(), ("client_assertion", assertion(&k1, "k9", &client, &aud))]), "a key not published");
+    refused(
+        par_with(&[typ.clone(), ("client_assertion", assertion(&k1, "k1", &client, "https://elsewhere.test"))]),
+        "another audience",
+    );
+    refused(
+        par_with(&[typ.clone(), ("client_assertion", assertion(&k1, "k1", "https://other.test/c.json", &aud))]),
+        "another issuer",
+    );
+    let once = assertion(&k1, "k1", &client, &aud);
+    let (s, v) = par_with(&[typ.clone(), ("client_assertion", once.clone())]);
+    assert_eq!(s, 201, "{v}");
+    refused(par_with(&[typ.clone(), ("client_assertion", once)]), "a replayed assertion");
+
+    // Consent, then the code for tokens, authenticated again.
+    let request_uri = v["request_uri"].as_str().unwrap().to_string();
+    let csrf = open_page_for(&node, &request_uri, &client);
+    let (s, location, _) = consent(&node, &request_uri, &csrf, Some(&csrf), "a long password");
+    assert_eq!(s, 303);
+    assert!(location.starts_with(&format!("{redirect}?code=")), "{location}");
+    let query = location.split_once('?').unwrap().1;
+    let params: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let exchange = |code: &str, auth: Option<(&Key, &str)>| {
+        let mut f = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", code.to_string()),
+            ("client_id", client.clone()),
+            ("redirect_uri", redirect.clone()),
+            ("code_verifier", verifier.clone()),
+        ];
+        if let Some((key, kid)) = auth {
+            f.push(typ.clone());
+            f.push(("client_assertion", assertion(key, kid, &client, &format!("{aud}/oauth/token"))));
+        }
+        let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        token(&node, &k, &f)
+    };
+    refused(exchange(&params["code"], None), "a token request without the assertion");
+    // The code was spent by the refused request? No: client authentication comes first.
+    let (s, v) = exchange(&params["code"], Some((&k1, "k1")));
+    assert_eq!(s, 200, "{v}");
+    assert!(v["expires_in"].as_u64().unwrap() <= 3600);
+    let refresh = v["refresh_token"].as_str().unwrap().to_string();
+    let refreshing = |r: &str, key: &Key, kid: &str| {
+        let f = [
+            ("grant_type", "refresh_token".to_string()),
+            ("refresh_token", r.to_string()),
+            ("client_id", client.clone()),
+            typ.clone(),
+            ("client_assertion", assertion(key, kid, &client, &aud)),
+        ];
+        let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        token(&node, &k, &f)
+    };
+    let (s, v) = refreshing(&refresh, &k1, "k1");
+    assert_eq!(s, 200, "a refresh signed by the session's key: {v}");
+    let next = v["refresh_token"].as_str().unwrap().to_string();
+    // The session is bound to k1: a refresh signed by the client's other key ends it.
+    let (s, v) = refreshing(&next, &k2, "k2");
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    let (s, _) = refreshing(&next, &k1, "k1");
+    assert_eq!(s, 400, "the session ended");
+}
+
+#[test]
+fn proofs_for_another_method_or_with_an_unknown_nonce_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
+    let k = key();
+    let url = format!("{}/oauth/par", node.base);
+    let n = nonce(&node, &k);
+    let mut h = Header::new(Algorithm::ES256);
+    h.typ = Some("dpop+jwt".into());
+    h.jwk = Some(k.jwk.clone());
+    let get = json!({"jti": "a-get-proof", "htm": "GET", "htu": url, "iat": now(), "nonce": n});
+    let p = jsonwebtoken::encode(&h, &get, &k.enc).unwrap();
+    let (s, v, _) = post(&node, "/oauth/par", Some(&p), &[("client_id", &client_id())]);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_dpop_proof")), "a GET proof on a POST: {v}");
+    // A nonce this server did not give out (or gave out too long ago): a fresh one comes back.
+    let (s, v, fresh) =
+        post(&node, "/oauth/par", Some(&proof(&k, &url, Some("bm90LWEtbm9uY2U"))), &[("client_id", &client_id())]);
+    assert_eq!((s, v["error"].as_str()), (400, Some("use_dpop_nonce")), "{v}");
+    assert!(fresh.is_some_and(|f| f != "bm90LWEtbm9uY2U"));
+}
+
+#[test]
+fn two_factor_sign_in_by_email_on_xrpc_rest_and_the_consent_page() {
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
+    let (did, token) = support::create_account(&node.base, "alice.test");
+    let call = |method: &str, bearer: Option<&str>, body: Value| support::xrpc_post(&node, method, bearer, body);
+    // Codes go to a confirmed address only.
+    let (s, v) = call(
+        "com.atproto.server.updateEmail",
+        Some(&token),
+        json!({"email": "alice.test@example.com", "emailAuthFactor": true}),
+    );
+    assert_eq!(s, 400, "unconfirmed: {v}");
+    assert_eq!(call("com.atproto.server.requestEmailConfirmation", Some(&token), json!({})).0, 200);
+    let code = support::mailed_token(&node, "confirm_email");
+    let (s, v) = call(
+        "com.atproto.server.confirmEmail",
+        Some(&token),
+        json!({"email": "alice.test@example.com", "token": code}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(call("com.atproto.server.requestEmailUpdate", Some(&token), json!({})).0, 200);
+    let code = support::mailed_token(&node, "update_email");
+    let on = json!({"email": "alice.test@example.com", "emailAuthFactor": true, "token": code});
+    let (s, v) = call("com.atproto.server.updateEmail", Some(&token), on);
+    assert_eq!(s, 200, "{v}");
+
+    // createSession: the password alone mails a code; the code completes the sign-in.
+    let login = json!({"identifier": "alice.test", "password": "a long password"});
+    let (s, v) = call("com.atproto.server.createSession", None, login.clone());
+    assert_eq!((s, v["error"].as_str()), (401, Some("AuthFactorTokenRequired")), "{v}");
+    let code = support::mailed_token(&node, "sign_in");
+    let mut wrong = login.clone();
+    wrong["authFactorToken"] = json!("WRONG-CODE");
+    assert_eq!(call("com.atproto.server.createSession", None, wrong).1["error"], "InvalidToken");
+    let mut with = login.clone();
+    with["authFactorToken"] = json!(code);
+    let (s, v) = call("com.atproto.server.createSession", None, with.clone());
+    assert_eq!((s, v["emailAuthFactor"].as_bool()), (200, Some(true)), "{v}");
+    let full = v["accessJwt"].as_str().unwrap().to_string();
+    assert_eq!(call("com.atproto.server.createSession", None, with).1["error"], "InvalidToken", "a code works once");
+    // An app password is its own factor.
+    let (_, v) = call("com.atproto.server.createAppPassword", Some(&full), json!({"name": "phone"}));
+    let app = v["password"].as_str().unwrap().to_string();
+    let (s, v) = call("com.atproto.server.createSession", None, json!({"identifier": "alice.test", "password": app}));
+    assert_eq!(s, 200, "{v}");
+
+    // REST: the same.
+    let rest = |body: Value| {
+        let mut res = support::agent().post(format!("{}/api/v1/sessions", node.base)).send_json(body).unwrap();
+        (res.status().as_u16(), res.body_mut().read_json::<Value>().unwrap_or(Value::Null))
+    };
+    let (s, v) = rest(login.clone());
+    assert_eq!((s, v["error"].as_str()), (401, Some("AuthFactorTokenRequired")), "{v}");
+    let mut with = login.clone();
+    with["authFactorToken"] = json!(support::mailed_token(&node, "sign_in"));
+    assert_eq!(rest(with).0, 201);
+
+    // The consent page asks for the code, then takes it.
+    let k = key();
+    let (_, challenge) = pkce();
+    let (_, v) = par(&node, &k, &challenge, REDIRECT);
+    let request_uri = v["request_uri"].as_str().unwrap().to_string();
+    let csrf = open_page(&node, &request_uri);
+    let (s, _, body) = consent(&node, &request_uri, &csrf, Some(&csrf), "a long password");
+    assert_eq!(s, 200);
+    assert!(body.contains("<label for=\"code\">") && body.contains("sent to your email"), "{body}");
+    let code = support::mailed_token(&node, "sign_in");
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("request_uri", &request_uri)
+        .append_pair("csrf", &csrf)
+        .append_pair("identifier", "alice.test")
+        .append_pair("password", "a long password")
+        .append_pair("code", &code)
+        .append_pair("decision", "allow")
+        .finish();
+    let res = agent()
+        .post(format!("{}/oauth/authorize", node.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &format!("ues-oauth-csrf={csrf}"))
+        .send(form)
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert!(res.headers().get("location").unwrap().to_str().unwrap().contains("code="));
+
+    // A new address turns the codes off until it is confirmed and they are asked for again
+    // (another account: at most five mails go to one address an hour).
+    let (_, bob) = support::create_account(&node.base, "bob.test");
+    assert_eq!(call("com.atproto.server.requestEmailConfirmation", Some(&bob), json!({})).0, 200);
+    let code = support::mailed_token(&node, "confirm_email");
+    assert_eq!(
+        call("com.atproto.server.confirmEmail", Some(&bob), json!({"email": "bob.test@example.com", "token": code})).0,
+        200
+    );
+    assert_eq!(call("com.atproto.server.requestEmailUpdate", Some(&bob), json!({})).0, 200);
+    let code = support::mailed_token(&node, "update_email");
+    let on = json!({"email": "bob.test@example.com", "emailAuthFactor": true, "token": code});
+    assert_eq!(call("com.atproto.server.updateEmail", Some(&bob), on).0, 200);
+    assert_eq!(call("com.atproto.server.requestEmailUpdate", Some(&bob), json!({})).0, 200);
+    let code = support::mailed_token(&node, "update_email");
+    let moved = json!({"email": "bob@elsewhere.example", "token": code});
+    assert_eq!(call("com.atproto.server.updateEmail", Some(&bob), moved).0, 200);
+    let (s, v) = call(
+        "com.atproto.server.createSession",
+        None,
+        json!({"identifier": "bob.test", "password": "a long password"}),
+    );
+    assert_eq!((s, v["emailAuthFactor"].as_bool()), (200, Some(false)), "{v}");
+    let _ = did;
 }

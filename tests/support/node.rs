@@ -124,3 +124,22 @@ pub fn peer_id(data_dir: &Path) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// The newest token mailed with `template` from the node's outbox (waits up to 20 s).
+pub fn mailed_token(node: &Running, template: &str) -> String {
+    let outbox = node.dir.join("outbox/mail.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .rev()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l["template"] == template)
+        {
+            return line["token"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no {template} mail in {}", outbox.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

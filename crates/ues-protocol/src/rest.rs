@@ -106,6 +106,11 @@ pub(crate) struct Login {
     /// The account password or one of its app passwords.
     #[schema(min_length = 1, max_length = 256)]
     password: String,
+    /// The code mailed to the account when it has two-factor sign-in by email (a sign-in
+    /// without it is answered 401 `AuthFactorTokenRequired` and mails one).
+    #[serde(default, rename = "authFactorToken")]
+    #[schema(max_length = 64)]
+    auth_factor_token: Option<String>,
 }
 
 /// A session: who, and the tokens (access: 2 hours; refresh: 90 days, single use).
@@ -494,14 +499,15 @@ async fn create_account(State(api): State<Arc<Api>>, Body_(b): Body_<NewAccount>
     responses(
         (status = 201, description = "Signed in", body = Session),
         (status = 400, description = "Bad body; account taken down", body = ApiError),
-        (status = 401, description = "Wrong identifier or password", body = ApiError),
+        (status = 401, description = "Wrong identifier or password, or the emailed sign-in code is needed (AuthFactorTokenRequired)", body = ApiError),
         (status = 413, description = "Body too large", body = ApiError),
     ))]
 async fn create_session(State(api): State<Arc<Api>>, Body_(b): Body_<Login>) -> ApiResult<Response> {
     length("identifier", &b.identifier, 1, 2048)?;
     length("password", &b.password, 1, 256)?;
     let st = api.st.clone();
-    let s = blocking(move || st.login(&b.identifier, &b.password)).await.map_err(rest)?;
+    let s =
+        blocking(move || st.login(&b.identifier, &b.password, b.auth_factor_token.as_deref())).await.map_err(rest)?;
     Ok((StatusCode::CREATED, Json(session(s))).into_response())
 }
 

@@ -59,6 +59,8 @@ pub enum Template {
     PlcOperation,
     /// The operator's words (`com.atproto.admin.sendEmail`).
     Notice,
+    /// A code completing a sign-in (two-factor sign-in by email).
+    SignIn,
 }
 
 impl Template {
@@ -71,6 +73,7 @@ impl Template {
             Self::DeleteAccount => "delete_account",
             Self::PlcOperation => "plc_operation",
             Self::Notice => "notice",
+            Self::SignIn => "sign_in",
         }
     }
 
@@ -82,6 +85,7 @@ impl Template {
             Self::DeleteAccount => include_str!("../../templates/mail/delete_account.txt"),
             Self::PlcOperation => include_str!("../../templates/mail/plc_operation.txt"),
             Self::Notice => include_str!("../../templates/mail/notice.txt"),
+            Self::SignIn => include_str!("../../templates/mail/sign_in.txt"),
         }
     }
 }

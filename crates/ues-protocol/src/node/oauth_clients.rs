@@ -449,10 +449,15 @@ mod tests {
     }
 
     #[test]
-    fn a_client_on_a_private_address_is_not_fetched_outside_development() {
+    fn a_client_on_a_private_address_or_over_http_is_not_fetched_unless_configured() {
         let port = serve(200, "application/json", |p| doc(p).to_string());
         let id = format!("http://127.0.0.1:{port}/client-metadata.json");
-        assert!(matches!(OauthClients::new(false).get(&id), Err(ClientError::Unreachable(_))));
+        assert!(matches!(OauthClients::new(false).get(&id), Err(ClientError::InvalidId(_))), "http:");
+        let https = format!("https://127.0.0.1:{port}/client-metadata.json");
+        match OauthClients::new(false).get(&https) {
+            Err(ClientError::Unreachable(m)) => assert!(m.contains("not a public address"), "{m}"),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(OauthClients::new(false).get("ftp://x.test/"), Err(ClientError::InvalidId(_))));
     }
 

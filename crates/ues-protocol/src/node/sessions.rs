@@ -42,6 +42,8 @@ pub struct Session {
     pub email: Option<String>,
     /// Whether its email is confirmed.
     pub email_confirmed: bool,
+    /// Whether signing in with its password also takes a code mailed to it.
+    pub email_auth_factor: bool,
     /// Its DID document.
     pub did_doc: Value,
     /// The access token (2 hours).
@@ -67,8 +69,9 @@ impl Node {
     fn session(&self, account: Account, access: String, refresh: String) -> Result<Session, NodeError> {
         let email = credentials::email(self.accounts.db(), &account.did).map_err(NodeError::internal)?;
         let email_confirmed = super::tokens::email_confirmed_at(self.accounts.db(), &account.did)?.is_some();
+        let email_auth_factor = super::tokens::email_auth_factor(self.accounts.db(), &account.did)?;
         let did_doc = self.did_doc(&account)?;
-        Ok(Session { account, email, email_confirmed, did_doc, access, refresh })
+        Ok(Session { account, email, email_confirmed, email_auth_factor, did_doc, access, refresh })
     }
 
     /// Creates an account: its DID (did:plc, controlled by this node's rotation key and the
@@ -233,8 +236,8 @@ impl Node {
     /// Opens a session for `identifier` (handle, DID or email) with the account password or
     /// one of its app passwords; a wrong one is `AuthenticationRequired`, told apart from an
     /// unknown account by nothing.
-    pub fn login(&self, identifier: &str, password: &str) -> Result<Session, NodeError> {
-        let (account, cred) = self.authenticate(identifier, password)?;
+    pub fn login(&self, identifier: &str, password: &str, code: Option<&str>) -> Result<Session, NodeError> {
+        let (account, cred) = self.authenticate_fully(identifier, password, code)?;
         let (access, refresh) = issue(self, &account.did, &cred)?;
         self.session(account, access, refresh)
     }

@@ -28,6 +28,10 @@ pub const MIGRATIONS: &[Migration] = &[
         id: "protocol/0012_email_confirmed",
         sql: "ALTER TABLE credential ADD COLUMN email_confirmed_at TEXT;",
     },
+    Migration {
+        id: "protocol/0015_email_auth_factor",
+        sql: "ALTER TABLE credential ADD COLUMN email_auth_factor INTEGER NOT NULL DEFAULT 0;",
+    },
 ];
 
 /// What a token allows.
@@ -43,6 +47,8 @@ pub enum Purpose {
     DeleteAccount,
     /// Having the node sign a PLC operation.
     PlcOperation,
+    /// Completing a sign-in (two-factor sign-in by email).
+    SignIn,
 }
 
 impl Purpose {
@@ -55,6 +61,7 @@ impl Purpose {
             Self::ResetPassword => Template::ResetPassword,
             Self::DeleteAccount => Template::DeleteAccount,
             Self::PlcOperation => Template::PlcOperation,
+            Self::SignIn => Template::SignIn,
         }
     }
 
@@ -222,5 +229,73 @@ mod tests {
         );
         assert_eq!(spend_any(&db, Purpose::ResetPassword, &new, TTL).unwrap(), alice);
         assert!(spend_any(&db, Purpose::ResetPassword, &new, TTL).is_err());
+    }
+}
+
+/// Whether signing in to `did` with its password also takes a code mailed to its address.
+pub fn email_auth_factor(db: &Sqlite, did: &Did) -> Result<bool, NodeError> {
+    db.read(|c| {
+        c.query_row("SELECT email_auth_factor FROM credential WHERE did = ?1", [did.as_str()], |r| r.get::<_, i64>(0))
+            .optional()
+    })
+    .map(|v| v.unwrap_or(0) != 0)
+    .map_err(NodeError::internal)
+}
+
+/// Turns two-factor sign-in by email on or off for `did`.
+pub fn set_email_auth_factor(db: &Sqlite, did: &Did, on: bool) -> Result<(), NodeError> {
+    db.write(|tx| {
+        tx.execute(
+            "UPDATE credential SET email_auth_factor = ?2 WHERE did = ?1",
+            params![did.as_str(), i64::from(on)],
+        )?;
+        Ok::<_, Error>(())
+    })
+    .map_err(NodeError::internal)
+}
+
+impl super::Node {
+    /// Emails `did` a new token for `purpose` (at most as often as the mailer allows).
+    pub(crate) fn send_token(&self, did: &Did, purpose: Purpose) -> Result<(), NodeError> {
+        let mailer = self.mailer()?;
+        let to = super::credentials::email(self.accounts.db(), did)
+            .map_err(NodeError::internal)?
+            .ok_or_else(|| NodeError::invalid("account does not have an email address"))?;
+        let account = self.accounts.get(did)?.ok_or_else(|| NodeError::invalid("account not found"))?;
+        let host = self.host_name();
+        let vars = [("handle", account.handle.as_str()), ("email", to.as_str()), ("host", host.as_str())];
+        mailer.send_token(&to, purpose.template(), &vars, || create(self.accounts.db(), did, purpose))
+    }
+
+    /// [`Node::authenticate`], then the account's second factor when it has one: a sign-in
+    /// with the account password (app passwords are their own factor) takes the code mailed
+    /// to the account's address. Without `code` a new one is mailed and the answer is 401
+    /// `AuthFactorTokenRequired`.
+    pub(crate) fn authenticate_fully(
+        &self,
+        identifier: &str,
+        password: &str,
+        code: Option<&str>,
+    ) -> Result<(ues_sync::repo::accounts::Account, super::auth::Credential), NodeError> {
+        let (account, cred) = self.authenticate(identifier, password)?;
+        if cred != super::auth::Credential::Full || !email_auth_factor(self.accounts.db(), &account.did)? {
+            return Ok((account, cred));
+        }
+        match code.map(str::trim).filter(|c| !c.is_empty()) {
+            Some(code) => {
+                let ttl = self.mailer()?.token_ttl();
+                spend(self.accounts.db(), &account.did, Purpose::SignIn, code, ttl)?;
+                Ok((account, cred))
+            }
+            None => {
+                self.send_token(&account.did, Purpose::SignIn)?;
+                tracing::info!(did = %account.did, "sign-in code mailed");
+                Err(NodeError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "AuthFactorTokenRequired",
+                    "A sign in code has been sent to your email address",
+                ))
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{STYLE, client_logo, cookie, escape, form, html, plain, scope_words};
+use super::{STYLE, client_logo, code_field, cookie, escape, form, html, plain, scope_words, sign_in_form};
 use crate::node::oauth_store::{self, OauthSession};
 use crate::node::{Node, blocking};
 
@@ -91,6 +91,10 @@ fn shell(st: &Node, title: &str, body: &str) -> String {
 }
 
 fn sign_in_page(st: &Node, error: Option<&str>) -> Response {
+    sign_in_again(st, error, "", false)
+}
+
+fn sign_in_again(st: &Node, error: Option<&str>, identifier: &str, code: bool) -> Response {
     let csrf = oauth_store::random_token();
     let error = error.map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", escape(e))).unwrap_or_default();
     let body = format!(
@@ -100,12 +104,15 @@ fn sign_in_page(st: &Node, error: Option<&str>) -> Response {
 <form method="post" action="/account/sign-in">
 <input type="hidden" name="csrf" value="{csrf}">
 <label for="identifier">Handle or email</label>
-<input id="identifier" name="identifier" autocomplete="username" required>
+<input id="identifier" name="identifier" autocomplete="username" required value="{identifier}">
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required>
+{code}
 <button type="submit">Sign in</button>
 </form>"#,
         host = escape(&st.host_name()),
+        identifier = escape(identifier),
+        code = code_field(code),
     );
     let cookie = format!("{CSRF_COOKIE}={csrf}; Path=/account; HttpOnly; SameSite=Strict{}", secure(st));
     html(shell(st, "Sign in", &body), &[cookie])
@@ -194,13 +201,10 @@ pub(super) async fn sign_in(
         return plain(StatusCode::FORBIDDEN, "This form did not come from this server's page; open /account again.");
     }
     let (identifier, password) = (field("identifier"), field("password"));
-    let st2 = st.clone();
-    let outcome = blocking(move || Ok(st2.authenticate(&identifier, &password))).await;
-    let account = match outcome {
-        Ok(Ok((account, crate::node::auth::Credential::Full))) => account,
-        Ok(Ok(_)) => return sign_in_page(&st, Some("Use your account password here, not an app password.")),
-        Ok(Err(e)) => return sign_in_page(&st, Some(&e.message)),
-        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, &e.message),
+    let code = f.get("code").filter(|c| !c.trim().is_empty()).cloned();
+    let account = match sign_in_form(&st, identifier.clone(), password, code).await {
+        Ok(account) => account,
+        Err((message, code)) => return sign_in_again(&st, Some(&message), &identifier, code),
     };
     let token = oauth_store::random_token();
     let session = WebSession {

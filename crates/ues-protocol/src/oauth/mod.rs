@@ -451,13 +451,64 @@ fn client_logo(client: Option<&ClientMetadata>) -> String {
         .unwrap_or_default()
 }
 
+/// The sign-in form's state when it comes back: the identifier typed, and whether the
+/// account's emailed sign-in code is asked for.
+#[derive(Default)]
+struct Again<'a> {
+    identifier: Option<&'a str>,
+    code: bool,
+}
+
+/// The form fields of a sign-in code (two-factor sign-in by email), when one is asked for.
+fn code_field(asked: bool) -> &'static str {
+    if asked {
+        "<label for=\"code\">Sign-in code (sent to your email)</label>\n\
+         <input id=\"code\" name=\"code\" autocomplete=\"one-time-code\">"
+    } else {
+        ""
+    }
+}
+
+/// The outcome of a sign-in form: the account, or the message to show and whether to ask for
+/// the emailed code.
+async fn sign_in_form(
+    st: &Arc<Node>,
+    identifier: String,
+    password: String,
+    code: Option<String>,
+) -> Result<ues_sync::repo::accounts::Account, (String, bool)> {
+    let st2 = st.clone();
+    let outcome = blocking(move || Ok(st2.authenticate_fully(&identifier, &password, code.as_deref()))).await;
+    match outcome {
+        Ok(Ok((account, crate::node::auth::Credential::Full))) => Ok(account),
+        Ok(Ok(_)) => Err(("Use your account password here, not an app password.".into(), false)),
+        Ok(Err(e)) if e.error == "AuthFactorTokenRequired" => Err((e.message, true)),
+        Ok(Err(e)) if e.error == "InvalidToken" || e.error == "ExpiredToken" => Err((
+            "That sign-in code is wrong or has expired; type it again, or leave it out for a new one.".into(),
+            true,
+        )),
+        Ok(Err(e)) | Err(e) => Err((e.message, false)),
+    }
+}
+
 fn page(st: &Node, req: &PushedRequest, request_uri: &str, csrf: &str, error: Option<&str>) -> Response {
+    page_again(st, req, request_uri, csrf, error, &Again::default())
+}
+
+fn page_again(
+    st: &Node,
+    req: &PushedRequest,
+    request_uri: &str,
+    csrf: &str,
+    error: Option<&str>,
+    again: &Again<'_>,
+) -> Response {
     let client = st.oauth_clients.get(&req.client_id).ok();
     let name = client.as_ref().and_then(|c| c.client_name.clone()).unwrap_or_else(|| req.client_id.clone());
     let permissions: String =
         scope_words(&req.scope).iter().map(|w| format!("<li>{}</li>", escape(w))).collect::<Vec<_>>().join("");
     let error = error.map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", escape(e))).unwrap_or_default();
-    let hint = escape(req.login_hint.as_deref().unwrap_or(""));
+    let hint = escape(again.identifier.or(req.login_hint.as_deref()).unwrap_or(""));
     let html_text = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -476,10 +527,12 @@ fn page(st: &Node, req: &PushedRequest, request_uri: &str, csrf: &str, error: Op
 <input id="identifier" name="identifier" autocomplete="username" required value="{hint}">
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required>
+{code}
 <button type="submit" name="decision" value="allow">Allow</button>
 <button type="submit" name="decision" value="deny" formnovalidate>Deny</button>
 </form></main></body></html>"#,
         host = escape(&st.host_name()),
+        code = code_field(again.code),
         logo = client_logo(client.as_ref()),
         site = client
             .as_ref()
@@ -623,15 +676,13 @@ async fn authorize(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
         return back_to(&req.redirect_uri, &params);
     }
     let (identifier, password) = (field("identifier"), field("password"));
-    let st2 = st.clone();
-    let outcome = blocking(move || Ok(st2.authenticate(&identifier, &password))).await;
-    let account = match outcome {
-        Ok(Ok((account, crate::node::auth::Credential::Full))) => account,
-        Ok(Ok(_)) => {
-            return page(&st, &req, &request_uri, &csrf, Some("Use your account password here, not an app password."));
+    let code = f.get("code").filter(|c| !c.trim().is_empty()).cloned();
+    let account = match sign_in_form(&st, identifier.clone(), password, code).await {
+        Ok(account) => account,
+        Err((message, code)) => {
+            let again = Again { identifier: Some(&identifier), code };
+            return page_again(&st, &req, &request_uri, &csrf, Some(&message), &again);
         }
-        Ok(Err(e)) => return page(&st, &req, &request_uri, &csrf, Some(&e.message)),
-        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, &e.message),
     };
     // The request is used up; the code answers it once.
     st.oauth_requests.lock().remove(&request_uri);

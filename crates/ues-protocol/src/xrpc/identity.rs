@@ -135,7 +135,7 @@ pub(crate) async fn request_plc_operation_signature(
 ) -> Result<StatusCode, NodeError> {
     let did = full_session(&st, &headers)?;
     blocking(move || {
-        super::email::send_token(&st, &did, Purpose::PlcOperation)?;
+        st.send_token(&did, Purpose::PlcOperation)?;
         Ok(StatusCode::OK)
     })
     .await

@@ -65,7 +65,7 @@ pub(crate) fn session_json(s: &Session) -> Value {
         "did": s.account.did.as_str(),
         "didDoc": s.did_doc,
         "emailConfirmed": s.email_confirmed,
-        "emailAuthFactor": false,
+        "emailAuthFactor": s.email_auth_factor,
         "active": s.active(),
     });
     if !s.access.is_empty() {
@@ -139,13 +139,20 @@ pub(crate) async fn create_account(
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct CreateSession {
     pub(crate) identifier: String,
     pub(crate) password: String,
+    /// The code mailed for an account with two-factor sign-in by email.
+    pub(crate) auth_factor_token: Option<String>,
 }
 
 pub(crate) async fn create_session(State(st): State<Arc<Node>>, XJson(b): XJson<CreateSession>) -> Res {
-    blocking(move || Ok(Json(session_json(&st.login(&b.identifier, &b.password)?)))).await
+    blocking(move || {
+        let s = st.login(&b.identifier, &b.password, b.auth_factor_token.as_deref())?;
+        Ok(Json(session_json(&s)))
+    })
+    .await
 }
 
 pub(crate) async fn refresh_session(State(st): State<Arc<Node>>, headers: HeaderMap) -> Res {
