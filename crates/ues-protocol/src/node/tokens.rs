@@ -186,52 +186,6 @@ pub fn confirm_email(db: &Sqlite, did: &Did) -> Result<(), NodeError> {
     .map_err(NodeError::internal)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn db() -> (tempfile::TempDir, Sqlite) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Sqlite::open(dir.path().join("t.sqlite"), &Default::default()).unwrap();
-        db.migrate(super::super::credentials::MIGRATIONS).unwrap();
-        db.migrate(MIGRATIONS).unwrap();
-        (dir, db)
-    }
-
-    const TTL: std::time::Duration = std::time::Duration::from_secs(900);
-
-    #[test]
-    fn a_token_works_once_for_its_account_and_purpose() {
-        let (_dir, db) = db();
-        let alice = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
-        let bob = Did::new("did:plc:bbbbbbbbbbbbbbbbbbbbbbbb").unwrap();
-        let t = create(&db, &alice, Purpose::ConfirmEmail).unwrap();
-        assert_eq!(t.len(), 11);
-        assert!(t.chars().all(|c| c == '-' || c.is_ascii_uppercase() || ('2'..='7').contains(&c)), "{t}");
-        assert_eq!(spend(&db, &bob, Purpose::ConfirmEmail, &t, TTL).unwrap_err().error, "InvalidToken");
-        assert_eq!(spend(&db, &alice, Purpose::UpdateEmail, &t, TTL).unwrap_err().error, "InvalidToken");
-        assert_eq!(spend(&db, &alice, Purpose::ConfirmEmail, "AAAAA-AAAAA", TTL).unwrap_err().error, "InvalidToken");
-        // Case and surrounding space do not matter, as in the reference.
-        spend(&db, &alice, Purpose::ConfirmEmail, &format!(" {} ", t.to_lowercase()), TTL).unwrap();
-        assert_eq!(spend(&db, &alice, Purpose::ConfirmEmail, &t, TTL).unwrap_err().error, "InvalidToken");
-    }
-
-    #[test]
-    fn a_newer_token_replaces_the_older_and_expired_ones_are_refused() {
-        let (_dir, db) = db();
-        let alice = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
-        let old = create(&db, &alice, Purpose::ResetPassword).unwrap();
-        let new = create(&db, &alice, Purpose::ResetPassword).unwrap();
-        assert_eq!(spend_any(&db, Purpose::ResetPassword, &old, TTL).unwrap_err().error, "InvalidToken");
-        assert_eq!(
-            spend_any(&db, Purpose::ResetPassword, &new, std::time::Duration::ZERO).unwrap_err().error,
-            "ExpiredToken"
-        );
-        assert_eq!(spend_any(&db, Purpose::ResetPassword, &new, TTL).unwrap(), alice);
-        assert!(spend_any(&db, Purpose::ResetPassword, &new, TTL).is_err());
-    }
-}
-
 /// Whether signing in to `did` with its password also takes a code mailed to its address.
 pub fn email_auth_factor(db: &Sqlite, did: &Did) -> Result<bool, NodeError> {
     db.read(|c| {
@@ -297,5 +251,51 @@ impl super::Node {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Sqlite) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(dir.path().join("t.sqlite"), &Default::default()).unwrap();
+        db.migrate(super::super::credentials::MIGRATIONS).unwrap();
+        db.migrate(MIGRATIONS).unwrap();
+        (dir, db)
+    }
+
+    const TTL: std::time::Duration = std::time::Duration::from_secs(900);
+
+    #[test]
+    fn a_token_works_once_for_its_account_and_purpose() {
+        let (_dir, db) = db();
+        let alice = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        let bob = Did::new("did:plc:bbbbbbbbbbbbbbbbbbbbbbbb").unwrap();
+        let t = create(&db, &alice, Purpose::ConfirmEmail).unwrap();
+        assert_eq!(t.len(), 11);
+        assert!(t.chars().all(|c| c == '-' || c.is_ascii_uppercase() || ('2'..='7').contains(&c)), "{t}");
+        assert_eq!(spend(&db, &bob, Purpose::ConfirmEmail, &t, TTL).unwrap_err().error, "InvalidToken");
+        assert_eq!(spend(&db, &alice, Purpose::UpdateEmail, &t, TTL).unwrap_err().error, "InvalidToken");
+        assert_eq!(spend(&db, &alice, Purpose::ConfirmEmail, "AAAAA-AAAAA", TTL).unwrap_err().error, "InvalidToken");
+        // Case and surrounding space do not matter, as in the reference.
+        spend(&db, &alice, Purpose::ConfirmEmail, &format!(" {} ", t.to_lowercase()), TTL).unwrap();
+        assert_eq!(spend(&db, &alice, Purpose::ConfirmEmail, &t, TTL).unwrap_err().error, "InvalidToken");
+    }
+
+    #[test]
+    fn a_newer_token_replaces_the_older_and_expired_ones_are_refused() {
+        let (_dir, db) = db();
+        let alice = Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        let old = create(&db, &alice, Purpose::ResetPassword).unwrap();
+        let new = create(&db, &alice, Purpose::ResetPassword).unwrap();
+        assert_eq!(spend_any(&db, Purpose::ResetPassword, &old, TTL).unwrap_err().error, "InvalidToken");
+        assert_eq!(
+            spend_any(&db, Purpose::ResetPassword, &new, std::time::Duration::ZERO).unwrap_err().error,
+            "ExpiredToken"
+        );
+        assert_eq!(spend_any(&db, Purpose::ResetPassword, &new, TTL).unwrap(), alice);
+        assert!(spend_any(&db, Purpose::ResetPassword, &new, TTL).is_err());
     }
 }
