@@ -396,8 +396,15 @@ fn guessing_passwords_on_the_consent_page_is_cut_off() {
     }
     assert!(statuses[..30].iter().all(|s| *s == 200), "{statuses:?}");
     assert!(statuses[30..].iter().all(|s| *s == 429), "{statuses:?}");
-    // The right password from this address waits too; the node serves others.
+    // The right password from this address waits too, on the account page as well; the node
+    // serves others.
     assert_eq!(consent(&node, &request_uri, &csrf, Some(&csrf), "a long password").0, 429);
+    let res = agent()
+        .post(format!("{}/account/sign-in", node.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send("csrf=x&identifier=alice.test&password=a+long+password")
+        .unwrap();
+    assert_eq!(res.status(), 429, "the account page shares the sign-in budget");
     let res = agent().get(format!("{}/xrpc/com.atproto.server.describeServer", node.base)).call().unwrap();
     assert_eq!(res.status(), 200);
     let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap();
@@ -1005,4 +1012,122 @@ fn two_factor_sign_in_by_email_on_xrpc_rest_and_the_consent_page() {
     );
     assert_eq!((s, v["emailAuthFactor"].as_bool()), (200, Some(false)), "{v}");
     let _ = did;
+}
+
+/// Signs in to the account page as `handle`: the web session cookie (`ues-account=...`).
+fn account_sign_in(node: &Running, handle: &str, password: &str) -> Result<String, String> {
+    let mut res = agent().get(format!("{}/account", node.base)).call().unwrap();
+    let csp = res.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("form-action 'self'"), "{csp}");
+    let cookie = res.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_string();
+    let csrf = cookie.split_once('=').unwrap().1.to_string();
+    let page = res.body_mut().read_to_string().unwrap();
+    assert!(page.contains("<label for=\"identifier\">") && page.contains(&format!("value=\"{csrf}\"")));
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("csrf", &csrf)
+        .append_pair("identifier", handle)
+        .append_pair("password", password)
+        .finish();
+    let mut res = agent()
+        .post(format!("{}/account/sign-in", node.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &cookie)
+        .send(form)
+        .unwrap();
+    if res.status() != 303 {
+        return Err(res.body_mut().read_to_string().unwrap_or_default());
+    }
+    let set = res.headers().get("set-cookie").unwrap().to_str().unwrap();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/account"), "{set}");
+    Ok(set.split(';').next().unwrap().to_string())
+}
+
+/// The account page as the web session `cookie` sees it.
+fn account_page(node: &Running, cookie: &str) -> String {
+    agent()
+        .get(format!("{}/account", node.base))
+        .header("cookie", cookie)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+/// Posts the revoke form: status and `Location`.
+fn account_revoke(node: &Running, cookie: Option<&str>, csrf: &str, session: &str) -> (u16, String) {
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("csrf", csrf)
+        .append_pair("session", session)
+        .finish();
+    let mut req = agent()
+        .post(format!("{}/account/revoke", node.base))
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let res = req.send(form).unwrap();
+    let location = res.headers().get("location").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (res.status().as_u16(), location)
+}
+
+fn attribute(html: &str, name: &str) -> String {
+    let start = html.find(&format!("name=\"{name}\" value=\"")).unwrap() + name.len() + 15;
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+#[test]
+fn the_account_page_lists_and_revokes_apps_and_refuses_forged_forms() {
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
+    let (_, alice_token) = support::create_account(&node.base, "alice.test");
+    support::create_account(&node.base, "bob.test");
+    let k = key();
+    let v = signed_in(&node, &k);
+    let refresh = v["refresh_token"].as_str().unwrap().to_string();
+
+    // Only the account password signs in.
+    let (_, app) =
+        support::xrpc_post(&node, "com.atproto.server.createAppPassword", Some(&alice_token), json!({"name": "x"}));
+    let refused = account_sign_in(&node, "alice.test", app["password"].as_str().unwrap()).unwrap_err();
+    assert!(refused.contains("not an app password"), "{refused}");
+    assert!(account_sign_in(&node, "alice.test", "wrong password").unwrap_err().contains("role=\"alert\""));
+    let alice = account_sign_in(&node, "alice.test", "a long password").unwrap();
+    let page = account_page(&node, &alice);
+    assert!(page.contains("Development client") && page.contains("Read and write your posts"), "{page}");
+    let (csrf, session) = (attribute(&page, "csrf"), attribute(&page, "session"));
+
+    // Forged forms: no web session, a wrong CSRF token, another account's web session.
+    assert_eq!(account_revoke(&node, None, &csrf, &session), (303, "/account".into()));
+    assert_eq!(account_revoke(&node, Some(&alice), "forged", &session).0, 403);
+    let bob = account_sign_in(&node, "bob.test", "a long password").unwrap();
+    let bob_csrf = attribute(&account_page(&node, &bob), "csrf");
+    assert_eq!(account_revoke(&node, Some(&bob), &bob_csrf, &session), (303, "/account".into()), "not bob's to revoke");
+    assert_eq!(account_revoke(&node, Some("ues-account=made-up"), &csrf, &session), (303, "/account".into()));
+    let cid = client_id();
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", cid.as_str())];
+    let (s, v) = token(&node, &k, &form);
+    assert_eq!(s, 200, "the session survived every forged form: {v}");
+    let refresh = v["refresh_token"].as_str().unwrap().to_string();
+
+    // Alice revokes it: gone from the page, its tokens refused.
+    assert_eq!(account_revoke(&node, Some(&alice), &csrf, &session), (303, "/account?revoked=1".into()));
+    let page = account_page(&node, &alice);
+    assert!(page.contains("No app can use your account"), "{page}");
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", cid.as_str())];
+    let (s, v) = token(&node, &k, &form);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+
+    // Signing out ends the web session.
+    let form = form_urlencoded::Serializer::new(String::new()).append_pair("csrf", &csrf).finish();
+    let res = agent()
+        .post(format!("{}/account/sign-out", node.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &alice)
+        .send(form)
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert!(account_page(&node, &alice).contains("<label for=\"password\">"), "signed out");
+    let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap();
+    assert!(log.contains("account page revocation without its CSRF token refused"));
 }

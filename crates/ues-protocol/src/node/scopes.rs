@@ -581,4 +581,61 @@ mod tests {
         );
         assert!(matches!(xrpc_needs("app.bsky.feed.getTimeline", None, own, appview), Needs::Checked));
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn nsid() -> impl Strategy<Value = String> {
+            "[a-z]{2,8}\\.[a-z]{2,8}\\.[a-z][a-zA-Z]{1,10}"
+        }
+
+        proptest! {
+            /// Any scope string a client sends: parsed or refused, never a panic, and what
+            /// parses is described in as many lines as it grants.
+            #[test]
+            fn any_scope_string_parses_or_is_refused(scope in "\\PC{0,200}") {
+                if let Ok(p) = Permissions::parse(&scope) {
+                    prop_assert!(!p.describe().is_empty());
+                    prop_assert!(p.covers(&p));
+                }
+                let _ = Permissions::parse(&format!("atproto {scope}"));
+            }
+
+            /// A repo permission grants its collections and actions, and nothing else.
+            #[test]
+            fn repo_permissions_grant_what_they_name(
+                granted in nsid(),
+                other in nsid(),
+                actions in proptest::sample::subsequence(vec!["create", "update", "delete"], 0..=3),
+            ) {
+                let query: Vec<String> = actions.iter().map(|a| format!("action={a}")).collect();
+                let scope = if query.is_empty() {
+                    format!("atproto repo:{granted}")
+                } else {
+                    format!("atproto repo:{granted}?{}", query.join("&"))
+                };
+                let p = Permissions::parse(&scope).unwrap();
+                for (name, action) in [("create", Action::Create), ("update", Action::Update), ("delete", Action::Delete)] {
+                    let expected = actions.is_empty() || actions.contains(&name);
+                    prop_assert_eq!(p.allows_repo(&granted, action), expected);
+                    if other != granted {
+                        prop_assert!(!p.allows_repo(&other, action));
+                    }
+                }
+                prop_assert!(!p.allows_blob("image/png") && !p.allows_identity("handle"));
+            }
+
+            /// An rpc permission grants its method on its service only.
+            #[test]
+            fn rpc_permissions_grant_their_service(method in nsid(), host in "[a-z]{3,10}", kind in "[a-z_]{3,12}") {
+                let aud = format!("did:web:{host}.example#{kind}");
+                let p = Permissions::parse(&format!("atproto rpc:{method}?aud={}", aud.replace('#', "%23"))).unwrap();
+                prop_assert!(p.allows_rpc(&method, &aud));
+                let elsewhere = format!("did:web:{host}.example#other_{kind}");
+                prop_assert!(!p.allows_rpc(&method, &elsewhere));
+                prop_assert!(!p.allows_rpc("com.example.other", &aud));
+            }
+        }
+    }
 }

@@ -904,3 +904,30 @@ async fn revoke(State(st): State<Arc<Node>>, body: Bytes) -> Response {
     nonce_header(&st, &mut r);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn redirect_sources() {
+        assert_eq!(redirect_source("http://127.0.0.1:8080/cb?x=1").as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(redirect_source("https://app.example/cb").as_deref(), Some("https://app.example"));
+        assert_eq!(redirect_source("com.example.app:/callback").as_deref(), Some("com.example.app:"));
+        assert_eq!(redirect_source("https://a.test;script-src *"), None);
+        assert_eq!(redirect_source("not a uri"), None);
+    }
+
+    proptest! {
+        /// A redirect URI (the client's to choose) never adds a directive or a source to the
+        /// page's Content-Security-Policy.
+        #[test]
+        fn redirect_sources_stay_one_source(uri in "\\PC{0,120}") {
+            if let Some(s) = redirect_source(&uri) {
+                prop_assert!(!s.contains([';', ',', ' ', '\'', '"', '\n', '\r', '\t']), "{}", s);
+                prop_assert!(HeaderValue::from_str(&s).is_ok());
+            }
+        }
+    }
+}
