@@ -352,23 +352,9 @@ fn identity_methods_resolve_local_and_remote_dids() {
     assert_eq!(get_json(&a, "com.atproto.temp.checkSignupQueue", Some(&tok)).1["activated"], true);
 }
 
-/// `tests/js/refpds` with its packages (Bluesky's reference PDS), or `None` after a loud
-/// message (a failure under CI).
-fn reference_pds() -> Option<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/refpds");
-    if dir.join("node_modules/@atproto/pds").is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("CI=true but {} has no node_modules: scripts/setup.sh installs it", dir.display());
-    }
-    eprintln!("\n!!!!!!!! SKIPPED: the reference PDS is not installed (run scripts/setup.sh) !!!!!!!!\n");
-    None
-}
-
 #[test]
 fn an_account_moves_from_the_reference_pds_to_ues_and_back() {
-    let Some(refpds) = reference_pds() else { return };
+    let Some(refpds) = shared::reference_pds() else { return };
     let root = tempfile::tempdir().unwrap();
     let plc_port = support::free_port();
     let pds_port = support::free_port();

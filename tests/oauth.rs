@@ -9,6 +9,8 @@
 
 #[path = "support/http.rs"]
 mod http;
+#[path = "support/shared.rs"]
+mod shared;
 #[path = "support/node.rs"]
 mod support;
 
@@ -1130,4 +1132,96 @@ fn the_account_page_lists_and_revokes_apps_and_refuses_forged_forms() {
     assert!(account_page(&node, &alice).contains("<label for=\"password\">"), "signed out");
     let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap();
     assert!(log.contains("account page revocation without its CSRF token refused"));
+}
+
+#[test]
+fn answers_go_back_in_the_response_mode_asked_for() {
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
+    support::create_account(&node.base, "alice.test");
+    let k = key();
+    let url = format!("{}/oauth/par", node.base);
+    let pushed = |mode: &str| {
+        let (_, challenge) = pkce();
+        let n = nonce(&node, &k);
+        let form = [
+            ("client_id", client_id()),
+            ("response_type", "code".into()),
+            ("redirect_uri", REDIRECT.into()),
+            ("scope", SCOPE.into()),
+            ("state", "st".into()),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256".into()),
+            ("response_mode", mode.into()),
+        ];
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (s, v, _) = post(&node, "/oauth/par", Some(&proof(&k, &url, Some(&n))), &form);
+        (s, v)
+    };
+    let (s, v) = pushed("jwt");
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_request")), "{v}");
+    // Fragment: the parameters after `#`.
+    let (s, v) = pushed("fragment");
+    assert_eq!(s, 201, "{v}");
+    let request_uri = v["request_uri"].as_str().unwrap().to_string();
+    let csrf = open_page(&node, &request_uri);
+    let (s, location, _) = consent(&node, &request_uri, &csrf, Some(&csrf), "a long password");
+    assert_eq!(s, 303);
+    assert!(location.starts_with(&format!("{REDIRECT}#code=")) && location.contains("&state=st"), "{location}");
+    // A form post: a page whose form (no script) posts them to the redirect URI.
+    let (_, v) = pushed("form_post");
+    let request_uri = v["request_uri"].as_str().unwrap().to_string();
+    let csrf = open_page(&node, &request_uri);
+    let (s, _, page) = consent(&node, &request_uri, &csrf, Some(&csrf), "a long password");
+    assert_eq!(s, 200);
+    assert!(page.contains(&format!("action=\"{REDIRECT}\"")) && page.contains("name=\"code\""), "{page}");
+    assert!(page.contains("name=\"iss\"") && !page.contains("<script"), "{page}");
+}
+
+#[test]
+fn a_permission_set_the_node_holds_grants_what_it_lists() {
+    let Some(set) = shared::shared("reference/atproto-lexicons/app/bsky/authCreatePosts.json") else { return };
+    let root = tempfile::tempdir().unwrap();
+    // The operator adds Bluesky's permission set to the node's lexicons.
+    let lexicons = root.path().join("lexicons");
+    std::fs::create_dir_all(&lexicons).unwrap();
+    std::fs::copy(&set, lexicons.join("authCreatePosts.json")).unwrap();
+    let config = format!("[xrpc]\nlexicons_dir = \"{}\"\n[xrpc.rate_limits]\nenabled = false\n", lexicons.display());
+    let node = start_with(&root.path().join("node"), &config);
+    let (did, _) = support::create_account(&node.base, "alice.test");
+    let k = key();
+    let scope = "atproto include:app.bsky.authCreatePosts?aud=did:web:api.bsky.app%23bsky_appview";
+    let (_, challenge) = pkce();
+    let (s, v) = par_for(&node, &k, &challenge, REDIRECT, scope);
+    assert_eq!(s, 201, "{v}");
+    let page = agent()
+        .get(format!("{}/oauth/authorize?request_uri={}", node.base, urlencode(v["request_uri"].as_str().unwrap())))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(page.contains("Create Bluesky Posts: Can not update or delete posts."), "{page}");
+    let v = signed_in_for(&node, &k, scope);
+    let access = v["access_token"].as_str().unwrap().to_string();
+    let call = |method: &str, body: Value| {
+        dpop_call(
+            &node,
+            &k,
+            &access,
+            ("POST", &format!("/xrpc/{method}")),
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+    };
+    let post = json!({"repo": did, "collection": "app.bsky.feed.post", "record": {"$type": "app.bsky.feed.post", "text": "x", "createdAt": "2026-12-05T12:00:00Z"}});
+    let (s, v) = call("com.atproto.repo.createRecord", post);
+    assert_eq!(s, 200, "{v}");
+    let rkey = v["uri"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let (s, v) =
+        call("com.atproto.repo.deleteRecord", json!({"repo": did, "collection": "app.bsky.feed.post", "rkey": rkey}));
+    assert_eq!((s, v["error"].as_str()), (403, Some("InsufficientScope")), "the set creates only: {v}");
+    let like = json!({"repo": did, "collection": "app.bsky.feed.like", "record": {"$type": "app.bsky.feed.like", "createdAt": "2026-12-05T12:00:00Z",
+        "subject": {"uri": format!("at://{did}/app.bsky.feed.post/{rkey}"), "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}}});
+    assert_eq!(call("com.atproto.repo.createRecord", like).0, 403, "likes are not in the set");
 }

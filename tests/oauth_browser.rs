@@ -98,3 +98,63 @@ fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
+
+/// Fields of the reference's metadata that describe what UES does not do: signed request
+/// objects (JAR) and asymmetric token signing (a JWKS). Clients read these as optional.
+const NOT_OFFERED: &[&str] = &[
+    "jwks_uri",
+    "request_object_signing_alg_values_supported",
+    "request_object_encryption_alg_values_supported",
+    "request_object_encryption_enc_values_supported",
+];
+
+#[test]
+fn the_metadata_has_what_the_reference_pds_publishes() {
+    let Some(refpds) = shared::reference_pds() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
+    let (plc_port, pds_port) = (support::free_port(), support::free_port());
+    let out = Command::new("node")
+        .arg(refpds.join("oauth_metadata.mjs"))
+        .args([plc_port.to_string(), pds_port.to_string()])
+        .arg(root.path().join("reference"))
+        .arg(&node.base)
+        .current_dir(&refpds)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reference_base = format!("http://localhost:{pds_port}");
+    for doc in ["oauth-authorization-server", "oauth-protected-resource"] {
+        let (theirs, ours) = (&v["reference"][doc], &v["ues"][doc]);
+        assert_eq!(ours["status"], 200);
+        let mime = |v: &Value| v.as_str().unwrap_or("").split(';').next().unwrap().trim().to_string();
+        assert_eq!(mime(&ours["contentType"]), mime(&theirs["contentType"]), "{doc}");
+        assert_eq!(ours["cors"], "*", "{doc}: browser apps read it");
+        let (theirs, ours) = (theirs["body"].as_object().unwrap(), ours["body"].as_object().unwrap());
+        for (key, value) in theirs {
+            if NOT_OFFERED.contains(&key.as_str()) {
+                continue;
+            }
+            let Some(mine) = ours.get(key) else { panic!("{doc}: {key} is missing") };
+            // The same value, with each server's own URL; lists of algorithms may be narrower
+            // (ES256, the profile's mandatory one, is always there).
+            let theirs_here = value.to_string().replace(&reference_base, &node.base);
+            if key.ends_with("alg_values_supported") {
+                assert!(mine.as_array().unwrap().contains(&Value::from("ES256")), "{doc}: {key}: {mine}");
+            } else if key == "request_parameter_supported" {
+                assert_eq!(mine, false, "request objects are not taken");
+            } else {
+                let sorted = |v: &Value| {
+                    let mut v = v.clone();
+                    if let Some(a) = v.as_array_mut() {
+                        a.sort_by_key(|x| x.to_string());
+                    }
+                    v
+                };
+                let theirs_here: Value = serde_json::from_str(&theirs_here).unwrap();
+                assert_eq!(sorted(mine), sorted(&theirs_here), "{doc}: {key}");
+            }
+        }
+    }
+}

@@ -70,3 +70,17 @@ pub fn python_sdk() -> Option<PathBuf> {
     eprintln!("\n!!!!!!!! SKIPPED: {} is missing (run scripts/setup.sh) !!!!!!!!\n", python.display());
     None
 }
+
+/// `tests/js/refpds` with its packages (Bluesky's reference PDS, installed by
+/// `scripts/setup.sh`), or `None` after a loud message when absent outside CI.
+pub fn reference_pds() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js/refpds");
+    if dir.join("node_modules/@atproto/pds").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true but {} has no node_modules: scripts/setup.sh installs it", dir.display());
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: the reference PDS is not installed (run scripts/setup.sh) !!!!!!!!\n");
+    None
+}

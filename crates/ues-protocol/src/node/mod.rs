@@ -506,6 +506,16 @@ impl Node {
         Ok(claims)
     }
 
+    /// What an OAuth scope grants, its `include:` permission sets resolved with the lexicons
+    /// this node holds.
+    pub fn permissions(&self, scope: &str) -> Result<scopes::Permissions, scopes::ScopeError> {
+        let sets = |nsid: &str| match self.lexicons.get(nsid) {
+            Some(ues_sync::repo::lexicon::Def::PermissionSet(v)) => Some(v.clone()),
+            _ => None,
+        };
+        scopes::Permissions::parse_with(scope, &sets)
+    }
+
     /// An OAuth access token's claims with the session's permissions, before any check of what
     /// the call needs.
     pub(crate) fn oauth_grant(
@@ -537,7 +547,7 @@ impl Node {
         if !live || auth::is_revoked(self, &claims)? {
             return Err(NodeError::token("ExpiredToken", "Token has been revoked"));
         }
-        let permissions = scopes::Permissions::parse(&claims.scope).map_err(|e| unauthorized(&e.0))?;
+        let permissions = self.permissions(&claims.scope).map_err(|e| unauthorized(&e.0))?;
         claims.scope = if permissions.generic && permissions.chat {
             "com.atproto.appPassPrivileged".into()
         } else {

@@ -58,6 +58,8 @@ pub struct PushedRequest {
     pub jkt: String,
     /// A handle or DID the client suggests signing in as.
     pub login_hint: Option<String>,
+    /// How the answer goes back: `query`, `fragment` or `form_post`.
+    pub response_mode: String,
 }
 
 /// A code the user's consent produced.

@@ -9,8 +9,13 @@
 //!   methods), `blob:<mime glob>` (uploads), `account:email|repo|status?action=read|manage`,
 //!   `identity:handle|*`.
 //!
-//! `include:<permission set>` is refused when asked for: this node does not resolve
-//! permission-set lexicons (they are fetched through the lexicon resolution system).
+//! `include:<nsid>?aud=<did#service>` names a permission set: resolved from the lexicons this
+//! node holds (built in, or added by the operator with `[xrpc] lexicons_dir`), never fetched
+//! from the network; a set this node does not hold is refused when asked for. Its `repo` and
+//! `rpc` permissions count, within the set's own namespace (its NSID without the last segment),
+//! without wildcards, an `rpc` one's audience inherited from the `include` when it says
+//! `inheritAud`; a permission with a resource or parameter not understood is ignored, as the
+//! specification requires.
 //!
 //! A scope string that does not parse, or names a resource or parameter not defined, is refused
 //! with the reason when a client asks for it; the checks below take only what parsed.
@@ -61,6 +66,70 @@ pub struct Permissions {
     /// `transition:email`.
     pub email: bool,
     granted: Vec<Permission>,
+    /// The permission sets included: title and detail, for the pages.
+    sets: Vec<(String, String)>,
+}
+
+/// Finds a permission set's definition (the `main` def of a `permission-set` lexicon) by NSID.
+pub type SetResolver<'a> = &'a dyn Fn(&str) -> Option<serde_json::Value>;
+
+/// The permissions of the set `nsid` (its definition `def`), included with audience `aud`.
+fn expand_set(nsid: &str, def: &serde_json::Value, aud: Option<&str>) -> Vec<Permission> {
+    use serde_json::Value;
+    // The set's authority: its group, and everything beneath it.
+    let group = nsid.rsplit_once('.').map_or("", |(g, _)| g);
+    let within = |name: &str| name.strip_prefix(group).is_some_and(|rest| rest.starts_with('.')) && is_nsid(name);
+    let strings = |v: Option<&Value>| -> Option<Vec<String>> {
+        v?.as_array()?.iter().map(|x| x.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()
+    };
+    let mut out = Vec::new();
+    for p in def.get("permissions").and_then(Value::as_array).into_iter().flatten() {
+        let Some(obj) = p.as_object() else { continue };
+        if obj.get("type").and_then(Value::as_str) != Some("permission") {
+            continue;
+        }
+        let keys_ok = |allowed: &[&str]| obj.keys().all(|k| allowed.contains(&k.as_str()));
+        match obj.get("resource").and_then(Value::as_str) {
+            Some("repo") if keys_ok(&["type", "resource", "collection", "action"]) => {
+                let Some(collections) = strings(obj.get("collection")) else { continue };
+                let actions = match obj.get("action") {
+                    None => Some(Vec::new()),
+                    Some(a) => strings(Some(a)).and_then(|a| {
+                        a.iter()
+                            .map(|x| match x.as_str() {
+                                "create" => Some(Action::Create),
+                                "update" => Some(Action::Update),
+                                "delete" => Some(Action::Delete),
+                                _ => None,
+                            })
+                            .collect::<Option<Vec<_>>>()
+                    }),
+                };
+                if let Some(actions) = actions
+                    && !collections.is_empty()
+                    && collections.iter().all(|c| within(c))
+                {
+                    out.push(Permission::Repo { collections, actions });
+                }
+            }
+            Some("rpc") if keys_ok(&["type", "resource", "lxm", "aud", "inheritAud"]) => {
+                let Some(methods) = strings(obj.get("lxm")) else { continue };
+                let inherit = obj.get("inheritAud").and_then(Value::as_bool).unwrap_or(false);
+                let own = obj.get("aud").and_then(Value::as_str);
+                let aud = match (inherit, own, aud) {
+                    (true, None, Some(a)) => a.to_string(),
+                    (false, Some("*"), _) => "*".to_string(),
+                    // A set does not name DIDs; an inherited audience needs one from the include.
+                    _ => continue,
+                };
+                if !methods.is_empty() && methods.iter().all(|m| within(m)) {
+                    out.push(Permission::Rpc { methods, aud });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Why a scope string is refused (`invalid_scope`).
@@ -204,7 +273,7 @@ fn permission(scope: &str) -> Result<Permission, ScopeError> {
             }
             Ok(Permission::Identity { attr: attr.clone() })
         }
-        "include" => bad("permission sets are not resolved by this server; ask for the permissions themselves"),
+        "include" => bad("a permission set is resolved with the node's lexicons"),
         _ => bad("unknown resource"),
     }
 }
@@ -228,8 +297,14 @@ fn aud_matches(granted: &str, aud: &str) -> bool {
 }
 
 impl Permissions {
-    /// Parses a scope string (space-separated); it must include `atproto`.
+    /// Parses a scope string (space-separated); it must include `atproto`. `include:` is
+    /// refused: see [`Permissions::parse_with`].
     pub fn parse(scope: &str) -> Result<Self, ScopeError> {
+        Self::parse_with(scope, &|_| None)
+    }
+
+    /// Parses a scope string, resolving `include:` permission sets with `sets`.
+    pub fn parse_with(scope: &str, sets: SetResolver<'_>) -> Result<Self, ScopeError> {
         let mut out = Self::default();
         let mut atproto = false;
         for s in scope.split(' ') {
@@ -238,6 +313,25 @@ impl Permissions {
                 "transition:generic" => out.generic = true,
                 "transition:chat.bsky" => out.chat = true,
                 "transition:email" => out.email = true,
+                _ if s.starts_with("include:") || s.starts_with("include?") => {
+                    let (_, positional, params) = split(s)?;
+                    only(s, &params, &["nsid", "aud"])?;
+                    let names = values(s, "nsid", positional, &params)?;
+                    let [nsid] = names.as_slice() else { return Err(ScopeError(format!("{s}: one nsid"))) };
+                    let auds: Vec<&String> = params.iter().filter(|(k, _)| k == "aud").map(|(_, v)| v).collect();
+                    let aud = match auds.as_slice() {
+                        [] => None,
+                        [a] if a.starts_with("did:") && a.contains('#') => Some(a.as_str()),
+                        _ => return Err(ScopeError(format!("{s}: aud must be one did#service"))),
+                    };
+                    let def = is_nsid(nsid).then(|| sets(nsid)).flatten().ok_or_else(|| {
+                        ScopeError(format!("{s}: the permission set {nsid} is not known to this server"))
+                    })?;
+                    let text = |k: &str| def.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
+                    let title = if text("title").is_empty() { nsid.clone() } else { text("title") };
+                    out.sets.push((title, text("detail")));
+                    out.granted.extend(expand_set(nsid, &def, aud));
+                }
                 _ => out.granted.push(permission(s)?),
             }
         }
@@ -309,6 +403,9 @@ impl Permissions {
         }
         if self.email {
             out.push("See your email address".into());
+        }
+        for (title, detail) in &self.sets {
+            out.push(if detail.is_empty() { title.clone() } else { format!("{title}: {detail}") });
         }
         for p in &self.granted {
             out.push(match p {
@@ -522,7 +619,6 @@ mod tests {
             "account:password",
             "account:email?action=own",
             "identity:did",
-            "include:app.example.authFull",
             "repo:app.example.post?x=1",
             "emoji:☺",
         ] {
@@ -530,6 +626,7 @@ mod tests {
             assert!(e.is_err(), "{bad} was taken");
         }
         assert!(Permissions::parse("transition:generic").is_err(), "atproto is required");
+        assert!(Permissions::parse("atproto include:app.example.authFull").is_err(), "no set known");
     }
 
     #[test]
@@ -546,6 +643,47 @@ mod tests {
         assert!(chat.covers(&p) && !p.covers(&chat));
         let only = Permissions::parse("atproto").unwrap();
         assert!(!only.allows_repo("app.bsky.feed.post", Action::Create) && !only.allows_blob("image/png"));
+    }
+
+    #[test]
+    fn permission_sets_grant_within_their_namespace() {
+        let set = serde_json::json!({
+            "type": "permission-set", "title": "Basic App Functionality", "detail": "Posts and likes",
+            "permissions": [
+                {"type": "permission", "resource": "repo", "collection": ["app.example.post"]},
+                {"type": "permission", "resource": "repo", "collection": ["app.example.like"], "action": ["delete"]},
+                {"type": "permission", "resource": "repo", "collection": ["com.other.post"]},
+                {"type": "permission", "resource": "repo", "collection": ["*"]},
+                {"type": "permission", "resource": "repo", "collection": ["app.example.x"], "future": true},
+                {"type": "permission", "resource": "rpc", "inheritAud": true, "lxm": ["app.example.getFeed"]},
+                {"type": "permission", "resource": "rpc", "aud": "*", "lxm": ["app.example.getFeedSkeleton"]},
+                {"type": "permission", "resource": "blob", "accept": ["*/*"]},
+                {"type": "permission", "resource": "video", "lxm": ["app.example.x"]},
+            ]
+        });
+        let sets = |nsid: &str| (nsid == "app.example.authBasic").then(|| set.clone());
+        let p = Permissions::parse_with(
+            "atproto include:app.example.authBasic?aud=did:web:api.example.com%23svc_appview",
+            &sets,
+        )
+        .unwrap();
+        assert!(p.allows_repo("app.example.post", Action::Update));
+        assert!(
+            p.allows_repo("app.example.like", Action::Delete) && !p.allows_repo("app.example.like", Action::Create)
+        );
+        assert!(!p.allows_repo("com.other.post", Action::Create), "outside the set's namespace");
+        assert!(!p.allows_repo("app.example.anything", Action::Create), "no wildcard in a set");
+        assert!(!p.allows_repo("app.example.x", Action::Create), "an unknown parameter voids the permission");
+        assert!(p.allows_rpc("app.example.getFeed", "did:web:api.example.com#svc_appview"));
+        assert!(!p.allows_rpc("app.example.getFeed", "did:web:other.example#svc_appview"));
+        assert!(p.allows_rpc("app.example.getFeedSkeleton", "did:web:feeds.example#bsky_fg"));
+        assert!(!p.allows_blob("image/png"), "blobs are not granted by sets");
+        assert_eq!(p.describe()[1], "Basic App Functionality: Posts and likes");
+        // Without an audience, inherited rpc permissions are void.
+        let p = Permissions::parse_with("atproto include:app.example.authBasic", &sets).unwrap();
+        assert!(!p.allows_rpc("app.example.getFeed", "did:web:api.example.com#svc_appview"));
+        assert!(p.allows_repo("app.example.post", Action::Create));
+        assert!(Permissions::parse_with("atproto include:app.example.authOther", &sets).is_err());
     }
 
     #[test]

@@ -122,7 +122,7 @@ fn sign_in_again(st: &Node, error: Option<&str>, identifier: &str, code: bool) -
 fn app_section(st: &Node, s: &OauthSession, csrf: &str) -> String {
     let client = st.oauth_clients.get(&s.client_id).ok();
     let name = client.as_ref().and_then(|c| c.client_name.clone()).unwrap_or_else(|| s.client_id.clone());
-    let permissions: String = scope_words(&s.scope).iter().map(|w| format!("<li>{}</li>", escape(w))).collect();
+    let permissions: String = scope_words(st, &s.scope).iter().map(|w| format!("<li>{}</li>", escape(w))).collect();
     let until = crate::node::sequencer::iso_from_millis(s.expires_at.saturating_mul(1000));
     format!(
         r#"<section class="app" aria-labelledby="app-{id}">

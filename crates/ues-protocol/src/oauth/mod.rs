@@ -44,7 +44,6 @@ use sha2::{Digest, Sha256};
 use crate::node::dpop::DpopError;
 use crate::node::oauth_clients::{ClientError, ClientMetadata};
 use crate::node::oauth_store::{self, Grant, OauthSession, PushedRequest, Refresh};
-use crate::node::scopes::Permissions;
 
 mod account;
 use crate::node::{Node, blocking};
@@ -57,6 +56,10 @@ const ACCESS_TTL: u64 = 3600;
 const SESSION_TTL: i64 = 14 * 86_400;
 /// How long a confidential client's session lives (its refreshes need its signing key).
 const CONFIDENTIAL_SESSION_TTL: i64 = 180 * 86_400;
+/// How an authorization answer may go back to the client: in the redirect's query, its fragment
+/// (browser apps), or a form the browser posts to it.
+const RESPONSE_MODES: &[&str] = &["query", "fragment", "form_post"];
+
 /// The scopes listed in the server's metadata (the granular forms are taken too).
 pub const SCOPES: &[&str] = &["atproto", "transition:generic", "transition:email", "transition:chat.bsky"];
 
@@ -128,11 +131,11 @@ async fn server_metadata(State(st): State<Arc<Node>>) -> Response {
         "scopes_supported": SCOPES,
         "subject_types_supported": ["public"],
         "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_modes_supported": RESPONSE_MODES,
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "code_challenge_methods_supported": ["S256"],
         "ui_locales_supported": ["en-US"],
-        "display_values_supported": ["page"],
+        "display_values_supported": ["page", "popup", "touch"],
         "prompt_values_supported": ["none", "login", "consent", "select_account", "create"],
         "authorization_response_iss_parameter_supported": true,
         "request_parameter_supported": false,
@@ -363,7 +366,7 @@ async fn par(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Re
         Ok(Err(r)) => return r,
         Err(e) => return oauth_error(&st, StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.message),
     };
-    match check_request(&client, &f) {
+    match check_request(&st, &client, &f) {
         Ok(mut req) => {
             req.jkt = jkt;
             let request_uri = format!("urn:ietf:params:oauth:request_uri:req-{}", oauth_store::random_token());
@@ -382,6 +385,7 @@ async fn par(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Re
 
 /// The profile's rules for an authorization request of `client`.
 fn check_request(
+    st: &Node,
     client: &ClientMetadata,
     f: &std::collections::HashMap<String, String>,
 ) -> Result<PushedRequest, (&'static str, String)> {
@@ -401,7 +405,7 @@ fn check_request(
         return Err(("invalid_request", format!("redirect_uri {redirect_uri} is not in the client's metadata")));
     }
     let scope = field("scope").unwrap_or("");
-    if let Err(e) = Permissions::parse(scope) {
+    if let Err(e) = st.permissions(scope) {
         return Err(("invalid_scope", e.0));
     }
     let declared: Vec<&str> = client.scope.split(' ').collect();
@@ -413,6 +417,10 @@ fn check_request(
         return Err(("invalid_request", "state is longer than 1,024 characters".into()));
     }
     let login_hint = field("login_hint").map(str::to_string).filter(|h| h.len() <= 256);
+    let response_mode = field("response_mode").unwrap_or("query");
+    if !RESPONSE_MODES.contains(&response_mode) {
+        return Err(("invalid_request", format!("response_mode {response_mode} is not supported")));
+    }
     Ok(PushedRequest {
         client_id: client.client_id.clone(),
         redirect_uri: redirect_uri.to_string(),
@@ -421,6 +429,7 @@ fn check_request(
         code_challenge: challenge.to_string(),
         jkt: String::new(),
         login_hint,
+        response_mode: response_mode.to_string(),
     })
 }
 
@@ -435,8 +444,8 @@ fn escape(s: &str) -> String {
 }
 
 /// What a scope lets the client do, in plain words.
-fn scope_words(scope: &str) -> Vec<String> {
-    match Permissions::parse(scope) {
+fn scope_words(st: &Node, scope: &str) -> Vec<String> {
+    match st.permissions(scope) {
         Ok(p) => p.describe(),
         Err(e) => vec![format!("A permission this server does not take ({e})")],
     }
@@ -506,7 +515,7 @@ fn page_again(
     let client = st.oauth_clients.get(&req.client_id).ok();
     let name = client.as_ref().and_then(|c| c.client_name.clone()).unwrap_or_else(|| req.client_id.clone());
     let permissions: String =
-        scope_words(&req.scope).iter().map(|w| format!("<li>{}</li>", escape(w))).collect::<Vec<_>>().join("");
+        scope_words(st, &req.scope).iter().map(|w| format!("<li>{}</li>", escape(w))).collect::<Vec<_>>().join("");
     let error = error.map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", escape(e))).unwrap_or_default();
     let hint = escape(again.identifier.or(req.login_hint.as_deref()).unwrap_or(""));
     let html_text = format!(
@@ -631,14 +640,37 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     })
 }
 
-/// Where the browser goes back to, with `params` added to the redirect URI's query.
-fn back_to(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
+/// Where the browser goes back to with `params`, as the request's `response_mode` says: in
+/// the redirect URI's query or fragment, or a form (no script: the person presses Continue)
+/// posting them to it.
+fn back_to(req: &PushedRequest, params: &[(&str, &str)]) -> Response {
+    let redirect_uri = req.redirect_uri.as_str();
+    if req.response_mode == "form_post" {
+        let fields: String = params
+            .iter()
+            .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v)))
+            .collect();
+        let text = format!(
+            r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Back to the app</title><style>{STYLE}</style></head>
+<body><main><h1>Back to the app</h1>
+<form method="post" action="{action}">{fields}<button type="submit">Continue</button></form>
+</main></body></html>"#,
+            action = escape(redirect_uri)
+        );
+        return html_to(text, &[], redirect_source(redirect_uri).as_deref());
+    }
     let mut q = form_urlencoded::Serializer::new(String::new());
     for (k, v) in params {
         q.append_pair(k, v);
     }
-    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
-    let location = format!("{redirect_uri}{sep}{}", q.finish());
+    let location = if req.response_mode == "fragment" {
+        format!("{}#{}", redirect_uri.split('#').next().unwrap_or(redirect_uri), q.finish())
+    } else {
+        let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+        format!("{redirect_uri}{sep}{}", q.finish())
+    };
     let mut r = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         r.headers_mut().insert(header::LOCATION, v);
@@ -673,7 +705,7 @@ async fn authorize(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
         if req.state.is_some() {
             params.push(("state", state.as_str()));
         }
-        return back_to(&req.redirect_uri, &params);
+        return back_to(&req, &params);
     }
     let (identifier, password) = (field("identifier"), field("password"));
     let code = f.get("code").filter(|c| !c.trim().is_empty()).cloned();
@@ -694,7 +726,7 @@ async fn authorize(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
     if req.state.is_some() {
         params.push(("state", state.as_str()));
     }
-    back_to(&req.redirect_uri, &params)
+    back_to(&req, &params)
 }
 
 /// A DPoP-bound access token for a session (HMAC-signed with the node's session key, like its
