@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p ues-protocol --bench oauth`
 
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
