@@ -62,14 +62,23 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// A DPoP proof for a POST to `url`.
 fn proof(k: &Key, url: &str, nonce: Option<&str>) -> String {
+    proof_of(k, ("POST", url), nonce, None)
+}
+
+/// A DPoP proof by `k` for `htm` `htu`, with a nonce, and for a call with `access` (`ath`).
+fn proof_of(k: &Key, (htm, htu): (&str, &str), nonce: Option<&str>, access: Option<&str>) -> String {
     let mut h = Header::new(Algorithm::ES256);
     h.typ = Some("dpop+jwt".into());
     h.jwk = Some(k.jwk.clone());
     let mut claims =
-        json!({"jti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()), "htm": "POST", "htu": url, "iat": now()});
+        json!({"jti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()), "htm": htm, "htu": htu, "iat": now()});
     if let Some(n) = nonce {
         claims["nonce"] = json!(n);
+    }
+    if let Some(a) = access {
+        claims["ath"] = json!(URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(a.as_bytes())));
     }
     jsonwebtoken::encode(&h, &claims, &k.enc).unwrap()
 }
@@ -423,34 +432,8 @@ fn xrpc_dpop(
     body: Value,
     proof_for: Option<&str>,
 ) -> (u16, Value) {
-    let url = format!("{}/xrpc/{method}", node.base);
-    let ath = URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(access.as_bytes()));
-    let sign = |nonce: Option<&str>| {
-        let mut h = Header::new(Algorithm::ES256);
-        h.typ = Some("dpop+jwt".into());
-        h.jwk = Some(k.jwk.clone());
-        let mut claims = json!({"jti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()), "htm": "POST", "htu": proof_for.unwrap_or(&url), "iat": now(), "ath": ath});
-        if let Some(n) = nonce {
-            claims["nonce"] = json!(n);
-        }
-        jsonwebtoken::encode(&h, &claims, &k.enc).unwrap()
-    };
-    let send = |p: &str| {
-        let mut res = agent()
-            .post(&url)
-            .header("Authorization", &format!("DPoP {access}"))
-            .header("DPoP", p)
-            .send_json(body.clone())
-            .unwrap();
-        let nonce = res.headers().get("dpop-nonce").map(|v| v.to_str().unwrap().to_string());
-        (res.status().as_u16(), res.body_mut().read_json::<Value>().unwrap_or(Value::Null), nonce)
-    };
-    let (s, v, n) = send(&sign(None));
-    if v["error"] == "use_dpop_nonce" {
-        let (s, v, _) = send(&sign(n.as_deref()));
-        return (s, v);
-    }
-    (s, v)
+    let path = format!("/xrpc/{method}");
+    dpop_call_as(node, k, access, ("POST", &path), proof_for, "application/json", body.to_string().as_bytes())
 }
 
 #[test]
@@ -508,22 +491,25 @@ fn dpop_call(
     node: &Running,
     k: &Key,
     access: &str,
+    call: (&str, &str),
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Value) {
+    dpop_call_as(node, k, access, call, None, content_type, body)
+}
+
+/// [`dpop_call`] with the proof made for `htu` instead of the call's own URL.
+fn dpop_call_as(
+    node: &Running,
+    k: &Key,
+    access: &str,
     (method, path): (&str, &str),
+    htu: Option<&str>,
     content_type: &str,
     body: &[u8],
 ) -> (u16, Value) {
     let url = format!("{}{}", node.base, path.split('?').next().unwrap());
-    let ath = URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(access.as_bytes()));
-    let sign = |nonce: Option<&str>| {
-        let mut h = Header::new(Algorithm::ES256);
-        h.typ = Some("dpop+jwt".into());
-        h.jwk = Some(k.jwk.clone());
-        let mut claims = json!({"jti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()), "htm": method, "htu": url, "iat": now(), "ath": ath});
-        if let Some(n) = nonce {
-            claims["nonce"] = json!(n);
-        }
-        jsonwebtoken::encode(&h, &claims, &k.enc).unwrap()
-    };
+    let sign = |nonce: Option<&str>| proof_of(k, (method, htu.unwrap_or(&url)), nonce, Some(access));
     let send = |p: &str| {
         let full = format!("{}{path}", node.base);
         let auth = format!("DPoP {access}");
@@ -570,13 +556,7 @@ fn ws_handshake(node: &Running, extra: &str) -> String {
 
 /// A DPoP proof for a GET of `url` with `access` (and the nonce the node gives out now).
 fn get_proof(node: &Running, k: &Key, url: &str, access: &str) -> String {
-    let n = nonce(node, k);
-    let mut h = Header::new(Algorithm::ES256);
-    h.typ = Some("dpop+jwt".into());
-    h.jwk = Some(k.jwk.clone());
-    let ath = URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(access.as_bytes()));
-    let claims = json!({"jti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()), "htm": "GET", "htu": url, "iat": now(), "ath": ath, "nonce": n});
-    jsonwebtoken::encode(&h, &claims, &k.enc).unwrap()
+    proof_of(k, ("GET", url), Some(&nonce(node, k)), Some(access))
 }
 
 #[test]
@@ -890,12 +870,7 @@ fn proofs_for_another_method_or_with_an_unknown_nonce_are_refused() {
     let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
     let k = key();
     let url = format!("{}/oauth/par", node.base);
-    let n = nonce(&node, &k);
-    let mut h = Header::new(Algorithm::ES256);
-    h.typ = Some("dpop+jwt".into());
-    h.jwk = Some(k.jwk.clone());
-    let get = json!({"jti": "a-get-proof", "htm": "GET", "htu": url, "iat": now(), "nonce": n});
-    let p = jsonwebtoken::encode(&h, &get, &k.enc).unwrap();
+    let p = proof_of(&k, ("GET", &url), Some(&nonce(&node, &k)), None);
     let (s, v, _) = post(&node, "/oauth/par", Some(&p), &[("client_id", &client_id())]);
     assert_eq!((s, v["error"].as_str()), (400, Some("invalid_dpop_proof")), "a GET proof on a POST: {v}");
     // A nonce this server did not give out (or gave out too long ago): a fresh one comes back.

@@ -7,13 +7,10 @@
 //
 // Prints one JSON line with what it saw and exits 0, or prints the failing step and exits 1.
 import fs from 'node:fs'
-import path from 'node:path'
 import { createRequire } from 'node:module'
+import { startReference } from './reference.mjs'
 
 const require = createRequire(import.meta.url)
-const plc = require('@did-plc/server')
-const { Secp256k1Keypair } = require('@atproto/crypto')
-const { PDS, envToCfg, envToSecrets, readEnv } = require('@atproto/pds')
 const { AtpAgent } = require('@atproto/api')
 const { verifyRepoCar } = require('@atproto/repo')
 
@@ -28,39 +25,6 @@ const log = (s) => { step = s; process.stderr.write(`migrate: ${s}\n`) }
 
 function check(cond, what) {
   if (!cond) throw new Error(`check failed: ${what}`)
-}
-
-async function startReference() {
-  fs.rmSync(data, { recursive: true, force: true })
-  fs.mkdirSync(path.join(data, 'blobs'), { recursive: true })
-  const directory = plc.PlcServer.create({ db: plc.Database.mock(), port: Number(plcPort) })
-  await directory.start()
-  const rotation = await Secp256k1Keypair.create({ exportable: true })
-  const env = {
-    PDS_HOSTNAME: 'localhost',
-    PDS_PORT: pdsPort,
-    PDS_DATA_DIRECTORY: data,
-    PDS_BLOBSTORE_DISK_LOCATION: path.join(data, 'blobs'),
-    PDS_JWT_SECRET: 'jwt-secret-dev',
-    PDS_ADMIN_PASSWORD: 'admin-pass',
-    PDS_PLC_ROTATION_KEY_K256_PRIVATE_KEY_HEX: Buffer.from(await rotation.export()).toString('hex'),
-    PDS_DID_PLC_URL: plcUrl,
-    PDS_DEV_MODE: 'true',
-    PDS_INVITE_REQUIRED: 'false',
-    PDS_SERVICE_HANDLE_DOMAINS: '.test',
-    PDS_DISABLE_SSRF_PROTECTION: 'true',
-    PDS_CRAWLERS: '',
-    // Preferences are served by the reference only with an AppView configured; none is
-    // called here.
-    PDS_BSKY_APP_VIEW_URL: 'http://127.0.0.1:9',
-    PDS_BSKY_APP_VIEW_DID: 'did:web:appview.test',
-    LOG_ENABLED: 'false',
-  }
-  for (const [k, v] of Object.entries(env)) process.env[k] = v
-  const e = readEnv()
-  const pds = await PDS.create(envToCfg(e), envToSecrets(e))
-  await pds.start()
-  return { directory, pds }
 }
 
 // The reference keeps emailed tokens in its account database (no SMTP here).
@@ -170,7 +134,7 @@ async function checkMoved(did, newAgent, newUrl, oldAgent, records) {
   return verified.commit.rev
 }
 
-const { directory, pds } = await startReference()
+const { directory, pds } = await startReference(plcPort, pdsPort, data, { PDS_DISABLE_SSRF_PROTECTION: 'true' })
 try {
   log('an account on the reference PDS with records, a blob and preferences')
   const ref = new AtpAgent({ service: refUrl })

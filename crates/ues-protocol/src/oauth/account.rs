@@ -16,7 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{STYLE, client_logo, code_field, cookie, escape, form, html, plain, scope_words, sign_in_form};
+use super::{STYLE, client_logo, cookie, credential_fields, escape, form, html, plain, scope_words, sign_in_form};
 use crate::node::oauth_store::{self, OauthSession};
 use crate::node::{Node, blocking};
 
@@ -103,16 +103,11 @@ fn sign_in_again(st: &Node, error: Option<&str>, identifier: &str, code: bool) -
 {error}
 <form method="post" action="/account/sign-in">
 <input type="hidden" name="csrf" value="{csrf}">
-<label for="identifier">Handle or email</label>
-<input id="identifier" name="identifier" autocomplete="username" required value="{identifier}">
-<label for="password">Password</label>
-<input id="password" name="password" type="password" autocomplete="current-password" required>
-{code}
+{credentials}
 <button type="submit">Sign in</button>
 </form>"#,
         host = escape(&st.host_name()),
-        identifier = escape(identifier),
-        code = code_field(code),
+        credentials = credential_fields(identifier, code),
     );
     let cookie = format!("{CSRF_COOKIE}={csrf}; Path=/account; HttpOnly; SameSite=Strict{}", secure(st));
     html(shell(st, "Sign in", &body), &[cookie])

@@ -468,14 +468,22 @@ struct Again<'a> {
     code: bool,
 }
 
-/// The form fields of a sign-in code (two-factor sign-in by email), when one is asked for.
-fn code_field(asked: bool) -> &'static str {
-    if asked {
-        "<label for=\"code\">Sign-in code (sent to your email)</label>\n\
+/// A sign-in form's fields: identifier (filled in with `identifier`), password, and the
+/// emailed sign-in code when one is asked for (two-factor sign-in by email).
+fn credential_fields(identifier: &str, code: bool) -> String {
+    let code = if code {
+        "\n<label for=\"code\">Sign-in code (sent to your email)</label>\n\
          <input id=\"code\" name=\"code\" autocomplete=\"one-time-code\">"
     } else {
         ""
-    }
+    };
+    format!(
+        r#"<label for="identifier">Handle or email</label>
+<input id="identifier" name="identifier" autocomplete="username" required value="{}">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>{code}"#,
+        escape(identifier)
+    )
 }
 
 /// The outcome of a sign-in form: the account, or the message to show and whether to ask for
@@ -517,7 +525,7 @@ fn page_again(
     let permissions: String =
         scope_words(st, &req.scope).iter().map(|w| format!("<li>{}</li>", escape(w))).collect::<Vec<_>>().join("");
     let error = error.map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", escape(e))).unwrap_or_default();
-    let hint = escape(again.identifier.or(req.login_hint.as_deref()).unwrap_or(""));
+    let hint = again.identifier.or(req.login_hint.as_deref()).unwrap_or("").to_string();
     let html_text = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -532,16 +540,12 @@ fn page_again(
 <form method="post" action="/oauth/authorize">
 <input type="hidden" name="request_uri" value="{request_uri}">
 <input type="hidden" name="csrf" value="{csrf}">
-<label for="identifier">Handle or email</label>
-<input id="identifier" name="identifier" autocomplete="username" required value="{hint}">
-<label for="password">Password</label>
-<input id="password" name="password" type="password" autocomplete="current-password" required>
-{code}
+{credentials}
 <button type="submit" name="decision" value="allow">Allow</button>
 <button type="submit" name="decision" value="deny" formnovalidate>Deny</button>
 </form></main></body></html>"#,
         host = escape(&st.host_name()),
-        code = code_field(again.code),
+        credentials = credential_fields(&hint, again.code),
         logo = client_logo(client.as_ref()),
         site = client
             .as_ref()
