@@ -878,6 +878,26 @@ fn proofs_for_another_method_or_with_an_unknown_nonce_are_refused() {
         post(&node, "/oauth/par", Some(&proof(&k, &url, Some("bm90LWEtbm9uY2U"))), &[("client_id", &client_id())]);
     assert_eq!((s, v["error"].as_str()), (400, Some("use_dpop_nonce")), "{v}");
     assert!(fresh.is_some_and(|f| f != "bm90LWEtbm9uY2U"));
+    // Hostile bodies and proofs: an oversized form, a proof that is no JWT, one far too long,
+    // a client assertion far too long. Each refused; the node answers others.
+    let big = "x".repeat(64 * 1024);
+    let res = agent()
+        .post(format!("{}/oauth/par", node.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(format!("client_id={big}"))
+        .unwrap();
+    assert_eq!(res.status(), 413, "a form over 16 KiB");
+    for bad in ["not.a.jwt", &"A".repeat(9 * 1024)] {
+        let (s, v, _) = post(&node, "/oauth/par", Some(bad), &[("client_id", &client_id())]);
+        assert_eq!((s, v["error"].as_str()), (400, Some("invalid_dpop_proof")), "{v}");
+    }
+    let n = nonce(&node, &k);
+    let long = [("client_id", client_id()), ("client_assertion", "A".repeat(12 * 1024))];
+    let long: Vec<(&str, &str)> = long.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (s, v, _) = post(&node, "/oauth/par", Some(&proof(&k, &url, Some(&n))), &long);
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_client")), "a public client sends no assertion: {v}");
+    let res = agent().get(format!("{}/xrpc/_health", node.base)).call().unwrap();
+    assert_eq!(res.status(), 200);
 }
 
 #[test]
