@@ -1136,10 +1136,10 @@ fn answers_go_back_in_the_response_mode_asked_for() {
     support::create_account(&node.base, "alice.test");
     let k = key();
     let url = format!("{}/oauth/par", node.base);
-    let pushed = |mode: &str| {
+    let pushed_with = |mode: &str, prompt: &str| {
         let (_, challenge) = pkce();
         let n = nonce(&node, &k);
-        let form = [
+        let mut form = vec![
             ("client_id", client_id()),
             ("response_type", "code".into()),
             ("redirect_uri", REDIRECT.into()),
@@ -1149,10 +1149,14 @@ fn answers_go_back_in_the_response_mode_asked_for() {
             ("code_challenge_method", "S256".into()),
             ("response_mode", mode.into()),
         ];
+        if !prompt.is_empty() {
+            form.push(("prompt", prompt.into()));
+        }
         let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (s, v, _) = post(&node, "/oauth/par", Some(&proof(&k, &url, Some(&n))), &form);
         (s, v)
     };
+    let pushed = |mode: &str| pushed_with(mode, "");
     let (s, v) = pushed("jwt");
     assert_eq!((s, v["error"].as_str()), (400, Some("invalid_request")), "{v}");
     // Fragment: the parameters after `#`.
@@ -1171,6 +1175,20 @@ fn answers_go_back_in_the_response_mode_asked_for() {
     assert_eq!(s, 200);
     assert!(page.contains(&format!("action=\"{REDIRECT}\"")) && page.contains("name=\"code\""), "{page}");
     assert!(page.contains("name=\"iss\"") && !page.contains("<script"), "{page}");
+    // prompt=none: no page, so the answer is login_required; an unknown prompt is refused.
+    assert_eq!(pushed_with("query", "sometimes").1["error"], "invalid_request");
+    let (_, v) = pushed_with("query", "none");
+    let res = agent()
+        .get(format!("{}/oauth/authorize?request_uri={}", node.base, urlencode(v["request_uri"].as_str().unwrap())))
+        .call()
+        .unwrap();
+    let location = res.headers().get("location").unwrap().to_str().unwrap();
+    assert!(
+        location.starts_with(&format!("{REDIRECT}?error=login_required")) && location.contains("state=st"),
+        "{location}"
+    );
+    let (s, v) = pushed_with("query", "create");
+    assert_eq!(s, 201, "{v}");
 }
 
 #[test]

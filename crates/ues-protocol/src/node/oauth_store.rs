@@ -60,6 +60,8 @@ pub struct PushedRequest {
     pub login_hint: Option<String>,
     /// How the answer goes back: `query`, `fragment` or `form_post`.
     pub response_mode: String,
+    /// `prompt=none`: the client asks for an answer without any page.
+    pub no_prompt: bool,
 }
 
 /// A code the user's consent produced.

@@ -60,6 +60,10 @@ const CONFIDENTIAL_SESSION_TTL: i64 = 180 * 86_400;
 /// (browser apps), or a form the browser posts to it.
 const RESPONSE_MODES: &[&str] = &["query", "fragment", "form_post"];
 
+/// The `prompt` values taken: every one but `none` shows the sign-in page (each sign-in asks
+/// for the password; new accounts are made by apps through `createAccount`).
+const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create"];
+
 /// The scopes listed in the server's metadata (the granular forms are taken too).
 pub const SCOPES: &[&str] = &["atproto", "transition:generic", "transition:email", "transition:chat.bsky"];
 
@@ -136,7 +140,7 @@ async fn server_metadata(State(st): State<Arc<Node>>) -> Response {
         "code_challenge_methods_supported": ["S256"],
         "ui_locales_supported": ["en-US"],
         "display_values_supported": ["page", "popup", "touch"],
-        "prompt_values_supported": ["none", "login", "consent", "select_account", "create"],
+        "prompt_values_supported": PROMPTS,
         "authorization_response_iss_parameter_supported": true,
         "request_parameter_supported": false,
         "request_uri_parameter_supported": true,
@@ -417,6 +421,10 @@ fn check_request(
         return Err(("invalid_request", "state is longer than 1,024 characters".into()));
     }
     let login_hint = field("login_hint").map(str::to_string).filter(|h| h.len() <= 256);
+    let prompt = field("prompt");
+    if prompt.is_some_and(|p| !PROMPTS.contains(&p)) {
+        return Err(("invalid_request", format!("prompt {} is not supported", prompt.unwrap_or(""))));
+    }
     let response_mode = field("response_mode").unwrap_or("query");
     if !RESPONSE_MODES.contains(&response_mode) {
         return Err(("invalid_request", format!("response_mode {response_mode} is not supported")));
@@ -430,6 +438,7 @@ fn check_request(
         jkt: String::new(),
         login_hint,
         response_mode: response_mode.to_string(),
+        no_prompt: prompt == Some("none"),
     })
 }
 
@@ -631,6 +640,11 @@ async fn authorize_page(
             "This sign-in request is unknown or has expired; start again from the app.",
         );
     };
+    if req.no_prompt {
+        // Signing in always takes the person's password here: no answer without a page.
+        st.oauth_requests.lock().remove(&request_uri);
+        return refuse(&st, &req, "login_required");
+    }
     let st2 = st.clone();
     blocking(move || Ok(page(&st2, &req, &request_uri, &oauth_store::random_token(), None)))
         .await
@@ -642,6 +656,16 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         let (k, v) = c.trim().split_once('=')?;
         (k == name).then(|| v.to_string())
     })
+}
+
+/// Sends the browser back to the client with `error` (and the issuer, and the client's state).
+fn refuse(st: &Node, req: &PushedRequest, error: &str) -> Response {
+    let iss = issuer(st);
+    let mut params = vec![("error", error), ("iss", iss.as_str())];
+    if let Some(state) = &req.state {
+        params.push(("state", state.as_str()));
+    }
+    back_to(req, &params)
 }
 
 /// Where the browser goes back to with `params`, as the request's `response_mode` says: in
@@ -704,12 +728,7 @@ async fn authorize(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
     let iss = issuer(&st);
     if field("decision") != "allow" {
         st.oauth_requests.lock().remove(&request_uri);
-        let state = req.state.clone().unwrap_or_default();
-        let mut params = vec![("error", "access_denied"), ("iss", iss.as_str())];
-        if req.state.is_some() {
-            params.push(("state", state.as_str()));
-        }
-        return back_to(&req, &params);
+        return refuse(&st, &req, "access_denied");
     }
     let (identifier, password) = (field("identifier"), field("password"));
     let code = f.get("code").filter(|c| !c.trim().is_empty()).cloned();
