@@ -165,3 +165,47 @@ async fn replay_live_and_cursor_errors() {
     assert_eq!(header.get("op"), Some(&Ipld::Integer(-1)));
     assert_eq!(body.get("error").and_then(Ipld::as_str), Some("FutureCursor"));
 }
+
+/// Applications read the log with each record's bytes (from the event's own blocks, matching
+/// the op's CID) and the commit's time, so they need not read the repository again.
+#[tokio::test]
+async fn log_events_carry_their_records_and_time() {
+    let n = node();
+    let alice = account(&n, "alice.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap().to_string(), alice["accessJwt"].as_str().unwrap().to_string());
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let create = json!({"repo": did, "collection": "com.example.note", "rkey": "a", "record": {"text": "first"}});
+    assert!(call(&n, "POST", "/xrpc/com.atproto.repo.createRecord", Some(&token), Some(create)).await.0.is_success());
+    let put = json!({"repo": did, "collection": "com.example.note", "rkey": "a", "record": {"text": "second"}});
+    assert!(call(&n, "POST", "/xrpc/com.atproto.repo.putRecord", Some(&token), Some(put)).await.0.is_success());
+    let delete = json!({"repo": did, "collection": "com.example.note", "rkey": "a"});
+    assert!(call(&n, "POST", "/xrpc/com.atproto.repo.deleteRecord", Some(&token), Some(delete)).await.0.is_success());
+
+    let events = ues_protocol::node::sequencer::read_events(n.state.accounts.db(), 0, 100).unwrap();
+    let ops: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.what {
+            ues_protocol::node::sequencer::Happened::Commit(ops) => Some((e, ops)),
+            _ => None,
+        })
+        .flat_map(|(e, ops)| ops.iter().map(move |op| (e, op)))
+        .filter(|(_, op)| op.collection == "com.example.note")
+        .collect();
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    for ((e, op), (action, text)) in
+        ops.iter().zip([("create", Some("first")), ("update", Some("second")), ("delete", None)])
+    {
+        assert_eq!(op.action, action);
+        assert!(e.time_ms.is_some_and(|t| t >= before - 1000), "the commit's time: {:?}", e.time_ms);
+        match text {
+            Some(t) => {
+                let bytes = op.record.as_ref().expect("the record's bytes");
+                let cid = ues_sync::repo::ipld::cid_sha256(0x71, bytes);
+                assert_eq!(Some(cid.to_string()), op.cid, "the bytes are the CID's");
+                let value = dagcbor::decode_atproto(bytes).unwrap();
+                assert_eq!(value.get("text"), Some(&Ipld::String(t.into())));
+            }
+            None => assert!(op.record.is_none() && op.cid.is_none()),
+        }
+    }
+}

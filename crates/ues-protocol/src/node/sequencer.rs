@@ -388,6 +388,8 @@ pub struct LogEvent {
     pub seq: i64,
     /// The account it is about.
     pub did: String,
+    /// When it happened (a commit's `time`, Unix milliseconds), when the event says.
+    pub time_ms: Option<i64>,
     /// What happened.
     pub what: Happened,
 }
@@ -419,6 +421,9 @@ pub struct RecordOp {
     pub rkey: String,
     /// The record's new CID (none for a delete).
     pub cid: Option<String>,
+    /// The record's DAG-CBOR bytes (a create or an update), from the event's own blocks,
+    /// checked against `cid`.
+    pub record: Option<Arc<[u8]>>,
 }
 
 /// The body of a stored frame (what follows its `{op, t}` header).
@@ -433,8 +438,16 @@ fn decode_event(seq: i64, did: String, kind: &str, frame: &[u8]) -> LogEvent {
         Some(Ipld::Map(m)) => m.get(k).cloned(),
         _ => None,
     };
+    let time_ms = match field("time") {
+        Some(Ipld::String(t)) => ues_sync::repo::syntax::Datetime::new(&t).ok().and_then(|d| d.unix_millis()),
+        _ => None,
+    };
     let what = match kind {
         "#commit" => {
+            let blocks = match field("blocks") {
+                Some(Ipld::Bytes(car)) => commit_blocks(&car),
+                _ => std::collections::HashMap::new(),
+            };
             let ops = match field("ops") {
                 Some(Ipld::List(ops)) => ops
                     .iter()
@@ -446,11 +459,13 @@ fn decode_event(seq: i64, did: String, kind: &str, frame: &[u8]) -> LogEvent {
                         };
                         let (collection, rkey) =
                             text("path")?.split_once('/').map(|(c, r)| (c.to_string(), r.to_string()))?;
-                        let cid = match m.get("cid") {
-                            Some(Ipld::Link(c)) => Some(c.to_string()),
+                        let link = match m.get("cid") {
+                            Some(Ipld::Link(c)) => Some(*c),
                             _ => None,
                         };
-                        Some(RecordOp { action: text("action")?, collection, rkey, cid })
+                        let record = link.and_then(|c| blocks.get(&c).cloned());
+                        let cid = link.map(|c| c.to_string());
+                        Some(RecordOp { action: text("action")?, collection, rkey, cid, record })
                     })
                     .collect(),
                 _ => Vec::new(),
@@ -468,7 +483,20 @@ fn decode_event(seq: i64, did: String, kind: &str, frame: &[u8]) -> LogEvent {
         }
         _ => Happened::Sync,
     };
-    LogEvent { seq, did, what }
+    LogEvent { seq, did, time_ms, what }
+}
+
+/// The blocks of a commit event's CAR whose bytes hash to their CID, by CID.
+fn commit_blocks(car: &[u8]) -> std::collections::HashMap<cid::Cid, Arc<[u8]>> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(reader) = ues_sync::repo::ipld::car::CarReader::new(car) else { return out };
+    for block in reader {
+        let Ok((cid, bytes)) = block else { break };
+        if ues_sync::repo::ipld::cid_sha256(cid.codec(), &bytes) == cid {
+            out.insert(cid, Arc::from(bytes));
+        }
+    }
+    out
 }
 
 /// Up to `limit` events after `after`, oldest first, decoded for applications.
