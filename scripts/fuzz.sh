@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-20}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
-for t in dagcbor_decode car_read car_import mst_node_decode sync_entry_decode sync_message live_push head_verify handover ws_frame rotation_body blob_piece did_document; do
+for t in dagcbor_decode car_read car_import mst_node_decode sync_entry_decode sync_message live_push head_verify handover ws_frame rotation_body blob_piece did_document firehose_frame; do
     echo "fuzz: $t for ${seconds}s" >&2
     log=$(mktemp)
     if ! RUSTC_BOOTSTRAP=1 cargo fuzz run -s none --target-dir "$target_dir" "$t" -- \

@@ -209,3 +209,134 @@ async fn log_events_carry_their_records_and_time() {
         }
     }
 }
+
+/// The node's own firehose, read as another server's would be: each `#commit` decodes and
+/// checks against the account's key and the revision held before it; tampered copies are
+/// refused, each for its reason.
+#[tokio::test]
+async fn commits_of_a_firehose_check_out_and_tampered_ones_do_not() {
+    use ues_sync::repo::crypto::{KeyType, Keypair, PublicKey};
+    use ues_sync::repo::firehose::{CheckError, Frame, FrameError, FrameLimits, decode_frame, verify_commit};
+
+    let n = node();
+    let addr = serve(n.app.clone()).await;
+    let alice = account(&n, "alice.test").await;
+    let (did, token) = (alice["did"].as_str().unwrap().to_string(), alice["accessJwt"].as_str().unwrap().to_string());
+    let writes = [
+        (
+            "com.atproto.repo.createRecord",
+            json!({"repo": did, "collection": "com.example.note", "rkey": "a", "record": {"text": "first"}}),
+        ),
+        (
+            "com.atproto.repo.createRecord",
+            json!({"repo": did, "collection": "com.example.note", "rkey": "b", "record": {"text": "other"}}),
+        ),
+        (
+            "com.atproto.repo.putRecord",
+            json!({"repo": did, "collection": "com.example.note", "rkey": "a", "record": {"text": "second"}}),
+        ),
+        ("com.atproto.repo.deleteRecord", json!({"repo": did, "collection": "com.example.note", "rkey": "b"})),
+    ];
+    for (method, body) in writes {
+        assert!(call(&n, "POST", &format!("/xrpc/{method}"), Some(&token), Some(body)).await.0.is_success());
+    }
+    let (_, repo) = call(&n, "GET", &format!("/xrpc/com.atproto.repo.describeRepo?repo={did}"), None, None).await;
+    let multikey = repo["didDoc"]["verificationMethod"][0]["publicKeyMultibase"].as_str().unwrap();
+    let key = PublicKey::from_multikey(multikey).unwrap();
+
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/xrpc/com.atproto.sync.subscribeRepos?cursor=0"))
+            .await
+            .unwrap();
+    let limits = FrameLimits::default();
+    let mut commits = Vec::new();
+    while commits.len() < 5 {
+        let msg =
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("frames arrive").unwrap().unwrap();
+        let Message::Binary(bytes) = msg else { continue };
+        if let Frame::Commit(ev) = decode_frame(&bytes, &limits).unwrap() {
+            commits.push(*ev);
+        }
+    }
+    // In order, each against what the one before left.
+    let mut held: Option<(String, cid::Cid)> = None;
+    let mut verified = Vec::new();
+    for ev in &commits {
+        let v = verify_commit(ev, &key, held.as_ref().map(|(r, d)| (r.as_str(), *d))).unwrap();
+        held = Some((v.rev.clone(), v.data));
+        verified.push(v);
+    }
+    let first = &verified[1].records[0];
+    assert_eq!((first.0.action.as_str(), first.0.path.as_str()), ("create", "com.example.note/a"));
+    let text = dagcbor::decode_atproto(first.1.as_ref().unwrap()).unwrap();
+    assert_eq!(text.get("text"), Some(&Ipld::String("first".into())));
+    assert_eq!(verified[4].records[0].1, None, "a delete has no record");
+
+    // Tampered copies of the update (third write), against what the second left.
+    let (ev, before) = (&commits[3], (verified[2].rev.as_str(), verified[2].data));
+    let check = |edit: &dyn Fn(&mut ues_sync::repo::firehose::CommitEvent), key: &PublicKey, held| {
+        let mut e = ev.clone();
+        edit(&mut e);
+        verify_commit(&e, key, held)
+    };
+    assert!(check(&|_| {}, &key, Some(before)).is_ok());
+    let other = Keypair::generate(KeyType::K256).public();
+    assert_eq!(check(&|_| {}, &other, Some(before)), Err(CheckError::BadSignature));
+    assert_eq!(
+        check(
+            &|e| e.repo = ues_sync::repo::syntax::Did::new("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").unwrap(),
+            &key,
+            Some(before)
+        ),
+        Err(CheckError::WrongDid)
+    );
+    assert!(matches!(check(&|_| {}, &key, Some((ev.rev.as_str(), before.1))), Err(CheckError::StaleRev { .. })));
+    let older = (verified[1].rev.as_str(), verified[1].data);
+    assert!(matches!(check(&|_| {}, &key, Some(older)), Err(CheckError::Gap { .. })), "a missed commit");
+    assert_eq!(
+        check(&|e| e.ops[0].action = "delete".into(), &key, Some(before)),
+        Err(CheckError::OpMismatch("com.example.note/a".into()))
+    );
+    assert_eq!(
+        check(&|e| e.prev_data = Some(verified[0].data), &key, None),
+        Err(CheckError::InversionMismatch),
+        "a prevData the operations do not lead back to"
+    );
+    assert_eq!(
+        check(
+            &|e| e.ops.push(ues_sync::repo::firehose::CommitOp {
+                action: "delete".into(),
+                path: "com.example.note/zz".into(),
+                cid: None,
+                prev: verified[1].records[0].0.cid
+            }),
+            &key,
+            None
+        ),
+        Err(CheckError::InversionMismatch),
+        "an operation the tree does not show"
+    );
+    // Without the record's block.
+    let record = ev.ops[0].cid.unwrap();
+    let without = {
+        let reader = ues_sync::repo::ipld::car::CarReader::new(&ev.blocks[..]).unwrap();
+        let roots = reader.roots().to_vec();
+        let mut w = ues_sync::repo::ipld::car::CarWriter::new(Vec::new(), &roots).unwrap();
+        for b in reader {
+            let (c, d) = b.unwrap();
+            if c != record {
+                w.write_block(&c, &d).unwrap();
+            }
+        }
+        w.finish().unwrap()
+    };
+    assert_eq!(check(&|e| e.blocks = without.clone(), &key, Some(before)), Err(CheckError::MissingBlock(record)));
+
+    // Frames: over the bound, not a frame, an error frame.
+    let big = vec![0u8; limits.max_frame + 1];
+    assert_eq!(decode_frame(&big, &limits), Err(FrameError::TooLarge("frame")));
+    assert!(matches!(decode_frame(b"\xa2garbage", &limits), Err(FrameError::Malformed(_))));
+    let mut error = dagcbor::encode(&Ipld::Map([("op".to_string(), Ipld::Integer(-1))].into()));
+    error.extend(dagcbor::encode(&Ipld::Map([("error".to_string(), Ipld::String("FutureCursor".into()))].into())));
+    assert_eq!(decode_frame(&error, &limits), Ok(Frame::Error { error: "FutureCursor".into(), message: None }));
+}

@@ -14,6 +14,7 @@ pub mod blobs;
 pub mod commit;
 pub mod crypto;
 pub mod dids;
+pub mod firehose;
 pub mod identity;
 pub mod lexicon;
 pub mod lexicon_evolution;
