@@ -690,7 +690,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .merge(ues_protocol::xrpc::router_with(xrpc.clone(), host.xrpc()))
         .merge(ues_protocol::gateway::router_with(xrpc.clone(), cfg.ws.to_config(), registry))
         .merge(ues_protocol::rest::router(xrpc.clone(), cfg.api.to_config()))
-        .merge(ues_protocol::oauth::router(xrpc.clone()));
+        .merge(ues_protocol::oauth::router(xrpc.clone()))
+        .layer(axum::middleware::from_fn(ues_protocol::node::limits::without_internal_headers));
     let listener =
         tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding {}", cfg.http.listen))?;
     let tls = cfg.http.tls()?;

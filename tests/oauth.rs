@@ -473,6 +473,29 @@ fn xrpc_takes_dpop_bound_tokens_with_their_proofs() {
         .send_json(record.clone())
         .unwrap();
     assert_eq!(res.status(), 401, "no proof");
+    // A stolen token with the key's thumbprint forged into the header the node's own layers set
+    // after checking a proof: refused on XRPC, REST and the applications' routes.
+    let jkt = k.jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256).unwrap();
+    for (url, body) in [
+        (format!("{}/xrpc/com.atproto.repo.createRecord", node.base), record.clone()),
+        (format!("{}/api/v1/repos/{did}/records/app.bsky.feed.post", node.base), record["record"].clone()),
+    ] {
+        let res = agent()
+            .post(&url)
+            .header("Authorization", &format!("DPoP {access}"))
+            .header("x-ues-dpop-jkt", &jkt)
+            .header("x-ues-oauth-cleared", "1")
+            .send_json(body)
+            .unwrap();
+        assert_eq!(res.status(), 401, "forged internal headers on {url}");
+    }
+    let res = agent()
+        .get(format!("{}/api/v1/apps/dev.ues.stats/counts/{did}", node.base))
+        .header("Authorization", &format!("DPoP {access}"))
+        .header("x-ues-dpop-jkt", &jkt)
+        .call()
+        .unwrap();
+    assert_eq!(res.status(), 401, "an application's route checks the proof too");
     // Account methods stay the account holder's.
     let (s, _) = xrpc_dpop(&node, &k, &access, "com.atproto.server.createAppPassword", json!({"name": "x"}), None);
     assert_ne!(s, 200);

@@ -271,8 +271,9 @@ pub fn router_with(st: Arc<Node>, cfg: WsConfig, registry: Registry) -> Router {
         compressed: Recent::new(),
     });
     spawn_ticker(&g);
+    // OAuth tokens on the socket and on the applications' REST routes: their proofs and scope.
     let oauth = axum::middleware::from_fn_with_state(g.st.clone(), crate::node::limits::oauth_layer);
-    Router::new().route("/ws", get(upgrade).layer(oauth)).route("/stats", get(stats)).with_state(g).merge(routes)
+    Router::new().route("/ws", get(upgrade)).route("/stats", get(stats)).with_state(g).merge(routes).layer(oauth)
 }
 
 /// Every [`BATCH_INTERVAL`] while the gateway lives, ticks for batch sockets if events arrived.

@@ -359,6 +359,15 @@ pub(crate) async fn guard(State(st): State<Arc<Node>>, mut req: Request, next: N
     }
 }
 
+/// Middleware around every route of the node: removes the headers its own layers set for the
+/// handlers after checking a request (the DPoP key's thumbprint, the scope's clearance), so no
+/// client can send them, whatever route it calls.
+pub async fn without_internal_headers(mut req: Request, next: Next) -> Response {
+    req.headers_mut().remove(super::DPOP_JKT_HEADER);
+    req.headers_mut().remove(OAUTH_CLEARED_HEADER);
+    next.run(req).await
+}
+
 /// Middleware in front of REST and `/ws`: an OAuth access token's DPoP proof and scope, as the
 /// XRPC guard checks them. Record writes and uploads are cleared for their handlers' checks,
 /// the account's own session for any token; the rest takes `transition:generic`.
