@@ -344,10 +344,12 @@ pub(crate) async fn guard(State(st): State<Arc<Node>>, mut req: Request, next: N
     let Some(method) = req.uri().path().strip_prefix("/xrpc/").map(str::to_owned) else {
         return next.run(req).await;
     };
-    let own = format!("{}#atproto_pds", st.cfg.service_did);
-    let appview = st.cfg.appview.as_ref().map(|a| format!("{}#bsky_appview", a.did));
-    let proxy = req.headers().get("atproto-proxy").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let needs = super::scopes::xrpc_needs(&method, proxy.as_deref(), &own, appview.as_deref());
+    let needs = |req: &Request| {
+        let own = format!("{}#atproto_pds", st.cfg.service_did);
+        let appview = st.cfg.appview.as_ref().map(|a| format!("{}#bsky_appview", a.did));
+        let proxy = req.headers().get("atproto-proxy").and_then(|v| v.to_str().ok());
+        super::scopes::xrpc_needs(&method, proxy, &own, appview.as_deref())
+    };
     match oauth_checks(&st, &mut req, needs) {
         Ok(false) => guarded(st, req, next, method).await,
         Ok(true) => {
@@ -373,14 +375,10 @@ pub async fn without_internal_headers(mut req: Request, next: Next) -> Response 
 /// the account's own session for any token; the rest takes `transition:generic`.
 pub async fn oauth_layer(State(st): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let needs = if path.starts_with("/api/v1/repos/") && path.contains("/records/")
+    let checked = path.starts_with("/api/v1/repos/") && path.contains("/records/")
         || path == "/api/v1/blobs"
-        || path == "/api/v1/sessions/current"
-    {
-        super::scopes::Needs::Checked
-    } else {
-        super::scopes::Needs::Generic
-    };
+        || path == "/api/v1/sessions/current";
+    let needs = |_: &Request| if checked { super::scopes::Needs::Checked } else { super::scopes::Needs::Generic };
     match oauth_checks(&st, &mut req, needs) {
         Ok(false) => next.run(req).await,
         Ok(true) => {
@@ -400,8 +398,13 @@ fn nonce(st: &Node, resp: &mut Response) {
 
 /// An OAuth access token (`Authorization: DPoP`) comes with a proof of its key: checked here,
 /// where the request's method and URL are known (the handlers see the key's thumbprint), and
-/// what the call needs from the token's scope. `true` when the request carries such a token.
-fn oauth_checks(st: &Node, req: &mut Request, needs: super::scopes::Needs) -> Result<bool, Box<Response>> {
+/// what the call needs from the token's scope (`needs`, worked out only for such a call).
+/// `true` when the request carries such a token.
+fn oauth_checks(
+    st: &Node,
+    req: &mut Request,
+    needs: impl FnOnce(&Request) -> super::scopes::Needs,
+) -> Result<bool, Box<Response>> {
     use super::scopes::Needs;
     req.headers_mut().remove(super::DPOP_JKT_HEADER);
     req.headers_mut().remove(OAUTH_CLEARED_HEADER);
@@ -423,7 +426,7 @@ fn oauth_checks(st: &Node, req: &mut Request, needs: super::scopes::Needs) -> Re
             _ => Err(Box::new(super::scopes::missing(scope).into_response())),
         }
     };
-    let cleared = match needs {
+    let cleared = match needs(req) {
         Needs::Checked => true,
         Needs::Scope { scope, granted: check } => {
             granted(&check, &scope)?;

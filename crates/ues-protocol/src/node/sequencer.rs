@@ -463,7 +463,11 @@ fn decode_event(seq: i64, did: String, kind: &str, frame: &[u8]) -> LogEvent {
                             Some(Ipld::Link(c)) => Some(*c),
                             _ => None,
                         };
-                        let record = link.and_then(|c| blocks.get(&c).cloned());
+                        // Only the records' blocks are hashed (not the commit's and the tree's).
+                        let record = link.and_then(|c| {
+                            let bytes = blocks.get(&c)?;
+                            (ues_sync::repo::ipld::cid_sha256(c.codec(), bytes) == c).then(|| Arc::from(&bytes[..]))
+                        });
                         let cid = link.map(|c| c.to_string());
                         Some(RecordOp { action: text("action")?, collection, rkey, cid, record })
                     })
@@ -486,15 +490,13 @@ fn decode_event(seq: i64, did: String, kind: &str, frame: &[u8]) -> LogEvent {
     LogEvent { seq, did, time_ms, what }
 }
 
-/// The blocks of a commit event's CAR whose bytes hash to their CID, by CID.
-fn commit_blocks(car: &[u8]) -> std::collections::HashMap<cid::Cid, Arc<[u8]>> {
+/// The blocks of a commit event's CAR, by CID (not checked against their CIDs here).
+fn commit_blocks(car: &[u8]) -> std::collections::HashMap<cid::Cid, Vec<u8>> {
     let mut out = std::collections::HashMap::new();
     let Ok(reader) = ues_sync::repo::ipld::car::CarReader::new(car) else { return out };
     for block in reader {
         let Ok((cid, bytes)) = block else { break };
-        if ues_sync::repo::ipld::cid_sha256(cid.codec(), &bytes) == cid {
-            out.insert(cid, Arc::from(bytes));
-        }
+        out.insert(cid, bytes);
     }
     out
 }

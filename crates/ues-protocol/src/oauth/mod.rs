@@ -735,8 +735,15 @@ async fn authorize(State(st): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
     let account = match sign_in_form(&st, identifier.clone(), password, code).await {
         Ok(account) => account,
         Err((message, code)) => {
-            let again = Again { identifier: Some(&identifier), code };
-            return page_again(&st, &req, &request_uri, &csrf, Some(&message), &again);
+            // The page shows the client's metadata: fetched again if it left the cache, so
+            // off the async workers.
+            let st2 = st.clone();
+            return blocking(move || {
+                let again = Again { identifier: Some(&identifier), code };
+                Ok(page_again(&st2, &req, &request_uri, &csrf, Some(&message), &again))
+            })
+            .await
+            .unwrap_or_else(|e| plain(StatusCode::INTERNAL_SERVER_ERROR, &e.message));
         }
     };
     // The request is used up; the code answers it once.
