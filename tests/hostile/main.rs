@@ -5,6 +5,8 @@
 //!
 //! `SECURITY.md` names the threat each module covers.
 
+#[path = "../support/dpop.rs"]
+mod dpop;
 #[path = "../support/rogue.rs"]
 mod rogue;
 #[path = "../support/node.rs"]
@@ -17,4 +19,5 @@ mod auth;
 mod data;
 mod http;
 mod keys;
+mod oauth;
 mod p2p;
