@@ -43,21 +43,43 @@ impl S3 {
             );
             return None;
         }
-        let port = free_port();
-        let child = Command::new(&python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let s3 = S3 { child, endpoint: format!("http://127.0.0.1:{port}"), python };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto's S3 server never listened");
-            std::thread::sleep(Duration::from_millis(100));
+        // A free port can be taken by a parallel test's node before moto binds it (moto then
+        // exits), and a bare TCP connect can succeed against something else: so the server
+        // counts as up only once it answers HTTP with moto's own header, and a server that
+        // exited is started again on another port.
+        for _attempt in 0..5 {
+            let port = free_port();
+            let child = Command::new(&python)
+                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut s3 = S3 { child, endpoint: format!("http://127.0.0.1:{port}"), python: python.clone() };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let quick = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .http_status_as_error(false)
+                .build();
+            let quick: ureq::Agent = quick.into();
+            let up = loop {
+                if s3.child.try_wait().unwrap().is_some() {
+                    break false;
+                }
+                assert!(Instant::now() < deadline, "moto's S3 server never answered");
+                if let Ok(res) = quick.get(format!("{}/moto-api/", s3.endpoint)).call()
+                    && res.headers().get("server").is_some_and(|v| v.to_str().unwrap_or("").contains("Werkzeug"))
+                {
+                    break true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            if up {
+                s3.tool(&["create", BUCKET]);
+                return Some(s3);
+            }
         }
-        s3.tool(&["create", BUCKET]);
-        Some(s3)
+        panic!("moto's S3 server exited five times at start");
     }
 
     fn tool(&self, args: &[&str]) -> String {
