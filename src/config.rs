@@ -39,6 +39,43 @@ pub(crate) struct Config {
     pub(crate) email: EmailSection,
     /// The OAuth authorization server.
     pub(crate) oauth: OauthSection,
+    /// The feed application.
+    pub(crate) feed: FeedSection,
+}
+
+/// `[feed]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct FeedSection {
+    /// Who answers the Bluesky read methods when the feed application runs.
+    pub(crate) mode: FeedMode,
+}
+
+/// Who answers the Bluesky read methods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FeedMode {
+    /// This node, unless `[xrpc] appview_url` names an AppView.
+    #[default]
+    Auto,
+    /// This node, even with an AppView configured.
+    Local,
+    /// The AppView of `[xrpc] appview_url` (which must be set).
+    Remote,
+}
+
+impl Config {
+    /// How the built-in applications are set up.
+    pub(crate) fn apps_config(&self) -> anyhow::Result<ues_apps::AppsConfig> {
+        let has_appview = !self.xrpc.appview_url.is_empty();
+        let serve = match self.feed.mode {
+            FeedMode::Auto => !has_appview,
+            FeedMode::Local => true,
+            FeedMode::Remote if has_appview => false,
+            FeedMode::Remote => anyhow::bail!("[feed] mode = \"remote\" needs [xrpc] appview_url"),
+        };
+        Ok(ues_apps::AppsConfig { feed: ues_apps::feed::FeedConfig { serve } })
+    }
 }
 
 /// `[oauth]`
@@ -107,6 +144,7 @@ impl Default for Config {
             apps: AppsSection::default(),
             email: EmailSection::default(),
             oauth: OauthSection::default(),
+            feed: FeedSection::default(),
         }
     }
 }

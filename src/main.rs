@@ -662,7 +662,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     raise_open_files();
     let info = Arc::new(ues_protocol::http::NodeInfo::now());
-    let apps = ues_apps::select(&cfg.apps.enabled).map_err(|e| anyhow::anyhow!("[apps] enabled: {e}"))?;
+    let apps =
+        ues_apps::select(&cfg.apps.enabled, &cfg.apps_config()?).map_err(|e| anyhow::anyhow!("[apps] enabled: {e}"))?;
     let xrpc = Arc::new(xrpc_state(&cfg, &storage, &ues_apps::Host::lexicons(&apps))?);
     let host =
         ues_apps::Host::new(xrpc.clone(), apps).map_err(|e| anyhow::anyhow!("starting the applications: {e}"))?;

@@ -7,12 +7,17 @@
 //! cursor kept in the same transaction as the application's own writes: an application that
 //! was down catches up where it stopped, and applies every event exactly once.
 //!
-//! Built in: [`stats`] (`dev.ues.stats`), per-account record counts by collection.
+//! Built in: [`stats`] (`dev.ues.stats`), per-account record counts by collection, and [`feed`]
+//! (`dev.ues.feed`), the node as its own Bluesky AppView: timelines, threads, profiles and
+//! notifications from the records of the accounts it holds. An application's name is an NSID
+//! authority of its own, but the methods it serves need not be in it (the feed serves
+//! `app.bsky.*`).
 //!
 //! ## Layer contract
 //! Depends only on `ues-protocol`, plugging its routes and event topics into the registries that
 //! layer defines. Nothing below knows this crate exists.
 
+pub mod feed;
 pub mod stats;
 
 use std::sync::Arc;
@@ -38,6 +43,12 @@ const GATHER: Duration = Duration::from_millis(50);
 pub trait App: Send + Sync + 'static {
     /// Its name: an NSID authority of its own (`dev.ues.stats`), unique on the node.
     fn name(&self) -> &'static str;
+
+    /// Given the node once, when the host is made (before any other call): an application that
+    /// reads the node's data outside the calls that pass it (a rebuild reads records) keeps it.
+    fn attach(&self, node: &Arc<Node>) {
+        let _ = node;
+    }
 
     /// Its SQLite tables (applied to the node's database at start; ids prefixed by its name).
     fn migrations(&self) -> &'static [Migration] {
@@ -84,14 +95,21 @@ pub trait App: Send + Sync + 'static {
     }
 }
 
+/// How the built-in applications are set up (`node.toml`).
+#[derive(Debug, Clone, Default)]
+pub struct AppsConfig {
+    /// The feed's.
+    pub feed: feed::FeedConfig,
+}
+
 /// The applications built into the node, by name.
-pub fn built_in() -> Vec<Arc<dyn App>> {
-    vec![Arc::new(stats::Stats::default())]
+pub fn built_in(cfg: &AppsConfig) -> Vec<Arc<dyn App>> {
+    vec![Arc::new(stats::Stats::default()), Arc::new(feed::Feed::new(cfg.feed.clone()))]
 }
 
 /// The built-in applications `enabled` names; an unknown name is an error.
-pub fn select(enabled: &[String]) -> Result<Vec<Arc<dyn App>>, String> {
-    let all = built_in();
+pub fn select(enabled: &[String], cfg: &AppsConfig) -> Result<Vec<Arc<dyn App>>, String> {
+    let all = built_in(cfg);
     let mut out = Vec::new();
     for name in enabled {
         let app = all.iter().find(|a| a.name() == name).ok_or_else(|| {
@@ -121,6 +139,7 @@ impl Host {
         node.migrate(HOST_MIGRATIONS).map_err(|e| e.message)?;
         for app in &apps {
             node.migrate(app.migrations()).map_err(|e| format!("{}: {}", app.name(), e.message))?;
+            app.attach(&node);
         }
         Ok(Host { node, apps })
     }

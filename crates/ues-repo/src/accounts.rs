@@ -1946,6 +1946,46 @@ pub fn record_counts(conn: &rusqlite::Connection, did: Option<&str>) -> rusqlite
     rows.collect()
 }
 
+/// A record as the node's index lists it (what an application rebuilding from the node's data
+/// needs; the record itself is a block of the account's repository).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The collection.
+    pub collection: String,
+    /// The record key.
+    pub rkey: String,
+    /// The record's CID.
+    pub cid: String,
+    /// When this node indexed it (Unix milliseconds).
+    pub indexed_at: i64,
+}
+
+/// The records of one account in `collections`, oldest indexed first, read on `conn` (a
+/// transaction of the node's database, like [`record_counts`]).
+pub fn records_in(conn: &rusqlite::Connection, did: &str, collections: &[&str]) -> rusqlite::Result<Vec<StoredRecord>> {
+    let mut s = conn.prepare_cached(
+        "SELECT collection, rkey, cid, indexed_at FROM record WHERE did = ?1 AND collection = ?2 ORDER BY indexed_at, rkey",
+    )?;
+    let mut out = Vec::new();
+    for c in collections {
+        let rows = s.query_map(params![did, c], |r| {
+            Ok(StoredRecord { collection: r.get(0)?, rkey: r.get(1)?, cid: r.get(2)?, indexed_at: r.get(3)? })
+        })?;
+        for r in rows {
+            out.push(r?);
+        }
+    }
+    out.sort_by(|a, b| (a.indexed_at, &a.rkey).cmp(&(b.indexed_at, &b.rkey)));
+    Ok(out)
+}
+
+/// Every account's DID, handle and status (`active`, `deactivated`, ...), read on `conn`.
+pub fn account_dids(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<(String, String, String)>> {
+    let mut s = conn.prepare_cached("SELECT did, handle, status FROM account ORDER BY did")?;
+    let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
+
 /// Inside a commit's transaction: the commit's blocks, kept until a checkpoint has synced them
 /// in the blockstore.
 fn journal_blocks(tx: &rusqlite::Transaction<'_>, did: &str, res: &CommitResult) -> Result<(), AccountError> {

@@ -21,7 +21,7 @@ use ues_sync::repo::lexicon::{Def, ValidationError};
 use super::{Node, NodeError};
 
 /// A JSON request body, validated against the method's lexicon input schema when there is one.
-pub(crate) struct XJson<T>(pub(crate) T);
+pub struct XJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<Node>> for XJson<T> {
     type Rejection = NodeError;

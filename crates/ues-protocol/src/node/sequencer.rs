@@ -38,7 +38,7 @@ pub(crate) fn now_iso() -> String {
 }
 
 /// A Unix-milliseconds instant as an AT Protocol datetime (`2026-11-24T12:00:00.000Z`).
-pub(crate) fn iso_from_millis(ms: i64) -> String {
+pub fn iso_from_millis(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -1,0 +1,28 @@
+//! The lexicons of the Bluesky read methods the feed application serves (parameters checked before a handler runs; responses follow Bluesky's official lexicons).
+
+pub(super) const DOCS: &[&str] = &[
+    include_str!("../../lexicons/app.bsky.actor.getProfile.json"),
+    include_str!("../../lexicons/app.bsky.actor.getProfiles.json"),
+    include_str!("../../lexicons/app.bsky.actor.searchActors.json"),
+    include_str!("../../lexicons/app.bsky.actor.searchActorsTypeahead.json"),
+    include_str!("../../lexicons/app.bsky.feed.getActorLikes.json"),
+    include_str!("../../lexicons/app.bsky.feed.getAuthorFeed.json"),
+    include_str!("../../lexicons/app.bsky.feed.getFeed.json"),
+    include_str!("../../lexicons/app.bsky.feed.getFeedGenerator.json"),
+    include_str!("../../lexicons/app.bsky.feed.getFeedGenerators.json"),
+    include_str!("../../lexicons/app.bsky.feed.getLikes.json"),
+    include_str!("../../lexicons/app.bsky.feed.getPostThread.json"),
+    include_str!("../../lexicons/app.bsky.feed.getPosts.json"),
+    include_str!("../../lexicons/app.bsky.feed.getQuotes.json"),
+    include_str!("../../lexicons/app.bsky.feed.getRepostedBy.json"),
+    include_str!("../../lexicons/app.bsky.feed.getTimeline.json"),
+    include_str!("../../lexicons/app.bsky.feed.searchPosts.json"),
+    include_str!("../../lexicons/app.bsky.graph.getBlocks.json"),
+    include_str!("../../lexicons/app.bsky.graph.getFollowers.json"),
+    include_str!("../../lexicons/app.bsky.graph.getFollows.json"),
+    include_str!("../../lexicons/app.bsky.graph.getList.json"),
+    include_str!("../../lexicons/app.bsky.graph.getLists.json"),
+    include_str!("../../lexicons/app.bsky.notification.getUnreadCount.json"),
+    include_str!("../../lexicons/app.bsky.notification.listNotifications.json"),
+    include_str!("../../lexicons/app.bsky.notification.updateSeen.json"),
+];

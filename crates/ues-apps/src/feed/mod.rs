@@ -1,0 +1,250 @@
+//! `dev.ues.feed`: the node as its own Bluesky AppView. It indexes the posts, likes, reposts,
+//! follows, blocks and profiles of every account the node holds (hosted and replicated) from
+//! the node's event log, keeping counts and notifications as records come and go, and answers
+//! the `app.bsky.*` read methods Bluesky's apps call (timelines, author feeds, threads,
+//! profiles, social graph, notifications, search) from that index, with the viewer's state.
+//!
+//! With no AppView configured (the default) these methods are answered here whatever
+//! `atproto-proxy` header a client sends for `#bsky_appview`; with `[xrpc] appview_url` set,
+//! `[feed] mode` chooses between this index and the remote AppView.
+
+mod index;
+mod lexicon_docs;
+mod records;
+mod schema;
+mod views;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use serde_json::Value;
+use ues_protocol::node::Node;
+use ues_protocol::node::sequencer::{self, Happened, LogEvent};
+use ues_protocol::sync::repo::accounts::{account_dids, records_in};
+use ues_protocol::sync::repo::ipld::storage::rusqlite::{self, Transaction};
+use ues_protocol::sync::repo::ipld::storage::{Blockstore, Migration};
+use ues_protocol::sync::repo::ipld::{dagcbor, json};
+use ues_protocol::sync::repo::syntax::Did;
+
+use crate::App;
+use index::Indexer;
+
+/// The application's name.
+pub const NAME: &str = "dev.ues.feed";
+
+/// How the feed is set up (`[feed]` in `node.toml`).
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    /// Answer the Bluesky read methods here (else they go to the configured AppView).
+    pub serve: bool,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self { serve: true }
+    }
+}
+
+/// The application.
+pub struct Feed {
+    cfg: FeedConfig,
+    node: OnceLock<Arc<Node>>,
+}
+
+impl Feed {
+    /// The application, set up by `cfg`.
+    pub fn new(cfg: FeedConfig) -> Self {
+        Self { cfg, node: OnceLock::new() }
+    }
+
+    fn node(&self) -> &Arc<Node> {
+        self.node.get().expect("the host attaches the node before it applies events")
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A record's JSON from its DAG-CBOR bytes (`None`: not a record).
+fn record_json(bytes: &[u8]) -> Option<Value> {
+    let ipld = dagcbor::decode_atproto(bytes).ok()?;
+    let v = json::to_json(&ipld);
+    v.is_object().then_some(v)
+}
+
+/// Handle and status of an account the node holds.
+fn account_facts(node: &Node, did: &str) -> Option<(String, String)> {
+    let did = Did::new(did).ok()?;
+    match node.accounts.get(&did) {
+        Ok(Some(a)) => Some((a.handle.to_string(), a.status)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(app = NAME, %did, error = %e, "an account could not be read");
+            None
+        }
+    }
+}
+
+impl Feed {
+    /// Indexes one account afresh from the node's data as this transaction sees it, and marks
+    /// its events up to the newest logged as reflected.
+    fn reindex(&self, ix: &mut Indexer<'_, '_>, did: &str, handle: Option<&str>, status: &str) -> rusqlite::Result<()> {
+        let node = self.node();
+        ix.remove_actor(did)?;
+        let actor = ix.local(did, handle, status)?;
+        let mut skipped = 0usize;
+        for r in records_in(ix.tx, did, records::COLLECTIONS)? {
+            let value = r
+                .cid
+                .parse()
+                .ok()
+                .and_then(|cid| node.accounts.blocks().get(&cid).ok().flatten())
+                .and_then(|b| record_json(&b));
+            match value {
+                Some(v) => {
+                    if !ix.put(did, &r.collection, &r.rkey, &r.cid, &v, r.indexed_at)? {
+                        skipped += 1;
+                    }
+                }
+                None => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::info!(app = NAME, %did, skipped, "records the feed could not read were left out");
+        }
+        let seq = sequencer::latest_seq_in(ix.tx)?;
+        ix.set_horizon(actor, seq)
+    }
+}
+
+impl App for Feed {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn attach(&self, node: &Arc<Node>) {
+        let _ = self.node.set(node.clone());
+    }
+
+    fn migrations(&self) -> &'static [Migration] {
+        schema::MIGRATIONS
+    }
+
+    fn lexicons(&self) -> Vec<Value> {
+        if !self.cfg.serve {
+            return Vec::new();
+        }
+        lexicon_docs::DOCS.iter().map(|d| serde_json::from_str(d).expect("the lexicons are valid JSON")).collect()
+    }
+
+    fn xrpc(self: Arc<Self>) -> Router<Arc<Node>> {
+        if !self.cfg.serve {
+            return Router::new();
+        }
+        views::routes()
+    }
+
+    fn apply(&self, tx: &Transaction<'_>, events: &[LogEvent]) -> rusqlite::Result<()> {
+        let node = self.node();
+        let mut ix = Indexer::new(tx);
+        // Per account met in this batch: its number and the events its rows already reflect.
+        let mut met: HashMap<&str, (i64, i64)> = HashMap::new();
+        let mut skipped = 0usize;
+        for e in events {
+            let (actor, horizon) = match met.get(e.did.as_str()) {
+                Some(m) => *m,
+                None => {
+                    let (handle, status) = account_facts(node, &e.did).unzip();
+                    let actor = ix.local(&e.did, handle.as_deref(), status.as_deref().unwrap_or("active"))?;
+                    let h = ix.horizon(actor)?;
+                    *met.entry(e.did.as_str()).or_insert((actor, h))
+                }
+            };
+            if e.seq <= horizon {
+                continue;
+            }
+            match &e.what {
+                Happened::Commit(ops) => {
+                    let indexed_at = e.time_ms.unwrap_or_else(now_ms);
+                    for op in ops {
+                        if !records::COLLECTIONS.contains(&op.collection.as_str()) {
+                            continue;
+                        }
+                        if op.action == "delete" {
+                            ix.remove(&e.did, &op.collection, &op.rkey)?;
+                            continue;
+                        }
+                        let Some(cid) = &op.cid else { continue };
+                        let bytes = match &op.record {
+                            Some(b) => Some(b.to_vec()),
+                            None => cid.parse().ok().and_then(|c| node.accounts.blocks().get(&c).ok().flatten()),
+                        };
+                        match bytes.as_deref().and_then(record_json) {
+                            Some(v) => {
+                                if !ix.put(&e.did, &op.collection, &op.rkey, cid, &v, indexed_at)? {
+                                    skipped += 1;
+                                }
+                            }
+                            None => {
+                                ix.remove(&e.did, &op.collection, &op.rkey)?;
+                                skipped += 1;
+                            }
+                        }
+                    }
+                }
+                Happened::Identity => {
+                    let (handle, status) = account_facts(node, &e.did).unzip();
+                    ix.local(&e.did, handle.as_deref(), status.as_deref().unwrap_or("active"))?;
+                }
+                Happened::Account { status } if status == "deleted" => {
+                    ix.remove_actor(&e.did)?;
+                    tx.execute("UPDATE feed_actor SET local = 0, status = 'deleted' WHERE id = ?1", [actor])?;
+                    met.insert(e.did.as_str(), (actor, i64::MIN));
+                }
+                Happened::Account { status } => {
+                    tx.execute("UPDATE feed_actor SET status = ?2 WHERE id = ?1", rusqlite::params![actor, status])?;
+                }
+                Happened::Sync => {
+                    let (handle, status) = account_facts(node, &e.did).unzip();
+                    self.reindex(&mut ix, &e.did, handle.as_deref(), status.as_deref().unwrap_or("active"))?;
+                    let h = ix.horizon(actor)?;
+                    met.insert(e.did.as_str(), (actor, h));
+                }
+            }
+        }
+        if skipped > 0 {
+            tracing::info!(app = NAME, skipped, "records the feed could not read were left out");
+        }
+        Ok(())
+    }
+
+    fn rebuild(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        for table in [
+            "feed_profile",
+            "feed_actor_fts",
+            "feed_post",
+            "feed_post_fts",
+            "feed_item",
+            "feed_like",
+            "feed_repost",
+            "feed_follow",
+            "feed_block",
+            "feed_post_count",
+            "feed_actor_count",
+            "feed_notif",
+            "feed_horizon",
+        ] {
+            tx.execute(&format!("DELETE FROM {table}"), [])?;
+        }
+        tx.execute("UPDATE feed_actor SET local = 0", [])?;
+        let mut ix = Indexer::new(tx);
+        for (did, handle, status) in account_dids(tx)? {
+            if status != "deleted" {
+                self.reindex(&mut ix, &did, Some(&handle), &status)?;
+            }
+        }
+        Ok(())
+    }
+}
