@@ -15,13 +15,13 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// One keep-alive HTTP/1.1 connection.
-struct Conn {
+pub(crate) struct Conn {
     stream: BufReader<TcpStream>,
     addr: SocketAddr,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| anyhow::anyhow!("connecting to {addr}: {e} (is the node running there?)"))?;
@@ -30,22 +30,35 @@ impl Conn {
     }
 
     /// POSTs JSON, returns (status, body). Bounded: 10 s, 1 MiB of response body.
-    async fn post(&mut self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<(u16, Value)> {
-        tokio::time::timeout(Duration::from_secs(10), self.post_inner(path, token, body)).await.context("timed out")?
+    pub(crate) async fn post(&mut self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let body = serde_json::to_vec(body)?;
+        tokio::time::timeout(Duration::from_secs(10), self.request("POST", path, token, Some(&body)))
+            .await
+            .context("timed out")?
     }
 
-    async fn post_inner(&mut self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let body = serde_json::to_vec(body)?;
+    /// GETs, returns (status, body). Bounded as [`Conn::post`].
+    pub(crate) async fn get(&mut self, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        tokio::time::timeout(Duration::from_secs(10), self.request("GET", path, token, None))
+            .await
+            .context("timed out")?
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<(u16, Value)> {
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n",
-            self.addr,
-            body.len()
-        )
-        .into_bytes();
+        let content = body
+            .map_or(String::new(), |b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n{content}{auth}\r\n", self.addr).into_bytes();
         // One write, as HTTP clients do for small requests: with TCP_NODELAY, two writes are two
         // segments, and the server may wake once for the head and again for the body.
-        request.extend_from_slice(&body);
+        request.extend_from_slice(body.unwrap_or_default());
         self.stream.get_mut().write_all(&request).await?;
         let mut line = String::new();
         self.stream.read_line(&mut line).await?;
@@ -63,7 +76,7 @@ impl Conn {
                 len = v.trim().parse()?;
             }
         }
-        if len > 1 << 20 {
+        if len > 8 << 20 {
             bail!("response body of {len} bytes");
         }
         let mut buf = vec![0u8; len];

@@ -5,6 +5,7 @@
 
 mod backup;
 mod bench;
+mod bench_feed;
 mod blobs;
 mod config;
 mod doctor;
@@ -263,6 +264,35 @@ enum BenchCommand {
         /// Concurrent connections (writers to the same repository).
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
+    },
+    /// The feed application at scale: a node of its own loaded with accounts, posts, likes,
+    /// a viewer following many accounts and a long thread; the feed's indexing rate from the
+    /// event log, then getTimeline and getPostThread latency over HTTP (JSON result).
+    Feed {
+        /// Accounts.
+        #[arg(long, default_value_t = 10_000)]
+        accounts: usize,
+        /// Posts, spread evenly over the accounts.
+        #[arg(long, default_value_t = 1_000_000)]
+        posts: usize,
+        /// Accounts the viewer follows.
+        #[arg(long, default_value_t = 1000)]
+        follows: usize,
+        /// Likes each account makes.
+        #[arg(long, default_value_t = 10)]
+        likes_per_account: usize,
+        /// Replies in the measured thread.
+        #[arg(long, default_value_t = 500)]
+        replies: usize,
+        /// Concurrent connections while loading.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Calls measured per method.
+        #[arg(long, default_value_t = 1000)]
+        calls: usize,
+        /// Keep the node's data here (an empty or new directory) instead of a temporary one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// WebSocket fan-out: clients subscribed to one repository of a running node while it
     /// takes writes at a fixed rate; delivery latency, missing events, node RSS (JSON result).
@@ -527,6 +557,21 @@ fn command(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
             let shape = bench::WsShape { clients, rate, seconds, writers, batch };
             print_json(rt.block_on(bench::ws(addr, shape, admin_password.as_deref()))?)
+        }
+        Command::Bench(BenchCommand::Feed {
+            accounts,
+            posts,
+            follows,
+            likes_per_account,
+            replies,
+            connections,
+            calls,
+            dir,
+        }) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let shape =
+                bench_feed::FeedShape { accounts, posts, follows, likes_per_account, replies, connections, calls, dir };
+            print_json(rt.block_on(bench_feed::feed(shape))?)
         }
         Command::Bench(BenchCommand::Create { addr, records, concurrency }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;

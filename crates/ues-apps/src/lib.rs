@@ -225,8 +225,11 @@ pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
         let cursor: Option<i64> =
             db.read(|c| c.query_row("SELECT seq FROM app_cursor WHERE app = ?1", [name], |r| r.get(0)).optional())?;
         let first = sequencer::first_seq(db)?;
-        // Never started, or the events after the cursor were pruned: rebuild from the data.
+        // Never started, or the events after the cursor were pruned: rebuild from the data;
+        // but a log that still holds every event since the node's first is replayed instead
+        // (the same state, built in batches rather than in one long transaction).
         let gap = match (cursor, first) {
+            (None, Some(1)) => false,
             (None, _) => true,
             (Some(c), Some(f)) => f > c + 1,
             (Some(_), None) => false,
@@ -246,8 +249,9 @@ pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
         let Some(last) = events.last().map(|e| e.seq) else { return Ok(total) };
         db.write(|tx| {
             // Another consumer of the same application (none in one node) would have moved it.
-            let now: i64 = tx.query_row("SELECT seq FROM app_cursor WHERE app = ?1", [name], |r| r.get(0))?;
-            if now != cursor {
+            let now: Option<i64> =
+                tx.query_row("SELECT seq FROM app_cursor WHERE app = ?1", [name], |r| r.get(0)).optional()?;
+            if now.unwrap_or(0) != cursor {
                 return Ok::<_, StoreError>(());
             }
             app.apply(tx, &events)?;

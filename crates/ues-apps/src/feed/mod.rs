@@ -33,6 +33,31 @@ use index::Indexer;
 /// The application's name.
 pub const NAME: &str = "dev.ues.feed";
 
+/// The lexicon of `dev.ues.feed.getStatus`.
+const GET_STATUS: &str = r##"{
+  "lexicon": 1,
+  "id": "dev.ues.feed.getStatus",
+  "defs": {
+    "main": {
+      "type": "query",
+      "description": "How far the feed's index is: the last event of the node's log it reflects, and the newest logged.",
+      "output": {
+        "encoding": "application/json",
+        "schema": {
+          "type": "object",
+          "required": ["cursor", "head", "caughtUp", "serving"],
+          "properties": {
+            "cursor": { "type": "integer" },
+            "head": { "type": "integer" },
+            "caughtUp": { "type": "boolean" },
+            "serving": { "type": "boolean", "description": "Whether this node answers the Bluesky read methods from the index." }
+          }
+        }
+      }
+    }
+  }
+}"##;
+
 /// How the feed is set up (`[feed]` in `node.toml`).
 #[derive(Debug, Clone)]
 pub struct FeedConfig {
@@ -133,17 +158,23 @@ impl App for Feed {
     }
 
     fn lexicons(&self) -> Vec<Value> {
-        if !self.cfg.serve {
-            return Vec::new();
+        let mut docs = vec![serde_json::from_str(GET_STATUS).expect("the lexicon is valid JSON")];
+        if self.cfg.serve {
+            docs.extend(
+                lexicon_docs::DOCS.iter().map(|d| serde_json::from_str(d).expect("the lexicons are valid JSON")),
+            );
         }
-        lexicon_docs::DOCS.iter().map(|d| serde_json::from_str(d).expect("the lexicons are valid JSON")).collect()
+        docs
     }
 
     fn xrpc(self: Arc<Self>) -> Router<Arc<Node>> {
+        let serving = self.cfg.serve;
+        let status = Router::new()
+            .route("/xrpc/dev.ues.feed.getStatus", axum::routing::get(move |node| views::get_status(node, serving)));
         if !self.cfg.serve {
-            return Router::new();
+            return status;
         }
-        views::routes()
+        views::routes().merge(status)
     }
 
     fn apply(&self, tx: &Transaction<'_>, events: &[LogEvent]) -> rusqlite::Result<()> {

@@ -138,6 +138,27 @@ async fn update_seen(
     Ok(StatusCode::OK)
 }
 
+/// `dev.ues.feed.getStatus`.
+pub(super) async fn get_status(State(node): State<Arc<Node>>, serving: bool) -> Answer {
+    blocking(move || {
+        node.accounts
+            .db()
+            .read(|c| {
+                let cursor: i64 = c
+                    .query_row("SELECT seq FROM app_cursor WHERE app = ?1", [super::NAME], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                let head = ues_protocol::node::sequencer::latest_seq_in(c)?;
+                Ok::<_, rusqlite::Error>(
+                    json!({ "cursor": cursor, "head": head, "caughtUp": cursor >= head, "serving": serving }),
+                )
+            })
+            .map(Json)
+            .map_err(internal)
+    })
+    .await
+}
+
 // ---- parameters ----
 
 fn one<'p>(p: &'p Params, name: &str) -> Option<&'p str> {

@@ -490,6 +490,19 @@ fn development_url(url: &str) -> bool {
 }
 
 impl Node {
+    /// The HTTP client for calls to other services found through DID documents (a PDS an
+    /// application reads from): 30 s, no redirects, public addresses only unless this is a
+    /// development node.
+    pub fn service_agent(&self) -> &ureq::Agent {
+        &self.service_agent
+    }
+
+    /// Whether this node is reached on loopback or a private address (a development node,
+    /// whose peers and services are on such addresses too).
+    pub fn development(&self) -> bool {
+        development_url(&self.cfg.public_url)
+    }
+
     /// An OAuth access token's claims, good when it came with a proof of its key (checked by
     /// the XRPC, REST and `/ws` layers), its session is live, and the layer in front cleared
     /// the call for the token's scope (see [`scopes::xrpc_needs`]); a token without

@@ -1,0 +1,132 @@
+//! The node as its own Bluesky AppView (`dev.ues.feed`), driven by Bluesky's official client:
+//! `tests/js/feed_scenario.mjs` makes four accounts follow, post, reply, quote, like, repost and
+//! block through `com.atproto.repo.*`, then checks every `app.bsky.*` read the app answers
+//! (timeline, author feeds, threads, posts, likes, profiles, graph, notifications) against what
+//! Bluesky's AppView would answer, and each answer against the lexicons (those bundled in
+//! `@atproto/api` and those of `../shared/reference/atproto-lexicons`).
+
+#[path = "support/shared.rs"]
+mod shared;
+#[path = "support/node.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = "[xrpc.rate_limits]\nenabled = false\n\n[apps]\nenabled = [\"dev.ues.stats\", \"dev.ues.feed\"]\n";
+
+/// How long the whole scenario may take (it needs a few seconds; each wait for the index to
+/// catch up is bounded at 10 s inside the script).
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// `node --version` answers, or `None` after a loud message (a failure under CI).
+fn node_js() -> Option<String> {
+    match Command::new("node").arg("--version").output() {
+        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        other => {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("CI=true but `node` does not run: {other:?}");
+            }
+            eprintln!("\n!!!!!!!! SKIPPED: `node` is not installed; the feed scenario did not run !!!!!!!!\n");
+            None
+        }
+    }
+}
+
+/// The last `max` bytes of a file, as text.
+fn tail(path: &std::path::Path, max: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(max);
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    text[start..].to_string()
+}
+
+/// Starts `ues run` with `CONFIG` on 127.0.0.1 and waits (at most 60 s) until it answers; a node
+/// that exits first (a configuration it refuses, such as an unknown app) fails with its log.
+fn start(dir: &std::path::Path) -> support::Running {
+    let port = support::free_port();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("node.toml"), CONFIG).unwrap();
+    let log = dir.join("node.log");
+    let mut child = support::spawn(dir, port, "/ip4/127.0.0.1/tcp/0", &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the node with the feed app exited before answering ({status}); its log:\n{}", tail(&log, 8000));
+        }
+        if support::agent().get(format!("http://127.0.0.1:{port}/xrpc/_health")).call().is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node on port {port} never answered; its log:\n{}", tail(&log, 8000));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    support::Running { child, port, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() }
+}
+
+#[test]
+fn the_official_client_reads_the_nodes_own_appview() {
+    let Some(js) = shared::node_tests() else { return };
+    let Some(node_version) = node_js() else { return };
+    // The reference lexicons every answer is also checked against (loud skip when absent).
+    let lexicons = shared::shared("reference/atproto-lexicons");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(&tmp.path().join("data"));
+
+    let stdout_path = tmp.path().join("scenario.stdout");
+    let stderr_path = tmp.path().join("scenario.stderr");
+    let mut cmd = Command::new("node");
+    cmd.arg("--experimental-websocket").arg(js.join("feed_scenario.mjs")).arg(&node.base);
+    if let Some(dir) = &lexicons {
+        cmd.arg(dir);
+    }
+    let mut script = cmd
+        .current_dir(&js)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("node runs");
+    let deadline = Instant::now() + SCENARIO_TIMEOUT;
+    let status = loop {
+        if let Some(status) = script.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = script.kill();
+            let _ = script.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    // SKIPPED notices and progress from the script are shown with the test's output.
+    if !stderr.is_empty() {
+        eprintln!("feed_scenario.mjs (node {node_version}) stderr:\n{stderr}");
+    }
+    let report: serde_json::Value =
+        stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(serde_json::Value::Null);
+    let node_log = tail(&node.dir.join("node.log"), 6000);
+    drop(node);
+
+    let Some(status) = status else {
+        panic!(
+            "feed_scenario.mjs did not finish within {SCENARIO_TIMEOUT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}\nnode log (tail):\n{node_log}"
+        );
+    };
+    assert!(
+        status.success() && report["ok"] == true,
+        "feed_scenario.mjs failed ({status}): {}\n\nstdout:\n{stdout}\nstderr:\n{stderr}\nnode log (tail):\n{node_log}",
+        report["error"].as_str().unwrap_or("(no report)")
+    );
+    assert_eq!(report["clientValidatesResponses"], true, "{report}");
+    if lexicons.is_some() {
+        assert!(report["lexcheckedBodies"].as_u64().is_some_and(|n| n > 100), "{report}");
+    }
+    assert!(report["checks"].as_u64().is_some_and(|n| n > 1000), "{report}");
+}
