@@ -44,11 +44,31 @@ pub(crate) struct Config {
 }
 
 /// `[feed]`
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct FeedSection {
     /// Who answers the Bluesky read methods when the feed application runs.
     pub(crate) mode: FeedMode,
+    /// Accounts hosted elsewhere that accounts here follow, followed at most.
+    pub(crate) max_remote_accounts: usize,
+    /// Largest repository fetched from another PDS, MiB.
+    pub(crate) max_repo_mib: u64,
+    /// Largest message taken from another PDS's event stream, KiB.
+    pub(crate) max_frame_kib: usize,
+    /// Hours an account no longer followed stays indexed.
+    pub(crate) unfollow_grace_hours: u64,
+}
+
+impl Default for FeedSection {
+    fn default() -> Self {
+        Self {
+            mode: FeedMode::Auto,
+            max_remote_accounts: 5000,
+            max_repo_mib: 64,
+            max_frame_kib: 5120,
+            unfollow_grace_hours: 24,
+        }
+    }
 }
 
 /// Who answers the Bluesky read methods.
@@ -74,7 +94,16 @@ impl Config {
             FeedMode::Remote if has_appview => false,
             FeedMode::Remote => anyhow::bail!("[feed] mode = \"remote\" needs [xrpc] appview_url"),
         };
-        Ok(ues_apps::AppsConfig { feed: ues_apps::feed::FeedConfig { serve } })
+        let f = &self.feed;
+        Ok(ues_apps::AppsConfig {
+            feed: ues_apps::feed::FeedConfig {
+                serve,
+                max_remote_accounts: f.max_remote_accounts,
+                max_repo_bytes: f.max_repo_mib.saturating_mul(1 << 20),
+                max_frame_bytes: f.max_frame_kib.saturating_mul(1 << 10).max(1 << 10),
+                unfollow_grace: std::time::Duration::from_secs(f.unfollow_grace_hours.saturating_mul(3600)),
+            },
+        })
     }
 }
 

@@ -89,6 +89,12 @@ pub trait App: Send + Sync + 'static {
     /// no longer in the log (pruned past the backfill window), and on first start.
     fn rebuild(&self, tx: &Transaction<'_>) -> rusqlite::Result<()>;
 
+    /// Its background tasks (started with the event consumers, stopped with them).
+    fn tasks(self: Arc<Self>, node: Arc<Node>) -> Vec<tokio::task::JoinHandle<()>> {
+        let _ = node;
+        Vec::new()
+    }
+
     /// Called after a batch of events committed (to tell live subscribers); nothing by default.
     fn applied(&self, node: &Node, events: &[LogEvent]) {
         let _ = (node, events);
@@ -171,7 +177,11 @@ impl Host {
     /// Starts feeding each application the event log (one task each); dropping the handle
     /// stops them (an event batch in progress commits or rolls back whole).
     pub fn start(&self) -> Consumers {
-        Consumers(self.apps.iter().map(|a| tokio::spawn(consume(self.node.clone(), a.clone()))).collect())
+        let mut tasks: Vec<_> = self.apps.iter().map(|a| tokio::spawn(consume(self.node.clone(), a.clone()))).collect();
+        for app in &self.apps {
+            tasks.extend(app.clone().tasks(self.node.clone()));
+        }
+        Consumers(tasks)
     }
 }
 

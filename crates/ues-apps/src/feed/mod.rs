@@ -11,6 +11,7 @@
 mod index;
 mod lexicon_docs;
 mod records;
+mod remote;
 mod schema;
 mod views;
 
@@ -58,16 +59,63 @@ const GET_STATUS: &str = r##"{
   }
 }"##;
 
+/// The lexicon of `dev.ues.feed.getRemoteStatus`.
+const GET_REMOTE_STATUS: &str = r##"{
+  "lexicon": 1,
+  "id": "dev.ues.feed.getRemoteStatus",
+  "defs": {
+    "main": {
+      "type": "query",
+      "description": "Where the feed stands with an account hosted elsewhere that accounts here follow.",
+      "parameters": {
+        "type": "params",
+        "required": ["did"],
+        "properties": { "did": { "type": "string", "format": "did" } }
+      },
+      "output": {
+        "encoding": "application/json",
+        "schema": {
+          "type": "object",
+          "required": ["did", "state"],
+          "properties": {
+            "did": { "type": "string", "format": "did" },
+            "state": { "type": "string", "knownValues": ["pending", "live", "refused", "tooLarge"] },
+            "pds": { "type": "string", "format": "uri" },
+            "rev": { "type": "string" },
+            "lastError": { "type": "string" },
+            "unfollowedAt": { "type": "string", "format": "datetime" }
+          }
+        }
+      },
+      "errors": [{ "name": "NotFound" }]
+    }
+  }
+}"##;
+
 /// How the feed is set up (`[feed]` in `node.toml`).
 #[derive(Debug, Clone)]
 pub struct FeedConfig {
     /// Answer the Bluesky read methods here (else they go to the configured AppView).
     pub serve: bool,
+    /// Accounts hosted elsewhere followed at most (the most recently followed are kept).
+    pub max_remote_accounts: usize,
+    /// Largest repository fetched from another PDS.
+    pub max_repo_bytes: u64,
+    /// Largest message taken from another PDS's event stream.
+    pub max_frame_bytes: usize,
+    /// How long an account no longer followed stays indexed.
+    pub unfollow_grace: std::time::Duration,
 }
 
 impl Default for FeedConfig {
     fn default() -> Self {
-        Self { serve: true }
+        Self {
+            serve: true,
+            max_remote_accounts: 5000,
+            max_repo_bytes: 64 << 20,
+            max_frame_bytes: 5 << 20,
+            unfollow_grace: std::time::Duration::from_secs(24 * 3600),
+        }
     }
 }
 
@@ -75,12 +123,14 @@ impl Default for FeedConfig {
 pub struct Feed {
     cfg: FeedConfig,
     node: OnceLock<Arc<Node>>,
+    /// Wakes the remote tracker (a local account followed someone).
+    poke: Arc<tokio::sync::Notify>,
 }
 
 impl Feed {
     /// The application, set up by `cfg`.
     pub fn new(cfg: FeedConfig) -> Self {
-        Self { cfg, node: OnceLock::new() }
+        Self { cfg, node: OnceLock::new(), poke: Arc::default() }
     }
 
     fn node(&self) -> &Arc<Node> {
@@ -158,7 +208,10 @@ impl App for Feed {
     }
 
     fn lexicons(&self) -> Vec<Value> {
-        let mut docs = vec![serde_json::from_str(GET_STATUS).expect("the lexicon is valid JSON")];
+        let mut docs = vec![
+            serde_json::from_str(GET_STATUS).expect("the lexicon is valid JSON"),
+            serde_json::from_str(GET_REMOTE_STATUS).expect("the lexicon is valid JSON"),
+        ];
         if self.cfg.serve {
             docs.extend(
                 lexicon_docs::DOCS.iter().map(|d| serde_json::from_str(d).expect("the lexicons are valid JSON")),
@@ -170,7 +223,17 @@ impl App for Feed {
     fn xrpc(self: Arc<Self>) -> Router<Arc<Node>> {
         let serving = self.cfg.serve;
         let status = Router::new()
-            .route("/xrpc/dev.ues.feed.getStatus", axum::routing::get(move |node| views::get_status(node, serving)));
+            .route("/xrpc/dev.ues.feed.getStatus", axum::routing::get(move |node| views::get_status(node, serving)))
+            .route(
+                "/xrpc/dev.ues.feed.getRemoteStatus",
+                axum::routing::get(
+                    |axum::extract::State(node): axum::extract::State<Arc<Node>>,
+                     axum::extract::Query(p): axum::extract::Query<HashMap<String, String>>| async move {
+                        let did = p.get("did").cloned().unwrap_or_default();
+                        ues_protocol::node::blocking(move || remote::status(&node, &did)).await.map(axum::Json)
+                    },
+                ),
+            );
         if !self.cfg.serve {
             return status;
         }
@@ -251,6 +314,21 @@ impl App for Feed {
         Ok(())
     }
 
+    fn tasks(self: Arc<Self>, node: Arc<Node>) -> Vec<tokio::task::JoinHandle<()>> {
+        let tracker = remote::Tracker { node, cfg: self.cfg.clone(), poke: self.poke.clone() };
+        vec![tokio::spawn(tracker.run())]
+    }
+
+    fn applied(&self, _node: &Node, events: &[LogEvent]) {
+        let followed = events.iter().any(|e| match &e.what {
+            Happened::Commit(ops) => ops.iter().any(|o| o.collection == records::FOLLOW),
+            _ => false,
+        });
+        if followed {
+            self.poke.notify_one();
+        }
+    }
+
     fn rebuild(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
         for table in [
             "feed_profile",
@@ -270,6 +348,8 @@ impl App for Feed {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
         }
         tx.execute("UPDATE feed_actor SET local = 0", [])?;
+        // Accounts followed elsewhere are fetched again.
+        tx.execute("UPDATE feed_remote SET state = 0, next_try_at = 0", [])?;
         let mut ix = Indexer::new(tx);
         for (did, handle, status) in account_dids(tx)? {
             if status != "deleted" {

@@ -6,8 +6,9 @@
 
 use ues_protocol::sync::repo::ipld::storage::Migration;
 
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    id: "dev.ues.feed/0001_index",
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        id: "dev.ues.feed/0001_index",
     sql: "
 CREATE TABLE feed_actor (
     id INTEGER PRIMARY KEY,
@@ -146,4 +147,24 @@ CREATE INDEX feed_notif_by_subject ON feed_notif (subject_uri) WHERE subject_uri
 CREATE TABLE feed_seen (actor_id INTEGER PRIMARY KEY, seen_at INTEGER NOT NULL, seen_at_text TEXT NOT NULL);
 CREATE TABLE feed_horizon (actor_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 ",
-}];
+    },
+    Migration {
+        id: "dev.ues.feed/0002_remote",
+        sql: "
+CREATE TABLE feed_remote (
+    actor_id INTEGER PRIMARY KEY,
+    pds TEXT,
+    state INTEGER NOT NULL DEFAULT 0,
+    rev TEXT,
+    data_cid TEXT,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try_at INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    unfollowed_at INTEGER
+);
+CREATE INDEX feed_remote_by_pds ON feed_remote (pds);
+CREATE TABLE feed_upstream (url TEXT PRIMARY KEY, cursor INTEGER);
+",
+    },
+];
