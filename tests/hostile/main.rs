@@ -17,6 +17,7 @@ mod common;
 mod apps;
 mod auth;
 mod data;
+mod feed;
 mod http;
 mod keys;
 mod oauth;

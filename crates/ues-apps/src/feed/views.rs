@@ -215,6 +215,7 @@ pub(super) struct Ctx<'c> {
     conn: &'c Connection,
     node: &'c Node,
     viewer: Option<i64>,
+    viewer_did: String,
     /// Accounts the viewer blocks.
     blocking: HashSet<i64>,
     /// Accounts that block the viewer.
@@ -240,7 +241,8 @@ impl<'c> Ctx<'c> {
                 blocked_by.insert(id?);
             }
         }
-        Ok(Self { conn, node, viewer, blocking, blocked_by, basics: RefCell::new(HashMap::new()) })
+        let viewer_did = viewer_did.unwrap_or_default().to_string();
+        Ok(Self { conn, node, viewer, viewer_did, blocking, blocked_by, basics: RefCell::new(HashMap::new()) })
     }
 
     fn viewer(&self) -> Result<i64, NodeError> {
@@ -464,11 +466,7 @@ impl<'c> Ctx<'c> {
                     format!("SELECT rkey FROM {table} WHERE actor_id = ?1 AND subject_uri = ?2 ORDER BY id LIMIT 1");
                 let rkey: Option<String> =
                     self.conn.prepare_cached(&sql)?.query_row(params![me, at], |r| r.get(0)).optional()?;
-                let me_did: String = self
-                    .conn
-                    .prepare_cached("SELECT did FROM feed_actor WHERE id = ?1")?
-                    .query_row([me], |r| r.get(0))?;
-                Ok(rkey.map(|k| uri(&me_did, coll, &k)))
+                Ok(rkey.map(|k| uri(&self.viewer_did, coll, &k)))
             };
             if let Some(l) = mine("feed_like", records::LIKE)? {
                 viewer.insert("like".into(), Value::String(l));
@@ -775,25 +773,42 @@ fn page_items(
     p: &Params,
     n: i64,
     keep: &dyn Fn(&Item) -> rusqlite::Result<bool>,
+    windowed: bool,
 ) -> Result<Value, NodeError> {
     let (cs, ci) = cursor(p)?;
     let sql = format!(
         "SELECT {ITEM_COLUMNS} FROM feed_item WHERE {sql_where} AND (sort_at < ?90 OR (sort_at = ?90 AND id < ?91))
-         ORDER BY sort_at DESC, id DESC LIMIT ?92"
+         AND sort_at >= ?93 ORDER BY sort_at DESC, id DESC LIMIT ?92"
     );
     let mut s = ctx.conn.prepare_cached(&sql).map_err(internal)?;
-    for (i, a) in args.iter().enumerate() {
-        s.raw_bind_parameter(i + 1, a).map_err(internal)?;
-    }
-    s.raw_bind_parameter(90, cs).map_err(internal)?;
-    s.raw_bind_parameter(91, ci).map_err(internal)?;
-    s.raw_bind_parameter(92, n).map_err(internal)?;
-    let mut rows = s.raw_query();
+    // Over many authors, the rows are read in time windows going back from the cursor (a
+    // quarter of an hour, then twice as long each time), so that a page reads the rows near
+    // it, not every row of every author followed; the windows do not overlap.
+    let top = cs.min(super::now_ms() + 60_000);
+    let mut span: i64 = 15 * 60 * 1000;
+    let (mut upper_s, mut upper_i) = (cs, ci);
     let mut items = Vec::new();
-    while let Some(r) = rows.next().map_err(internal)? {
-        items.push(item(r).map_err(internal)?);
+    for round in 0.. {
+        let floor = if !windowed || round >= 40 { i64::MIN } else { top.saturating_sub(span) };
+        for (i, a) in args.iter().enumerate() {
+            s.raw_bind_parameter(i + 1, a).map_err(internal)?;
+        }
+        s.raw_bind_parameter(90, upper_s).map_err(internal)?;
+        s.raw_bind_parameter(91, upper_i).map_err(internal)?;
+        s.raw_bind_parameter(92, n - items.len() as i64).map_err(internal)?;
+        s.raw_bind_parameter(93, floor).map_err(internal)?;
+        let mut rows = s.raw_query();
+        while let Some(r) = rows.next().map_err(internal)? {
+            items.push(item(r).map_err(internal)?);
+        }
+        drop(rows);
+        if items.len() as i64 >= n || floor == i64::MIN {
+            break;
+        }
+        // Everything at or above the floor was read: go on below it.
+        (upper_s, upper_i) = (floor, i64::MIN);
+        span = span.saturating_mul(2);
     }
-    drop(rows);
     let mut feed = Vec::new();
     for it in &items {
         if keep(it).map_err(internal)?
@@ -818,6 +833,7 @@ fn get_timeline(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
         p,
         n,
         &|_| Ok(true),
+        true,
     )
 }
 
@@ -865,7 +881,7 @@ fn get_author_feed(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
         }
         Ok(false)
     };
-    let mut out = page_items(ctx, &cond, &[&id], p, n, &self_thread)?;
+    let mut out = page_items(ctx, &cond, &[&id], p, n, &self_thread, false)?;
     // The pinned post first on the first page, when asked.
     if one(p, "includePins") == Some("true")
         && one(p, "cursor").is_none()
