@@ -337,7 +337,9 @@ pub(crate) async fn feed(shape: FeedShape) -> anyhow::Result<Value> {
     let (tl_p50, tl_p99, tl_items) = latencies(addr, timeline, &viewer_token, shape.calls).await?;
     let thread = format!("/xrpc/app.bsky.feed.getPostThread?uri={}", root["uri"].as_str().unwrap_or_default());
     let (th_p50, th_p99, th_replies) = latencies(addr, &thread, &viewer_token, (shape.calls / 5).max(10)).await?;
-    // A deeper page of the timeline: the cursor after 500 items.
+    // A deeper page of the timeline: the cursor after 500 items (on a new connection: the
+    // node closes one left idle).
+    let mut c = Conn::open(addr).await?;
     let mut cursor = String::new();
     for _ in 0..10 {
         let (_, v) = c.get(&format!("{timeline}{cursor}"), Some(&viewer_token)).await?;

@@ -130,3 +130,136 @@ fn the_official_client_reads_the_nodes_own_appview() {
     }
     assert!(report["checks"].as_u64().is_some_and(|n| n > 1000), "{report}");
 }
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next `app` message, as JSON (at most 20 s away; other messages passed over).
+async fn next_app(ws: &mut Ws) -> serde_json::Value {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    for _ in 0..100 {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("a message within 20 s");
+        match m {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "app" {
+                    return v;
+                }
+                assert_ne!(v["type"], "error", "{v}");
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended: {other:?}"),
+        }
+    }
+    panic!("no app message in 100 messages");
+}
+
+fn create(base: &str, token: &str, did: &str, collection: &str, record: serde_json::Value) -> serde_json::Value {
+    let mut res = support::agent()
+        .post(format!("{base}/xrpc/com.atproto.repo.createRecord"))
+        .header("authorization", &format!("Bearer {token}"))
+        .send_json(serde_json::json!({ "repo": did, "collection": collection, "record": record }))
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.body_mut().read_json().unwrap()
+}
+
+/// A signed-in socket on the `feed` topic hears a followed account's new post (as a timeline
+/// item seen by that account) and the like of its own post (as a notification); an anonymous
+/// socket is refused the topic; REST `GET /api/v1/timeline` and `/api/v1/notifications` answer
+/// what the XRPC methods answer.
+#[test]
+fn the_feed_topic_and_rest_routes_carry_the_timeline_and_notifications() {
+    use futures::SinkExt;
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let (alice, alice_token) = support::create_account(&node.base, "alice-live.test");
+    let (bob, bob_token) = support::create_account(&node.base, "bob-live.test");
+    let now = || {
+        ues_protocol::node::sequencer::iso_from_millis(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64,
+        )
+    };
+    create(&node.base, &alice_token, &alice, "app.bsky.graph.follow", json!({ "subject": bob, "createdAt": now() }));
+    let mine =
+        create(&node.base, &alice_token, &alice, "app.bsky.feed.post", json!({ "text": "mine", "createdAt": now() }));
+    // The index has taken those in before the socket listens.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut res = support::agent().get(format!("{}/xrpc/dev.ues.feed.getStatus", node.base)).call().unwrap();
+        let v: serde_json::Value = res.body_mut().read_json().unwrap();
+        if v["caughtUp"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the feed did not catch up: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // Anonymous: refused.
+        let (mut anon, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", node.port)).await.unwrap();
+        anon.send(Message::text(json!({"type": "subscribe", "id": "f", "topic": "feed"}).to_string())).await.unwrap();
+        let refused = loop {
+            use futures::StreamExt;
+            let m = tokio::time::timeout(Duration::from_secs(20), anon.next()).await.unwrap().unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+            if v["type"] != "welcome" {
+                break v;
+            }
+        };
+        assert_eq!(refused["type"], "error", "{refused}");
+
+        let url = format!("ws://127.0.0.1:{}/ws?access_token={alice_token}", node.port);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.send(Message::text(json!({"type": "subscribe", "id": "f", "topic": "feed"}).to_string())).await.unwrap();
+        // bob posts: alice hears it as her timeline item.
+        let (b, t, d) = (node.base.clone(), bob_token.clone(), bob.clone());
+        let post = tokio::task::spawn_blocking(move || {
+            create(&b, &t, &d, "app.bsky.feed.post", json!({ "text": "live from bob", "createdAt": now() }))
+        })
+        .await
+        .unwrap();
+        let m = next_app(&mut ws).await;
+        assert_eq!(m["event"]["type"], "timeline", "{m}");
+        assert_eq!(m["event"]["item"]["post"]["uri"], post["uri"], "{m}");
+        assert!(m["event"]["item"]["post"]["author"]["viewer"]["following"].as_str().is_some(), "{m}");
+        // bob likes alice's post: she hears the notification.
+        let (b, t, d) = (node.base.clone(), bob_token.clone(), bob.clone());
+        let subject = json!({ "uri": mine["uri"], "cid": mine["cid"] });
+        tokio::task::spawn_blocking(move || {
+            create(&b, &t, &d, "app.bsky.feed.like", json!({ "subject": subject, "createdAt": now() }))
+        })
+        .await
+        .unwrap();
+        let m = next_app(&mut ws).await;
+        assert_eq!(m["event"]["type"], "notification", "{m}");
+        assert_eq!(m["event"]["notification"]["reason"], "like", "{m}");
+        assert_eq!(m["event"]["notification"]["reasonSubject"], mine["uri"], "{m}");
+        assert_eq!(m["event"]["notification"]["author"]["did"], bob.as_str(), "{m}");
+    });
+    // REST answers as XRPC does (the index has caught up: the socket heard the last event).
+    let get = |path: &str| -> (u16, serde_json::Value) {
+        let mut res = support::agent()
+            .get(format!("{}{path}", node.base))
+            .header("authorization", &format!("Bearer {alice_token}"))
+            .call()
+            .unwrap();
+        (res.status().as_u16(), res.body_mut().read_json().unwrap())
+    };
+    let (s, rest) = get("/api/v1/timeline?limit=10");
+    assert_eq!(s, 200, "{rest}");
+    let (_, xrpc) = get("/xrpc/app.bsky.feed.getTimeline?limit=10");
+    assert_eq!(rest, xrpc);
+    assert_eq!(rest["feed"].as_array().unwrap().len(), 2, "{rest}");
+    let (s, rest) = get("/api/v1/notifications");
+    assert_eq!(s, 200, "{rest}");
+    let (_, xrpc) = get("/xrpc/app.bsky.notification.listNotifications");
+    assert_eq!(rest, xrpc);
+    let (s, _) = {
+        let res = support::agent().get(format!("{}/api/v1/timeline", node.base)).call().unwrap();
+        (res.status().as_u16(), ())
+    };
+    assert_eq!(s, 401);
+}

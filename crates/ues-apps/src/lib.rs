@@ -72,6 +72,13 @@ pub trait App: Send + Sync + 'static {
         Router::new()
     }
 
+    /// Routes it serves outside its own REST prefix (`/api/v1/timeline`): paths no other
+    /// application or face serves.
+    fn api(self: Arc<Self>, node: Arc<Node>) -> Router {
+        let _ = node;
+        Router::new()
+    }
+
     /// Its `/ws` topics (name, source).
     fn topics(self: Arc<Self>, node: Arc<Node>) -> Vec<(String, Arc<dyn Topic>)> {
         let _ = node;
@@ -167,6 +174,7 @@ impl Host {
             reg = reg.routes(
                 Router::new().nest(&format!("/api/v1/apps/{}", app.name()), app.clone().rest(self.node.clone())),
             );
+            reg = reg.routes(app.clone().api(self.node.clone()));
             for (name, topic) in app.clone().topics(self.node.clone()) {
                 reg = reg.topic(&name, topic)?;
             }

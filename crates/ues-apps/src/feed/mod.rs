@@ -15,11 +15,13 @@ mod remote;
 mod schema;
 mod views;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use serde_json::Value;
+use tokio::sync::broadcast;
+use ues_protocol::gateway::Topic;
 use ues_protocol::node::Node;
 use ues_protocol::node::sequencer::{self, Happened, LogEvent};
 use ues_protocol::sync::repo::accounts::{account_dids, records_in};
@@ -119,18 +121,44 @@ impl Default for FeedConfig {
     }
 }
 
+/// Signed-in sockets watched at once at most (one channel per account, shared by its sockets).
+const MAX_WATCHED: usize = 10_000;
+
+/// Messages queued per watched account (the gateway tells a socket that lags how many it missed).
+const UPDATES: usize = 256;
+
 /// The application.
 pub struct Feed {
     cfg: FeedConfig,
     node: OnceLock<Arc<Node>>,
     /// Wakes the remote tracker (a local account followed someone).
     poke: Arc<tokio::sync::Notify>,
+    /// The live messages of each signed-in account watching the `feed` topic.
+    live: parking_lot::Mutex<HashMap<String, broadcast::Sender<Value>>>,
+}
+
+/// The `/ws` topic `feed`: a signed-in socket's new timeline items and notifications.
+struct FeedTopic {
+    app: Arc<Feed>,
+}
+
+impl Topic for FeedTopic {
+    fn subscribe(&self, _params: &Value, did: Option<&str>) -> Result<broadcast::Receiver<Value>, (String, String)> {
+        let did =
+            did.ok_or_else(|| ("AuthRequired".to_string(), "the feed topic needs a signed-in socket".to_string()))?;
+        let mut live = self.app.live.lock();
+        live.retain(|_, tx| tx.receiver_count() > 0);
+        if live.len() >= MAX_WATCHED && !live.contains_key(did) {
+            return Err(("TooManySubscriptions".into(), "too many accounts watch their feed on this node".into()));
+        }
+        Ok(live.entry(did.to_string()).or_insert_with(|| broadcast::channel(UPDATES).0).subscribe())
+    }
 }
 
 impl Feed {
     /// The application, set up by `cfg`.
     pub fn new(cfg: FeedConfig) -> Self {
-        Self { cfg, node: OnceLock::new(), poke: Arc::default() }
+        Self { cfg, node: OnceLock::new(), poke: Arc::default(), live: parking_lot::Mutex::default() }
     }
 
     fn node(&self) -> &Arc<Node> {
@@ -319,7 +347,7 @@ impl App for Feed {
         vec![tokio::spawn(tracker.run())]
     }
 
-    fn applied(&self, _node: &Node, events: &[LogEvent]) {
+    fn applied(&self, node: &Node, events: &[LogEvent]) {
         let followed = events.iter().any(|e| match &e.what {
             Happened::Commit(ops) => ops.iter().any(|o| o.collection == records::FOLLOW),
             _ => false,
@@ -327,6 +355,39 @@ impl App for Feed {
         if followed {
             self.poke.notify_one();
         }
+        let watching: HashMap<String, broadcast::Sender<Value>> = {
+            let mut live = self.live.lock();
+            live.retain(|_, tx| tx.receiver_count() > 0);
+            if live.is_empty() {
+                return;
+            }
+            live.clone()
+        };
+        let who: HashSet<String> = watching.keys().cloned().collect();
+        match node.accounts.db().read(|c| views::live_messages(c, node, &who, events)) {
+            Ok(messages) => {
+                for (did, m) in messages {
+                    if let Some(tx) = watching.get(&did) {
+                        let _ = tx.send(m);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(app = NAME, error = %e, "live feed messages could not be made"),
+        }
+    }
+
+    fn topics(self: Arc<Self>, _node: Arc<Node>) -> Vec<(String, Arc<dyn Topic>)> {
+        if !self.cfg.serve {
+            return Vec::new();
+        }
+        vec![("feed".to_string(), Arc::new(FeedTopic { app: self }) as Arc<dyn Topic>)]
+    }
+
+    fn api(self: Arc<Self>, node: Arc<Node>) -> Router {
+        if !self.cfg.serve {
+            return Router::new();
+        }
+        views::rest_routes(node)
     }
 
     fn rebuild(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {

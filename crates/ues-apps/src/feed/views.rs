@@ -68,6 +68,21 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/xrpc/app.bsky.notification.updateSeen", post(update_seen))
 }
 
+/// REST for apps that do not speak XRPC: `GET /api/v1/timeline` and
+/// `GET /api/v1/notifications` (`limit`, `cursor`), the same answers as `getTimeline` and
+/// `listNotifications`, 404 for a missing resource as REST has it.
+pub(super) fn rest_routes(node: Arc<Node>) -> Router {
+    let q = |f: fn(&Ctx<'_>, &Params) -> Result<Value, NodeError>, nsid: &'static str| {
+        get(move |State(node): State<Arc<Node>>, headers: HeaderMap, Query(p): Query<Params>| async move {
+            answer(node, headers, nsid, true, p, f).await
+        })
+    };
+    Router::new()
+        .route("/api/v1/timeline", q(get_timeline, "app.bsky.feed.getTimeline"))
+        .route("/api/v1/notifications", q(list_notifications, "app.bsky.notification.listNotifications"))
+        .with_state(node)
+}
+
 /// The caller, when signed in (a session token, app password or OAuth token allowed this
 /// method with `rpc:` for the AppView).
 fn viewer(node: &Node, headers: &HeaderMap, nsid: &str) -> Result<Option<String>, NodeError> {
@@ -221,6 +236,8 @@ pub(super) struct Ctx<'c> {
     /// Accounts that block the viewer.
     blocked_by: HashSet<i64>,
     basics: RefCell<HashMap<i64, Value>>,
+    /// Posts already read in this request, by URI.
+    posts: RefCell<HashMap<String, Option<PostRow>>>,
 }
 
 impl<'c> Ctx<'c> {
@@ -242,7 +259,16 @@ impl<'c> Ctx<'c> {
             }
         }
         let viewer_did = viewer_did.unwrap_or_default().to_string();
-        Ok(Self { conn, node, viewer, viewer_did, blocking, blocked_by, basics: RefCell::new(HashMap::new()) })
+        Ok(Self {
+            conn,
+            node,
+            viewer,
+            viewer_did,
+            blocking,
+            blocked_by,
+            basics: RefCell::new(HashMap::new()),
+            posts: RefCell::new(HashMap::new()),
+        })
     }
 
     fn viewer(&self) -> Result<i64, NodeError> {
@@ -298,6 +324,9 @@ impl<'c> Ctx<'c> {
         };
         v.insert("blockedBy".into(), Value::Bool(self.blocked_by.contains(&id)));
         let did = |actor: i64| -> rusqlite::Result<String> {
+            if actor == me {
+                return Ok(self.viewer_did.clone());
+            }
             self.conn.prepare_cached("SELECT did FROM feed_actor WHERE id = ?1")?.query_row([actor], |r| r.get(0))
         };
         if self.blocking.contains(&id) {
@@ -313,13 +342,17 @@ impl<'c> Ctx<'c> {
             }
         }
         if id != me && !self.blocked(id) {
-            let mut s = self.conn.prepare_cached(
-                "SELECT rkey FROM feed_follow WHERE actor_id = ?1 AND subject_id = ?2 ORDER BY id LIMIT 1",
-            )?;
-            if let Some(rkey) = s.query_row([me, id], |r| r.get::<_, String>(0)).optional()? {
+            let (following, followed_by): (Option<String>, Option<String>) = self
+                .conn
+                .prepare_cached(
+                    "SELECT (SELECT rkey FROM feed_follow WHERE actor_id = ?1 AND subject_id = ?2 ORDER BY id LIMIT 1),
+                            (SELECT rkey FROM feed_follow WHERE actor_id = ?2 AND subject_id = ?1 ORDER BY id LIMIT 1)",
+                )?
+                .query_row([me, id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if let Some(rkey) = following {
                 v.insert("following".into(), Value::String(uri(&did(me)?, records::FOLLOW, &rkey)));
             }
-            if let Some(rkey) = s.query_row([id, me], |r| r.get::<_, String>(0)).optional()? {
+            if let Some(rkey) = followed_by {
                 v.insert("followedBy".into(), Value::String(uri(&did(id)?, records::FOLLOW, &rkey)));
             }
         }
@@ -412,26 +445,48 @@ impl<'c> Ctx<'c> {
 
     /// The post at `uri`, when indexed: (row, author, cid, record JSON, indexed_at).
     fn post_row(&self, at: &str) -> rusqlite::Result<Option<PostRow>> {
+        if let Some(row) = self.posts.borrow().get(at) {
+            return Ok(row.clone());
+        }
         let Some((did, coll, rkey)) = split_uri(at) else { return Ok(None) };
         if coll != POST {
             return Ok(None);
         }
-        self.conn
+        let row = self
+            .conn
             .prepare_cached(
                 "SELECT p.id, p.author_id, p.cid, p.record, p.indexed_at FROM feed_post p JOIN feed_actor a ON a.id = p.author_id
                  WHERE a.did = ?1 AND p.rkey = ?2",
             )?
             .query_row([did, rkey], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-            .optional()
+            .optional()?;
+        let mut posts = self.posts.borrow_mut();
+        if posts.len() > 4096 {
+            posts.clear();
+        }
+        posts.insert(at.to_string(), row.clone());
+        Ok(row)
     }
 
     fn counts(&self, at: &str) -> rusqlite::Result<(i64, i64, i64, i64)> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT likes, reposts, replies, quotes FROM feed_post_count WHERE uri = ?1")?
-            .query_row([at], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .optional()?
-            .unwrap_or((0, 0, 0, 0)))
+        Ok(self.counts_and_mine(at, -1)?.0)
+    }
+
+    /// A post's counts, and the viewer's like and repost of it (one statement).
+    #[allow(clippy::type_complexity)]
+    fn counts_and_mine(
+        &self,
+        at: &str,
+        me: i64,
+    ) -> rusqlite::Result<((i64, i64, i64, i64), Option<String>, Option<String>)> {
+        self.conn
+            .prepare_cached(
+                "SELECT coalesce(c.likes, 0), coalesce(c.reposts, 0), coalesce(c.replies, 0), coalesce(c.quotes, 0),
+                   (SELECT rkey FROM feed_like WHERE actor_id = ?2 AND subject_uri = ?1 ORDER BY id LIMIT 1),
+                   (SELECT rkey FROM feed_repost WHERE actor_id = ?2 AND subject_uri = ?1 ORDER BY id LIMIT 1)
+                 FROM (SELECT 1) LEFT JOIN feed_post_count c ON c.uri = ?1",
+            )?
+            .query_row(params![at, me], |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?), r.get(4)?, r.get(5)?)))
     }
 
     /// `app.bsky.feed.defs#postView` (`None`: not indexed).
@@ -443,7 +498,8 @@ impl<'c> Ctx<'c> {
         let Some((_, author, cid, record, indexed_at)) = self.post_row(at)? else { return Ok(None) };
         let Some(author_view) = self.profile_basic(author)? else { return Ok(None) };
         let record: Value = serde_json::from_str(&record).unwrap_or(Value::Null);
-        let (likes, reposts, replies, quotes) = self.counts(at)?;
+        let ((likes, reposts, replies, quotes), my_like, my_repost) =
+            self.counts_and_mine(at, self.viewer.unwrap_or(-1))?;
         let mut v = Map::new();
         v.insert("$type".into(), Value::String("app.bsky.feed.defs#postView".into()));
         v.insert("uri".into(), Value::String(at.to_string()));
@@ -459,20 +515,13 @@ impl<'c> Ctx<'c> {
         v.insert("likeCount".into(), likes.into());
         v.insert("quoteCount".into(), quotes.into());
         v.insert("indexedAt".into(), Value::String(iso_from_millis(indexed_at)));
-        if let Some(me) = self.viewer {
+        if self.viewer.is_some() {
             let mut viewer = Map::new();
-            let mine = |table: &str, coll: &str| -> rusqlite::Result<Option<String>> {
-                let sql =
-                    format!("SELECT rkey FROM {table} WHERE actor_id = ?1 AND subject_uri = ?2 ORDER BY id LIMIT 1");
-                let rkey: Option<String> =
-                    self.conn.prepare_cached(&sql)?.query_row(params![me, at], |r| r.get(0)).optional()?;
-                Ok(rkey.map(|k| uri(&self.viewer_did, coll, &k)))
-            };
-            if let Some(l) = mine("feed_like", records::LIKE)? {
-                viewer.insert("like".into(), Value::String(l));
+            if let Some(k) = my_like {
+                viewer.insert("like".into(), Value::String(uri(&self.viewer_did, records::LIKE, &k)));
             }
-            if let Some(r) = mine("feed_repost", records::REPOST)? {
-                viewer.insert("repost".into(), Value::String(r));
+            if let Some(k) = my_repost {
+                viewer.insert("repost".into(), Value::String(uri(&self.viewer_did, records::REPOST, &k)));
             }
             viewer.insert("threadMuted".into(), Value::Bool(false));
             viewer.insert("embeddingDisabled".into(), Value::Bool(false));
@@ -1261,21 +1310,10 @@ fn list_notifications(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
         }
     }
     let mut notifications = Vec::new();
-    for (_, author, reason, at, cid, record, subject, indexed_at, sort_at) in rows {
-        if ctx.blocked(author) {
-            continue;
+    for row in rows {
+        if let Some(v) = notification_view(ctx, row, seen_ms).map_err(internal)? {
+            notifications.push(v);
         }
-        let Some(author_view) = ctx.profile(author, 1).map_err(internal)? else { continue };
-        let mut v = json!({
-            "uri": at, "cid": cid, "author": author_view, "reason": Reason::name(reason),
-            "record": serde_json::from_str::<Value>(&record).unwrap_or(Value::Null),
-            "isRead": seen_ms.is_some_and(|s| s > sort_at),
-            "indexedAt": iso_from_millis(indexed_at), "labels": [],
-        });
-        if let Some(s) = subject {
-            v["reasonSubject"] = Value::String(s);
-        }
-        notifications.push(v);
     }
     let mut out = Map::new();
     next_cursor(&mut out, examined, n, last);
@@ -1285,6 +1323,114 @@ fn list_notifications(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
         out.insert("seenAt".into(), Value::String(text));
     }
     Ok(Value::Object(out))
+}
+
+/// A notification row: id, author, reason, source URI, CID, record, subject, indexed, sort time.
+pub(super) type NotifRow = (i64, i64, i64, String, String, String, Option<String>, i64, i64);
+
+/// `listNotifications#notification` (`None`: its author is blocked or gone).
+fn notification_view(ctx: &Ctx<'_>, row: NotifRow, seen_ms: Option<i64>) -> rusqlite::Result<Option<Value>> {
+    let (_, author, reason, at, cid, record, subject, indexed_at, sort_at) = row;
+    if ctx.blocked(author) {
+        return Ok(None);
+    }
+    let Some(author_view) = ctx.profile(author, 1)? else { return Ok(None) };
+    let mut v = json!({
+        "uri": at, "cid": cid, "author": author_view, "reason": Reason::name(reason),
+        "record": serde_json::from_str::<Value>(&record).unwrap_or(Value::Null),
+        "isRead": seen_ms.is_some_and(|s| s > sort_at),
+        "indexedAt": iso_from_millis(indexed_at), "labels": [],
+    });
+    if let Some(s) = subject {
+        v["reasonSubject"] = Value::String(s);
+    }
+    Ok(Some(v))
+}
+
+/// What a batch of events shows the signed-in accounts in `watching`, live: each new post or
+/// repost to its author and the author's followers (`{"type": "timeline", "item":
+/// feedViewPost}`), each notification a new record made to its recipient (`{"type":
+/// "notification", "notification": ...}`), as each of them sees it.
+pub(super) fn live_messages(
+    conn: &Connection,
+    node: &Node,
+    watching: &HashSet<String>,
+    events: &[super::LogEvent],
+) -> rusqlite::Result<Vec<(String, Value)>> {
+    let mut out = Vec::new();
+    let mut ctxs: HashMap<String, Ctx<'_>> = HashMap::new();
+    for e in events {
+        let super::Happened::Commit(ops) = &e.what else { continue };
+        for op in ops.iter().filter(|o| o.action == "create") {
+            let at = uri(&e.did, &op.collection, &op.rkey);
+            // Timeline items.
+            if op.collection == POST || op.collection == records::REPOST {
+                let mut to: Vec<String> = watching.contains(&e.did).then(|| e.did.clone()).into_iter().collect();
+                let mut s = conn.prepare_cached(
+                    "SELECT a.did FROM feed_follow f JOIN feed_actor a ON a.id = f.actor_id JOIN feed_actor s ON s.id = f.subject_id
+                     WHERE s.did = ?1 LIMIT 100000",
+                )?;
+                for d in s.query_map([&e.did], |r| r.get::<_, String>(0))? {
+                    let d = d?;
+                    if watching.contains(&d) && !to.contains(&d) {
+                        to.push(d);
+                    }
+                }
+                let kind = if op.collection == POST { 0 } else { ITEM_REPOST };
+                let row = conn
+                    .prepare_cached(&format!(
+                        "SELECT {ITEM_COLUMNS} FROM feed_item WHERE actor_id = (SELECT id FROM feed_actor WHERE did = ?1) AND kind = ?2 AND rkey = ?3"
+                    ))?
+                    .query_row(params![e.did, kind, op.rkey], item)
+                    .optional()?;
+                if let Some(it) = row {
+                    for d in to {
+                        if !ctxs.contains_key(&d) {
+                            ctxs.insert(d.clone(), Ctx::new(conn, node, Some(&d))?);
+                        }
+                        if let Some(v) = ctxs[&d].feed_view_post(&it)? {
+                            out.push((d, json!({ "type": "timeline", "item": v })));
+                        }
+                    }
+                }
+            }
+            // Notifications this record made.
+            let mut s = conn.prepare_cached(
+                "SELECT n.id, n.author_id, n.reason, n.uri, n.cid, n.record, n.subject_uri, n.indexed_at, n.sort_at, a.did
+                 FROM feed_notif n JOIN feed_actor a ON a.id = n.recipient_id WHERE n.uri = ?1",
+            )?;
+            let rows: Vec<(NotifRow, String)> = s
+                .query_map([&at], |r| {
+                    Ok((
+                        (
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                            r.get(8)?,
+                        ),
+                        r.get(9)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            for (row, d) in rows {
+                if !watching.contains(&d) {
+                    continue;
+                }
+                if !ctxs.contains_key(&d) {
+                    ctxs.insert(d.clone(), Ctx::new(conn, node, Some(&d))?);
+                }
+                if let Some(v) = notification_view(&ctxs[&d], row, None)? {
+                    out.push((d, json!({ "type": "notification", "notification": v })));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn get_unread_count(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
