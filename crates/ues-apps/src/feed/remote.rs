@@ -9,12 +9,12 @@
 //! period.
 //!
 //! Bounded: accounts tracked, bytes per fetched repository, bytes per stream message,
-//! connections (one per PDS), fetches at once (one), reconnections (backoff 1 s doubling to
+//! connections (one per PDS), fetches at once (four), reconnections (backoff 1 s doubling to
 //! 5 min), refetches of a refused account (backoff 1 min doubling to 6 h). The stream's cursor
 //! is kept in the same transaction as what each event indexed: a restart neither indexes an
 //! event twice nor misses one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +53,8 @@ pub(super) fn state_name(s: i64) -> &'static str {
 
 /// How often the followed set is looked at without a nudge.
 const RECONCILE: Duration = Duration::from_secs(30);
+/// Repositories fetched at once at most.
+const FETCHES: usize = 4;
 /// PDS connections at most.
 const MAX_HOSTS: usize = 256;
 /// Records listed per collection page when indexing a fetched repository.
@@ -97,19 +99,35 @@ pub(super) struct Tracker {
 impl Tracker {
     pub(super) async fn run(self) {
         let mut streams: HashMap<String, JoinHandle<()>> = HashMap::new();
+        // Accounts being fetched (a slow PDS holds one of the slots, not all of them).
+        let fetching: Arc<parking_lot::Mutex<HashSet<i64>>> = Arc::default();
+        let mut jobs = tokio::task::JoinSet::new();
         loop {
-            let node = self.node.clone();
-            let cfg = self.cfg.clone();
+            while jobs.try_join_next().is_some() {}
+            let (node, cfg) = (self.node.clone(), self.cfg.clone());
+            let busy: HashSet<i64> = fetching.lock().clone();
+            let free = FETCHES.saturating_sub(busy.len());
             let pass = tokio::task::spawn_blocking(move || {
                 reconcile(&node, &cfg)?;
-                // One fetch per pass; passes follow each other while fetches are due.
-                let fetched = backfill_next(&node, &cfg)?;
+                let picked = due(&node, free, &busy)?;
                 let hosts = live_hosts(&node)?;
-                Ok::<_, rusqlite::Error>((fetched, hosts))
+                Ok::<_, rusqlite::Error>((picked, hosts))
             })
             .await;
-            let more = match pass {
-                Ok(Ok((fetched, hosts))) => {
+            match pass {
+                Ok(Ok((picked, hosts))) => {
+                    for (actor, did) in picked {
+                        fetching.lock().insert(actor);
+                        let (node, cfg, fetching, poke) =
+                            (self.node.clone(), self.cfg.clone(), fetching.clone(), self.poke.clone());
+                        jobs.spawn_blocking(move || {
+                            if let Err(e) = backfill(&node, &cfg, actor, &did) {
+                                tracing::error!(app = NAME, %did, error = %e, "a remote repository could not be indexed");
+                            }
+                            fetching.lock().remove(&actor);
+                            poke.notify_one();
+                        });
+                    }
                     streams.retain(|h, t| {
                         let keep = hosts.contains(h) && !t.is_finished();
                         if !keep {
@@ -119,24 +137,16 @@ impl Tracker {
                     });
                     for h in hosts.into_iter().take(MAX_HOSTS) {
                         if !streams.contains_key(&h) && streams.len() < MAX_HOSTS {
-                            let task = tokio::spawn(stream(self.node.clone(), self.cfg.clone(), h.clone()));
+                            let task =
+                                tokio::spawn(stream(self.node.clone(), self.cfg.clone(), h.clone(), self.poke.clone()));
                             streams.insert(h, task);
                         }
                     }
-                    fetched
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(app = NAME, error = %e, "following remote accounts failed; retrying");
-                    false
-                }
-                Err(e) => {
-                    tracing::error!(app = NAME, error = %e, "following remote accounts panicked; retrying");
-                    false
-                }
-            };
-            if !more {
-                let _ = tokio::time::timeout(RECONCILE, self.poke.notified()).await;
+                Ok(Err(e)) => tracing::error!(app = NAME, error = %e, "following remote accounts failed; retrying"),
+                Err(e) => tracing::error!(app = NAME, error = %e, "following remote accounts panicked; retrying"),
             }
+            let _ = tokio::time::timeout(RECONCILE, self.poke.notified()).await;
         }
     }
 }
@@ -190,9 +200,15 @@ fn live_hosts(node: &Node) -> rusqlite::Result<Vec<String>> {
     })
 }
 
-/// Marks an account's fetch or commit refused (or too large), with a backoff before the next try.
+/// Marks an account's fetch or commit refused (or too large), or, for a failure that may pass
+/// (`PENDING`: its PDS or its DID's directory did not answer), still waiting; with a backoff
+/// before the next try either way.
 fn refuse(node: &Node, actor: i64, did: &str, state: i64, why: &str) -> rusqlite::Result<()> {
-    tracing::warn!(app = NAME, %did, reason = why, "remote repository refused; nothing of it indexed");
+    if state == PENDING {
+        tracing::info!(app = NAME, %did, reason = why, "a remote repository could not be fetched; trying again later");
+    } else {
+        tracing::warn!(app = NAME, %did, reason = why, "remote repository refused; nothing of it indexed");
+    }
     node.accounts
         .db()
         .write(|tx| {
@@ -206,37 +222,51 @@ fn refuse(node: &Node, actor: i64, did: &str, state: i64, why: &str) -> rusqlite
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
-/// Fetches, checks and indexes the next account due; whether there was one.
-fn backfill_next(node: &Node, cfg: &FeedConfig) -> rusqlite::Result<bool> {
-    let due: Option<(i64, String)> = node.accounts.db().read(|c| {
-        c.query_row(
+/// Up to `n` accounts due for a fetch, those in `busy` left out.
+fn due(node: &Node, n: usize, busy: &HashSet<i64>) -> rusqlite::Result<Vec<(i64, String)>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(i64, String)> = node.accounts.db().read(|c| {
+        c.prepare(
             "SELECT r.actor_id, a.did FROM feed_remote r JOIN feed_actor a ON a.id = r.actor_id
-             WHERE r.unfollowed_at IS NULL AND (r.state = 0 OR (r.state IN (2, 3) AND r.next_try_at <= ?1))
-             ORDER BY r.next_try_at LIMIT 1",
-            [now_ms()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
+             WHERE r.unfollowed_at IS NULL AND r.state IN (0, 2, 3) AND r.next_try_at <= ?1
+             ORDER BY r.next_try_at LIMIT ?2",
+        )?
+        .query_map(params![now_ms(), (n + busy.len()) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
     })?;
-    let Some((actor, did)) = due else { return Ok(false) };
+    Ok(rows.into_iter().filter(|(a, _)| !busy.contains(a)).take(n).collect())
+}
+
+/// Fetches, checks and indexes one account's repository.
+fn backfill(node: &Node, cfg: &FeedConfig, actor: i64, did: &str) -> rusqlite::Result<()> {
+    let did = did.to_string();
     let Ok(parsed) = Did::new(&did) else {
         refuse(node, actor, &did, REFUSED, "not a DID")?;
-        return Ok(true);
+        return Ok(());
     };
     let id = match resolve(node, &parsed, false) {
         Ok(id) => id,
         Err(e) => {
-            refuse(node, actor, &did, REFUSED, &e)?;
-            return Ok(true);
+            refuse(node, actor, &did, PENDING, &e)?;
+            return Ok(());
         }
     };
     if !allowed(node, &id.pds) {
         refuse(node, actor, &did, REFUSED, "the PDS is not an https: URL")?;
-        return Ok(true);
+        return Ok(());
     }
     let url = format!("{}/xrpc/com.atproto.sync.getRepo?did={did}", id.pds);
     let mut car = Vec::new();
-    let fetched = node.service_agent().get(&url).call().map_err(|e| format!("getRepo: {e}")).and_then(|mut res| {
+    let res = match node.service_agent().get(&url).call() {
+        Ok(res) => res,
+        Err(e) => {
+            refuse(node, actor, &did, PENDING, &format!("getRepo: {e}"))?;
+            return Ok(());
+        }
+    };
+    let fetched = Ok(res).and_then(|mut res| {
         if res.status() != 200 {
             return Err(format!("getRepo answered {}", res.status()));
         }
@@ -248,17 +278,17 @@ fn backfill_next(node: &Node, cfg: &FeedConfig) -> rusqlite::Result<bool> {
     });
     if let Err(e) = fetched {
         refuse(node, actor, &did, REFUSED, &e)?;
-        return Ok(true);
+        return Ok(());
     }
     if car.len() as u64 > cfg.max_repo_bytes {
         refuse(node, actor, &did, TOO_LARGE, &format!("the repository is over {} bytes", cfg.max_repo_bytes))?;
-        return Ok(true);
+        return Ok(());
     }
     let repo = match import_car(MemoryBlockstore::new(), &car[..], &parsed, &id.key) {
         Ok(r) => r,
         Err(e) => {
             refuse(node, actor, &did, REFUSED, &format!("the repository does not check: {e}"))?;
-            return Ok(true);
+            return Ok(());
         }
     };
     let rev = repo.commit().rev.to_string();
@@ -273,7 +303,7 @@ fn backfill_next(node: &Node, cfg: &FeedConfig) -> rusqlite::Result<bool> {
                 Ok(p) => p,
                 Err(e) => {
                     refuse(node, actor, &did, REFUSED, &format!("the repository does not read: {e}"))?;
-                    return Ok(true);
+                    return Ok(());
                 }
             };
             for (rkey, cid) in &page {
@@ -310,7 +340,7 @@ fn backfill_next(node: &Node, cfg: &FeedConfig) -> rusqlite::Result<bool> {
         })
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     tracing::info!(app = NAME, %did, records = count, bytes = car.len(), %rev, "remote repository fetched, checked and indexed");
-    Ok(true)
+    Ok(())
 }
 
 /// `ws(s)://` for an `http(s)://` base.
@@ -370,7 +400,7 @@ async fn connect(
 }
 
 /// One PDS's stream, reconnected with backoff for as long as the task lives.
-async fn stream(node: Arc<Node>, cfg: FeedConfig, pds: String) {
+async fn stream(node: Arc<Node>, cfg: FeedConfig, pds: String, poke: Arc<Notify>) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let n = node.clone();
@@ -393,6 +423,24 @@ async fn stream(node: Arc<Node>, cfg: FeedConfig, pds: String) {
         match connect(&node, &cfg, &url).await {
             Ok(mut ws) => {
                 tracing::info!(app = NAME, %pds, ?cursor, "following a PDS's stream");
+                // Opened afresh (no cursor kept): what its accounts committed between their
+                // fetch and now came before the stream, so they are fetched once more.
+                if cursor.is_none() {
+                    let (n, p) = (node.clone(), pds.clone());
+                    let marked = tokio::task::spawn_blocking(move || {
+                        n.accounts.db().write(|tx| {
+                            let n = tx.execute(
+                                "UPDATE feed_remote SET state = 0, next_try_at = 0 WHERE pds = ?1 AND state = 1",
+                                [&p],
+                            )?;
+                            Ok::<_, ues_protocol::sync::repo::ipld::storage::Error>(n)
+                        })
+                    })
+                    .await;
+                    if matches!(marked, Ok(Ok(n)) if n > 0) {
+                        poke.notify_one();
+                    }
+                }
                 let mut good = 0u64;
                 while let Some(msg) = ws.next().await {
                     let bytes = match msg {
@@ -404,8 +452,8 @@ async fn stream(node: Arc<Node>, cfg: FeedConfig, pds: String) {
                             break;
                         }
                     };
-                    let (n, p, c) = (node.clone(), pds.clone(), cfg.clone());
-                    match tokio::task::spawn_blocking(move || on_frame(&n, &c, &p, &bytes)).await {
+                    let (n, p, c, k) = (node.clone(), pds.clone(), cfg.clone(), poke.clone());
+                    match tokio::task::spawn_blocking(move || on_frame(&n, &c, &p, &bytes, &k)).await {
                         Ok(Ok(true)) => good += 1,
                         Ok(Ok(false)) => break,
                         Ok(Err(e)) => {
@@ -436,7 +484,7 @@ fn rand_jitter() -> u16 {
 
 /// Applies one stream frame; `false` when the stream should be dropped (an error frame, or
 /// one that does not decode).
-fn on_frame(node: &Node, cfg: &FeedConfig, pds: &str, bytes: &[u8]) -> rusqlite::Result<bool> {
+fn on_frame(node: &Node, cfg: &FeedConfig, pds: &str, bytes: &[u8], poke: &Notify) -> rusqlite::Result<bool> {
     let limits = FrameLimits { max_frame: cfg.max_frame_bytes, ..FrameLimits::default() };
     let frame = match decode_frame(bytes, &limits) {
         Ok(f) => f,
@@ -487,6 +535,7 @@ fn on_frame(node: &Node, cfg: &FeedConfig, pds: &str, bytes: &[u8]) -> rusqlite:
         Frame::Commit(ev) => {
             let (Some(rev), Some(data)) = (rev, data.and_then(|d| d.parse().ok())) else {
                 write(&|tx| refetch(tx, actor))?;
+                poke.notify_one();
                 return Ok(true);
             };
             let parsed = ev.repo.clone();
@@ -533,6 +582,7 @@ fn on_frame(node: &Node, cfg: &FeedConfig, pds: &str, bytes: &[u8]) -> rusqlite:
                 Err(Some(e)) if e.starts_with("the commit follows") => {
                     tracing::info!(app = NAME, %did, "commits were missed; the repository is fetched again");
                     write(&|tx| refetch(tx, actor))?;
+                    poke.notify_one();
                 }
                 Err(e) => {
                     let why = e.unwrap_or_else(|| "the commit's signature does not verify".into());
@@ -557,7 +607,16 @@ fn on_frame(node: &Node, cfg: &FeedConfig, pds: &str, bytes: &[u8]) -> rusqlite:
                 Ok(())
             })?;
         }
-        Frame::Sync { .. } => write(&|tx| refetch(tx, actor))?,
+        // A newer state than the one held: fetch it (one at or below the revision held says
+        // nothing new).
+        Frame::Sync { rev: synced, .. } => {
+            if rev.as_deref().is_some_and(|held| synced.as_str() <= held) {
+                write(&|_| Ok(()))?;
+            } else {
+                write(&|tx| refetch(tx, actor))?;
+                poke.notify_one();
+            }
+        }
         _ => write(&|_| Ok(()))?,
     }
     let _ = state;

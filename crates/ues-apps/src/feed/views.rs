@@ -342,13 +342,11 @@ impl<'c> Ctx<'c> {
             }
         }
         if id != me && !self.blocked(id) {
-            let (following, followed_by): (Option<String>, Option<String>) = self
-                .conn
-                .prepare_cached(
-                    "SELECT (SELECT rkey FROM feed_follow WHERE actor_id = ?1 AND subject_id = ?2 ORDER BY id LIMIT 1),
-                            (SELECT rkey FROM feed_follow WHERE actor_id = ?2 AND subject_id = ?1 ORDER BY id LIMIT 1)",
-                )?
-                .query_row([me, id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut s = self.conn.prepare_cached(
+                "SELECT rkey FROM feed_follow WHERE actor_id = ?1 AND subject_id = ?2 ORDER BY id LIMIT 1",
+            )?;
+            let following: Option<String> = s.query_row([me, id], |r| r.get(0)).optional()?;
+            let followed_by: Option<String> = s.query_row([id, me], |r| r.get(0)).optional()?;
             if let Some(rkey) = following {
                 v.insert("following".into(), Value::String(uri(&did(me)?, records::FOLLOW, &rkey)));
             }
@@ -472,21 +470,37 @@ impl<'c> Ctx<'c> {
         Ok(self.counts_and_mine(at, -1)?.0)
     }
 
-    /// A post's counts, and the viewer's like and repost of it (one statement).
+    /// A post's counts, and the viewer's like and repost of it. (Plain statements: SQLite
+    /// prepares ones with scalar subqueries again at each run, which costs more than the
+    /// statements saved.)
     #[allow(clippy::type_complexity)]
     fn counts_and_mine(
         &self,
         at: &str,
         me: i64,
     ) -> rusqlite::Result<((i64, i64, i64, i64), Option<String>, Option<String>)> {
-        self.conn
+        let counts = self
+            .conn
+            .prepare_cached("SELECT likes, reposts, replies, quotes FROM feed_post_count WHERE uri = ?1")?
+            .query_row([at], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?
+            .unwrap_or((0, 0, 0, 0));
+        if me < 0 {
+            return Ok((counts, None, None));
+        }
+        let like = self
+            .conn
+            .prepare_cached("SELECT rkey FROM feed_like WHERE actor_id = ?1 AND subject_uri = ?2 ORDER BY id LIMIT 1")?
+            .query_row(params![me, at], |r| r.get(0))
+            .optional()?;
+        let repost = self
+            .conn
             .prepare_cached(
-                "SELECT coalesce(c.likes, 0), coalesce(c.reposts, 0), coalesce(c.replies, 0), coalesce(c.quotes, 0),
-                   (SELECT rkey FROM feed_like WHERE actor_id = ?2 AND subject_uri = ?1 ORDER BY id LIMIT 1),
-                   (SELECT rkey FROM feed_repost WHERE actor_id = ?2 AND subject_uri = ?1 ORDER BY id LIMIT 1)
-                 FROM (SELECT 1) LEFT JOIN feed_post_count c ON c.uri = ?1",
+                "SELECT rkey FROM feed_repost WHERE actor_id = ?1 AND subject_uri = ?2 ORDER BY id LIMIT 1",
             )?
-            .query_row(params![at, me], |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?), r.get(4)?, r.get(5)?)))
+            .query_row(params![me, at], |r| r.get(0))
+            .optional()?;
+        Ok((counts, like, repost))
     }
 
     /// `app.bsky.feed.defs#postView` (`None`: not indexed).
