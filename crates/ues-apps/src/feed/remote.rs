@@ -402,6 +402,7 @@ async fn connect(
 /// One PDS's stream, reconnected with backoff for as long as the task lives.
 async fn stream(node: Arc<Node>, cfg: FeedConfig, pds: String, poke: Arc<Notify>) {
     let mut backoff = Duration::from_secs(1);
+    let mut refetched = false;
     loop {
         let n = node.clone();
         let p = pds.clone();
@@ -424,8 +425,10 @@ async fn stream(node: Arc<Node>, cfg: FeedConfig, pds: String, poke: Arc<Notify>
             Ok(mut ws) => {
                 tracing::info!(app = NAME, %pds, ?cursor, "following a PDS's stream");
                 // Opened afresh (no cursor kept): what its accounts committed between their
-                // fetch and now came before the stream, so they are fetched once more.
-                if cursor.is_none() {
+                // fetch and now came before the stream, so they are fetched once more (once
+                // per stream, not at each reconnection).
+                if cursor.is_none() && !refetched {
+                    refetched = true;
                     let (n, p) = (node.clone(), pds.clone());
                     let marked = tokio::task::spawn_blocking(move || {
                         n.accounts.db().write(|tx| {
