@@ -57,6 +57,9 @@ pub(crate) struct FeedSection {
     pub(crate) max_frame_kib: usize,
     /// Hours an account no longer followed stays indexed.
     pub(crate) unfollow_grace_hours: u64,
+    /// A relay (`https://...`) whose event stream carries the followed accounts' commits ("":
+    /// each account's own PDS).
+    pub(crate) relay: String,
 }
 
 impl Default for FeedSection {
@@ -67,6 +70,7 @@ impl Default for FeedSection {
             max_repo_mib: 64,
             max_frame_kib: 5120,
             unfollow_grace_hours: 24,
+            relay: String::new(),
         }
     }
 }
@@ -102,6 +106,7 @@ impl Config {
                 max_repo_bytes: f.max_repo_mib.saturating_mul(1 << 20),
                 max_frame_bytes: f.max_frame_kib.saturating_mul(1 << 10).max(1 << 10),
                 unfollow_grace: std::time::Duration::from_secs(f.unfollow_grace_hours.saturating_mul(3600)),
+                relay: (!f.relay.is_empty()).then(|| f.relay.trim_end_matches('/').to_string()),
             },
         })
     }

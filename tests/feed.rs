@@ -5,6 +5,8 @@
 //! Bluesky's AppView would answer, and each answer against the lexicons (those bundled in
 //! `@atproto/api` and those of `../shared/reference/atproto-lexicons`).
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/shared.rs"]
 mod shared;
 #[path = "support/node.rs"]
@@ -67,6 +69,77 @@ fn start(dir: &std::path::Path) -> support::Running {
     support::Running { child, port, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() }
 }
 
+/// Runs `tests/js/<script> <node base> [lexicons]` (bounded by [`SCENARIO_TIMEOUT`]): its exit
+/// status (`None`: killed at the bound), stdout, stderr, last JSON line, and the node's log tail.
+fn run_script(
+    js: &std::path::Path,
+    script: &str,
+    node_version: &str,
+    node: &support::Running,
+    lexicons: Option<&std::path::Path>,
+    tmp: &std::path::Path,
+) -> (Option<std::process::ExitStatus>, String, String, serde_json::Value, String) {
+    let stdout_path = tmp.join(format!("{script}.stdout"));
+    let stderr_path = tmp.join(format!("{script}.stderr"));
+    let mut cmd = Command::new("node");
+    cmd.arg("--experimental-websocket").arg(js.join(script)).arg(&node.base);
+    if let Some(dir) = lexicons {
+        cmd.arg(dir);
+    }
+    let mut child = cmd
+        .current_dir(js)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("node runs");
+    let deadline = Instant::now() + SCENARIO_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    // SKIPPED notices and progress from the script are shown with the test's output.
+    if !stderr.is_empty() {
+        eprintln!("{script} (node {node_version}) stderr:\n{stderr}");
+    }
+    let report: serde_json::Value =
+        stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(serde_json::Value::Null);
+    let node_log = tail(&node.dir.join("node.log"), 6000);
+    (status, stdout, stderr, report, node_log)
+}
+
+/// Lists and custom feeds through the official client: `getLists` (with `purposes`),
+/// `getList` (paged), `getFeedGenerator(s)` (online only for feeds this node computes), and
+/// `getFeed` on the node's two algorithms (full-text over the accounts followed, most liked by
+/// them), `UnknownFeed` for a generator served elsewhere (`tests/js/feed_lists.mjs`).
+#[test]
+fn lists_and_custom_feeds_through_the_official_client() {
+    let Some(js) = shared::node_tests() else { return };
+    let Some(node_version) = node_js() else { return };
+    let lexicons = shared::shared("reference/atproto-lexicons");
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(&tmp.path().join("data"));
+    let (status, stdout, stderr, report, node_log) =
+        run_script(&js, "feed_lists.mjs", &node_version, &node, lexicons.as_deref(), tmp.path());
+    drop(node);
+    assert!(
+        status.is_some_and(|s| s.success()) && report["error"].is_null() && report["checks"].as_u64() == Some(17),
+        "feed_lists.mjs failed ({status:?}): {report}\nstdout:\n{stdout}\nstderr:\n{stderr}\nnode log (tail):\n{node_log}"
+    );
+    if lexicons.is_some() {
+        assert_eq!(report["lexcheck"], "checked", "{report}");
+    }
+}
+
 #[test]
 fn the_official_client_reads_the_nodes_own_appview() {
     let Some(js) = shared::node_tests() else { return };
@@ -77,41 +150,8 @@ fn the_official_client_reads_the_nodes_own_appview() {
     let tmp = tempfile::tempdir().unwrap();
     let node = start(&tmp.path().join("data"));
 
-    let stdout_path = tmp.path().join("scenario.stdout");
-    let stderr_path = tmp.path().join("scenario.stderr");
-    let mut cmd = Command::new("node");
-    cmd.arg("--experimental-websocket").arg(js.join("feed_scenario.mjs")).arg(&node.base);
-    if let Some(dir) = &lexicons {
-        cmd.arg(dir);
-    }
-    let mut script = cmd
-        .current_dir(&js)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout_path).unwrap())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .expect("node runs");
-    let deadline = Instant::now() + SCENARIO_TIMEOUT;
-    let status = loop {
-        if let Some(status) = script.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = script.kill();
-            let _ = script.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    // SKIPPED notices and progress from the script are shown with the test's output.
-    if !stderr.is_empty() {
-        eprintln!("feed_scenario.mjs (node {node_version}) stderr:\n{stderr}");
-    }
-    let report: serde_json::Value =
-        stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(serde_json::Value::Null);
-    let node_log = tail(&node.dir.join("node.log"), 6000);
+    let (status, stdout, stderr, report, node_log) =
+        run_script(&js, "feed_scenario.mjs", &node_version, &node, lexicons.as_deref(), tmp.path());
     drop(node);
 
     let Some(status) = status else {
@@ -262,4 +302,63 @@ fn the_feed_topic_and_rest_routes_carry_the_timeline_and_notifications() {
         (res.status().as_u16(), ())
     };
     assert_eq!(s, 401);
+}
+
+/// Who answers `app.bsky.*` reads: with no AppView configured, this node, whatever
+/// `atproto-proxy` says for `#bsky_appview`; with `[xrpc] appview_url`, `[feed] mode = "auto"`
+/// and `"remote"` send them there (as before the feed existed) and `"local"` keeps them here;
+/// `"remote"` without an AppView is a configuration the node refuses.
+#[test]
+fn feed_mode_chooses_between_this_node_and_the_configured_appview() {
+    let (appview, seen) =
+        http::serve(|_, _| http::Answer::json(&serde_json::json!({ "feed": [], "cursor": "from-the-appview" })));
+    let timeline = |node: &support::Running, token: &str, proxy: Option<&str>| -> serde_json::Value {
+        let mut req = support::agent()
+            .get(format!("{}/xrpc/app.bsky.feed.getTimeline", node.base))
+            .header("authorization", &format!("Bearer {token}"));
+        if let Some(p) = proxy {
+            req = req.header("atproto-proxy", p);
+        }
+        let mut res = req.call().unwrap();
+        assert_eq!(res.status(), 200);
+        res.body_mut().read_json().unwrap()
+    };
+    let config = |mode: &str, appview: Option<u16>| {
+        let mut c = format!("{CONFIG}\n[feed]\nmode = \"{mode}\"\n");
+        if let Some(port) = appview {
+            c = format!(
+                "[xrpc]\nappview_url = \"http://127.0.0.1:{port}\"\nappview_did = \"did:web:127.0.0.1%3A{port}\"\n\n{c}"
+            );
+        }
+        c
+    };
+    // No AppView: answered here even when the client names Bluesky's.
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_with(&dir.path().join("a"), &config("auto", None));
+    let (_, token) = support::create_account(&node.base, "routing-a.test");
+    let v = timeline(&node, &token, Some("did:web:api.bsky.app#bsky_appview"));
+    assert!(v["feed"].is_array() && v.get("cursor").is_none(), "{v}");
+    drop(node);
+    for (mode, remote) in [("auto", true), ("remote", true), ("local", false)] {
+        let node = support::start_with(&dir.path().join(mode), &config(mode, Some(appview)));
+        let (_, token) = support::create_account(&node.base, &format!("routing-{mode}.test"));
+        let before = seen.lock().unwrap().len();
+        let v = timeline(&node, &token, None);
+        let went = seen.lock().unwrap().len() > before;
+        assert_eq!(went, remote, "mode {mode}: {v}");
+        assert_eq!(v["cursor"] == "from-the-appview", remote, "mode {mode}: {v}");
+    }
+    // "remote" with no AppView: refused at start, with the reason in the log.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("node.toml"), config("remote", None)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ues"))
+        .args(["run", "--data-dir"])
+        .arg(&bad)
+        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs [xrpc] appview_url"), "{err}");
 }

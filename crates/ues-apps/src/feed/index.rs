@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 use ues_protocol::sync::repo::ipld::storage::rusqlite::{self, OptionalExtension, Transaction, params};
 
-use super::records::{self, BLOCK, FOLLOW, LIKE, POST, PROFILE, REPOST};
+use super::records::{self, BLOCK, FOLLOW, GENERATOR, LIKE, LIST, LIST_ITEM, POST, PROFILE, REPOST};
 
 /// Why a notification was made (stored as its number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,6 +316,48 @@ impl<'a, 't> Indexer<'a, 't> {
                     )?;
                 }
             }
+            LIST => {
+                let Some(purpose) = value.get("purpose").and_then(Value::as_str) else { return Ok(false) };
+                if value.get("name").and_then(Value::as_str).is_none() {
+                    return Ok(false);
+                }
+                let sort_at = records::sort_at(records::created_at(value).as_deref(), indexed_at);
+                self.tx
+                    .prepare_cached(
+                        "INSERT INTO feed_list (actor_id, rkey, cid, record, purpose, indexed_at, sort_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![actor, rkey, cid, record, purpose, indexed_at, sort_at])?;
+            }
+            LIST_ITEM => {
+                let (Some(list), Some(subject)) =
+                    (value.get("list").and_then(Value::as_str), records::subject_did(value))
+                else {
+                    return Ok(false);
+                };
+                if records::split_uri(list).is_none() {
+                    return Ok(false);
+                }
+                let subject_id = self.actor(subject)?;
+                let sort_at = records::sort_at(records::created_at(value).as_deref(), indexed_at);
+                self.tx
+                    .prepare_cached(
+                        "INSERT INTO feed_list_item (actor_id, rkey, list_uri, subject_id, indexed_at, sort_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![actor, rkey, list, subject_id, indexed_at, sort_at])?;
+            }
+            GENERATOR => {
+                let (Some(service), Some(_)) =
+                    (value.get("did").and_then(Value::as_str), value.get("displayName").and_then(Value::as_str))
+                else {
+                    return Ok(false);
+                };
+                let sort_at = records::sort_at(records::created_at(value).as_deref(), indexed_at);
+                self.tx
+                    .prepare_cached(
+                        "INSERT INTO feed_generator (actor_id, rkey, cid, record, service_did, indexed_at, sort_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![actor, rkey, cid, record, service, indexed_at, sort_at])?;
+            }
             PROFILE if rkey == "self" => {
                 let text = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_string);
                 self.tx.execute(
@@ -401,6 +443,16 @@ impl<'a, 't> Indexer<'a, 't> {
                     self.tx.prepare_cached("DELETE FROM feed_notif WHERE uri = ?1")?.execute([&me])?;
                 }
             }
+            LIST | LIST_ITEM | GENERATOR => {
+                let table = match collection {
+                    LIST => "feed_list",
+                    LIST_ITEM => "feed_list_item",
+                    _ => "feed_generator",
+                };
+                self.tx
+                    .prepare_cached(&format!("DELETE FROM {table} WHERE actor_id = ?1 AND rkey = ?2"))?
+                    .execute(params![actor, rkey])?;
+            }
             PROFILE
                 if rkey == "self" && self.tx.execute("DELETE FROM feed_profile WHERE actor_id = ?1", [actor])? > 0 =>
             {
@@ -421,6 +473,9 @@ impl<'a, 't> Indexer<'a, 't> {
             ("feed_repost", REPOST),
             ("feed_follow", FOLLOW),
             ("feed_block", BLOCK),
+            ("feed_list", LIST),
+            ("feed_list_item", LIST_ITEM),
+            ("feed_generator", GENERATOR),
         ] {
             let sql = format!(
                 "SELECT rkey FROM {table} WHERE {} = ?1",

@@ -107,6 +107,9 @@ pub struct FeedConfig {
     pub max_frame_bytes: usize,
     /// How long an account no longer followed stays indexed.
     pub unfollow_grace: std::time::Duration,
+    /// A relay whose `subscribeRepos` carries the followed accounts' commits (instead of one
+    /// connection to each account's PDS); their repositories are still fetched from their PDS.
+    pub relay: Option<String>,
 }
 
 impl Default for FeedConfig {
@@ -117,6 +120,7 @@ impl Default for FeedConfig {
             max_repo_bytes: 64 << 20,
             max_frame_bytes: 5 << 20,
             unfollow_grace: std::time::Duration::from_secs(24 * 3600),
+            relay: None,
         }
     }
 }
@@ -405,6 +409,9 @@ impl App for Feed {
             "feed_actor_count",
             "feed_notif",
             "feed_horizon",
+            "feed_list",
+            "feed_list_item",
+            "feed_generator",
         ] {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
         }

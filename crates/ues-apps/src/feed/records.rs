@@ -10,9 +10,12 @@ pub(super) const REPOST: &str = "app.bsky.feed.repost";
 pub(super) const FOLLOW: &str = "app.bsky.graph.follow";
 pub(super) const BLOCK: &str = "app.bsky.graph.block";
 pub(super) const PROFILE: &str = "app.bsky.actor.profile";
+pub(super) const LIST: &str = "app.bsky.graph.list";
+pub(super) const LIST_ITEM: &str = "app.bsky.graph.listitem";
+pub(super) const GENERATOR: &str = "app.bsky.feed.generator";
 
 /// The collections the feed indexes.
-pub(super) const COLLECTIONS: &[&str] = &[PROFILE, FOLLOW, BLOCK, POST, REPOST, LIKE];
+pub(super) const COLLECTIONS: &[&str] = &[PROFILE, FOLLOW, BLOCK, LIST, LIST_ITEM, GENERATOR, POST, REPOST, LIKE];
 
 /// A post has images (directly or beside a quote).
 pub(super) const MEDIA_IMAGES: i64 = 1;

@@ -167,4 +167,44 @@ CREATE INDEX feed_remote_by_pds ON feed_remote (pds);
 CREATE TABLE feed_upstream (url TEXT PRIMARY KEY, cursor INTEGER);
 ",
     },
+    Migration {
+        id: "dev.ues.feed/0003_lists_generators",
+        sql: "
+CREATE TABLE feed_list (
+    id INTEGER PRIMARY KEY,
+    actor_id INTEGER NOT NULL,
+    rkey TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    record TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    indexed_at INTEGER NOT NULL,
+    sort_at INTEGER NOT NULL,
+    UNIQUE (actor_id, rkey)
+);
+CREATE INDEX feed_list_by_actor ON feed_list (actor_id, sort_at, id);
+CREATE TABLE feed_list_item (
+    id INTEGER PRIMARY KEY,
+    actor_id INTEGER NOT NULL,
+    rkey TEXT NOT NULL,
+    list_uri TEXT NOT NULL,
+    subject_id INTEGER NOT NULL,
+    indexed_at INTEGER NOT NULL,
+    sort_at INTEGER NOT NULL,
+    UNIQUE (actor_id, rkey)
+);
+CREATE INDEX feed_list_item_by_list ON feed_list_item (list_uri, sort_at, id);
+CREATE TABLE feed_generator (
+    id INTEGER PRIMARY KEY,
+    actor_id INTEGER NOT NULL,
+    rkey TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    record TEXT NOT NULL,
+    service_did TEXT NOT NULL,
+    indexed_at INTEGER NOT NULL,
+    sort_at INTEGER NOT NULL,
+    UNIQUE (actor_id, rkey)
+);
+CREATE INDEX feed_generator_by_actor ON feed_generator (actor_id, sort_at, id);
+",
+    },
 ];

@@ -57,6 +57,14 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/xrpc/app.bsky.graph.getFollows", q(get_follows, "app.bsky.graph.getFollows", false))
         .route("/xrpc/app.bsky.graph.getFollowers", q(get_followers, "app.bsky.graph.getFollowers", false))
         .route("/xrpc/app.bsky.graph.getBlocks", q(get_blocks, "app.bsky.graph.getBlocks", true))
+        .route("/xrpc/app.bsky.graph.getLists", q(get_lists, "app.bsky.graph.getLists", false))
+        .route("/xrpc/app.bsky.graph.getList", q(get_list, "app.bsky.graph.getList", false))
+        .route("/xrpc/app.bsky.feed.getFeedGenerator", q(get_feed_generator, "app.bsky.feed.getFeedGenerator", false))
+        .route(
+            "/xrpc/app.bsky.feed.getFeedGenerators",
+            q(get_feed_generators, "app.bsky.feed.getFeedGenerators", false),
+        )
+        .route("/xrpc/app.bsky.feed.getFeed", q(get_feed, "app.bsky.feed.getFeed", true))
         .route(
             "/xrpc/app.bsky.notification.listNotifications",
             q(list_notifications, "app.bsky.notification.listNotifications", true),
@@ -425,7 +433,16 @@ impl<'c> Ctx<'c> {
             v.insert("followersCount".into(), followers.into());
             v.insert("followsCount".into(), follows.into());
             v.insert("postsCount".into(), posts.into());
-            v.insert("associated".into(), json!({ "lists": 0, "feedgens": 0, "starterPacks": 0, "labeler": false }));
+            let (lists, feedgens): (i64, i64) = self
+                .conn
+                .prepare_cached(
+                    "SELECT (SELECT count(*) FROM feed_list WHERE actor_id = ?1), (SELECT count(*) FROM feed_generator WHERE actor_id = ?1)",
+                )?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            v.insert(
+                "associated".into(),
+                json!({ "lists": lists, "feedgens": feedgens, "starterPacks": 0, "labeler": false }),
+            );
         }
         if a.status == "takendown" {
             v.insert(
@@ -1264,6 +1281,252 @@ fn get_blocks(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
     let me = ctx.viewer()?;
     let (views, mut out) = graph_page(ctx, "feed_block", "actor_id", "subject_id", me, p)?;
     out.insert("blocks".into(), Value::Array(views));
+    Ok(Value::Object(out))
+}
+
+// ---- lists ----
+
+/// `app.bsky.graph.defs#listView` of the list at `at` (`None`: not indexed).
+fn list_view(ctx: &Ctx<'_>, at: &str) -> Result<Option<Value>, NodeError> {
+    let Some((did, coll, rkey)) = split_uri(at) else { return Ok(None) };
+    if coll != records::LIST {
+        return Ok(None);
+    }
+    let row: Option<(i64, String, String, String, i64)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT l.actor_id, l.cid, l.record, l.purpose, l.indexed_at FROM feed_list l JOIN feed_actor a ON a.id = l.actor_id
+             WHERE a.did = ?1 AND l.rkey = ?2",
+        )
+        .and_then(|mut s| s.query_row([did, rkey], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).optional())
+        .map_err(internal)?;
+    let Some((actor, cid, record, purpose, indexed_at)) = row else { return Ok(None) };
+    let Some(creator) = ctx.profile(actor, 1).map_err(internal)? else { return Ok(None) };
+    let record: Value = serde_json::from_str(&record).unwrap_or(Value::Null);
+    let items: i64 = ctx
+        .conn
+        .prepare_cached("SELECT count(*) FROM feed_list_item WHERE list_uri = ?1")
+        .and_then(|mut s| s.query_row([at], |r| r.get(0)))
+        .map_err(internal)?;
+    let mut v = json!({
+        "uri": at, "cid": cid, "creator": creator, "name": record["name"], "purpose": purpose,
+        "listItemCount": items, "indexedAt": iso_from_millis(indexed_at), "labels": [],
+        "viewer": { "muted": false },
+    });
+    if let Some(d) = record.get("description").and_then(Value::as_str) {
+        v["description"] = Value::String(d.to_string());
+    }
+    if let Some(cid) = records::blob_cid(record.get("avatar")) {
+        v["avatar"] = Value::String(ctx.blob_url(did, &cid));
+    }
+    Ok(Some(v))
+}
+
+fn get_lists(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
+    let id = known(ctx, required(p, "actor")?)?;
+    let did = ctx.actor(id).map_err(internal)?.map(|a| a.did).unwrap_or_default();
+    let n = limit(p, 50, 100);
+    let (cs, ci) = cursor(p)?;
+    let purposes: Vec<&str> = all(p, "purposes")
+        .into_iter()
+        .map(|x| match x {
+            "modlist" => "app.bsky.graph.defs#modlist",
+            "curatelist" => "app.bsky.graph.defs#curatelist",
+            other => other,
+        })
+        .collect();
+    let rows: Vec<(i64, String, String, i64)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT id, rkey, purpose, sort_at FROM feed_list WHERE actor_id = ?1 AND (sort_at < ?2 OR (sort_at = ?2 AND id < ?3))
+             ORDER BY sort_at DESC, id DESC LIMIT ?4",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![id, cs, ci, n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect()
+        })
+        .map_err(internal)?;
+    let mut out = Map::new();
+    next_cursor(&mut out, rows.len(), n, rows.last().map(|r| (r.3, r.0)));
+    let mut lists = Vec::new();
+    for (_, rkey, purpose, _) in &rows {
+        if !purposes.is_empty() && !purposes.contains(&purpose.as_str()) {
+            continue;
+        }
+        if let Some(v) = list_view(ctx, &uri(&did, records::LIST, rkey))? {
+            lists.push(v);
+        }
+    }
+    out.insert("lists".into(), Value::Array(lists));
+    Ok(Value::Object(out))
+}
+
+fn get_list(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
+    let at = required(p, "list")?;
+    let Some(list) = list_view(ctx, at)? else {
+        return Err(NodeError::invalid("List not found"));
+    };
+    let n = limit(p, 50, 100);
+    let (cs, ci) = cursor(p)?;
+    let rows: Vec<(i64, i64, String, String, i64)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT i.id, i.subject_id, a.did, i.rkey, i.sort_at FROM feed_list_item i JOIN feed_actor a ON a.id = i.actor_id
+             WHERE i.list_uri = ?1 AND (i.sort_at < ?2 OR (i.sort_at = ?2 AND i.id < ?3)) ORDER BY i.sort_at DESC, i.id DESC LIMIT ?4",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![at, cs, ci, n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect()
+        })
+        .map_err(internal)?;
+    let mut out = Map::new();
+    next_cursor(&mut out, rows.len(), n, rows.last().map(|r| (r.4, r.0)));
+    let mut items = Vec::new();
+    for (_, subject, did, rkey, _) in rows {
+        if let Some(v) = ctx.profile(subject, 1).map_err(internal)? {
+            items.push(json!({ "uri": uri(&did, records::LIST_ITEM, &rkey), "subject": v }));
+        }
+    }
+    out.insert("list".into(), list);
+    out.insert("items".into(), Value::Array(items));
+    Ok(Value::Object(out))
+}
+
+// ---- feed generators ----
+
+/// A feed this node computes, as its generator record names it (`dev.ues.feed.algorithm`).
+enum Algorithm {
+    /// Posts by the viewer and the accounts it follows that match a full-text query.
+    FollowsSearch(String),
+    /// Posts liked most in the last hours by the viewer and the accounts it follows.
+    FollowsTopLiked(i64),
+}
+
+fn algorithm(record: &Value) -> Option<Algorithm> {
+    let a = record.get("dev.ues.feed.algorithm")?;
+    match a.get("kind")?.as_str()? {
+        "followsSearch" => Some(Algorithm::FollowsSearch(a.get("q")?.as_str()?.to_string())),
+        "followsTopLiked" => {
+            Some(Algorithm::FollowsTopLiked(a.get("hours").and_then(Value::as_i64).unwrap_or(24).clamp(1, 24 * 30)))
+        }
+        _ => None,
+    }
+}
+
+/// A generator's view and whether this node computes it (`None`: not indexed).
+fn generator_view(ctx: &Ctx<'_>, at: &str) -> Result<Option<(Value, Option<Algorithm>)>, NodeError> {
+    let Some((did, coll, rkey)) = split_uri(at) else { return Ok(None) };
+    if coll != records::GENERATOR {
+        return Ok(None);
+    }
+    let row: Option<(i64, String, String, String, i64)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT g.actor_id, g.cid, g.record, g.service_did, g.indexed_at FROM feed_generator g JOIN feed_actor a ON a.id = g.actor_id
+             WHERE a.did = ?1 AND g.rkey = ?2",
+        )
+        .and_then(|mut s| s.query_row([did, rkey], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).optional())
+        .map_err(internal)?;
+    let Some((actor, cid, record, service, indexed_at)) = row else { return Ok(None) };
+    let Some(creator) = ctx.profile(actor, 1).map_err(internal)? else { return Ok(None) };
+    let record: Value = serde_json::from_str(&record).unwrap_or(Value::Null);
+    let ((likes, ..), my_like, _) = ctx.counts_and_mine(at, ctx.viewer.unwrap_or(-1)).map_err(internal)?;
+    let mut v = json!({
+        "uri": at, "cid": cid, "did": service, "creator": creator, "displayName": record["displayName"],
+        "likeCount": likes, "indexedAt": iso_from_millis(indexed_at), "labels": [], "viewer": {},
+    });
+    if let Some(k) = my_like {
+        v["viewer"]["like"] = Value::String(uri(&ctx.viewer_did, records::LIKE, &k));
+    }
+    if let Some(d) = record.get("description").and_then(Value::as_str) {
+        v["description"] = Value::String(d.to_string());
+    }
+    if let Some(cid) = records::blob_cid(record.get("avatar")) {
+        v["avatar"] = Value::String(ctx.blob_url(did, &cid));
+    }
+    if let Some(b) = record.get("acceptsInteractions").and_then(Value::as_bool) {
+        v["acceptsInteractions"] = Value::Bool(b);
+    }
+    let hosted = (service == ctx.node.cfg.service_did).then(|| algorithm(&record)).flatten();
+    Ok(Some((v, hosted)))
+}
+
+fn get_feed_generator(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
+    let at = required(p, "feed")?;
+    let Some((view, hosted)) = generator_view(ctx, at)? else {
+        return Err(NodeError::invalid("could not find feed"));
+    };
+    let here = hosted.is_some();
+    Ok(json!({ "view": view, "isOnline": here, "isValid": here }))
+}
+
+fn get_feed_generators(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
+    let mut feeds = Vec::new();
+    for at in all(p, "feeds").into_iter().take(25) {
+        if let Some((v, _)) = generator_view(ctx, at)? {
+            feeds.push(v);
+        }
+    }
+    Ok(json!({ "feeds": feeds }))
+}
+
+fn get_feed(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
+    let at = required(p, "feed")?;
+    let unknown = || NodeError::new(StatusCode::BAD_REQUEST, "UnknownFeed", format!("Unknown feed: {at}"));
+    let Some((_, Some(algo))) = generator_view(ctx, at)? else { return Err(unknown()) };
+    let me = ctx.viewer()?;
+    let n = limit(p, 50, 100);
+    let mut out = Map::new();
+    let posts: Vec<String> = match algo {
+        Algorithm::FollowsSearch(q) => {
+            let Some(fts) = fts_query(&q, false) else { return Err(unknown()) };
+            let (cs, ci) = cursor(p)?;
+            let rows: Vec<(i64, String, String, i64)> = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT p.id, a.did, p.rkey, p.sort_at FROM feed_post_fts f JOIN feed_post p ON p.id = f.rowid
+                     JOIN feed_actor a ON a.id = p.author_id
+                     WHERE feed_post_fts MATCH ?1 AND p.author_id IN (SELECT subject_id FROM feed_follow WHERE actor_id = ?2 UNION SELECT ?2)
+                     AND (p.sort_at < ?3 OR (p.sort_at = ?3 AND p.id < ?4)) ORDER BY p.sort_at DESC, p.id DESC LIMIT ?5",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![fts, me, cs, ci, n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect()
+                })
+                .map_err(internal)?;
+            next_cursor(&mut out, rows.len(), n, rows.last().map(|r| (r.3, r.0)));
+            rows.into_iter().map(|(_, did, rkey, _)| uri(&did, POST, &rkey)).collect()
+        }
+        Algorithm::FollowsTopLiked(hours) => {
+            // Ranked: the cursor is the place in the ranking (the first 1,000 posts).
+            let offset: i64 = match one(p, "cursor") {
+                None | Some("") => 0,
+                Some(c) => c
+                    .strip_prefix("r:")
+                    .and_then(|o| o.parse().ok())
+                    .ok_or_else(|| NodeError::invalid("Malformed cursor"))?,
+            };
+            let since = super::now_ms() - hours * 3_600_000;
+            let rows: Vec<String> = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT subject_uri FROM feed_like WHERE actor_id IN (SELECT subject_id FROM feed_follow WHERE actor_id = ?1 UNION SELECT ?1)
+                     AND sort_at >= ?2 AND subject_uri LIKE 'at://%/app.bsky.feed.post/%'
+                     GROUP BY subject_uri ORDER BY count(*) DESC, max(sort_at) DESC, subject_uri LIMIT ?3 OFFSET ?4",
+                )
+                .and_then(|mut s| s.query_map(params![me, since, n.min(1000 - offset).max(0), offset], |r| r.get(0))?.collect())
+                .map_err(internal)?;
+            if rows.len() as i64 >= n && offset + n < 1000 {
+                out.insert("cursor".into(), Value::String(format!("r:{}", offset + n)));
+            }
+            rows
+        }
+    };
+    let mut feed = Vec::new();
+    for post in posts {
+        let it = Item { id: 0, actor: -1, kind: 0, rkey: String::new(), post_uri: post, sort_at: 0, flags: 0 };
+        if let Some(v) = ctx.feed_view_post(&it).map_err(internal)? {
+            feed.push(v);
+        }
+    }
+    out.insert("feed".into(), Value::Array(feed));
     Ok(Value::Object(out))
 }
 
