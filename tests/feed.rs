@@ -35,38 +35,12 @@ fn node_js() -> Option<String> {
     }
 }
 
-/// The last `max` bytes of a file, as text.
-fn tail(path: &std::path::Path, max: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let start = text.len().saturating_sub(max);
-    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
-    text[start..].to_string()
-}
-
 /// Starts `ues run` with `CONFIG` on 127.0.0.1 and waits (at most 60 s) until it answers; a node
 /// that exits first (a configuration it refuses, such as an unknown app) fails with its log.
 fn start(dir: &std::path::Path) -> support::Running {
-    let port = support::free_port();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("node.toml"), CONFIG).unwrap();
-    let log = dir.join("node.log");
-    let mut child = support::spawn(dir, port, "/ip4/127.0.0.1/tcp/0", &log);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the node with the feed app exited before answering ({status}); its log:\n{}", tail(&log, 8000));
-        }
-        if support::agent().get(format!("http://127.0.0.1:{port}/xrpc/_health")).call().is_ok() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the node on port {port} never answered; its log:\n{}", tail(&log, 8000));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    support::Running { child, port, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() }
+    support::start_watched(dir, support::free_port())
 }
 
 /// Runs `tests/js/<script> <node base> [lexicons]` (bounded by [`SCENARIO_TIMEOUT`]): its exit
@@ -113,14 +87,15 @@ fn run_script(
     }
     let report: serde_json::Value =
         stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(serde_json::Value::Null);
-    let node_log = tail(&node.dir.join("node.log"), 6000);
+    let node_log = support::tail(&node.dir.join("node.log"), 6000);
     (status, stdout, stderr, report, node_log)
 }
 
 /// Lists and custom feeds through the official client: `getLists` (with `purposes`),
 /// `getList` (paged), `getFeedGenerator(s)` (online only for feeds this node computes), and
 /// `getFeed` on the node's two algorithms (full-text over the accounts followed, most liked by
-/// them), `UnknownFeed` for a generator served elsewhere (`tests/js/feed_lists.mjs`).
+/// them), `UnknownFeed` for a generator served elsewhere; post and actor search
+/// (`tests/js/feed_lists.mjs`).
 #[test]
 fn lists_and_custom_feeds_through_the_official_client() {
     let Some(js) = shared::node_tests() else { return };
@@ -132,7 +107,7 @@ fn lists_and_custom_feeds_through_the_official_client() {
         run_script(&js, "feed_lists.mjs", &node_version, &node, lexicons.as_deref(), tmp.path());
     drop(node);
     assert!(
-        status.is_some_and(|s| s.success()) && report["error"].is_null() && report["checks"].as_u64() == Some(17),
+        status.is_some_and(|s| s.success()) && report["error"].is_null() && report["checks"].as_u64() == Some(21),
         "feed_lists.mjs failed ({status:?}): {report}\nstdout:\n{stdout}\nstderr:\n{stderr}\nnode log (tail):\n{node_log}"
     );
     if lexicons.is_some() {

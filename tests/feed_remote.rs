@@ -38,14 +38,6 @@ fn node_js() -> Option<String> {
     }
 }
 
-/// The last `max` bytes of a file, as text.
-fn tail(path: &Path, max: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let start = text.len().saturating_sub(max);
-    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
-    text[start..].to_string()
-}
-
 /// The reference PDS and its directory (`feed_remote.mjs`), stopped when dropped.
 struct Reference {
     child: Child,
@@ -112,32 +104,9 @@ fn start_reference(refpds: &Path, data: &Path) -> Reference {
             return reference;
         }
         drop(reference);
-        last = format!("said {line:?}; stderr: {}", tail(&stderr, 2000));
+        last = format!("said {line:?}; stderr: {}", support::tail(&stderr, 2000));
     }
     panic!("the reference PDS did not start: {last}");
-}
-
-/// Starts `ues run` on `dir` (its node.toml already written) on `port`, waiting at most 60 s
-/// for it to answer; a node that exits first fails with its log.
-fn start_node(dir: &Path, port: u16) -> support::Running {
-    let log = dir.join("node.log");
-    let mut child = support::spawn(dir, port, "/ip4/127.0.0.1/tcp/0", &log);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the node exited before answering ({status}); its log:\n{}", tail(&log, 8000));
-        }
-        if support::agent().get(format!("http://127.0.0.1:{port}/xrpc/_health")).call().is_ok() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the node on port {port} never answered; its log:\n{}", tail(&log, 8000));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    support::Running { child, port, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() }
 }
 
 /// A JSON call: `(status, body)` (`null` when the body is not JSON; status 0 when the
@@ -244,18 +213,7 @@ impl Remote<'_> {
 /// Now, as an AT Protocol datetime.
 fn now_iso() -> String {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
+    ues_protocol::node::sequencer::iso_from_millis(ms)
 }
 
 /// The posts of the viewer's timeline (`feed[].post`), `None` while the call fails.
@@ -366,7 +324,7 @@ fn a_post_on_bluesky_s_reference_pds_reaches_a_follower_s_timeline_and_its_delet
     );
     std::fs::write(dir.join("node.toml"), config).unwrap();
     let port = support::free_port();
-    let node = start_node(&dir, port);
+    let node = support::start_watched(&dir, port);
     let log = dir.join("node.log");
 
     // R on the reference posts P1; U on UES follows R.
@@ -387,8 +345,8 @@ fn a_post_on_bluesky_s_reference_pds_reaches_a_follower_s_timeline_and_its_delet
         let (s, status) = remote_status(node, &r.did);
         format!(
             "getRemoteStatus: {s} {status}\nreference stderr:\n{}\nnode log (tail):\n{}",
-            tail(&reference.stderr, 2000),
-            tail(&log, 6000)
+            support::tail(&reference.stderr, 2000),
+            support::tail(&log, 6000)
         )
     };
 
@@ -418,7 +376,12 @@ fn a_post_on_bluesky_s_reference_pds_reaches_a_follower_s_timeline_and_its_delet
     );
     assert_view(&posts, &p2, &r.did);
     let fetched = fetches(&log, &r.did);
-    assert_eq!(fetched, 2, "P2 came over the stream, not by fetching the repository again:\n{}", tail(&log, 6000));
+    assert_eq!(
+        fetched,
+        2,
+        "P2 came over the stream, not by fetching the repository again:\n{}",
+        support::tail(&log, 6000)
+    );
     r.delete(&p1);
     let posts = wait_for(
         "P1 gone from U's timeline after its deletion",
@@ -430,7 +393,7 @@ fn a_post_on_bluesky_s_reference_pds_reaches_a_follower_s_timeline_and_its_delet
         fetches(&log, &r.did),
         fetched,
         "P1's deletion came over the stream, not by fetching the repository again:\n{}",
-        tail(&log, 6000)
+        support::tail(&log, 6000)
     );
     let rev = r.rev();
     let status = wait_for(
@@ -453,7 +416,7 @@ fn a_post_on_bluesky_s_reference_pds_reaches_a_follower_s_timeline_and_its_delet
     node.child.wait().unwrap();
     drop(node);
     let p3 = r.post("P3: written while the UES node was down");
-    let node = start_node(&dir, port);
+    let node = support::start_watched(&dir, port);
     let posts = wait_for(
         "P3 in U's timeline after the restart",
         || context(&node),
@@ -499,6 +462,6 @@ fn a_post_on_bluesky_s_reference_pds_reaches_a_follower_s_timeline_and_its_delet
     assert!(
         !text.contains("remote repository refused"),
         "the reference's repository was refused:\n{}",
-        tail(&log, 6000)
+        support::tail(&log, 6000)
     );
 }

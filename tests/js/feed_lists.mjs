@@ -5,7 +5,7 @@
 // node ("dev.ues.feed.algorithm": posts matching "rust" by those ann follows) and another
 // ("posts liked most in the last 24 hours by those ann follows"); bob posts and likes. Checks
 // getLists, getList, getFeedGenerator(s), getFeed (both feeds, paged), UnknownFeed for a
-// generator the node does not compute; every body is validated by the client and, with the
+// generator the node does not compute; searchPosts, searchActors and the typeahead; every body is validated by the client and, with the
 // shared lexicons, by @atproto/lexicon. Prints one JSON line; exits non-zero on the first failure.
 import api from '@atproto/api'
 import { loadLexicons } from './lexcheck.mjs'
@@ -112,6 +112,16 @@ try {
   let unknown = null
   try { await q(ann, 'app.bsky.feed.getFeed', { feed: elsewhere.uri }) } catch (e) { unknown = e }
   ok(unknown && unknown.error === 'UnknownFeed', `UnknownFeed: ${unknown}`)
+  // Search: posts (newest first, by author), actors (handle, display name), typeahead.
+  const found = await q(ann, 'app.bsky.feed.searchPosts', { q: 'rust' })
+  ok(found.posts.map((p) => p.uri).join() === [c1.uri, b3.uri, b1.uri].join(), `searchPosts: ${JSON.stringify(found.posts.map((p) => p.record.text))}`)
+  const byBob = await q(ann, 'app.bsky.feed.searchPosts', { q: 'rust', author: bob.session.did, limit: 1 })
+  const byBob2 = await q(ann, 'app.bsky.feed.searchPosts', { q: 'rust', author: bob.session.did, limit: 1, cursor: byBob.cursor })
+  ok(byBob.posts[0].uri === b3.uri && byBob2.posts[0].uri === b1.uri, 'searchPosts by author, paged')
+  const actors = await q(bob, 'app.bsky.actor.searchActors', { q: `ann${tag}` })
+  ok(actors.actors.length === 1 && actors.actors[0].did === ann.session.did, `searchActors: ${JSON.stringify(actors)}`)
+  const ahead = await q(bob, 'app.bsky.actor.searchActorsTypeahead', { q: `bo` })
+  ok(ahead.actors.some((a) => a.did === bob.session.did) && !ahead.actors.some((a) => a.did === ann.session.did), `typeahead: ${JSON.stringify(ahead)}`)
   out.lexcheck = lc ? 'checked' : 'SKIPPED'
   console.log(JSON.stringify(out))
 } catch (e) {

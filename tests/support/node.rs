@@ -78,6 +78,37 @@ impl Drop for Running {
     }
 }
 
+/// The last `max` bytes of a file, as text (a node's log in a failure message).
+pub fn tail(path: &Path, max: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(max);
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    text[start..].to_string()
+}
+
+/// Starts `ues run` on `dir` (its node.toml already written) on `port` and waits (at most 60 s)
+/// until it answers; a node that exits first (a configuration it refuses) fails with its log.
+pub fn start_watched(dir: &Path, port: u16) -> Running {
+    let log = dir.join("node.log");
+    let mut child = spawn(dir, port, "/ip4/127.0.0.1/tcp/0", &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the node exited before answering ({status}); its log:\n{}", tail(&log, 8000));
+        }
+        if agent().get(format!("http://127.0.0.1:{port}/xrpc/_health")).call().is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node on port {port} never answered; its log:\n{}", tail(&log, 8000));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Running { child, port, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() }
+}
+
 /// Starts `ues run` on `dir` with `config` as its node.toml (libp2p on a free loopback port)
 /// and waits until it answers.
 pub fn start_with(dir: &Path, config: &str) -> Running {
