@@ -21,20 +21,6 @@ const CONFIG: &str = "[xrpc.rate_limits]\nenabled = false\n\n[apps]\nenabled = [
 /// catch up is bounded at 10 s inside the script).
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// `node --version` answers, or `None` after a loud message (a failure under CI).
-fn node_js() -> Option<String> {
-    match Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-        other => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("CI=true but `node` does not run: {other:?}");
-            }
-            eprintln!("\n!!!!!!!! SKIPPED: `node` is not installed; the feed scenario did not run !!!!!!!!\n");
-            None
-        }
-    }
-}
-
 /// Starts `ues run` with `CONFIG` on 127.0.0.1 and waits (at most 60 s) until it answers; a node
 /// that exits first (a configuration it refuses, such as an unknown app) fails with its log.
 fn start(dir: &std::path::Path) -> support::Running {
@@ -99,7 +85,7 @@ fn run_script(
 #[test]
 fn lists_and_custom_feeds_through_the_official_client() {
     let Some(js) = shared::node_tests() else { return };
-    let Some(node_version) = node_js() else { return };
+    let Some(node_version) = shared::node_js("the feed scenario") else { return };
     let lexicons = shared::shared("reference/atproto-lexicons");
     let tmp = tempfile::tempdir().unwrap();
     let node = start(&tmp.path().join("data"));
@@ -118,7 +104,7 @@ fn lists_and_custom_feeds_through_the_official_client() {
 #[test]
 fn the_official_client_reads_the_nodes_own_appview() {
     let Some(js) = shared::node_tests() else { return };
-    let Some(node_version) = node_js() else { return };
+    let Some(node_version) = shared::node_js("the feed scenario") else { return };
     // The reference lexicons every answer is also checked against (loud skip when absent).
     let lexicons = shared::shared("reference/atproto-lexicons");
 

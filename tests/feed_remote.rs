@@ -24,20 +24,6 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(60);
 const STEP: Duration = Duration::from_millis(200);
 
-/// `node --version` answers, or `None` after a loud message (a failure under CI).
-fn node_js() -> Option<String> {
-    match Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-        other => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("CI=true but `node` does not run: {other:?}");
-            }
-            eprintln!("\n!!!!!!!! SKIPPED: `node` is not installed; the remote feed was not tested !!!!!!!!\n");
-            None
-        }
-    }
-}
-
 /// The reference PDS and its directory (`feed_remote.mjs`), stopped when dropped.
 struct Reference {
     child: Child,
@@ -312,7 +298,7 @@ fn remote_status(node: &support::Running, did: &str) -> (u16, Value) {
 #[test]
 fn a_post_on_bluesky_s_reference_pds_reaches_a_follower_s_timeline_and_its_deletion_too() {
     let Some(refpds) = shared::reference_pds() else { return };
-    let Some(_) = node_js() else { return };
+    let Some(_) = shared::node_js("the remote feed") else { return };
     let root = tempfile::tempdir().unwrap();
     let reference = start_reference(&refpds, &root.path().join("reference"));
 

@@ -52,6 +52,21 @@ pub fn node_tests() -> Option<PathBuf> {
     None
 }
 
+/// `node --version`, or `None` after a loud message naming `what` was not tested (a failure
+/// under CI).
+pub fn node_js(what: &str) -> Option<String> {
+    match std::process::Command::new("node").arg("--version").output() {
+        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        other => {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("CI=true but `node` does not run: {other:?}");
+            }
+            eprintln!("\n!!!!!!!! SKIPPED: `node` is not installed; {what} was not tested !!!!!!!!\n");
+            None
+        }
+    }
+}
+
 /// The Python of `tests/py/.venv` (with the `atproto` SDK, installed by `scripts/setup.sh`), or
 /// `None` after a loud message when absent outside CI.
 pub fn python_sdk() -> Option<PathBuf> {
