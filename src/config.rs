@@ -159,7 +159,7 @@ pub(crate) struct AppsSection {
 
 impl Default for AppsSection {
     fn default() -> Self {
-        Self { enabled: vec!["dev.ues.stats".to_string()] }
+        Self { enabled: vec!["dev.ues.stats".to_string(), "dev.ues.feed".to_string()] }
     }
 }
 
