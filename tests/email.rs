@@ -31,6 +31,15 @@ struct Smtp {
     file: PathBuf,
 }
 
+/// Whether an SMTP server answers on `port` with its `220` greeting (within 2 s).
+fn greets(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"220")
+}
+
 impl Drop for Smtp {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -49,24 +58,38 @@ impl Smtp {
             eprintln!("\n!!!!!!!! SKIPPED: aiosmtpd is not installed (run scripts/setup.sh) !!!!!!!!\n");
             return None;
         }
-        let port = free_port();
         let file = dir.join("smtp.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/smtp_sink.py");
-        let child = Command::new(&python)
-            .arg(script)
-            .arg(port.to_string())
-            .arg(&file)
-            .arg("600")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the SMTP server never listened");
-            std::thread::sleep(Duration::from_millis(50));
+        // A free port can be taken by a parallel test's node before the sink binds it (the sink
+        // then exits), and a bare TCP connect can reach that node: the sink counts as up once
+        // it greets in SMTP, and one that exited is started again on another port.
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&python)
+                .arg(&script)
+                .arg(port.to_string())
+                .arg(&file)
+                .arg("600")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let up = loop {
+                if child.try_wait().unwrap().is_some() {
+                    break false;
+                }
+                assert!(Instant::now() < deadline, "the SMTP server never greeted");
+                if greets(port) {
+                    break true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if up {
+                return Some(Self { child, port, file });
+            }
         }
-        Some(Self { child, port, file })
+        panic!("the SMTP server exited five times at start");
     }
 
     fn mails(&self) -> Vec<Value> {
