@@ -713,3 +713,130 @@ fn an_oversized_stream_message_cuts_the_connection() {
         rogue.shared.streams_cut.load(Ordering::SeqCst)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The feed's own read methods, asked hostile questions through a real socket.
+
+/// Malformed cursors, limits past the lexicons, full-text operators and a huge query, a thread
+/// asked for 1,000 levels both ways, too many URIs, feeds and lists that are not there, a seen
+/// time that is not a time, an oversized body, an anonymous timeline: each gets its typed error
+/// (or a bounded answer), nothing in the index changes, and the node keeps answering others
+/// with its memory and threads bounded.
+#[test]
+fn hostile_questions_to_the_feed_get_typed_errors_and_change_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), CONFIG);
+    let (did, token) = account(&node, "asker.test");
+    // A reply chain 30 deep to walk.
+    let mut parent: Option<Value> = None;
+    let mut root_ref: Option<Value> = None;
+    for i in 0..30 {
+        let mut record = json!({ "$type": "app.bsky.feed.post", "text": format!("level {i}"), "createdAt": now() });
+        if let (Some(p), Some(r)) = (&parent, &root_ref) {
+            record["reply"] = json!({ "root": r, "parent": p });
+        }
+        let (s, v) = call(
+            &node,
+            "POST",
+            "/xrpc/com.atproto.repo.createRecord",
+            Some(&token),
+            Some(json!({ "repo": did, "collection": "app.bsky.feed.post", "record": record })),
+        );
+        assert_eq!(s, 200, "{v}");
+        let r = json!({ "uri": v["uri"], "cid": v["cid"] });
+        root_ref.get_or_insert(r.clone());
+        parent = Some(r);
+    }
+    let deepest = parent.unwrap()["uri"].as_str().unwrap().to_string();
+    let timeline = || {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (s, v) = call(&node, "GET", "/xrpc/app.bsky.feed.getTimeline?limit=100", Some(&token), None);
+            if s == 200 && v["feed"].as_array().is_some_and(|f| f.len() == 30) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "the timeline never held the 30 posts: {s} {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let before = timeline();
+    let rss_before = rss(node.child.id());
+    let threads_before = threads(node.child.id());
+
+    let q = |path: &str| call(&node, "GET", path, Some(&token), None);
+    let expect = |(s, v): (u16, Value), status: u16, error: &str, what: &str| {
+        assert_eq!(s, status, "{what}: {v}");
+        assert_eq!(v["error"], error, "{what}: {v}");
+    };
+    for cursor in ["garbage", "1::", "::1", "1::2::3", "99999999999999999999::1", "%00"] {
+        expect(q(&format!("/xrpc/app.bsky.feed.getTimeline?cursor={cursor}")), 400, "InvalidRequest", cursor);
+        expect(
+            q(&format!("/xrpc/app.bsky.feed.getAuthorFeed?actor={did}&cursor={cursor}")),
+            400,
+            "InvalidRequest",
+            cursor,
+        );
+    }
+    expect(q("/xrpc/app.bsky.feed.getTimeline?limit=100000"), 400, "InvalidRequest", "limit past the lexicon");
+    expect(q("/xrpc/app.bsky.feed.getTimeline?limit=-5"), 400, "InvalidRequest", "negative limit");
+    expect(
+        call(&node, "GET", "/xrpc/app.bsky.feed.getTimeline", None, None),
+        401,
+        "AuthenticationRequired",
+        "anonymous timeline",
+    );
+    // Full-text operators are words, not syntax; a query of 20,000 characters is answered.
+    for text in ["\"NEAR(level", "level* OR ^x", "-- ;DROP TABLE feed_post", "\u{0}\u{1}", "\"\"\"\""] {
+        let (s, v) = q(&format!("/xrpc/app.bsky.feed.searchPosts?q={}", urlencode(text)));
+        assert!(s == 200 || (s == 400 && v["error"] == "BadQueryString"), "{text:?}: {s} {v}");
+    }
+    let (s, v) = q(&format!("/xrpc/app.bsky.feed.searchPosts?q={}", "level+".repeat(3000)));
+    assert!(s == 200 || s == 400 || s == 414 || s == 431, "a long query: {s} {v}");
+    // A thread asked for 1,000 levels down and up is the 30 there are.
+    let (s, v) = q(&format!("/xrpc/app.bsky.feed.getPostThread?uri={deepest}&depth=1000&parentHeight=1000"));
+    assert_eq!(s, 200, "{v}");
+    let mut up = 0;
+    let mut node_v = &v["thread"];
+    while node_v.get("parent").is_some() {
+        node_v = &node_v["parent"];
+        up += 1;
+    }
+    assert_eq!(up, 29, "{v}");
+    expect(
+        q("/xrpc/app.bsky.feed.getPostThread?uri=at://did:plc:nobody/app.bsky.feed.post/x"),
+        400,
+        "NotFound",
+        "no post",
+    );
+    let uris: String = (0..26).map(|i| format!("uris=at://{did}/app.bsky.feed.post/{i}&")).collect();
+    expect(q(&format!("/xrpc/app.bsky.feed.getPosts?{uris}")), 400, "InvalidRequest", "26 URIs");
+    expect(
+        q(&format!("/xrpc/app.bsky.feed.getFeed?feed=at://{did}/app.bsky.feed.generator/nothing")),
+        400,
+        "UnknownFeed",
+        "no generator",
+    );
+    expect(q("/xrpc/app.bsky.graph.getList?list=not-a-uri"), 400, "InvalidRequest", "a list that is not a URI");
+    expect(q("/xrpc/app.bsky.actor.getProfile?actor=did:plc:nobody"), 400, "InvalidRequest", "no profile");
+    expect(q("/xrpc/dev.ues.feed.getRemoteStatus?did=did:plc:nobody"), 400, "NotFound", "not followed");
+    let seen = |body: Value| call(&node, "POST", "/xrpc/app.bsky.notification.updateSeen", Some(&token), Some(body));
+    expect(seen(json!({ "seenAt": "yesterday" })), 400, "InvalidRequest", "a seen time that is not a time");
+    expect(seen(json!({})), 400, "InvalidRequest", "no seen time");
+    let (s, _) = seen(json!({ "seenAt": "x".repeat(4 << 20) }));
+    assert!(s == 413 || s == 400, "an oversized body: {s}");
+
+    still_answers(&node, Duration::from_secs(2));
+    assert_eq!(timeline(), before, "the index is unchanged");
+    let grown = rss(node.child.id()).saturating_sub(rss_before);
+    assert!(grown < 100 << 20, "RSS grew by {grown} bytes");
+    assert!(threads(node.child.id()) <= threads_before + 8, "threads grew");
+}
+
+fn now() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    ues_protocol::node::sequencer::iso_from_millis(ms)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
