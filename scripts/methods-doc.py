@@ -56,7 +56,7 @@ NOTES = {
 
 def routes():
     served = set()
-    for path in [ROOT / "crates/ues-protocol/src/xrpc/mod.rs", *sorted((ROOT / "crates/ues-apps/src").glob("*.rs"))]:
+    for path in [ROOT / "crates/ues-protocol/src/xrpc/mod.rs", *sorted((ROOT / "crates/ues-apps/src").rglob("*.rs"))]:
         served |= set(re.findall(r'"/xrpc/([a-zA-Z0-9.]+)"', path.read_text()))
     return served
 

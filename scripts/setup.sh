@@ -23,6 +23,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v pebble >/dev/null || need_apt+=(pebble)
 # The OAuth pages are signed in to and screenshotted in a real headless browser.
 command -v chromium >/dev/null || need_apt+=(chromium fonts-dejavu-core)
+# The chat tests check the node against libolm, Matrix's C implementation of Olm and Megolm.
+/usr/bin/python3 -c 'import olm' 2>/dev/null || need_apt+=(python3-olm)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

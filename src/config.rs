@@ -41,6 +41,40 @@ pub(crate) struct Config {
     pub(crate) oauth: OauthSection,
     /// The feed application.
     pub(crate) feed: FeedSection,
+    /// The chat application.
+    pub(crate) chat: ChatSection,
+}
+
+/// `[chat]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ChatSection {
+    /// Envelopes waiting for one device at most.
+    pub(crate) max_inbox_items: i64,
+    /// Their bytes at most, MiB.
+    pub(crate) max_inbox_mib: i64,
+    /// Envelopes one account sends a minute.
+    pub(crate) sends_per_minute: u32,
+    /// Keys one account claims a minute.
+    pub(crate) claims_per_minute: u32,
+    /// Messages a group's outbound session encrypts before a new one replaces it.
+    pub(crate) rotation_msgs: i64,
+    /// Days a group's outbound session lives at most.
+    pub(crate) rotation_days: u64,
+}
+
+impl Default for ChatSection {
+    fn default() -> Self {
+        let c = ues_apps::chat::ChatConfig::default();
+        Self {
+            max_inbox_items: c.max_inbox_items,
+            max_inbox_mib: c.max_inbox_bytes >> 20,
+            sends_per_minute: c.sends_per_minute,
+            claims_per_minute: c.claims_per_minute,
+            rotation_msgs: c.rotation_msgs,
+            rotation_days: c.rotation_period.as_secs() / 86_400,
+        }
+    }
 }
 
 /// `[feed]`
@@ -108,6 +142,14 @@ impl Config {
                 unfollow_grace: std::time::Duration::from_secs(f.unfollow_grace_hours.saturating_mul(3600)),
                 relay: (!f.relay.is_empty()).then(|| f.relay.trim_end_matches('/').to_string()),
             },
+            chat: ues_apps::chat::ChatConfig {
+                max_inbox_items: self.chat.max_inbox_items.max(1),
+                max_inbox_bytes: self.chat.max_inbox_mib.max(1).saturating_mul(1 << 20),
+                sends_per_minute: self.chat.sends_per_minute.max(1),
+                claims_per_minute: self.chat.claims_per_minute.max(1),
+                rotation_msgs: self.chat.rotation_msgs.max(1),
+                rotation_period: std::time::Duration::from_secs(self.chat.rotation_days.max(1).saturating_mul(86_400)),
+            },
         })
     }
 }
@@ -159,7 +201,7 @@ pub(crate) struct AppsSection {
 
 impl Default for AppsSection {
     fn default() -> Self {
-        Self { enabled: vec!["dev.ues.stats".to_string(), "dev.ues.feed".to_string()] }
+        Self { enabled: vec!["dev.ues.stats".to_string(), "dev.ues.feed".to_string(), "dev.ues.chat".to_string()] }
     }
 }
 
@@ -179,6 +221,7 @@ impl Default for Config {
             email: EmailSection::default(),
             oauth: OauthSection::default(),
             feed: FeedSection::default(),
+            chat: ChatSection::default(),
         }
     }
 }

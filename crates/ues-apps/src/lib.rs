@@ -17,6 +17,7 @@
 //! Depends only on `ues-protocol`, plugging its routes and event topics into the registries that
 //! layer defines. Nothing below knows this crate exists.
 
+pub mod chat;
 pub mod feed;
 pub mod stats;
 
@@ -113,11 +114,17 @@ pub trait App: Send + Sync + 'static {
 pub struct AppsConfig {
     /// The feed's.
     pub feed: feed::FeedConfig,
+    /// The chat's.
+    pub chat: chat::ChatConfig,
 }
 
 /// The applications built into the node, by name.
 pub fn built_in(cfg: &AppsConfig) -> Vec<Arc<dyn App>> {
-    vec![Arc::new(stats::Stats::default()), Arc::new(feed::Feed::new(cfg.feed.clone()))]
+    vec![
+        Arc::new(stats::Stats::default()),
+        Arc::new(feed::Feed::new(cfg.feed.clone())),
+        Arc::new(chat::Chat::new(cfg.chat.clone())),
+    ]
 }
 
 /// The built-in applications `enabled` names; an unknown name is an error.

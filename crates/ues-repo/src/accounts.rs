@@ -783,6 +783,12 @@ impl<B: Blockstore> Accounts<B> {
         self.hook = Some(hook);
     }
 
+    /// A key derived from the node key for one use (`label` names it): what an application
+    /// seals at rest with it opens only on a node holding the same node key.
+    pub fn derive_seal(&self, label: &[u8]) -> SealKey {
+        self.seal.derive(label)
+    }
+
     /// The blockstore.
     pub fn blocks(&self) -> &B {
         &self.blocks

@@ -11,7 +11,7 @@
 //! elsewhere) or derived from a passphrase with Argon2id.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
@@ -41,6 +41,13 @@ const NONCE_LEN: usize = 12;
 
 /// Authentication tag length.
 const TAG_LEN: usize = 16;
+
+/// The version byte of secrets sealed with [`SealKey::seal_many`].
+const MANY_VERSION: u8 = 2;
+
+/// Nonce length of [`SealKey::seal_many`] (random 192-bit nonces never risk repeating, however
+/// many secrets are sealed under one key).
+const MANY_NONCE_LEN: usize = 24;
 
 /// Length of a passphrase's salt (stored beside the data, not secret).
 pub const SALT_LEN: usize = 16;
@@ -114,6 +121,45 @@ impl SealKey {
         out
     }
 
+    /// A key of its own for one use of this one (HKDF-SHA256 with `label` as its info): what
+    /// it seals does not open under the node key or under a key derived for another label.
+    pub fn derive(&self, label: &[u8]) -> SealKey {
+        let mut out = Zeroizing::new([0u8; 32]);
+        hkdf::Hkdf::<sha2::Sha256>::new(None, &self.0[..])
+            .expand(label, &mut out[..])
+            .expect("32 bytes are within HKDF-SHA256's output bound");
+        Self(out)
+    }
+
+    /// Seals `secret` bound to `context` with XChaCha20-Poly1305 and a random 192-bit nonce:
+    /// for keys that seal without end (every message and ratchet step of a chat), where the
+    /// 96-bit nonces of [`SealKey::seal`] would in time risk repeating. The sealed form is
+    /// `2 ++ nonce (24) ++ ciphertext ++ tag (16)`.
+    pub fn seal_many(&self, context: &[u8], secret: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; MANY_NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ciphertext = XChaCha20Poly1305::new(Key::from_slice(&self.0[..]))
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret, aad: context })
+            .expect("XChaCha20-Poly1305 seals any input shorter than 256 GiB");
+        let mut out = Vec::with_capacity(1 + MANY_NONCE_LEN + ciphertext.len());
+        out.push(MANY_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        out
+    }
+
+    /// Opens what [`SealKey::seal_many`] sealed under the same `context`.
+    pub fn open_many(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        if sealed.len() < 1 + MANY_NONCE_LEN + TAG_LEN || sealed[0] != MANY_VERSION {
+            return Err(SealError::Malformed);
+        }
+        let (nonce, ciphertext) = sealed[1..].split_at(MANY_NONCE_LEN);
+        XChaCha20Poly1305::new(Key::from_slice(&self.0[..]))
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: context })
+            .map(Zeroizing::new)
+            .map_err(|_| SealError::WrongKey)
+    }
+
     /// Opens what [`SealKey::seal`] sealed under the same `context`.
     pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
         if sealed.len() < sealed_len(0) || sealed[0] != VERSION {
@@ -160,6 +206,30 @@ mod tests {
         version[0] = 9;
         assert_eq!(key.open(b"account a", &version), Err(SealError::Malformed));
         assert_eq!(format!("{key:?}"), "SealKey(..)");
+    }
+
+    #[test]
+    fn derived_keys_seal_many_and_open_only_under_their_label_and_context() {
+        let node = SealKey::generate();
+        let chat = node.derive(b"chat");
+        assert_eq!(node.derive(b"chat").to_bytes(), chat.to_bytes(), "derivation is deterministic");
+        assert_ne!(node.derive(b"other").to_bytes(), chat.to_bytes());
+        assert_ne!(chat.to_bytes(), node.to_bytes());
+        let secret = b"a ratchet's state".to_vec();
+        let sealed = chat.seal_many(b"row 1", &secret);
+        assert_eq!(sealed.len(), 1 + 24 + secret.len() + 16);
+        assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_slice()));
+        assert_eq!(chat.open_many(b"row 1", &sealed).unwrap().as_slice(), secret.as_slice());
+        assert_ne!(chat.seal_many(b"row 1", &secret), sealed, "fresh nonces");
+        assert_eq!(chat.open_many(b"row 2", &sealed), Err(SealError::WrongKey), "bound to its context");
+        assert_eq!(node.open_many(b"row 1", &sealed), Err(SealError::WrongKey), "not the node key");
+        assert_eq!(node.derive(b"other").open_many(b"row 1", &sealed), Err(SealError::WrongKey));
+        let mut flipped = sealed.clone();
+        flipped[30] ^= 1;
+        assert_eq!(chat.open_many(b"row 1", &flipped), Err(SealError::WrongKey));
+        assert_eq!(chat.open_many(b"row 1", &sealed[..20]), Err(SealError::Malformed));
+        assert_eq!(chat.open(b"row 1", &sealed), Err(SealError::Malformed), "the formats do not mix");
+        assert_eq!(chat.open_many(b"c", &chat.seal(b"c", b"x")), Err(SealError::Malformed));
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub(crate) fn require_full(claims: &Claims) -> Result<(), NodeError> {
 }
 
 /// Refuses a plain app password's token for privileged methods (chat).
-pub(crate) fn require_privileged(claims: &Claims) -> Result<(), NodeError> {
+pub fn require_privileged(claims: &Claims) -> Result<(), NodeError> {
     if matches!(claims.scope.as_str(), "com.atproto.access" | "com.atproto.appPassPrivileged") {
         Ok(())
     } else {

@@ -1,0 +1,619 @@
+//! `dev.ues.chat`: end-to-end encrypted messages between people's devices, in Matrix's wire
+//! formats (Olm for pairs of devices, Megolm for groups) with vodozemac's implementation, so
+//! that Matrix's own libraries (libolm, vodozemac) talk to it unchanged.
+//!
+//! Every account held here has devices: client devices (an app holding its own Olm account,
+//! which publishes its keys with `uploadKeys`) and the node's built-in device (the node's Olm
+//! account for the account, for apps that talk plain XRPC or REST to their own node). The node
+//! keeps devices' published keys and hands them out (`queryKeys`, `claimKeys`), and carries
+//! envelopes to devices' inboxes (`sendToDevice`, `getInbox`, `ackInbox`, the `/ws` topic
+//! `chat`) without being able to read what a client device encrypted.
+//!
+//! Everything the chat keeps is sealed at rest (XChaCha20-Poly1305 under a key derived from the
+//! node key) and none of it is derived from the event log: a rebuild leaves it alone.
+
+mod canonical;
+mod convo;
+mod device;
+mod inbox;
+mod keys;
+mod receive;
+mod schema;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::Query;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use ues_protocol::gateway::Topic;
+use ues_protocol::node::extract::XJson;
+use ues_protocol::node::{Node, NodeError, blocking};
+use ues_protocol::sync::repo::ipld::storage::rusqlite::{self, Transaction};
+use ues_protocol::sync::repo::ipld::storage::{Error as StoreError, Migration};
+use ues_protocol::sync::repo::seal::{SealError, SealKey};
+use ues_protocol::sync::repo::syntax::Did;
+use zeroize::Zeroizing;
+
+use crate::App;
+use device::Device;
+pub use device::built_in_id;
+
+/// The application's name.
+pub const NAME: &str = "dev.ues.chat";
+
+/// Devices watched on `/ws` at once at most (one channel per device, shared by its sockets).
+const MAX_WATCHED: usize = 10_000;
+/// Items queued per watched device (a socket that lags is told how many it missed).
+const UPDATES: usize = 256;
+/// Messages in one `sendToDevice` call at most (the lexicon says so too).
+const MAX_MESSAGES: usize = 500;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Why a chat call failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ChatError {
+    /// Refused, with the status and error name the caller gets.
+    #[error("{message}")]
+    Refused { status: u16, name: &'static str, message: String },
+    /// No session with a device, and no one-time key given to make one.
+    #[error("no Olm session with {0}, and no one-time key to start one")]
+    NoSession(String),
+    /// The database failed.
+    #[error("chat storage: {0}")]
+    Store(#[from] StoreError),
+    /// A sealed row did not open (another node key, or altered bytes).
+    #[error("sealed chat state does not open: {0}")]
+    Seal(#[from] SealError),
+    /// A stored row is not what the chat wrote.
+    #[error("chat state is corrupt: {0}")]
+    Corrupt(String),
+    /// An object could not be made canonical to sign.
+    #[error("{0}")]
+    Json(#[from] canonical::SignedJsonError),
+}
+
+impl From<rusqlite::Error> for ChatError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Store(StoreError::from(e))
+    }
+}
+
+impl ChatError {
+    fn refused(status: u16, name: &'static str, message: String) -> Self {
+        Self::Refused { status, name, message }
+    }
+
+    fn invalid(message: String) -> Self {
+        Self::refused(400, "InvalidRequest", message)
+    }
+
+    /// A message that does not decrypt or a session that cannot be made.
+    fn refused_crypto(message: String) -> Self {
+        Self::refused(400, "DecryptionFailed", message)
+    }
+}
+
+impl From<ChatError> for NodeError {
+    fn from(e: ChatError) -> Self {
+        match e {
+            ChatError::Refused { status, name, message } => {
+                NodeError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), name, message)
+            }
+            ChatError::NoSession(_) => NodeError::bad("NoSession", e.to_string()),
+            other => NodeError::internal(other),
+        }
+    }
+}
+
+/// Seals the chat's rows at rest (XChaCha20-Poly1305 under a key derived from the node key),
+/// each bound to its table and row.
+pub(crate) struct Sealer(SealKey);
+
+impl Sealer {
+    fn context(table: &str, parts: &[&str]) -> Vec<u8> {
+        let mut c = format!("{NAME}/{table}").into_bytes();
+        for p in parts {
+            c.push(0);
+            c.extend_from_slice(p.as_bytes());
+        }
+        c
+    }
+
+    fn seal(&self, table: &str, parts: &[&str], bytes: &[u8]) -> Vec<u8> {
+        self.0.seal_many(&Self::context(table, parts), bytes)
+    }
+
+    fn open(&self, table: &str, parts: &[&str], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, ChatError> {
+        Ok(self.0.open_many(&Self::context(table, parts), sealed)?)
+    }
+}
+
+/// How the chat is set up (`[chat]` in `node.toml`).
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// Envelopes waiting for one device at most.
+    pub max_inbox_items: i64,
+    /// Their bytes at most.
+    pub max_inbox_bytes: i64,
+    /// Envelopes one account sends a minute.
+    pub sends_per_minute: u32,
+    /// Keys one account claims a minute.
+    pub claims_per_minute: u32,
+    /// Messages a group's outbound Megolm session encrypts before a new one replaces it.
+    pub rotation_msgs: i64,
+    /// How long a group's outbound session lives at most.
+    pub rotation_period: std::time::Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            max_inbox_items: 10_000,
+            max_inbox_bytes: 64 << 20,
+            sends_per_minute: 600,
+            claims_per_minute: 60,
+            rotation_msgs: 100,
+            rotation_period: std::time::Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The application.
+pub struct Chat {
+    cfg: ChatConfig,
+    node: OnceLock<Arc<Node>>,
+    sealer: OnceLock<Sealer>,
+    /// The live inbox items of each watched device, by (DID, device id).
+    live: parking_lot::Mutex<HashMap<(String, String), broadcast::Sender<Value>>>,
+    claims: DefaultKeyedRateLimiter<String>,
+    sends: DefaultKeyedRateLimiter<String>,
+    /// Wakes the built-in devices' reader (envelopes arrived).
+    poke: Arc<tokio::sync::Notify>,
+}
+
+impl Chat {
+    /// The application, set up by `cfg`.
+    pub fn new(cfg: ChatConfig) -> Self {
+        let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).expect("at least one"));
+        Self {
+            claims: RateLimiter::keyed(per_minute(cfg.claims_per_minute)),
+            sends: RateLimiter::keyed(per_minute(cfg.sends_per_minute)),
+            cfg,
+            node: OnceLock::new(),
+            sealer: OnceLock::new(),
+            live: parking_lot::Mutex::default(),
+            poke: Arc::default(),
+        }
+    }
+}
+
+/// The `/ws` topic `chat`: a signed-in socket's device's new inbox items.
+struct ChatTopic {
+    app: Arc<Chat>,
+}
+
+impl Topic for ChatTopic {
+    fn subscribe(&self, params: &Value, did: Option<&str>) -> Result<broadcast::Receiver<Value>, (String, String)> {
+        let did =
+            did.ok_or_else(|| ("AuthRequired".to_string(), "the chat topic needs a signed-in socket".to_string()))?;
+        let device = params.get("deviceId").and_then(Value::as_str).unwrap_or_default().to_string();
+        let app = &self.app;
+        let known = app.node().accounts.db().read(|c| inbox::has_device(c, did, &device));
+        match known {
+            Ok(true) => {}
+            Ok(false) => return Err(("DeviceNotFound".into(), format!("you have no device {device:?}"))),
+            Err(e) => return Err(("InternalServerError".into(), e.to_string())),
+        }
+        let mut live = app.live.lock();
+        live.retain(|_, tx| tx.receiver_count() > 0);
+        let key = (did.to_string(), device);
+        if live.len() >= MAX_WATCHED && !live.contains_key(&key) {
+            return Err(("TooManySubscriptions".into(), "too many devices watch their inbox on this node".into()));
+        }
+        Ok(live.entry(key).or_insert_with(|| broadcast::channel(UPDATES).0).subscribe())
+    }
+}
+
+impl Chat {
+    fn node(&self) -> &Arc<Node> {
+        self.node.get().expect("the host attaches the node before any call")
+    }
+
+    fn sealer(&self) -> &Sealer {
+        self.sealer.get().expect("the host attaches the node before any call")
+    }
+
+    /// This node's built-in device id.
+    fn built_in(&self) -> String {
+        built_in_id(&self.node().cfg.service_did)
+    }
+
+    /// Whether `did` is an account held here (and not deleted).
+    fn hosted(&self, did: &str) -> Result<bool, NodeError> {
+        let Ok(did) = Did::new(did) else { return Ok(false) };
+        Ok(self.node().accounts.get(&did).map_err(NodeError::internal)?.is_some_and(|a| a.status != "deleted"))
+    }
+
+    /// Runs `f` in a write transaction after making sure `did`'s built-in device exists.
+    fn write<T>(
+        &self,
+        did: &str,
+        f: impl FnOnce(&Transaction<'_>, &Sealer) -> Result<T, ChatError>,
+    ) -> Result<T, NodeError> {
+        let sealer = self.sealer();
+        let built_in = self.built_in();
+        Ok(self.node().accounts.db().write(|tx| {
+            Device::ensure(tx, sealer, did, &built_in)?;
+            f(tx, sealer)
+        })?)
+    }
+
+    /// Tells the sockets watching these devices about their new items, and wakes the
+    /// built-in devices' reader.
+    fn push(&self, items: inbox::NewItems) {
+        if items.is_empty() {
+            return;
+        }
+        self.poke.notify_one();
+        let live = self.live.lock();
+        for (did, device, item) in items {
+            if let Some(tx) = live.get(&(did, device)) {
+                let _ = tx.send(json!({ "type": "inbox", "item": item }));
+            }
+        }
+    }
+}
+
+/// The signed-in caller of a chat method: the account password's session, a privileged app
+/// password, or an OAuth grant that names the method.
+fn caller(node: &Node, headers: &HeaderMap, nsid: &str) -> Result<String, NodeError> {
+    let claims = node.access(headers)?;
+    ues_protocol::node::auth::require_privileged(&claims)?;
+    claims.check_rpc(nsid, &node.cfg.service_did)?;
+    Ok(claims.sub)
+}
+
+fn param<'a>(p: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    p.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn field<'a>(body: &'a Value, name: &str) -> Result<&'a str, NodeError> {
+    body.get(name).and_then(Value::as_str).ok_or_else(|| NodeError::invalid(format!("{name} is required")))
+}
+
+/// An item id (`cursor`, `upTo`).
+fn item_id(s: &str, name: &str) -> Result<i64, NodeError> {
+    s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| NodeError::invalid(format!("{name} is not an item id")))
+}
+
+type Answer = Result<Json<Value>, NodeError>;
+
+async fn upload_keys(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
+    let did = caller(app.node(), &headers, "dev.ues.chat.uploadKeys")?;
+    blocking(move || {
+        let built_in = app.built_in();
+        app.write(&did, |tx, _| keys::upload(tx, &did, &built_in, &body)).map(Json)
+    })
+    .await
+}
+
+async fn query_keys(app: Arc<Chat>, headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    caller(app.node(), &headers, "dev.ues.chat.queryKeys")?;
+    let did = param(&p, "did").unwrap_or_default().to_string();
+    blocking(move || {
+        if !app.hosted(&did)? {
+            return Err(NodeError::not_found("AccountNotFound", format!("{did} is not an account held here")));
+        }
+        app.write(&did, |_, _| Ok(()))?;
+        Ok(Json(app.node().accounts.db().read(|c| keys::query(c, &did))?))
+    })
+    .await
+}
+
+async fn claim_keys(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
+    let me = caller(app.node(), &headers, "dev.ues.chat.claimKeys")?;
+    if app.claims.check_key(&me).is_err() {
+        tracing::info!(app = NAME, did = %me, "claimKeys over its rate");
+        return Err(NodeError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RateLimitExceeded",
+            format!("at most {} keys claimed a minute", app.cfg.claims_per_minute),
+        ));
+    }
+    let did = field(&body, "did")?.to_string();
+    let device_id = field(&body, "deviceId")?.to_string();
+    blocking(move || {
+        if !app.hosted(&did)? {
+            return Err(NodeError::not_found("AccountNotFound", format!("{did} is not an account held here")));
+        }
+        app.write(&did, |tx, sealer| keys::claim(tx, sealer, &did, &device_id)).map(Json)
+    })
+    .await
+}
+
+async fn send_to_device(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
+    let me = caller(app.node(), &headers, "dev.ues.chat.sendToDevice")?;
+    let messages =
+        body.get("messages").and_then(Value::as_array).ok_or_else(|| NodeError::invalid("messages is required"))?;
+    if messages.len() > MAX_MESSAGES {
+        return Err(NodeError::invalid(format!("at most {MAX_MESSAGES} messages per call")));
+    }
+    let n = NonZeroU32::new(messages.len().max(1) as u32).expect("at least one");
+    if !matches!(app.sends.check_key_n(&me, n), Ok(Ok(_))) {
+        tracing::info!(app = NAME, did = %me, "sendToDevice over its rate");
+        return Err(NodeError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RateLimitExceeded",
+            format!("at most {} envelopes sent a minute", app.cfg.sends_per_minute),
+        ));
+    }
+    let built_in = app.built_in();
+    let mut envelopes = Vec::with_capacity(messages.len());
+    for m in messages {
+        let envelope = m.get("envelope").ok_or_else(|| NodeError::invalid("every message needs an envelope"))?;
+        envelopes.push(inbox::Envelope {
+            did: field(m, "did")?.to_string(),
+            device_id: field(m, "deviceId")?.to_string(),
+            sender_device: m.get("senderDevice").and_then(Value::as_str).unwrap_or(&built_in).to_string(),
+            bytes: inbox::check_envelope(envelope)?,
+        });
+    }
+    blocking(move || {
+        for e in &envelopes {
+            if !app.hosted(&e.did)? {
+                return Err(NodeError::not_found("AccountNotFound", format!("{} is not an account held here", e.did)));
+            }
+        }
+        let sealer = app.sealer();
+        let (delivered, new) =
+            app.node().accounts.db().write(|tx| inbox::deliver(tx, sealer, &app.cfg, &me, &envelopes))?;
+        app.push(new);
+        Ok(Json(json!({ "delivered": delivered, "queued": 0 })))
+    })
+    .await
+}
+
+async fn get_inbox(app: Arc<Chat>, headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    let did = caller(app.node(), &headers, "dev.ues.chat.getInbox")?;
+    let device = param(&p, "deviceId").unwrap_or_default().to_string();
+    let cursor = param(&p, "cursor").map(|c| item_id(c, "cursor")).transpose()?.unwrap_or(0);
+    let limit = param(&p, "limit").and_then(|l| l.parse::<i64>().ok()).unwrap_or(50).clamp(1, 100);
+    blocking(move || {
+        let sealer = app.sealer();
+        Ok(Json(app.node().accounts.db().read(|c| inbox::list(c, sealer, &did, &device, cursor, limit))?))
+    })
+    .await
+}
+
+async fn ack_inbox(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
+    let did = caller(app.node(), &headers, "dev.ues.chat.ackInbox")?;
+    let device = field(&body, "deviceId")?.to_string();
+    let up_to = item_id(field(&body, "upTo")?, "upTo")?;
+    blocking(move || {
+        let removed = app.node().accounts.db().write(|tx| inbox::ack(tx, &did, &device, up_to))?;
+        Ok(Json(json!({ "removed": removed })))
+    })
+    .await
+}
+
+/// Runs `f` for the caller's built-in device, delivering what it sends in the same transaction.
+async fn as_built_in<T: Send + 'static>(
+    app: Arc<Chat>,
+    did: String,
+    f: impl FnOnce(&mut convo::Outgoing<'_>, &mut Device) -> Result<T, ChatError> + Send + 'static,
+) -> Result<T, NodeError> {
+    blocking(move || {
+        let built_in = app.built_in();
+        let (out, items) = app.node().accounts.db().write(|tx| {
+            let sealer = app.sealer();
+            let mut me = Device::ensure(tx, sealer, &did, &built_in)?;
+            let mut outgoing = convo::Outgoing::new(tx, sealer, &app.cfg);
+            let out = f(&mut outgoing, &mut me)?;
+            Ok::<_, ChatError>((out, outgoing.finish(&me)?))
+        })?;
+        app.push(items);
+        Ok(out)
+    })
+    .await
+}
+
+/// Checks every DID is an account held here.
+fn all_hosted(app: &Chat, dids: &[String]) -> Result<(), NodeError> {
+    for d in dids {
+        if !app.hosted(d)? {
+            return Err(NodeError::not_found("AccountNotFound", format!("{d} is not an account held here")));
+        }
+    }
+    Ok(())
+}
+
+async fn create_convo(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
+    let me = caller(app.node(), &headers, "dev.ues.chat.createConvo")?;
+    let members: Vec<String> = body
+        .get("members")
+        .and_then(Value::as_array)
+        .ok_or_else(|| NodeError::invalid("members is required"))?
+        .iter()
+        .map(|m| m.as_str().map(str::to_string).ok_or_else(|| NodeError::invalid("members are DIDs")))
+        .collect::<Result<_, _>>()?;
+    let name = body.get("name").and_then(Value::as_str).map(str::to_string);
+    let check = app.clone();
+    let members = blocking(move || all_hosted(&check, &members).map(|()| members)).await?;
+    let c = as_built_in(app, me, move |out, dev| convo::create(out, dev, &members, name)).await?;
+    Ok(Json(json!({ "convoId": c.id })))
+}
+
+async fn list_convos(app: Arc<Chat>, headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    let did = caller(app.node(), &headers, "dev.ues.chat.listConvos")?;
+    let limit = param(&p, "limit").and_then(|l| l.parse::<i64>().ok()).unwrap_or(50).clamp(1, 100);
+    blocking(move || Ok(Json(app.node().accounts.db().read(|c| convo::list(c, &did, limit))?))).await
+}
+
+async fn send_message(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
+    let did = caller(app.node(), &headers, "dev.ues.chat.sendMessage")?;
+    let convo_id = field(&body, "convoId")?.to_string();
+    let text = field(&body, "text")?.to_string();
+    let id = as_built_in(app, did, move |out, dev| convo::send(out, dev, &convo_id, &text)).await?;
+    Ok(Json(json!({ "messageId": id.to_string() })))
+}
+
+async fn get_messages(app: Arc<Chat>, headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    let did = caller(app.node(), &headers, "dev.ues.chat.getMessages")?;
+    let convo_id = param(&p, "convoId").unwrap_or_default().to_string();
+    let cursor = param(&p, "cursor").map(|c| item_id(c, "cursor")).transpose()?;
+    let limit = param(&p, "limit").and_then(|l| l.parse::<i64>().ok()).unwrap_or(50).clamp(1, 100);
+    blocking(move || {
+        let sealer = app.sealer();
+        Ok(Json(app.node().accounts.db().read(|c| convo::messages(c, sealer, &did, &convo_id, cursor, limit))?))
+    })
+    .await
+}
+
+async fn change_member(app: Arc<Chat>, headers: HeaderMap, body: Value, add: bool) -> Answer {
+    let nsid = if add { "dev.ues.chat.addMember" } else { "dev.ues.chat.removeMember" };
+    let me = caller(app.node(), &headers, nsid)?;
+    let convo_id = field(&body, "convoId")?.to_string();
+    let who = field(&body, "did")?.to_string();
+    if add {
+        let check = app.clone();
+        let who = who.clone();
+        blocking(move || all_hosted(&check, &[who])).await?;
+    }
+    let c = as_built_in(app, me, move |out, dev| convo::change_members(out, dev, &convo_id, &who, add)).await?;
+    Ok(Json(json!({ "convoId": c.id, "members": c.members })))
+}
+
+async fn add_member(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
+    change_member(app, headers, body, true).await
+}
+
+async fn remove_member(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
+    change_member(app, headers, body, false).await
+}
+
+async fn leave_convo(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
+    let me = caller(app.node(), &headers, "dev.ues.chat.leaveConvo")?;
+    let convo_id = field(&body, "convoId")?.to_string();
+    let id = convo_id.clone();
+    as_built_in(app, me, move |out, dev| convo::leave(out, dev, &id)).await?;
+    Ok(Json(json!({ "convoId": convo_id })))
+}
+
+/// The built-in devices' reader: reads their inboxes whenever envelopes arrive (and every few
+/// seconds), one envelope per transaction.
+async fn read_inboxes(app: Arc<Chat>) {
+    loop {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), app.poke.notified()).await;
+        let worker = app.clone();
+        let done = tokio::task::spawn_blocking(move || -> Result<(), ChatError> {
+            let db = worker.node().accounts.db();
+            let sealer = worker.sealer();
+            // Bounded per round: at most 100 devices, 1,000 envelopes each.
+            for (did, device) in db.read(|c| receive::pending(c, 100))? {
+                for _ in 0..1000 {
+                    if db.write(|tx| receive::next(tx, sealer, &did, &device))?.is_none() {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(app = NAME, error = %e, "built-in devices' inboxes could not be read"),
+            Err(e) => tracing::warn!(app = NAME, error = %e, "the inbox reader stopped"),
+        }
+    }
+}
+
+impl App for Chat {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn attach(&self, node: &Arc<Node>) {
+        let _ = self.sealer.set(Sealer(node.accounts.derive_seal(format!("{NAME}/seal/v1").as_bytes())));
+        let _ = self.node.set(node.clone());
+    }
+
+    fn migrations(&self) -> &'static [Migration] {
+        schema::MIGRATIONS
+    }
+
+    fn xrpc(self: Arc<Self>) -> Router<Arc<Node>> {
+        macro_rules! procedure {
+            ($f:ident) => {{
+                let app = self.clone();
+                post(move |headers: HeaderMap, XJson(body): XJson<Value>| $f(app, headers, body))
+            }};
+        }
+        macro_rules! query {
+            ($f:ident) => {{
+                let app = self.clone();
+                get(move |headers: HeaderMap, Query(p): Query<Vec<(String, String)>>| $f(app, headers, p))
+            }};
+        }
+        Router::new()
+            .route("/xrpc/dev.ues.chat.uploadKeys", procedure!(upload_keys))
+            .route("/xrpc/dev.ues.chat.queryKeys", query!(query_keys))
+            .route("/xrpc/dev.ues.chat.claimKeys", procedure!(claim_keys))
+            .route("/xrpc/dev.ues.chat.sendToDevice", procedure!(send_to_device))
+            .route("/xrpc/dev.ues.chat.getInbox", query!(get_inbox))
+            .route("/xrpc/dev.ues.chat.ackInbox", procedure!(ack_inbox))
+            .route("/xrpc/dev.ues.chat.createConvo", procedure!(create_convo))
+            .route("/xrpc/dev.ues.chat.listConvos", query!(list_convos))
+            .route("/xrpc/dev.ues.chat.sendMessage", procedure!(send_message))
+            .route("/xrpc/dev.ues.chat.getMessages", query!(get_messages))
+            .route("/xrpc/dev.ues.chat.addMember", procedure!(add_member))
+            .route("/xrpc/dev.ues.chat.removeMember", procedure!(remove_member))
+            .route("/xrpc/dev.ues.chat.leaveConvo", procedure!(leave_convo))
+    }
+
+    fn tasks(self: Arc<Self>, _node: Arc<Node>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![tokio::spawn(read_inboxes(self))]
+    }
+
+    fn topics(self: Arc<Self>, _node: Arc<Node>) -> Vec<(String, Arc<dyn Topic>)> {
+        vec![("chat".to_string(), Arc::new(ChatTopic { app: self }) as Arc<dyn Topic>)]
+    }
+
+    fn apply(&self, tx: &Transaction<'_>, events: &[ues_protocol::node::sequencer::LogEvent]) -> rusqlite::Result<()> {
+        use ues_protocol::node::sequencer::Happened;
+        for e in events {
+            if let Happened::Account { status } = &e.what
+                && status == "deleted"
+            {
+                for table in [
+                    "chat_device",
+                    "chat_otk",
+                    "chat_olm_account",
+                    "chat_olm_session",
+                    "chat_inbox",
+                    "chat_convo",
+                    "chat_message",
+                    "chat_megolm_out",
+                    "chat_megolm_in",
+                    "chat_megolm_seen",
+                ] {
+                    tx.execute(&format!("DELETE FROM {table} WHERE did = ?1"), [&e.did])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rebuild(&self, _tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        // Nothing here comes from the log: keys, sessions and inboxes stay as they are.
+        Ok(())
+    }
+}
