@@ -735,7 +735,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let app = ues_protocol::http::router(info)
         .merge(ues_protocol::xrpc::router_with(xrpc.clone(), host.xrpc()))
         .merge(ues_protocol::gateway::router_with(xrpc.clone(), cfg.ws.to_config(), registry))
-        .merge(ues_protocol::rest::router(xrpc.clone(), cfg.api.to_config()))
+        .merge(ues_protocol::rest::router_with(xrpc.clone(), cfg.api.to_config(), host.openapi()))
         .merge(ues_protocol::oauth::router(xrpc.clone()))
         .layer(axum::middleware::from_fn(ues_protocol::node::limits::without_internal_headers));
     let listener =

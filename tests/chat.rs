@@ -5,6 +5,12 @@
 //! exchange Olm and Megolm messages through the node's inboxes. Then the attacks: forged key
 //! signatures, oversized envelopes, unknown devices, a replayed envelope, a flooded inbox.
 
+#[path = "support/dpop.rs"]
+mod dpop;
+#[path = "support/plc.rs"]
+mod plc;
+#[path = "support/shared.rs"]
+mod shared;
 #[path = "support/node.rs"]
 mod support;
 
@@ -326,6 +332,34 @@ fn conversations_between_built_in_devices_and_libolm_clients() {
     phone.run(&["send_olm", &alice, &alice_built_in, &dm, "from the phone"]);
     wait_texts(&node, &at, &dm, &["hi bob", "hi alice", "from the phone"]);
 
+    // The same over REST: Bob writes and reads the DM there, with the same answers.
+    let rest = |method: &str, path: &str, token: &str, body: Option<Value>| -> (u16, Value) {
+        let url = format!("{}{path}", node.base);
+        let auth = format!("Bearer {token}");
+        let mut res = match (method, body) {
+            ("GET", _) => agent().get(&url).header("Authorization", &auth).call().unwrap(),
+            ("DELETE", _) => agent().delete(&url).header("Authorization", &auth).call().unwrap(),
+            (_, b) => agent().post(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))).unwrap(),
+        };
+        (res.status().as_u16(), res.body_mut().read_json().unwrap_or(Value::Null))
+    };
+    let (status, v) =
+        rest("POST", &format!("/api/v1/chat/convos/{dm}/messages"), &bt, Some(json!({"text": "over REST"})));
+    assert_eq!(status, 200, "{v}");
+    assert!(v["messageId"].is_string(), "{v}");
+    let (status, v) = rest("GET", &format!("/api/v1/chat/convos/{dm}/messages?limit=1"), &bt, None);
+    assert_eq!((status, v["messages"][0]["text"].as_str()), (200, Some("over REST")), "{v}");
+    let (status, v) = rest("GET", "/api/v1/chat/convos", &bt, None);
+    assert_eq!((status, v["convos"][0]["convoId"].as_str()), (200, Some(dm.as_str())), "{v}");
+    let (status, v) = rest("POST", &format!("/api/v1/chat/convos/{dm}/messages"), &bt, Some(json!({"text": 5})));
+    assert_eq!((status, v["error"].as_str()), (400, Some("InvalidRequest")), "checked against the lexicon: {v}");
+    let (status, v) = rest("GET", "/api/v1/chat/inbox/PHONE?limit=500", &bt, None);
+    assert_eq!((status, v["error"].as_str()), (400, Some("InvalidRequest")), "{v}");
+    let mut res = agent().get(format!("{}/api/openapi.json", node.base)).call().unwrap();
+    let openapi: Value = res.body_mut().read_json().unwrap();
+    assert_eq!(openapi["paths"]["/api/v1/chat/convos/{convoId}/messages"]["post"]["operationId"], "sendMessage");
+    wait_texts(&node, &at, &dm, &["hi bob", "hi alice", "from the phone", "over REST"]);
+
     // A group: Megolm, its room key over Olm to each member device.
     let (status, v) =
         xrpc_post(&node, "dev.ues.chat.createConvo", Some(&at), json!({"members": [bob, carol], "name": "three"}));
@@ -335,7 +369,7 @@ fn conversations_between_built_in_devices_and_libolm_clients() {
     wait_texts(&node, &bt, &group, &["group one"]);
     wait_texts(&node, &ct, &group, &["group one"]);
     let got = phone.run(&["receive"]);
-    assert_eq!(texts(&got), ["hi alice", "group one"], "{got}");
+    assert_eq!(texts(&got), ["hi alice", "over REST", "group one"], "{got}");
     let first_session = got["messages"]
         .as_array()
         .unwrap()
@@ -386,7 +420,8 @@ fn conversations_between_built_in_devices_and_libolm_clients() {
     });
 
     // No plaintext at rest: not one message text in any file of the node's data directory.
-    let texts_sent = ["hi bob", "hi alice", "from the phone", "group one", "megolm from libolm", "after carol"];
+    let texts_sent =
+        ["hi bob", "hi alice", "from the phone", "over REST", "group one", "megolm from libolm", "after carol"];
     let mut files = vec![node.dir.clone()];
     let mut found = Vec::new();
     while let Some(p) = files.pop() {
@@ -401,4 +436,121 @@ fn conversations_between_built_in_devices_and_libolm_clients() {
         }
     }
     assert!(found.is_empty(), "plaintext at rest: {found:?}");
+}
+
+/// A service-auth token claiming to be `iss`'s for `aud`, signed by a key `iss` never had.
+fn forged_service_token(iss: &str, aud: &str, lxm: &str) -> String {
+    let k = dpop::key();
+    let claims = json!({"iss": iss, "aud": aud, "lxm": lxm, "exp": dpop::now() + 60, "iat": dpop::now(), "jti": format!("{:x}", rand::random::<u64>())});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.typ = Some("JWT".into());
+    jsonwebtoken::encode(&header, &claims, &k.enc).unwrap()
+}
+
+#[test]
+fn two_nodes_carry_dms_and_a_group_and_retry_until_the_other_is_back() {
+    let Some(js) = shared::node_tests() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let directory = plc::start_directory(&js);
+    let config = format!("[xrpc]\nplc_url = \"{}\"\n[xrpc.rate_limits]\nenabled = false\n", directory.url);
+    let a = start_with(&root.path().join("a"), &config);
+    let mut b = start_with(&root.path().join("b"), &config);
+    let (alice, at) = create_account(&a.base, "alice.test");
+    let (bob, bt) = create_account(&b.base, "bob.test");
+    let (carol, ct) = create_account(&b.base, "carol.test");
+
+    // Bob's devices, asked of node A, come from node B and are checked on A.
+    let (status, v) = xrpc_get(&a, &format!("dev.ues.chat.queryKeys?did={bob}"), &at);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["devices"][0]["builtIn"], true, "{v}");
+
+    // A DM across the nodes, both ways.
+    let (status, v) = xrpc_post(&a, "dev.ues.chat.createConvo", Some(&at), json!({"members": [bob]}));
+    assert_eq!(status, 200, "{v}");
+    let dm = v["convoId"].as_str().unwrap().to_string();
+    xrpc_post(&a, "dev.ues.chat.sendMessage", Some(&at), json!({"convoId": dm, "text": "hi bob, from node A"}));
+    wait_texts(&b, &bt, &dm, &["hi bob, from node A"]);
+    xrpc_post(&b, "dev.ues.chat.sendMessage", Some(&bt), json!({"convoId": dm, "text": "hi alice, from node B"}));
+    wait_texts(&a, &at, &dm, &["hi bob, from node A", "hi alice, from node B"]);
+
+    // A group of three over the two nodes.
+    let (status, v) = xrpc_post(&a, "dev.ues.chat.createConvo", Some(&at), json!({"members": [bob, carol]}));
+    assert_eq!(status, 200, "{v}");
+    let group = v["convoId"].as_str().unwrap().to_string();
+    xrpc_post(&a, "dev.ues.chat.sendMessage", Some(&at), json!({"convoId": group, "text": "to all three"}));
+    wait_texts(&b, &bt, &group, &["to all three"]);
+    wait_texts(&b, &ct, &group, &["to all three"]);
+    xrpc_post(&b, "dev.ues.chat.sendMessage", Some(&ct), json!({"convoId": group, "text": "carol here"}));
+    wait_texts(&a, &at, &group, &["to all three", "carol here"]);
+
+    // Carol removed: she reads nothing after.
+    let (status, v) = xrpc_post(&a, "dev.ues.chat.removeMember", Some(&at), json!({"convoId": group, "did": carol}));
+    assert_eq!(status, 200, "{v}");
+    xrpc_post(&a, "dev.ues.chat.sendMessage", Some(&at), json!({"convoId": group, "text": "without carol"}));
+    wait_texts(&b, &bt, &group, &["to all three", "carol here", "without carol"]);
+    let (status, _) = xrpc_get(&b, &format!("dev.ues.chat.getMessages?convoId={group}"), &ct);
+    assert_eq!(status, 400, "Carol is out of the conversation");
+
+    // Node B goes away; Alice writes three messages; they wait on A and arrive once B is back,
+    // each once.
+    let b_dir = b.dir.clone();
+    let b_port = b.port;
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    for i in 1..=3 {
+        let (status, v) = xrpc_post(
+            &a,
+            "dev.ues.chat.sendMessage",
+            Some(&at),
+            json!({"convoId": dm, "text": format!("while you were away {i}")}),
+        );
+        assert_eq!(status, 200, "{v}");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    b = support::start_watched(&b_dir, b_port);
+    wait_texts(
+        &b,
+        &bt,
+        &dm,
+        &[
+            "hi bob, from node A",
+            "hi alice, from node B",
+            "while you were away 1",
+            "while you were away 2",
+            "while you were away 3",
+        ],
+    );
+
+    // Forged service-auth tokens: signed by a key Alice's DID document does not name, or for
+    // another account than the messages'. Nothing stored.
+    let envelope =
+        json!({"algorithm": "m.megolm.v1.aes-sha2", "sender_key": "k", "session_id": "s", "ciphertext": "QUJD"});
+    let (_, keys) = xrpc_get(&b, &format!("dev.ues.chat.queryKeys?did={bob}"), &bt);
+    let bob_built_in = keys["devices"][0]["deviceId"].as_str().unwrap().to_string();
+    let forged = forged_service_token(&alice, &bob, "dev.ues.chat.sendToDevice");
+    let mut res = agent()
+        .post(format!("{}/xrpc/dev.ues.chat.sendToDevice", b.base))
+        .header("Authorization", &format!("Bearer {forged}"))
+        .send_json(json!({"messages": [{"did": bob, "deviceId": bob_built_in, "envelope": envelope}]}))
+        .unwrap();
+    let body = res.body_mut().read_to_string().unwrap_or_default();
+    assert_eq!(res.status().as_u16(), 401, "{body}");
+    let (_, inbox) = xrpc_get(&b, &format!("dev.ues.chat.getInbox?deviceId={bob_built_in}"), &bt);
+    assert!(!inbox.to_string().contains("QUJD"), "nothing stored: {inbox}");
+    let log = std::fs::read_to_string(b.dir.join("node.log")).unwrap_or_default();
+    assert!(log.contains("service auth token with a bad signature"), "the forgery is logged");
+    // No plaintext at rest on either node.
+    for node in [&a, &b] {
+        let mut files = vec![node.dir.clone()];
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                for t in ["hi bob, from node A", "to all three", "without carol", "while you were away"] {
+                    assert!(!bytes.windows(t.len()).any(|w| w == t.as_bytes()), "{t:?} in {}", p.display());
+                }
+            }
+        }
+    }
+    let _ = (ct, carol);
 }

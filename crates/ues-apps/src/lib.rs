@@ -80,6 +80,12 @@ pub trait App: Send + Sync + 'static {
         Router::new()
     }
 
+    /// The OpenAPI `paths` of its REST routes (an object; merged into the node's
+    /// `/api/openapi.json`).
+    fn openapi(&self) -> Value {
+        Value::Object(Default::default())
+    }
+
     /// Its `/ws` topics (name, source).
     fn topics(self: Arc<Self>, node: Arc<Node>) -> Vec<(String, Arc<dyn Topic>)> {
         let _ = node;
@@ -172,6 +178,17 @@ impl Host {
     /// The applications' XRPC methods, for the XRPC face.
     pub fn xrpc(&self) -> Router<Arc<Node>> {
         self.apps.iter().fold(Router::new(), |r, a| r.merge(a.clone().xrpc()))
+    }
+
+    /// The OpenAPI `paths` of the applications' REST routes.
+    pub fn openapi(&self) -> Value {
+        let mut paths = serde_json::Map::new();
+        for app in &self.apps {
+            if let Value::Object(p) = app.openapi() {
+                paths.extend(p);
+            }
+        }
+        Value::Object(paths)
     }
 
     /// The applications' REST routes and `/ws` topics, for the gateway.

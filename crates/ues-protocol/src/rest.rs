@@ -1082,6 +1082,12 @@ async fn method_not_allowed() -> NodeError {
 
 /// The REST routes (`/api/v1/...`) and their OpenAPI document (`/api/openapi.json`).
 pub fn router(st: Arc<Node>, cfg: ApiConfig) -> Router {
+    router_with(st, cfg, Value::Null)
+}
+
+/// [`router`], with the OpenAPI `paths` of REST routes served elsewhere (the applications')
+/// in its document.
+pub fn router_with(st: Arc<Node>, cfg: ApiConfig, more_paths: Value) -> Router {
     let blob_limit = st.cfg.max_blob_bytes as usize + 1;
     let api = Arc::new(Api {
         st: st.clone(),
@@ -1106,6 +1112,9 @@ pub fn router(st: Arc<Node>, cfg: ApiConfig) -> Router {
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    if let (Value::Object(more), Some(paths)) = (more_paths, doc.get_mut("paths").and_then(Value::as_object_mut)) {
+        paths.extend(more);
+    }
     constrain(&mut doc, &st.cfg.user_domains);
     let doc = Arc::new(doc.to_string());
     let served = doc.clone();

@@ -6,6 +6,8 @@
 //! [`ChatConfig::rotation_msgs`] messages and after [`ChatConfig::rotation_period`], and its
 //! key only ever goes to the members of its epoch.
 
+use std::collections::{HashMap, HashSet};
+
 use rand::RngCore;
 use serde_json::{Value, json};
 use ues_protocol::sync::repo::ipld::storage::rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -14,7 +16,7 @@ use zeroize::Zeroizing;
 
 use super::device::{Device, MEGOLM, OLM};
 use super::inbox::{self, Envelope};
-use super::{ChatConfig, ChatError, Sealer, canonical, keys, now_ms};
+use super::{ChatConfig, ChatError, Sealer, canonical, keys, now_ms, remote};
 
 /// A chat message's plaintext type.
 pub(crate) const MESSAGE: &str = "dev.ues.chat.message";
@@ -109,6 +111,8 @@ pub(crate) struct Target {
     pub(crate) device_id: String,
     pub(crate) curve: String,
     pub(crate) ed: String,
+    /// Held on another node (its keys as fetched from there).
+    pub(crate) remote: bool,
 }
 
 impl Target {
@@ -117,30 +121,42 @@ impl Target {
     }
 }
 
-/// Every device with published keys of `members` held here, but `me` itself.
-pub(crate) fn targets(conn: &Connection, me: &Device, members: &[String]) -> Result<Vec<Target>, ChatError> {
+/// Every device with published keys of `members` (held here, else as fetched from their
+/// node), but `me` itself.
+pub(crate) fn targets(
+    conn: &Connection,
+    me: &Device,
+    members: &[String],
+    elsewhere: &HashSet<String>,
+) -> Result<Vec<Target>, ChatError> {
     let mut out = Vec::new();
-    let mut stmt = conn.prepare_cached(
+    let mut local = conn.prepare_cached(
         "SELECT device_id, curve25519, ed25519 FROM chat_device WHERE did = ?1 AND device_keys IS NOT NULL ORDER BY device_id",
     )?;
+    let mut remote = conn.prepare_cached(
+        "SELECT device_id, curve25519, ed25519 FROM chat_remote_device WHERE did = ?1 ORDER BY device_id",
+    )?;
     for did in members {
-        let rows = stmt.query_map([did], |r| {
-            Ok(Target { did: did.clone(), device_id: r.get(0)?, curve: r.get(1)?, ed: r.get(2)? })
-        })?;
-        for t in rows {
-            let t = t?;
-            if !(t.did == me.did && t.device_id == me.device_id) {
-                out.push(t);
+        let row = |remote: bool| {
+            move |r: &ues_protocol::sync::repo::ipld::storage::rusqlite::Row<'_>| {
+                Ok(Target { did: did.clone(), device_id: r.get(0)?, curve: r.get(1)?, ed: r.get(2)?, remote })
             }
-        }
+        };
+        let found: Vec<Target> = if elsewhere.contains(did) {
+            remote.query_map([did], row(true))?.collect::<Result<_, _>>()?
+        } else {
+            local.query_map([did], row(false))?.collect::<Result<_, _>>()?
+        };
+        out.extend(found.into_iter().filter(|t| !(t.did == me.did && t.device_id == me.device_id)));
     }
     Ok(out)
 }
 
 /// Makes the built-in device (on this node) of each of `members` that has none yet, so that
 /// the conversation reaches accounts that never used the chat before.
-fn ensure_built_ins(tx: &Transaction<'_>, sealer: &Sealer, me: &Device, members: &[String]) -> Result<(), ChatError> {
-    for did in members {
+fn ensure_built_ins(out: &Outgoing<'_>, me: &Device, members: &[String]) -> Result<(), ChatError> {
+    let (tx, sealer) = (out.tx, out.sealer);
+    for did in members.iter().filter(|m| !out.elsewhere.contains(*m)) {
         let has: Option<i64> = tx
             .prepare_cached("SELECT 1 FROM chat_olm_account WHERE did = ?1")?
             .query_row([did], |r| r.get(0))
@@ -159,11 +175,33 @@ pub(crate) struct Outgoing<'a> {
     sealer: &'a Sealer,
     cfg: &'a ChatConfig,
     envelopes: Vec<Envelope>,
+    /// For devices held elsewhere: queued for their node.
+    remote: Vec<Envelope>,
+    /// One-time keys claimed from other nodes before the transaction, by device identity key.
+    claimed: HashMap<String, String>,
+    /// The accounts of the conversation held on other nodes.
+    elsewhere: HashSet<String>,
 }
 
 impl<'a> Outgoing<'a> {
     pub(crate) fn new(tx: &'a Transaction<'a>, sealer: &'a Sealer, cfg: &'a ChatConfig) -> Self {
-        Self { tx, sealer, cfg, envelopes: Vec::new() }
+        Self {
+            tx,
+            sealer,
+            cfg,
+            envelopes: Vec::new(),
+            remote: Vec::new(),
+            claimed: HashMap::new(),
+            elsewhere: HashSet::new(),
+        }
+    }
+
+    /// The accounts held on other nodes, and keys claimed from there (outside the transaction)
+    /// for their devices, by identity key.
+    pub(crate) fn with_elsewhere(mut self, elsewhere: HashSet<String>, claimed: HashMap<String, String>) -> Self {
+        self.elsewhere = elsewhere;
+        self.claimed = claimed;
+        self
     }
 
     /// Olm-encrypts a plaintext of `kind` with `content` from `me` to `to` (claiming one of its
@@ -181,6 +219,14 @@ impl<'a> Outgoing<'a> {
         });
         let otk = if Device::has_session(self.tx, &me.did, &to.curve)? {
             None
+        } else if to.remote {
+            match self.claimed.remove(&to.curve) {
+                Some(k) => Some(k),
+                None => {
+                    tracing::info!(app = super::NAME, to = %to.did, device = %to.device_id, "no key of a device elsewhere was claimed: skipped");
+                    return Ok(false);
+                }
+            }
         } else {
             match keys::claim(self.tx, self.sealer, &to.did, &to.device_id) {
                 Ok(k) => k["key"]["key"].as_str().map(str::to_string),
@@ -203,21 +249,30 @@ impl<'a> Outgoing<'a> {
     }
 
     fn push(&mut self, me: &Device, to: &Target, envelope: &Value) -> Result<(), ChatError> {
-        self.envelopes.push(Envelope {
+        let e = Envelope {
             did: to.did.clone(),
             device_id: to.device_id.clone(),
             sender_device: me.device_id.clone(),
             bytes: inbox::check_envelope(envelope)?,
-        });
+        };
+        if to.remote {
+            self.remote.push(e)
+        } else {
+            self.envelopes.push(e)
+        }
         Ok(())
     }
 
-    /// Delivers what was made, in the same transaction as the ratchet states that made it.
-    pub(crate) fn finish(self, me: &Device) -> Result<inbox::NewItems, ChatError> {
+    /// Delivers what was made to devices here and queues what goes elsewhere, in the same
+    /// transaction as the ratchet states that made it. Returns the new inbox items here and
+    /// whether anything was queued.
+    pub(crate) fn finish(self, me: &Device) -> Result<(inbox::NewItems, bool), ChatError> {
+        remote::queue(self.tx, self.sealer, &me.did, &self.remote)?;
+        let queued = !self.remote.is_empty();
         if self.envelopes.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), queued));
         }
-        Ok(inbox::deliver(self.tx, self.sealer, self.cfg, &me.did, &self.envelopes)?.1)
+        Ok((inbox::deliver(self.tx, self.sealer, self.cfg, &me.did, &self.envelopes)?.1, queued))
     }
 }
 
@@ -263,7 +318,7 @@ pub(crate) fn create(
         left: false,
     };
     convo.store(out.tx, &me.did)?;
-    ensure_built_ins(out.tx, out.sealer, me, &convo.members)?;
+    ensure_built_ins(out, me, &convo.members)?;
     announce(out, me, &convo, &[])?;
     Ok(convo)
 }
@@ -272,7 +327,7 @@ pub(crate) fn create(
 fn announce(out: &mut Outgoing<'_>, me: &mut Device, convo: &Convo, also: &[String]) -> Result<(), ChatError> {
     let mut to = convo.members.clone();
     to.extend(also.iter().cloned());
-    for t in targets(out.tx, me, &to)? {
+    for t in targets(out.tx, me, &to, &out.elsewhere)? {
         out.olm(me, &t, CONVO, convo.control())?;
     }
     Ok(())
@@ -285,7 +340,7 @@ pub(crate) fn send(out: &mut Outgoing<'_>, me: &mut Device, convo_id: &str, text
     }
     let convo = Convo::member(out.tx, &me.did, convo_id)?;
     let content = json!({ "convoId": convo.id, "text": text });
-    let to = targets(out.tx, me, &convo.members)?;
+    let to = targets(out.tx, me, &convo.members, &out.elsewhere)?;
     if convo.members.len() <= 2 {
         for t in &to {
             out.olm(me, t, MESSAGE, content.clone())?;
@@ -429,7 +484,7 @@ pub(crate) fn change_members(
             ));
         }
         convo.members.push(did.to_string());
-        ensure_built_ins(out.tx, out.sealer, me, &convo.members)?;
+        ensure_built_ins(out, me, &convo.members)?;
         Vec::new()
     } else {
         if did == me.did || !convo.members.iter().any(|m| m == did) {
@@ -449,7 +504,7 @@ pub(crate) fn change_members(
 pub(crate) fn leave(out: &mut Outgoing<'_>, me: &mut Device, convo_id: &str) -> Result<(), ChatError> {
     let mut convo = Convo::member(out.tx, &me.did, convo_id)?;
     convo.members.retain(|m| m != &me.did);
-    for t in targets(out.tx, me, &convo.members)? {
+    for t in targets(out.tx, me, &convo.members, &out.elsewhere)? {
         out.olm(me, &t, LEAVE, json!({ "convoId": convo.id }))?;
     }
     convo.left = true;
@@ -463,21 +518,27 @@ pub(crate) fn drop_outbound(tx: &Transaction<'_>, did: &str, convo_id: &str) -> 
     Ok(())
 }
 
-/// `did`'s conversations, most recently active first, after `cursor` (a convo id) in that order.
-pub(crate) fn list(conn: &Connection, did: &str, limit: i64) -> Result<Value, ChatError> {
+/// `did`'s conversations, most recently active first, past the first `skip` (the cursor).
+pub(crate) fn list(conn: &Connection, did: &str, skip: i64, limit: i64) -> Result<Value, ChatError> {
     let ids: Vec<String> = conn
         .prepare_cached(
-            "SELECT convo_id FROM chat_convo WHERE did = ?1 AND left_at IS NULL ORDER BY updated_at DESC, convo_id LIMIT ?2",
+            "SELECT convo_id FROM chat_convo WHERE did = ?1 AND left_at IS NULL
+             ORDER BY updated_at DESC, convo_id LIMIT ?2 OFFSET ?3",
         )?
-        .query_map(params![did, limit], |r| r.get(0))?
+        .query_map(params![did, limit, skip], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
+    let full = ids.len() as i64 == limit;
     let mut convos = Vec::new();
     for id in ids {
         if let Some(c) = Convo::load(conn, did, &id)? {
             convos.push(c.view());
         }
     }
-    Ok(json!({ "convos": convos }))
+    let mut v = json!({ "convos": convos });
+    if full {
+        v["cursor"] = Value::String((skip + limit).to_string());
+    }
+    Ok(v)
 }
 
 /// Messages of a conversation `did` is in, newest first, older than `cursor` (a message id).

@@ -18,9 +18,11 @@ mod device;
 mod inbox;
 mod keys;
 mod receive;
+mod remote;
+mod rest;
 mod schema;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 
@@ -53,6 +55,8 @@ const MAX_WATCHED: usize = 10_000;
 const UPDATES: usize = 256;
 /// Messages in one `sendToDevice` call at most (the lexicon says so too).
 const MAX_MESSAGES: usize = 500;
+/// Envelopes one account may have waiting for other nodes.
+const MAX_OUTBOX: i64 = 10_000;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -178,6 +182,8 @@ pub struct Chat {
     sends: DefaultKeyedRateLimiter<String>,
     /// Wakes the built-in devices' reader (envelopes arrived).
     poke: Arc<tokio::sync::Notify>,
+    /// Wakes the outbox (envelopes queued for other nodes).
+    outbox_poke: Arc<tokio::sync::Notify>,
 }
 
 impl Chat {
@@ -192,6 +198,7 @@ impl Chat {
             sealer: OnceLock::new(),
             live: parking_lot::Mutex::default(),
             poke: Arc::default(),
+            outbox_poke: Arc::default(),
         }
     }
 }
@@ -257,6 +264,61 @@ impl Chat {
         })?)
     }
 
+    /// Refuses (429 `OutboxFull`) when `did` has as many envelopes waiting for other nodes as
+    /// it may, or would have with `more`.
+    fn outbox_room(&self, did: &str, more: usize) -> Result<(), NodeError> {
+        let held = self.node().accounts.db().read(|c| remote::queued(c, did))?;
+        if held + more as i64 > MAX_OUTBOX || (more == 0 && held >= MAX_OUTBOX) {
+            tracing::info!(app = NAME, %did, held, "an outbox is full: sending refused");
+            return Err(NodeError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "OutboxFull",
+                format!("{held} envelopes are waiting for other nodes; try again once they are delivered"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// For `members` held elsewhere: their devices fetched (at most a minute old) and a key
+    /// claimed for each device `did`'s built-in device has no session with, by identity key.
+    fn claim_elsewhere(
+        &self,
+        did: &str,
+        members: &[String],
+    ) -> Result<(HashSet<String>, HashMap<String, String>), ChatError> {
+        let mut claimed = HashMap::new();
+        let mut elsewhere = HashSet::new();
+        for m in members {
+            if self.hosted(m).map_err(|e| ChatError::Corrupt(e.message))? {
+                continue;
+            }
+            elsewhere.insert(m.clone());
+            if let Err(e) = remote::devices(self, did, m) {
+                tracing::info!(app = NAME, member = %m, error = %e, "a member's devices could not be fetched");
+                continue;
+            }
+            let devices: Vec<(String, String)> = self.node().accounts.db().read(|c| {
+                c.prepare_cached("SELECT device_id, curve25519 FROM chat_remote_device WHERE did = ?1")?
+                    .query_map([m], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })?;
+            for (device, curve) in devices {
+                if self.node().accounts.db().read(|c| Device::has_session(c, did, &curve))? {
+                    continue;
+                }
+                match remote::claim(self, did, m, &device) {
+                    Ok(k) => {
+                        if let Some(key) = k["key"]["key"].as_str() {
+                            claimed.insert(curve, key.to_string());
+                        }
+                    }
+                    Err(e) => tracing::info!(app = NAME, member = %m, device = %device, error = %e, "no key claimed"),
+                }
+            }
+        }
+        Ok((elsewhere, claimed))
+    }
+
     /// Tells the sockets watching these devices about their new items, and wakes the
     /// built-in devices' reader.
     fn push(&self, items: inbox::NewItems) {
@@ -280,6 +342,35 @@ fn caller(node: &Node, headers: &HeaderMap, nsid: &str) -> Result<String, NodeEr
     ues_protocol::node::auth::require_privileged(&claims)?;
     claims.check_rpc(nsid, &node.cfg.service_did)?;
     Ok(claims.sub)
+}
+
+/// The caller of a method other nodes call too: an account's session here, or a service-auth
+/// token an account elsewhere signed for an account here (its audience, returned too). Checking
+/// the token may resolve the issuer's DID: call it off the async workers.
+fn caller_or_service(app: &Chat, headers: &HeaderMap, nsid: &str) -> Result<(String, Option<String>), NodeError> {
+    let session = match caller(app.node(), headers, nsid) {
+        Ok(did) => return Ok((did, None)),
+        Err(e) => e,
+    };
+    let Some(token) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Err(session);
+    };
+    // This node's own session tokens are HS256: their refusal stands.
+    let alg = token
+        .split('.')
+        .next()
+        .and_then(|h| data_encoding::BASE64URL_NOPAD.decode(h.as_bytes()).ok())
+        .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
+        .and_then(|h| h["alg"].as_str().map(str::to_string));
+    if !matches!(alg.as_deref(), Some("ES256K" | "ES256")) {
+        return Err(session);
+    }
+    let (iss, aud) = app.node().verify_service_auth(token, nsid, |aud| app.hosted(aud).unwrap_or(false))?;
+    Ok((iss.to_string(), Some(aud)))
 }
 
 fn param<'a>(p: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -307,11 +398,18 @@ async fn upload_keys(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer 
 }
 
 async fn query_keys(app: Arc<Chat>, headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
-    caller(app.node(), &headers, "dev.ues.chat.queryKeys")?;
     let did = param(&p, "did").unwrap_or_default().to_string();
     blocking(move || {
+        let (me, via) = caller_or_service(&app, &headers, "dev.ues.chat.queryKeys")?;
         if !app.hosted(&did)? {
-            return Err(NodeError::not_found("AccountNotFound", format!("{did} is not an account held here")));
+            if via.is_some() {
+                return Err(not_here(&did));
+            }
+            // An account elsewhere: its devices from its own node, checked here.
+            return Ok(Json(remote::fetch_devices(&app, &me, &did)?));
+        }
+        if via.as_deref().is_some_and(|aud| aud != did) {
+            return Err(NodeError::auth_required("the service token is for another account"));
         }
         app.write(&did, |_, _| Ok(()))?;
         Ok(Json(app.node().accounts.db().read(|c| keys::query(c, &did))?))
@@ -319,8 +417,13 @@ async fn query_keys(app: Arc<Chat>, headers: HeaderMap, p: Vec<(String, String)>
     .await
 }
 
+fn not_here(did: &str) -> NodeError {
+    NodeError::not_found("AccountNotFound", format!("{did} is not an account held here"))
+}
+
 async fn claim_keys(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
-    let me = caller(app.node(), &headers, "dev.ues.chat.claimKeys")?;
+    let who = app.clone();
+    let (me, via) = blocking(move || caller_or_service(&who, &headers, "dev.ues.chat.claimKeys")).await?;
     if app.claims.check_key(&me).is_err() {
         tracing::info!(app = NAME, did = %me, "claimKeys over its rate");
         return Err(NodeError::new(
@@ -333,7 +436,13 @@ async fn claim_keys(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
     let device_id = field(&body, "deviceId")?.to_string();
     blocking(move || {
         if !app.hosted(&did)? {
-            return Err(NodeError::not_found("AccountNotFound", format!("{did} is not an account held here")));
+            if via.is_some() {
+                return Err(not_here(&did));
+            }
+            return Ok(Json(remote::claim(&app, &me, &did, &device_id)?));
+        }
+        if via.as_deref().is_some_and(|aud| aud != did) {
+            return Err(NodeError::auth_required("the service token is for another account"));
         }
         app.write(&did, |tx, sealer| keys::claim(tx, sealer, &did, &device_id)).map(Json)
     })
@@ -341,20 +450,10 @@ async fn claim_keys(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
 }
 
 async fn send_to_device(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
-    let me = caller(app.node(), &headers, "dev.ues.chat.sendToDevice")?;
     let messages =
         body.get("messages").and_then(Value::as_array).ok_or_else(|| NodeError::invalid("messages is required"))?;
     if messages.len() > MAX_MESSAGES {
         return Err(NodeError::invalid(format!("at most {MAX_MESSAGES} messages per call")));
-    }
-    let n = NonZeroU32::new(messages.len().max(1) as u32).expect("at least one");
-    if !matches!(app.sends.check_key_n(&me, n), Ok(Ok(_))) {
-        tracing::info!(app = NAME, did = %me, "sendToDevice over its rate");
-        return Err(NodeError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RateLimitExceeded",
-            format!("at most {} envelopes sent a minute", app.cfg.sends_per_minute),
-        ));
     }
     let built_in = app.built_in();
     let mut envelopes = Vec::with_capacity(messages.len());
@@ -368,16 +467,49 @@ async fn send_to_device(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answ
         });
     }
     blocking(move || {
-        for e in &envelopes {
-            if !app.hosted(&e.did)? {
-                return Err(NodeError::not_found("AccountNotFound", format!("{} is not an account held here", e.did)));
+        let (me, via) = caller_or_service(&app, &headers, "dev.ues.chat.sendToDevice")?;
+        let n = NonZeroU32::new(envelopes.len().max(1) as u32).expect("at least one");
+        if !matches!(app.sends.check_key_n(&me, n), Ok(Ok(_))) {
+            tracing::info!(app = NAME, did = %me, "sendToDevice over its rate");
+            return Err(NodeError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RateLimitExceeded",
+                format!("at most {} envelopes sent a minute", app.cfg.sends_per_minute),
+            ));
+        }
+        let mut here = Vec::new();
+        let mut elsewhere = Vec::new();
+        for e in envelopes {
+            if app.hosted(&e.did)? {
+                if via.as_deref().is_some_and(|aud| aud != e.did) {
+                    return Err(NodeError::auth_required("the service token is for another account"));
+                }
+                here.push(e);
+            } else if via.is_some() {
+                // Another node's account sends only to the account its token names.
+                return Err(not_here(&e.did));
+            } else {
+                Did::new(&e.did).map_err(|_| NodeError::invalid(format!("{:?} is not a DID", e.did)))?;
+                elsewhere.push(e);
             }
         }
+        if via.is_some() {
+            tracing::debug!(app = NAME, sender = %me, envelopes = here.len(), "envelopes from another node");
+        }
+        app.outbox_room(&me, elsewhere.len())?;
         let sealer = app.sealer();
-        let (delivered, new) =
-            app.node().accounts.db().write(|tx| inbox::deliver(tx, sealer, &app.cfg, &me, &envelopes))?;
+        let (delivered, new) = app.node().accounts.db().write(|tx| {
+            remote::queue(tx, sealer, &me, &elsewhere)?;
+            if here.is_empty() {
+                return Ok::<_, ChatError>((0, Vec::new()));
+            }
+            inbox::deliver(tx, sealer, &app.cfg, &me, &here)
+        })?;
         app.push(new);
-        Ok(Json(json!({ "delivered": delivered, "queued": 0 })))
+        if !elsewhere.is_empty() {
+            app.outbox_poke.notify_one();
+        }
+        Ok(Json(json!({ "delivered": delivered, "queued": elsewhere.len() })))
     })
     .await
 }
@@ -406,34 +538,48 @@ async fn ack_inbox(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
 }
 
 /// Runs `f` for the caller's built-in device, delivering what it sends in the same transaction.
+/// `members` is who the call may send to (a conversation's members): the devices of those held
+/// elsewhere are fetched (at most a minute old) and a key claimed for each device the built-in
+/// device has no session with yet, before the transaction.
 async fn as_built_in<T: Send + 'static>(
     app: Arc<Chat>,
     did: String,
+    members: Vec<String>,
     f: impl FnOnce(&mut convo::Outgoing<'_>, &mut Device) -> Result<T, ChatError> + Send + 'static,
 ) -> Result<T, NodeError> {
     blocking(move || {
+        app.outbox_room(&did, 0)?;
+        let (elsewhere, claimed) = app.claim_elsewhere(&did, &members)?;
         let built_in = app.built_in();
-        let (out, items) = app.node().accounts.db().write(|tx| {
+        let (out, (items, queued)) = app.node().accounts.db().write(|tx| {
             let sealer = app.sealer();
             let mut me = Device::ensure(tx, sealer, &did, &built_in)?;
-            let mut outgoing = convo::Outgoing::new(tx, sealer, &app.cfg);
+            let mut outgoing = convo::Outgoing::new(tx, sealer, &app.cfg).with_elsewhere(elsewhere, claimed);
             let out = f(&mut outgoing, &mut me)?;
             Ok::<_, ChatError>((out, outgoing.finish(&me)?))
         })?;
         app.push(items);
+        if queued {
+            app.outbox_poke.notify_one();
+        }
         Ok(out)
     })
     .await
 }
 
-/// Checks every DID is an account held here.
-fn all_hosted(app: &Chat, dids: &[String]) -> Result<(), NodeError> {
+/// Checks every DID is an account held here or one whose node answers for its devices.
+fn all_reachable(app: &Chat, me: &str, dids: &[String]) -> Result<(), NodeError> {
     for d in dids {
         if !app.hosted(d)? {
-            return Err(NodeError::not_found("AccountNotFound", format!("{d} is not an account held here")));
+            remote::devices(app, me, d)?;
         }
     }
     Ok(())
+}
+
+/// The members of `did`'s conversation `convo_id` (none when it has no such conversation).
+fn members_of(app: &Chat, did: &str, convo_id: &str) -> Result<Vec<String>, NodeError> {
+    Ok(app.node().accounts.db().read(|c| convo::Convo::load(c, did, convo_id))?.map(|c| c.members).unwrap_or_default())
 }
 
 async fn create_convo(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
@@ -447,22 +593,28 @@ async fn create_convo(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer
         .collect::<Result<_, _>>()?;
     let name = body.get("name").and_then(Value::as_str).map(str::to_string);
     let check = app.clone();
-    let members = blocking(move || all_hosted(&check, &members).map(|()| members)).await?;
-    let c = as_built_in(app, me, move |out, dev| convo::create(out, dev, &members, name)).await?;
+    let asker = me.clone();
+    let members = blocking(move || all_reachable(&check, &asker, &members).map(|()| members)).await?;
+    let hint = members.clone();
+    let c = as_built_in(app, me, hint, move |out, dev| convo::create(out, dev, &members, name)).await?;
     Ok(Json(json!({ "convoId": c.id })))
 }
 
 async fn list_convos(app: Arc<Chat>, headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
     let did = caller(app.node(), &headers, "dev.ues.chat.listConvos")?;
     let limit = param(&p, "limit").and_then(|l| l.parse::<i64>().ok()).unwrap_or(50).clamp(1, 100);
-    blocking(move || Ok(Json(app.node().accounts.db().read(|c| convo::list(c, &did, limit))?))).await
+    let skip = param(&p, "cursor").map(|c| item_id(c, "cursor")).transpose()?.unwrap_or(0);
+    blocking(move || Ok(Json(app.node().accounts.db().read(|c| convo::list(c, &did, skip, limit))?))).await
 }
 
 async fn send_message(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer {
     let did = caller(app.node(), &headers, "dev.ues.chat.sendMessage")?;
     let convo_id = field(&body, "convoId")?.to_string();
     let text = field(&body, "text")?.to_string();
-    let id = as_built_in(app, did, move |out, dev| convo::send(out, dev, &convo_id, &text)).await?;
+    let check = app.clone();
+    let (who, convo) = (did.clone(), convo_id.clone());
+    let members = blocking(move || members_of(&check, &who, &convo)).await?;
+    let id = as_built_in(app, did, members, move |out, dev| convo::send(out, dev, &convo_id, &text)).await?;
     Ok(Json(json!({ "messageId": id.to_string() })))
 }
 
@@ -483,12 +635,19 @@ async fn change_member(app: Arc<Chat>, headers: HeaderMap, body: Value, add: boo
     let me = caller(app.node(), &headers, nsid)?;
     let convo_id = field(&body, "convoId")?.to_string();
     let who = field(&body, "did")?.to_string();
-    if add {
-        let check = app.clone();
-        let who = who.clone();
-        blocking(move || all_hosted(&check, &[who])).await?;
-    }
-    let c = as_built_in(app, me, move |out, dev| convo::change_members(out, dev, &convo_id, &who, add)).await?;
+    let check = app.clone();
+    let (asker, convo, added) = (me.clone(), convo_id.clone(), who.clone());
+    let members = blocking(move || {
+        if add {
+            all_reachable(&check, &asker, std::slice::from_ref(&added))?;
+        }
+        let mut m = members_of(&check, &asker, &convo)?;
+        m.push(added);
+        Ok(m)
+    })
+    .await?;
+    let c =
+        as_built_in(app, me, members, move |out, dev| convo::change_members(out, dev, &convo_id, &who, add)).await?;
     Ok(Json(json!({ "convoId": c.id, "members": c.members })))
 }
 
@@ -504,7 +663,10 @@ async fn leave_convo(app: Arc<Chat>, headers: HeaderMap, body: Value) -> Answer 
     let me = caller(app.node(), &headers, "dev.ues.chat.leaveConvo")?;
     let convo_id = field(&body, "convoId")?.to_string();
     let id = convo_id.clone();
-    as_built_in(app, me, move |out, dev| convo::leave(out, dev, &id)).await?;
+    let check = app.clone();
+    let (who, convo) = (me.clone(), convo_id.clone());
+    let members = blocking(move || members_of(&check, &who, &convo)).await?;
+    as_built_in(app, me, members, move |out, dev| convo::leave(out, dev, &id)).await?;
     Ok(Json(json!({ "convoId": convo_id })))
 }
 
@@ -520,6 +682,14 @@ async fn read_inboxes(app: Arc<Chat>) {
             // Bounded per round: at most 100 devices, 1,000 envelopes each.
             for (did, device) in db.read(|c| receive::pending(c, 100))? {
                 for _ in 0..1000 {
+                    // A sender elsewhere whose sending key is not known yet: its devices first.
+                    if let Some((sender, key)) = db.read(|c| receive::peek(c, sealer, &did, &device))?
+                        && !worker.hosted(&sender).unwrap_or(true)
+                        && db.read(|c| receive::sender_ed25519(c, &sender, &key))?.is_none()
+                        && let Err(e) = remote::fetch_devices(&worker, &did, &sender)
+                    {
+                        tracing::info!(app = NAME, %sender, error = %e, "a sender's devices could not be fetched");
+                    }
                     if db.write(|tx| receive::next(tx, sealer, &did, &device))?.is_none() {
                         break;
                     }
@@ -579,8 +749,16 @@ impl App for Chat {
             .route("/xrpc/dev.ues.chat.leaveConvo", procedure!(leave_convo))
     }
 
+    fn api(self: Arc<Self>, node: Arc<Node>) -> Router {
+        rest::routes(self, node)
+    }
+
+    fn openapi(&self) -> Value {
+        rest::openapi()
+    }
+
     fn tasks(self: Arc<Self>, _node: Arc<Node>) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![tokio::spawn(read_inboxes(self))]
+        vec![tokio::spawn(read_inboxes(self.clone())), tokio::spawn(remote::run(self))]
     }
 
     fn topics(self: Arc<Self>, _node: Arc<Node>) -> Vec<(String, Arc<dyn Topic>)> {
@@ -607,6 +785,7 @@ impl App for Chat {
                 ] {
                     tx.execute(&format!("DELETE FROM {table} WHERE did = ?1"), [&e.did])?;
                 }
+                tx.execute("DELETE FROM chat_outbox WHERE sender = ?1", [&e.did])?;
             }
         }
         Ok(())
@@ -615,5 +794,110 @@ impl App for Chat {
     fn rebuild(&self, _tx: &Transaction<'_>) -> rusqlite::Result<()> {
         // Nothing here comes from the log: keys, sessions and inboxes stay as they are.
         Ok(())
+    }
+}
+
+/// The chat's sending and reading paths on an in-memory database, for benchmarks: accounts
+/// with built-in devices, conversations between them, messages sent and read as the node does
+/// (sealing and SQLite included), without HTTP.
+#[doc(hidden)]
+pub mod lab {
+    use ues_protocol::sync::repo::ipld::storage::rusqlite::Connection;
+    use ues_protocol::sync::repo::seal::SealKey;
+
+    use super::{ChatConfig, ChatError, Device, Sealer, convo, receive, schema};
+
+    /// Accounts `did:plc:lab<i>` on one in-memory database.
+    pub struct Lab {
+        conn: Connection,
+        sealer: Sealer,
+        cfg: ChatConfig,
+    }
+
+    /// The lab's built-in device id.
+    const DEVICE: &str = "UESLAB";
+
+    fn did(i: usize) -> String {
+        format!("did:plc:lab{i}")
+    }
+
+    impl Lab {
+        /// `accounts` accounts, each with its built-in device.
+        pub fn new(accounts: usize) -> Result<Self, String> {
+            Self::make(accounts).map_err(|e| e.to_string())
+        }
+
+        fn make(accounts: usize) -> Result<Self, ChatError> {
+            let mut conn = Connection::open_in_memory()?;
+            for m in schema::MIGRATIONS {
+                conn.execute_batch(m.sql)?;
+            }
+            let sealer = Sealer(SealKey::generate().derive(b"lab"));
+            let tx = conn.transaction()?;
+            for i in 0..accounts {
+                Device::ensure(&tx, &sealer, &did(i), DEVICE)?;
+            }
+            tx.commit()?;
+            let cfg = ChatConfig { max_inbox_items: i64::MAX, max_inbox_bytes: i64::MAX, ..ChatConfig::default() };
+            Ok(Self { conn, sealer, cfg })
+        }
+
+        fn as_device<T>(
+            &mut self,
+            i: usize,
+            f: impl FnOnce(&mut convo::Outgoing<'_>, &mut Device) -> Result<T, ChatError>,
+        ) -> Result<T, String> {
+            let run = || -> Result<T, ChatError> {
+                let tx = self.conn.transaction()?;
+                let out = {
+                    let mut me = Device::load(&tx, &self.sealer, &did(i))?
+                        .ok_or_else(|| ChatError::Corrupt(format!("no account {i}")))?;
+                    let mut outgoing = convo::Outgoing::new(&tx, &self.sealer, &self.cfg);
+                    let out = f(&mut outgoing, &mut me)?;
+                    outgoing.finish(&me)?;
+                    out
+                };
+                tx.commit()?;
+                Ok(out)
+            };
+            run().map_err(|e| e.to_string())
+        }
+
+        /// A conversation account `creator` makes with `members`.
+        pub fn create(&mut self, creator: usize, members: &[usize]) -> Result<String, String> {
+            let members: Vec<String> = members.iter().map(|m| did(*m)).collect();
+            self.as_device(creator, |out, me| convo::create(out, me, &members, None)).map(|c| c.id)
+        }
+
+        /// Account `from`'s built-in device sends `text` to the conversation.
+        pub fn send(&mut self, from: usize, convo_id: &str, text: &str) -> Result<(), String> {
+            self.as_device(from, |out, me| convo::send(out, me, convo_id, text)).map(|_| ())
+        }
+
+        /// Every built-in device reads its inbox; how many envelopes were read.
+        pub fn read_all(&mut self) -> Result<usize, String> {
+            self.read().map_err(|e| e.to_string())
+        }
+
+        fn read(&mut self) -> Result<usize, ChatError> {
+            let mut n = 0;
+            loop {
+                let pending = receive::pending(&self.conn, 1000)?;
+                if pending.is_empty() {
+                    return Ok(n);
+                }
+                for (did, device) in pending {
+                    loop {
+                        let tx = self.conn.transaction()?;
+                        let read = receive::next(&tx, &self.sealer, &did, &device)?;
+                        tx.commit()?;
+                        if read.is_none() {
+                            break;
+                        }
+                        n += 1;
+                    }
+                }
+            }
+        }
     }
 }

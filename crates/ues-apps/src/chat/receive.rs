@@ -62,14 +62,43 @@ pub(crate) fn next(
     }
 }
 
-/// The Ed25519 key of `sender`'s device whose Curve25519 key is `curve`, as published here.
-fn sender_ed25519(conn: &Connection, sender: &str, curve: &str) -> Result<Option<(String, String)>, ChatError> {
-    Ok(conn
+/// The device id and Ed25519 key of `sender`'s device whose Curve25519 key is `curve`, as
+/// published here or as fetched from the sender's node.
+pub(crate) fn sender_ed25519(
+    conn: &Connection,
+    sender: &str,
+    curve: &str,
+) -> Result<Option<(String, String)>, ChatError> {
+    let here = conn
         .prepare_cached(
             "SELECT device_id, ed25519 FROM chat_device WHERE did = ?1 AND curve25519 = ?2 AND device_keys IS NOT NULL",
         )?
         .query_row([sender, curve], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if here.is_some() {
+        return Ok(here);
+    }
+    Ok(conn
+        .prepare_cached("SELECT device_id, ed25519 FROM chat_remote_device WHERE did = ?1 AND curve25519 = ?2")?
+        .query_row([sender, curve], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
+}
+
+/// The sender and sending key of the oldest envelope waiting for a device (to fetch the
+/// sender's devices from its node first, outside the transaction that reads it).
+pub(crate) fn peek(
+    conn: &Connection,
+    sealer: &Sealer,
+    did: &str,
+    device_id: &str,
+) -> Result<Option<(String, String)>, ChatError> {
+    let page = super::inbox::list(conn, sealer, did, device_id, 0, 1)?;
+    Ok(page["items"].as_array().and_then(|a| a.first()).map(|item| {
+        (
+            item["sender"].as_str().unwrap_or_default().to_string(),
+            item["envelope"]["sender_key"].as_str().unwrap_or_default().to_string(),
+        )
+    }))
 }
 
 fn olm(

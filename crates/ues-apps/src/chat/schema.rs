@@ -5,7 +5,7 @@
 
 use ues_protocol::sync::repo::ipld::storage::Migration;
 
-pub(super) const MIGRATIONS: &[Migration] = &[KEYS_INBOX, CONVERSATIONS];
+pub(super) const MIGRATIONS: &[Migration] = &[KEYS_INBOX, CONVERSATIONS, FEDERATION];
 
 const KEYS_INBOX: Migration = Migration {
     id: "dev.ues.chat/0001_keys_inbox",
@@ -134,5 +134,38 @@ CREATE TABLE chat_megolm_seen (
     idx INTEGER NOT NULL,
     PRIMARY KEY (did, session_id, idx)
 ) WITHOUT ROWID;
+",
+};
+
+const FEDERATION: Migration = Migration {
+    id: "dev.ues.chat/0003_federation",
+    sql: "
+-- Devices of accounts held on other nodes, as their node published them and as checked here.
+CREATE TABLE chat_remote_device (
+    did TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    device_keys TEXT NOT NULL,
+    curve25519 TEXT NOT NULL,
+    ed25519 TEXT NOT NULL,
+    built_in INTEGER NOT NULL DEFAULT 0,
+    fetched_at INTEGER NOT NULL,
+    PRIMARY KEY (did, device_id)
+) WITHOUT ROWID;
+CREATE INDEX chat_remote_device_curve ON chat_remote_device (did, curve25519);
+
+-- Envelopes for devices of accounts held elsewhere (sealed), until their node takes them.
+CREATE TABLE chat_outbox (
+    id INTEGER PRIMARY KEY,
+    sender TEXT NOT NULL,
+    did TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    sender_device TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    next_try_at INTEGER NOT NULL
+);
+CREATE INDEX chat_outbox_due ON chat_outbox (next_try_at);
+CREATE INDEX chat_outbox_pair ON chat_outbox (sender, did, id);
 ",
 };

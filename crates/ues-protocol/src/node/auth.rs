@@ -348,6 +348,18 @@ const MAX_SERVICE_TOKEN: usize = 4096;
 /// names (resolved again once if the cached one does not verify, as keys rotate), and not seen
 /// before (its `jti` is remembered until it expires). Returns the account's DID.
 pub(crate) fn verify_service_token(st: &Node, token: &str, lxm: &str) -> Result<Did, NodeError> {
+    let me = st.cfg.service_did.as_str();
+    verify_service_token_for(st, token, lxm, &|aud| aud == me).map(|(did, _)| did)
+}
+
+/// [`verify_service_token`] for a token whose audience `aud_ok` accepts (an account held here,
+/// for calls made to one account rather than to the node): returns the issuer and audience.
+pub(crate) fn verify_service_token_for(
+    st: &Node,
+    token: &str,
+    lxm: &str,
+    aud_ok: &dyn Fn(&str) -> bool,
+) -> Result<(Did, String), NodeError> {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let bad = |m: &str| NodeError::auth_required(format!("Invalid service auth token: {m}"));
@@ -371,7 +383,8 @@ pub(crate) fn verify_service_token(st: &Node, token: &str, lxm: &str) -> Result<
     }
     let iss = payload["iss"].as_str().ok_or_else(|| bad("no iss"))?;
     let did = Did::new(iss.split('#').next().unwrap_or(iss)).map_err(|_| bad("iss is not a DID"))?;
-    if payload["aud"].as_str() != Some(st.cfg.service_did.as_str()) {
+    let aud = payload["aud"].as_str().unwrap_or_default().to_string();
+    if !aud_ok(&aud) {
         return Err(bad("aud is not this server"));
     }
     let exp = payload["exp"].as_u64().ok_or_else(|| bad("no exp"))?;
@@ -404,7 +417,7 @@ pub(crate) fn verify_service_token(st: &Node, token: &str, lxm: &str) -> Result<
         let ttl = std::time::Duration::from_secs(exp.saturating_sub(now_secs()).min(3600) + 60);
         st.kv.put(key.as_bytes(), b"1", Some(ttl)).map_err(NodeError::internal)?;
     }
-    Ok(did)
+    Ok((did, aud))
 }
 
 #[cfg(test)]

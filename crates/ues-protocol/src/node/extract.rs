@@ -40,6 +40,22 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for XJson<T> {
     }
 }
 
+/// Checks a JSON body against the input schema of the XRPC method `method` (for REST routes
+/// that mirror a method: the same refusals as the XRPC call).
+pub fn check_input(node: &Node, method: &str, value: &Value) -> Result<(), NodeError> {
+    if has_input_schema(node, method) {
+        let ipld = body_from_json(value).map_err(|e| NodeError::invalid(format!("Invalid request body: {e}")))?;
+        node.lexicons.validate_body(method, "input", &ipld).map_err(|e| invalid("Input", e))?;
+    }
+    Ok(())
+}
+
+/// Checks query parameters against the XRPC method `method`'s parameters (for REST routes that
+/// mirror a method).
+pub fn check_params(node: &Node, method: &str, pairs: &[(String, String)]) -> Result<(), NodeError> {
+    node.lexicons.validate_params(method, pairs).map_err(|e| invalid("Params", e))
+}
+
 fn has_input_schema(state: &Node, method: &str) -> bool {
     matches!(state.lexicons.get(method), Some(Def::Procedure { input: Some(b), .. }) if b.schema.is_some())
 }

@@ -497,6 +497,24 @@ impl Node {
         &self.service_agent
     }
 
+    /// A service-auth token of `did` (an account held here, signing with its repository key) for
+    /// the service or account `aud`, bound to the method `lxm`, good for a minute.
+    pub fn service_auth(&self, did: &ues_sync::repo::syntax::Did, aud: &str, lxm: &str) -> Result<String, NodeError> {
+        auth::service_token(self, did, aud, Some(lxm), auth::now_secs() + 60)
+    }
+
+    /// Checks a service-auth token for the method `lxm` whose audience `aud_ok` accepts (for
+    /// calls made to an account here rather than to the node): signed by the key the issuer's
+    /// DID document names, not expired, not seen before. Returns the issuer and the audience.
+    pub fn verify_service_auth(
+        &self,
+        token: &str,
+        lxm: &str,
+        aud_ok: impl Fn(&str) -> bool,
+    ) -> Result<(ues_sync::repo::syntax::Did, String), NodeError> {
+        auth::verify_service_token_for(self, token, lxm, &aud_ok)
+    }
+
     /// Whether this node is reached on loopback or a private address (a development node,
     /// whose peers and services are on such addresses too).
     pub fn development(&self) -> bool {
