@@ -5,6 +5,7 @@
 
 mod backup;
 mod bench;
+mod bench_chat;
 mod bench_feed;
 mod blobs;
 mod config;
@@ -294,6 +295,20 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// End-to-end encrypted messages between two running nodes that resolve each other's DIDs:
+    /// send latency and the rate the second node has them decrypted (JSON result;
+    /// `scripts/chat-bench.sh` sets up both nodes and a DID directory).
+    Chat {
+        /// The first node's address (the sender's).
+        #[arg(long)]
+        a: SocketAddr,
+        /// The second node's address (the recipient's).
+        #[arg(long)]
+        b: SocketAddr,
+        /// Messages sent.
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+    },
     /// WebSocket fan-out: clients subscribed to one repository of a running node while it
     /// takes writes at a fixed rate; delivery latency, missing events, node RSS (JSON result).
     Ws {
@@ -572,6 +587,10 @@ fn command(cli: Cli) -> anyhow::Result<()> {
             let shape =
                 bench_feed::FeedShape { accounts, posts, follows, likes_per_account, replies, connections, calls, dir };
             print_json(rt.block_on(bench_feed::feed(shape))?)
+        }
+        Command::Bench(BenchCommand::Chat { a, b, messages }) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            print_json(rt.block_on(bench_chat::chat(a, b, messages))?)
         }
         Command::Bench(BenchCommand::Create { addr, records, concurrency }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;

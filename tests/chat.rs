@@ -458,6 +458,12 @@ fn two_nodes_carry_dms_and_a_group_and_retry_until_the_other_is_back() {
     let (alice, at) = create_account(&a.base, "alice.test");
     let (bob, bt) = create_account(&b.base, "bob.test");
     let (carol, ct) = create_account(&b.base, "carol.test");
+    // Bob also has a libolm phone on node B (when python3-olm is here).
+    let phone = libolm().map(|python| {
+        let phone = Olm::new(python, root.path(), "bob-phone");
+        phone.run(&["init", &b.base, &bt, &bob, "PHONE", "5"]);
+        phone
+    });
 
     // Bob's devices, asked of node A, come from node B and are checked on A.
     let (status, v) = xrpc_get(&a, &format!("dev.ues.chat.queryKeys?did={bob}"), &at);
@@ -482,6 +488,53 @@ fn two_nodes_carry_dms_and_a_group_and_retry_until_the_other_is_back() {
     wait_texts(&b, &ct, &group, &["to all three"]);
     xrpc_post(&b, "dev.ues.chat.sendMessage", Some(&ct), json!({"convoId": group, "text": "carol here"}));
     wait_texts(&a, &at, &group, &["to all three", "carol here"]);
+
+    // Replays and tampering, sent again through node A to node B: the group message's envelope
+    // as Bob's phone got it.
+    if let Some(phone) = &phone {
+        let (_, inbox) = xrpc_get(&b, "dev.ues.chat.getInbox?deviceId=PHONE&limit=100", &bt);
+        let megolm = inbox["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["envelope"]["algorithm"] == "m.megolm.v1.aes-sha2")
+            .map(|i| i["envelope"].clone())
+            .expect("the group message reached the phone");
+        let (_, keys) = xrpc_get(&b, &format!("dev.ues.chat.queryKeys?did={bob}"), &bt);
+        let bob_built_in = keys["devices"][0]["deviceId"].as_str().unwrap().to_string();
+        let send = |device: &str, envelope: &Value| {
+            let (status, v) = xrpc_post(
+                &a,
+                "dev.ues.chat.sendToDevice",
+                Some(&at),
+                json!({"messages": [{"did": bob, "deviceId": device, "envelope": envelope}]}),
+            );
+            assert_eq!((status, v["queued"].as_u64()), (200, Some(1)), "{v}");
+        };
+        // The same bytes again to the phone: stored once.
+        send("PHONE", &megolm);
+        // To the built-in device (which read that message index already), with a field the
+        // encryption does not cover changed so the bytes differ: refused as a replay.
+        let mut replay = megolm.clone();
+        replay["device_id"] = json!("REPLAYED");
+        send(&bob_built_in, &replay);
+        // Its ciphertext altered: refused, nothing changed.
+        let mut tampered = megolm.clone();
+        let mut ct = tampered["ciphertext"].as_str().unwrap().to_string();
+        let flipped = if ct.ends_with('A') { 'B' } else { 'A' };
+        ct.pop();
+        ct.push(flipped);
+        tampered["ciphertext"] = json!(ct);
+        tampered["device_id"] = json!("TAMPERED");
+        send(&bob_built_in, &tampered);
+        eventually("the replay and the tampered envelope refused on node B", || {
+            let log = std::fs::read_to_string(b.dir.join("node.log")).unwrap_or_default();
+            (log.contains("was read before (a replay)") && log.contains("Megolm decryption failed")).then_some(())
+        });
+        assert_eq!(message_texts(&b, &bt, &group), ["to all three", "carol here"], "nothing shown twice");
+        let got = phone.run(&["receive"]);
+        assert_eq!(texts(&got).iter().filter(|t| *t == "to all three").count(), 1, "{got}");
+    }
 
     // Carol removed: she reads nothing after.
     let (status, v) = xrpc_post(&a, "dev.ues.chat.removeMember", Some(&at), json!({"convoId": group, "did": carol}));

@@ -30,14 +30,17 @@ fn group(c: &mut Criterion) {
     lab.read_all().unwrap();
     let mut g = c.benchmark_group("chat/group of 100");
     g.sample_size(20);
-    g.bench_function("send: Megolm once, 99 envelopes delivered", |b| {
+    g.bench_function("send: Megolm once, 99 envelopes delivered (a new session every 100)", |b| {
         b.iter(|| lab.send(0, &convo, "to the whole group").unwrap())
     });
     lab.read_all().unwrap();
     g.bench_function("send + all 99 read it", |b| {
         b.iter(|| {
             lab.send(0, &convo, "to the whole group").unwrap();
-            assert_eq!(lab.read_all().unwrap(), 99);
+            // 99 envelopes; twice that when the session rotated (every 100 messages: the new
+            // room key goes to each member device too).
+            let read = lab.read_all().unwrap();
+            assert!(read == 99 || read == 198, "{read}");
         })
     });
     g.finish();

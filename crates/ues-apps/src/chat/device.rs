@@ -37,30 +37,48 @@ pub fn built_in_id(node_did: &str) -> String {
     format!("UES{}", &BASE32_NOPAD.encode(&digest)[..10])
 }
 
-/// An account's built-in device, loaded from its sealed pickle.
+/// An account's built-in device. Its Olm account (the sealed pickle) is opened only when an
+/// operation needs it (a new session, signing, publishing keys): a message on an existing
+/// session needs only the session.
 pub(crate) struct Device {
     pub(crate) did: String,
     pub(crate) device_id: String,
-    pub(crate) account: Account,
+    curve: String,
+    ed: String,
+    account: Option<Account>,
 }
 
 impl Device {
     /// The built-in device of `did`, if it has one yet.
-    pub(crate) fn load(conn: &Connection, sealer: &Sealer, did: &str) -> Result<Option<Device>, ChatError> {
-        let row: Option<(String, Vec<u8>)> = conn
-            .prepare_cached("SELECT device_id, pickle FROM chat_olm_account WHERE did = ?1")?
-            .query_row([did], |r| Ok((r.get(0)?, r.get(1)?)))
+    pub(crate) fn load(conn: &Connection, _sealer: &Sealer, did: &str) -> Result<Option<Device>, ChatError> {
+        let row: Option<(String, String, String)> = conn
+            .prepare_cached(
+                "SELECT a.device_id, d.curve25519, d.ed25519 FROM chat_olm_account a
+                 JOIN chat_device d ON d.did = a.did AND d.device_id = a.device_id WHERE a.did = ?1",
+            )?
+            .query_row([did], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        let Some((device_id, sealed)) = row else { return Ok(None) };
-        let bytes = sealer.open("olm_account", &[did, &device_id], &sealed)?;
-        let pickle: AccountPickle =
-            serde_json::from_slice(&bytes).map_err(|e| ChatError::Corrupt(format!("Olm account of {did}: {e}")))?;
-        Ok(Some(Device { did: did.to_string(), device_id, account: Account::from_pickle(pickle) }))
+        Ok(row.map(|(device_id, curve, ed)| Device { did: did.to_string(), device_id, curve, ed, account: None }))
     }
 
-    /// Writes the account's state (sealed).
+    /// Its Olm account, opened from the sealed pickle the first time it is needed.
+    fn account(&mut self, conn: &Connection, sealer: &Sealer) -> Result<&mut Account, ChatError> {
+        if self.account.is_none() {
+            let sealed: Vec<u8> = conn
+                .prepare_cached("SELECT pickle FROM chat_olm_account WHERE did = ?1")?
+                .query_row([&self.did], |r| r.get(0))?;
+            let bytes = sealer.open("olm_account", &[&self.did, &self.device_id], &sealed)?;
+            let pickle: AccountPickle = serde_json::from_slice(&bytes)
+                .map_err(|e| ChatError::Corrupt(format!("Olm account of {}: {e}", self.did)))?;
+            self.account = Some(Account::from_pickle(pickle));
+        }
+        Ok(self.account.as_mut().expect("opened above"))
+    }
+
+    /// Writes the account's state (sealed), if it was opened.
     pub(crate) fn store(&self, tx: &Transaction<'_>, sealer: &Sealer) -> Result<(), ChatError> {
-        let bytes = Zeroizing::new(serde_json::to_vec(&self.account.pickle()).expect("a pickle serialises"));
+        let Some(account) = &self.account else { return Ok(()) };
+        let bytes = Zeroizing::new(serde_json::to_vec(&account.pickle()).expect("a pickle serialises"));
         let sealed = sealer.seal("olm_account", &[&self.did, &self.device_id], &bytes);
         tx.prepare_cached(
             "INSERT INTO chat_olm_account (did, device_id, pickle) VALUES (?1, ?2, ?3)
@@ -80,19 +98,26 @@ impl Device {
         if let Some(d) = Self::load(tx, sealer, did)? {
             return Ok(d);
         }
-        let mut device = Device { did: did.to_string(), device_id: device_id.to_string(), account: Account::new() };
+        let account = Account::new();
+        let keys = account.identity_keys();
+        let mut device = Device {
+            did: did.to_string(),
+            device_id: device_id.to_string(),
+            curve: keys.curve25519.to_base64(),
+            ed: keys.ed25519.to_base64(),
+            account: Some(account),
+        };
         let keys = device.device_keys()?;
-        let ids = device.identity();
         tx.prepare_cached(
             "INSERT INTO chat_device (did, device_id, built_in, device_keys, curve25519, ed25519, created_at)
              VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6)
              ON CONFLICT (did, device_id) DO UPDATE SET built_in = 1, device_keys = excluded.device_keys,
                 curve25519 = excluded.curve25519, ed25519 = excluded.ed25519",
         )?
-        .execute(params![did, device_id, keys.to_string(), ids.0, ids.1, now_ms()])?;
+        .execute(params![did, device_id, keys.to_string(), device.curve, device.ed, now_ms()])?;
         // Keys a client may have published under this id before are not this device's.
         tx.prepare_cached("DELETE FROM chat_otk WHERE did = ?1 AND device_id = ?2")?.execute([did, device_id])?;
-        device.account.generate_fallback_key();
+        device.account(tx, sealer)?.generate_fallback_key();
         device.replenish(tx, sealer)?;
         tracing::info!(app = super::NAME, %did, device = device_id, "built-in chat device made");
         Ok(device)
@@ -100,12 +125,12 @@ impl Device {
 
     /// Its identity keys, base64: (curve25519, ed25519).
     pub(crate) fn identity(&self) -> (String, String) {
-        let k = self.account.identity_keys();
-        (k.curve25519.to_base64(), k.ed25519.to_base64())
+        (self.curve.clone(), self.ed.clone())
     }
 
-    /// Its signed Matrix device_keys object.
-    pub(crate) fn device_keys(&self) -> Result<Value, ChatError> {
+    /// Its signed Matrix device_keys object (the account opened).
+    fn device_keys(&self) -> Result<Value, ChatError> {
+        let account = self.account.as_ref().ok_or_else(|| ChatError::Corrupt("the Olm account is not open".into()))?;
         let (curve, ed) = self.identity();
         let dev = &self.device_id;
         let mut keys = json!({
@@ -117,18 +142,18 @@ impl Device {
         .as_object()
         .cloned()
         .expect("an object");
-        canonical::sign(&mut keys, &self.did, &format!("ed25519:{dev}"), |m| self.account.sign(m))?;
+        canonical::sign(&mut keys, &self.did, &format!("ed25519:{dev}"), |m| account.sign(m))?;
         Ok(Value::Object(keys))
     }
 
     /// A signed key object for one of its Curve25519 keys.
-    fn signed_key(&self, key: &Curve25519PublicKey, fallback: bool) -> Result<Value, ChatError> {
+    fn signed_key(&self, account: &Account, key: &Curve25519PublicKey, fallback: bool) -> Result<Value, ChatError> {
         let mut object = Map::new();
         object.insert("key".into(), Value::String(key.to_base64()));
         if fallback {
             object.insert("fallback".into(), Value::Bool(true));
         }
-        canonical::sign(&mut object, &self.did, &format!("ed25519:{}", self.device_id), |m| self.account.sign(m))?;
+        canonical::sign(&mut object, &self.did, &format!("ed25519:{}", self.device_id), |m| account.sign(m))?;
         Ok(Value::Object(object))
     }
 
@@ -138,28 +163,43 @@ impl Device {
         let published: i64 = tx
             .prepare_cached("SELECT count(*) FROM chat_otk WHERE did = ?1 AND device_id = ?2 AND fallback = 0")?
             .query_row([&self.did, &self.device_id], |r| r.get(0))?;
+        let account = self.account(tx, sealer)?;
         if published < LOW_OTKS {
-            self.account.generate_one_time_keys((TARGET_OTKS - published) as usize);
+            account.generate_one_time_keys((TARGET_OTKS - published) as usize);
         }
-        let fresh: Vec<(KeyId, Curve25519PublicKey)> = self.account.one_time_keys().into_iter().collect();
-        let fallback: Vec<(KeyId, Curve25519PublicKey)> = self.account.fallback_key().into_iter().collect();
+        let fresh: Vec<(KeyId, Curve25519PublicKey)> = account.one_time_keys().into_iter().collect();
+        let fallback: Vec<(KeyId, Curve25519PublicKey)> = account.fallback_key().into_iter().collect();
         if fresh.is_empty() && fallback.is_empty() {
             return self.store(tx, sealer);
         }
+        let account = self.account.as_ref().expect("opened above");
         let mut insert = tx.prepare_cached(
             "INSERT OR REPLACE INTO chat_otk (did, device_id, key_id, key, fallback) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for (id, key) in &fresh {
             let name = format!("{SIGNED_CURVE}:{}", id.to_base64());
-            insert.execute(params![self.did, self.device_id, name, self.signed_key(key, false)?.to_string(), 0])?;
+            insert.execute(params![
+                self.did,
+                self.device_id,
+                name,
+                self.signed_key(account, key, false)?.to_string(),
+                0
+            ])?;
         }
         if let Some((id, key)) = fallback.first() {
             tx.prepare_cached("DELETE FROM chat_otk WHERE did = ?1 AND device_id = ?2 AND fallback = 1")?
                 .execute([&self.did, &self.device_id])?;
             let name = format!("{SIGNED_CURVE}:{}", id.to_base64());
-            insert.execute(params![self.did, self.device_id, name, self.signed_key(key, true)?.to_string(), 1])?;
+            insert.execute(params![
+                self.did,
+                self.device_id,
+                name,
+                self.signed_key(account, key, true)?.to_string(),
+                1
+            ])?;
         }
-        self.account.mark_keys_as_published();
+        drop(insert);
+        self.account(tx, sealer)?.mark_keys_as_published();
         self.store(tx, sealer)
     }
 
@@ -232,7 +272,7 @@ impl Device {
             None => {
                 let their = parse_curve(peer)?;
                 let otk = parse_curve(one_time_key.ok_or_else(|| ChatError::NoSession(peer.to_string()))?)?;
-                self.account
+                self.account(tx, sealer)?
                     .create_outbound_session(SessionConfig::version_1(), their, otk)
                     .map_err(|e| ChatError::refused_crypto(format!("no session could be made: {e}")))?
             }
@@ -264,7 +304,7 @@ impl Device {
             }
             let their = parse_curve(peer)?;
             let made = self
-                .account
+                .account(tx, sealer)?
                 .create_inbound_session(SessionConfig::version_1(), their, pre)
                 .map_err(|e| ChatError::refused_crypto(format!("no inbound session: {e}")))?;
             self.store_session(tx, sealer, peer, &made.session)?;

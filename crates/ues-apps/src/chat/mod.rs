@@ -900,4 +900,70 @@ pub mod lab {
             }
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn texts(lab: &Lab, i: usize, convo: &str) -> Vec<String> {
+            let mut stmt = lab
+                .conn
+                .prepare("SELECT id, body FROM chat_message WHERE did = ?1 AND convo_id = ?2 ORDER BY id")
+                .unwrap();
+            let rows: Vec<(i64, Vec<u8>)> = stmt
+                .query_map([did(i), convo.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            rows.into_iter()
+                .map(|(id, sealed)| {
+                    let b = lab.sealer.open("message", &[&did(i), convo, &id.to_string()], &sealed).unwrap();
+                    String::from_utf8(b.to_vec()).unwrap()
+                })
+                .collect()
+        }
+
+        /// Moves the inbox envelopes of account `i` around: the one at `last` (0-based, as they
+        /// wait) after all the others, and the one at `drop` gone, as if lost.
+        fn reorder(lab: &Lab, i: usize, last: usize, drop: usize) {
+            let ids: Vec<i64> = lab
+                .conn
+                .prepare("SELECT id FROM chat_inbox WHERE did = ?1 AND acked_at IS NULL ORDER BY id")
+                .unwrap()
+                .query_map([did(i)], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            lab.conn.execute("DELETE FROM chat_inbox WHERE id = ?1", [ids[drop]]).unwrap();
+            lab.conn.execute("UPDATE chat_inbox SET id = id + 100000 WHERE id = ?1", [ids[last]]).unwrap();
+        }
+
+        #[test]
+        fn messages_out_of_order_and_with_gaps_decrypt_in_pairs_and_groups() {
+            // A pair: Olm. Three messages; the second is lost, the third read before the first.
+            let mut lab = Lab::new(2).unwrap();
+            let dm = lab.create(0, &[1]).unwrap();
+            lab.read_all().unwrap();
+            for t in ["one", "two", "three"] {
+                lab.send(0, &dm, t).unwrap();
+            }
+            reorder(&lab, 1, 0, 1);
+            assert_eq!(lab.read_all().unwrap(), 2);
+            assert_eq!(texts(&lab, 1, &dm), ["three", "one"]);
+
+            // A group of three: Megolm. The first message (with the room key before it) read
+            // last, one in the middle lost.
+            let mut lab = Lab::new(3).unwrap();
+            let group = lab.create(0, &[1, 2]).unwrap();
+            lab.read_all().unwrap();
+            for t in ["g1", "g2", "g3", "g4"] {
+                lab.send(0, &group, t).unwrap();
+            }
+            // Account 1's inbox: the room key, g1, g2, g3, g4.
+            reorder(&lab, 1, 1, 3);
+            lab.read_all().unwrap();
+            assert_eq!(texts(&lab, 1, &group), ["g2", "g4", "g1"]);
+            assert_eq!(texts(&lab, 2, &group), ["g1", "g2", "g3", "g4"]);
+        }
+    }
 }
