@@ -85,10 +85,8 @@ impl Conn {
     }
 }
 
-/// A fresh account named `<prefix><pid>.test`: its access token and DID.
-async fn bench_account(addr: SocketAddr, prefix: &str) -> anyhow::Result<(Arc<str>, Arc<str>)> {
-    let mut c = Conn::open(addr).await?;
-    let handle = format!("{prefix}{}.test", std::process::id());
+/// Creates the account `handle` over `c`: its DID and access token.
+pub(crate) async fn create_account(c: &mut Conn, handle: &str) -> anyhow::Result<(String, String)> {
     let (status, acct) = c
         .post(
             "/xrpc/com.atproto.server.createAccount",
@@ -98,9 +96,16 @@ async fn bench_account(addr: SocketAddr, prefix: &str) -> anyhow::Result<(Arc<st
         )
         .await?;
     if status != 200 {
-        bail!("createAccount: {status} {acct}");
+        bail!("createAccount {handle}: {status} {acct}");
     }
-    Ok((acct["accessJwt"].as_str().context("no token")?.into(), acct["did"].as_str().context("no did")?.into()))
+    Ok((acct["did"].as_str().context("no did")?.into(), acct["accessJwt"].as_str().context("no token")?.into()))
+}
+
+/// A fresh account named `<prefix><pid>.test`: its access token and DID.
+async fn bench_account(addr: SocketAddr, prefix: &str) -> anyhow::Result<(Arc<str>, Arc<str>)> {
+    let mut c = Conn::open(addr).await?;
+    let (did, token) = create_account(&mut c, &format!("{prefix}{}.test", std::process::id())).await?;
+    Ok((token.into(), did.into()))
 }
 
 /// Creates an account, then `records` createRecord calls from `concurrency` connections.

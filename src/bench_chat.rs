@@ -14,18 +14,7 @@ use serde_json::{Value, json};
 use crate::bench::Conn;
 
 async fn account(addr: SocketAddr, handle: &str) -> anyhow::Result<(String, String)> {
-    let mut c = Conn::open(addr).await?;
-    let (status, v) = c
-        .post(
-            "/xrpc/com.atproto.server.createAccount",
-            None,
-            &json!({"handle": handle, "email": format!("{handle}@example.com"), "password": "a long bench password"}),
-        )
-        .await?;
-    if status != 200 {
-        bail!("createAccount on {addr}: {status} {v}");
-    }
-    Ok((v["did"].as_str().unwrap_or_default().to_string(), v["accessJwt"].as_str().unwrap_or_default().to_string()))
+    crate::bench::create_account(&mut Conn::open(addr).await?, handle).await
 }
 
 /// Messages `token`'s account holds in the conversation (counted by pages).

@@ -182,19 +182,7 @@ pub(crate) async fn feed(shape: FeedShape) -> anyhow::Result<Value> {
     fan_out(addr, shape.accounts, shape.connections, move |mut c, i| {
         let acc = acc.clone();
         async move {
-            let handle = format!("f{i}x{tag}.test");
-            let (status, v) = c
-                .post(
-                    "/xrpc/com.atproto.server.createAccount",
-                    None,
-                    &json!({ "handle": handle, "email": format!("{handle}@example.com"), "password": "correct horse battery" }),
-                )
-                .await?;
-            if status != 200 {
-                bail!("createAccount: {status} {v}");
-            }
-            let token = v["accessJwt"].as_str().context("no token")?.to_string();
-            let did = v["did"].as_str().context("no did")?.to_string();
+            let (did, token) = crate::bench::create_account(&mut c, &format!("f{i}x{tag}.test")).await?;
             acc.lock().expect("not poisoned")[i] = Some((did, token));
             Ok(c)
         }

@@ -469,6 +469,7 @@ fn two_nodes_carry_dms_and_a_group_and_retry_until_the_other_is_back() {
     let (status, v) = xrpc_get(&a, &format!("dev.ues.chat.queryKeys?did={bob}"), &at);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["devices"][0]["builtIn"], true, "{v}");
+    let bob_device = v["devices"][0]["deviceId"].as_str().unwrap().to_string();
 
     // A DM across the nodes, both ways.
     let (status, v) = xrpc_post(&a, "dev.ues.chat.createConvo", Some(&at), json!({"members": [bob]}));
@@ -550,7 +551,7 @@ fn two_nodes_carry_dms_and_a_group_and_retry_until_the_other_is_back() {
     let b_port = b.port;
     b.child.kill().unwrap();
     b.child.wait().unwrap();
-    for i in 1..=3 {
+    for i in 1..=5 {
         let (status, v) = xrpc_post(
             &a,
             "dev.ues.chat.sendMessage",
@@ -559,7 +560,28 @@ fn two_nodes_carry_dms_and_a_group_and_retry_until_the_other_is_back() {
         );
         assert_eq!(status, 200, "{v}");
     }
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Out of order and with a gap: in A's outbox (SQLite, written by A as it runs), the first
+    // of them is held back three seconds and the third is lost, so B gets 2, 4, then 1. The
+    // fifth row is moved to another id, where its sealed envelope no longer opens: A drops it
+    // (logged) and delivers the others.
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], timeout=30)\n\
+             ids = [r[0] for r in c.execute('SELECT id FROM chat_outbox WHERE device_id = ? ORDER BY id', (sys.argv[2],))]\n\
+             assert len(ids) == 5, ids\n\
+             c.execute('UPDATE chat_outbox SET id = id + 1000000 WHERE id = ?', (ids[4],))\n\
+             c.execute('DELETE FROM chat_outbox WHERE id = ?', (ids[2],))\n\
+             c.execute('UPDATE chat_outbox SET next_try_at = ? WHERE id = ?', (int(time.time() * 1000) + 3000, ids[0]))\n\
+             c.commit()",
+        )
+        .arg(a.dir.join("index.sqlite"))
+        .arg(&bob_device)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_secs(1));
     b = support::start_watched(&b_dir, b_port);
     wait_texts(
         &b,
@@ -568,11 +590,13 @@ fn two_nodes_carry_dms_and_a_group_and_retry_until_the_other_is_back() {
         &[
             "hi bob, from node A",
             "hi alice, from node B",
-            "while you were away 1",
             "while you were away 2",
-            "while you were away 3",
+            "while you were away 4",
+            "while you were away 1",
         ],
     );
+    let log = std::fs::read_to_string(a.dir.join("node.log")).unwrap_or_default();
+    assert!(log.contains("an outbox envelope does not open: dropped"), "the moved row is dropped and logged");
 
     // Forged service-auth tokens: signed by a key Alice's DID document does not name, or for
     // another account than the messages'. Nothing stored.

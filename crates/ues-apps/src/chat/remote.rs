@@ -230,12 +230,31 @@ pub(crate) fn deliver_due(app: &Chat) -> Result<usize, ChatError> {
             .collect::<Result<Vec<_>, _>>()
         })?;
         let mut messages = Vec::with_capacity(rows.len());
-        for (id, device, sender_device, sealed, _, _) in &rows {
-            let bytes = sealer.open("outbox", &[&sender, &did, &id.to_string()], sealed)?;
-            let envelope: Value =
-                serde_json::from_slice(&bytes).map_err(|e| ChatError::Corrupt(format!("outbox {id}: {e}")))?;
-            messages
-                .push(json!({ "did": did, "deviceId": device, "senderDevice": sender_device, "envelope": envelope }));
+        let mut rows_sent = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (id, device, sender_device, sealed, _, _) = &row;
+            let opened = sealer
+                .open("outbox", &[&sender, &did, &id.to_string()], sealed)
+                .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| ChatError::Corrupt(e.to_string())));
+            match opened {
+                Ok(envelope) => {
+                    messages.push(
+                        json!({ "did": did, "deviceId": device, "senderDevice": sender_device, "envelope": envelope }),
+                    );
+                    rows_sent.push(row);
+                }
+                // A row that does not open (altered, or moved) is dropped: it must not hold up the rest.
+                Err(e) => {
+                    tracing::warn!(app = NAME, %sender, to = %did, row = id, error = %e, "an outbox envelope does not open: dropped");
+                    node.accounts.db().write(|tx| {
+                        tx.execute("DELETE FROM chat_outbox WHERE id = ?1", [id]).map_err(ChatError::from)
+                    })?;
+                }
+            }
+        }
+        let rows = rows_sent;
+        if rows.is_empty() {
+            continue;
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let outcome =
