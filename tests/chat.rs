@@ -631,3 +631,101 @@ fn two_nodes_carry_dms_and_a_group_and_retry_until_the_other_is_back() {
     }
     let _ = (ct, carol);
 }
+
+/// The `/ws` topic `chat` and the chat's own rate limits, attacked through real sockets: an
+/// anonymous socket, a device that is not the caller's, then the live item on the caller's own
+/// device; a burst of key claims past the per-account budget gets 429 while the node answers
+/// others, and the keys it handed out are each handed out once.
+#[test]
+fn the_chat_topic_and_rate_limits_hold_against_strangers_and_bursts() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Some(python) = libolm() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let node = start_with(&root.path().join("node"), CONFIG);
+    let (alice, at) = create_account(&node.base, "alice.test");
+    let (bob, bt) = create_account(&node.base, "bob.test");
+    let phone = Olm::new(python, root.path(), "bob-phone");
+    phone.run(&["init", &node.base, &bt, &bob, "PHONE", "5"]);
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+        async fn answer(ws: &mut Ws) -> Value {
+            loop {
+                let m = tokio::time::timeout(std::time::Duration::from_secs(20), ws.next()).await.unwrap().unwrap().unwrap();
+                let Message::Text(t) = m else { continue };
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] != "welcome" && v["type"] != "subscribed" {
+                    return v;
+                }
+            }
+        }
+        let subscribe = |device: &str| Message::text(json!({"type": "subscribe", "id": "c", "topic": "chat", "deviceId": device}).to_string());
+        // Anonymous: refused.
+        let (mut anon, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", node.port)).await.unwrap();
+        anon.send(subscribe("PHONE")).await.unwrap();
+        let v = answer(&mut anon).await;
+        assert_eq!((v["type"].as_str(), v["error"].as_str()), (Some("error"), Some("AuthRequired")), "{v}");
+        // Alice asks for Bob's phone: it is no device of hers.
+        let (mut alice_ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?access_token={at}", node.port)).await.unwrap();
+        alice_ws.send(subscribe("PHONE")).await.unwrap();
+        let v = answer(&mut alice_ws).await;
+        assert_eq!((v["type"].as_str(), v["error"].as_str()), (Some("error"), Some("DeviceNotFound")), "{v}");
+        // Bob's own phone hears a new envelope.
+        let (mut bob_ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?access_token={bt}", node.port)).await.unwrap();
+        bob_ws.send(subscribe("PHONE")).await.unwrap();
+        let envelope = json!({"algorithm": "m.megolm.v1.aes-sha2", "sender_key": "k", "session_id": "s", "ciphertext": "TElWRQ"});
+        let (n, a, b) = (node.base.clone(), at.clone(), bob.clone());
+        let sent = tokio::task::spawn_blocking(move || {
+            let mut res = agent()
+                .post(format!("{n}/xrpc/dev.ues.chat.sendToDevice"))
+                .header("Authorization", &format!("Bearer {a}"))
+                .send_json(json!({"messages": [{"did": b, "deviceId": "PHONE", "envelope": envelope, "senderDevice": "LAPTOP"}]}))
+                .unwrap();
+            (res.status().as_u16(), res.body_mut().read_to_string().unwrap_or_default())
+        })
+        .await
+        .unwrap();
+        assert_eq!(sent.0, 200, "{}", sent.1);
+        let v = answer(&mut bob_ws).await;
+        assert_eq!(v["type"], "app", "{v}");
+        assert_eq!(v["event"]["type"], "inbox", "{v}");
+        assert_eq!(v["event"]["item"]["sender"], alice.as_str(), "{v}");
+        assert_eq!(v["event"]["item"]["envelope"]["ciphertext"], "TElWRQ", "{v}");
+    });
+
+    // A burst of claims for Bob's phone keys (5 one-time keys, then the fallback): at most the
+    // per-minute budget (60) is answered, the rest get 429, every one-time key goes once.
+    let mut one_time = std::collections::HashSet::new();
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..70 {
+        let (status, v) =
+            xrpc_post(&node, "dev.ues.chat.claimKeys", Some(&at), json!({"did": bob, "deviceId": "PHONE"}));
+        match status {
+            200 => {
+                ok += 1;
+                if v["fallback"] != true {
+                    assert!(
+                        one_time.insert(v["keyId"].as_str().unwrap().to_string()),
+                        "a one-time key handed out twice: {v}"
+                    );
+                }
+            }
+            429 => {
+                assert_eq!(v["error"], "RateLimitExceeded", "{v}");
+                limited += 1;
+            }
+            other => panic!("claimKeys answered {other}: {v}"),
+        }
+    }
+    assert_eq!(one_time.len(), 5, "each of the 5 one-time keys once");
+    assert!(ok <= 60 && limited >= 10, "{ok} answered, {limited} limited");
+    // Others are still served.
+    let (status, _) = xrpc_get(&node, &format!("dev.ues.chat.queryKeys?did={alice}"), &bt);
+    assert_eq!(status, 200);
+    let log = std::fs::read_to_string(node.dir.join("node.log")).unwrap_or_default();
+    assert!(log.contains("claimKeys over its rate"), "the burst is logged");
+}

@@ -50,7 +50,7 @@ pub(crate) struct Device {
 
 impl Device {
     /// The built-in device of `did`, if it has one yet.
-    pub(crate) fn load(conn: &Connection, _sealer: &Sealer, did: &str) -> Result<Option<Device>, ChatError> {
+    pub(crate) fn load(conn: &Connection, did: &str) -> Result<Option<Device>, ChatError> {
         let row: Option<(String, String, String)> = conn
             .prepare_cached(
                 "SELECT a.device_id, d.curve25519, d.ed25519 FROM chat_olm_account a
@@ -95,7 +95,7 @@ impl Device {
         did: &str,
         device_id: &str,
     ) -> Result<Device, ChatError> {
-        if let Some(d) = Self::load(tx, sealer, did)? {
+        if let Some(d) = Self::load(tx, did)? {
             return Ok(d);
         }
         let account = Account::new();
@@ -378,41 +378,40 @@ mod tests {
 
         let otk = claim(&mut c, &s, bob, "UESB");
         let first = with(&mut c, |tx| {
-            let mut a = Device::load(tx, &s, alice)?.unwrap();
+            let mut a = Device::load(tx, alice)?.unwrap();
             a.encrypt(tx, &s, &b_curve, Some(&otk), b"hello bob")
         })
         .unwrap();
         assert!(matches!(first, OlmMessage::PreKey(_)));
         let second = with(&mut c, |tx| {
-            let mut a = Device::load(tx, &s, alice)?.unwrap();
+            let mut a = Device::load(tx, alice)?.unwrap();
             a.encrypt(tx, &s, &b_curve, None, b"second, sent before any answer")
         })
         .unwrap();
 
         // Bob reads the second before the first (out of order), then the first.
-        let got = with(&mut c, |tx| Device::load(tx, &s, bob)?.unwrap().decrypt(tx, &s, &a_curve, &second)).unwrap();
+        let got = with(&mut c, |tx| Device::load(tx, bob)?.unwrap().decrypt(tx, &s, &a_curve, &second)).unwrap();
         assert_eq!(got, b"second, sent before any answer");
-        let got = with(&mut c, |tx| Device::load(tx, &s, bob)?.unwrap().decrypt(tx, &s, &a_curve, &first)).unwrap();
+        let got = with(&mut c, |tx| Device::load(tx, bob)?.unwrap().decrypt(tx, &s, &a_curve, &first)).unwrap();
         assert_eq!(got, b"hello bob");
 
         // A replay is refused, and a tampered message changes no stored state.
         let before = (table_bytes(&c, "chat_olm_session"), table_bytes(&c, "chat_olm_account"));
-        let replay = with(&mut c, |tx| Device::load(tx, &s, bob)?.unwrap().decrypt(tx, &s, &a_curve, &first));
+        let replay = with(&mut c, |tx| Device::load(tx, bob)?.unwrap().decrypt(tx, &s, &a_curve, &first));
         assert!(matches!(replay, Err(ChatError::Refused { name: "DecryptionFailed", .. })), "{replay:?}");
         let (kind, mut body) = second.to_parts();
         let last = body.len() - 1;
         body[last] ^= 1;
         let tampered = OlmMessage::from_parts(kind, &body).unwrap();
-        let bad = with(&mut c, |tx| Device::load(tx, &s, bob)?.unwrap().decrypt(tx, &s, &a_curve, &tampered));
+        let bad = with(&mut c, |tx| Device::load(tx, bob)?.unwrap().decrypt(tx, &s, &a_curve, &tampered));
         assert!(bad.is_err());
         assert_eq!((table_bytes(&c, "chat_olm_session"), table_bytes(&c, "chat_olm_account")), before);
 
         // Bob answers on the same session: a normal message Alice reads.
         let answer =
-            with(&mut c, |tx| Device::load(tx, &s, bob)?.unwrap().encrypt(tx, &s, &a_curve, None, b"hi alice"))
-                .unwrap();
+            with(&mut c, |tx| Device::load(tx, bob)?.unwrap().encrypt(tx, &s, &a_curve, None, b"hi alice")).unwrap();
         assert!(matches!(answer, OlmMessage::Normal(_)));
-        let got = with(&mut c, |tx| Device::load(tx, &s, alice)?.unwrap().decrypt(tx, &s, &b_curve, &answer)).unwrap();
+        let got = with(&mut c, |tx| Device::load(tx, alice)?.unwrap().decrypt(tx, &s, &b_curve, &answer)).unwrap();
         assert_eq!(got, b"hi alice");
 
         // Nothing secret or sent is in the database in the clear.

@@ -265,7 +265,7 @@ pub(crate) fn claim(tx: &Transaction<'_>, sealer: &Sealer, did: &str, device_id:
             }
         },
     };
-    if built_in && let Some(mut device) = Device::load(tx, sealer, did)? {
+    if built_in && let Some(mut device) = Device::load(tx, did)? {
         device.replenish(tx, sealer)?;
     }
     let key: Value = serde_json::from_str(&key).map_err(|e| ChatError::Corrupt(format!("key {key_id}: {e}")))?;

@@ -850,8 +850,8 @@ pub mod lab {
             let run = || -> Result<T, ChatError> {
                 let tx = self.conn.transaction()?;
                 let out = {
-                    let mut me = Device::load(&tx, &self.sealer, &did(i))?
-                        .ok_or_else(|| ChatError::Corrupt(format!("no account {i}")))?;
+                    let mut me =
+                        Device::load(&tx, &did(i))?.ok_or_else(|| ChatError::Corrupt(format!("no account {i}")))?;
                     let mut outgoing = convo::Outgoing::new(&tx, &self.sealer, &self.cfg);
                     let out = f(&mut outgoing, &mut me)?;
                     outgoing.finish(&me)?;

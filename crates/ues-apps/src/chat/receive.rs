@@ -44,7 +44,7 @@ pub(crate) fn next(
     let page = super::inbox::list(tx, sealer, did, device_id, 0, 1)?;
     let Some(item) = page["items"].as_array().and_then(|a| a.first()).cloned() else { return Ok(None) };
     let id: i64 = item["id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_default();
-    let Some(mut me) = Device::load(tx, sealer, did)? else { return Ok(None) };
+    let Some(mut me) = Device::load(tx, did)? else { return Ok(None) };
     let sender = item["sender"].as_str().unwrap_or_default();
     let sender_device = item["senderDevice"].as_str().unwrap_or_default();
     let outcome = match item["envelope"]["algorithm"].as_str() {
