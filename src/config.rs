@@ -43,6 +43,22 @@ pub(crate) struct Config {
     pub(crate) feed: FeedSection,
     /// The chat application.
     pub(crate) chat: ChatSection,
+    /// The asset registry.
+    pub(crate) asset: AssetSection,
+}
+
+/// `[asset]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AssetSection {
+    /// The largest repository fetched from another node to replay a ledger, MiB.
+    pub(crate) max_remote_repo_mib: u64,
+}
+
+impl Default for AssetSection {
+    fn default() -> Self {
+        Self { max_remote_repo_mib: ues_apps::asset::AssetConfig::default().max_remote_repo_bytes >> 20 }
+    }
 }
 
 /// `[chat]`
@@ -150,6 +166,9 @@ impl Config {
                 rotation_msgs: self.chat.rotation_msgs.max(1),
                 rotation_period: std::time::Duration::from_secs(self.chat.rotation_days.max(1).saturating_mul(86_400)),
             },
+            asset: ues_apps::asset::AssetConfig {
+                max_remote_repo_bytes: self.asset.max_remote_repo_mib.max(1).saturating_mul(1 << 20),
+            },
         })
     }
 }
@@ -201,7 +220,14 @@ pub(crate) struct AppsSection {
 
 impl Default for AppsSection {
     fn default() -> Self {
-        Self { enabled: vec!["dev.ues.stats".to_string(), "dev.ues.feed".to_string(), "dev.ues.chat".to_string()] }
+        Self {
+            enabled: vec![
+                "dev.ues.stats".to_string(),
+                "dev.ues.feed".to_string(),
+                "dev.ues.chat".to_string(),
+                "dev.ues.asset".to_string(),
+            ],
+        }
     }
 }
 
@@ -222,6 +248,7 @@ impl Default for Config {
             oauth: OauthSection::default(),
             feed: FeedSection::default(),
             chat: ChatSection::default(),
+            asset: AssetSection::default(),
         }
     }
 }

@@ -17,8 +17,11 @@
 //! Depends only on `ues-protocol`, plugging its routes and event topics into the registries that
 //! layer defines. Nothing below knows this crate exists.
 
+pub mod asset;
 pub mod chat;
 pub mod feed;
+mod mirror;
+mod peer;
 pub mod stats;
 
 use std::sync::Arc;
@@ -122,6 +125,8 @@ pub struct AppsConfig {
     pub feed: feed::FeedConfig,
     /// The chat's.
     pub chat: chat::ChatConfig,
+    /// The asset registry's.
+    pub asset: asset::AssetConfig,
 }
 
 /// The applications built into the node, by name.
@@ -130,6 +135,7 @@ pub fn built_in(cfg: &AppsConfig) -> Vec<Arc<dyn App>> {
         Arc::new(stats::Stats::default()),
         Arc::new(feed::Feed::new(cfg.feed.clone())),
         Arc::new(chat::Chat::new(cfg.chat.clone())),
+        Arc::new(asset::Asset::new(cfg.asset.clone())),
     ]
 }
 

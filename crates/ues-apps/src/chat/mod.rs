@@ -80,6 +80,9 @@ pub(crate) enum ChatError {
     /// A stored row is not what the chat wrote.
     #[error("chat state is corrupt: {0}")]
     Corrupt(String),
+    /// Refused by the node's own checks (a caller, another node).
+    #[error("{}", .0.message)]
+    Node(NodeError),
     /// An object could not be made canonical to sign.
     #[error("{0}")]
     Json(#[from] canonical::SignedJsonError),
@@ -106,12 +109,19 @@ impl ChatError {
     }
 }
 
+impl From<NodeError> for ChatError {
+    fn from(e: NodeError) -> Self {
+        Self::Node(e)
+    }
+}
+
 impl From<ChatError> for NodeError {
     fn from(e: ChatError) -> Self {
         match e {
             ChatError::Refused { status, name, message } => {
                 NodeError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), name, message)
             }
+            ChatError::Node(e) => e,
             ChatError::NoSession(_) => NodeError::bad("NoSession", e.to_string()),
             other => NodeError::internal(other),
         }
@@ -246,8 +256,7 @@ impl Chat {
 
     /// Whether `did` is an account held here (and not deleted).
     fn hosted(&self, did: &str) -> Result<bool, NodeError> {
-        let Ok(did) = Did::new(did) else { return Ok(false) };
-        Ok(self.node().accounts.get(&did).map_err(NodeError::internal)?.is_some_and(|a| a.status != "deleted"))
+        crate::peer::hosted(self.node(), did)
     }
 
     /// Runs `f` in a write transaction after making sure `did`'s built-in device exists.
@@ -338,39 +347,14 @@ impl Chat {
 /// The signed-in caller of a chat method: the account password's session, a privileged app
 /// password, or an OAuth grant that names the method.
 fn caller(node: &Node, headers: &HeaderMap, nsid: &str) -> Result<String, NodeError> {
-    let claims = node.access(headers)?;
-    ues_protocol::node::auth::require_privileged(&claims)?;
-    claims.check_rpc(nsid, &node.cfg.service_did)?;
-    Ok(claims.sub)
+    crate::peer::caller(node, headers, nsid)
 }
 
 /// The caller of a method other nodes call too: an account's session here, or a service-auth
 /// token an account elsewhere signed for an account here (its audience, returned too). Checking
 /// the token may resolve the issuer's DID: call it off the async workers.
 fn caller_or_service(app: &Chat, headers: &HeaderMap, nsid: &str) -> Result<(String, Option<String>), NodeError> {
-    let session = match caller(app.node(), headers, nsid) {
-        Ok(did) => return Ok((did, None)),
-        Err(e) => e,
-    };
-    let Some(token) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return Err(session);
-    };
-    // This node's own session tokens are HS256: their refusal stands.
-    let alg = token
-        .split('.')
-        .next()
-        .and_then(|h| data_encoding::BASE64URL_NOPAD.decode(h.as_bytes()).ok())
-        .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
-        .and_then(|h| h["alg"].as_str().map(str::to_string));
-    if !matches!(alg.as_deref(), Some("ES256K" | "ES256")) {
-        return Err(session);
-    }
-    let (iss, aud) = app.node().verify_service_auth(token, nsid, |aud| app.hosted(aud).unwrap_or(false))?;
-    Ok((iss.to_string(), Some(aud)))
+    crate::peer::caller_or_service(app.node(), headers, nsid, |aud| app.hosted(aud).unwrap_or(false))
 }
 
 fn param<'a>(p: &'a [(String, String)], name: &str) -> Option<&'a str> {

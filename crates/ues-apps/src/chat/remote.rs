@@ -5,22 +5,17 @@
 //! signed by the sender's repository key for the recipient's DID, retried with backoff. The
 //! receiving node stores an envelope once by its digest, so a retry never delivers twice.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use ues_protocol::node::Node;
-use ues_protocol::sync::repo::identity::parse_did_document;
 use ues_protocol::sync::repo::ipld::storage::rusqlite::{Connection, OptionalExtension, Transaction, params};
-use ues_protocol::sync::repo::syntax::Did;
 
 use super::inbox::Envelope;
 use super::keys::{check_device_keys, check_signed_key, parse_ed};
 use super::{Chat, ChatError, NAME, Sealer, now_ms};
 
-/// Largest answer read from another node.
-const MAX_ANSWER: u64 = 1 << 20;
 /// How long fetched device keys are used before they are fetched again.
 const DEVICES_FRESH_MS: i64 = 60_000;
 /// Devices taken from one remote account at most.
@@ -36,24 +31,6 @@ fn bad(message: String) -> ChatError {
     ChatError::refused(502, "UpstreamFailure", message)
 }
 
-/// The node holding `did`'s account (its DID document's `#atproto_pds`), without a trailing `/`.
-pub(crate) fn pds_of(node: &Node, did: &str) -> Result<String, ChatError> {
-    let parsed = Did::new(did).map_err(|_| ChatError::invalid(format!("{did:?} is not a DID")))?;
-    let doc = node
-        .dids
-        .resolve(&parsed)
-        .map_err(|e| ChatError::refused(400, "AccountNotFound", format!("{did} does not resolve: {e}")))?;
-    let id = parse_did_document(&doc, &parsed)
-        .map_err(|e| ChatError::refused(400, "AccountNotFound", format!("{did}'s DID document: {e}")))?;
-    let pds = id
-        .pds_endpoint
-        .ok_or_else(|| ChatError::refused(400, "AccountNotFound", format!("{did}'s DID document names no PDS")))?;
-    if !node.development() && !pds.starts_with("https://") {
-        return Err(ChatError::refused(400, "AccountNotFound", format!("{did}'s PDS is not an https: URL")));
-    }
-    Ok(pds.trim_end_matches('/').to_string())
-}
-
 /// Calls `lxm` on `did`'s node as `sender` (a service-auth token for `did`): status and JSON.
 fn call(
     node: &Node,
@@ -63,28 +40,7 @@ fn call(
     query: &str,
     body: Option<&Value>,
 ) -> Result<(u16, Value), ChatError> {
-    let pds = pds_of(node, did)?;
-    let sender = Did::new(sender).map_err(|_| ChatError::invalid(format!("{sender:?} is not a DID")))?;
-    let token = node.service_auth(&sender, did, lxm).map_err(|e| bad(format!("no service token: {}", e.message)))?;
-    let url = format!("{pds}/xrpc/{lxm}{query}");
-    let auth = format!("Bearer {token}");
-    let agent = node.service_agent();
-    let res = match body {
-        Some(b) => agent.post(&url).header("Authorization", &auth).send_json(b),
-        None => agent.get(&url).header("Authorization", &auth).call(),
-    }
-    .map_err(|e| bad(format!("{lxm} at {pds}: {e}")))?;
-    let status = res.status().as_u16();
-    let mut bytes = Vec::new();
-    res.into_body()
-        .as_reader()
-        .take(MAX_ANSWER + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| bad(format!("{lxm} at {pds}: {e}")))?;
-    if bytes.len() as u64 > MAX_ANSWER {
-        return Err(bad(format!("{lxm} at {pds} answered more than {MAX_ANSWER} bytes")));
-    }
-    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    Ok(crate::peer::call(node, Some(sender), did, lxm, query, body)?)
 }
 
 /// Fetches `did`'s devices from its node (as `sender` asks), keeps those whose keys check, and

@@ -1,0 +1,602 @@
+//! `dev.ues.asset`: a registry of digital assets without a blockchain. An account issues an
+//! asset class (a `dev.ues.asset.class` record in its repository) and its node keeps the
+//! class's ledger; every change of state is a `dev.ues.asset.tx` record in the same repository,
+//! carrying its sequence number and the hash of the ledger's state after it, written in one
+//! signed commit. Anyone holding the repository replays the records and checks every hash
+//! (`verifyLedger`), here or on another node.
+//!
+//! Holders on other nodes act through their own node, which calls the issuer's with a
+//! service-auth token signed by the holder's repository key; reads are public.
+//!
+//! The SQLite tables are a projection of the records ([`store`]), rebuilt from them.
+
+pub mod amount;
+pub mod hash;
+pub mod ledger;
+pub mod replay;
+mod rest;
+mod schema;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::Query;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use ues_protocol::node::extract::XJson;
+use ues_protocol::node::sequencer::{Happened, LogEvent};
+use ues_protocol::node::{Node, NodeError, blocking};
+use ues_protocol::sync::repo::accounts::records_in;
+use ues_protocol::sync::repo::ipld::storage::rusqlite::{self, Transaction, params};
+use ues_protocol::sync::repo::ipld::storage::{Error as StoreError, Migration};
+use ues_protocol::sync::repo::ipld::{dagcbor, json as ipld_json};
+use ues_protocol::sync::repo::repo::Write;
+use ues_protocol::sync::repo::syntax::{Did, Nsid, RecordKey};
+
+use crate::App;
+use crate::mirror::Answer;
+use ledger::{Class, LedgerError, Op};
+use store::{CLASS, LedgerRow, Projected, TX};
+
+/// The application's name.
+pub const NAME: &str = "dev.ues.asset";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How the registry is set up (`[asset]` in `node.toml`).
+#[derive(Debug, Clone)]
+pub struct AssetConfig {
+    /// The largest repository fetched from another node to replay a ledger.
+    pub max_remote_repo_bytes: u64,
+}
+
+impl Default for AssetConfig {
+    fn default() -> Self {
+        Self { max_remote_repo_bytes: 256 << 20 }
+    }
+}
+
+/// The application.
+pub struct Asset {
+    cfg: AssetConfig,
+    node: OnceLock<Arc<Node>>,
+    /// One writer per issuer at a time: a ledger's next transaction is made from its last.
+    writers: parking_lot::Mutex<HashMap<String, Arc<parking_lot::Mutex<()>>>>,
+}
+
+impl Asset {
+    /// The application, set up by `cfg`.
+    pub fn new(cfg: AssetConfig) -> Self {
+        Self { cfg, node: OnceLock::new(), writers: parking_lot::Mutex::default() }
+    }
+
+    fn node(&self) -> &Arc<Node> {
+        self.node.get().expect("the host attaches the node before any call")
+    }
+
+    fn writer(&self, issuer: &str) -> Arc<parking_lot::Mutex<()>> {
+        let mut w = self.writers.lock();
+        if w.len() > 10_000 {
+            w.retain(|_, m| Arc::strong_count(m) > 1);
+        }
+        w.entry(issuer.to_string()).or_default().clone()
+    }
+}
+
+fn ledger_error(e: LedgerError) -> NodeError {
+    match e {
+        LedgerError::Refused { name: "NotAuthorized", message } => {
+            NodeError::new(StatusCode::FORBIDDEN, "NotAuthorized", message)
+        }
+        LedgerError::Refused { name, message } => NodeError::bad(name, message),
+        LedgerError::Store(e) => NodeError::internal(e),
+    }
+}
+
+fn class_not_found(uri: &str) -> NodeError {
+    NodeError::bad("ClassNotFound", format!("no asset class {uri}"))
+}
+
+fn str_field<'a>(body: &'a Value, name: &str) -> Result<&'a str, NodeError> {
+    body.get(name).and_then(Value::as_str).ok_or_else(|| NodeError::invalid(format!("{name} is required")))
+}
+
+fn param<'a>(p: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    p.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn read<T>(node: &Node, f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>) -> Result<T, NodeError> {
+    node.accounts.db().read(f).map_err(NodeError::internal)
+}
+
+fn write<T>(node: &Node, f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>) -> Result<T, NodeError> {
+    node.accounts.db().write(|tx| f(tx).map_err(StoreError::from)).map_err(NodeError::internal)
+}
+
+/// The issuer and class key a ledger URI names.
+fn split_ledger(uri: &str) -> Result<(String, String), NodeError> {
+    store::parse_ledger_uri(uri)
+        .filter(|(d, r)| Did::new(*d).is_ok() && RecordKey::new(*r).is_ok())
+        .map(|(d, r)| (d.to_string(), r.to_string()))
+        .ok_or_else(|| NodeError::invalid(format!("{uri:?} is not an asset class's AT-URI")))
+}
+
+fn record_json(bytes: &[u8]) -> Option<Value> {
+    let ipld = dagcbor::decode_atproto(bytes).ok()?;
+    let v = ipld_json::to_json(&ipld);
+    v.is_object().then_some(v)
+}
+
+/// Answers another node's answer as this node's: its JSON with its status.
+fn relay(status: u16, v: Value) -> Answer {
+    if status == 200 {
+        return Ok(Json(v));
+    }
+    let name = v["error"].as_str().unwrap_or("UpstreamFailure");
+    let message = v["message"].as_str().unwrap_or("the issuer's node refused");
+    Err(NodeError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), name, message))
+}
+
+async fn create_class(app: Arc<Asset>, headers: HeaderMap, body: Value) -> Answer {
+    let did = crate::peer::caller(app.node(), &headers, "dev.ues.asset.createClass")?;
+    blocking(move || {
+        let node = app.node();
+        let mut record =
+            json!({ "$type": CLASS, "createdAt": ues_protocol::node::sequencer::iso_from_millis(now_ms()) });
+        for k in ["kind", "name", "symbol", "decimals", "maxSupply", "metadataUri", "royalty"] {
+            if let Some(v) = body.get(k) {
+                record[k] = v.clone();
+            }
+        }
+        Class::from_record(&did, &record).map_err(ledger_error)?;
+        let collection = Nsid::new(CLASS).map_err(NodeError::internal)?;
+        let rkey = node.rkey_or_new(None)?;
+        let (ipld, _) = node.prepare_record(&collection, rkey.as_str(), record.clone(), Some(true))?;
+        let did = node.served_did(&did)?;
+        let res = node.commit(None, &did, &[Write::Create { collection, rkey: rkey.clone(), record: ipld }], None)?;
+        let cid = res.ops.first().and_then(|o| o.cid).map(|c| c.to_string()).unwrap_or_default();
+        write(node, |tx| store::put_class(tx, did.as_str(), rkey.as_str(), &cid, &record, now_ms()))?;
+        tracing::info!(app = NAME, issuer = %did, class = %rkey, "an asset class was created");
+        Ok(Json(json!({ "uri": store::ledger_uri(did.as_str(), rkey.as_str()), "cid": cid })))
+    })
+    .await
+}
+
+/// The operation a method's input asks for, done by `actor`, in its record form.
+fn op_json(nsid: &str, actor: &str, body: &Value) -> Result<Value, NodeError> {
+    let mut op = serde_json::Map::new();
+    let copy = |op: &mut serde_json::Map<String, Value>, from: &str, to: &str| {
+        if let Some(v) = body.get(from) {
+            op.insert(to.to_string(), v.clone());
+        }
+    };
+    let kind = nsid.rsplit('.').next().unwrap_or_default();
+    op.insert("$type".into(), Value::String(format!("{TX}#{kind}")));
+    match kind {
+        "mint" => {
+            for k in ["to", "amount", "tokenId", "metadata", "unique"] {
+                copy(&mut op, k, k);
+            }
+        }
+        "transfer" | "burn" => {
+            op.insert("from".into(), body.get("from").cloned().unwrap_or_else(|| Value::String(actor.to_string())));
+            for k in ["to", "amount", "tokenId"] {
+                copy(&mut op, k, k);
+            }
+        }
+        "approve" => {
+            op.insert("owner".into(), Value::String(actor.to_string()));
+            for k in ["spender", "amount", "tokenId", "all"] {
+                copy(&mut op, k, k);
+            }
+        }
+        _ => return Err(NodeError::invalid(format!("{nsid} is not a ledger operation"))),
+    }
+    if kind == "burn" {
+        op.remove("to");
+    }
+    Ok(Value::Object(op))
+}
+
+/// A ledger operation: made here when the ledger's issuer is held here, else passed to the
+/// issuer's node as the caller.
+async fn operate(app: Arc<Asset>, headers: HeaderMap, nsid: &'static str, body: Value) -> Answer {
+    let uri = str_field(&body, "ledger")?.to_string();
+    let (issuer, _) = split_ledger(&uri)?;
+    blocking(move || {
+        let node = app.node();
+        if !crate::peer::hosted(node, &issuer)? {
+            let me = crate::peer::caller(node, &headers, nsid)?;
+            let (status, v) = crate::peer::call(node, Some(&me), &issuer, nsid, "", Some(&body))?;
+            return relay(status, v);
+        }
+        let (actor, via) = crate::peer::caller_or_service(node, &headers, nsid, |aud| aud == issuer)?;
+        if via.is_some() {
+            tracing::debug!(app = NAME, %actor, %nsid, "a ledger operation from another node");
+        }
+        let op = op_json(nsid, &actor, &body)?;
+        let nonce = body.get("nonce").and_then(Value::as_str).map(str::to_string);
+        submit(&app, &uri, &actor, &op, nonce.as_deref()).map(Json)
+    })
+    .await
+}
+
+/// Makes one transaction on a ledger held here: checked against its state, written as a
+/// record in one commit, then projected. A repeated nonce answers the first result.
+fn submit(app: &Asset, uri: &str, actor: &str, op: &Value, nonce: Option<&str>) -> Result<Value, NodeError> {
+    let node = app.node();
+    let (issuer, class_rkey) = split_ledger(uri)?;
+    let writer = app.writer(&issuer);
+    let _one = writer.lock();
+    let row: LedgerRow = read(node, |c| store::ledger(c, uri))?.ok_or_else(|| class_not_found(uri))?;
+    if let Some((seq, reason)) = &row.bad {
+        return Err(NodeError::new(
+            StatusCode::CONFLICT,
+            "LedgerStopped",
+            format!("the ledger stops at transaction {seq}: {reason}"),
+        ));
+    }
+    let answer = |seq: i64, rkey: &str, cid: &str, hash: &str| json!({ "uri": format!("at://{issuer}/{TX}/{rkey}"), "cid": cid, "seq": seq, "stateHash": hash });
+    if let Some(n) = nonce
+        && let Some((seq, rkey, cid, hash)) = read(node, |c| store::by_nonce(c, uri, actor, n))?
+    {
+        return Ok(answer(seq, &rkey, &cid, &hash));
+    }
+    let class = Class::from_record(&issuer, &row.class).map_err(ledger_error)?;
+    let parsed = Op::from_json(op).map_err(ledger_error)?;
+    let deltas = read(node, |c| Ok(ledger::step(&class, actor, &parsed, &store::Stored { conn: c, ledger: uri })))?
+        .map_err(ledger_error)?;
+    let mut hash = row.lthash.clone();
+    ledger::rehash(&mut hash, &deltas);
+    let seq = row.seq + 1;
+    let mut record = json!({
+        "$type": TX,
+        "ledger": uri,
+        "seq": seq,
+        "actor": actor,
+        "op": parsed.to_json(),
+        "stateHash": hash.digest(),
+        "createdAt": ues_protocol::node::sequencer::iso_from_millis(now_ms()),
+    });
+    if let Some(n) = nonce {
+        record["nonce"] = Value::String(n.to_string());
+    }
+    let rkey = store::tx_rkey(&class_rkey, seq);
+    let collection = Nsid::new(TX).map_err(NodeError::internal)?;
+    let (ipld, _) = node.prepare_record(&collection, &rkey, record.clone(), Some(true))?;
+    let did = node.served_did(&issuer)?;
+    let res = node.commit(
+        None,
+        &did,
+        &[Write::Create { collection, rkey: RecordKey::new(&rkey).map_err(NodeError::internal)?, record: ipld }],
+        None,
+    )?;
+    let cid = res.ops.first().and_then(|o| o.cid).map(|c| c.to_string()).unwrap_or_default();
+    let projected = write(node, |tx| store::put_tx(tx, &issuer, &rkey, &cid, &record))?;
+    if let Projected::Bad(reason) = projected {
+        return Err(NodeError::internal(format!("a transaction written here does not replay: {reason}")));
+    }
+    Ok(answer(seq, &rkey, &cid, &hash.digest()))
+}
+
+/// A ledger's row, from here when its projection is here, else `None` and the issuer's node
+/// is asked (`remote` says whether the issuer is held elsewhere).
+fn local_row(app: &Asset, uri: &str) -> Result<(Option<LedgerRow>, bool), NodeError> {
+    let (issuer, _) = split_ledger(uri)?;
+    let row = read(app.node(), |c| store::ledger(c, uri))?;
+    let remote = row.is_none() && !crate::peer::hosted(app.node(), &issuer)?;
+    if row.is_none() && !remote {
+        return Err(class_not_found(uri));
+    }
+    Ok((row, remote))
+}
+
+/// A public query asked of the issuer's node.
+fn ask_issuer(app: &Asset, nsid: &str, uri: &str, p: &[(String, String)]) -> Answer {
+    let (issuer, _) = split_ledger(uri)?;
+    let query: Vec<String> = p.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect();
+    let (status, v) = crate::peer::call(app.node(), None, &issuer, nsid, &format!("?{}", query.join("&")), None)?;
+    relay(status, v)
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn number(c: &rusqlite::Connection, uri: &str, key: &[u8]) -> rusqlite::Result<u128> {
+    let v: Option<Vec<u8>> = store::Stored { conn: c, ledger: uri }
+        .get(key)
+        .map_err(|e| rusqlite::Error::InvalidParameterName(e.to_string()))?;
+    Ok(v.and_then(|v| v.try_into().ok()).map_or(0, u128::from_be_bytes))
+}
+
+use ledger::Entries as _;
+
+async fn get_class(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    let uri = param(&p, "ledger").unwrap_or_default().to_string();
+    blocking(move || {
+        let (row, remote) = local_row(&app, &uri)?;
+        let Some(row) = row else {
+            debug_assert!(remote);
+            return ask_issuer(&app, "dev.ues.asset.getClass", &uri, &p);
+        };
+        let supply = read(app.node(), |c| number(c, &uri, &ledger::key::supply("")))?;
+        let mut v = json!({
+            "uri": row.uri, "cid": row.cid, "class": row.class, "supply": supply.to_string(),
+            "seq": row.seq, "stateHash": row.state_hash,
+        });
+        if let Some((seq, reason)) = row.bad {
+            v["stopped"] = json!({ "seq": seq, "reason": reason });
+        }
+        Ok(Json(v))
+    })
+    .await
+}
+
+async fn get_balance(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    let uri = param(&p, "ledger").unwrap_or_default().to_string();
+    let holder = param(&p, "holder").unwrap_or_default().to_string();
+    let token = param(&p, "tokenId").unwrap_or_default().to_string();
+    blocking(move || {
+        let (row, _) = local_row(&app, &uri)?;
+        if row.is_none() {
+            return ask_issuer(&app, "dev.ues.asset.getBalance", &uri, &p);
+        }
+        let n = read(app.node(), |c| number(c, &uri, &ledger::key::balance(&holder, &token)))?;
+        Ok(Json(json!({ "amount": n.to_string() })))
+    })
+    .await
+}
+
+async fn list_tokens(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    let uri = param(&p, "ledger").unwrap_or_default().to_string();
+    let holder = param(&p, "holder").map(str::to_string);
+    let cursor = param(&p, "cursor").unwrap_or_default().to_string();
+    let limit = param(&p, "limit").and_then(|l| l.parse::<i64>().ok()).unwrap_or(50).clamp(1, 100);
+    blocking(move || {
+        let (row, _) = local_row(&app, &uri)?;
+        if row.is_none() {
+            return ask_issuer(&app, "dev.ues.asset.listTokens", &uri, &p);
+        }
+        let node = app.node();
+        // A holder's balances are the keys `b\0holder\0*`; a class's tokens the keys `t\0*`.
+        let (prefix, tag) = match &holder {
+            Some(h) => (ledger::key::balance(h, ""), 'b'),
+            None => (ledger::key::token(""), 't'),
+        };
+        let mut after = prefix.clone();
+        after.extend_from_slice(cursor.as_bytes());
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = read(node, |c| {
+            c.prepare_cached(
+                "SELECT key, value FROM asset_entry WHERE ledger = ?1 AND key >= ?2 AND key > ?3 ORDER BY key LIMIT ?4",
+            )?
+            .query_map(params![uri, prefix, after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let mut tokens = Vec::new();
+        let mut last = None;
+        for (k, v) in rows {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let mut t = json!({});
+            if !id.is_empty() {
+                t["tokenId"] = Value::String(id.clone());
+            }
+            if tag == 'b' {
+                t["amount"] = Value::String(v.try_into().map(u128::from_be_bytes).unwrap_or(0).to_string());
+            } else {
+                let unique = v.first() == Some(&1);
+                t["unique"] = Value::Bool(unique);
+                if let Some(md) = v.get(1..).filter(|m| !m.is_empty()).and_then(record_json_any) {
+                    t["metadata"] = md;
+                }
+                let (owner, supply) = read(node, |c| {
+                    let owner = store::Stored { conn: c, ledger: &uri }
+                        .get(&ledger::key::owner(&id))
+                        .map_err(|e| rusqlite::Error::InvalidParameterName(e.to_string()))?;
+                    Ok::<_, rusqlite::Error>((owner, number(c, &uri, &ledger::key::supply(&id))?))
+                })?;
+                if let Some(o) = owner {
+                    t["owner"] = Value::String(String::from_utf8_lossy(&o).into_owned());
+                }
+                t["amount"] = Value::String(supply.to_string());
+            }
+            last = Some(id);
+            tokens.push(t);
+        }
+        let mut v = json!({ "tokens": tokens });
+        if tokens_full(&v, limit)
+            && let Some(l) = last
+        {
+            v["cursor"] = Value::String(l);
+        }
+        Ok(Json(v))
+    })
+    .await
+}
+
+fn tokens_full(v: &Value, limit: i64) -> bool {
+    v["tokens"].as_array().is_some_and(|t| t.len() as i64 == limit)
+}
+
+fn record_json_any(bytes: &[u8]) -> Option<Value> {
+    dagcbor::decode_atproto(bytes).ok().map(|i| ipld_json::to_json(&i))
+}
+
+async fn get_history(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    let uri = param(&p, "ledger").unwrap_or_default().to_string();
+    let cursor = match param(&p, "cursor") {
+        None => 0,
+        Some(c) => c.parse::<i64>().map_err(|_| NodeError::invalid("cursor is a sequence number"))?,
+    };
+    let limit = param(&p, "limit").and_then(|l| l.parse::<i64>().ok()).unwrap_or(50).clamp(1, 100);
+    blocking(move || {
+        let (row, _) = local_row(&app, &uri)?;
+        let Some(row) = row else { return ask_issuer(&app, "dev.ues.asset.getHistory", &uri, &p) };
+        let txs: Vec<Value> = read(app.node(), |c| {
+            c.prepare_cached(
+                "SELECT seq, rkey, cid, tx FROM asset_tx WHERE ledger = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?
+            .query_map(params![uri, cursor, limit], |r| {
+                let seq: i64 = r.get(0)?;
+                let rkey: String = r.get(1)?;
+                let tx: String = r.get(3)?;
+                Ok(json!({
+                    "seq": seq,
+                    "uri": format!("at://{}/{TX}/{rkey}", row.did),
+                    "cid": r.get::<_, String>(2)?,
+                    "record": serde_json::from_str::<Value>(&tx).unwrap_or(Value::Null),
+                }))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let mut v = json!({ "txs": txs });
+        if txs.len() as i64 == limit
+            && let Some(last) = txs.last()
+        {
+            v["cursor"] = Value::String(last["seq"].to_string());
+        }
+        Ok(Json(v))
+    })
+    .await
+}
+
+async fn verify_ledger(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    let uri = param(&p, "ledger").unwrap_or_default().to_string();
+    let (issuer, class_rkey) = split_ledger(&uri)?;
+    blocking(move || {
+        let node = app.node();
+        let did = Did::new(&issuer).map_err(NodeError::internal)?;
+        let report = if node.accounts.get(&did)?.is_some() {
+            let repo = node.accounts.repo(&did)?;
+            replay::replay(&repo, &issuer, &class_rkey)?
+        } else {
+            replay::replay_remote(node, &issuer, &class_rkey, app.cfg.max_remote_repo_bytes)?
+        };
+        let report = report.ok_or_else(|| class_not_found(&uri))?;
+        Ok(Json(report.to_json()))
+    })
+    .await
+}
+
+impl App for Asset {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn attach(&self, node: &Arc<Node>) {
+        let _ = self.node.set(node.clone());
+    }
+
+    fn migrations(&self) -> &'static [Migration] {
+        schema::MIGRATIONS
+    }
+
+    fn xrpc(self: Arc<Self>) -> Router<Arc<Node>> {
+        macro_rules! operation {
+            ($nsid:literal) => {{
+                let app = self.clone();
+                post(move |headers: HeaderMap, XJson(body): XJson<Value>| operate(app, headers, $nsid, body))
+            }};
+        }
+        let app = self.clone();
+        let r = Router::new()
+            .route(
+                "/xrpc/dev.ues.asset.createClass",
+                post(move |headers: HeaderMap, XJson(body): XJson<Value>| create_class(app, headers, body)),
+            )
+            .route("/xrpc/dev.ues.asset.mint", operation!("dev.ues.asset.mint"))
+            .route("/xrpc/dev.ues.asset.transfer", operation!("dev.ues.asset.transfer"))
+            .route("/xrpc/dev.ues.asset.burn", operation!("dev.ues.asset.burn"))
+            .route("/xrpc/dev.ues.asset.approve", operation!("dev.ues.asset.approve"));
+        macro_rules! query {
+            ($f:ident) => {{
+                let app = self.clone();
+                get(move |headers: HeaderMap, Query(p): Query<Vec<(String, String)>>| $f(app, headers, p))
+            }};
+        }
+        r.route("/xrpc/dev.ues.asset.getClass", query!(get_class))
+            .route("/xrpc/dev.ues.asset.getBalance", query!(get_balance))
+            .route("/xrpc/dev.ues.asset.listTokens", query!(list_tokens))
+            .route("/xrpc/dev.ues.asset.getHistory", query!(get_history))
+            .route("/xrpc/dev.ues.asset.verifyLedger", query!(verify_ledger))
+    }
+
+    fn api(self: Arc<Self>, node: Arc<Node>) -> Router {
+        rest::routes(self, node)
+    }
+
+    fn openapi(&self) -> Value {
+        rest::openapi()
+    }
+
+    fn apply(&self, tx: &Transaction<'_>, events: &[LogEvent]) -> rusqlite::Result<()> {
+        for e in events {
+            let Happened::Commit(ops) = &e.what else { continue };
+            for op in ops {
+                if op.collection != CLASS && op.collection != TX {
+                    continue;
+                }
+                let cid = op.cid.clone().unwrap_or_default();
+                let value = op.record.as_deref().and_then(record_json);
+                match (op.action.as_str(), op.collection.as_str(), value) {
+                    ("create", CLASS, Some(v)) => {
+                        store::put_class(tx, &e.did, &op.rkey, &cid, &v, e.time_ms.unwrap_or(0))?
+                    }
+                    ("create", TX, Some(v)) => {
+                        store::put_tx(tx, &e.did, &op.rkey, &cid, &v)?;
+                    }
+                    (_, CLASS, _) => store::class_changed(tx, &e.did, &op.rkey)?,
+                    (_, _, _) => store::tx_changed(tx, &e.did, &op.rkey)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rebuild(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        for table in ["asset_ledger", "asset_entry", "asset_tx"] {
+            tx.execute(&format!("DELETE FROM {table}"), [])?;
+        }
+        let node = self.node();
+        let dids: Vec<String> = tx
+            .prepare("SELECT did FROM account WHERE status != 'deleted'")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for did in dids {
+            // Classes first, then transactions in key order (each ledger's in sequence).
+            for collection in [CLASS, TX] {
+                for r in records_in(tx, &did, &[collection])? {
+                    let value = r
+                        .cid
+                        .parse()
+                        .ok()
+                        .and_then(|cid| node.accounts.blocks().get(&cid).ok().flatten())
+                        .and_then(|b| record_json(&b));
+                    let Some(v) = value else { continue };
+                    if collection == CLASS {
+                        store::put_class(tx, &did, &r.rkey, &r.cid, &v, r.indexed_at)?;
+                    } else {
+                        store::put_tx(tx, &did, &r.rkey, &r.cid, &v)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

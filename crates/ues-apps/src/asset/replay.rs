@@ -1,0 +1,152 @@
+//! Replaying a ledger from its issuer's repository: the class record and the transaction
+//! records, in key order, checked in sequence (operation, record key, state hash) on a fresh
+//! in-memory state. The repository is this node's, or another node's fetched as a CAR and
+//! checked end to end first (every block against its CID, the commit's signature against the
+//! issuer's DID document), so what is replayed is what the issuer signed.
+
+use std::io::Read;
+
+use serde_json::{Value, json};
+use ues_protocol::node::{Node, NodeError};
+use ues_protocol::sync::repo::identity::parse_did_document;
+use ues_protocol::sync::repo::ipld::storage::{Blockstore, MemoryBlockstore};
+use ues_protocol::sync::repo::ipld::{dagcbor, json as ipld_json};
+use ues_protocol::sync::repo::repo::{Repo, import_car};
+use ues_protocol::sync::repo::syntax::{Did, Nsid, RecordKey};
+
+use super::ledger::{Class, Memory, Op};
+use super::store::{CLASS, TX, ledger_uri, tx_rkey};
+
+/// Records read per page of the tree.
+const PAGE: usize = 1000;
+
+/// What a replay found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The last transaction that checked.
+    pub seq: i64,
+    /// The state hash after it.
+    pub state_hash: String,
+    /// The first that did not: (seq, its record's URI, why).
+    pub first_bad: Option<(i64, String, String)>,
+    /// The repository commit replayed.
+    pub commit: String,
+}
+
+impl Report {
+    /// Its JSON form (`verifyLedger`'s answer).
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "ok": self.first_bad.is_none(),
+            "seq": self.seq,
+            "stateHash": self.state_hash,
+            "commit": self.commit,
+        });
+        if let Some((seq, uri, reason)) = &self.first_bad {
+            v["firstBad"] = json!({ "seq": seq, "uri": uri, "reason": reason });
+        }
+        v
+    }
+}
+
+fn record_json<B: Blockstore>(repo: &Repo<B>, cid: &ues_protocol::sync::repo::ipld::storage::Cid) -> Option<Value> {
+    let bytes = repo.store().get(cid).ok()??;
+    dagcbor::decode_atproto(&bytes).ok().map(|i| ipld_json::to_json(&i))
+}
+
+/// Replays ledger `class_rkey` of `did`'s repository.
+pub fn replay<B: Blockstore>(repo: &Repo<B>, did: &str, class_rkey: &str) -> Result<Option<Report>, NodeError> {
+    let class_nsid = Nsid::new(CLASS).map_err(NodeError::internal)?;
+    let tx_nsid = Nsid::new(TX).map_err(NodeError::internal)?;
+    let rkey = RecordKey::new(class_rkey).map_err(|e| NodeError::invalid(e.to_string()))?;
+    let Some((_, class)) = repo.get_record(&class_nsid, &rkey).map_err(NodeError::internal)? else { return Ok(None) };
+    let uri = ledger_uri(did, class_rkey);
+    let mut state = Memory::default();
+    let mut report =
+        Report { seq: 0, state_hash: state.hash.digest(), first_bad: None, commit: repo.head().to_string() };
+    let class = match Class::from_record(did, &ipld_json::to_json(&class)) {
+        Ok(c) => c,
+        Err(e) => {
+            report.first_bad = Some((0, uri, format!("the class record does not check: {e}")));
+            return Ok(Some(report));
+        }
+    };
+    let prefix = format!("{class_rkey}-");
+    let mut cursor = RecordKey::new(&prefix).map_err(NodeError::internal)?;
+    'pages: loop {
+        let page = repo.list_records(&tx_nsid, Some(&cursor), PAGE).map_err(NodeError::internal)?;
+        let done = page.len() < PAGE;
+        for (key, cid) in &page {
+            if !key.starts_with(&prefix) {
+                break 'pages;
+            }
+            let seq = report.seq + 1;
+            let tx_uri = format!("at://{did}/{TX}/{key}");
+            let mut check = || -> Result<String, String> {
+                if key != &tx_rkey(class_rkey, seq) {
+                    return Err(format!("transaction {seq} is missing: the next record is {key}"));
+                }
+                let r = record_json(repo, cid).ok_or("the record does not decode")?;
+                if r["seq"].as_i64() != Some(seq) || r["ledger"].as_str() != Some(uri.as_str()) {
+                    return Err(format!("the record says ledger {} seq {}", r["ledger"], r["seq"]));
+                }
+                let op = Op::from_json(&r["op"]).map_err(|e| e.to_string())?;
+                let hash = state
+                    .apply(&class, r["actor"].as_str().unwrap_or_default(), &op)
+                    .map_err(|e| format!("the operation is refused: {e}"))?;
+                if r["stateHash"].as_str() != Some(hash.as_str()) {
+                    return Err(format!("it says state hash {}, the replay gives {hash}", r["stateHash"]));
+                }
+                Ok(hash)
+            };
+            match check() {
+                Ok(hash) => {
+                    report.seq = seq;
+                    report.state_hash = hash;
+                }
+                Err(reason) => {
+                    report.first_bad = Some((seq, tx_uri, reason));
+                    break 'pages;
+                }
+            }
+            cursor = RecordKey::new(key).map_err(NodeError::internal)?;
+        }
+        if done || page.is_empty() {
+            break;
+        }
+    }
+    Ok(Some(report))
+}
+
+/// Fetches `did`'s repository from its node as a CAR (at most `max_bytes`), checks it against
+/// the DID document's signing key, and replays ledger `class_rkey` from it.
+pub fn replay_remote(node: &Node, did: &str, class_rkey: &str, max_bytes: u64) -> Result<Option<Report>, NodeError> {
+    let parsed = Did::new(did).map_err(|_| NodeError::invalid(format!("{did:?} is not a DID")))?;
+    let doc = node
+        .dids
+        .resolve(&parsed)
+        .map_err(|e| NodeError::bad("AccountNotFound", format!("{did} does not resolve: {e}")))?;
+    let id = parse_did_document(&doc, &parsed)
+        .map_err(|e| NodeError::bad("AccountNotFound", format!("{did}'s DID document: {e}")))?;
+    let key = id.signing_key.ok_or_else(|| NodeError::bad("AccountNotFound", format!("{did} names no signing key")))?;
+    let pds = crate::peer::pds_of(node, did)?;
+    let url = format!("{pds}/xrpc/com.atproto.sync.getRepo?did={did}");
+    let res =
+        node.service_agent().get(&url).call().map_err(|e| crate::peer::upstream(format!("getRepo at {pds}: {e}")))?;
+    if res.status().as_u16() != 200 {
+        return Err(crate::peer::upstream(format!("getRepo at {pds} answered {}", res.status())));
+    }
+    let mut car = Vec::new();
+    res.into_body()
+        .as_reader()
+        .take(max_bytes + 1)
+        .read_to_end(&mut car)
+        .map_err(|e| crate::peer::upstream(format!("getRepo at {pds}: {e}")))?;
+    if car.len() as u64 > max_bytes {
+        tracing::info!(app = super::NAME, %did, max_bytes, "a repository to replay is past the bound");
+        return Err(NodeError::bad("RepoTooLarge", format!("{did}'s repository is larger than {max_bytes} bytes")));
+    }
+    let repo = import_car(MemoryBlockstore::new(), car.as_slice(), &parsed, &key)
+        .map_err(|e| crate::peer::upstream(format!("{did}'s repository does not check: {e}")))?;
+    replay(&repo, did, class_rkey)
+}

@@ -1,0 +1,84 @@
+//! The registry over REST (`/api/v1/assets/...`): each route mirrors one XRPC method.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::HeaderMap;
+use futures::future::BoxFuture;
+use serde_json::Value;
+use ues_protocol::node::Node;
+
+use super::Asset;
+use crate::mirror::{self, Answer, Input, Mirrored, Route};
+
+/// The registry's method lexicons, for the OpenAPI document.
+const LEXICONS: &[&str] = &[
+    include_str!("../../../../lexicons/dev/ues/asset/createClass.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/mint.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/transfer.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/burn.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/approve.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/getClass.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/getBalance.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/listTokens.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/getHistory.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/verifyLedger.json"),
+];
+
+const ROUTES: &[Route] = &[
+    ("post", "/api/v1/assets/classes", "dev.ues.asset.createClass", &[]),
+    ("post", "/api/v1/assets/mint", "dev.ues.asset.mint", &[]),
+    ("post", "/api/v1/assets/transfer", "dev.ues.asset.transfer", &[]),
+    ("post", "/api/v1/assets/burn", "dev.ues.asset.burn", &[]),
+    ("post", "/api/v1/assets/approve", "dev.ues.asset.approve", &[]),
+    ("get", "/api/v1/assets/class", "dev.ues.asset.getClass", &[]),
+    ("get", "/api/v1/assets/balance", "dev.ues.asset.getBalance", &[]),
+    ("get", "/api/v1/assets/tokens", "dev.ues.asset.listTokens", &[]),
+    ("get", "/api/v1/assets/history", "dev.ues.asset.getHistory", &[]),
+    ("get", "/api/v1/assets/verify", "dev.ues.asset.verifyLedger", &[]),
+];
+
+fn public(nsid: &str) -> bool {
+    matches!(
+        nsid,
+        "dev.ues.asset.getClass"
+            | "dev.ues.asset.getBalance"
+            | "dev.ues.asset.listTokens"
+            | "dev.ues.asset.getHistory"
+            | "dev.ues.asset.verifyLedger"
+    )
+}
+
+impl Mirrored for Asset {
+    fn dispatch(self: Arc<Self>, headers: HeaderMap, nsid: &'static str, input: Input) -> BoxFuture<'static, Answer> {
+        Box::pin(async move {
+            match input {
+                Input::Params(p) => match nsid {
+                    "dev.ues.asset.getClass" => super::get_class(self, headers, p).await,
+                    "dev.ues.asset.getBalance" => super::get_balance(self, headers, p).await,
+                    "dev.ues.asset.listTokens" => super::list_tokens(self, headers, p).await,
+                    "dev.ues.asset.getHistory" => super::get_history(self, headers, p).await,
+                    _ => super::verify_ledger(self, headers, p).await,
+                },
+                Input::Body(body) => match nsid {
+                    "dev.ues.asset.createClass" => super::create_class(self, headers, body).await,
+                    _ => super::operate(self, headers, nsid, body).await,
+                },
+            }
+        })
+    }
+
+    fn public(&self, nsid: &str) -> bool {
+        public(nsid)
+    }
+}
+
+/// The REST routes.
+pub(super) fn routes(app: Arc<Asset>, node: Arc<Node>) -> Router {
+    mirror::routes(app, node, ROUTES)
+}
+
+/// The OpenAPI `paths` of the registry's REST routes, from its lexicons.
+pub(super) fn openapi() -> Value {
+    mirror::openapi(LEXICONS, ROUTES, "assets", public)
+}
