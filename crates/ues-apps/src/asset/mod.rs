@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use ues_protocol::node::extract::XJson;
 use ues_protocol::node::sequencer::{Happened, LogEvent};
 use ues_protocol::node::{Node, NodeError, blocking};
-use ues_protocol::sync::repo::accounts::records_in;
+use ues_protocol::sync::repo::accounts::{account_dids, records_in};
 use ues_protocol::sync::repo::ipld::storage::rusqlite::{self, Transaction, params};
 use ues_protocol::sync::repo::ipld::storage::{Error as StoreError, Migration};
 use ues_protocol::sync::repo::ipld::{dagcbor, json as ipld_json};
@@ -574,11 +574,10 @@ impl App for Asset {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
         }
         let node = self.node();
-        let dids: Vec<String> = tx
-            .prepare("SELECT did FROM account WHERE status != 'deleted'")?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for did in dids {
+        for (did, _, status) in account_dids(tx)? {
+            if status == "deleted" {
+                continue;
+            }
             // Classes first, then transactions in key order (each ledger's in sequence).
             for collection in [CLASS, TX] {
                 for r in records_in(tx, &did, &[collection])? {
