@@ -256,7 +256,7 @@ fn a_holder_on_another_node_acts_through_it_and_the_ledger_replays_there() {
     let a = start_with(&root.path().join("a"), &config);
     let b = start_with(&root.path().join("b"), &config);
     let (issuer, it) = create_account(&a.base, "issuer.test");
-    let (carol, _ct) = create_account(&a.base, "carol.test");
+    let (carol, ct) = create_account(&a.base, "carol.test");
     let (bob, bt) = create_account(&b.base, "bob.test");
 
     let coin = op(&a, "createClass", &it, json!({"kind": "fungible", "name": "Coin"}), 200)["uri"]
@@ -284,14 +284,79 @@ fn a_holder_on_another_node_acts_through_it_and_the_ledger_replays_there() {
     );
     assert_eq!(s, 401);
 
-    // Node B replays A's ledger from A's repository (a CAR checked against the issuer's DID
-    // document): the same state hash.
-    let on_a = class_state(&a, &coin);
-    let on_b = verify(&b, &coin);
-    assert_eq!(
-        (on_b["ok"].as_bool(), &on_b["stateHash"], &on_b["seq"]),
-        (Some(true), &on_a["stateHash"], &on_a["seq"]),
-        "{on_b}"
-    );
+    // The marketplace across the nodes: Carol (node A) sells unique tokens for coins, Bob
+    // (node B) buys through node B; each class's royalty goes to Dana (node A), rounded down,
+    // the rest to Carol. Odd prices and basis points: (price, basis points, royalty).
+    let (dana, _) = create_account(&a.base, "dana.test");
+    op(&a, "mint", &it, json!({"ledger": coin, "to": bob, "amount": "20000"}), 200);
+    let mut paid = (0u128, 0u128, 20_667u128); // (Dana, Carol beyond her 333, Bob)
+    let mut arts = Vec::new();
+    let table = [(999u128, 250u32, 24u128), (10_001, 333, 333), (1, 9_999, 0), (77, 10_000, 77), (100, 0, 0)];
+    for (i, (price, bps, cut)) in table.into_iter().enumerate() {
+        let royalty = json!({"receiver": dana, "basisPoints": bps});
+        let body = json!({"kind": "nonFungible", "name": format!("Art {i}"), "royalty": royalty});
+        let art = op(&a, "createClass", &it, body, 200)["uri"].as_str().unwrap().to_string();
+        op(&a, "mint", &it, json!({"ledger": art, "to": carol, "tokenId": "piece"}), 200);
+        let body = json!({"ledger": art, "tokenId": "piece", "priceLedger": coin, "price": price.to_string()});
+        let listed = op(&a, "createListing", &ct, body, 200);
+        let id = listed["listingId"].as_str().unwrap().to_string();
+        assert_eq!(balance(&a, &art, &carol, Some("piece")), "0", "in escrow");
+        if i == 0 {
+            // Refusals change nothing: a price above the buyer's cap, the seller buying.
+            let body = json!({"ledger": art, "listingId": id, "maxPrice": (price - 1).to_string()});
+            let v = op(&b, "buyListing", &bt, body, 400);
+            assert_eq!(v["error"], "PriceChanged", "{v}");
+            let v = op(&a, "buyListing", &ct, json!({"ledger": art, "listingId": id}), 400);
+            assert_eq!(v["error"], "InvalidRequest", "{v}");
+        }
+        let nonce = format!("buy-{i}");
+        let body = json!({"ledger": art, "listingId": id, "maxPrice": price.to_string(), "nonce": nonce});
+        let v = op(&b, "buyListing", &bt, body, 200);
+        let (cut_s, rest_s) = (cut.to_string(), (price - cut).to_string());
+        assert_eq!(
+            (v["royalty"].as_str(), v["sellerGets"].as_str()),
+            (Some(cut_s.as_str()), Some(rest_s.as_str())),
+            "{v}"
+        );
+        assert_eq!(v["txs"].as_array().unwrap().len(), 2, "{v}");
+        paid = (paid.0 + cut, paid.1 + price - cut, paid.2 - price);
+        assert_eq!(balance(&a, &coin, &dana, None), paid.0.to_string());
+        assert_eq!(balance(&a, &coin, &carol, None), (333 + paid.1).to_string());
+        assert_eq!(balance(&a, &coin, &bob, None), paid.2.to_string());
+        assert_eq!(balance(&b, &art, &bob, Some("piece")), "1");
+        // The same purchase again (its nonce) answers the first; without, the listing is closed.
+        let again = op(&b, "buyListing", &bt, json!({"ledger": art, "listingId": id, "nonce": nonce}), 200);
+        assert_eq!(again["uri"], v["uri"], "{again}");
+        let v = op(&b, "buyListing", &bt, json!({"ledger": art, "listingId": id}), 400);
+        assert_eq!(v["error"], "ListingClosed", "{v}");
+        arts.push(art);
+    }
+    assert_eq!(class_state(&a, &coin)["supply"], "21000", "coins are conserved");
+    // A listing priced above what the buyer holds: refused, nothing moves; then withdrawn.
+    op(&a, "mint", &it, json!({"ledger": arts[0], "to": carol, "tokenId": "dear"}), 200);
+    let body = json!({"ledger": arts[0], "tokenId": "dear", "priceLedger": coin, "price": "100000"});
+    let id = op(&a, "createListing", &ct, body, 200)["listingId"].as_str().unwrap().to_string();
+    let before = class_state(&a, &coin);
+    let v = op(&b, "buyListing", &bt, json!({"ledger": arts[0], "listingId": id}), 400);
+    assert_eq!(v["error"], "InsufficientBalance", "{v}");
+    assert_eq!(class_state(&a, &coin), before);
+    let (_, listings) = get(&b, &format!("/xrpc/dev.ues.asset.getListings?ledger={}", enc(&arts[0])));
+    assert_eq!(listings["listings"][0]["listingId"], id.as_str(), "{listings}");
+    let v = op(&b, "cancelListing", &bt, json!({"ledger": arts[0], "listingId": id}), 403);
+    assert_eq!(v["error"], "NotAuthorized", "only the seller withdraws: {v}");
+    op(&a, "cancelListing", &ct, json!({"ledger": arts[0], "listingId": id}), 200);
+    assert_eq!(balance(&a, &arts[0], &carol, Some("dear")), "1");
+
+    // Node B replays A's ledgers from A's repository (a CAR checked against the issuer's DID
+    // document): the same state hashes, every sale's payment checked against its listing.
+    for ledger in std::iter::once(&coin).chain(&arts) {
+        let on_a = class_state(&a, ledger);
+        let on_b = verify(&b, ledger);
+        assert_eq!(
+            (on_b["ok"].as_bool(), &on_b["stateHash"], &on_b["seq"]),
+            (Some(true), &on_a["stateHash"], &on_a["seq"]),
+            "{on_b}"
+        );
+    }
     drop(issuer);
 }

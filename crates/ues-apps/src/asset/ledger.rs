@@ -174,11 +174,123 @@ pub enum Op {
         /// Operator for all of the owner's tokens (`true`) or no longer (`false`).
         all: Option<bool>,
     },
+    /// Tokens offered for sale: moved from the seller into the listing's escrow.
+    List {
+        /// The listing's id (the sequence number of this transaction).
+        listing: String,
+        /// The holder selling.
+        seller: String,
+        /// The token id (none for a fungible class).
+        token: Option<String>,
+        /// How many.
+        amount: u128,
+        /// The fungible class the price is paid in.
+        price_ledger: String,
+        /// The price.
+        price: u128,
+    },
+    /// A listing withdrawn by its seller: the tokens go back.
+    Delist {
+        /// The listing.
+        listing: String,
+    },
+    /// A listing sold: its tokens go to the buyer; `payment` is the payment's transaction.
+    Sale {
+        /// The listing.
+        listing: String,
+        /// The buyer.
+        buyer: String,
+        /// The AT-URI of the `#pay` transaction on the price's ledger, in the same commit.
+        payment: String,
+    },
+    /// A sale's price paid by the buyer: the royalty to its receiver, the rest to the seller.
+    Pay {
+        /// The buyer.
+        from: String,
+        /// The seller.
+        to: String,
+        /// The price.
+        amount: u128,
+        /// The royalty's receiver and amount (part of the price).
+        royalty: Option<(String, u128)>,
+        /// The AT-URI of the `#sale` transaction it pays for.
+        sale: String,
+    },
+}
+
+/// An open listing (the value of its entry, DAG-CBOR of these fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// The holder selling.
+    pub seller: String,
+    /// The token id (`""`: a fungible class's).
+    pub token: String,
+    /// How many.
+    pub amount: u128,
+    /// The fungible class the price is paid in.
+    pub price_ledger: String,
+    /// The price.
+    pub price: u128,
+}
+
+impl Listing {
+    fn to_json(&self) -> Value {
+        json!({
+            "seller": self.seller, "tokenId": self.token, "amount": self.amount.to_string(),
+            "priceLedger": self.price_ledger, "price": self.price.to_string(),
+        })
+    }
+
+    /// Its entry's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let ipld = ipld_json::from_json(&self.to_json()).expect("plain strings encode");
+        dagcbor::encode(&ipld)
+    }
+
+    /// From its entry's bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, LedgerError> {
+        let v = dagcbor::decode_atproto(bytes)
+            .map(|i| ipld_json::to_json(&i))
+            .map_err(|e| LedgerError::Store(e.to_string()))?;
+        let text = |k: &str| {
+            v[k].as_str().map(str::to_string).ok_or_else(|| LedgerError::Store(format!("a listing has no {k}")))
+        };
+        let number = |k: &str| text(k).and_then(|t| amount::parse(&t).map_err(LedgerError::Store));
+        Ok(Self {
+            seller: text("seller")?,
+            token: text("tokenId")?,
+            amount: number("amount")?,
+            price_ledger: text("priceLedger")?,
+            price: number("price")?,
+        })
+    }
+
+    /// Its JSON form for readers (`getListings`).
+    pub fn view(&self) -> Value {
+        let mut v = self.to_json();
+        if self.token.is_empty() {
+            v.as_object_mut().map(|m| m.remove("tokenId"));
+        }
+        v
+    }
+}
+
+/// The escrow holder of a listing's tokens.
+pub fn escrow(listing: &str) -> String {
+    format!("listing:{listing}")
 }
 
 /// The record type of each operation (the `$type` of a tx record's `op`).
-pub const OP_TYPES: &[&str] =
-    &["dev.ues.asset.tx#mint", "dev.ues.asset.tx#transfer", "dev.ues.asset.tx#burn", "dev.ues.asset.tx#approve"];
+pub const OP_TYPES: &[&str] = &[
+    "dev.ues.asset.tx#mint",
+    "dev.ues.asset.tx#transfer",
+    "dev.ues.asset.tx#burn",
+    "dev.ues.asset.tx#approve",
+    "dev.ues.asset.tx#list",
+    "dev.ues.asset.tx#delist",
+    "dev.ues.asset.tx#sale",
+    "dev.ues.asset.tx#pay",
+];
 
 /// Longest token id.
 pub const MAX_TOKEN_ID: usize = 128;
@@ -202,6 +314,20 @@ fn did(v: &Value, name: &str) -> Result<String, LedgerError> {
         .filter(|d| Did::new(*d).is_ok())
         .map(str::to_string)
         .ok_or_else(|| invalid(format!("{name} is not a DID")))
+}
+
+fn listing_id(v: &Value) -> Result<String, LedgerError> {
+    v.as_str()
+        .filter(|s| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_string)
+        .ok_or_else(|| invalid("listingId is a listing's number"))
+}
+
+fn at_uri(v: &Value, name: &str) -> Result<String, LedgerError> {
+    v.as_str()
+        .filter(|s| s.starts_with("at://") && s.len() <= 512)
+        .map(str::to_string)
+        .ok_or_else(|| invalid(format!("{name} is not an AT-URI")))
 }
 
 fn amount_of(v: &Value) -> Result<Option<u128>, LedgerError> {
@@ -247,6 +373,34 @@ impl Op {
                 token,
                 amount,
                 all: op["all"].as_bool(),
+            },
+            "dev.ues.asset.tx#list" => Op::List {
+                listing: listing_id(&op["listingId"])?,
+                seller: did(&op["seller"], "seller")?,
+                token,
+                amount: amount.unwrap_or(1),
+                price_ledger: at_uri(&op["priceLedger"], "priceLedger")?,
+                price: amount_of(&op["price"])?.ok_or_else(|| refused("InvalidAmount", "price is required"))?,
+            },
+            "dev.ues.asset.tx#delist" => Op::Delist { listing: listing_id(&op["listingId"])? },
+            "dev.ues.asset.tx#sale" => Op::Sale {
+                listing: listing_id(&op["listingId"])?,
+                buyer: did(&op["buyer"], "buyer")?,
+                payment: at_uri(&op["payment"], "payment")?,
+            },
+            "dev.ues.asset.tx#pay" => Op::Pay {
+                from: did(&op["from"], "from")?,
+                to: did(&op["to"], "to")?,
+                amount: amount.ok_or_else(|| refused("InvalidAmount", "amount is required"))?,
+                royalty: match op.get("royalty") {
+                    None | Some(Value::Null) => None,
+                    Some(r) => Some((
+                        did(&r["receiver"], "royalty.receiver")?,
+                        amount_of(&r["amount"])?
+                            .ok_or_else(|| refused("InvalidAmount", "royalty.amount is required"))?,
+                    )),
+                },
+                sale: at_uri(&op["sale"], "sale")?,
             },
             other => return Err(invalid(format!("{other:?} is not a ledger operation"))),
         })
@@ -300,6 +454,35 @@ impl Op {
                 if let Some(a) = all {
                     put(&mut m, "all", json!(a));
                 }
+            }
+            Op::List { listing, seller, token: t, amount, price_ledger, price } => {
+                put(&mut m, "$type", json!("dev.ues.asset.tx#list"));
+                put(&mut m, "listingId", json!(listing));
+                put(&mut m, "seller", json!(seller));
+                put(&mut m, "amount", json!(amount.to_string()));
+                token(&mut m, t);
+                put(&mut m, "priceLedger", json!(price_ledger));
+                put(&mut m, "price", json!(price.to_string()));
+            }
+            Op::Delist { listing } => {
+                put(&mut m, "$type", json!("dev.ues.asset.tx#delist"));
+                put(&mut m, "listingId", json!(listing));
+            }
+            Op::Sale { listing, buyer, payment } => {
+                put(&mut m, "$type", json!("dev.ues.asset.tx#sale"));
+                put(&mut m, "listingId", json!(listing));
+                put(&mut m, "buyer", json!(buyer));
+                put(&mut m, "payment", json!(payment));
+            }
+            Op::Pay { from, to, amount, royalty, sale } => {
+                put(&mut m, "$type", json!("dev.ues.asset.tx#pay"));
+                put(&mut m, "from", json!(from));
+                put(&mut m, "to", json!(to));
+                put(&mut m, "amount", json!(amount.to_string()));
+                if let Some((receiver, r)) = royalty {
+                    put(&mut m, "royalty", json!({ "receiver": receiver, "amount": r.to_string() }));
+                }
+                put(&mut m, "sale", json!(sale));
             }
         }
         Value::Object(m)
@@ -435,6 +618,11 @@ pub mod key {
         make(b'o', &[owner, operator])
     }
 
+    /// An open listing.
+    pub fn listing(id: &str) -> Vec<u8> {
+        make(b'l', &[id])
+    }
+
     /// The parts of a balance key (holder, token).
     pub fn parse_balance(k: &[u8]) -> Option<(String, String)> {
         let rest = k.strip_prefix(b"b\0")?;
@@ -519,6 +707,14 @@ fn credit(d: &mut Draft<'_>, to: &str, token: &str, amount: u128) -> Result<(), 
         d.put(key::owner(token), Some(to.as_bytes().to_vec()))?;
     }
     Ok(())
+}
+
+/// An open listing's terms.
+fn open_listing(d: &Draft<'_>, listing: &str) -> Result<Listing, LedgerError> {
+    let bytes = d
+        .get(&key::listing(listing))?
+        .ok_or_else(|| refused("ListingClosed", format!("listing {listing} is not open")))?;
+    Listing::decode(&bytes)
 }
 
 /// Applies `op`, done by `actor`, to the entries: the changes it makes, or why it is refused
@@ -634,6 +830,68 @@ pub fn step(class: &Class, actor: &str, op: &Op, base: &dyn Entries) -> Result<V
                 }
             }
         }
+        Op::List { listing, seller, token, amount, price_ledger, price } => {
+            let t = token_for(class, token)?;
+            if class.kind != Kind::Fungible && unique(&d, &t)?.is_none() {
+                return Err(refused("TokenNotFound", format!("no token {t}")));
+            }
+            if d.get(&key::listing(listing))?.is_some() {
+                return Err(invalid(format!("listing {listing} exists")));
+            }
+            authorize(&mut d, class, actor, seller, &t, *amount)?;
+            debit(&mut d, seller, &t, *amount)?;
+            credit(&mut d, &escrow(listing), &t, *amount)?;
+            let l = Listing {
+                seller: seller.clone(),
+                token: t,
+                amount: *amount,
+                price_ledger: price_ledger.clone(),
+                price: *price,
+            };
+            d.put(key::listing(listing), Some(l.encode()))?;
+        }
+        Op::Delist { listing } => {
+            let l = open_listing(&d, listing)?;
+            if actor != l.seller {
+                return Err(refused("NotAuthorized", "only the seller withdraws a listing"));
+            }
+            debit(&mut d, &escrow(listing), &l.token, l.amount)?;
+            credit(&mut d, &l.seller, &l.token, l.amount)?;
+            d.put(key::listing(listing), None)?;
+        }
+        Op::Sale { listing, buyer, .. } => {
+            let l = open_listing(&d, listing)?;
+            if actor != buyer {
+                return Err(refused("NotAuthorized", "the buyer buys"));
+            }
+            if buyer == &l.seller {
+                return Err(invalid("a seller does not buy its own listing"));
+            }
+            debit(&mut d, &escrow(listing), &l.token, l.amount)?;
+            credit(&mut d, buyer, &l.token, l.amount)?;
+            d.put(key::listing(listing), None)?;
+        }
+        Op::Pay { from, to, amount, royalty, .. } => {
+            if actor != from {
+                return Err(refused("NotAuthorized", "the buyer pays"));
+            }
+            if class.kind != Kind::Fungible {
+                return Err(invalid("prices are paid in a fungible class"));
+            }
+            let cut = royalty.as_ref().map_or(0, |r| r.1);
+            let rest = amount
+                .checked_sub(cut)
+                .ok_or_else(|| refused("InvalidAmount", "the royalty is more than the price"))?;
+            debit(&mut d, from, "", *amount)?;
+            if let Some((receiver, r)) = royalty
+                && *r > 0
+            {
+                credit(&mut d, receiver, "", *r)?;
+            }
+            if rest > 0 {
+                credit(&mut d, to, "", rest)?;
+            }
+        }
     }
     Ok(d.deltas())
 }
@@ -673,6 +931,11 @@ impl Memory {
             .get(&key::balance(holder, token))
             .and_then(|v| v.clone().try_into().ok())
             .map_or(0, u128::from_be_bytes)
+    }
+
+    /// An open listing.
+    pub fn listing(&self, id: &str) -> Option<Listing> {
+        self.entries.get(&key::listing(id)).and_then(|b| Listing::decode(b).ok())
     }
 
     /// A token's supply (`""`: the class's total).
@@ -770,13 +1033,24 @@ mod tests {
         let person = 0..PEOPLE.len();
         let token = prop_oneof![Just(None), Just(Some("x".to_string())), Just(Some("y".to_string()))];
         let amount = prop_oneof![0u128..5, Just(u128::MAX)];
-        (person.clone(), person.clone(), person, token, amount, any::<bool>(), 0u8..4).prop_map(
+        (person.clone(), person.clone(), person, token, amount, any::<bool>(), 0u8..8).prop_map(
             |(actor, a, b, token, amount, flag, kind)| {
                 let (a, b) = (PEOPLE[a].to_string(), PEOPLE[b].to_string());
+                let listing = if flag { "1" } else { "2" }.to_string();
                 let op = match kind {
                     0 => Op::Mint { to: a, token, amount, metadata: None, unique: flag },
                     1 => Op::Transfer { from: a, to: b, token, amount },
                     2 => Op::Burn { from: a, token, amount },
+                    4 => Op::List { listing, seller: a, token, amount, price_ledger: "at://p".into(), price: 7 },
+                    5 => Op::Delist { listing },
+                    6 => Op::Sale { listing, buyer: a, payment: "at://p".into() },
+                    7 => Op::Pay {
+                        from: a,
+                        to: b,
+                        amount,
+                        royalty: flag.then(|| (PEOPLE[3].to_string(), amount / 3)),
+                        sale: "at://s".into(),
+                    },
                     _ if flag => {
                         Op::Approve { owner: a, spender: b, token: None, amount: None, all: Some(amount % 2 == 0) }
                     }

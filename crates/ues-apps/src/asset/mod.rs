@@ -13,6 +13,7 @@
 pub mod amount;
 pub mod hash;
 pub mod ledger;
+mod market;
 pub mod replay;
 mod rest;
 mod schema;
@@ -219,69 +220,127 @@ async fn operate(app: Arc<Asset>, headers: HeaderMap, nsid: &'static str, body: 
         if via.is_some() {
             tracing::debug!(app = NAME, %actor, %nsid, "a ledger operation from another node");
         }
-        let op = op_json(nsid, &actor, &body)?;
         let nonce = body.get("nonce").and_then(Value::as_str).map(str::to_string);
-        submit(&app, &uri, &actor, &op, nonce.as_deref()).map(Json)
+        match nsid {
+            "dev.ues.asset.createListing" => market::create_listing(&app, &uri, &actor, &body, nonce.as_deref()),
+            "dev.ues.asset.cancelListing" => market::cancel_listing(&app, &uri, &actor, &body, nonce.as_deref()),
+            "dev.ues.asset.buyListing" => market::buy_listing(&app, &uri, &actor, &body, nonce.as_deref()),
+            _ => submit(&app, &uri, &actor, &op_json(nsid, &actor, &body)?, nonce.as_deref()),
+        }
+        .map(|mut v| {
+            if !matches!(nsid, "dev.ues.asset.buyListing") {
+                v.as_object_mut().map(|m| m.remove("txs"));
+            }
+            Json(v)
+        })
     })
     .await
 }
 
+/// The operations of one commit, given the sequence number each of its ledgers takes next.
+type Build<'a> = Box<dyn FnOnce(&[i64]) -> Result<Vec<Value>, NodeError> + 'a>;
+
 /// Makes one transaction on a ledger held here: checked against its state, written as a
 /// record in one commit, then projected. A repeated nonce answers the first result.
 fn submit(app: &Asset, uri: &str, actor: &str, op: &Value, nonce: Option<&str>) -> Result<Value, NodeError> {
+    let op = op.clone();
+    submit_all(app, &[uri.to_string()], actor, Box::new(move |_| Ok(vec![op])), nonce)
+}
+
+/// Makes one transaction on each of `ledgers` (all of one issuer held here), in one commit:
+/// all of them or none. `build` makes the operations once their sequence numbers are known.
+/// The answer is the first transaction's, with every transaction in `txs`.
+fn submit_all(
+    app: &Asset,
+    ledgers: &[String],
+    actor: &str,
+    build: Build<'_>,
+    nonce: Option<&str>,
+) -> Result<Value, NodeError> {
     let node = app.node();
-    let (issuer, class_rkey) = split_ledger(uri)?;
+    let (issuer, _) = split_ledger(&ledgers[0])?;
     let writer = app.writer(&issuer);
     let _one = writer.lock();
-    let row: LedgerRow = read(node, |c| store::ledger(c, uri))?.ok_or_else(|| class_not_found(uri))?;
-    if let Some((seq, reason)) = &row.bad {
-        return Err(NodeError::new(
-            StatusCode::CONFLICT,
-            "LedgerStopped",
-            format!("the ledger stops at transaction {seq}: {reason}"),
-        ));
-    }
     let answer = |seq: i64, rkey: &str, cid: &str, hash: &str| json!({ "uri": format!("at://{issuer}/{TX}/{rkey}"), "cid": cid, "seq": seq, "stateHash": hash });
+    let mut rows = Vec::with_capacity(ledgers.len());
+    for uri in ledgers {
+        let (did, _) = split_ledger(uri)?;
+        if did != issuer || rows.iter().any(|r: &LedgerRow| &r.uri == uri) {
+            return Err(NodeError::invalid("the ledgers of one transaction are distinct and of one issuer"));
+        }
+        let row: LedgerRow = read(node, |c| store::ledger(c, uri))?.ok_or_else(|| class_not_found(uri))?;
+        if let Some((seq, reason)) = &row.bad {
+            return Err(NodeError::new(
+                StatusCode::CONFLICT,
+                "LedgerStopped",
+                format!("the ledger {uri} stops at transaction {seq}: {reason}"),
+            ));
+        }
+        rows.push(row);
+    }
     if let Some(n) = nonce
-        && let Some((seq, rkey, cid, hash)) = read(node, |c| store::by_nonce(c, uri, actor, n))?
+        && let Some((seq, rkey, cid, hash)) = read(node, |c| store::by_nonce(c, &ledgers[0], actor, n))?
     {
-        return Ok(answer(seq, &rkey, &cid, &hash));
+        let mut v = answer(seq, &rkey, &cid, &hash);
+        v["txs"] = json!([v.clone()]);
+        return Ok(v);
     }
-    let class = Class::from_record(&issuer, &row.class).map_err(ledger_error)?;
-    let parsed = Op::from_json(op).map_err(ledger_error)?;
-    let deltas = read(node, |c| Ok(ledger::step(&class, actor, &parsed, &store::Stored { conn: c, ledger: uri })))?
-        .map_err(ledger_error)?;
-    let mut hash = row.lthash.clone();
-    ledger::rehash(&mut hash, &deltas);
-    let seq = row.seq + 1;
-    let mut record = json!({
-        "$type": TX,
-        "ledger": uri,
-        "seq": seq,
-        "actor": actor,
-        "op": parsed.to_json(),
-        "stateHash": hash.digest(),
-        "createdAt": ues_protocol::node::sequencer::iso_from_millis(now_ms()),
-    });
-    if let Some(n) = nonce {
-        record["nonce"] = Value::String(n.to_string());
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq + 1).collect();
+    let ops = build(&seqs)?;
+    if ops.len() != rows.len() {
+        return Err(NodeError::internal("a transaction's operations do not match its ledgers"));
     }
-    let rkey = store::tx_rkey(&class_rkey, seq);
     let collection = Nsid::new(TX).map_err(NodeError::internal)?;
-    let (ipld, _) = node.prepare_record(&collection, &rkey, record.clone(), Some(true))?;
-    let did = node.served_did(&issuer)?;
-    let res = node.commit(
-        None,
-        &did,
-        &[Write::Create { collection, rkey: RecordKey::new(&rkey).map_err(NodeError::internal)?, record: ipld }],
-        None,
-    )?;
-    let cid = res.ops.first().and_then(|o| o.cid).map(|c| c.to_string()).unwrap_or_default();
-    let projected = write(node, |tx| store::put_tx(tx, &issuer, &rkey, &cid, &record))?;
-    if let Projected::Bad(reason) = projected {
-        return Err(NodeError::internal(format!("a transaction written here does not replay: {reason}")));
+    let created = ues_protocol::node::sequencer::iso_from_millis(now_ms());
+    let mut records = Vec::with_capacity(rows.len());
+    let mut writes = Vec::with_capacity(rows.len());
+    for (i, (row, op)) in rows.iter().zip(&ops).enumerate() {
+        let class = Class::from_record(&issuer, &row.class).map_err(ledger_error)?;
+        let parsed = Op::from_json(op).map_err(ledger_error)?;
+        let deltas =
+            read(node, |c| Ok(ledger::step(&class, actor, &parsed, &store::Stored { conn: c, ledger: &row.uri })))?
+                .map_err(ledger_error)?;
+        let mut hash = row.lthash.clone();
+        ledger::rehash(&mut hash, &deltas);
+        let mut record = json!({
+            "$type": TX,
+            "ledger": row.uri,
+            "seq": seqs[i],
+            "actor": actor,
+            "op": parsed.to_json(),
+            "stateHash": hash.digest(),
+            "createdAt": created,
+        });
+        if let (0, Some(n)) = (i, nonce) {
+            record["nonce"] = Value::String(n.to_string());
+        }
+        let rkey = store::tx_rkey(&row.rkey, seqs[i]);
+        let (ipld, _) = node.prepare_record(&collection, &rkey, record.clone(), Some(true))?;
+        writes.push(Write::Create {
+            collection: collection.clone(),
+            rkey: RecordKey::new(&rkey).map_err(NodeError::internal)?,
+            record: ipld,
+        });
+        records.push((rkey, record, hash.digest()));
     }
-    Ok(answer(seq, &rkey, &cid, &hash.digest()))
+    let did = node.served_did(&issuer)?;
+    let res = node.commit(None, &did, &writes, None)?;
+    let mut txs = Vec::with_capacity(records.len());
+    write(node, |tx| {
+        for (rkey, record, hash) in &records {
+            let path = format!("{TX}/{rkey}");
+            let cid =
+                res.ops.iter().find(|o| o.path == path).and_then(|o| o.cid).map(|c| c.to_string()).unwrap_or_default();
+            if let Projected::Bad(reason) = store::put_tx(tx, &issuer, rkey, &cid, record)? {
+                tracing::error!(app = NAME, %reason, "a transaction written here does not replay");
+            }
+            txs.push(answer(record["seq"].as_i64().unwrap_or(0), rkey, &cid, hash));
+        }
+        Ok(())
+    })?;
+    let mut v = txs[0].clone();
+    v["txs"] = Value::Array(txs);
+    Ok(v)
 }
 
 /// A ledger's row, from here when its projection is here, else `None` and the issuer's node
@@ -476,6 +535,45 @@ async fn get_history(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, Strin
     .await
 }
 
+async fn get_listings(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    let uri = param(&p, "ledger").unwrap_or_default().to_string();
+    let cursor = param(&p, "cursor").unwrap_or_default().to_string();
+    let limit = param(&p, "limit").and_then(|l| l.parse::<i64>().ok()).unwrap_or(50).clamp(1, 100);
+    blocking(move || {
+        let (row, _) = local_row(&app, &uri)?;
+        if row.is_none() {
+            return ask_issuer(&app, "dev.ues.asset.getListings", &uri, &p);
+        }
+        let node = app.node();
+        let prefix = ledger::key::listing("");
+        let mut after = prefix.clone();
+        after.extend_from_slice(cursor.as_bytes());
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = read(node, |c| {
+            c.prepare_cached(
+                "SELECT key, value FROM asset_entry WHERE ledger = ?1 AND key >= ?2 AND key > ?3 ORDER BY key LIMIT ?4",
+            )?
+            .query_map(params![uri, prefix, after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let mut listings = Vec::new();
+        for (k, v) in rows.iter().take_while(|(k, _)| k.starts_with(&prefix)) {
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let Ok(l) = ledger::Listing::decode(v) else { continue };
+            let mut view = l.view();
+            view["listingId"] = Value::String(id);
+            listings.push(view);
+        }
+        let mut v = json!({ "listings": listings });
+        if listings.len() as i64 == limit
+            && let Some(last) = listings.last()
+        {
+            v["cursor"] = last["listingId"].clone();
+        }
+        Ok(Json(v))
+    })
+    .await
+}
+
 async fn verify_ledger(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
     let uri = param(&p, "ledger").unwrap_or_default().to_string();
     let (issuer, class_rkey) = split_ledger(&uri)?;
@@ -523,7 +621,10 @@ impl App for Asset {
             .route("/xrpc/dev.ues.asset.mint", operation!("dev.ues.asset.mint"))
             .route("/xrpc/dev.ues.asset.transfer", operation!("dev.ues.asset.transfer"))
             .route("/xrpc/dev.ues.asset.burn", operation!("dev.ues.asset.burn"))
-            .route("/xrpc/dev.ues.asset.approve", operation!("dev.ues.asset.approve"));
+            .route("/xrpc/dev.ues.asset.approve", operation!("dev.ues.asset.approve"))
+            .route("/xrpc/dev.ues.asset.createListing", operation!("dev.ues.asset.createListing"))
+            .route("/xrpc/dev.ues.asset.cancelListing", operation!("dev.ues.asset.cancelListing"))
+            .route("/xrpc/dev.ues.asset.buyListing", operation!("dev.ues.asset.buyListing"));
         macro_rules! query {
             ($f:ident) => {{
                 let app = self.clone();
@@ -535,6 +636,7 @@ impl App for Asset {
             .route("/xrpc/dev.ues.asset.listTokens", query!(list_tokens))
             .route("/xrpc/dev.ues.asset.getHistory", query!(get_history))
             .route("/xrpc/dev.ues.asset.verifyLedger", query!(verify_ledger))
+            .route("/xrpc/dev.ues.asset.getListings", query!(get_listings))
     }
 
     fn api(self: Arc<Self>, node: Arc<Node>) -> Router {

@@ -54,6 +54,46 @@ fn record_json<B: Blockstore>(repo: &Repo<B>, cid: &ues_protocol::sync::repo::ip
     dagcbor::decode_atproto(&bytes).ok().map(|i| ipld_json::to_json(&i))
 }
 
+/// The other half of a sale: a `#sale` names its `#pay` on the price's ledger (the listing's
+/// price from the buyer to the seller, the class's royalty rounded down to its receiver), and the
+/// `#pay` names the `#sale`; both are in the same repository.
+fn counterpart<B: Blockstore>(repo: &Repo<B>, class: &Class, state: &Memory, uri: &str, op: &Op) -> Result<(), String> {
+    let other = |u: &str| -> Result<Value, String> {
+        let rkey = u
+            .strip_prefix(&format!("at://{}/{TX}/", repo.commit().did))
+            .ok_or_else(|| format!("{u} is not a transaction of this repository"))?;
+        let nsid = Nsid::new(TX).map_err(|e| e.to_string())?;
+        let key = RecordKey::new(rkey).map_err(|e| e.to_string())?;
+        let (_, v) =
+            repo.get_record(&nsid, &key).map_err(|e| e.to_string())?.ok_or_else(|| format!("{u} is missing"))?;
+        Ok(ipld_json::to_json(&v))
+    };
+    match op {
+        Op::Sale { listing, buyer, payment } => {
+            let Some(l) = state.listing(listing) else { return Ok(()) };
+            let pay = other(payment)?;
+            let expected_cut =
+                class.royalty.as_ref().map(|r| (r.receiver.clone(), super::amount::royalty(l.price, r.bps)));
+            let paid = Op::from_json(&pay["op"]).map_err(|e| format!("its payment: {e}"))?;
+            let ok = matches!(&paid, Op::Pay { from, to, amount, royalty, sale }
+                if from == buyer && to == &l.seller && *amount == l.price && sale == uri
+                    && royalty.clone().filter(|r| r.1 > 0) == expected_cut.filter(|r| r.1 > 0))
+                && pay["ledger"].as_str() == Some(l.price_ledger.as_str());
+            if !ok {
+                return Err(format!("its payment {payment} does not pay the listing's price and royalty"));
+            }
+        }
+        Op::Pay { sale, .. } => {
+            let s = other(sale)?;
+            if !matches!(Op::from_json(&s["op"]), Ok(Op::Sale { payment, .. }) if payment == uri) {
+                return Err(format!("the sale {sale} it pays for does not name it"));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Replays ledger `class_rkey` of `did`'s repository.
 pub fn replay<B: Blockstore>(repo: &Repo<B>, did: &str, class_rkey: &str) -> Result<Option<Report>, NodeError> {
     let class_nsid = Nsid::new(CLASS).map_err(NodeError::internal)?;
@@ -91,6 +131,7 @@ pub fn replay<B: Blockstore>(repo: &Repo<B>, did: &str, class_rkey: &str) -> Res
                     return Err(format!("the record says ledger {} seq {}", r["ledger"], r["seq"]));
                 }
                 let op = Op::from_json(&r["op"]).map_err(|e| e.to_string())?;
+                counterpart(repo, &class, &state, &tx_uri, &op)?;
                 let hash = state
                     .apply(&class, r["actor"].as_str().unwrap_or_default(), &op)
                     .map_err(|e| format!("the operation is refused: {e}"))?;

@@ -23,6 +23,10 @@ const LEXICONS: &[&str] = &[
     include_str!("../../../../lexicons/dev/ues/asset/listTokens.json"),
     include_str!("../../../../lexicons/dev/ues/asset/getHistory.json"),
     include_str!("../../../../lexicons/dev/ues/asset/verifyLedger.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/createListing.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/cancelListing.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/buyListing.json"),
+    include_str!("../../../../lexicons/dev/ues/asset/getListings.json"),
 ];
 
 const ROUTES: &[Route] = &[
@@ -36,6 +40,10 @@ const ROUTES: &[Route] = &[
     ("get", "/api/v1/assets/tokens", "dev.ues.asset.listTokens", &[]),
     ("get", "/api/v1/assets/history", "dev.ues.asset.getHistory", &[]),
     ("get", "/api/v1/assets/verify", "dev.ues.asset.verifyLedger", &[]),
+    ("post", "/api/v1/assets/listings", "dev.ues.asset.createListing", &[]),
+    ("get", "/api/v1/assets/listings", "dev.ues.asset.getListings", &[]),
+    ("post", "/api/v1/assets/listings/{listingId}/cancel", "dev.ues.asset.cancelListing", &["listingId"]),
+    ("post", "/api/v1/assets/listings/{listingId}/buy", "dev.ues.asset.buyListing", &["listingId"]),
 ];
 
 fn public(nsid: &str) -> bool {
@@ -46,6 +54,7 @@ fn public(nsid: &str) -> bool {
             | "dev.ues.asset.listTokens"
             | "dev.ues.asset.getHistory"
             | "dev.ues.asset.verifyLedger"
+            | "dev.ues.asset.getListings"
     )
 }
 
@@ -58,6 +67,7 @@ impl Mirrored for Asset {
                     "dev.ues.asset.getBalance" => super::get_balance(self, headers, p).await,
                     "dev.ues.asset.listTokens" => super::list_tokens(self, headers, p).await,
                     "dev.ues.asset.getHistory" => super::get_history(self, headers, p).await,
+                    "dev.ues.asset.getListings" => super::get_listings(self, headers, p).await,
                     _ => super::verify_ledger(self, headers, p).await,
                 },
                 Input::Body(body) => match nsid {
