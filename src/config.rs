@@ -226,6 +226,7 @@ impl Default for AppsSection {
                 "dev.ues.feed".to_string(),
                 "dev.ues.chat".to_string(),
                 "dev.ues.asset".to_string(),
+                "dev.ues.credential".to_string(),
             ],
         }
     }

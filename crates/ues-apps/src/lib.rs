@@ -19,6 +19,7 @@
 
 pub mod asset;
 pub mod chat;
+pub mod credential;
 pub mod feed;
 mod mirror;
 mod peer;
@@ -136,6 +137,7 @@ pub fn built_in(cfg: &AppsConfig) -> Vec<Arc<dyn App>> {
         Arc::new(feed::Feed::new(cfg.feed.clone())),
         Arc::new(chat::Chat::new(cfg.chat.clone())),
         Arc::new(asset::Asset::new(cfg.asset.clone())),
+        Arc::new(credential::Credentials::default()),
     ]
 }
 

@@ -43,6 +43,11 @@ pub(crate) trait Mirrored: Send + Sync + 'static {
     }
 }
 
+/// A query parameter's value.
+pub(crate) fn param<'a>(p: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    p.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
 /// A query's parameters with those the path carries.
 fn with_path(mut p: Params, path: Params) -> Params {
     p.retain(|(k, _)| !path.iter().any(|(n, _)| n == k));
