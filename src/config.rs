@@ -53,11 +53,20 @@ pub(crate) struct Config {
 pub(crate) struct AssetSection {
     /// The largest repository fetched from another node to replay a ledger, MiB.
     pub(crate) max_remote_repo_mib: u64,
+    /// Fuel one contract call may burn.
+    pub(crate) contract_fuel: u64,
+    /// The largest contract module, KiB.
+    pub(crate) max_module_kib: usize,
 }
 
 impl Default for AssetSection {
     fn default() -> Self {
-        Self { max_remote_repo_mib: ues_apps::asset::AssetConfig::default().max_remote_repo_bytes >> 20 }
+        let a = ues_apps::asset::AssetConfig::default();
+        Self {
+            max_remote_repo_mib: a.max_remote_repo_bytes >> 20,
+            contract_fuel: a.contract_fuel,
+            max_module_kib: a.max_module_bytes >> 10,
+        }
     }
 }
 
@@ -168,6 +177,8 @@ impl Config {
             },
             asset: ues_apps::asset::AssetConfig {
                 max_remote_repo_bytes: self.asset.max_remote_repo_mib.max(1).saturating_mul(1 << 20),
+                contract_fuel: self.asset.contract_fuel.max(1),
+                max_module_bytes: self.asset.max_module_kib.max(1).saturating_mul(1 << 10),
             },
         })
     }

@@ -19,6 +19,7 @@
 
 pub mod asset;
 pub mod chat;
+pub mod contract;
 pub mod credential;
 pub mod feed;
 mod mirror;

@@ -29,6 +29,8 @@ pub enum Kind {
     NonFungible,
     /// Many token ids, each fungible or unique (ERC-1155).
     Multi,
+    /// A contract instance's state (its own ledger of write sets).
+    Contract,
 }
 
 impl Kind {
@@ -64,11 +66,23 @@ pub struct Class {
     pub max_supply: Option<u128>,
     /// Its royalty, if any.
     pub royalty: Option<Royalty>,
+    /// The contract instance whose `on_transfer` hook transfers go through.
+    pub contract: Option<String>,
 }
 
 impl Class {
     /// The class a record (as JSON) declares, checked.
     pub fn from_record(issuer: &str, r: &Value) -> Result<Self, LedgerError> {
+        if r["$type"] == "dev.ues.contract.instance" {
+            return Ok(Self {
+                issuer: issuer.to_string(),
+                kind: Kind::Contract,
+                decimals: 0,
+                max_supply: None,
+                royalty: None,
+                contract: None,
+            });
+        }
         let kind = r["kind"].as_str().and_then(Kind::parse).ok_or_else(|| invalid_class("kind is not a known kind"))?;
         let decimals = match r.get("decimals") {
             None => 0,
@@ -93,7 +107,17 @@ impl Class {
                 }
             }
         };
-        Ok(Self { issuer: issuer.to_string(), kind, decimals, max_supply, royalty })
+        let contract = match r.get("contract") {
+            None | Some(Value::Null) => None,
+            Some(c) => {
+                let c = c.as_str().filter(|c| c.starts_with(&format!("at://{issuer}/dev.ues.contract.instance/")));
+                Some(c.ok_or_else(|| invalid_class("contract is a contract instance of the issuer's own"))?.to_string())
+            }
+        };
+        if contract.is_some() && kind != Kind::Fungible && kind != Kind::NonFungible && kind != Kind::Multi {
+            return Err(invalid_class("only a token class names a contract"));
+        }
+        Ok(Self { issuer: issuer.to_string(), kind, decimals, max_supply, royalty, contract })
     }
 }
 
@@ -151,6 +175,21 @@ pub enum Op {
         token: Option<String>,
         /// How many.
         amount: u128,
+        /// A fee the class's contract charged: to whom and how much, paid by `from` on top.
+        fee: Option<(String, u128)>,
+    },
+    /// A contract call's effect on its instance's state: the keys written (a value) or removed.
+    Contract {
+        /// `instantiate`, `execute` or `onTransfer`.
+        call: String,
+        /// Who called.
+        sender: String,
+        /// The message (JSON text).
+        msg: String,
+        /// The write set.
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        /// The fuel the call used.
+        fuel: u64,
     },
     /// Tokens destroyed.
     Burn {
@@ -365,7 +404,41 @@ impl Op {
                 to: did(&op["to"], "to")?,
                 token,
                 amount: amount.unwrap_or(1),
+                fee: match op.get("fee") {
+                    None | Some(Value::Null) => None,
+                    Some(f) => Some((
+                        did(&f["to"], "fee.to")?,
+                        amount_of(&f["amount"])?.ok_or_else(|| refused("InvalidAmount", "fee.amount is required"))?,
+                    )),
+                },
             },
+            "dev.ues.asset.tx#contract" => {
+                let call = op["call"].as_str().unwrap_or_default();
+                if !matches!(call, "instantiate" | "execute" | "onTransfer") {
+                    return Err(invalid(format!("{call:?} is not a contract call")));
+                }
+                let bytes = |v: &Value| -> Result<Vec<u8>, LedgerError> {
+                    v["$bytes"]
+                        .as_str()
+                        .and_then(ipld_json::decode_base64)
+                        .ok_or_else(|| invalid("a write's key or value is not bytes"))
+                };
+                let mut writes = Vec::new();
+                for w in op["writes"].as_array().into_iter().flatten() {
+                    let value = match w.get("value") {
+                        None | Some(Value::Null) => None,
+                        Some(v) => Some(bytes(v)?),
+                    };
+                    writes.push((bytes(&w["key"])?, value));
+                }
+                Op::Contract {
+                    call: call.to_string(),
+                    sender: did(&op["sender"], "sender")?,
+                    msg: op["msg"].as_str().unwrap_or_default().to_string(),
+                    writes,
+                    fuel: op["fuelUsed"].as_u64().unwrap_or(0),
+                }
+            }
             "dev.ues.asset.tx#burn" => Op::Burn { from: did(&op["from"], "from")?, token, amount: amount.unwrap_or(1) },
             "dev.ues.asset.tx#approve" => Op::Approve {
                 owner: did(&op["owner"], "owner")?,
@@ -430,12 +503,31 @@ impl Op {
                     put(&mut m, "unique", json!(true));
                 }
             }
-            Op::Transfer { from, to, token: t, amount } => {
+            Op::Transfer { from, to, token: t, amount, fee } => {
                 put(&mut m, "$type", json!("dev.ues.asset.tx#transfer"));
                 put(&mut m, "from", json!(from));
                 put(&mut m, "to", json!(to));
                 put(&mut m, "amount", json!(amount.to_string()));
                 token(&mut m, t);
+                if let Some((to, f)) = fee {
+                    put(&mut m, "fee", json!({ "to": to, "amount": f.to_string() }));
+                }
+            }
+            Op::Contract { call, sender, msg, writes, fuel } => {
+                let b64 = |b: &[u8]| json!({ "$bytes": data_encoding::BASE64_NOPAD.encode(b) });
+                put(&mut m, "$type", json!("dev.ues.asset.tx#contract"));
+                put(&mut m, "call", json!(call));
+                put(&mut m, "sender", json!(sender));
+                put(&mut m, "msg", json!(msg));
+                let w: Vec<Value> = writes
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Some(v) => json!({ "key": b64(k), "value": b64(v) }),
+                        None => json!({ "key": b64(k) }),
+                    })
+                    .collect();
+                put(&mut m, "writes", Value::Array(w));
+                put(&mut m, "fuelUsed", json!(fuel));
             }
             Op::Burn { from, token: t, amount } => {
                 put(&mut m, "$type", json!("dev.ues.asset.tx#burn"));
@@ -618,6 +710,13 @@ pub mod key {
         make(b'o', &[owner, operator])
     }
 
+    /// A key of a contract instance's own state.
+    pub fn contract(k: &[u8]) -> Vec<u8> {
+        let mut out = b"c\0".to_vec();
+        out.extend_from_slice(k);
+        out
+    }
+
     /// An open listing.
     pub fn listing(id: &str) -> Vec<u8> {
         make(b'l', &[id])
@@ -637,6 +736,7 @@ fn token_for(class: &Class, token: &Option<String>) -> Result<String, LedgerErro
     match (class.kind, token) {
         (Kind::Fungible, None) => Ok(String::new()),
         (Kind::Fungible, Some(_)) => Err(invalid("a fungible class has no token ids")),
+        (Kind::Contract, _) => Err(invalid("a contract's ledger holds no tokens")),
         (_, Some(t)) => Ok(t.clone()),
         (_, None) => Err(invalid("tokenId is required for this class")),
     }
@@ -739,6 +839,7 @@ pub fn step(class: &Class, actor: &str, op: &Op, base: &dyn Entries) -> Result<V
                 }
                 Kind::NonFungible => true,
                 Kind::Multi => *one,
+                Kind::Contract => return Err(invalid("a contract's ledger holds no tokens")),
             };
             match unique(&d, &t)? {
                 Some(true) => return Err(refused("TokenExists", format!("token {t} exists"))),
@@ -771,7 +872,7 @@ pub fn step(class: &Class, actor: &str, op: &Op, base: &dyn Entries) -> Result<V
             }
             credit(&mut d, to, &t, *amount)?;
         }
-        Op::Transfer { from, to, token, amount } => {
+        Op::Transfer { from, to, token, amount, fee } => {
             let t = token_for(class, token)?;
             if class.kind != Kind::Fungible && unique(&d, &t)?.is_none() {
                 return Err(refused("TokenNotFound", format!("no token {t}")));
@@ -779,6 +880,26 @@ pub fn step(class: &Class, actor: &str, op: &Op, base: &dyn Entries) -> Result<V
             authorize(&mut d, class, actor, from, &t, *amount)?;
             debit(&mut d, from, &t, *amount)?;
             credit(&mut d, to, &t, *amount)?;
+            if let Some((fee_to, f)) = fee
+                && *f > 0
+            {
+                if class.kind != Kind::Fungible {
+                    return Err(refused("TransferRefused", "a fee is charged in a fungible class only"));
+                }
+                debit(&mut d, from, "", *f)?;
+                credit(&mut d, fee_to, "", *f)?;
+            }
+        }
+        Op::Contract { sender, writes, .. } => {
+            if class.kind != Kind::Contract {
+                return Err(invalid("only a contract's ledger takes its write sets"));
+            }
+            if actor != sender {
+                return Err(refused("NotAuthorized", "a contract call's sender is who made it"));
+            }
+            for (k, v) in writes {
+                d.put(key::contract(k), v.clone())?;
+            }
         }
         Op::Burn { from, token, amount } => {
             let t = token_for(class, token)?;
@@ -802,6 +923,9 @@ pub fn step(class: &Class, actor: &str, op: &Op, base: &dyn Entries) -> Result<V
         Op::Approve { owner, spender, token, amount, all } => {
             if actor != owner {
                 return Err(refused("NotAuthorized", "only the holder approves"));
+            }
+            if class.kind == Kind::Contract {
+                return Err(invalid("a contract's ledger holds no tokens"));
             }
             if owner == spender {
                 return Err(invalid("an account does not approve itself"));
@@ -954,7 +1078,7 @@ mod tests {
     const PEOPLE: [&str; 4] = ["did:plc:issuer", "did:plc:alice", "did:plc:bob", "did:plc:carol"];
 
     fn class(kind: Kind, max: Option<u128>) -> Class {
-        Class { issuer: ISSUER.into(), kind, decimals: 0, max_supply: max, royalty: None }
+        Class { issuer: ISSUER.into(), kind, decimals: 0, max_supply: max, royalty: None, contract: None }
     }
 
     #[test]
@@ -969,7 +1093,7 @@ mod tests {
         .unwrap();
         let over = Op::Mint { to: PEOPLE[1].into(), token: None, amount: 401, metadata: None, unique: false };
         assert!(matches!(m.apply(&c, ISSUER, &over), Err(LedgerError::Refused { name: "MaxSupplyExceeded", .. })));
-        let by_bob = Op::Transfer { from: PEOPLE[1].into(), to: PEOPLE[2].into(), token: None, amount: 50 };
+        let by_bob = Op::Transfer { from: PEOPLE[1].into(), to: PEOPLE[2].into(), token: None, amount: 50, fee: None };
         assert!(matches!(
             m.apply(&c, PEOPLE[2], &by_bob),
             Err(LedgerError::Refused { name: "InsufficientAllowance", .. })
@@ -1018,10 +1142,21 @@ mod tests {
             all: None,
         };
         m.apply(&c, PEOPLE[1], &approve).unwrap();
-        let to_carol =
-            Op::Transfer { from: PEOPLE[1].into(), to: PEOPLE[3].into(), token: Some("a".into()), amount: 1 };
+        let to_carol = Op::Transfer {
+            from: PEOPLE[1].into(),
+            to: PEOPLE[3].into(),
+            token: Some("a".into()),
+            amount: 1,
+            fee: None,
+        };
         m.apply(&c, PEOPLE[2], &to_carol).unwrap();
-        let back = Op::Transfer { from: PEOPLE[3].into(), to: PEOPLE[2].into(), token: Some("a".into()), amount: 1 };
+        let back = Op::Transfer {
+            from: PEOPLE[3].into(),
+            to: PEOPLE[2].into(),
+            token: Some("a".into()),
+            amount: 1,
+            fee: None,
+        };
         assert!(matches!(m.apply(&c, PEOPLE[2], &back), Err(LedgerError::Refused { name: "NotAuthorized", .. })));
         m.apply(&c, PEOPLE[3], &Op::Burn { from: PEOPLE[3].into(), token: Some("a".into()), amount: 1 }).unwrap();
         assert_eq!(m.supply(""), 1);
@@ -1039,7 +1174,13 @@ mod tests {
                 let listing = if flag { "1" } else { "2" }.to_string();
                 let op = match kind {
                     0 => Op::Mint { to: a, token, amount, metadata: None, unique: flag },
-                    1 => Op::Transfer { from: a, to: b, token, amount },
+                    1 => Op::Transfer {
+                        from: a,
+                        to: b,
+                        token,
+                        amount,
+                        fee: flag.then(|| (PEOPLE[3].to_string(), amount / 2)),
+                    },
                     2 => Op::Burn { from: a, token, amount },
                     4 => Op::List { listing, seller: a, token, amount, price_ledger: "at://p".into(), price: 7 },
                     5 => Op::Delist { listing },

@@ -11,6 +11,7 @@
 //! The SQLite tables are a projection of the records ([`store`]), rebuilt from them.
 
 pub mod amount;
+mod contracts;
 pub mod hash;
 pub mod ledger;
 mod market;
@@ -40,7 +41,7 @@ use ues_protocol::sync::repo::syntax::{Did, Nsid, RecordKey};
 use crate::App;
 use crate::mirror::Answer;
 use ledger::{Class, LedgerError, Op};
-use store::{CLASS, LedgerRow, Projected, TX};
+use store::{CLASS, INSTANCE, LedgerRow, Projected, TX};
 
 /// The application's name.
 pub const NAME: &str = "dev.ues.asset";
@@ -54,17 +55,24 @@ fn now_ms() -> i64 {
 pub struct AssetConfig {
     /// The largest repository fetched from another node to replay a ledger.
     pub max_remote_repo_bytes: u64,
+    /// Fuel one contract call may burn (about one per instruction).
+    pub contract_fuel: u64,
+    /// The largest contract module accepted.
+    pub max_module_bytes: usize,
 }
 
 impl Default for AssetConfig {
     fn default() -> Self {
-        Self { max_remote_repo_bytes: 256 << 20 }
+        let limits = crate::contract::Limits::default();
+        Self { max_remote_repo_bytes: 256 << 20, contract_fuel: limits.fuel, max_module_bytes: limits.max_module_bytes }
     }
 }
 
 /// The application.
 pub struct Asset {
     cfg: AssetConfig,
+    /// Contracts' sandbox (compiled modules cached by their code's SHA-256).
+    sandbox: crate::contract::Sandbox,
     node: OnceLock<Arc<Node>>,
     /// One writer per issuer at a time: a ledger's next transaction is made from its last.
     writers: parking_lot::Mutex<HashMap<String, Arc<parking_lot::Mutex<()>>>>,
@@ -73,7 +81,17 @@ pub struct Asset {
 impl Asset {
     /// The application, set up by `cfg`.
     pub fn new(cfg: AssetConfig) -> Self {
-        Self { cfg, node: OnceLock::new(), writers: parking_lot::Mutex::default() }
+        let limits = crate::contract::Limits {
+            fuel: cfg.contract_fuel,
+            max_module_bytes: cfg.max_module_bytes,
+            ..crate::contract::Limits::default()
+        };
+        Self {
+            cfg,
+            sandbox: crate::contract::Sandbox::new(limits),
+            node: OnceLock::new(),
+            writers: parking_lot::Mutex::default(),
+        }
     }
 
     fn node(&self) -> &Arc<Node> {
@@ -149,19 +167,25 @@ async fn create_class(app: Arc<Asset>, headers: HeaderMap, body: Value) -> Answe
         let node = app.node();
         let mut record =
             json!({ "$type": CLASS, "createdAt": ues_protocol::node::sequencer::iso_from_millis(now_ms()) });
-        for k in ["kind", "name", "symbol", "decimals", "maxSupply", "metadataUri", "royalty"] {
+        for k in ["kind", "name", "symbol", "decimals", "maxSupply", "metadataUri", "royalty", "contract"] {
             if let Some(v) = body.get(k) {
                 record[k] = v.clone();
             }
         }
-        Class::from_record(&did, &record).map_err(ledger_error)?;
+        let class = Class::from_record(&did, &record).map_err(ledger_error)?;
+        if let Some(instance) = &class.contract {
+            let row = read(node, |c| store::ledger(c, instance))?;
+            if !row.is_some_and(|r| r.class["$type"] == INSTANCE) {
+                return Err(NodeError::bad("InvalidClass", format!("{instance} is not a contract instance held here")));
+            }
+        }
         let collection = Nsid::new(CLASS).map_err(NodeError::internal)?;
         let rkey = node.rkey_or_new(None)?;
         let (ipld, _) = node.prepare_record(&collection, rkey.as_str(), record.clone(), Some(true))?;
         let did = node.served_did(&did)?;
         let res = node.commit(None, &did, &[Write::Create { collection, rkey: rkey.clone(), record: ipld }], None)?;
         let cid = res.ops.first().and_then(|o| o.cid).map(|c| c.to_string()).unwrap_or_default();
-        write(node, |tx| store::put_class(tx, did.as_str(), rkey.as_str(), &cid, &record, now_ms()))?;
+        write(node, |tx| store::put_ledger(tx, CLASS, did.as_str(), rkey.as_str(), &cid, &record, now_ms()))?;
         tracing::info!(app = NAME, issuer = %did, class = %rkey, "an asset class was created");
         Ok(Json(json!({ "uri": store::ledger_uri(did.as_str(), rkey.as_str()), "cid": cid })))
     })
@@ -207,7 +231,8 @@ fn op_json(nsid: &str, actor: &str, body: &Value) -> Result<Value, NodeError> {
 /// A ledger operation: made here when the ledger's issuer is held here, else passed to the
 /// issuer's node as the caller.
 async fn operate(app: Arc<Asset>, headers: HeaderMap, nsid: &'static str, body: Value) -> Answer {
-    let uri = str_field(&body, "ledger")?.to_string();
+    let field = if nsid == "dev.ues.contract.execute" { "instance" } else { "ledger" };
+    let uri = str_field(&body, field)?.to_string();
     let (issuer, _) = split_ledger(&uri)?;
     blocking(move || {
         let node = app.node();
@@ -225,10 +250,14 @@ async fn operate(app: Arc<Asset>, headers: HeaderMap, nsid: &'static str, body: 
             "dev.ues.asset.createListing" => market::create_listing(&app, &uri, &actor, &body, nonce.as_deref()),
             "dev.ues.asset.cancelListing" => market::cancel_listing(&app, &uri, &actor, &body, nonce.as_deref()),
             "dev.ues.asset.buyListing" => market::buy_listing(&app, &uri, &actor, &body, nonce.as_deref()),
+            "dev.ues.asset.transfer" => {
+                contracts::transfer(&app, &uri, &actor, op_json(nsid, &actor, &body)?, nonce.as_deref())
+            }
+            "dev.ues.contract.execute" => contracts::execute(&app, &uri, &actor, &body, nonce.as_deref()),
             _ => submit(&app, &uri, &actor, &op_json(nsid, &actor, &body)?, nonce.as_deref()),
         }
         .map(|mut v| {
-            if !matches!(nsid, "dev.ues.asset.buyListing") {
+            if !matches!(nsid, "dev.ues.asset.buyListing" | "dev.ues.asset.transfer") {
                 v.as_object_mut().map(|m| m.remove("txs"));
             }
             Json(v)
@@ -535,6 +564,25 @@ async fn get_history(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, Strin
     .await
 }
 
+async fn instantiate(app: Arc<Asset>, headers: HeaderMap, body: Value) -> Answer {
+    let actor = crate::peer::caller(app.node(), &headers, "dev.ues.contract.instantiate")?;
+    blocking(move || contracts::instantiate(&app, &actor, &body).map(Json)).await
+}
+
+async fn contract_query(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
+    let uri = param(&p, "instance").unwrap_or_default().to_string();
+    let msg: Value = serde_json::from_str(param(&p, "msg").unwrap_or("null"))
+        .map_err(|e| NodeError::invalid(format!("msg is not JSON: {e}")))?;
+    blocking(move || {
+        let (row, _) = local_row(&app, &uri)?;
+        if row.is_none() {
+            return ask_issuer(&app, "dev.ues.contract.query", &uri, &p);
+        }
+        contracts::query(&app, &uri, &msg).map(Json)
+    })
+    .await
+}
+
 async fn get_listings(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
     let uri = param(&p, "ledger").unwrap_or_default().to_string();
     let cursor = param(&p, "cursor").unwrap_or_default().to_string();
@@ -577,14 +625,15 @@ async fn get_listings(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, Stri
 async fn verify_ledger(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, String)>) -> Answer {
     let uri = param(&p, "ledger").unwrap_or_default().to_string();
     let (issuer, class_rkey) = split_ledger(&uri)?;
+    let collection = store::parse_any(&uri).map_or(CLASS, |(_, c, _)| c);
     blocking(move || {
         let node = app.node();
         let did = Did::new(&issuer).map_err(NodeError::internal)?;
         let report = if node.accounts.get(&did)?.is_some() {
             let repo = node.accounts.repo(&did)?;
-            replay::replay(&repo, &issuer, &class_rkey)?
+            replay::replay(&repo, &issuer, collection, &class_rkey)?
         } else {
-            replay::replay_remote(node, &issuer, &class_rkey, app.cfg.max_remote_repo_bytes)?
+            replay::replay_remote(node, &issuer, collection, &class_rkey, app.cfg.max_remote_repo_bytes)?
         };
         let report = report.ok_or_else(|| class_not_found(&uri))?;
         Ok(Json(report.to_json()))
@@ -624,7 +673,16 @@ impl App for Asset {
             .route("/xrpc/dev.ues.asset.approve", operation!("dev.ues.asset.approve"))
             .route("/xrpc/dev.ues.asset.createListing", operation!("dev.ues.asset.createListing"))
             .route("/xrpc/dev.ues.asset.cancelListing", operation!("dev.ues.asset.cancelListing"))
-            .route("/xrpc/dev.ues.asset.buyListing", operation!("dev.ues.asset.buyListing"));
+            .route("/xrpc/dev.ues.asset.buyListing", operation!("dev.ues.asset.buyListing"))
+            .route("/xrpc/dev.ues.contract.execute", operation!("dev.ues.contract.execute"))
+            .route("/xrpc/dev.ues.contract.instantiate", {
+                let app = self.clone();
+                post(move |headers: HeaderMap, XJson(body): XJson<Value>| instantiate(app, headers, body))
+            })
+            .route("/xrpc/dev.ues.contract.upload", {
+                let app = self.clone();
+                post(move |headers: HeaderMap, body: axum::body::Bytes| contracts::upload(app, headers, body))
+            });
         macro_rules! query {
             ($f:ident) => {{
                 let app = self.clone();
@@ -637,6 +695,7 @@ impl App for Asset {
             .route("/xrpc/dev.ues.asset.getHistory", query!(get_history))
             .route("/xrpc/dev.ues.asset.verifyLedger", query!(verify_ledger))
             .route("/xrpc/dev.ues.asset.getListings", query!(get_listings))
+            .route("/xrpc/dev.ues.contract.query", query!(contract_query))
     }
 
     fn api(self: Arc<Self>, node: Arc<Node>) -> Router {
@@ -650,21 +709,22 @@ impl App for Asset {
     fn apply(&self, tx: &Transaction<'_>, events: &[LogEvent]) -> rusqlite::Result<()> {
         for e in events {
             let Happened::Commit(ops) = &e.what else { continue };
-            for op in ops {
-                if op.collection != CLASS && op.collection != TX {
-                    continue;
-                }
+            // Ledgers first (a commit may hold an instance and its first transaction).
+            let mut ordered: Vec<_> =
+                ops.iter().filter(|o| [CLASS, INSTANCE, TX].contains(&o.collection.as_str())).collect();
+            ordered.sort_by_key(|o| o.collection == TX);
+            for op in ordered {
                 let cid = op.cid.clone().unwrap_or_default();
                 let value = op.record.as_deref().and_then(record_json);
                 match (op.action.as_str(), op.collection.as_str(), value) {
-                    ("create", CLASS, Some(v)) => {
-                        store::put_class(tx, &e.did, &op.rkey, &cid, &v, e.time_ms.unwrap_or(0))?
-                    }
                     ("create", TX, Some(v)) => {
                         store::put_tx(tx, &e.did, &op.rkey, &cid, &v)?;
                     }
-                    (_, CLASS, _) => store::class_changed(tx, &e.did, &op.rkey)?,
-                    (_, _, _) => store::tx_changed(tx, &e.did, &op.rkey)?,
+                    (_, TX, _) => store::tx_changed(tx, &e.did, &op.rkey)?,
+                    ("create", c, Some(v)) => {
+                        store::put_ledger(tx, c, &e.did, &op.rkey, &cid, &v, e.time_ms.unwrap_or(0))?
+                    }
+                    (_, c, _) => store::class_changed(tx, c, &e.did, &op.rkey)?,
                 }
             }
         }
@@ -680,8 +740,8 @@ impl App for Asset {
             if status == "deleted" {
                 continue;
             }
-            // Classes first, then transactions in key order (each ledger's in sequence).
-            for collection in [CLASS, TX] {
+            // Ledgers first, then transactions in key order (each ledger's in sequence).
+            for collection in [CLASS, INSTANCE, TX] {
                 for r in records_in(tx, &did, &[collection])? {
                     let value = r
                         .cid
@@ -690,10 +750,10 @@ impl App for Asset {
                         .and_then(|cid| node.accounts.blocks().get(&cid).ok().flatten())
                         .and_then(|b| record_json(&b));
                     let Some(v) = value else { continue };
-                    if collection == CLASS {
-                        store::put_class(tx, &did, &r.rkey, &r.cid, &v, r.indexed_at)?;
-                    } else {
+                    if collection == TX {
                         store::put_tx(tx, &did, &r.rkey, &r.cid, &v)?;
+                    } else {
+                        store::put_ledger(tx, collection, &did, &r.rkey, &r.cid, &v, r.indexed_at)?;
                     }
                 }
             }

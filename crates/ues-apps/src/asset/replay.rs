@@ -15,7 +15,7 @@ use ues_protocol::sync::repo::repo::{Repo, import_car};
 use ues_protocol::sync::repo::syntax::{Did, Nsid, RecordKey};
 
 use super::ledger::{Class, Memory, Op};
-use super::store::{CLASS, TX, ledger_uri, tx_rkey};
+use super::store::{TX, tx_rkey};
 
 /// Records read per page of the tree.
 const PAGE: usize = 1000;
@@ -94,13 +94,19 @@ fn counterpart<B: Blockstore>(repo: &Repo<B>, class: &Class, state: &Memory, uri
     Ok(())
 }
 
-/// Replays ledger `class_rkey` of `did`'s repository.
-pub fn replay<B: Blockstore>(repo: &Repo<B>, did: &str, class_rkey: &str) -> Result<Option<Report>, NodeError> {
-    let class_nsid = Nsid::new(CLASS).map_err(NodeError::internal)?;
+/// Replays the ledger of record `class_rkey` in `collection` (a class's or a contract
+/// instance's) of `did`'s repository.
+pub fn replay<B: Blockstore>(
+    repo: &Repo<B>,
+    did: &str,
+    collection: &str,
+    class_rkey: &str,
+) -> Result<Option<Report>, NodeError> {
+    let class_nsid = Nsid::new(collection).map_err(NodeError::internal)?;
     let tx_nsid = Nsid::new(TX).map_err(NodeError::internal)?;
     let rkey = RecordKey::new(class_rkey).map_err(|e| NodeError::invalid(e.to_string()))?;
     let Some((_, class)) = repo.get_record(&class_nsid, &rkey).map_err(NodeError::internal)? else { return Ok(None) };
-    let uri = ledger_uri(did, class_rkey);
+    let uri = format!("at://{did}/{collection}/{class_rkey}");
     let mut state = Memory::default();
     let mut report =
         Report { seq: 0, state_hash: state.hash.digest(), first_bad: None, commit: repo.head().to_string() };
@@ -161,7 +167,13 @@ pub fn replay<B: Blockstore>(repo: &Repo<B>, did: &str, class_rkey: &str) -> Res
 
 /// Fetches `did`'s repository from its node as a CAR (at most `max_bytes`), checks it against
 /// the DID document's signing key, and replays ledger `class_rkey` from it.
-pub fn replay_remote(node: &Node, did: &str, class_rkey: &str, max_bytes: u64) -> Result<Option<Report>, NodeError> {
+pub fn replay_remote(
+    node: &Node,
+    did: &str,
+    collection: &str,
+    class_rkey: &str,
+    max_bytes: u64,
+) -> Result<Option<Report>, NodeError> {
     let parsed = Did::new(did).map_err(|_| NodeError::invalid(format!("{did:?} is not a DID")))?;
     let doc = node
         .dids
@@ -189,5 +201,5 @@ pub fn replay_remote(node: &Node, did: &str, class_rkey: &str, max_bytes: u64) -
     }
     let repo = import_car(MemoryBlockstore::new(), car.as_slice(), &parsed, &key)
         .map_err(|e| crate::peer::upstream(format!("{did}'s repository does not check: {e}")))?;
-    replay(&repo, did, class_rkey)
+    replay(&repo, did, collection, class_rkey)
 }

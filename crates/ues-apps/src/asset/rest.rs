@@ -27,6 +27,9 @@ const LEXICONS: &[&str] = &[
     include_str!("../../../../lexicons/dev/ues/asset/cancelListing.json"),
     include_str!("../../../../lexicons/dev/ues/asset/buyListing.json"),
     include_str!("../../../../lexicons/dev/ues/asset/getListings.json"),
+    include_str!("../../../../lexicons/dev/ues/contract/instantiate.json"),
+    include_str!("../../../../lexicons/dev/ues/contract/execute.json"),
+    include_str!("../../../../lexicons/dev/ues/contract/query.json"),
 ];
 
 const ROUTES: &[Route] = &[
@@ -44,6 +47,9 @@ const ROUTES: &[Route] = &[
     ("get", "/api/v1/assets/listings", "dev.ues.asset.getListings", &[]),
     ("post", "/api/v1/assets/listings/{listingId}/cancel", "dev.ues.asset.cancelListing", &["listingId"]),
     ("post", "/api/v1/assets/listings/{listingId}/buy", "dev.ues.asset.buyListing", &["listingId"]),
+    ("post", "/api/v1/contracts/instances", "dev.ues.contract.instantiate", &[]),
+    ("post", "/api/v1/contracts/execute", "dev.ues.contract.execute", &[]),
+    ("get", "/api/v1/contracts/query", "dev.ues.contract.query", &[]),
 ];
 
 fn public(nsid: &str) -> bool {
@@ -55,6 +61,7 @@ fn public(nsid: &str) -> bool {
             | "dev.ues.asset.getHistory"
             | "dev.ues.asset.verifyLedger"
             | "dev.ues.asset.getListings"
+            | "dev.ues.contract.query"
     )
 }
 
@@ -68,10 +75,12 @@ impl Mirrored for Asset {
                     "dev.ues.asset.listTokens" => super::list_tokens(self, headers, p).await,
                     "dev.ues.asset.getHistory" => super::get_history(self, headers, p).await,
                     "dev.ues.asset.getListings" => super::get_listings(self, headers, p).await,
+                    "dev.ues.contract.query" => super::contract_query(self, headers, p).await,
                     _ => super::verify_ledger(self, headers, p).await,
                 },
                 Input::Body(body) => match nsid {
                     "dev.ues.asset.createClass" => super::create_class(self, headers, body).await,
+                    "dev.ues.contract.instantiate" => super::instantiate(self, headers, body).await,
                     _ => super::operate(self, headers, nsid, body).await,
                 },
             }

@@ -14,6 +14,8 @@ use super::ledger::{self, Class, Entries, LedgerError, Op};
 pub const CLASS: &str = "dev.ues.asset.class";
 /// The transaction collection.
 pub const TX: &str = "dev.ues.asset.tx";
+/// The contract instance collection (each instance is a ledger of its state).
+pub const INSTANCE: &str = "dev.ues.contract.instance";
 
 /// A ledger's row.
 #[derive(Debug, Clone)]
@@ -43,12 +45,23 @@ pub fn ledger_uri(did: &str, rkey: &str) -> String {
     format!("at://{did}/{CLASS}/{rkey}")
 }
 
-/// The (issuer, class record key) of a ledger URI.
-pub fn parse_ledger_uri(uri: &str) -> Option<(&str, &str)> {
+/// A contract instance's ledger URI.
+pub fn instance_uri(did: &str, rkey: &str) -> String {
+    format!("at://{did}/{INSTANCE}/{rkey}")
+}
+
+/// The (issuer, collection, record key) of a ledger URI: a class's or a contract instance's.
+pub fn parse_any(uri: &str) -> Option<(&str, &'static str, &str)> {
     let rest = uri.strip_prefix("at://")?;
     let (did, rest) = rest.split_once('/')?;
-    let rkey = rest.strip_prefix(CLASS)?.strip_prefix('/')?;
-    (!rkey.is_empty() && !rkey.contains('/')).then_some((did, rkey))
+    let (collection, rkey) = rest.split_once('/')?;
+    let collection = [CLASS, INSTANCE].into_iter().find(|c| *c == collection)?;
+    (!rkey.is_empty() && !rkey.contains('/')).then_some((did, collection, rkey))
+}
+
+/// The (issuer, record key) of a ledger URI.
+pub fn parse_ledger_uri(uri: &str) -> Option<(&str, &str)> {
+    parse_any(uri).map(|(d, _, r)| (d, r))
 }
 
 /// The record key of a ledger's transaction `seq`: one ledger's transactions are one range of
@@ -99,16 +112,18 @@ impl Entries for Stored<'_> {
     }
 }
 
-/// A ledger made from its class record (nothing when it is there already).
-pub fn put_class(
+/// A ledger made from its record, a class's or a contract instance's (nothing when it is there
+/// already).
+pub fn put_ledger(
     tx: &Transaction<'_>,
+    collection: &str,
     did: &str,
     rkey: &str,
     cid: &str,
     record: &Value,
     now_ms: i64,
 ) -> rusqlite::Result<()> {
-    let uri = ledger_uri(did, rkey);
+    let uri = if collection == INSTANCE { instance_uri(did, rkey) } else { ledger_uri(did, rkey) };
     let empty = LtHash::default();
     let bad = Class::from_record(did, record).err().map(|e| e.to_string());
     tx.prepare_cached(
@@ -235,16 +250,17 @@ pub fn put_tx(tx: &Transaction<'_>, did: &str, rkey: &str, cid: &str, record: &V
 pub fn tx_changed(tx: &Transaction<'_>, did: &str, rkey: &str) -> rusqlite::Result<()> {
     let Some((class_rkey, seq)) = rkey.rsplit_once('-') else { return Ok(()) };
     let Ok(seq) = seq.parse::<i64>() else { return Ok(()) };
-    let uri = ledger_uri(did, class_rkey);
-    if ledger(tx, &uri)?.is_some_and(|r| seq <= r.seq) {
-        mark_bad(tx, &uri, seq, &format!("transaction {seq}'s record was changed or deleted"))?;
+    for uri in [ledger_uri(did, class_rkey), instance_uri(did, class_rkey)] {
+        if ledger(tx, &uri)?.is_some_and(|r| seq <= r.seq) {
+            mark_bad(tx, &uri, seq, &format!("transaction {seq}'s record was changed or deleted"))?;
+        }
     }
     Ok(())
 }
 
-/// A class record changed or deleted: its ledger stops.
-pub fn class_changed(tx: &Transaction<'_>, did: &str, rkey: &str) -> rusqlite::Result<()> {
-    let uri = ledger_uri(did, rkey);
+/// A class or instance record changed or deleted: its ledger stops.
+pub fn class_changed(tx: &Transaction<'_>, collection: &str, did: &str, rkey: &str) -> rusqlite::Result<()> {
+    let uri = if collection == INSTANCE { instance_uri(did, rkey) } else { ledger_uri(did, rkey) };
     if let Some(r) = ledger(tx, &uri)? {
         mark_bad(tx, &uri, r.seq + 1, "the class record was changed or deleted")?;
     }
