@@ -5,6 +5,7 @@
 
 mod backup;
 mod bench;
+mod bench_asset;
 mod bench_chat;
 mod bench_feed;
 mod blobs;
@@ -309,6 +310,36 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         messages: usize,
     },
+    /// Asset ledger transfers on a running node, without a contract and with an `on_transfer`
+    /// hook (`--hook`, a module), by one writer and by several: per second, p50, p99 (JSON
+    /// result; `scripts/asset-bench.sh` starts a node and compiles the fee hook).
+    Asset {
+        /// The node's address.
+        #[arg(long, default_value = "127.0.0.1:2583")]
+        addr: SocketAddr,
+        /// Transfers per run.
+        #[arg(long, default_value_t = 2000)]
+        transfers: usize,
+        /// Concurrent writers in the second run.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// A contract module (.wasm) instantiated as the hooked class's `on_transfer` hook.
+        #[arg(long)]
+        hook: Option<PathBuf>,
+        /// The hook's instantiate message (JSON).
+        #[arg(long, default_value = "{}")]
+        hook_msg: String,
+    },
+    /// `verifyLedger`'s replay of a ledger of many transactions, built in memory as the node
+    /// writes them (JSON result: build and replay time, per transaction, peak memory).
+    Ledger {
+        /// Transactions in the ledger.
+        #[arg(long, default_value_t = 1_000_000)]
+        txs: usize,
+        /// Transaction records per commit while building it.
+        #[arg(long, default_value_t = 1000)]
+        per_commit: usize,
+    },
     /// WebSocket fan-out: clients subscribed to one repository of a running node while it
     /// takes writes at a fixed rate; delivery latency, missing events, node RSS (JSON result).
     Ws {
@@ -587,6 +618,14 @@ fn command(cli: Cli) -> anyhow::Result<()> {
             let shape =
                 bench_feed::FeedShape { accounts, posts, follows, likes_per_account, replies, connections, calls, dir };
             print_json(rt.block_on(bench_feed::feed(shape))?)
+        }
+        Command::Bench(BenchCommand::Asset { addr, transfers, writers, hook, hook_msg }) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let msg: serde_json::Value = serde_json::from_str(&hook_msg)?;
+            print_json(rt.block_on(bench_asset::asset(addr, transfers, writers.max(1), hook, msg))?)
+        }
+        Command::Bench(BenchCommand::Ledger { txs, per_commit }) => {
+            print_json(bench_asset::ledger(txs.max(1), per_commit.max(1))?)
         }
         Command::Bench(BenchCommand::Chat { a, b, messages }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;

@@ -113,15 +113,26 @@ fn the_metadata_has_what_the_reference_pds_publishes() {
     let Some(refpds) = shared::reference_pds() else { return };
     let root = tempfile::tempdir().unwrap();
     let node = start_with(&root.path().join("node"), "[xrpc.rate_limits]\nenabled = false\n");
-    let (plc_port, pds_port) = (support::free_port(), support::free_port());
-    let out = Command::new("node")
-        .arg(refpds.join("oauth_metadata.mjs"))
-        .args([plc_port.to_string(), pds_port.to_string()])
-        .arg(root.path().join("reference"))
-        .arg(&node.base)
-        .current_dir(&refpds)
-        .output()
-        .unwrap();
+    // A free port can be taken by another test between the check and the listen: three tries.
+    let (mut out, mut pds_port) = (None, 0);
+    for _ in 0..3 {
+        let plc_port = support::free_port();
+        pds_port = support::free_port();
+        let run = Command::new("node")
+            .arg(refpds.join("oauth_metadata.mjs"))
+            .args([plc_port.to_string(), pds_port.to_string()])
+            .arg(root.path().join(format!("reference-{pds_port}")))
+            .arg(&node.base)
+            .current_dir(&refpds)
+            .output()
+            .unwrap();
+        let taken = String::from_utf8_lossy(&run.stderr).contains("EADDRINUSE");
+        out = Some(run);
+        if !taken {
+            break;
+        }
+    }
+    let out = out.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let reference_base = format!("http://localhost:{pds_port}");

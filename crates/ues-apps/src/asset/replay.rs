@@ -203,3 +203,113 @@ pub fn replay_remote(
         .map_err(|e| crate::peer::upstream(format!("{did}'s repository does not check: {e}")))?;
     replay(&repo, did, collection, class_rkey)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+    use ues_protocol::sync::repo::crypto::{KeyType, Keypair};
+    use ues_protocol::sync::repo::ipld::json::record_from_json;
+    use ues_protocol::sync::repo::repo::Write;
+    use ues_protocol::sync::repo::syntax::TidGenerator;
+
+    use super::*;
+    use crate::asset::ledger::Class;
+    use crate::asset::store::{CLASS, ledger_uri};
+
+    const PEOPLE: [&str; 4] = ["did:web:issuer.example", "did:web:a.example", "did:web:b.example", "did:web:c.example"];
+
+    /// A repository holding a ledger of the accepted operations among `ops` (in commits of
+    /// `batch`), the state hash after each, with transaction `bad` (if any) written with a
+    /// wrong state hash; the repository, its key and class key, and the expected last hash.
+    fn build(
+        ops: &[(usize, usize, u8, u128)],
+        batch: usize,
+        bad: Option<usize>,
+    ) -> (Repo<MemoryBlockstore>, Keypair, String, i64, String) {
+        let key = Keypair::generate(KeyType::K256);
+        let did = Did::new(PEOPLE[0]).unwrap();
+        let tids = TidGenerator::new(1);
+        let (mut repo, _) = Repo::create(MemoryBlockstore::new(), did.clone(), &key, tids.next()).unwrap();
+        let class_rkey = tids.next().to_string();
+        let class_json =
+            json!({"$type": CLASS, "kind": "fungible", "name": "T", "createdAt": "2026-12-06T00:00:00.000Z"});
+        let class = Class::from_record(PEOPLE[0], &class_json).unwrap();
+        let mut writes = vec![Write::Create {
+            collection: Nsid::new(CLASS).unwrap(),
+            rkey: RecordKey::new(&class_rkey).unwrap(),
+            record: record_from_json(&class_json).unwrap(),
+        }];
+        let mut state = Memory::default();
+        let mut seq = 0i64;
+        let mut last = state.hash.digest();
+        for (a, b, kind, amount) in ops {
+            let (actor, op) = match kind {
+                0 => (
+                    PEOPLE[0],
+                    Op::Mint { to: PEOPLE[*b].into(), token: None, amount: *amount, metadata: None, unique: false },
+                ),
+                1 => (
+                    PEOPLE[*a],
+                    Op::Transfer {
+                        from: PEOPLE[*a].into(),
+                        to: PEOPLE[*b].into(),
+                        token: None,
+                        amount: *amount,
+                        fee: None,
+                    },
+                ),
+                _ => (PEOPLE[*a], Op::Burn { from: PEOPLE[*a].into(), token: None, amount: *amount }),
+            };
+            let Ok(hash) = state.apply(&class, actor, &op) else { continue };
+            seq += 1;
+            let written = if bad == Some(seq as usize) { "0".repeat(64) } else { hash.clone() };
+            last = hash;
+            let record = json!({
+                "$type": TX, "ledger": ledger_uri(PEOPLE[0], &class_rkey), "seq": seq, "actor": actor,
+                "op": op.to_json(), "stateHash": written, "createdAt": "2026-12-06T00:00:00.000Z",
+            });
+            writes.push(Write::Create {
+                collection: Nsid::new(TX).unwrap(),
+                rkey: RecordKey::new(tx_rkey(&class_rkey, seq)).unwrap(),
+                record: record_from_json(&record).unwrap(),
+            });
+            if writes.len() >= batch {
+                repo.apply_writes(&writes, &key, tids.next(), None).unwrap();
+                writes.clear();
+            }
+        }
+        if !writes.is_empty() {
+            repo.apply_writes(&writes, &key, tids.next(), None).unwrap();
+        }
+        (repo, key, class_rkey, seq, last)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// A ledger exported as a CAR and imported on another store (checked against the
+        /// issuer's key) replays to the same state hash; one wrong transaction is found.
+        #[test]
+        fn an_exported_ledger_replays_to_the_same_hash_elsewhere(
+            ops in proptest::collection::vec((0usize..4, 0usize..4, 0u8..3, 1u128..40), 1..60),
+            batch in 1usize..20,
+            bad in proptest::option::of(1usize..30),
+        ) {
+            let (repo, key, rkey, seq, last) = build(&ops, batch, None);
+            let car = repo.export_car(Vec::new()).unwrap();
+            let did = Did::new(PEOPLE[0]).unwrap();
+            let elsewhere = import_car(MemoryBlockstore::new(), car.as_slice(), &did, &key.public()).unwrap();
+            let report = replay(&elsewhere, PEOPLE[0], CLASS, &rkey).unwrap().unwrap();
+            prop_assert_eq!(report.first_bad, None);
+            prop_assert_eq!((report.seq, report.state_hash), (seq, last));
+
+            if let Some(bad) = bad.filter(|b| (*b as i64) <= seq) {
+                let (repo, _, rkey, _, _) = build(&ops, batch, Some(bad));
+                let report = replay(&repo, PEOPLE[0], CLASS, &rkey).unwrap().unwrap();
+                prop_assert_eq!(report.first_bad.map(|b| b.0), Some(bad as i64));
+                prop_assert_eq!(report.seq, bad as i64 - 1);
+            }
+        }
+    }
+}
