@@ -14,6 +14,9 @@ use support::{Running, agent, create_account, start_with, xrpc_post};
 
 const CONFIG: &str = "[xrpc.rate_limits]\nenabled = false\n";
 
+/// The guest runtime the sandbox's own tests share: a bump heap, regions, the ABI's exports.
+const RUNTIME: &str = include_str!("../crates/ues-apps/src/contract/tests/runtime.wat");
+
 fn enc(s: &str) -> String {
     s.replace(':', "%3A").replace('/', "%2F")
 }
@@ -41,8 +44,8 @@ fn call(node: &Running, method: &str, token: &str, body: Value, status: u16) -> 
     v
 }
 
-/// A minimal `ues-1` guest: a bump allocator, `$region(ptr, len)`, `$ok` (`{"ok":null}`), the
-/// bytes "key" at 32, `{"ok":1}` at 64 and `{"ok":2}` at 80; then `body`.
+/// A minimal `ues-1` guest: [`RUNTIME`], `$ok` (`{"ok":null}`), the bytes "key" at 32,
+/// `{"ok":1}` at 64 and `{"ok":2}` at 80; then `body`.
 fn guest(imports: &str, body: &str) -> Vec<u8> {
     wat::parse_str(format!(
         r#"(module
@@ -50,30 +53,10 @@ fn guest(imports: &str, body: &str) -> Vec<u8> {
   (import "ues" "db_write" (func $db_write (param i32 i32)))
   {imports}
   (memory (export "memory") 2)
-  (global $heap (mut i32) (i32.const 1024))
-  (data (i32.const 16) "{{\"ok\":null}}")
+{runtime}
   (data (i32.const 32) "key")
   (data (i32.const 64) "{{\"ok\":1}}")
   (data (i32.const 80) "{{\"ok\":2}}")
-  (func $alloc (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (local.get $p) (local.get $n)))
-    (local.get $p))
-  (func $region (param $ptr i32) (param $len i32) (result i32)
-    (local $r i32)
-    (local.set $r (call $alloc (i32.const 12)))
-    (i32.store (local.get $r) (local.get $ptr))
-    (i32.store offset=4 (local.get $r) (local.get $len))
-    (i32.store offset=8 (local.get $r) (local.get $len))
-    (local.get $r))
-  (func (export "allocate") (param $n i32) (result i32)
-    (local $r i32)
-    (local.set $r (call $region (call $alloc (local.get $n)) (local.get $n)))
-    (i32.store offset=8 (local.get $r) (i32.const 0))
-    (local.get $r))
-  (func (export "deallocate") (param i32))
-  (func (export "ues_abi_1"))
   (func $ok (result i32) (call $region (i32.const 16) (i32.const 11)))
   (func $key (result i32) (call $region (i32.const 32) (i32.const 3)))
   (func (export "instantiate") (param i32 i32 i32) (result i32)
@@ -81,7 +64,8 @@ fn guest(imports: &str, body: &str) -> Vec<u8> {
     (call $ok))
   (func (export "query") (param i32 i32) (result i32) (call $db_read (call $key)))
   {body}
-)"#
+)"#,
+        runtime = RUNTIME,
     ))
     .unwrap()
 }

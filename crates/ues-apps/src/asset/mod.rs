@@ -465,22 +465,9 @@ async fn list_tokens(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, Strin
             Some(h) => (ledger::key::balance(h, ""), 'b'),
             None => (ledger::key::token(""), 't'),
         };
-        let mut after = prefix.clone();
-        after.extend_from_slice(cursor.as_bytes());
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = read(node, |c| {
-            c.prepare_cached(
-                "SELECT key, value FROM asset_entry WHERE ledger = ?1 AND key >= ?2 AND key > ?3 ORDER BY key LIMIT ?4",
-            )?
-            .query_map(params![uri, prefix, after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
         let mut tokens = Vec::new();
         let mut last = None;
-        for (k, v) in rows {
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        for (id, v) in page(node, &uri, &prefix, &cursor, limit)? {
             let mut t = json!({});
             if !id.is_empty() {
                 t["tokenId"] = Value::String(id.clone());
@@ -516,6 +503,25 @@ async fn list_tokens(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, Strin
         Ok(Json(v))
     })
     .await
+}
+
+/// Up to `limit` entries of a ledger whose keys start with `prefix`, after `prefix` + `cursor`,
+/// in key order: each key's rest (after the prefix) and its value.
+fn page(node: &Node, uri: &str, prefix: &[u8], cursor: &str, limit: i64) -> Result<Vec<(String, Vec<u8>)>, NodeError> {
+    let mut after = prefix.to_vec();
+    after.extend_from_slice(cursor.as_bytes());
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = read(node, |c| {
+        c.prepare_cached(
+            "SELECT key, value FROM asset_entry WHERE ledger = ?1 AND key >= ?2 AND key > ?3 ORDER BY key LIMIT ?4",
+        )?
+        .query_map(params![uri, prefix, after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })?;
+    Ok(rows
+        .into_iter()
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), v))
+        .collect())
 }
 
 fn tokens_full(v: &Value, limit: i64) -> bool {
@@ -593,20 +599,9 @@ async fn get_listings(app: Arc<Asset>, _headers: HeaderMap, p: Vec<(String, Stri
             return ask_issuer(&app, "dev.ues.asset.getListings", &uri, &p);
         }
         let node = app.node();
-        let prefix = ledger::key::listing("");
-        let mut after = prefix.clone();
-        after.extend_from_slice(cursor.as_bytes());
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = read(node, |c| {
-            c.prepare_cached(
-                "SELECT key, value FROM asset_entry WHERE ledger = ?1 AND key >= ?2 AND key > ?3 ORDER BY key LIMIT ?4",
-            )?
-            .query_map(params![uri, prefix, after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
         let mut listings = Vec::new();
-        for (k, v) in rows.iter().take_while(|(k, _)| k.starts_with(&prefix)) {
-            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let Ok(l) = ledger::Listing::decode(v) else { continue };
+        for (id, v) in page(node, &uri, &ledger::key::listing(""), &cursor, limit)? {
+            let Ok(l) = ledger::Listing::decode(&v) else { continue };
             let mut view = l.view();
             view["listingId"] = Value::String(id);
             listings.push(view);

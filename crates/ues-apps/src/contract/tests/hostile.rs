@@ -20,34 +20,15 @@ fn guest_importing(pages: u32, imports: &str, body: &str) -> Vec<u8> {
   (import "ues" "db_remove" (func $db_remove (param i32)))
   {imports}
   (memory (export "memory") {pages})
-  (global $heap (mut i32) (i32.const 1024))
-  (data (i32.const 16) "{{\"ok\":null}}")
+{runtime}
   (data (i32.const 32) "key")
   (data (i32.const 48) "value")
-  (func $alloc (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (local.get $p) (local.get $n)))
-    (local.get $p))
-  (func $region (param $ptr i32) (param $len i32) (result i32)
-    (local $r i32)
-    (local.set $r (call $alloc (i32.const 12)))
-    (i32.store (local.get $r) (local.get $ptr))
-    (i32.store offset=4 (local.get $r) (local.get $len))
-    (i32.store offset=8 (local.get $r) (local.get $len))
-    (local.get $r))
-  (func (export "allocate") (param $n i32) (result i32)
-    (local $r i32)
-    (local.set $r (call $region (call $alloc (local.get $n)) (local.get $n)))
-    (i32.store offset=8 (local.get $r) (i32.const 0))
-    (local.get $r))
-  (func (export "deallocate") (param i32))
-  (func (export "ues_abi_1"))
   (func $ok (result i32) (call $region (i32.const 16) (i32.const 11)))
   (func $key (result i32) (call $region (i32.const 32) (i32.const 3)))
   (func $value (result i32) (call $region (i32.const 48) (i32.const 5)))
   {body}
-)"#
+)"#,
+        runtime = super::RUNTIME,
     ))
 }
 

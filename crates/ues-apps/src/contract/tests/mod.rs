@@ -15,6 +15,9 @@ use crate::contract::{ContractError, Entry, Outcome, Sandbox};
 /// A contract's committed state in tests.
 pub(super) type Kv = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// The guest runtime the tests' modules share (`runtime.wat`, spliced into each).
+pub(super) const RUNTIME: &str = include_str!("runtime.wat");
+
 pub(super) fn wasm(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap_or_else(|e| panic!("invalid WAT: {e}"))
 }

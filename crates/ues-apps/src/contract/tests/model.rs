@@ -17,27 +17,7 @@ const KV: &str = r#"(module
   (import "ues" "db_write" (func $db_write (param i32 i32)))
   (import "ues" "db_remove" (func $db_remove (param i32)))
   (memory (export "memory") 2)
-  (global $heap (mut i32) (i32.const 1024))
-  (data (i32.const 16) "{\"ok\":null}")
-  (func $alloc (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (local.get $p) (local.get $n)))
-    (local.get $p))
-  (func $region (param $ptr i32) (param $len i32) (result i32)
-    (local $r i32)
-    (local.set $r (call $alloc (i32.const 12)))
-    (i32.store (local.get $r) (local.get $ptr))
-    (i32.store offset=4 (local.get $r) (local.get $len))
-    (i32.store offset=8 (local.get $r) (local.get $len))
-    (local.get $r))
-  (func (export "allocate") (param $n i32) (result i32)
-    (local $r i32)
-    (local.set $r (call $region (call $alloc (local.get $n)) (local.get $n)))
-    (i32.store offset=8 (local.get $r) (i32.const 0))
-    (local.get $r))
-  (func (export "deallocate") (param i32))
-  (func (export "ues_abi_1"))
+  ;; runtime
   ;; the first position from $p holding $stop, or $end
   (func $until (param $p i32) (param $end i32) (param $stop i32) (result i32)
     (block $done
@@ -151,7 +131,7 @@ proptest! {
         state in proptest::collection::btree_map(key().prop_map(String::into_bytes), "[a-z]{0,4}".prop_map(String::into_bytes), 0..6),
         ops in proptest::collection::vec(op(), 0..24),
     ) {
-        let bytes = wasm(KV);
+        let bytes = wasm(&KV.replace("  ;; runtime\n", super::RUNTIME));
         let msg = encode(&ops);
         let call = || sandbox().call(code_key(&bytes), &bytes, Entry::Execute, &json!({}), None, &msg, &state);
         let outcome = call().unwrap();
