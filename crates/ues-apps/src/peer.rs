@@ -8,7 +8,7 @@ use std::io::Read;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use ues_protocol::node::{Node, NodeError};
-use ues_protocol::sync::repo::identity::parse_did_document;
+use ues_protocol::sync::repo::identity::{AtprotoIdentity, parse_did_document};
 use ues_protocol::sync::repo::syntax::Did;
 
 /// Largest answer read from another node.
@@ -68,8 +68,8 @@ pub(crate) fn hosted(node: &Node, did: &str) -> Result<bool, NodeError> {
     Ok(node.accounts.get(&did).map_err(NodeError::internal)?.is_some_and(|a| a.status != "deleted"))
 }
 
-/// The node holding `did`'s account (its DID document's `#atproto_pds`), without a trailing `/`.
-pub(crate) fn pds_of(node: &Node, did: &str) -> Result<String, NodeError> {
+/// `did`'s identity: its DID document resolved (did:plc through the node's directory) and read.
+pub(crate) fn identity(node: &Node, did: &str) -> Result<(Did, AtprotoIdentity), NodeError> {
     let parsed = Did::new(did).map_err(|_| NodeError::invalid(format!("{did:?} is not a DID")))?;
     let doc = node
         .dids
@@ -77,6 +77,12 @@ pub(crate) fn pds_of(node: &Node, did: &str) -> Result<String, NodeError> {
         .map_err(|e| NodeError::bad("AccountNotFound", format!("{did} does not resolve: {e}")))?;
     let id = parse_did_document(&doc, &parsed)
         .map_err(|e| NodeError::bad("AccountNotFound", format!("{did}'s DID document: {e}")))?;
+    Ok((parsed, id))
+}
+
+/// The node holding `did`'s account (its DID document's `#atproto_pds`), without a trailing `/`.
+pub(crate) fn pds_of(node: &Node, did: &str) -> Result<String, NodeError> {
+    let (_, id) = identity(node, did)?;
     let pds = id
         .pds_endpoint
         .ok_or_else(|| NodeError::bad("AccountNotFound", format!("{did}'s DID document names no PDS")))?;

@@ -8,11 +8,10 @@ use std::io::Read;
 
 use serde_json::{Value, json};
 use ues_protocol::node::{Node, NodeError};
-use ues_protocol::sync::repo::identity::parse_did_document;
 use ues_protocol::sync::repo::ipld::storage::{Blockstore, MemoryBlockstore};
 use ues_protocol::sync::repo::ipld::{dagcbor, json as ipld_json};
 use ues_protocol::sync::repo::repo::{Repo, import_car};
-use ues_protocol::sync::repo::syntax::{Did, Nsid, RecordKey};
+use ues_protocol::sync::repo::syntax::{Nsid, RecordKey};
 
 use super::ledger::{Class, Memory, Op};
 use super::store::{TX, tx_rkey};
@@ -174,13 +173,7 @@ pub fn replay_remote(
     class_rkey: &str,
     max_bytes: u64,
 ) -> Result<Option<Report>, NodeError> {
-    let parsed = Did::new(did).map_err(|_| NodeError::invalid(format!("{did:?} is not a DID")))?;
-    let doc = node
-        .dids
-        .resolve(&parsed)
-        .map_err(|e| NodeError::bad("AccountNotFound", format!("{did} does not resolve: {e}")))?;
-    let id = parse_did_document(&doc, &parsed)
-        .map_err(|e| NodeError::bad("AccountNotFound", format!("{did}'s DID document: {e}")))?;
+    let (parsed, id) = crate::peer::identity(node, did)?;
     let key = id.signing_key.ok_or_else(|| NodeError::bad("AccountNotFound", format!("{did} names no signing key")))?;
     let pds = crate::peer::pds_of(node, did)?;
     let url = format!("{pds}/xrpc/com.atproto.sync.getRepo?did={did}");
@@ -211,7 +204,7 @@ mod tests {
     use ues_protocol::sync::repo::crypto::{KeyType, Keypair};
     use ues_protocol::sync::repo::ipld::json::record_from_json;
     use ues_protocol::sync::repo::repo::Write;
-    use ues_protocol::sync::repo::syntax::TidGenerator;
+    use ues_protocol::sync::repo::syntax::{Did, TidGenerator};
 
     use super::*;
     use crate::asset::ledger::Class;
