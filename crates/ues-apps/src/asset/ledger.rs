@@ -1268,3 +1268,72 @@ mod tests {
         }
     }
 }
+
+/// Arbitrary input from the network (a record from the event log, a method's body) through the
+/// parser and the state machine: typed errors, never a panic.
+#[cfg(test)]
+mod hostile {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[a-z0-9:.~_-]{0,40}".prop_map(Value::String),
+            prop_oneof![
+                Just("did:plc:a"),
+                Just("did:web:b.example"),
+                Just("340282366920938463463374607431768211455"),
+                Just("at://did:plc:a/x/y")
+            ]
+            .prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("to".to_string()),
+                        Just("from".to_string()),
+                        Just("amount".to_string()),
+                        Just("tokenId".to_string()),
+                        Just("writes".to_string()),
+                        Just("fee".to_string()),
+                        Just("royalty".to_string()),
+                        Just("metadata".to_string()),
+                        "[a-z$]{1,8}"
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_operations_are_refused_or_applied_never_a_panic(
+            mut op in any_json(),
+            kind in 0usize..OP_TYPES.len() + 1,
+            class in prop_oneof![Just(Kind::Fungible), Just(Kind::NonFungible), Just(Kind::Multi), Just(Kind::Contract)],
+        ) {
+            if let (Some(m), Some(t)) = (op.as_object_mut(), OP_TYPES.get(kind)) {
+                m.insert("$type".into(), json!(t));
+            }
+            let class = Class { issuer: "did:plc:a".into(), kind: class, decimals: 0, max_supply: Some(10), royalty: None, contract: None };
+            if let Ok(parsed) = Op::from_json(&op) {
+                let mut state = Memory::default();
+                let before = state.hash.digest();
+                if state.apply(&class, "did:plc:a", &parsed).is_err() {
+                    prop_assert_eq!(state.hash.digest(), before);
+                }
+            }
+            let _ = Class::from_record("did:plc:a", &op);
+        }
+    }
+}

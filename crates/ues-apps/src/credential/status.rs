@@ -343,3 +343,20 @@ mod tests {
         }
     }
 }
+
+/// Arbitrary encoded lists (a status list fetched from anywhere): refused or read, never a panic.
+#[cfg(test)]
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_encoded_lists_never_panic(s in "u?[A-Za-z0-9_-]{0,200}", bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = StatusList::decode(&s, 1 << 20);
+            let encoded = format!("u{}", data_encoding::BASE64URL_NOPAD.encode(&bytes));
+            let _ = StatusList::decode(&encoded, 1 << 20);
+        }
+    }
+}

@@ -463,3 +463,26 @@ fn allocate_may_not_reenter_the_host() {
     let state = Kv::from([(b"key".to_vec(), b"v".to_vec())]);
     assert_eq!(run_with(Limits::default(), &bytes, Entry::Execute, &state), trapped("Reentrant"));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Arbitrary bytes, and the allowlist module with one byte changed, as uploads: refused with
+    /// a typed error, or admitted and run within bounds; never a panic.
+    #[test]
+    fn arbitrary_and_mutated_modules_never_panic(
+        noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        at in proptest::prelude::any::<usize>(),
+        byte in proptest::prelude::any::<u8>(),
+    ) {
+        let sandbox = Sandbox::new(Limits { fuel: 200_000, ..Limits::default() });
+        let _ = sandbox.check(&noise);
+        let mut bytes = wasm(&std::fs::read_to_string(super::contracts_dir().join("allowlist.wat")).unwrap());
+        let i = at % bytes.len();
+        bytes[i] = byte;
+        if sandbox.check(&bytes).is_ok() {
+            let msg = json!({"from": "did:plc:a", "to": "did:plc:b", "amount": "1"});
+            let _ = sandbox.call(code_key(&bytes), &bytes, Entry::OnTransfer, &env_at(1), None, &msg, &Kv::new());
+        }
+    }
+}
