@@ -254,7 +254,8 @@ fn a_holder_on_another_node_acts_through_it_and_the_ledger_replays_there() {
     let directory = plc::start_directory(&js);
     let config = format!("[xrpc]\nplc_url = \"{}\"\n[xrpc.rate_limits]\nenabled = false\n", directory.url);
     let a = start_with(&root.path().join("a"), &config);
-    let b = start_with(&root.path().join("b"), &config);
+    // Node B fetches at most 1 MiB of another node's repository to replay it.
+    let b = start_with(&root.path().join("b"), &format!("{config}[asset]\nmax_remote_repo_mib = 1\n"));
     let (issuer, it) = create_account(&a.base, "issuer.test");
     let (carol, ct) = create_account(&a.base, "carol.test");
     let (bob, bt) = create_account(&b.base, "bob.test");
@@ -358,5 +359,17 @@ fn a_holder_on_another_node_acts_through_it_and_the_ledger_replays_there() {
             "{on_b}"
         );
     }
-    drop(issuer);
+
+    // The issuer's repository grows past what B fetches to replay (two records of 700 KB): B
+    // refuses with the reason, reads no further, and still answers.
+    for i in 0..2 {
+        let record = json!({"$type": "dev.ues.test.padding", "text": "x".repeat(700_000)});
+        let body =
+            json!({"repo": issuer, "collection": "dev.ues.test.padding", "rkey": format!("p{i}"), "record": record});
+        let (s, v) = xrpc_post(&a, "com.atproto.repo.createRecord", Some(&it), body);
+        assert_eq!(s, 200, "{v}");
+    }
+    let (status, v) = get(&b, &format!("/xrpc/dev.ues.asset.verifyLedger?ledger={}", enc(&coin)));
+    assert_eq!((status, v["error"].as_str()), (400, Some("RepoTooLarge")), "{v}");
+    assert_eq!(balance(&b, &coin, &carol, None), balance(&a, &coin, &carol, None), "B still answers");
 }
