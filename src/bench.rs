@@ -102,7 +102,7 @@ pub(crate) async fn create_account(c: &mut Conn, handle: &str) -> anyhow::Result
 }
 
 /// A fresh account named `<prefix><pid>.test`: its access token and DID.
-async fn bench_account(addr: SocketAddr, prefix: &str) -> anyhow::Result<(Arc<str>, Arc<str>)> {
+pub(crate) async fn bench_account(addr: SocketAddr, prefix: &str) -> anyhow::Result<(Arc<str>, Arc<str>)> {
     let mut c = Conn::open(addr).await?;
     let (did, token) = create_account(&mut c, &format!("{prefix}{}.test", std::process::id())).await?;
     Ok((token.into(), did.into()))
@@ -504,15 +504,15 @@ pub(crate) async fn ws(addr: SocketAddr, shape: WsShape, admin_password: Option<
     }))
 }
 
-const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xA;
 
 /// The WebSocket client of `ues bench ws`: RFC 6455 framing over a plain TCP stream, reading
 /// into one reused buffer (no zeroing, no copy per message, no UTF-8 check), so that a thousand
 /// of them on the node's machine cost it as little as a client can. Messages up to 4 MiB.
-struct RawWs {
+pub(crate) struct RawWs {
     stream: TcpStream,
     buf: Vec<u8>,
     /// Where the unread bytes of `buf` start (the previous message ends there).
@@ -522,7 +522,7 @@ struct RawWs {
 }
 
 impl RawWs {
-    async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         stream
@@ -550,7 +550,7 @@ impl RawWs {
     }
 
     /// Sends one masked frame (clients must mask).
-    async fn send(&mut self, op: u8, payload: &[u8]) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, op: u8, payload: &[u8]) -> anyhow::Result<()> {
         let mask = rand::random::<[u8; 4]>();
         let mut frame = vec![0x80 | op];
         match payload.len() {
@@ -571,7 +571,7 @@ impl RawWs {
 
     /// The next frame's opcode and payload (`None` when the server closed the connection).
     /// Fragmented messages are not expected from the node and are refused.
-    async fn next(&mut self) -> Option<anyhow::Result<(u8, &[u8])>> {
+    pub(crate) async fn next(&mut self) -> Option<anyhow::Result<(u8, &[u8])>> {
         self.start += std::mem::take(&mut self.consumed);
         loop {
             match self.frame() {

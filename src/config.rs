@@ -45,6 +45,25 @@ pub(crate) struct Config {
     pub(crate) chat: ChatSection,
     /// The asset registry.
     pub(crate) asset: AssetSection,
+    /// Live views.
+    pub(crate) lens: LensSection,
+}
+
+/// `[lens]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LensSection {
+    /// Stored rows one view may hold (its inputs, groups and output).
+    pub(crate) max_view_rows: i64,
+    /// Views one account may have.
+    pub(crate) max_views_per_account: usize,
+}
+
+impl Default for LensSection {
+    fn default() -> Self {
+        let l = ues_apps::lens::LensConfig::default();
+        Self { max_view_rows: l.max_view_rows, max_views_per_account: l.max_views_per_account }
+    }
 }
 
 /// `[asset]`
@@ -180,6 +199,10 @@ impl Config {
                 contract_fuel: self.asset.contract_fuel.max(1),
                 max_module_bytes: self.asset.max_module_kib.max(1).saturating_mul(1 << 10),
             },
+            lens: ues_apps::lens::LensConfig {
+                max_view_rows: self.lens.max_view_rows.max(1),
+                max_views_per_account: self.lens.max_views_per_account.max(1),
+            },
         })
     }
 }
@@ -238,6 +261,7 @@ impl Default for AppsSection {
                 "dev.ues.chat".to_string(),
                 "dev.ues.asset".to_string(),
                 "dev.ues.credential".to_string(),
+                "dev.ues.lens".to_string(),
             ],
         }
     }
@@ -261,6 +285,7 @@ impl Default for Config {
             feed: FeedSection::default(),
             chat: ChatSection::default(),
             asset: AssetSection::default(),
+            lens: LensSection::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ mod bench;
 mod bench_asset;
 mod bench_chat;
 mod bench_feed;
+mod bench_lens;
 mod blobs;
 mod config;
 mod doctor;
@@ -330,6 +331,33 @@ enum BenchCommand {
         #[arg(long, default_value = "{}")]
         hook_msg: String,
     },
+    /// Live-view maintenance on the node's engine: a grouped join of `rows` groups is built,
+    /// then single likes come and go (JSON result: build rate, each change's time, against
+    /// recomputing the view).
+    Lens {
+        /// Posts (each liked once): the view's rows.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Changes measured.
+        #[arg(long, default_value_t = 20_000)]
+        changes: usize,
+        /// Changes per transaction (the event consumer applies a batch per transaction).
+        #[arg(long, default_value_t = 100)]
+        per_tx: usize,
+        /// Where the database file goes (removed after).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// The delay from a commit to the difference it makes arriving on a `/ws` view
+    /// subscription, against a running node (JSON result).
+    LensWs {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:2583")]
+        addr: SocketAddr,
+        /// Writes measured.
+        #[arg(long, default_value_t = 200)]
+        writes: usize,
+    },
     /// `verifyLedger`'s replay of a ledger of many transactions, built in memory as the node
     /// writes them (JSON result: build and replay time, per transaction, peak memory).
     Ledger {
@@ -623,6 +651,13 @@ fn command(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
             let msg: serde_json::Value = serde_json::from_str(&hook_msg)?;
             print_json(rt.block_on(bench_asset::asset(addr, transfers, writers.max(1), hook, msg))?)
+        }
+        Command::Bench(BenchCommand::Lens { rows, changes, per_tx, dir }) => {
+            print_json(bench_lens::lens(rows.max(1), changes.max(1), per_tx.max(1), &dir)?)
+        }
+        Command::Bench(BenchCommand::LensWs { addr, writes }) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            print_json(rt.block_on(bench_lens::lens_ws(addr, writes.max(1)))?)
         }
         Command::Bench(BenchCommand::Ledger { txs, per_commit }) => {
             print_json(bench_asset::ledger(txs.max(1), per_commit.max(1))?)

@@ -13,7 +13,7 @@ use ues_repo::lexicon_evolution::check_evolution;
 fn ours() -> Lexicons {
     let mut lex = Lexicons::new();
     let n = lex.load_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/lexicons"))).unwrap();
-    assert_eq!(n, 151);
+    assert_eq!(n, 161);
     lex
 }
 

@@ -22,6 +22,7 @@ pub mod chat;
 pub mod contract;
 pub mod credential;
 pub mod feed;
+pub mod lens;
 mod mirror;
 mod peer;
 pub mod stats;
@@ -129,6 +130,8 @@ pub struct AppsConfig {
     pub chat: chat::ChatConfig,
     /// The asset registry's.
     pub asset: asset::AssetConfig,
+    /// The live views'.
+    pub lens: lens::LensConfig,
 }
 
 /// The applications built into the node, by name.
@@ -139,6 +142,7 @@ pub fn built_in(cfg: &AppsConfig) -> Vec<Arc<dyn App>> {
         Arc::new(chat::Chat::new(cfg.chat.clone())),
         Arc::new(asset::Asset::new(cfg.asset.clone())),
         Arc::new(credential::Credentials::default()),
+        Arc::new(lens::Lens::new(cfg.lens.clone())),
     ]
 }
 

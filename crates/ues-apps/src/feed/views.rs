@@ -1398,6 +1398,9 @@ enum Algorithm {
     FollowsSearch(String),
     /// Posts liked most in the last hours by the viewer and the accounts it follows.
     FollowsTopLiked(i64),
+    /// The `uri` column of a live view (`dev.ues.lens`): its URI, or the name of one of the
+    /// generator's account's views.
+    View(String),
 }
 
 fn algorithm(record: &Value) -> Option<Algorithm> {
@@ -1407,6 +1410,7 @@ fn algorithm(record: &Value) -> Option<Algorithm> {
         "followsTopLiked" => {
             Some(Algorithm::FollowsTopLiked(a.get("hours").and_then(Value::as_i64).unwrap_or(24).clamp(1, 24 * 30)))
         }
+        "view" => Some(Algorithm::View(a.get("view")?.as_str()?.to_string())),
         _ => None,
     }
 }
@@ -1517,6 +1521,18 @@ fn get_feed(ctx: &Ctx<'_>, p: &Params) -> Result<Value, NodeError> {
                 out.insert("cursor".into(), Value::String(format!("r:{}", offset + n)));
             }
             rows
+        }
+        Algorithm::View(view) => {
+            let view = match split_uri(at) {
+                Some((did, ..)) if !view.starts_with("at://") => format!("at://{did}/{}/{view}", crate::lens::VIEW),
+                _ => view,
+            };
+            let (posts, next) =
+                crate::lens::feed_posts(ctx.conn, &view, n as usize, one(p, "cursor"))?.ok_or_else(unknown)?;
+            if let Some(c) = next {
+                out.insert("cursor".into(), Value::String(c));
+            }
+            posts
         }
     };
     let mut feed = Vec::new();

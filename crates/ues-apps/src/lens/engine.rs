@@ -1,0 +1,948 @@
+//! Incremental view maintenance over Z-sets, with its state in the node's database.
+//!
+//! Each input record is a row of its alias (the columns the view reads). A change to one record
+//! (insert, update, delete) is turned into the joined rows it takes away and brings (the
+//! difference of the joined rows around it before and after, found through indexed join
+//! keys), then those rows, filtered, update their groups (a count, integer sums, and for `min`
+//! and `max` a multiset of values), and the groups (or, ungrouped, the rows) update the
+//! ordered output, of which the first `limit` rows are the view. The work is proportional to
+//! the rows the change touches, never to the size of the view.
+//!
+//! The state lives in SQLite tables written in the transaction that moves the application's
+//! cursor, so a restart resumes exactly where the last committed batch ended.
+//!
+//! Hand-written rather than built on Feldera's `dbsp`: see `docs/lenses.md` for the measured
+//! cost of that crate and why its in-memory, statically typed circuits do not fit views that
+//! accounts create at run time and that must persist with the event cursor.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+
+use serde_json::{Map, Value, json};
+use ues_protocol::sync::repo::ipld::storage::rusqlite::{self, Connection, OptionalExtension, params};
+
+use super::def::{Agg, Cmp, Operand, Pred, Ref, Sel, View};
+
+/// The tables.
+pub const MIGRATION_SQL: &str = "
+CREATE TABLE lens_view (
+    id INTEGER PRIMARY KEY,
+    did TEXT NOT NULL,
+    name TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    built_seq INTEGER NOT NULL,
+    top_n INTEGER NOT NULL DEFAULT 0,
+    state_n INTEGER NOT NULL DEFAULT 0,
+    stopped TEXT,
+    created_at INTEGER NOT NULL,
+    UNIQUE (did, name)
+);
+CREATE TABLE lens_in (
+    view INTEGER NOT NULL, alias INTEGER NOT NULL, rid TEXT NOT NULL, cols TEXT NOT NULL,
+    PRIMARY KEY (view, alias, rid)
+) WITHOUT ROWID;
+CREATE TABLE lens_key (
+    view INTEGER NOT NULL, edge INTEGER NOT NULL, side INTEGER NOT NULL, k TEXT NOT NULL, rid TEXT NOT NULL,
+    PRIMARY KEY (view, edge, side, k, rid)
+) WITHOUT ROWID;
+CREATE TABLE lens_group (
+    view INTEGER NOT NULL, g TEXT NOT NULL, n INTEGER NOT NULL, acc TEXT NOT NULL,
+    PRIMARY KEY (view, g)
+) WITHOUT ROWID;
+CREATE TABLE lens_mm (
+    view INTEGER NOT NULL, g TEXT NOT NULL, agg INTEGER NOT NULL, v BLOB NOT NULL, val TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (view, g, agg, v)
+) WITHOUT ROWID;
+CREATE TABLE lens_out (
+    view INTEGER NOT NULL, k TEXT NOT NULL, sort BLOB NOT NULL, top INTEGER NOT NULL, row TEXT NOT NULL,
+    PRIMARY KEY (view, k)
+) WITHOUT ROWID;
+CREATE INDEX lens_out_order ON lens_out (view, top, sort);
+";
+
+/// Joined rows one record change may touch at most (past it the view stops, with the reason).
+pub const MAX_FANOUT: usize = 1_000_000;
+
+/// An input record's columns (in its alias's column order).
+pub type Row = Vec<Value>;
+
+/// A failure maintaining a view.
+#[derive(Debug, thiserror::Error)]
+pub enum LensError {
+    /// The database failed (the batch rolls back and is retried).
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    /// The view cannot go on (its bound was passed): it stops with this reason.
+    #[error("{0}")]
+    Stop(String),
+}
+
+/// What a change did to a view's rows.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Diff {
+    /// Rows that joined the view.
+    pub added: Vec<Value>,
+    /// Rows that left it.
+    pub removed: Vec<Value>,
+}
+
+impl Diff {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+
+    /// Cancels rows both removed and added (a row that left and came back unchanged).
+    pub fn net(&mut self) {
+        if self.added.is_empty() || self.removed.is_empty() {
+            return;
+        }
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        for r in &self.added {
+            *counts.entry(r.to_string()).or_default() += 1;
+        }
+        for r in &self.removed {
+            *counts.entry(r.to_string()).or_default() -= 1;
+        }
+        let mut keep = |rows: &mut Vec<Value>, sign: i64| {
+            rows.retain(|r| {
+                let c = counts.get_mut(&r.to_string()).expect("counted");
+                if *c * sign > 0 {
+                    *c -= sign;
+                    true
+                } else {
+                    false
+                }
+            });
+        };
+        keep(&mut self.added, 1);
+        keep(&mut self.removed, -1);
+    }
+}
+
+/// An alias's columns of a record (its JSON with the meta parts added).
+pub fn row_of(view: &View, alias: usize, record: &Value) -> Row {
+    view.aliases[alias].columns.iter().map(|c| c.get(record).cloned().unwrap_or(Value::Null)).collect()
+}
+
+fn key_text(v: &Value) -> Option<String> {
+    (!v.is_null()).then(|| v.to_string())
+}
+
+// Order-preserving encoding of values (for sort keys and min/max multisets): a type tag, then
+// the value; numbers as f64 with the sign bit flipped (and all bits for negatives); strings
+// with 0x00 escaped and a 0x00 0x00 terminator, so no encoding is a prefix of another.
+fn encode(v: &Value, out: &mut Vec<u8>) {
+    fn text(s: &str, out: &mut Vec<u8>) {
+        for b in s.bytes() {
+            out.push(b);
+            if b == 0 {
+                out.push(0xff);
+            }
+        }
+        out.extend([0, 0]);
+    }
+    match v {
+        Value::Null => out.push(1),
+        Value::Bool(false) => out.push(2),
+        Value::Bool(true) => out.push(3),
+        Value::Number(n) => {
+            out.push(4);
+            let f = n.as_f64().unwrap_or(0.0);
+            let bits = f.to_bits();
+            let bits = if f.is_sign_negative() { !bits } else { bits ^ (1 << 63) };
+            out.extend(bits.to_be_bytes());
+        }
+        Value::String(s) => {
+            out.push(5);
+            text(s, out);
+        }
+        other => {
+            out.push(6);
+            text(&other.to_string(), out);
+        }
+    }
+}
+
+fn encoded(v: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    encode(v, &mut out);
+    out
+}
+
+/// Compares two values the way views order them (null < booleans < numbers < strings < the
+/// rest).
+pub fn compare(a: &Value, b: &Value) -> std::cmp::Ordering {
+    encoded(a).cmp(&encoded(b))
+}
+
+/// A row's place in the view's order: its ordered columns, then its key.
+fn sort_key(view: &View, row: &Value, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    for &(i, desc) in &view.order {
+        let start = out.len();
+        encode(row.get(&view.select[i].0).unwrap_or(&Value::Null), &mut out);
+        if desc {
+            for b in &mut out[start..] {
+                *b = !*b;
+            }
+        }
+    }
+    encode(&Value::String(key.to_string()), &mut out);
+    out
+}
+
+/// A joined row: each alias's record (none for a left join without a match) and its id.
+#[derive(Clone, Debug)]
+struct Tuple {
+    rows: Vec<Option<Rc<Row>>>,
+}
+
+impl Tuple {
+    fn col(&self, r: Ref) -> &Value {
+        self.rows[r.alias].as_ref().and_then(|row| row.get(r.col)).unwrap_or(&Value::Null)
+    }
+
+    fn id(&self, view: &View) -> String {
+        let mut id = String::new();
+        for (i, r) in self.rows.iter().enumerate() {
+            if i > 0 {
+                id.push(' ');
+            }
+            if let Some(r) = r {
+                id.push_str(r[super::def::uri_col(&view.aliases[i])].as_str().unwrap_or_default());
+            } else {
+                id.push('-');
+            }
+        }
+        id
+    }
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn cmp_values(op: Cmp, a: &Value, b: &Value) -> bool {
+    use std::cmp::Ordering::*;
+    if a.is_null() || b.is_null() {
+        // Absent compares equal only to null, and is never ordered.
+        return match op {
+            Cmp::Eq => a.is_null() && b.is_null(),
+            Cmp::Ne => !(a.is_null() && b.is_null()),
+            _ => false,
+        };
+    }
+    let ord = match (a, b) {
+        (Value::Number(_), Value::Number(_)) => num(a).partial_cmp(&num(b)),
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        _ => None,
+    };
+    match (op, ord) {
+        (Cmp::Eq, o) => o == Some(Equal) || (o.is_none() && a == b),
+        (Cmp::Ne, o) => !(o == Some(Equal) || (o.is_none() && a == b)),
+        (_, None) => false,
+        (Cmp::Lt, Some(o)) => o == Less,
+        (Cmp::Le, Some(o)) => o != Greater,
+        (Cmp::Gt, Some(o)) => o == Greater,
+        (Cmp::Ge, Some(o)) => o != Less,
+    }
+}
+
+fn eval(p: &Pred, t: &Tuple) -> bool {
+    match p {
+        Pred::Cmp(op, r, x) => {
+            let b = match x {
+                Operand::Col(c) => t.col(*c),
+                Operand::Lit(v) => v,
+            };
+            cmp_values(*op, t.col(*r), b)
+        }
+        Pred::In(r, list) => {
+            let v = t.col(*r);
+            !v.is_null() && list.iter().any(|x| cmp_values(Cmp::Eq, v, x))
+        }
+        Pred::Contains(r, needle) => match t.col(*r) {
+            Value::String(s) => s.to_lowercase().contains(needle.as_str()),
+            Value::Array(a) => a.iter().any(|e| e.as_str().is_some_and(|s| s.to_lowercase().contains(needle.as_str()))),
+            _ => false,
+        },
+        Pred::Exists(r) => !t.col(*r).is_null(),
+        Pred::And(ps) => ps.iter().all(|p| eval(p, t)),
+        Pred::Or(ps) => ps.iter().any(|p| eval(p, t)),
+        Pred::Not(p) => !eval(p, t),
+    }
+}
+
+/// A row of an ungrouped view.
+fn select_row(view: &View, t: &Tuple) -> Value {
+    let mut m = Map::new();
+    for (name, s) in &view.select {
+        if let Sel::Col(r) = s {
+            m.insert(name.clone(), t.col(*r).clone());
+        }
+    }
+    Value::Object(m)
+}
+
+fn group_values(view: &View, t: &Tuple) -> Vec<Value> {
+    view.group_by.iter().map(|r| t.col(*r).clone()).collect()
+}
+
+/// The accumulators of a group: per selected column, `[sum, count]` for sums, averages and
+/// counts of a column (unused for the rest). Sums wrap on overflow, so every change can be
+/// taken back exactly.
+type Acc = Vec<(i64, i64)>;
+
+fn group_row(view: &View, values: &[Value], n: i64, acc: &Acc, extreme: &dyn Fn(usize) -> Value) -> Value {
+    let mut m = Map::new();
+    for (i, (name, s)) in view.select.iter().enumerate() {
+        let v = match s {
+            Sel::Col(r) => {
+                let g = view.group_by.iter().position(|x| x == r).expect("checked at creation");
+                values[g].clone()
+            }
+            Sel::Agg(Agg::Count, None) => json!(n),
+            Sel::Agg(Agg::Count, Some(_)) => json!(acc[i].1),
+            Sel::Agg(Agg::Sum, _) => {
+                if acc[i].1 == 0 {
+                    Value::Null
+                } else {
+                    json!(acc[i].0)
+                }
+            }
+            Sel::Agg(Agg::Avg, _) => {
+                if acc[i].1 == 0 {
+                    Value::Null
+                } else {
+                    json!(acc[i].0 as f64 / acc[i].1 as f64)
+                }
+            }
+            Sel::Agg(Agg::Min | Agg::Max, _) => extreme(i),
+        };
+        m.insert(name.clone(), v);
+    }
+    Value::Object(m)
+}
+
+/// A view's counters, read once per batch and written back at its end.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    /// Rows in the view (the first `limit` of the output).
+    pub top_n: i64,
+    /// Stored rows (inputs and outputs), held under the configured bound.
+    pub state_n: i64,
+}
+
+/// One view's maintenance inside a transaction.
+pub struct Maint<'a> {
+    conn: &'a Connection,
+    id: i64,
+    view: &'a View,
+    /// Its counters.
+    pub counters: Counters,
+    max_state: i64,
+}
+
+struct GroupState {
+    values: Vec<Value>,
+    n: i64,
+    acc: Acc,
+    existed: bool,
+}
+
+impl<'a> Maint<'a> {
+    /// Starts maintaining view `id` (its counters read from the database); it stops when its
+    /// stored rows would pass `max_state`.
+    pub fn new(conn: &'a Connection, id: i64, view: &'a View, max_state: i64) -> rusqlite::Result<Self> {
+        let (top_n, state_n) = conn
+            .prepare_cached("SELECT top_n, state_n FROM lens_view WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(Maint { conn, id, view, counters: Counters { top_n, state_n }, max_state })
+    }
+
+    /// Writes the counters back.
+    pub fn finish(self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("UPDATE lens_view SET top_n = ?2, state_n = ?3 WHERE id = ?1")?.execute(params![
+            self.id,
+            self.counters.top_n,
+            self.counters.state_n
+        ])?;
+        Ok(())
+    }
+
+    fn read(&self, alias: usize, rid: &str) -> rusqlite::Result<Option<Row>> {
+        let text: Option<String> = self
+            .conn
+            .prepare_cached("SELECT cols FROM lens_in WHERE view = ?1 AND alias = ?2 AND rid = ?3")?
+            .query_row(params![self.id, alias as i64, rid], |r| r.get(0))
+            .optional()?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    fn lookup(&self, edge: usize, side: i64, key: &str) -> rusqlite::Result<Vec<String>> {
+        let mut s = self
+            .conn
+            .prepare_cached("SELECT rid FROM lens_key WHERE view = ?1 AND edge = ?2 AND side = ?3 AND k = ?4")?;
+        let rows = s.query_map(params![self.id, edge as i64, side, key], |r| r.get(0))?;
+        rows.collect()
+    }
+
+    /// The join keys a record of `alias` is found by: (edge, side, key).
+    fn keys(&self, alias: usize, row: &Row) -> Vec<(usize, i64, String)> {
+        let mut out = Vec::new();
+        for (e, edge) in self.view.edges.iter().enumerate() {
+            if edge.parent == alias
+                && let Some(k) = key_text(&row[edge.parent_col])
+            {
+                out.push((e, 0, k));
+            }
+            if edge.child == alias
+                && let Some(k) = key_text(&row[edge.child_col])
+            {
+                out.push((e, 1, k));
+            }
+        }
+        out
+    }
+
+    fn store(&mut self, alias: usize, rid: &str, old: Option<&Row>, new: Option<&Row>) -> Result<(), LensError> {
+        if let Some(old) = old {
+            let mut s = self.conn.prepare_cached(
+                "DELETE FROM lens_key WHERE view = ?1 AND edge = ?2 AND side = ?3 AND k = ?4 AND rid = ?5",
+            )?;
+            for (e, side, k) in self.keys(alias, old) {
+                s.execute(params![self.id, e as i64, side, k, rid])?;
+            }
+        }
+        match new {
+            Some(new) => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO lens_in (view, alias, rid, cols) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (view, alias, rid) DO UPDATE SET cols = excluded.cols",
+                    )?
+                    .execute(params![self.id, alias as i64, rid, Value::Array(new.clone()).to_string()])?;
+                let mut s = self.conn.prepare_cached(
+                    "INSERT OR IGNORE INTO lens_key (view, edge, side, k, rid) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (e, side, k) in self.keys(alias, new) {
+                    s.execute(params![self.id, e as i64, side, k, rid])?;
+                }
+                if old.is_none() {
+                    self.grow(1)?;
+                }
+            }
+            None => {
+                self.conn
+                    .prepare_cached("DELETE FROM lens_in WHERE view = ?1 AND alias = ?2 AND rid = ?3")?
+                    .execute(params![self.id, alias as i64, rid])?;
+                self.counters.state_n -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn grow(&mut self, n: i64) -> Result<(), LensError> {
+        self.counters.state_n += n;
+        if self.counters.state_n > self.max_state {
+            return Err(LensError::Stop(format!(
+                "the view passed its bound of {} stored rows ([lens] max_view_rows)",
+                self.max_state
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every joined row holding the record `rid` of `alias`.
+    fn tuples_of(&self, alias: usize, rid: &str, out: &mut HashMap<String, Tuple>) -> Result<(), LensError> {
+        let Some(row) = self.read(alias, rid)? else { return Ok(()) };
+        let n = self.view.aliases.len();
+        // Visit the aliases outward from this one, each reached through one join edge.
+        let mut order: Vec<(usize, usize, bool)> = Vec::new(); // (alias, edge, reached as the child)
+        let mut seen = vec![false; n];
+        seen[alias] = true;
+        let mut queue = vec![alias];
+        while let Some(y) = queue.pop() {
+            for (e, edge) in self.view.edges.iter().enumerate() {
+                if edge.parent == y && !seen[edge.child] {
+                    seen[edge.child] = true;
+                    order.push((edge.child, e, true));
+                    queue.push(edge.child);
+                } else if edge.child == y && !seen[edge.parent] {
+                    seen[edge.parent] = true;
+                    order.push((edge.parent, e, false));
+                    queue.push(edge.parent);
+                }
+            }
+        }
+        let mut rows: Vec<Option<Rc<Row>>> = vec![None; n];
+        rows[alias] = Some(Rc::new(row));
+        let mut cache: HashMap<(usize, String), Option<Rc<Row>>> = HashMap::new();
+        self.expand(&order, 0, &mut rows, &mut cache, out)
+    }
+
+    fn expand(
+        &self,
+        order: &[(usize, usize, bool)],
+        at: usize,
+        rows: &mut Vec<Option<Rc<Row>>>,
+        cache: &mut HashMap<(usize, String), Option<Rc<Row>>>,
+        out: &mut HashMap<String, Tuple>,
+    ) -> Result<(), LensError> {
+        let Some(&(x, e, as_child)) = order.get(at) else {
+            let t = Tuple { rows: rows.clone() };
+            out.insert(t.id(self.view), t);
+            if out.len() > MAX_FANOUT {
+                return Err(LensError::Stop(format!("one change touched more than {MAX_FANOUT} joined rows")));
+            }
+            return Ok(());
+        };
+        let edge = &self.view.edges[e];
+        let (from, col, side) =
+            if as_child { (edge.parent, edge.parent_col, 1) } else { (edge.child, edge.child_col, 0) };
+        let key = rows[from].as_ref().and_then(|r| key_text(&r[col]));
+        let mut found = Vec::new();
+        if let Some(key) = key {
+            for rid in self.lookup(e, side, &key)? {
+                let row = match cache.get(&(x, rid.clone())) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = self.read(x, &rid)?.map(Rc::new);
+                        cache.insert((x, rid), r.clone());
+                        r
+                    }
+                };
+                if let Some(r) = row {
+                    found.push(r);
+                }
+            }
+        }
+        if found.is_empty() {
+            if as_child && edge.left {
+                rows[x] = None;
+                self.expand(order, at + 1, rows, cache, out)?;
+            }
+            return Ok(());
+        }
+        for r in found {
+            rows[x] = Some(r);
+            self.expand(order, at + 1, rows, cache, out)?;
+        }
+        rows[x] = None;
+        Ok(())
+    }
+
+    /// Applies a change to one record of `alias` (`new`: its columns now, none when deleted),
+    /// adding what it did to the view's rows to `diff`.
+    pub fn change(&mut self, alias: usize, rid: &str, new: Option<Row>, diff: &mut Diff) -> Result<(), LensError> {
+        let old = self.read(alias, rid)?;
+        if old == new {
+            return Ok(());
+        }
+        // The joined rows that can change: those holding this record, and, when it is the
+        // optional side of a left join, those of the records it matches there (their rows
+        // without a match come or go).
+        let mut anchors = vec![(alias, rid.to_string())];
+        if let Some((e, edge)) = self.view.edge_into(alias)
+            && edge.left
+        {
+            for row in [&old, &new].into_iter().flatten() {
+                if let Some(k) = key_text(&row[edge.child_col]) {
+                    for p in self.lookup(e, 0, &k)? {
+                        anchors.push((edge.parent, p));
+                    }
+                }
+            }
+        }
+        anchors.sort();
+        anchors.dedup();
+        let mut before = HashMap::new();
+        for (a, r) in &anchors {
+            self.tuples_of(*a, r, &mut before)?;
+        }
+        self.store(alias, rid, old.as_ref(), new.as_ref())?;
+        let mut after = HashMap::new();
+        for (a, r) in &anchors {
+            self.tuples_of(*a, r, &mut after)?;
+        }
+        let mut minus = Vec::new();
+        let mut plus = Vec::new();
+        for (id, t) in &before {
+            if after.get(id).is_none_or(|u| !same(t, u)) {
+                minus.push((id.clone(), t.clone()));
+            }
+        }
+        for (id, t) in after {
+            if before.get(&id).is_none_or(|u| !same(&t, u)) {
+                plus.push((id, t));
+            }
+        }
+        self.tuples(minus, plus, diff)
+    }
+
+    fn tuples(
+        &mut self,
+        minus: Vec<(String, Tuple)>,
+        plus: Vec<(String, Tuple)>,
+        diff: &mut Diff,
+    ) -> Result<(), LensError> {
+        let keep = |t: &Tuple| self.view.filter.as_ref().is_none_or(|p| eval(p, t));
+        if !self.view.grouped() {
+            for (id, t) in minus.iter().filter(|(_, t)| keep(t)) {
+                let _ = t;
+                self.out_remove(id, diff)?;
+            }
+            for (id, t) in plus.iter().filter(|(_, t)| keep(t)) {
+                let row = select_row(self.view, t);
+                self.out_put(id, row, diff)?;
+            }
+            return Ok(());
+        }
+        let mut groups: BTreeMap<String, GroupState> = BTreeMap::new();
+        let changes = minus.iter().map(|(_, t)| (-1i64, t)).chain(plus.iter().map(|(_, t)| (1i64, t)));
+        for (w, t) in changes {
+            if !keep(t) {
+                continue;
+            }
+            let values = group_values(self.view, t);
+            let g = Value::Array(values.clone()).to_string();
+            if !groups.contains_key(&g) {
+                let st = self.group(&g, values)?;
+                groups.insert(g.clone(), st);
+            }
+            let st = groups.get_mut(&g).expect("inserted");
+            st.n += w;
+            for (i, (_, s)) in self.view.select.iter().enumerate() {
+                let Sel::Agg(agg, Some(r)) = s else { continue };
+                let v = t.col(*r);
+                if v.is_null() {
+                    continue;
+                }
+                match agg {
+                    Agg::Count => st.acc[i].1 += w,
+                    Agg::Sum | Agg::Avg => {
+                        if let Some(x) = v.as_i64() {
+                            st.acc[i].0 = st.acc[i].0.wrapping_add(x.wrapping_mul(w));
+                            st.acc[i].1 += w;
+                        }
+                    }
+                    Agg::Min | Agg::Max => self.extreme_add(&g, i, v, w)?,
+                }
+            }
+        }
+        for (g, st) in groups {
+            if st.n <= 0 {
+                if st.existed {
+                    self.conn
+                        .prepare_cached("DELETE FROM lens_group WHERE view = ?1 AND g = ?2")?
+                        .execute(params![self.id, g])?;
+                    self.counters.state_n -= 1;
+                }
+                self.out_remove(&g, diff)?;
+                continue;
+            }
+            let acc = serde_json::to_string(&st.acc).unwrap_or_default();
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO lens_group (view, g, n, acc) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (view, g) DO UPDATE SET n = excluded.n, acc = excluded.acc",
+                )?
+                .execute(params![self.id, g, st.n, acc])?;
+            if !st.existed {
+                self.grow(1)?;
+            }
+            let row = group_row(self.view, &st.values, st.n, &st.acc, &|i| self.extreme(&g, i).unwrap_or(Value::Null));
+            self.out_put(&g, row, diff)?;
+        }
+        Ok(())
+    }
+
+    fn group(&self, g: &str, values: Vec<Value>) -> rusqlite::Result<GroupState> {
+        let found: Option<(i64, String)> = self
+            .conn
+            .prepare_cached("SELECT n, acc FROM lens_group WHERE view = ?1 AND g = ?2")?
+            .query_row(params![self.id, g], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let blank = || vec![(0, 0); self.view.select.len()];
+        Ok(match found {
+            Some((n, acc)) => {
+                GroupState { values, n, acc: serde_json::from_str(&acc).unwrap_or_else(|_| blank()), existed: true }
+            }
+            None => GroupState { values, n: 0, acc: blank(), existed: false },
+        })
+    }
+
+    fn extreme_add(&mut self, g: &str, i: usize, v: &Value, w: i64) -> Result<(), LensError> {
+        let enc = encoded(v);
+        let n: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT n FROM lens_mm WHERE view = ?1 AND g = ?2 AND agg = ?3 AND v = ?4")?
+            .query_row(params![self.id, g, i as i64, enc], |r| r.get(0))
+            .optional()?;
+        let now = n.unwrap_or(0) + w;
+        if now <= 0 {
+            if n.is_some() {
+                self.conn
+                    .prepare_cached("DELETE FROM lens_mm WHERE view = ?1 AND g = ?2 AND agg = ?3 AND v = ?4")?
+                    .execute(params![self.id, g, i as i64, enc])?;
+                self.counters.state_n -= 1;
+            }
+        } else {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO lens_mm (view, g, agg, v, val, n) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (view, g, agg, v) DO UPDATE SET n = excluded.n",
+                )?
+                .execute(params![self.id, g, i as i64, enc, v.to_string(), now])?;
+            if n.is_none() {
+                self.grow(1)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn extreme(&self, g: &str, i: usize) -> rusqlite::Result<Value> {
+        let desc = matches!(self.view.select[i].1, Sel::Agg(Agg::Max, _));
+        let sql = if desc {
+            "SELECT val FROM lens_mm WHERE view = ?1 AND g = ?2 AND agg = ?3 ORDER BY v DESC LIMIT 1"
+        } else {
+            "SELECT val FROM lens_mm WHERE view = ?1 AND g = ?2 AND agg = ?3 ORDER BY v LIMIT 1"
+        };
+        let val: Option<String> =
+            self.conn.prepare_cached(sql)?.query_row(params![self.id, g, i as i64], |r| r.get(0)).optional()?;
+        Ok(val.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or(Value::Null))
+    }
+
+    fn out_get(&self, k: &str) -> rusqlite::Result<Option<(Vec<u8>, bool, String)>> {
+        self.conn
+            .prepare_cached("SELECT sort, top, row FROM lens_out WHERE view = ?1 AND k = ?2")?
+            .query_row(params![self.id, k], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?)))
+            .optional()
+    }
+
+    fn out_remove(&mut self, k: &str, diff: &mut Diff) -> Result<(), LensError> {
+        let Some((_, top, row)) = self.out_get(k)? else { return Ok(()) };
+        self.conn.prepare_cached("DELETE FROM lens_out WHERE view = ?1 AND k = ?2")?.execute(params![self.id, k])?;
+        self.counters.state_n -= 1;
+        if top {
+            self.counters.top_n -= 1;
+            diff.removed.push(serde_json::from_str(&row).unwrap_or(Value::Null));
+            // The first row past the view's end moves in.
+            let next: Option<(String, String)> = self
+                .conn
+                .prepare_cached("SELECT k, row FROM lens_out WHERE view = ?1 AND top = 0 ORDER BY sort LIMIT 1")?
+                .query_row([self.id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((nk, nrow)) = next {
+                self.set_top(&nk, true)?;
+                diff.added.push(serde_json::from_str(&nrow).unwrap_or(Value::Null));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_top(&mut self, k: &str, top: bool) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE lens_out SET top = ?3 WHERE view = ?1 AND k = ?2")?
+            .execute(params![self.id, k, top as i64])?;
+        self.counters.top_n += if top { 1 } else { -1 };
+        Ok(())
+    }
+
+    fn out_put(&mut self, k: &str, row: Value, diff: &mut Diff) -> Result<(), LensError> {
+        let text = row.to_string();
+        let sort = sort_key(self.view, &row, k);
+        if let Some((old_sort, top, old_row)) = self.out_get(k)? {
+            if old_row == text {
+                return Ok(());
+            }
+            // Same place (the order's columns did not change): rewritten where it stands.
+            if old_sort == sort {
+                self.conn
+                    .prepare_cached("UPDATE lens_out SET row = ?3 WHERE view = ?1 AND k = ?2")?
+                    .execute(params![self.id, k, text])?;
+                if top {
+                    diff.removed.push(serde_json::from_str(&old_row).unwrap_or(Value::Null));
+                    diff.added.push(row);
+                }
+                return Ok(());
+            }
+            self.out_remove(k, diff)?;
+        }
+        let limit = self.view.limit as i64;
+        let mut top = true;
+        if self.counters.top_n >= limit {
+            let last: Option<(String, Vec<u8>, String)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT k, sort, row FROM lens_out WHERE view = ?1 AND top = 1 ORDER BY sort DESC LIMIT 1",
+                )?
+                .query_row([self.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            match last {
+                Some((lk, lsort, lrow)) if sort < lsort => {
+                    self.set_top(&lk, false)?;
+                    diff.removed.push(serde_json::from_str(&lrow).unwrap_or(Value::Null));
+                }
+                _ => top = false,
+            }
+        }
+        self.conn
+            .prepare_cached("INSERT INTO lens_out (view, k, sort, top, row) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![self.id, k, sort, top as i64, text])?;
+        self.grow(1)?;
+        if top {
+            self.counters.top_n += 1;
+            diff.added.push(row);
+        }
+        Ok(())
+    }
+}
+
+fn same(a: &Tuple, b: &Tuple) -> bool {
+    a.rows.len() == b.rows.len()
+        && a.rows.iter().zip(&b.rows).all(|(x, y)| match (x, y) {
+            (Some(x), Some(y)) => x == y,
+            (None, None) => true,
+            _ => false,
+        })
+}
+
+/// The view's rows in order, after `after` (a sort key, as the cursor gives it), at most `n`;
+/// and the sort key of the last one.
+pub fn rows(
+    conn: &Connection,
+    id: i64,
+    after: Option<&[u8]>,
+    n: usize,
+) -> rusqlite::Result<(Vec<Value>, Option<Vec<u8>>)> {
+    let mut s = conn.prepare_cached(
+        "SELECT sort, row FROM lens_out WHERE view = ?1 AND top = 1 AND sort > ?2 ORDER BY sort LIMIT ?3",
+    )?;
+    let found: Vec<(Vec<u8>, String)> = s
+        .query_map(params![id, after.unwrap_or_default(), n as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let last = found.last().map(|(s, _)| s.clone());
+    Ok((found.into_iter().map(|(_, r)| serde_json::from_str(&r).unwrap_or(Value::Null)).collect(), last))
+}
+
+/// Removes a view's state.
+pub fn drop_state(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    for table in ["lens_in", "lens_key", "lens_group", "lens_mm", "lens_out"] {
+        conn.execute(&format!("DELETE FROM {table} WHERE view = ?1"), [id])?;
+    }
+    conn.execute("UPDATE lens_view SET top_n = 0, state_n = 0 WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+/// The URIs of the records of `alias` a view holds whose URI starts with `prefix`.
+pub fn held(conn: &Connection, id: i64, alias: usize, prefix: &str) -> rusqlite::Result<Vec<String>> {
+    let mut s = conn
+        .prepare_cached("SELECT rid FROM lens_in WHERE view = ?1 AND alias = ?2 AND rid >= ?3 AND rid < ?3 || x'ff'")?;
+    let rows = s.query_map(params![id, alias as i64, prefix], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// The view computed from scratch over `inputs` (each alias's records: URI and columns): what
+/// the maintained state must always equal. Joins are evaluated left to right, as SQL does.
+pub fn recompute(view: &View, inputs: &[Vec<(String, Row)>]) -> Vec<Value> {
+    let mut tuples: Vec<Tuple> = inputs[0]
+        .iter()
+        .map(|(_, r)| {
+            let mut rows = vec![None; view.aliases.len()];
+            rows[0] = Some(Rc::new(r.clone()));
+            Tuple { rows }
+        })
+        .collect();
+    for edge in &view.edges {
+        let mut index: HashMap<String, Vec<Rc<Row>>> = HashMap::new();
+        for (_, r) in &inputs[edge.child] {
+            if let Some(k) = key_text(&r[edge.child_col]) {
+                index.entry(k).or_default().push(Rc::new(r.clone()));
+            }
+        }
+        let mut next = Vec::new();
+        for t in tuples {
+            let matches =
+                t.rows[edge.parent].as_ref().and_then(|p| key_text(&p[edge.parent_col])).and_then(|k| index.get(&k));
+            match matches {
+                Some(ms) => {
+                    for m in ms {
+                        let mut u = t.clone();
+                        u.rows[edge.child] = Some(m.clone());
+                        next.push(u);
+                    }
+                }
+                None if edge.left => next.push(t),
+                None => {}
+            }
+        }
+        tuples = next;
+    }
+    tuples.retain(|t| view.filter.as_ref().is_none_or(|p| eval(p, t)));
+    let mut out: Vec<(Vec<u8>, Value)> = Vec::new();
+    if view.grouped() {
+        struct G {
+            values: Vec<Value>,
+            n: i64,
+            acc: Acc,
+            seen: Vec<Vec<Value>>,
+        }
+        let mut groups: BTreeMap<String, G> = BTreeMap::new();
+        for t in &tuples {
+            let values = group_values(view, t);
+            let g = groups.entry(Value::Array(values.clone()).to_string()).or_insert_with(|| G {
+                values,
+                n: 0,
+                acc: vec![(0, 0); view.select.len()],
+                seen: vec![Vec::new(); view.select.len()],
+            });
+            g.n += 1;
+            for (i, (_, s)) in view.select.iter().enumerate() {
+                let Sel::Agg(agg, Some(r)) = s else { continue };
+                let v = t.col(*r);
+                if v.is_null() {
+                    continue;
+                }
+                match agg {
+                    Agg::Count => g.acc[i].1 += 1,
+                    Agg::Sum | Agg::Avg => {
+                        if let Some(x) = v.as_i64() {
+                            g.acc[i].0 = g.acc[i].0.wrapping_add(x);
+                            g.acc[i].1 += 1;
+                        }
+                    }
+                    Agg::Min | Agg::Max => g.seen[i].push(v.clone()),
+                }
+            }
+        }
+        for (key, g) in groups {
+            let extreme = |i: usize| {
+                let it = g.seen[i].iter();
+                let best = if matches!(view.select[i].1, Sel::Agg(Agg::Max, _)) {
+                    it.max_by(|a, b| compare(a, b))
+                } else {
+                    it.min_by(|a, b| compare(a, b))
+                };
+                best.cloned().unwrap_or(Value::Null)
+            };
+            let row = group_row(view, &g.values, g.n, &g.acc, &extreme);
+            out.push((sort_key(view, &row, &key), row));
+        }
+    } else {
+        let mut ids = HashSet::new();
+        for t in &tuples {
+            let id = t.id(view);
+            if ids.insert(id.clone()) {
+                let row = select_row(view, t);
+                out.push((sort_key(view, &row, &id), row));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.truncate(view.limit);
+    out.into_iter().map(|(_, r)| r).collect()
+}
