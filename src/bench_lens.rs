@@ -1,5 +1,6 @@
 //! `ues bench lens`: the cost of maintaining a live view, on the engine the node runs and a
-//! database file set up as the node's (WAL): a grouped join (likes per post, joined to the
+//! database opened as the node opens its own (WAL, 1 KiB pages, `synchronous = FULL`, the
+//! default page cache): a grouped join (likes per post, joined to the
 //! posts, with a count and a `min`) is built over `rows` posts with one like each (so the view
 //! holds `rows` groups), then random likes come and go one at a time, batched into
 //! transactions as the event consumer batches them; each change's time is measured alone, and
@@ -17,7 +18,8 @@ use rand::Rng;
 use serde_json::{Value, json};
 use ues_apps::lens::def::{self, View};
 use ues_apps::lens::engine::{self, Diff, Maint};
-use ues_repo::ipld::storage::rusqlite::{Connection, params};
+use ues_repo::ipld::storage::rusqlite::params;
+use ues_repo::ipld::storage::{Sqlite, SqliteConfig};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -78,14 +80,15 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, dir: &Path) -> an
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("lens-bench-{rows}.sqlite"));
     let _ = std::fs::remove_file(&path);
-    let mut conn = Connection::open(&path)?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
-    conn.execute_batch(engine::MIGRATION_SQL)?;
-    conn.execute(
-        "INSERT INTO lens_view (did, name, cid, definition, built_seq, created_at) VALUES ('did:plc:bench', ?1, 'c', ?2, 0, 0)",
-        params![view.name, view_definition().to_string()],
-    )?;
-    let id = conn.last_insert_rowid();
+    let db = Sqlite::open(&path, &SqliteConfig::default())?;
+    db.migrate(&[ues_repo::ipld::storage::Migration { id: "bench/lens", sql: engine::MIGRATION_SQL }])?;
+    let id = db.write(|tx| {
+        tx.execute(
+            "INSERT INTO lens_view (did, name, cid, definition, built_seq, created_at) VALUES ('did:plc:bench', ?1, 'c', ?2, 0, 0)",
+            params![view.name, view_definition().to_string()],
+        )?;
+        Ok::<_, anyhow::Error>(tx.last_insert_rowid())
+    })?;
     let bound = i64::MAX;
     // Build: every post, then one like per post, fed through the maintenance in batches.
     let started = Instant::now();
@@ -93,9 +96,8 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, dir: &Path) -> an
     let batch = 10_000;
     let mut inputs: Vec<Vec<(String, engine::Row)>> = vec![Vec::new(), Vec::new()];
     for chunk in 0..rows.div_ceil(batch) {
-        let tx = conn.transaction()?;
-        {
-            let mut m = Maint::new(&tx, id, &view, bound)?;
+        db.write(|tx| {
+            let mut m = Maint::new(tx, id, &view, bound)?;
             let mut diff = Diff::default();
             for i in chunk * batch..((chunk + 1) * batch).min(rows) {
                 let p = post(i);
@@ -110,11 +112,12 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, dir: &Path) -> an
                 diff = Diff::default();
             }
             m.finish()?;
-        }
-        tx.commit()?;
+            Ok::<_, anyhow::Error>(())
+        })?;
     }
     let build = started.elapsed();
-    let view_rows: i64 = conn.query_row("SELECT count(*) FROM lens_out WHERE view = ?1", [id], |r| r.get(0))?;
+    let view_rows: i64 =
+        db.read(|c| c.query_row("SELECT count(*) FROM lens_out WHERE view = ?1", [id], |r| r.get(0)))?;
     // Changes: a new like of a random post, or the removal of one made here.
     let mut rng = rand::thread_rng();
     let mut times = Vec::with_capacity(changes);
@@ -123,9 +126,8 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, dir: &Path) -> an
     let started = Instant::now();
     let mut done = 0;
     while done < changes {
-        let tx = conn.transaction()?;
-        {
-            let mut m = Maint::new(&tx, id, &view, bound)?;
+        db.write(|tx| {
+            let mut m = Maint::new(tx, id, &view, bound)?;
             for _ in 0..per_tx.min(changes - done) {
                 let mut diff = Diff::default();
                 let t = if made.is_empty() || rng.gen_bool(0.7) {
@@ -147,8 +149,8 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, dir: &Path) -> an
                 done += 1;
             }
             m.finish()?;
-        }
-        tx.commit()?;
+            Ok::<_, anyhow::Error>(())
+        })?;
     }
     let with_commits = started.elapsed();
     times.sort();
@@ -158,7 +160,7 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, dir: &Path) -> an
     let recompute = started.elapsed();
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(path.with_extension("sqlite-wal")).map(|m| m.len()).unwrap_or(0);
-    drop(conn);
+    drop(db);
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(path.with_extension("sqlite-wal"));
     let _ = std::fs::remove_file(path.with_extension("sqlite-shm"));

@@ -332,9 +332,28 @@ fn a_subscriber_rebuilds_the_view_from_its_differences_and_it_equals_query() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // Deleted: gone from the catalog and the repository.
-    let (s, v) = xrpc_post(&n, "dev.ues.lens.deleteView", Some(&app_token), json!({"view": "likesPerPost"}));
-    assert_eq!(s, 200, "{v}");
+    // Deleted: its subscribers are told and their subscription ends; it is gone from the
+    // catalog and the repository.
+    let closed = rt.block_on(async {
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", n.port)).await.unwrap();
+        read(&mut ws, Duration::from_secs(20)).await.unwrap();
+        ws.send(Message::text(json!({"type": "subscribe", "id": "v", "topic": "lens", "view": uri}).to_string()))
+            .await
+            .unwrap();
+        assert_eq!(read(&mut ws, Duration::from_secs(20)).await.unwrap()["type"], "subscribed");
+        assert!(read(&mut ws, Duration::from_secs(20)).await.unwrap()["event"]["rows"].is_array());
+        let (base, token) = (n.base.clone(), app_token.clone());
+        let deleted = tokio::task::spawn_blocking(move || {
+            xpost(&base, "dev.ues.lens.deleteView", Some(&token), json!({"view": "likesPerPost"}))
+        })
+        .await
+        .unwrap();
+        assert_eq!(deleted.0, 200, "{}", deleted.1);
+        read(&mut ws, Duration::from_secs(20)).await.unwrap()
+    });
+    assert_eq!(closed["event"]["closed"], "deleted", "{closed}");
     let (s, v) = get(&n, &format!("/xrpc/dev.ues.lens.query?view={}", enc(&uri)), None);
     assert_eq!((s, v["error"].as_str()), (400, Some("ViewNotFound")), "{v}");
     // Someone else cannot delete a view.
@@ -428,6 +447,31 @@ fn hostile_definitions_are_refused_at_creation_and_an_outgrown_view_stops() {
     let (s, v) = get(&n, "/xrpc/dev.ues.lens.listViews", Some(&t));
     assert_eq!(s, 200);
     assert!(v["views"][0]["stopped"].as_str().unwrap().contains("bound"), "{v}");
+    // The same bounds hold for definitions written as records directly: past the account's
+    // view count, the view is recorded as stopped with the reason, not built.
+    for name in ["direct1", "direct2", "direct3"] {
+        let definition = json!({"name": name, "from": {"collection": "app.bsky.feed.post", "as": "p"},
+            "select": {"uri": "p.uri"}, "limit": 1});
+        put(
+            &n.base,
+            &t,
+            &did,
+            "dev.ues.lens.view",
+            name,
+            json!({"$type": "dev.ues.lens.view", "definition": definition, "createdAt": "2026-12-06T00:00:00.000Z"}),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = get(&n, "/xrpc/dev.ues.lens.listViews", Some(&t));
+        let third = v["views"].as_array().unwrap().iter().find(|x| x["name"] == "direct3").cloned();
+        if let Some(third) = third {
+            assert!(third["stopped"].as_str().unwrap_or_default().contains("max_views_per_account"), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the direct definitions never appeared: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The node still answers and writes.
     put(&n.base, &t, &did, "app.bsky.feed.post", "after", post("still here", "en"));
     let (s, _) = get(&n, "/xrpc/_health", None);

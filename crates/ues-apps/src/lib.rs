@@ -115,6 +115,13 @@ pub trait App: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// How long its consumer, woken by new events, lets more gather before applying them: longer
+    /// means fewer transactions under a steady stream of commits, shorter means live
+    /// subscribers hear sooner.
+    fn gather(&self) -> Duration {
+        GATHER
+    }
+
     /// Called after a batch of events committed (to tell live subscribers); nothing by default.
     fn applied(&self, node: &Node, events: &[LogEvent]) {
         let _ = (node, events);
@@ -263,9 +270,10 @@ async fn consume(node: Arc<Node>, app: Arc<dyn App>) {
         }
         // New events wake it; a minute passes at most without a look (a missed wake-up costs
         // no more than that). Woken, it lets events gather for a moment: one transaction per
-        // [`GATHER`] at most, so a busy write path shares its database with few of them.
+        // its gathering window ([`App::gather`], [`GATHER`] unless it says) at most, so a busy write path
+        // shares its database with few of them.
         if tokio::time::timeout(Duration::from_secs(60), latest.changed()).await.is_ok() {
-            tokio::time::sleep(GATHER).await;
+            tokio::time::sleep(app.gather()).await;
         }
     }
 }
@@ -302,17 +310,21 @@ pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
         let cursor = cursor.unwrap_or(0);
         let events = sequencer::read_events(db, cursor, BATCH)?;
         let Some(last) = events.last().map(|e| e.seq) else { return Ok(total) };
-        db.write(|tx| {
-            // Another consumer of the same application (none in one node) would have moved it.
+        let applied = db.write(|tx| {
+            // Another consumer of the same application (a method that waits for the log to be
+            // applied) may have moved it: then this batch is its, and told by it.
             let now: Option<i64> =
                 tx.query_row("SELECT seq FROM app_cursor WHERE app = ?1", [name], |r| r.get(0)).optional()?;
             if now.unwrap_or(0) != cursor {
-                return Ok::<_, StoreError>(());
+                return Ok::<_, StoreError>(false);
             }
             app.apply(tx, &events)?;
             set_cursor(tx, name, last)?;
-            Ok(())
+            Ok(true)
         })?;
+        if !applied {
+            continue;
+        }
         app.applied(node, &events);
         total += events.len();
         // A short batch is everything there was: what arrived meanwhile waits for the next

@@ -26,7 +26,7 @@ use super::def::{Agg, Cmp, Operand, Pred, Ref, Sel, View};
 /// The tables.
 pub const MIGRATION_SQL: &str = "
 CREATE TABLE lens_view (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     did TEXT NOT NULL,
     name TEXT NOT NULL,
     cid TEXT NOT NULL,
@@ -46,23 +46,24 @@ CREATE TABLE lens_key (
     view INTEGER NOT NULL, edge INTEGER NOT NULL, side INTEGER NOT NULL, k TEXT NOT NULL, rid TEXT NOT NULL,
     PRIMARY KEY (view, edge, side, k, rid)
 ) WITHOUT ROWID;
-CREATE TABLE lens_group (
-    view INTEGER NOT NULL, g TEXT NOT NULL, n INTEGER NOT NULL, acc TEXT NOT NULL,
-    PRIMARY KEY (view, g)
-) WITHOUT ROWID;
 CREATE TABLE lens_mm (
     view INTEGER NOT NULL, g TEXT NOT NULL, agg INTEGER NOT NULL, v BLOB NOT NULL, val TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (view, g, agg, v)
 ) WITHOUT ROWID;
 CREATE TABLE lens_out (
     view INTEGER NOT NULL, k TEXT NOT NULL, sort BLOB NOT NULL, top INTEGER NOT NULL, row TEXT NOT NULL,
+    n INTEGER NOT NULL DEFAULT 0, acc TEXT,
     PRIMARY KEY (view, k)
 ) WITHOUT ROWID;
 CREATE INDEX lens_out_order ON lens_out (view, top, sort);
 ";
 
 /// Joined rows one record change may touch at most (past it the view stops, with the reason).
-pub const MAX_FANOUT: usize = 1_000_000;
+pub const MAX_FANOUT: usize = 250_000;
+
+/// Index lookups and records read one record change may make at most (a join whose matches
+/// lead nowhere costs work without making rows: this bounds it too).
+pub const MAX_VISITS: usize = 1_000_000;
 
 /// An input record's columns (in its alias's column order).
 pub type Row = Vec<Value>;
@@ -153,6 +154,9 @@ fn encode(v: &Value, out: &mut Vec<u8>) {
             let bits = f.to_bits();
             let bits = if f.is_sign_negative() { !bits } else { bits ^ (1 << 63) };
             out.extend(bits.to_be_bytes());
+            // Integers past 2^53 share an f64: their exact value breaks the tie.
+            let exact = n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)).unwrap_or(f as i128);
+            out.extend(((exact as u128) ^ (1 << 127)).to_be_bytes());
         }
         Value::String(s) => {
             out.push(5);
@@ -344,13 +348,30 @@ pub struct Maint<'a> {
     /// Its counters.
     pub counters: Counters,
     max_state: i64,
+    visits: std::cell::Cell<usize>,
+    /// Rows moved into or out of the view so far (a row read before may be stale since).
+    moves: u64,
 }
 
+/// A group being changed: its values, row count and accumulators, its output row as it was,
+/// and per `min`/`max` column the extreme so far (or that it must be read again: the old
+/// extreme's last copy left).
 struct GroupState {
     values: Vec<Value>,
     n: i64,
     acc: Acc,
-    existed: bool,
+    prev: Option<OutRow>,
+    /// `moves` when `prev` was read.
+    read_at: u64,
+    ext: Vec<Option<Value>>,
+    dirty: Vec<bool>,
+}
+
+/// An output row as stored.
+struct OutRow {
+    sort: Vec<u8>,
+    top: bool,
+    row: String,
 }
 
 impl<'a> Maint<'a> {
@@ -360,7 +381,15 @@ impl<'a> Maint<'a> {
         let (top_n, state_n) = conn
             .prepare_cached("SELECT top_n, state_n FROM lens_view WHERE id = ?1")?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(Maint { conn, id, view, counters: Counters { top_n, state_n }, max_state })
+        Ok(Maint {
+            conn,
+            id,
+            view,
+            counters: Counters { top_n, state_n },
+            max_state,
+            visits: std::cell::Cell::new(0),
+            moves: 0,
+        })
     }
 
     /// Writes the counters back.
@@ -382,12 +411,26 @@ impl<'a> Maint<'a> {
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
-    fn lookup(&self, edge: usize, side: i64, key: &str) -> rusqlite::Result<Vec<String>> {
-        let mut s = self
-            .conn
-            .prepare_cached("SELECT rid FROM lens_key WHERE view = ?1 AND edge = ?2 AND side = ?3 AND k = ?4")?;
-        let rows = s.query_map(params![self.id, edge as i64, side, key], |r| r.get(0))?;
-        rows.collect()
+    /// Counts work against the change's budget.
+    fn visit(&self, n: usize) -> Result<(), LensError> {
+        let v = self.visits.get() + n;
+        self.visits.set(v);
+        if v > MAX_VISITS {
+            return Err(LensError::Stop(format!("one change needed more than {MAX_VISITS} lookups")));
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, edge: usize, side: i64, key: &str) -> Result<Vec<String>, LensError> {
+        let mut s = self.conn.prepare_cached(
+            "SELECT rid FROM lens_key WHERE view = ?1 AND edge = ?2 AND side = ?3 AND k = ?4 LIMIT ?5",
+        )?;
+        let room = MAX_VISITS.saturating_sub(self.visits.get()) + 1;
+        let rows: Vec<String> = s
+            .query_map(params![self.id, edge as i64, side, key, room as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        self.visit(rows.len() + 1)?;
+        Ok(rows)
     }
 
     /// The join keys a record of `alias` is found by: (edge, side, key).
@@ -457,8 +500,18 @@ impl<'a> Maint<'a> {
     }
 
     /// Every joined row holding the record `rid` of `alias`.
-    fn tuples_of(&self, alias: usize, rid: &str, out: &mut HashMap<String, Tuple>) -> Result<(), LensError> {
-        let Some(row) = self.read(alias, rid)? else { return Ok(()) };
+    fn tuples_of(
+        &self,
+        alias: usize,
+        rid: &str,
+        known: Option<Option<&Row>>,
+        out: &mut HashMap<String, Tuple>,
+    ) -> Result<(), LensError> {
+        let row = match known {
+            Some(r) => r.cloned(),
+            None => self.read(alias, rid)?,
+        };
+        let Some(row) = row else { return Ok(()) };
         let n = self.view.aliases.len();
         // Visit the aliases outward from this one, each reached through one join edge.
         let mut order: Vec<(usize, usize, bool)> = Vec::new(); // (alias, edge, reached as the child)
@@ -510,6 +563,7 @@ impl<'a> Maint<'a> {
                 let row = match cache.get(&(x, rid.clone())) {
                     Some(r) => r.clone(),
                     None => {
+                        self.visit(1)?;
                         let r = self.read(x, &rid)?.map(Rc::new);
                         cache.insert((x, rid), r.clone());
                         r
@@ -538,6 +592,7 @@ impl<'a> Maint<'a> {
     /// Applies a change to one record of `alias` (`new`: its columns now, none when deleted),
     /// adding what it did to the view's rows to `diff`.
     pub fn change(&mut self, alias: usize, rid: &str, new: Option<Row>, diff: &mut Diff) -> Result<(), LensError> {
+        self.visits.set(0);
         let old = self.read(alias, rid)?;
         if old == new {
             return Ok(());
@@ -561,12 +616,14 @@ impl<'a> Maint<'a> {
         anchors.dedup();
         let mut before = HashMap::new();
         for (a, r) in &anchors {
-            self.tuples_of(*a, r, &mut before)?;
+            let known = (*a == alias && r == rid).then_some(old.as_ref());
+            self.tuples_of(*a, r, known, &mut before)?;
         }
         self.store(alias, rid, old.as_ref(), new.as_ref())?;
         let mut after = HashMap::new();
         for (a, r) in &anchors {
-            self.tuples_of(*a, r, &mut after)?;
+            let known = (*a == alias && r == rid).then_some(new.as_ref());
+            self.tuples_of(*a, r, known, &mut after)?;
         }
         let mut minus = Vec::new();
         let mut plus = Vec::new();
@@ -589,15 +646,14 @@ impl<'a> Maint<'a> {
         plus: Vec<(String, Tuple)>,
         diff: &mut Diff,
     ) -> Result<(), LensError> {
-        let keep = |t: &Tuple| self.view.filter.as_ref().is_none_or(|p| eval(p, t));
-        if !self.view.grouped() {
-            for (id, t) in minus.iter().filter(|(_, t)| keep(t)) {
-                let _ = t;
-                self.out_remove(id, diff)?;
+        let view = self.view;
+        let keep = |t: &Tuple| view.filter.as_ref().is_none_or(|p| eval(p, t));
+        if !view.grouped() {
+            for (id, _) in minus.iter().filter(|(_, t)| keep(t)) {
+                self.out_remove(id, None, diff)?;
             }
             for (id, t) in plus.iter().filter(|(_, t)| keep(t)) {
-                let row = select_row(self.view, t);
-                self.out_put(id, row, diff)?;
+                self.out_put(id, select_row(view, t), 0, None, None, diff)?;
             }
             return Ok(());
         }
@@ -607,7 +663,7 @@ impl<'a> Maint<'a> {
             if !keep(t) {
                 continue;
             }
-            let values = group_values(self.view, t);
+            let values = group_values(view, t);
             let g = Value::Array(values.clone()).to_string();
             if !groups.contains_key(&g) {
                 let st = self.group(&g, values)?;
@@ -615,7 +671,7 @@ impl<'a> Maint<'a> {
             }
             let st = groups.get_mut(&g).expect("inserted");
             st.n += w;
-            for (i, (_, s)) in self.view.select.iter().enumerate() {
+            for (i, (_, s)) in view.select.iter().enumerate() {
                 let Sel::Agg(agg, Some(r)) = s else { continue };
                 let v = t.col(*r);
                 if v.is_null() {
@@ -629,79 +685,89 @@ impl<'a> Maint<'a> {
                             st.acc[i].1 += w;
                         }
                     }
-                    Agg::Min | Agg::Max => self.extreme_add(&g, i, v, w)?,
+                    Agg::Min | Agg::Max => {
+                        let left = self.extreme_add(&g, i, v, w)?;
+                        let want =
+                            if *agg == Agg::Min { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater };
+                        if w > 0 {
+                            if st.ext[i].as_ref().is_none_or(|e| compare(v, e) == want) {
+                                st.ext[i] = Some(v.clone());
+                            }
+                        } else if left <= 0 && st.ext[i].as_ref().is_some_and(|e| compare(v, e).is_eq()) {
+                            st.dirty[i] = true;
+                        }
+                    }
                 }
             }
         }
-        for (g, st) in groups {
+        for (g, mut st) in groups {
+            // Another group's change may have moved this row in or out of the view since.
+            if st.read_at != self.moves && st.prev.is_some() {
+                st.prev = self.out_get(&g)?.map(|(p, ..)| p);
+            }
             if st.n <= 0 {
-                if st.existed {
-                    self.conn
-                        .prepare_cached("DELETE FROM lens_group WHERE view = ?1 AND g = ?2")?
-                        .execute(params![self.id, g])?;
-                    self.counters.state_n -= 1;
+                if st.prev.is_some() {
+                    self.out_remove(&g, Some(st.prev), diff)?;
                 }
-                self.out_remove(&g, diff)?;
                 continue;
             }
-            let acc = serde_json::to_string(&st.acc).unwrap_or_default();
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO lens_group (view, g, n, acc) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (view, g) DO UPDATE SET n = excluded.n, acc = excluded.acc",
-                )?
-                .execute(params![self.id, g, st.n, acc])?;
-            if !st.existed {
-                self.grow(1)?;
+            for i in 0..st.dirty.len() {
+                if st.dirty[i] {
+                    st.ext[i] = Some(self.extreme(&g, i)?).filter(|v| !v.is_null());
+                }
             }
-            let row = group_row(self.view, &st.values, st.n, &st.acc, &|i| self.extreme(&g, i).unwrap_or(Value::Null));
-            self.out_put(&g, row, diff)?;
+            let row = group_row(view, &st.values, st.n, &st.acc, &|i| st.ext[i].clone().unwrap_or(Value::Null));
+            let acc = serde_json::to_string(&st.acc).unwrap_or_default();
+            self.out_put(&g, row, st.n, Some(&acc), Some(st.prev), diff)?;
         }
         Ok(())
     }
 
     fn group(&self, g: &str, values: Vec<Value>) -> rusqlite::Result<GroupState> {
-        let found: Option<(i64, String)> = self
-            .conn
-            .prepare_cached("SELECT n, acc FROM lens_group WHERE view = ?1 AND g = ?2")?
-            .query_row(params![self.id, g], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let blank = || vec![(0, 0); self.view.select.len()];
-        Ok(match found {
-            Some((n, acc)) => {
-                GroupState { values, n, acc: serde_json::from_str(&acc).unwrap_or_else(|_| blank()), existed: true }
+        let len = self.view.select.len();
+        let (prev, n, acc) = match self.out_get(g)? {
+            Some((p, n, acc)) => {
+                let acc = acc.and_then(|a| serde_json::from_str(&a).ok()).unwrap_or_else(|| vec![(0, 0); len]);
+                (Some(p), n, acc)
             }
-            None => GroupState { values, n: 0, acc: blank(), existed: false },
-        })
+            None => (None, 0, vec![(0, 0); len]),
+        };
+        // The extremes the row shows now are where min/max start from.
+        let shown: Value = prev.as_ref().and_then(|p| serde_json::from_str(&p.row).ok()).unwrap_or(Value::Null);
+        let ext = self
+            .view
+            .select
+            .iter()
+            .map(|(name, s)| match s {
+                Sel::Agg(Agg::Min | Agg::Max, _) => shown.get(name).filter(|v| !v.is_null()).cloned(),
+                _ => None,
+            })
+            .collect();
+        Ok(GroupState { values, n, acc, prev, read_at: self.moves, ext, dirty: vec![false; len] })
     }
 
-    fn extreme_add(&mut self, g: &str, i: usize, v: &Value, w: i64) -> Result<(), LensError> {
+    /// Adds `w` copies of `v` to a group's multiset for column `i`; how many are left.
+    fn extreme_add(&mut self, g: &str, i: usize, v: &Value, w: i64) -> Result<i64, LensError> {
         let enc = encoded(v);
-        let n: Option<i64> = self
+        let now: i64 = self
             .conn
-            .prepare_cached("SELECT n FROM lens_mm WHERE view = ?1 AND g = ?2 AND agg = ?3 AND v = ?4")?
-            .query_row(params![self.id, g, i as i64, enc], |r| r.get(0))
-            .optional()?;
-        let now = n.unwrap_or(0) + w;
+            .prepare_cached(
+                "INSERT INTO lens_mm (view, g, agg, v, val, n) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (view, g, agg, v) DO UPDATE SET n = n + excluded.n RETURNING n",
+            )?
+            .query_row(params![self.id, g, i as i64, enc, v.to_string(), w], |r| r.get(0))?;
+        let inserted = now == w;
         if now <= 0 {
-            if n.is_some() {
-                self.conn
-                    .prepare_cached("DELETE FROM lens_mm WHERE view = ?1 AND g = ?2 AND agg = ?3 AND v = ?4")?
-                    .execute(params![self.id, g, i as i64, enc])?;
+            self.conn
+                .prepare_cached("DELETE FROM lens_mm WHERE view = ?1 AND g = ?2 AND agg = ?3 AND v = ?4")?
+                .execute(params![self.id, g, i as i64, enc])?;
+            if !inserted {
                 self.counters.state_n -= 1;
             }
-        } else {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO lens_mm (view, g, agg, v, val, n) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (view, g, agg, v) DO UPDATE SET n = excluded.n",
-                )?
-                .execute(params![self.id, g, i as i64, enc, v.to_string(), now])?;
-            if n.is_none() {
-                self.grow(1)?;
-            }
+        } else if inserted {
+            self.grow(1)?;
         }
-        Ok(())
+        Ok(now)
     }
 
     fn extreme(&self, g: &str, i: usize) -> rusqlite::Result<Value> {
@@ -716,20 +782,28 @@ impl<'a> Maint<'a> {
         Ok(val.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or(Value::Null))
     }
 
-    fn out_get(&self, k: &str) -> rusqlite::Result<Option<(Vec<u8>, bool, String)>> {
+    /// An output row, with its group's count and accumulators.
+    fn out_get(&self, k: &str) -> rusqlite::Result<Option<(OutRow, i64, Option<String>)>> {
         self.conn
-            .prepare_cached("SELECT sort, top, row FROM lens_out WHERE view = ?1 AND k = ?2")?
-            .query_row(params![self.id, k], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?)))
+            .prepare_cached("SELECT sort, top, row, n, acc FROM lens_out WHERE view = ?1 AND k = ?2")?
+            .query_row(params![self.id, k], |r| {
+                Ok((OutRow { sort: r.get(0)?, top: r.get::<_, i64>(1)? != 0, row: r.get(2)? }, r.get(3)?, r.get(4)?))
+            })
             .optional()
     }
 
-    fn out_remove(&mut self, k: &str, diff: &mut Diff) -> Result<(), LensError> {
-        let Some((_, top, row)) = self.out_get(k)? else { return Ok(()) };
+    /// Removes an output row (`prev`: as already read, if it was).
+    fn out_remove(&mut self, k: &str, prev: Option<Option<OutRow>>, diff: &mut Diff) -> Result<(), LensError> {
+        let prev = match prev {
+            Some(p) => p,
+            None => self.out_get(k)?.map(|(p, ..)| p),
+        };
+        let Some(prev) = prev else { return Ok(()) };
         self.conn.prepare_cached("DELETE FROM lens_out WHERE view = ?1 AND k = ?2")?.execute(params![self.id, k])?;
         self.counters.state_n -= 1;
-        if top {
+        if prev.top {
             self.counters.top_n -= 1;
-            diff.removed.push(serde_json::from_str(&row).unwrap_or(Value::Null));
+            diff.removed.push(serde_json::from_str(&prev.row).unwrap_or(Value::Null));
             // The first row past the view's end moves in.
             let next: Option<(String, String)> = self
                 .conn
@@ -749,28 +823,40 @@ impl<'a> Maint<'a> {
             .prepare_cached("UPDATE lens_out SET top = ?3 WHERE view = ?1 AND k = ?2")?
             .execute(params![self.id, k, top as i64])?;
         self.counters.top_n += if top { 1 } else { -1 };
+        self.moves += 1;
         Ok(())
     }
 
-    fn out_put(&mut self, k: &str, row: Value, diff: &mut Diff) -> Result<(), LensError> {
+    /// Sets an output row (with its group's count and accumulators; `prev`: the row as already
+    /// read, if it was), keeping the first `limit` rows marked.
+    fn out_put(
+        &mut self,
+        k: &str,
+        row: Value,
+        n: i64,
+        acc: Option<&str>,
+        prev: Option<Option<OutRow>>,
+        diff: &mut Diff,
+    ) -> Result<(), LensError> {
         let text = row.to_string();
         let sort = sort_key(self.view, &row, k);
-        if let Some((old_sort, top, old_row)) = self.out_get(k)? {
-            if old_row == text {
-                return Ok(());
-            }
+        let prev = match prev {
+            Some(p) => p,
+            None => self.out_get(k)?.map(|(p, ..)| p),
+        };
+        if let Some(old) = prev {
             // Same place (the order's columns did not change): rewritten where it stands.
-            if old_sort == sort {
+            if old.sort == sort {
                 self.conn
-                    .prepare_cached("UPDATE lens_out SET row = ?3 WHERE view = ?1 AND k = ?2")?
-                    .execute(params![self.id, k, text])?;
-                if top {
-                    diff.removed.push(serde_json::from_str(&old_row).unwrap_or(Value::Null));
+                    .prepare_cached("UPDATE lens_out SET row = ?3, n = ?4, acc = ?5 WHERE view = ?1 AND k = ?2")?
+                    .execute(params![self.id, k, text, n, acc])?;
+                if old.top && old.row != text {
+                    diff.removed.push(serde_json::from_str(&old.row).unwrap_or(Value::Null));
                     diff.added.push(row);
                 }
                 return Ok(());
             }
-            self.out_remove(k, diff)?;
+            self.out_remove(k, Some(Some(old)), diff)?;
         }
         let limit = self.view.limit as i64;
         let mut top = true;
@@ -791,8 +877,10 @@ impl<'a> Maint<'a> {
             }
         }
         self.conn
-            .prepare_cached("INSERT INTO lens_out (view, k, sort, top, row) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![self.id, k, sort, top as i64, text])?;
+            .prepare_cached(
+                "INSERT INTO lens_out (view, k, sort, top, row, n, acc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![self.id, k, sort, top as i64, text, n, acc])?;
         self.grow(1)?;
         if top {
             self.counters.top_n += 1;
@@ -831,7 +919,7 @@ pub fn rows(
 
 /// Removes a view's state.
 pub fn drop_state(conn: &Connection, id: i64) -> rusqlite::Result<()> {
-    for table in ["lens_in", "lens_key", "lens_group", "lens_mm", "lens_out"] {
+    for table in ["lens_in", "lens_key", "lens_mm", "lens_out"] {
         conn.execute(&format!("DELETE FROM {table} WHERE view = ?1"), [id])?;
     }
     conn.execute("UPDATE lens_view SET top_n = 0, state_n = 0 WHERE id = ?1", [id])?;

@@ -91,6 +91,19 @@ fn view_uri(did: &str, name: &str) -> String {
     format!("at://{did}/{VIEW}/{name}")
 }
 
+/// A message for a view's subscribers, told once the event `seq` it follows has committed.
+struct Told {
+    seq: i64,
+    id: i64,
+    msg: Value,
+    /// The view is gone (deleted, redefined or stopped): its subscriptions end.
+    close: bool,
+}
+
+/// Builds of one account's views in a minute, at most (a definition rewritten faster than that
+/// stops, rather than rebuilding inside the event consumer's transaction again and again).
+const BUILDS_PER_MINUTE: usize = 10;
+
 /// A `/ws` subscriber of a view: the newest event its first rows already held, and its queue.
 struct Subscriber {
     as_of: i64,
@@ -103,8 +116,10 @@ pub struct Lens {
     node: OnceLock<Arc<Node>>,
     /// The views, read from the database when `dirty`.
     catalog: parking_lot::Mutex<(bool, Arc<Vec<Loaded>>)>,
-    /// Differences committed but not yet told: (event seq, view id, view URI, difference).
-    pending: parking_lot::Mutex<Vec<(i64, i64, String, Diff)>>,
+    /// Messages to subscribers not yet told (their transaction may not have committed yet).
+    pending: parking_lot::Mutex<Vec<Told>>,
+    /// When each account's views were last built (a bound on rebuilds).
+    builds: parking_lot::Mutex<HashMap<String, Vec<std::time::Instant>>>,
     /// Subscribers by view id.
     subscribers: parking_lot::Mutex<HashMap<i64, Vec<Subscriber>>>,
 }
@@ -117,6 +132,7 @@ impl Lens {
             node: OnceLock::new(),
             catalog: parking_lot::Mutex::new((true, Arc::new(Vec::new()))),
             pending: parking_lot::Mutex::new(Vec::new()),
+            builds: parking_lot::Mutex::new(HashMap::new()),
             subscribers: parking_lot::Mutex::new(HashMap::new()),
         }
     }
@@ -159,7 +175,19 @@ fn load(conn: &Connection, lexicons: &ues_protocol::sync::repo::lexicon::Lexicon
     let mut out = Vec::new();
     for row in rows {
         let (id, did, name, definition, built_seq, stopped) = row?;
-        let view = serde_json::from_str(&definition).ok().and_then(|d| def::compile(&d, lexicons).ok()).map(Arc::new);
+        let compiled = serde_json::from_str::<Value>(&definition)
+            .map_err(|e| e.to_string())
+            .and_then(|d| def::compile(&d, lexicons).map_err(|e| e.0));
+        let (view, stopped) = match (compiled, stopped) {
+            (Ok(v), stopped) => (Some(Arc::new(v)), stopped),
+            (Err(_), Some(s)) => (None, Some(s)),
+            // It compiled when built: the node's lexicons changed since. Stopped, not frozen.
+            (Err(e), None) => {
+                let why = format!("the definition no longer checks against this node's lexicons: {e}");
+                conn.execute("UPDATE lens_view SET stopped = ?2 WHERE id = ?1", params![id, why])?;
+                (None, Some(why))
+            }
+        };
         out.push(Loaded { id, did, name, view, built_seq, stopped });
     }
     Ok(out)
@@ -189,6 +217,7 @@ struct Batch<'t> {
     max_state: i64,
     maints: HashMap<i64, Maint<'t>>,
     stopped: Vec<(i64, String)>,
+    closed: &'t mut Vec<(i64, String)>,
 }
 
 impl<'t> Batch<'t> {
@@ -220,14 +249,15 @@ impl<'t> Batch<'t> {
         }
     }
 
-    fn finish(self) -> rusqlite::Result<()> {
-        for (_, m) in self.maints {
+    fn finish(mut self) -> rusqlite::Result<()> {
+        for (_, m) in std::mem::take(&mut self.maints) {
             m.finish()?;
         }
         for (id, why) in self.stopped {
             tracing::warn!(app = NAME, view = id, reason = %why, "a view stopped");
             engine::drop_state(self.tx, id)?;
             self.tx.execute("UPDATE lens_view SET stopped = ?2 WHERE id = ?1", params![id, why])?;
+            self.closed.push((id, format!("stopped: {why}")));
         }
         Ok(())
     }
@@ -236,8 +266,16 @@ impl<'t> Batch<'t> {
 impl Lens {
     /// Defines (or redefines) the view `name` of `did` from its record, and builds it from the
     /// records held now.
-    fn define(&self, tx: &Transaction<'_>, did: &str, name: &str, cid: &str, record: &Value) -> rusqlite::Result<()> {
-        self.undefine(tx, did, name)?;
+    fn define(
+        &self,
+        tx: &Transaction<'_>,
+        did: &str,
+        name: &str,
+        cid: &str,
+        record: &Value,
+        seq: i64,
+    ) -> rusqlite::Result<()> {
+        self.undefine(tx, did, name, seq, "redefined")?;
         let definition = record.get("definition").cloned().unwrap_or(Value::Null);
         let compiled = def::compile(&definition, &self.node().lexicons);
         let stopped = match &compiled {
@@ -247,6 +285,29 @@ impl Lens {
             Ok(_) => None,
             Err(e) => Some(format!("the definition was refused: {e}")),
         };
+        // The bounds createView checks hold for a record written any other way too.
+        let views: i64 = tx.query_row("SELECT count(*) FROM lens_view WHERE did = ?1", [did], |r| r.get(0))?;
+        let stopped = stopped.or_else(|| {
+            (views as usize >= self.cfg.max_views_per_account).then(|| {
+                format!(
+                    "the account has {} views already ([lens] max_views_per_account)",
+                    self.cfg.max_views_per_account
+                )
+            })
+        });
+        let stopped = stopped.or_else(|| {
+            let mut builds = self.builds.lock();
+            let now = std::time::Instant::now();
+            let recent = builds.entry(did.to_string()).or_default();
+            recent.retain(|t| now.duration_since(*t) < std::time::Duration::from_secs(60));
+            if recent.len() >= BUILDS_PER_MINUTE {
+                return Some(format!(
+                    "the account's views were rebuilt more than {BUILDS_PER_MINUTE} times in a minute"
+                ));
+            }
+            recent.push(now);
+            None
+        });
         let seq = sequencer::latest_seq_in(tx)?;
         tx.execute(
             "INSERT INTO lens_view (did, name, cid, definition, built_seq, stopped, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -262,16 +323,64 @@ impl Lens {
         Ok(())
     }
 
-    fn undefine(&self, tx: &Transaction<'_>, did: &str, name: &str) -> rusqlite::Result<()> {
+    fn undefine(&self, tx: &Transaction<'_>, did: &str, name: &str, seq: i64, why: &str) -> rusqlite::Result<()> {
         let id: Option<i64> = tx
             .query_row("SELECT id FROM lens_view WHERE did = ?1 AND name = ?2", params![did, name], |r| r.get(0))
             .optional()?;
         if let Some(id) = id {
             engine::drop_state(tx, id)?;
             tx.execute("DELETE FROM lens_view WHERE id = ?1", [id])?;
+            self.close(seq, id, &view_uri(did, name), why);
             self.reload(tx)?;
         }
         Ok(())
+    }
+
+    /// Ends a view's subscriptions (told after `seq` commits).
+    fn close(&self, seq: i64, id: i64, uri: &str, why: &str) {
+        let msg = json!({ "view": uri, "seq": seq, "closed": why });
+        self.pending.lock().push(Told { seq, id, msg, close: true });
+    }
+
+    /// Brings the account's own view definitions in line with its records (after an import),
+    /// or removes them all (`gone`: the account was deleted).
+    fn reconcile_views(&self, tx: &Transaction<'_>, did: &str, gone: bool, seq: i64) -> rusqlite::Result<()> {
+        let held: Vec<(String, String)> = tx
+            .prepare_cached("SELECT name, cid FROM lens_view WHERE did = ?1")?
+            .query_map([did], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let records = if gone { Vec::new() } else { records_in(tx, did, &[VIEW])? };
+        for (name, _) in &held {
+            if !records.iter().any(|r| &r.rkey == name) {
+                self.undefine(tx, did, name, seq, "deleted")?;
+            }
+        }
+        for r in records {
+            if held.iter().any(|(n, c)| *n == r.rkey && *c == r.cid) {
+                continue;
+            }
+            let value = r
+                .cid
+                .parse()
+                .ok()
+                .and_then(|cid| self.node().accounts.blocks().get(&cid).ok().flatten())
+                .and_then(|b| record_value(&b, did, VIEW, &r.rkey, &r.cid));
+            if let Some(v) = value {
+                self.define(tx, did, &r.rkey, &r.cid, &v, seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A created or updated record's JSON: from the event's own blocks, or the node's (a
+    /// record the event left out, as a large commit's may).
+    fn op_record(&self, did: &str, op: &sequencer::RecordOp) -> Option<Value> {
+        let cid = op.cid.as_deref()?;
+        let bytes: Vec<u8> = match op.record.as_deref() {
+            Some(b) => b.to_vec(),
+            None => self.node().accounts.blocks().get(&cid.parse().ok()?).ok().flatten()?.to_vec(),
+        };
+        record_value(&bytes, did, &op.collection, &op.rkey, cid)
     }
 
     /// Feeds every record the view reads, as held now, through its maintenance.
@@ -283,7 +392,7 @@ impl Lens {
         let mut diff = Diff::default();
         let mut n = 0;
         for (did, _, status) in ues_protocol::sync::repo::accounts::account_dids(tx)? {
-            if status == "deleted" {
+            if status != "active" {
                 continue;
             }
             for r in records_in(tx, &did, &collections)? {
@@ -362,6 +471,11 @@ impl App for Lens {
         MIGRATIONS
     }
 
+    /// Subscribers follow views live: a short gathering window (a batch per 10 ms at most).
+    fn gather(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(10)
+    }
+
     fn xrpc(self: Arc<Self>) -> Router<Arc<Node>> {
         let (a, b, c, d, e) = (self.clone(), self.clone(), self.clone(), self.clone(), self.clone());
         Router::new()
@@ -419,7 +533,7 @@ impl App for Lens {
     fn apply(&self, tx: &Transaction<'_>, events: &[LogEvent]) -> rusqlite::Result<()> {
         if let Some(first) = events.first() {
             // A batch applied again (its first attempt rolled back) tells its differences once.
-            self.pending.lock().retain(|(seq, ..)| *seq < first.seq);
+            self.pending.lock().retain(|t| t.seq < first.seq);
         }
         let mut catalog = self.catalog(tx)?;
         let mut told = Vec::new();
@@ -431,12 +545,9 @@ impl App for Lens {
                     if RecordKey::new(&op.rkey).is_err() {
                         continue;
                     }
-                    let record = op.record.as_deref().and_then(|b| {
-                        let cid = op.cid.clone().unwrap_or_default();
-                        record_value(b, &e.did, VIEW, &op.rkey, &cid)
-                    });
+                    let record = if op.action == "delete" { None } else { self.op_record(&e.did, op) };
                     match (op.action.as_str(), record) {
-                        ("delete", _) => self.undefine(tx, &e.did, &op.rkey)?,
+                        ("delete", _) => self.undefine(tx, &e.did, &op.rkey, e.seq, "deleted")?,
                         (_, Some(r)) => {
                             let existing = catalog.iter().find(|l| l.did == e.did && l.name == op.rkey).map(|l| l.id);
                             let unchanged = match existing {
@@ -444,7 +555,7 @@ impl App for Lens {
                                 None => false,
                             };
                             if !unchanged {
-                                self.define(tx, &e.did, &op.rkey, op.cid.as_deref().unwrap_or_default(), &r)?;
+                                self.define(tx, &e.did, &op.rkey, op.cid.as_deref().unwrap_or_default(), &r, e.seq)?;
                             }
                         }
                         _ => {}
@@ -452,8 +563,25 @@ impl App for Lens {
                     catalog = self.catalog(tx)?;
                 }
             }
-            let mut batch =
-                Batch { tx, max_state: self.cfg.max_view_rows, maints: HashMap::new(), stopped: Vec::new() };
+            match &e.what {
+                Happened::Sync => {
+                    self.reconcile_views(tx, &e.did, false, e.seq)?;
+                    catalog = self.catalog(tx)?;
+                }
+                Happened::Account { status } if status == "deleted" => {
+                    self.reconcile_views(tx, &e.did, true, e.seq)?;
+                    catalog = self.catalog(tx)?;
+                }
+                _ => {}
+            }
+            let mut closed = Vec::new();
+            let mut batch = Batch {
+                tx,
+                max_state: self.cfg.max_view_rows,
+                maints: HashMap::new(),
+                stopped: Vec::new(),
+                closed: &mut closed,
+            };
             let mut diffs: Vec<(i64, String, Diff)> = Vec::new();
             for l in catalog.iter() {
                 let Some(view) = l.view.as_deref() else { continue };
@@ -470,15 +598,7 @@ impl App for Lens {
                             let rid = format!("at://{}/{}/{}", e.did, op.collection, op.rkey);
                             let record = match op.action.as_str() {
                                 "delete" => None,
-                                _ => op.record.as_deref().and_then(|b| {
-                                    record_value(
-                                        b,
-                                        &e.did,
-                                        &op.collection,
-                                        &op.rkey,
-                                        op.cid.as_deref().unwrap_or_default(),
-                                    )
-                                }),
+                                _ => self.op_record(&e.did, op),
                             };
                             for (alias, row) in changes_of(view, &op.collection, record.as_ref()) {
                                 batch.change(l, view, alias, &rid, row, &mut diff)?;
@@ -486,8 +606,10 @@ impl App for Lens {
                         }
                     }
                     Happened::Sync => self.resync(&mut batch, l, view, &e.did, false, &mut diff)?,
-                    Happened::Account { status } if status == "deleted" => {
-                        self.resync(&mut batch, l, view, &e.did, true, &mut diff)?
+                    // Only an active account's records are in views: one taken down, deactivated
+                    // or deleted leaves them, and comes back into them when active again.
+                    Happened::Account { status } => {
+                        self.resync(&mut batch, l, view, &e.did, status != "active", &mut diff)?
                     }
                     _ => {}
                 }
@@ -498,13 +620,23 @@ impl App for Lens {
             }
             let stopped: Vec<i64> = batch.stopped.iter().map(|(id, _)| *id).collect();
             batch.finish()?;
-            if !stopped.is_empty() {
-                catalog = self.reload(tx)?;
-            }
             for (id, uri, diff) in diffs {
                 if !stopped.contains(&id) {
-                    told.push((e.seq, id, uri, diff));
+                    let msg = json!({ "view": uri, "seq": e.seq, "added": diff.added, "removed": diff.removed });
+                    told.push(Told { seq: e.seq, id, msg, close: false });
                 }
+            }
+            if !closed.is_empty() {
+                for (id, why) in closed {
+                    let uri = catalog.iter().find(|l| l.id == id).map(|l| l.uri()).unwrap_or_default();
+                    told.push(Told {
+                        seq: e.seq,
+                        id,
+                        msg: json!({ "view": uri, "seq": e.seq, "closed": why }),
+                        close: true,
+                    });
+                }
+                catalog = self.reload(tx)?;
             }
         }
         self.pending.lock().extend(told);
@@ -514,7 +646,16 @@ impl App for Lens {
     fn rebuild(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
         // Every view is built again from the records held now (from the definitions the
         // accounts' records hold).
-        for table in ["lens_in", "lens_key", "lens_group", "lens_mm", "lens_out", "lens_view"] {
+        let seq = sequencer::latest_seq_in(tx)?;
+        let old: Vec<(i64, String, String)> = tx
+            .prepare("SELECT id, did, name FROM lens_view")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        self.pending.lock().clear();
+        for (id, did, name) in old {
+            self.close(seq, id, &view_uri(&did, &name), "rebuilt");
+        }
+        for table in ["lens_in", "lens_key", "lens_mm", "lens_out", "lens_view"] {
             tx.execute(&format!("DELETE FROM {table}"), [])?;
         }
         self.reload(tx)?;
@@ -530,7 +671,7 @@ impl App for Lens {
                     .and_then(|cid| self.node().accounts.blocks().get(&cid).ok().flatten())
                     .and_then(|b| record_value(&b, &did, VIEW, &r.rkey, &r.cid));
                 if let Some(v) = value {
-                    self.define(tx, &did, &r.rkey, &r.cid, &v)?;
+                    self.define(tx, &did, &r.rkey, &r.cid, &v, seq)?;
                 }
             }
         }
@@ -539,25 +680,29 @@ impl App for Lens {
 
     fn applied(&self, _node: &Node, events: &[LogEvent]) {
         let Some(last) = events.last().map(|e| e.seq) else { return };
-        let ready: Vec<(i64, i64, String, Diff)> = {
+        // Taken and told under the subscribers' lock: two committers tell in commit order.
+        let mut subs = self.subscribers.lock();
+        let ready: Vec<Told> = {
             let mut p = self.pending.lock();
-            let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut *p).into_iter().partition(|(s, ..)| *s <= last);
+            let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut *p).into_iter().partition(|t| t.seq <= last);
             *p = later;
             ready
         };
         if ready.is_empty() {
             return;
         }
-        let mut subs = self.subscribers.lock();
         subs.retain(|_, list| {
             list.retain(|s| s.tx.receiver_count() > 0);
             !list.is_empty()
         });
-        for (seq, id, uri, diff) in ready {
-            let Some(list) = subs.get(&id) else { continue };
-            let msg = json!({ "view": uri, "seq": seq, "added": diff.added, "removed": diff.removed });
-            for s in list.iter().filter(|s| s.as_of < seq) {
-                let _ = s.tx.send(msg.clone());
+        for t in ready {
+            if let Some(list) = subs.get(&t.id) {
+                for s in list.iter().filter(|s| s.as_of < t.seq) {
+                    let _ = s.tx.send(t.msg.clone());
+                }
+            }
+            if t.close {
+                subs.remove(&t.id);
             }
         }
     }
@@ -667,7 +812,8 @@ async fn create_view(app: Arc<Lens>, headers: HeaderMap, body: Value) -> Answer 
         let Some(found) = found else { return Err(NodeError::internal("a new view was not built")) };
         let stopped = found.stopped;
         if let Some(why) = stopped {
-            return Err(NodeError::bad("ViewTooLarge", why));
+            let name = if why.contains("max_view_rows") { "ViewTooLarge" } else { "ViewStopped" };
+            return Err(NodeError::bad(name, why));
         }
         tracing::info!(app = NAME, %did, view = %view.name, "a view was created");
         Ok(Json(json!({ "uri": view_uri(did.as_str(), &view.name), "name": view.name, "cid": cid })))
@@ -933,6 +1079,8 @@ impl Topic for LensTopic {
         // The first rows and the event they reflect are read together, under the subscribers'
         // lock: differences told after this are exactly those of later events.
         let first: Result<_, rusqlite::Error> = node.accounts.db().read(|c| {
+            // One read transaction: the rows and the event they reflect are of one moment.
+            let c = &c.unchecked_transaction()?;
             let Some(Found { id, did: owner, name, stopped }) = find(c, view, did)? else { return Ok(None) };
             let as_of: i64 =
                 c.query_row("SELECT seq FROM app_cursor WHERE app = ?1", [NAME], |r| r.get(0)).optional()?.unwrap_or(0);
