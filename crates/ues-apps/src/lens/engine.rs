@@ -280,6 +280,20 @@ fn eval(p: &Pred, t: &Tuple) -> bool {
     }
 }
 
+/// Adds `w` rows holding `v` to a count, sum or average accumulator (`[sum, count]`).
+fn accumulate(acc: &mut (i64, i64), agg: Agg, v: &Value, w: i64) {
+    match agg {
+        Agg::Count => acc.1 += w,
+        Agg::Sum | Agg::Avg => {
+            if let Some(x) = v.as_i64() {
+                acc.0 = acc.0.wrapping_add(x.wrapping_mul(w));
+                acc.1 += w;
+            }
+        }
+        Agg::Min | Agg::Max => {}
+    }
+}
+
 /// A row of an ungrouped view.
 fn select_row(view: &View, t: &Tuple) -> Value {
     let mut m = Map::new();
@@ -678,13 +692,7 @@ impl<'a> Maint<'a> {
                     continue;
                 }
                 match agg {
-                    Agg::Count => st.acc[i].1 += w,
-                    Agg::Sum | Agg::Avg => {
-                        if let Some(x) = v.as_i64() {
-                            st.acc[i].0 = st.acc[i].0.wrapping_add(x.wrapping_mul(w));
-                            st.acc[i].1 += w;
-                        }
-                    }
+                    Agg::Count | Agg::Sum | Agg::Avg => accumulate(&mut st.acc[i], *agg, v, w),
                     Agg::Min | Agg::Max => {
                         let left = self.extreme_add(&g, i, v, w)?;
                         let want =
@@ -996,13 +1004,7 @@ pub fn recompute(view: &View, inputs: &[Vec<(String, Row)>]) -> Vec<Value> {
                     continue;
                 }
                 match agg {
-                    Agg::Count => g.acc[i].1 += 1,
-                    Agg::Sum | Agg::Avg => {
-                        if let Some(x) = v.as_i64() {
-                            g.acc[i].0 = g.acc[i].0.wrapping_add(x);
-                            g.acc[i].1 += 1;
-                        }
-                    }
+                    Agg::Count | Agg::Sum | Agg::Avg => accumulate(&mut g.acc[i], *agg, v, 1),
                     Agg::Min | Agg::Max => g.seen[i].push(v.clone()),
                 }
             }
