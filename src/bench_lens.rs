@@ -74,7 +74,7 @@ fn like(n: usize, subject: usize) -> (String, Value) {
 }
 
 /// Builds the view over `rows` posts and likes, then measures `changes` single-record changes.
-pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, dir: &Path) -> anyhow::Result<Value> {
+pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, cache_mib: u64, dir: &Path) -> anyhow::Result<Value> {
     let lex = lexicons()?;
     let view: View = def::compile(&view_definition(), &lex).map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(dir)?;
@@ -83,6 +83,10 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, dir: &Path) -> an
     let db = Sqlite::open(&path, &SqliteConfig::default())?;
     db.migrate(&[ues_repo::ipld::storage::Migration { id: "bench/lens", sql: engine::MIGRATION_SQL }])?;
     let id = db.write(|tx| {
+        if cache_mib > 0 {
+            // The writer's page cache (the node leaves SQLite's default, 2 MiB).
+            tx.execute_batch(&format!("PRAGMA cache_size = -{}", cache_mib * 1024))?;
+        }
         tx.execute(
             "INSERT INTO lens_view (did, name, cid, definition, built_seq, created_at) VALUES ('did:plc:bench', ?1, 'c', ?2, 0, 0)",
             params![view.name, view_definition().to_string()],
@@ -172,6 +176,7 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, dir: &Path) -> an
         "build_records_per_sec": (fed as f64 / build.as_secs_f64()).round(),
         "changes": changes,
         "changes_per_transaction": per_tx,
+        "page_cache_mib": if cache_mib > 0 { json!(cache_mib) } else { json!("SQLite's default (2)") },
         "change_us": {"p50": us_at(&times, 0.5), "p90": us_at(&times, 0.9), "p99": us_at(&times, 0.99), "max": us_at(&times, 1.0)},
         "changes_per_sec_with_commits": (changes as f64 / with_commits.as_secs_f64()).round(),
         "recompute_ms": ms(recompute),

@@ -344,6 +344,9 @@ enum BenchCommand {
         /// Changes per transaction (the event consumer applies a batch per transaction).
         #[arg(long, default_value_t = 100)]
         per_tx: usize,
+        /// The writer's SQLite page cache, MiB (0: SQLite's default, as the node runs).
+        #[arg(long, default_value_t = 0)]
+        cache_mib: u64,
         /// Where the database file goes (removed after).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -652,8 +655,8 @@ fn command(cli: Cli) -> anyhow::Result<()> {
             let msg: serde_json::Value = serde_json::from_str(&hook_msg)?;
             print_json(rt.block_on(bench_asset::asset(addr, transfers, writers.max(1), hook, msg))?)
         }
-        Command::Bench(BenchCommand::Lens { rows, changes, per_tx, dir }) => {
-            print_json(bench_lens::lens(rows.max(1), changes.max(1), per_tx.max(1), &dir)?)
+        Command::Bench(BenchCommand::Lens { rows, changes, per_tx, cache_mib, dir }) => {
+            print_json(bench_lens::lens(rows.max(1), changes.max(1), per_tx.max(1), cache_mib, &dir)?)
         }
         Command::Bench(BenchCommand::LensWs { addr, writes }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
