@@ -176,6 +176,14 @@ fn a_subscriber_rebuilds_the_view_from_its_differences_and_it_equals_query() {
         ws.send(Message::text(json!({"type": "subscribe", "id": "x", "topic": "lens", "view": "at://did:plc:nobody/dev.ues.lens.view/none"}).to_string())).await.unwrap();
         let refused = read(&mut ws, Duration::from_secs(20)).await.unwrap();
         assert_eq!((refused["type"].as_str(), refused["error"].as_str()), (Some("error"), Some("ViewNotFound")), "{refused}");
+        // Not a string, or a name without a session: refused the same way.
+        for bad in [json!(42), json!("likesPerPost")] {
+            ws.send(Message::text(json!({"type": "subscribe", "id": "y", "topic": "lens", "view": bad}).to_string()))
+                .await
+                .unwrap();
+            let refused = read(&mut ws, Duration::from_secs(20)).await.unwrap();
+            assert_eq!(refused["type"], "error", "{refused}");
+        }
         ws.send(Message::text(json!({"type": "subscribe", "id": "v", "topic": "lens", "view": uri}).to_string()))
             .await
             .unwrap();

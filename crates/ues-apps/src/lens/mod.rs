@@ -52,6 +52,9 @@ const MIGRATIONS: &[Migration] = &[Migration { id: "dev.ues.lens/0001_views", sq
 /// Messages queued to one `/ws` subscriber at most (one that lags is told how many it missed).
 const QUEUE: usize = 256;
 
+/// The largest first message of a view subscription (its rows), bytes.
+const MAX_FIRST_BYTES: usize = 8 << 20;
+
 /// Subscriptions to views at once, node-wide, at most.
 const MAX_SUBSCRIPTIONS: usize = 10_000;
 
@@ -522,7 +525,25 @@ impl App for Lens {
     }
 
     fn openapi(&self) -> Value {
-        mirror::openapi(LEXICONS, ROUTES, "lenses", public)
+        let mut paths = mirror::openapi(LEXICONS, ROUTES, "lenses", public);
+        // REST answers a view or record not found with 404, and a stopped or existing view
+        // with 409.
+        for op in paths
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|p| p.values_mut())
+            .filter_map(Value::as_object_mut)
+            .flat_map(|o| o.values_mut())
+        {
+            let err = json!({ "description": "", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ApiError" } } } });
+            let mut e404 = err.clone();
+            e404["description"] = json!("Not found: the body names what");
+            let mut e409 = err;
+            e409["description"] = json!("Conflict: the view exists, or stopped (the body says why)");
+            op["responses"]["404"] = e404;
+            op["responses"]["409"] = e409;
+        }
+        paths
     }
 
     fn topics(self: Arc<Self>, node: Arc<Node>) -> Vec<(String, Arc<dyn Topic>)> {
@@ -1098,8 +1119,18 @@ impl Topic for LensTopic {
         if let Some(why) = stopped {
             return Err(refuse("ViewStopped", &why));
         }
+        let first = json!({ "view": uri, "seq": as_of, "rows": rows });
+        let size = first.to_string().len();
+        if size > MAX_FIRST_BYTES {
+            return Err(refuse(
+                "ViewTooLarge",
+                &format!(
+                    "the view's rows are {size} bytes, more than one message carries ({MAX_FIRST_BYTES}): page it with query"
+                ),
+            ));
+        }
         let (tx, rx) = broadcast::channel(QUEUE);
-        let _ = tx.send(json!({ "view": uri, "seq": as_of, "rows": rows }));
+        let _ = tx.send(first);
         subs.entry(id).or_default().push(Subscriber { as_of, tx });
         Ok(rx)
     }
