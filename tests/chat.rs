@@ -677,6 +677,14 @@ fn the_chat_topic_and_rate_limits_hold_against_strangers_and_bursts() {
         let (mut bob_ws, _) =
             tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws?access_token={bt}", node.port)).await.unwrap();
         bob_ws.send(subscribe("PHONE")).await.unwrap();
+        // Subscribed before the envelope is sent: an item pushed earlier is not the socket's.
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(20), bob_ws.next()).await.unwrap().unwrap().unwrap();
+            let Message::Text(t) = m else { continue };
+            if serde_json::from_str::<Value>(t.as_str()).unwrap()["type"] == "subscribed" {
+                break;
+            }
+        }
         let envelope = json!({"algorithm": "m.megolm.v1.aes-sha2", "sender_key": "k", "session_id": "s", "ciphertext": "TElWRQ"});
         let (n, a, b) = (node.base.clone(), at.clone(), bob.clone());
         let sent = tokio::task::spawn_blocking(move || {
