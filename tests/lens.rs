@@ -455,6 +455,71 @@ fn hostile_definitions_are_refused_at_creation_and_an_outgrown_view_stops() {
     let (s, v) = get(&n, "/xrpc/dev.ues.lens.listViews", Some(&t));
     assert_eq!(s, 200);
     assert!(v["views"][0]["stopped"].as_str().unwrap().contains("bound"), "{v}");
+    // Hostile reads and writes of the other methods: typed refusals, nothing changed.
+    for (path, error) in [
+        (format!("/xrpc/dev.ues.lens.query?view={}&cursor=zz-not-hex", enc(&uri)), "InvalidRequest"),
+        (format!("/xrpc/dev.ues.lens.query?view={}&limit=100000", enc(&uri)), "InvalidRequest"),
+        ("/xrpc/dev.ues.lens.query?view=likes".to_string(), "AuthenticationRequired"),
+        ("/xrpc/app.bsky.feed.getFeedSkeleton?feed=not-a-uri".to_string(), "UnknownFeed"),
+        (
+            format!(
+                "/xrpc/app.bsky.feed.getFeedSkeleton?feed={}",
+                enc(&format!("at://{did}/app.bsky.feed.generator/none"))
+            ),
+            "UnknownFeed",
+        ),
+        (
+            format!(
+                "/xrpc/dev.ues.lens.getRecord?repo={did}&rkey=x&schema={}",
+                enc("at://did:plc:x/app.bsky.feed.post/y")
+            ),
+            "InvalidRequest",
+        ),
+        (
+            format!(
+                "/xrpc/dev.ues.lens.getRecord?repo={did}&rkey=x&schema={}",
+                enc(&format!("at://{did}/dev.ues.lens.schema/com.example.none"))
+            ),
+            "SchemaLensNotFound",
+        ),
+    ] {
+        let (s, v) = get(&n, &path, None);
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (if error == "AuthenticationRequired" { 401 } else { 400 }, Some(error)),
+            "{path}: {v}"
+        );
+    }
+    let doc = |id: &str| {
+        json!({"lexicon": 1, "id": id, "defs": {"main": {"type": "record", "key": "any",
+        "record": {"type": "object", "properties": {"a": {"type": "string"}}}}}})
+    };
+    let many: Vec<Value> =
+        (0..300).map(|i| json!({"op": "rename", "from": format!("f{i}"), "to": format!("g{i}")})).collect();
+    for (body, why) in [
+        (json!({"source": doc("com.example.a"), "target": doc("com.example.b"), "ops": many}), ""),
+        (json!({"source": doc("com.example.a"), "target": doc("com.example.a"), "ops": []}), "same"),
+        (json!({"source": {"id": "not an nsid"}, "target": doc("com.example.b"), "ops": []}), "NSID"),
+        (
+            json!({"source": doc("com.example.a"), "target": doc("com.example.b"), "ops": [{"op": "explode", "name": "a"}]}),
+            "",
+        ),
+    ] {
+        let (s, v) = xrpc_post(&n, "dev.ues.lens.createSchemaLens", Some(&t), body);
+        assert_eq!(s, 400, "{v}");
+        assert!(v["message"].as_str().unwrap_or_default().contains(why), "{v}");
+    }
+    let (s, v) = xrpc_post(&n, "dev.ues.lens.deleteView", Some(&t), json!({"view": "x".repeat(600)}));
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = xrpc_post(&n, "dev.ues.lens.deleteView", Some(&t), json!({"view": "nosuchview"}));
+    assert_eq!((s, v["error"].as_str()), (400, Some("ViewNotFound")), "{v}");
+    let (s, _) = get(
+        &n,
+        &format!("/xrpc/com.atproto.repo.getRecord?repo={did}&collection=dev.ues.lens.schema&rkey=com.example.b"),
+        None,
+    );
+    assert_eq!(s, 400, "no schema lens was stored");
+
     // The same bounds hold for definitions written as records directly: past the account's
     // view count, the view is recorded as stopped with the reason, not built.
     for name in ["direct1", "direct2", "direct3"] {

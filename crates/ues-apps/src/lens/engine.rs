@@ -280,6 +280,15 @@ fn eval(p: &Pred, t: &Tuple) -> bool {
     }
 }
 
+/// The aggregates over a column, with that column's value in `t` where it is present: (selected
+/// column index, aggregate, value).
+fn agg_inputs<'t>(view: &'t View, t: &'t Tuple) -> impl Iterator<Item = (usize, Agg, &'t Value)> + 't {
+    view.select.iter().enumerate().filter_map(move |(i, (_, s))| match s {
+        Sel::Agg(agg, Some(r)) => Some((i, *agg, t.col(*r))).filter(|(_, _, v)| !v.is_null()),
+        _ => None,
+    })
+}
+
 /// Adds `w` rows holding `v` to a count, sum or average accumulator (`[sum, count]`).
 fn accumulate(acc: &mut (i64, i64), agg: Agg, v: &Value, w: i64) {
     match agg {
@@ -685,18 +694,13 @@ impl<'a> Maint<'a> {
             }
             let st = groups.get_mut(&g).expect("inserted");
             st.n += w;
-            for (i, (_, s)) in view.select.iter().enumerate() {
-                let Sel::Agg(agg, Some(r)) = s else { continue };
-                let v = t.col(*r);
-                if v.is_null() {
-                    continue;
-                }
+            for (i, agg, v) in agg_inputs(view, t) {
                 match agg {
-                    Agg::Count | Agg::Sum | Agg::Avg => accumulate(&mut st.acc[i], *agg, v, w),
+                    Agg::Count | Agg::Sum | Agg::Avg => accumulate(&mut st.acc[i], agg, v, w),
                     Agg::Min | Agg::Max => {
                         let left = self.extreme_add(&g, i, v, w)?;
                         let want =
-                            if *agg == Agg::Min { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater };
+                            if agg == Agg::Min { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater };
                         if w > 0 {
                             if st.ext[i].as_ref().is_none_or(|e| compare(v, e) == want) {
                                 st.ext[i] = Some(v.clone());
@@ -997,14 +1001,9 @@ pub fn recompute(view: &View, inputs: &[Vec<(String, Row)>]) -> Vec<Value> {
                 seen: vec![Vec::new(); view.select.len()],
             });
             g.n += 1;
-            for (i, (_, s)) in view.select.iter().enumerate() {
-                let Sel::Agg(agg, Some(r)) = s else { continue };
-                let v = t.col(*r);
-                if v.is_null() {
-                    continue;
-                }
+            for (i, agg, v) in agg_inputs(view, t) {
                 match agg {
-                    Agg::Count | Agg::Sum | Agg::Avg => accumulate(&mut g.acc[i], *agg, v, 1),
+                    Agg::Count | Agg::Sum | Agg::Avg => accumulate(&mut g.acc[i], agg, v, 1),
                     Agg::Min | Agg::Max => g.seen[i].push(v.clone()),
                 }
             }

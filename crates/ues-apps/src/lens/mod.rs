@@ -914,12 +914,7 @@ fn page(
     limit: usize,
     cursor: Option<&str>,
 ) -> Result<(Vec<Value>, Option<String>), NodeError> {
-    let after = match cursor {
-        None | Some("") => None,
-        Some(c) => {
-            Some(data_encoding::HEXLOWER.decode(c.as_bytes()).map_err(|_| NodeError::invalid("Malformed cursor"))?)
-        }
-    };
+    let after = decode_cursor(cursor)?;
     read(node, |c| {
         let Some(Found { id, stopped, .. }) = find(c, view, caller)? else {
             return Ok(Err(NodeError::not_found("ViewNotFound", "no such view")));
@@ -944,12 +939,7 @@ pub fn feed_posts(
     limit: usize,
     cursor: Option<&str>,
 ) -> Result<Option<FeedPage>, NodeError> {
-    let after = match cursor {
-        None | Some("") => None,
-        Some(c) => {
-            Some(data_encoding::HEXLOWER.decode(c.as_bytes()).map_err(|_| NodeError::invalid("Malformed cursor"))?)
-        }
-    };
+    let after = decode_cursor(cursor)?;
     let found = match find(conn, view, None) {
         Ok(Some(f)) if f.stopped.is_none() => f,
         _ => return Ok(None),
@@ -963,6 +953,16 @@ pub fn feed_posts(
         .map(str::to_string)
         .collect();
     Ok(Some((posts, cursor)))
+}
+
+/// A page cursor (a row's place in the view's order, hex).
+fn decode_cursor(cursor: Option<&str>) -> Result<Option<Vec<u8>>, NodeError> {
+    match cursor {
+        None | Some("") => Ok(None),
+        Some(c) => {
+            data_encoding::HEXLOWER.decode(c.as_bytes()).map(Some).map_err(|_| NodeError::invalid("Malformed cursor"))
+        }
+    }
 }
 
 fn limit_param(p: &[(String, String)], default: usize, max: usize) -> Result<usize, NodeError> {
