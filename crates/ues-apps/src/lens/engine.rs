@@ -699,8 +699,7 @@ impl<'a> Maint<'a> {
                     Agg::Count | Agg::Sum | Agg::Avg => accumulate(&mut st.acc[i], agg, v, w),
                     Agg::Min | Agg::Max => {
                         let left = self.extreme_add(&g, i, v, w)?;
-                        let want =
-                            if agg == Agg::Min { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater };
+                        let want = if agg == Agg::Min { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater };
                         if w > 0 {
                             if st.ext[i].as_ref().is_none_or(|e| compare(v, e) == want) {
                                 st.ext[i] = Some(v.clone());
