@@ -1,6 +1,7 @@
 //! `ues bench lens`: the cost of maintaining a live view, on the engine the node runs and a
 //! database opened as the node opens its own (WAL, 1 KiB pages, `synchronous = FULL`, the
-//! default page cache): a grouped join (likes per post, joined to the
+//! writer's page cache of `[storage] sqlite_cache_mib` unless `--cache-mib` says otherwise): a
+//! grouped join (likes per post, joined to the
 //! posts, with a count and a `min`) is built over `rows` posts with one like each (so the view
 //! holds `rows` groups), then random likes come and go one at a time, batched into
 //! transactions as the event consumer batches them; each change's time is measured alone, and
@@ -80,13 +81,10 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, cache_mib: u64, d
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("lens-bench-{rows}.sqlite"));
     let _ = std::fs::remove_file(&path);
-    let db = Sqlite::open(&path, &SqliteConfig::default())?;
-    db.migrate(&[ues_repo::ipld::storage::Migration { id: "bench/lens", sql: engine::MIGRATION_SQL }])?;
+    let cfg = SqliteConfig { writer_cache_bytes: cache_mib << 20, ..SqliteConfig::default() };
+    let db = Sqlite::open(&path, &cfg)?;
+    db.migrate(&[ues_repo::ipld::storage::Migration { id: "bench/lens", sql: engine::SCHEMA_SQL }])?;
     let id = db.write(|tx| {
-        if cache_mib > 0 {
-            // The writer's page cache (the node leaves SQLite's default, 2 MiB).
-            tx.execute_batch(&format!("PRAGMA cache_size = -{}", cache_mib * 1024))?;
-        }
         tx.execute(
             "INSERT INTO lens_view (did, name, cid, definition, built_seq, created_at) VALUES ('did:plc:bench', ?1, 'c', ?2, 0, 0)",
             params![view.name, view_definition().to_string()],

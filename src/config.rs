@@ -713,6 +713,8 @@ pub(crate) struct StorageSection {
     pub(crate) hot_blocks_mib: usize,
     /// SQLite synchronous level.
     pub(crate) sqlite_synchronous: SyncSetting,
+    /// The SQLite writer's page cache in MiB (0: SQLite's default).
+    pub(crate) sqlite_cache_mib: u64,
     /// Where new blobs go.
     pub(crate) blobs: BlobsSetting,
     /// The object store for blobs.
@@ -816,6 +818,7 @@ impl Default for StorageSection {
             block_cache_mib: 256,
             hot_blocks_mib: 128,
             sqlite_synchronous: SyncSetting::Auto,
+            sqlite_cache_mib: 64,
             blobs: BlobsSetting::Disk,
             s3: S3Section::default(),
         }
@@ -938,6 +941,7 @@ impl Config {
                     SyncSetting::Normal => Synchronous::Normal,
                     SyncSetting::Full => Synchronous::Full,
                 },
+                writer_cache_bytes: s.sqlite_cache_mib.saturating_mul(1 << 20),
                 ..SqliteConfig::default()
             },
         }

@@ -344,8 +344,9 @@ enum BenchCommand {
         /// Changes per transaction (the event consumer applies a batch per transaction).
         #[arg(long, default_value_t = 100)]
         per_tx: usize,
-        /// The writer's SQLite page cache, MiB (0: SQLite's default, as the node runs).
-        #[arg(long, default_value_t = 0)]
+        /// The writer's SQLite page cache, MiB (the node's default: `[storage] sqlite_cache_mib`;
+        /// 0: SQLite's own default, 2 MiB).
+        #[arg(long, default_value_t = 64)]
         cache_mib: u64,
         /// Where the database file goes (removed after).
         #[arg(long, default_value = ".")]

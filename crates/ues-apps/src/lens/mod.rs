@@ -47,7 +47,16 @@ pub const NAME: &str = "dev.ues.lens";
 /// The collection of view definitions.
 pub const VIEW: &str = "dev.ues.lens.view";
 
-const MIGRATIONS: &[Migration] = &[Migration { id: "dev.ues.lens/0001_views", sql: engine::MIGRATION_SQL }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { id: "dev.ues.lens/0001_views", sql: engine::SCHEMA_SQL },
+    // State keyed by digests: the old state goes, and every view is built again (the cursor
+    // is forgotten, so the log is replayed, or the views rebuilt from the records held).
+    Migration { id: "dev.ues.lens/0002_digest_keys", sql: engine::SCHEMA_SQL },
+    Migration {
+        id: "dev.ues.lens/0003_build_again",
+        sql: "DELETE FROM lens_view; DELETE FROM app_cursor WHERE app = 'dev.ues.lens';",
+    },
+];
 
 /// Messages queued to one `/ws` subscriber at most (one that lags is told how many it missed).
 const QUEUE: usize = 256;
@@ -438,7 +447,7 @@ impl Lens {
         let node = self.node().clone();
         for (alias, a) in view.aliases.iter().enumerate() {
             let prefix = format!("at://{did}/{}/", a.collection);
-            let mut held: BTreeSet<String> = engine::held(batch.tx, l.id, alias, &prefix)?.into_iter().collect();
+            let mut held: BTreeSet<String> = engine::held(batch.tx, l.id, view, alias, did)?.into_iter().collect();
             if !gone {
                 for r in records_in(batch.tx, did, &[a.collection.as_str()])? {
                     let rid = format!("{prefix}{}", r.rkey);

@@ -173,7 +173,7 @@ fn run(steps: &[Step], dir: &Path) -> Result<(), TestCaseError> {
     let lex = lexicons();
     let path = dir.join("lens.sqlite");
     let mut conn = open(&path);
-    conn.execute_batch(engine::MIGRATION_SQL).expect("tables");
+    conn.execute_batch(engine::SCHEMA_SQL).expect("tables");
     let mut views = Vec::new();
     for d in definitions() {
         let view = def::compile(&d, lex).map_err(|e| TestCaseError::fail(format!("{e}")))?;
@@ -408,5 +408,43 @@ proptest! {
         let mut d = definitions()[0].clone();
         d[part] = v;
         let _ = def::compile(&d, lex);
+    }
+}
+
+/// 64-bit integers, most of them past 2^53 (where neighbours share an f64).
+fn big_int() -> impl Strategy<Value = i128> {
+    prop_oneof![
+        any::<i64>().prop_map(i128::from),
+        any::<u64>().prop_map(i128::from),
+        (-3000i128..3000).prop_map(|d| (1i128 << 53) + d),
+        (-3000i128..3000).prop_map(|d| (1i128 << 63) + d).prop_filter("u64", |v| *v <= u64::MAX as i128),
+        (0i128..3000).prop_map(|d| u64::MAX as i128 - d),
+        (0i128..3000).prop_map(|d| i64::MIN as i128 + d),
+    ]
+}
+
+fn number(v: i128) -> Value {
+    match i64::try_from(v) {
+        Ok(i) => json!(i),
+        Err(_) => json!(u64::try_from(v).expect("in range")),
+    }
+}
+
+proptest! {
+    /// Views order numbers exactly: 64-bit integers by their exact value (also past 2^53),
+    /// floats by value, an integer and a float by their values.
+    #[test]
+    fn numbers_order_exactly(a in big_int(), b in big_int(), x in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
+        prop_assert_eq!(engine::compare(&number(a), &number(b)), a.cmp(&b));
+        let fx = json!(x);
+        let ord = engine::compare(&fx, &number(a));
+        let exact = if x.fract() == 0.0 && x.abs() < 1e38 {
+            (x as i128).cmp(&a)
+        } else {
+            x.partial_cmp(&(a as f64)).expect("finite")
+        };
+        if x != 0.0 || a != 0 {
+            prop_assert_eq!(ord, exact, "{} against {}", x, a);
+        }
     }
 }
