@@ -49,12 +49,13 @@ pub const VIEW: &str = "dev.ues.lens.view";
 
 const MIGRATIONS: &[Migration] = &[
     Migration { id: "dev.ues.lens/0001_views", sql: engine::SCHEMA_SQL },
-    // State keyed by digests: the old state goes, and every view is built again (the cursor
-    // is forgotten, so the log is replayed, or the views rebuilt from the records held).
+    // State keyed by digests: the old state goes, and every view is built again, once, from
+    // the records held (a cursor before the log's first event makes the host rebuild rather
+    // than replay the log, which would build a view again at each of its record's events).
     Migration { id: "dev.ues.lens/0002_digest_keys", sql: engine::SCHEMA_SQL },
     Migration {
         id: "dev.ues.lens/0003_build_again",
-        sql: "DELETE FROM lens_view; DELETE FROM app_cursor WHERE app = 'dev.ues.lens';",
+        sql: "DELETE FROM lens_view; UPDATE app_cursor SET seq = -1 WHERE app = 'dev.ues.lens';",
     },
 ];
 
