@@ -12,9 +12,11 @@ use crate::config::Config;
 
 /// Files of the data directory that are not the databases' own: keys, secrets, configuration.
 /// Everything else at its top level (the lock, the SQLite files, database directories, logs) is
-/// either copied by the databases' backups or not copied at all.
+/// either copied by the databases' backups or not copied at all. The applications' own
+/// databases (`lens.sqlite`) are not: their state is derived from the node's data, and a
+/// restored node rebuilds it.
 fn is_side_file(name: &str) -> bool {
-    !(name == ues_storage::DataDir::LOCK_FILE || name.starts_with("index.sqlite") || name.ends_with(".log"))
+    !(name == ues_storage::DataDir::LOCK_FILE || name.contains(".sqlite") || name.ends_with(".log"))
 }
 
 /// The running node's backups: its storage, its replica store, and the files beside them.
@@ -70,11 +72,16 @@ impl ues_protocol::node::StorageOps for NodeBackup {
             rocks("replica", r);
         }
         let (db, wal) = self.storage.sqlite.file_bytes();
-        for (file, value) in [("index", db), ("wal", wal)] {
+        let mut files = vec![("index".to_string(), db), ("wal".to_string(), wal)];
+        for (schema, db, wal) in self.storage.sqlite.attached_bytes() {
+            files.push((format!("{schema}-wal"), wal));
+            files.insert(files.len() - 1, (schema, db));
+        }
+        for (file, value) in files {
             out.push(Gauge {
                 name: "ues_sqlite_bytes",
-                help: "Bytes of the SQLite index and of its write-ahead log.",
-                labels: vec![("file", file.to_string())],
+                help: "Bytes of the SQLite index, of an application's own database (`lens`), and of their write-ahead logs.",
+                labels: vec![("file", file)],
                 value,
             });
         }

@@ -1,8 +1,8 @@
-//! `ues bench lens`: the cost of maintaining a live view, on the engine the node runs and a
-//! database opened as the node opens its own (WAL, 1 KiB pages, `synchronous = FULL`, the
-//! writer's page cache of `[storage] sqlite_cache_mib` unless `--cache-mib` says otherwise): a
-//! grouped join (likes per post, joined to the
-//! posts, with a count and a `min`) is built over `rows` posts with one like each (so the view
+//! `ues bench lens`: the cost of maintaining a live view, on the engine the node runs and
+//! databases opened as the node opens its own (the node's, with the views' own attached: WAL,
+//! 4 KiB pages, `synchronous = FULL`, the writer's page cache of `[storage] sqlite_cache_mib`
+//! unless `--cache-mib` says otherwise): a grouped join (likes per post, joined to the posts,
+//! with a count and a `min`) is built over `rows` posts with one like each (so the view
 //! holds `rows` groups), then random likes come and go one at a time, batched into
 //! transactions as the event consumer batches them; each change's time is measured alone, and
 //! against recomputing the view from its inputs.
@@ -79,11 +79,25 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, cache_mib: u64, d
     let lex = lexicons()?;
     let view: View = def::compile(&view_definition(), &lex).map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(dir)?;
+    // The node's database, and the views' own attached beside it, as the node opens them.
     let path = dir.join(format!("lens-bench-{rows}.sqlite"));
-    let _ = std::fs::remove_file(&path);
-    let cfg = SqliteConfig { writer_cache_bytes: cache_mib << 20, ..SqliteConfig::default() };
+    let lens_db = ues_apps::lens::DATABASE;
+    let attached = lens_db.attached();
+    let side = dir.join(&attached.file);
+    let files = [path.clone(), side.clone()];
+    let remove = || {
+        for f in &files {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = f.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    };
+    remove();
+    let cfg = SqliteConfig { writer_cache_bytes: cache_mib << 20, attached: vec![attached], ..SqliteConfig::default() };
     let db = Sqlite::open(&path, &cfg)?;
-    db.migrate(&[ues_repo::ipld::storage::Migration { id: "bench/lens", sql: engine::SCHEMA_SQL }])?;
+    db.write(|tx| Ok::<_, anyhow::Error>(lens_db.prepare(tx)?))?;
     let id = db.write(|tx| {
         tx.execute(
             "INSERT INTO lens_view (did, name, cid, definition, built_seq, created_at) VALUES ('did:plc:bench', ?1, 'c', ?2, 0, 0)",
@@ -160,12 +174,10 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, cache_mib: u64, d
     let started = Instant::now();
     let recomputed = engine::recompute(&view, &inputs);
     let recompute = started.elapsed();
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
-        + std::fs::metadata(path.with_extension("sqlite-wal")).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(&side).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(side.with_extension("sqlite-wal")).map(|m| m.len()).unwrap_or(0);
     drop(db);
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_file(path.with_extension("sqlite-wal"));
-    let _ = std::fs::remove_file(path.with_extension("sqlite-shm"));
+    remove();
     Ok(json!({
         "view": "likes per post (grouped inner join, count and min, top 100)",
         "view_rows": view_rows,

@@ -790,8 +790,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     if !is_initialised(&cfg.data_dir) {
         init(&cfg.data_dir)?;
     }
+    let apps =
+        ues_apps::select(&cfg.apps.enabled, &cfg.apps_config()?).map_err(|e| anyhow::anyhow!("[apps] enabled: {e}"))?;
+    // Applications with a database of their own have it attached to the node's.
+    let mut storage_cfg = cfg.storage_config();
+    storage_cfg.sqlite.attached = apps.iter().filter_map(|a| a.database()).map(|d| d.attached()).collect();
     let storage = Arc::new(
-        ues_storage::Storage::open(&cfg.data_dir, &cfg.storage_config())
+        ues_storage::Storage::open(&cfg.data_dir, &storage_cfg)
             .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?,
     );
     let key = identity::load(&cfg.data_dir)?;
@@ -804,8 +809,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     raise_open_files();
     let info = Arc::new(ues_protocol::http::NodeInfo::now());
-    let apps =
-        ues_apps::select(&cfg.apps.enabled, &cfg.apps_config()?).map_err(|e| anyhow::anyhow!("[apps] enabled: {e}"))?;
     let xrpc = Arc::new(xrpc_state(&cfg, &storage, &ues_apps::Host::lexicons(&apps))?);
     let host =
         ues_apps::Host::new(xrpc.clone(), apps).map_err(|e| anyhow::anyhow!("starting the applications: {e}"))?;

@@ -269,16 +269,24 @@ fn a_subscriber_rebuilds_the_view_from_its_differences_and_it_equals_query() {
     let n = start_with(dir.path(), CONFIG);
     assert_eq!(rows(&n, &uri), final_rows);
 
-    // The state gone, as a change of its layout leaves it (the views forgotten, the cursor set
-    // before the log's first event): the next start builds every view again from the records.
+    // The views' state is in a database of its own, beside the node's, with larger pages.
+    // Marked as another layout's, it is made again at the next start, and every view is built
+    // again from the records.
     drop(n);
     {
-        let db = ues_repo::ipld::storage::rusqlite::Connection::open(dir.path().join("index.sqlite")).unwrap();
-        db.execute_batch(
-            "DELETE FROM lens_in; DELETE FROM lens_key; DELETE FROM lens_mm; DELETE FROM lens_out;
-             DELETE FROM lens_view; UPDATE app_cursor SET seq = -1 WHERE app = 'dev.ues.lens';",
-        )
-        .unwrap();
+        use ues_repo::ipld::storage::rusqlite::Connection;
+        let node_db = Connection::open(dir.path().join("index.sqlite")).unwrap();
+        let in_node: i64 =
+            node_db.query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'lens%'", [], |r| r.get(0)).unwrap();
+        assert_eq!(in_node, 0, "the node's database holds no view state");
+        let db = Connection::open(dir.path().join("lens.sqlite")).unwrap();
+        let page: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(page, 4096);
+        let held: i64 = db.query_row("SELECT count(*) FROM lens_out", [], |r| r.get(0)).unwrap();
+        assert!(held > 0);
+        // Rows another layout would read wrongly: they must not survive.
+        db.execute("UPDATE lens_out SET row = '{\"wrong\": true}'", []).unwrap();
+        db.pragma_update(None, "user_version", 99).unwrap();
     }
     let n = start_with(dir.path(), CONFIG);
     let deadline = Instant::now() + Duration::from_secs(20);

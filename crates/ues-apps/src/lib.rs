@@ -62,6 +62,12 @@ pub trait App: Send + Sync + 'static {
         &[]
     }
 
+    /// Its own database, when its state is kept apart from the node's (attached to the node's
+    /// connections; see [`AppDatabase`]). None by default: its tables are in the node's.
+    fn database(&self) -> Option<AppDatabase> {
+        None
+    }
+
     /// The lexicons of its XRPC methods (JSON documents): calls are validated against them.
     fn lexicons(&self) -> Vec<Value> {
         Vec::new()
@@ -128,6 +134,70 @@ pub trait App: Send + Sync + 'static {
     }
 }
 
+/// An application's own database: a file beside the node's (`<schema>.sqlite`), attached to
+/// every connection of the node's database under `schema`, so the application's transactions
+/// read the node's tables and write its own. It holds the application's cursor too: a
+/// transaction is atomic within each database file, not across them, so state and cursor must
+/// share a file.
+///
+/// Its state is derived from the node's data: a file of another layout `version` (or none) has
+/// its tables dropped and made again by `sql`, and the application is rebuilt from the node's
+/// data. Backups leave it out for the same reason.
+#[derive(Debug, Clone, Copy)]
+pub struct AppDatabase {
+    /// The schema name it is attached under (and its file's stem).
+    pub schema: &'static str,
+    /// Its page size when created (bytes).
+    pub page_size: u32,
+    /// Its layout's version (kept as the file's `user_version`; above 0).
+    pub version: i64,
+    /// Creates its tables (names qualified by the schema).
+    pub sql: &'static str,
+}
+
+impl AppDatabase {
+    /// How the node's storage attaches it.
+    pub fn attached(&self) -> ues_protocol::sync::repo::ipld::storage::Attached {
+        ues_protocol::sync::repo::ipld::storage::Attached {
+            schema: self.schema.to_string(),
+            file: format!("{}.sqlite", self.schema).into(),
+            page_size: self.page_size,
+        }
+    }
+
+    /// The table holding the application's cursor.
+    fn cursor_table(&self) -> String {
+        format!("{}.app_cursor", self.schema)
+    }
+
+    /// Makes its tables when the file is new or of another layout (every table in it dropped,
+    /// the cursor set before the log's first event so the host rebuilds the application).
+    /// Returns whether it did.
+    pub fn prepare(&self, tx: &Transaction<'_>) -> rusqlite::Result<bool> {
+        let s = self.schema;
+        let version: i64 = tx.query_row(&format!("PRAGMA {s}.user_version"), [], |r| r.get(0))?;
+        if version == self.version {
+            return Ok(false);
+        }
+        let tables: Vec<String> = tx
+            .prepare(&format!("SELECT name FROM {s}.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for t in tables {
+            tx.execute(&format!("DROP TABLE {s}.\"{}\"", t.replace('"', "\"\"")), [])?;
+        }
+        tx.execute_batch(self.sql)?;
+        tx.execute(&format!("CREATE TABLE {s}.app_cursor (app TEXT PRIMARY KEY, seq INTEGER NOT NULL)"), [])?;
+        tx.pragma_update(Some(s), "user_version", self.version)?;
+        Ok(true)
+    }
+}
+
+/// The table holding `app`'s cursor.
+fn cursor_table(app: &dyn App) -> String {
+    app.database().map_or_else(|| "main.app_cursor".to_string(), |d| d.cursor_table())
+}
+
 /// How the built-in applications are set up (`node.toml`).
 #[derive(Debug, Clone, Default)]
 pub struct AppsConfig {
@@ -185,6 +255,17 @@ impl Host {
         node.migrate(HOST_MIGRATIONS).map_err(|e| e.message)?;
         for app in &apps {
             node.migrate(app.migrations()).map_err(|e| format!("{}: {}", app.name(), e.message))?;
+            if let Some(d) = app.database() {
+                let db = node.accounts.db();
+                if !db.attached().iter().any(|(s, _)| s == d.schema) {
+                    return Err(format!("{}: the node's database has no {:?} attached", app.name(), d.schema));
+                }
+                let made =
+                    db.write(|tx| Ok::<_, StoreError>(d.prepare(tx)?)).map_err(|e| format!("{}: {e}", app.name()))?;
+                if made {
+                    tracing::info!(app = app.name(), schema = d.schema, "application database made; rebuilding");
+                }
+            }
             app.attach(&node);
         }
         Ok(Host { node, apps })
@@ -283,15 +364,22 @@ async fn consume(node: Arc<Node>, app: Arc<dyn App>) {
 pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
     let db = node.accounts.db();
     let name = app.name();
+    let table = cursor_table(app);
+    let read_cursor = format!("SELECT seq FROM {table} WHERE app = ?1");
     let mut total = 0;
     loop {
-        let cursor: Option<i64> =
-            db.read(|c| c.query_row("SELECT seq FROM app_cursor WHERE app = ?1", [name], |r| r.get(0)).optional())?;
+        let (cursor, latest): (Option<i64>, i64) = db.read(|c| {
+            let cursor = c.query_row(&read_cursor, [name], |r| r.get(0)).optional()?;
+            Ok::<_, rusqlite::Error>((cursor, sequencer::latest_seq_in(c)?))
+        })?;
         let first = sequencer::first_seq(db)?;
         // Never started, or the events after the cursor were pruned: rebuild from the data;
         // but a log that still holds every event since the node's first is replayed instead
-        // (the same state, built in batches rather than in one long transaction).
+        // (the same state, built in batches rather than in one long transaction). A cursor
+        // past the log's end (an application database beside an older copy of the node's)
+        // rebuilds too.
         let gap = match (cursor, first) {
+            (Some(c), _) if c > latest => true,
             (None, Some(1)) => false,
             (None, _) => true,
             (Some(c), Some(f)) => f > c + 1,
@@ -301,7 +389,7 @@ pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
             db.write(|tx| {
                 app.rebuild(tx)?;
                 let seq = sequencer::latest_seq_in(tx)?;
-                set_cursor(tx, name, seq)?;
+                set_cursor(tx, &table, name, seq)?;
                 Ok::<_, StoreError>(())
             })?;
             tracing::info!(app = name, "application state rebuilt from the node's data");
@@ -313,13 +401,12 @@ pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
         let applied = db.write(|tx| {
             // Another consumer of the same application (a method that waits for the log to be
             // applied) may have moved it: then this batch is its, and told by it.
-            let now: Option<i64> =
-                tx.query_row("SELECT seq FROM app_cursor WHERE app = ?1", [name], |r| r.get(0)).optional()?;
+            let now: Option<i64> = tx.query_row(&read_cursor, [name], |r| r.get(0)).optional()?;
             if now.unwrap_or(0) != cursor {
                 return Ok::<_, StoreError>(false);
             }
             app.apply(tx, &events)?;
-            set_cursor(tx, name, last)?;
+            set_cursor(tx, &table, name, last)?;
             Ok(true)
         })?;
         if !applied {
@@ -336,9 +423,9 @@ pub fn catch_up(node: &Node, app: &dyn App) -> Result<usize, StoreError> {
     }
 }
 
-fn set_cursor(tx: &Transaction<'_>, app: &str, seq: i64) -> rusqlite::Result<()> {
+fn set_cursor(tx: &Transaction<'_>, table: &str, app: &str, seq: i64) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO app_cursor (app, seq) VALUES (?1, ?2) ON CONFLICT (app) DO UPDATE SET seq = excluded.seq",
+        &format!("INSERT INTO {table} (app, seq) VALUES (?1, ?2) ON CONFLICT (app) DO UPDATE SET seq = excluded.seq"),
         rusqlite::params![app, seq],
     )?;
     Ok(())

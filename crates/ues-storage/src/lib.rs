@@ -54,7 +54,7 @@ pub use objects::{MemoryObjects, ObjectMeta, Objects};
 pub use rocks::{Durability, RocksBlockstore, RocksConfig, RocksKv, RocksStore, tuned_db_options};
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3Objects};
-pub use sqlite::{Migration, Sqlite, SqliteConfig, Synchronous};
+pub use sqlite::{Attached, Migration, Sqlite, SqliteConfig, Synchronous};
 #[cfg(feature = "rocksdb")]
 pub use storage::{Storage, StorageConfig};
 pub use verify::{BLAKE3, IDENTITY, RAW, SHA2_256, cid_for, verify_block};

@@ -50,8 +50,42 @@ pub struct SqliteConfig {
     /// back to then.
     pub wal_restart_bytes: u64,
     /// The writer connection's page cache, bytes (0: SQLite's default, 2 MiB, which readers
-    /// keep). It fills only as pages are used.
+    /// keep), for the main database and for each attached one. It fills only as pages are used.
     pub writer_cache_bytes: u64,
+    /// Databases attached to every connection, each under its own schema name.
+    pub attached: Vec<Attached>,
+}
+
+/// A database attached beside the main one: its tables are named `<schema>.<table>` (or
+/// unqualified, when no table of the main database has the name), a transaction reads and
+/// writes both, and it has its own page size and write-ahead log.
+///
+/// A transaction is atomic within each file, not across them (SQLite's rule for WAL
+/// databases): state kept in an attached database must keep its own progress marker there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The schema name: ASCII letters, digits and `_`, not starting with a digit; not `main`
+    /// or `temp`.
+    pub schema: String,
+    /// Its file; a relative path is taken from the main database's directory.
+    pub file: PathBuf,
+    /// Page size of the file when it is created (bytes; a power of two, 512 to 65,536).
+    pub page_size: u32,
+}
+
+impl Attached {
+    fn check(&self) -> Result<()> {
+        let s = &self.schema;
+        let ident = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident || s.eq_ignore_ascii_case("main") || s.eq_ignore_ascii_case("temp") {
+            return Err(Error::InvalidKey(format!("{s:?} cannot name an attached database")));
+        }
+        if !(512..=65536).contains(&self.page_size) || !self.page_size.is_power_of_two() {
+            return Err(Error::InvalidKey(format!("{} is not an SQLite page size", self.page_size)));
+        }
+        Ok(())
+    }
 }
 
 impl Default for SqliteConfig {
@@ -63,6 +97,7 @@ impl Default for SqliteConfig {
             readers: 4,
             wal_restart_bytes: WAL_RESTART_BYTES,
             writer_cache_bytes: WRITER_CACHE_BYTES,
+            attached: Vec::new(),
         }
     }
 }
@@ -80,6 +115,8 @@ pub struct Migration {
 /// An SQLite database in WAL mode with FTS5 and JSON1 available.
 pub struct Sqlite {
     path: PathBuf,
+    /// The attached databases: (schema, file).
+    attached: Vec<(String, PathBuf)>,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     /// Set when the WAL should start over at the writer's next transaction.
@@ -121,29 +158,37 @@ pub(crate) const WRITER_CACHE_BYTES: u64 = 64 << 20;
 pub(crate) const WAL_RESTART_BYTES: u64 = 64 << 20;
 
 impl Checkpointer {
-    fn start(path: &Path, cfg: &SqliteConfig, rewind: Arc<AtomicBool>) -> Result<Self> {
+    fn start(path: &Path, cfg: &SqliteConfig, attached: &[(String, PathBuf)], rewind: Arc<AtomicBool>) -> Result<Self> {
         let conn = Connection::open(path)?;
         configure(&conn, cfg)?;
-        let page_size = conn.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))?.max(0) as u64;
+        attach(&conn, attached)?;
+        // (schema, page size) of each database.
+        let schemas = schemas(attached)
+            .into_iter()
+            .map(|s| {
+                let size = conn.query_row(&format!("PRAGMA {s}.page_size"), [], |r| r.get::<_, i64>(0))?;
+                Ok((s, size.max(0) as u64))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let limit = cfg.wal_restart_bytes;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
             // Runs until the sender is dropped (recv_timeout then reports Disconnected).
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                // (busy, frames in the WAL, frames checkpointed)
-                let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                });
-                match passive {
-                    Ok((_, frames, _)) if frames.max(0) as u64 * page_size > limit => {
-                        rewind.store(true, Ordering::Relaxed);
+                for (schema, page_size) in &schemas {
+                    match checkpoint(&conn, schema) {
+                        Ok((_, frames, _)) if frames.max(0) as u64 * page_size > limit => {
+                            rewind.store(true, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(schema, "sqlite checkpoint: {e}"),
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("sqlite checkpoint: {e}"),
                 }
             }
-            // A final full checkpoint so a clean shutdown leaves a small WAL.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            // A final full checkpoint so a clean shutdown leaves small WALs.
+            for (schema, _) in &schemas {
+                let _ = conn.query_row(&format!("PRAGMA {schema}.wal_checkpoint(TRUNCATE)"), [], |_| Ok(()));
+            }
         })?;
         Ok(Self { stop: Some(stop), thread: Some(thread) })
     }
@@ -156,6 +201,29 @@ impl Drop for Checkpointer {
             let _ = t.join();
         }
     }
+}
+
+/// A PASSIVE checkpoint of one database: (busy, frames in its WAL, frames checkpointed). Each
+/// database is named: the pragma without a schema checkpoints them all but reports only the
+/// first.
+fn checkpoint(conn: &Connection, schema: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row(&format!("PRAGMA {schema}.wal_checkpoint(PASSIVE)"), [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })
+}
+
+/// The schema names of the main database and the attached ones.
+fn schemas(attached: &[(String, PathBuf)]) -> Vec<String> {
+    std::iter::once("main".to_string()).chain(attached.iter().map(|(s, _)| s.clone())).collect()
+}
+
+/// Attaches the databases to a connection (the schema names were checked).
+fn attach(conn: &Connection, attached: &[(String, PathBuf)]) -> Result<()> {
+    for (schema, file) in attached {
+        let file = file.to_str().ok_or_else(|| Error::InvalidKey(format!("{} is not UTF-8", file.display())))?;
+        conn.execute(&format!("ATTACH DATABASE ?1 AS {schema}"), [file])?;
+    }
+    Ok(())
 }
 
 fn configure(conn: &Connection, cfg: &SqliteConfig) -> Result<()> {
@@ -181,6 +249,19 @@ impl Sqlite {
     pub fn open(path: impl AsRef<Path>, cfg: &SqliteConfig) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         restrict_files(&path)?;
+        let mut attached = Vec::new();
+        for a in &cfg.attached {
+            a.check()?;
+            let file = match a.file.is_absolute() {
+                true => a.file.clone(),
+                false => path.parent().unwrap_or(Path::new(".")).join(&a.file),
+            };
+            if attached.iter().any(|(s, _): &(String, PathBuf)| s.eq_ignore_ascii_case(&a.schema)) {
+                return Err(Error::InvalidKey(format!("{:?} is attached twice", a.schema)));
+            }
+            restrict_files(&file)?;
+            attached.push((a.schema.clone(), file));
+        }
         let writer = Connection::open(&path)?;
         // A new database gets small pages: a commit dirties a page in each of several tables
         // and indexes, and WAL mode writes every dirty page whole (measured with 8 writers:
@@ -195,26 +276,43 @@ impl Sqlite {
             tracing::warn!(path = %path.display(), mode, "sqlite did not switch to WAL");
         }
         configure(&writer, cfg)?;
-        if cfg.writer_cache_bytes > 0 {
-            // Negative: KiB rather than pages.
-            let kib = (cfg.writer_cache_bytes >> 10).clamp(1, i64::MAX as u64) as i64;
-            writer.pragma_update(None, "cache_size", -kib)?;
+        attach(&writer, &attached)?;
+        for a in &cfg.attached {
+            let s = &a.schema;
+            let pages: i64 = writer.query_row(&format!("PRAGMA {s}.page_count"), [], |r| r.get(0))?;
+            if pages == 0 {
+                writer.pragma_update(Some(s.as_str()), "page_size", a.page_size)?;
+            }
+            let mode: String = writer.pragma_update_and_check(Some(s.as_str()), "journal_mode", "WAL", |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                tracing::warn!(schema = %s, mode, "sqlite did not switch an attached database to WAL");
+            }
+            writer.pragma_update(Some(s.as_str()), "synchronous", cfg.synchronous.pragma())?;
+        }
+        for schema in schemas(&attached) {
+            if cfg.writer_cache_bytes > 0 {
+                // Negative: KiB rather than pages.
+                let kib = (cfg.writer_cache_bytes >> 10).clamp(1, i64::MAX as u64) as i64;
+                writer.pragma_update(Some(schema.as_str()), "cache_size", -kib)?;
+            }
+            let limit = cfg.wal_restart_bytes.min(i64::MAX as u64) as i64;
+            writer.pragma_update(Some(schema.as_str()), "journal_size_limit", limit)?;
         }
         // Checkpoints run on a background connection (below), not inside a writer's commit,
         // where they would stall that commit behind an fsync of the WAL.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        writer.pragma_update(None, "journal_size_limit", cfg.wal_restart_bytes.min(i64::MAX as u64) as i64)?;
         let rewind = Arc::new(AtomicBool::new(false));
-        let checkpointer = Checkpointer::start(&path, cfg, rewind.clone())?;
+        let checkpointer = Checkpointer::start(&path, cfg, &attached, rewind.clone())?;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let readers = (0..cfg.readers.max(1))
             .map(|_| {
                 let conn = Connection::open_with_flags(&path, flags)?;
                 configure(&conn, cfg)?;
+                attach(&conn, &attached)?;
                 Ok(Mutex::new(conn))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { path, writer: Mutex::new(writer), readers, rewind, _checkpointer: checkpointer })
+        Ok(Self { path, attached, writer: Mutex::new(writer), readers, rewind, _checkpointer: checkpointer })
     }
 
     /// The database file.
@@ -267,18 +365,27 @@ impl Sqlite {
     /// transactions, so that the next one starts the WAL over (see [`Checkpointer`]).
     fn rewind_wal(&self, conn: &Connection) {
         let started = std::time::Instant::now();
-        // (busy, frames in the WAL, frames checkpointed)
-        let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        });
-        match passive {
-            Ok((0, frames, done)) if frames == done => {
-                self.rewind.store(false, Ordering::Relaxed);
-                tracing::debug!(frames, ms = started.elapsed().as_secs_f64() * 1e3, "sqlite WAL starts over");
+        let mut all = true;
+        for schema in schemas(&self.attached) {
+            match checkpoint(conn, &schema) {
+                Ok((0, frames, done)) if frames == done => {
+                    tracing::debug!(
+                        schema,
+                        frames,
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "sqlite WAL starts over"
+                    );
+                }
+                // The background checkpoint is running, or readers hold older frames: next time.
+                Ok(_) => all = false,
+                Err(e) => {
+                    all = false;
+                    tracing::warn!(schema, "sqlite checkpoint (writer): {e}");
+                }
             }
-            // The background checkpoint is running, or readers hold older frames: next time.
-            Ok(_) => {}
-            Err(e) => tracing::warn!("sqlite checkpoint (writer): {e}"),
+        }
+        if all {
+            self.rewind.store(false, Ordering::Relaxed);
         }
     }
 
@@ -292,12 +399,25 @@ impl Sqlite {
         Ok(())
     }
 
+    /// The attached databases: (schema, file).
+    pub fn attached(&self) -> &[(String, PathBuf)] {
+        &self.attached
+    }
+
     /// Bytes of the database file and of its write-ahead log.
     pub fn file_bytes(&self) -> (u64, u64) {
-        let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        (len(&self.path), len(Path::new(&wal)))
+        sizes(&self.path)
+    }
+
+    /// Bytes of each attached database's file and write-ahead log: (schema, file, WAL).
+    pub fn attached_bytes(&self) -> Vec<(String, u64, u64)> {
+        self.attached
+            .iter()
+            .map(|(s, f)| {
+                let (db, wal) = sizes(f);
+                (s.clone(), db, wal)
+            })
+            .collect()
     }
 
     /// Writes a consistent copy of the database to `path` (a new file) from a reader's
@@ -339,6 +459,14 @@ fn restrict_files(path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Bytes of a database file and of its write-ahead log.
+fn sizes(path: &Path) -> (u64, u64) {
+    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    (len(path), len(Path::new(&wal)))
 }
 
 fn thread_slot() -> usize {
@@ -491,5 +619,104 @@ mod tests {
         }
         assert!(written > 2 << 20, "too little written to tell: {written} bytes");
         assert!(cut >= 2, "the WAL started over {cut} times in 3 s, {written} bytes written");
+    }
+
+    #[test]
+    fn attached_databases_keep_their_page_size_and_their_wal_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let attached = vec![Attached { schema: "side".into(), file: "side.sqlite".into(), page_size: 4096 }];
+        let cfg = SqliteConfig {
+            synchronous: Synchronous::Off,
+            wal_restart_bytes: 256 << 10,
+            attached: attached.clone(),
+            ..SqliteConfig::default()
+        };
+        let db = Sqlite::open(dir.path().join("m.sqlite"), &cfg).unwrap();
+        let side = dir.path().join("side.sqlite");
+        assert_eq!(db.attached(), &[("side".to_string(), side.clone())]);
+        db.migrate(&[Migration {
+            id: "test/0001_both",
+            sql: "CREATE TABLE main.a (x INTEGER); CREATE TABLE side.b (id INTEGER PRIMARY KEY, v BLOB);",
+        }])
+        .unwrap();
+        let pragma = |q: &str| {
+            db.read(|c| c.query_row(q, [], |r| r.get::<_, rusqlite::types::Value>(0))).map(|v| match v {
+                rusqlite::types::Value::Integer(n) => n.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+        };
+        let pragma = |q: &str| pragma(q).unwrap();
+        assert_eq!(pragma("PRAGMA main.page_size"), NEW_PAGE_SIZE.to_string());
+        assert_eq!(pragma("PRAGMA side.page_size"), "4096");
+        assert_eq!(pragma("PRAGMA side.journal_mode").to_lowercase(), "wal");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&side).unwrap().permissions().mode() & 0o777, 0o600);
+        // One transaction writes both; readers see the attached tables unqualified.
+        db.write(|tx| {
+            tx.execute("INSERT INTO a (x) VALUES (1)", [])?;
+            tx.execute("INSERT INTO b (id, v) VALUES (1, x'00')", [])?;
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let n: i64 = db.read(|c| c.query_row("SELECT count(*) FROM a, b", [], |r| r.get(0))).unwrap();
+        assert_eq!(n, 1);
+        // Continuous writes to the attached database: its WAL starts over too.
+        let wal = {
+            let mut p = side.clone().into_os_string();
+            p.push("-wal");
+            PathBuf::from(p)
+        };
+        let blob = vec![7u8; 4 << 10];
+        let started = std::time::Instant::now();
+        let (mut written, mut last, mut cut) = (0u64, 0u64, 0);
+        for i in 0..1_000_000i64 {
+            if started.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+            db.write(|tx| {
+                tx.execute("INSERT OR REPLACE INTO b (id, v) VALUES (?1, ?2)", rusqlite::params![i % 200, blob])?;
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+            written += blob.len() as u64;
+            let now = std::fs::metadata(&wal).map_or(0, |m| m.len());
+            if now < last {
+                cut += 1;
+            }
+            last = now;
+        }
+        assert!(written > 2 << 20, "too little written to tell: {written} bytes");
+        assert!(cut >= 2, "the attached WAL started over {cut} times in 3 s, {written} bytes written");
+        drop(db);
+        // Opened again: the same file, its rows kept.
+        let db = Sqlite::open(dir.path().join("m.sqlite"), &cfg).unwrap();
+        let n: i64 = db.read(|c| c.query_row("SELECT count(*) FROM side.b", [], |r| r.get(0))).unwrap();
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn attached_databases_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |schema: &str, page_size: u32| {
+            let a = Attached { schema: schema.into(), file: format!("{schema}x.sqlite").into(), page_size };
+            Sqlite::open(dir.path().join("m.sqlite"), &SqliteConfig { attached: vec![a], ..SqliteConfig::default() })
+                .map(|_| ())
+        };
+        for bad in ["main", "TEMP", "", "1x", "a;b", "a b", "x.y"] {
+            assert!(open(bad, 4096).is_err(), "schema {bad:?} was accepted");
+        }
+        for size in [0, 100, 3000, 1 << 17] {
+            assert!(open("ok", size).is_err(), "page size {size} was accepted");
+        }
+        open("ok_1", 4096).unwrap();
+        let twice = SqliteConfig {
+            attached: vec![
+                Attached { schema: "d".into(), file: "d1.sqlite".into(), page_size: 4096 },
+                Attached { schema: "D".into(), file: "d2.sqlite".into(), page_size: 4096 },
+            ],
+            ..SqliteConfig::default()
+        };
+        assert!(Sqlite::open(dir.path().join("m2.sqlite"), &twice).is_err());
     }
 }

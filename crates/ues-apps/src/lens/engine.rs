@@ -23,15 +23,15 @@ use ues_protocol::sync::repo::ipld::storage::rusqlite::{self, Connection, Option
 
 use super::def::{Agg, Cmp, Operand, Pred, Ref, Sel, View};
 
-/// The tables (dropped and made again when the layout changes: the views are then built again).
+/// The tables, in the application's own database (attached as `lens`; made again, and every
+/// view built again, when their layout changes).
 ///
 /// Records, join keys and groups are keyed by digests, not by their text: a record by its
 /// account's (8 bytes, so an account's records lie together) and its URI's (16), a join key
-/// and a group by their JSON's (16; BLAKE3). Keys that short keep the B-trees shallow in the
-/// node's 1 KiB pages: with the texts as keys a million-row view took 2.4 GB and a change to
-/// it twice the time.
+/// and a group by their JSON's (16; BLAKE3). Keys that short keep the B-trees shallow: with the
+/// texts as keys a million-row view took 2.4 GB and a change to it twice the time.
 pub const SCHEMA_SQL: &str = "
-CREATE TABLE IF NOT EXISTS lens_view (
+CREATE TABLE lens.lens_view (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     did TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -44,29 +44,24 @@ CREATE TABLE IF NOT EXISTS lens_view (
     created_at INTEGER NOT NULL,
     UNIQUE (did, name)
 );
-DROP TABLE IF EXISTS lens_in;
-DROP TABLE IF EXISTS lens_key;
-DROP TABLE IF EXISTS lens_mm;
-DROP INDEX IF EXISTS lens_out_order;
-DROP TABLE IF EXISTS lens_out;
-CREATE TABLE lens_in (
+CREATE TABLE lens.lens_in (
     view INTEGER NOT NULL, alias INTEGER NOT NULL, r BLOB NOT NULL, cols TEXT NOT NULL,
     PRIMARY KEY (view, alias, r)
 ) WITHOUT ROWID;
-CREATE TABLE lens_key (
+CREATE TABLE lens.lens_key (
     view INTEGER NOT NULL, edge INTEGER NOT NULL, side INTEGER NOT NULL, k BLOB NOT NULL, r BLOB NOT NULL,
     PRIMARY KEY (view, edge, side, k, r)
 ) WITHOUT ROWID;
-CREATE TABLE lens_mm (
+CREATE TABLE lens.lens_mm (
     view INTEGER NOT NULL, g BLOB NOT NULL, agg INTEGER NOT NULL, v BLOB NOT NULL, val TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (view, g, agg, v)
 ) WITHOUT ROWID;
-CREATE TABLE lens_out (
+CREATE TABLE lens.lens_out (
     view INTEGER NOT NULL, k BLOB NOT NULL, sort BLOB NOT NULL, top INTEGER NOT NULL, row TEXT NOT NULL,
     n INTEGER NOT NULL DEFAULT 0, acc TEXT,
     PRIMARY KEY (view, k)
 ) WITHOUT ROWID;
-CREATE INDEX lens_out_order ON lens_out (view, top, sort);
+CREATE INDEX lens.lens_out_order ON lens_out (view, top, sort);
 ";
 
 /// Joined rows one record change may touch at most (past it the view stops, with the reason).

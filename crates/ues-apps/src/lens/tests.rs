@@ -125,8 +125,13 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The node's database with the views' own attached beside it, as the node opens them.
 fn open(path: &Path) -> Connection {
-    Connection::open(path).expect("the database opens")
+    let conn = Connection::open(path).expect("the database opens");
+    let side = path.with_extension("lens.sqlite");
+    conn.execute("ATTACH DATABASE ?1 AS lens", [side.to_str().expect("UTF-8")]).expect("attached");
+    conn.pragma_update(Some("lens"), "page_size", super::DATABASE.page_size).expect("page size");
+    conn
 }
 
 struct Run {
@@ -171,7 +176,7 @@ impl Run {
 
 fn run(steps: &[Step], dir: &Path) -> Result<(), TestCaseError> {
     let lex = lexicons();
-    let path = dir.join("lens.sqlite");
+    let path = dir.join("node.sqlite");
     let mut conn = open(&path);
     conn.execute_batch(engine::SCHEMA_SQL).expect("tables");
     let mut views = Vec::new();
