@@ -14,8 +14,9 @@ import re
 import sys
 
 FACES = ["xrpc", "rest", "gateway", "p2p", "oauth"]
-SQL_USE = r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+{table}\b"
-CREATE = re.compile(r"CREATE (?:VIRTUAL )?TABLE (?:IF NOT EXISTS )?([a-z_0-9]+)")
+# A table's name may be qualified by its database's schema (`lens.lens_view`, `main.a`).
+SQL_USE = r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+(?:[a-z_0-9]+\.)?{table}\b"
+CREATE = re.compile(r"CREATE (?:VIRTUAL )?TABLE (?:IF NOT EXISTS )?(?:[a-z_0-9]+\.)?([a-z_0-9]+)")
 IMPORT = re.compile(r"\bcrate::([a-z_0-9]+)")
 
 
