@@ -713,7 +713,7 @@ pub(crate) struct StorageSection {
     pub(crate) hot_blocks_mib: usize,
     /// SQLite synchronous level.
     pub(crate) sqlite_synchronous: SyncSetting,
-    /// The SQLite writer's page cache in MiB (0: SQLite's default).
+    /// The SQLite writer's page cache in MiB, for each database it has (0: SQLite's default).
     pub(crate) sqlite_cache_mib: u64,
     /// Where new blobs go.
     pub(crate) blobs: BlobsSetting,
