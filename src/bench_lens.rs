@@ -174,6 +174,18 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, cache_mib: u64, d
     let started = Instant::now();
     let recomputed = engine::recompute(&view, &inputs);
     let recompute = started.elapsed();
+    // The scan that fills the pool of rows next after the view's when it runs out: the rows
+    // further down, in order, as many as the pool holds.
+    let started = Instant::now();
+    let pool = db.read(|c| {
+        c.query_row(
+            "SELECT count(*) FROM (SELECT k FROM lens_out WHERE view = ?1 AND top IS NULL ORDER BY sort LIMIT
+             max(256, (SELECT state_n FROM lens_view WHERE id = ?1) / 1024))",
+            [id],
+            |r| r.get::<_, i64>(0),
+        )
+    })?;
+    let refill = started.elapsed();
     // The views' database, and its WAL (which starts over past 64 MiB, checked every 500 ms).
     let size = std::fs::metadata(&side).map(|m| m.len()).unwrap_or(0);
     let wal = std::fs::metadata(side.with_extension("sqlite-wal")).map(|m| m.len()).unwrap_or(0);
@@ -191,6 +203,7 @@ pub(crate) fn lens(rows: usize, changes: usize, per_tx: usize, cache_mib: u64, d
         "change_us": {"p50": us_at(&times, 0.5), "p90": us_at(&times, 0.9), "p99": us_at(&times, 0.99), "max": us_at(&times, 1.0)},
         "changes_per_sec_with_commits": (changes as f64 / with_commits.as_secs_f64()).round(),
         "recompute_ms": ms(recompute),
+        "pool_fill_scan": {"ms": ms(refill), "rows_found": pool},
         "recomputed_rows": recomputed.len(),
         "database_bytes": size,
         "wal_bytes": wal,

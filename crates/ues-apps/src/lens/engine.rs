@@ -39,6 +39,7 @@ CREATE TABLE lens.lens_view (
     definition TEXT NOT NULL,
     built_seq INTEGER NOT NULL,
     top_n INTEGER NOT NULL DEFAULT 0,
+    pool_n INTEGER NOT NULL DEFAULT 0,
     state_n INTEGER NOT NULL DEFAULT 0,
     stopped TEXT,
     created_at INTEGER NOT NULL,
@@ -57,12 +58,29 @@ CREATE TABLE lens.lens_mm (
     PRIMARY KEY (view, g, agg, v)
 ) WITHOUT ROWID;
 CREATE TABLE lens.lens_out (
-    view INTEGER NOT NULL, k BLOB NOT NULL, sort BLOB NOT NULL, top INTEGER NOT NULL, row TEXT NOT NULL,
+    view INTEGER NOT NULL, k BLOB NOT NULL, sort BLOB NOT NULL, top INTEGER, row TEXT NOT NULL,
     n INTEGER NOT NULL DEFAULT 0, acc TEXT,
     PRIMARY KEY (view, k)
 ) WITHOUT ROWID;
-CREATE INDEX lens.lens_out_order ON lens_out (view, top, sort);
+CREATE INDEX lens.lens_out_order ON lens_out (view, top, sort) WHERE top IS NOT NULL;
 ";
+
+/// Output rows kept in order past the view's end: the next to move into the view when one of
+/// its rows leaves. At least 256 and twice the view's `limit`, and one per 1,024 rows the view
+/// stores.
+///
+/// The output is ordered by an index over the view's rows and a pool of the rows that come
+/// next, not over every row: a row further down changes place without an index entry to move
+/// (on a million-row view, most changes). The rows indexed are always a prefix of the order. A
+/// pool grown to twice its size gives its last rows back to the rows further down; an empty
+/// one, when a row leaves the view, is filled by a scan of the view's output for the best rows
+/// further down. That scan happens at most once per pool's worth of changes, and a pool in
+/// proportion to the view keeps its cost, spread over those changes, at about a thousand rows
+/// read per change, however large the view.
+pub(crate) fn pool_size(limit: usize, stored: i64) -> usize {
+    // Small in the engine's own tests, so that they find the pool empty again and again.
+    if cfg!(test) { 1 } else { (2 * limit).max(256).max((stored.max(0) / 1024) as usize) }
+}
 
 /// Joined rows one record change may touch at most (past it the view stops, with the reason).
 pub const MAX_FANOUT: usize = 250_000;
@@ -399,6 +417,8 @@ fn group_row(view: &View, values: &[Value], n: i64, acc: &Acc, extreme: &dyn Fn(
 pub struct Counters {
     /// Rows in the view (the first `limit` of the output).
     pub top_n: i64,
+    /// Rows in the pool (the rows next after the view's, kept in order).
+    pub pool_n: i64,
     /// Stored rows (inputs and outputs), held under the configured bound.
     pub state_n: i64,
 }
@@ -417,6 +437,8 @@ pub struct Maint<'a> {
     /// The view's last row (key, sort key, row) once read; forgotten when the view's rows
     /// change.
     last: Option<Option<Boundary>>,
+    /// The sort key of the pool's last row once read; forgotten when the pool changes.
+    tail: Option<Option<Vec<u8>>>,
 }
 
 /// A group being changed: its values, row count and accumulators, its output row as it was,
@@ -436,8 +458,35 @@ struct GroupState {
 /// An output row as stored.
 struct OutRow {
     sort: Vec<u8>,
-    top: bool,
+    top: Place,
     row: String,
+}
+
+/// Where an output row stands: in the view, in the pool of rows that come next (both indexed
+/// in order), or further down (not indexed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    View,
+    Pool,
+    Down,
+}
+
+impl Place {
+    fn column(self) -> Option<i64> {
+        match self {
+            Place::View => Some(1),
+            Place::Pool => Some(0),
+            Place::Down => None,
+        }
+    }
+
+    fn of(column: Option<i64>) -> Self {
+        match column {
+            Some(0) => Place::Pool,
+            Some(_) => Place::View,
+            None => Place::Down,
+        }
+    }
 }
 
 /// A row at the view's edge: (key, sort key, row).
@@ -451,28 +500,27 @@ impl<'a> Maint<'a> {
     /// Starts maintaining view `id` (its counters read from the database); it stops when its
     /// stored rows would pass `max_state`.
     pub fn new(conn: &'a Connection, id: i64, view: &'a View, max_state: i64) -> rusqlite::Result<Self> {
-        let (top_n, state_n) = conn
-            .prepare_cached("SELECT top_n, state_n FROM lens_view WHERE id = ?1")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (top_n, pool_n, state_n) = conn
+            .prepare_cached("SELECT top_n, pool_n, state_n FROM lens_view WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(Maint {
             conn,
             id,
             view,
-            counters: Counters { top_n, state_n },
+            counters: Counters { top_n, pool_n, state_n },
             max_state,
             visits: std::cell::Cell::new(0),
             moves: 0,
             last: None,
+            tail: None,
         })
     }
 
     /// Writes the counters back.
     pub fn finish(self) -> rusqlite::Result<()> {
-        self.conn.prepare_cached("UPDATE lens_view SET top_n = ?2, state_n = ?3 WHERE id = ?1")?.execute(params![
-            self.id,
-            self.counters.top_n,
-            self.counters.state_n
-        ])?;
+        self.conn
+            .prepare_cached("UPDATE lens_view SET top_n = ?2, pool_n = ?3, state_n = ?4 WHERE id = ?1")?
+            .execute(params![self.id, self.counters.top_n, self.counters.pool_n, self.counters.state_n])?;
         Ok(())
     }
 
@@ -917,7 +965,7 @@ impl<'a> Maint<'a> {
         self.conn
             .prepare_cached("SELECT sort, top, row, n, acc FROM lens_out WHERE view = ?1 AND k = ?2")?
             .query_row(params![self.id, k], |r| {
-                Ok((OutRow { sort: r.get(0)?, top: r.get::<_, i64>(1)? != 0, row: r.get(2)? }, r.get(3)?, r.get(4)?))
+                Ok((OutRow { sort: r.get(0)?, top: Place::of(r.get(1)?), row: r.get(2)? }, r.get(3)?, r.get(4)?))
             })
             .optional()
     }
@@ -936,6 +984,60 @@ impl<'a> Maint<'a> {
         Ok(last)
     }
 
+    /// The sort key of the last row kept in order (the pool's last, or the view's when the pool
+    /// is empty): a row past it is not indexed.
+    fn frontier(&mut self) -> rusqlite::Result<Option<Vec<u8>>> {
+        if self.tail.is_none() {
+            let tail: Option<Vec<u8>> = self
+                .conn
+                .prepare_cached("SELECT sort FROM lens_out WHERE view = ?1 AND top = 0 ORDER BY sort DESC LIMIT 1")?
+                .query_row([self.id], |r| r.get(0))
+                .optional()?;
+            self.tail = Some(tail);
+        }
+        match self.tail.clone().flatten() {
+            Some(t) => Ok(Some(t)),
+            None => Ok(self.last_row()?.map(|(_, sort, _)| sort)),
+        }
+    }
+
+    /// Where a row outside the view goes (the view being full): into the pool when it comes
+    /// before the last row kept in order, further down otherwise.
+    fn outside(&mut self, sort: &[u8]) -> rusqlite::Result<Place> {
+        Ok(match self.frontier()? {
+            Some(f) if sort < f.as_slice() => Place::Pool,
+            _ => Place::Down,
+        })
+    }
+
+    /// The pool's first row: (key, row); the pool filled from the rows further down first when
+    /// it is empty.
+    fn next_in(&mut self) -> rusqlite::Result<Option<(Vec<u8>, String)>> {
+        let first = |m: &Self| {
+            m.conn
+                .prepare_cached("SELECT k, row FROM lens_out WHERE view = ?1 AND top = 0 ORDER BY sort LIMIT 1")?
+                .query_row([m.id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        };
+        if let Some(found) = first(self)? {
+            return Ok(Some(found));
+        }
+        // The best rows further down: a scan of the view's output, not counted against one
+        // change's lookups (bounded by the view's size, which its bound holds).
+        let keys: Vec<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT k FROM lens_out WHERE view = ?1 AND top IS NULL ORDER BY sort LIMIT ?2")?
+            .query_map(params![self.id, pool_size(self.view.limit, self.counters.state_n) as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        for k in &keys {
+            self.set_place(k, Place::Down, Place::Pool)?;
+        }
+        first(self)
+    }
+
     /// Removes an output row (`prev`: as already read, if it was).
     fn out_remove(&mut self, k: &[u8], prev: Option<Option<OutRow>>, diff: &mut Diff) -> Result<(), LensError> {
         let prev = match prev {
@@ -945,31 +1047,65 @@ impl<'a> Maint<'a> {
         let Some(prev) = prev else { return Ok(()) };
         self.conn.prepare_cached("DELETE FROM lens_out WHERE view = ?1 AND k = ?2")?.execute(params![self.id, k])?;
         self.counters.state_n -= 1;
-        if prev.top {
-            self.counters.top_n -= 1;
-            self.last = None;
+        self.placed(Some(prev.top), None);
+        if prev.top == Place::View {
             diff.removed.push(serde_json::from_str(&prev.row).unwrap_or(Value::Null));
             // The first row past the view's end moves in.
-            let next: Option<(Vec<u8>, String)> = self
-                .conn
-                .prepare_cached("SELECT k, row FROM lens_out WHERE view = ?1 AND top = 0 ORDER BY sort LIMIT 1")?
-                .query_row([self.id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if let Some((nk, nrow)) = next {
-                self.set_top(&nk, true)?;
+            if let Some((nk, nrow)) = self.next_in()? {
+                self.set_place(&nk, Place::Pool, Place::View)?;
                 diff.added.push(serde_json::from_str(&nrow).unwrap_or(Value::Null));
             }
         }
         Ok(())
     }
 
-    fn set_top(&mut self, k: &[u8], top: bool) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached("UPDATE lens_out SET top = ?3 WHERE view = ?1 AND k = ?2")?
-            .execute(params![self.id, k, top as i64])?;
-        self.counters.top_n += if top { 1 } else { -1 };
+    /// Moves another row than the one being written: its place only.
+    fn set_place(&mut self, k: &[u8], from: Place, to: Place) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("UPDATE lens_out SET top = ?3 WHERE view = ?1 AND k = ?2")?.execute(params![
+            self.id,
+            k,
+            to.column()
+        ])?;
+        self.placed(Some(from), Some(to));
         self.moves += 1;
-        self.last = None;
+        Ok(())
+    }
+
+    /// Counts a row's move (`None`: it was not there, or is gone) and forgets what it changes.
+    fn placed(&mut self, from: Option<Place>, to: Option<Place>) {
+        if from == to {
+            return;
+        }
+        for (place, sign) in [(from, -1), (to, 1)] {
+            match place {
+                Some(Place::View) => {
+                    self.counters.top_n += sign;
+                    self.last = None;
+                }
+                Some(Place::Pool) => {
+                    self.counters.pool_n += sign;
+                    self.tail = None;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Gives the pool's last rows back to the rows further down once it has grown to twice its
+    /// size.
+    fn trim(&mut self) -> rusqlite::Result<()> {
+        let size = pool_size(self.view.limit, self.counters.state_n) as i64;
+        if self.counters.pool_n <= 2 * size {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT k FROM lens_out WHERE view = ?1 AND top = 0 ORDER BY sort DESC LIMIT ?2")?
+            .query_map(params![self.id, self.counters.pool_n - size], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for k in &keys {
+            self.set_place(k, Place::Pool, Place::Down)?;
+        }
         Ok(())
     }
 
@@ -997,7 +1133,7 @@ impl<'a> Maint<'a> {
                 self.conn
                     .prepare_cached("UPDATE lens_out SET row = ?3, n = ?4, acc = ?5 WHERE view = ?1 AND k = ?2")?
                     .execute(params![self.id, k, text, n, acc])?;
-                if old.top {
+                if old.top == Place::View {
                     self.last = None;
                     if old.row != text {
                         diff.removed.push(serde_json::from_str(&old.row).unwrap_or(Value::Null));
@@ -1006,43 +1142,63 @@ impl<'a> Maint<'a> {
                 }
                 return Ok(());
             }
+            let update = |m: &mut Self, place: Place| {
+                m.conn
+                    .prepare_cached(
+                        "UPDATE lens_out SET sort = ?3, top = ?4, row = ?5, n = ?6, acc = ?7 WHERE view = ?1 AND k = ?2",
+                    )?
+                    .execute(params![m.id, k, sort, place.column(), text, n, acc])
+            };
+            // In the view, and still before its last row (or the view not full): it stays in.
+            if old.top == Place::View {
+                let stays = self.counters.top_n < limit
+                    || self.last_row()?.is_some_and(|(_, last, _)| sort.as_slice() < last.as_slice());
+                if stays {
+                    update(self, Place::View)?;
+                    self.last = None;
+                    diff.removed.push(serde_json::from_str(&old.row).unwrap_or(Value::Null));
+                    diff.added.push(row);
+                    return Ok(());
+                }
+            }
             // Past the view's end it stays, unless it now comes before the view's last row:
-            // then only its place changes.
-            if !old.top && self.counters.top_n >= limit {
+            // then only its place changes (in the pool or further down).
+            if old.top != Place::View && self.counters.top_n >= limit {
                 let stays = self.last_row()?.is_none_or(|(_, last, _)| sort > last);
                 if stays {
-                    self.conn
-                        .prepare_cached(
-                            "UPDATE lens_out SET sort = ?3, row = ?4, n = ?5, acc = ?6 WHERE view = ?1 AND k = ?2",
-                        )?
-                        .execute(params![self.id, k, sort, text, n, acc])?;
-                    return Ok(());
+                    let place = self.outside(&sort)?;
+                    update(self, place)?;
+                    self.placed(Some(old.top), Some(place));
+                    // The pool's order changed (its last row may have).
+                    if old.top == Place::Pool {
+                        self.tail = None;
+                    }
+                    return self.trim().map_err(LensError::from);
                 }
             }
             self.out_remove(k, Some(Some(old)), diff)?;
         }
-        let mut top = true;
+        let mut place = Place::View;
         if self.counters.top_n >= limit {
             match self.last_row()? {
                 Some((lk, lsort, lrow)) if sort < lsort => {
-                    self.set_top(&lk, false)?;
+                    self.set_place(&lk, Place::View, Place::Pool)?;
                     diff.removed.push(serde_json::from_str(&lrow).unwrap_or(Value::Null));
                 }
-                _ => top = false,
+                _ => place = self.outside(&sort)?,
             }
         }
         self.conn
             .prepare_cached(
                 "INSERT INTO lens_out (view, k, sort, top, row, n, acc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![self.id, k, sort, top as i64, text, n, acc])?;
+            .execute(params![self.id, k, sort, place.column(), text, n, acc])?;
         self.grow(1)?;
-        if top {
-            self.counters.top_n += 1;
-            self.last = None;
+        self.placed(None, Some(place));
+        if place == Place::View {
             diff.added.push(row);
         }
-        Ok(())
+        self.trim().map_err(LensError::from)
     }
 }
 
@@ -1078,7 +1234,7 @@ pub fn drop_state(conn: &Connection, id: i64) -> rusqlite::Result<()> {
     for table in ["lens_in", "lens_key", "lens_mm", "lens_out"] {
         conn.execute(&format!("DELETE FROM {table} WHERE view = ?1"), [id])?;
     }
-    conn.execute("UPDATE lens_view SET top_n = 0, state_n = 0 WHERE id = ?1", [id])?;
+    conn.execute("UPDATE lens_view SET top_n = 0, pool_n = 0, state_n = 0 WHERE id = ?1", [id])?;
     Ok(())
 }
 

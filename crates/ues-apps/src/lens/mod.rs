@@ -70,7 +70,7 @@ const MIGRATIONS: &[Migration] = &[
 /// again from the records held (a replay of the log would build a view again at each event of
 /// its definition's record).
 pub const DATABASE: crate::AppDatabase =
-    crate::AppDatabase { schema: "lens", page_size: 4096, version: 1, sql: engine::SCHEMA_SQL };
+    crate::AppDatabase { schema: "lens", page_size: 4096, version: 2, sql: engine::SCHEMA_SQL };
 
 /// Messages queued to one `/ws` subscriber at most (one that lags is told how many it missed).
 const QUEUE: usize = 256;

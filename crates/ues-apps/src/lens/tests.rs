@@ -272,6 +272,45 @@ fn run(steps: &[Step], dir: &Path) -> Result<(), TestCaseError> {
             .expect("count");
         prop_assert_eq!(top, rows, "view {}: its row count", view.name);
         prop_assert_eq!(state, counted, "view {}: its stored-row count", view.name);
+        // The rows kept in order (the view's, then the pool's) are a prefix of the order, and
+        // the view's come first.
+        type Key = Option<Vec<u8>>;
+        let (indexed_last, down_first, view_last, pool_first): (Key, Key, Key, Key) = conn
+            .query_row(
+                "SELECT (SELECT max(sort) FROM lens_out WHERE view = ?1 AND top IS NOT NULL),
+                        (SELECT min(sort) FROM lens_out WHERE view = ?1 AND top IS NULL),
+                        (SELECT max(sort) FROM lens_out WHERE view = ?1 AND top = 1),
+                        (SELECT min(sort) FROM lens_out WHERE view = ?1 AND top = 0)",
+                [id],
+                |x| Ok((x.get(0)?, x.get(1)?, x.get(2)?, x.get(3)?)),
+            )
+            .expect("order");
+        if let (Some(a), Some(b)) = (&indexed_last, &down_first) {
+            prop_assert!(a < b, "view {}: a row further down comes before one kept in order", view.name);
+        }
+        if let (Some(a), Some(b)) = (&view_last, &pool_first) {
+            prop_assert!(a < b, "view {}: a row of the pool comes before one of the view", view.name);
+        }
+        let (pool_n, pooled): (i64, i64) = conn
+            .query_row(
+                "SELECT pool_n, (SELECT count(*) FROM lens_out WHERE view = ?1 AND top = 0) FROM lens_view WHERE id = ?1",
+                [id],
+                |x| Ok((x.get(0)?, x.get(1)?)),
+            )
+            .expect("pool");
+        prop_assert_eq!(pool_n, pooled, "view {}: its pool count", view.name);
+        prop_assert!(
+            pool_n <= 2 * engine::pool_size(view.limit, state) as i64,
+            "view {}: its pool grew past its bound",
+            view.name
+        );
+        if top < view.limit as i64 {
+            prop_assert!(
+                pool_first.is_none() && down_first.is_none(),
+                "view {}: not full, yet rows outside",
+                view.name
+            );
+        }
     }
     Ok(())
 }
