@@ -589,6 +589,32 @@ mod tests {
 
     /// Back-to-back write transactions (no pause between them for the background checkpoint
     /// to catch up) still get the WAL started over, its file cut back, again and again.
+    /// Writes back-to-back transactions for 3 s (several background checkpoint periods, at
+    /// whatever rate this machine writes), each replacing one of `rows` rows of table `b` with
+    /// `size` bytes; returns the bytes written and how many times `wal` (the WAL's size) fell.
+    fn write_for_3_s(db: &Sqlite, size: usize, rows: i64, wal: impl Fn(&Sqlite) -> u64) -> (u64, u32) {
+        let blob = vec![7u8; size];
+        let started = std::time::Instant::now();
+        let (mut written, mut last, mut cut) = (0u64, 0u64, 0);
+        for i in 0..1_000_000i64 {
+            if started.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+            db.write(|tx| {
+                tx.execute("INSERT OR REPLACE INTO b (id, v) VALUES (?1, ?2)", rusqlite::params![i % rows, blob])?;
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+            written += blob.len() as u64;
+            let now = wal(db);
+            if now < last {
+                cut += 1;
+            }
+            last = now;
+        }
+        (written, cut)
+    }
+
     #[test]
     fn wal_starts_over_under_continuous_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -597,26 +623,7 @@ mod tests {
         let db = Sqlite::open(dir.path().join("w.sqlite"), &cfg).unwrap();
         db.migrate(&[Migration { id: "test/0001_blobs", sql: "CREATE TABLE b (id INTEGER PRIMARY KEY, v BLOB)" }])
             .unwrap();
-        let blob = vec![7u8; 1 << 10];
-        let started = std::time::Instant::now();
-        let (mut written, mut last, mut cut) = (0u64, 0u64, 0);
-        // Several background checkpoint periods, at whatever rate this machine writes.
-        for i in 0..1_000_000i64 {
-            if started.elapsed() > Duration::from_secs(3) {
-                break;
-            }
-            db.write(|tx| {
-                tx.execute("INSERT OR REPLACE INTO b (id, v) VALUES (?1, ?2)", rusqlite::params![i % 500, blob])?;
-                Ok::<_, Error>(())
-            })
-            .unwrap();
-            written += blob.len() as u64;
-            let wal = db.file_bytes().1;
-            if wal < last {
-                cut += 1;
-            }
-            last = wal;
-        }
+        let (written, cut) = write_for_3_s(&db, 1 << 10, 500, |db| db.file_bytes().1);
         assert!(written > 2 << 20, "too little written to tell: {written} bytes");
         assert!(cut >= 2, "the WAL started over {cut} times in 3 s, {written} bytes written");
     }
@@ -667,25 +674,7 @@ mod tests {
             p.push("-wal");
             PathBuf::from(p)
         };
-        let blob = vec![7u8; 4 << 10];
-        let started = std::time::Instant::now();
-        let (mut written, mut last, mut cut) = (0u64, 0u64, 0);
-        for i in 0..1_000_000i64 {
-            if started.elapsed() > Duration::from_secs(3) {
-                break;
-            }
-            db.write(|tx| {
-                tx.execute("INSERT OR REPLACE INTO b (id, v) VALUES (?1, ?2)", rusqlite::params![i % 200, blob])?;
-                Ok::<_, Error>(())
-            })
-            .unwrap();
-            written += blob.len() as u64;
-            let now = std::fs::metadata(&wal).map_or(0, |m| m.len());
-            if now < last {
-                cut += 1;
-            }
-            last = now;
-        }
+        let (written, cut) = write_for_3_s(&db, 4 << 10, 200, |_| std::fs::metadata(&wal).map_or(0, |m| m.len()));
         assert!(written > 2 << 20, "too little written to tell: {written} bytes");
         assert!(cut >= 2, "the attached WAL started over {cut} times in 3 s, {written} bytes written");
         drop(db);
