@@ -170,9 +170,9 @@ impl AppDatabase {
         format!("{}.app_cursor", self.schema)
     }
 
-    /// Makes its tables when the file is new or of another layout (every table in it dropped,
-    /// the cursor set before the log's first event so the host rebuilds the application).
-    /// Returns whether it did.
+    /// Makes its tables when the file is new or of another layout (every table in it dropped;
+    /// the host then sets the cursor before the log's first event, so that it rebuilds the
+    /// application). Returns whether it did.
     pub fn prepare(&self, tx: &Transaction<'_>) -> rusqlite::Result<bool> {
         let s = self.schema;
         let version: i64 = tx.query_row(&format!("PRAGMA {s}.user_version"), [], |r| r.get(0))?;
@@ -260,8 +260,16 @@ impl Host {
                 if !db.attached().iter().any(|(s, _)| s == d.schema) {
                     return Err(format!("{}: the node's database has no {:?} attached", app.name(), d.schema));
                 }
-                let made =
-                    db.write(|tx| Ok::<_, StoreError>(d.prepare(tx)?)).map_err(|e| format!("{}: {e}", app.name()))?;
+                let made = db
+                    .write(|tx| {
+                        let made = d.prepare(tx)?;
+                        if made {
+                            // Before the log's first event: the host rebuilds rather than replays.
+                            set_cursor(tx, &d.cursor_table(), app.name(), -1)?;
+                        }
+                        Ok::<_, StoreError>(made)
+                    })
+                    .map_err(|e| format!("{}: {e}", app.name()))?;
                 if made {
                     tracing::info!(app = app.name(), schema = d.schema, "application database made; rebuilding");
                 }
